@@ -1,0 +1,55 @@
+// swift-tools-version: 6.0
+// distill: a distributed knowledge-distillation trainer. Targets read bottom-up like ../shared/DESIGN.md.
+import PackageDescription
+
+// Kernels rely on explicit SIMD; without a CPU target SwiftPM compiles for baseline x86-64 (SSE2, no FMA).
+// haswell = AVX2 + FMA (every x86 server since 2013, AMD Zen included) keeps the binary portable across current x86 servers.
+#if arch(x86_64)
+let cpuFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
+#else
+let cpuFlags: [SwiftSetting] = []
+#endif
+
+let package = Package(
+    name: "distill",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "distill", targets: ["KDCLI"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .target(name: "KDCore", swiftSettings: cpuFlags),
+        .target(name: "KDConfig", dependencies: ["KDCore", "Yams"], swiftSettings: cpuFlags),
+        .target(name: "KDOps", dependencies: ["KDCore", "CBLAS"], swiftSettings: cpuFlags),
+        .target(name: "KDModel", dependencies: ["KDCore", "KDConfig", "KDOps"], swiftSettings: cpuFlags),
+        .target(name: "KDData", dependencies: ["KDCore", "KDConfig"], swiftSettings: cpuFlags),
+        .target(name: "KDComm", dependencies: ["KDCore", "CMPI"], swiftSettings: cpuFlags),
+        .target(
+            name: "KDTrain", dependencies: ["KDCore", "KDConfig", "KDOps", "KDModel", "KDData", "KDComm"],
+            swiftSettings: cpuFlags),
+        .executableTarget(
+            name: "KDCLI",
+            dependencies: [
+                "KDCore", "KDConfig", "KDOps", "KDModel", "KDData", "KDTrain", "CBLAS",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: cpuFlags),
+        .target(name: "KDTestSupport", dependencies: ["KDCore", "KDConfig"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDCoreTests", dependencies: ["KDCore", "KDTestSupport"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDOpsTests", dependencies: ["KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDConfigTests", dependencies: ["KDConfig"], swiftSettings: cpuFlags),
+        .testTarget(
+            name: "KDModelTests", dependencies: ["KDModel", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
+        .testTarget(
+            name: "KDTrainTests", dependencies: ["KDTrain", "KDData", "KDComm", "KDTestSupport"],
+            swiftSettings: cpuFlags),
+        .testTarget(name: "KDCLITests", dependencies: ["KDCLI"], swiftSettings: cpuFlags),
+    ],
+    // Kernels hand raw buffers to concurrentPerform; Swift 5 mode keeps that a documented choice, not an error.
+    swiftLanguageModes: [.v5]
+)

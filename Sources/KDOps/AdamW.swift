@@ -1,0 +1,66 @@
+// AdamW (Loshchilov & Hutter 2019) over one contiguous range of the parameter slab; port of llm.c adamw kernel.
+import Foundation
+import KDCore
+
+/// Hyper-parameters of one AdamW update.
+public struct AdamWStep: Sendable {
+    public var lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float
+    /// 1-based step number t, for the bias corrections 1 − β^t.
+    public var t: Int
+    public init(lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float, t: Int) {
+        self.lr = lr; self.beta1 = beta1; self.beta2 = beta2; self.eps = eps; self.weightDecay = weightDecay; self.t = t
+    }
+}
+
+/// m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²; p ← p − lr·(m̂/(√v̂ + eps) + wd·p), with m̂, v̂ bias-corrected.
+/// - Shapes: param, grad, m, v [count]
+public func adamWUpdate(
+    param: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>,
+    m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int, step s: AdamWStep
+) {
+    let c1 = 1 / (1 - Foundation.pow(s.beta1, Float(s.t))), c2 = 1 / (1 - Foundation.pow(s.beta2, Float(s.t)))
+    Parallel.forRanges(count, minPerThread: 1 << 14) { lo, hi in
+        for i in lo..<hi {
+            let g = grad[i]
+            let mi = s.beta1 * m[i] + (1 - s.beta1) * g
+            let vi = s.beta2 * v[i] + (1 - s.beta2) * g * g
+            m[i] = mi
+            v[i] = vi
+            param[i] -= s.lr * ((mi * c1) / ((vi * c2).squareRoot() + s.eps) + s.weightDecay * param[i])
+        }
+    }
+}
+
+/// √(Σ g²) over `count` Floats, accumulated in Double.
+public func globalNorm(_ grad: UnsafePointer<Float>, count: Int) -> Double {
+    let parts = max(1, min(Parallel.threads, count / (1 << 16)))
+    var sums = [Double](repeating: 0, count: parts)
+    sums.withUnsafeMutableBufferPointer { out in
+        let o = out.baseAddress!
+        Parallel.forRanges(parts) { plo, phi in
+            for p in plo..<phi {
+                let lo = count * p / parts, hi = count * (p + 1) / parts
+                var total: Double = 0
+                var i = lo
+                while i < hi {  // Float lanes over blocks of 4096, then Double across blocks
+                    let e = Swift.min(i + 4096, hi)
+                    total += Double(dot(grad + i, grad + i, e - i))
+                    i = e
+                }
+                o[p] = total
+            }
+        }
+    }
+    return sums.reduce(0, +).squareRoot()
+}
+
+/// Scales the gradient so its global norm is at most `maxNorm`; returns the norm before clipping.
+/// A `maxNorm` ≤ 0 disables clipping.
+@discardableResult
+public func clipGradNorm(_ grad: UnsafeMutablePointer<Float>, count: Int, maxNorm: Float) -> Double {
+    let norm = globalNorm(grad, count: count)
+    if maxNorm > 0, norm > Double(maxNorm), norm.isFinite {
+        scaleRow(grad, count, Float(Double(maxNorm) / (norm + 1e-6)))
+    }
+    return norm
+}

@@ -1,0 +1,125 @@
+// Cross-entropy fused with a row-chunked LM head (as Liger-Kernel and llm.c's fused classifier do): the
+// [n × v] logits are never materialized; each chunk of rows is projected, reduced to a loss and, in training,
+// turned into its gradient before the next chunk reuses the buffer.
+// Dims: n rows, c channels, v vocabulary, m rows per chunk. A target < 0 marks a row without loss.
+import KDCore
+
+/// Loss of one row of logits: log Σ e^logit − logit[target]. With `gradScale`, overwrites the row with
+/// gradScale · (softmax − onehot(target)), the gradient of gradScale · loss.
+@inline(__always)
+public func crossEntropyRow(_ logits: UnsafeMutablePointer<Float>, target: Int, v: Int, gradScale: Float?) -> Float {
+    let m = rowMax(logits, v)
+    let picked = logits[target]
+    if let g = gradScale {
+        let s = expShiftSum(logits, logits, v, shift: m)
+        scaleRow(logits, v, g / s)
+        logits[target] -= g
+        return m + logf(s) - picked
+    }
+    var acc = V16(repeating: 0)
+    let sh = V16(repeating: m)
+    var i = 0
+    while i + 16 <= v {
+        acc += simdExp(loadV16(logits + i) - sh)
+        i += 16
+    }
+    var s = acc.sum()
+    while i < v {
+        s += fastExp(logits[i] - m)
+        i += 1
+    }
+    return m + logf(s) - picked
+}
+
+/// Cross-entropy over materialized logits (the reference the fused kernel is tested against).
+/// losses[r] = −log softmax(logits[r])[targets[r]], or 0 where targets[r] < 0.
+/// - Shapes: losses [n] · logits [n, v] · targets [n]
+public func crossEntropyForward(
+    losses: UnsafeMutablePointer<Float>, logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, n: Int, v: Int
+) {
+    for r in 0..<n {
+        let t = Int(targets[r])
+        guard t >= 0 else { losses[r] = 0; continue }
+        let x = logits + r * v
+        let m = rowMax(x, v)
+        var s: Double = 0
+        for i in 0..<v { s += Double(fastExp(x[i] - m)) }
+        losses[r] = m + Float(log(s)) - x[t]
+    }
+}
+
+/// Reusable buffer for one chunk of logits.
+public final class LMHeadScratch {
+    public let rows: Int, v: Int
+    public let logits: Slab
+    public init(rows: Int, v: Int) {
+        self.rows = rows
+        self.v = v
+        logits = Slab(count: rows * v)
+    }
+}
+
+/// Per-row losses of the LM head + cross-entropy without gradients.
+/// - Shapes: losses [n] · inp [n, c] · weight [v, c] · targets [n]
+public func lmHeadCrossEntropyForward(
+    losses: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+    targets: UnsafePointer<Int32>, n: Int, c: Int, v: Int, scratch: LMHeadScratch
+) {
+    lmHeadChunks(losses: losses, dinp: nil, dweight: nil, inp: inp, weight: weight, targets: targets,
+                 n: n, c: c, v: v, lossScale: 0, scratch: scratch)
+}
+
+/// Per-row losses and, for the total `lossScale · Σ losses`, the gradients. Accumulates into dinp and dweight.
+/// - Shapes: losses [n] · dinp, inp [n, c] · dweight, weight [v, c] · targets [n]
+public func lmHeadCrossEntropyForwardBackward(
+    losses: UnsafeMutablePointer<Float>, dinp: UnsafeMutablePointer<Float>, dweight: UnsafeMutablePointer<Float>,
+    inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
+    n: Int, c: Int, v: Int, lossScale: Float, scratch: LMHeadScratch
+) {
+    lmHeadChunks(losses: losses, dinp: dinp, dweight: dweight, inp: inp, weight: weight, targets: targets,
+                 n: n, c: c, v: v, lossScale: lossScale, scratch: scratch)
+}
+
+func lmHeadChunks(
+    losses: UnsafeMutablePointer<Float>, dinp: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>?,
+    inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
+    n: Int, c: Int, v: Int, lossScale: Float, scratch: LMHeadScratch
+) {
+    precondition(scratch.v == v, "lmHead: scratch built for vocab \(scratch.v), got \(v)")
+    let training = dweight != nil
+    var r0 = 0
+    while r0 < n {
+        let m = min(scratch.rows, n - r0)
+        // Skip chunks with no loss rows entirely (prompt-only chunks cost nothing).
+        var any = false
+        for r in r0..<(r0 + m) where targets[r] >= 0 { any = true; break }
+        if !any {
+            for r in r0..<(r0 + m) { losses[r] = 0 }
+            r0 += m
+            continue
+        }
+        let logits = scratch.logits.base, x = inp + r0 * c
+        matmulForward(out: logits, inp: x, weight: weight, n: m, c: c, oc: v)
+        Parallel.forRanges(m, minPerThread: 2) { lo, hi in
+            for i in lo..<hi {
+                let t = Int(targets[r0 + i]), row = logits + i * v
+                if t < 0 {
+                    losses[r0 + i] = 0
+                    if training { row.update(repeating: 0, count: v) }
+                } else {
+                    precondition(t < v, "lmHead: target \(t) outside vocabulary of \(v)")
+                    losses[r0 + i] = crossEntropyRow(row, target: t, v: v, gradScale: training ? lossScale : nil)
+                }
+            }
+        }
+        if let dweight {
+            matmulBackward(dinp: dinp.map { $0 + r0 * c }, dweight: dweight, dout: logits, inp: x, weight: weight,
+                           n: m, c: c, oc: v)
+        }
+        r0 += m
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

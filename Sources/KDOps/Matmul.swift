@@ -1,0 +1,36 @@
+// Linear layers through OpenBLAS sgemm, weights in Hugging Face layout [oc, c]; port of llm.c matmul_forward/backward.
+// Dims: n rows (= B·T), c input channels, oc output channels.
+import CBLAS
+
+/// out = inp · weightᵀ, or out += inp · weightᵀ when `accumulate` (used to add a projection onto the residual).
+/// - Shapes: out [n, oc] · inp [n, c] · weight [oc, c]
+public func matmulForward(
+    out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+    n: Int, c: Int, oc: Int, accumulate: Bool = false
+) {
+    assert(n > 0 && c > 0 && oc > 0)
+    cblas_sgemm(
+        CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(oc), Int32(c),
+        1, inp, Int32(c), weight, Int32(c), accumulate ? 1 : 0, out, Int32(oc))
+}
+
+/// Backward of ``matmulForward``. Accumulates: dinp += dout · weight, dweight += doutᵀ · inp.
+/// Pass `dinp: nil` when the input needs no gradient.
+/// - Shapes: dinp [n, c] · dweight [oc, c] · dout [n, oc] · inp [n, c] · weight [oc, c]
+public func matmulBackward(
+    dinp: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>,
+    dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+    n: Int, c: Int, oc: Int
+) {
+    if let dinp {
+        cblas_sgemm(
+            CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(c), Int32(oc),
+            1, dout, Int32(oc), weight, Int32(c), 1, dinp, Int32(c))
+    }
+    cblas_sgemm(
+        CblasRowMajor, CblasTrans, CblasNoTrans, Int32(oc), Int32(c), Int32(n),
+        1, dout, Int32(oc), inp, Int32(c), 1, dweight, Int32(c))
+}
+
+/// Sets the thread count of OpenBLAS (process-wide).
+public func setBLASThreads(_ threads: Int) { openblas_set_num_threads(Int32(threads)) }

@@ -1,0 +1,170 @@
+// Numerically stable softmax / log-softmax over rows, with a vectorized exp (Cephes expf polynomial, ~2 ulp).
+// Dims: n rows, v row length (vocabulary or keys).
+import KDCore
+
+public typealias V16 = SIMD16<Float>
+
+/// e^x lane by lane: x = k·ln2 + r with |r| ≤ ln2/2, e^r by a degree-7 polynomial, 2^k through the exponent bits.
+/// Inputs are clamped to [−87.3, 88.7] (no denormals, no Inf); callers zero masked entries themselves.
+@inline(__always)
+public func simdExp(_ x0: V16) -> V16 {
+    let x = x0.clamped(lowerBound: V16(repeating: -87.336_54), upperBound: V16(repeating: 88.722_83))
+    let k = (x * 1.442_695_04).rounded(.toNearestOrEven)
+    // ln2 split in a high part exact in float and a low correction (Cody-Waite)
+    let r = (x - k * 0.693_359_375) + k * 2.121_944_4e-4
+    var p = V16(repeating: 1.987_569_15e-4)
+    p = p * r + 1.398_199_95e-3
+    p = p * r + 8.333_451_9e-3
+    p = p * r + 4.166_579_59e-2
+    p = p * r + 1.666_666_55e-1
+    p = p * r + 5.000_000_1e-1
+    p = p * r * r + r + 1
+    let bits = (SIMD16<Int32>(k) &+ 127) &<< 23
+    return p * unsafeBitCast(bits, to: V16.self)
+}
+
+/// Scalar e^x with exactly the numerics of ``simdExp``.
+@inline(__always)
+public func fastExp(_ x: Float) -> Float { simdExp(V16(repeating: x))[0] }
+
+@inline(__always)
+func loadV16(_ p: UnsafePointer<Float>) -> V16 {
+    UnsafeRawPointer(p).loadUnaligned(as: V16.self)
+}
+
+@inline(__always)
+func storeV16(_ v: V16, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: V16.self)
+}
+
+/// max over x[0..<v].
+@inline(__always)
+public func rowMax(_ x: UnsafePointer<Float>, _ v: Int) -> Float {
+    var m = V16(repeating: -Float.infinity)
+    var i = 0
+    while i + 16 <= v {
+        let w = loadV16(x + i)
+        m = m.replacing(with: w, where: w .> m)
+        i += 16
+    }
+    var s = m.max()
+    while i < v {
+        s = Swift.max(s, x[i])
+        i += 1
+    }
+    return s
+}
+
+/// out[i] = e^(x[i] − shift) for i in 0..<v; returns Σ out (accumulated in Float lanes, reduced in Double).
+/// `out` may equal `x`.
+@inline(__always)
+public func expShiftSum(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ v: Int, shift: Float) -> Float {
+    var acc = V16(repeating: 0)
+    let sh = V16(repeating: shift)
+    var i = 0
+    while i + 16 <= v {
+        let e = simdExp(loadV16(x + i) - sh)
+        storeV16(e, out + i)
+        acc += e
+        i += 16
+    }
+    var s = acc.sum()
+    while i < v {
+        let e = fastExp(x[i] - shift)
+        out[i] = e
+        s += e
+        i += 1
+    }
+    return s
+}
+
+/// Scales x[0..<v] by a.
+@inline(__always)
+public func scaleRow(_ x: UnsafeMutablePointer<Float>, _ v: Int, _ a: Float) {
+    var i = 0
+    let av = V16(repeating: a)
+    while i + 16 <= v {
+        storeV16(loadV16(x + i) * av, x + i)
+        i += 16
+    }
+    while i < v {
+        x[i] *= a
+        i += 1
+    }
+}
+
+/// Σ x[i]·y[i] over 0..<v.
+@inline(__always)
+public func dot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ v: Int) -> Float {
+    var acc = V16(repeating: 0)
+    var i = 0
+    while i + 16 <= v {
+        acc += loadV16(x + i) * loadV16(y + i)
+        i += 16
+    }
+    var s = acc.sum()
+    while i < v {
+        s += x[i] * y[i]
+        i += 1
+    }
+    return s
+}
+
+/// out = softmax(inp) per row, with the row max subtracted first. `out` may equal `inp`.
+/// - Shapes: out, inp [n, v]
+public func softmaxForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, v: Int) {
+    Parallel.forRanges(n, minPerThread: 4) { lo, hi in
+        for r in lo..<hi {
+            let x = inp + r * v, y = out + r * v
+            let s = expShiftSum(y, x, v, shift: rowMax(x, v))
+            scaleRow(y, v, 1 / s)
+        }
+    }
+}
+
+/// Backward of ``softmaxForward`` from its output y: dinp += y ⊙ (dout − Σ_j dout_j·y_j).
+/// - Shapes: dinp, dout, out [n, v]
+public func softmaxBackward(
+    dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>, n: Int, v: Int
+) {
+    Parallel.forRanges(n, minPerThread: 4) { lo, hi in
+        for r in lo..<hi {
+            let y = out + r * v, dy = dout + r * v, dx = dinp + r * v
+            let d = dot(dy, y, v)
+            for i in 0..<v { dx[i] += y[i] * (dy[i] - d) }
+        }
+    }
+}
+
+/// out = log softmax(inp) = inp − max − log Σ e^(inp − max) per row.
+/// - Shapes: out, inp [n, v]; `scratch` [v] per thread is allocated here (not a hot-path op).
+public func logSoftmaxForward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, v: Int) {
+    Parallel.forRanges(n, minPerThread: 4) { lo, hi in
+        for r in lo..<hi {
+            let x = inp + r * v, y = out + r * v
+            let m = rowMax(x, v)
+            let s = expShiftSum(y, x, v, shift: m)
+            let lse = m + logf(s)
+            for i in 0..<v { y[i] = x[i] - lse }
+        }
+    }
+}
+
+/// Backward of ``logSoftmaxForward`` from its output: dinp += dout − softmax · Σ_j dout_j.
+/// - Shapes: dinp, dout, out [n, v]
+public func logSoftmaxBackward(
+    dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, out: UnsafePointer<Float>, n: Int, v: Int
+) {
+    Parallel.forRanges(n, minPerThread: 4) { lo, hi in
+        for r in lo..<hi {
+            let y = out + r * v, dy = dout + r * v, dx = dinp + r * v
+            var total: Float = 0
+            for i in 0..<v { total += dy[i] }
+            for i in 0..<v { dx[i] += dy[i] - fastExp(y[i]) * total }
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,191 @@
+// Every kernel's backward against central finite differences of L = Σ out·dout (Double accumulation).
+// Tolerance: maxRelError (worst absolute error over the largest gradient entry) < 2e-3 with eps = 1e-2;
+// the truncation error of central differences is O(eps²·f''') ≈ 1e-4 here and Float rounding adds ~1e-5.
+import KDOps
+import KDTestSupport
+import Testing
+
+let tol: Float = 2e-3
+
+@Test func matmulBackwardMatchesFiniteDifferences() {
+    let n = 5, c = 7, oc = 6
+    let inp = randomArray(n * c, seed: 1), w = randomArray(oc * c, seed: 2), dout = randomArray(n * oc, seed: 3)
+    func f(_ x: [Float], _ w: [Float]) -> [Float] {
+        var out = [Float](repeating: 0, count: n * oc)
+        x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in
+            out.withUnsafeMutableBufferPointer { matmulForward(out: $0.baseAddress!, inp: xp.baseAddress!, weight: wp.baseAddress!, n: n, c: c, oc: oc) }
+        } }
+        return out
+    }
+    var dinp = [Float](repeating: 0.5, count: n * c), dw = [Float](repeating: -0.25, count: oc * c)
+    dinp.withUnsafeMutableBufferPointer { di in dw.withUnsafeMutableBufferPointer { dwp in
+        matmulBackward(dinp: di.baseAddress!, dweight: dwp.baseAddress!, dout: dout, inp: inp, weight: w, n: n, c: c, oc: oc)
+    } }
+    // backward accumulates: subtract the initial contents
+    let gi = numericalGradient(inp) { fakeLoss(f($0, w), dout) }
+    let gw = numericalGradient(w) { fakeLoss(f(inp, $0), dout) }
+    #expect(maxRelError(dinp.map { $0 - 0.5 }, gi) < tol)
+    #expect(maxRelError(dw.map { $0 + 0.25 }, gw) < tol)
+}
+
+@Test func blasMatmulEqualsNaiveLoop() {
+    let n = 9, c = 33, oc = 17
+    let inp = randomArray(n * c, seed: 4), w = randomArray(oc * c, seed: 5)
+    var out = [Float](repeating: 0, count: n * oc)
+    out.withUnsafeMutableBufferPointer { matmulForward(out: $0.baseAddress!, inp: inp, weight: w, n: n, c: c, oc: oc) }
+    for r in 0..<n {
+        for o in 0..<oc {
+            var s: Double = 0
+            for i in 0..<c { s += Double(inp[r * c + i]) * Double(w[o * c + i]) }
+            #expect(abs(Double(out[r * oc + o]) - s) < 1e-4 * max(1, abs(s)))
+        }
+    }
+}
+
+@Test func rmsNormBackwardMatchesFiniteDifferences() {
+    let n = 6, c = 8
+    let inp = randomArray(n * c, seed: 6), w = randomArray(c, seed: 7).map { 1 + 0.3 * $0 }, dout = randomArray(n * c, seed: 8)
+    func f(_ x: [Float], _ w: [Float]) -> [Float] {
+        var out = [Float](repeating: 0, count: n * c), rstd = [Float](repeating: 0, count: n)
+        out.withUnsafeMutableBufferPointer { o in rstd.withUnsafeMutableBufferPointer { r in
+            rmsNormForward(out: o.baseAddress!, rstd: r.baseAddress!, inp: x, weight: w, n: n, c: c, eps: 1e-5)
+        } }
+        return out
+    }
+    var rstd = [Float](repeating: 0, count: n)
+    var scratch = [Float](repeating: 0, count: n * c)
+    scratch.withUnsafeMutableBufferPointer { o in rstd.withUnsafeMutableBufferPointer { r in
+        rmsNormForward(out: o.baseAddress!, rstd: r.baseAddress!, inp: inp, weight: w, n: n, c: c, eps: 1e-5)
+    } }
+    var dinp = [Float](repeating: 0, count: n * c), dw = [Float](repeating: 0, count: c)
+    dinp.withUnsafeMutableBufferPointer { di in dw.withUnsafeMutableBufferPointer { dwp in
+        rmsNormBackward(dinp: di.baseAddress!, dweight: dwp.baseAddress!, dout: dout, inp: inp, weight: w, rstd: rstd, n: n, c: c)
+    } }
+    #expect(maxRelError(dinp, numericalGradient(inp) { fakeLoss(f($0, w), dout) }) < tol)
+    #expect(maxRelError(dw, numericalGradient(w) { fakeLoss(f(inp, $0), dout) }) < tol)
+}
+
+@Test(arguments: RoPEStyle.allCases)
+func ropeBackwardMatchesFiniteDifferencesAndPreservesNorms(style: RoPEStyle) {
+    let t = 5, b = 2, nh = 3, hs = 8, n = b * t
+    let table = RoPETable(maxT: 16, hs: hs, theta: 10000)
+    let inp = randomArray(n * nh * hs, seed: 9), dout = randomArray(n * nh * hs, seed: 10)
+    func f(_ x: [Float]) -> [Float] {
+        var out = [Float](repeating: 0, count: x.count)
+        out.withUnsafeMutableBufferPointer { ropeForward(out: $0.baseAddress!, inp: x, table: table, n: n, t: t, pos0: 3, nh: nh, hs: hs, style: style) }
+        return out
+    }
+    let out = f(inp)
+    // a rotation: every head vector keeps its norm, and position 0 is the identity
+    for r in 0..<n * nh {
+        var a: Float = 0, o: Float = 0
+        for i in 0..<hs { a += inp[r * hs + i] * inp[r * hs + i]; o += out[r * hs + i] * out[r * hs + i] }
+        #expect(abs(a - o) < 1e-4 * a)
+    }
+    var dinp = [Float](repeating: 0, count: inp.count)
+    dinp.withUnsafeMutableBufferPointer { ropeBackward(dinp: $0.baseAddress!, dout: dout, table: table, n: n, t: t, pos0: 3, nh: nh, hs: hs, style: style) }
+    #expect(maxRelError(dinp, numericalGradient(inp) { fakeLoss(f($0), dout) }) < tol)
+}
+
+@Test func ropeStylesArePermutationsOfEachOther() {
+    // adjacent pairs (2i, 2i+1) on a permuted vector equal half pairs (i, i + hs/2) on the original:
+    // exactly the row permutation llama.cpp's converter applies to Q and K.
+    let hs = 8, nh = 1, t = 4
+    let table = RoPETable(maxT: 8, hs: hs, theta: 500)
+    let x = randomArray(t * hs, seed: 11)
+    var perm = [Int](repeating: 0, count: hs)
+    for i in 0..<hs / 2 { perm[2 * i] = i; perm[2 * i + 1] = i + hs / 2 }
+    let xp = (0..<t).flatMap { r in perm.map { x[r * hs + $0] } }
+    var half = [Float](repeating: 0, count: x.count), adj = half
+    half.withUnsafeMutableBufferPointer { ropeForward(out: $0.baseAddress!, inp: x, table: table, n: t, t: t, nh: nh, hs: hs, style: .half) }
+    adj.withUnsafeMutableBufferPointer { ropeForward(out: $0.baseAddress!, inp: xp, table: table, n: t, t: t, nh: nh, hs: hs, style: .adjacent) }
+    for r in 0..<t { for j in 0..<hs { #expect(abs(adj[r * hs + j] - half[r * hs + perm[j]]) < 1e-6) } }
+}
+
+@Test func swiGLUBackwardMatchesFiniteDifferences() {
+    let n = 4, f = 6
+    let gate = randomArray(n * f, seed: 12, scale: 2), up = randomArray(n * f, seed: 13), dout = randomArray(n * f, seed: 14)
+    func fwd(_ g: [Float], _ u: [Float]) -> [Float] {
+        var out = [Float](repeating: 0, count: n * f)
+        out.withUnsafeMutableBufferPointer { swiGLUForward(out: $0.baseAddress!, gate: g, up: u, n: n, f: f) }
+        return out
+    }
+    var dg = [Float](repeating: 0, count: n * f), du = dg
+    dg.withUnsafeMutableBufferPointer { a in du.withUnsafeMutableBufferPointer { b in
+        swiGLUBackward(dgate: a.baseAddress!, dup: b.baseAddress!, dout: dout, gate: gate, up: up, n: n, f: f)
+    } }
+    #expect(maxRelError(dg, numericalGradient(gate) { fakeLoss(fwd($0, up), dout) }) < tol)
+    #expect(maxRelError(du, numericalGradient(up) { fakeLoss(fwd(gate, $0), dout) }) < tol)
+}
+
+@Test func embeddingBackwardMatchesFiniteDifferences() {
+    let n = 6, c = 4, v = 5
+    let tokens: [Int32] = [0, 3, 3, 1, 4, 0]
+    let wte = randomArray(v * c, seed: 15), dout = randomArray(n * c, seed: 16)
+    func f(_ w: [Float]) -> [Float] {
+        var out = [Float](repeating: 0, count: n * c)
+        out.withUnsafeMutableBufferPointer { embeddingForward(out: $0.baseAddress!, tokens: tokens, wte: w, n: n, c: c) }
+        return out
+    }
+    var dw = [Float](repeating: 0, count: v * c)
+    dw.withUnsafeMutableBufferPointer { embeddingBackward(dwte: $0.baseAddress!, dout: dout, tokens: tokens, n: n, c: c) }
+    #expect(maxRelError(dw, numericalGradient(wte) { fakeLoss(f($0), dout) }) < tol)
+}
+
+@Test(arguments: [(1, 2), (2, 1), (3, 3)])
+func attentionBackwardMatchesFiniteDifferences(group: Int, nkv: Int) {
+    let b = 2, t = 5, hs = 4, nh = nkv * group
+    let shape = AttentionShape(b: b, tq: t, tk: t, nh: nh, nkv: nkv, hs: hs)
+    let q = randomArray(b * t * nh * hs, seed: 17), k = randomArray(b * t * nkv * hs, seed: 18)
+    let v = randomArray(b * t * nkv * hs, seed: 19), dout = randomArray(b * t * nh * hs, seed: 20)
+    func f(_ q: [Float], _ k: [Float], _ v: [Float]) -> ([Float], [Float]) {
+        var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: 0, count: b * nh * t * t)
+        out.withUnsafeMutableBufferPointer { o in probs.withUnsafeMutableBufferPointer { p in
+            attentionForward(out: o.baseAddress!, probs: p.baseAddress!, q: q, k: k, v: v, shape: shape)
+        } }
+        return (out, probs)
+    }
+    let (_, probs) = f(q, k, v)
+    // causal: row i has weight only on keys 0...i, and every row sums to 1
+    for bh in 0..<b * nh { for i in 0..<t {
+        var s: Float = 0
+        for j in 0..<t { let p = probs[(bh * t + i) * t + j]; s += p; if j > i { #expect(p == 0) } }
+        #expect(abs(s - 1) < 1e-5)
+    } }
+    var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
+    var scratch = [Float](repeating: 0, count: t * t)
+    dq.withUnsafeMutableBufferPointer { a in dk.withUnsafeMutableBufferPointer { bb in dv.withUnsafeMutableBufferPointer { c in
+        scratch.withUnsafeMutableBufferPointer { s in
+            attentionBackward(dq: a.baseAddress!, dk: bb.baseAddress!, dv: c.baseAddress!, scratch: s.baseAddress!,
+                              dout: dout, probs: probs, q: q, k: k, v: v, shape: shape)
+        } } } }
+    #expect(maxRelError(dq, numericalGradient(q) { fakeLoss(f($0, k, v).0, dout) }) < tol)
+    #expect(maxRelError(dk, numericalGradient(k) { fakeLoss(f(q, $0, v).0, dout) }) < tol)
+    #expect(maxRelError(dv, numericalGradient(v) { fakeLoss(f(q, k, $0).0, dout) }) < tol)
+}
+
+@Test func attentionMatchesNaiveReference() {
+    // independent scalar reference in Double: scores, causal mask, softmax, weighted sum; GQA head mapping h / group
+    let b = 1, t = 6, hs = 4, nh = 4, nkv = 2
+    let shape = AttentionShape(b: b, tq: t, tk: t, nh: nh, nkv: nkv, hs: hs)
+    let q = randomArray(t * nh * hs, seed: 21), k = randomArray(t * nkv * hs, seed: 22), v = randomArray(t * nkv * hs, seed: 23)
+    var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: 0, count: nh * t * t)
+    out.withUnsafeMutableBufferPointer { o in probs.withUnsafeMutableBufferPointer { p in
+        attentionForward(out: o.baseAddress!, probs: p.baseAddress!, q: q, k: k, v: v, shape: shape)
+    } }
+    for h in 0..<nh {
+        let kh = h / (nh / nkv)
+        for i in 0..<t {
+            var s = [Double](repeating: 0, count: i + 1)
+            for j in 0...i { for d in 0..<hs { s[j] += Double(q[(i * nh + h) * hs + d]) * Double(k[(j * nkv + kh) * hs + d]) }; s[j] /= Double(hs).squareRoot() }
+            let m = s.max()!, e = s.map { Foundation.exp($0 - m) }, z = e.reduce(0, +)
+            for d in 0..<hs {
+                var o: Double = 0
+                for j in 0...i { o += e[j] / z * Double(v[(j * nkv + kh) * hs + d]) }
+                #expect(abs(Double(out[(i * nh + h) * hs + d]) - o) < 1e-5)
+            }
+        }
+    }
+}
+
+import Foundation

@@ -1,0 +1,97 @@
+// Softmax, log-softmax, cross-entropy and the fused chunked LM head: invariants, references, finite differences.
+import Foundation
+import KDOps
+import KDTestSupport
+import Testing
+
+@Test func simdExpMatchesLibm() {
+    var worst: Double = 0
+    var x: Float = -87
+    while x < 88 {
+        let e = Double(fastExp(x)), r = Foundation.exp(Double(x))
+        worst = max(worst, abs(e - r) / r)
+        x += 0.0137
+    }
+    #expect(worst < 5e-7)
+    #expect(fastExp(0) == 1)
+}
+
+@Test func softmaxRowsSumToOneAndBackwardMatches() {
+    let n = 3, v = 37  // v not a multiple of 16: exercises the scalar tail
+    let inp = randomArray(n * v, seed: 30, scale: 3).enumerated().map { $0.offset == 5 ? $0.element + 80 : $0.element }
+    let dout = randomArray(n * v, seed: 31)
+    func f(_ x: [Float]) -> [Float] {
+        var out = [Float](repeating: 0, count: x.count)
+        out.withUnsafeMutableBufferPointer { softmaxForward(out: $0.baseAddress!, inp: x, n: n, v: v) }
+        return out
+    }
+    let y = f(inp)
+    for r in 0..<n { #expect(abs(y[(r * v)..<(r * v + v)].reduce(0, +) - 1) < 1e-5) }
+    #expect(y.allSatisfy { $0.isFinite && $0 >= 0 })
+    var dinp = [Float](repeating: 0, count: inp.count)
+    dinp.withUnsafeMutableBufferPointer { softmaxBackward(dinp: $0.baseAddress!, dout: dout, out: y, n: n, v: v) }
+    #expect(maxRelError(dinp, numericalGradient(inp, eps: 1e-3) { fakeLoss(f($0), dout) }) < 2e-3)
+}
+
+@Test func logSoftmaxIsStableAndBackwardMatches() {
+    let n = 2, v = 40
+    let inp = randomArray(n * v, seed: 32, scale: 2), dout = randomArray(n * v, seed: 33)
+    func f(_ x: [Float]) -> [Float] {
+        var out = [Float](repeating: 0, count: x.count)
+        out.withUnsafeMutableBufferPointer { logSoftmaxForward(out: $0.baseAddress!, inp: x, n: n, v: v) }
+        return out
+    }
+    // shifting a row by a huge constant changes nothing (max subtracted first)
+    let shifted = f(inp.map { $0 + 1e4 }), plain = f(inp)
+    #expect(maxRelError(shifted, plain) < 1e-3)
+    var dinp = [Float](repeating: 0, count: inp.count)
+    dinp.withUnsafeMutableBufferPointer { logSoftmaxBackward(dinp: $0.baseAddress!, dout: dout, out: plain, n: n, v: v) }
+    #expect(maxRelError(dinp, numericalGradient(inp) { fakeLoss(f($0), dout) }) < 2e-3)
+}
+
+@Test func fusedChunkedLMHeadMatchesMaterializedReferenceAndFiniteDifferences() {
+    let n = 7, c = 6, v = 50, chunk = 3
+    let inp = randomArray(n * c, seed: 34), w = randomArray(v * c, seed: 35, scale: 0.5)
+    let targets: [Int32] = [3, -1, 49, 0, 7, -1, 20]
+    let scratch = LMHeadScratch(rows: chunk, v: v)
+    func lossSum(_ x: [Float], _ w: [Float]) -> Double {
+        var losses = [Float](repeating: 0, count: n)
+        losses.withUnsafeMutableBufferPointer {
+            lmHeadCrossEntropyForward(losses: $0.baseAddress!, inp: x, weight: w, targets: targets, n: n, c: c, v: v, scratch: scratch)
+        }
+        return losses.reduce(0) { $0 + Double($1) }
+    }
+    // reference: materialize all logits, then plain cross-entropy
+    var logits = [Float](repeating: 0, count: n * v), ref = [Float](repeating: 0, count: n)
+    logits.withUnsafeMutableBufferPointer { matmulForward(out: $0.baseAddress!, inp: inp, weight: w, n: n, c: c, oc: v) }
+    ref.withUnsafeMutableBufferPointer { crossEntropyForward(losses: $0.baseAddress!, logits: logits, targets: targets, n: n, v: v) }
+    var losses = [Float](repeating: 0, count: n), dinp = [Float](repeating: 0, count: n * c), dw = [Float](repeating: 0, count: v * c)
+    let scale: Float = 1.0 / 5
+    losses.withUnsafeMutableBufferPointer { l in dinp.withUnsafeMutableBufferPointer { di in dw.withUnsafeMutableBufferPointer { d in
+        lmHeadCrossEntropyForwardBackward(losses: l.baseAddress!, dinp: di.baseAddress!, dweight: d.baseAddress!, inp: inp, weight: w,
+                                          targets: targets, n: n, c: c, v: v, lossScale: scale, scratch: scratch)
+    } } }
+    for r in 0..<n { #expect(abs(losses[r] - ref[r]) < 1e-5); if targets[r] < 0 { #expect(losses[r] == 0) } }
+    // cross-entropy of uniform logits is log v
+    let zeroW = [Float](repeating: 0, count: v * c)
+    #expect(abs(lossSum(inp, zeroW) - 5 * log(Double(v))) < 1e-4)
+    #expect(maxRelError(dinp, numericalGradient(inp) { Double(scale) * lossSum($0, w) }) < 2e-3)
+    #expect(maxRelError(dw, numericalGradient(w) { Double(scale) * lossSum(inp, $0) }) < 2e-3)
+}
+
+@Test func clipAndAdamW() {
+    var g: [Float] = [3, 4, 0, 0]
+    let norm = g.withUnsafeMutableBufferPointer { clipGradNorm($0.baseAddress!, count: 4, maxNorm: 1) }
+    #expect(abs(norm - 5) < 1e-6)
+    #expect(abs(g[0] - 0.6) < 1e-5 && abs(g[1] - 0.8) < 1e-5)
+    // first AdamW step moves each parameter by ≈ lr·sign(g) (bias-corrected m̂/√v̂ = ±1) plus decay
+    var p: [Float] = [1, -1, 2], m = [Float](repeating: 0, count: 3), v = m
+    let grad: [Float] = [0.5, -2, 1e-3]
+    p.withUnsafeMutableBufferPointer { pp in m.withUnsafeMutableBufferPointer { mm in v.withUnsafeMutableBufferPointer { vv in
+        adamWUpdate(param: pp.baseAddress!, grad: grad, m: mm.baseAddress!, v: vv.baseAddress!, count: 3,
+                    step: AdamWStep(lr: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, t: 1))
+    } } }
+    #expect(abs(p[0] - (1 - 0.1 * (1 + 0.1 * 1))) < 1e-5)
+    #expect(abs(p[1] - (-1 - 0.1 * (-1 + 0.1 * -1))) < 1e-5)
+    #expect(abs(p[2] - (2 - 0.1 * (1 + 0.1 * 2))) < 1e-4)
+}

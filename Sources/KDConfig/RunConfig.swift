@@ -1,0 +1,297 @@
+// Every section of a run's YAML as a typed struct (torchtitan style): snake_case keys, a default for every
+// field, unknown keys rejected, ranges checked while decoding, cross-field rules in RunConfig.validate().
+import Foundation
+import Yams
+
+/// Shape of a Llama-family transformer.
+public struct ModelConfig: Codable, Equatable, Sendable {
+    /// Number of transformer blocks. Default 4.
+    public var layers = 4
+    /// Residual width (hidden size). Default 128.
+    public var dim = 128
+    /// Query heads; dim must be a multiple. Default 4.
+    public var heads = 4
+    /// Key/value heads (grouped-query attention); heads must be a multiple. Default: heads.
+    public var kvHeads = 4
+    /// Hidden width of the SwiGLU MLP. Default 344 (≈ 8/3 · 128, as Llama sizes it).
+    public var ffnDim = 344
+    /// Vocabulary size. Default 256 (the byte tokenizer).
+    public var vocabSize = 256
+    /// Longest sequence the RoPE table covers, in tokens. Default 512.
+    public var maxSeqLen = 512
+    /// RoPE base θ. Default 10000.
+    public var ropeTheta: Double = 10000
+    /// RoPE pairing: `half` (Hugging Face rotate_half) or `adjacent` (GGUF). Default half.
+    public var ropeStyle = "half"
+    /// RMSNorm epsilon. Default 1e-5.
+    public var rmsEps: Float = 1e-5
+    /// Share the token embedding with the LM head. Default true.
+    public var tiedEmbeddings = true
+    /// Standard deviation of the normal initialization; output projections are scaled by 1/√(2·layers). Default 0.02.
+    public var initStd: Float = 0.02
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case layers, dim, heads, kvHeads = "kv_heads", ffnDim = "ffn_dim", vocabSize = "vocab_size"
+        case maxSeqLen = "max_seq_len", ropeTheta = "rope_theta", ropeStyle = "rope_style", rmsEps = "rms_eps"
+        case tiedEmbeddings = "tied_embeddings", initStd = "init_std"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        layers = try c.value(.layers, or: layers)
+        dim = try c.value(.dim, or: dim)
+        heads = try c.value(.heads, or: heads)
+        kvHeads = try c.value(.kvHeads, or: heads)
+        ffnDim = try c.value(.ffnDim, or: ffnDim)
+        vocabSize = try c.value(.vocabSize, or: vocabSize)
+        maxSeqLen = try c.value(.maxSeqLen, or: maxSeqLen)
+        ropeTheta = try c.value(.ropeTheta, or: ropeTheta)
+        ropeStyle = try c.value(.ropeStyle, or: ropeStyle)
+        rmsEps = try c.value(.rmsEps, or: rmsEps)
+        tiedEmbeddings = try c.value(.tiedEmbeddings, or: tiedEmbeddings)
+        initStd = try c.value(.initStd, or: initStd)
+        try c.require(layers >= 1, .layers, expected: "an integer >= 1", found: layers)
+        try c.require(dim >= 2, .dim, expected: "an integer >= 2", found: dim)
+        try c.require(heads >= 1, .heads, expected: "an integer >= 1", found: heads)
+        try c.require(kvHeads >= 1, .kvHeads, expected: "an integer >= 1", found: kvHeads)
+        try c.require(ffnDim >= 1, .ffnDim, expected: "an integer >= 1", found: ffnDim)
+        try c.require(vocabSize >= 2, .vocabSize, expected: "an integer >= 2", found: vocabSize)
+        try c.require(maxSeqLen >= 1, .maxSeqLen, expected: "an integer >= 1", found: maxSeqLen)
+        try c.require(ropeTheta > 0, .ropeTheta, expected: "a number > 0", found: ropeTheta)
+        try c.require(["half", "adjacent"].contains(ropeStyle), .ropeStyle, expected: "'half' or 'adjacent'", found: "'\(ropeStyle)'")
+        try c.require(rmsEps > 0 && rmsEps < 1, .rmsEps, expected: "a number in (0, 1)", found: rmsEps)
+        try c.require(initStd > 0, .initStd, expected: "a number > 0", found: initStd)
+    }
+
+    /// Head size dim / heads.
+    public var headSize: Int { dim / heads }
+    /// Width of the key and value projections.
+    public var kvDim: Int { kvHeads * headSize }
+
+    /// Cross-field rules; throws `ConfigError.invalid` naming the fields.
+    public func validate(path: String = "model") throws {
+        guard dim % heads == 0 else {
+            throw ConfigError.invalid("\(path).dim", expected: "a multiple of heads (\(heads))", found: "\(dim)")
+        }
+        guard heads % kvHeads == 0 else {
+            throw ConfigError.invalid("\(path).kv_heads", expected: "a divisor of heads (\(heads))", found: "\(kvHeads)")
+        }
+        guard headSize % 2 == 0 else {
+            throw ConfigError.invalid("\(path).dim", expected: "an even head size dim/heads for RoPE", found: "\(headSize)")
+        }
+    }
+}
+
+/// The training loop: batch geometry, length, logging.
+public struct TrainConfig: Codable, Equatable, Sendable {
+    /// Optimizer steps to run. Default 100.
+    public var steps = 100
+    /// Sequences per micro-batch (per rank). Default 8.
+    public var microBatch = 8
+    /// Micro-batches accumulated into one optimizer step. Default 1.
+    public var gradAccum = 1
+    /// Tokens per training sequence. Default 128.
+    public var seqLen = 128
+    /// Seed of every random stream (init, data order, sampling). Default 1234.
+    public var seed: UInt64 = 1234
+    /// Print a progress line every this many steps. Default 10.
+    public var logEvery = 10
+    /// Evaluate on the validation split every this many steps; 0 = only at the end. Default 0.
+    public var evalEvery = 0
+    /// Validation micro-batches per evaluation. Default 4.
+    public var evalBatches = 4
+    /// Compute threads for kernels and BLAS; 0 = all cores. Default 0.
+    public var threads = 0
+    /// Rows of logits materialized at once by the chunked LM head. Default 256.
+    public var lmHeadChunk = 256
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case steps, microBatch = "micro_batch", gradAccum = "grad_accum", seqLen = "seq_len", seed
+        case logEvery = "log_every", evalEvery = "eval_every", evalBatches = "eval_batches", threads
+        case lmHeadChunk = "lm_head_chunk"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        steps = try c.value(.steps, or: steps)
+        microBatch = try c.value(.microBatch, or: microBatch)
+        gradAccum = try c.value(.gradAccum, or: gradAccum)
+        seqLen = try c.value(.seqLen, or: seqLen)
+        seed = try c.value(.seed, or: seed)
+        logEvery = try c.value(.logEvery, or: logEvery)
+        evalEvery = try c.value(.evalEvery, or: evalEvery)
+        evalBatches = try c.value(.evalBatches, or: evalBatches)
+        threads = try c.value(.threads, or: threads)
+        lmHeadChunk = try c.value(.lmHeadChunk, or: lmHeadChunk)
+        try c.require(steps >= 1, .steps, expected: "an integer >= 1", found: steps)
+        try c.require(microBatch >= 1, .microBatch, expected: "an integer >= 1", found: microBatch)
+        try c.require(gradAccum >= 1, .gradAccum, expected: "an integer >= 1", found: gradAccum)
+        try c.require(seqLen >= 2, .seqLen, expected: "an integer >= 2", found: seqLen)
+        try c.require(logEvery >= 1, .logEvery, expected: "an integer >= 1", found: logEvery)
+        try c.require(evalEvery >= 0, .evalEvery, expected: "an integer >= 0", found: evalEvery)
+        try c.require(evalBatches >= 1, .evalBatches, expected: "an integer >= 1", found: evalBatches)
+        try c.require(threads >= 0, .threads, expected: "an integer >= 0 (0 = all cores)", found: threads)
+        try c.require(lmHeadChunk >= 1, .lmHeadChunk, expected: "an integer >= 1", found: lmHeadChunk)
+    }
+}
+
+/// AdamW and the learning-rate schedule (linear warmup, then cosine decay to min_lr_ratio·lr).
+public struct OptimizerConfig: Codable, Equatable, Sendable {
+    /// Peak learning rate. Default 3e-4.
+    public var lr: Float = 3e-4
+    /// Final learning rate as a fraction of lr. Default 0.1.
+    public var minLRRatio: Float = 0.1
+    /// Steps of linear warmup from 0 to lr. Default 10.
+    public var warmupSteps = 10
+    /// Decoupled weight decay, applied to matrices only (not norms). Default 0.1.
+    public var weightDecay: Float = 0.1
+    /// Adam β1. Default 0.9.
+    public var beta1: Float = 0.9
+    /// Adam β2. Default 0.95.
+    public var beta2: Float = 0.95
+    /// Adam ε. Default 1e-8.
+    public var eps: Float = 1e-8
+    /// Global gradient-norm clip; 0 disables. Default 1.
+    public var gradClip: Float = 1
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case lr, minLRRatio = "min_lr_ratio", warmupSteps = "warmup_steps", weightDecay = "weight_decay"
+        case beta1, beta2, eps, gradClip = "grad_clip"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        lr = try c.value(.lr, or: lr)
+        minLRRatio = try c.value(.minLRRatio, or: minLRRatio)
+        warmupSteps = try c.value(.warmupSteps, or: warmupSteps)
+        weightDecay = try c.value(.weightDecay, or: weightDecay)
+        beta1 = try c.value(.beta1, or: beta1)
+        beta2 = try c.value(.beta2, or: beta2)
+        eps = try c.value(.eps, or: eps)
+        gradClip = try c.value(.gradClip, or: gradClip)
+        try c.require(lr > 0 && lr < 1, .lr, expected: "a number in (0, 1)", found: lr)
+        try c.require((0...1).contains(minLRRatio), .minLRRatio, expected: "a number in [0, 1]", found: minLRRatio)
+        try c.require(warmupSteps >= 0, .warmupSteps, expected: "an integer >= 0", found: warmupSteps)
+        try c.require(weightDecay >= 0, .weightDecay, expected: "a number >= 0", found: weightDecay)
+        try c.require(beta1 >= 0 && beta1 < 1, .beta1, expected: "a number in [0, 1)", found: beta1)
+        try c.require(beta2 >= 0 && beta2 < 1, .beta2, expected: "a number in [0, 1)", found: beta2)
+        try c.require(eps > 0, .eps, expected: "a number > 0", found: eps)
+        try c.require(gradClip >= 0, .gradClip, expected: "a number >= 0 (0 = off)", found: gradClip)
+    }
+
+    /// Learning rate at 0-based `step` of `total`: linear warmup to lr, then cosine to minLRRatio·lr.
+    public func learningRate(step: Int, total: Int) -> Float {
+        if step < warmupSteps { return lr * Float(step + 1) / Float(warmupSteps) }
+        let span = max(1, total - warmupSteps)
+        let progress = min(1, Double(step - warmupSteps) / Double(span))
+        let cosine = 0.5 * (1 + Foundation.cos(Double.pi * progress))
+        return lr * (minLRRatio + (1 - minLRRatio) * Float(cosine))
+    }
+}
+
+/// Where the training text comes from and how it is tokenized.
+public struct DataConfig: Codable, Equatable, Sendable {
+    /// Text files or folders (read recursively), relative to the working directory. Required.
+    public var train: [String] = []
+    /// Tokenizer: `bytes` (UTF-8 bytes, vocabulary 256). Default bytes.
+    public var tokenizer = "bytes"
+    /// File-name endings skipped inside folders (e.g. fortune's `.dat` indexes). Default [".dat"].
+    public var excludeSuffixes: [String] = [".dat"]
+    /// Fraction of documents held out for validation. Default 0.05.
+    public var valFraction: Double = 0.05
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case train, tokenizer, excludeSuffixes = "exclude_suffixes", valFraction = "val_fraction"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        if let one = try? c.decode(String.self, forKey: .train) { train = [one] } else { train = try c.value(.train, or: train) }
+        tokenizer = try c.value(.tokenizer, or: tokenizer)
+        excludeSuffixes = try c.value(.excludeSuffixes, or: excludeSuffixes)
+        valFraction = try c.value(.valFraction, or: valFraction)
+        try c.require(!train.isEmpty, .train, expected: "at least one text file or folder", found: "none")
+        try c.require(tokenizer == "bytes", .tokenizer, expected: "'bytes'", found: "'\(tokenizer)'")
+        try c.require(valFraction >= 0 && valFraction < 1, .valFraction, expected: "a number in [0, 1)", found: valFraction)
+    }
+}
+
+/// A whole run: one struct per YAML section.
+public struct RunConfig: Codable, Equatable, Sendable {
+    /// The student (for now: the model being trained).
+    public var model = ModelConfig()
+    public var train = TrainConfig()
+    public var optimizer = OptimizerConfig()
+    public var data = DataConfig()
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case model, train, optimizer, data }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        model = try c.value(.model, or: model)
+        train = try c.value(.train, or: train)
+        optimizer = try c.value(.optimizer, or: optimizer)
+        guard c.contains(.data) else {
+            throw ConfigError.invalid("data", expected: "a data section with a 'train' list of text files", found: "none")
+        }
+        data = try c.decode(DataConfig.self, forKey: .data)
+    }
+
+    /// Cross-field rules, checked before anything is allocated.
+    public func validate() throws {
+        try model.validate()
+        guard train.seqLen <= model.maxSeqLen else {
+            throw ConfigError.invalid("train.seq_len", expected: "<= model.max_seq_len (\(model.maxSeqLen))", found: "\(train.seqLen)")
+        }
+        if data.tokenizer == "bytes", model.vocabSize < 256 {
+            throw ConfigError.invalid("model.vocab_size", expected: ">= 256 for the bytes tokenizer", found: "\(model.vocabSize)")
+        }
+        guard optimizer.warmupSteps <= train.steps else {
+            throw ConfigError.invalid("optimizer.warmup_steps", expected: "<= train.steps (\(train.steps))", found: "\(optimizer.warmupSteps)")
+        }
+    }
+
+    /// Decodes and validates YAML text.
+    public static func parse(yaml: String, source: String = "config") throws -> RunConfig {
+        let config: RunConfig
+        do {
+            config = try YAMLDecoder().decode(RunConfig.self, from: yaml)
+        } catch let e as DecodingError {
+            throw ConfigError(decoding: e, source: source)
+        } catch let e as ConfigError {
+            throw e
+        } catch {
+            throw ConfigError.syntax(source: source, message: "\(error)")
+        }
+        try config.validate()
+        return config
+    }
+
+    /// Reads, decodes and validates a YAML file.
+    public static func load(path: String) throws -> RunConfig {
+        guard FileManager.default.fileExists(atPath: path) else { throw ConfigError.fileNotFound(path) }
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw ConfigError.syntax(source: path, message: "not readable as UTF-8 text")
+        }
+        return try parse(yaml: text, source: path)
+    }
+
+    /// The config as YAML (stored beside checkpoints and printed by `distill train --dry-run`).
+    public func yaml() throws -> String { try YAMLEncoder().encode(self) }
+}

@@ -1,0 +1,82 @@
+// Decoding YAML literals: defaults, unknown keys with their path, invalid values with expected vs found.
+import KDConfig
+import Testing
+
+@Test func missingKeysTakeDefaults() throws {
+    let c = try RunConfig.parse(yaml: "data:\n  train: [corpus.txt]\nmodel:\n  dim: 64\n  heads: 8\n")
+    #expect(c.model.dim == 64)
+    #expect(c.model.heads == 8)
+    #expect(c.model.kvHeads == 8)  // defaults to heads
+    #expect(c.model.layers == ModelConfig().layers)
+    #expect(c.train == TrainConfig())
+    #expect(c.optimizer == OptimizerConfig())
+    #expect(c.data.train == ["corpus.txt"])
+    #expect(c.data.excludeSuffixes == [".dat"])
+}
+
+@Test func unknownKeyFailsWithItsPath() {
+    do {
+        _ = try RunConfig.parse(yaml: "data:\n  train: [a]\noptimizer:\n  learnig_rate: 0.1\n", source: "x.yaml")
+        Issue.record("an unknown key was accepted")
+    } catch {
+        let s = "\(error)"
+        #expect(s.contains("x.yaml"))
+        #expect(s.contains("optimizer.learnig_rate"))
+        #expect(s.contains("unknown key"))
+    }
+    #expect(throws: ConfigError.self) { try RunConfig.parse(yaml: "data:\n  train: [a]\nmodell: {}\n") }
+}
+
+@Test func typoSuggestsTheNearestKey() {
+    #expect(throws: ConfigError.at(source: "config", path: "model.kv_head",
+                                   message: "unknown key 'kv_head'; did you mean 'kv_heads'? (expected one of: layers, dim, heads, kv_heads, ffn_dim, vocab_size, max_seq_len, rope_theta, rope_style, rms_eps, tied_embeddings, init_std)")) {
+        try RunConfig.parse(yaml: "data: {train: [a]}\nmodel:\n  kv_head: 2\n")
+    }
+}
+
+@Test(arguments: [
+    ("optimizer: {lr: -1}", "optimizer.lr", "expected a number in (0, 1), found -1.0"),
+    ("train: {micro_batch: 0}", "train.micro_batch", "expected an integer >= 1, found 0"),
+    ("model: {rope_style: sideways}", "model.rope_style", "expected 'half' or 'adjacent', found 'sideways'"),
+    ("model: {dim: notanumber}", "model.dim", "expected a value of type Int"),
+])
+func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: String) {
+    do {
+        _ = try RunConfig.parse(yaml: "data: {train: [a]}\n" + snippet + "\n")
+        Issue.record("accepted \(snippet)")
+    } catch {
+        #expect("\(error)".contains(path), "\(error)")
+        #expect("\(error)".contains(message), "\(error)")
+    }
+}
+
+@Test func crossFieldRulesAreChecked() {
+    #expect(throws: ConfigError.invalid("model.dim", expected: "a multiple of heads (3)", found: "64")) {
+        try RunConfig.parse(yaml: "data: {train: [a]}\nmodel: {dim: 64, heads: 3}\n")
+    }
+    #expect(throws: ConfigError.invalid("model.kv_heads", expected: "a divisor of heads (4)", found: "3")) {
+        try RunConfig.parse(yaml: "data: {train: [a]}\nmodel: {dim: 64, heads: 4, kv_heads: 3}\n")
+    }
+    #expect(throws: ConfigError.invalid("train.seq_len", expected: "<= model.max_seq_len (64)", found: "128")) {
+        try RunConfig.parse(yaml: "data: {train: [a]}\nmodel: {max_seq_len: 64}\ntrain: {seq_len: 128}\n")
+    }
+    #expect(throws: ConfigError.self) { try RunConfig.parse(yaml: "model: {dim: 64}\n") }  // no data section
+    #expect(throws: ConfigError.fileNotFound("/nonexistent.yaml")) { try RunConfig.load(path: "/nonexistent.yaml") }
+}
+
+@Test func learningRateScheduleWarmsUpThenDecays() {
+    var o = OptimizerConfig()
+    o.lr = 1e-3; o.warmupSteps = 10; o.minLRRatio = 0.1
+    #expect(abs(o.learningRate(step: 0, total: 100) - 1e-4) < 1e-9)
+    #expect(abs(o.learningRate(step: 9, total: 100) - 1e-3) < 1e-9)
+    #expect(abs(o.learningRate(step: 100, total: 100) - 1e-4) < 1e-9)
+    let mid = o.learningRate(step: 55, total: 100)
+    #expect(abs(mid - 0.55e-3) < 1e-6)
+    var prev = Float.infinity
+    for s in 10...100 { let lr = o.learningRate(step: s, total: 100); #expect(lr <= prev); prev = lr }
+}
+
+@Test func configRoundTripsThroughYAML() throws {
+    let c = try RunConfig.parse(yaml: "data: {train: [a, b]}\nmodel: {dim: 64, heads: 4, kv_heads: 2}\ntrain: {steps: 20}\n")
+    #expect(try RunConfig.parse(yaml: c.yaml()) == c)
+}

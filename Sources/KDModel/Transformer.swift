@@ -1,0 +1,255 @@
+// The Llama-family transformer with explicit forward and backward (llm.c train_gpt2.c, Llama flavour):
+// embedding → L × [RMSNorm → GQA attention with RoPE → residual → RMSNorm → SwiGLU MLP → residual] → RMSNorm →
+// LM head fused with cross-entropy. Parameters and gradients each live in one slab laid out by ParameterLayout.
+// Dims: b batch, t sequence, n = b·t rows, c dim, kv kv dim, f ffn dim, v vocabulary, nh heads, hs head size.
+import KDConfig
+import KDCore
+import KDOps
+
+/// Buffers one block's forward writes and its backward reads.
+final class BlockActivations {
+    let ln1: Slab, rstd1: Slab, q: Slab, k: Slab, v: Slab, probs: Slab, att: Slab
+    let x2: Slab, ln2: Slab, rstd2: Slab, gate: Slab, up: Slab, h: Slab
+    /// `tk` keys per query (t in training; cached length + t when decoding).
+    init(n: Int, b: Int, t: Int, tk: Int? = nil, m: ModelConfig) {
+        let c = m.dim
+        ln1 = Slab(count: n * c); rstd1 = Slab(count: n)
+        q = Slab(count: n * c); k = Slab(count: n * m.kvDim); v = Slab(count: n * m.kvDim)
+        probs = Slab(count: b * m.heads * t * (tk ?? t)); att = Slab(count: n * c)
+        x2 = Slab(count: n * c); ln2 = Slab(count: n * c); rstd2 = Slab(count: n)
+        gate = Slab(count: n * m.ffnDim); up = Slab(count: n * m.ffnDim); h = Slab(count: n * m.ffnDim)
+    }
+}
+
+/// Gradient scratch shared by all blocks during backward.
+final class BackwardScratch {
+    let dx, dln, datt, dq, dqp: Slab
+    let dk, dv, dkp: Slab
+    let dh, dgate, dup: Slab
+    let attn: Slab
+    init(n: Int, t: Int, m: ModelConfig) {
+        let c = m.dim, kv = m.kvDim, f = m.ffnDim
+        dx = Slab(count: n * c); dln = Slab(count: n * c); datt = Slab(count: n * c)
+        dq = Slab(count: n * c); dqp = Slab(count: n * c)
+        dk = Slab(count: n * kv); dv = Slab(count: n * kv); dkp = Slab(count: n * kv)
+        dh = Slab(count: n * f); dgate = Slab(count: n * f); dup = Slab(count: n * f)
+        attn = Slab(count: t * t)
+    }
+}
+
+/// Everything a (b, t) forward saves: per-block buffers (one shared set when no gradient is needed),
+/// the residual stream entering each block, the final norm, the tokens and per-row losses.
+final class Activations {
+    let b: Int, t: Int
+    let blocks: [BlockActivations]
+    let resid: [Slab]  // resid[l] enters block l; resid[layers] leaves the last block
+    let lnf: Slab, rstdf: Slab, losses: Slab
+    let tokens: UnsafeMutablePointer<Int32>
+    let scratch: BackwardScratch?
+    let lmHead: LMHeadScratch
+
+    init(b: Int, t: Int, m: ModelConfig, training: Bool, lmHeadChunk: Int) {
+        self.b = b
+        self.t = t
+        let n = b * t
+        if training {
+            blocks = (0..<m.layers).map { _ in BlockActivations(n: n, b: b, t: t, m: m) }
+            resid = (0...m.layers).map { _ in Slab(count: n * m.dim) }
+            scratch = BackwardScratch(n: n, t: t, m: m)
+        } else {
+            // inference: every block reuses one set, and the residual stream is updated in place
+            let one = BlockActivations(n: n, b: b, t: t, m: m), r = Slab(count: n * m.dim)
+            blocks = Array(repeating: one, count: m.layers)
+            resid = Array(repeating: r, count: m.layers + 1)
+            scratch = nil
+        }
+        lnf = Slab(count: n * m.dim); rstdf = Slab(count: n); losses = Slab(count: n)
+        tokens = .allocate(capacity: n)
+        lmHead = LMHeadScratch(rows: min(lmHeadChunk, n), v: m.vocabSize)
+    }
+    deinit { tokens.deallocate() }
+}
+
+/// Sum of per-token losses and the number of tokens that carried a loss.
+public struct LossSum: Sendable, Equatable {
+    public var sum: Double
+    public var count: Int
+    public init(sum: Double = 0, count: Int = 0) { self.sum = sum; self.count = count }
+    public var mean: Double { count > 0 ? sum / Double(count) : 0 }
+    public static func + (a: LossSum, b: LossSum) -> LossSum { LossSum(sum: a.sum + b.sum, count: a.count + b.count) }
+}
+
+/// A Llama-family decoder. Built with `needsGrad: false` for teachers and inference (no gradient slab, one
+/// shared set of block buffers).
+public final class Transformer {
+    public let config: ModelConfig
+    public let layout: ParameterLayout
+    public let params: Slab
+    public let grads: Slab?
+    public let rope: RoPETable
+    public let ropeStyle: RoPEStyle
+    /// Rows of logits the chunked LM head materializes at once.
+    public var lmHeadChunk: Int
+    var acts: Activations?
+
+    public init(config: ModelConfig, needsGrad: Bool, lmHeadChunk: Int = 256) {
+        self.config = config
+        layout = ParameterLayout(config: config)
+        params = Slab(count: layout.count)
+        grads = needsGrad ? Slab(count: layout.count) : nil
+        rope = RoPETable(maxT: config.maxSeqLen, hs: config.headSize, theta: config.ropeTheta)
+        ropeStyle = RoPEStyle(rawValue: config.ropeStyle) ?? .half
+        self.lmHeadChunk = lmHeadChunk
+    }
+
+    /// Normal(0, initStd) matrices (output projections scaled by 1/√(2·layers), GPT-2 style), unit norm weights.
+    /// Every element is a function of (seed, tensor index, element index): identical on any thread count.
+    public func initialize(seed: UInt64) {
+        let rng = CounterRNG(seed: seed, purpose: .parameterInit)
+        let residScale = 1 / Float(2 * config.layers).squareRoot()
+        for (ti, e) in layout.entries.enumerated() {
+            let p = params.base + e.offset
+            if !e.isMatrix {
+                p.update(repeating: 1, count: e.count)
+                continue
+            }
+            let isOut = e.name.hasSuffix("o_proj.weight") || e.name.hasSuffix("down_proj.weight")
+            let std = config.initStd * (isOut ? residScale : 1)
+            Parallel.forRanges(e.count, minPerThread: 1 << 14) { lo, hi in
+                for i in lo..<hi { p[i] = std * rng.normal(UInt64(ti), UInt64(i)) }
+            }
+        }
+    }
+
+    func activations(b: Int, t: Int) -> Activations {
+        precondition(t <= config.maxSeqLen, "forward: sequence of \(t) exceeds max_seq_len \(config.maxSeqLen)")
+        if let a = acts, a.b == b, a.t == t { return a }
+        let a = Activations(b: b, t: t, m: config, training: grads != nil, lmHeadChunk: lmHeadChunk)
+        acts = a
+        return a
+    }
+
+    /// Drops the activation buffers (they are rebuilt on the next forward).
+    public func releaseActivations() { acts = nil }
+
+    // MARK: - Forward
+
+    /// Runs the model on `b` sequences of `t` tokens up to the final RMSNorm, saving what backward needs.
+    /// - Shapes: tokens [b, t], each in 0..<vocab
+    public func forward(tokens: UnsafePointer<Int32>, b: Int, t: Int) {
+        let a = activations(b: b, t: t), m = config, n = b * t, P = params.base
+        a.tokens.update(from: tokens, count: n)
+        for i in 0..<n {
+            precondition(tokens[i] >= 0 && Int(tokens[i]) < m.vocabSize, "forward: token \(tokens[i]) outside vocabulary of \(m.vocabSize)")
+        }
+        embeddingForward(out: a.resid[0].base, tokens: tokens, wte: P + layout.embedding, n: n, c: m.dim)
+        let shape = AttentionShape(b: b, tq: t, tk: t, nh: m.heads, nkv: m.kvHeads, hs: m.headSize)
+        for l in 0..<m.layers {
+            let A = a.blocks[l]
+            blockForward(l, A, resIn: a.resid[l].base, resOut: a.resid[l + 1].base, n: n, t: t, pos0: 0,
+                         kDst: A.k.base, vDst: A.v.base, shape: shape)
+        }
+        rmsNormForward(out: a.lnf.base, rstd: a.rstdf.base, inp: a.resid[m.layers].base,
+                       weight: P + layout.finalNorm, n: n, c: m.dim, eps: m.rmsEps)
+    }
+
+    /// One block. Keys and values are written to kDst/vDst (the activation buffers, or rows of a KV cache),
+    /// and attention reads them through `shape` (which covers earlier cached positions when pos0 > 0).
+    func blockForward(
+        _ l: Int, _ A: BlockActivations, resIn: UnsafeMutablePointer<Float>, resOut: UnsafeMutablePointer<Float>,
+        n: Int, t: Int, pos0: Int, kDst: UnsafeMutablePointer<Float>, vDst: UnsafeMutablePointer<Float>,
+        kAll: UnsafePointer<Float>? = nil, vAll: UnsafePointer<Float>? = nil, shape: AttentionShape
+    ) {
+        let m = config, c = m.dim, kv = m.kvDim, f = m.ffnDim, P = params.base, L = layout.blocks[l]
+        rmsNormForward(out: A.ln1.base, rstd: A.rstd1.base, inp: resIn, weight: P + L.ln1, n: n, c: c, eps: m.rmsEps)
+        matmulForward(out: A.q.base, inp: A.ln1.base, weight: P + L.wq, n: n, c: c, oc: c)
+        matmulForward(out: kDst, inp: A.ln1.base, weight: P + L.wk, n: n, c: c, oc: kv)
+        matmulForward(out: vDst, inp: A.ln1.base, weight: P + L.wv, n: n, c: c, oc: kv)
+        ropeForward(out: A.q.base, inp: A.q.base, table: rope, n: n, t: t, pos0: pos0, nh: m.heads, hs: m.headSize, style: ropeStyle)
+        ropeForward(out: kDst, inp: kDst, table: rope, n: n, t: t, pos0: pos0, nh: m.kvHeads, hs: m.headSize, style: ropeStyle)
+        attentionForward(out: A.att.base, probs: A.probs.base, q: A.q.base, k: kAll ?? UnsafePointer(kDst),
+                         v: vAll ?? UnsafePointer(vDst), shape: shape)
+        // residual adds ride on sgemm's beta = 1: x2 = x + att·Woᵀ, out = x2 + h·Wdᵀ
+        A.x2.base.update(from: resIn, count: n * c)
+        matmulForward(out: A.x2.base, inp: A.att.base, weight: P + L.wo, n: n, c: c, oc: c, accumulate: true)
+        rmsNormForward(out: A.ln2.base, rstd: A.rstd2.base, inp: A.x2.base, weight: P + L.ln2, n: n, c: c, eps: m.rmsEps)
+        matmulForward(out: A.gate.base, inp: A.ln2.base, weight: P + L.wgate, n: n, c: c, oc: f)
+        matmulForward(out: A.up.base, inp: A.ln2.base, weight: P + L.wup, n: n, c: c, oc: f)
+        swiGLUForward(out: A.h.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+        if resOut != A.x2.base { resOut.update(from: A.x2.base, count: n * c) }
+        matmulForward(out: resOut, inp: A.h.base, weight: P + L.wdown, n: n, c: f, oc: c, accumulate: true)
+    }
+
+    /// Cross-entropy of the last ``forward`` against `targets` (−1 = no loss), without gradients.
+    /// - Shapes: targets [b, t]
+    public func loss(targets: UnsafePointer<Int32>) -> LossSum {
+        guard let a = acts else { preconditionFailure("loss: call forward first") }
+        let n = a.b * a.t, m = config
+        lmHeadCrossEntropyForward(losses: a.losses.base, inp: a.lnf.base, weight: params.base + layout.lmHead,
+                                  targets: targets, n: n, c: m.dim, v: m.vocabSize, scratch: a.lmHead)
+        return sumLosses(a, targets: targets)
+    }
+
+    func sumLosses(_ a: Activations, targets: UnsafePointer<Int32>) -> LossSum {
+        var s = LossSum()
+        for r in 0..<(a.b * a.t) where targets[r] >= 0 {
+            s.sum += Double(a.losses.base[r])
+            s.count += 1
+        }
+        return s
+    }
+
+    /// Logits of every row of the last forward, materialized (tests and small vocabularies only).
+    /// - Shapes: out [b·t, v]
+    public func logits(into out: UnsafeMutablePointer<Float>) {
+        guard let a = acts else { preconditionFailure("logits: call forward first") }
+        matmulForward(out: out, inp: a.lnf.base, weight: params.base + layout.lmHead, n: a.b * a.t, c: config.dim, oc: config.vocabSize)
+    }
+
+    // MARK: - Backward
+
+    /// Loss of the last forward and the gradient of `lossScale · Σ losses`, accumulated into `grads`.
+    /// The caller zeroes `grads` once per optimizer step and picks lossScale = 1 / (global loss-token count).
+    /// - Shapes: targets [b, t] (−1 = no loss)
+    @discardableResult
+    public func backward(targets: UnsafePointer<Int32>, lossScale: Float) -> LossSum {
+        guard let a = acts, let g = grads, let S = a.scratch else { preconditionFailure("backward: needs a forward on a model built with needsGrad") }
+        let m = config, n = a.b * a.t, c = m.dim, kv = m.kvDim, f = m.ffnDim, P = params.base, G = g.base
+        S.dx.zero()
+        S.dln.zero()
+        lmHeadCrossEntropyForwardBackward(
+            losses: a.losses.base, dinp: S.dln.base, dweight: G + layout.lmHead, inp: a.lnf.base,
+            weight: P + layout.lmHead, targets: targets, n: n, c: c, v: m.vocabSize, lossScale: lossScale, scratch: a.lmHead)
+        rmsNormBackward(dinp: S.dx.base, dweight: G + layout.finalNorm, dout: S.dln.base, inp: a.resid[m.layers].base,
+                        weight: P + layout.finalNorm, rstd: a.rstdf.base, n: n, c: c)
+        let shape = AttentionShape(b: a.b, tq: a.t, tk: a.t, nh: m.heads, nkv: m.kvHeads, hs: m.headSize)
+        for l in stride(from: m.layers - 1, through: 0, by: -1) {
+            let A = a.blocks[l], L = layout.blocks[l]
+            // S.dx holds dL/d(block output); the residual passes it straight through to x2 and to the input
+            S.dh.zero()
+            matmulBackward(dinp: S.dh.base, dweight: G + L.wdown, dout: S.dx.base, inp: A.h.base, weight: P + L.wdown, n: n, c: f, oc: c)
+            S.dgate.zero(); S.dup.zero()
+            swiGLUBackward(dgate: S.dgate.base, dup: S.dup.base, dout: S.dh.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+            S.dln.zero()
+            matmulBackward(dinp: S.dln.base, dweight: G + L.wgate, dout: S.dgate.base, inp: A.ln2.base, weight: P + L.wgate, n: n, c: c, oc: f)
+            matmulBackward(dinp: S.dln.base, dweight: G + L.wup, dout: S.dup.base, inp: A.ln2.base, weight: P + L.wup, n: n, c: c, oc: f)
+            rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln2, dout: S.dln.base, inp: A.x2.base, weight: P + L.ln2, rstd: A.rstd2.base, n: n, c: c)
+            // S.dx now holds dL/dx2
+            S.datt.zero()
+            matmulBackward(dinp: S.datt.base, dweight: G + L.wo, dout: S.dx.base, inp: A.att.base, weight: P + L.wo, n: n, c: c, oc: c)
+            S.dq.zero(); S.dk.zero(); S.dv.zero()
+            attentionBackward(dq: S.dq.base, dk: S.dk.base, dv: S.dv.base, scratch: S.attn.base, dout: S.datt.base,
+                              probs: A.probs.base, q: A.q.base, k: A.k.base, v: A.v.base, shape: shape)
+            S.dqp.zero(); S.dkp.zero()
+            ropeBackward(dinp: S.dqp.base, dout: S.dq.base, table: rope, n: n, t: a.t, nh: m.heads, hs: m.headSize, style: ropeStyle)
+            ropeBackward(dinp: S.dkp.base, dout: S.dk.base, table: rope, n: n, t: a.t, nh: m.kvHeads, hs: m.headSize, style: ropeStyle)
+            S.dln.zero()
+            matmulBackward(dinp: S.dln.base, dweight: G + L.wq, dout: S.dqp.base, inp: A.ln1.base, weight: P + L.wq, n: n, c: c, oc: c)
+            matmulBackward(dinp: S.dln.base, dweight: G + L.wk, dout: S.dkp.base, inp: A.ln1.base, weight: P + L.wk, n: n, c: c, oc: kv)
+            matmulBackward(dinp: S.dln.base, dweight: G + L.wv, dout: S.dv.base, inp: A.ln1.base, weight: P + L.wv, n: n, c: c, oc: kv)
+            rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln1, dout: S.dln.base, inp: a.resid[l].base, weight: P + L.ln1, rstd: A.rstd1.base, n: n, c: c)
+        }
+        embeddingBackward(dwte: G + layout.embedding, dout: S.dx.base, tokens: a.tokens, n: n, c: c)
+        return sumLosses(a, targets: targets)
+    }
+}

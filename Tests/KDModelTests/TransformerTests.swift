@@ -1,0 +1,208 @@
+// The whole model: against an independent Double-precision reference, a gradient check at sampled coordinates,
+// overfitting one batch, KV-cache decoding against the full forward, and sampling.
+import Foundation
+import KDConfig
+import KDCore
+import KDModel
+import KDOps
+import KDTestSupport
+import Testing
+
+func makeModel(_ m: ModelConfig, needsGrad: Bool = true, seed: UInt64 = 7) -> Transformer {
+    let model = Transformer(config: m, needsGrad: needsGrad, lmHeadChunk: 5)  // odd chunk: exercises partial chunks
+    model.initialize(seed: seed)
+    // non-unit norm weights so a swapped norm weight would show
+    for e in model.layout.entries where !e.isMatrix {
+        for i in 0..<e.count { model.params.base[e.offset + i] = 1 + 0.1 * CounterRNG(seed: 3, purpose: .test).normal(UInt64(e.offset + i)) }
+    }
+    return model
+}
+
+func tokens(_ n: Int, vocab: Int, seed: UInt64) -> [Int32] {
+    let rng = CounterRNG(seed: seed, purpose: .test)
+    return (0..<n).map { Int32(rng.index(vocab, UInt64($0))) }
+}
+
+/// Straight-from-the-paper Llama forward in Double, written independently of KDOps: returns logits [t, v].
+func referenceLogits(_ model: Transformer, _ toks: [Int32]) -> [[Double]] {
+    let m = model.config, L = model.layout, P = model.params.base
+    let c = m.dim, hs = m.headSize, t = toks.count
+    func w(_ off: Int, _ count: Int) -> [Double] { (0..<count).map { Double(P[off + $0]) } }
+    func linear(_ x: [Double], _ off: Int, _ oc: Int, _ ic: Int) -> [Double] {
+        (0..<oc).map { o in (0..<ic).reduce(0.0) { $0 + x[$1] * Double(P[off + o * ic + $1]) } }
+    }
+    func norm(_ x: [Double], _ off: Int) -> [Double] {
+        let r = 1 / ((x.reduce(0) { $0 + $1 * $1 } / Double(c)) + Double(m.rmsEps)).squareRoot()
+        return (0..<c).map { x[$0] * r * Double(P[off + $0]) }
+    }
+    func rope(_ x: [Double], heads: Int, pos: Int) -> [Double] {
+        var y = x
+        for h in 0..<heads {
+            for i in 0..<hs / 2 {
+                let a = m.ropeStyle == "adjacent" ? h * hs + 2 * i : h * hs + i
+                let b = m.ropeStyle == "adjacent" ? a + 1 : a + hs / 2
+                let ang = Double(pos) * pow(m.ropeTheta, -2 * Double(i) / Double(hs))
+                y[a] = x[a] * cos(ang) - x[b] * sin(ang)
+                y[b] = x[a] * sin(ang) + x[b] * cos(ang)
+            }
+        }
+        return y
+    }
+    var xs = toks.map { w(L.embedding + Int($0) * c, c) }
+    for l in 0..<m.layers {
+        let B = L.blocks[l]
+        let h1 = xs.map { norm($0, B.ln1) }
+        let q = h1.enumerated().map { rope(linear($0.element, B.wq, c, c), heads: m.heads, pos: $0.offset) }
+        let k = h1.enumerated().map { rope(linear($0.element, B.wk, m.kvDim, c), heads: m.kvHeads, pos: $0.offset) }
+        let v = h1.map { linear($0, B.wv, m.kvDim, c) }
+        for i in 0..<t {
+            var att = [Double](repeating: 0, count: c)
+            for h in 0..<m.heads {
+                let kh = h / (m.heads / m.kvHeads)
+                let s = (0...i).map { j in (0..<hs).reduce(0.0) { $0 + q[i][h * hs + $1] * k[j][kh * hs + $1] } / Double(hs).squareRoot() }
+                let mx = s.max()!, e = s.map { exp($0 - mx) }, z = e.reduce(0, +)
+                for d in 0..<hs { att[h * hs + d] = (0...i).reduce(0.0) { $0 + e[$1] / z * v[$1][kh * hs + d] } }
+            }
+            let o = linear(att, B.wo, c, c)
+            xs[i] = (0..<c).map { xs[i][$0] + o[$0] }
+        }
+        for i in 0..<t {
+            let h2 = norm(xs[i], B.ln2)
+            let g = linear(h2, B.wgate, m.ffnDim, c), u = linear(h2, B.wup, m.ffnDim, c)
+            let a = (0..<m.ffnDim).map { g[$0] / (1 + exp(-g[$0])) * u[$0] }
+            let d = linear(a, B.wdown, c, m.ffnDim)
+            xs[i] = (0..<c).map { xs[i][$0] + d[$0] }
+        }
+    }
+    return xs.map { linear(norm($0, L.finalNorm), L.lmHead, m.vocabSize, c) }
+}
+
+@Test(arguments: ["half", "adjacent"], [true, false])
+func forwardMatchesIndependentDoubleReference(ropeStyle: String, tied: Bool) {
+    let m = tinyModelConfig(tied: tied, ropeStyle: ropeStyle)
+    let model = makeModel(m)
+    let t = 9, toks = tokens(t, vocab: m.vocabSize, seed: 1)
+    toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: 1, t: t) }
+    var logits = [Float](repeating: 0, count: t * m.vocabSize)
+    logits.withUnsafeMutableBufferPointer { model.logits(into: $0.baseAddress!) }
+    let ref = referenceLogits(model, toks)
+    var worst = 0.0
+    for i in 0..<t { for j in 0..<m.vocabSize { worst = max(worst, abs(Double(logits[i * m.vocabSize + j]) - ref[i][j])) } }
+    #expect(worst < 2e-4, "max |logit − reference| = \(worst)")
+}
+
+@Test func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates() {
+    let m = tinyModelConfig(tied: false)
+    let model = makeModel(m)
+    let b = 2, t = 6, n = b * t
+    let toks = tokens(n, vocab: m.vocabSize, seed: 2)
+    var targets = tokens(n, vocab: m.vocabSize, seed: 3)
+    targets[4] = -1  // an unmasked loss row must not leak gradient
+    func loss() -> Double {
+        toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
+        return targets.withUnsafeBufferPointer { model.loss(targets: $0.baseAddress!) }.sum
+    }
+    model.grads!.zero()
+    toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
+    let ls = targets.withUnsafeBufferPointer { model.backward(targets: $0.baseAddress!, lossScale: 1) }
+    #expect(ls.count == n - 1)
+    #expect(abs(ls.sum - loss()) < 1e-4)
+    var analytic: [Float] = [], numeric: [Float] = []
+    let rng = CounterRNG(seed: 11, purpose: .test), eps: Float = 1e-2
+    for (ti, e) in model.layout.entries.enumerated() {
+        for s in 0..<4 {
+            var i = e.offset + rng.index(e.count, UInt64(ti), UInt64(s))
+            if e.name == "model.embed_tokens.weight" {  // pick rows of tokens that occur, else the gradient is 0
+                i = e.offset + Int(toks[s]) * m.dim + rng.index(m.dim, UInt64(ti), UInt64(s))
+            }
+            let orig = model.params.base[i]
+            model.params.base[i] = orig + eps
+            let lp = loss()
+            model.params.base[i] = orig - eps
+            let lm = loss()
+            model.params.base[i] = orig
+            numeric.append(Float((lp - lm) / Double(2 * eps)))
+            analytic.append(model.grads!.base[i])
+        }
+    }
+    let err = maxRelError(analytic, numeric)
+    #expect(err < 1e-2, "max error relative to the largest gradient: \(err)")
+    #expect(numeric.contains { abs($0) > 1e-2 })  // the check is not vacuous
+}
+
+@Test func tinyModelOverfitsOneBatch() {
+    let m = tinyModelConfig()
+    let model = makeModel(m)
+    let b = 2, t = 12, n = b * t
+    let toks = tokens(n, vocab: m.vocabSize, seed: 4), targets = tokens(n, vocab: m.vocabSize, seed: 5)
+    let mom = Slab(count: model.layout.count), vel = Slab(count: model.layout.count)
+    var first = 0.0, last = 0.0
+    for step in 1...150 {
+        model.grads!.zero()
+        toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
+        let ls = targets.withUnsafeBufferPointer { model.backward(targets: $0.baseAddress!, lossScale: 1 / Float(n)) }
+        if step == 1 { first = ls.mean }
+        last = ls.mean
+        adamWUpdate(param: model.params.base, grad: model.grads!.base, m: mom.base, v: vel.base, count: model.layout.count,
+                    step: AdamWStep(lr: 1e-2, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0, t: step))
+    }
+    #expect(first > 3)
+    #expect(last < 0.05, "loss after 150 steps on one batch: \(last)")
+}
+
+@Test func kvCacheDecodingMatchesFullForward() {
+    let m = tinyModelConfig(ropeStyle: "adjacent")
+    let train = makeModel(m)
+    let infer = Transformer(config: m, needsGrad: false)
+    infer.params.base.update(from: train.params.base, count: train.layout.count)
+    let t = 11, toks = tokens(t, vocab: m.vocabSize, seed: 6), v = m.vocabSize
+    toks.withUnsafeBufferPointer { infer.forward(tokens: $0.baseAddress!, b: 1, t: t) }
+    var full = [Float](repeating: 0, count: t * v)
+    full.withUnsafeMutableBufferPointer { infer.logits(into: $0.baseAddress!) }
+    let cache = KVCache(config: m)
+    var stepwise = infer.decode(tokens: Array(toks[0..<4]), cache: cache, allRows: true)
+    for i in 4..<t { stepwise += infer.decode(tokens: [toks[i]], cache: cache) }
+    #expect(cache.length == t)
+    #expect(maxRelError(stepwise, full) < 1e-5)
+    // the shared-buffer inference model and the training model agree
+    toks.withUnsafeBufferPointer { train.forward(tokens: $0.baseAddress!, b: 1, t: t) }
+    var trainLogits = [Float](repeating: 0, count: t * v)
+    trainLogits.withUnsafeMutableBufferPointer { train.logits(into: $0.baseAddress!) }
+    #expect(trainLogits == full)
+}
+
+@Test func samplerModes() {
+    let logits: [Float] = [1, 3, 2, 0.5, 2.9]
+    #expect(Sampler.greedy.sample(logits: logits, u: 0.99) == 1)
+    #expect(Sampler(temperature: 1, topK: 1).sample(logits: logits, u: 0.99) == 1)
+    #expect(Sampler(temperature: 1, topP: 0.01).sample(logits: logits, u: 0.99) == 1)
+    let d = Sampler(temperature: 0.7, topK: 3).candidateDistribution(logits: logits)
+    #expect(d.map(\.0) == [1, 4, 2])
+    #expect(abs(d.reduce(0) { $0 + $1.1 } - 1) < 1e-6)
+    // inverse-CDF over an even grid of u reproduces the softmax probabilities
+    let full = Sampler(temperature: 1).candidateDistribution(logits: logits)
+    var counts = [Int](repeating: 0, count: logits.count)
+    let draws = 10_000
+    for i in 0..<draws { counts[Int(Sampler(temperature: 1).sample(logits: logits, u: (Float(i) + 0.5) / Float(draws)))] += 1 }
+    for (tok, p) in full { #expect(abs(Float(counts[tok]) / Float(draws) - p) < 1e-3) }
+    // top-p keeps the smallest prefix reaching p
+    let p = Sampler(temperature: 1, topP: 0.6).candidateDistribution(logits: logits)
+    #expect(p.count == 2)
+}
+
+@Test func generationIsDeterministicForASeed() {
+    let m = tinyModelConfig()
+    let model = makeModel(m, needsGrad: false)
+    let s = Sampler(temperature: 0.9, topK: 20, topP: 0.95)
+    let a = model.generate(prompt: [1, 2, 3], maxNewTokens: 8, sampler: s, rng: CounterRNG(seed: 5, purpose: .sampling))
+    let b = model.generate(prompt: [1, 2, 3], maxNewTokens: 8, sampler: s, rng: CounterRNG(seed: 5, purpose: .sampling))
+    #expect(a == b && a.count == 8)
+    let g = model.generate(prompt: [1, 2, 3], maxNewTokens: 5, sampler: .greedy, rng: CounterRNG(seed: 1, purpose: .sampling))
+    // greedy continuation = argmax of the full forward, token by token
+    var seq: [Int32] = [1, 2, 3]
+    for _ in 0..<5 {
+        let logits = model.decode(tokens: seq, cache: KVCache(config: m))
+        seq.append(Int32(logits.indices.max { logits[$0] < logits[$1] }!))
+    }
+    #expect(Array(seq[3...]) == g)
+}

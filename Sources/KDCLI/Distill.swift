@@ -1,0 +1,148 @@
+// The `distill` executable: a command tree of nested types (swift-argument-parser), validate() apart from run().
+import ArgumentParser
+import Foundation
+import KDComm
+import KDConfig
+import KDCore
+import KDData
+import KDModel
+import KDTrain
+
+@main
+struct Distill: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "distill",
+        abstract: "Distill large language models into small, quantized students (under mpirun).",
+        subcommands: [Train.self, Bench.self])
+}
+
+/// Prints `error: …` on one line and exits non-zero; used for every failure past argument validation.
+func fail(_ error: any Error) -> ExitCode {
+    KDLog.error("error: \(error)")
+    return ExitCode.failure
+}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train a model from a YAML config (cross-entropy on text; distillation objectives arrive later).")
+
+    @Option(help: "YAML run config (see Configs/).") var config: String
+    @Option(help: "Override train.steps.") var steps: Int?
+    @Option(help: "Override train.threads (0 = all cores).") var threads: Int?
+    @Option(help: "Override train.seed.") var seed: UInt64?
+    @Option(parsing: .singleValue, help: "Override data.train (repeatable).") var data: [String] = []
+    @Option(help: "Bytes to generate from the trained model at the end (0 = none).") var sampleTokens = 200
+    @Flag(help: "Validate the config and print it, without training.") var dryRun = false
+
+    func validate() throws {
+        if let steps, steps < 1 { throw ValidationError("--steps: expected an integer >= 1, found \(steps)") }
+        if let threads, threads < 0 { throw ValidationError("--threads: expected an integer >= 0, found \(threads)") }
+        if sampleTokens < 0 { throw ValidationError("--sample-tokens: expected an integer >= 0, found \(sampleTokens)") }
+    }
+
+    /// The config file with command-line overrides applied and validated again.
+    func resolvedConfig() throws -> RunConfig {
+        var c = try RunConfig.load(path: config)
+        if let steps { c.train.steps = steps }
+        if let threads { c.train.threads = threads }
+        if let seed { c.train.seed = seed }
+        if !data.isEmpty { c.data.train = data }
+        try c.validate()
+        return c
+    }
+
+    func run() throws {
+        do {
+            let c = try resolvedConfig()
+            if dryRun {
+                print(try c.yaml(), terminator: "")
+                return
+            }
+            configureThreads(c.train.threads)
+            let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+            let trainer = try Trainer(config: c, corpus: corpus)
+            let m = c.model
+            KDLog.info("distill train: \(config)")
+            KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
+                       + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))
+            KDLog.info("  data    \(corpus.files.count) files, \(corpus.train.count) train / \(corpus.validation.count) validation tokens")
+            KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps on \(Parallel.threads) threads")
+            if let v = trainer.evaluate() { KDLog.info(String(format: "  val loss before training %.4f", v)) }
+            try trainer.run()
+            if let v = trainer.evaluate() {
+                KDLog.info(String(format: "val loss %.4f | val ppl %.2f | peak RSS %.0f MiB", v, Foundation.exp(v),
+                                  Double(ProcessMemory.peakRSSBytes()) / 1048576))
+            }
+            if sampleTokens > 0 {
+                let tok = ByteTokenizer()
+                let out = trainer.model.generate(
+                    prompt: tok.encode("\n"), maxNewTokens: min(sampleTokens, m.maxSeqLen - 1),
+                    sampler: Sampler(temperature: 0.8, topK: 40), rng: CounterRNG(seed: c.train.seed, purpose: .sampling))
+                KDLog.info("sample (temperature 0.8, top-k 40):\n" + tok.decode(out))
+            }
+        } catch {
+            throw fail(error)
+        }
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Time a training step and a forward pass on named shapes (build with -c release).")
+
+    @Option(name: .customLong("shape"), parsing: .singleValue,
+            help: "Shape to measure (repeatable): \(BenchShape.all.map(\.name).joined(separator: ", ")). Default: smollm2-135m and student-8x384.")
+    var shapes: [String] = []
+    @Option(help: "Modes: train, forward, or both; default: each shape's own (smollm2-135m forward, students both).")
+    var mode: String?
+    @Option(help: "Comma-separated thread counts.") var threads = "1,2"
+    @Option(help: "Sequences per step.") var batch = 8
+    @Option(help: "Tokens per sequence.") var seq = 256
+    @Option(help: "Timed repeats per measurement (after one warm-up); the median is reported.") var repeats = 5
+    @Flag(help: "One JSON object per measurement.") var json = false
+
+    var threadCounts: [Int] { threads.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    func validate() throws {
+        for s in shapes where BenchShape.named(s) == nil {
+            throw ValidationError("--shape: expected one of \(BenchShape.all.map(\.name).joined(separator: ", ")), found '\(s)'")
+        }
+        if let mode, !["train", "forward", "both"].contains(mode) {
+            throw ValidationError("--mode: expected train, forward or both, found '\(mode)'")
+        }
+        let counts = threadCounts
+        if counts.isEmpty || counts.contains(where: { $0 < 1 }) || counts.count != threads.split(separator: ",").count {
+            throw ValidationError("--threads: expected comma-separated integers >= 1, found '\(threads)'")
+        }
+        if batch < 1 || seq < 2 || repeats < 1 {
+            throw ValidationError("--batch, --seq, --repeats: expected >= 1, >= 2, >= 1, found \(batch), \(seq), \(repeats)")
+        }
+    }
+
+    func run() throws {
+        let chosen = (shapes.isEmpty ? ["smollm2-135m", "student-8x384"] : shapes).compactMap(BenchShape.named)
+        #if DEBUG
+        KDLog.error("warning: debug build; figures are meaningless. Build with: swift build -c release")
+        #endif
+        for t in threadCounts {
+            configureThreads(t)
+            let peak = measureSGEMMPeak()
+            for s in chosen {
+                let modes = mode.map { $0 == "both" ? BenchMode.allCases : [BenchMode(rawValue: $0)!] } ?? s.defaultModes
+                for md in modes {
+                    let r = runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak)
+                    if json {
+                        let enc = JSONEncoder()
+                        enc.outputFormatting = [.sortedKeys]
+                        print(String(decoding: try enc.encode(r), as: UTF8.self))
+                    } else {
+                        print(String(format: "%-14@ %-7@ threads %d | %7.0f tok/s | %6.1f GFLOP/s (%.1f MFLOP/token) | sgemm peak %6.1f | MFU %4.1f%% | peak RSS %5.0f MiB",
+                                     s.name, md.rawValue, t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
+                                     100 * r.mfu, Double(r.peakRSSBytes) / 1048576))
+                    }
+                    fflush(stdout)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+// Plain text → one token stream → train/validation streams → fixed-length windows addressed by a global sample
+// index. Windows are visited in a fresh pseudo-random order every epoch, computed (not stored) from the seed,
+// so any rank can find sample s without coordination and a resumed run continues at the same cursor.
+import Foundation
+import KDConfig
+import KDCore
+
+/// UTF-8 bytes as tokens 0...255: needs no vocabulary file, and round-trips any text exactly.
+public struct ByteTokenizer: Sendable {
+    public init() {}
+    public var vocabSize: Int { 256 }
+    public func encode(_ text: String) -> [Int32] { text.utf8.map { Int32($0) } }
+    public func decode(_ tokens: [Int32]) -> String {
+        String(decoding: tokens.map { UInt8(truncatingIfNeeded: $0) }, as: UTF8.self)
+    }
+}
+
+/// Errors raised while reading a corpus.
+public enum DataError: Error, CustomStringConvertible, Equatable {
+    case pathNotFound(String)
+    case noFiles(paths: [String])
+    case tooSmall(split: String, tokens: Int, needed: Int)
+
+    public var description: String {
+        switch self {
+        case .pathNotFound(let p): return "data.train: no such file or folder: \(p)"
+        case .noFiles(let paths): return "data.train: expected text files, found none under \(paths.joined(separator: ", "))"
+        case .tooSmall(let split, let tokens, let needed):
+            return "\(split) split has \(tokens) tokens; expected at least \(needed) (one sequence + 1); add text or lower train.seq_len"
+        }
+    }
+}
+
+/// A tokenized corpus split into train and validation streams.
+public struct TokenCorpus: Sendable {
+    public let train: [Int32]
+    public let validation: [Int32]
+    /// Files read, in the order they were concatenated.
+    public let files: [String]
+
+    /// Block length of the train/validation split, in tokens.
+    public static let splitBlock = 4096
+
+    /// Builds the corpus from in-memory tokens (tests) with the same block split as files.
+    public init(tokens: [Int32], valFraction: Double, seed: UInt64, files: [String] = []) {
+        let rng = CounterRNG(seed: seed, purpose: .dataSample)
+        var tr: [Int32] = [], va: [Int32] = []
+        var start = 0, block: UInt64 = 0
+        while start < tokens.count {
+            let end = min(start + TokenCorpus.splitBlock, tokens.count)
+            // block → validation with probability valFraction; keyed by block index, not by order of reading
+            if rng.uniform(0xB10C, block) < Float(valFraction) { va += tokens[start..<end] } else { tr += tokens[start..<end] }
+            start = end
+            block += 1
+        }
+        if va.isEmpty, valFraction > 0, tr.count > 2 * TokenCorpus.splitBlock {  // guarantee a validation set
+            va = Array(tr.suffix(TokenCorpus.splitBlock))
+            tr.removeLast(TokenCorpus.splitBlock)
+        }
+        train = tr
+        validation = va
+        self.files = files
+    }
+
+    /// Reads every file (folders recursively, skipping hidden names and `excludeSuffixes`), in sorted path order.
+    public static func load(_ data: DataConfig, seed: UInt64) throws -> TokenCorpus {
+        let files = try listFiles(data.train, excludeSuffixes: data.excludeSuffixes)
+        let tok = ByteTokenizer()
+        var tokens: [Int32] = []
+        for f in files {
+            guard let bytes = FileManager.default.contents(atPath: f) else {
+                throw KDError.unreadable(path: f, reason: "permission denied or not a regular file")
+            }
+            tokens += bytes.map { Int32($0) }
+            if bytes.last != 0x0A { tokens += tok.encode("\n") }
+        }
+        return TokenCorpus(tokens: tokens, valFraction: data.valFraction, seed: seed, files: files)
+    }
+
+    /// Files named by `paths`: files as given, folders expanded recursively; sorted, deduplicated.
+    public static func listFiles(_ paths: [String], excludeSuffixes: [String]) throws -> [String] {
+        let fm = FileManager.default
+        var out: [String] = []
+        for p in paths {
+            var isDir: ObjCBool = false
+            guard fm.fileExists(atPath: p, isDirectory: &isDir) else { throw DataError.pathNotFound(p) }
+            if !isDir.boolValue {
+                out.append(p)
+                continue
+            }
+            guard let e = fm.enumerator(atPath: p) else { throw KDError.unreadable(path: p, reason: "cannot list folder") }
+            for case let rel as String in e {
+                let name = (rel as NSString).lastPathComponent
+                if name.hasPrefix(".") || excludeSuffixes.contains(where: { name.hasSuffix($0) }) { continue }
+                let full = (p as NSString).appendingPathComponent(rel)
+                var d: ObjCBool = false
+                if fm.fileExists(atPath: full, isDirectory: &d), !d.boolValue { out.append(full) }
+            }
+        }
+        out = Array(Set(out)).sorted()
+        if out.isEmpty { throw DataError.noFiles(paths: paths) }
+        return out
+    }
+}
+
+/// Non-overlapping windows of `seqLen + 1` tokens over one stream, in a seeded order that changes every epoch.
+public struct WindowSampler: Sendable {
+    public let stream: [Int32]
+    public let seqLen: Int
+    public let seed: UInt64
+    /// Windows per epoch.
+    public let windows: Int
+
+    public init(stream: [Int32], seqLen: Int, seed: UInt64, split: String = "train") throws {
+        guard stream.count >= seqLen + 1 else { throw DataError.tooSmall(split: split, tokens: stream.count, needed: seqLen + 1) }
+        self.stream = stream
+        self.seqLen = seqLen
+        self.seed = seed
+        windows = (stream.count - 1) / seqLen
+    }
+
+    /// Start offset of global sample `s`: epoch s / windows, then an affine permutation i ↦ (a·i + b) mod windows
+    /// with a coprime to windows, both drawn from (seed, epoch).
+    public func windowStart(sample s: Int) -> Int {
+        let w = windows, epoch = s / w, i = s % w
+        let rng = CounterRNG(seed: seed, purpose: .dataSample)
+        var a = 1 + rng.index(max(w - 1, 1), UInt64(epoch), 1)
+        while gcd(a, w) != 1 { a = a % w + 1 }
+        let b = rng.index(w, UInt64(epoch), 2)
+        return ((a * i + b) % w) * seqLen
+    }
+
+    /// Fills inputs and next-token targets of samples `first ..< first + count`, one row each.
+    /// - Shapes: inputs, targets [count, seqLen]
+    public func fill(inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>, first: Int, count: Int) {
+        stream.withUnsafeBufferPointer { s in
+            for r in 0..<count {
+                let start = windowStart(sample: first + r)
+                (inputs + r * seqLen).update(from: s.baseAddress! + start, count: seqLen)
+                (targets + r * seqLen).update(from: s.baseAddress! + start + 1, count: seqLen)
+            }
+        }
+    }
+
+    /// Sequential (unshuffled) windows for evaluation: window r starts at r·seqLen, wrapping around.
+    public func fillSequential(inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>, first: Int, count: Int) {
+        stream.withUnsafeBufferPointer { s in
+            for r in 0..<count {
+                let start = ((first + r) % windows) * seqLen
+                (inputs + r * seqLen).update(from: s.baseAddress! + start, count: seqLen)
+                (targets + r * seqLen).update(from: s.baseAddress! + start + 1, count: seqLen)
+            }
+        }
+    }
+}
+
+func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }

@@ -1,0 +1,126 @@
+// `distill bench`: times a student training step and a forward-only pass on named shapes, against the machine's
+// measured sgemm peak on the same thread count. Medians over repeats; peak RSS per measurement.
+import CBLAS
+import Foundation
+import KDConfig
+import KDCore
+import KDModel
+import KDOps
+
+/// A named model shape and the mode it is benchmarked in by default.
+public struct BenchShape: Sendable {
+    public let name: String
+    public let model: ModelConfig
+    public let defaultModes: [BenchMode]
+
+    public static func llama(layers: Int, dim: Int, heads: Int, kvHeads: Int, ffn: Int, vocab: Int) -> ModelConfig {
+        var m = ModelConfig()
+        m.layers = layers; m.dim = dim; m.heads = heads; m.kvHeads = kvHeads; m.ffnDim = ffn; m.vocabSize = vocab
+        m.maxSeqLen = 2048
+        return m
+    }
+
+    public static let all: [BenchShape] = [
+        BenchShape(name: "smollm2-135m", model: llama(layers: 30, dim: 576, heads: 9, kvHeads: 3, ffn: 1536, vocab: 49152),
+                   defaultModes: [.forward]),
+        BenchShape(name: "student-8x384", model: llama(layers: 8, dim: 384, heads: 6, kvHeads: 2, ffn: 1024, vocab: 49152),
+                   defaultModes: [.train, .forward]),
+        BenchShape(name: "tiny", model: llama(layers: 2, dim: 128, heads: 4, kvHeads: 2, ffn: 344, vocab: 4096),
+                   defaultModes: [.train, .forward]),
+    ]
+
+    public static func named(_ name: String) -> BenchShape? { all.first { $0.name == name } }
+}
+
+public enum BenchMode: String, Sendable, CaseIterable { case train, forward }
+
+/// One measurement, as printed by `distill bench --json`.
+public struct BenchResult: Codable, Sendable {
+    public var shape: String
+    public var mode: String
+    public var threads: Int
+    public var batch: Int
+    public var seq: Int
+    public var repeats: Int
+    public var medianSeconds: Double
+    public var tokensPerS: Double
+    /// FLOPs per token assumed (see ModelConfig.forwardFLOPsPerToken; training = 3× forward).
+    public var flopsPerToken: Double
+    public var gflops: Double
+    public var sgemmPeakGflops: Double
+    public var mfu: Double
+    public var peakRSSBytes: Int
+
+    enum CodingKeys: String, CodingKey {
+        case shape, mode, threads, batch, seq, repeats
+        case medianSeconds = "median_s", tokensPerS = "tokens_per_s", flopsPerToken = "flops_per_token", gflops
+        case sgemmPeakGflops = "sgemm_peak_gflops", mfu, peakRSSBytes = "peak_rss_bytes"
+    }
+}
+
+/// Sets the kernel and BLAS thread counts together.
+public func configureThreads(_ n: Int) {
+    let t = n > 0 ? n : ProcessInfo.processInfo.activeProcessorCount
+    Parallel.threads = t
+    setBLASThreads(t)
+}
+
+public func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+/// Median GFLOP/s of a square sgemm (2048³ by default) on the current BLAS thread count.
+public func measureSGEMMPeak(size: Int = 2048, repeats: Int = 5) -> Double {
+    let a = Slab(count: size * size), b = Slab(count: size * size), c = Slab(count: size * size)
+    for i in 0..<(size * size) { a.base[i] = Float(i % 7) * 0.01; b.base[i] = Float(i % 5) * 0.01 }
+    let n = Int32(size)
+    var times: [Double] = []
+    for r in 0...repeats {
+        let t0 = monotonicSeconds()
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a.base, n, b.base, n, 0, c.base, n)
+        if r > 0 { times.append(monotonicSeconds() - t0) }  // the first call warms up threads and pages
+    }
+    return 2 * Double(size) * Double(size) * Double(size) / median(times) / 1e9
+}
+
+/// Times `repeats` steps (after one warm-up) of `mode` on `shape` with random weights and tokens.
+public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch: Int, seq: Int, repeats: Int,
+                         sgemmPeak: Double, lmHeadChunk: Int = 256) -> BenchResult {
+    var m = shape.model
+    m.maxSeqLen = max(m.maxSeqLen, seq)
+    ProcessMemory.resetPeak()
+    let n = batch * seq
+    let rng = CounterRNG(seed: 42, purpose: .bench)
+    let tokens = (0..<n).map { Int32(rng.index(m.vocabSize, UInt64($0))) }
+    let targets = (0..<n).map { Int32(rng.index(m.vocabSize, UInt64($0), 1)) }
+    let model = Transformer(config: m, needsGrad: mode == .train, lmHeadChunk: lmHeadChunk)
+    model.initialize(seed: 1)
+    let adamM = mode == .train ? Slab(count: model.layout.count) : nil
+    let adamV = mode == .train ? Slab(count: model.layout.count) : nil
+    var times: [Double] = []
+    for r in 0...repeats {
+        let t0 = monotonicSeconds()
+        tokens.withUnsafeBufferPointer { tk in targets.withUnsafeBufferPointer { tg in
+            if mode == .train, let g = model.grads, let am = adamM, let av = adamV {
+                g.zero()
+                model.forward(tokens: tk.baseAddress!, b: batch, t: seq)
+                model.backward(targets: tg.baseAddress!, lossScale: 1 / Float(n))
+                clipGradNorm(g.base, count: g.count, maxNorm: 1)
+                adamWUpdate(param: model.params.base, grad: g.base, m: am.base, v: av.base, count: g.count,
+                            step: AdamWStep(lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, t: r + 1))
+            } else {
+                model.forward(tokens: tk.baseAddress!, b: batch, t: seq)
+                _ = model.loss(targets: tg.baseAddress!)
+            }
+        } }
+        if r > 0 { times.append(monotonicSeconds() - t0) }
+    }
+    let med = median(times)
+    let flops = mode == .train ? m.trainFLOPsPerToken(seqLen: seq) : m.forwardFLOPsPerToken(seqLen: seq)
+    let tps = Double(n) / med
+    let gflops = tps * flops / 1e9
+    return BenchResult(shape: shape.name, mode: mode.rawValue, threads: threads, batch: batch, seq: seq, repeats: repeats,
+                       medianSeconds: med, tokensPerS: tps, flopsPerToken: flops, gflops: gflops,
+                       sgemmPeakGflops: sgemmPeak, mfu: gflops / sgemmPeak, peakRSSBytes: ProcessMemory.peakRSSBytes())
+}

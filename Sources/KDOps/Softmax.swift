@@ -6,6 +6,7 @@ public typealias V16 = SIMD16<Float>
 
 /// e^x lane by lane: x = k·ln2 + r with |r| ≤ ln2/2, e^r by a degree-7 polynomial, 2^k through the exponent bits.
 /// Inputs are clamped to [−87.3, 88.7] (no denormals, no Inf); callers zero masked entries themselves.
+/// NaN stays NaN, so a poisoned logit shows up in the loss instead of being clamped into a finite number.
 @inline(__always)
 public func simdExp(_ x0: V16) -> V16 {
     let x = x0.clamped(lowerBound: V16(repeating: -87.336_54), upperBound: V16(repeating: 88.722_83))
@@ -20,7 +21,7 @@ public func simdExp(_ x0: V16) -> V16 {
     p = p * r + 5.000_000_1e-1
     p = p * r * r + r + 1
     let bits = (SIMD16<Int32>(k) &+ 127) &<< 23
-    return p * unsafeBitCast(bits, to: V16.self)
+    return (p * unsafeBitCast(bits, to: V16.self)).replacing(with: x0, where: x0 .!= x0)
 }
 
 /// Scalar e^x with exactly the numerics of ``simdExp``.

@@ -95,3 +95,10 @@ import Testing
     #expect(abs(p[1] - (-1 - 0.1 * (-1 + 0.1 * -1))) < 1e-5)
     #expect(abs(p[2] - (2 - 0.1 * (1 + 0.1 * 2))) < 1e-4)
 }
+
+@Test func nanLogitPoisonsTheLoss() {
+    var logits: [Float] = [1, .nan, 2, 0.5]
+    let loss = logits.withUnsafeMutableBufferPointer { crossEntropyRow($0.baseAddress!, target: 0, v: 4, gradScale: nil) }
+    #expect(loss.isNaN)
+    #expect(fastExp(.nan).isNaN)
+}

@@ -1,0 +1,102 @@
+// Whole commands: argument validation through Distill.parseAsRoot, and end-to-end runs of the built binary
+// (exit codes, progress lines, one-line errors on bad input).
+import Foundation
+import Testing
+@testable import KDCLI
+
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+/// The `distill` binary built beside the test bundle.
+func distillBinary() throws -> URL {
+    let dir = Bundle.main.bundleURL.deletingLastPathComponent()
+    for candidate in [dir.appendingPathComponent("distill"), Bundle.main.bundleURL.appendingPathComponent("distill"),
+                      repoRoot.appendingPathComponent(".build/debug/distill")]
+    where FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+    throw CocoaError(.fileNoSuchFile)
+}
+
+/// Runs the binary from the repository root; returns exit status, stdout and stderr.
+func runDistill(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+    let p = Process()
+    p.executableURL = try distillBinary()
+    p.arguments = args
+    p.currentDirectoryURL = repoRoot
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    // read before waiting, or a full pipe deadlocks
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+@Test func trainArgumentsParseAndValidate() throws {
+    let cmd = try Distill.parseAsRoot(["train", "--config", "Configs/tiny.yaml", "--steps", "3", "--threads", "1"])
+    let train = try #require(cmd as? Train)
+    #expect(train.steps == 3 && train.threads == 1 && train.config == "Configs/tiny.yaml")
+    #expect(throws: (any Error).self) { try Distill.parseAsRoot(["train", "--config", "x.yaml", "--steps", "0"]) }
+    #expect(throws: (any Error).self) { try Distill.parseAsRoot(["train"]) }  // --config is required
+    #expect(throws: (any Error).self) { try Distill.parseAsRoot(["train", "--config", "x", "--threads", "-1"]) }
+}
+
+@Test func benchArgumentsParseAndValidate() throws {
+    let cmd = try Distill.parseAsRoot(["bench", "--shape", "tiny", "--shape", "student-8x384", "--threads", "1,2", "--json"])
+    let bench = try #require(cmd as? Bench)
+    #expect(bench.shapes == ["tiny", "student-8x384"] && bench.threadCounts == [1, 2] && bench.json)
+    #expect(throws: (any Error).self) { try Distill.parseAsRoot(["bench", "--shape", "gpt5"]) }
+    #expect(throws: (any Error).self) { try Distill.parseAsRoot(["bench", "--threads", "1,x"]) }
+    #expect(throws: (any Error).self) { try Distill.parseAsRoot(["bench", "--mode", "backward"]) }
+}
+
+@Test func trainRunsEndToEndWithAFallingLoss() throws {
+    let r = try runDistill(["train", "--config", "Configs/tiny.yaml", "--steps", "6", "--sample-tokens", "20"])
+    #expect(r.status == 0, "\(r.err)")
+    let losses = r.out.split(separator: "\n").filter { $0.hasPrefix("step") }.compactMap { line -> Double? in
+        guard let range = line.range(of: "loss ") else { return nil }
+        return Double(line[range.upperBound...].prefix { $0 != " " })
+    }
+    #expect(losses.count == 6)
+    #expect(losses.last! < losses.first!)
+    #expect(r.out.contains("val loss"))
+    #expect(r.out.contains("ETA"))
+}
+
+@Test(arguments: [
+    ("model:\n  dimm: 64\ndata: {train: [x]}\n", "model.dimm: unknown key 'dimm'; did you mean 'dim'?"),
+    ("data: {train: [/no/such/file.txt]}\n", "data.train: no such file or folder: /no/such/file.txt"),
+    ("model: {heads: 3}\ndata: {train: [x]}\n", "config model.dim: expected a multiple of heads (3), found 128"),
+    ("model: [unclosed\n", "not valid YAML"),
+])
+func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("distill-bad-\(UUID().uuidString).yaml")
+    try yaml.write(to: path, atomically: true, encoding: .utf8)
+    defer { try? FileManager.default.removeItem(at: path) }
+    let r = try runDistill(["train", "--config", path.path])
+    #expect(r.status != 0)
+    #expect(r.err.contains(message), "stderr: \(r.err)")
+    #expect(r.err.split(separator: "\n").count == 1, "stderr: \(r.err)")
+    #expect(!r.out.contains("step"))
+}
+
+@Test func missingConfigFileFails() throws {
+    let r = try runDistill(["train", "--config", "Configs/nope.yaml"])
+    #expect(r.status != 0)
+    #expect(r.err.contains("config file not found: Configs/nope.yaml"))
+}
+
+@Test func benchPrintsTheRequiredJSONFields() throws {
+    let r = try runDistill(["bench", "--shape", "tiny", "--mode", "both", "--threads", "1", "--repeats", "1", "--batch", "2", "--seq", "32", "--json"])
+    #expect(r.status == 0, "\(r.err)")
+    let lines = r.out.split(separator: "\n")
+    #expect(lines.count == 2)
+    for line in lines {
+        let obj = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+        for key in ["shape", "mode", "threads", "tokens_per_s", "gflops", "sgemm_peak_gflops", "mfu", "peak_rss_bytes"] {
+            #expect(obj[key] != nil, "missing \(key)")
+        }
+        #expect(obj["shape"] as? String == "tiny")
+        #expect((obj["tokens_per_s"] as? Double ?? 0) > 0)
+        #expect((obj["peak_rss_bytes"] as? Int ?? 0) > 0)
+    }
+}

@@ -1,0 +1,104 @@
+// The trainer end to end in-process: the golden loss curve of Configs/tiny.yaml, gradient accumulation equal to a
+// bigger micro-batch, deterministic data order, and a NaN stopping the run with a clear error.
+import Foundation
+import KDComm
+import KDConfig
+import KDCore
+import KDData
+import KDTrain
+import Testing
+
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+func tinyConfig() throws -> RunConfig {
+    var c = try RunConfig.load(path: repoRoot.appendingPathComponent("Configs/tiny.yaml").path)
+    c.data.train = c.data.train.map { repoRoot.appendingPathComponent($0).path }
+    return c
+}
+
+@Test func firstTenLossesMatchTheGoldenCurve() throws {
+    configureThreads(1)
+    let c = try tinyConfig()
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let trainer = try Trainer(config: c, corpus: corpus)
+    let losses = try trainer.run().map(\.loss)
+    let fixture = repoRoot.appendingPathComponent("Tests/KDTrainTests/Fixtures/tiny_losses.txt")
+    if ProcessInfo.processInfo.environment["DISTILL_RECORD_GOLDEN"] == "1" {
+        try losses.map { String(format: "%.6f", $0) }.joined(separator: "\n").appending("\n").write(to: fixture, atomically: true, encoding: .utf8)
+    }
+    let golden = try String(contentsOf: fixture, encoding: .utf8).split(separator: "\n").compactMap { Double($0) }
+    #expect(golden.count == 10)
+    #expect(losses.count == 10)
+    // rtol 1e-4: covers BLAS kernel choice and build mode, far below any real change to the numerics
+    for (a, g) in zip(losses, golden) { #expect(abs(a - g) <= 1e-4 * g, "loss \(a) vs golden \(g)") }
+    #expect(losses.last! < losses.first! - 0.5)
+}
+
+@Test func gradientAccumulationEqualsOneBiggerMicroBatch() throws {
+    var a = try tinyConfig()
+    a.train.steps = 3
+    a.train.microBatch = 2
+    a.train.gradAccum = 3
+    a.optimizer.warmupSteps = 1
+    var b = a
+    b.train.microBatch = 6
+    b.train.gradAccum = 1
+    let corpus = try TokenCorpus.load(a.data, seed: a.train.seed)
+    let ta = try Trainer(config: a, corpus: corpus), tb = try Trainer(config: b, corpus: corpus)
+    let la = try ta.run().map(\.loss), lb = try tb.run().map(\.loss)
+    for (x, y) in zip(la, lb) { #expect(abs(x - y) < 1e-5 * y) }
+    var worst: Float = 0
+    for i in 0..<ta.model.layout.count { worst = max(worst, abs(ta.model.params.base[i] - tb.model.params.base[i])) }
+    #expect(worst < 1e-5)
+    #expect(ta.sampleCursor == 18 && tb.sampleCursor == 18)
+}
+
+@Test func nonFiniteLossStopsBeforeTheUpdate() throws {
+    var c = try tinyConfig()
+    c.train.steps = 2
+    let trainer = try Trainer(config: c, corpus: try TokenCorpus.load(c.data, seed: c.train.seed))
+    trainer.model.params.base[5] = .nan
+    let before = trainer.model.params.toArray()
+    #expect(throws: KDError.nonFinite(what: "training loss", step: 1)) { try trainer.trainStep() }
+    #expect(trainer.step == 0)
+    let after = trainer.model.params.toArray()
+    #expect(zip(before, after).allSatisfy { $0 == $1 || ($0.isNaN && $1.isNaN) })
+}
+
+@Test func everyWindowIsVisitedOncePerEpochInASeededOrder() throws {
+    let stream = (0..<1000).map { Int32($0 % 251) }
+    let s = try WindowSampler(stream: stream, seqLen: 10, seed: 9)
+    #expect(s.windows == 99)
+    for epoch in 0..<3 {
+        let starts = (0..<s.windows).map { s.windowStart(sample: epoch * s.windows + $0) }
+        #expect(Set(starts).count == s.windows)
+        #expect(starts.allSatisfy { $0 % 10 == 0 && $0 + 11 <= stream.count })
+    }
+    let e0 = (0..<5).map { s.windowStart(sample: $0) }, e1 = (0..<5).map { s.windowStart(sample: 99 + $0) }
+    #expect(e0 != e1)  // a new order each epoch
+    let again = try WindowSampler(stream: stream, seqLen: 10, seed: 9)
+    #expect((0..<50).map { again.windowStart(sample: $0) } == (0..<50).map { s.windowStart(sample: $0) })
+    // targets are the inputs shifted by one
+    var inp = [Int32](repeating: 0, count: 20), tgt = inp
+    inp.withUnsafeMutableBufferPointer { i in tgt.withUnsafeMutableBufferPointer { t in s.fill(inputs: i.baseAddress!, targets: t.baseAddress!, first: 3, count: 2) } }
+    for r in 0..<2 { #expect(Array(inp[(r * 10 + 1)..<(r * 10 + 10)]) == Array(tgt[(r * 10)..<(r * 10 + 9)])) }
+}
+
+@Test func corpusErrorsNameWhatWasExpected() throws {
+    var d = DataConfig()
+    d.train = ["/no/such/corpus"]
+    #expect(throws: DataError.pathNotFound("/no/such/corpus")) { try TokenCorpus.load(d, seed: 1) }
+    let empty = FileManager.default.temporaryDirectory.appendingPathComponent("distill-empty-\(getpid())")
+    try FileManager.default.createDirectory(at: empty, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: empty) }
+    d.train = [empty.path]
+    #expect(throws: DataError.noFiles(paths: [empty.path])) { try TokenCorpus.load(d, seed: 1) }
+    #expect(throws: DataError.tooSmall(split: "train", tokens: 5, needed: 65)) {
+        try WindowSampler(stream: [1, 2, 3, 4, 5], seqLen: 64, seed: 1)
+    }
+    // a corpus round-trips through the byte tokenizer, and the split keeps every token
+    let c = TokenCorpus(tokens: ByteTokenizer().encode(String(repeating: "héllo wörld\n", count: 3000)), valFraction: 0.2, seed: 4)
+    #expect(c.train.count + c.validation.count == 14 * 3000)  // é and ö are two bytes each
+    #expect(!c.validation.isEmpty)
+    #expect(ByteTokenizer().decode(ByteTokenizer().encode("héllo ✓")) == "héllo ✓")
+}

@@ -9,8 +9,14 @@ public typealias V16 = SIMD16<Float>
 /// NaN stays NaN, so a poisoned logit shows up in the loss instead of being clamped into a finite number.
 @inline(__always)
 public func simdExp(_ x0: V16) -> V16 {
-    let x = x0.clamped(lowerBound: V16(repeating: -87.336_54), upperBound: V16(repeating: 88.722_83))
-    let k = (x * 1.442_695_04).rounded(.toNearestOrEven)
+    // Only concrete lane-wise operations: the generic SIMD conversions (Float → Int32, rounded(), clamped())
+    // compile to per-lane calls and made this 10× slower.
+    var x = x0.replacing(with: -87.336_54, where: x0 .< -87.336_54)
+    x = x.replacing(with: 88.722_83, where: x .> 88.722_83)
+    // round(x·log2 e) to nearest even by adding 1.5·2^23: the integer lands in the low mantissa bits
+    let magic = V16(repeating: 12_582_912)
+    let t = x * 1.442_695_04 + magic
+    let k = t - magic
     // ln2 split in a high part exact in float and a low correction (Cody-Waite)
     let r = (x - k * 0.693_359_375) + k * 2.121_944_4e-4
     var p = V16(repeating: 1.987_569_15e-4)
@@ -20,8 +26,9 @@ public func simdExp(_ x0: V16) -> V16 {
     p = p * r + 1.666_666_55e-1
     p = p * r + 5.000_000_1e-1
     p = p * r * r + r + 1
-    let bits = (SIMD16<Int32>(k) &+ 127) &<< 23
-    return (p * unsafeBitCast(bits, to: V16.self)).replacing(with: x0, where: x0 .!= x0)
+    let ki = unsafeBitCast(t, to: SIMD16<Int32>.self) &- 0x4B40_0000
+    let scale = unsafeBitCast((ki &+ 127) &<< 23, to: V16.self)
+    return (p * scale).replacing(with: x0, where: x0 .!= x0)
 }
 
 /// Scalar e^x with exactly the numerics of ``simdExp``.

@@ -133,22 +133,21 @@ public struct WindowSampler: Sendable {
     /// Fills inputs and next-token targets of samples `first ..< first + count`, one row each.
     /// - Shapes: inputs, targets [count, seqLen]
     public func fill(inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>, first: Int, count: Int) {
-        stream.withUnsafeBufferPointer { s in
-            for r in 0..<count {
-                let start = windowStart(sample: first + r)
-                (inputs + r * seqLen).update(from: s.baseAddress! + start, count: seqLen)
-                (targets + r * seqLen).update(from: s.baseAddress! + start + 1, count: seqLen)
-            }
-        }
+        copyWindows(inputs, targets, first: first, count: count) { windowStart(sample: $0) }
     }
 
     /// Sequential (unshuffled) windows for evaluation: window r starts at r·seqLen, wrapping around.
     public func fillSequential(inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>, first: Int, count: Int) {
+        copyWindows(inputs, targets, first: first, count: count) { ($0 % windows) * seqLen }
+    }
+
+    func copyWindows(_ inputs: UnsafeMutablePointer<Int32>, _ targets: UnsafeMutablePointer<Int32>, first: Int, count: Int,
+                     start: (Int) -> Int) {
         stream.withUnsafeBufferPointer { s in
             for r in 0..<count {
-                let start = ((first + r) % windows) * seqLen
-                (inputs + r * seqLen).update(from: s.baseAddress! + start, count: seqLen)
-                (targets + r * seqLen).update(from: s.baseAddress! + start + 1, count: seqLen)
+                let w = start(first + r)
+                (inputs + r * seqLen).update(from: s.baseAddress! + w, count: seqLen)
+                (targets + r * seqLen).update(from: s.baseAddress! + w + 1, count: seqLen)
             }
         }
     }

@@ -26,7 +26,9 @@ let package = Package(
         .target(name: "KDCore", swiftSettings: cpuFlags),
         .target(name: "KDConfig", dependencies: ["KDCore", "Yams"], swiftSettings: cpuFlags),
         .target(name: "KDOps", dependencies: ["KDCore", "CBLAS"], swiftSettings: cpuFlags),
-        .target(name: "KDModel", dependencies: ["KDCore", "KDConfig", "KDOps"], swiftSettings: cpuFlags),
+        .target(name: "KDQuant", dependencies: ["KDCore", "KDOps", "CBLAS"], swiftSettings: cpuFlags),
+        .target(name: "KDModel", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant"], swiftSettings: cpuFlags),
+        .target(name: "KDFormats", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant", "KDModel"], swiftSettings: cpuFlags),
         .target(name: "KDData", dependencies: ["KDCore", "KDConfig"], swiftSettings: cpuFlags),
         .target(name: "KDComm", dependencies: ["KDCore", "CMPI"], swiftSettings: cpuFlags),
         .target(
@@ -35,7 +37,7 @@ let package = Package(
         .executableTarget(
             name: "KDCLI",
             dependencies: [
-                "KDCore", "KDConfig", "KDOps", "KDModel", "KDData", "KDTrain", "CBLAS",
+                "KDCore", "KDConfig", "KDOps", "KDModel", "KDFormats", "KDData", "KDTrain", "CBLAS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuFlags),
@@ -43,6 +45,9 @@ let package = Package(
         .testTarget(name: "KDCoreTests", dependencies: ["KDCore", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(name: "KDOpsTests", dependencies: ["KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(name: "KDConfigTests", dependencies: ["KDConfig"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDQuantTests", dependencies: ["KDQuant", "KDTestSupport"], swiftSettings: cpuFlags),
+        .testTarget(
+            name: "KDFormatsTests", dependencies: ["KDFormats", "KDModel", "KDQuant", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
             name: "KDModelTests", dependencies: ["KDModel", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(

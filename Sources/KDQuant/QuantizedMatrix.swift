@@ -1,0 +1,62 @@
+// A weight matrix kept in its GGUF block format and multiplied panel by panel: a few hundred rows are dequantized
+// into a small Float buffer, then sgemm'd, so a Q4 teacher stays close to its file size in memory.
+import CBLAS
+import Foundation
+import KDCore
+import KDOps
+
+/// A row-major [oc, c] matrix of GGML blocks (each row a whole number of blocks), not owned: `owner` keeps the
+/// storage (usually a memory-mapped file) alive.
+public final class QuantizedMatrix: LinearWeight {
+    public let type: GGMLType
+    public let oc: Int, c: Int
+    public let data: UnsafeRawPointer
+    let owner: AnyObject?
+    /// Rows dequantized per panel: about 2 MiB of Floats.
+    let panelRows: Int
+    /// One panel buffer per matrix would cost hundreds of MiB for a whole model; forwards run one at a time, so
+    /// all matrices share one buffer under a lock.
+    nonisolated(unsafe) static var scratch = Slab(count: 0)
+    static let lock = NSLock()
+
+    public init(type: GGMLType, oc: Int, c: Int, data: UnsafeRawPointer, owner: AnyObject?) {
+        precondition(c % type.blockSize == 0, "QuantizedMatrix: row length \(c) is not a multiple of the \(type) block size \(type.blockSize)")
+        self.type = type
+        self.oc = oc
+        self.c = c
+        self.data = data
+        self.owner = owner
+        panelRows = max(16, min(oc, (1 << 19) / c))
+    }
+
+    /// Bytes of one row.
+    public var rowBytes: Int { type.byteCount(elements: c) }
+
+    /// Dequantizes rows lo..<hi into out [hi − lo, c], in parallel over rows.
+    public func dequantizeRows(_ lo: Int, _ hi: Int, into out: UnsafeMutablePointer<Float>) {
+        let rb = rowBytes, c = self.c, type = self.type, data = self.data
+        Parallel.forRanges(hi - lo, minPerThread: 8) { a, b in
+            for r in a..<b { dequantize(type, src: data + (lo + r) * rb, out: out + r * c, count: c) }
+        }
+    }
+
+    public func row(_ i: Int, into out: UnsafeMutablePointer<Float>) {
+        dequantize(type, src: data + i * rowBytes, out: out, count: c)
+    }
+
+    public func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, accumulate: Bool) {
+        QuantizedMatrix.lock.lock()
+        defer { QuantizedMatrix.lock.unlock() }
+        if QuantizedMatrix.scratch.count < panelRows * c { QuantizedMatrix.scratch = Slab(count: panelRows * c) }
+        let panel = QuantizedMatrix.scratch.base
+        var r0 = 0
+        while r0 < oc {
+            let rows = min(panelRows, oc - r0)
+            dequantizeRows(r0, r0 + rows, into: panel)
+            // out[:, r0 ..< r0+rows] (=/+=) inp · panelᵀ, written in place with ldc = oc
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(c),
+                        1, inp, Int32(c), panel, Int32(c), accumulate ? 1 : 0, out + r0, Int32(oc))
+            r0 += rows
+        }
+    }
+}

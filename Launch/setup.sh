@@ -2,7 +2,7 @@
 # Installs the system packages distill needs, idempotently: apt-get update runs once, and only when something is
 # missing. Used by quickstart.sh and test.sh; safe to run again.
 set -euo pipefail
-packages=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config fortunes fortunes-min python3-pip "$@")
+packages=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config fortunes fortunes-min "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,4 +1,11 @@
 // Owned, 64-byte aligned Float memory: one slab per model for parameters, gradients and optimizer state (llm.c).
+// Zeroed by calloc, which maps fresh pages lazily: a region never written (the Float copy of a weight a packed
+// teacher keeps in GGUF blocks) costs address space, not memory.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// A contiguous block of `count` Floats, zero-initialized, freed on deinit.
 /// Shared by reference; kernels receive its `base` pointer plus offsets.
@@ -7,17 +14,20 @@ public final class Slab: @unchecked Sendable {
     public let base: UnsafeMutablePointer<Float>
     /// Number of Floats.
     public let count: Int
+    let allocation: UnsafeMutableRawPointer
 
     public init(count: Int) {
         precondition(count >= 0, "Slab: count must be >= 0, got \(count)")
-        let bytes = max(count, 1) * MemoryLayout<Float>.stride
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
-        raw.initializeMemory(as: Float.self, repeating: 0, count: max(count, 1))
-        base = raw.assumingMemoryBound(to: Float.self)
+        guard let raw = calloc(max(count, 1) * MemoryLayout<Float>.stride + 64, 1) else {
+            preconditionFailure("Slab: cannot allocate \(count) floats")
+        }
+        allocation = raw
+        let aligned = (Int(bitPattern: raw) + 63) & ~63
+        base = UnsafeMutablePointer(bitPattern: aligned)!
         self.count = count
     }
 
-    deinit { UnsafeMutableRawPointer(base).deallocate() }
+    deinit { free(allocation) }
 
     /// Sets every element to zero (the once-per-step zero-grad).
     public func zero() { base.update(repeating: 0, count: count) }

@@ -34,9 +34,7 @@ extension Transformer {
         for t in tokens { precondition(t >= 0 && Int(t) < m.vocabSize, "decode: token \(t) outside vocabulary of \(m.vocabSize)") }
         let A = BlockActivations(n: tq, b: 1, t: tq, tk: tk, m: m)
         let resid = Slab(count: tq * c), P = params.base
-        tokens.withUnsafeBufferPointer {
-            embeddingForward(out: resid.base, tokens: $0.baseAddress!, wte: P + layout.embedding, n: tq, c: c)
-        }
+        tokens.withUnsafeBufferPointer { embed(out: resid.base, tokens: $0.baseAddress!, n: tq) }
         let shape = AttentionShape(b: 1, tq: tq, tk: tk, nh: m.heads, nkv: m.kvHeads, hs: m.headSize, pos0: pos)
         for l in 0..<m.layers {
             blockForward(l, A, resIn: resid.base, resOut: resid.base, n: tq, t: tq, pos0: pos,
@@ -49,9 +47,7 @@ extension Transformer {
         rmsNormForward(out: lnf.base, rstd: rstd.base, inp: resid.base + first * c, weight: P + layout.finalNorm,
                        n: rows, c: c, eps: m.rmsEps)
         var out = [Float](repeating: 0, count: rows * m.vocabSize)
-        out.withUnsafeMutableBufferPointer {
-            matmulForward(out: $0.baseAddress!, inp: lnf.base, weight: P + layout.lmHead, n: rows, c: c, oc: m.vocabSize)
-        }
+        out.withUnsafeMutableBufferPointer { lmHeadWeight.forward(out: $0.baseAddress!, inp: lnf.base, n: rows, accumulate: false) }
         return out
     }
 

@@ -91,6 +91,9 @@ public final class Transformer {
     /// Rows of logits the chunked LM head materializes at once.
     public var lmHeadChunk: Int
     var acts: Activations?
+    /// Matrices kept in a packed format (a GGUF teacher's blocks), keyed by their offset in the layout; their
+    /// region of `params` is never touched. Only models without gradients may hold packed weights.
+    public private(set) var packed: [Int: any LinearWeight] = [:]
 
     public init(config: ModelConfig, needsGrad: Bool, lmHeadChunk: Int = 256) {
         self.config = config
@@ -100,6 +103,43 @@ public final class Transformer {
         rope = RoPETable(maxT: config.maxSeqLen, hs: config.headSize, theta: config.ropeTheta)
         ropeStyle = RoPEStyle(rawValue: config.ropeStyle) ?? .half
         self.lmHeadChunk = lmHeadChunk
+    }
+
+    /// Uses `weight` for the tensor at layout offset `offset` instead of its Float copy in `params`.
+    public func setPacked(_ weight: any LinearWeight, offset: Int) {
+        precondition(grads == nil, "packed weights are for inference models only")
+        packed[offset] = weight
+    }
+
+    /// The weight at layout offset `offset` as a multipliable [oc, c] matrix.
+    public func weight(_ offset: Int, oc: Int, c: Int) -> any LinearWeight {
+        packed[offset] ?? DenseWeight(params.base + offset, oc: oc, c: c)
+    }
+
+    /// The LM head (the embedding when tied).
+    public var lmHeadWeight: any LinearWeight { weight(layout.lmHead, oc: config.vocabSize, c: config.dim) }
+
+    /// out (+)= inp · Wᵀ for the weight at `offset`, packed or dense.
+    @inline(__always)
+    func linear(_ offset: Int, out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, c: Int, oc: Int,
+                accumulate: Bool = false) {
+        if let p = packed[offset] {
+            p.forward(out: out, inp: inp, n: n, accumulate: accumulate)
+        } else {
+            matmulForward(out: out, inp: inp, weight: params.base + offset, n: n, c: c, oc: oc, accumulate: accumulate)
+        }
+    }
+
+    /// Token embeddings of `tokens` into out, from the packed or dense table.
+    func embed(out: UnsafeMutablePointer<Float>, tokens: UnsafePointer<Int32>, n: Int) {
+        let c = config.dim
+        if let p = packed[layout.embedding] {
+            Parallel.forRanges(n, minPerThread: 16) { lo, hi in
+                for r in lo..<hi { p.row(Int(tokens[r]), into: out + r * c) }
+            }
+        } else {
+            embeddingForward(out: out, tokens: tokens, wte: params.base + layout.embedding, n: n, c: c)
+        }
     }
 
     /// Normal(0, initStd) matrices (output projections scaled by 1/√(2·layers), GPT-2 style), unit norm weights.
@@ -142,7 +182,7 @@ public final class Transformer {
         for i in 0..<n {
             precondition(tokens[i] >= 0 && Int(tokens[i]) < m.vocabSize, "forward: token \(tokens[i]) outside vocabulary of \(m.vocabSize)")
         }
-        embeddingForward(out: a.resid[0].base, tokens: tokens, wte: P + layout.embedding, n: n, c: m.dim)
+        embed(out: a.resid[0].base, tokens: tokens, n: n)
         let shape = AttentionShape(b: b, tq: t, tk: t, nh: m.heads, nkv: m.kvHeads, hs: m.headSize)
         for l in 0..<m.layers {
             let A = a.blocks[l]
@@ -162,22 +202,22 @@ public final class Transformer {
     ) {
         let m = config, c = m.dim, kv = m.kvDim, f = m.ffnDim, P = params.base, L = layout.blocks[l]
         rmsNormForward(out: A.ln1.base, rstd: A.rstd1.base, inp: resIn, weight: P + L.ln1, n: n, c: c, eps: m.rmsEps)
-        matmulForward(out: A.q.base, inp: A.ln1.base, weight: P + L.wq, n: n, c: c, oc: c)
-        matmulForward(out: kDst, inp: A.ln1.base, weight: P + L.wk, n: n, c: c, oc: kv)
-        matmulForward(out: vDst, inp: A.ln1.base, weight: P + L.wv, n: n, c: c, oc: kv)
+        linear(L.wq, out: A.q.base, inp: A.ln1.base, n: n, c: c, oc: c)
+        linear(L.wk, out: kDst, inp: A.ln1.base, n: n, c: c, oc: kv)
+        linear(L.wv, out: vDst, inp: A.ln1.base, n: n, c: c, oc: kv)
         ropeForward(out: A.q.base, inp: A.q.base, table: rope, n: n, t: t, pos0: pos0, nh: m.heads, hs: m.headSize, style: ropeStyle)
         ropeForward(out: kDst, inp: kDst, table: rope, n: n, t: t, pos0: pos0, nh: m.kvHeads, hs: m.headSize, style: ropeStyle)
         attentionForward(out: A.att.base, probs: A.probs.base, q: A.q.base, k: kAll ?? UnsafePointer(kDst),
                          v: vAll ?? UnsafePointer(vDst), shape: shape)
         // residual adds ride on sgemm's beta = 1: x2 = x + att·Woᵀ, out = x2 + h·Wdᵀ
         A.x2.base.update(from: resIn, count: n * c)
-        matmulForward(out: A.x2.base, inp: A.att.base, weight: P + L.wo, n: n, c: c, oc: c, accumulate: true)
+        linear(L.wo, out: A.x2.base, inp: A.att.base, n: n, c: c, oc: c, accumulate: true)
         rmsNormForward(out: A.ln2.base, rstd: A.rstd2.base, inp: A.x2.base, weight: P + L.ln2, n: n, c: c, eps: m.rmsEps)
-        matmulForward(out: A.gate.base, inp: A.ln2.base, weight: P + L.wgate, n: n, c: c, oc: f)
-        matmulForward(out: A.up.base, inp: A.ln2.base, weight: P + L.wup, n: n, c: c, oc: f)
+        linear(L.wgate, out: A.gate.base, inp: A.ln2.base, n: n, c: c, oc: f)
+        linear(L.wup, out: A.up.base, inp: A.ln2.base, n: n, c: c, oc: f)
         swiGLUForward(out: A.h.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
         if resOut != A.x2.base { resOut.update(from: A.x2.base, count: n * c) }
-        matmulForward(out: resOut, inp: A.h.base, weight: P + L.wdown, n: n, c: f, oc: c, accumulate: true)
+        linear(L.wdown, out: resOut, inp: A.h.base, n: n, c: f, oc: c, accumulate: true)
     }
 
     /// Cross-entropy of the last ``forward`` against `targets` (−1 = no loss), without gradients.
@@ -185,8 +225,8 @@ public final class Transformer {
     public func loss(targets: UnsafePointer<Int32>) -> LossSum {
         guard let a = acts else { preconditionFailure("loss: call forward first") }
         let n = a.b * a.t, m = config
-        lmHeadCrossEntropyForward(losses: a.losses.base, inp: a.lnf.base, weight: params.base + layout.lmHead,
-                                  targets: targets, n: n, c: m.dim, v: m.vocabSize, scratch: a.lmHead)
+        lmHeadCrossEntropyForward(losses: a.losses.base, inp: a.lnf.base, head: lmHeadWeight, targets: targets, n: n,
+                                  scratch: a.lmHead)
         return sumLosses(a, targets: targets)
     }
 
@@ -203,7 +243,7 @@ public final class Transformer {
     /// - Shapes: out [b·t, v]
     public func logits(into out: UnsafeMutablePointer<Float>) {
         guard let a = acts else { preconditionFailure("logits: call forward first") }
-        matmulForward(out: out, inp: a.lnf.base, weight: params.base + layout.lmHead, n: a.b * a.t, c: config.dim, oc: config.vocabSize)
+        lmHeadWeight.forward(out: out, inp: a.lnf.base, n: a.b * a.t, accumulate: false)
     }
 
     // MARK: - Backward

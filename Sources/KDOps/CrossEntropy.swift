@@ -59,14 +59,14 @@ public final class LMHeadScratch {
     }
 }
 
-/// Per-row losses of the LM head + cross-entropy without gradients.
-/// - Shapes: losses [n] · inp [n, c] · weight [v, c] · targets [n]
+/// Per-row losses of the LM head + cross-entropy without gradients; the head may be packed.
+/// - Shapes: losses [n] · inp [n, c] · head [v, c] · targets [n]
 public func lmHeadCrossEntropyForward(
-    losses: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-    targets: UnsafePointer<Int32>, n: Int, c: Int, v: Int, scratch: LMHeadScratch
+    losses: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, head: any LinearWeight,
+    targets: UnsafePointer<Int32>, n: Int, scratch: LMHeadScratch
 ) {
-    lmHeadChunks(losses: losses, dinp: nil, dweight: nil, inp: inp, weight: weight, targets: targets,
-                 n: n, c: c, v: v, lossScale: 0, scratch: scratch)
+    lmHeadChunks(losses: losses, dinp: nil, dweight: nil, inp: inp, head: head, targets: targets,
+                 n: n, lossScale: 0, scratch: scratch)
 }
 
 /// Per-row losses and, for the total `lossScale · Σ losses`, the gradients. Accumulates into dinp and dweight.
@@ -76,15 +76,16 @@ public func lmHeadCrossEntropyForwardBackward(
     inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
     n: Int, c: Int, v: Int, lossScale: Float, scratch: LMHeadScratch
 ) {
-    lmHeadChunks(losses: losses, dinp: dinp, dweight: dweight, inp: inp, weight: weight, targets: targets,
-                 n: n, c: c, v: v, lossScale: lossScale, scratch: scratch)
+    lmHeadChunks(losses: losses, dinp: dinp, dweight: dweight, inp: inp, head: DenseWeight(weight, oc: v, c: c),
+                 targets: targets, n: n, lossScale: lossScale, scratch: scratch)
 }
 
 func lmHeadChunks(
     losses: UnsafeMutablePointer<Float>, dinp: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>?,
-    inp: UnsafePointer<Float>, weight: UnsafePointer<Float>, targets: UnsafePointer<Int32>,
-    n: Int, c: Int, v: Int, lossScale: Float, scratch: LMHeadScratch
+    inp: UnsafePointer<Float>, head: any LinearWeight, targets: UnsafePointer<Int32>,
+    n: Int, lossScale: Float, scratch: LMHeadScratch
 ) {
+    let c = head.c, v = head.oc
     precondition(scratch.v == v, "lmHead: scratch built for vocab \(scratch.v), got \(v)")
     let training = dweight != nil
     var r0 = 0
@@ -99,7 +100,7 @@ func lmHeadChunks(
             continue
         }
         let logits = scratch.logits.base, x = inp + r0 * c
-        matmulForward(out: logits, inp: x, weight: weight, n: m, c: c, oc: v)
+        head.forward(out: logits, inp: x, n: m, accumulate: false)
         Parallel.forRanges(m, minPerThread: 2) { lo, hi in
             for i in lo..<hi {
                 let t = Int(targets[r0 + i]), row = logits + i * v
@@ -112,8 +113,8 @@ func lmHeadChunks(
                 }
             }
         }
-        if let dweight {
-            matmulBackward(dinp: dinp.map { $0 + r0 * c }, dweight: dweight, dout: logits, inp: x, weight: weight,
+        if let dweight, let dense = head as? DenseWeight {
+            matmulBackward(dinp: dinp.map { $0 + r0 * c }, dweight: dweight, dout: logits, inp: x, weight: dense.base,
                            n: m, c: c, oc: v)
         }
         r0 += m

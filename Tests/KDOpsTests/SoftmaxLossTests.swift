@@ -56,9 +56,10 @@ import Testing
     let scratch = LMHeadScratch(rows: chunk, v: v)
     func lossSum(_ x: [Float], _ w: [Float]) -> Double {
         var losses = [Float](repeating: 0, count: n)
-        losses.withUnsafeMutableBufferPointer {
-            lmHeadCrossEntropyForward(losses: $0.baseAddress!, inp: x, weight: w, targets: targets, n: n, c: c, v: v, scratch: scratch)
-        }
+        losses.withUnsafeMutableBufferPointer { l in w.withUnsafeBufferPointer { wp in
+            lmHeadCrossEntropyForward(losses: l.baseAddress!, inp: x, head: DenseWeight(wp.baseAddress!, oc: v, c: c),
+                                      targets: targets, n: n, scratch: scratch)
+        } }
         return losses.reduce(0) { $0 + Double($1) }
     }
     // reference: materialize all logits, then plain cross-entropy

@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash Launch/setup.sh
+bash Launch/fetch_teacher.sh >/dev/null
 swift build --build-tests
 swift test --skip-build

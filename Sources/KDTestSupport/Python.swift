@@ -20,6 +20,7 @@ public func runPython(_ script: String, _ args: [String]) throws -> String {
 
 public struct PythonError: Error, CustomStringConvertible {
     public let message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 

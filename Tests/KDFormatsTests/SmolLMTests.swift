@@ -1,0 +1,59 @@
+// The real teacher: SmolLM2-135M-Instruct (Q4_1, Q8_0 embedding) run by distill against an independent numpy float64
+// forward over gguf-py's dequantization (Scripts/llama_reference.py).
+import Foundation
+import KDConfig
+import KDFormats
+import KDModel
+import KDQuant
+import KDTestSupport
+import Testing
+
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let smolLM = repoRoot.appendingPathComponent("Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf").path
+
+func requireTeacher() throws {
+    guard FileManager.default.fileExists(atPath: smolLM) else {
+        throw PythonError(message: "teacher missing: run Launch/fetch_teacher.sh (Launch/test.sh does) to fetch \(smolLM)")
+    }
+}
+
+@Test func smolLMConfigComesFromMetadata() throws {
+    try requireTeacher()
+    let f = try GGUFFile(path: smolLM)
+    let m = try ggufModelConfig(f)
+    #expect(m.layers == 30 && m.dim == 576 && m.heads == 9 && m.kvHeads == 3 && m.ffnDim == 1536 && m.vocabSize == 49152)
+    #expect(m.ropeTheta == 100000 && m.tiedEmbeddings && m.ropeStyle == "adjacent")
+    #expect(f.tensor("token_embd.weight")?.type == .q8_0)
+    #expect(f.tensor("blk.0.attn_q.weight")?.type == .q4_1)
+}
+
+@Test func smolLMForwardMatchesNumpyReference() throws {
+    try requireTeacher()
+    let prompts: [[Int32]] = [
+        [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173],  // arbitrary ids, incl. special tokens
+        [504, 3458, 282, 4649, 314, 2],
+        [28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43],
+    ]
+    let dir = try temporaryDirectory("distill-smol")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let out = dir.appendingPathComponent("ref.f32")
+    let json = "[" + prompts.map { "[" + $0.map(String.init).joined(separator: ",") + "]" }.joined(separator: ",") + "]"
+    _ = try runPython(scripts.appendingPathComponent("llama_reference.py").path, [smolLM, out.path, json])
+    let ref = try Data(contentsOf: out).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    let (model, _) = try loadGGUFModel(path: smolLM, maxSeqLen: 64)
+    let v = model.config.vocabSize
+    var offset = 0, worst: Float = 0
+    for p in prompts {
+        var logits = [Float](repeating: 0, count: p.count * v)
+        p.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: 1, t: p.count) }
+        logits.withUnsafeMutableBufferPointer { model.logits(into: $0.baseAddress!) }
+        for i in 0..<p.count {
+            let ours = logits[(i * v)..<((i + 1) * v)], theirs = ref[(offset + i * v)..<(offset + (i + 1) * v)]
+            worst = max(worst, zip(ours, theirs).map { abs($0 - $1) }.max()!)
+            #expect(ours.indices.max { ours[$0] < ours[$1] }! - ours.startIndex == theirs.indices.max { theirs[$0] < theirs[$1] }! - theirs.startIndex)
+        }
+        offset += p.count * v
+    }
+    #expect(offset == ref.count)
+    #expect(worst <= 1e-3, "max |logit difference| \(worst)")
+}

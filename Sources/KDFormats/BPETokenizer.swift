@@ -1,0 +1,318 @@
+// Byte-level BPE (GPT-2 family) as llama.cpp builds it from GGUF metadata (`tokenizer.ggml.model = gpt2`) and as
+// Hugging Face `tokenizers` runs it: pre-tokenize with the model's split rules, map bytes to GPT-2's printable
+// characters, merge by rank, look up ids. Control tokens are matched in the text only when asked (`special`).
+import Foundation
+import KDCore
+
+/// How text is split into words before BPE (`tokenizer.ggml.pre`).
+public enum PreTokenizer: String, Sendable, CaseIterable {
+    /// GPT-2's rule: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+    case gpt2 = "gpt-2"
+    /// SmolLM: every digit is its own word, then GPT-2's rule.
+    case smollm
+    /// Llama 3: case-insensitive contractions, [^\r\n\p{L}\p{N}]?\p{L}+, digits in runs of at most 3, newline runs.
+    case llamaBPE = "llama-bpe"
+    /// Qwen2: as Llama 3 with single digits.
+    case qwen2
+
+    /// The rule for a `tokenizer.ggml.pre` value; unknown and missing values use GPT-2's (llama.cpp's default).
+    public init(ggml name: String?) {
+        switch name {
+        case "smollm": self = .smollm
+        case "llama-bpe", "llama3", "llama-v3": self = .llamaBPE
+        case "qwen2": self = .qwen2
+        default: self = .gpt2
+        }
+    }
+}
+
+public enum TokenizerError: Error, CustomStringConvertible, Equatable {
+    case unsupportedModel(String)
+    case missing(String)
+    case badMerge(String)
+
+    public var description: String {
+        switch self {
+        case .unsupportedModel(let m): return "tokenizer model '\(m)' is not supported (supported: gpt2 byte-level BPE)"
+        case .missing(let what): return "tokenizer: \(what) is missing"
+        case .badMerge(let m): return "tokenizer: merge '\(m)' is not two tokens of the vocabulary"
+        }
+    }
+}
+
+/// A byte-level BPE tokenizer.
+public final class BPETokenizer: @unchecked Sendable {
+    public let tokens: [String]
+    public let pre: PreTokenizer
+    public let bos: Int32?, eos: Int32?
+    public let addBOS: Bool
+    /// Control and user-defined tokens, longest first (matched in text when `special` is set).
+    let specials: [(String, Int32)]
+    let ids: [String: Int32]
+    /// (left, right) → (rank, merged id)
+    let merges: [UInt64: (Int32, Int32)]
+    let byteToChar: [String]
+    var charToByte: [Character: UInt8]
+    var cache: [String: [Int32]] = [:]
+    let lock = NSLock()
+
+    public init(tokens: [String], merges: [String], special: [Int32], pre: PreTokenizer, bos: Int32?, eos: Int32?, addBOS: Bool) throws {
+        self.tokens = tokens
+        self.pre = pre
+        self.bos = bos
+        self.eos = eos
+        self.addBOS = addBOS
+        var ids: [String: Int32] = [:]
+        for (i, t) in tokens.enumerated() where ids[t] == nil { ids[t] = Int32(i) }
+        self.ids = ids
+        var table: [UInt64: (Int32, Int32)] = [:]
+        for (rank, m) in merges.enumerated() {
+            let parts = m.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts.count == 2, let a = ids[String(parts[0])], let b = ids[String(parts[1])] else {
+                throw TokenizerError.badMerge(m)
+            }
+            guard let merged = ids[String(parts[0]) + String(parts[1])] else { continue }
+            let key = UInt64(UInt32(a)) << 32 | UInt64(UInt32(b))
+            if table[key] == nil { table[key] = (Int32(rank), merged) }
+        }
+        self.merges = table
+        specials = special.map { (tokens[Int($0)], $0) }.filter { !$0.0.isEmpty }.sorted { $0.0.count > $1.0.count }
+        // GPT-2 bytes_to_unicode: printable bytes map to themselves, the rest to U+0100 upwards
+        var b2c = [String](repeating: "", count: 256), c2b: [Character: UInt8] = [:]
+        var next = 256
+        for b in 0..<256 {
+            let printable = (33...126).contains(b) || (161...172).contains(b) || (174...255).contains(b)
+            let scalar = Unicode.Scalar(printable ? b : next)!
+            if !printable { next += 1 }
+            b2c[b] = String(Character(scalar))
+            c2b[Character(scalar)] = UInt8(b)
+        }
+        byteToChar = b2c
+        charToByte = c2b
+    }
+
+    public var vocabSize: Int { tokens.count }
+
+    /// Token ids of `text`; with `special`, control tokens written in the text (`<|im_start|>`) become their ids.
+    /// A BOS is prepended when the model asks for it (`addBOS`) and `addSpecial` is set.
+    public func encode(_ text: String, special: Bool = false, addSpecial: Bool = true) -> [Int32] {
+        var out: [Int32] = []
+        if addSpecial, addBOS, let bos { out.append(bos) }
+        var rest = Substring(text)
+        if special, !specials.isEmpty {
+            while !rest.isEmpty {
+                // earliest special token; the longest at that position
+                var best: (Range<Substring.Index>, Int32)?
+                for (s, id) in specials {
+                    if let r = rest.range(of: s), best == nil || r.lowerBound < best!.0.lowerBound { best = (r, id) }
+                }
+                guard let (r, id) = best else { break }
+                encodeOrdinary(rest[rest.startIndex..<r.lowerBound], into: &out)
+                out.append(id)
+                rest = rest[r.upperBound...]
+            }
+        }
+        encodeOrdinary(rest, into: &out)
+        return out
+    }
+
+    func encodeOrdinary(_ text: Substring, into out: inout [Int32]) {
+        for word in preTokenize(text) { out += bpe(word) }
+    }
+
+    /// Text of `ids` (control tokens included as their text); invalid UTF-8 is replaced by U+FFFD.
+    public func decode(_ ids: [Int32]) -> String {
+        var bytes: [UInt8] = []
+        for id in ids where id >= 0 && Int(id) < tokens.count {
+            for ch in tokens[Int(id)] {
+                if let b = charToByte[ch] { bytes.append(b) } else { bytes += Array(String(ch).utf8) }
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Byte-level BPE of one pre-token.
+    func bpe(_ word: Substring) -> [Int32] {
+        let key = String(word)
+        lock.lock()
+        if let hit = cache[key] { lock.unlock(); return hit }
+        lock.unlock()
+        var syms: [Int32] = []
+        for b in key.utf8 {
+            // every byte character is in a byte-level vocabulary; fall back to id 0 (unknown) if not
+            syms.append(ids[byteToChar[Int(b)]] ?? 0)
+        }
+        while syms.count > 1 {
+            var bestRank = Int32.max, bestAt = -1, bestId: Int32 = 0
+            for i in 0..<(syms.count - 1) {
+                let k = UInt64(UInt32(syms[i])) << 32 | UInt64(UInt32(syms[i + 1]))
+                if let (rank, merged) = merges[k], rank < bestRank { bestRank = rank; bestAt = i; bestId = merged }
+            }
+            if bestAt < 0 { break }
+            // merge every occurrence of this pair, left to right (as HF and llama.cpp do)
+            let a = syms[bestAt], b = syms[bestAt + 1]
+            var merged: [Int32] = []
+            merged.reserveCapacity(syms.count)
+            var i = 0
+            while i < syms.count {
+                if i + 1 < syms.count, syms[i] == a, syms[i + 1] == b { merged.append(bestId); i += 2 } else { merged.append(syms[i]); i += 1 }
+            }
+            syms = merged
+        }
+        lock.lock()
+        if cache.count > 100_000 { cache.removeAll() }
+        cache[key] = syms
+        lock.unlock()
+        return syms
+    }
+
+    // MARK: - Pre-tokenization
+
+    /// Splits text into words by the model's rule.
+    public func preTokenize(_ text: Substring) -> [Substring] {
+        switch pre {
+        case .gpt2: return splitGPT2(text)
+        case .smollm:
+            // Digits(individual_digits) first: each digit a piece of its own, then GPT-2 on the rest
+            var out: [Substring] = []
+            var start = text.startIndex, i = text.startIndex
+            while i < text.endIndex {
+                let next = text.unicodeScalars.index(after: i)
+                if isNumber(text.unicodeScalars[i]) {
+                    if start < i { out += splitGPT2(text[start..<i]) }
+                    out.append(text[i..<next])
+                    start = next
+                }
+                i = next
+            }
+            if start < text.endIndex { out += splitGPT2(text[start..<text.endIndex]) }
+            return out
+        case .llamaBPE: return splitLlama3(text, maxDigits: 3)
+        case .qwen2: return splitLlama3(text, maxDigits: 1)
+        }
+    }
+
+    func splitGPT2(_ text: Substring) -> [Substring] {
+        let s = text.unicodeScalars
+        var out: [Substring] = []
+        var i = s.startIndex
+        func at(_ j: Substring.UnicodeScalarView.Index) -> Unicode.Scalar? { j < s.endIndex ? s[j] : nil }
+        while i < s.endIndex {
+            let c = s[i], n1 = s.index(after: i)
+            var end = n1
+            if c == "'", let len = contraction(s, n1, caseInsensitive: false) {
+                end = s.index(n1, offsetBy: len)
+            } else if isLetter(c) || (c == " " && at(n1).map(isLetter) == true) {
+                end = c == " " ? s.index(after: n1) : n1
+                while let x = at(end), isLetter(x) { end = s.index(after: end) }
+            } else if isNumber(c) || (c == " " && at(n1).map(isNumber) == true) {
+                end = c == " " ? s.index(after: n1) : n1
+                while let x = at(end), isNumber(x) { end = s.index(after: end) }
+            } else if isOther(c) || (c == " " && at(n1).map(isOther) == true) {
+                end = c == " " ? s.index(after: n1) : n1
+                while let x = at(end), isOther(x) { end = s.index(after: end) }
+            } else {
+                end = whitespaceEnd(s, i)
+            }
+            out.append(Substring(s[i..<end]))
+            i = end
+        }
+        return out
+    }
+
+    func splitLlama3(_ text: Substring, maxDigits: Int) -> [Substring] {
+        let s = text.unicodeScalars
+        var out: [Substring] = []
+        var i = s.startIndex
+        func at(_ j: Substring.UnicodeScalarView.Index) -> Unicode.Scalar? { j < s.endIndex ? s[j] : nil }
+        func isNL(_ c: Unicode.Scalar) -> Bool { c == "\r" || c == "\n" }
+        while i < s.endIndex {
+            let c = s[i], n1 = s.index(after: i)
+            var end = n1
+            if c == "'", let len = contraction(s, n1, caseInsensitive: true) {
+                end = s.index(n1, offsetBy: len)
+            } else if isLetter(c) || (!isNL(c) && !isLetter(c) && !isNumber(c) && at(n1).map(isLetter) == true) {
+                // [^\r\n\p{L}\p{N}]?\p{L}+
+                end = isLetter(c) ? n1 : s.index(after: n1)
+                while let x = at(end), isLetter(x) { end = s.index(after: end) }
+            } else if isNumber(c) {
+                var k = 1
+                while k < maxDigits, let x = at(end), isNumber(x) { end = s.index(after: end); k += 1 }
+            } else if isOther(c) || (c == " " && at(n1).map(isOther) == true) {
+                // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
+                end = c == " " ? s.index(after: n1) : n1
+                while let x = at(end), isOther(x) { end = s.index(after: end) }
+                while let x = at(end), isNL(x) { end = s.index(after: end) }
+            } else {
+                // \s*[\r\n]+ | \s+(?!\S) | \s+
+                var j = i, lastNL: Substring.UnicodeScalarView.Index?
+                while let x = at(j), x.properties.isWhitespace {
+                    j = s.index(after: j)
+                    if isNL(x) { lastNL = j }
+                }
+                if let lastNL { end = lastNL } else { end = whitespaceEnd(s, i) }
+            }
+            out.append(Substring(s[i..<end]))
+            i = end
+        }
+        return out
+    }
+
+    /// \s+(?!\S) then \s+: a whitespace run, leaving its last character to the next word when a word follows.
+    func whitespaceEnd(_ s: Substring.UnicodeScalarView, _ i: Substring.UnicodeScalarView.Index) -> Substring.UnicodeScalarView.Index {
+        var j = i
+        while j < s.endIndex, s[j].properties.isWhitespace { j = s.index(after: j) }
+        if j == s.endIndex { return j }
+        let runStart = s.index(after: i)
+        return j > runStart ? s.index(before: j) : j
+    }
+
+    /// Length of 's 't 're 've 'm 'll 'd after the apostrophe, if one follows.
+    func contraction(_ s: Substring.UnicodeScalarView, _ from: Substring.UnicodeScalarView.Index, caseInsensitive: Bool) -> Int? {
+        var a: [Character] = []
+        var j = from
+        while j < s.endIndex, a.count < 2 {
+            a.append(Character(s[j]))
+            j = s.index(after: j)
+        }
+        let t = caseInsensitive ? a.map { Character($0.lowercased()) } : a
+        if t.count >= 2, ["re", "ve", "ll"].contains(String(t[0...1])) { return 2 }
+        if let f = t.first, "stmd".contains(f) { return 1 }
+        return nil
+    }
+
+    func isLetter(_ c: Unicode.Scalar) -> Bool {
+        switch c.properties.generalCategory {
+        case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter: return true
+        default: return false
+        }
+    }
+    func isNumber(_ c: Unicode.Scalar) -> Bool {
+        switch c.properties.generalCategory {
+        case .decimalNumber, .letterNumber, .otherNumber: return true
+        default: return false
+        }
+    }
+    func isOther(_ c: Unicode.Scalar) -> Bool { !c.properties.isWhitespace && !isLetter(c) && !isNumber(c) }
+}
+
+extension BPETokenizer {
+    /// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
+    public convenience init(gguf f: GGUFFile) throws {
+        let model = f.metadata["tokenizer.ggml.model"]?.string ?? "(none)"
+        guard model == "gpt2" else { throw TokenizerError.unsupportedModel(model) }
+        guard let toks = f.metadata["tokenizer.ggml.tokens"]?.array?.compactMap(\.string) else { throw TokenizerError.missing("tokenizer.ggml.tokens") }
+        guard let merges = f.metadata["tokenizer.ggml.merges"]?.array?.compactMap(\.string) else { throw TokenizerError.missing("tokenizer.ggml.merges") }
+        let types = f.metadata["tokenizer.ggml.token_type"]?.array?.compactMap(\.int) ?? []
+        let special = types.enumerated().filter { $0.element == 3 || $0.element == 4 }.map { Int32($0.offset) }
+        try self.init(tokens: toks, merges: merges, special: special, pre: PreTokenizer(ggml: f.metadata["tokenizer.ggml.pre"]?.string),
+                      bos: f.metadata["tokenizer.ggml.bos_token_id"]?.int.map(Int32.init),
+                      eos: f.metadata["tokenizer.ggml.eos_token_id"]?.int.map(Int32.init),
+                      addBOS: f.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false)
+    }
+
+    /// ChatML as SmolLM2-Instruct's template writes it: a default system turn, the user turn, the assistant header.
+    public static func chatML(user: String, system: String = "You are a helpful AI assistant named SmolLM, trained by Hugging Face") -> String {
+        "<|im_start|>system\n\(system)<|im_end|>\n<|im_start|>user\n\(user)<|im_end|>\n<|im_start|>assistant\n"
+    }
+}

@@ -1,0 +1,59 @@
+// Our byte-level BPE against Hugging Face `tokenizers` built from the same vocabulary and merges (the real SmolLM2
+// file), for every pre-tokenizer rule we implement, on varied text.
+import Foundation
+import KDFormats
+import KDTestSupport
+import Testing
+
+let tokenizerStrings: [String] = [
+    "", " ", "  ", "\n", "\n\n\n", "Hello world", "Hello, world!", "  leading and trailing  ",
+    "The quick brown fox jumps over the lazy dog.", "It's a dog's life; they're sure we'll go, I'd say, you've",
+    "IT'S LOUD AND IT'LL BE", "1234567890", "Call 555-0199 or +1 (800) 123 4567.", "3.14159 and 2,718,281",
+    "year 2024: 12 months, 365 days", "def f(x):\n    return x ** 2  # square\n", "for (int i = 0; i < n; ++i) { a[i] += 1; }",
+    "if x == 3:\n\tprint('tab')\n", "tabs\t\tand\t spaces \t mixed", "line one\r\nline two\r\n",
+    "emoji 😀🎉👍🏽 and 🇫🇷 flags", "café naïve résumé Ångström", "日本語のテキストです。", "中文文本，标点符号。",
+    "한국어 텍스트", "Привет, мир!", "مرحبا بالعالم", "ελληνικά κείμενα", "mixed日本語and English123",
+    "<|im_start|>user\nhi<|im_end|>", "www.example.com/path?q=1&r=2#frag", "email@example.com",
+    "$100.00 €50 ¥1000 £20", "   \n   \n", "a\u{00A0}b\u{3000}c", "x²+y³=z⁴ ½ ¼", "Ⅻ ⅷ numerals",
+    "!!!???...,,,", "'s 't 're 've 'm 'll 'd", "don't won't can't", "ALLCAPS lowercase MiXeD",
+    String(repeating: "long ", count: 40), "multiple     spaces     here", "trailing newline\n",
+]
+
+@Test(arguments: PreTokenizer.allCases)
+func bpeMatchesHuggingFaceTokenizers(pre: PreTokenizer) throws {
+    try requireTeacher()
+    let dir = try temporaryDirectory("distill-tok")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let input = dir.appendingPathComponent("strings.json")
+    try JSONSerialization.data(withJSONObject: tokenizerStrings).write(to: input)
+    let out = try runPython(scripts.appendingPathComponent("hf_tokenize.py").path, [smolLM, pre.rawValue, input.path])
+    let expected = out.split(separator: "\n").map { line in
+        (try! JSONSerialization.jsonObject(with: Data(line.utf8)) as! [Int]).map(Int32.init)
+    }
+    #expect(expected.count == tokenizerStrings.count)
+    let f = try GGUFFile(path: smolLM)
+    let base = try BPETokenizer(gguf: f)
+    let tok = try BPETokenizer(tokens: base.tokens, merges: f.metadata["tokenizer.ggml.merges"]!.array!.compactMap(\.string),
+                               special: [], pre: pre, bos: nil, eos: nil, addBOS: false)
+    var mismatches = 0
+    for (s, want) in zip(tokenizerStrings, expected) {
+        let got = tok.encode(s)
+        if got != want { mismatches += 1 }
+        #expect(got == want, "\(pre): \(s.debugDescription)")
+        #expect(tok.decode(got) == s)
+    }
+    #expect(mismatches == 0)
+}
+
+@Test func specialTokensAndChatTemplate() throws {
+    try requireTeacher()
+    let tok = try BPETokenizer(gguf: GGUFFile(path: smolLM))
+    #expect(tok.pre == .smollm && tok.eos == 2 && tok.bos == 1 && !tok.addBOS)
+    let chat = BPETokenizer.chatML(user: "Hi")
+    let ids = tok.encode(chat, special: true)
+    #expect(ids.first == 1)  // <|im_start|>
+    #expect(ids.filter { $0 == 2 }.count == 2)  // two <|im_end|>
+    #expect(tok.decode(ids) == chat)
+    // without `special`, the markers are ordinary text
+    #expect(!tok.encode(chat).contains(1))
+}

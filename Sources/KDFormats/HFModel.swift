@@ -1,0 +1,151 @@
+// Hugging Face LlamaForCausalLM folders: config.json + *.safetensors (+ tokenizer.json). Our tensor names are HF's,
+// so loading and saving need no renaming table. HF checkpoints use rotate-half RoPE (rope_style = half).
+import Foundation
+import KDConfig
+import KDCore
+import KDModel
+import KDQuant
+
+public enum HFError: Error, CustomStringConvertible, Equatable {
+    case noConfig(String)
+    case badConfig(path: String, reason: String)
+    case missingTensor(dir: String, tensor: String)
+    case wrongShape(tensor: String, expected: [Int], found: [Int])
+    case notAModel(String)
+
+    public var description: String {
+        switch self {
+        case .noConfig(let d): return "\(d): expected a Hugging Face model folder with config.json, found none"
+        case .badConfig(let p, let r): return "\(p): \(r)"
+        case .missingTensor(let d, let t): return "\(d): tensor '\(t)' is in none of the folder's .safetensors files"
+        case .wrongShape(let t, let e, let f): return "tensor '\(t)': expected shape \(e), found \(f)"
+        case .notAModel(let p): return "\(p): expected a .gguf file or a Hugging Face folder (config.json + .safetensors), found neither"
+        }
+    }
+}
+
+/// The model shape of a LlamaForCausalLM config.json.
+public func hfModelConfig(dir: String, maxSeqLen: Int? = nil) throws -> ModelConfig {
+    let path = (dir as NSString).appendingPathComponent("config.json")
+    guard let data = FileManager.default.contents(atPath: path) else { throw HFError.noConfig(dir) }
+    guard let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        throw HFError.badConfig(path: path, reason: "not a JSON object")
+    }
+    let arch = (j["architectures"] as? [String])?.first ?? (j["model_type"] as? String ?? "?")
+    guard arch == "LlamaForCausalLM" || (j["model_type"] as? String) == "llama" else {
+        throw HFError.badConfig(path: path, reason: "architecture '\(arch)' is not supported (supported: LlamaForCausalLM)")
+    }
+    func int(_ k: String) throws -> Int {
+        guard let v = j[k] as? Int else { throw HFError.badConfig(path: path, reason: "expected an integer '\(k)', found \(j[k].map { "\($0)" } ?? "none")") }
+        return v
+    }
+    var m = ModelConfig()
+    m.layers = try int("num_hidden_layers")
+    m.dim = try int("hidden_size")
+    m.heads = try int("num_attention_heads")
+    m.kvHeads = (j["num_key_value_heads"] as? Int) ?? m.heads
+    m.ffnDim = try int("intermediate_size")
+    m.vocabSize = try int("vocab_size")
+    m.ropeTheta = (j["rope_theta"] as? Double) ?? 10000
+    m.rmsEps = Float((j["rms_norm_eps"] as? Double) ?? 1e-5)
+    m.maxSeqLen = maxSeqLen ?? min((j["max_position_embeddings"] as? Int) ?? 2048, 4096)
+    m.tiedEmbeddings = (j["tie_word_embeddings"] as? Bool) ?? false
+    m.ropeStyle = "half"
+    try m.validate(path: path)
+    return m
+}
+
+/// Loads a HF folder. Inference models keep F16/BF16 matrices packed in the mapped files; training models get Floats.
+public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil) throws -> (model: Transformer, files: [SafetensorsFile]) {
+    let m = try hfModelConfig(dir: dir, maxSeqLen: maxSeqLen)
+    let names = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".safetensors") }.sorted()
+    let files = try names.map { try SafetensorsFile(path: (dir as NSString).appendingPathComponent($0)) }
+    let model = Transformer(config: m, needsGrad: needsGrad)
+    for e in model.layout.entries {
+        guard let (f, t) = files.lazy.compactMap({ f in f.tensor(e.name).map { (f, $0) } }).first else {
+            throw HFError.missingTensor(dir: dir, tensor: e.name)
+        }
+        guard t.shape == e.shape else { throw HFError.wrongShape(tensor: e.name, expected: e.shape, found: t.shape) }
+        if !needsGrad, e.isMatrix, t.dtype != .f32 {
+            model.setPacked(QuantizedMatrix(type: t.dtype, oc: e.shape[0], c: e.shape[1], data: f.data(t), owner: f), offset: e.offset)
+        } else {
+            f.read(t, into: model.params.base + e.offset)
+        }
+    }
+    return (model, files)
+}
+
+/// Writes `model` as a HF folder (config.json + model.safetensors, F32), creating `dir`.
+public func saveHFModel(_ model: Transformer, dir: String, metadata: [String: String] = [:]) throws {
+    precondition(model.packed.isEmpty, "saveHFModel: packed weights cannot be saved as F32")
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let m = model.config
+    let config: [String: Any] = [
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": m.dim, "intermediate_size": m.ffnDim,
+        "num_attention_heads": m.heads, "num_key_value_heads": m.kvHeads, "num_hidden_layers": m.layers,
+        "vocab_size": m.vocabSize, "rms_norm_eps": Double(m.rmsEps), "rope_theta": m.ropeTheta,
+        "max_position_embeddings": m.maxSeqLen, "tie_word_embeddings": m.tiedEmbeddings, "hidden_act": "silu",
+        "torch_dtype": "float32",
+    ]
+    let entries = model.layout.entries.map { SafetensorsEntry(name: $0.name, shape: $0.shape, data: model.params.base + $0.offset) }
+    try writeSafetensors(path: (dir as NSString).appendingPathComponent("model.safetensors"), tensors: entries,
+                         metadata: metadata.merging(["format": "pt"]) { a, _ in a })
+    let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+    try atomicWrite(path: (dir as NSString).appendingPathComponent("config.json")) { try $0.write(contentsOf: json) }
+}
+
+/// A model for inference from a GGUF file or a HF folder, with its tokenizer when the source carries one.
+public struct LoadedModel {
+    public let model: Transformer
+    public let tokenizer: BPETokenizer?
+    public let kind: String
+    let keepAlive: [AnyObject]
+}
+
+/// Opens `path` as a GGUF file or a HF folder for inference.
+public func openModel(path: String, maxSeqLen: Int? = nil) throws -> LoadedModel {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
+    if isDir.boolValue {
+        let (model, files) = try loadHFModel(dir: path, needsGrad: false, maxSeqLen: maxSeqLen)
+        let tj = (path as NSString).appendingPathComponent("tokenizer.json")
+        let tok = FileManager.default.fileExists(atPath: tj) ? try BPETokenizer(hfTokenizerJSON: tj) : nil
+        return LoadedModel(model: model, tokenizer: tok, kind: "safetensors", keepAlive: files)
+    }
+    let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
+    guard head == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
+    let (model, file) = try loadGGUFModel(path: path, maxSeqLen: maxSeqLen)
+    return LoadedModel(model: model, tokenizer: try BPETokenizer(gguf: file), kind: "gguf", keepAlive: [file])
+}
+
+extension BPETokenizer {
+    /// A byte-level BPE `tokenizer.json` (Hugging Face `tokenizers`): vocabulary, merges, added special tokens, and the
+    /// pre-tokenizer recognized among the rules we implement.
+    public convenience init(hfTokenizerJSON path: String) throws {
+        guard let data = FileManager.default.contents(atPath: path),
+              let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let model = j["model"] as? [String: Any] else { throw TokenizerError.missing("\(path): model section") }
+        guard (model["type"] as? String) == "BPE", let vocab = model["vocab"] as? [String: Int] else {
+            throw TokenizerError.unsupportedModel("\(model["type"] ?? "?") in \(path)")
+        }
+        var tokens = [String](repeating: "", count: (vocab.values.max() ?? -1) + 1)
+        for (t, i) in vocab { tokens[i] = t }
+        var special: [Int32] = []
+        for a in (j["added_tokens"] as? [[String: Any]]) ?? [] {
+            guard let id = a["id"] as? Int, let content = a["content"] as? String else { continue }
+            if id >= tokens.count { tokens += [String](repeating: "", count: id - tokens.count + 1) }
+            tokens[id] = content
+            special.append(Int32(id))
+        }
+        let merges: [String] = ((model["merges"] as? [Any]) ?? []).compactMap {
+            if let s = $0 as? String { return s }
+            if let p = $0 as? [String], p.count == 2 { return p[0] + " " + p[1] }
+            return nil
+        }
+        let preJSON = String(decoding: (try? JSONSerialization.data(withJSONObject: j["pre_tokenizer"] ?? [:])) ?? Data(), as: UTF8.self)
+        let pre: PreTokenizer = preJSON.contains("\"individual_digits\":true") ? .smollm
+            : preJSON.contains("{1,3}") ? .llamaBPE : preJSON.contains("Split") ? .qwen2 : .gpt2
+        let eos = special.first { ["<|endoftext|>", "</s>", "<|im_end|>", "<|end_of_text|>"].contains(tokens[Int($0)]) }
+        try self.init(tokens: tokens, merges: merges, special: special, pre: pre, bos: nil, eos: eos, addBOS: false)
+    }
+}

@@ -1,0 +1,168 @@
+// safetensors (Hugging Face's tensor file): an 8-byte little-endian header length, a JSON header
+// {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {…}}, then the raw data. Reads are memory-mapped
+// and bounds-checked; writes go to a temporary file that is fsynced and renamed, so no half-written file remains.
+import Foundation
+import KDCore
+import KDQuant
+
+public enum SafetensorsError: Error, CustomStringConvertible, Equatable {
+    case notFound(String)
+    case badHeader(path: String, reason: String)
+    case unsupportedDType(path: String, tensor: String, found: String)
+    case outOfBounds(path: String, tensor: String, end: Int, dataSize: Int)
+    case sizeMismatch(path: String, tensor: String, expected: Int, found: Int)
+
+    public var description: String {
+        switch self {
+        case .notFound(let p): return "\(p): no such file"
+        case .badHeader(let p, let r): return "\(p): not a safetensors file: \(r)"
+        case .unsupportedDType(let p, let t, let d): return "\(p): tensor '\(t)': dtype \(d) is not supported (supported: F32, F16, BF16)"
+        case .outOfBounds(let p, let t, let end, let size): return "\(p): tensor '\(t)': data ends at byte \(end) of a \(size)-byte data section (truncated?)"
+        case .sizeMismatch(let p, let t, let e, let f): return "\(p): tensor '\(t)': shape needs \(e) bytes, data_offsets give \(f)"
+        }
+    }
+}
+
+/// One tensor of a safetensors file.
+public struct SafetensorsTensor: Sendable {
+    public let name: String
+    public let dtype: GGMLType  // .f32, .f16 or .bf16
+    public let shape: [Int]
+    public let begin: Int, end: Int
+    public var elements: Int { shape.reduce(1, *) }
+}
+
+/// A memory-mapped safetensors file.
+public final class SafetensorsFile {
+    public let path: String
+    public let tensors: [SafetensorsTensor]
+    public let metadata: [String: String]
+    let base: UnsafeRawPointer, fileSize: Int, dataStart: Int
+    let byName: [String: Int]
+
+    public init(path: String) throws {
+        self.path = path
+        guard FileManager.default.fileExists(atPath: path) else { throw SafetensorsError.notFound(path) }
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw KDError.unreadable(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var st = stat()
+        fstat(fd, &st)
+        fileSize = Int(st.st_size)
+        guard fileSize >= 8 else { throw SafetensorsError.badHeader(path: path, reason: "\(fileSize) bytes is shorter than the 8-byte header length") }
+        guard let m = mmap(nil, fileSize, PROT_READ, MAP_PRIVATE, fd, 0), m != MAP_FAILED else {
+            throw KDError.unreadable(path: path, reason: "mmap failed")
+        }
+        base = UnsafeRawPointer(m)
+        do {
+            let n = Int(UInt64(littleEndian: base.loadUnaligned(as: UInt64.self)))
+            guard n > 1, n <= fileSize - 8 else {
+                throw SafetensorsError.badHeader(path: path, reason: "header length \(n) does not fit the \(fileSize)-byte file")
+            }
+            dataStart = 8 + n
+            let json = Data(bytes: base + 8, count: n)
+            guard let obj = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else {
+                throw SafetensorsError.badHeader(path: path, reason: "header is not a JSON object")
+            }
+            var list: [SafetensorsTensor] = [], meta: [String: String] = [:]
+            for (name, value) in obj {
+                if name == "__metadata__" {
+                    meta = (value as? [String: String]) ?? [:]
+                    continue
+                }
+                guard let d = value as? [String: Any], let dt = d["dtype"] as? String, let shape = d["shape"] as? [Int],
+                      let offs = d["data_offsets"] as? [Int], offs.count == 2 else {
+                    throw SafetensorsError.badHeader(path: path, reason: "entry '\(name)' lacks dtype, shape or data_offsets")
+                }
+                let type: GGMLType
+                switch dt {
+                case "F32": type = .f32
+                case "F16": type = .f16
+                case "BF16": type = .bf16
+                default: throw SafetensorsError.unsupportedDType(path: path, tensor: name, found: dt)
+                }
+                let t = SafetensorsTensor(name: name, dtype: type, shape: shape, begin: offs[0], end: offs[1])
+                guard t.end >= t.begin, t.begin >= 0 else { throw SafetensorsError.badHeader(path: path, reason: "'\(name)' has data_offsets \(offs)") }
+                guard dataStart + t.end <= fileSize else {
+                    throw SafetensorsError.outOfBounds(path: path, tensor: name, end: t.end, dataSize: fileSize - dataStart)
+                }
+                guard t.end - t.begin == t.elements * type.typeSize else {
+                    throw SafetensorsError.sizeMismatch(path: path, tensor: name, expected: t.elements * type.typeSize, found: t.end - t.begin)
+                }
+                list.append(t)
+            }
+            tensors = list.sorted { $0.begin < $1.begin }
+            metadata = meta
+            byName = Dictionary(tensors.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })
+        } catch {
+            munmap(UnsafeMutableRawPointer(mutating: base), fileSize)
+            throw error
+        }
+    }
+
+    deinit { munmap(UnsafeMutableRawPointer(mutating: base), fileSize) }
+
+    public func tensor(_ name: String) -> SafetensorsTensor? { byName[name].map { tensors[$0] } }
+    public func data(_ t: SafetensorsTensor) -> UnsafeRawPointer { base + dataStart + t.begin }
+
+    /// The tensor as Floats into `out` (F16/BF16 widened exactly).
+    public func read(_ t: SafetensorsTensor, into out: UnsafeMutablePointer<Float>) {
+        if t.dtype == .f32 {
+            memcpy(out, data(t), t.elements * 4)  // data may be unaligned
+        } else {
+            dequantize(t.dtype, src: data(t), out: out, count: t.elements)
+        }
+    }
+}
+
+/// A tensor to write: Float data at `data` with `shape`, stored as F32.
+public struct SafetensorsEntry {
+    public let name: String
+    public let shape: [Int]
+    public let data: UnsafePointer<Float>
+    public init(name: String, shape: [Int], data: UnsafePointer<Float>) {
+        self.name = name
+        self.shape = shape
+        self.data = data
+    }
+}
+
+/// Writes F32 tensors (in the given order) and string metadata atomically: temp file, fsync, rename.
+public func writeSafetensors(path: String, tensors: [SafetensorsEntry], metadata: [String: String] = [:]) throws {
+    var header: [String: Any] = [:]
+    if !metadata.isEmpty { header["__metadata__"] = metadata }
+    var offset = 0
+    for t in tensors {
+        let bytes = t.shape.reduce(1, *) * 4
+        header[t.name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + bytes]] as [String: Any]
+        offset += bytes
+    }
+    var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+    while (8 + json.count) % 8 != 0 { json.append(0x20) }  // data starts 8-byte aligned, as HF pads
+    try atomicWrite(path: path) { fh in
+        var n = UInt64(json.count).littleEndian
+        try fh.write(contentsOf: Data(bytes: &n, count: 8))
+        try fh.write(contentsOf: json)
+        for t in tensors {
+            try fh.write(contentsOf: Data(bytes: t.data, count: t.shape.reduce(1, *) * 4))
+        }
+    }
+}
+
+/// Writes through `body` into `path.tmp-<pid>`, fsyncs, renames over `path`; on any error the temp file is removed.
+public func atomicWrite(path: String, _ body: (FileHandle) throws -> Void) throws {
+    let tmp = path + ".tmp-\(getpid())"
+    guard FileManager.default.createFile(atPath: tmp, contents: nil) else {
+        throw KDError.unreadable(path: tmp, reason: "cannot create (missing folder or no permission?)")
+    }
+    do {
+        let fh = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp))
+        defer { try? fh.close() }
+        try body(fh)
+        try fh.synchronize()
+        guard rename(tmp, path) == 0 else { throw KDError.unreadable(path: path, reason: "rename failed: \(String(cString: strerror(errno)))") }
+    } catch {
+        unlink(tmp)
+        throw error
+    }
+}

@@ -53,7 +53,7 @@ let package = Package(
         .testTarget(
             name: "KDTrainTests", dependencies: ["KDTrain", "KDData", "KDComm", "KDTestSupport"],
             swiftSettings: cpuFlags),
-        .testTarget(name: "KDCLITests", dependencies: ["KDCLI"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDCLITests", dependencies: ["KDCLI", "KDConfig", "KDData", "KDFormats", "KDModel"], swiftSettings: cpuFlags),
     ],
     // Kernels hand raw buffers to concurrentPerform; Swift 5 mode keeps that a documented choice, not an error.
     swiftLanguageModes: [.v5]

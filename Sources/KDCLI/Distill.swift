@@ -13,7 +13,7 @@ struct Distill: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "distill",
         abstract: "Distill large language models into small, quantized students (under mpirun).",
-        subcommands: [Train.self, Bench.self])
+        subcommands: [Train.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Bench.self])
 }
 
 /// Prints `error: …` on one line and exits non-zero; used for every failure past argument validation.

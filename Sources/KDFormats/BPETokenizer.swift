@@ -46,6 +46,8 @@ public final class BPETokenizer: @unchecked Sendable {
     public let pre: PreTokenizer
     public let bos: Int32?, eos: Int32?
     public let addBOS: Bool
+    /// Identity of the vocabulary, merges and split rule (stored in token shards).
+    public let hash: UInt64
     /// Control and user-defined tokens, longest first (matched in text when `special` is set).
     let specials: [(String, Int32)]
     let ids: [String: Int32]
@@ -62,6 +64,7 @@ public final class BPETokenizer: @unchecked Sendable {
         self.bos = bos
         self.eos = eos
         self.addBOS = addBOS
+        hash = fnv1a([pre.rawValue] + tokens + merges)
         var ids: [String: Int32] = [:]
         for (i, t) in tokens.enumerated() where ids[t] == nil { ids[t] = Int32(i) }
         self.ids = ids

@@ -88,3 +88,11 @@ func corrupted(_ name: String, _ edit: (inout [UInt8]) -> Void) throws -> String
     // none of these crashed; a zero-byte file too
     #expect(message(try corrupted("types.gguf") { $0.removeAll() }).contains("not a GGUF file"))
 }
+
+@Test func modelLoadingErrorsNameTheProblem() throws {
+    func message(_ path: String) -> String {
+        do { _ = try loadGGUFModel(path: path); return "loaded" } catch { return "\(error)" }
+    }
+    #expect(message(fixtures.appendingPathComponent("mamba.gguf").path).contains("architecture 'mamba' is not supported (supported: llama)"))
+    #expect(message(fixtures.appendingPathComponent("metadata.gguf").path).contains("metadata key 'llama.block_count' is missing"))
+}

@@ -1,0 +1,166 @@
+// `distill prepare`: text files, folders and JSONL → train/validation token shards. Files are read in 4 MiB pieces
+// and documents streamed to the shard writers, so memory stays bounded; the split is a seeded function of the
+// document index, so the output is deterministic.
+import Foundation
+import KDCore
+
+/// How to turn text into shard tokens.
+public struct ShardTokenizer {
+    public let vocabSize: Int
+    public let hash: UInt64
+    /// Plain text → ids (no special-token parsing).
+    public let encode: (String) -> [Int32]
+    /// A prompt/response pair → (ids, mask): the prompt (chat-formatted when asked) masked out of the loss.
+    public let encodePair: (String, String) -> ([Int32], [UInt8])
+    /// Appended after each document, when the tokenizer has one.
+    public let eos: Int32?
+
+    public init(vocabSize: Int, hash: UInt64, eos: Int32?, encode: @escaping (String) -> [Int32],
+                encodePair: @escaping (String, String) -> ([Int32], [UInt8])) {
+        self.vocabSize = vocabSize; self.hash = hash; self.eos = eos; self.encode = encode; self.encodePair = encodePair
+    }
+
+    /// The byte tokenizer (vocabulary 256, no EOS).
+    public static let bytes = ShardTokenizer(
+        vocabSize: 256, hash: fnv1a(["bytes"]), eos: nil, encode: { ByteTokenizer().encode($0) },
+        encodePair: { p, r in
+            let a = ByteTokenizer().encode(p), b = ByteTokenizer().encode(r)
+            return (a + b, [UInt8](repeating: 0, count: a.count) + [UInt8](repeating: 1, count: b.count))
+        })
+}
+
+public struct PrepareOptions {
+    public var inputs: [String]
+    public var output: String
+    public var valFraction: Double = 0.05
+    /// A line equal to this ends a document in text files (e.g. "%" for fortune files); nil = one document per file.
+    public var separator: String?
+    public var excludeSuffixes: [String] = [".dat"]
+    public var seed: UInt64 = 1234
+    public init(inputs: [String], output: String) { self.inputs = inputs; self.output = output }
+}
+
+public struct PrepareSummary: Codable, Equatable {
+    public var files = 0, documents = 0, trainDocuments = 0, validationDocuments = 0
+    public var trainTokens = 0, validationTokens = 0, bytesRead = 0
+}
+
+public enum PrepareError: Error, CustomStringConvertible, Equatable {
+    case notUTF8(path: String, offset: Int)
+    case badJSONL(path: String, line: Int, reason: String)
+    case empty(inputs: [String])
+
+    public var description: String {
+        switch self {
+        case .notUTF8(let p, let o): return "\(p): expected UTF-8 text, found invalid bytes near byte \(o)"
+        case .badJSONL(let p, let l, let r): return "\(p):\(l): \(r)"
+        case .empty(let i): return "prepare: no text found in \(i.joined(separator: ", ")) (expected non-empty text or JSONL files)"
+        }
+    }
+}
+
+/// Runs the preparation; `progress(bytesDone, bytesTotal)` is called after each piece read.
+@discardableResult
+public func prepareCorpus(_ o: PrepareOptions, tokenizer tk: ShardTokenizer, progress: (Int, Int) -> Void = { _, _ in }) throws -> PrepareSummary {
+    let files = try TokenCorpus.listFiles(o.inputs, excludeSuffixes: o.excludeSuffixes)
+    let total = files.reduce(0) { $0 + ((try? FileManager.default.attributesOfItem(atPath: $1)[.size] as? Int) ?? 0) }
+    try FileManager.default.createDirectory(atPath: o.output, withIntermediateDirectories: true)
+    let train = try ShardWriter(path: (o.output as NSString).appendingPathComponent("train.bin"), vocabSize: tk.vocabSize, tokenizerHash: tk.hash)
+    let val = try ShardWriter(path: (o.output as NSString).appendingPathComponent("validation.bin"), vocabSize: tk.vocabSize, tokenizerHash: tk.hash)
+    let rng = CounterRNG(seed: o.seed, purpose: .dataSample)
+    var s = PrepareSummary()
+    s.files = files.count
+    func emit(_ ids: [Int32], _ mask: [UInt8]? = nil) throws {
+        guard !ids.isEmpty else { return }
+        var ids = ids, mask = mask ?? [UInt8](repeating: 1, count: ids.count)
+        if let eos = tk.eos { ids.append(eos); mask.append(1) }
+        let toVal = rng.uniform(0xD0C, UInt64(s.documents)) < Float(o.valFraction)
+        try (toVal ? val : train).append(tokens: ids, mask: mask)
+        s.documents += 1
+        if toVal { s.validationDocuments += 1; s.validationTokens += ids.count } else { s.trainDocuments += 1; s.trainTokens += ids.count }
+    }
+    for path in files {
+        guard let fh = FileHandle(forReadingAtPath: path) else { throw KDError.unreadable(path: path, reason: "permission denied") }
+        defer { try? fh.close() }
+        let jsonl = path.hasSuffix(".jsonl")
+        var carry = Data(), offset = 0, lineNo = 0
+        var doc: [Int32] = []
+        while true {
+            let piece = try fh.read(upToCount: 1 << 22) ?? Data()
+            let atEnd = piece.isEmpty
+            var buf = carry + piece
+            // cut after the last newline (whole lines only); the rest waits for the next piece
+            var cut = buf.count
+            if !atEnd {
+                guard let nl = buf.lastIndex(of: 0x0A) else { carry = buf; continue }
+                cut = nl + 1
+            }
+            carry = buf.subdata(in: cut..<buf.count)
+            buf = buf.subdata(in: 0..<cut)
+            guard let text = String(data: buf, encoding: .utf8) else {
+                throw PrepareError.notUTF8(path: path, offset: offset + firstInvalidUTF8(buf))
+            }
+            offset += buf.count
+            s.bytesRead += buf.count
+            if jsonl {
+                for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+                    lineNo += 1
+                    if line.trimmingCharacters(in: .whitespaces).isEmpty { continue }
+                    guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+                        throw PrepareError.badJSONL(path: path, line: lineNo, reason: "expected a JSON object per line")
+                    }
+                    if let t = obj["text"] as? String {
+                        try emit(tk.encode(t))
+                    } else if let p = obj["prompt"] as? String, let r = obj["response"] as? String {
+                        let (ids, mask) = tk.encodePair(p, r)
+                        try emit(ids, mask)
+                    } else {
+                        throw PrepareError.badJSONL(path: path, line: lineNo, reason: "expected a \"text\" field, or \"prompt\" and \"response\"")
+                    }
+                }
+            } else if let sep = o.separator {
+                var current = ""
+                for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+                    if line == sep {
+                        try emit(doc + tk.encode(current))
+                        doc = []
+                        current = ""
+                    } else {
+                        current += line + "\n"
+                    }
+                }
+                // split(…) adds an empty remainder after a final newline; drop the newline it did not have
+                if current.hasSuffix("\n") { current.removeLast() }
+                doc += tk.encode(current)
+            } else {
+                doc += tk.encode(text)
+            }
+            progress(s.bytesRead, total)
+            if atEnd { break }
+        }
+        try emit(doc)
+    }
+    try train.finish()
+    try val.finish()
+    guard s.documents > 0 else {
+        for f in ["train.bin", "validation.bin"] { try? FileManager.default.removeItem(atPath: (o.output as NSString).appendingPathComponent(f)) }
+        throw PrepareError.empty(inputs: o.inputs)
+    }
+    let meta = try JSONEncoder().encode(s)
+    try meta.write(to: URL(fileURLWithPath: (o.output as NSString).appendingPathComponent("prepare.json")))
+    return s
+}
+
+/// Byte offset of the first invalid UTF-8 sequence in `d` (d.count if none).
+func firstInvalidUTF8(_ d: Data) -> Int {
+    var it = d.makeIterator(), dec = UTF8(), pos = 0, consumed = 0
+    while true {
+        switch dec.decode(&it) {
+        case .scalarValue(let s):
+            consumed += UTF8.width(s)
+            pos = consumed
+        case .emptyInput: return d.count
+        case .error: return pos
+        }
+    }
+}

@@ -1,0 +1,167 @@
+// tokenize, generate, eval, inspect and prepare as a user runs them, on the real teacher and on a saved tiny
+// student; bad inputs end with one clear line and a non-zero exit.
+import Foundation
+import KDConfig
+import KDData
+import KDFormats
+import KDModel
+import Testing
+
+let teacher = repoRoot.appendingPathComponent("Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf").path
+
+func runDistill(_ args: [String], stdin: String) throws -> (status: Int32, out: String, err: String) {
+    let p = Process()
+    p.executableURL = try distillBinary()
+    p.arguments = args
+    p.currentDirectoryURL = repoRoot
+    let inp = Pipe(), out = Pipe(), err = Pipe()
+    p.standardInput = inp
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    inp.fileHandleForWriting.write(Data(stdin.utf8))
+    try inp.fileHandleForWriting.close()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+func scratchDir() throws -> URL {
+    let u = FileManager.default.temporaryDirectory.appendingPathComponent("distill-cli-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
+    return u
+}
+
+@Test func tokenizeMatchesTheLibraryAndParsesSpecials() throws {
+    let r = try runDistill(["tokenize", "--model", teacher, "--special"], stdin: "\"Hello world 123\"\n\"<|im_start|>hi\"\n\"\"\n")
+    #expect(r.status == 0, "\(r.err)")
+    let tok = try BPETokenizer(gguf: GGUFFile(path: teacher))
+    let lines = r.out.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+    #expect(lines == ["\(tok.encode("Hello world 123").map(Int.init))".replacingOccurrences(of: " ", with: ""), "[1,6004]", "[]"])
+    let bad = try runDistill(["tokenize", "--model", teacher], stdin: "not json\n")
+    #expect(bad.status != 0 && bad.err.contains("expected a JSON string"))
+}
+
+@Test func greedyGenerationAnswersAndIsReproducible() throws {
+    let args = ["generate", "--model", teacher, "--prompt", "What is the capital of France?", "--chat", "--greedy", "--max-tokens", "12", "--json"]
+    let a = try runDistill(args), b = try runDistill(args)
+    #expect(a.status == 0, "\(a.err)")
+    #expect(a.out == b.out)
+    let obj = try #require(try JSONSerialization.jsonObject(with: Data(a.out.utf8)) as? [String: Any])
+    #expect((obj["text"] as? String ?? "").contains("Paris"))
+    #expect((obj["ids"] as? [Int])?.isEmpty == false)
+}
+
+@Test func evalOnTextEqualsTheKVCachePath() throws {
+    // a tiny byte-level student saved as a HF folder; eval's chunked-LM-head NLL vs NLL from KV-cache decoding
+    let dir = try scratchDir()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var m = ModelConfig()
+    m.layers = 2; m.dim = 32; m.heads = 4; m.kvHeads = 2; m.ffnDim = 48; m.vocabSize = 256; m.maxSeqLen = 16
+    let model = Transformer(config: m, needsGrad: false)
+    model.initialize(seed: 3)
+    try saveHFModel(model, dir: dir.appendingPathComponent("student").path)
+    let text = "the quick brown fox jumps over the lazy dog, again and again."
+    try text.write(to: dir.appendingPathComponent("t.txt"), atomically: true, encoding: .utf8)
+    let r = try runDistill(["eval", "--model", dir.appendingPathComponent("student").path, "--text", dir.appendingPathComponent("t.txt").path,
+                            "--context", "16", "--json"])
+    #expect(r.status == 0, "\(r.err)")
+    let obj = try #require(try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any])
+    let ids = ByteTokenizer().encode(text)
+    var nll = 0.0, n = 0, start = 0
+    while start + 1 < ids.count {
+        let w = Array(ids[start..<min(start + 16, ids.count)])
+        let cache = KVCache(config: m)
+        let logits = model.decode(tokens: w, cache: cache, allRows: true)
+        for i in 0..<(w.count - 1) {
+            let row = logits[(i * 256)..<((i + 1) * 256)].map(Double.init)
+            let mx = row.max()!
+            nll += mx + log(row.reduce(0) { $0 + exp($1 - mx) }) - row[Int(w[i + 1])]
+            n += 1
+        }
+        start += w.count
+    }
+    #expect(obj["predicted"] as? Int == n)
+    #expect(obj["tokens"] as? Int == ids.count)
+    #expect(abs((obj["mean_nll"] as? Double ?? 0) - nll / Double(n)) < 1e-4)
+    // with the model as its own teacher: KL 0, full agreement
+    let selfKD = try runDistill(["eval", "--model", dir.appendingPathComponent("student").path, "--teacher", dir.appendingPathComponent("student").path,
+                                 "--text", dir.appendingPathComponent("t.txt").path, "--context", "16", "--json"])
+    let k = try #require(try JSONSerialization.jsonObject(with: Data(selfKD.out.utf8)) as? [String: Any])
+    #expect(abs(k["kl_teacher_model"] as? Double ?? 1) < 1e-9)
+    #expect(k["top1_agreement"] as? Double == 1)
+}
+
+@Test func prepareWritesDeterministicMaskedShards() throws {
+    let dir = try scratchDir()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let corpus = dir.appendingPathComponent("c")
+    try FileManager.default.createDirectory(at: corpus, withIntermediateDirectories: true)
+    try "first fortune\n%\nsecond one\n%\nthird\n".write(to: corpus.appendingPathComponent("f.txt"), atomically: true, encoding: .utf8)
+    try "{\"prompt\": \"Q?\", \"response\": \"A.\"}\n{\"text\": \"plain\"}\n".write(to: corpus.appendingPathComponent("d.jsonl"), atomically: true, encoding: .utf8)
+    func prep(_ out: String) throws -> (Int32, String) {
+        let r = try runDistill(["prepare", corpus.path, "--output", dir.appendingPathComponent(out).path, "--tokenizer", teacher,
+                                "--separator", "%", "--val-fraction", "0.3", "--chat"])
+        return (r.status, r.err)
+    }
+    let (s1, e1) = try prep("a"), (s2, _) = try prep("b")
+    #expect(s1 == 0, "\(e1)")
+    #expect(s2 == 0)
+    for split in ["train.bin", "validation.bin"] {
+        let a = try Data(contentsOf: dir.appendingPathComponent("a/\(split)")), b = try Data(contentsOf: dir.appendingPathComponent("b/\(split)"))
+        #expect(a == b)
+    }
+    let tok = try BPETokenizer(gguf: GGUFFile(path: teacher))
+    let tr = try TokenShard.read(path: dir.appendingPathComponent("a/train.bin").path)
+    let va = try TokenShard.read(path: dir.appendingPathComponent("a/validation.bin").path)
+    #expect(tr.docStarts.count - 1 + va.docStarts.count - 1 == 5)
+    #expect(tr.tokenizerHash == tok.hash && tr.vocabSize == 49152)
+    // every document ends with EOS; the ChatML prompt is masked out, the response and EOS are not
+    let docs = [tr, va].flatMap { s in (0..<(s.docStarts.count - 1)).map { (s, s.docStarts[$0], s.docStarts[$0 + 1]) } }
+    var sawPair = false
+    for (s, a, b) in docs {
+        #expect(s.tokens[b - 1] == tok.eos!)
+        let text = tok.decode(Array(s.tokens[a..<(b - 1)]))
+        if text.contains("<|im_start|>") {
+            sawPair = true
+            let masked = (a..<b).filter { s.mask[$0] == 0 }.map { s.tokens[$0] }
+            #expect(tok.decode(masked) == BPETokenizer.chatML(user: "Q?"))
+            #expect(tok.decode((a..<(b - 1)).filter { s.mask[$0] == 1 }.map { s.tokens[$0] }) == "A.")
+        } else {
+            #expect((a..<b).allSatisfy { s.mask[$0] == 1 })
+            #expect(["first fortune\n", "second one\n", "third\n", "plain"].contains(text), "\(text.debugDescription)")
+        }
+    }
+    #expect(sawPair)
+    let inspect = try runDistill(["inspect", dir.appendingPathComponent("a/train.bin").path])
+    #expect(inspect.status == 0 && inspect.out.contains("token shard"))
+}
+
+@Test func badModelAndCorpusInputsFailWithOneLine() throws {
+    let dir = try scratchDir()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let junk = dir.appendingPathComponent("junk.gguf")
+    try Data("this is not a model".utf8).write(to: junk)
+    let truncated = dir.appendingPathComponent("trunc.gguf")
+    try Data(try Data(contentsOf: URL(fileURLWithPath: teacher)).prefix(5_000_000)).write(to: truncated)
+    let binary = dir.appendingPathComponent("bin.txt")
+    try Data([0x66, 0x6f, 0xff, 0xfe, 0x0a]).write(to: binary)
+    let empty = dir.appendingPathComponent("empty")
+    try FileManager.default.createDirectory(at: empty, withIntermediateDirectories: true)
+    try Data().write(to: empty.appendingPathComponent("e.txt"))
+    let cases: [([String], String)] = [
+        (["generate", "--model", junk.path, "--prompt", "x"], "expected a .gguf file or a Hugging Face folder"),
+        (["generate", "--model", truncated.path, "--prompt", "x"], "past the end of the"),
+        (["eval", "--model", dir.path, "--text", junk.path], "expected a Hugging Face model folder with config.json"),
+        (["inspect", dir.appendingPathComponent("nope").path], "file not found"),
+        (["prepare", binary.path, "--output", dir.appendingPathComponent("o1").path], "expected UTF-8 text, found invalid bytes near byte 2"),
+        (["prepare", empty.path, "--output", dir.appendingPathComponent("o2").path], "no text found"),
+    ]
+    for (args, message) in cases {
+        let r = try runDistill(args)
+        #expect(r.status != 0, "\(args)")
+        #expect(r.err.contains(message), "\(args): \(r.err)")
+        #expect(r.err.split(separator: "\n").count == 1, "\(args): \(r.err)")
+    }
+    #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("o2/train.bin").path))
+}

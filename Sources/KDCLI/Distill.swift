@@ -5,6 +5,7 @@ import KDComm
 import KDConfig
 import KDCore
 import KDData
+import KDFormats
 import KDModel
 import KDTrain
 
@@ -100,6 +101,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Tokens per sequence.") var seq = 256
     @Option(help: "Timed repeats per measurement (after one warm-up); the median is reported.") var repeats = 5
     @Flag(help: "One JSON object per measurement.") var json = false
+    @Option(help: "Measure the forward pass of this model (GGUF or Hugging Face folder, weights as stored) instead of named shapes.")
+    var model: String?
 
     var threadCounts: [Int] { threads.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
@@ -120,7 +123,13 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
-        let chosen = (shapes.isEmpty ? ["smollm2-135m", "student-8x384"] : shapes).compactMap(BenchShape.named)
+        var chosen = (shapes.isEmpty ? ["smollm2-135m", "student-8x384"] : shapes).compactMap(BenchShape.named)
+        var load: (() throws -> Transformer)?
+        if let model {
+            let probe = try openModel(path: model, maxSeqLen: seq)
+            chosen = [BenchShape(name: (model as NSString).lastPathComponent, model: probe.model.config, defaultModes: [.forward])]
+            load = { try openModel(path: model, maxSeqLen: self.seq).model }
+        }
         #if DEBUG
         KDLog.error("warning: debug build; figures are meaningless. Build with: swift build -c release")
         #endif
@@ -128,9 +137,9 @@ struct Bench: ParsableCommand {
             configureThreads(t)
             let peak = measureSGEMMPeak()
             for s in chosen {
-                let modes = mode.map { $0 == "both" ? BenchMode.allCases : [BenchMode(rawValue: $0)!] } ?? s.defaultModes
+                let modes = load != nil ? [.forward] : mode.map { $0 == "both" ? BenchMode.allCases : [BenchMode(rawValue: $0)!] } ?? s.defaultModes
                 for md in modes {
-                    let r = runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak)
+                    let r = try runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak, load: load)
                     if json {
                         let enc = JSONEncoder()
                         enc.outputFormatting = [.sortedKeys]

@@ -13,6 +13,12 @@ public struct BenchShape: Sendable {
     public let model: ModelConfig
     public let defaultModes: [BenchMode]
 
+    public init(name: String, model: ModelConfig, defaultModes: [BenchMode]) {
+        self.name = name
+        self.model = model
+        self.defaultModes = defaultModes
+    }
+
     public static func llama(layers: Int, dim: Int, heads: Int, kvHeads: Int, ffn: Int, vocab: Int) -> ModelConfig {
         var m = ModelConfig()
         m.layers = layers; m.dim = dim; m.heads = heads; m.kvHeads = kvHeads; m.ffnDim = ffn; m.vocabSize = vocab
@@ -86,18 +92,26 @@ public func measureSGEMMPeak(size: Int = 2048, repeats: Int = 10) -> Double {
     return 2 * Double(size) * Double(size) * Double(size) / times.min()! / 1e9
 }
 
-/// Times `repeats` steps (after one warm-up) of `mode` on `shape` with random weights and tokens.
+/// Times `repeats` steps (after one warm-up) of `mode` on `shape` with random weights and tokens; or, when `load`
+/// is given, forward passes of the model it returns (a real teacher, weights as stored), named `shape.name`.
 public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch: Int, seq: Int, repeats: Int,
-                         sgemmPeak: Double, lmHeadChunk: Int = 256) -> BenchResult {
+                         sgemmPeak: Double, lmHeadChunk: Int = 256, load: (() throws -> Transformer)? = nil) throws -> BenchResult {
     var m = shape.model
     m.maxSeqLen = max(m.maxSeqLen, seq)
     ProcessMemory.resetPeak()
     let n = batch * seq
     let rng = CounterRNG(seed: 42, purpose: .bench)
+    let model: Transformer
+    if let load {
+        model = try load()
+        m = model.config
+        model.lmHeadChunk = lmHeadChunk
+    } else {
+        model = Transformer(config: m, needsGrad: mode == .train, lmHeadChunk: lmHeadChunk)
+        model.initialize(seed: 1)
+    }
     let tokens = (0..<n).map { Int32(rng.index(m.vocabSize, UInt64($0))) }
     let targets = (0..<n).map { Int32(rng.index(m.vocabSize, UInt64($0), 1)) }
-    let model = Transformer(config: m, needsGrad: mode == .train, lmHeadChunk: lmHeadChunk)
-    model.initialize(seed: 1)
     let adamM = mode == .train ? Slab(count: model.layout.count) : nil
     let adamV = mode == .train ? Slab(count: model.layout.count) : nil
     var times: [Double] = []

@@ -57,3 +57,19 @@ func bpeMatchesHuggingFaceTokenizers(pre: PreTokenizer) throws {
     // without `special`, the markers are ordinary text
     #expect(!tok.encode(chat).contains(1))
 }
+
+@Test func huggingFaceTokenizerJSONLoadsToTheSameTokenizer() throws {
+    try requireTeacher()
+    let dir = try temporaryDirectory("distill-tokjson")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let input = dir.appendingPathComponent("strings.json")
+    try JSONSerialization.data(withJSONObject: tokenizerStrings).write(to: input)
+    let out = try runPython(scripts.appendingPathComponent("hf_tokenize.py").path, [smolLM, "smollm", input.path, dir.path])
+    let expected = out.split(separator: "\n").map { (try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [Int]).map(Int32.init) }
+    let tok = try BPETokenizer(hfTokenizerJSON: dir.appendingPathComponent("tokenizer.json").path)
+    #expect(tok.pre == .smollm)
+    #expect(tok.eos == 0)  // <|endoftext|> is the first end-of-text marker of this vocabulary
+    // HF always splits out added special tokens, i.e. our `special: true`
+    for (s, want) in zip(tokenizerStrings, expected) { #expect(tok.encode(s, special: true) == want, "\(s.debugDescription)") }
+    #expect(tok.encode("<|im_start|>hi", special: true).first == 1)
+}

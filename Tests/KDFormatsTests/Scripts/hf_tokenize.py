@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Reference tokenization with Hugging Face `tokenizers`, built from a GGUF file's vocabulary and merges.
 
-usage: hf_tokenize.py MODEL.gguf PRE STRINGS.json   (PRE: smollm | gpt-2 | llama-bpe | qwen2)
-Prints one JSON array of ids per input string.
+usage: hf_tokenize.py MODEL.gguf PRE STRINGS.json [SAVE_DIR]   (PRE: smollm | gpt-2 | llama-bpe | qwen2)
+Prints one JSON array of ids per input string; with SAVE_DIR, also writes SAVE_DIR/tokenizer.json (control tokens
+added as special tokens).
 """
 import json, sys
 import gguf
@@ -23,5 +24,10 @@ tok.pre_tokenizer = {
     "llama-bpe": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3), behavior="isolated"), byte]),
     "qwen2": pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2), behavior="isolated"), byte]),
 }[pre]
+if len(sys.argv) > 4:
+    from tokenizers import AddedToken
+    types = r.fields["tokenizer.ggml.token_type"].contents()
+    tok.add_special_tokens([AddedToken(t, special=True) for t, ty in zip(tokens, types) if ty == 3])
+    tok.save(sys.argv[4] + "/tokenizer.json")
 for s in strings:
     print(json.dumps(tok.encode(s, add_special_tokens=False).ids))

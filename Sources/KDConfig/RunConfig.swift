@@ -200,7 +200,8 @@ public struct OptimizerConfig: Codable, Equatable, Sendable {
 
 /// Where the training text comes from and how it is tokenized.
 public struct DataConfig: Codable, Equatable, Sendable {
-    /// Text files or folders (read recursively), relative to the working directory. Required.
+    /// Text files or folders (read recursively, tokenized as bytes), or one folder written by `distill prepare`
+    /// (its shards carry their tokenizer), relative to the working directory. Required.
     public var train: [String] = []
     /// Tokenizer: `bytes` (UTF-8 bytes, vocabulary 256). Default bytes.
     public var tokenizer = "bytes"

@@ -35,6 +35,11 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
 public struct TokenCorpus: Sendable {
     public let train: [Int32]
     public let validation: [Int32]
+    /// Loss masks of prepared shards (1 = predicted); nil = every token counts.
+    public var trainMask: [UInt8]?
+    public var validationMask: [UInt8]?
+    /// Vocabulary the tokens come from (256 for bytes, the shard's for prepared data).
+    public var vocabSize = 256
     /// Files read, in the order they were concatenated.
     public let files: [String]
 
@@ -62,8 +67,30 @@ public struct TokenCorpus: Sendable {
         self.files = files
     }
 
-    /// Reads every file (folders recursively, skipping hidden names and `excludeSuffixes`), in sorted path order.
+    /// A folder written by `distill prepare` (train.bin + validation.bin).
+    public init(shards dir: String) throws {
+        let tr = try TokenShard.read(path: (dir as NSString).appendingPathComponent("train.bin"))
+        let va = try TokenShard.read(path: (dir as NSString).appendingPathComponent("validation.bin"))
+        guard va.vocabSize == tr.vocabSize, va.tokenizerHash == tr.tokenizerHash else {
+            throw ShardError.tokenizerMismatch(path: (dir as NSString).appendingPathComponent("validation.bin"), expected: tr.tokenizerHash, found: va.tokenizerHash)
+        }
+        train = tr.tokens
+        validation = va.tokens
+        trainMask = tr.mask
+        validationMask = va.mask
+        vocabSize = tr.vocabSize
+        files = [dir]
+    }
+
+    /// True when `path` is a folder written by `distill prepare`.
+    public static func isShardFolder(_ path: String) -> Bool {
+        FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("train.bin"))
+    }
+
+    /// Reads a prepared shard folder, or every text file (folders recursively, skipping hidden names and
+    /// `excludeSuffixes`) in sorted path order, tokenized as bytes.
     public static func load(_ data: DataConfig, seed: UInt64) throws -> TokenCorpus {
+        if data.train.count == 1, isShardFolder(data.train[0]) { return try TokenCorpus(shards: data.train[0]) }
         let files = try listFiles(data.train, excludeSuffixes: data.excludeSuffixes)
         let tok = ByteTokenizer()
         var tokens: [Int32] = []
@@ -106,14 +133,18 @@ public struct TokenCorpus: Sendable {
 /// Non-overlapping windows of `seqLen + 1` tokens over one stream, in a seeded order that changes every epoch.
 public struct WindowSampler: Sendable {
     public let stream: [Int32]
+    /// 1 where a token is a prediction target; nil = all.
+    public let mask: [UInt8]?
     public let seqLen: Int
     public let seed: UInt64
     /// Windows per epoch.
     public let windows: Int
 
-    public init(stream: [Int32], seqLen: Int, seed: UInt64, split: String = "train") throws {
+    public init(stream: [Int32], mask: [UInt8]? = nil, seqLen: Int, seed: UInt64, split: String = "train") throws {
         guard stream.count >= seqLen + 1 else { throw DataError.tooSmall(split: split, tokens: stream.count, needed: seqLen + 1) }
+        precondition(mask == nil || mask!.count == stream.count, "WindowSampler: mask and stream lengths differ")
         self.stream = stream
+        self.mask = mask
         self.seqLen = seqLen
         self.seed = seed
         windows = (stream.count - 1) / seqLen
@@ -148,6 +179,9 @@ public struct WindowSampler: Sendable {
                 let w = start(first + r)
                 (inputs + r * seqLen).update(from: s.baseAddress! + w, count: seqLen)
                 (targets + r * seqLen).update(from: s.baseAddress! + w + 1, count: seqLen)
+                if let mask {
+                    for i in 0..<seqLen where mask[w + 1 + i] == 0 { targets[r * seqLen + i] = -1 }
+                }
             }
         }
     }

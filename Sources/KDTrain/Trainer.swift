@@ -38,9 +38,13 @@ public final class Trainer {
         self.config = config
         self.comm = comm
         let t = config.train
-        sampler = try WindowSampler(stream: corpus.train, seqLen: t.seqLen, seed: t.seed)
+        guard corpus.vocabSize <= config.model.vocabSize else {
+            throw KDError.invalidInput(what: "model.vocab_size", expected: ">= the data's vocabulary (\(corpus.vocabSize) tokens)",
+                                       found: "\(config.model.vocabSize)")
+        }
+        sampler = try WindowSampler(stream: corpus.train, mask: corpus.trainMask, seqLen: t.seqLen, seed: t.seed)
         validation = corpus.validation.count > t.seqLen
-            ? try WindowSampler(stream: corpus.validation, seqLen: t.seqLen, seed: t.seed, split: "validation") : nil
+            ? try WindowSampler(stream: corpus.validation, mask: corpus.validationMask, seqLen: t.seqLen, seed: t.seed, split: "validation") : nil
         model = Transformer(config: config.model, needsGrad: true, lmHeadChunk: t.lmHeadChunk)
         model.initialize(seed: t.seed)
         adamM = Slab(count: model.layout.count)

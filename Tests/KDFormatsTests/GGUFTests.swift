@@ -95,4 +95,5 @@ func corrupted(_ name: String, _ edit: (inout [UInt8]) -> Void) throws -> String
     }
     #expect(message(fixtures.appendingPathComponent("mamba.gguf").path).contains("architecture 'mamba' is not supported (supported: llama)"))
     #expect(message(fixtures.appendingPathComponent("metadata.gguf").path).contains("metadata key 'llama.block_count' is missing"))
+    #expect(message(fixtures.appendingPathComponent("partial-llama.gguf").path).contains("tensor 'blk.0.attn_norm.weight' is missing"))
 }

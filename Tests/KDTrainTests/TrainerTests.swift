@@ -102,3 +102,34 @@ func tinyConfig() throws -> RunConfig {
     #expect(!c.validation.isEmpty)
     #expect(ByteTokenizer().decode(ByteTokenizer().encode("héllo ✓")) == "héllo ✓")
 }
+
+@Test func preparedShardsTrainWithTheirLossMask() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-shards-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let lines = (0..<300).map { "{\"prompt\": \"question \($0)?\", \"response\": \"answer number \($0).\"}" }
+    try lines.joined(separator: "\n").write(to: dir.appendingPathComponent("qa.jsonl"), atomically: true, encoding: .utf8)
+    var o = PrepareOptions(inputs: [dir.appendingPathComponent("qa.jsonl").path], output: dir.appendingPathComponent("out").path)
+    o.valFraction = 0.1
+    let summary = try prepareCorpus(o, tokenizer: .bytes)
+    #expect(summary.documents == 300)
+    let corpus = try TokenCorpus.load({ var d = DataConfig(); d.train = [o.output]; return d }(), seed: 1)
+    #expect(corpus.train.count == summary.trainTokens && corpus.trainMask != nil)
+    // masked (prompt) positions never become targets
+    let s = try WindowSampler(stream: corpus.train, mask: corpus.trainMask, seqLen: 32, seed: 1)
+    var inp = [Int32](repeating: 0, count: 4 * 32), tgt = inp
+    inp.withUnsafeMutableBufferPointer { i in tgt.withUnsafeMutableBufferPointer { t in s.fill(inputs: i.baseAddress!, targets: t.baseAddress!, first: 0, count: 4) } }
+    for r in 0..<4 {
+        let w = s.windowStart(sample: r)
+        for i in 0..<32 { #expect((tgt[r * 32 + i] == -1) == (corpus.trainMask![w + 1 + i] == 0)) }
+    }
+    #expect(tgt.contains(-1) && tgt.contains { $0 >= 0 })
+    var c = try tinyConfig()
+    c.data.train = [o.output]
+    c.train.seqLen = 32
+    c.train.steps = 3
+    let stats = try Trainer(config: c, corpus: corpus).run()
+    #expect(stats.allSatisfy { $0.tokens < c.train.microBatch * c.train.gradAccum * 32 })  // prompts excluded from the count
+    c.model.vocabSize = 128
+    #expect(throws: (any Error).self) { try Trainer(config: c, corpus: corpus) }
+}

@@ -32,12 +32,14 @@ let package = Package(
         .target(name: "KDData", dependencies: ["KDCore", "KDConfig"], swiftSettings: cpuFlags),
         .target(name: "KDComm", dependencies: ["KDCore", "CMPI"], swiftSettings: cpuFlags),
         .target(
-            name: "KDTrain", dependencies: ["KDCore", "KDConfig", "KDOps", "KDModel", "KDData", "KDComm"],
+            name: "KDCheckpoint", dependencies: ["KDCore", "KDConfig", "KDModel", "KDFormats"], swiftSettings: cpuFlags),
+        .target(
+            name: "KDTrain", dependencies: ["KDCore", "KDConfig", "KDOps", "KDModel", "KDFormats", "KDData", "KDComm", "KDCheckpoint"],
             swiftSettings: cpuFlags),
         .executableTarget(
             name: "KDCLI",
             dependencies: [
-                "KDCore", "KDConfig", "KDOps", "KDModel", "KDFormats", "KDData", "KDTrain", "CBLAS",
+                "KDCore", "KDConfig", "KDOps", "KDModel", "KDFormats", "KDData", "KDComm", "KDCheckpoint", "KDTrain", "CBLAS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuFlags),
@@ -51,9 +53,11 @@ let package = Package(
         .testTarget(
             name: "KDModelTests", dependencies: ["KDModel", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
+            name: "KDCheckpointTests", dependencies: ["KDCheckpoint", "KDModel", "KDTestSupport"], swiftSettings: cpuFlags),
+        .testTarget(
             name: "KDTrainTests", dependencies: ["KDTrain", "KDData", "KDComm", "KDTestSupport"],
             swiftSettings: cpuFlags),
-        .testTarget(name: "KDCLITests", dependencies: ["KDCLI", "KDConfig", "KDData", "KDFormats", "KDModel"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDCLITests", dependencies: ["KDCLI", "KDConfig", "KDData", "KDFormats", "KDModel", "KDCheckpoint"], swiftSettings: cpuFlags),
     ],
     // Kernels hand raw buffers to concurrentPerform; Swift 5 mode keeps that a documented choice, not an error.
     swiftLanguageModes: [.v5]

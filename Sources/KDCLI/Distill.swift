@@ -1,6 +1,7 @@
 // The `distill` executable: a command tree of nested types (swift-argument-parser), validate() apart from run().
 import ArgumentParser
 import Foundation
+import KDCheckpoint
 import KDComm
 import KDConfig
 import KDCore
@@ -14,7 +15,7 @@ struct Distill: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "distill",
         abstract: "Distill large language models into small, quantized students (under mpirun).",
-        subcommands: [Train.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Bench.self])
+        subcommands: [Train.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Bench.self, CheckpointCommand.self])
 }
 
 /// Prints `error: …` on one line and exits non-zero; used for every failure past argument validation.
@@ -34,11 +35,15 @@ struct Train: ParsableCommand {
     @Option(parsing: .singleValue, help: "Override data.train (repeatable).") var data: [String] = []
     @Option(help: "Bytes to generate from the trained model at the end (0 = none).") var sampleTokens = 200
     @Flag(help: "Validate the config and print it, without training.") var dryRun = false
+    @Option(help: "'auto' (newest checkpoint that verifies, else start fresh), 'none', or a checkpoint folder.") var resume = "none"
+    @Option(help: "Override checkpoint.dir.") var checkpointDir: String?
+    @Option(help: "Stop after this many steps in this invocation (the run can be resumed).") var stopAfter: Int?
 
     func validate() throws {
         if let steps, steps < 1 { throw ValidationError("--steps: expected an integer >= 1, found \(steps)") }
         if let threads, threads < 0 { throw ValidationError("--threads: expected an integer >= 0, found \(threads)") }
         if sampleTokens < 0 { throw ValidationError("--sample-tokens: expected an integer >= 0, found \(sampleTokens)") }
+        if let stopAfter, stopAfter < 1 { throw ValidationError("--stop-after: expected an integer >= 1, found \(stopAfter)") }
     }
 
     /// The config file with command-line overrides applied and validated again.
@@ -47,42 +52,95 @@ struct Train: ParsableCommand {
         if let steps { c.train.steps = steps }
         if let threads { c.train.threads = threads }
         if let seed { c.train.seed = seed }
+        if let checkpointDir { c.checkpoint.dir = checkpointDir }
         if !data.isEmpty { c.data.train = data }
         try c.validate()
         return c
     }
 
     func run() throws {
+        var comm: any Communicator = LocalCommunicator()
         do {
             let c = try resolvedConfig()
             if dryRun {
                 print(try c.yaml(), terminator: "")
                 return
             }
-            configureThreads(c.train.threads)
+            if MPICommunicator.launchedByMPI { comm = try MPICommunicator.initialize() }
+            KDLog.rank = comm.rank
+            KDLog.worldSize = comm.worldSize
+            // ranks × threads ≤ cores: `threads: 0` shares this node's cores among its ranks
+            let local = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
+            configureThreads(c.train.threads > 0 ? c.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1)))
             let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
-            let trainer = try Trainer(config: c, corpus: corpus)
+            let trainer = try Trainer(config: c, corpus: corpus, comm: comm)
+            try resumeIfAsked(trainer, comm: comm)
             let m = c.model
-            KDLog.info("distill train: \(config)")
+            KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")")
             KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
                        + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))
             KDLog.info("  data    \(corpus.files.count) files, \(corpus.train.count) train / \(corpus.validation.count) validation tokens")
-            KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps on \(Parallel.threads) threads")
-            if let v = trainer.evaluate() { KDLog.info(String(format: "  val loss before training %.4f", v)) }
-            try trainer.run()
+            KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")
+            if trainer.step == 0, let v = trainer.evaluate() { KDLog.info(String(format: "  val loss before training %.4f", v)) }
+            try trainer.run(checkpoints: true, stopAfter: stopAfter)
+            if trainer.step < c.train.steps {
+                KDLog.info("stopped after step \(trainer.step) of \(c.train.steps); continue with --resume auto")
+                (comm as? MPICommunicator)?.finalize()
+                return
+            }
             if let v = trainer.evaluate() {
                 KDLog.info(String(format: "val loss %.4f | val ppl %.2f | peak RSS %.0f MiB", v, Foundation.exp(v),
                                   Double(ProcessMemory.peakRSSBytes()) / 1048576))
             }
-            if sampleTokens > 0 {
+            if sampleTokens > 0, comm.rank == 0, m.vocabSize == 256 {
                 let tok = ByteTokenizer()
                 let out = trainer.model.generate(
                     prompt: tok.encode("\n"), maxNewTokens: min(sampleTokens, m.maxSeqLen - 1),
                     sampler: Sampler(temperature: 0.8, topK: 40), rng: CounterRNG(seed: c.train.seed, purpose: .sampling))
                 KDLog.info("sample (temperature 0.8, top-k 40):\n" + tok.decode(out))
             }
+            (comm as? MPICommunicator)?.finalize()
         } catch {
+            // a failing rank takes the whole job down instead of leaving the others in a collective
+            if comm.worldSize > 1 { comm.abort("error: \(error)", code: 1) }
             throw fail(error)
+        }
+    }
+
+    /// `--resume`: rank 0 picks the checkpoint (skipping torn ones), every rank receives it.
+    func resumeIfAsked(_ trainer: Trainer, comm: any Communicator) throws {
+        guard resume != "none" else { return }
+        var chosen = [UInt8]()
+        if comm.rank == 0 {
+            if resume == "auto" {
+                if let (dir, _) = trainer.checkpointStore.newestValid(report: { KDLog.info("resume: \($0)") }) {
+                    chosen = Array(dir.utf8)
+                } else {
+                    KDLog.info("resume: no checkpoint in \(trainer.config.checkpoint.dir); starting fresh")
+                }
+            } else {
+                _ = try CheckpointStore.verify(dir: resume)
+                chosen = Array(resume.utf8)
+            }
+        }
+        try comm.broadcast(&chosen, root: 0)
+        if !chosen.isEmpty { try trainer.resume(from: String(decoding: chosen, as: UTF8.self)) }
+    }
+}
+
+struct CheckpointCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "checkpoint", abstract: "Work with checkpoints.",
+                                                    subcommands: [Verify.self])
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Check a checkpoint's files against its checksums (exit 0 / 1).")
+        @Argument(help: "A step_XXXXXXXX folder.") var dir: String
+
+        func run() throws {
+            do {
+                let s = try CheckpointStore.verify(dir: dir)
+                print("ok: \(dir): step \(s.step), sample cursor \(s.sampleCursor), written by \(s.worldSize) rank\(s.worldSize == 1 ? "" : "s")")
+            } catch { throw fail(error) }
         }
     }
 }

@@ -1,19 +1,60 @@
-// The only surface ranks talk through; LocalCommunicator is the one-rank implementation used by tests
-// and single-process runs. MPICommunicator (the next issue) implements the same protocol over OpenMPI.
+// The only surface ranks talk through (swift-nio style: a protocol in the core, a real implementation and an
+// in-memory one side by side). MPICommunicator wraps OpenMPI; LocalCommunicator is one rank, for tests and
+// single-process runs.
 import KDCore
 
-/// Collective operations between the ranks of one job.
+/// An all-reduce in flight; `wait()` completes it, `test()` lets MPI make progress and says whether it is done.
+public protocol PendingReduce: AnyObject {
+    func test() throws -> Bool
+    func wait() throws
+}
+
+/// Collective and point-to-point operations between the ranks of one job.
 public protocol Communicator: AnyObject {
     /// This process's rank in 0..<worldSize.
     var rank: Int { get }
-    /// Number of ranks in the job.
+    /// Number of ranks.
     var worldSize: Int { get }
-    /// In-place sum over all ranks of `count` Floats at `buffer`.
+    /// In-place sum over all ranks of `count` Floats.
     func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws
     /// In-place sum over all ranks of Doubles (loss sums, token counts).
     func allReduceSum(_ values: inout [Double]) throws
+    /// Starts an in-place Float sum; the buffer must stay untouched until the returned request completes.
+    func startAllReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws -> any PendingReduce
+    /// Copies `count` bytes from `root` to every rank.
+    func broadcast(_ buffer: UnsafeMutableRawPointer, bytes: Int, root: Int) throws
+    /// Every rank contributes `bytes`; everyone receives all contributions in rank order.
+    func allGather(_ send: UnsafeRawPointer, bytes: Int, into recv: UnsafeMutableRawPointer) throws
+    /// Contributions of different sizes, in rank order; returns each rank's byte count.
+    func allGatherV(_ send: [UInt8]) throws -> [[UInt8]]
+    /// Every rank's `bytes` to `root` (rank order); other ranks' `recv` is ignored.
+    func gather(_ send: UnsafeRawPointer, bytes: Int, into recv: UnsafeMutableRawPointer?, root: Int) throws
+    /// Point-to-point, blocking.
+    func send(_ buffer: UnsafeRawPointer, bytes: Int, to: Int, tag: Int) throws
+    func receive(_ buffer: UnsafeMutableRawPointer, bytes: Int, from: Int, tag: Int) throws
     /// Waits until every rank has arrived.
     func barrier() throws
+    /// Ranks with the same color form a sub-communicator, ordered by `key`.
+    func split(color: Int, key: Int) throws -> any Communicator
+    /// Ends the whole job with a message naming this rank and the cause (never returns).
+    func abort(_ message: String, code: Int32) -> Never
+}
+
+extension Communicator {
+    public func broadcast(_ values: inout [Double], root: Int) throws {
+        try values.withUnsafeMutableBytes { try broadcast($0.baseAddress!, bytes: $0.count, root: root) }
+    }
+    public func broadcast(_ bytes: inout [UInt8], root: Int) throws {
+        var n = [Double(bytes.count)]
+        try broadcast(&n, root: root)
+        if bytes.count != Int(n[0]) { bytes = [UInt8](repeating: 0, count: Int(n[0])) }
+        if !bytes.isEmpty { try bytes.withUnsafeMutableBytes { try broadcast($0.baseAddress!, bytes: $0.count, root: root) } }
+    }
+}
+
+final class DonePending: PendingReduce {
+    func test() throws -> Bool { true }
+    func wait() throws {}
 }
 
 /// One rank: every collective is the identity.
@@ -23,5 +64,38 @@ public final class LocalCommunicator: Communicator {
     public var worldSize: Int { 1 }
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {}
     public func allReduceSum(_ values: inout [Double]) throws {}
+    public func startAllReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws -> any PendingReduce { DonePending() }
+    public func broadcast(_ buffer: UnsafeMutableRawPointer, bytes: Int, root: Int) throws {}
+    public func allGather(_ send: UnsafeRawPointer, bytes: Int, into recv: UnsafeMutableRawPointer) throws {
+        recv.copyMemory(from: send, byteCount: bytes)
+    }
+    public func allGatherV(_ send: [UInt8]) throws -> [[UInt8]] { [send] }
+    public func gather(_ send: UnsafeRawPointer, bytes: Int, into recv: UnsafeMutableRawPointer?, root: Int) throws {
+        recv?.copyMemory(from: send, byteCount: bytes)
+    }
+    public func send(_ buffer: UnsafeRawPointer, bytes: Int, to: Int, tag: Int) throws {
+        throw CommError(call: "send", rank: 0, code: -1, message: "a single rank has no peer \(to)")
+    }
+    public func receive(_ buffer: UnsafeMutableRawPointer, bytes: Int, from: Int, tag: Int) throws {
+        throw CommError(call: "receive", rank: 0, code: -1, message: "a single rank has no peer \(from)")
+    }
     public func barrier() throws {}
+    public func split(color: Int, key: Int) throws -> any Communicator { LocalCommunicator() }
+    public func abort(_ message: String, code: Int32) -> Never {
+        KDLog.error(message)
+        exit(code)
+    }
 }
+
+/// A failed MPI call: which call, on which rank, with MPI's own message.
+public struct CommError: Error, CustomStringConvertible, Equatable {
+    public let call: String, rank: Int, code: Int32, message: String
+    public init(call: String, rank: Int, code: Int32, message: String) {
+        self.call = call; self.rank = rank; self.code = code; self.message = message
+    }
+    public var description: String { "[rank \(rank)] \(call) failed (code \(code)): \(message)" }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

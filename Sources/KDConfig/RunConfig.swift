@@ -229,6 +229,31 @@ public struct DataConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// Where and how often rank 0 writes checkpoints.
+public struct CheckpointConfig: Codable, Equatable, Sendable {
+    /// Run directory; checkpoints are its step_XXXXXXXX folders. Default Checkpoints/run.
+    public var dir = "Checkpoints/run"
+    /// Write one every this many steps, and always after the last; 0 = only after the last. Default 0.
+    public var every = 0
+    /// Checkpoints kept (older ones are deleted once a newer one is complete). Default 3.
+    public var keep = 3
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case dir, every, keep }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        dir = try c.value(.dir, or: dir)
+        every = try c.value(.every, or: every)
+        keep = try c.value(.keep, or: keep)
+        try c.require(!dir.isEmpty, .dir, expected: "a folder path", found: "an empty string")
+        try c.require(every >= 0, .every, expected: "an integer >= 0 (0 = only at the end)", found: every)
+        try c.require(keep >= 1, .keep, expected: "an integer >= 1", found: keep)
+    }
+}
+
 /// A whole run: one struct per YAML section.
 public struct RunConfig: Codable, Equatable, Sendable {
     /// The student (for now: the model being trained).
@@ -236,10 +261,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var train = TrainConfig()
     public var optimizer = OptimizerConfig()
     public var data = DataConfig()
+    public var checkpoint = CheckpointConfig()
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case model, train, optimizer, data }
+    enum CodingKeys: String, CodingKey, CaseIterable { case model, train, optimizer, data, checkpoint }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
@@ -247,6 +273,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         model = try c.value(.model, or: model)
         train = try c.value(.train, or: train)
         optimizer = try c.value(.optimizer, or: optimizer)
+        checkpoint = try c.value(.checkpoint, or: checkpoint)
         guard c.contains(.data) else {
             throw ConfigError.invalid("data", expected: "a data section with a 'train' list of text files", found: "none")
         }

@@ -59,6 +59,13 @@ public struct ParameterLayout: Sendable {
         count = offset
     }
 
+    /// Slab range of block l's tensors (contiguous: the block's tensors are laid out together).
+    public func blockRange(_ l: Int) -> Range<Int> {
+        let start = blocks[l].ln1
+        let end = l + 1 < blocks.count ? blocks[l + 1].ln1 : finalNorm
+        return start..<end
+    }
+
     /// The entry called `name`, if any.
     public func entry(_ name: String) -> Entry? { entries.first { $0.name == name } }
 }

@@ -251,8 +251,10 @@ public final class Transformer {
     /// Loss of the last forward and the gradient of `lossScale · Σ losses`, accumulated into `grads`.
     /// The caller zeroes `grads` once per optimizer step and picks lossScale = 1 / (global loss-token count).
     /// - Shapes: targets [b, t] (−1 = no loss)
+    /// `onBlockDone(l)` runs right after block l's gradients are final for this call (blocks finish from the last
+    /// to the first), so a data-parallel trainer can start reducing them while the rest of backward runs.
     @discardableResult
-    public func backward(targets: UnsafePointer<Int32>, lossScale: Float) -> LossSum {
+    public func backward(targets: UnsafePointer<Int32>, lossScale: Float, onBlockDone: ((Int) -> Void)? = nil) -> LossSum {
         guard let a = acts, let g = grads, let S = a.scratch else { preconditionFailure("backward: needs a forward on a model built with needsGrad") }
         let m = config, n = a.b * a.t, c = m.dim, kv = m.kvDim, f = m.ffnDim, P = params.base, G = g.base
         S.dx.zero()
@@ -288,6 +290,7 @@ public final class Transformer {
             matmulBackward(dinp: S.dln.base, dweight: G + L.wk, dout: S.dkp.base, inp: A.ln1.base, weight: P + L.wk, n: n, c: c, oc: kv)
             matmulBackward(dinp: S.dln.base, dweight: G + L.wv, dout: S.dv.base, inp: A.ln1.base, weight: P + L.wv, n: n, c: c, oc: kv)
             rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln1, dout: S.dln.base, inp: a.resid[l].base, weight: P + L.ln1, rstd: A.rstd1.base, n: n, c: c)
+            onBlockDone?(l)
         }
         embeddingBackward(dwte: G + layout.embedding, dout: S.dx.base, tokens: a.tokens, n: n, c: c)
         return sumLosses(a, targets: targets)

@@ -2,6 +2,7 @@
 // global loss-token count, clipping, AdamW with warmup + cosine, progress lines. Single process for now; every
 // cross-rank step already goes through the Communicator so the MPI issue only swaps the implementation.
 import Foundation
+import KDCheckpoint
 import KDComm
 import KDConfig
 import KDCore
@@ -17,6 +18,8 @@ public struct StepStats: Sendable {
     public var lr: Float
     public var gradNorm: Double
     public var seconds: Double
+    /// Time this step spent waiting for gradient all-reduces after backward (the part not hidden behind it).
+    public var exposedCommSeconds: Double = 0
 }
 
 /// Trains a student on next-token cross-entropy.
@@ -31,6 +34,8 @@ public final class Trainer {
     public private(set) var sampleCursor = 0
     /// Optimizer steps completed.
     public private(set) var step = 0
+    /// Learning rate of the last step.
+    public private(set) var lastLR: Float = 0
     let inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>
 
     public init(config: RunConfig, corpus: TokenCorpus, comm: any Communicator = LocalCommunicator()) throws {
@@ -76,12 +81,31 @@ public final class Trainer {
         let scale = Float(1 / max(counts[0], 1))
         model.grads!.zero()
         var local = LossSum()
+        let g = model.grads!
+        var pending: [any PendingReduce] = []
+        var commError: (any Error)?
         for micro in 0..<t.gradAccum {
             model.forward(tokens: inputs + micro * perMicro, b: t.microBatch, t: t.seqLen)
-            local = local + model.backward(targets: targets + micro * perMicro, lossScale: scale)
+            let last = micro == t.gradAccum - 1 && comm.worldSize > 1
+            // on the last micro-batch, each block's gradient slice is reduced as soon as its backward is done
+            local = local + model.backward(targets: targets + micro * perMicro, lossScale: scale, onBlockDone: last ? { l in
+                do {
+                    let r = self.model.layout.blockRange(l)
+                    pending.append(try self.comm.startAllReduceSum(g.base + r.lowerBound, count: r.count))
+                    for p in pending { _ = try p.test() }  // MPI progresses only inside MPI calls
+                } catch { commError = commError ?? error }
+            } : nil)
         }
-        let g = model.grads!
-        try comm.allReduceSum(g.base, count: g.count)
+        if let commError { throw commError }
+        let waitStart = monotonicSeconds()
+        if comm.worldSize > 1 {
+            // what no block owns: embedding (+ tied LM head), final norm, untied LM head
+            let first = model.layout.blockRange(0).lowerBound, last = model.layout.blockRange(model.config.layers - 1).upperBound
+            try comm.allReduceSum(g.base, count: first)
+            try comm.allReduceSum(g.base + last, count: g.count - last)
+            for p in pending { try p.wait() }
+        }
+        let exposed = monotonicSeconds() - waitStart
         var lossSum = [local.sum]
         try comm.allReduceSum(&lossSum)
         let loss = lossSum[0] / max(counts[0], 1)
@@ -96,9 +120,10 @@ public final class Trainer {
                                         weightDecay: e.isMatrix ? o.weightDecay : 0, t: step + 1))
         }
         step += 1
+        lastLR = lr
         sampleCursor += globalBatch
         return StepStats(step: step, loss: loss, tokens: Int(counts[0]), lr: lr, gradNorm: norm,
-                         seconds: monotonicSeconds() - start)
+                         seconds: monotonicSeconds() - start, exposedCommSeconds: exposed)
     }
 
     /// Mean cross-entropy over `config.train.evalBatches` sequential validation micro-batches (nil without a split).
@@ -114,9 +139,56 @@ public final class Trainer {
         return total.mean
     }
 
-    /// Runs the remaining steps, logging every `log_every` steps and evaluating on cadence; returns every step's stats.
+    // MARK: - Checkpoints
+
+    public var checkpointStore: CheckpointStore { CheckpointStore(root: config.checkpoint.dir, keep: config.checkpoint.keep) }
+
+    /// Rank 0 writes a checkpoint of the current step; every rank waits until it is complete.
     @discardableResult
-    public func run(onStep: (StepStats) -> Void = { _ in }) throws -> [StepStats] {
+    public func saveCheckpoint() throws -> String? {
+        var path: String?
+        if comm.rank == 0 {
+            let start = monotonicSeconds()
+            let state = TrainingState(step: step, sampleCursor: sampleCursor, worldSize: comm.worldSize, lr: lastLR, config: try config.yaml())
+            path = try checkpointStore.save(model: model, adamM: adamM, adamV: adamV, state: state)
+            KDLog.info(String(format: "checkpoint %@ written in %.2f s", path!, monotonicSeconds() - start))
+        }
+        try comm.barrier()
+        return path
+    }
+
+    /// Rank 0 loads the checkpoint in `dir` (verified) and broadcasts weights, moments and position to every rank,
+    /// so ranks need no shared file system. Resuming at another world size keeps the global sample cursor.
+    public func resume(from dir: String) throws {
+        var header = [0.0, 0.0, 0.0]
+        if comm.rank == 0 {
+            let state = try CheckpointStore.verify(dir: dir)
+            try CheckpointStore.load(dir: dir, model: model, adamM: adamM, adamV: adamV)
+            header = [Double(state.step), Double(state.sampleCursor), Double(state.lr)]
+            KDLog.info("resumed from \(dir): step \(state.step), sample cursor \(state.sampleCursor) (written by \(state.worldSize) rank\(state.worldSize == 1 ? "" : "s"))")
+        }
+        try comm.broadcast(&header, root: 0)
+        for slab in [model.params, adamM, adamV] { try broadcastFloats(slab.base, count: slab.count) }
+        step = Int(header[0])
+        sampleCursor = Int(header[1])
+        lastLR = Float(header[2])
+    }
+
+    func broadcastFloats(_ p: UnsafeMutablePointer<Float>, count: Int) throws {
+        guard comm.worldSize > 1 else { return }
+        var off = 0
+        while off < count {
+            let n = min(count - off, 1 << 26)
+            try comm.broadcast(UnsafeMutableRawPointer(p + off), bytes: n * 4, root: 0)
+            off += n
+        }
+    }
+
+    /// Runs the remaining steps, logging every `log_every` steps and evaluating on cadence; returns every step's stats.
+    /// `checkpoints` writes them on the config's cadence; `stopAfter` ends the call after that many steps (a stop
+    /// mid-run, for tests and for `distill train --stop-after`).
+    @discardableResult
+    public func run(checkpoints: Bool = false, stopAfter: Int? = nil, onStep: (StepStats) -> Void = { _ in }) throws -> [StepStats] {
         let t = config.train
         var history: [StepStats] = []
         let begin = monotonicSeconds()
@@ -130,11 +202,19 @@ public final class Trainer {
                 let elapsed = monotonicSeconds() - begin
                 let tps = Double(tokensSeen) / elapsed
                 let eta = elapsed / Double(history.count) * Double(t.steps - s.step)
-                KDLog.info(String(format: "step %5d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %@",
-                                  s.step, t.steps, s.loss, s.lr, s.gradNorm, tps, formatDuration(eta)))
+                let comm = self.comm.worldSize > 1 ? String(format: " | comm exposed %.0f ms", 1000 * s.exposedCommSeconds) : ""
+                KDLog.info(String(format: "step %5d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %@%@",
+                                  s.step, t.steps, s.loss, s.lr, s.gradNorm, tps, formatDuration(eta), comm))
             }
             if t.evalEvery > 0, s.step % t.evalEvery == 0, let v = evaluate() {
                 KDLog.info(String(format: "eval  step %5d | val loss %.4f | val ppl %.2f", s.step, v, Foundation.exp(v)))
+            }
+            if checkpoints, (config.checkpoint.every > 0 && s.step % config.checkpoint.every == 0) || s.step == t.steps {
+                try saveCheckpoint()
+            }
+            if let stopAfter, history.count >= stopAfter, step < t.steps {
+                if checkpoints, config.checkpoint.every == 0 || step % config.checkpoint.every != 0 { try saveCheckpoint() }
+                break
             }
         }
         return history

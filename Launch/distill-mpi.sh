@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs `distill ARGS…` on NP ranks with mpirun and sane defaults:
+#   usage: Launch/distill-mpi.sh NP ARGS…       e.g. Launch/distill-mpi.sh 2 train --config Configs/tiny.yaml
+# - BLAS and kernel threads per rank = cores / ranks on this node (at least 1), so ranks × threads ≤ cores;
+# - --allow-run-as-root only when run as root, --oversubscribe only when NP exceeds the cores;
+# - TCP over loopback on a single host (DISTILL_MPI_ARGS adds or overrides mpirun options, e.g. --hostfile).
+# DISTILL_BIN picks the binary (default .build/release/distill).
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+np=${1:?usage: Launch/distill-mpi.sh NP ARGS…}
+shift
+bin=${DISTILL_BIN:-$here/.build/release/distill}
+[ -x "$bin" ] || { echo "distill-mpi: expected the distill binary at $bin (swift build -c release), found none" >&2; exit 2; }
+cores=$(nproc)
+threads=$(( cores / np )); [ "$threads" -ge 1 ] || threads=1
+flags=(-np "$np" --bind-to none -x OPENBLAS_NUM_THREADS="$threads" -x PATH)
+[ -n "${LD_LIBRARY_PATH:-}" ] && flags+=(-x LD_LIBRARY_PATH)
+[ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
+[ "$np" -gt "$cores" ] && flags+=(--oversubscribe)
+if [ -z "${DISTILL_MPI_ARGS:-}" ]; then
+    flags+=(--mca btl tcp,self --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+else
+    # shellcheck disable=SC2206
+    flags+=($DISTILL_MPI_ARGS)
+fi
+exec mpirun "${flags[@]}" "$bin" "$@"

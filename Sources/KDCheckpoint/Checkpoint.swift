@@ -1,0 +1,215 @@
+// Checkpoints: rank 0 writes, every rank can read. A checkpoint is a directory
+//   model.safetensors + config.json   the student, Hugging Face names (the folder loads as a HF model)
+//   optimizer.safetensors             AdamW first and second moments, same names
+//   state.json                        step, global sample cursor, LR, world size, config, teacher manifest
+//   checksums.json                    size and checksum of every file above — written last
+// built under a temporary name, fsynced, renamed to step_XXXXXXXX, then the `latest` pointer moves. A directory
+// without checksums.json, or whose files do not match it, is torn or corrupt: skipped on resume, never loaded.
+import Foundation
+import KDConfig
+import KDCore
+import KDFormats
+import KDModel
+
+public enum CheckpointError: Error, CustomStringConvertible, Equatable {
+    case notACheckpoint(String)
+    case corrupt(dir: String, reason: String)
+    case versionUnsupported(dir: String, found: Int)
+    case teacherMismatch(dir: String, expected: String, found: String)
+    case shapeMismatch(dir: String, reason: String)
+    case noneFound(String)
+
+    public var description: String {
+        switch self {
+        case .notACheckpoint(let d): return "\(d): not a checkpoint (expected state.json and checksums.json)"
+        case .corrupt(let d, let r): return "\(d): corrupt checkpoint: \(r)"
+        case .versionUnsupported(let d, let v): return "\(d): checkpoint format \(v) is not supported (expected \(TrainingState.currentFormat))"
+        case .teacherMismatch(let d, let e, let f):
+            return "\(d): teachers differ from the checkpoint's (checkpoint: \(f); now: \(e)); pass --allow-teacher-change to resume anyway"
+        case .shapeMismatch(let d, let r): return "\(d): \(r)"
+        case .noneFound(let root): return "\(root): no checkpoint that verifies"
+        }
+    }
+}
+
+/// One teacher file a run depends on.
+public struct TeacherManifestEntry: Codable, Equatable, Sendable {
+    public var path: String
+    public var bytes: Int
+    public var checksum: String
+    public init(path: String) throws {
+        self.path = path
+        bytes = (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        checksum = try fileChecksum(path: path)
+    }
+}
+
+/// Everything besides tensors that a resumed run needs.
+public struct TrainingState: Codable, Equatable, Sendable {
+    public static let currentFormat = 1
+    public var format = TrainingState.currentFormat
+    /// Optimizer steps completed.
+    public var step: Int
+    /// Next global sample index.
+    public var sampleCursor: Int
+    /// World size that wrote it (a resume may use another).
+    public var worldSize: Int
+    /// Learning rate of the last step.
+    public var lr: Float
+    /// The run's config as YAML.
+    public var config: String
+    public var teachers: [TeacherManifestEntry] = []
+    /// Trainer state later features add (replay buffers, adaptive thresholds), by name.
+    public var extra: [String: String] = [:]
+
+    public init(step: Int, sampleCursor: Int, worldSize: Int, lr: Float, config: String, teachers: [TeacherManifestEntry] = []) {
+        self.step = step; self.sampleCursor = sampleCursor; self.worldSize = worldSize; self.lr = lr; self.config = config
+        self.teachers = teachers
+    }
+}
+
+/// Writes, finds, verifies and loads the checkpoints of one run directory.
+public struct CheckpointStore {
+    public let root: String
+    /// Checkpoints kept; older ones are deleted after a new one is complete.
+    public let keep: Int
+
+    public init(root: String, keep: Int) {
+        self.root = root
+        self.keep = keep
+    }
+
+    public static func name(step: Int) -> String { String(format: "step_%08d", step) }
+
+    /// Writes a complete checkpoint for `state.step` and moves `latest`; returns its directory.
+    @discardableResult
+    public func save(model: Transformer, adamM: Slab, adamV: Slab, state: TrainingState) throws -> String {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let final = (root as NSString).appendingPathComponent(CheckpointStore.name(step: state.step))
+        let tmp = final + ".tmp-\(getpid())"
+        try? fm.removeItem(atPath: tmp)
+        do {
+            try saveHFModel(model, dir: tmp, metadata: ["step": "\(state.step)"])
+            let opt = model.layout.entries.flatMap { e in
+                [SafetensorsEntry(name: "exp_avg." + e.name, shape: e.shape, data: adamM.base + e.offset),
+                 SafetensorsEntry(name: "exp_avg_sq." + e.name, shape: e.shape, data: adamV.base + e.offset)]
+            }
+            crashForTestIfAsked(step: state.step)
+            try writeSafetensors(path: (tmp as NSString).appendingPathComponent("optimizer.safetensors"), tensors: opt)
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            let stateData = try enc.encode(state)
+            try atomicWrite(path: (tmp as NSString).appendingPathComponent("state.json")) { try $0.write(contentsOf: stateData) }
+            var sums: [String: [String: String]] = [:]
+            for f in ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"] {
+                let p = (tmp as NSString).appendingPathComponent(f)
+                let size = (try fm.attributesOfItem(atPath: p)[.size] as? Int) ?? 0
+                sums[f] = ["bytes": "\(size)", "checksum": try fileChecksum(path: p)]
+            }
+            let sumData = try enc.encode(sums)
+            try atomicWrite(path: (tmp as NSString).appendingPathComponent("checksums.json")) { try $0.write(contentsOf: sumData) }
+            syncDirectory(tmp)
+            if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
+            guard rename(tmp, final) == 0 else { throw KDError.unreadable(path: final, reason: "rename failed: \(String(cString: strerror(errno)))") }
+            syncDirectory(root)
+        } catch {
+            try? fm.removeItem(atPath: tmp)
+            throw error
+        }
+        let name = CheckpointStore.name(step: state.step)
+        try atomicWrite(path: (root as NSString).appendingPathComponent("latest")) { try $0.write(contentsOf: Data((name + "\n").utf8)) }
+        syncDirectory(root)
+        for old in completeCheckpoints().dropLast(keep) + unfinished() { try? fm.removeItem(atPath: (root as NSString).appendingPathComponent(old)) }
+        return final
+    }
+
+    /// Names of step directories (not temporaries), oldest first.
+    public func completeCheckpoints() -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        return names.filter { $0.hasPrefix("step_") && !$0.contains(".tmp") }.sorted()
+    }
+
+    /// Checks every file against checksums.json and returns the state.
+    public static func verify(dir: String) throws -> TrainingState {
+        let fm = FileManager.default
+        let sumsPath = (dir as NSString).appendingPathComponent("checksums.json")
+        guard fm.fileExists(atPath: sumsPath), fm.fileExists(atPath: (dir as NSString).appendingPathComponent("state.json")) else {
+            throw CheckpointError.notACheckpoint(dir)
+        }
+        guard let sums = try? JSONDecoder().decode([String: [String: String]].self, from: Data(contentsOf: URL(fileURLWithPath: sumsPath))) else {
+            throw CheckpointError.corrupt(dir: dir, reason: "checksums.json is not readable")
+        }
+        for f in ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"] {
+            guard let want = sums[f] else { throw CheckpointError.corrupt(dir: dir, reason: "checksums.json lists no \(f)") }
+            let p = (dir as NSString).appendingPathComponent(f)
+            guard fm.fileExists(atPath: p) else { throw CheckpointError.corrupt(dir: dir, reason: "\(f) is missing") }
+            let size = (try? fm.attributesOfItem(atPath: p)[.size] as? Int) ?? -1
+            guard "\(size)" == want["bytes"] else {
+                throw CheckpointError.corrupt(dir: dir, reason: "\(f) has \(size) bytes, expected \(want["bytes"] ?? "?")")
+            }
+            let sum = try fileChecksum(path: p)
+            guard sum == want["checksum"] else {
+                throw CheckpointError.corrupt(dir: dir, reason: "\(f) checksum \(sum), expected \(want["checksum"] ?? "?")")
+            }
+        }
+        let state: TrainingState
+        do {
+            state = try JSONDecoder().decode(TrainingState.self, from: Data(contentsOf: URL(fileURLWithPath: (dir as NSString).appendingPathComponent("state.json"))))
+        } catch {
+            throw CheckpointError.corrupt(dir: dir, reason: "state.json: \(error)")
+        }
+        guard state.format == TrainingState.currentFormat else { throw CheckpointError.versionUnsupported(dir: dir, found: state.format) }
+        return state
+    }
+
+    /// The newest checkpoint that verifies; `report` hears about every one skipped and why.
+    public func newestValid(report: (String) -> Void = { _ in }) -> (dir: String, state: TrainingState)? {
+        for t in unfinished() { report("ignoring unfinished \(t) (a write that did not complete)") }
+        for name in completeCheckpoints().reversed() {
+            let dir = (root as NSString).appendingPathComponent(name)
+            do { return (dir, try CheckpointStore.verify(dir: dir)) } catch { report("skipping \(name): \(error)") }
+        }
+        return nil
+    }
+
+    /// Temporary folders of checkpoint writes that never finished.
+    public func unfinished() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).filter { $0.hasPrefix("step_") && $0.contains(".tmp-") }.sorted()
+    }
+
+    /// Reads a verified checkpoint's tensors into the model and the AdamW moments.
+    public static func load(dir: String, model: Transformer, adamM: Slab, adamV: Slab) throws {
+        let m = try SafetensorsFile(path: (dir as NSString).appendingPathComponent("model.safetensors"))
+        let o = try SafetensorsFile(path: (dir as NSString).appendingPathComponent("optimizer.safetensors"))
+        for e in model.layout.entries {
+            for (file, name, dst) in [(m, e.name, model.params.base), (o, "exp_avg." + e.name, adamM.base), (o, "exp_avg_sq." + e.name, adamV.base)] {
+                guard let t = file.tensor(name) else { throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)' is missing") }
+                guard t.shape == e.shape, t.dtype == .f32 else {
+                    throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)': expected F32 \(e.shape), found \(t.dtype) \(t.shape)")
+                }
+                file.read(t, into: dst + e.offset)
+            }
+        }
+    }
+}
+
+/// fsync of a directory, so a rename inside it is durable.
+func syncDirectory(_ path: String) {
+    let fd = open(path, O_RDONLY)
+    if fd >= 0 {
+        fsync(fd)
+        close(fd)
+    }
+}
+
+/// Fault injection for the crash tests: with DISTILL_CRASH_ONCE=FILE set and FILE absent, the writer of the
+/// checkpoint for step DISTILL_CRASH_STEP (any step if unset) creates FILE and kills its own process with SIGKILL
+/// halfway through (weights written, optimizer state not).
+func crashForTestIfAsked(step: Int) {
+    let env = ProcessInfo.processInfo.environment
+    guard let marker = env["DISTILL_CRASH_ONCE"], !FileManager.default.fileExists(atPath: marker) else { return }
+    if let s = env["DISTILL_CRASH_STEP"].flatMap(Int.init), s != step { return }
+    FileManager.default.createFile(atPath: marker, contents: Data())
+    kill(getpid(), SIGKILL)
+}

@@ -82,7 +82,14 @@ struct Train: ParsableCommand {
             KDLog.info("  data    \(corpus.files.count) files, \(corpus.train.count) train / \(corpus.validation.count) validation tokens")
             KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")
             if trainer.step == 0, let v = trainer.evaluate() { KDLog.info(String(format: "  val loss before training %.4f", v)) }
-            try trainer.run(checkpoints: true, stopAfter: stopAfter)
+            let history = try trainer.run(checkpoints: true, stopAfter: stopAfter)
+            if comm.worldSize > 1, history.count > 1 {
+                let blocking = try trainer.measureBlockingAllReduce()
+                let exposed = median(history.dropFirst().map(\.exposedCommSeconds))
+                KDLog.info(String(format: "gradient all-reduce: %.1f MiB, %.1f ms blocking; %.1f ms per step left after backward → %.0f%% hidden",
+                                  Double(trainer.model.layout.count * 4) / 1048576, blocking * 1000, exposed * 1000,
+                                  blocking > 0 ? max(0, 100 * (1 - exposed / blocking)) : 0))
+            }
             if trainer.step < c.train.steps {
                 KDLog.info("stopped after step \(trainer.step) of \(c.train.steps); continue with --resume auto")
                 (comm as? MPICommunicator)?.finalize()

@@ -251,10 +251,15 @@ public final class Transformer {
     /// Loss of the last forward and the gradient of `lossScale · Σ losses`, accumulated into `grads`.
     /// The caller zeroes `grads` once per optimizer step and picks lossScale = 1 / (global loss-token count).
     /// - Shapes: targets [b, t] (−1 = no loss)
-    /// `onBlockDone(l)` runs right after block l's gradients are final for this call (blocks finish from the last
-    /// to the first), so a data-parallel trainer can start reducing them while the rest of backward runs.
+    /// Hooks for a data-parallel trainer, so it can reduce gradients while the rest of backward runs:
+    /// `onHeadDone` right after the LM head and final norm; `onBlockDone(l)` right after block l (last to first);
+    /// `progress` between the ops of each block (MPI moves non-blocking reduces forward only inside its calls).
+    /// With `deferEmbedding`, the embedding-lookup gradient is not added to the table; the caller applies it later
+    /// with ``applyEmbeddingGradient(dout:tokens:n:)`` from ``embeddingInputGradient`` (the table may be in flight).
     @discardableResult
-    public func backward(targets: UnsafePointer<Int32>, lossScale: Float, onBlockDone: ((Int) -> Void)? = nil) -> LossSum {
+    public func backward(targets: UnsafePointer<Int32>, lossScale: Float, deferEmbedding: Bool = false,
+                         onHeadDone: (() -> Void)? = nil, onBlockDone: ((Int) -> Void)? = nil,
+                         progress: (() -> Void)? = nil) -> LossSum {
         guard let a = acts, let g = grads, let S = a.scratch else { preconditionFailure("backward: needs a forward on a model built with needsGrad") }
         let m = config, n = a.b * a.t, c = m.dim, kv = m.kvDim, f = m.ffnDim, P = params.base, G = g.base
         S.dx.zero()
@@ -264,6 +269,7 @@ public final class Transformer {
             weight: P + layout.lmHead, targets: targets, n: n, c: c, v: m.vocabSize, lossScale: lossScale, scratch: a.lmHead)
         rmsNormBackward(dinp: S.dx.base, dweight: G + layout.finalNorm, dout: S.dln.base, inp: a.resid[m.layers].base,
                         weight: P + layout.finalNorm, rstd: a.rstdf.base, n: n, c: c)
+        onHeadDone?()
         let shape = AttentionShape(b: a.b, tq: a.t, tk: a.t, nh: m.heads, nkv: m.kvHeads, hs: m.headSize)
         for l in stride(from: m.layers - 1, through: 0, by: -1) {
             let A = a.blocks[l], L = layout.blocks[l]
@@ -272,16 +278,19 @@ public final class Transformer {
             matmulBackward(dinp: S.dh.base, dweight: G + L.wdown, dout: S.dx.base, inp: A.h.base, weight: P + L.wdown, n: n, c: f, oc: c)
             S.dgate.zero(); S.dup.zero()
             swiGLUBackward(dgate: S.dgate.base, dup: S.dup.base, dout: S.dh.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+            progress?()
             S.dln.zero()
             matmulBackward(dinp: S.dln.base, dweight: G + L.wgate, dout: S.dgate.base, inp: A.ln2.base, weight: P + L.wgate, n: n, c: c, oc: f)
             matmulBackward(dinp: S.dln.base, dweight: G + L.wup, dout: S.dup.base, inp: A.ln2.base, weight: P + L.wup, n: n, c: c, oc: f)
             rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln2, dout: S.dln.base, inp: A.x2.base, weight: P + L.ln2, rstd: A.rstd2.base, n: n, c: c)
+            progress?()
             // S.dx now holds dL/dx2
             S.datt.zero()
             matmulBackward(dinp: S.datt.base, dweight: G + L.wo, dout: S.dx.base, inp: A.att.base, weight: P + L.wo, n: n, c: c, oc: c)
             S.dq.zero(); S.dk.zero(); S.dv.zero()
             attentionBackward(dq: S.dq.base, dk: S.dk.base, dv: S.dv.base, scratch: S.attn.base, dout: S.datt.base,
                               probs: A.probs.base, q: A.q.base, k: A.k.base, v: A.v.base, shape: shape)
+            progress?()
             S.dqp.zero(); S.dkp.zero()
             ropeBackward(dinp: S.dqp.base, dout: S.dq.base, table: rope, n: n, t: a.t, nh: m.heads, hs: m.headSize, style: ropeStyle)
             ropeBackward(dinp: S.dkp.base, dout: S.dk.base, table: rope, n: n, t: a.t, nh: m.kvHeads, hs: m.headSize, style: ropeStyle)
@@ -292,7 +301,19 @@ public final class Transformer {
             rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln1, dout: S.dln.base, inp: a.resid[l].base, weight: P + L.ln1, rstd: A.rstd1.base, n: n, c: c)
             onBlockDone?(l)
         }
-        embeddingBackward(dwte: G + layout.embedding, dout: S.dx.base, tokens: a.tokens, n: n, c: c)
+        if !deferEmbedding { embeddingBackward(dwte: G + layout.embedding, dout: S.dx.base, tokens: a.tokens, n: n, c: c) }
         return sumLosses(a, targets: targets)
+    }
+
+    /// After a backward with `deferEmbedding`: the gradient at the embedding output and the tokens, [n, c] and [n].
+    public var embeddingInputGradient: (dout: UnsafePointer<Float>, tokens: UnsafePointer<Int32>, n: Int)? {
+        guard let a = acts, let S = a.scratch else { return nil }
+        return (UnsafePointer(S.dx.base), UnsafePointer(a.tokens), a.b * a.t)
+    }
+
+    /// Adds an embedding-lookup gradient (this rank's or another's) into the gradient slab.
+    public func applyEmbeddingGradient(dout: UnsafePointer<Float>, tokens: UnsafePointer<Int32>, n: Int) {
+        guard let g = grads else { preconditionFailure("applyEmbeddingGradient: model has no gradients") }
+        embeddingBackward(dwte: g.base + layout.embedding, dout: dout, tokens: tokens, n: n, c: config.dim)
     }
 }

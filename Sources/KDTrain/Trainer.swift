@@ -84,26 +84,39 @@ public final class Trainer {
         let g = model.grads!
         var pending: [any PendingReduce] = []
         var commError: (any Error)?
+        let layout = model.layout
+        let firstBlock = layout.blockRange(0).lowerBound, afterBlocks = layout.blockRange(model.config.layers - 1).upperBound
+        func reduce(_ lo: Int, _ hi: Int) {
+            do {
+                if hi > lo { pending.append(try comm.startAllReduceSum(g.base + lo, count: hi - lo)) }
+                for p in pending { _ = try p.test() }  // MPI progresses only inside MPI calls
+            } catch { commError = commError ?? error }
+        }
+        let parallel = comm.worldSize > 1
         for micro in 0..<t.gradAccum {
             model.forward(tokens: inputs + micro * perMicro, b: t.microBatch, t: t.seqLen)
-            let last = micro == t.gradAccum - 1 && comm.worldSize > 1
-            // on the last micro-batch, each block's gradient slice is reduced as soon as its backward is done
-            local = local + model.backward(targets: targets + micro * perMicro, lossScale: scale, onBlockDone: last ? { l in
-                do {
-                    let r = self.model.layout.blockRange(l)
-                    pending.append(try self.comm.startAllReduceSum(g.base + r.lowerBound, count: r.count))
-                    for p in pending { _ = try p.test() }  // MPI progresses only inside MPI calls
-                } catch { commError = commError ?? error }
-            } : nil)
+            let last = micro == t.gradAccum - 1 && parallel
+            // On the last micro-batch every gradient region is reduced as soon as it is final: the embedding table and
+            // the tail (final norm, untied head) right after the LM head, each block after its backward. The
+            // embedding lookup's own gradient is sparse, so it is all-gathered afterwards instead (n·c floats/rank).
+            local = local + model.backward(
+                targets: targets + micro * perMicro, lossScale: scale, deferEmbedding: last,
+                onHeadDone: last ? { reduce(0, firstBlock); reduce(afterBlocks, g.count) } : nil,
+                onBlockDone: last ? { l in let r = layout.blockRange(l); reduce(r.lowerBound, r.upperBound) } : nil,
+                progress: last ? { reduce(0, 0) } : nil)
         }
         if let commError { throw commError }
         let waitStart = monotonicSeconds()
-        if comm.worldSize > 1 {
-            // what no block owns: embedding (+ tied LM head), final norm, untied LM head
-            let first = model.layout.blockRange(0).lowerBound, last = model.layout.blockRange(model.config.layers - 1).upperBound
-            try comm.allReduceSum(g.base, count: first)
-            try comm.allReduceSum(g.base + last, count: g.count - last)
+        if parallel {
             for p in pending { try p.wait() }
+            let (dout, toks, n) = model.embeddingInputGradient!
+            let c = model.config.dim, ws = comm.worldSize
+            let allD = Slab(count: ws * n * c)
+            let allT = UnsafeMutablePointer<Int32>.allocate(capacity: ws * n)
+            defer { allT.deallocate() }
+            try comm.allGather(UnsafeRawPointer(dout), bytes: n * c * 4, into: UnsafeMutableRawPointer(allD.base))
+            try comm.allGather(UnsafeRawPointer(toks), bytes: n * 4, into: UnsafeMutableRawPointer(allT))
+            for r in 0..<ws { model.applyEmbeddingGradient(dout: allD.base + r * n * c, tokens: allT + r * n, n: n) }
         }
         let exposed = monotonicSeconds() - waitStart
         var lossSum = [local.sum]
@@ -172,6 +185,21 @@ public final class Trainer {
         step = Int(header[0])
         sampleCursor = Int(header[1])
         lastLR = Float(header[2])
+    }
+
+    /// Median seconds of a blocking all-reduce of the whole gradient slab (what overlapping hides), over `repeats`.
+    public func measureBlockingAllReduce(repeats: Int = 3) throws -> Double {
+        guard comm.worldSize > 1, let g = model.grads else { return 0 }
+        let copy = Slab(count: g.count)
+        var times: [Double] = []
+        for _ in 0..<repeats {
+            copy.base.update(from: g.base, count: g.count)
+            try comm.barrier()
+            let t0 = monotonicSeconds()
+            try comm.allReduceSum(copy.base, count: copy.count)
+            times.append(monotonicSeconds() - t0)
+        }
+        return median(times)
     }
 
     func broadcastFloats(_ p: UnsafeMutablePointer<Float>, count: Int) throws {

@@ -1,6 +1,7 @@
 // Commands that run models people bring: tokenize, generate, eval, inspect, and prepare (text → token shards).
 import ArgumentParser
 import Foundation
+import KDCheckpoint
 import KDConfig
 import KDCore
 import KDData
@@ -231,6 +232,12 @@ struct Inspect: ParsableCommand {
             if isDir.boolValue {
                 let m = try hfModelConfig(dir: path)
                 print("Hugging Face folder \(path)")
+                if FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("state.json")) {
+                    do {
+                        let s = try CheckpointStore.verify(dir: path)
+                        print("  checkpoint: step \(s.step), sample cursor \(s.sampleCursor), lr \(s.lr), written by \(s.worldSize) rank(s); checksums ok")
+                    } catch { print("  checkpoint: does not verify: \(error)") }
+                }
                 print("  model  \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize), rope θ \(m.ropeTheta), tied \(m.tiedEmbeddings)")
                 for f in try FileManager.default.contentsOfDirectory(atPath: path).sorted() where f.hasSuffix(".safetensors") {
                     try describeSafetensors((path as NSString).appendingPathComponent(f))

@@ -174,14 +174,18 @@ public final class Trainer {
     /// so ranks need no shared file system. Resuming at another world size keeps the global sample cursor.
     public func resume(from dir: String) throws {
         var header = [0.0, 0.0, 0.0]
+        let start = monotonicSeconds()
+        var written = 0
         if comm.rank == 0 {
             let state = try CheckpointStore.verify(dir: dir)
             try CheckpointStore.load(dir: dir, model: model, adamM: adamM, adamV: adamV)
             header = [Double(state.step), Double(state.sampleCursor), Double(state.lr)]
-            KDLog.info("resumed from \(dir): step \(state.step), sample cursor \(state.sampleCursor) (written by \(state.worldSize) rank\(state.worldSize == 1 ? "" : "s"))")
+            written = state.worldSize
         }
         try comm.broadcast(&header, root: 0)
         for slab in [model.params, adamM, adamV] { try broadcastFloats(slab.base, count: slab.count) }
+        KDLog.info(String(format: "resumed from %@: step %d, sample cursor %d (written by %d rank%@), verified and loaded in %.2f s",
+                          dir, Int(header[0]), Int(header[1]), written, written == 1 ? "" : "s", monotonicSeconds() - start))
         step = Int(header[0])
         sampleCursor = Int(header[1])
         lastLR = Float(header[2])

@@ -120,4 +120,21 @@ func weights(_ ckpt: URL) throws -> [String: [Float]] {
         let v = try runDistill(["checkpoint", "verify", dir.appendingPathComponent("crash/step_00000009").path])
         #expect(v.status == 1 && v.err.contains("optimizer.safetensors checksum"), "\(v.err)")
     }
+
+    @Test func trainsAcrossTwoNetworkNamespacesOverTCP() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cfg = try tinyYAML(dir, "multihost")
+        let r = try launch("test_multihost.sh", ["train", "--config", cfg, "--sample-tokens", "0", "--threads", "1"])
+        #expect(r.status == 0, "\(r.out)")
+        #expect(r.out.contains("on 2 ranks"), "\(r.out)")
+        #expect(try CheckpointStore.verify(dir: dir.appendingPathComponent("multihost/step_00000010").path).worldSize == 2)
+        // the same numbers as two ranks on one host
+        let local = try launch("distill-mpi.sh", ["2", "train", "--config", cfg, "--sample-tokens", "0", "--threads", "1",
+                                                  "--checkpoint-dir", dir.appendingPathComponent("local").path])
+        #expect(local.status == 0)
+        let a = try Data(contentsOf: dir.appendingPathComponent("multihost/step_00000010/model.safetensors"))
+        let b = try Data(contentsOf: dir.appendingPathComponent("local/step_00000010/model.safetensors"))
+        #expect(a == b)
+    }
 }

@@ -26,8 +26,9 @@ let package = Package(
         .target(name: "KDCore", swiftSettings: cpuFlags),
         .target(name: "KDConfig", dependencies: ["KDCore", "Yams"], swiftSettings: cpuFlags),
         .target(name: "KDOps", dependencies: ["KDCore", "CBLAS"], swiftSettings: cpuFlags),
+        .target(name: "KDLoss", dependencies: ["KDCore", "KDOps"], swiftSettings: cpuFlags),
         .target(name: "KDQuant", dependencies: ["KDCore", "KDOps", "CBLAS"], swiftSettings: cpuFlags),
-        .target(name: "KDModel", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant"], swiftSettings: cpuFlags),
+        .target(name: "KDModel", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant", "KDLoss"], swiftSettings: cpuFlags),
         .target(name: "KDFormats", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant", "KDModel"], swiftSettings: cpuFlags),
         .target(name: "KDData", dependencies: ["KDCore", "KDConfig"], swiftSettings: cpuFlags),
         .target(name: "KDComm", dependencies: ["KDCore", "CMPI"], swiftSettings: cpuFlags),
@@ -47,6 +48,7 @@ let package = Package(
         .testTarget(name: "KDCoreTests", dependencies: ["KDCore", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(name: "KDOpsTests", dependencies: ["KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(name: "KDConfigTests", dependencies: ["KDConfig"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDLossTests", dependencies: ["KDLoss", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(name: "KDQuantTests", dependencies: ["KDQuant", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
             name: "KDFormatsTests", dependencies: ["KDFormats", "KDModel", "KDQuant", "KDTestSupport"], swiftSettings: cpuFlags),

@@ -57,7 +57,7 @@ let package = Package(
         .testTarget(
             name: "KDCheckpointTests", dependencies: ["KDCheckpoint", "KDModel", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
-            name: "KDTrainTests", dependencies: ["KDTrain", "KDData", "KDComm", "KDTestSupport"],
+            name: "KDTrainTests", dependencies: ["KDTrain", "KDData", "KDComm", "KDModel", "KDCheckpoint", "KDTestSupport"],
             swiftSettings: cpuFlags),
         .testTarget(name: "KDCLITests", dependencies: ["KDCLI", "KDConfig", "KDData", "KDFormats", "KDModel", "KDCheckpoint"], swiftSettings: cpuFlags),
     ],

@@ -38,6 +38,7 @@ struct Train: ParsableCommand {
     @Option(help: "'auto' (newest checkpoint that verifies, else start fresh), 'none', or a checkpoint folder.") var resume = "none"
     @Option(help: "Override checkpoint.dir.") var checkpointDir: String?
     @Option(help: "Stop after this many steps in this invocation (the run can be resumed).") var stopAfter: Int?
+    @Flag(help: "Resume even if the checkpoint was made with other teacher files.") var allowTeacherChange = false
 
     func validate() throws {
         if let steps, steps < 1 { throw ValidationError("--steps: expected an integer >= 1, found \(steps)") }
@@ -73,9 +74,20 @@ struct Train: ParsableCommand {
             let local = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
             configureThreads(c.train.threads > 0 ? c.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1)))
             let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
-            let trainer = try Trainer(config: c, corpus: corpus, comm: comm)
+            var teacher: LoadedModel?
+            var manifest: [TeacherManifestEntry] = []
+            if let tc = c.teacher {
+                teacher = try openModel(path: tc.path, maxSeqLen: c.train.seqLen)
+                manifest = try teacherFiles(tc.path).map { try TeacherManifestEntry(path: $0) }
+            }
+            let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teacher: teacher?.model, teacherManifest: manifest)
+            trainer.allowTeacherChange = allowTeacherChange
             try resumeIfAsked(trainer, comm: comm)
             let m = c.model
+            if let t = teacher {
+                let tm = t.model.config
+                KDLog.info("  teacher \(c.teacher!.path) (\(t.kind)): \(tm.layers) layers, dim \(tm.dim); objective \(trainer.divergence), kd_ratio \(c.distill.kdRatio), T \(c.distill.temperature)")
+            }
             KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")")
             KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
                        + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))
@@ -133,6 +145,15 @@ struct Train: ParsableCommand {
         try comm.broadcast(&chosen, root: 0)
         if !chosen.isEmpty { try trainer.resume(from: String(decoding: chosen, as: UTF8.self)) }
     }
+}
+
+/// The files a teacher path stands for (a GGUF file, or a folder's config and weights).
+func teacherFiles(_ path: String) throws -> [String] {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
+    guard isDir.boolValue else { return [path] }
+    return try FileManager.default.contentsOfDirectory(atPath: path).filter { $0 == "config.json" || $0.hasSuffix(".safetensors") }
+        .sorted().map { (path as NSString).appendingPathComponent($0) }
 }
 
 struct CheckpointCommand: ParsableCommand {

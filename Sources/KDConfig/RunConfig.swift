@@ -229,6 +229,64 @@ public struct DataConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// The teacher a student is distilled from (replicated on every rank).
+public struct TeacherConfig: Codable, Equatable, Sendable {
+    /// A GGUF file or a Hugging Face folder. Required.
+    public var path = ""
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case path }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        path = try c.value(.path, or: path)
+        try c.require(!path.isEmpty, .path, expected: "a GGUF file or a Hugging Face folder", found: "nothing")
+    }
+}
+
+/// The distillation objective: loss = (1 − kd_ratio)·CE + kd_ratio·[T²]·D(p_teacher, q_student), p and q at T.
+public struct DistillConfig: Codable, Equatable, Sendable {
+    /// fkl, rkl, skew_fkl, skew_rkl, jsd or tvd. Default fkl.
+    public var objective = "fkl"
+    /// Weight of the divergence against cross-entropy on the data. Default 0.5.
+    public var kdRatio: Float = 0.5
+    /// Softmax temperature of teacher and student in the divergence. Default 1.
+    public var temperature: Float = 1
+    /// Multiply the divergence by T². Default false.
+    public var t2Scale = false
+    /// λ of the skew divergences. Default 0.1.
+    public var skewLambda: Float = 0.1
+    /// β of JSD (0 = forward KL, 1 = reverse KL). Default 0.5.
+    public var jsdBeta: Float = 0.5
+
+    public init() {}
+
+    public static let objectives = ["fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "tvd"]
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case objective, kdRatio = "kd_ratio", temperature, t2Scale = "t2_scale", skewLambda = "skew_lambda", jsdBeta = "jsd_beta"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        objective = try c.value(.objective, or: objective)
+        kdRatio = try c.value(.kdRatio, or: kdRatio)
+        temperature = try c.value(.temperature, or: temperature)
+        t2Scale = try c.value(.t2Scale, or: t2Scale)
+        skewLambda = try c.value(.skewLambda, or: skewLambda)
+        jsdBeta = try c.value(.jsdBeta, or: jsdBeta)
+        try c.require(DistillConfig.objectives.contains(objective), .objective,
+                      expected: "one of \(DistillConfig.objectives.joined(separator: ", "))", found: "'\(objective)'")
+        try c.require((0...1).contains(kdRatio), .kdRatio, expected: "a number in [0, 1]", found: kdRatio)
+        try c.require(temperature > 0, .temperature, expected: "a number > 0", found: temperature)
+        try c.require(skewLambda >= 0 && skewLambda < 1, .skewLambda, expected: "a number in [0, 1)", found: skewLambda)
+        try c.require((0...1).contains(jsdBeta), .jsdBeta, expected: "a number in [0, 1]", found: jsdBeta)
+    }
+}
+
 /// Where and how often rank 0 writes checkpoints.
 public struct CheckpointConfig: Codable, Equatable, Sendable {
     /// Run directory; checkpoints are its step_XXXXXXXX folders. Default Checkpoints/run.
@@ -262,10 +320,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var optimizer = OptimizerConfig()
     public var data = DataConfig()
     public var checkpoint = CheckpointConfig()
+    /// Absent: plain cross-entropy training.
+    public var teacher: TeacherConfig?
+    public var distill = DistillConfig()
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case model, train, optimizer, data, checkpoint }
+    enum CodingKeys: String, CodingKey, CaseIterable { case model, train, optimizer, data, checkpoint, teacher, distill }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
@@ -274,6 +335,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         train = try c.value(.train, or: train)
         optimizer = try c.value(.optimizer, or: optimizer)
         checkpoint = try c.value(.checkpoint, or: checkpoint)
+        teacher = try c.decodeIfPresent(TeacherConfig.self, forKey: .teacher)
+        distill = try c.value(.distill, or: distill)
         guard c.contains(.data) else {
             throw ConfigError.invalid("data", expected: "a data section with a 'train' list of text files", found: "none")
         }

@@ -4,6 +4,7 @@
 // Dims: b batch, t sequence, n = b·t rows, c dim, kv kv dim, f ffn dim, v vocabulary, nh heads, hs head size.
 import KDConfig
 import KDCore
+import KDLoss
 import KDOps
 
 /// Buffers one block's forward writes and its backward reads.
@@ -43,7 +44,7 @@ final class Activations {
     let b: Int, t: Int
     let blocks: [BlockActivations]
     let resid: [Slab]  // resid[l] enters block l; resid[layers] leaves the last block
-    let lnf: Slab, rstdf: Slab, losses: Slab
+    let lnf: Slab, rstdf: Slab, losses: Slab, kdLosses: Slab
     let tokens: UnsafeMutablePointer<Int32>
     let scratch: BackwardScratch?
     let lmHead: LMHeadScratch
@@ -63,20 +64,23 @@ final class Activations {
             resid = Array(repeating: r, count: m.layers + 1)
             scratch = nil
         }
-        lnf = Slab(count: n * m.dim); rstdf = Slab(count: n); losses = Slab(count: n)
+        lnf = Slab(count: n * m.dim); rstdf = Slab(count: n); losses = Slab(count: n); kdLosses = Slab(count: n)
         tokens = .allocate(capacity: n)
         lmHead = LMHeadScratch(rows: min(lmHeadChunk, n), v: m.vocabSize)
     }
     deinit { tokens.deallocate() }
 }
 
-/// Sum of per-token losses and the number of tokens that carried a loss.
+/// Sums of per-token losses (cross-entropy, and the distillation divergence when there is a teacher) and the number
+/// of tokens that carried a loss.
 public struct LossSum: Sendable, Equatable {
     public var sum: Double
     public var count: Int
-    public init(sum: Double = 0, count: Int = 0) { self.sum = sum; self.count = count }
+    public var kdSum: Double = 0
+    public init(sum: Double = 0, count: Int = 0, kdSum: Double = 0) { self.sum = sum; self.count = count; self.kdSum = kdSum }
     public var mean: Double { count > 0 ? sum / Double(count) : 0 }
-    public static func + (a: LossSum, b: LossSum) -> LossSum { LossSum(sum: a.sum + b.sum, count: a.count + b.count) }
+    public var kdMean: Double { count > 0 ? kdSum / Double(count) : 0 }
+    public static func + (a: LossSum, b: LossSum) -> LossSum { LossSum(sum: a.sum + b.sum, count: a.count + b.count, kdSum: a.kdSum + b.kdSum) }
 }
 
 /// A Llama-family decoder. Built with `needsGrad: false` for teachers and inference (no gradient slab, one
@@ -230,13 +234,29 @@ public final class Transformer {
         return sumLosses(a, targets: targets)
     }
 
-    func sumLosses(_ a: Activations, targets: UnsafePointer<Int32>) -> LossSum {
+    func sumLosses(_ a: Activations, targets: UnsafePointer<Int32>, kd: Bool = false) -> LossSum {
         var s = LossSum()
         for r in 0..<(a.b * a.t) where targets[r] >= 0 {
             s.sum += Double(a.losses.base[r])
+            if kd { s.kdSum += Double(a.kdLosses.base[r]) }
             s.count += 1
         }
         return s
+    }
+
+    /// Final hidden states (after the last RMSNorm) of the last forward: what a student's distillation head needs
+    /// from its teacher. - Shapes: [b·t, dim]
+    public var finalHidden: UnsafePointer<Float> {
+        guard let a = acts else { preconditionFailure("finalHidden: call forward first") }
+        return UnsafePointer(a.lnf.base)
+    }
+
+    /// Cross-entropy and divergence from `target`'s teacher for the last forward, without gradients.
+    public func distillLoss(targets: UnsafePointer<Int32>, target: DistillTarget) -> LossSum {
+        guard let a = acts else { preconditionFailure("distillLoss: call forward first") }
+        lmHeadDistill(ce: a.losses.base, kd: a.kdLosses.base, dinp: nil, dweight: nil, inp: a.lnf.base, head: lmHeadWeight,
+                      targets: targets, n: a.b * a.t, lossScale: 0, target: target, scratch: a.lmHead)
+        return sumLosses(a, targets: targets, kd: true)
     }
 
     /// Logits of every row of the last forward, materialized (tests and small vocabularies only).
@@ -258,15 +278,21 @@ public final class Transformer {
     /// with ``applyEmbeddingGradient(dout:tokens:n:)`` from ``embeddingInputGradient`` (the table may be in flight).
     @discardableResult
     public func backward(targets: UnsafePointer<Int32>, lossScale: Float, deferEmbedding: Bool = false,
+                         distill: DistillTarget? = nil,
                          onHeadDone: (() -> Void)? = nil, onBlockDone: ((Int) -> Void)? = nil,
                          progress: (() -> Void)? = nil) -> LossSum {
         guard let a = acts, let g = grads, let S = a.scratch else { preconditionFailure("backward: needs a forward on a model built with needsGrad") }
         let m = config, n = a.b * a.t, c = m.dim, kv = m.kvDim, f = m.ffnDim, P = params.base, G = g.base
         S.dx.zero()
         S.dln.zero()
-        lmHeadCrossEntropyForwardBackward(
-            losses: a.losses.base, dinp: S.dln.base, dweight: G + layout.lmHead, inp: a.lnf.base,
-            weight: P + layout.lmHead, targets: targets, n: n, c: c, v: m.vocabSize, lossScale: lossScale, scratch: a.lmHead)
+        if let distill {
+            lmHeadDistill(ce: a.losses.base, kd: a.kdLosses.base, dinp: S.dln.base, dweight: G + layout.lmHead, inp: a.lnf.base,
+                          head: lmHeadWeight, targets: targets, n: n, lossScale: lossScale, target: distill, scratch: a.lmHead)
+        } else {
+            lmHeadCrossEntropyForwardBackward(
+                losses: a.losses.base, dinp: S.dln.base, dweight: G + layout.lmHead, inp: a.lnf.base,
+                weight: P + layout.lmHead, targets: targets, n: n, c: c, v: m.vocabSize, lossScale: lossScale, scratch: a.lmHead)
+        }
         rmsNormBackward(dinp: S.dx.base, dweight: G + layout.finalNorm, dout: S.dln.base, inp: a.resid[m.layers].base,
                         weight: P + layout.finalNorm, rstd: a.rstdf.base, n: n, c: c)
         onHeadDone?()
@@ -302,7 +328,7 @@ public final class Transformer {
             onBlockDone?(l)
         }
         if !deferEmbedding { embeddingBackward(dwte: G + layout.embedding, dout: S.dx.base, tokens: a.tokens, n: n, c: c) }
-        return sumLosses(a, targets: targets)
+        return sumLosses(a, targets: targets, kd: distill != nil)
     }
 
     /// After a backward with `deferEmbedding`: the gradient at the embedding output and the tokens, [n, c] and [n].

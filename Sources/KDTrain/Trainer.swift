@@ -8,6 +8,7 @@ import KDConfig
 import KDCore
 import KDData
 import KDModel
+import KDLoss
 import KDOps
 
 /// What one optimizer step did.
@@ -20,6 +21,9 @@ public struct StepStats: Sendable {
     public var seconds: Double
     /// Time this step spent waiting for gradient all-reduces after backward (the part not hidden behind it).
     public var exposedCommSeconds: Double = 0
+    /// Mean cross-entropy and mean divergence per loss token (loss = (1 − r)·ce + r·[T²]·kd); kd is 0 without a teacher.
+    public var ce: Double = 0
+    public var kd: Double = 0
 }
 
 /// Trains a student on next-token cross-entropy.
@@ -38,10 +42,25 @@ public final class Trainer {
     public private(set) var lastLR: Float = 0
     let inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>
 
-    public init(config: RunConfig, corpus: TokenCorpus, comm: any Communicator = LocalCommunicator()) throws {
+    /// The teacher (replicated: every rank runs it on its own micro-batches) and its files, for the checkpoint manifest.
+    public let teacher: Transformer?
+    public let teacherManifest: [TeacherManifestEntry]
+    public var allowTeacherChange = false
+
+    public init(config: RunConfig, corpus: TokenCorpus, comm: any Communicator = LocalCommunicator(),
+                teacher: Transformer? = nil, teacherManifest: [TeacherManifestEntry] = []) throws {
         try config.validate()
         self.config = config
         self.comm = comm
+        if let teacher, teacher.config.vocabSize != config.model.vocabSize {
+            throw KDError.invalidInput(what: "teacher vocabulary", expected: "\(config.model.vocabSize) tokens (model.vocab_size of the student)",
+                                       found: "\(teacher.config.vocabSize) tokens in \(config.teacher?.path ?? "the teacher")")
+        }
+        if let teacher, teacher.config.maxSeqLen < config.train.seqLen {
+            throw KDError.invalidInput(what: "teacher context", expected: ">= train.seq_len (\(config.train.seqLen))", found: "\(teacher.config.maxSeqLen)")
+        }
+        self.teacher = teacher
+        self.teacherManifest = teacherManifest
         let t = config.train
         guard corpus.vocabSize <= config.model.vocabSize else {
             throw KDError.invalidInput(what: "model.vocab_size", expected: ">= the data's vocabulary (\(corpus.vocabSize) tokens)",
@@ -94,13 +113,14 @@ public final class Trainer {
         }
         let parallel = comm.worldSize > 1
         for micro in 0..<t.gradAccum {
+            let target = distillTarget(tokens: inputs + micro * perMicro)
             model.forward(tokens: inputs + micro * perMicro, b: t.microBatch, t: t.seqLen)
             let last = micro == t.gradAccum - 1 && parallel
             // On the last micro-batch every gradient region is reduced as soon as it is final: the embedding table and
             // the tail (final norm, untied head) right after the LM head, each block after its backward. The
             // embedding lookup's own gradient is sparse, so it is all-gathered afterwards instead (n·c floats/rank).
             local = local + model.backward(
-                targets: targets + micro * perMicro, lossScale: scale, deferEmbedding: last,
+                targets: targets + micro * perMicro, lossScale: scale, deferEmbedding: last, distill: target,
                 onHeadDone: last ? { reduce(0, firstBlock); reduce(afterBlocks, g.count) } : nil,
                 onBlockDone: last ? { l in let r = layout.blockRange(l); reduce(r.lowerBound, r.upperBound) } : nil,
                 progress: last ? { reduce(0, 0) } : nil)
@@ -119,9 +139,11 @@ public final class Trainer {
             for r in 0..<ws { model.applyEmbeddingGradient(dout: allD.base + r * n * c, tokens: allT + r * n, n: n) }
         }
         let exposed = monotonicSeconds() - waitStart
-        var lossSum = [local.sum]
+        var lossSum = [local.sum, local.kdSum]
         try comm.allReduceSum(&lossSum)
-        let loss = lossSum[0] / max(counts[0], 1)
+        let ce = lossSum[0] / max(counts[0], 1), kd = lossSum[1] / max(counts[0], 1)
+        let d = config.distill
+        let loss = teacher == nil ? ce : Double(1 - d.kdRatio) * ce + Double(d.kdRatio * (d.t2Scale ? d.temperature * d.temperature : 1)) * kd
         let norm = clipGradNorm(g.base, count: g.count, maxNorm: o.gradClip)
         guard loss.isFinite else { throw KDError.nonFinite(what: "training loss", step: step + 1) }
         guard norm.isFinite else { throw KDError.nonFinite(what: "gradient norm", step: step + 1) }
@@ -136,7 +158,43 @@ public final class Trainer {
         lastLR = lr
         sampleCursor += globalBatch
         return StepStats(step: step, loss: loss, tokens: Int(counts[0]), lr: lr, gradNorm: norm,
-                         seconds: monotonicSeconds() - start, exposedCommSeconds: exposed)
+                         seconds: monotonicSeconds() - start, exposedCommSeconds: exposed, ce: ce, kd: kd)
+    }
+
+    /// The divergence named by the config.
+    public var divergence: Divergence {
+        let d = config.distill
+        switch d.objective {
+        case "rkl": return .reverseKL
+        case "skew_fkl": return .skewForwardKL(lambda: d.skewLambda)
+        case "skew_rkl": return .skewReverseKL(lambda: d.skewLambda)
+        case "jsd": return .jsd(beta: d.jsdBeta)
+        case "tvd": return .tvd
+        default: return .forwardKL
+        }
+    }
+
+    /// Runs the teacher on `tokens` (one micro-batch) and returns what the student's head needs; nil without a teacher.
+    func distillTarget(tokens: UnsafePointer<Int32>) -> DistillTarget? {
+        guard let teacher else { return nil }
+        let t = config.train, d = config.distill
+        teacher.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
+        return DistillTarget(teacherHead: teacher.lmHeadWeight, teacherHidden: teacher.finalHidden, divergence: divergence,
+                             temperature: d.temperature, kdRatio: d.kdRatio, t2Scale: d.t2Scale)
+    }
+
+    /// Validation cross-entropy and (with a teacher) divergence over `evalBatches` sequential micro-batches.
+    public func evaluateDetailed() -> LossSum? {
+        guard let validation else { return nil }
+        let t = config.train
+        var total = LossSum()
+        for i in 0..<t.evalBatches {
+            validation.fillSequential(inputs: inputs, targets: targets, first: i * t.microBatch, count: t.microBatch)
+            let target = distillTarget(tokens: inputs)
+            model.forward(tokens: inputs, b: t.microBatch, t: t.seqLen)
+            total = total + (target.map { model.distillLoss(targets: targets, target: $0) } ?? model.loss(targets: targets))
+        }
+        return total
     }
 
     /// Mean cross-entropy over `config.train.evalBatches` sequential validation micro-batches (nil without a split).
@@ -162,7 +220,8 @@ public final class Trainer {
         var path: String?
         if comm.rank == 0 {
             let start = monotonicSeconds()
-            let state = TrainingState(step: step, sampleCursor: sampleCursor, worldSize: comm.worldSize, lr: lastLR, config: try config.yaml())
+            let state = TrainingState(step: step, sampleCursor: sampleCursor, worldSize: comm.worldSize, lr: lastLR, config: try config.yaml(),
+                                      teachers: teacherManifest)
             path = try checkpointStore.save(model: model, adamM: adamM, adamV: adamV, state: state)
             KDLog.info(String(format: "checkpoint %@ written in %.2f s", path!, monotonicSeconds() - start))
         }
@@ -178,6 +237,10 @@ public final class Trainer {
         var written = 0
         if comm.rank == 0 {
             let state = try CheckpointStore.verify(dir: dir)
+            if state.teachers != teacherManifest, !allowTeacherChange {
+                func show(_ m: [TeacherManifestEntry]) -> String { m.isEmpty ? "none" : m.map { "\($0.path) (\($0.bytes) bytes, \($0.checksum))" }.joined(separator: ", ") }
+                throw CheckpointError.teacherMismatch(dir: dir, expected: show(teacherManifest), found: show(state.teachers))
+            }
             try CheckpointStore.load(dir: dir, model: model, adamM: adamM, adamV: adamV)
             header = [Double(state.step), Double(state.sampleCursor), Double(state.lr)]
             written = state.worldSize
@@ -235,8 +298,9 @@ public final class Trainer {
                 let tps = Double(tokensSeen) / elapsed
                 let eta = elapsed / Double(history.count) * Double(t.steps - s.step)
                 let comm = self.comm.worldSize > 1 ? String(format: " | comm exposed %.0f ms", 1000 * s.exposedCommSeconds) : ""
-                KDLog.info(String(format: "step %5d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %@%@",
-                                  s.step, t.steps, s.loss, s.lr, s.gradNorm, tps, formatDuration(eta), comm))
+                let parts = teacher != nil ? String(format: " (ce %.4f, %@ %.4f)", s.ce, config.distill.objective, s.kd) : ""
+                KDLog.info(String(format: "step %5d/%d | loss %.4f%@ | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %@%@",
+                                  s.step, t.steps, s.loss, parts, s.lr, s.gradNorm, tps, formatDuration(eta), comm))
             }
             if t.evalEvery > 0, s.step % t.evalEvery == 0, let v = evaluate() {
                 KDLog.info(String(format: "eval  step %5d | val loss %.4f | val ppl %.2f", s.step, v, Foundation.exp(v)))

@@ -1,10 +1,13 @@
 // The trainer end to end in-process: the golden loss curve of Configs/tiny.yaml, gradient accumulation equal to a
-// bigger micro-batch, deterministic data order, and a NaN stopping the run with a clear error.
+// bigger micro-batch, deterministic data order, a NaN stopping the run with a clear error, prepared shards with
+// their loss mask, distillation from a teacher, and the teacher manifest guarding resume.
 import Foundation
+import KDCheckpoint
 import KDComm
 import KDConfig
 import KDCore
 import KDData
+import KDModel
 import KDTrain
 import Testing
 
@@ -132,4 +135,63 @@ func tinyConfig() throws -> RunConfig {
     #expect(stats.allSatisfy { $0.tokens < c.train.microBatch * c.train.gradAccum * 32 })  // prompts excluded from the count
     c.model.vocabSize = 128
     #expect(throws: (any Error).self) { try Trainer(config: c, corpus: corpus) }
+}
+
+@Test func distillationFromATeacher() throws {
+    var c = try tinyConfig()
+    c.train.steps = 3
+    c.teacher = TeacherConfig()
+    c.teacher!.path = "in-memory"
+    c.distill.kdRatio = 1
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    // self-distillation from a copy of the initial student: the divergence starts at exactly 0
+    let probe = try Trainer(config: c, corpus: corpus)
+    let teacher = Transformer(config: c.model, needsGrad: false)
+    teacher.params.base.update(from: probe.model.params.base, count: probe.model.layout.count)
+    let selfKD = try Trainer(config: c, corpus: corpus, teacher: teacher)
+    let first = try selfKD.trainStep()
+    #expect(first.kd < 1e-6 && first.gradNorm < 1e-4, "kd \(first.kd), grad norm \(first.gradNorm)")
+    // a different teacher: every objective trains and reports a positive divergence
+    let other = Transformer(config: c.model, needsGrad: false)
+    other.initialize(seed: 99)
+    c.train.steps = 2
+    c.train.gradAccum = 1
+    for objective in DistillConfig.objectives {
+        c.distill.objective = objective
+        c.distill.kdRatio = 0.5
+        let tr = try Trainer(config: c, corpus: corpus, teacher: other)
+        let stats = try tr.run()
+        #expect(stats.allSatisfy { $0.kd > 0 && $0.loss.isFinite }, "\(objective)")
+        #expect(abs(stats[0].loss - (0.5 * stats[0].ce + 0.5 * stats[0].kd)) < 1e-9)
+    }
+    // a teacher with another vocabulary is refused before training, naming both sizes
+    var bigger = c.model
+    bigger.vocabSize = 512
+    do {
+        _ = try Trainer(config: c, corpus: corpus, teacher: Transformer(config: bigger, needsGrad: false))
+        Issue.record("a vocabulary mismatch was accepted")
+    } catch {
+        #expect("\(error)".contains("expected 256 tokens") && "\(error)".contains("found 512 tokens"), "\(error)")
+    }
+}
+
+@Test func resumeRefusesAnotherTeacherUnlessAllowed() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-teach-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let a = dir.appendingPathComponent("a.bin"), b = dir.appendingPathComponent("b.bin")
+    try Data("teacher a".utf8).write(to: a)
+    try Data("teacher b".utf8).write(to: b)
+    var c = try tinyConfig()
+    c.train.steps = 2
+    c.checkpoint.dir = dir.appendingPathComponent("ck").path
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let first = try Trainer(config: c, corpus: corpus, teacherManifest: [try TeacherManifestEntry(path: a.path)])
+    try first.run(checkpoints: true)
+    let ckpt = dir.appendingPathComponent("ck/step_00000002").path
+    let second = try Trainer(config: c, corpus: corpus, teacherManifest: [try TeacherManifestEntry(path: b.path)])
+    #expect(throws: CheckpointError.self) { try second.resume(from: ckpt) }
+    second.allowTeacherChange = true
+    try second.resume(from: ckpt)
+    #expect(second.step == 2)
 }

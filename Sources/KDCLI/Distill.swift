@@ -180,7 +180,7 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("shape"), parsing: .singleValue,
             help: "Shape to measure (repeatable): \(BenchShape.all.map(\.name).joined(separator: ", ")). Default: smollm2-135m and student-8x384.")
     var shapes: [String] = []
-    @Option(help: "Modes: train, forward, or both; default: each shape's own (smollm2-135m forward, students both).")
+    @Option(help: "Modes: train, forward, kd (distillation step from a smollm2-135m-shaped teacher), both (train + forward), or all; default: each shape's own.")
     var mode: String?
     @Option(help: "Comma-separated thread counts.") var threads = "1,2"
     @Option(help: "Sequences per step.") var batch = 8
@@ -196,8 +196,8 @@ struct Bench: ParsableCommand {
         for s in shapes where BenchShape.named(s) == nil {
             throw ValidationError("--shape: expected one of \(BenchShape.all.map(\.name).joined(separator: ", ")), found '\(s)'")
         }
-        if let mode, !["train", "forward", "both"].contains(mode) {
-            throw ValidationError("--mode: expected train, forward or both, found '\(mode)'")
+        if let mode, !["train", "forward", "kd", "both", "all"].contains(mode) {
+            throw ValidationError("--mode: expected train, forward, kd, both or all, found '\(mode)'")
         }
         let counts = threadCounts
         if counts.isEmpty || counts.contains(where: { $0 < 1 }) || counts.count != threads.split(separator: ",").count {
@@ -223,7 +223,9 @@ struct Bench: ParsableCommand {
             configureThreads(t)
             let peak = measureSGEMMPeak()
             for s in chosen {
-                let modes = load != nil ? [.forward] : mode.map { $0 == "both" ? BenchMode.allCases : [BenchMode(rawValue: $0)!] } ?? s.defaultModes
+                let modes: [BenchMode] = load != nil ? [.forward] : mode.map {
+                    $0 == "both" ? [.train, .forward] : $0 == "all" ? BenchMode.allCases : [BenchMode(rawValue: $0)!]
+                } ?? s.defaultModes
                 for md in modes {
                     let r = try runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak, load: load)
                     if json {

@@ -4,6 +4,7 @@ import CBLAS
 import Foundation
 import KDConfig
 import KDCore
+import KDLoss
 import KDModel
 import KDOps
 
@@ -39,7 +40,9 @@ public struct BenchShape: Sendable {
     public static func named(_ name: String) -> BenchShape? { all.first { $0.name == name } }
 }
 
-public enum BenchMode: String, Sendable, CaseIterable { case train, forward }
+/// train: a student step (CE); forward: forward + loss; kd: a full distillation step with the smollm2-135m-shaped
+/// teacher (random dense weights, as the PyTorch peer uses): teacher forward, student forward, FKL + CE, backward, AdamW.
+public enum BenchMode: String, Sendable, CaseIterable { case train, forward, kd }
 
 /// One measurement, as printed by `distill bench --json`.
 public struct BenchResult: Codable, Sendable {
@@ -107,21 +110,36 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
         m = model.config
         model.lmHeadChunk = lmHeadChunk
     } else {
-        model = Transformer(config: m, needsGrad: mode == .train, lmHeadChunk: lmHeadChunk)
+        model = Transformer(config: m, needsGrad: mode != .forward, lmHeadChunk: lmHeadChunk)
         model.initialize(seed: 1)
     }
     let tokens = (0..<n).map { Int32(rng.index(m.vocabSize, UInt64($0))) }
     let targets = (0..<n).map { Int32(rng.index(m.vocabSize, UInt64($0), 1)) }
-    let adamM = mode == .train ? Slab(count: model.layout.count) : nil
-    let adamV = mode == .train ? Slab(count: model.layout.count) : nil
+    let training = mode != .forward
+    let adamM = training ? Slab(count: model.layout.count) : nil
+    let adamV = training ? Slab(count: model.layout.count) : nil
+    var teacher: Transformer?
+    if mode == .kd {
+        var tm = BenchShape.named("smollm2-135m")!.model
+        tm.vocabSize = m.vocabSize
+        tm.maxSeqLen = max(tm.maxSeqLen, seq)
+        teacher = Transformer(config: tm, needsGrad: false, lmHeadChunk: lmHeadChunk)
+        teacher!.initialize(seed: 2)
+    }
     var times: [Double] = []
     for r in 0...repeats {
         let t0 = monotonicSeconds()
         tokens.withUnsafeBufferPointer { tk in targets.withUnsafeBufferPointer { tg in
-            if mode == .train, let g = model.grads, let am = adamM, let av = adamV {
+            if training, let g = model.grads, let am = adamM, let av = adamV {
                 g.zero()
+                var target: DistillTarget?
+                if let teacher {
+                    teacher.forward(tokens: tk.baseAddress!, b: batch, t: seq)
+                    target = DistillTarget(teacherHead: teacher.lmHeadWeight, teacherHidden: teacher.finalHidden, divergence: .forwardKL,
+                                           temperature: 1, kdRatio: 0.5, t2Scale: false)
+                }
                 model.forward(tokens: tk.baseAddress!, b: batch, t: seq)
-                model.backward(targets: tg.baseAddress!, lossScale: 1 / Float(n))
+                model.backward(targets: tg.baseAddress!, lossScale: 1 / Float(n), distill: target)
                 clipGradNorm(g.base, count: g.count, maxNorm: 1)
                 adamWUpdate(param: model.params.base, grad: g.base, m: am.base, v: av.base, count: g.count,
                             step: AdamWStep(lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, t: r + 1))
@@ -133,7 +151,8 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
         if r > 0 { times.append(monotonicSeconds() - t0) }
     }
     let med = median(times)
-    let flops = mode == .train ? m.trainFLOPsPerToken(seqLen: seq) : m.forwardFLOPsPerToken(seqLen: seq)
+    var flops = mode == .forward ? m.forwardFLOPsPerToken(seqLen: seq) : m.trainFLOPsPerToken(seqLen: seq)
+    if let teacher { flops += teacher.config.forwardFLOPsPerToken(seqLen: seq) }
     let tps = Double(n) / med
     let gflops = tps * flops / 1e9
     return BenchResult(shape: shape.name, mode: mode.rawValue, threads: threads, batch: batch, seq: seq, repeats: repeats,

@@ -140,13 +140,13 @@ struct Eval: ParsableCommand {
         do {
             configureThreads(threads)
             let loaded = try openModel(path: model, maxSeqLen: context)
-            let codec = try TextCodec(loaded)
             let teacherModel = try teacher.map { try openModel(path: $0, maxSeqLen: context) }
             if let t = teacherModel, t.model.config.vocabSize != loaded.model.config.vocabSize {
                 throw KDError.invalidInput(what: "teacher vocabulary", expected: "\(loaded.model.config.vocabSize) tokens (the model's)", found: "\(t.model.config.vocabSize)")
             }
             var ids: [Int32], mask: [UInt8]
             if let text {
+                let codec = try TextCodec(loaded)
                 guard let data = FileManager.default.contents(atPath: text) else { throw KDError.fileNotFound(path: text) }
                 guard let s = String(data: data, encoding: .utf8) else {
                     throw KDError.invalidInput(what: text, expected: "UTF-8 text", found: "invalid bytes")
@@ -157,7 +157,12 @@ struct Eval: ParsableCommand {
             } else {
                 let path = (data! as NSString).appendingPathComponent("\(split).bin")
                 let shard = try TokenShard.read(path: path)
-                if let b = codec.bpe { try shard.check(path: path, vocabSize: b.vocabSize, tokenizerHash: b.hash) }
+                // ids need no tokenizer; when the model carries one, it must be the shard's
+                if let b = loaded.tokenizer ?? teacherModel?.tokenizer {
+                    try shard.check(path: path, vocabSize: b.vocabSize, tokenizerHash: b.hash)
+                } else if shard.vocabSize > loaded.model.config.vocabSize {
+                    throw ShardError.vocabMismatch(path: path, expected: loaded.model.config.vocabSize, found: shard.vocabSize)
+                }
                 ids = shard.tokens
                 mask = shard.mask
             }

@@ -84,13 +84,13 @@ struct Train: ParsableCommand {
             trainer.allowTeacherChange = allowTeacherChange
             try resumeIfAsked(trainer, comm: comm)
             let m = c.model
+            KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")")
+            KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
+                       + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))
             if let t = teacher {
                 let tm = t.model.config
                 KDLog.info("  teacher \(c.teacher!.path) (\(t.kind)): \(tm.layers) layers, dim \(tm.dim); objective \(trainer.divergence), kd_ratio \(c.distill.kdRatio), T \(c.distill.temperature)")
             }
-            KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")")
-            KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
-                       + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))
             KDLog.info("  data    \(corpus.files.count) files, \(corpus.train.count) train / \(corpus.validation.count) validation tokens")
             KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")
             if trainer.step == 0, let v = trainer.evaluate() { KDLog.info(String(format: "  val loss before training %.4f", v)) }
@@ -98,7 +98,7 @@ struct Train: ParsableCommand {
             if comm.worldSize > 1, history.count > 1 {
                 let blocking = try trainer.measureBlockingAllReduce()
                 let exposed = median(history.dropFirst().map(\.exposedCommSeconds))
-                KDLog.info(String(format: "gradient all-reduce: %.1f MiB, %.1f ms blocking; %.1f ms per step left after backward → %.0f%% hidden",
+                KDLog.info(String(format: "gradient all-reduce: %.1f MiB, %.1f ms blocking; %.1f ms per step left after backward (incl. waiting for the slower rank) → %.0f%% hidden",
                                   Double(trainer.model.layout.count * 4) / 1048576, blocking * 1000, exposed * 1000,
                                   blocking > 0 ? max(0, 100 * (1 - exposed / blocking)) : 0))
             }

@@ -233,16 +233,22 @@ public struct DataConfig: Codable, Equatable, Sendable {
 public struct TeacherConfig: Codable, Equatable, Sendable {
     /// A GGUF file or a Hugging Face folder. Required.
     public var path = ""
+    /// `replicated`: every rank runs the whole teacher on its micro-batches. `pipelined`: the teacher's layers are
+    /// split in contiguous stages across the ranks and every micro-batch flows through all of them (for a teacher
+    /// that does not fit one rank). Default replicated.
+    public var placement = "replicated"
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case path }
+    enum CodingKeys: String, CodingKey, CaseIterable { case path, placement }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         path = try c.value(.path, or: path)
+        placement = try c.value(.placement, or: placement)
         try c.require(!path.isEmpty, .path, expected: "a GGUF file or a Hugging Face folder", found: "nothing")
+        try c.require(["replicated", "pipelined"].contains(placement), .placement, expected: "'replicated' or 'pipelined'", found: "'\(placement)'")
     }
 }
 

@@ -197,6 +197,31 @@ public final class Transformer {
                        weight: P + layout.finalNorm, n: n, c: m.dim, eps: m.rmsEps)
     }
 
+    /// A pipeline stage: blocks `layers` of the model on `b` sequences of `t` tokens. The input is the token
+    /// embedding of `tokens` (first stage) or `hidden` (the residual stream from the previous stage); with
+    /// `finalNorm` the output is the final RMSNorm (what the LM head reads), else the residual stream.
+    /// Inference models only (they keep one residual buffer). - Shapes: tokens [b, t] · hidden, result [b·t, dim]
+    public func forwardStage(_ layers: Range<Int>, tokens: UnsafePointer<Int32>?, hidden: UnsafePointer<Float>?,
+                             b: Int, t: Int, finalNorm: Bool) -> UnsafePointer<Float> {
+        precondition(grads == nil, "forwardStage: pipeline stages are for inference models")
+        let a = activations(b: b, t: t), m = config, n = b * t
+        let resid = a.resid[0].base
+        if let tokens {
+            a.tokens.update(from: tokens, count: n)
+            embed(out: resid, tokens: tokens, n: n)
+        } else if let hidden {
+            resid.update(from: hidden, count: n * m.dim)
+        }
+        let shape = AttentionShape(b: b, tq: t, tk: t, nh: m.heads, nkv: m.kvHeads, hs: m.headSize)
+        for l in layers {
+            let A = a.blocks[l]
+            blockForward(l, A, resIn: resid, resOut: resid, n: n, t: t, pos0: 0, kDst: A.k.base, vDst: A.v.base, shape: shape)
+        }
+        guard finalNorm else { return UnsafePointer(resid) }
+        rmsNormForward(out: a.lnf.base, rstd: a.rstdf.base, inp: resid, weight: params.base + layout.finalNorm, n: n, c: m.dim, eps: m.rmsEps)
+        return UnsafePointer(a.lnf.base)
+    }
+
     /// One block. Keys and values are written to kDst/vDst (the activation buffers, or rows of a KV cache),
     /// and attention reads them through `shape` (which covers earlier cached positions when pos0 > 0).
     func blockForward(

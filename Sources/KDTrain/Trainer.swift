@@ -46,6 +46,7 @@ public final class Trainer {
     public let teacher: Transformer?
     public let teacherManifest: [TeacherManifestEntry]
     public var allowTeacherChange = false
+    var pipeline: TeacherPipeline?
 
     public init(config: RunConfig, corpus: TokenCorpus, comm: any Communicator = LocalCommunicator(),
                 teacher: Transformer? = nil, teacherManifest: [TeacherManifestEntry] = []) throws {
@@ -61,6 +62,13 @@ public final class Trainer {
         }
         self.teacher = teacher
         self.teacherManifest = teacherManifest
+        if let teacher, config.teacher?.placement == "pipelined", comm.worldSize > 1 {
+            guard teacher.config.layers >= comm.worldSize else {
+                throw KDError.invalidInput(what: "teacher.placement pipelined", expected: "at least one teacher block per rank (\(comm.worldSize))",
+                                           found: "\(teacher.config.layers) blocks")
+            }
+            pipeline = TeacherPipeline(teacher: teacher, comm: comm)
+        }
         let t = config.train
         guard corpus.vocabSize <= config.model.vocabSize else {
             throw KDError.invalidInput(what: "model.vocab_size", expected: ">= the data's vocabulary (\(corpus.vocabSize) tokens)",
@@ -113,7 +121,7 @@ public final class Trainer {
         }
         let parallel = comm.worldSize > 1
         for micro in 0..<t.gradAccum {
-            let target = distillTarget(tokens: inputs + micro * perMicro)
+            let target = try distillTarget(tokens: inputs + micro * perMicro)
             model.forward(tokens: inputs + micro * perMicro, b: t.microBatch, t: t.seqLen)
             let last = micro == t.gradAccum - 1 && parallel
             // On the last micro-batch every gradient region is reduced as soon as it is final: the embedding table and
@@ -174,23 +182,30 @@ public final class Trainer {
         }
     }
 
-    /// Runs the teacher on `tokens` (one micro-batch) and returns what the student's head needs; nil without a teacher.
-    func distillTarget(tokens: UnsafePointer<Int32>) -> DistillTarget? {
+    /// Runs the teacher on `tokens` (one micro-batch; collective when pipelined) and returns what the student's head
+    /// needs; nil without a teacher.
+    func distillTarget(tokens: UnsafePointer<Int32>) throws -> DistillTarget? {
         guard let teacher else { return nil }
         let t = config.train, d = config.distill
-        teacher.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
-        return DistillTarget(teacherHead: teacher.lmHeadWeight, teacherHidden: teacher.finalHidden, divergence: divergence,
+        let hidden: UnsafePointer<Float>
+        if let pipeline {
+            hidden = try pipeline.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
+        } else {
+            teacher.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
+            hidden = teacher.finalHidden
+        }
+        return DistillTarget(teacherHead: teacher.lmHeadWeight, teacherHidden: hidden, divergence: divergence,
                              temperature: d.temperature, kdRatio: d.kdRatio, t2Scale: d.t2Scale)
     }
 
     /// Validation cross-entropy and (with a teacher) divergence over `evalBatches` sequential micro-batches.
-    public func evaluateDetailed() -> LossSum? {
+    public func evaluateDetailed() throws -> LossSum? {
         guard let validation else { return nil }
         let t = config.train
         var total = LossSum()
         for i in 0..<t.evalBatches {
             validation.fillSequential(inputs: inputs, targets: targets, first: i * t.microBatch, count: t.microBatch)
-            let target = distillTarget(tokens: inputs)
+            let target = try distillTarget(tokens: inputs)
             model.forward(tokens: inputs, b: t.microBatch, t: t.seqLen)
             total = total + (target.map { model.distillLoss(targets: targets, target: $0) } ?? model.loss(targets: targets))
         }
@@ -302,8 +317,9 @@ public final class Trainer {
                 KDLog.info(String(format: "step %5d/%d | loss %.4f%@ | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %@%@",
                                   s.step, t.steps, s.loss, parts, s.lr, s.gradNorm, tps, formatDuration(eta), comm))
             }
-            if t.evalEvery > 0, s.step % t.evalEvery == 0, let v = evaluate() {
-                KDLog.info(String(format: "eval  step %5d | val loss %.4f | val ppl %.2f", s.step, v, Foundation.exp(v)))
+            if t.evalEvery > 0, s.step % t.evalEvery == 0, let v = try evaluateDetailed() {
+                let kd = teacher != nil ? String(format: " | val %@ %.4f", config.distill.objective, v.kdMean) : ""
+                KDLog.info(String(format: "eval  step %5d | val ce %.4f | val ppl %.2f%@", s.step, v.mean, Foundation.exp(v.mean), kd))
             }
             if checkpoints, (config.checkpoint.every > 0 && s.step % config.checkpoint.every == 0) || s.step == t.steps {
                 try saveCheckpoint()

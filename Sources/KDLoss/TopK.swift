@@ -1,0 +1,139 @@
+// Teachers given as top-k: the k most likely tokens' log-probabilities plus the remaining tail mass, what ranks
+// exchange instead of full-vocabulary rows (and what an offline cache stores). The divergence is then taken between
+// the (k + 1)-bucket coarsenings of p and q — the k tokens and "everything else" — which is exact when k = v and a
+// true divergence of the coarse distributions otherwise; every objective reuses its dense formula on the buckets.
+// Dims: v vocabulary, k kept tokens.
+import Foundation
+import KDCore
+import KDOps
+
+/// One row of a top-k teacher: ids and log-probabilities of the k most likely tokens (most likely first) and
+/// log of the remaining probability mass (−inf when nothing remains).
+/// Wire format per token: k × (Int32 id, Float log-prob) + Float tail = 8k + 4 bytes.
+public enum TopK {
+    public static func bytesPerToken(k: Int) -> Int { 8 * k + 4 }
+
+    /// Fills ids/logProbs with the k largest entries of the log-probability row `lp`, returns log of the tail mass.
+    /// - Shapes: lp [v] · ids, logProbs [k]
+    public static func select(lp: UnsafePointer<Float>, v: Int, k: Int, ids: UnsafeMutablePointer<Int32>,
+                              logProbs: UnsafeMutablePointer<Float>) -> Float {
+        precondition(k >= 1 && k <= v, "TopK.select: k must be in 1...\(v), got \(k)")
+        // a min-heap of the best k (value, id), ties broken by the smaller id
+        var heap: [(Float, Int32)] = []
+        heap.reserveCapacity(k)
+        func less(_ a: (Float, Int32), _ b: (Float, Int32)) -> Bool { a.0 < b.0 || (a.0 == b.0 && a.1 > b.1) }
+        func siftDown(_ i0: Int) {
+            var i = i0
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var m = i
+                if l < heap.count, less(heap[l], heap[m]) { m = l }
+                if r < heap.count, less(heap[r], heap[m]) { m = r }
+                if m == i { return }
+                heap.swapAt(i, m)
+                i = m
+            }
+        }
+        for j in 0..<v {
+            let e = (lp[j], Int32(j))
+            if heap.count < k {
+                heap.append(e)
+                var i = heap.count - 1
+                while i > 0, less(heap[i], heap[(i - 1) / 2]) { heap.swapAt(i, (i - 1) / 2); i = (i - 1) / 2 }
+            } else if less(heap[0], e) {
+                heap[0] = e
+                siftDown(0)
+            }
+        }
+        heap.sort { less($1, $0) }
+        var kept = 0.0
+        for (i, e) in heap.enumerated() {
+            ids[i] = e.1
+            logProbs[i] = e.0
+            kept += exp(Double(e.0))
+        }
+        // k = v keeps everything: no tail, whatever the rounding of the kept sum says
+        let tail = 1 - kept
+        return k < v && tail > 1e-12 ? Float(log(tail)) : -Float.infinity
+    }
+}
+
+/// D between the top-k teacher row and q = softmax(s / T), over k + 1 buckets; with `grad`, scale · ∂D/∂s.
+/// `scratch` holds 2·v + 2·(k + 1) Floats.
+/// - Shapes: ids, logProbs [k] · s, grad [v]
+public func divergenceRowTopK(
+    _ d: Divergence, ids: UnsafePointer<Int32>, logProbs: UnsafePointer<Float>, logTail: Float, k: Int,
+    studentLogits s: UnsafePointer<Float>, v: Int, temperature T: Float, grad: UnsafeMutablePointer<Float>?, scale: Float,
+    scratch: UnsafeMutablePointer<Float>
+) -> Double {
+    let lq = scratch, q = scratch + v, bp = scratch + 2 * v, bq = bp + (k + 1)
+    lq.update(from: s, count: v)
+    logSoftmaxInPlace(lq, v, temperature: T, scratch: q)
+    for j in 0..<v { q[j] = fastExp(lq[j]) }
+    // bucket log-probabilities: the k tokens, then the tail (q's tail from the kept mass, in Double)
+    var keptQ = 0.0
+    for i in 0..<k {
+        bp[i] = logProbs[i]
+        bq[i] = lq[Int(ids[i])]
+        keptQ += Double(q[Int(ids[i])])
+    }
+    bp[k] = logTail
+    let tailQ = max(1 - keptQ, 0)
+    bq[k] = tailQ > 1e-30 ? Float(log(tailQ)) : -Float.infinity
+    let value = bucketDivergence(d, lp: bp, lq: bq, n: k + 1)
+    guard let g = grad else { return value }
+    // ∂D/∂q over buckets; a tail token moves q_tail one for one, so it shares the tail's derivative
+    let a = bucketGradient(d, lp: bp, lq: bq, n: k + 1)
+    for j in 0..<v { g[j] = a[k] }
+    for i in 0..<k { g[Int(ids[i])] = a[i] }
+    var sqa = 0.0
+    for j in 0..<v { sqa += Double(q[j]) * Double(g[j]) }
+    let c = Float(sqa)
+    for j in 0..<v { g[j] = scale / T * q[j] * (g[j] - c) }
+    return value
+}
+
+/// D over n buckets given their log-probabilities (the dense definitions).
+func bucketDivergence(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePointer<Float>, n: Int) -> Double {
+    var kind = d
+    if case .jsd(let b) = d { if b <= 0 { kind = .forwardKL } else if b >= 1 { kind = .reverseKL } }
+    var value = 0.0
+    for i in 0..<n {
+        let p = Double(exp(lp[i])), q = Double(exp(lq[i]))
+        switch kind {
+        case .forwardKL: if p > 0 { value += p * (Double(lp[i]) - Double(lq[i])) }
+        case .reverseKL: if q > 0 { value += q * (Double(lq[i]) - Double(lp[i])) }
+        case .skewForwardKL(let l):
+            let m = Double(l) * p + Double(1 - l) * q
+            if p > 0, m > 0 { value += p * (Double(lp[i]) - log(m)) }
+        case .skewReverseKL(let l):
+            let m = Double(l) * q + Double(1 - l) * p
+            if q > 0, m > 0 { value += q * (Double(lq[i]) - log(m)) }
+        case .jsd(let b):
+            let m = Double(b) * p + Double(1 - b) * q
+            if m > 0 {
+                if p > 0 { value += Double(b) * p * (Double(lp[i]) - log(m)) }
+                if q > 0 { value += Double(1 - b) * q * (Double(lq[i]) - log(m)) }
+            }
+        case .tvd: value += 0.5 * abs(p - q)
+        }
+    }
+    return value
+}
+
+/// ∂D/∂q_b for each bucket (the same per-element derivatives as the dense kernels).
+func bucketGradient(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePointer<Float>, n: Int) -> [Float] {
+    var kind = d
+    if case .jsd(let b) = d { if b <= 0 { kind = .forwardKL } else if b >= 1 { kind = .reverseKL } }
+    return (0..<n).map { i in
+        let p = exp(lp[i]), q = exp(lq[i])
+        switch kind {
+        case .forwardKL: return q > 0 ? -p / q : 0
+        case .reverseKL: return q > 0 ? lq[i] - lp[i] + 1 : 0
+        case .skewForwardKL(let l): let m = l * p + (1 - l) * q; return m > 0 ? -(1 - l) * p / m : 0
+        case .skewReverseKL(let l): let m = l * q + (1 - l) * p; return m > 0 ? lq[i] + 1 - log(m) - l * q / m : 0
+        case .jsd(let b): let m = b * p + (1 - b) * q; return m > 0 ? (1 - b) * (lq[i] - log(m)) : 0
+        case .tvd: return q > p ? 0.5 : (q < p ? -0.5 : 0)
+        }
+    }
+}

@@ -46,15 +46,16 @@ public enum TopK {
             }
         }
         heap.sort { less($1, $0) }
-        var kept = 0.0
+        var kept = [Bool](repeating: false, count: v)
         for (i, e) in heap.enumerated() {
             ids[i] = e.1
             logProbs[i] = e.0
-            kept += exp(Double(e.0))
+            kept[Int(e.1)] = true
         }
-        // k = v keeps everything: no tail, whatever the rounding of the kept sum says
-        let tail = 1 - kept
-        return k < v && tail > 1e-12 ? Float(log(tail)) : -Float.infinity
+        // the tail summed directly (no 1 − Σ cancellation): exactly empty when k = v
+        var tail = 0.0
+        for j in 0..<v where !kept[j] { tail += exp(Double(lp[j])) }
+        return tail > 0 ? Float(log(tail)) : -Float.infinity
     }
 }
 
@@ -71,14 +72,16 @@ public func divergenceRowTopK(
     logSoftmaxInPlace(lq, v, temperature: T, scratch: q)
     for j in 0..<v { q[j] = fastExp(lq[j]) }
     // bucket log-probabilities: the k tokens, then the tail (q's tail from the kept mass, in Double)
-    var keptQ = 0.0
+    // q's tail summed directly over the tokens not kept (exactly empty when k = v)
+    var tailQ = 0.0
+    for j in 0..<v { tailQ += Double(q[j]) }
     for i in 0..<k {
         bp[i] = logProbs[i]
         bq[i] = lq[Int(ids[i])]
-        keptQ += Double(q[Int(ids[i])])
+        tailQ -= Double(q[Int(ids[i])])
     }
+    if k == v { tailQ = 0 }
     bp[k] = logTail
-    let tailQ = max(1 - keptQ, 0)
     bq[k] = tailQ > 1e-30 ? Float(log(tailQ)) : -Float.infinity
     let value = bucketDivergence(d, lp: bp, lq: bq, n: k + 1)
     guard let g = grad else { return value }

@@ -90,6 +90,9 @@ struct Train: ParsableCommand {
             if let t = teacher {
                 let tm = t.model.config
                 KDLog.info("  teacher \(c.teacher!.path) (\(t.kind)): \(tm.layers) layers, dim \(tm.dim); objective \(trainer.divergence), kd_ratio \(c.distill.kdRatio), T \(c.distill.temperature)")
+                let tc = c.teacher!, pipelined = tc.placement == "pipelined" && comm.worldSize > 1
+                let forward = pipelined ? " \((comm.worldSize - 1) * tm.dim * 4) B/token along the pipeline," : ""
+                KDLog.info("  teacher placement \(tc.placement), exchange \(tc.exchange)\(tc.exchange == "topk" ? " (k = \(tc.topK))" : ""):\(forward) \(trainer.teacherBytesPerToken) B/token to the student's rank\(pipelined ? "" : " (computed there)")")
             }
             KDLog.info("  data    \(corpus.files.count) files, \(corpus.train.count) train / \(corpus.validation.count) validation tokens")
             KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")

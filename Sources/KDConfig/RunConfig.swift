@@ -237,16 +237,25 @@ public struct TeacherConfig: Codable, Equatable, Sendable {
     /// split in contiguous stages across the ranks and every micro-batch flows through all of them (for a teacher
     /// that does not fit one rank). Default replicated.
     public var placement = "replicated"
+    /// What reaches the student's rank: `full` (the whole distribution; pipelined stages return final hidden states)
+    /// or `topk` (top_k log-probabilities + the tail mass, 8·k + 4 bytes per token). Default full.
+    public var exchange = "full"
+    /// k of the top-k exchange. Default 64.
+    public var topK = 64
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case path, placement }
+    enum CodingKeys: String, CodingKey, CaseIterable { case path, placement, exchange, topK = "top_k" }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         path = try c.value(.path, or: path)
         placement = try c.value(.placement, or: placement)
+        exchange = try c.value(.exchange, or: exchange)
+        topK = try c.value(.topK, or: topK)
+        try c.require(["full", "topk"].contains(exchange), .exchange, expected: "'full' or 'topk'", found: "'\(exchange)'")
+        try c.require(topK >= 1, .topK, expected: "an integer >= 1", found: topK)
         try c.require(!path.isEmpty, .path, expected: "a GGUF file or a Hugging Face folder", found: "nothing")
         try c.require(["replicated", "pipelined"].contains(placement), .placement, expected: "'replicated' or 'pipelined'", found: "'\(placement)'")
     }

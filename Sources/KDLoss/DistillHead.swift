@@ -5,11 +5,70 @@
 import KDCore
 import KDOps
 
+/// A teacher's output for a micro-batch as top-k rows: per token k ids and log-probabilities (at the distillation
+/// temperature) and the log tail mass. - Shapes: ids, logProbs [n, k] · logTail [n]
+public struct TopKRows {
+    public let k: Int
+    public let ids: UnsafePointer<Int32>, logProbs: UnsafePointer<Float>, logTail: UnsafePointer<Float>
+    public init(k: Int, ids: UnsafePointer<Int32>, logProbs: UnsafePointer<Float>, logTail: UnsafePointer<Float>) {
+        self.k = k; self.ids = ids; self.logProbs = logProbs; self.logTail = logTail
+    }
+}
+
+/// Owned storage for n top-k rows, laid out as the wire format: ids [n, k] · logProbs [n, k] · logTail [n].
+public final class TopKBuffer {
+    public let n: Int, k: Int
+    public let raw: UnsafeMutableRawPointer
+    public init(n: Int, k: Int) {
+        self.n = n
+        self.k = k
+        raw = .allocate(byteCount: max(1, n * TopK.bytesPerToken(k: k)), alignment: 64)
+    }
+    deinit { raw.deallocate() }
+    public var byteCount: Int { n * TopK.bytesPerToken(k: k) }
+    public var ids: UnsafeMutablePointer<Int32> { raw.assumingMemoryBound(to: Int32.self) }
+    public var logProbs: UnsafeMutablePointer<Float> { (raw + n * k * 4).assumingMemoryBound(to: Float.self) }
+    public var logTail: UnsafeMutablePointer<Float> { (raw + n * k * 8).assumingMemoryBound(to: Float.self) }
+    public var rows: TopKRows { TopKRows(k: k, ids: ids, logProbs: logProbs, logTail: logTail) }
+
+    /// Fills the rows from a teacher's head and final hidden states.
+    public func fill(head: any LinearWeight, hidden: UnsafePointer<Float>, temperature: Float, chunk: Int) {
+        teacherTopK(head: head, hidden: hidden, n: n, temperature: temperature, k: k, ids: ids, logProbs: logProbs, logTail: logTail,
+                    scratch: LMHeadScratch(rows: min(chunk, n), v: head.oc))
+    }
+}
+
+/// Top-k rows of a teacher's LM head applied to its final hidden states, row-chunked.
+/// - Shapes: hidden [n, c] · ids, logProbs [n, k] · logTail [n]
+public func teacherTopK(head: any LinearWeight, hidden: UnsafePointer<Float>, n: Int, temperature: Float, k: Int,
+                        ids: UnsafeMutablePointer<Int32>, logProbs: UnsafeMutablePointer<Float>, logTail: UnsafeMutablePointer<Float>,
+                        scratch: LMHeadScratch) {
+    let v = head.oc, c = head.c, threads = max(1, Parallel.threads)
+    let work = Slab(count: threads * v)
+    var r0 = 0
+    while r0 < n {
+        let m = min(scratch.rows, n - r0)
+        head.forward(out: scratch.logits.base, inp: hidden + r0 * c, n: m, accumulate: false)
+        Parallel.forRanges(threads) { tlo, thi in
+            for th in tlo..<thi {
+                for i in (m * th / threads)..<(m * (th + 1) / threads) {
+                    let row = scratch.logits.base + i * v, r = r0 + i
+                    logSoftmaxInPlace(row, v, temperature: temperature, scratch: work.base + th * v)
+                    logTail[r] = TopK.select(lp: row, v: v, k: k, ids: ids + r * k, logProbs: logProbs + r * k)
+                }
+            }
+        }
+        r0 += m
+    }
+}
+
 /// What the distillation term needs from the teacher and the objective.
 public struct DistillTarget {
-    /// The teacher's LM head and its final hidden states for the same rows as the student's.
+    /// The teacher's LM head and its final hidden states for the same rows as the student's (unused with `topK`).
     public let teacherHead: any LinearWeight
     public let teacherHidden: UnsafePointer<Float>
+    /// When set, the teacher is these top-k rows instead of its full distribution.
+    public var topK: TopKRows?
     public let divergence: Divergence
     public let temperature: Float
     /// r in (1 − r)·CE + r·KD.
@@ -36,19 +95,21 @@ public func lmHeadDistill(
 ) {
     let c = head.c, v = head.oc, ct = t.teacherHead.c
     precondition(t.teacherHead.oc == v, "lmHeadDistill: teacher vocabulary \(t.teacherHead.oc) ≠ student vocabulary \(v)")
-    let teacherLogits = Slab(count: scratch.rows * v)
-    let threads = max(1, Parallel.threads)
-    let work = Slab(count: threads * 3 * v)
+    let teacherLogits = Slab(count: t.topK == nil ? scratch.rows * v : 0)
+    let threads = max(1, Parallel.threads), per = 3 * v + 2 * ((t.topK?.k ?? 0) + 1)
+    let work = Slab(count: threads * per)
     let training = dweight != nil
     var r0 = 0
     while r0 < n {
         let m = min(scratch.rows, n - r0)
         let s = scratch.logits.base, x = inp + r0 * c
         head.forward(out: s, inp: x, n: m, accumulate: false)
-        t.teacherHead.forward(out: teacherLogits.base, inp: t.teacherHidden + r0 * ct, n: m, accumulate: false)
+        if t.topK == nil {
+            t.teacherHead.forward(out: teacherLogits.base, inp: t.teacherHidden + r0 * ct, n: m, accumulate: false)
+        }
         Parallel.forRanges(threads) { tlo, thi in
             for th in tlo..<thi {
-                let w = work.base + th * 3 * v, g = w + 2 * v
+                let g = work.base + th * per, w = g + v
                 for i in (m * th / threads)..<(m * (th + 1) / threads) {
                     let row = s + i * v, trow = teacherLogits.base + i * v, target = Int(targets[r0 + i])
                     guard target >= 0 else {
@@ -57,10 +118,18 @@ public func lmHeadDistill(
                         if training { row.update(repeating: 0, count: v) }
                         continue
                     }
-                    logSoftmaxInPlace(trow, v, temperature: t.temperature, scratch: w)
-                    kd[r0 + i] = Float(divergenceRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v,
-                                                     temperature: t.temperature, grad: training ? g : nil,
-                                                     scale: lossScale * t.kdWeight, scratch: w))
+                    if let tk = t.topK {
+                        let r = r0 + i
+                        kd[r] = Float(divergenceRowTopK(t.divergence, ids: tk.ids + r * tk.k, logProbs: tk.logProbs + r * tk.k,
+                                                        logTail: tk.logTail[r], k: tk.k, studentLogits: row, v: v,
+                                                        temperature: t.temperature, grad: training ? g : nil,
+                                                        scale: lossScale * t.kdWeight, scratch: w))
+                    } else {
+                        logSoftmaxInPlace(trow, v, temperature: t.temperature, scratch: w)
+                        kd[r0 + i] = Float(divergenceRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v,
+                                                         temperature: t.temperature, grad: training ? g : nil,
+                                                         scale: lossScale * t.kdWeight, scratch: w))
+                    }
                     ce[r0 + i] = crossEntropyRow(row, target: target, v: v, gradScale: training ? lossScale * (1 - t.kdRatio) : nil)
                     if training { for j in 0..<v { row[j] += g[j] } }
                 }

@@ -2,9 +2,11 @@
 // micro-batch flows through all stages with point-to-point messages (stage s works on micro-batch m while stage s+1
 // works on m − 1, as in GPipe's fill and drain), and the last stage sends each micro-batch's final hidden states
 // back to the rank that trains on it, which applies the teacher's LM head itself.
-// Bytes moved per token: (stages − 1)·dim·4 forward along the pipeline, plus dim·4 back to the owner.
+// With the top-k exchange the last stage applies the head and returns top-k rows instead.
+// Bytes moved per token: (stages − 1)·dim·4 forward along the pipeline, plus dim·4 (full) or 8·k + 4 (top-k) back.
 import KDComm
 import KDCore
+import KDLoss
 import KDModel
 
 final class TeacherPipeline {
@@ -12,42 +14,69 @@ final class TeacherPipeline {
     let comm: any Communicator
     /// This rank's blocks.
     let layers: Range<Int>
+    /// nil: return final hidden states; else (k, temperature) of the top-k rows to return.
+    let topK: (k: Int, temperature: Float)?
     var received = Slab(count: 0)
+    var rows: TopKBuffer?
 
-    init(teacher: Transformer, comm: any Communicator) {
+    init(teacher: Transformer, comm: any Communicator, topK: (k: Int, temperature: Float)? = nil) {
         self.teacher = teacher
         self.comm = comm
+        self.topK = topK
         let L = teacher.config.layers, S = comm.worldSize, s = comm.rank
         layers = (L * s / S)..<(L * (s + 1) / S)
     }
 
-    /// Collective: every rank calls it with its own micro-batch; returns that micro-batch's final hidden states.
+    /// Bytes returned to the owner per token.
+    var returnBytesPerToken: Int { topK.map { TopK.bytesPerToken(k: $0.k) } ?? teacher.config.dim * 4 }
+
+    /// Top-k rows of the last forward (with the top-k exchange).
+    var topKRows: TopKRows? { topK == nil ? nil : rows?.rows }
+
+    /// Turns final hidden states into what goes back to the owner: the states themselves, or top-k rows.
+    func pack(_ y: UnsafePointer<Float>, n: Int, into out: UnsafeMutableRawPointer) {
+        guard let (k, T) = topK else {
+            out.copyMemory(from: y, byteCount: n * teacher.config.dim * 4)
+            return
+        }
+        let b = TopKBuffer(n: n, k: k)
+        b.fill(head: teacher.lmHeadWeight, hidden: y, temperature: T, chunk: 256)
+        out.copyMemory(from: b.raw, byteCount: b.byteCount)
+    }
+
+    /// Collective: every rank calls it with its own micro-batch; returns that micro-batch's final hidden states
+    /// (meaningful with the full exchange; with top-k, read ``topKRows(n:)``).
     /// - Shapes: tokens [b, t] · result [b·t, dim]
     func forward(tokens: UnsafePointer<Int32>, b: Int, t: Int) throws -> UnsafePointer<Float> {
         let S = comm.worldSize, s = comm.rank, n = b * t, c = teacher.config.dim
-        let last = s == S - 1
+        let last = s == S - 1, bytes = n * returnBytesPerToken
         if received.count != n * c { received = Slab(count: n * c) }
+        if let (k, _) = topK, rows?.n != n { rows = TopKBuffer(n: n, k: k) }
+        // what the owner receives lands here: hidden states, or the top-k rows
+        let inbox: UnsafeMutableRawPointer = rows?.raw ?? UnsafeMutableRawPointer(received.base)
         let allTokens = UnsafeMutablePointer<Int32>.allocate(capacity: S * n)
         defer { allTokens.deallocate() }
         try comm.allGather(UnsafeRawPointer(tokens), bytes: n * 4, into: UnsafeMutableRawPointer(allTokens))
-        let inbox = Slab(count: s > 0 ? n * c : 0)
-        let finals = Slab(count: last ? S * n * c : 0)
+        let stageIn = Slab(count: s > 0 ? n * c : 0)
+        var finals = [UInt8](repeating: 0, count: last ? S * bytes : 0)
         for m in 0..<S {
-            if s > 0 { try comm.receive(UnsafeMutableRawPointer(inbox.base), bytes: n * c * 4, from: s - 1, tag: m) }
-            let y = teacher.forwardStage(layers, tokens: s == 0 ? allTokens + m * n : nil, hidden: s == 0 ? nil : UnsafePointer(inbox.base),
+            if s > 0 { try comm.receive(UnsafeMutableRawPointer(stageIn.base), bytes: n * c * 4, from: s - 1, tag: m) }
+            let y = teacher.forwardStage(layers, tokens: s == 0 ? allTokens + m * n : nil, hidden: s == 0 ? nil : UnsafePointer(stageIn.base),
                                          b: b, t: t, finalNorm: last)
             if last {
-                (finals.base + m * n * c).update(from: y, count: n * c)
+                finals.withUnsafeMutableBytes { pack(y, n: n, into: $0.baseAddress! + m * bytes) }
             } else {
                 try comm.send(UnsafeRawPointer(y), bytes: n * c * 4, to: s + 1, tag: m)
             }
         }
         // drain: the last stage returns every micro-batch's hidden states to its owner
         if last {
-            for m in 0..<(S - 1) { try comm.send(UnsafeRawPointer(finals.base + m * n * c), bytes: n * c * 4, to: m, tag: S + m) }
-            received.base.update(from: finals.base + s * n * c, count: n * c)
+            try finals.withUnsafeBytes { f in
+                for m in 0..<(S - 1) { try comm.send(f.baseAddress! + m * bytes, bytes: bytes, to: m, tag: S + m) }
+                inbox.copyMemory(from: f.baseAddress! + s * bytes, byteCount: bytes)
+            }
         } else {
-            try comm.receive(UnsafeMutableRawPointer(received.base), bytes: n * c * 4, from: S - 1, tag: S + s)
+            try comm.receive(inbox, bytes: bytes, from: S - 1, tag: S + s)
         }
         return UnsafePointer(received.base)
     }

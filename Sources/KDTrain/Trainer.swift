@@ -47,6 +47,19 @@ public final class Trainer {
     public let teacherManifest: [TeacherManifestEntry]
     public var allowTeacherChange = false
     var pipeline: TeacherPipeline?
+    /// Replicated placement with the top-k exchange computes its top-k rows locally, into here.
+    var localTopK: TopKBuffer?
+
+    var topKSpec: (k: Int, temperature: Float)? {
+        guard let tc = config.teacher, tc.exchange == "topk" else { return nil }
+        return (min(tc.topK, config.model.vocabSize), config.distill.temperature)
+    }
+
+    /// Bytes of teacher output that reach a student rank per token (the exchange's size).
+    public var teacherBytesPerToken: Int {
+        if let p = pipeline { return p.returnBytesPerToken }
+        return topKSpec.map { TopK.bytesPerToken(k: $0.k) } ?? config.model.vocabSize * 4
+    }
 
     public init(config: RunConfig, corpus: TokenCorpus, comm: any Communicator = LocalCommunicator(),
                 teacher: Transformer? = nil, teacherManifest: [TeacherManifestEntry] = []) throws {
@@ -62,13 +75,6 @@ public final class Trainer {
         }
         self.teacher = teacher
         self.teacherManifest = teacherManifest
-        if let teacher, config.teacher?.placement == "pipelined", comm.worldSize > 1 {
-            guard teacher.config.layers >= comm.worldSize else {
-                throw KDError.invalidInput(what: "teacher.placement pipelined", expected: "at least one teacher block per rank (\(comm.worldSize))",
-                                           found: "\(teacher.config.layers) blocks")
-            }
-            pipeline = TeacherPipeline(teacher: teacher, comm: comm)
-        }
         let t = config.train
         guard corpus.vocabSize <= config.model.vocabSize else {
             throw KDError.invalidInput(what: "model.vocab_size", expected: ">= the data's vocabulary (\(corpus.vocabSize) tokens)",
@@ -84,6 +90,13 @@ public final class Trainer {
         let rows = t.gradAccum * t.microBatch * t.seqLen
         inputs = .allocate(capacity: rows)
         targets = .allocate(capacity: rows)
+        if let teacher, config.teacher?.placement == "pipelined", comm.worldSize > 1 {
+            guard teacher.config.layers >= comm.worldSize else {
+                throw KDError.invalidInput(what: "teacher.placement pipelined", expected: "at least one teacher block per rank (\(comm.worldSize))",
+                                           found: "\(teacher.config.layers) blocks")
+            }
+            pipeline = TeacherPipeline(teacher: teacher, comm: comm, topK: topKSpec)
+        }
     }
 
     deinit {
@@ -188,14 +201,24 @@ public final class Trainer {
         guard let teacher else { return nil }
         let t = config.train, d = config.distill
         let hidden: UnsafePointer<Float>
+        let n = t.microBatch * t.seqLen
+        var rows: TopKRows?
         if let pipeline {
             hidden = try pipeline.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
+            rows = pipeline.topKRows
         } else {
             teacher.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
             hidden = teacher.finalHidden
+            if let (k, T) = topKSpec {
+                if localTopK?.n != n { localTopK = TopKBuffer(n: n, k: k) }
+                localTopK!.fill(head: teacher.lmHeadWeight, hidden: hidden, temperature: T, chunk: 256)
+                rows = localTopK!.rows
+            }
         }
-        return DistillTarget(teacherHead: teacher.lmHeadWeight, teacherHidden: hidden, divergence: divergence,
-                             temperature: d.temperature, kdRatio: d.kdRatio, t2Scale: d.t2Scale)
+        var target = DistillTarget(teacherHead: teacher.lmHeadWeight, teacherHidden: hidden, divergence: divergence,
+                                   temperature: d.temperature, kdRatio: d.kdRatio, t2Scale: d.t2Scale)
+        target.topK = rows
+        return target
     }
 
     /// Validation cross-entropy and (with a teacher) divergence over `evalBatches` sequential micro-batches.

@@ -163,5 +163,15 @@ func weights(_ ckpt: URL) throws -> [String: [Float]] {
         }
         let lossLines = { (s: String) in s.split(separator: "\n").filter { $0.hasPrefix("step") }.map { $0.components(separatedBy: " | lr")[0] } }
         #expect(lossLines(a.out) == lossLines(b.out) && lossLines(a.out).count == 4)
+        // the top-k exchange (k = 16 of 256): pipelined stages return top-k rows, replicated ranks compute them locally
+        let topk = "  exchange: topk\n  top_k: 16\ndistill:"
+        let pk = try tinyYAML(dir, "pk", edits: [edits[0], ("data:\n", section.replacingOccurrences(of: "PLACE", with: "pipelined") + "data:\n"), ("distill:", topk)])
+        let rk = try tinyYAML(dir, "rk", edits: [edits[0], ("data:\n", section.replacingOccurrences(of: "PLACE", with: "replicated") + "data:\n"), ("distill:", topk)])
+        let c = try launch("distill-mpi.sh", ["2", "train", "--config", pk, "--sample-tokens", "0"])
+        let d = try launch("distill-mpi.sh", ["2", "train", "--config", rk, "--sample-tokens", "0"])
+        #expect(c.status == 0 && d.status == 0, "\(c.out)\n\(d.out)")
+        #expect(c.out.contains("132 B/token to the student's rank"), "\(c.out)")
+        #expect(try Data(contentsOf: dir.appendingPathComponent("pk/step_00000004/model.safetensors")) == Data(contentsOf: dir.appendingPathComponent("rk/step_00000004/model.safetensors")))
+        #expect(lossLines(c.out) == lossLines(d.out) && lossLines(c.out) != lossLines(a.out))
     }
 }

@@ -93,83 +93,69 @@ public final class GGUFFile {
     public let dataOffset: Int
     public let fileSize: Int
     let base: UnsafeRawPointer
+    let mapping: MappedFile
     let byName: [String: Int]
 
     public init(path: String) throws {
         self.path = path
         guard FileManager.default.fileExists(atPath: path) else { throw GGUFError.notFound(path) }
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw KDError.unreadable(path: path, reason: String(cString: strerror(errno))) }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw KDError.unreadable(path: path, reason: String(cString: strerror(errno))) }
-        fileSize = Int(st.st_size)
-        guard fileSize >= 4 else { throw GGUFError.badMagic(path: path, found: "a \(fileSize)-byte file") }
-        guard let m = mmap(nil, fileSize, PROT_READ, MAP_PRIVATE, fd, 0), m != MAP_FAILED else {
-            throw KDError.unreadable(path: path, reason: "mmap failed: \(String(cString: strerror(errno)))")
-        }
-        base = UnsafeRawPointer(m)
+        mapping = try MappedFile(path: path, minSize: 4) { GGUFError.badMagic(path: path, found: "a \($0)-byte file") }
+        fileSize = mapping.size
+        base = mapping.base
         var r = Reader(base: base, size: fileSize, path: path)
-        do {
-            let magic = try r.bytes(4, "magic")
-            guard magic == Array("GGUF".utf8) else {
-                let shown = magic.allSatisfy { $0 >= 32 && $0 < 127 } ? "'\(String(decoding: magic, as: UTF8.self))'" : magic.map { String(format: "%02x", $0) }.joined(separator: " ")
-                throw GGUFError.badMagic(path: path, found: shown)
-            }
-            version = try r.u32("version")
-            guard version == 2 || version == 3 else { throw GGUFError.unsupportedVersion(path: path, found: version) }
-            let nTensors = try r.u64("tensor count"), nKV = try r.u64("metadata count")
-            guard nTensors < 1 << 24, nKV < 1 << 24 else {
-                throw GGUFError.badTensorShape(path: path, tensor: "(header)", reason: "implausible counts: \(nTensors) tensors, \(nKV) keys")
-            }
-            var md: [String: GGUFValue] = [:], keys: [String] = []
-            for _ in 0..<nKV {
-                let key = try r.string("metadata key")
-                let t = try r.u32("value type of '\(key)'")
-                md[key] = try r.value(type: t, key: key)
-                keys.append(key)
-            }
-            var infos: [GGUFTensorInfo] = []
-            for i in 0..<Int(nTensors) {
-                let name = try r.string("name of tensor \(i)")
-                let nd = try r.u32("dimension count of '\(name)'")
-                guard (1...4).contains(nd) else {
-                    throw GGUFError.badTensorShape(path: path, tensor: name, reason: "expected 1 to 4 dimensions, found \(nd)")
-                }
-                var dims: [Int] = []
-                for _ in 0..<nd { dims.append(Int(try r.u64("dimensions of '\(name)'"))) }
-                let rawType = try r.u32("type of '\(name)'")
-                guard let type = GGMLType(rawValue: rawType) else {
-                    throw GGUFError.unknownTensorType(path: path, tensor: name, found: rawType)
-                }
-                guard dims.allSatisfy({ $0 > 0 && $0 < 1 << 32 }), dims[0] % type.blockSize == 0 else {
-                    throw GGUFError.badTensorShape(path: path, tensor: name, reason: "dims \(dims) do not fit \(type) blocks of \(type.blockSize)")
-                }
-                infos.append(GGUFTensorInfo(name: name, dims: dims, type: type, offset: Int(try r.u64("offset of '\(name)'"))))
-            }
-            alignment = md["general.alignment"]?.int ?? 32
-            guard alignment > 0, alignment & (alignment - 1) == 0 else {
-                throw GGUFError.badTensorShape(path: path, tensor: "(header)", reason: "general.alignment must be a power of two, found \(alignment)")
-            }
-            dataOffset = (r.offset + alignment - 1) / alignment * alignment
-            for t in infos {
-                let end = dataOffset + t.offset + t.byteCount
-                guard t.offset % alignment == 0 else {
-                    throw GGUFError.badTensorShape(path: path, tensor: t.name, reason: "offset \(t.offset) is not aligned to \(alignment)")
-                }
-                guard end <= fileSize else { throw GGUFError.tensorOutOfBounds(path: path, tensor: t.name, end: end, fileSize: fileSize) }
-            }
-            metadata = md
-            self.keys = keys
-            tensors = infos
-            byName = Dictionary(infos.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })
-        } catch {
-            munmap(UnsafeMutableRawPointer(mutating: base), fileSize)
-            throw error
+        let magic = try r.bytes(4, "magic")
+        guard magic == Array("GGUF".utf8) else {
+            let shown = magic.allSatisfy { $0 >= 32 && $0 < 127 } ? "'\(String(decoding: magic, as: UTF8.self))'" : magic.map { String(format: "%02x", $0) }.joined(separator: " ")
+            throw GGUFError.badMagic(path: path, found: shown)
         }
+        version = try r.u32("version")
+        guard version == 2 || version == 3 else { throw GGUFError.unsupportedVersion(path: path, found: version) }
+        let nTensors = try r.u64("tensor count"), nKV = try r.u64("metadata count")
+        guard nTensors < 1 << 24, nKV < 1 << 24 else {
+            throw GGUFError.badTensorShape(path: path, tensor: "(header)", reason: "implausible counts: \(nTensors) tensors, \(nKV) keys")
+        }
+        var md: [String: GGUFValue] = [:], keys: [String] = []
+        for _ in 0..<nKV {
+            let key = try r.string("metadata key")
+            let t = try r.u32("value type of '\(key)'")
+            md[key] = try r.value(type: t, key: key)
+            keys.append(key)
+        }
+        var infos: [GGUFTensorInfo] = []
+        for i in 0..<Int(nTensors) {
+            let name = try r.string("name of tensor \(i)")
+            let nd = try r.u32("dimension count of '\(name)'")
+            guard (1...4).contains(nd) else {
+                throw GGUFError.badTensorShape(path: path, tensor: name, reason: "expected 1 to 4 dimensions, found \(nd)")
+            }
+            var dims: [Int] = []
+            for _ in 0..<nd { dims.append(Int(try r.u64("dimensions of '\(name)'"))) }
+            let rawType = try r.u32("type of '\(name)'")
+            guard let type = GGMLType(rawValue: rawType) else {
+                throw GGUFError.unknownTensorType(path: path, tensor: name, found: rawType)
+            }
+            guard dims.allSatisfy({ $0 > 0 && $0 < 1 << 32 }), dims[0] % type.blockSize == 0 else {
+                throw GGUFError.badTensorShape(path: path, tensor: name, reason: "dims \(dims) do not fit \(type) blocks of \(type.blockSize)")
+            }
+            infos.append(GGUFTensorInfo(name: name, dims: dims, type: type, offset: Int(try r.u64("offset of '\(name)'"))))
+        }
+        alignment = md["general.alignment"]?.int ?? 32
+        guard alignment > 0, alignment & (alignment - 1) == 0 else {
+            throw GGUFError.badTensorShape(path: path, tensor: "(header)", reason: "general.alignment must be a power of two, found \(alignment)")
+        }
+        dataOffset = (r.offset + alignment - 1) / alignment * alignment
+        for t in infos {
+            let end = dataOffset + t.offset + t.byteCount
+            guard t.offset % alignment == 0 else {
+                throw GGUFError.badTensorShape(path: path, tensor: t.name, reason: "offset \(t.offset) is not aligned to \(alignment)")
+            }
+            guard end <= fileSize else { throw GGUFError.tensorOutOfBounds(path: path, tensor: t.name, end: end, fileSize: fileSize) }
+        }
+        metadata = md
+        self.keys = keys
+        tensors = infos
+        byName = Dictionary(infos.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })
     }
-
-    deinit { munmap(UnsafeMutableRawPointer(mutating: base), fileSize) }
 
     public func tensor(_ name: String) -> GGUFTensorInfo? { byName[name].map { tensors[$0] } }
 

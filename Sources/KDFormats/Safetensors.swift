@@ -38,69 +38,57 @@ public final class SafetensorsFile {
     public let tensors: [SafetensorsTensor]
     public let metadata: [String: String]
     let base: UnsafeRawPointer, fileSize: Int, dataStart: Int
+    let mapping: MappedFile
     let byName: [String: Int]
 
     public init(path: String) throws {
         self.path = path
         guard FileManager.default.fileExists(atPath: path) else { throw SafetensorsError.notFound(path) }
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw KDError.unreadable(path: path, reason: String(cString: strerror(errno))) }
-        defer { close(fd) }
-        var st = stat()
-        fstat(fd, &st)
-        fileSize = Int(st.st_size)
-        guard fileSize >= 8 else { throw SafetensorsError.badHeader(path: path, reason: "\(fileSize) bytes is shorter than the 8-byte header length") }
-        guard let m = mmap(nil, fileSize, PROT_READ, MAP_PRIVATE, fd, 0), m != MAP_FAILED else {
-            throw KDError.unreadable(path: path, reason: "mmap failed")
+        mapping = try MappedFile(path: path, minSize: 8) {
+            SafetensorsError.badHeader(path: path, reason: "\($0) bytes is shorter than the 8-byte header length")
         }
-        base = UnsafeRawPointer(m)
-        do {
-            let n = Int(UInt64(littleEndian: base.loadUnaligned(as: UInt64.self)))
-            guard n > 1, n <= fileSize - 8 else {
-                throw SafetensorsError.badHeader(path: path, reason: "header length \(n) does not fit the \(fileSize)-byte file")
-            }
-            dataStart = 8 + n
-            let json = Data(bytes: base + 8, count: n)
-            guard let obj = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else {
-                throw SafetensorsError.badHeader(path: path, reason: "header is not a JSON object")
-            }
-            var list: [SafetensorsTensor] = [], meta: [String: String] = [:]
-            for (name, value) in obj {
-                if name == "__metadata__" {
-                    meta = (value as? [String: String]) ?? [:]
-                    continue
-                }
-                guard let d = value as? [String: Any], let dt = d["dtype"] as? String, let shape = d["shape"] as? [Int],
-                      let offs = d["data_offsets"] as? [Int], offs.count == 2 else {
-                    throw SafetensorsError.badHeader(path: path, reason: "entry '\(name)' lacks dtype, shape or data_offsets")
-                }
-                let type: GGMLType
-                switch dt {
-                case "F32": type = .f32
-                case "F16": type = .f16
-                case "BF16": type = .bf16
-                default: throw SafetensorsError.unsupportedDType(path: path, tensor: name, found: dt)
-                }
-                let t = SafetensorsTensor(name: name, dtype: type, shape: shape, begin: offs[0], end: offs[1])
-                guard t.end >= t.begin, t.begin >= 0 else { throw SafetensorsError.badHeader(path: path, reason: "'\(name)' has data_offsets \(offs)") }
-                guard dataStart + t.end <= fileSize else {
-                    throw SafetensorsError.outOfBounds(path: path, tensor: name, end: t.end, dataSize: fileSize - dataStart)
-                }
-                guard t.end - t.begin == t.elements * type.typeSize else {
-                    throw SafetensorsError.sizeMismatch(path: path, tensor: name, expected: t.elements * type.typeSize, found: t.end - t.begin)
-                }
-                list.append(t)
-            }
-            tensors = list.sorted { $0.begin < $1.begin }
-            metadata = meta
-            byName = Dictionary(tensors.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })
-        } catch {
-            munmap(UnsafeMutableRawPointer(mutating: base), fileSize)
-            throw error
+        base = mapping.base
+        fileSize = mapping.size
+        let n = Int(UInt64(littleEndian: base.loadUnaligned(as: UInt64.self)))
+        guard n > 1, n <= fileSize - 8 else {
+            throw SafetensorsError.badHeader(path: path, reason: "header length \(n) does not fit the \(fileSize)-byte file")
         }
+        dataStart = 8 + n
+        let json = Data(bytes: base + 8, count: n)
+        guard let obj = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else {
+            throw SafetensorsError.badHeader(path: path, reason: "header is not a JSON object")
+        }
+        var list: [SafetensorsTensor] = [], meta: [String: String] = [:]
+        for (name, value) in obj {
+            if name == "__metadata__" {
+                meta = (value as? [String: String]) ?? [:]
+                continue
+            }
+            guard let d = value as? [String: Any], let dt = d["dtype"] as? String, let shape = d["shape"] as? [Int],
+                  let offs = d["data_offsets"] as? [Int], offs.count == 2 else {
+                throw SafetensorsError.badHeader(path: path, reason: "entry '\(name)' lacks dtype, shape or data_offsets")
+            }
+            let type: GGMLType
+            switch dt {
+            case "F32": type = .f32
+            case "F16": type = .f16
+            case "BF16": type = .bf16
+            default: throw SafetensorsError.unsupportedDType(path: path, tensor: name, found: dt)
+            }
+            let t = SafetensorsTensor(name: name, dtype: type, shape: shape, begin: offs[0], end: offs[1])
+            guard t.end >= t.begin, t.begin >= 0 else { throw SafetensorsError.badHeader(path: path, reason: "'\(name)' has data_offsets \(offs)") }
+            guard dataStart + t.end <= fileSize else {
+                throw SafetensorsError.outOfBounds(path: path, tensor: name, end: t.end, dataSize: fileSize - dataStart)
+            }
+            guard t.end - t.begin == t.elements * type.typeSize else {
+                throw SafetensorsError.sizeMismatch(path: path, tensor: name, expected: t.elements * type.typeSize, found: t.end - t.begin)
+            }
+            list.append(t)
+        }
+        tensors = list.sorted { $0.begin < $1.begin }
+        metadata = meta
+        byName = Dictionary(tensors.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })
     }
-
-    deinit { munmap(UnsafeMutableRawPointer(mutating: base), fileSize) }
 
     public func tensor(_ name: String) -> SafetensorsTensor? { byName[name].map { tensors[$0] } }
     public func data(_ t: SafetensorsTensor) -> UnsafeRawPointer { base + dataStart + t.begin }

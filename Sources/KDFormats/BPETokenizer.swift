@@ -48,6 +48,10 @@ public final class BPETokenizer: @unchecked Sendable {
     public let addBOS: Bool
     /// Identity of the vocabulary, merges and split rule (stored in token shards).
     public let hash: UInt64
+    /// The merges in rank order, as "left right".
+    public let mergeList: [String]
+    /// Ids of control and user-defined tokens.
+    public let specialIDs: [Int32]
     /// Control and user-defined tokens, longest first (matched in text when `special` is set).
     let specials: [(String, Int32)]
     let ids: [String: Int32]
@@ -65,6 +69,8 @@ public final class BPETokenizer: @unchecked Sendable {
         self.eos = eos
         self.addBOS = addBOS
         hash = fnv1a([pre.rawValue] + tokens + merges)
+        mergeList = merges
+        specialIDs = special
         var ids: [String: Int32] = [:]
         for (i, t) in tokens.enumerated() where ids[t] == nil { ids[t] = Int32(i) }
         self.ids = ids
@@ -312,6 +318,38 @@ extension BPETokenizer {
                       bos: f.metadata["tokenizer.ggml.bos_token_id"]?.int.map(Int32.init),
                       eos: f.metadata["tokenizer.ggml.eos_token_id"]?.int.map(Int32.init),
                       addBOS: f.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false)
+    }
+
+    /// This tokenizer as a Hugging Face `tokenizer.json` (BPE model, added special tokens, the split rule as HF
+    /// pre-tokenizers, byte-level decoder), so a student trained on its ids ships with it.
+    public func hfTokenizerJSON() throws -> Data {
+        let byteLevel: [String: Any] = ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": pre == .gpt2 || pre == .smollm]
+        func split(_ pattern: String) -> [String: Any] {
+            ["type": "Split", "pattern": ["Regex": pattern], "behavior": "Isolated", "invert": false]
+        }
+        let llama3 = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        let qwen2 = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+        let preTokenizer: [String: Any]
+        switch pre {
+        case .gpt2: preTokenizer = byteLevel
+        case .smollm: preTokenizer = ["type": "Sequence", "pretokenizers": [["type": "Digits", "individual_digits": true], byteLevel]]
+        case .llamaBPE: preTokenizer = ["type": "Sequence", "pretokenizers": [split(llama3), byteLevel]]
+        case .qwen2: preTokenizer = ["type": "Sequence", "pretokenizers": [split(qwen2), byteLevel]]
+        }
+        var vocab: [String: Int] = [:]
+        for (i, t) in tokens.enumerated() where vocab[t] == nil { vocab[t] = i }
+        let obj: [String: Any] = [
+            "version": "1.0",
+            "added_tokens": specialIDs.map { ["id": Int($0), "content": tokens[Int($0)], "single_word": false, "lstrip": false,
+                                              "rstrip": false, "normalized": false, "special": true] as [String: Any] },
+            "normalizer": NSNull(), "post_processor": NSNull(),
+            "pre_tokenizer": preTokenizer,
+            "decoder": ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true],
+            "model": ["type": "BPE", "dropout": NSNull(), "unk_token": NSNull(), "continuing_subword_prefix": NSNull(),
+                      "end_of_word_suffix": NSNull(), "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": mergeList] as [String: Any],
+        ]
+        return try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
     }
 
     /// ChatML as SmolLM2-Instruct's template writes it: a default system turn, the user turn, the assistant header.

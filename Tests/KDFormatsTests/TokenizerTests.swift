@@ -73,3 +73,23 @@ func bpeMatchesHuggingFaceTokenizers(pre: PreTokenizer) throws {
     for (s, want) in zip(tokenizerStrings, expected) { #expect(tok.encode(s, special: true) == want, "\(s.debugDescription)") }
     #expect(tok.encode("<|im_start|>hi", special: true).first == 1)
 }
+
+@Test(arguments: PreTokenizer.allCases)
+func ourTokenizerJSONLoadsInHuggingFaceTokenizers(pre: PreTokenizer) throws {
+    try requireTeacher()
+    let dir = try temporaryDirectory("distill-tokout")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let f = try GGUFFile(path: smolLM)
+    let base = try BPETokenizer(gguf: f)
+    let tok = try BPETokenizer(tokens: base.tokens, merges: base.mergeList, special: base.specialIDs, pre: pre, bos: nil, eos: base.eos, addBOS: false)
+    let json = dir.appendingPathComponent("tokenizer.json"), input = dir.appendingPathComponent("strings.json")
+    try tok.hfTokenizerJSON().write(to: json)
+    try JSONSerialization.data(withJSONObject: tokenizerStrings).write(to: input)
+    let out = try runPython(scripts.appendingPathComponent("hf_from_json.py").path, [json.path, input.path])
+    let theirs = out.split(separator: "\n").map { (try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [Int]).map(Int32.init) }
+    #expect(theirs.count == tokenizerStrings.count)
+    for (s, want) in zip(tokenizerStrings, theirs) { #expect(tok.encode(s, special: true) == want, "\(pre): \(s.debugDescription)") }
+    // and it reads back into the same tokenizer
+    let again = try BPETokenizer(hfTokenizerJSON: json.path)
+    #expect(again.pre == pre && again.hash == tok.hash)
+}

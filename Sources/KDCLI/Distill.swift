@@ -82,6 +82,10 @@ struct Train: ParsableCommand {
             }
             let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teacher: teacher?.model, teacherManifest: manifest)
             trainer.allowTeacherChange = allowTeacherChange
+            // the student speaks the teacher's tokens: its checkpoints carry the tokenizer (generate and eval --text work)
+            if let tok = teacher?.tokenizer, corpus.tokenizerHash == tok.hash {
+                trainer.extraCheckpointFiles["tokenizer.json"] = try tok.hfTokenizerJSON()
+            }
             try resumeIfAsked(trainer, comm: comm)
             let m = c.model
             KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")")

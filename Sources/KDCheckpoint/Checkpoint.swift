@@ -81,9 +81,13 @@ public struct CheckpointStore {
 
     public static func name(step: Int) -> String { String(format: "step_%08d", step) }
 
+    /// Files every checkpoint has.
+    public static let coreFiles = ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"]
+
     /// Writes a complete checkpoint for `state.step` and moves `latest`; returns its directory.
     @discardableResult
-    public func save(model: Transformer, adamM: Slab, adamV: Slab, state: TrainingState) throws -> String {
+    /// `extraFiles` (e.g. the tokenizer.json of the shards' tokenizer) are written beside the tensors and checksummed.
+    public func save(model: Transformer, adamM: Slab, adamV: Slab, state: TrainingState, extraFiles: [String: Data] = [:]) throws -> String {
         let fm = FileManager.default
         try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
         let final = (root as NSString).appendingPathComponent(CheckpointStore.name(step: state.step))
@@ -101,8 +105,11 @@ public struct CheckpointStore {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             let stateData = try enc.encode(state)
             try atomicWrite(path: (tmp as NSString).appendingPathComponent("state.json")) { try $0.write(contentsOf: stateData) }
+            for (name, data) in extraFiles {
+                try atomicWrite(path: (tmp as NSString).appendingPathComponent(name)) { try $0.write(contentsOf: data) }
+            }
             var sums: [String: [String: String]] = [:]
-            for f in ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"] {
+            for f in CheckpointStore.coreFiles + extraFiles.keys.sorted() {
                 let p = (tmp as NSString).appendingPathComponent(f)
                 let size = (try fm.attributesOfItem(atPath: p)[.size] as? Int) ?? 0
                 sums[f] = ["bytes": "\(size)", "checksum": try fileChecksum(path: p)]
@@ -140,7 +147,7 @@ public struct CheckpointStore {
         guard let sums = try? JSONDecoder().decode([String: [String: String]].self, from: Data(contentsOf: URL(fileURLWithPath: sumsPath))) else {
             throw CheckpointError.corrupt(dir: dir, reason: "checksums.json is not readable")
         }
-        for f in ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"] {
+        for f in Set(CheckpointStore.coreFiles).union(sums.keys).sorted() {
             guard let want = sums[f] else { throw CheckpointError.corrupt(dir: dir, reason: "checksums.json lists no \(f)") }
             let p = (dir as NSString).appendingPathComponent(f)
             guard fm.fileExists(atPath: p) else { throw CheckpointError.corrupt(dir: dir, reason: "\(f) is missing") }

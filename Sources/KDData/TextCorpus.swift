@@ -40,6 +40,8 @@ public struct TokenCorpus: Sendable {
     public var validationMask: [UInt8]?
     /// Vocabulary the tokens come from (256 for bytes, the shard's for prepared data).
     public var vocabSize = 256
+    /// Hash of the tokenizer that prepared the shards (nil for bytes).
+    public var tokenizerHash: UInt64?
     /// Files read, in the order they were concatenated.
     public let files: [String]
 
@@ -79,6 +81,7 @@ public struct TokenCorpus: Sendable {
         trainMask = tr.mask
         validationMask = va.mask
         vocabSize = tr.vocabSize
+        tokenizerHash = tr.tokenizerHash
         files = [dir]
     }
 

@@ -46,6 +46,8 @@ public final class Trainer {
     public let teacher: Transformer?
     public let teacherManifest: [TeacherManifestEntry]
     public var allowTeacherChange = false
+    /// Files every checkpoint carries besides the tensors (the tokenizer.json of the data's tokenizer).
+    public var extraCheckpointFiles: [String: Data] = [:]
     var pipeline: TeacherPipeline?
     /// Replicated placement with the top-k exchange computes its top-k rows locally, into here.
     var localTopK: TopKBuffer?
@@ -260,7 +262,7 @@ public final class Trainer {
             let start = monotonicSeconds()
             let state = TrainingState(step: step, sampleCursor: sampleCursor, worldSize: comm.worldSize, lr: lastLR, config: try config.yaml(),
                                       teachers: teacherManifest)
-            path = try checkpointStore.save(model: model, adamM: adamM, adamV: adamV, state: state)
+            path = try checkpointStore.save(model: model, adamM: adamM, adamV: adamV, state: state, extraFiles: extraCheckpointFiles)
             KDLog.info(String(format: "checkpoint %@ written in %.2f s", path!, monotonicSeconds() - start))
         }
         try comm.barrier()

@@ -54,3 +54,16 @@ func tinyStudent(seed: UInt64) -> (Transformer, Slab, Slab) {
     #expect(reports.contains { $0.contains("step_00000002") && $0.contains("model.safetensors checksum") })
     #expect(throws: CheckpointError.self) { try CheckpointStore.verify(dir: root.appendingPathComponent("step_00000002").path) }
 }
+
+@Test func extraFilesAreWrittenAndChecksummed() throws {
+    let root = try temporaryDirectory("distill-ckpt-extra")
+    defer { try? FileManager.default.removeItem(at: root) }
+    let (model, m, v) = tinyStudent(seed: 1)
+    let dir = try CheckpointStore(root: root.path, keep: 1).save(
+        model: model, adamM: m, adamV: v, state: TrainingState(step: 1, sampleCursor: 1, worldSize: 1, lr: 0, config: ""),
+        extraFiles: ["tokenizer.json": Data("{\"model\": {}}".utf8)])
+    #expect(try String(contentsOfFile: dir + "/tokenizer.json", encoding: .utf8) == "{\"model\": {}}")
+    #expect(try CheckpointStore.verify(dir: dir).step == 1)
+    try Data("{\"model\": 1}".utf8).write(to: URL(fileURLWithPath: dir + "/tokenizer.json"))
+    #expect(throws: CheckpointError.self) { try CheckpointStore.verify(dir: dir) }
+}

@@ -25,8 +25,8 @@ struct TextCodec {
     }
 }
 
-func printJSON(_ obj: Any) {
-    let d = try! JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
+func printJSON(_ obj: Any) throws {
+    let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
     print(String(decoding: d, as: UTF8.self))
 }
 
@@ -43,7 +43,7 @@ struct Tokenize: ParsableCommand {
                 guard let s = try? JSONSerialization.jsonObject(with: Data(line.utf8), options: [.fragmentsAllowed]) as? String else {
                     throw KDError.invalidInput(what: "stdin line", expected: "a JSON string such as \"hello\"", found: String(line.prefix(60)))
                 }
-                printJSON(tok.encode(s, special: special).map(Int.init))
+                try printJSON(tok.encode(s, special: special).map(Int.init))
             }
         } catch { throw fail(error) }
     }
@@ -109,7 +109,7 @@ struct Generate: ParsableCommand {
                 }
             }
             if json {
-                printJSON(["prompt_ids": ids.map(Int.init), "ids": generated.map(Int.init), "text": codec.decode(generated.filter { !stop.contains($0) })])
+                try printJSON(["prompt_ids": ids.map(Int.init), "ids": generated.map(Int.init), "text": codec.decode(generated.filter { !stop.contains($0) })])
             } else {
                 print()
             }
@@ -177,7 +177,7 @@ struct Eval: ParsableCommand {
                 obj["kl_teacher_model"] = r.kl / Double(r.predicted)
                 obj["top1_agreement"] = Double(r.agree) / Double(r.predicted)
             }
-            if json { printJSON(obj) } else {
+            if json { try printJSON(obj) } else {
                 for k in obj.keys.sorted() { print("\(k): \(obj[k]!)") }
             }
         } catch { throw fail(error) }

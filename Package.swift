@@ -59,7 +59,7 @@ let package = Package(
         .testTarget(
             name: "KDTrainTests", dependencies: ["KDTrain", "KDData", "KDComm", "KDModel", "KDCheckpoint", "KDTestSupport"],
             swiftSettings: cpuFlags),
-        .testTarget(name: "KDCLITests", dependencies: ["KDCLI", "KDConfig", "KDData", "KDFormats", "KDModel", "KDCheckpoint"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDCLITests", dependencies: ["KDCLI", "KDConfig", "KDData", "KDFormats", "KDModel", "KDCheckpoint", "KDTestSupport"], swiftSettings: cpuFlags),
     ],
     // Kernels hand raw buffers to concurrentPerform; Swift 5 mode keeps that a documented choice, not an error.
     swiftLanguageModes: [.v5]

@@ -26,7 +26,7 @@ func fail(_ error: any Error) -> ExitCode {
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train a model from a YAML config (cross-entropy on text; distillation objectives arrive later).")
+        abstract: "Train or distill a student from a YAML config (cross-entropy, plus a divergence from the teacher when the config has one).")
 
     @Option(help: "YAML run config (see Configs/).") var config: String
     @Option(help: "Override train.steps.") var steps: Int?

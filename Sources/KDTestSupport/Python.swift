@@ -1,21 +1,35 @@
 // Running the independent Python references (PyPI gguf, safetensors, tokenizers, numpy) from tests.
 import Foundation
 
-/// Runs `python3 script args…` and returns its stdout; throws with stderr when it exits non-zero.
-public func runPython(_ script: String, _ args: [String]) throws -> String {
+/// Runs a program to completion: the parent's environment plus `env`, `stdin` written then closed; stdout and
+/// stderr are read before waiting (a full pipe would deadlock otherwise). `mergeOutput` sends both to `out`.
+public func runProcess(_ executable: URL, _ args: [String], in dir: URL? = nil, env: [String: String] = [:],
+                       stdin: String? = nil, mergeOutput: Bool = false) throws -> (status: Int32, out: String, err: String) {
     let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["python3", script] + args
-    let out = Pipe(), err = Pipe()
+    p.executableURL = executable
+    p.arguments = args
+    if let dir { p.currentDirectoryURL = dir }
+    p.environment = ProcessInfo.processInfo.environment.merging(env) { _, new in new }
+    let out = Pipe(), err = mergeOutput ? out : Pipe(), inp = Pipe()
     p.standardOutput = out
     p.standardError = err
+    if stdin != nil { p.standardInput = inp }
     try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else {
-        throw PythonError(message: "python3 \(script) failed: " + String(decoding: e, as: UTF8.self))
+    if let stdin {
+        inp.fileHandleForWriting.write(Data(stdin.utf8))
+        try inp.fileHandleForWriting.close()
     }
-    return String(decoding: o, as: UTF8.self)
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = mergeOutput ? Data() : err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+/// Runs `python3 script args…` and returns its stdout; throws with stderr when it exits non-zero.
+public func runPython(_ script: String, _ args: [String]) throws -> String {
+    let r = try runProcess(URL(fileURLWithPath: "/usr/bin/env"), ["python3", script] + args)
+    guard r.status == 0 else { throw PythonError(message: "python3 \(script) failed: " + r.err) }
+    return r.out
 }
 
 public struct PythonError: Error, CustomStringConvertible {

@@ -1,6 +1,7 @@
 // Whole commands: argument validation through Distill.parseAsRoot, and end-to-end runs of the built binary
 // (exit codes, progress lines, one-line errors on bad input).
 import Foundation
+import KDTestSupport
 import Testing
 @testable import KDCLI
 
@@ -15,20 +16,9 @@ func distillBinary() throws -> URL {
     throw CocoaError(.fileNoSuchFile)
 }
 
-/// Runs the binary from the repository root; returns exit status, stdout and stderr.
-func runDistill(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-    let p = Process()
-    p.executableURL = try distillBinary()
-    p.arguments = args
-    p.currentDirectoryURL = repoRoot
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    // read before waiting, or a full pipe deadlocks
-    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+/// Runs the binary from the repository root (with `stdin` written to it, if given); returns status, stdout, stderr.
+func runDistill(_ args: [String], stdin: String? = nil) throws -> (status: Int32, out: String, err: String) {
+    try runProcess(try distillBinary(), args, in: repoRoot, stdin: stdin)
 }
 
 @Test func trainArgumentsParseAndValidate() throws {

@@ -5,25 +5,14 @@ import KDCheckpoint
 import KDConfig
 import KDFormats
 import KDModel
+import KDTestSupport
 import Testing
 
 /// Runs a Launch script from the repository root with the debug binary the tests built.
 func launch(_ script: String, _ args: [String], env: [String: String] = [:]) throws -> (status: Int32, out: String) {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/bin/bash")
-    p.arguments = [repoRoot.appendingPathComponent("Launch/\(script)").path] + args
-    p.currentDirectoryURL = repoRoot
-    var e = ProcessInfo.processInfo.environment
-    e["DISTILL_BIN"] = try distillBinary().path
-    for (k, v) in env { e[k] = v }
-    p.environment = e
-    let pipe = Pipe()
-    p.standardOutput = pipe
-    p.standardError = pipe
-    try p.run()
-    let o = pipe.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self))
+    let r = try runProcess(URL(fileURLWithPath: "/bin/bash"), [repoRoot.appendingPathComponent("Launch/\(script)").path] + args,
+                           in: repoRoot, env: env.merging(["DISTILL_BIN": try distillBinary().path]) { a, _ in a }, mergeOutput: true)
+    return (r.status, r.out)
 }
 
 /// Configs/tiny.yaml with the data path made absolute, a private checkpoint folder and `edits` applied.

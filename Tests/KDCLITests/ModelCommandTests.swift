@@ -9,23 +9,6 @@ import Testing
 
 let teacher = repoRoot.appendingPathComponent("Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf").path
 
-func runDistill(_ args: [String], stdin: String) throws -> (status: Int32, out: String, err: String) {
-    let p = Process()
-    p.executableURL = try distillBinary()
-    p.arguments = args
-    p.currentDirectoryURL = repoRoot
-    let inp = Pipe(), out = Pipe(), err = Pipe()
-    p.standardInput = inp
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    inp.fileHandleForWriting.write(Data(stdin.utf8))
-    try inp.fileHandleForWriting.close()
-    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-}
-
 func scratchDir() throws -> URL {
     let u = FileManager.default.temporaryDirectory.appendingPathComponent("distill-cli-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)

@@ -31,10 +31,13 @@ public final class TopKBuffer {
     public var logTail: UnsafeMutablePointer<Float> { (raw + n * k * 8).assumingMemoryBound(to: Float.self) }
     public var rows: TopKRows { TopKRows(k: k, ids: ids, logProbs: logProbs, logTail: logTail) }
 
-    /// Fills the rows from a teacher's head and final hidden states.
+    var scratch: LMHeadScratch?
+
+    /// Fills the rows from a teacher's head and final hidden states (the logits chunk buffer is kept between calls).
     public func fill(head: any LinearWeight, hidden: UnsafePointer<Float>, temperature: Float, chunk: Int) {
+        if scratch?.v != head.oc || scratch?.rows != min(chunk, n) { scratch = LMHeadScratch(rows: min(chunk, n), v: head.oc) }
         teacherTopK(head: head, hidden: hidden, n: n, temperature: temperature, k: k, ids: ids, logProbs: logProbs, logTail: logTail,
-                    scratch: LMHeadScratch(rows: min(chunk, n), v: head.oc))
+                    scratch: scratch!)
     }
 }
 
@@ -44,7 +47,7 @@ public func teacherTopK(head: any LinearWeight, hidden: UnsafePointer<Float>, n:
                         ids: UnsafeMutablePointer<Int32>, logProbs: UnsafeMutablePointer<Float>, logTail: UnsafeMutablePointer<Float>,
                         scratch: LMHeadScratch) {
     let v = head.oc, c = head.c, threads = max(1, Parallel.threads)
-    let work = Slab(count: threads * v)
+    let work = scratch.spare(0, count: threads * v)
     var r0 = 0
     while r0 < n {
         let m = min(scratch.rows, n - r0)
@@ -53,7 +56,7 @@ public func teacherTopK(head: any LinearWeight, hidden: UnsafePointer<Float>, n:
             for th in tlo..<thi {
                 for i in (m * th / threads)..<(m * (th + 1) / threads) {
                     let row = scratch.logits.base + i * v, r = r0 + i
-                    logSoftmaxInPlace(row, v, temperature: temperature, scratch: work.base + th * v)
+                    logSoftmaxInPlace(row, v, temperature: temperature, scratch: work + th * v)
                     logTail[r] = TopK.select(lp: row, v: v, k: k, ids: ids + r * k, logProbs: logProbs + r * k)
                 }
             }
@@ -95,9 +98,9 @@ public func lmHeadDistill(
 ) {
     let c = head.c, v = head.oc, ct = t.teacherHead.c
     precondition(t.teacherHead.oc == v, "lmHeadDistill: teacher vocabulary \(t.teacherHead.oc) ≠ student vocabulary \(v)")
-    let teacherLogits = Slab(count: t.topK == nil ? scratch.rows * v : 0)
+    let teacherLogits = scratch.spare(0, count: t.topK == nil ? scratch.rows * v : 0)
     let threads = max(1, Parallel.threads), per = 3 * v + 2 * ((t.topK?.k ?? 0) + 1)
-    let work = Slab(count: threads * per)
+    let work = scratch.spare(1, count: threads * per)
     let training = dweight != nil
     var r0 = 0
     while r0 < n {
@@ -105,13 +108,13 @@ public func lmHeadDistill(
         let s = scratch.logits.base, x = inp + r0 * c
         head.forward(out: s, inp: x, n: m, accumulate: false)
         if t.topK == nil {
-            t.teacherHead.forward(out: teacherLogits.base, inp: t.teacherHidden + r0 * ct, n: m, accumulate: false)
+            t.teacherHead.forward(out: teacherLogits, inp: t.teacherHidden + r0 * ct, n: m, accumulate: false)
         }
         Parallel.forRanges(threads) { tlo, thi in
             for th in tlo..<thi {
-                let g = work.base + th * per, w = g + v
+                let g = work + th * per, w = g + v
                 for i in (m * th / threads)..<(m * (th + 1) / threads) {
-                    let row = s + i * v, trow = teacherLogits.base + i * v, target = Int(targets[r0 + i])
+                    let row = s + i * v, trow = teacherLogits + i * v, target = Int(targets[r0 + i])
                     guard target >= 0 else {
                         ce[r0 + i] = 0
                         kd[r0 + i] = 0

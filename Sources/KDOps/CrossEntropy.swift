@@ -52,10 +52,19 @@ public func crossEntropyForward(
 public final class LMHeadScratch {
     public let rows: Int, v: Int
     public let logits: Slab
+    var spares: [Slab] = []
     public init(rows: Int, v: Int) {
         self.rows = rows
         self.v = v
         logits = Slab(count: rows * v)
+    }
+
+    /// Work buffer `i` of at least `count` Floats, kept for the next call: the fused heads reuse their teacher
+    /// logits and per-thread rows instead of allocating (and page-faulting) tens of MiB per micro-batch.
+    public func spare(_ i: Int, count: Int) -> UnsafeMutablePointer<Float> {
+        while spares.count <= i { spares.append(Slab(count: 0)) }
+        if spares[i].count < count { spares[i] = Slab(count: count) }
+        return spares[i].base
     }
 }
 

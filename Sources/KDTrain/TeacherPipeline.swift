@@ -18,6 +18,11 @@ final class TeacherPipeline {
     let topK: (k: Int, temperature: Float)?
     var received = Slab(count: 0)
     var rows: TopKBuffer?
+    /// Input from the previous stage, and (last stage) every micro-batch's result before it is sent; kept between calls.
+    var stageIn = Slab(count: 0)
+    var finals = [UInt8]()
+    /// The last stage's top-k rows before they are sent (reused across micro-batches).
+    var packBuffer: TopKBuffer?
 
     init(teacher: Transformer, comm: any Communicator, topK: (k: Int, temperature: Float)? = nil) {
         self.teacher = teacher
@@ -39,9 +44,9 @@ final class TeacherPipeline {
             out.copyMemory(from: y, byteCount: n * teacher.config.dim * 4)
             return
         }
-        let b = TopKBuffer(n: n, k: k)
-        b.fill(head: teacher.lmHeadWeight, hidden: y, temperature: T, chunk: 256)
-        out.copyMemory(from: b.raw, byteCount: b.byteCount)
+        if packBuffer?.n != n { packBuffer = TopKBuffer(n: n, k: k) }
+        packBuffer!.fill(head: teacher.lmHeadWeight, hidden: y, temperature: T, chunk: 256)
+        out.copyMemory(from: packBuffer!.raw, byteCount: packBuffer!.byteCount)
     }
 
     /// Collective: every rank calls it with its own micro-batch; returns that micro-batch's final hidden states
@@ -57,8 +62,8 @@ final class TeacherPipeline {
         let allTokens = UnsafeMutablePointer<Int32>.allocate(capacity: S * n)
         defer { allTokens.deallocate() }
         try comm.allGather(UnsafeRawPointer(tokens), bytes: n * 4, into: UnsafeMutableRawPointer(allTokens))
-        let stageIn = Slab(count: s > 0 ? n * c : 0)
-        var finals = [UInt8](repeating: 0, count: last ? S * bytes : 0)
+        if s > 0, stageIn.count != n * c { stageIn = Slab(count: n * c) }
+        if last, finals.count != S * bytes { finals = [UInt8](repeating: 0, count: S * bytes) }
         for m in 0..<S {
             if s > 0 { try comm.receive(UnsafeMutableRawPointer(stageIn.base), bytes: n * c * 4, from: s - 1, tag: m) }
             let y = teacher.forwardStage(layers, tokens: s == 0 ? allTokens + m * n : nil, hidden: s == 0 ? nil : UnsafePointer(stageIn.base),

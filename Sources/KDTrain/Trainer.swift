@@ -49,6 +49,8 @@ public final class Trainer {
     /// Files every checkpoint carries besides the tensors (the tokenizer.json of the data's tokenizer).
     public var extraCheckpointFiles: [String: Data] = [:]
     var pipeline: TeacherPipeline?
+    /// Every rank's embedding-output gradient and tokens, all-gathered each step.
+    var gathered = Slab(count: 0)
     /// Replicated placement with the top-k exchange computes its top-k rows locally, into here.
     var localTopK: TopKBuffer?
 
@@ -154,12 +156,12 @@ public final class Trainer {
             for p in pending { try p.wait() }
             let (dout, toks, n) = model.embeddingInputGradient!
             let c = model.config.dim, ws = comm.worldSize
-            let allD = Slab(count: ws * n * c)
-            let allT = UnsafeMutablePointer<Int32>.allocate(capacity: ws * n)
-            defer { allT.deallocate() }
-            try comm.allGather(UnsafeRawPointer(dout), bytes: n * c * 4, into: UnsafeMutableRawPointer(allD.base))
+            // one buffer for every rank's (n·c floats, n tokens), kept between steps
+            if gathered.count < ws * n * (c + 1) { gathered = Slab(count: ws * n * (c + 1)) }
+            let allD = gathered.base, allT = UnsafeMutableRawPointer(gathered.base + ws * n * c).assumingMemoryBound(to: Int32.self)
+            try comm.allGather(UnsafeRawPointer(dout), bytes: n * c * 4, into: UnsafeMutableRawPointer(allD))
             try comm.allGather(UnsafeRawPointer(toks), bytes: n * 4, into: UnsafeMutableRawPointer(allT))
-            for r in 0..<ws { model.applyEmbeddingGradient(dout: allD.base + r * n * c, tokens: allT + r * n, n: n) }
+            for r in 0..<ws { model.applyEmbeddingGradient(dout: allD + r * n * c, tokens: allT + r * n, n: n) }
         }
         let exposed = monotonicSeconds() - waitStart
         var lossSum = [local.sum, local.kdSum]

@@ -74,13 +74,12 @@ struct Train: ParsableCommand {
             let local = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
             configureThreads(c.train.threads > 0 ? c.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1)))
             let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
-            var teacher: LoadedModel?
-            var manifest: [TeacherManifestEntry] = []
-            if let tc = c.teacher {
-                teacher = try openModel(path: tc.path, maxSeqLen: c.train.seqLen)
-                manifest = try teacherFiles(tc.path).map { try TeacherManifestEntry(path: $0) }
-            }
-            let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teacher: teacher?.model, teacherManifest: manifest)
+            let sources = c.teacher?.sources ?? []
+            let loaded = try sources.map { try openModel(path: $0.path, maxSeqLen: c.train.seqLen) }
+            try checkTeachersAgree(loaded, paths: sources.map(\.path))
+            let teacher = loaded.first
+            let manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
+            let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teachers: loaded.map(\.model), teacherManifest: manifest)
             trainer.allowTeacherChange = allowTeacherChange
             // the student speaks the teacher's tokens: its checkpoints carry the tokenizer (generate and eval --text work)
             if let tok = teacher?.tokenizer, corpus.tokenizerHash == tok.hash {
@@ -91,12 +90,19 @@ struct Train: ParsableCommand {
             KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")")
             KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
                        + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))
-            if let t = teacher {
-                let tm = t.model.config
-                KDLog.info("  teacher \(c.teacher!.path) (\(t.kind)): \(tm.layers) layers, dim \(tm.dim); objective \(trainer.divergence), kd_ratio \(c.distill.kdRatio), T \(c.distill.temperature)")
-                let tc = c.teacher!, pipelined = tc.placement == "pipelined" && comm.worldSize > 1
-                let forward = pipelined ? " \((comm.worldSize - 1) * tm.dim * 4) B/token along the pipeline," : ""
-                KDLog.info("  teacher placement \(tc.placement), exchange \(tc.exchange)\(tc.exchange == "topk" ? " (k = \(tc.topK))" : ""):\(forward) \(trainer.teacherBytesPerToken) B/token to the student's rank\(pipelined ? "" : " (computed there)")")
+            for (i, t) in loaded.enumerated() {
+                let tm = t.model.config, w = loaded.count > 1 ? String(format: ", weight %g", sources[i].weight) : ""
+                KDLog.info("  teacher \(sources[i].path) (\(t.kind)): \(tm.layers) layers, dim \(tm.dim)\(w)")
+            }
+            if let tc = c.teacher {
+                if trainer.selfTeacher != nil {
+                    KDLog.info("  teacher the student itself (self: \(tc.selfSource)\(tc.selfSource == "ema" ? ", decay \(tc.emaDecay)" : ""))")
+                }
+                KDLog.info("  objective \(trainer.divergence), kd_ratio \(c.distill.kdRatio), T \(c.distill.temperature)\(loaded.count > 1 ? ", teachers combined by \(tc.combine)" : "")")
+                let pipelined = tc.placement == "pipelined" && comm.worldSize > 1, grouped = tc.placement == "groups" && comm.worldSize > 1
+                let forward = pipelined ? " \((comm.worldSize - 1) * loaded[0].model.config.dim * 4) B/token along the pipeline," : ""
+                let remote = pipelined ? "" : grouped ? " (from \(loaded.count) groups of \(comm.worldSize / loaded.count) ranks)" : " (computed there)"
+                KDLog.info("  teacher placement \(tc.placement), exchange \(tc.exchange)\(tc.exchange == "topk" ? " (k = \(tc.topK))" : ""):\(forward) \(trainer.teacherBytesPerToken) B/token to the student's rank\(remote)")
             }
             KDLog.info("  data    \(corpus.files.count) files, \(corpus.train.count) train / \(corpus.validation.count) validation tokens")
             KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")
@@ -151,6 +157,20 @@ struct Train: ParsableCommand {
         }
         try comm.broadcast(&chosen, root: 0)
         if !chosen.isEmpty { try trainer.resume(from: String(decoding: chosen, as: UTF8.self)) }
+    }
+}
+
+/// Several teachers must speak the same tokens: the same vocabulary size and, where both carry one, the same tokenizer.
+func checkTeachersAgree(_ loaded: [LoadedModel], paths: [String]) throws {
+    guard let first = loaded.first else { return }
+    for (i, t) in loaded.enumerated().dropFirst() {
+        if t.model.config.vocabSize != first.model.config.vocabSize {
+            throw KDError.invalidInput(what: "teacher vocabularies", expected: "\(first.model.config.vocabSize) tokens (as \(paths[0]))",
+                                       found: "\(t.model.config.vocabSize) tokens in \(paths[i])")
+        }
+        if let a = first.tokenizer, let b = t.tokenizer, a.hash != b.hash {
+            throw KDError.invalidInput(what: "teacher tokenizers", expected: "tokenizer \(a.hash) (as \(paths[0]))", found: "tokenizer \(b.hash) in \(paths[i])")
+        }
     }
 }
 

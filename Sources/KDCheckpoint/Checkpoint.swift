@@ -86,8 +86,10 @@ public struct CheckpointStore {
 
     /// Writes a complete checkpoint for `state.step` and moves `latest`; returns its directory.
     @discardableResult
-    /// `extraFiles` (e.g. the tokenizer.json of the shards' tokenizer) are written beside the tensors and checksummed.
-    public func save(model: Transformer, adamM: Slab, adamV: Slab, state: TrainingState, extraFiles: [String: Data] = [:]) throws -> String {
+    /// `extraFiles` (e.g. the tokenizer.json of the shards' tokenizer) are written beside the tensors and checksummed;
+    /// `extraWeights` are more slabs with the model's layout (an EMA teacher), each written as NAME.safetensors.
+    public func save(model: Transformer, adamM: Slab, adamV: Slab, state: TrainingState, extraFiles: [String: Data] = [:],
+                     extraWeights: [String: Slab] = [:]) throws -> String {
         let fm = FileManager.default
         try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
         let final = (root as NSString).appendingPathComponent(CheckpointStore.name(step: state.step))
@@ -105,11 +107,17 @@ public struct CheckpointStore {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             let stateData = try enc.encode(state)
             try atomicWrite(path: (tmp as NSString).appendingPathComponent("state.json")) { try $0.write(contentsOf: stateData) }
+            var extras = extraFiles.keys.sorted()
+            for (name, slab) in extraWeights.sorted(by: { $0.key < $1.key }) {
+                let entries = model.layout.entries.map { SafetensorsEntry(name: $0.name, shape: $0.shape, data: slab.base + $0.offset) }
+                try writeSafetensors(path: (tmp as NSString).appendingPathComponent(name + ".safetensors"), tensors: entries)
+                extras.append(name + ".safetensors")
+            }
             for (name, data) in extraFiles {
                 try atomicWrite(path: (tmp as NSString).appendingPathComponent(name)) { try $0.write(contentsOf: data) }
             }
             var sums: [String: [String: String]] = [:]
-            for f in CheckpointStore.coreFiles + extraFiles.keys.sorted() {
+            for f in CheckpointStore.coreFiles + extras {
                 let p = (tmp as NSString).appendingPathComponent(f)
                 let size = (try fm.attributesOfItem(atPath: p)[.size] as? Int) ?? 0
                 sums[f] = ["bytes": "\(size)", "checksum": try fileChecksum(path: p)]
@@ -185,12 +193,21 @@ public struct CheckpointStore {
         ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).filter { $0.hasPrefix("step_") && $0.contains(".tmp-") }.sorted()
     }
 
-    /// Reads a verified checkpoint's tensors into the model and the AdamW moments.
-    public static func load(dir: String, model: Transformer, adamM: Slab, adamV: Slab) throws {
+    /// Reads a verified checkpoint's tensors into the model and the AdamW moments (and `extraWeights`, by file name).
+    public static func load(dir: String, model: Transformer, adamM: Slab, adamV: Slab, extraWeights: [String: Slab] = [:]) throws {
         let m = try SafetensorsFile(path: (dir as NSString).appendingPathComponent("model.safetensors"))
         let o = try SafetensorsFile(path: (dir as NSString).appendingPathComponent("optimizer.safetensors"))
+        var extras: [(SafetensorsFile, Slab)] = []
+        for (name, slab) in extraWeights.sorted(by: { $0.key < $1.key }) {
+            let p = (dir as NSString).appendingPathComponent(name + ".safetensors")
+            guard FileManager.default.fileExists(atPath: p) else {
+                throw CheckpointError.shapeMismatch(dir: dir, reason: "\(name).safetensors is missing (the run needs it to resume)")
+            }
+            extras.append((try SafetensorsFile(path: p), slab))
+        }
         for e in model.layout.entries {
-            for (file, name, dst) in [(m, e.name, model.params.base), (o, "exp_avg." + e.name, adamM.base), (o, "exp_avg_sq." + e.name, adamV.base)] {
+            for (file, name, dst) in [(m, e.name, model.params.base), (o, "exp_avg." + e.name, adamM.base), (o, "exp_avg_sq." + e.name, adamV.base)]
+                + extras.map({ ($0.0, e.name, $0.1.base) }) {
                 guard let t = file.tensor(name) else { throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)' is missing") }
                 guard t.shape == e.shape, t.dtype == .f32 else {
                     throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)': expected F32 \(e.shape), found \(t.dtype) \(t.shape)")

@@ -229,35 +229,107 @@ public struct DataConfig: Codable, Equatable, Sendable {
     }
 }
 
-/// The teacher a student is distilled from (replicated on every rank).
-public struct TeacherConfig: Codable, Equatable, Sendable {
+/// One member of a multi-teacher ensemble.
+public struct TeacherMember: Codable, Equatable, Sendable {
     /// A GGUF file or a Hugging Face folder. Required.
     public var path = ""
-    /// `replicated`: every rank runs the whole teacher on its micro-batches. `pipelined`: the teacher's layers are
-    /// split in contiguous stages across the ranks and every micro-batch flows through all of them (for a teacher
-    /// that does not fit one rank). Default replicated.
+    /// Its weight in the combination (normalized over the members). Default 1.
+    public var weight: Float = 1
+
+    public init(path: String = "", weight: Float = 1) { self.path = path; self.weight = weight }
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case path, weight }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        path = try c.value(.path, or: path)
+        weight = try c.value(.weight, or: weight)
+        try c.require(!path.isEmpty, .path, expected: "a GGUF file or a Hugging Face folder", found: "nothing")
+        try c.require(weight >= 0 && weight.isFinite, .weight, expected: "a number >= 0", found: weight)
+    }
+}
+
+/// The teacher(s) a student is distilled from: one model (`path`), several (`members`), or the student itself (`self`).
+public struct TeacherConfig: Codable, Equatable, Sendable {
+    /// A GGUF file or a Hugging Face folder (one teacher); with `self: checkpoint`, the checkpoint folder.
+    public var path = ""
+    /// Several teachers with weights (instead of `path`); they must share the vocabulary.
+    public var members: [TeacherMember] = []
+    /// How several teachers become one target: `mixture` (weighted mixture of the distributions, in log space) or
+    /// `logits` (softmax of the weighted mean of the logits). Default mixture.
+    public var combine = "mixture"
+    /// Self-distillation: `none` (default), `initial` (a frozen copy of the student's initial weights), `ema` (an
+    /// exponential moving average of the student's weights, updated every step and saved in checkpoints) or
+    /// `checkpoint` (the student weights of the checkpoint folder in `path`).
+    public var selfSource = "none"
+    /// Decay of the EMA teacher (`self: ema`): θ_T ← d·θ_T + (1 − d)·θ. Default 0.99.
+    public var emaDecay: Float = 0.99
+    /// `replicated`: every rank runs every teacher on its micro-batches. `pipelined`: the teacher's layers are split
+    /// in contiguous stages across the ranks and every micro-batch flows through all of them (for a teacher that does
+    /// not fit one rank). `groups` (several teachers): each teacher lives on its own group of world/teachers ranks,
+    /// every group scores the whole global batch, and the results are exchanged. Default replicated.
     public var placement = "replicated"
-    /// What reaches the student's rank: `full` (the whole distribution; pipelined stages return final hidden states)
-    /// or `topk` (top_k log-probabilities + the tail mass, 8·k + 4 bytes per token). Default full.
+    /// What reaches the student's rank: `full` (the whole distribution; remote teachers return final hidden states)
+    /// or `topk` (top_k log-probabilities + the tail mass, 8·k + 4 bytes per token per teacher). Default full.
     public var exchange = "full"
     /// k of the top-k exchange. Default 64.
     public var topK = 64
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case path, placement, exchange, topK = "top_k" }
+    public static let placements = ["replicated", "pipelined", "groups"]
+    public static let selfSources = ["none", "initial", "ema", "checkpoint"]
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case path, members, combine, selfSource = "self", emaDecay = "ema_decay", placement, exchange, topK = "top_k"
+    }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         path = try c.value(.path, or: path)
+        members = try c.value(.members, or: members)
+        combine = try c.value(.combine, or: combine)
+        selfSource = try c.value(.selfSource, or: selfSource)
+        emaDecay = try c.value(.emaDecay, or: emaDecay)
         placement = try c.value(.placement, or: placement)
         exchange = try c.value(.exchange, or: exchange)
         topK = try c.value(.topK, or: topK)
         try c.require(["full", "topk"].contains(exchange), .exchange, expected: "'full' or 'topk'", found: "'\(exchange)'")
         try c.require(topK >= 1, .topK, expected: "an integer >= 1", found: topK)
-        try c.require(!path.isEmpty, .path, expected: "a GGUF file or a Hugging Face folder", found: "nothing")
-        try c.require(["replicated", "pipelined"].contains(placement), .placement, expected: "'replicated' or 'pipelined'", found: "'\(placement)'")
+        try c.require(["mixture", "logits"].contains(combine), .combine, expected: "'mixture' or 'logits'", found: "'\(combine)'")
+        try c.require(TeacherConfig.selfSources.contains(selfSource), .selfSource,
+                      expected: "one of \(TeacherConfig.selfSources.joined(separator: ", "))", found: "'\(selfSource)'")
+        try c.require(emaDecay >= 0 && emaDecay < 1, .emaDecay, expected: "a number in [0, 1)", found: emaDecay)
+        try c.require(TeacherConfig.placements.contains(placement), .placement,
+                      expected: "one of \(TeacherConfig.placements.joined(separator: ", "))", found: "'\(placement)'")
+        switch selfSource {
+        case "none":
+            try c.require(path.isEmpty != members.isEmpty, path.isEmpty ? .members : .path,
+                          expected: "either path (one teacher) or members (several), not both", found: path.isEmpty ? "neither" : "both")
+        case "checkpoint":
+            try c.require(!path.isEmpty && members.isEmpty, .path, expected: "the checkpoint folder of the self-teacher (and no members)",
+                          found: path.isEmpty ? "nothing" : "members as well")
+        default:
+            try c.require(path.isEmpty && members.isEmpty, path.isEmpty ? .members : .path,
+                          expected: "no teacher files with self: \(selfSource) (the student is its own teacher)", found: "'\(path.isEmpty ? "members" : path)'")
+        }
+        if selfSource == "initial" || selfSource == "ema" {
+            try c.require(placement == "replicated", .placement, expected: "replicated with a self-teacher", found: "'\(placement)'")
+        }
+        if placement == "groups" {
+            try c.require(members.count >= 2, .placement, expected: "groups only with two or more members", found: "\(members.count) teacher")
+        }
+        if placement == "pipelined" {
+            try c.require(members.isEmpty, .placement, expected: "one teacher with pipelined (use groups for several)", found: "\(members.count) members")
+        }
+    }
+
+    /// The teacher files with their weights: the members, or the one path (none for a self-teacher).
+    public var sources: [TeacherMember] {
+        if selfSource == "initial" || selfSource == "ema" { return [] }
+        return members.isEmpty ? [TeacherMember(path: path, weight: 1)] : members
     }
 }
 

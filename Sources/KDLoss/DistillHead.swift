@@ -35,9 +35,13 @@ public final class TopKBuffer {
 
     /// Fills the rows from a teacher's head and final hidden states (the logits chunk buffer is kept between calls).
     public func fill(head: any LinearWeight, hidden: UnsafePointer<Float>, temperature: Float, chunk: Int) {
-        if scratch?.v != head.oc || scratch?.rows != min(chunk, n) { scratch = LMHeadScratch(rows: min(chunk, n), v: head.oc) }
-        teacherTopK(head: head, hidden: hidden, n: n, temperature: temperature, k: k, ids: ids, logProbs: logProbs, logTail: logTail,
-                    scratch: scratch!)
+        fill(ensemble: TeacherEnsemble(members: [TeacherSource(head: head, hidden: hidden)]), temperature: temperature, chunk: chunk)
+    }
+
+    /// Fills the rows from the combined distribution of one or several teachers.
+    public func fill(ensemble: TeacherEnsemble, temperature: Float, chunk: Int) {
+        if scratch?.v != ensemble.vocabSize || scratch?.rows != min(chunk, n) { scratch = LMHeadScratch(rows: min(chunk, n), v: ensemble.vocabSize) }
+        teacherTopK(ensemble: ensemble, n: n, temperature: temperature, k: k, ids: ids, logProbs: logProbs, logTail: logTail, scratch: scratch!)
     }
 }
 
@@ -46,17 +50,28 @@ public final class TopKBuffer {
 public func teacherTopK(head: any LinearWeight, hidden: UnsafePointer<Float>, n: Int, temperature: Float, k: Int,
                         ids: UnsafeMutablePointer<Int32>, logProbs: UnsafeMutablePointer<Float>, logTail: UnsafeMutablePointer<Float>,
                         scratch: LMHeadScratch) {
-    let v = head.oc, c = head.c, threads = max(1, Parallel.threads)
+    teacherTopK(ensemble: TeacherEnsemble(members: [TeacherSource(head: head, hidden: hidden)]), n: n, temperature: temperature, k: k,
+                ids: ids, logProbs: logProbs, logTail: logTail, scratch: scratch)
+}
+
+/// Top-k rows of the combined distribution of one or several teachers, row-chunked.
+/// - Shapes: ids, logProbs [n, k] · logTail [n]
+public func teacherTopK(ensemble: TeacherEnsemble, n: Int, temperature: Float, k: Int,
+                        ids: UnsafeMutablePointer<Int32>, logProbs: UnsafeMutablePointer<Float>, logTail: UnsafeMutablePointer<Float>,
+                        scratch: LMHeadScratch) {
+    let v = ensemble.vocabSize, threads = max(1, Parallel.threads)
     let work = scratch.spare(0, count: threads * v)
+    let single = ensemble.members.count == 1
+    let buffer = single ? scratch.logits.base : scratch.spare(1, count: ensemble.bufferCount(rows: scratch.rows))
     var r0 = 0
     while r0 < n {
         let m = min(scratch.rows, n - r0)
-        head.forward(out: scratch.logits.base, inp: hidden + r0 * c, n: m, accumulate: false)
+        ensemble.projectChunk(r0: r0, m: m, buffer: buffer)
         Parallel.forRanges(threads) { tlo, thi in
             for th in tlo..<thi {
                 for i in (m * th / threads)..<(m * (th + 1) / threads) {
-                    let row = scratch.logits.base + i * v, r = r0 + i
-                    logSoftmaxInPlace(row, v, temperature: temperature, scratch: work + th * v)
+                    let r = r0 + i
+                    let row = ensemble.rowLogProbs(i: i, r: r, m: m, buffer: buffer, temperature: temperature, scratch: work + th * v)
                     logTail[r] = TopK.select(lp: row, v: v, k: k, ids: ids + r * k, logProbs: logProbs + r * k)
                 }
             }
@@ -67,9 +82,8 @@ public func teacherTopK(head: any LinearWeight, hidden: UnsafePointer<Float>, n:
 
 /// What the distillation term needs from the teacher and the objective.
 public struct DistillTarget {
-    /// The teacher's LM head and its final hidden states for the same rows as the student's (unused with `topK`).
-    public let teacherHead: any LinearWeight
-    public let teacherHidden: UnsafePointer<Float>
+    /// The teacher(s): LM heads and final hidden states for the same rows as the student's (unused with `topK`).
+    public let teachers: TeacherEnsemble
     /// When set, the teacher is these top-k rows instead of its full distribution.
     public var topK: TopKRows?
     public let divergence: Divergence
@@ -79,10 +93,15 @@ public struct DistillTarget {
     /// Multiply the divergence by T² (Hinton et al.) so its gradient scale does not shrink with T.
     public let t2Scale: Bool
 
+    public init(teachers: TeacherEnsemble, divergence: Divergence, temperature: Float, kdRatio: Float, t2Scale: Bool) {
+        self.teachers = teachers; self.divergence = divergence
+        self.temperature = temperature; self.kdRatio = kdRatio; self.t2Scale = t2Scale
+    }
+
     public init(teacherHead: any LinearWeight, teacherHidden: UnsafePointer<Float>, divergence: Divergence,
                 temperature: Float, kdRatio: Float, t2Scale: Bool) {
-        self.teacherHead = teacherHead; self.teacherHidden = teacherHidden; self.divergence = divergence
-        self.temperature = temperature; self.kdRatio = kdRatio; self.t2Scale = t2Scale
+        self.init(teachers: TeacherEnsemble(members: [TeacherSource(head: teacherHead, hidden: teacherHidden)]), divergence: divergence,
+                  temperature: temperature, kdRatio: kdRatio, t2Scale: t2Scale)
     }
 
     var kdWeight: Float { kdRatio * (t2Scale ? temperature * temperature : 1) }
@@ -96,9 +115,9 @@ public func lmHeadDistill(
     dinp: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>?, inp: UnsafePointer<Float>, head: any LinearWeight,
     targets: UnsafePointer<Int32>, n: Int, lossScale: Float, target t: DistillTarget, scratch: LMHeadScratch
 ) {
-    let c = head.c, v = head.oc, ct = t.teacherHead.c
-    precondition(t.teacherHead.oc == v, "lmHeadDistill: teacher vocabulary \(t.teacherHead.oc) ≠ student vocabulary \(v)")
-    let teacherLogits = scratch.spare(0, count: t.topK == nil ? scratch.rows * v : 0)
+    let c = head.c, v = head.oc
+    precondition(t.teachers.vocabSize == v, "lmHeadDistill: teacher vocabulary \(t.teachers.vocabSize) ≠ student vocabulary \(v)")
+    let teacherLogits = scratch.spare(0, count: t.topK == nil ? t.teachers.bufferCount(rows: scratch.rows) : 0)
     let threads = max(1, Parallel.threads), per = 3 * v + 2 * ((t.topK?.k ?? 0) + 1)
     let work = scratch.spare(1, count: threads * per)
     let training = dweight != nil
@@ -108,13 +127,13 @@ public func lmHeadDistill(
         let s = scratch.logits.base, x = inp + r0 * c
         head.forward(out: s, inp: x, n: m, accumulate: false)
         if t.topK == nil {
-            t.teacherHead.forward(out: teacherLogits, inp: t.teacherHidden + r0 * ct, n: m, accumulate: false)
+            t.teachers.projectChunk(r0: r0, m: m, buffer: teacherLogits)
         }
         Parallel.forRanges(threads) { tlo, thi in
             for th in tlo..<thi {
                 let g = work + th * per, w = g + v
                 for i in (m * th / threads)..<(m * (th + 1) / threads) {
-                    let row = s + i * v, trow = teacherLogits + i * v, target = Int(targets[r0 + i])
+                    let row = s + i * v, target = Int(targets[r0 + i])
                     guard target >= 0 else {
                         ce[r0 + i] = 0
                         kd[r0 + i] = 0
@@ -128,7 +147,7 @@ public func lmHeadDistill(
                                                         temperature: t.temperature, grad: training ? g : nil,
                                                         scale: lossScale * t.kdWeight, scratch: w))
                     } else {
-                        logSoftmaxInPlace(trow, v, temperature: t.temperature, scratch: w)
+                        let trow = t.teachers.rowLogProbs(i: i, r: r0 + i, m: m, buffer: teacherLogits, temperature: t.temperature, scratch: w)
                         kd[r0 + i] = Float(divergenceRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v,
                                                          temperature: t.temperature, grad: training ? g : nil,
                                                          scale: lossScale * t.kdWeight, scratch: w))

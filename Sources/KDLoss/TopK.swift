@@ -140,3 +140,41 @@ func bucketGradient(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePointer
         }
     }
 }
+
+extension TopK {
+    /// One token's mixture of several teachers' top-k rows, p(id) = Σ_i w_i p_i(id), as top-k rows again: a token
+    /// outside teacher i's list gets that teacher's tail mass spread evenly over its v − k unlisted tokens (the one
+    /// assumption; exact when every list covers the vocabulary). Keeps the k most likely tokens of the union, most
+    /// likely first; returns log of the rest. `weights` sum to 1.
+    /// - Shapes: rows[i] [n, k_i] (row r is used) · ids, logProbs [k]
+    public static func mergeMixture(rows: [TopKRows], r: Int, weights: [Float], v: Int, k: Int,
+                                    ids: UnsafeMutablePointer<Int32>, logProbs: UnsafeMutablePointer<Float>) -> Float {
+        var mass: [Int32: Double] = [:]
+        var spread = [Double](repeating: 0, count: rows.count)
+        for (i, t) in rows.enumerated() {
+            let w = Double(weights[i])
+            for j in 0..<t.k { mass[t.ids[r * t.k + j], default: 0] += w * exp(Double(t.logProbs[r * t.k + j])) }
+            spread[i] = v > t.k ? exp(Double(t.logTail[r])) / Double(v - t.k) : 0
+        }
+        // every union token also receives the spread tail of each teacher that did not list it
+        var listed = [Set<Int32>]()
+        for t in rows { listed.append(Set((0..<t.k).map { t.ids[r * t.k + $0] })) }
+        for (id, _) in mass {
+            for i in rows.indices where !listed[i].contains(id) { mass[id]! += Double(weights[i]) * spread[i] }
+        }
+        let kept = mass.sorted { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }.prefix(k)
+        precondition(kept.count == k, "TopK.mergeMixture: the union has \(kept.count) tokens, fewer than k = \(k)")
+        let keptIDs = Set(kept.map(\.key))
+        for (j, e) in kept.enumerated() { ids[j] = e.key; logProbs[j] = Float(log(e.value)) }
+        // the tail, summed from its parts: each teacher's own tail, minus the spread share now kept, plus its listed
+        // tokens that were dropped
+        var tail = 0.0
+        for (i, t) in rows.enumerated() {
+            var ti = exp(Double(t.logTail[r]))
+            ti -= spread[i] * Double(keptIDs.subtracting(listed[i]).count)
+            for j in 0..<t.k where !keptIDs.contains(t.ids[r * t.k + j]) { ti += exp(Double(t.logProbs[r * t.k + j])) }
+            tail += Double(weights[i]) * max(0, ti)
+        }
+        return tail > 0 ? Float(log(tail)) : -Float.infinity
+    }
+}

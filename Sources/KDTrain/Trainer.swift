@@ -42,42 +42,71 @@ public final class Trainer {
     public private(set) var lastLR: Float = 0
     let inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>
 
-    /// The teacher (replicated: every rank runs it on its own micro-batches) and its files, for the checkpoint manifest.
-    public let teacher: Transformer?
+    /// The teachers from files (every rank holds them; with `groups` each rank runs only its group's), their weights,
+    /// and their files, for the checkpoint manifest.
+    public let teachers: [Transformer]
+    public let teacherWeights: [Float]
+    /// Self-distillation: the student's own frozen initial weights, an EMA of them, or an earlier checkpoint's.
+    public let selfTeacher: Transformer?
     public let teacherManifest: [TeacherManifestEntry]
     public var allowTeacherChange = false
     /// Files every checkpoint carries besides the tensors (the tokenizer.json of the data's tokenizer).
     public var extraCheckpointFiles: [String: Data] = [:]
     var pipeline: TeacherPipeline?
+    var groups: TeacherGroups?
     /// Every rank's embedding-output gradient and tokens, all-gathered each step.
     var gathered = Slab(count: 0)
     /// Replicated placement with the top-k exchange computes its top-k rows locally, into here.
     var localTopK: TopKBuffer?
+
+    /// The models that act as teachers on this rank (the files' teachers, or the self-teacher).
+    var activeTeachers: [Transformer] { selfTeacher.map { [$0] } ?? teachers }
+    /// Whether the loss has a distillation term.
+    public var hasTeacher: Bool { !activeTeachers.isEmpty }
+    /// The first teacher (the only one unless the config lists members).
+    public var teacher: Transformer? { activeTeachers.first }
 
     var topKSpec: (k: Int, temperature: Float)? {
         guard let tc = config.teacher, tc.exchange == "topk" else { return nil }
         return (min(tc.topK, config.model.vocabSize), config.distill.temperature)
     }
 
+    var combine: TeacherCombine { TeacherCombine(rawValue: config.teacher?.combine ?? "mixture") ?? .mixture }
+
     /// Bytes of teacher output that reach a student rank per token (the exchange's size).
     public var teacherBytesPerToken: Int {
         if let p = pipeline { return p.returnBytesPerToken }
+        if let g = groups { return g.receivedBytesPerToken }
         return topKSpec.map { TopK.bytesPerToken(k: $0.k) } ?? config.model.vocabSize * 4
     }
 
+    /// One teacher: `init(…, teacher:)`; several (`teacher.members`): `teachers`, in the config's order.
+    public convenience init(config: RunConfig, corpus: TokenCorpus, comm: any Communicator = LocalCommunicator(),
+                            teacher: Transformer?, teacherManifest: [TeacherManifestEntry] = []) throws {
+        try self.init(config: config, corpus: corpus, comm: comm, teachers: teacher.map { [$0] } ?? [], teacherManifest: teacherManifest)
+    }
+
     public init(config: RunConfig, corpus: TokenCorpus, comm: any Communicator = LocalCommunicator(),
-                teacher: Transformer? = nil, teacherManifest: [TeacherManifestEntry] = []) throws {
+                teachers: [Transformer] = [], teacherManifest: [TeacherManifestEntry] = []) throws {
         try config.validate()
         self.config = config
         self.comm = comm
-        if let teacher, teacher.config.vocabSize != config.model.vocabSize {
-            throw KDError.invalidInput(what: "teacher vocabulary", expected: "\(config.model.vocabSize) tokens (model.vocab_size of the student)",
-                                       found: "\(teacher.config.vocabSize) tokens in \(config.teacher?.path ?? "the teacher")")
+        let sources = config.teacher?.sources ?? []
+        if !teachers.isEmpty, teachers.count != sources.count {
+            throw KDError.invalidInput(what: "teachers", expected: "\(sources.count) (the config's teacher section)", found: "\(teachers.count) models")
         }
-        if let teacher, teacher.config.maxSeqLen < config.train.seqLen {
-            throw KDError.invalidInput(what: "teacher context", expected: ">= train.seq_len (\(config.train.seqLen))", found: "\(teacher.config.maxSeqLen)")
+        for (i, teacher) in teachers.enumerated() {
+            let name = i < sources.count ? sources[i].path : "teacher \(i + 1)"
+            if teacher.config.vocabSize != config.model.vocabSize {
+                throw KDError.invalidInput(what: "teacher vocabulary", expected: "\(config.model.vocabSize) tokens (model.vocab_size of the student)",
+                                           found: "\(teacher.config.vocabSize) tokens in \(name)")
+            }
+            if teacher.config.maxSeqLen < config.train.seqLen {
+                throw KDError.invalidInput(what: "context of \(name)", expected: ">= train.seq_len (\(config.train.seqLen))", found: "\(teacher.config.maxSeqLen)")
+            }
         }
-        self.teacher = teacher
+        self.teachers = teachers
+        teacherWeights = teachers.isEmpty ? [] : sources.map(\.weight)
         self.teacherManifest = teacherManifest
         let t = config.train
         guard corpus.vocabSize <= config.model.vocabSize else {
@@ -94,12 +123,33 @@ public final class Trainer {
         let rows = t.gradAccum * t.microBatch * t.seqLen
         inputs = .allocate(capacity: rows)
         targets = .allocate(capacity: rows)
-        if let teacher, config.teacher?.placement == "pipelined", comm.worldSize > 1 {
+        // self-distillation: a second copy of the student's shape, never trained by gradients (`self: checkpoint` is an
+        // ordinary teacher: the checkpoint folder is a Hugging Face model)
+        switch config.teacher?.selfSource ?? "none" {
+        case "initial", "ema":
+            let st = Transformer(config: config.model, needsGrad: false, lmHeadChunk: t.lmHeadChunk)
+            st.params.base.update(from: model.params.base, count: model.layout.count)
+            selfTeacher = st
+        default:
+            selfTeacher = nil
+        }
+        if let teacher = teachers.first, config.teacher?.placement == "pipelined", comm.worldSize > 1 {
             guard teacher.config.layers >= comm.worldSize else {
                 throw KDError.invalidInput(what: "teacher.placement pipelined", expected: "at least one teacher block per rank (\(comm.worldSize))",
                                            found: "\(teacher.config.layers) blocks")
             }
             pipeline = TeacherPipeline(teacher: teacher, comm: comm, topK: topKSpec)
+        }
+        if teachers.count > 1, config.teacher?.placement == "groups" {
+            guard comm.worldSize % teachers.count == 0 else {
+                throw KDError.invalidInput(what: "teacher.placement groups", expected: "a world size divisible by the \(teachers.count) teachers",
+                                           found: "\(comm.worldSize) ranks")
+            }
+            if topKSpec != nil, combine == .logits {
+                throw KDError.invalidInput(what: "teacher.combine with groups and the top-k exchange", expected: "mixture (top-k rows carry no logits to average)",
+                                           found: "logits")
+            }
+            groups = TeacherGroups(teachers: teachers, weights: teacherWeights, comm: comm, topK: topKSpec)
         }
     }
 
@@ -168,7 +218,7 @@ public final class Trainer {
         try comm.allReduceSum(&lossSum)
         let ce = lossSum[0] / max(counts[0], 1), kd = lossSum[1] / max(counts[0], 1)
         let d = config.distill
-        let loss = teacher == nil ? ce : Double(1 - d.kdRatio) * ce + Double(d.kdRatio * (d.t2Scale ? d.temperature * d.temperature : 1)) * kd
+        let loss = !hasTeacher ? ce : Double(1 - d.kdRatio) * ce + Double(d.kdRatio * (d.t2Scale ? d.temperature * d.temperature : 1)) * kd
         let norm = clipGradNorm(g.base, count: g.count, maxNorm: o.gradClip)
         guard loss.isFinite else { throw KDError.nonFinite(what: "training loss", step: step + 1) }
         guard norm.isFinite else { throw KDError.nonFinite(what: "gradient norm", step: step + 1) }
@@ -178,6 +228,13 @@ public final class Trainer {
                         v: adamV.base + e.offset, count: e.count,
                         step: AdamWStep(lr: lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps,
                                         weightDecay: e.isMatrix ? o.weightDecay : 0, t: step + 1))
+        }
+        if let st = selfTeacher, config.teacher?.selfSource == "ema" {
+            // θ_T ← d·θ_T + (1 − d)·θ after the update
+            let dcy = config.teacher!.emaDecay, p = model.params.base, q = st.params.base
+            Parallel.forRanges(model.layout.count, minPerThread: 1 << 16) { lo, hi in
+                for i in lo..<hi { q[i] = dcy * q[i] + (1 - dcy) * p[i] }
+            }
         }
         step += 1
         lastLR = lr
@@ -199,27 +256,35 @@ public final class Trainer {
         }
     }
 
-    /// Runs the teacher on `tokens` (one micro-batch; collective when pipelined) and returns what the student's head
-    /// needs; nil without a teacher.
+    /// Runs the teacher(s) on `tokens` (one micro-batch; collective when pipelined or in groups) and returns what the
+    /// student's head needs; nil without a teacher.
     func distillTarget(tokens: UnsafePointer<Int32>) throws -> DistillTarget? {
-        guard let teacher else { return nil }
+        guard hasTeacher else { return nil }
         let t = config.train, d = config.distill
-        let hidden: UnsafePointer<Float>
         let n = t.microBatch * t.seqLen
         var rows: TopKRows?
+        var members: [TeacherSource]
         if let pipeline {
-            hidden = try pipeline.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
+            let hidden = try pipeline.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
             rows = pipeline.topKRows
+            members = [TeacherSource(head: teachers[0].lmHeadWeight, hidden: hidden)]
+        } else if let groups {
+            members = try groups.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
+            rows = groups.topKRows
         } else {
-            teacher.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
-            hidden = teacher.finalHidden
+            let active = activeTeachers
+            members = []
+            for (i, teacher) in active.enumerated() {
+                teacher.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
+                members.append(TeacherSource(head: teacher.lmHeadWeight, hidden: teacher.finalHidden, weight: selfTeacher == nil ? teacherWeights[i] : 1))
+            }
             if let (k, T) = topKSpec {
                 if localTopK?.n != n { localTopK = TopKBuffer(n: n, k: k) }
-                localTopK!.fill(head: teacher.lmHeadWeight, hidden: hidden, temperature: T, chunk: 256)
+                localTopK!.fill(ensemble: TeacherEnsemble(members: members, combine: combine), temperature: T, chunk: 256)
                 rows = localTopK!.rows
             }
         }
-        var target = DistillTarget(teacherHead: teacher.lmHeadWeight, teacherHidden: hidden, divergence: divergence,
+        var target = DistillTarget(teachers: TeacherEnsemble(members: members, combine: combine), divergence: divergence,
                                    temperature: d.temperature, kdRatio: d.kdRatio, t2Scale: d.t2Scale)
         target.topK = rows
         return target
@@ -254,6 +319,12 @@ public final class Trainer {
 
     // MARK: - Checkpoints
 
+    /// Weights besides the student's that a checkpoint must carry: the EMA self-teacher.
+    var emaWeights: [String: Slab] {
+        guard let st = selfTeacher, config.teacher?.selfSource == "ema" else { return [:] }
+        return ["ema_teacher": st.params]
+    }
+
     public var checkpointStore: CheckpointStore { CheckpointStore(root: config.checkpoint.dir, keep: config.checkpoint.keep) }
 
     /// Rank 0 writes a checkpoint of the current step; every rank waits until it is complete.
@@ -264,7 +335,8 @@ public final class Trainer {
             let start = monotonicSeconds()
             let state = TrainingState(step: step, sampleCursor: sampleCursor, worldSize: comm.worldSize, lr: lastLR, config: try config.yaml(),
                                       teachers: teacherManifest)
-            path = try checkpointStore.save(model: model, adamM: adamM, adamV: adamV, state: state, extraFiles: extraCheckpointFiles)
+            path = try checkpointStore.save(model: model, adamM: adamM, adamV: adamV, state: state, extraFiles: extraCheckpointFiles,
+                                            extraWeights: emaWeights)
             KDLog.info(String(format: "checkpoint %@ written in %.2f s", path!, monotonicSeconds() - start))
         }
         try comm.barrier()
@@ -283,12 +355,12 @@ public final class Trainer {
                 func show(_ m: [TeacherManifestEntry]) -> String { m.isEmpty ? "none" : m.map { "\($0.path) (\($0.bytes) bytes, \($0.checksum))" }.joined(separator: ", ") }
                 throw CheckpointError.teacherMismatch(dir: dir, expected: show(teacherManifest), found: show(state.teachers))
             }
-            try CheckpointStore.load(dir: dir, model: model, adamM: adamM, adamV: adamV)
+            try CheckpointStore.load(dir: dir, model: model, adamM: adamM, adamV: adamV, extraWeights: emaWeights)
             header = [Double(state.step), Double(state.sampleCursor), Double(state.lr)]
             written = state.worldSize
         }
         try comm.broadcast(&header, root: 0)
-        for slab in [model.params, adamM, adamV] { try broadcastFloats(slab.base, count: slab.count) }
+        for slab in [model.params, adamM, adamV] + emaWeights.values { try broadcastFloats(slab.base, count: slab.count) }
         KDLog.info(String(format: "resumed from %@: step %d, sample cursor %d (written by %d rank%@), verified and loaded in %.2f s",
                           dir, Int(header[0]), Int(header[1]), written, written == 1 ? "" : "s", monotonicSeconds() - start))
         step = Int(header[0])
@@ -340,12 +412,12 @@ public final class Trainer {
                 let tps = Double(tokensSeen) / elapsed
                 let eta = elapsed / Double(history.count) * Double(t.steps - s.step)
                 let comm = self.comm.worldSize > 1 ? String(format: " | comm exposed %.0f ms", 1000 * s.exposedCommSeconds) : ""
-                let parts = teacher != nil ? String(format: " (ce %.4f, %@ %.4f)", s.ce, config.distill.objective, s.kd) : ""
+                let parts = hasTeacher ? String(format: " (ce %.4f, %@ %.4f)", s.ce, config.distill.objective, s.kd) : ""
                 KDLog.info(String(format: "step %5d/%d | loss %.4f%@ | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %@%@",
                                   s.step, t.steps, s.loss, parts, s.lr, s.gradNorm, tps, formatDuration(eta), comm))
             }
             if t.evalEvery > 0, s.step % t.evalEvery == 0, let v = try evaluateDetailed() {
-                let kd = teacher != nil ? String(format: " | val %@ %.4f", config.distill.objective, v.kdMean) : ""
+                let kd = hasTeacher ? String(format: " | val %@ %.4f", config.distill.objective, v.kdMean) : ""
                 KDLog.info(String(format: "eval  step %5d | val ce %.4f | val ppl %.2f%@", s.step, v.mean, Foundation.exp(v.mean), kd))
             }
             if checkpoints, (config.checkpoint.every > 0 && s.step % config.checkpoint.every == 0) || s.step == t.steps {

@@ -62,3 +62,36 @@ func topKGradientMatchesFiniteDifferences(d: Divergence) {
     let num = numericalGradient(s, eps: d == .tvd ? 1e-3 : 1e-2) { topKValue(d, t, $0, T: 1.5, grad: &none) }
     #expect(maxRelError(g!, num) < 3e-3, "\(d)")
 }
+
+/// Two teachers' top-k rows merged into their mixture: exact with k = v, and with k < v the merged rows are a
+/// distribution (kept mass + tail = 1) whose kept tokens carry the mixture probability the merge assumes.
+@Test func mergingTopKRowsOfTwoTeachersGivesTheirMixture() {
+    let v = 13, weights: [Float] = [0.3, 0.7]
+    let lps = [logProbs(randomArray(v, seed: 91, scale: 2)), logProbs(randomArray(v, seed: 92, scale: 2))]
+    for k in [v, 4] {
+        let bufs = lps.map { lp -> TopKBuffer in
+            let b = TopKBuffer(n: 1, k: k)
+            b.logTail[0] = TopK.select(lp: lp, v: v, k: k, ids: b.ids, logProbs: b.logProbs)
+            return b
+        }
+        var ids = [Int32](repeating: 0, count: k), out = [Float](repeating: 0, count: k)
+        let tail = TopK.mergeMixture(rows: bufs.map(\.rows), r: 0, weights: weights, v: v, k: k, ids: &ids, logProbs: &out)
+        // the reference: each teacher's probability, or its tail spread evenly where it did not list the token
+        func assumed(_ i: Int, _ id: Int32) -> Double {
+            let listed = (0..<k).contains { bufs[i].ids[$0] == id }
+            return listed ? exp(Double(lps[i][Int(id)])) : (k < v ? exp(Double(bufs[i].logTail[0])) / Double(v - k) : 0)
+        }
+        for j in 0..<k {
+            let want = (0..<2).reduce(0.0) { $0 + Double(weights[$1]) * assumed($1, ids[j]) }
+            #expect(abs(exp(Double(out[j])) - want) < 1e-6, "k \(k) token \(ids[j])")
+            if k == v {
+                let exact = (0..<2).reduce(0.0) { $0 + Double(weights[$1]) * exp(Double(lps[$1][Int(ids[j])])) }
+                #expect(abs(exp(Double(out[j])) - exact) < 1e-6)
+            }
+        }
+        #expect(zip(out, out.dropFirst()).allSatisfy { $0 >= $1 })
+        let total = out.reduce(0.0) { $0 + exp(Double($1)) } + (tail == -.infinity ? 0 : exp(Double(tail)))
+        #expect(abs(total - 1) < 1e-5, "k \(k): mass \(total)")
+        #expect((k == v) == (tail == -.infinity))
+    }
+}

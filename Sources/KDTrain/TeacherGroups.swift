@@ -1,0 +1,116 @@
+// The `groups` teacher placement: with G teachers on N ranks (N a multiple of G), teacher g lives on ranks
+// g·S ..< (g+1)·S, S = N/G. Every group scores the whole global batch: the rank with in-group index j runs its
+// teacher on the micro-batches of every rank m with m mod S = j and sends each result to m, so every rank ends up
+// with all G teachers' outputs for its own micro-batch while holding (and running) one teacher.
+// Full exchange: the final hidden states (dim_g·4 bytes per token per teacher); the owner applies each teacher's LM head.
+// Top-k exchange: each teacher's top-k rows (8k + 4 bytes per token per teacher), merged into their weighted mixture.
+// Messages go in increasing owner order (owner m receives only after finishing its sends for owners < m), which
+// keeps blocking point-to-point exchange deadlock free.
+import KDComm
+import KDCore
+import KDLoss
+import KDModel
+
+final class TeacherGroups {
+    let teachers: [Transformer]
+    let weights: [Float]
+    let comm: any Communicator
+    let topK: (k: Int, temperature: Float)?
+    /// This rank's teacher and its index within its group.
+    let group: Int, groupSize: Int
+    /// What arrives from each teacher for this rank's micro-batch (hidden states or top-k rows).
+    var inbox: [[UInt8]] = []
+    var received: [Slab] = []
+    var merged: TopKBuffer?
+    var pack: TopKBuffer?
+    var outbox = [UInt8]()
+
+    init(teachers: [Transformer], weights: [Float], comm: any Communicator, topK: (k: Int, temperature: Float)?) {
+        self.teachers = teachers
+        self.weights = weights
+        self.comm = comm
+        self.topK = topK
+        groupSize = comm.worldSize / teachers.count
+        group = comm.rank / groupSize
+    }
+
+    func bytesPerToken(_ g: Int) -> Int { topK.map { TopK.bytesPerToken(k: $0.k) } ?? teachers[g].config.dim * 4 }
+    /// Bytes of teacher output this rank receives per token of its micro-batch, all teachers together.
+    var receivedBytesPerToken: Int { teachers.indices.reduce(0) { $0 + bytesPerToken($1) } }
+
+    var topKRows: TopKRows? { topK == nil ? nil : merged?.rows }
+
+    /// Collective: every rank calls it with its own micro-batch; returns one source per teacher for that micro-batch
+    /// (with the top-k exchange their merged mixture is in ``topKRows``).
+    func forward(tokens: UnsafePointer<Int32>, b: Int, t: Int) throws -> [TeacherSource] {
+        let N = comm.worldSize, S = groupSize, me = comm.rank, n = b * t, G = teachers.count
+        let mine = teachers[group]
+        let allTokens = UnsafeMutablePointer<Int32>.allocate(capacity: N * n)
+        defer { allTokens.deallocate() }
+        try comm.allGather(UnsafeRawPointer(tokens), bytes: n * 4, into: UnsafeMutableRawPointer(allTokens))
+        if inbox.count != G { inbox = (0..<G).map { [UInt8](repeating: 0, count: n * bytesPerToken($0)) } }
+        let myBytes = n * bytesPerToken(group)
+        if outbox.count != myBytes { outbox = [UInt8](repeating: 0, count: myBytes) }
+        for m in 0..<N {
+            if m % S == me % S {
+                // this rank scores owner m's micro-batch with its teacher
+                mine.forward(tokens: allTokens + m * n, b: b, t: t)
+                try outbox.withUnsafeMutableBytes { out in
+                    if let (k, T) = topK {
+                        if pack?.n != n { pack = TopKBuffer(n: n, k: k) }
+                        pack!.fill(head: mine.lmHeadWeight, hidden: mine.finalHidden, temperature: T, chunk: 256)
+                        out.baseAddress!.copyMemory(from: pack!.raw, byteCount: myBytes)
+                    } else {
+                        out.baseAddress!.copyMemory(from: mine.finalHidden, byteCount: myBytes)
+                    }
+                    if m == me {
+                        inbox[group].withUnsafeMutableBytes { $0.baseAddress!.copyMemory(from: out.baseAddress!, byteCount: myBytes) }
+                    } else {
+                        try comm.send(UnsafeRawPointer(out.baseAddress!), bytes: myBytes, to: m, tag: 100 + group)
+                    }
+                }
+            }
+            if m == me {
+                for g in 0..<G where g != group {
+                    try inbox[g].withUnsafeMutableBytes { try comm.receive($0.baseAddress!, bytes: n * bytesPerToken(g), from: g * S + me % S, tag: 100 + g) }
+                }
+            }
+        }
+        if let (k, _) = topK {
+            if merged?.n != n { merged = TopKBuffer(n: n, k: k) }
+            let total = weights.reduce(0, +)
+            let w = weights.map { $0 / total }
+            let v = mine.config.vocabSize
+            try inboxRows(n: n, k: k) { rows in
+                let out = merged!
+                Parallel.forRanges(n, minPerThread: 16) { lo, hi in
+                    for r in lo..<hi {
+                        out.logTail[r] = TopK.mergeMixture(rows: rows, r: r, weights: w, v: v, k: k, ids: out.ids + r * k, logProbs: out.logProbs + r * k)
+                    }
+                }
+            }
+            // the sources are not read with top-k rows; they only carry the heads' shapes
+            return teachers.map { TeacherSource(head: $0.lmHeadWeight, hidden: mine.finalHidden, weight: 1) }
+        }
+        if received.count != G { received = (0..<G).map { Slab(count: n * teachers[$0].config.dim) } }
+        return try (0..<G).map { g in
+            inbox[g].withUnsafeBytes { received[g].base.update(from: $0.baseAddress!.assumingMemoryBound(to: Float.self), count: n * teachers[g].config.dim) }
+            return TeacherSource(head: teachers[g].lmHeadWeight, hidden: UnsafePointer(received[g].base), weight: weights[g])
+        }
+    }
+
+    /// Views the inboxes as top-k rows while `body` runs.
+    func inboxRows(n: Int, k: Int, _ body: ([TopKRows]) throws -> Void) throws {
+        func go(_ g: Int, _ acc: [TopKRows]) throws {
+            if g == inbox.count { return try body(acc) }
+            try inbox[g].withUnsafeBytes { raw in
+                let base = raw.baseAddress!
+                let row = TopKRows(k: k, ids: base.assumingMemoryBound(to: Int32.self),
+                                   logProbs: (base + n * k * 4).assumingMemoryBound(to: Float.self),
+                                   logTail: (base + n * k * 8).assumingMemoryBound(to: Float.self))
+                try go(g + 1, acc + [row])
+            }
+        }
+        try go(0, [])
+    }
+}

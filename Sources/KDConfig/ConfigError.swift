@@ -18,7 +18,7 @@ public enum ConfigError: Error, CustomStringConvertible, Equatable {
     /// Turns a DecodingError into `file: a.b.c: message`.
     public init(decoding e: DecodingError, source: String) {
         func path(_ keys: [any CodingKey]) -> String {
-            keys.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+            keys.reduce("") { acc, k in k.intValue.map { acc + "[\($0)]" } ?? (acc.isEmpty ? k.stringValue : acc + "." + k.stringValue) }
         }
         switch e {
         case .dataCorrupted(let ctx):

@@ -163,4 +163,45 @@ func weights(_ ckpt: URL) throws -> [String: [Float]] {
         #expect(try Data(contentsOf: dir.appendingPathComponent("pk/step_00000004/model.safetensors")) == Data(contentsOf: dir.appendingPathComponent("rk/step_00000004/model.safetensors")))
         #expect(lossLines(c.out) == lossLines(d.out) && lossLines(c.out) != lossLines(a.out))
     }
+
+    @Test func teacherGroupsEqualReplicatedTeachers() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // two different tiny byte-level teachers, one per rank group
+        var tm = ModelConfig()
+        tm.layers = 2; tm.dim = 48; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 96; tm.vocabSize = 256; tm.maxSeqLen = 64
+        for (name, seed) in [("ta", UInt64(31)), ("tb", 32)] {
+            let t = Transformer(config: tm, needsGrad: false)
+            t.initialize(seed: seed)
+            try saveHFModel(t, dir: dir.appendingPathComponent(name).path)
+        }
+        let section = """
+        teacher:
+          members:
+            - {path: \(dir.appendingPathComponent("ta").path), weight: 1}
+            - {path: \(dir.appendingPathComponent("tb").path), weight: 3}
+          placement: PLACE
+        distill:
+          objective: jsd
+          kd_ratio: 0.7
+
+        """
+        func config(_ name: String, _ place: String, _ extra: String = "") throws -> String {
+            try tinyYAML(dir, name, edits: [("steps: 10", "steps: 3"), ("data:\n", section.replacingOccurrences(of: "PLACE", with: place) + "data:\n"),
+                                            ("distill:", extra + "distill:")])
+        }
+        let g = try launch("distill-mpi.sh", ["2", "train", "--config", try config("groups", "groups"), "--sample-tokens", "0"])
+        #expect(g.status == 0 && g.out.contains("from 2 groups of 1 ranks"), "\(g.out)")
+        let r = try launch("distill-mpi.sh", ["2", "train", "--config", try config("repl", "replicated"), "--sample-tokens", "0"])
+        #expect(r.status == 0, "\(r.out)")
+        // each rank ran one teacher on both micro-batches and the results crossed over: the same run, to the bit
+        #expect(try Data(contentsOf: dir.appendingPathComponent("groups/step_00000003/model.safetensors"))
+                == Data(contentsOf: dir.appendingPathComponent("repl/step_00000003/model.safetensors")))
+        // top-k exchange in groups: each teacher's rows are merged into the mixture at the owner (2 × 132 B/token)
+        let k = try launch("distill-mpi.sh", ["2", "train", "--config", try config("gk", "groups", "  exchange: topk\n  top_k: 16\n"), "--sample-tokens", "0"])
+        #expect(k.status == 0 && k.out.contains("264 B/token to the student's rank"), "\(k.out)")
+        // a teacher count that does not divide the world size is refused with both numbers
+        let bad = try launch("distill-mpi.sh", ["3", "train", "--config", try config("bad", "groups"), "--sample-tokens", "0"])
+        #expect(bad.status != 0 && bad.out.contains("divisible by the 2 teachers") && bad.out.contains("3 ranks"), "\(bad.out)")
+    }
 }

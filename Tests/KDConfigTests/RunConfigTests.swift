@@ -39,6 +39,12 @@ import Testing
     ("train: {micro_batch: 0}", "train.micro_batch", "expected an integer >= 1, found 0"),
     ("model: {rope_style: sideways}", "model.rope_style", "expected 'half' or 'adjacent', found 'sideways'"),
     ("model: {dim: notanumber}", "model.dim", "expected a value of type Int"),
+    ("teacher: {path: a.gguf, members: [{path: b.gguf}]}", "teacher.path", "expected either path (one teacher) or members (several), not both, found both"),
+    ("teacher: {placement: groups, path: a.gguf}", "teacher.placement", "expected groups only with two or more members, found 0 teacher"),
+    ("teacher: {self: ema, path: a.gguf}", "teacher.path", "expected no teacher files with self: ema (the student is its own teacher), found 'a.gguf'"),
+    ("teacher: {self: mine}", "teacher.self", "expected one of none, initial, ema, checkpoint, found 'mine'"),
+    ("teacher: {members: [{path: a, weight: -1}]}", "teacher.members[0].weight", "expected a number >= 0, found -1.0"),
+    ("teacher: {path: a, combine: average}", "teacher.combine", "expected 'mixture' or 'logits', found 'average'"),
 ])
 func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: String) {
     do {
@@ -79,4 +85,15 @@ func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: St
 @Test func configRoundTripsThroughYAML() throws {
     let c = try RunConfig.parse(yaml: "data: {train: [a, b]}\nmodel: {dim: 64, heads: 4, kv_heads: 2}\ntrain: {steps: 20}\n")
     #expect(try RunConfig.parse(yaml: c.yaml()) == c)
+}
+
+@Test func teacherSectionsNameTheirSources() throws {
+    let multi = try RunConfig.parse(yaml: "data: {train: [a]}\nteacher:\n  members:\n    - {path: a.gguf, weight: 2}\n    - {path: b}\n  placement: groups\n")
+    #expect(multi.teacher!.sources == [TeacherMember(path: "a.gguf", weight: 2), TeacherMember(path: "b", weight: 1)])
+    let ema = try RunConfig.parse(yaml: "data: {train: [a]}\nteacher: {self: ema, ema_decay: 0.999}\n")
+    #expect(ema.teacher!.sources.isEmpty && ema.teacher!.emaDecay == 0.999)
+    let ck = try RunConfig.parse(yaml: "data: {train: [a]}\nteacher: {self: checkpoint, path: Checkpoints/run/step_00000100}\n")
+    #expect(ck.teacher!.sources == [TeacherMember(path: "Checkpoints/run/step_00000100")])
+    // the YAML a checkpoint stores reads back as the same config
+    #expect(try RunConfig.parse(yaml: multi.yaml()) == multi)
 }

@@ -23,7 +23,55 @@ public final class KVCache {
     public func reset() { length = 0 }
 }
 
+/// Keys and values of b sequences decoded in lockstep (the same length each): per layer [b, capacity, kvDim].
+public final class BatchKVCache {
+    public let b: Int, capacity: Int
+    public internal(set) var length = 0
+    let k: [Slab], v: [Slab]
+
+    public init(config: ModelConfig, b: Int, capacity: Int) {
+        let cap = min(capacity, config.maxSeqLen)
+        self.b = b
+        self.capacity = cap
+        k = (0..<config.layers).map { _ in Slab(count: b * cap * config.kvDim) }
+        v = (0..<config.layers).map { _ in Slab(count: b * cap * config.kvDim) }
+    }
+
+    public func reset() { length = 0 }
+}
+
 extension Transformer {
+    /// Feeds tq new tokens to each of the cache's b sequences (positions cache.length ..< + tq) and returns the logits
+    /// of each sequence's last new position.
+    /// - Shapes: tokens [b, tq] · result [b, v]
+    public func decodeBatch(tokens: UnsafePointer<Int32>, tq: Int, cache: BatchKVCache) -> [Float] {
+        let m = config, b = cache.b, n = b * tq, pos = cache.length, tk = pos + tq, c = m.dim, kv = m.kvDim, cap = cache.capacity
+        precondition(tq > 0 && tk <= cap, "decodeBatch: \(tk) positions exceed the cache capacity \(cap)")
+        for i in 0..<n { precondition(tokens[i] >= 0 && Int(tokens[i]) < m.vocabSize, "decodeBatch: token \(tokens[i]) outside vocabulary of \(m.vocabSize)") }
+        let A = BlockActivations(n: n, b: b, t: tq, tk: tk, m: m)
+        let resid = Slab(count: n * c), P = params.base
+        embed(out: resid.base, tokens: tokens, n: n)
+        let shape = AttentionShape(b: b, tq: tq, tk: tk, nh: m.heads, nkv: m.kvHeads, hs: m.headSize, pos0: pos, kvBatchStride: cap * kv)
+        for l in 0..<m.layers {
+            let kc = cache.k[l].base, vc = cache.v[l].base
+            blockForward(l, A, resIn: resid.base, resOut: resid.base, n: n, t: tq, pos0: pos, kDst: A.k.base, vDst: A.v.base,
+                         kAll: kc, vAll: vc, shape: shape, afterRoPE: {
+                // the new keys/values go into each sequence's own stretch of the cache
+                for i in 0..<b {
+                    (kc + (i * cap + pos) * kv).update(from: A.k.base + i * tq * kv, count: tq * kv)
+                    (vc + (i * cap + pos) * kv).update(from: A.v.base + i * tq * kv, count: tq * kv)
+                }
+            })
+        }
+        cache.length = tk
+        let last = Slab(count: b * c), lnf = Slab(count: b * c), rstd = Slab(count: b)
+        for i in 0..<b { (last.base + i * c).update(from: resid.base + (i * tq + tq - 1) * c, count: c) }
+        rmsNormForward(out: lnf.base, rstd: rstd.base, inp: last.base, weight: P + layout.finalNorm, n: b, c: c, eps: m.rmsEps)
+        var out = [Float](repeating: 0, count: b * m.vocabSize)
+        out.withUnsafeMutableBufferPointer { lmHeadWeight.forward(out: $0.baseAddress!, inp: lnf.base, n: b, accumulate: false) }
+        return out
+    }
+
     /// Feeds `tokens` at positions cache.length ..< cache.length + tokens.count and returns the logits of every
     /// new position when `allRows`, else of the last one only.
     /// - Shapes: result [tokens.count, v] or [v]

@@ -227,7 +227,8 @@ public final class Transformer {
     func blockForward(
         _ l: Int, _ A: BlockActivations, resIn: UnsafeMutablePointer<Float>, resOut: UnsafeMutablePointer<Float>,
         n: Int, t: Int, pos0: Int, kDst: UnsafeMutablePointer<Float>, vDst: UnsafeMutablePointer<Float>,
-        kAll: UnsafePointer<Float>? = nil, vAll: UnsafePointer<Float>? = nil, shape: AttentionShape
+        kAll: UnsafePointer<Float>? = nil, vAll: UnsafePointer<Float>? = nil, shape: AttentionShape,
+        afterRoPE: (() -> Void)? = nil
     ) {
         let m = config, c = m.dim, kv = m.kvDim, f = m.ffnDim, P = params.base, L = layout.blocks[l]
         rmsNormForward(out: A.ln1.base, rstd: A.rstd1.base, inp: resIn, weight: P + L.ln1, n: n, c: c, eps: m.rmsEps)
@@ -236,6 +237,7 @@ public final class Transformer {
         linear(L.wv, out: vDst, inp: A.ln1.base, n: n, c: c, oc: kv)
         ropeForward(out: A.q.base, inp: A.q.base, table: rope, n: n, t: t, pos0: pos0, nh: m.heads, hs: m.headSize, style: ropeStyle)
         ropeForward(out: kDst, inp: kDst, table: rope, n: n, t: t, pos0: pos0, nh: m.kvHeads, hs: m.headSize, style: ropeStyle)
+        afterRoPE?()
         attentionForward(out: A.att.base, probs: A.probs.base, q: A.q.base, k: kAll ?? UnsafePointer(kDst),
                          v: vAll ?? UnsafePointer(vDst), shape: shape)
         // residual adds ride on sgemm's beta = 1: x2 = x + att·Woᵀ, out = x2 + h·Wdᵀ

@@ -206,3 +206,23 @@ func forwardMatchesIndependentDoubleReference(ropeStyle: String, tied: Bool) {
     }
     #expect(Array(seq[3...]) == g)
 }
+
+@Test func batchedDecodingMatchesEachSequenceDecodedAlone() {
+    let m = tinyModelConfig(ropeStyle: "half")
+    let model = makeModel(m)
+    let b = 3, prompt = 5, steps = 4, v = m.vocabSize
+    let seqs = (0..<b).map { tokens(prompt + steps, vocab: v, seed: 20 + UInt64($0)) }
+    let cache = BatchKVCache(config: m, b: b, capacity: prompt + steps)
+    var firstTokens = seqs.flatMap { $0[0..<prompt] }
+    var batched = [firstTokens.withUnsafeBufferPointer { model.decodeBatch(tokens: $0.baseAddress!, tq: prompt, cache: cache) }]
+    for s in 0..<steps - 1 {
+        firstTokens = seqs.map { $0[prompt + s] }
+        batched.append(firstTokens.withUnsafeBufferPointer { model.decodeBatch(tokens: $0.baseAddress!, tq: 1, cache: cache) })
+    }
+    for i in 0..<b {
+        let single = KVCache(config: m)
+        var alone = [model.decode(tokens: Array(seqs[i][0..<prompt]), cache: single)]
+        for s in 0..<steps - 1 { alone.append(model.decode(tokens: [seqs[i][prompt + s]], cache: single)) }
+        for s in 0..<steps { #expect(maxRelError(Array(batched[s][(i * v)..<((i + 1) * v)]), alone[s]) < 1e-5, "sequence \(i) step \(s)") }
+    }
+}

@@ -374,6 +374,73 @@ public struct DistillConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// Where the training sequences come from: the corpus, or the student's own generations (on-policy distillation).
+/// Prompts are the first `prompt_tokens` of corpus windows; the student continues them to train.seq_len + 1 tokens
+/// and only the generated tokens carry loss.
+public struct PolicyConfig: Codable, Equatable, Sendable {
+    /// `off` (corpus only), `gkd` (a fixed fraction of steps on fresh student generations, as GKD), `distillm` (an
+    /// adaptive share of steps on student generations, fresh or replayed, as DistiLLM) or `minillm` (policy gradient
+    /// on rollouts sampled from a teacher-student mixture, plus the exact per-token reverse KL, as MiniLLM). Default off.
+    public var mode = "off"
+    /// gkd: the fraction λ of steps on student generations; minillm: the fraction of steps on rollouts (the others
+    /// distill on the corpus). Default 0.5.
+    public var fraction: Float = 0.5
+    /// Prompt length taken from each corpus window. Default 16.
+    public var promptTokens = 16
+    /// Softmax temperature of the student when it samples (gkd, distillm; minillm samples at 1). Default 1.
+    public var sampleTemperature: Float = 1
+    /// minillm: α of teacher-mixed sampling, each token drawn from α·p + (1 − α)·q. Default 0.2.
+    public var teacherMix: Float = 0.2
+    /// minillm: discount γ of the long-term reward. Default 0.95.
+    public var gamma: Float = 0.95
+    /// minillm: ε of the clipped policy-gradient surrogate min(w·A, clip(w, 1 − ε, 1 + ε)·A). Default 0.2.
+    public var clip: Float = 0.2
+    /// distillm: the initial probability of a student-generated step. Default 0.
+    public var thresholdInit: Float = 0
+    /// distillm: how much that probability rises when the validation loss rises at an evaluation. Default 0.1.
+    public var thresholdStep: Float = 0.1
+    /// distillm: the rise of the validation loss (absolute) that counts. Default 0.
+    public var margin: Float = 0
+    /// distillm: sequences kept for replay (FIFO). Default 1000.
+    public var replayCapacity = 1000
+
+    public init() {}
+
+    public static let modes = ["off", "gkd", "distillm", "minillm"]
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case mode, fraction, promptTokens = "prompt_tokens", sampleTemperature = "sample_temperature", teacherMix = "teacher_mix"
+        case gamma, clip, thresholdInit = "threshold_init", thresholdStep = "threshold_step", margin, replayCapacity = "replay_capacity"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        mode = try c.value(.mode, or: mode)
+        fraction = try c.value(.fraction, or: fraction)
+        promptTokens = try c.value(.promptTokens, or: promptTokens)
+        sampleTemperature = try c.value(.sampleTemperature, or: sampleTemperature)
+        teacherMix = try c.value(.teacherMix, or: teacherMix)
+        gamma = try c.value(.gamma, or: gamma)
+        clip = try c.value(.clip, or: clip)
+        thresholdInit = try c.value(.thresholdInit, or: thresholdInit)
+        thresholdStep = try c.value(.thresholdStep, or: thresholdStep)
+        margin = try c.value(.margin, or: margin)
+        replayCapacity = try c.value(.replayCapacity, or: replayCapacity)
+        try c.require(PolicyConfig.modes.contains(mode), .mode, expected: "one of \(PolicyConfig.modes.joined(separator: ", "))", found: "'\(mode)'")
+        try c.require((0...1).contains(fraction), .fraction, expected: "a number in [0, 1]", found: fraction)
+        try c.require(promptTokens >= 1, .promptTokens, expected: "an integer >= 1", found: promptTokens)
+        try c.require(sampleTemperature > 0, .sampleTemperature, expected: "a number > 0", found: sampleTemperature)
+        try c.require((0...1).contains(teacherMix), .teacherMix, expected: "a number in [0, 1]", found: teacherMix)
+        try c.require((0...1).contains(gamma), .gamma, expected: "a number in [0, 1]", found: gamma)
+        try c.require(clip > 0 && clip < 1, .clip, expected: "a number in (0, 1)", found: clip)
+        try c.require((0...1).contains(thresholdInit), .thresholdInit, expected: "a number in [0, 1]", found: thresholdInit)
+        try c.require((0...1).contains(thresholdStep), .thresholdStep, expected: "a number in [0, 1]", found: thresholdStep)
+        try c.require(margin >= 0, .margin, expected: "a number >= 0", found: margin)
+        try c.require(replayCapacity >= 1, .replayCapacity, expected: "an integer >= 1", found: replayCapacity)
+    }
+}
+
 /// Where and how often rank 0 writes checkpoints.
 public struct CheckpointConfig: Codable, Equatable, Sendable {
     /// Run directory; checkpoints are its step_XXXXXXXX folders. Default Checkpoints/run.
@@ -410,10 +477,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// Absent: plain cross-entropy training.
     public var teacher: TeacherConfig?
     public var distill = DistillConfig()
+    /// Corpus or on-policy sequences.
+    public var policy = PolicyConfig()
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case model, train, optimizer, data, checkpoint, teacher, distill }
+    enum CodingKeys: String, CodingKey, CaseIterable { case model, train, optimizer, data, checkpoint, teacher, distill, policy }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
@@ -424,6 +493,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         checkpoint = try c.value(.checkpoint, or: checkpoint)
         teacher = try c.decodeIfPresent(TeacherConfig.self, forKey: .teacher)
         distill = try c.value(.distill, or: distill)
+        policy = try c.value(.policy, or: policy)
         guard c.contains(.data) else {
             throw ConfigError.invalid("data", expected: "a data section with a 'train' list of text files", found: "none")
         }
@@ -438,6 +508,26 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         if data.tokenizer == "bytes", model.vocabSize < 256 {
             throw ConfigError.invalid("model.vocab_size", expected: ">= 256 for the bytes tokenizer", found: "\(model.vocabSize)")
+        }
+        if policy.mode != "off" {
+            guard teacher != nil else {
+                throw ConfigError.invalid("policy.mode", expected: "a teacher section with on-policy distillation (\(policy.mode))", found: "no teacher")
+            }
+            guard policy.promptTokens < train.seqLen else {
+                throw ConfigError.invalid("policy.prompt_tokens", expected: "< train.seq_len (\(train.seqLen)) so the student generates", found: "\(policy.promptTokens)")
+            }
+        }
+        if policy.mode == "minillm" {
+            guard distill.objective == "rkl" else {
+                throw ConfigError.invalid("distill.objective", expected: "rkl with policy.mode minillm (its single-step term is the reverse KL)", found: "'\(distill.objective)'")
+            }
+            guard teacher?.placement == "replicated" else {
+                throw ConfigError.invalid("teacher.placement", expected: "replicated with policy.mode minillm (teacher-mixed sampling needs the teacher on every rank)",
+                                          found: "'\(teacher?.placement ?? "")'")
+            }
+        }
+        if policy.mode == "distillm", train.evalEvery == 0 {
+            throw ConfigError.invalid("train.eval_every", expected: "> 0 with policy.mode distillm (the threshold adapts at evaluations)", found: "0")
         }
         guard optimizer.warmupSteps <= train.steps else {
             throw ConfigError.invalid("optimizer.warmup_steps", expected: "<= train.steps (\(train.steps))", found: "\(optimizer.warmupSteps)")

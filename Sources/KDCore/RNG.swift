@@ -6,6 +6,8 @@ import Foundation
 /// What a random stream is used for; keeps streams for different purposes independent.
 public enum RandomPurpose: UInt64, Sendable {
     case parameterInit = 1, dataSample = 2, sampling = 3, bench = 4, test = 5
+    /// on-policy training: the per-step corpus/student choice, rollout tokens, replay-buffer picks
+    case policyChoice = 6, rollout = 7, replay = 8
 }
 
 /// A stateless counter-based generator: `value(a, b)` depends only on the seed, the purpose and the counters.

@@ -89,9 +89,12 @@ public struct DistillTarget {
     public let divergence: Divergence
     public let temperature: Float
     /// r in (1 − r)·CE + r·KD.
-    public let kdRatio: Float
+    public var kdRatio: Float
     /// Multiply the divergence by T² (Hinton et al.) so its gradient scale does not shrink with T.
     public let t2Scale: Bool
+    /// Per row, the weight of the cross-entropy term instead of 1 − r (the policy-gradient coefficients of on-policy
+    /// rollouts, which may be negative). - Shape: [n]
+    public var ceWeights: UnsafePointer<Float>?
 
     public init(teachers: TeacherEnsemble, divergence: Divergence, temperature: Float, kdRatio: Float, t2Scale: Bool) {
         self.teachers = teachers; self.divergence = divergence
@@ -152,7 +155,8 @@ public func lmHeadDistill(
                                                          temperature: t.temperature, grad: training ? g : nil,
                                                          scale: lossScale * t.kdWeight, scratch: w))
                     }
-                    ce[r0 + i] = crossEntropyRow(row, target: target, v: v, gradScale: training ? lossScale * (1 - t.kdRatio) : nil)
+                    let ceWeight = t.ceWeights.map { $0[r0 + i] } ?? (1 - t.kdRatio)
+                    ce[r0 + i] = crossEntropyRow(row, target: target, v: v, gradScale: training ? lossScale * ceWeight : nil)
                     if training { for j in 0..<v { row[j] += g[j] } }
                 }
             }

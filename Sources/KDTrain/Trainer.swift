@@ -24,6 +24,9 @@ public struct StepStats: Sendable {
     /// Mean cross-entropy and mean divergence per loss token (loss = (1 − r)·ce + r·[T²]·kd); kd is 0 without a teacher.
     public var ce: Double = 0
     public var kd: Double = 0
+    /// Where the step's sequences came from, and for rollouts the mean per-token reward log p − log q.
+    public var source: StepSource = .corpus
+    public var reward: Double = 0
 }
 
 /// Trains a student on next-token cross-entropy.
@@ -41,6 +44,12 @@ public final class Trainer {
     /// Learning rate of the last step.
     public private(set) var lastLR: Float = 0
     let inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>
+    /// Per-row cross-entropy weights of rollout steps (the policy-gradient coefficients).
+    let ceWeightBuffer: UnsafeMutablePointer<Float>
+    /// distillm: the probability of a student-generated step, the replay buffer, the last validation loss.
+    public internal(set) var policyThreshold: Float = 0
+    public internal(set) var replay: ReplayBuffer?
+    var lastValLoss: Double?
 
     /// The teachers from files (every rank holds them; with `groups` each rank runs only its group's), their weights,
     /// and their files, for the checkpoint manifest.
@@ -123,6 +132,12 @@ public final class Trainer {
         let rows = t.gradAccum * t.microBatch * t.seqLen
         inputs = .allocate(capacity: rows)
         targets = .allocate(capacity: rows)
+        ceWeightBuffer = .allocate(capacity: rows)
+        ceWeightBuffer.initialize(repeating: 0, count: rows)
+        if config.policy.mode == "distillm" {
+            policyThreshold = config.policy.thresholdInit
+            replay = ReplayBuffer(capacity: config.policy.replayCapacity, length: t.seqLen + 1)
+        }
         // self-distillation: a second copy of the student's shape, never trained by gradients (`self: checkpoint` is an
         // ordinary teacher: the checkpoint folder is a Hugging Face model)
         switch config.teacher?.selfSource ?? "none" {
@@ -156,6 +171,7 @@ public final class Trainer {
     deinit {
         inputs.deallocate()
         targets.deallocate()
+        ceWeightBuffer.deallocate()
     }
 
     /// Samples per optimizer step over all ranks.
@@ -169,6 +185,8 @@ public final class Trainer {
         // this rank's samples: a contiguous slice of the global batch, so the cursor is world-size independent
         let rankFirst = sampleCursor + comm.rank * t.microBatch * t.gradAccum
         sampler.fill(inputs: inputs, targets: targets, first: rankFirst, count: t.microBatch * t.gradAccum)
+        let source = stepSource(step)
+        let reward = try prepareOnPolicyBatch(source, rankFirst: rankFirst)
         // normalize by the global number of loss tokens, counted before any forward
         var counts = [Double((0..<(perMicro * t.gradAccum)).reduce(0) { $0 + (targets[$1] >= 0 ? 1 : 0) })]
         try comm.allReduceSum(&counts)
@@ -188,7 +206,13 @@ public final class Trainer {
         }
         let parallel = comm.worldSize > 1
         for micro in 0..<t.gradAccum {
-            let target = try distillTarget(tokens: inputs + micro * perMicro)
+            var target = try distillTarget(tokens: inputs + micro * perMicro)
+            if source != .corpus {
+                // student-generated sequences: the divergence only (cross-entropy on its own samples would teach nothing),
+                // plus the policy-gradient term on rollouts
+                target?.kdRatio = 1
+                if source == .rollout { target?.ceWeights = UnsafePointer(ceWeightBuffer + micro * perMicro) }
+            }
             model.forward(tokens: inputs + micro * perMicro, b: t.microBatch, t: t.seqLen)
             let last = micro == t.gradAccum - 1 && parallel
             // On the last micro-batch every gradient region is reduced as soon as it is final: the embedding table and
@@ -218,7 +242,8 @@ public final class Trainer {
         try comm.allReduceSum(&lossSum)
         let ce = lossSum[0] / max(counts[0], 1), kd = lossSum[1] / max(counts[0], 1)
         let d = config.distill
-        let loss = !hasTeacher ? ce : Double(1 - d.kdRatio) * ce + Double(d.kdRatio * (d.t2Scale ? d.temperature * d.temperature : 1)) * kd
+        let t2 = Double(d.t2Scale ? d.temperature * d.temperature : 1)
+        let loss = !hasTeacher ? ce : source != .corpus ? t2 * kd : Double(1 - d.kdRatio) * ce + Double(d.kdRatio) * t2 * kd
         let norm = clipGradNorm(g.base, count: g.count, maxNorm: o.gradClip)
         guard loss.isFinite else { throw KDError.nonFinite(what: "training loss", step: step + 1) }
         guard norm.isFinite else { throw KDError.nonFinite(what: "gradient norm", step: step + 1) }
@@ -240,7 +265,7 @@ public final class Trainer {
         lastLR = lr
         sampleCursor += globalBatch
         return StepStats(step: step, loss: loss, tokens: Int(counts[0]), lr: lr, gradNorm: norm,
-                         seconds: monotonicSeconds() - start, exposedCommSeconds: exposed, ce: ce, kd: kd)
+                         seconds: monotonicSeconds() - start, exposedCommSeconds: exposed, ce: ce, kd: kd, source: source, reward: reward)
     }
 
     /// The divergence named by the config.
@@ -333,9 +358,15 @@ public final class Trainer {
         var path: String?
         if comm.rank == 0 {
             let start = monotonicSeconds()
-            let state = TrainingState(step: step, sampleCursor: sampleCursor, worldSize: comm.worldSize, lr: lastLR, config: try config.yaml(),
+            var state = TrainingState(step: step, sampleCursor: sampleCursor, worldSize: comm.worldSize, lr: lastLR, config: try config.yaml(),
                                       teachers: teacherManifest)
-            path = try checkpointStore.save(model: model, adamM: adamM, adamV: adamV, state: state, extraFiles: extraCheckpointFiles,
+            var files = extraCheckpointFiles
+            if let replay {
+                state.extra["policy_threshold"] = "\(policyThreshold)"
+                if let v = lastValLoss { state.extra["last_val_loss"] = "\(v)" }
+                files["replay.bin"] = replay.serialized()
+            }
+            path = try checkpointStore.save(model: model, adamM: adamM, adamV: adamV, state: state, extraFiles: files,
                                             extraWeights: emaWeights)
             KDLog.info(String(format: "checkpoint %@ written in %.2f s", path!, monotonicSeconds() - start))
         }
@@ -346,9 +377,10 @@ public final class Trainer {
     /// Rank 0 loads the checkpoint in `dir` (verified) and broadcasts weights, moments and position to every rank,
     /// so ranks need no shared file system. Resuming at another world size keeps the global sample cursor.
     public func resume(from dir: String) throws {
-        var header = [0.0, 0.0, 0.0]
+        var header = [0.0, 0.0, 0.0, 0.0, .nan]
         let start = monotonicSeconds()
         var written = 0
+        var replayBytes: [UInt8] = []
         if comm.rank == 0 {
             let state = try CheckpointStore.verify(dir: dir)
             if state.teachers != teacherManifest, !allowTeacherChange {
@@ -356,16 +388,43 @@ public final class Trainer {
                 throw CheckpointError.teacherMismatch(dir: dir, expected: show(teacherManifest), found: show(state.teachers))
             }
             try CheckpointStore.load(dir: dir, model: model, adamM: adamM, adamV: adamV, extraWeights: emaWeights)
-            header = [Double(state.step), Double(state.sampleCursor), Double(state.lr)]
+            header = [Double(state.step), Double(state.sampleCursor), Double(state.lr), 0, .nan]
             written = state.worldSize
+            if replay != nil {
+                guard let th = state.extra["policy_threshold"].flatMap(Float.init),
+                      let data = try? Data(contentsOf: URL(fileURLWithPath: (dir as NSString).appendingPathComponent("replay.bin"))) else {
+                    throw CheckpointError.shapeMismatch(dir: dir, reason: "no distillm state (policy_threshold, replay.bin) to resume policy.mode distillm")
+                }
+                header[3] = Double(th)
+                header[4] = state.extra["last_val_loss"].flatMap(Double.init) ?? .nan
+                replayBytes = [UInt8](data)
+            }
         }
         try comm.broadcast(&header, root: 0)
+        if let replay {
+            try comm.broadcast(&replayBytes, root: 0)
+            try replay.restore(Data(replayBytes))
+            policyThreshold = Float(header[3])
+            lastValLoss = header[4].isNaN ? nil : header[4]
+        }
         for slab in [model.params, adamM, adamV] + emaWeights.values { try broadcastFloats(slab.base, count: slab.count) }
         KDLog.info(String(format: "resumed from %@: step %d, sample cursor %d (written by %d rank%@), verified and loaded in %.2f s",
                           dir, Int(header[0]), Int(header[1]), written, written == 1 ? "" : "s", monotonicSeconds() - start))
         step = Int(header[0])
         sampleCursor = Int(header[1])
         lastLR = Float(header[2])
+    }
+
+    /// distillm: a validation loss that rose by more than the margin since the last evaluation raises the probability
+    /// of student-generated steps by threshold_step.
+    func adaptPolicy(validationLoss: Double) {
+        guard replay != nil else { return }
+        let p = config.policy
+        if let last = lastValLoss, validationLoss > last + Double(p.margin) {
+            policyThreshold = min(1, policyThreshold + p.thresholdStep)
+            KDLog.info(String(format: "distillm: validation loss rose %.4f → %.4f; student-generated share now %.2f", last, validationLoss, policyThreshold))
+        }
+        lastValLoss = validationLoss
     }
 
     /// Median seconds of a blocking all-reduce of the whole gradient slab (what overlapping hides), over `repeats`.
@@ -412,13 +471,15 @@ public final class Trainer {
                 let tps = Double(tokensSeen) / elapsed
                 let eta = elapsed / Double(history.count) * Double(t.steps - s.step)
                 let comm = self.comm.worldSize > 1 ? String(format: " | comm exposed %.0f ms", 1000 * s.exposedCommSeconds) : ""
-                let parts = hasTeacher ? String(format: " (ce %.4f, %@ %.4f)", s.ce, config.distill.objective, s.kd) : ""
+                var parts = hasTeacher ? String(format: " (ce %.4f, %@ %.4f)", s.ce, config.distill.objective, s.kd) : ""
+                if s.source != .corpus { parts += " [\(s.source.rawValue)\(s.source == .rollout ? String(format: ", reward %.3f", s.reward) : "")]" }
                 KDLog.info(String(format: "step %5d/%d | loss %.4f%@ | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %@%@",
                                   s.step, t.steps, s.loss, parts, s.lr, s.gradNorm, tps, formatDuration(eta), comm))
             }
             if t.evalEvery > 0, s.step % t.evalEvery == 0, let v = try evaluateDetailed() {
                 let kd = hasTeacher ? String(format: " | val %@ %.4f", config.distill.objective, v.kdMean) : ""
                 KDLog.info(String(format: "eval  step %5d | val ce %.4f | val ppl %.2f%@", s.step, v.mean, Foundation.exp(v.mean), kd))
+                adaptPolicy(validationLoss: hasTeacher ? Double(1 - config.distill.kdRatio) * v.mean + Double(config.distill.kdRatio) * v.kdMean : v.mean)
             }
             if checkpoints, (config.checkpoint.every > 0 && s.step % config.checkpoint.every == 0) || s.step == t.steps {
                 try saveCheckpoint()

@@ -45,6 +45,11 @@ import Testing
     ("teacher: {self: mine}", "teacher.self", "expected one of none, initial, ema, checkpoint, found 'mine'"),
     ("teacher: {members: [{path: a, weight: -1}]}", "teacher.members[0].weight", "expected a number >= 0, found -1.0"),
     ("teacher: {path: a, combine: average}", "teacher.combine", "expected 'mixture' or 'logits', found 'average'"),
+    ("policy: {mode: onpolicy}", "policy.mode", "expected one of off, gkd, distillm, minillm, found 'onpolicy'"),
+    ("policy: {mode: gkd}", "policy.mode", "expected a teacher section with on-policy distillation (gkd), found no teacher"),
+    ("teacher: {path: a}\npolicy: {mode: minillm}", "distill.objective", "expected rkl with policy.mode minillm"),
+    ("teacher: {path: a}\npolicy: {mode: distillm}", "train.eval_every", "expected > 0 with policy.mode distillm"),
+    ("teacher: {path: a}\ntrain: {seq_len: 16}\npolicy: {mode: gkd, prompt_tokens: 16}", "policy.prompt_tokens", "expected < train.seq_len (16)"),
 ])
 func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: String) {
     do {

@@ -34,3 +34,30 @@ func distillHeadGradientMatchesFiniteDifferences(d: Divergence) {
     #expect(maxRelError(dx, numericalGradient(x) { total($0, w).0 }) < 3e-3, "\(d) dinp")
     #expect(maxRelError(dw, numericalGradient(w) { total(x, $0).0 }) < 3e-3, "\(d) dweight")
 }
+
+/// Per-row cross-entropy weights (the policy-gradient coefficients of rollouts, negative ones included) replace
+/// 1 − r row by row; the gradient still matches finite differences.
+@Test func perRowCrossEntropyWeightsMatchFiniteDifferences() {
+    let n = 4, c = 5, ct = 3, v = 17
+    let x = randomArray(n * c, seed: 55), w = randomArray(v * c, seed: 56, scale: 0.7)
+    let th = randomArray(n * ct, seed: 57), tw = randomArray(v * ct, seed: 58, scale: 0.7)
+    let targets: [Int32] = [3, 9, -1, 0], rowW: [Float] = [0.8, -1.3, 5, 0]
+    let scratch = LMHeadScratch(rows: 3, v: v)
+    func total(_ x: [Float], grad: UnsafeMutablePointer<Float>? = nil) -> Double {
+        var ce = [Float](repeating: 0, count: n), kd = ce
+        return w.withUnsafeBufferPointer { wp in tw.withUnsafeBufferPointer { twp in th.withUnsafeBufferPointer { thp in rowW.withUnsafeBufferPointer { rw in
+            var target = DistillTarget(teacherHead: DenseWeight(twp.baseAddress!, oc: v, c: ct), teacherHidden: thp.baseAddress!,
+                                       divergence: .reverseKL, temperature: 1, kdRatio: 1, t2Scale: false)
+            target.ceWeights = rw.baseAddress!
+            var dw = [Float](repeating: 0, count: v * c)
+            ce.withUnsafeMutableBufferPointer { cp in kd.withUnsafeMutableBufferPointer { kp in dw.withUnsafeMutableBufferPointer { dwp in
+                lmHeadDistill(ce: cp.baseAddress!, kd: kp.baseAddress!, dinp: grad, dweight: grad == nil ? nil : dwp.baseAddress!, inp: x,
+                              head: DenseWeight(wp.baseAddress!, oc: v, c: c), targets: targets, n: n, lossScale: 1, target: target, scratch: scratch)
+            } } }
+            return (0..<n).reduce(0.0) { $0 + Double(rowW[$1]) * Double(ce[$1]) + Double(kd[$1]) }
+        } } } }
+    }
+    var dx = [Float](repeating: 0, count: n * c)
+    _ = dx.withUnsafeMutableBufferPointer { total(x, grad: $0.baseAddress!) }
+    #expect(maxRelError(dx, numericalGradient(x) { total($0) }) < 3e-3)
+}

@@ -1,0 +1,233 @@
+// On-policy distillation: sequences the student writes itself.
+//   gkd       a fixed fraction λ of steps trains on fresh student continuations (GKD, Agarwal et al. 2024)
+//   distillm  a step is student-generated with an adaptive probability that rises when the validation loss rises;
+//             such a step is fresh with a share that decays over training, otherwise replayed from a FIFO buffer
+//             (DistiLLM, Ko et al. 2024)
+//   minillm   rollouts drawn token by token from α·p + (1 − α)·q; per-token reward r_t = log p(y_t) − log q(y_t);
+//             long-term return R_{t+1} = Σ_{s>t} γ^{s−t−1} r_s / (number of terms), whitened over the global batch;
+//             clipped surrogate min(w·A, clip(w)·A) with w = q(y_t)/p̃(y_t), whose gradient is a per-token weighted
+//             cross-entropy; plus the single-step term, the exact reverse KL at every generated position (MiniLLM,
+//             Gu et al. 2024)
+// Prompts are the first prompt_tokens of this step's corpus windows; continuations fill the window to seq_len + 1
+// tokens and only generated tokens carry loss. Every random draw is counter-based (step, global sample, position),
+// so the choice of source is the same on every rank and a run is reproducible at any world size.
+import Foundation
+import KDConfig
+import KDCore
+import KDLoss
+import KDModel
+import KDOps
+
+/// Where a step's sequences came from.
+public enum StepSource: String, Sendable {
+    case corpus, fresh, replay, rollout
+}
+
+/// Student-generated sequences kept for replay, oldest first; identical on every rank.
+public final class ReplayBuffer {
+    public let capacity: Int, length: Int
+    public private(set) var items: [[Int32]] = []
+
+    public init(capacity: Int, length: Int) {
+        self.capacity = capacity
+        self.length = length
+    }
+
+    public func push(_ seq: [Int32]) {
+        precondition(seq.count == length, "ReplayBuffer: sequences have \(length) tokens, got \(seq.count)")
+        items.append(seq)
+        if items.count > capacity { items.removeFirst(items.count - capacity) }
+    }
+
+    /// Little-endian: count (Int32), then count × length Int32 tokens.
+    public func serialized() -> Data {
+        var out = [Int32(items.count)]
+        for s in items { out += s }
+        return out.withUnsafeBufferPointer { Data(buffer: $0) }
+    }
+
+    public func restore(_ data: Data) throws {
+        let words = data.withUnsafeBytes { Array($0.bindMemory(to: Int32.self)) }
+        guard let n = words.first, n >= 0, words.count == 1 + Int(n) * length else {
+            throw KDError.invalidInput(what: "replay buffer", expected: "a count and that many \(length)-token sequences", found: "\(data.count) bytes")
+        }
+        items = (0..<Int(n)).map { Array(words[(1 + $0 * length)..<(1 + ($0 + 1) * length)]) }
+    }
+}
+
+/// Per generated token of a rollout: log q and log p of the drawn token and log of the proposal it was drawn from.
+struct RolloutScores {
+    var logQ: [Float], logP: [Float], logProposal: [Float]
+}
+
+/// Log-probabilities of a row of logits at temperature T, in place.
+func logSoftmaxRow(_ x: inout [Float], temperature: Float) {
+    var scratch = [Float](repeating: 0, count: x.count)
+    x.withUnsafeMutableBufferPointer { xp in scratch.withUnsafeMutableBufferPointer {
+        logSoftmaxInPlace(xp.baseAddress!, xp.count, temperature: temperature, scratch: $0.baseAddress!)
+    } }
+}
+
+/// Draws an index from probabilities exp(logProbs) with u in [0, 1) (inverse CDF in index order).
+func drawIndex(logProbs: [Float], u: Float) -> Int {
+    var acc: Float = 0
+    for (j, lp) in logProbs.enumerated() {
+        acc += expf(lp)
+        if u < acc { return j }
+    }
+    return logProbs.lastIndex { $0 > -.infinity } ?? 0
+}
+
+extension Trainer {
+    /// The source of step `step` (0-based), the same on every rank.
+    func stepSource(_ step: Int) -> StepSource {
+        let p = config.policy
+        let rng = CounterRNG(seed: config.train.seed, purpose: .policyChoice)
+        let u = rng.uniform(UInt64(step))
+        switch p.mode {
+        case "gkd": return u < p.fraction ? .fresh : .corpus
+        case "minillm": return u < p.fraction ? .rollout : .corpus
+        case "distillm":
+            guard u < policyThreshold else { return .corpus }
+            let freshShare = 1 - Float(step) / Float(max(config.train.steps, 1))
+            return replay!.items.isEmpty || rng.uniform(UInt64(step), 1) < freshShare ? .fresh : .replay
+        default: return .corpus
+        }
+    }
+
+    /// Turns full sequences (seq_len + 1 tokens, the first P a prompt) into inputs and targets; prompt targets are −1.
+    func writeSequences(_ seqs: [[Int32]], at row: Int) {
+        let t = config.train.seqLen, P = config.policy.promptTokens
+        for (i, s) in seqs.enumerated() {
+            let base = (row + i) * t
+            for j in 0..<t {
+                inputs[base + j] = s[j]
+                targets[base + j] = j + 1 >= P ? s[j + 1] : -1
+            }
+        }
+    }
+
+    /// Fills this rank's inputs/targets (already holding its corpus windows) for a non-corpus step; returns the
+    /// mean per-token reward of rollouts (0 otherwise). Collective for distillm (the buffer is global) and minillm
+    /// (the returns are whitened over the global batch).
+    func prepareOnPolicyBatch(_ source: StepSource, rankFirst: Int) throws -> Double {
+        let tr = config.train, p = config.policy, b = tr.microBatch, P = p.promptTokens, L = tr.seqLen + 1
+        let count = b * tr.gradAccum
+        switch source {
+        case .corpus:
+            return 0
+        case .replay:
+            let rng = CounterRNG(seed: tr.seed, purpose: .replay)
+            let picks = (0..<count).map { replay!.items[rng.index(replay!.items.count, UInt64(step), UInt64(rankFirst + $0))] }
+            writeSequences(picks, at: 0)
+            return 0
+        case .fresh:
+            var mine: [[Int32]] = []
+            for micro in 0..<tr.gradAccum {
+                let (seqs, _) = generate(promptsAt: micro * b, b: b, firstSample: rankFirst + micro * b, teacherMix: 0)
+                writeSequences(seqs, at: micro * b)
+                mine += seqs
+            }
+            if let replay {
+                // every rank keeps the same buffer: all generations of the step, in rank order
+                let all = try comm.allGatherV(mine.flatMap { $0 }.withUnsafeBufferPointer { Array(UnsafeRawBufferPointer($0)) })
+                for bytes in all {
+                    let words = bytes.withUnsafeBytes { Array($0.bindMemory(to: Int32.self)) }
+                    for i in 0..<(words.count / L) { replay.push(Array(words[(i * L)..<((i + 1) * L)])) }
+                }
+            }
+            return 0
+        case .rollout:
+            // returns for every generated token of every micro-batch, whitened with global statistics
+            var returns: [[Float]] = [], scores: [RolloutScores] = []
+            var sums = [0.0, 0.0, 0.0, 0.0]  // Σ R, Σ R², count, Σ r
+            for micro in 0..<tr.gradAccum {
+                let (seqs, sc) = generate(promptsAt: micro * b, b: b, firstSample: rankFirst + micro * b, teacherMix: p.teacherMix)
+                writeSequences(seqs, at: micro * b)
+                for s in sc {
+                    let r = zip(s.logP, s.logQ).map { $0 - $1 }, G = r.count
+                    var R = [Float](repeating: 0, count: G), acc: Float = 0
+                    // R[t] = Σ_{s>t} γ^{s−t−1} r_s / (G − 1 − t)
+                    for t in stride(from: G - 1, through: 0, by: -1) {
+                        R[t] = t == G - 1 ? 0 : acc / Float(G - 1 - t)
+                        acc = r[t] + p.gamma * acc
+                    }
+                    for x in R { sums[0] += Double(x); sums[1] += Double(x * x) }
+                    sums[2] += Double(G)
+                    sums[3] += r.reduce(0.0) { $0 + Double($1) }
+                    returns.append(R)
+                    scores.append(s)
+                }
+            }
+            try comm.allReduceSum(&sums)
+            let mean = sums[0] / max(sums[2], 1), variance = max(0, sums[1] / max(sums[2], 1) - mean * mean)
+            let sd = Float((variance + 1e-8).squareRoot())
+            let G = L - P
+            for (i, R) in returns.enumerated() {
+                let s = scores[i]
+                for t in 0..<G {
+                    let A = (R[t] - Float(mean)) / sd, w = expf(s.logQ[t] - s.logProposal[t])
+                    let clipped = (A >= 0 && w > 1 + p.clip) || (A < 0 && w < 1 - p.clip)
+                    // the row predicting generated token t is at position P − 1 + t of sequence i
+                    ceWeightBuffer[i * tr.seqLen + P - 1 + t] = clipped ? 0 : A * w
+                }
+            }
+            return sums[3] / max(sums[2], 1)
+        }
+    }
+
+    /// Continues the prompts (first P tokens of b windows at row `row` of `inputs`) to seq_len + 1 tokens with the
+    /// student, or with α·p + (1 − α)·q when teacherMix > 0; returns the sequences and, with a mix, their scores.
+    func generate(promptsAt row: Int, b: Int, firstSample: Int, teacherMix alpha: Float) -> ([[Int32]], [RolloutScores]) {
+        let tr = config.train, p = config.policy, P = p.promptTokens, L = tr.seqLen + 1, v = config.model.vocabSize
+        let scoring = config.policy.mode == "minillm"
+        let rng = CounterRNG(seed: tr.seed, purpose: .rollout)
+        var seqs = (0..<b).map { Array(UnsafeBufferPointer(start: inputs + (row + $0) * tr.seqLen, count: P)) }
+        var scores = (0..<b).map { _ in RolloutScores(logQ: [], logP: [], logProposal: []) }
+        let studentCache = BatchKVCache(config: config.model, b: b, capacity: L)
+        let teachersUsed = scoring ? activeTeachers : []
+        let teacherCaches = teachersUsed.map { BatchKVCache(config: $0.config, b: b, capacity: L) }
+        var feed = seqs.flatMap { $0 }, tq = P
+        let T = scoring ? 1 : p.sampleTemperature
+        while seqs[0].count < L {
+            let q = feed.withUnsafeBufferPointer { model.decodeBatch(tokens: $0.baseAddress!, tq: tq, cache: studentCache) }
+            let pt = teachersUsed.enumerated().map { k, t in feed.withUnsafeBufferPointer { t.decodeBatch(tokens: $0.baseAddress!, tq: tq, cache: teacherCaches[k]) } }
+            let pos = seqs[0].count - P
+            for i in 0..<b {
+                var lq = Array(q[(i * v)..<((i + 1) * v)])
+                logSoftmaxRow(&lq, temperature: T)
+                let u = rng.uniform(UInt64(firstSample + i), UInt64(pos))
+                guard scoring else {
+                    seqs[i].append(Int32(drawIndex(logProbs: lq, u: u)))
+                    continue
+                }
+                let lp = teacherLogProbs(pt.map { Array($0[(i * v)..<((i + 1) * v)]) })
+                let proposal = alpha == 0 ? lq : zip(lp, lq).map { a, c in logf(alpha * expf(a) + (1 - alpha) * expf(c)) }
+                let y = drawIndex(logProbs: proposal, u: u)
+                seqs[i].append(Int32(y))
+                scores[i].logQ.append(lq[y]); scores[i].logP.append(lp[y]); scores[i].logProposal.append(proposal[y])
+            }
+            feed = seqs.map { $0.last! }
+            tq = 1
+        }
+        return (seqs, scoring ? scores : [])
+    }
+
+    /// The teachers' combined next-token log-probabilities (at T = 1) from each one's logits.
+    func teacherLogProbs(_ logits: [[Float]]) -> [Float] {
+        var rows = logits
+        if rows.count == 1 { logSoftmaxRow(&rows[0], temperature: 1); return rows[0] }
+        let total = teacherWeights.reduce(0, +), w = teacherWeights.map { $0 / total }
+        if combine == .logits {
+            var z = [Float](repeating: 0, count: rows[0].count)
+            for (k, r) in rows.enumerated() { for j in z.indices { z[j] += w[k] * r[j] } }
+            logSoftmaxRow(&z, temperature: 1)
+            return z
+        }
+        for k in rows.indices { logSoftmaxRow(&rows[k], temperature: 1) }
+        return rows[0].indices.map { j in
+            let terms = rows.indices.map { logf(w[$0]) + rows[$0][j] }, m = terms.max()!
+            return m == -.infinity ? m : m + logf(terms.reduce(0) { $0 + expf($1 - m) })
+        }
+    }
+}

@@ -1,5 +1,6 @@
 // Running the independent Python references (PyPI gguf, safetensors, tokenizers, numpy) from tests.
 import Foundation
+import Synchronization
 
 /// Runs a program to completion: the parent's environment plus `env`, `stdin` written then closed; stdout and
 /// stderr are read before waiting (a full pipe would deadlock otherwise). `mergeOutput` sends both to `out`.
@@ -39,8 +40,17 @@ public struct PythonError: Error, CustomStringConvertible {
 }
 
 /// A fresh temporary directory, removed by the caller.
-public func temporaryDirectory(_ prefix: String) throws -> URL {
+public func temporaryDirectory(_ prefix: String, removeAtExit: Bool = false) throws -> URL {
     let u = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)
+    if removeAtExit {
+        exitCleanup.withLock { dirs in
+            if dirs.isEmpty { atexit { exitCleanup.withLock { for d in $0 { try? FileManager.default.removeItem(atPath: d) } } } }
+            dirs.append(u.path)
+        }
+    }
     return u
 }
+
+/// Folders that live as long as the test process (fixtures made once), removed when it exits.
+let exitCleanup = Mutex<[String]>([])

@@ -37,6 +37,19 @@ func weights(_ ckpt: URL) throws -> [String: [Float]] {
     return out
 }
 
+/// Max over tensors of ‖a − b‖ / ‖b‖ between two checkpoints' student weights.
+func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
+    let wa = try weights(a), wb = try weights(b)
+    #expect(wa.count == wb.count && !wa.isEmpty)
+    var worst = 0.0
+    for (k, x) in wa {
+        let y = try #require(wb[k])
+        let d = zip(x, y).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }, n = y.reduce(0.0) { $0 + Double($1) * Double($1) }
+        worst = max(worst, (d / max(n, 1e-30)).squareRoot())
+    }
+    return worst
+}
+
 @Suite(.serialized) struct MPIRuns {
     @Test func twoRanksEqualOneRankWithTwiceTheBatch() throws {
         let dir = try scratchDir()
@@ -48,16 +61,41 @@ func weights(_ ckpt: URL) throws -> [String: [Float]] {
         #expect(a.out.contains("on 2 ranks"))
         let b = try launch("distill-mpi.sh", ["1", "train", "--config", one, "--sample-tokens", "0"])
         #expect(b.status == 0, "\(b.out)")
-        let wa = try weights(dir.appendingPathComponent("two/step_00000004")), wb = try weights(dir.appendingPathComponent("one/step_00000004"))
-        #expect(wa.count == wb.count && !wa.isEmpty)
-        // per tensor ‖a − b‖ / ‖b‖: summation order differs (micro-batches of 2 vs 4 rows, the all-reduce), nothing else
-        var worst = 0.0
-        for (k, x) in wa {
-            let y = try #require(wb[k])
-            let d = zip(x, y).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }, n = y.reduce(0.0) { $0 + Double($1) * Double($1) }
-            worst = max(worst, (d / max(n, 1e-30)).squareRoot())
-        }
+        // summation order differs (micro-batches of 2 vs 4 rows, the all-reduce), nothing else
+        let worst = try relativeWeightDifference(dir.appendingPathComponent("two/step_00000004"), dir.appendingPathComponent("one/step_00000004"))
         #expect(worst < 1e-5, "max relative weight difference \(worst)")
+    }
+
+    @Test func onPolicyRolloutsDoNotDependOnTheWorldSize() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var tm = ModelConfig()
+        tm.layers = 2; tm.dim = 48; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 96; tm.vocabSize = 256; tm.maxSeqLen = 64
+        let teacher = Transformer(config: tm, needsGrad: false)
+        teacher.initialize(seed: 41)
+        try saveHFModel(teacher, dir: dir.appendingPathComponent("teacher").path)
+        // MiniLLM: rollouts are drawn per global sample, returns whitened over the global batch
+        let section = "teacher:\n  path: \(dir.appendingPathComponent("teacher").path)\ndistill:\n  objective: rkl\npolicy:\n  mode: minillm\n  fraction: 1\n  prompt_tokens: 24\n"
+        let edits = [("steps: 10", "steps: 3"), ("grad_accum: 2", "grad_accum: 1"), ("data:\n", section + "data:\n")]
+        let two = try tinyYAML(dir, "two", edits: edits + [("micro_batch: 4", "micro_batch: 2")])
+        let one = try tinyYAML(dir, "one", edits: edits)
+        let a = try launch("distill-mpi.sh", ["2", "train", "--config", two, "--sample-tokens", "0"])
+        #expect(a.status == 0 && a.out.contains("[rollout, reward"), "\(a.out)")
+        let b = try launch("distill-mpi.sh", ["1", "train", "--config", one, "--sample-tokens", "0"])
+        #expect(b.status == 0, "\(b.out)")
+        // the same rollouts and rewards on 2 ranks × 2 as on 1 rank × 4 ...
+        let parts = { (s: String) in s.split(separator: "\n").filter { $0.contains("[rollout") }.map { $0.components(separatedBy: " | lr")[0] } }
+        #expect(parts(a.out) == parts(b.out) && parts(a.out).count == 3, "\(a.out)\n\(b.out)")
+        // ... and the same weights up to summation order, which the policy-gradient coefficients amplify (they divide by
+        // the returns' standard deviation and exponentiate log-ratios): 4e-5 measured, where one different token moves
+        // the weights by more than 1e-3
+        let worst = try relativeWeightDifference(dir.appendingPathComponent("two/step_00000003"), dir.appendingPathComponent("one/step_00000003"))
+        #expect(worst < 2e-4, "max relative weight difference \(worst)")
+        // the tolerance tells rollouts apart: another teacher mix (α 0.25) draws other tokens
+        let other = try tinyYAML(dir, "other", edits: edits + [("prompt_tokens: 24", "prompt_tokens: 24\n  teacher_mix: 0.25")])
+        #expect(try launch("distill-mpi.sh", ["1", "train", "--config", other, "--sample-tokens", "0"]).status == 0)
+        let apart = try relativeWeightDifference(dir.appendingPathComponent("other/step_00000003"), dir.appendingPathComponent("one/step_00000003"))
+        #expect(apart > 1e-3, "other rollouts moved the weights by only \(apart)")
     }
 
     @Test func resumeIsBitwiseExactAndWorksAtAnotherWorldSize() throws {

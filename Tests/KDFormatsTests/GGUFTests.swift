@@ -10,7 +10,7 @@ let scripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().append
 
 /// Fixtures are made once per test process.
 let fixtures: URL = {
-    let dir = try! temporaryDirectory("distill-gguf")
+    let dir = try! temporaryDirectory("distill-gguf", removeAtExit: true)
     _ = try! runPython(scripts.appendingPathComponent("make_gguf_fixtures.py").path, [dir.path])
     return dir
 }()

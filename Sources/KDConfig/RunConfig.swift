@@ -550,14 +550,41 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return config
     }
 
-    /// Reads, decodes and validates a YAML file.
+    /// Reads, decodes and validates a YAML file. A top-level `base: OTHER.yaml` (relative to this file) is read first
+    /// and this file's keys are merged over it, section by section (mappings merge, everything else replaces).
     public static func load(path: String) throws -> RunConfig {
+        let node = try loadNode(path: path, seen: [])
+        let text: String
+        do { text = try Yams.serialize(node: node) } catch { throw ConfigError.syntax(source: path, message: "\(error)") }
+        return try parse(yaml: text, source: path)
+    }
+
+    static func loadNode(path: String, seen: [String]) throws -> Node {
         guard FileManager.default.fileExists(atPath: path) else { throw ConfigError.fileNotFound(path) }
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw ConfigError.syntax(source: path, message: "not readable as UTF-8 text")
         }
-        return try parse(yaml: text, source: path)
+        let parsed: Node?
+        do { parsed = try Yams.compose(yaml: text) } catch { throw ConfigError.syntax(source: path, message: "\(error)") }
+        guard var node = parsed, var map = node.mapping else { return parsed ?? Node("") }
+        guard let baseValue = map["base"] else { return node }
+        guard let base = baseValue.string else { throw ConfigError.invalid("base", expected: "the path of another config file", found: "\(baseValue)") }
+        let basePath = base.hasPrefix("/") ? base : ((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(base)
+        let canonical = (basePath as NSString).standardizingPath
+        guard !seen.contains(canonical) else {
+            throw ConfigError.invalid("base", expected: "a chain of config files without a cycle", found: (seen + [canonical]).joined(separator: " → "))
+        }
+        map["base"] = nil
+        node = .mapping(map)
+        return merge(try loadNode(path: basePath, seen: seen + [(path as NSString).standardizingPath, canonical]), node)
+    }
+
+    /// `over` merged onto `under`: mappings key by key (recursively), anything else replaced.
+    static func merge(_ under: Node, _ over: Node) -> Node {
+        guard var a = under.mapping, let b = over.mapping else { return over }
+        for (k, v) in b { a[k] = a[k].map { merge($0, v) } ?? v }
+        return .mapping(a)
     }
 
     /// The config as YAML (stored beside checkpoints and printed by `distill train --dry-run`).

@@ -1,5 +1,6 @@
 // Decoding YAML literals: defaults, unknown keys with their path, invalid values with expected vs found.
 import KDConfig
+import Foundation
 import Testing
 
 @Test func missingKeysTakeDefaults() throws {
@@ -101,4 +102,27 @@ func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: St
     #expect(ck.teacher!.sources == [TeacherMember(path: "Checkpoints/run/step_00000100")])
     // the YAML a checkpoint stores reads back as the same config
     #expect(try RunConfig.parse(yaml: multi.yaml()) == multi)
+}
+
+@Test func aConfigCanExtendABaseFile() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-base-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir.appendingPathComponent("sub"), withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    try "data: {train: [corpus.txt]}\nmodel: {dim: 64, heads: 4, layers: 3}\ndistill: {objective: fkl, kd_ratio: 0.3}\nteacher: {path: t.gguf}\n"
+        .write(to: dir.appendingPathComponent("base.yaml"), atomically: true, encoding: .utf8)
+    try "base: ../base.yaml\nmodel: {layers: 2}\ndistill: {objective: rkl}\n".write(to: dir.appendingPathComponent("sub/child.yaml"), atomically: true, encoding: .utf8)
+    let c = try RunConfig.load(path: dir.appendingPathComponent("sub/child.yaml").path)
+    // sections merge key by key; the child wins
+    #expect(c.model.layers == 2 && c.model.dim == 64 && c.distill.objective == "rkl" && c.distill.kdRatio == 0.3 && c.teacher?.path == "t.gguf")
+    // a cycle is named, not followed forever
+    try "base: sub/child.yaml\ndata: {train: [a]}\n".write(to: dir.appendingPathComponent("base.yaml"), atomically: true, encoding: .utf8)
+    do {
+        _ = try RunConfig.load(path: dir.appendingPathComponent("sub/child.yaml").path)
+        Issue.record("a cycle of base files was accepted")
+    } catch {
+        #expect("\(error)".contains("without a cycle"), "\(error)")
+    }
+    // a missing base file is named
+    try "base: nowhere.yaml\ndata: {train: [a]}\n".write(to: dir.appendingPathComponent("base.yaml"), atomically: true, encoding: .utf8)
+    #expect(throws: ConfigError.fileNotFound(dir.appendingPathComponent("nowhere.yaml").path)) { try RunConfig.load(path: dir.appendingPathComponent("base.yaml").path) }
 }

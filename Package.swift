@@ -35,12 +35,12 @@ let package = Package(
         .target(
             name: "KDCheckpoint", dependencies: ["KDCore", "KDConfig", "KDModel", "KDFormats"], swiftSettings: cpuFlags),
         .target(
-            name: "KDTrain", dependencies: ["KDCore", "KDConfig", "KDOps", "KDModel", "KDFormats", "KDData", "KDComm", "KDCheckpoint"],
+            name: "KDTrain", dependencies: ["KDCore", "KDConfig", "KDOps", "KDLoss", "KDModel", "KDFormats", "KDData", "KDComm", "KDCheckpoint"],
             swiftSettings: cpuFlags),
         .executableTarget(
             name: "KDCLI",
             dependencies: [
-                "KDCore", "KDConfig", "KDOps", "KDModel", "KDFormats", "KDData", "KDComm", "KDCheckpoint", "KDTrain", "CBLAS",
+                "KDCore", "KDConfig", "KDOps", "KDLoss", "KDModel", "KDFormats", "KDData", "KDComm", "KDCheckpoint", "KDTrain", "CBLAS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuFlags),

@@ -7,6 +7,7 @@ import KDConfig
 import KDCore
 import KDData
 import KDFormats
+import KDLoss
 import KDModel
 import KDTrain
 
@@ -15,7 +16,7 @@ struct Distill: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "distill",
         abstract: "Distill large language models into small, quantized students (under mpirun).",
-        subcommands: [Train.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Bench.self, CheckpointCommand.self])
+        subcommands: [Train.self, TeacherCacheCommand.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Bench.self, CheckpointCommand.self])
 }
 
 /// Prints `error: …` on one line and exits non-zero; used for every failure past argument validation.
@@ -78,8 +79,14 @@ struct Train: ParsableCommand {
             let loaded = try sources.map { try openModel(path: $0.path, maxSeqLen: c.train.seqLen) }
             try checkTeachersAgree(loaded, paths: sources.map(\.path))
             let teacher = loaded.first
-            let manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
-            let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teachers: loaded.map(\.model), teacherManifest: manifest)
+            var manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
+            var cache: TeacherCache?
+            if let dir = c.teacher?.cache, !dir.isEmpty {
+                cache = try TeacherCache(dir: dir)
+                manifest = [try TeacherManifestEntry(path: (dir as NSString).appendingPathComponent("cache.json"))]
+            }
+            let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teachers: loaded.map(\.model), teacherManifest: manifest,
+                                      teacherCache: cache)
             trainer.allowTeacherChange = allowTeacherChange
             // the student speaks the teacher's tokens: its checkpoints carry the tokenizer (generate and eval --text work)
             if let tok = teacher?.tokenizer, corpus.tokenizerHash == tok.hash {
@@ -95,6 +102,9 @@ struct Train: ParsableCommand {
                 KDLog.info("  teacher \(sources[i].path) (\(t.kind)): \(tm.layers) layers, dim \(tm.dim)\(w)")
             }
             if let tc = c.teacher {
+                if let cache {
+                    KDLog.info("  teacher the offline cache \(cache.dir): top-\(cache.info.k) rows of \(cache.info.teachers.map(\.path).joined(separator: ", ")), no teacher in memory")
+                }
                 if trainer.selfTeacher != nil {
                     KDLog.info("  teacher the student itself (self: \(tc.selfSource)\(tc.selfSource == "ema" ? ", decay \(tc.emaDecay)" : ""))")
                 }
@@ -157,6 +167,67 @@ struct Train: ParsableCommand {
         }
         try comm.broadcast(&chosen, root: 0)
         if !chosen.isEmpty { try trainer.resume(from: String(decoding: chosen, as: UTF8.self)) }
+    }
+}
+
+struct TeacherCacheCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "teacher-cache",
+        abstract: "Write the teacher's top-k log-probabilities and tail mass for every window of the config's corpus (sharded across ranks), so training can use `teacher: {cache: DIR}` with no teacher in memory.")
+
+    @Option(help: "YAML run config: its teacher section (path or members), data, train.seq_len and distill.temperature.") var config: String
+    @Option(help: "Output folder (replaced when complete).") var out: String
+    @Option(help: "k of the top-k rows (default: teacher.top_k).") var topK: Int?
+    @Option(help: "Windows per teacher forward on each rank.") var batch = 4
+    @Option(help: "Compute threads (0 = this node's cores shared among its ranks).") var threads = 0
+
+    func validate() throws {
+        if let topK, topK < 1 { throw ValidationError("--top-k: expected an integer >= 1, found \(topK)") }
+        if batch < 1 { throw ValidationError("--batch: expected an integer >= 1, found \(batch)") }
+    }
+
+    func run() throws {
+        var comm: any Communicator = LocalCommunicator()
+        do {
+            let c = try RunConfig.load(path: config)
+            guard let tc = c.teacher, !tc.sources.isEmpty, tc.selfSource == "none" else {
+                throw KDError.invalidInput(what: "\(config)", expected: "a teacher section with path or members", found: "none")
+            }
+            if MPICommunicator.launchedByMPI { comm = try MPICommunicator.initialize() }
+            KDLog.rank = comm.rank
+            KDLog.worldSize = comm.worldSize
+            let local = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
+            configureThreads(threads > 0 ? threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1)))
+            let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+            let sources = tc.sources
+            let loaded = try sources.map { try openModel(path: $0.path, maxSeqLen: c.train.seqLen) }
+            try checkTeachersAgree(loaded, paths: sources.map(\.path))
+            if let t = loaded.first, t.model.config.vocabSize < corpus.vocabSize {
+                throw KDError.invalidInput(what: "teacher vocabulary", expected: ">= the data's \(corpus.vocabSize) tokens", found: "\(t.model.config.vocabSize) in \(sources[0].path)")
+            }
+            let manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
+            let k = min(topK ?? tc.topK, loaded[0].model.config.vocabSize)
+            let start = monotonicSeconds()
+            var last = 0.0
+            try TeacherCache.write(dir: out, corpus: corpus, teachers: loaded.map(\.model), weights: sources.map(\.weight),
+                                   combine: TeacherCombine(rawValue: tc.combine) ?? .mixture, manifest: manifest, k: k,
+                                   temperature: c.distill.temperature, seqLen: c.train.seqLen, batch: batch, comm: comm) { split, done, total in
+                let now = monotonicSeconds()
+                if done == total || now - last > 10 {
+                    last = now
+                    KDLog.info(String(format: "teacher-cache %@: %d/%d windows, %.0f tok/s", split, done, total,
+                                      Double(done * c.train.seqLen) / max(now - start, 1e-9)))
+                }
+            }
+            let bytes = TeacherCache.bytesPerWindow(seqLen: c.train.seqLen, k: k)
+            KDLog.info(String(format: "teacher-cache: wrote %@ (top-%d, %d B/token, %.1f MiB) in %.1f s on %d rank%@", out, k, bytes / c.train.seqLen,
+                              Double(bytes * ((corpus.train.count - 1) / c.train.seqLen + max(0, corpus.validation.count - 1) / c.train.seqLen)) / 1048576,
+                              monotonicSeconds() - start, comm.worldSize, comm.worldSize == 1 ? "" : "s"))
+            (comm as? MPICommunicator)?.finalize()
+        } catch {
+            if comm.worldSize > 1 { comm.abort("error: \(error)", code: 1) }
+            throw fail(error)
+        }
     }
 }
 

@@ -256,6 +256,9 @@ public struct TeacherConfig: Codable, Equatable, Sendable {
     public var path = ""
     /// Several teachers with weights (instead of `path`); they must share the vocabulary.
     public var members: [TeacherMember] = []
+    /// A folder written by `distill teacher-cache` (instead of `path`): the teacher's top-k rows for every window of the
+    /// corpus, read instead of running a teacher.
+    public var cache = ""
     /// How several teachers become one target: `mixture` (weighted mixture of the distributions, in log space) or
     /// `logits` (softmax of the weighted mean of the logits). Default mixture.
     public var combine = "mixture"
@@ -282,7 +285,7 @@ public struct TeacherConfig: Codable, Equatable, Sendable {
     public static let selfSources = ["none", "initial", "ema", "checkpoint"]
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case path, members, combine, selfSource = "self", emaDecay = "ema_decay", placement, exchange, topK = "top_k"
+        case path, members, cache, combine, selfSource = "self", emaDecay = "ema_decay", placement, exchange, topK = "top_k"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -290,6 +293,7 @@ public struct TeacherConfig: Codable, Equatable, Sendable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         path = try c.value(.path, or: path)
         members = try c.value(.members, or: members)
+        cache = try c.value(.cache, or: cache)
         combine = try c.value(.combine, or: combine)
         selfSource = try c.value(.selfSource, or: selfSource)
         emaDecay = try c.value(.emaDecay, or: emaDecay)
@@ -305,6 +309,9 @@ public struct TeacherConfig: Codable, Equatable, Sendable {
         try c.require(TeacherConfig.placements.contains(placement), .placement,
                       expected: "one of \(TeacherConfig.placements.joined(separator: ", "))", found: "'\(placement)'")
         switch selfSource {
+        case "none" where !cache.isEmpty:
+            try c.require(path.isEmpty && members.isEmpty && placement == "replicated", .cache,
+                          expected: "a cache alone (no path, members or placement: the cache replaces the teacher)", found: "'\(cache)' with more")
         case "none":
             try c.require(path.isEmpty != members.isEmpty, path.isEmpty ? .members : .path,
                           expected: "either path (one teacher) or members (several), not both", found: path.isEmpty ? "neither" : "both")
@@ -328,7 +335,7 @@ public struct TeacherConfig: Codable, Equatable, Sendable {
 
     /// The teacher files with their weights: the members, or the one path (none for a self-teacher).
     public var sources: [TeacherMember] {
-        if selfSource == "initial" || selfSource == "ema" { return [] }
+        if selfSource == "initial" || selfSource == "ema" || !cache.isEmpty { return [] }
         return members.isEmpty ? [TeacherMember(path: path, weight: 1)] : members
     }
 }
@@ -516,6 +523,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
             guard policy.promptTokens < train.seqLen else {
                 throw ConfigError.invalid("policy.prompt_tokens", expected: "< train.seq_len (\(train.seqLen)) so the student generates", found: "\(policy.promptTokens)")
             }
+        }
+        if policy.mode != "off", let c = teacher?.cache, !c.isEmpty {
+            throw ConfigError.invalid("teacher.cache", expected: "a live teacher with policy.mode \(policy.mode) (the cache only covers corpus windows)", found: "'\(c)'")
         }
         if policy.mode == "minillm" {
             guard distill.objective == "rkl" else {

@@ -31,3 +31,10 @@ public func fileChecksum(path: String) throws -> String {
     h = (h ^ total) &* 0x100_0000_01b3
     return String(h, radix: 16)
 }
+
+/// FNV-1a over a token stream (the identity of a corpus split that a teacher cache was computed on).
+public func tokenHash(_ tokens: [Int32]) -> UInt64 {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for t in tokens { h = (h ^ UInt64(UInt32(bitPattern: t))) &* 0x100_0000_01b3 }
+    return h
+}

@@ -2,12 +2,12 @@
 import Foundation
 import KDCore
 
-final class MappedFile {
-    let base: UnsafeRawPointer
-    let size: Int
+public final class MappedFile {
+    public let base: UnsafeRawPointer
+    public let size: Int
 
     /// Maps `path`; `minSize` bytes at least, else `tooSmall(size)` is thrown.
-    init(path: String, minSize: Int, tooSmall: (Int) -> any Error) throws {
+    public init(path: String, minSize: Int, tooSmall: (Int) -> any Error) throws {
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw KDError.unreadable(path: path, reason: String(cString: strerror(errno))) }
         defer { close(fd) }

@@ -82,8 +82,9 @@ public func teacherTopK(ensemble: TeacherEnsemble, n: Int, temperature: Float, k
 
 /// What the distillation term needs from the teacher and the objective.
 public struct DistillTarget {
-    /// The teacher(s): LM heads and final hidden states for the same rows as the student's (unused with `topK`).
-    public let teachers: TeacherEnsemble
+    /// The teacher(s): LM heads and final hidden states for the same rows as the student's (unused with `topK`; nil
+    /// when the top-k rows come from an offline cache).
+    public let teachers: TeacherEnsemble?
     /// When set, the teacher is these top-k rows instead of its full distribution.
     public var topK: TopKRows?
     public let divergence: Divergence
@@ -96,7 +97,7 @@ public struct DistillTarget {
     /// rollouts, which may be negative). - Shape: [n]
     public var ceWeights: UnsafePointer<Float>?
 
-    public init(teachers: TeacherEnsemble, divergence: Divergence, temperature: Float, kdRatio: Float, t2Scale: Bool) {
+    public init(teachers: TeacherEnsemble?, divergence: Divergence, temperature: Float, kdRatio: Float, t2Scale: Bool) {
         self.teachers = teachers; self.divergence = divergence
         self.temperature = temperature; self.kdRatio = kdRatio; self.t2Scale = t2Scale
     }
@@ -119,8 +120,9 @@ public func lmHeadDistill(
     targets: UnsafePointer<Int32>, n: Int, lossScale: Float, target t: DistillTarget, scratch: LMHeadScratch
 ) {
     let c = head.c, v = head.oc
-    precondition(t.teachers.vocabSize == v, "lmHeadDistill: teacher vocabulary \(t.teachers.vocabSize) ≠ student vocabulary \(v)")
-    let teacherLogits = scratch.spare(0, count: t.topK == nil ? t.teachers.bufferCount(rows: scratch.rows) : 0)
+    precondition(t.topK != nil || t.teachers != nil, "lmHeadDistill: neither teachers nor top-k rows")
+    precondition(t.teachers.map { $0.vocabSize == v } ?? true, "lmHeadDistill: teacher vocabulary ≠ student vocabulary \(v)")
+    let teacherLogits = scratch.spare(0, count: t.topK == nil ? t.teachers!.bufferCount(rows: scratch.rows) : 0)
     let threads = max(1, Parallel.threads), per = 3 * v + 2 * ((t.topK?.k ?? 0) + 1)
     let work = scratch.spare(1, count: threads * per)
     let training = dweight != nil
@@ -130,7 +132,7 @@ public func lmHeadDistill(
         let s = scratch.logits.base, x = inp + r0 * c
         head.forward(out: s, inp: x, n: m, accumulate: false)
         if t.topK == nil {
-            t.teachers.projectChunk(r0: r0, m: m, buffer: teacherLogits)
+            t.teachers!.projectChunk(r0: r0, m: m, buffer: teacherLogits)
         }
         Parallel.forRanges(threads) { tlo, thi in
             for th in tlo..<thi {
@@ -150,7 +152,7 @@ public func lmHeadDistill(
                                                         temperature: t.temperature, grad: training ? g : nil,
                                                         scale: lossScale * t.kdWeight, scratch: w))
                     } else {
-                        let trow = t.teachers.rowLogProbs(i: i, r: r0 + i, m: m, buffer: teacherLogits, temperature: t.temperature, scratch: w)
+                        let trow = t.teachers!.rowLogProbs(i: i, r: r0 + i, m: m, buffer: teacherLogits, temperature: t.temperature, scratch: w)
                         kd[r0 + i] = Float(divergenceRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v,
                                                          temperature: t.temperature, grad: training ? g : nil,
                                                          scale: lossScale * t.kdWeight, scratch: w))

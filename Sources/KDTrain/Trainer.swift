@@ -63,6 +63,8 @@ public final class Trainer {
     public var extraCheckpointFiles: [String: Data] = [:]
     var pipeline: TeacherPipeline?
     var groups: TeacherGroups?
+    /// The offline teacher: top-k rows per corpus window (`teacher.cache`).
+    public let teacherCache: TeacherCache?
     /// Every rank's embedding-output gradient and tokens, all-gathered each step.
     var gathered = Slab(count: 0)
     /// Replicated placement with the top-k exchange computes its top-k rows locally, into here.
@@ -71,11 +73,12 @@ public final class Trainer {
     /// The models that act as teachers on this rank (the files' teachers, or the self-teacher).
     var activeTeachers: [Transformer] { selfTeacher.map { [$0] } ?? teachers }
     /// Whether the loss has a distillation term.
-    public var hasTeacher: Bool { !activeTeachers.isEmpty }
+    public var hasTeacher: Bool { !activeTeachers.isEmpty || teacherCache != nil }
     /// The first teacher (the only one unless the config lists members).
     public var teacher: Transformer? { activeTeachers.first }
 
     var topKSpec: (k: Int, temperature: Float)? {
+        if let c = teacherCache { return (c.info.k, c.info.temperature) }
         guard let tc = config.teacher, tc.exchange == "topk" else { return nil }
         return (min(tc.topK, config.model.vocabSize), config.distill.temperature)
     }
@@ -96,8 +99,9 @@ public final class Trainer {
     }
 
     public init(config: RunConfig, corpus: TokenCorpus, comm: any Communicator = LocalCommunicator(),
-                teachers: [Transformer] = [], teacherManifest: [TeacherManifestEntry] = []) throws {
+                teachers: [Transformer] = [], teacherManifest: [TeacherManifestEntry] = [], teacherCache: TeacherCache? = nil) throws {
         try config.validate()
+        self.teacherCache = teacherCache
         self.config = config
         self.comm = comm
         let sources = config.teacher?.sources ?? []
@@ -121,6 +125,11 @@ public final class Trainer {
         guard corpus.vocabSize <= config.model.vocabSize else {
             throw KDError.invalidInput(what: "model.vocab_size", expected: ">= the data's vocabulary (\(corpus.vocabSize) tokens)",
                                        found: "\(config.model.vocabSize)")
+        }
+        if let cache = teacherCache {
+            try cache.check(corpus: corpus, seqLen: t.seqLen, temperature: config.distill.temperature)
+        } else if let c = config.teacher?.cache, !c.isEmpty {
+            throw KDError.invalidInput(what: "teacher.cache", expected: "the cache \(c) opened", found: "none given to the trainer")
         }
         sampler = try WindowSampler(stream: corpus.train, mask: corpus.trainMask, seqLen: t.seqLen, seed: t.seed)
         validation = corpus.validation.count > t.seqLen
@@ -206,7 +215,8 @@ public final class Trainer {
         }
         let parallel = comm.worldSize > 1
         for micro in 0..<t.gradAccum {
-            var target = try distillTarget(tokens: inputs + micro * perMicro)
+            let windows = (0..<t.microBatch).map { sampler.windowStart(sample: rankFirst + micro * t.microBatch + $0) / t.seqLen }
+            var target = try distillTarget(tokens: inputs + micro * perMicro, windows: windows)
             if source != .corpus {
                 // student-generated sequences: the divergence only (cross-entropy on its own samples would teach nothing),
                 // plus the policy-gradient term on rollouts
@@ -283,13 +293,20 @@ public final class Trainer {
 
     /// Runs the teacher(s) on `tokens` (one micro-batch; collective when pipelined or in groups) and returns what the
     /// student's head needs; nil without a teacher.
-    func distillTarget(tokens: UnsafePointer<Int32>) throws -> DistillTarget? {
+    /// `windows` are the micro-batch's corpus windows (for the offline cache), of the validation split when `validationSplit`.
+    func distillTarget(tokens: UnsafePointer<Int32>, windows: [Int] = [], validationSplit: Bool = false) throws -> DistillTarget? {
         guard hasTeacher else { return nil }
         let t = config.train, d = config.distill
         let n = t.microBatch * t.seqLen
         var rows: TopKRows?
         var members: [TeacherSource]
-        if let pipeline {
+        if let cache = teacherCache {
+            if localTopK?.n != n { localTopK = TopKBuffer(n: n, k: cache.info.k) }
+            cache.fill(localTopK!, windows: windows, validationSplit: validationSplit)
+            var target = DistillTarget(teachers: nil, divergence: divergence, temperature: d.temperature, kdRatio: d.kdRatio, t2Scale: d.t2Scale)
+            target.topK = localTopK!.rows
+            return target
+        } else if let pipeline {
             let hidden = try pipeline.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
             rows = pipeline.topKRows
             members = [TeacherSource(head: teachers[0].lmHeadWeight, hidden: hidden)]
@@ -322,7 +339,8 @@ public final class Trainer {
         var total = LossSum()
         for i in 0..<t.evalBatches {
             validation.fillSequential(inputs: inputs, targets: targets, first: i * t.microBatch, count: t.microBatch)
-            let target = try distillTarget(tokens: inputs)
+            let target = try distillTarget(tokens: inputs, windows: (0..<t.microBatch).map { (i * t.microBatch + $0) % validation.windows },
+                                           validationSplit: true)
             model.forward(tokens: inputs, b: t.microBatch, t: t.seqLen)
             total = total + (target.map { model.distillLoss(targets: targets, target: $0) } ?? model.loss(targets: targets))
         }

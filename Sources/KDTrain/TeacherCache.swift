@@ -1,0 +1,181 @@
+// The offline teacher cache: the teacher's top-k log-probabilities and tail mass for every window of a prepared
+// corpus, so training can run with no teacher in memory (`teacher: {cache: DIR}`).
+//   DIR/cache.json         k, temperature, seq_len, windows and token hash of each split, the teacher files
+//   DIR/train.topk         per window of seq_len rows: ids [seq_len, k] Int32 · log-probs [seq_len, k] Float ·
+//   DIR/validation.topk    log tails [seq_len] Float (the exchange's wire format, window by window)
+// Windows are the corpus' non-overlapping seq_len + 1 token windows, so the cached rows are exactly the ones a live
+// teacher would produce for any sample that lands on that window. `distill teacher-cache` shards the windows across
+// ranks (window w on rank w mod N) and rank 0 writes the files (temporary names, fsync, rename).
+import Foundation
+import KDCheckpoint
+import KDComm
+import KDConfig
+import KDCore
+import KDData
+import KDFormats
+import KDLoss
+import KDModel
+
+public struct TeacherCacheInfo: Codable, Equatable, Sendable {
+    public var format = 1
+    public var k: Int
+    public var temperature: Float
+    public var seqLen: Int
+    public var trainWindows: Int, validationWindows: Int
+    public var trainTokenHash: String, validationTokenHash: String
+    public var teachers: [TeacherManifestEntry]
+
+    enum CodingKeys: String, CodingKey {
+        case format, k, temperature, seqLen = "seq_len", trainWindows = "train_windows", validationWindows = "validation_windows"
+        case trainTokenHash = "train_token_hash", validationTokenHash = "validation_token_hash", teachers
+    }
+}
+
+/// A written cache, mapped; fills micro-batch top-k rows for windows.
+public final class TeacherCache {
+    public let dir: String
+    public let info: TeacherCacheInfo
+    let train: MappedFile, validation: MappedFile?
+
+    public init(dir: String) throws {
+        self.dir = dir
+        let infoPath = (dir as NSString).appendingPathComponent("cache.json")
+        guard FileManager.default.fileExists(atPath: infoPath) else {
+            throw KDError.invalidInput(what: "teacher cache \(dir)", expected: "a folder written by distill teacher-cache (cache.json)", found: "no cache.json")
+        }
+        do { info = try JSONDecoder().decode(TeacherCacheInfo.self, from: Data(contentsOf: URL(fileURLWithPath: infoPath))) } catch {
+            throw KDError.invalidInput(what: "\(infoPath)", expected: "a teacher cache description", found: "\(error)")
+        }
+        let per = TeacherCache.bytesPerWindow(seqLen: info.seqLen, k: info.k)
+        func open(_ split: String, windows: Int) throws -> MappedFile? {
+            guard windows > 0 else { return nil }
+            let p = (dir as NSString).appendingPathComponent("\(split).topk")
+            let bad = { (size: Int) in KDError.invalidInput(what: "teacher cache \(p)", expected: "\(windows * per) bytes (\(windows) windows)", found: "\(size) bytes") }
+            guard FileManager.default.fileExists(atPath: p) else { throw KDError.fileNotFound(path: p) }
+            let f = try MappedFile(path: p, minSize: windows * per, tooSmall: bad)
+            guard f.size == windows * per else { throw bad(f.size) }
+            return f
+        }
+        train = try open("train", windows: info.trainWindows)!
+        validation = try open("validation", windows: info.validationWindows)
+    }
+
+    public static func bytesPerWindow(seqLen: Int, k: Int) -> Int { seqLen * TopK.bytesPerToken(k: k) }
+
+    /// The cache must describe this corpus, window length and temperature.
+    public func check(corpus: TokenCorpus, seqLen: Int, temperature: Float) throws {
+        func need(_ ok: Bool, _ what: String, _ expected: String, _ found: String) throws {
+            if !ok { throw KDError.invalidInput(what: "teacher cache \(dir): \(what)", expected: expected, found: found) }
+        }
+        try need(info.seqLen == seqLen, "seq_len", "\(seqLen) (train.seq_len)", "\(info.seqLen)")
+        try need(info.temperature == temperature, "temperature", "\(temperature) (distill.temperature)", "\(info.temperature)")
+        try need(info.trainTokenHash == String(tokenHash(corpus.train), radix: 16), "training tokens",
+                 "the corpus of data.train (hash \(String(tokenHash(corpus.train), radix: 16)))", "hash \(info.trainTokenHash)")
+        try need(info.validationTokenHash == String(tokenHash(corpus.validation), radix: 16), "validation tokens",
+                 "the corpus' validation split", "hash \(info.validationTokenHash)")
+    }
+
+    /// Copies the rows of `windows` (of a split) into consecutive seq_len-row blocks of `out`.
+    public func fill(_ out: TopKBuffer, windows: [Int], validationSplit: Bool) {
+        let file = validationSplit ? validation! : train
+        let s = info.seqLen, k = info.k, per = TeacherCache.bytesPerWindow(seqLen: s, k: k)
+        precondition(out.k == k && out.n == windows.count * s, "TeacherCache.fill: buffer shape")
+        for (i, w) in windows.enumerated() {
+            let src = file.base + w * per
+            (out.raw + i * s * k * 4).copyMemory(from: src, byteCount: s * k * 4)
+            (out.raw + out.n * k * 4 + i * s * k * 4).copyMemory(from: src + s * k * 4, byteCount: s * k * 4)
+            (out.raw + out.n * k * 8 + i * s * 4).copyMemory(from: src + s * k * 8, byteCount: s * 4)
+        }
+    }
+
+    /// Computes and writes a cache (collective: every rank calls it). Teachers are combined as in training.
+    public static func write(dir: String, corpus: TokenCorpus, teachers: [Transformer], weights: [Float], combine: TeacherCombine,
+                             manifest: [TeacherManifestEntry], k: Int, temperature: Float, seqLen: Int, batch: Int,
+                             comm: any Communicator, progress: (String, Int, Int) -> Void = { _, _, _ in }) throws {
+        let fm = FileManager.default
+        let tmp = dir + ".tmp-\(getpid())"
+        var info = TeacherCacheInfo(k: k, temperature: temperature, seqLen: seqLen, trainWindows: 0, validationWindows: 0,
+                                    trainTokenHash: String(tokenHash(corpus.train), radix: 16),
+                                    validationTokenHash: String(tokenHash(corpus.validation), radix: 16), teachers: manifest)
+        if comm.rank == 0 {
+            try? fm.removeItem(atPath: tmp)
+            try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        }
+        let per = bytesPerWindow(seqLen: seqLen, k: k)
+        for (split, stream) in [("train", corpus.train), ("validation", corpus.validation)] {
+            let windows = stream.count > seqLen ? (stream.count - 1) / seqLen : 0
+            if split == "train" { info.trainWindows = windows } else { info.validationWindows = windows }
+            guard windows > 0 else { continue }
+            let path = (tmp as NSString).appendingPathComponent("\(split).topk")
+            let handle: FileHandle? = comm.rank == 0 ? try {
+                fm.createFile(atPath: path, contents: nil)
+                guard let h = FileHandle(forWritingAtPath: path) else { throw KDError.unreadable(path: path, reason: "cannot create") }
+                return h
+            }() : nil
+            // rounds of `batch` windows per rank: round r covers windows [r·N·batch, (r+1)·N·batch), rank i the i-th slice
+            let N = comm.worldSize, roundSize = N * batch
+            let rows = TopKBuffer(n: batch * seqLen, k: k)
+            var tokens = [Int32](repeating: 0, count: batch * seqLen)
+            var incoming = [UInt8](repeating: 0, count: batch * per)
+            var round = 0
+            while round * roundSize < windows {
+                let lo = round * roundSize + comm.rank * batch, count = max(0, min(batch, windows - lo))
+                var block = [UInt8](repeating: 0, count: batch * per)
+                if count > 0 {
+                    stream.withUnsafeBufferPointer { s in
+                        for i in 0..<batch {
+                            // a short last slice repeats its last window (computed, not written)
+                            let w = lo + min(i, count - 1)
+                            tokens.withUnsafeMutableBufferPointer { ($0.baseAddress! + i * seqLen).update(from: s.baseAddress! + w * seqLen, count: seqLen) }
+                        }
+                    }
+                    var members: [TeacherSource] = []
+                    for (t, w) in zip(teachers, weights) {
+                        tokens.withUnsafeBufferPointer { t.forward(tokens: $0.baseAddress!, b: batch, t: seqLen) }
+                        members.append(TeacherSource(head: t.lmHeadWeight, hidden: t.finalHidden, weight: w))
+                    }
+                    rows.fill(ensemble: TeacherEnsemble(members: members, combine: combine), temperature: temperature, chunk: 256)
+                    // regroup the micro-batch's three sections into per-window blocks
+                    block.withUnsafeMutableBytes { b in
+                        for i in 0..<count {
+                            let dst = b.baseAddress! + i * per
+                            dst.copyMemory(from: rows.raw + i * seqLen * k * 4, byteCount: seqLen * k * 4)
+                            (dst + seqLen * k * 4).copyMemory(from: rows.raw + rows.n * k * 4 + i * seqLen * k * 4, byteCount: seqLen * k * 4)
+                            (dst + seqLen * k * 8).copyMemory(from: rows.raw + rows.n * k * 8 + i * seqLen * 4, byteCount: seqLen * 4)
+                        }
+                    }
+                }
+                // rank 0 appends the round's slices in rank order
+                for r in 0..<N {
+                    let rlo = round * roundSize + r * batch, rc = max(0, min(batch, windows - rlo))
+                    guard rc > 0 else { break }
+                    if comm.rank == 0 {
+                        if r == 0 {
+                            try handle!.write(contentsOf: Data(block[0..<(rc * per)]))
+                        } else {
+                            try incoming.withUnsafeMutableBytes { try comm.receive($0.baseAddress!, bytes: rc * per, from: r, tag: 500 + round % 1000) }
+                            try handle!.write(contentsOf: Data(incoming[0..<(rc * per)]))
+                        }
+                    } else if r == comm.rank {
+                        try block.withUnsafeBytes { try comm.send($0.baseAddress!, bytes: rc * per, to: 0, tag: 500 + round % 1000) }
+                    }
+                }
+                progress(split, min(windows, (round + 1) * roundSize), windows)
+                round += 1
+            }
+            if let handle {
+                try handle.synchronize()
+                try handle.close()
+            }
+        }
+        if comm.rank == 0 {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            let data = try enc.encode(info)
+            try atomicWrite(path: (tmp as NSString).appendingPathComponent("cache.json")) { try $0.write(contentsOf: data) }
+            if fm.fileExists(atPath: dir) { try fm.removeItem(atPath: dir) }
+            try fm.moveItem(atPath: tmp, toPath: dir)
+        }
+        try comm.barrier()
+    }
+}

@@ -242,4 +242,34 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let bad = try launch("distill-mpi.sh", ["3", "train", "--config", try config("bad", "groups"), "--sample-tokens", "0"])
         #expect(bad.status != 0 && bad.out.contains("divisible by the 2 teachers") && bad.out.contains("3 ranks"), "\(bad.out)")
     }
+
+    @Test func teacherCacheIsTheSameFromTwoRanksAndTrainsWithoutTheTeacher() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var tm = ModelConfig()
+        tm.layers = 2; tm.dim = 48; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 96; tm.vocabSize = 256; tm.maxSeqLen = 64
+        let teacher = Transformer(config: tm, needsGrad: false)
+        teacher.initialize(seed: 43)
+        try saveHFModel(teacher, dir: dir.appendingPathComponent("teacher").path)
+        let live = try tinyYAML(dir, "live", edits: [("steps: 10", "steps: 2"),
+            ("data:\n", "teacher:\n  path: \(dir.appendingPathComponent("teacher").path)\n  exchange: topk\n  top_k: 8\ndata:\n")])
+        let two = try launch("distill-mpi.sh", ["2", "teacher-cache", "--config", live, "--out", dir.appendingPathComponent("c2").path, "--batch", "3", "--threads", "1"])
+        #expect(two.status == 0 && two.out.contains("on 2 ranks"), "\(two.out)")
+        let one = try launch("distill-mpi.sh", ["1", "teacher-cache", "--config", live, "--out", dir.appendingPathComponent("c1").path, "--batch", "3", "--threads", "1"])
+        #expect(one.status == 0, "\(one.out)")
+        // windows dealt to the ranks in slices of 3 and written by rank 0 in window order: the same file, to the bit (at
+        // the same thread count and slice size; other batchings differ in summation order only)
+        for f in ["train.topk", "validation.topk"] {
+            let a = try Data(contentsOf: dir.appendingPathComponent("c2/\(f)")), b = try Data(contentsOf: dir.appendingPathComponent("c1/\(f)"))
+            #expect(a.count > 0 && a == b, "\(f)")
+        }
+        // training from the cache on 2 ranks: no teacher loaded, resumable, and the manifest names the cache
+        let cached = try tinyYAML(dir, "cached", edits: [("steps: 10", "steps: 2"), ("data:\n", "teacher:\n  cache: \(dir.appendingPathComponent("c2").path)\ndata:\n")])
+        let t = try launch("distill-mpi.sh", ["2", "train", "--config", cached, "--sample-tokens", "0"])
+        #expect(t.status == 0 && t.out.contains("no teacher in memory") && t.out.contains("step     2/2"), "\(t.out)")
+        // a cache that does not exist is named
+        let missing = try tinyYAML(dir, "missing", edits: [("data:\n", "teacher:\n  cache: \(dir.appendingPathComponent("nope").path)\ndata:\n")])
+        let m = try launch("distill-mpi.sh", ["1", "train", "--config", missing])
+        #expect(m.status != 0 && m.out.contains("no cache.json"), "\(m.out)")
+    }
 }

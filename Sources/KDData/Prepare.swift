@@ -70,10 +70,10 @@ public func prepareCorpus(_ o: PrepareOptions, tokenizer tk: ShardTokenizer, pro
     let rng = CounterRNG(seed: o.seed, purpose: .dataSample)
     var s = PrepareSummary()
     s.files = files.count
-    func emit(_ ids: [Int32], _ mask: [UInt8]? = nil) throws {
+    func emit(_ ids: [Int32], _ mask: [UInt8]? = nil, route: UInt8 = 1) throws {
         guard !ids.isEmpty else { return }
         var ids = ids, mask = mask ?? [UInt8](repeating: 1, count: ids.count)
-        if let eos = tk.eos { ids.append(eos); mask.append(1) }
+        if let eos = tk.eos { ids.append(eos); mask.append(route) }
         let toVal = rng.uniform(0xD0C, UInt64(s.documents)) < Float(o.valFraction)
         try (toVal ? val : train).append(tokens: ids, mask: mask)
         s.documents += 1
@@ -109,11 +109,21 @@ public func prepareCorpus(_ o: PrepareOptions, tokenizer tk: ShardTokenizer, pro
                     guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
                         throw PrepareError.badJSONL(path: path, line: lineNo, reason: "expected a JSON object per line")
                     }
+                    // "teacher": i routes the example to member i of a multi-teacher config (stored in the loss mask as 2 + i)
+                    var route: UInt8 = 1
+                    if let t = obj["teacher"] {
+                        guard let i = t as? Int, (0...253).contains(i) else {
+                            throw PrepareError.badJSONL(path: path, line: lineNo, reason: "expected \"teacher\" to be a member index 0...253, found \(t)")
+                        }
+                        route = UInt8(2 + i)
+                    }
+                    func routed(_ m: [UInt8]) -> [UInt8] { route == 1 ? m : m.map { $0 == 0 ? 0 : route } }
                     if let t = obj["text"] as? String {
-                        try emit(tk.encode(t))
+                        let ids = tk.encode(t)
+                        try emit(ids, routed([UInt8](repeating: 1, count: ids.count)), route: route)
                     } else if let p = obj["prompt"] as? String, let r = obj["response"] as? String {
                         let (ids, mask) = tk.encodePair(p, r)
-                        try emit(ids, mask)
+                        try emit(ids, routed(mask), route: route)
                     } else {
                         throw PrepareError.badJSONL(path: path, line: lineNo, reason: "expected a \"text\" field, or \"prompt\" and \"response\"")
                     }

@@ -170,6 +170,25 @@ public struct WindowSampler: Sendable {
         copyWindows(inputs, targets, first: first, count: count) { windowStart(sample: $0) }
     }
 
+    /// Per row of samples `first ..< first + count` (shuffled, or sequential as for evaluation): the teacher the target
+    /// token is routed to (mask value 2 + i → i), or −1 for the combination of all teachers.
+    /// - Shapes: routes [count, seqLen]
+    public func fillRoutes(_ routes: UnsafeMutablePointer<Int32>, first: Int, count: Int, sequential: Bool = false) {
+        for r in 0..<count {
+            let w = sequential ? ((first + r) % windows) * seqLen : windowStart(sample: first + r)
+            for i in 0..<seqLen {
+                let m = mask?[w + 1 + i] ?? 1
+                routes[r * seqLen + i] = m >= 2 ? Int32(m) - 2 : -1
+            }
+        }
+    }
+
+    /// The largest teacher index the mask routes to, or nil when nothing is routed.
+    public var maxRoute: Int? {
+        guard let mask, let m = mask.max(), m >= 2 else { return nil }
+        return Int(m) - 2
+    }
+
     /// Sequential (unshuffled) windows for evaluation: window r starts at r·seqLen, wrapping around.
     public func fillSequential(inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>, first: Int, count: Int) {
         copyWindows(inputs, targets, first: first, count: count) { ($0 % windows) * seqLen }

@@ -102,7 +102,7 @@ public final class TeacherCache {
             try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         }
         let per = bytesPerWindow(seqLen: seqLen, k: k)
-        for (split, stream) in [("train", corpus.train), ("validation", corpus.validation)] {
+        for (split, stream, mask) in [("train", corpus.train, corpus.trainMask), ("validation", corpus.validation, corpus.validationMask)] {
             let windows = stream.count > seqLen ? (stream.count - 1) / seqLen : 0
             if split == "train" { info.trainWindows = windows } else { info.validationWindows = windows }
             guard windows > 0 else { continue }
@@ -116,6 +116,9 @@ public final class TeacherCache {
             let N = comm.worldSize, roundSize = N * batch
             let rows = TopKBuffer(n: batch * seqLen, k: k)
             var tokens = [Int32](repeating: 0, count: batch * seqLen)
+            // examples the data routes to one teacher (mask 2 + i) take that teacher's rows, as in training
+            let routed = teachers.count > 1 && (mask?.contains { $0 >= 2 } ?? false)
+            var routes = [Int32](repeating: -1, count: batch * seqLen)
             var incoming = [UInt8](repeating: 0, count: batch * per)
             var round = 0
             while round * roundSize < windows {
@@ -127,6 +130,9 @@ public final class TeacherCache {
                             // a short last slice repeats its last window (computed, not written)
                             let w = lo + min(i, count - 1)
                             tokens.withUnsafeMutableBufferPointer { ($0.baseAddress! + i * seqLen).update(from: s.baseAddress! + w * seqLen, count: seqLen) }
+                            if routed, let mask {
+                                for j in 0..<seqLen { let m = mask[w * seqLen + 1 + j]; routes[i * seqLen + j] = m >= 2 ? Int32(m) - 2 : -1 }
+                            }
                         }
                     }
                     var members: [TeacherSource] = []
@@ -134,7 +140,10 @@ public final class TeacherCache {
                         tokens.withUnsafeBufferPointer { t.forward(tokens: $0.baseAddress!, b: batch, t: seqLen) }
                         members.append(TeacherSource(head: t.lmHeadWeight, hidden: t.finalHidden, weight: w))
                     }
-                    rows.fill(ensemble: TeacherEnsemble(members: members, combine: combine), temperature: temperature, chunk: 256)
+                    routes.withUnsafeBufferPointer { rp in
+                        rows.fill(ensemble: TeacherEnsemble(members: members, combine: combine, route: routed ? rp.baseAddress! : nil),
+                                  temperature: temperature, chunk: 256)
+                    }
                     // regroup the micro-batch's three sections into per-window blocks
                     block.withUnsafeMutableBytes { b in
                         for i in 0..<count {

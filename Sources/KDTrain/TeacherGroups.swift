@@ -42,7 +42,7 @@ final class TeacherGroups {
 
     /// Collective: every rank calls it with its own micro-batch; returns one source per teacher for that micro-batch
     /// (with the top-k exchange their merged mixture is in ``topKRows``).
-    func forward(tokens: UnsafePointer<Int32>, b: Int, t: Int) throws -> [TeacherSource] {
+    func forward(tokens: UnsafePointer<Int32>, b: Int, t: Int, route: UnsafePointer<Int32>? = nil) throws -> [TeacherSource] {
         let N = comm.worldSize, S = groupSize, me = comm.rank, n = b * t, G = teachers.count
         let mine = teachers[group]
         let allTokens = UnsafeMutablePointer<Int32>.allocate(capacity: N * n)
@@ -85,6 +85,14 @@ final class TeacherGroups {
                 let out = merged!
                 Parallel.forRanges(n, minPerThread: 16) { lo, hi in
                     for r in lo..<hi {
+                        if let route, route[r] >= 0 {
+                            // a routed row is that teacher's own row
+                            let src = rows[Int(route[r])]
+                            (out.ids + r * k).update(from: src.ids + r * k, count: k)
+                            (out.logProbs + r * k).update(from: src.logProbs + r * k, count: k)
+                            out.logTail[r] = src.logTail[r]
+                            continue
+                        }
                         out.logTail[r] = TopK.mergeMixture(rows: rows, r: r, weights: w, v: v, k: k, ids: out.ids + r * k, logProbs: out.logProbs + r * k)
                     }
                 }

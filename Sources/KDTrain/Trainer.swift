@@ -44,6 +44,9 @@ public final class Trainer {
     /// Learning rate of the last step.
     public private(set) var lastLR: Float = 0
     let inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>
+    /// Per-row teacher routes from the data (−1 = all teachers combined), when the corpus routes examples.
+    let routeBuffer: UnsafeMutablePointer<Int32>
+    public let routing: Bool
     /// Per-row cross-entropy weights of rollout steps (the policy-gradient coefficients).
     let ceWeightBuffer: UnsafeMutablePointer<Float>
     /// distillm: the probability of a student-generated step, the replay buffer, the last validation loss.
@@ -143,6 +146,14 @@ public final class Trainer {
         targets = .allocate(capacity: rows)
         ceWeightBuffer = .allocate(capacity: rows)
         ceWeightBuffer.initialize(repeating: 0, count: rows)
+        routeBuffer = .allocate(capacity: rows)
+        routeBuffer.initialize(repeating: -1, count: rows)
+        let maxRoute = [sampler.maxRoute, validation?.maxRoute].compactMap { $0 }.max()
+        routing = maxRoute != nil && (teachers.count > 1 || teacherCache != nil)
+        if let maxRoute, !teachers.isEmpty, maxRoute >= teachers.count {
+            throw KDError.invalidInput(what: "the data's \"teacher\" routes", expected: "member indices below \(teachers.count) (teacher.members)",
+                                       found: "index \(maxRoute)")
+        }
         if config.policy.mode == "distillm" {
             policyThreshold = config.policy.thresholdInit
             replay = ReplayBuffer(capacity: config.policy.replayCapacity, length: t.seqLen + 1)
@@ -181,6 +192,7 @@ public final class Trainer {
         inputs.deallocate()
         targets.deallocate()
         ceWeightBuffer.deallocate()
+        routeBuffer.deallocate()
     }
 
     /// Samples per optimizer step over all ranks.
@@ -196,6 +208,8 @@ public final class Trainer {
         sampler.fill(inputs: inputs, targets: targets, first: rankFirst, count: t.microBatch * t.gradAccum)
         let source = stepSource(step)
         let reward = try prepareOnPolicyBatch(source, rankFirst: rankFirst)
+        let routed = routing && source == .corpus
+        if routed { sampler.fillRoutes(routeBuffer, first: rankFirst, count: t.microBatch * t.gradAccum) }
         // normalize by the global number of loss tokens, counted before any forward
         var counts = [Double((0..<(perMicro * t.gradAccum)).reduce(0) { $0 + (targets[$1] >= 0 ? 1 : 0) })]
         try comm.allReduceSum(&counts)
@@ -216,7 +230,8 @@ public final class Trainer {
         let parallel = comm.worldSize > 1
         for micro in 0..<t.gradAccum {
             let windows = (0..<t.microBatch).map { sampler.windowStart(sample: rankFirst + micro * t.microBatch + $0) / t.seqLen }
-            var target = try distillTarget(tokens: inputs + micro * perMicro, windows: windows)
+            var target = try distillTarget(tokens: inputs + micro * perMicro, windows: windows,
+                                           route: routed ? UnsafePointer(routeBuffer + micro * perMicro) : nil)
             if source != .corpus {
                 // student-generated sequences: the divergence only (cross-entropy on its own samples would teach nothing),
                 // plus the policy-gradient term on rollouts
@@ -294,7 +309,9 @@ public final class Trainer {
     /// Runs the teacher(s) on `tokens` (one micro-batch; collective when pipelined or in groups) and returns what the
     /// student's head needs; nil without a teacher.
     /// `windows` are the micro-batch's corpus windows (for the offline cache), of the validation split when `validationSplit`.
-    func distillTarget(tokens: UnsafePointer<Int32>, windows: [Int] = [], validationSplit: Bool = false) throws -> DistillTarget? {
+    /// `route` picks one teacher per row (−1: all combined).
+    func distillTarget(tokens: UnsafePointer<Int32>, windows: [Int] = [], validationSplit: Bool = false,
+                       route: UnsafePointer<Int32>? = nil) throws -> DistillTarget? {
         guard hasTeacher else { return nil }
         let t = config.train, d = config.distill
         let n = t.microBatch * t.seqLen
@@ -311,7 +328,7 @@ public final class Trainer {
             rows = pipeline.topKRows
             members = [TeacherSource(head: teachers[0].lmHeadWeight, hidden: hidden)]
         } else if let groups {
-            members = try groups.forward(tokens: tokens, b: t.microBatch, t: t.seqLen)
+            members = try groups.forward(tokens: tokens, b: t.microBatch, t: t.seqLen, route: route)
             rows = groups.topKRows
         } else {
             let active = activeTeachers
@@ -322,11 +339,11 @@ public final class Trainer {
             }
             if let (k, T) = topKSpec {
                 if localTopK?.n != n { localTopK = TopKBuffer(n: n, k: k) }
-                localTopK!.fill(ensemble: TeacherEnsemble(members: members, combine: combine), temperature: T, chunk: 256)
+                localTopK!.fill(ensemble: TeacherEnsemble(members: members, combine: combine, route: route), temperature: T, chunk: 256)
                 rows = localTopK!.rows
             }
         }
-        var target = DistillTarget(teachers: TeacherEnsemble(members: members, combine: combine), divergence: divergence,
+        var target = DistillTarget(teachers: TeacherEnsemble(members: members, combine: combine, route: route), divergence: divergence,
                                    temperature: d.temperature, kdRatio: d.kdRatio, t2Scale: d.t2Scale)
         target.topK = rows
         return target
@@ -339,8 +356,9 @@ public final class Trainer {
         var total = LossSum()
         for i in 0..<t.evalBatches {
             validation.fillSequential(inputs: inputs, targets: targets, first: i * t.microBatch, count: t.microBatch)
+            if routing { validation.fillRoutes(routeBuffer, first: i * t.microBatch, count: t.microBatch, sequential: true) }
             let target = try distillTarget(tokens: inputs, windows: (0..<t.microBatch).map { (i * t.microBatch + $0) % validation.windows },
-                                           validationSplit: true)
+                                           validationSplit: true, route: routing ? UnsafePointer(routeBuffer) : nil)
             model.forward(tokens: inputs, b: t.microBatch, t: t.seqLen)
             total = total + (target.map { model.distillLoss(targets: targets, target: $0) } ?? model.loss(targets: targets))
         }

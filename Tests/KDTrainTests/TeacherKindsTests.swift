@@ -8,6 +8,7 @@ import KDCore
 import KDData
 import KDModel
 import KDTrain
+import KDData
 import Testing
 
 func twoTeacherConfig(_ combine: String = "mixture") throws -> RunConfig {
@@ -100,4 +101,52 @@ func aTeacherMixedWithItselfTrainsLikeThatTeacher(combine: String) throws {
     #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("step_00000004/ema_teacher.safetensors").path))
     #expect(memcmp(full.model.params.base, resumed.model.params.base, n * 4) == 0)
     #expect(memcmp(full.selfTeacher!.params.base, resumed.selfTeacher!.params.base, n * 4) == 0)
+}
+
+/// Prepared JSONL whose examples name teacher `route(i)` (nil: no field) → a corpus.
+func routedCorpus(_ dir: URL, _ name: String, route: (Int) -> Int?) throws -> String {
+    let lines = (0..<240).map { i in route(i).map { "{\"text\": \"fortune \(i): a line of text.\", \"teacher\": \($0)}" } ?? "{\"text\": \"fortune \(i): a line of text.\"}" }
+    try lines.joined(separator: "\n").write(to: dir.appendingPathComponent("\(name).jsonl"), atomically: true, encoding: .utf8)
+    var o = PrepareOptions(inputs: [dir.appendingPathComponent("\(name).jsonl").path], output: dir.appendingPathComponent(name).path)
+    o.valFraction = 0.1
+    try prepareCorpus(o, tokenizer: .bytes)
+    return o.output
+}
+
+@Test func examplesRoutedToOneTeacherTrainOnThatTeacherAlone() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-route-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var c = try twoTeacherConfig()
+    c.train.seqLen = 32
+    c.train.steps = 2
+    let (a, b) = (randomTeacher(c, seed: 21), randomTeacher(c, seed: 22))
+    func run(_ corpusPath: String, _ config: RunConfig, _ teachers: [Transformer]) throws -> (Trainer, [StepStats]) {
+        var cfg = config
+        cfg.data.train = [corpusPath]
+        let tr = try Trainer(config: cfg, corpus: try TokenCorpus.load(cfg.data, seed: cfg.train.seed), teachers: teachers)
+        return (tr, try tr.run())
+    }
+    // every example names teacher 1: the pair trains exactly like teacher b alone on the same text without routes
+    let all = try routedCorpus(dir, "all", route: { _ in 1 }), none = try routedCorpus(dir, "none", route: { _ in nil })
+    let (pair, pairStats) = try run(all, c, [a, b])
+    #expect(pair.routing)
+    var single = c
+    single.teacher!.members = [TeacherMember(path: "b")]
+    let (alone, aloneStats) = try run(none, single, [b])
+    for (x, y) in zip(pairStats, aloneStats) { #expect(abs(x.kd - y.kd) < 1e-5 * y.kd, "\(x.kd) vs \(y.kd)") }
+    var worst: Float = 0
+    for i in 0..<pair.model.layout.count { worst = max(worst, abs(pair.model.params.base[i] - alone.model.params.base[i])) }
+    #expect(worst < 1e-5)
+    // no field: the mixture, which is not teacher b
+    let (mixed, mixedStats) = try run(none, c, [a, b])
+    #expect(!mixed.routing && abs(mixedStats[0].kd - aloneStats[0].kd) > 1e-4)
+    // a route beyond the members is refused before training, naming the index
+    let far = try routedCorpus(dir, "far", route: { $0 % 3 == 0 ? 2 : nil })
+    do {
+        _ = try run(far, c, [a, b])
+        Issue.record("a route to a third teacher was accepted")
+    } catch {
+        #expect("\(error)".contains("index 2") && "\(error)".contains("below 2"), "\(error)")
+    }
 }

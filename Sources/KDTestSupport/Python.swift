@@ -20,10 +20,36 @@ public func runProcess(_ executable: URL, _ args: [String], in dir: URL? = nil, 
         inp.fileHandleForWriting.write(Data(stdin.utf8))
         try inp.fileHandleForWriting.close()
     }
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = mergeOutput ? Data() : err.fileHandleForReading.readDataToEndOfFile()
+    // stderr drains on its own thread (a full pipe would block the child); reads retry on EINTR, which Foundation's
+    // readDataToEndOfFile turns into a crash
+    let errData = Mutex(Data())
+    let errDone = DispatchSemaphore(value: 0)
+    if !mergeOutput {
+        let fd = err.fileHandleForReading.fileDescriptor
+        Thread.detachNewThread {
+            let d = readToEnd(fd)
+            errData.withLock { $0 = d }
+            errDone.signal()
+        }
+    } else {
+        errDone.signal()
+    }
+    let o = readToEnd(out.fileHandleForReading.fileDescriptor)
+    errDone.wait()
+    let e = errData.withLock { $0 }
     p.waitUntilExit()
     return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+/// Every byte until end of file, retrying reads a signal interrupted.
+func readToEnd(_ fd: Int32) -> Data {
+    var out = Data(), buf = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+        if n > 0 { out.append(contentsOf: buf[0..<n]); continue }
+        if n < 0 && errno == EINTR { continue }
+        return out
+    }
 }
 
 /// Runs `python3 script args…` and returns its stdout; throws with stderr when it exits non-zero.

@@ -41,7 +41,7 @@ import Testing
     for (a, b) in zip(liveStats, offlineStats) { #expect(abs(a.loss - b.loss) <= 1e-6 * abs(a.loss) && abs(a.kd - b.kd) <= 1e-4 * a.kd, "\(a.kd) vs \(b.kd)") }
     var worst: Float = 0
     for i in 0..<live.model.layout.count { worst = max(worst, abs(live.model.params.base[i] - offline.model.params.base[i])) }
-    #expect(worst < 1e-6, "max |Δθ| \(worst)")
+    #expect(worst < 1e-5, "max |Δθ| \(worst)")
     // validation windows come from the cache too
     let (lv, ov) = (try live.evaluateDetailed()!, try offline.evaluateDetailed()!)
     #expect(abs(lv.kdMean - ov.kdMean) < 1e-4 * lv.kdMean)

@@ -576,7 +576,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
             throw ConfigError.syntax(source: path, message: "not readable as UTF-8 text")
         }
         let parsed: Node?
-        do { parsed = try Yams.compose(yaml: text) } catch { throw ConfigError.syntax(source: path, message: "\(error)") }
+        do { parsed = try Yams.compose(yaml: text) } catch {
+            // Yams reports over several lines (with a caret under the spot): one line is enough
+            let oneLine = "\(error)".split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && $0 != "^" }
+            throw ConfigError.syntax(source: path, message: oneLine.joined(separator: " "))
+        }
         guard var node = parsed, var map = node.mapping else { return parsed ?? Node("") }
         guard let baseValue = map["base"] else { return node }
         guard let base = baseValue.string else { throw ConfigError.invalid("base", expected: "the path of another config file", found: "\(baseValue)") }

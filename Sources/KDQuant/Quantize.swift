@@ -1,0 +1,135 @@
+// Quantization into GGUF block formats, bit for bit as ggml's reference quantizers (and gguf-py) do it, and the
+// fake quantization QAT trains with: w' = dequantize(quantize(w)), so a QAT student exported to the same format
+// dequantizes to exactly the weights it was trained with.
+//   Q8_0  32-blocks, d = absmax / 127, q = roundf(x / d) (half away from zero), d stored as F16
+//   Q4_0  32-blocks, d = (the signed value of largest magnitude) / −8, q = min(15, trunc(x / d + 8.5)), x ≈ (q − 8)·d
+//   Q4_1  32-blocks, d = (max − min) / 15, m = min, q = min(15, trunc((x − m) / d + 0.5)), x ≈ q·d + m (d, m as F16)
+// plus per-output-channel symmetric int8 / int4 (no GGUF block type: exported dequantized, exactly).
+// Dims: count elements, a multiple of the block size; rows of c elements for the per-channel schemes.
+import Foundation
+
+/// Quantizes `count` floats into `type` blocks at `out` (F32, F16, Q8_0, Q4_0, Q4_1).
+public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer) {
+    precondition(count % type.blockSize == 0, "quantize \(type): \(count) elements is not a multiple of \(type.blockSize)")
+    let nb = count / type.blockSize, ts = type.typeSize
+    func putF16(_ x: Float, _ off: Int) { out.storeBytes(of: Float16(x).bitPattern, toByteOffset: off, as: UInt16.self) }
+    switch type {
+    case .f32:
+        out.copyMemory(from: src, byteCount: count * 4)
+    case .f16:
+        for i in 0..<count { putF16(src[i], 2 * i) }
+    case .q8_0:
+        for b in 0..<nb {
+            let x = src + b * 32, o = b * ts
+            var amax: Float = 0
+            for j in 0..<32 { amax = max(amax, abs(x[j])) }
+            let d = amax / 127, id: Float = d != 0 ? 1 / d : 0
+            putF16(d, o)
+            for j in 0..<32 { out.storeBytes(of: Int8(roundf(x[j] * id)), toByteOffset: o + 2 + j, as: Int8.self) }
+        }
+    case .q4_0:
+        for b in 0..<nb {
+            let x = src + b * 32, o = b * ts
+            var amax: Float = 0, mx: Float = 0
+            for j in 0..<32 where abs(x[j]) > amax { amax = abs(x[j]); mx = x[j] }
+            let d = mx / -8, id: Float = d != 0 ? 1 / d : 0
+            putF16(d, o)
+            for j in 0..<16 {
+                let q0 = UInt8(min(15, max(0, (x[j] * id + 8.5).rounded(.towardZero))))
+                let q1 = UInt8(min(15, max(0, (x[j + 16] * id + 8.5).rounded(.towardZero))))
+                out.storeBytes(of: q0 | (q1 << 4), toByteOffset: o + 2 + j, as: UInt8.self)
+            }
+        }
+    case .q4_1:
+        for b in 0..<nb {
+            let x = src + b * 32, o = b * ts
+            var lo = Float.infinity, hi = -Float.infinity
+            for j in 0..<32 { lo = min(lo, x[j]); hi = max(hi, x[j]) }
+            let d = (hi - lo) / 15, id: Float = d != 0 ? 1 / d : 0
+            putF16(d, o)
+            putF16(lo, o + 2)
+            for j in 0..<16 {
+                let q0 = UInt8(min(15, max(0, ((x[j] - lo) * id + 0.5).rounded(.towardZero))))
+                let q1 = UInt8(min(15, max(0, ((x[j + 16] - lo) * id + 0.5).rounded(.towardZero))))
+                out.storeBytes(of: q0 | (q1 << 4), toByteOffset: o + 4 + j, as: UInt8.self)
+            }
+        }
+    default:
+        preconditionFailure("quantize: \(type) is not a supported output type (f32, f16, q8_0, q4_0, q4_1)")
+    }
+}
+
+/// The weight quantization a student trains with (QAT) and is exported in.
+public enum FakeQuantScheme: String, Sendable, CaseIterable {
+    case q8_0, q4_0, q4_1
+    /// Symmetric per output channel (row): d = absmax / 127 or / 7, q = roundf(x / d) clamped to [−128, 127] / [−8, 7].
+    case int8Channel = "int8_channel", int4Channel = "int4_channel"
+
+    /// The GGUF type it is stored as, when it has one.
+    public var ggmlType: GGMLType? {
+        switch self {
+        case .q8_0: return .q8_0
+        case .q4_0: return .q4_0
+        case .q4_1: return .q4_1
+        default: return nil
+        }
+    }
+
+    /// Elements a row must be a multiple of.
+    public var rowMultiple: Int { ggmlType?.blockSize ?? 1 }
+}
+
+/// w' = dequantize(quantize(w)) for `rows` rows of `c` elements, and the straight-through mask: 1 where the
+/// gradient passes, 0 where the value was clipped to the end of the grid (then rounding is not the identity's
+/// neighbour and the gradient is zero).
+/// - Shapes: src, out [rows, c] · mask [rows, c] or nil
+public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, rows: Int, c: Int,
+                         out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>?) {
+    precondition(c % scheme.rowMultiple == 0, "fakeQuantize \(scheme): rows of \(c) are not a multiple of \(scheme.rowMultiple)")
+    let count = rows * c
+    if let type = scheme.ggmlType {
+        let block = UnsafeMutableRawPointer.allocate(byteCount: type.typeSize, alignment: 16)
+        defer { block.deallocate() }
+        for b in 0..<(count / 32) {
+            quantize(type, src: src + b * 32, count: 32, out: block)
+            dequantize(type, src: block, out: out + b * 32, count: 32)
+            guard let mask else { continue }
+            switch type {
+            case .q4_0:
+                // the value of largest magnitude sits at −8; values past +7·|d| on the other side are clipped to 7
+                let d = Float(Float16(bitPattern: block.load(as: UInt16.self)))
+                let id: Float = d != 0 ? 1 / d : 0
+                for j in 0..<32 { mask[b * 32 + j] = src[b * 32 + j] * id + 8.5 >= 16 ? 0 : 1 }
+            default:
+                // Q8_0 and Q4_1 grids cover [−absmax, absmax] and [min, max]: nothing is clipped
+                for j in 0..<32 { mask[b * 32 + j] = 1 }
+            }
+        }
+        return
+    }
+    let levels: Float = scheme == .int8Channel ? 127 : 7, lowest: Float = scheme == .int8Channel ? -128 : -8
+    for r in 0..<rows {
+        let x = src + r * c, y = out + r * c
+        var amax: Float = 0
+        for j in 0..<c { amax = max(amax, abs(x[j])) }
+        let d = amax / levels, id: Float = d != 0 ? 1 / d : 0
+        for j in 0..<c {
+            let q = roundf(x[j] * id)
+            y[j] = min(levels, max(lowest, q)) * d
+            mask?[r * c + j] = q > levels || q < lowest ? 0 : 1
+        }
+    }
+}
+
+/// Per-row (per-token) symmetric int8 fake quantization of activations in place: x ← roundf(x / s)·s, s = absmax / 127.
+/// Nothing is clipped, so the straight-through gradient is the identity. - Shapes: x [rows, c]
+public func fakeQuantizeActivationsInt8(_ x: UnsafeMutablePointer<Float>, rows: Int, c: Int) {
+    for r in 0..<rows {
+        let row = x + r * c
+        var amax: Float = 0
+        for j in 0..<c { amax = max(amax, abs(row[j])) }
+        guard amax > 0 else { continue }
+        let s = amax / 127, id = 1 / s
+        for j in 0..<c { row[j] = roundf(row[j] * id) * s }
+    }
+}

@@ -14,6 +14,8 @@ import Testing
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
 func tinyConfig() throws -> RunConfig {
+    // one thread for every in-process run, set before the first one: a count changing mid-run changes summation order
+    configureThreads(1)
     var c = try RunConfig.load(path: repoRoot.appendingPathComponent("Configs/tiny.yaml").path)
     c.data.train = c.data.train.map { repoRoot.appendingPathComponent($0).path }
     return c

@@ -35,7 +35,7 @@ let package = Package(
         .target(
             name: "KDCheckpoint", dependencies: ["KDCore", "KDConfig", "KDModel", "KDFormats"], swiftSettings: cpuFlags),
         .target(
-            name: "KDTrain", dependencies: ["KDCore", "KDConfig", "KDOps", "KDLoss", "KDModel", "KDFormats", "KDData", "KDComm", "KDCheckpoint"],
+            name: "KDTrain", dependencies: ["KDCore", "KDConfig", "KDOps", "KDLoss", "KDQuant", "KDModel", "KDFormats", "KDData", "KDComm", "KDCheckpoint"],
             swiftSettings: cpuFlags),
         .executableTarget(
             name: "KDCLI",

@@ -448,6 +448,72 @@ public struct PolicyConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// Quantization-aware training: the student's linear layers see their weights quantized as they will be exported
+/// (fake quantization, straight-through gradients into full-precision master weights).
+public struct QATConfig: Codable, Equatable, Sendable {
+    /// `none`, `q8_0`, `q4_0`, `q4_1` (exactly the GGUF block formats) or `int8_channel`, `int4_channel`. Default none.
+    public var scheme = "none"
+    /// Also quantize the token embedding and LM head (else they stay full precision). Default false.
+    public var embeddings = false
+    /// `none` or `int8`: per-token dynamic int8 fake quantization of the activations entering the linear layers
+    /// (with a 4-bit scheme: "8da4w"). Default none.
+    public var activations = "none"
+    /// Full precision before this step. Default 0.
+    public var startStep = 0
+
+    public init() {}
+
+    public static let schemes = ["none", "q8_0", "q4_0", "q4_1", "int8_channel", "int4_channel"]
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case scheme, embeddings, activations, startStep = "start_step" }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        scheme = try c.value(.scheme, or: scheme)
+        embeddings = try c.value(.embeddings, or: embeddings)
+        activations = try c.value(.activations, or: activations)
+        startStep = try c.value(.startStep, or: startStep)
+        try c.require(QATConfig.schemes.contains(scheme), .scheme, expected: "one of \(QATConfig.schemes.joined(separator: ", "))", found: "'\(scheme)'")
+        try c.require(["none", "int8"].contains(activations), .activations, expected: "'none' or 'int8'", found: "'\(activations)'")
+        try c.require(startStep >= 0, .startStep, expected: "an integer >= 0", found: startStep)
+    }
+
+    public var enabled: Bool { scheme != "none" || activations != "none" }
+}
+
+/// How a training run's student starts.
+public struct StudentInitConfig: Codable, Equatable, Sendable {
+    /// `random` (default) or `from_teacher`: copy the teacher's embedding, final norm, head and the blocks in
+    /// `layers` (depth pruning); the model section must then have the teacher's width and len(layers) blocks.
+    public var initFrom = "random"
+    /// Teacher blocks to keep, in order (e.g. [0, 3, 6, …]); empty with `every` set = every `every`-th block.
+    public var layers: [Int] = []
+    /// Keep blocks 0, every, 2·every, … (when `layers` is empty). Default 0 (unused).
+    public var every = 0
+    /// The teacher to cut from (default: the teacher section's path).
+    public var teacher = ""
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case initFrom = "init", layers, every, teacher }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        initFrom = try c.value(.initFrom, or: initFrom)
+        layers = try c.value(.layers, or: layers)
+        every = try c.value(.every, or: every)
+        teacher = try c.value(.teacher, or: teacher)
+        try c.require(["random", "from_teacher"].contains(initFrom), .initFrom, expected: "'random' or 'from_teacher'", found: "'\(initFrom)'")
+        try c.require(every >= 0, .every, expected: "an integer >= 0", found: every)
+        try c.require(layers.allSatisfy { $0 >= 0 }, .layers, expected: "block indices >= 0", found: layers)
+        if initFrom == "from_teacher" {
+            try c.require(!layers.isEmpty || every > 0, .layers, expected: "the teacher blocks to keep (layers: [...] or every: N)", found: "none")
+        }
+    }
+}
+
 /// Where and how often rank 0 writes checkpoints.
 public struct CheckpointConfig: Codable, Equatable, Sendable {
     /// Run directory; checkpoints are its step_XXXXXXXX folders. Default Checkpoints/run.
@@ -486,10 +552,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var distill = DistillConfig()
     /// Corpus or on-policy sequences.
     public var policy = PolicyConfig()
+    public var qat = QATConfig()
+    public var student = StudentInitConfig()
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case model, train, optimizer, data, checkpoint, teacher, distill, policy }
+    enum CodingKeys: String, CodingKey, CaseIterable { case model, train, optimizer, data, checkpoint, teacher, distill, policy, qat, student }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
@@ -501,6 +569,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         teacher = try c.decodeIfPresent(TeacherConfig.self, forKey: .teacher)
         distill = try c.value(.distill, or: distill)
         policy = try c.value(.policy, or: policy)
+        qat = try c.value(.qat, or: qat)
+        student = try c.value(.student, or: student)
         guard c.contains(.data) else {
             throw ConfigError.invalid("data", expected: "a data section with a 'train' list of text files", found: "none")
         }
@@ -515,6 +585,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         if data.tokenizer == "bytes", model.vocabSize < 256 {
             throw ConfigError.invalid("model.vocab_size", expected: ">= 256 for the bytes tokenizer", found: "\(model.vocabSize)")
+        }
+        if ["q8_0", "q4_0", "q4_1"].contains(qat.scheme) {
+            // GGUF block formats quantize rows in blocks of 32
+            for (name, v) in [("model.dim", model.dim), ("model.ffn_dim", model.ffnDim)] where v % 32 != 0 {
+                throw ConfigError.invalid(name, expected: "a multiple of 32 with qat.scheme \(qat.scheme) (rows are quantized in blocks of 32)", found: "\(v)")
+            }
         }
         if policy.mode != "off" {
             guard teacher != nil else {

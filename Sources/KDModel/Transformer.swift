@@ -6,6 +6,7 @@ import KDConfig
 import KDCore
 import KDLoss
 import KDOps
+import KDQuant
 
 /// Buffers one block's forward writes and its backward reads.
 final class BlockActivations {
@@ -94,6 +95,8 @@ public final class Transformer {
     public let ropeStyle: RoPEStyle
     /// Rows of logits the chunked LM head materializes at once.
     public var lmHeadChunk: Int
+    /// 8da4w-style QAT: int8 per-token fake quantization of every activation entering a block's linear layers.
+    public var quantizeActivations = false
     var acts: Activations?
     /// Matrices kept in a packed format (a GGUF teacher's blocks), keyed by their offset in the layout; their
     /// region of `params` is never touched. Only models without gradients may hold packed weights.
@@ -232,6 +235,7 @@ public final class Transformer {
     ) {
         let m = config, c = m.dim, kv = m.kvDim, f = m.ffnDim, P = params.base, L = layout.blocks[l]
         rmsNormForward(out: A.ln1.base, rstd: A.rstd1.base, inp: resIn, weight: P + L.ln1, n: n, c: c, eps: m.rmsEps)
+        if quantizeActivations { fakeQuantizeActivationsInt8(A.ln1.base, rows: n, c: c) }
         linear(L.wq, out: A.q.base, inp: A.ln1.base, n: n, c: c, oc: c)
         linear(L.wk, out: kDst, inp: A.ln1.base, n: n, c: c, oc: kv)
         linear(L.wv, out: vDst, inp: A.ln1.base, n: n, c: c, oc: kv)
@@ -242,11 +246,14 @@ public final class Transformer {
                          v: vAll ?? UnsafePointer(vDst), shape: shape)
         // residual adds ride on sgemm's beta = 1: x2 = x + att·Woᵀ, out = x2 + h·Wdᵀ
         A.x2.base.update(from: resIn, count: n * c)
+        if quantizeActivations { fakeQuantizeActivationsInt8(A.att.base, rows: n, c: c) }
         linear(L.wo, out: A.x2.base, inp: A.att.base, n: n, c: c, oc: c, accumulate: true)
         rmsNormForward(out: A.ln2.base, rstd: A.rstd2.base, inp: A.x2.base, weight: P + L.ln2, n: n, c: c, eps: m.rmsEps)
+        if quantizeActivations { fakeQuantizeActivationsInt8(A.ln2.base, rows: n, c: c) }
         linear(L.wgate, out: A.gate.base, inp: A.ln2.base, n: n, c: c, oc: f)
         linear(L.wup, out: A.up.base, inp: A.ln2.base, n: n, c: c, oc: f)
         swiGLUForward(out: A.h.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+        if quantizeActivations { fakeQuantizeActivationsInt8(A.h.base, rows: n, c: f) }
         if resOut != A.x2.base { resOut.update(from: A.x2.base, count: n * c) }
         linear(L.wdown, out: resOut, inp: A.h.base, n: n, c: f, oc: c, accumulate: true)
     }

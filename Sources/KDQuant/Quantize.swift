@@ -82,7 +82,7 @@ public enum FakeQuantScheme: String, Sendable, CaseIterable {
 /// w' = dequantize(quantize(w)) for `rows` rows of `c` elements, and the straight-through mask: 1 where the
 /// gradient passes, 0 where the value was clipped to the end of the grid (then rounding is not the identity's
 /// neighbour and the gradient is zero).
-/// - Shapes: src, out [rows, c] · mask [rows, c] or nil
+/// `out` may be `src` (in place). - Shapes: src, out [rows, c] · mask [rows, c] or nil
 public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, rows: Int, c: Int,
                          out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>?) {
     precondition(c % scheme.rowMultiple == 0, "fakeQuantize \(scheme): rows of \(c) are not a multiple of \(scheme.rowMultiple)")
@@ -92,7 +92,7 @@ public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, r
         defer { block.deallocate() }
         for b in 0..<(count / 32) {
             quantize(type, src: src + b * 32, count: 32, out: block)
-            dequantize(type, src: block, out: out + b * 32, count: 32)
+            defer { dequantize(type, src: block, out: out + b * 32, count: 32) }  // last: out may be src
             guard let mask else { continue }
             switch type {
             case .q4_0:

@@ -10,6 +10,7 @@ import KDData
 import KDModel
 import KDLoss
 import KDOps
+import KDQuant
 
 /// What one optimizer step did.
 public struct StepStats: Sendable {
@@ -49,6 +50,11 @@ public final class Trainer {
     public let routing: Bool
     /// Per-row cross-entropy weights of rollout steps (the policy-gradient coefficients).
     let ceWeightBuffer: UnsafeMutablePointer<Float>
+    /// QAT: full-precision master weights (the model's slab holds their fake-quantized values) and the straight-through
+    /// masks of the last quantization.
+    public let qatScheme: FakeQuantScheme?
+    public private(set) var master: Slab?
+    var steMask: Slab?
     /// distillm: the probability of a student-generated step, the replay buffer, the last validation loss.
     public internal(set) var policyThreshold: Float = 0
     public internal(set) var replay: ReplayBuffer?
@@ -139,6 +145,12 @@ public final class Trainer {
             ? try WindowSampler(stream: corpus.validation, mask: corpus.validationMask, seqLen: t.seqLen, seed: t.seed, split: "validation") : nil
         model = Transformer(config: config.model, needsGrad: true, lmHeadChunk: t.lmHeadChunk)
         model.initialize(seed: t.seed)
+        qatScheme = FakeQuantScheme(rawValue: config.qat.scheme)
+        if config.qat.enabled {
+            master = Slab(count: model.layout.count)
+            master!.base.update(from: model.params.base, count: model.layout.count)
+            if qatScheme != nil { steMask = Slab(count: model.layout.count) }
+        }
         adamM = Slab(count: model.layout.count)
         adamV = Slab(count: model.layout.count)
         let rows = t.gradAccum * t.microBatch * t.seqLen
@@ -186,6 +198,22 @@ public final class Trainer {
             }
             groups = TeacherGroups(teachers: teachers, weights: teacherWeights, comm: comm, topK: topKSpec)
         }
+        refreshQuantized()
+    }
+
+    /// QAT: whether the current step trains with quantization (from qat.start_step on).
+    public var qatActive: Bool { config.qat.enabled && step >= config.qat.startStep }
+
+    /// QAT: the model's weights ← fake-quantized master weights (or the master weights before the start step), and
+    /// activation fake quantization on or off.
+    func refreshQuantized() {
+        guard let master else { return }
+        if let qatScheme, qatActive {
+            model.writeFakeQuantized(qatScheme, embeddings: config.qat.embeddings, master: master.base, mask: steMask!.base)
+        } else {
+            model.params.base.update(from: master.base, count: model.layout.count)
+        }
+        model.quantizeActivations = qatActive && config.qat.activations == "int8"
     }
 
     deinit {
@@ -269,25 +297,32 @@ public final class Trainer {
         let d = config.distill
         let t2 = Double(d.t2Scale ? d.temperature * d.temperature : 1)
         let loss = !hasTeacher ? ce : source != .corpus ? t2 * kd : Double(1 - d.kdRatio) * ce + Double(d.kdRatio) * t2 * kd
+        if let steMask, qatActive {
+            // straight-through: the gradient of a clipped weight is zero
+            let m = steMask.base
+            Parallel.forRanges(g.count, minPerThread: 1 << 16) { lo, hi in for i in lo..<hi { g.base[i] *= m[i] } }
+        }
         let norm = clipGradNorm(g.base, count: g.count, maxNorm: o.gradClip)
         guard loss.isFinite else { throw KDError.nonFinite(what: "training loss", step: step + 1) }
         guard norm.isFinite else { throw KDError.nonFinite(what: "gradient norm", step: step + 1) }
         let lr = o.learningRate(step: step, total: t.steps)
+        let weights = (master ?? model.params).base
         for e in model.layout.entries {
-            adamWUpdate(param: model.params.base + e.offset, grad: g.base + e.offset, m: adamM.base + e.offset,
+            adamWUpdate(param: weights + e.offset, grad: g.base + e.offset, m: adamM.base + e.offset,
                         v: adamV.base + e.offset, count: e.count,
                         step: AdamWStep(lr: lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps,
                                         weightDecay: e.isMatrix ? o.weightDecay : 0, t: step + 1))
         }
         if let st = selfTeacher, config.teacher?.selfSource == "ema" {
             // θ_T ← d·θ_T + (1 − d)·θ after the update
-            let dcy = config.teacher!.emaDecay, p = model.params.base, q = st.params.base
+            let dcy = config.teacher!.emaDecay, p = weights, q = st.params.base
             Parallel.forRanges(model.layout.count, minPerThread: 1 << 16) { lo, hi in
                 for i in lo..<hi { q[i] = dcy * q[i] + (1 - dcy) * p[i] }
             }
         }
         step += 1
         lastLR = lr
+        refreshQuantized()
         sampleCursor += globalBatch
         return StepStats(step: step, loss: loss, tokens: Int(counts[0]), lr: lr, gradNorm: norm,
                          seconds: monotonicSeconds() - start, exposedCommSeconds: exposed, ce: ce, kd: kd, source: source, reward: reward)
@@ -402,6 +437,9 @@ public final class Trainer {
                 if let v = lastValLoss { state.extra["last_val_loss"] = "\(v)" }
                 files["replay.bin"] = replay.serialized()
             }
+            // the checkpoint holds the full-precision weights; QAT re-quantizes them from its config when read
+            if let master { model.params.base.update(from: master.base, count: model.layout.count) }
+            defer { refreshQuantized() }
             path = try checkpointStore.save(model: model, adamM: adamM, adamV: adamV, state: state, extraFiles: files,
                                             extraWeights: emaWeights)
             KDLog.info(String(format: "checkpoint %@ written in %.2f s", path!, monotonicSeconds() - start))
@@ -449,6 +487,10 @@ public final class Trainer {
         step = Int(header[0])
         sampleCursor = Int(header[1])
         lastLR = Float(header[2])
+        if let master {
+            master.base.update(from: model.params.base, count: model.layout.count)
+            refreshQuantized()
+        }
     }
 
     /// distillm: a validation loss that rose by more than the margin since the last evaluation raises the probability

@@ -1,0 +1,96 @@
+// QAT in the trainer: the model computes with exactly the GGUF round trip of its full-precision master weights,
+// gradients reach the masters through the straight-through masks, nothing quantizes before the start step, and a
+// QAT run resumes bitwise (checkpoints hold the masters).
+import Foundation
+import KDConfig
+import KDCore
+import KDData
+import KDModel
+import KDQuant
+@testable import KDTrain
+import Testing
+
+func qatConfig(_ scheme: String) throws -> RunConfig {
+    var c = try tinyConfig()
+    c.model.ffnDim = 192  // blocks of 32
+    c.train.steps = 4
+    c.train.gradAccum = 1
+    c.qat.scheme = scheme
+    return c
+}
+
+@Test(arguments: ["q8_0", "q4_0", "q4_1", "int4_channel"])
+func qatComputesWithTheQuantizedMasterWeights(scheme: String) throws {
+    var c = try qatConfig(scheme)
+    c.qat.startStep = 2
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let tr = try Trainer(config: c, corpus: corpus)
+    let n = tr.model.layout.count
+    func params() -> [Float] { Array(UnsafeBufferPointer(start: tr.model.params.base, count: n)) }
+    func masters() -> [Float] { Array(UnsafeBufferPointer(start: tr.master!.base, count: n)) }
+    // before the start step the model runs on the masters themselves
+    _ = try tr.trainStep()
+    #expect(params() == masters() && !tr.qatActive)
+    _ = try tr.trainStep()
+    #expect(tr.qatActive)
+    let m = masters(), p = params()
+    #expect(m != p)
+    let fq = FakeQuantScheme(rawValue: scheme)!
+    for e in tr.model.layout.entries {
+        let slice = Array(m[e.offset..<(e.offset + e.count)])
+        if tr.model.quantizedEntries(embeddings: false).contains(e) {
+            var want = [Float](repeating: 0, count: e.count)
+            want.withUnsafeMutableBufferPointer { fakeQuantize(fq, src: slice, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil) }
+            #expect(Array(p[e.offset..<(e.offset + e.count)]) == want, "\(e.name)")
+            if let t = fq.ggmlType {
+                // … which is what the GGUF file of that type will hold
+                var bytes = [UInt8](repeating: 0, count: t.byteCount(elements: e.count)), back = [Float](repeating: 0, count: e.count)
+                bytes.withUnsafeMutableBytes { b in
+                    quantize(t, src: slice, count: e.count, out: b.baseAddress!)
+                    back.withUnsafeMutableBufferPointer { dequantize(t, src: b.baseAddress!, out: $0.baseAddress!, count: e.count) }
+                }
+                #expect(back == want)
+            }
+        } else {
+            #expect(Array(p[e.offset..<(e.offset + e.count)]) == slice, "\(e.name) stays full precision")
+        }
+    }
+}
+
+@Test func qatGradientsReachTheMastersThroughTheStraightThroughMask() throws {
+    let c = try qatConfig("q4_0")
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let tr = try Trainer(config: c, corpus: corpus)
+    _ = try tr.trainStep()
+    // some Q4_0 weights sit past +7·|d| on the side opposite their block's largest value: those get no gradient
+    let mask = Array(UnsafeBufferPointer(start: tr.steMask!.base, count: tr.model.layout.count))
+    let zeros = mask.filter { $0 == 0 }.count
+    #expect(zeros > 0 && zeros < mask.count / 10)
+    // the next step's gradient is zero exactly there
+    _ = try tr.trainStep()
+    let g = tr.model.grads!.base
+    #expect((0..<mask.count).allSatisfy { mask[$0] != 0 || g[$0] == 0 })
+}
+
+@Test func qatRunResumesBitwise() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-qat-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var c = try qatConfig("q4_1")
+    c.qat.activations = "int8"
+    c.checkpoint.dir = dir.path
+    c.checkpoint.every = 2
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let full = try Trainer(config: c, corpus: corpus)
+    let a = try full.run(checkpoints: true)
+    #expect(full.model.quantizeActivations)
+    let resumed = try Trainer(config: c, corpus: corpus)
+    try resumed.resume(from: dir.appendingPathComponent("step_00000002").path)
+    let b = try resumed.run()
+    #expect(b.map(\.loss) == a.suffix(2).map(\.loss))
+    #expect(memcmp(full.master!.base, resumed.master!.base, full.model.layout.count * 4) == 0)
+    // activation quantization changes what the model computes
+    var plain = c
+    plain.qat.activations = "none"
+    let p = try Trainer(config: plain, corpus: corpus).run()
+    #expect(p[0].loss != a[0].loss)
+}

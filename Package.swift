@@ -40,7 +40,7 @@ let package = Package(
         .executableTarget(
             name: "KDCLI",
             dependencies: [
-                "KDCore", "KDConfig", "KDOps", "KDLoss", "KDModel", "KDFormats", "KDData", "KDComm", "KDCheckpoint", "KDTrain", "CBLAS",
+                "KDCore", "KDConfig", "KDOps", "KDLoss", "KDQuant", "KDModel", "KDFormats", "KDData", "KDComm", "KDCheckpoint", "KDTrain", "CBLAS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: cpuFlags),

@@ -16,7 +16,7 @@ struct Distill: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "distill",
         abstract: "Distill large language models into small, quantized students (under mpirun).",
-        subcommands: [Train.self, TeacherCacheCommand.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Bench.self, CheckpointCommand.self])
+        subcommands: [Train.self, TeacherCacheCommand.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Export.self, Bench.self, CheckpointCommand.self])
 }
 
 /// Prints `error: …` on one line and exits non-zero; used for every failure past argument validation.
@@ -85,8 +85,19 @@ struct Train: ParsableCommand {
                 cache = try TeacherCache(dir: dir)
                 manifest = [try TeacherManifestEntry(path: (dir as NSString).appendingPathComponent("cache.json"))]
             }
+            // student.init from_teacher: cut from student.teacher, else from the (first) teacher
+            var cutFrom: LoadedModel?
+            if c.student.initFrom == "from_teacher", !c.student.teacher.isEmpty {
+                cutFrom = try openModel(path: c.student.teacher, maxSeqLen: c.train.seqLen)
+            }
             let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teachers: loaded.map(\.model), teacherManifest: manifest,
-                                      teacherCache: cache)
+                                      teacherCache: cache, initFrom: cutFrom?.model)
+            if c.student.initFrom == "from_teacher", let src = cutFrom?.model ?? loaded.first?.model {
+                KDLog.info("  student cut from \(c.student.teacher.isEmpty ? sources[0].path : c.student.teacher): blocks \(c.student.keptLayers(teacherLayers: src.config.layers)) of \(src.config.layers)")
+            }
+            if c.qat.enabled {
+                KDLog.info("  QAT     weights \(c.qat.scheme)\(c.qat.embeddings ? " (embedding and head too)" : ""), activations \(c.qat.activations), from step \(c.qat.startStep)")
+            }
             trainer.allowTeacherChange = allowTeacherChange
             // the student speaks the teacher's tokens: its checkpoints carry the tokenizer (generate and eval --text work)
             if let tok = teacher?.tokenizer, corpus.tokenizerHash == tok.hash {

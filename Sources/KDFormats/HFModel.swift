@@ -110,12 +110,34 @@ public func openModel(path: String, maxSeqLen: Int? = nil) throws -> LoadedModel
         let (model, files) = try loadHFModel(dir: path, needsGrad: false, maxSeqLen: maxSeqLen)
         let tj = (path as NSString).appendingPathComponent("tokenizer.json")
         let tok = FileManager.default.fileExists(atPath: tj) ? try BPETokenizer(hfTokenizerJSON: tj) : nil
-        return LoadedModel(model: model, tokenizer: tok, kind: "safetensors", keepAlive: files)
+        // a QAT checkpoint holds full-precision masters: it runs as it trained, quantized
+        var kind = "safetensors"
+        if let qat = try checkpointQAT(dir: path), qat.enabled {
+            if let scheme = FakeQuantScheme(rawValue: qat.scheme) {
+                model.writeFakeQuantized(scheme, embeddings: qat.embeddings, master: model.params.base, mask: nil)
+            }
+            model.quantizeActivations = qat.activations == "int8"
+            kind = "safetensors, QAT \(qat.scheme)\(qat.activations == "int8" ? " + int8 activations" : "")"
+        }
+        return LoadedModel(model: model, tokenizer: tok, kind: kind, keepAlive: files)
     }
     let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
     guard head == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
     let (model, file) = try loadGGUFModel(path: path, maxSeqLen: maxSeqLen)
-    return LoadedModel(model: model, tokenizer: try BPETokenizer(gguf: file), kind: "gguf", keepAlive: [file])
+    // a GGUF without tokenizer metadata (a byte-level student exported by distill) reads text as bytes
+    let tok = file.metadata["tokenizer.ggml.model"] == nil ? nil : try BPETokenizer(gguf: file)
+    return LoadedModel(model: model, tokenizer: tok, kind: "gguf", keepAlive: [file])
+}
+
+/// The QAT settings of a training checkpoint folder (from the config in its state.json), when it is one and its step
+/// had reached qat.start_step; nil for any other folder.
+public func checkpointQAT(dir: String) throws -> QATConfig? {
+    let statePath = (dir as NSString).appendingPathComponent("state.json")
+    guard let data = FileManager.default.contents(atPath: statePath),
+          let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let yaml = j["config"] as? String else { return nil }
+    let c = try RunConfig.parse(yaml: yaml, source: statePath)
+    let step = j["step"] as? Int ?? 0
+    return c.qat.enabled && step >= c.qat.startStep ? c.qat : nil
 }
 
 extension BPETokenizer {

@@ -108,7 +108,8 @@ public final class Trainer {
     }
 
     public init(config: RunConfig, corpus: TokenCorpus, comm: any Communicator = LocalCommunicator(),
-                teachers: [Transformer] = [], teacherManifest: [TeacherManifestEntry] = [], teacherCache: TeacherCache? = nil) throws {
+                teachers: [Transformer] = [], teacherManifest: [TeacherManifestEntry] = [], teacherCache: TeacherCache? = nil,
+                initFrom: Transformer? = nil) throws {
         try config.validate()
         self.teacherCache = teacherCache
         self.config = config
@@ -145,6 +146,12 @@ public final class Trainer {
             ? try WindowSampler(stream: corpus.validation, mask: corpus.validationMask, seqLen: t.seqLen, seed: t.seed, split: "validation") : nil
         model = Transformer(config: config.model, needsGrad: true, lmHeadChunk: t.lmHeadChunk)
         model.initialize(seed: t.seed)
+        if config.student.initFrom == "from_teacher" {
+            guard let source = initFrom ?? teachers.first else {
+                throw KDError.invalidInput(what: "student.init from_teacher", expected: "a teacher to cut the student from", found: "none loaded")
+            }
+            try model.copyPruned(from: source, layers: config.student.keptLayers(teacherLayers: source.config.layers))
+        }
         qatScheme = FakeQuantScheme(rawValue: config.qat.scheme)
         if config.qat.enabled {
             master = Slab(count: model.layout.count)

@@ -1,0 +1,132 @@
+// distill export against independent readers: the GGUF through gguf-py (metadata, shapes, types, every tensor's
+// bytes equal to gguf-py quantizing the checkpoint itself), the safetensors folder through the safetensors package;
+// a QAT student's NLL from its checkpoint (fake quantization on) and from its exported GGUF agree to 1e-5; bad
+// requests fail with one line and leave no file; a student cut from the exported (quantized) teacher holds exactly
+// its dequantized blocks.
+import Foundation
+import KDConfig
+import KDFormats
+import KDModel
+import KDQuant
+import KDTestSupport
+import Testing
+
+let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Scripts")
+
+@Suite(.serialized) struct ExportRuns {
+    func distill(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        try runProcess(try distillBinary(), args, in: repoRoot)
+    }
+
+    /// A 2-step QAT run of the tiny config (ffn 192: rows in blocks of 32) in `dir`; returns its last checkpoint.
+    func trainQAT(_ dir: URL, scheme: String) throws -> URL {
+        let cfg = try tinyYAML(dir, "qat-\(scheme)", edits: [("steps: 10", "steps: 2"), ("ffn_dim: 172", "ffn_dim: 192"),
+                                                              ("checkpoint:", "qat:\n  scheme: \(scheme)\ncheckpoint:")])
+        let r = try distill(["train", "--config", cfg, "--sample-tokens", "0"])
+        #expect(r.status == 0, "\(r.err)")
+        return dir.appendingPathComponent("qat-\(scheme)/step_00000002")
+    }
+
+    @Test(arguments: ["q8_0", "q4_0"])
+    func qatStudentExportsToExactlyWhatItTrainedWith(scheme: String) throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ckpt = try trainQAT(dir, scheme: scheme)
+        let gguf = dir.appendingPathComponent("student.gguf").path
+        let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
+        // the embedding/head stayed full precision in training (qat.embeddings false): F32 in the file too
+        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, \(scheme.uppercased()), embedding/head F32"), "\(e.out)\(e.err)")
+        // gguf-py reads it, and quantizing the checkpoint's full-precision weights itself gives the same bytes
+        let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
+                                  [gguf, ckpt.appendingPathComponent("model.safetensors").path, scheme, "f32"])
+        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
+        let meta = j["metadata"] as! [String: Any]
+        #expect(meta["general.architecture"] as? String == "llama" && meta["llama.block_count"] as? Int == 2
+                && meta["llama.embedding_length"] as? Int == 64 && meta["llama.feed_forward_length"] as? Int == 192)
+        #expect((j["bad"] as! [String]).isEmpty && (j["extra"] as! [String]).isEmpty, "\(check)")
+        #expect(j["tensors"] as? Int == 2 * 9 + 2)
+        // the NLL of the checkpoint (fake quantization on) and of the GGUF read back by our reader agree
+        let text = repoRoot.appendingPathComponent("Tests/KDTrainTests/Fixtures/fortunes-sample.txt").path
+        func nll(_ model: String) throws -> Double {
+            let r = try distill(["eval", "--model", model, "--text", text, "--context", "64", "--max-windows", "40", "--json", "--threads", "1"])
+            #expect(r.status == 0, "\(r.err)")
+            return (try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any])["mean_nll"] as! Double
+        }
+        let (a, b) = (try nll(ckpt.path), try nll(gguf))
+        #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
+        // the same weights unquantized give another NLL: the checkpoint really ran quantized
+        let f32 = dir.appendingPathComponent("f32.gguf").path
+        #expect(try distill(["export", ckpt.path, "--format", "gguf", "--quant", "f32", "--out", f32]).status == 0)
+        let unquantized = try nll(f32)
+        #expect(abs(unquantized - a) > 20 * max(abs(a - b), 1e-7), "f32 \(unquantized), QAT \(a), GGUF \(b)")
+    }
+
+    @Test func safetensorsExportLoadsInTheSafetensorsPackage() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ckpt = try trainQAT(dir, scheme: "q8_0")
+        let out = dir.appendingPathComponent("hf")
+        let e = try distill(["export", ckpt.path, "--format", "safetensors", "--out", out.path])
+        #expect(e.status == 0, "\(e.err)")
+        let names = try runPython(cliScripts.appendingPathComponent("list_safetensors.py").path, [out.appendingPathComponent("model.safetensors").path])
+        #expect(names.contains("model.layers.1.mlp.down_proj.weight [64, 192] float32"), "\(names)")
+        #expect(names.split(separator: "\n").count == 2 * 9 + 2)
+        #expect(FileManager.default.fileExists(atPath: out.appendingPathComponent("config.json").path))
+    }
+
+    @Test func badExportRequestsFailClearlyAndLeaveNoFile() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // the tiny config's ffn rows of 172 do not fit 4-bit blocks of 32
+        let cfg = try tinyYAML(dir, "plain", edits: [("steps: 10", "steps: 1"), ("warmup_steps: 2", "warmup_steps: 1")])
+        #expect(try distill(["train", "--config", cfg, "--sample-tokens", "0"]).status == 0)
+        let ckpt = dir.appendingPathComponent("plain/step_00000001").path
+        let out = dir.appendingPathComponent("x.gguf").path
+        let r = try distill(["export", ckpt, "--format", "gguf", "--quant", "q4_0", "--out", out])
+        #expect(r.status != 0 && r.err.contains("multiples of 32") && r.err.contains("172"), "\(r.err)")
+        #expect(r.err.split(separator: "\n").count == 1)
+        let unwritable = try distill(["export", ckpt, "--format", "gguf", "--quant", "f16", "--out", "/nonexistent/dir/x.gguf"])
+        #expect(unwritable.status != 0 && unwritable.err.contains("/nonexistent/dir/x.gguf"), "\(unwritable.err)")
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.contains("x.gguf") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
+        #expect(try distill(["export", ckpt, "--format", "onnx", "--out", out]).status != 0)
+    }
+
+    @Test func aStudentCutFromAQuantizedTeacherHoldsItsDequantizedBlocks() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // a 4-block teacher exported as Q8_0 GGUF
+        var tm = ModelConfig()
+        tm.layers = 4; tm.dim = 64; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 192; tm.vocabSize = 256; tm.maxSeqLen = 64; tm.ropeStyle = "adjacent"
+        let teacher = Transformer(config: tm, needsGrad: false)
+        teacher.initialize(seed: 8)
+        let path = dir.appendingPathComponent("t.gguf").path
+        try teacher.exportGGUF(path: path, type: .q8_0, name: "t", extraMetadata: [])
+        let loaded = try openModel(path: path)
+        var sm = tm
+        sm.layers = 2
+        let student = Transformer(config: sm, needsGrad: true)
+        try student.copyPruned(from: loaded.model, layers: [1, 3])
+        for e in student.layout.entries {
+            // student block i is teacher block [1, 3][i]; the rest keeps its name
+            var src = e.name
+            if e.name.hasPrefix("model.layers.0.") { src = "model.layers.1." + e.name.dropFirst("model.layers.0.".count) }
+            if e.name.hasPrefix("model.layers.1.") { src = "model.layers.3." + e.name.dropFirst("model.layers.1.".count) }
+            let te = loaded.model.layout.entries.first { $0.name == src }!
+            var want = [Float](repeating: 0, count: e.count)
+            want.withUnsafeMutableBufferPointer { loaded.model.denseTensor(te, into: $0.baseAddress!) }
+            #expect(Array(UnsafeBufferPointer(start: student.params.base + e.offset, count: e.count)) == want, "\(e.name)")
+            if e.isMatrix {
+                // and those are the Q8_0 round trip of the original teacher's weights
+                let orig = Array(UnsafeBufferPointer(start: teacher.params.base + te.offset, count: e.count))
+                var rt = [Float](repeating: 0, count: e.count)
+                rt.withUnsafeMutableBufferPointer { fakeQuantize(.q8_0, src: orig, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil) }
+                #expect(rt == want, "\(e.name)")
+            }
+        }
+        // a width that differs from the teacher's is named
+        var wide = sm
+        wide.dim = 128
+        #expect(throws: (any Error).self) { try Transformer(config: wide, needsGrad: true).copyPruned(from: loaded.model, layers: [0, 1]) }
+    }
+}

@@ -51,7 +51,11 @@ struct Train: ParsableCommand {
     /// The config file with command-line overrides applied and validated again.
     func resolvedConfig() throws -> RunConfig {
         var c = try RunConfig.load(path: config)
-        if let steps { c.train.steps = steps }
+        if let steps {
+            c.train.steps = steps
+            // a shorter run from the command line keeps a valid schedule
+            c.optimizer.warmupSteps = min(c.optimizer.warmupSteps, steps)
+        }
         if let threads { c.train.threads = threads }
         if let seed { c.train.seed = seed }
         if let checkpointDir { c.checkpoint.dir = checkpointDir }

@@ -493,10 +493,13 @@ public struct StudentInitConfig: Codable, Equatable, Sendable {
     public var every = 0
     /// The teacher to cut from (default: the teacher section's path).
     public var teacher = ""
+    /// Width pruning (model.ffn_dim below the teacher's): micro-batches of the first training windows on which the
+    /// teacher's FFN channels are ranked by mean |activation|. Default 4.
+    public var calibrationBatches = 4
 
     public init() {}
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case initFrom = "init", layers, every, teacher }
+    enum CodingKeys: String, CodingKey, CaseIterable { case initFrom = "init", layers, every, teacher, calibrationBatches = "calibration_batches" }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
@@ -505,6 +508,8 @@ public struct StudentInitConfig: Codable, Equatable, Sendable {
         layers = try c.value(.layers, or: layers)
         every = try c.value(.every, or: every)
         teacher = try c.value(.teacher, or: teacher)
+        calibrationBatches = try c.value(.calibrationBatches, or: calibrationBatches)
+        try c.require(calibrationBatches >= 1, .calibrationBatches, expected: "an integer >= 1", found: calibrationBatches)
         try c.require(["random", "from_teacher"].contains(initFrom), .initFrom, expected: "'random' or 'from_teacher'", found: "'\(initFrom)'")
         try c.require(every >= 0, .every, expected: "an integer >= 0", found: every)
         try c.require(layers.allSatisfy { $0 >= 0 }, .layers, expected: "block indices >= 0", found: layers)

@@ -21,16 +21,40 @@ extension Transformer {
         return m
     }
 
+    /// Mean |activation| of every FFN hidden channel (silu(gate)·up, what the down projection reads) of every block
+    /// over the tokens given: the importance width pruning ranks channels by (Minitron). Inference models only.
+    /// - Shapes: tokens [b, t] · result [layers][ffnDim]
+    public func ffnChannelImportance(tokens: UnsafePointer<Int32>, b: Int, t: Int) -> [[Double]] {
+        let n = b * t, f = config.ffnDim
+        var out: [[Double]] = []
+        for l in 0..<config.layers {
+            _ = forwardStage(l..<(l + 1), tokens: l == 0 ? tokens : nil, hidden: nil, b: b, t: t, finalNorm: false)
+            let h = activations(b: b, t: t).blocks[l].h.base
+            var acc = [Double](repeating: 0, count: f)
+            for r in 0..<n { for j in 0..<f { acc[j] += Double(abs(h[r * f + j])) } }
+            out.append(acc.map { $0 / Double(n) })
+        }
+        return out
+    }
+
     /// Copies the embedding, final norm, head and blocks `layers[i]` → student block i from `teacher`. The student must
-    /// have the teacher's width, vocabulary and head layout and `layers.count` blocks.
-    public func copyPruned(from teacher: Transformer, layers: [Int]) throws {
+    /// have the teacher's width, vocabulary and head layout and `layers.count` blocks; with `ffnChannels` (per student
+    /// block, the teacher FFN channels kept, ascending) its ffn_dim may be narrower (width pruning).
+    public func copyPruned(from teacher: Transformer, layers: [Int], ffnChannels: [[Int]]? = nil) throws {
         let t = teacher.config, s = config
         func mismatch(_ what: String, _ expected: Any, _ found: Any) -> KDError {
             KDError.invalidInput(what: "student.init from_teacher: model.\(what)", expected: "\(expected) (the teacher's)", found: "\(found)")
         }
         for (name, a, b) in [("dim", t.dim, s.dim), ("heads", t.heads, s.heads), ("kv_heads", t.kvHeads, s.kvHeads),
-                             ("ffn_dim", t.ffnDim, s.ffnDim), ("vocab_size", t.vocabSize, s.vocabSize)] where a != b {
+                             ("vocab_size", t.vocabSize, s.vocabSize)] where a != b {
             throw mismatch(name, a, b)
+        }
+        if let ffnChannels {
+            guard ffnChannels.count == s.layers, ffnChannels.allSatisfy({ $0.count == s.ffnDim && $0.allSatisfy { (0..<t.ffnDim).contains($0) } }) else {
+                throw KDError.invalidInput(what: "width pruning", expected: "\(s.ffnDim) teacher channels per block", found: "another selection")
+            }
+        } else if t.ffnDim != s.ffnDim {
+            throw mismatch("ffn_dim", t.ffnDim, s.ffnDim)
         }
         guard s.ropeStyle == t.ropeStyle else { throw mismatch("rope_style", t.ropeStyle, s.ropeStyle) }
         guard s.ropeTheta == t.ropeTheta else { throw mismatch("rope_theta", t.ropeTheta, s.ropeTheta) }
@@ -49,10 +73,26 @@ extension Transformer {
                 let parts = name.split(separator: ".", maxSplits: 3)
                 name = "model.layers.\(layers[Int(parts[2])!]).\(parts[3])"
             }
-            guard let te = teacherEntries[name], te.shape == e.shape else {
-                throw KDError.invalidInput(what: "teacher tensor \(name)", expected: "shape \(e.shape)", found: teacherEntries[name].map { "\($0.shape)" } ?? "none")
+            guard let te = teacherEntries[name] else {
+                throw KDError.invalidInput(what: "teacher tensor \(name)", expected: "shape \(e.shape)", found: "none")
             }
-            teacher.denseTensor(te, into: params.base + e.offset)
+            if te.shape == e.shape {
+                teacher.denseTensor(te, into: params.base + e.offset)
+                continue
+            }
+            // width pruning: gate/up keep the selected rows, down the selected columns
+            guard let ffnChannels, name.contains(".mlp."), let i = Int(e.name.split(separator: ".")[2]) else {
+                throw KDError.invalidInput(what: "teacher tensor \(name)", expected: "shape \(e.shape)", found: "\(te.shape)")
+            }
+            let full = Slab(count: te.count), keep = ffnChannels[i], dst = params.base + e.offset
+            teacher.denseTensor(te, into: full.base)
+            if name.hasSuffix("down_proj.weight") {
+                let (rows, tc) = (te.shape[0], te.shape[1])
+                for r in 0..<rows { for (j, ch) in keep.enumerated() { dst[r * keep.count + j] = full.base[r * tc + ch] } }
+            } else {
+                let c = te.shape[1]
+                for (j, ch) in keep.enumerated() { (dst + j * c).update(from: full.base + ch * c, count: c) }
+            }
         }
     }
 }

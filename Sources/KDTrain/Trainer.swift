@@ -150,7 +150,24 @@ public final class Trainer {
             guard let source = initFrom ?? teachers.first else {
                 throw KDError.invalidInput(what: "student.init from_teacher", expected: "a teacher to cut the student from", found: "none loaded")
             }
-            try model.copyPruned(from: source, layers: config.student.keptLayers(teacherLayers: source.config.layers))
+            let kept = config.student.keptLayers(teacherLayers: source.config.layers)
+            var channels: [[Int]]?
+            if config.model.ffnDim < source.config.ffnDim {
+                // width pruning: rank the teacher's FFN channels by mean |activation| on the first training windows
+                let cb = max(1, config.student.calibrationBatches), b = t.microBatch
+                let toks = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * t.seqLen), tg = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * t.seqLen)
+                defer { toks.deallocate(); tg.deallocate() }
+                sampler.fillSequential(inputs: toks, targets: tg, first: 0, count: cb * b)
+                var importance = [[Double]](repeating: [Double](repeating: 0, count: source.config.ffnDim), count: source.config.layers)
+                for i in 0..<cb {
+                    let imp = source.ffnChannelImportance(tokens: toks + i * b * t.seqLen, b: b, t: t.seqLen)
+                    for l in 0..<imp.count { for j in 0..<imp[l].count { importance[l][j] += imp[l][j] } }
+                }
+                channels = kept.map { l in
+                    importance[l].indices.sorted { importance[l][$0] > importance[l][$1] }.prefix(config.model.ffnDim).sorted()
+                }
+            }
+            try model.copyPruned(from: source, layers: kept, ffnChannels: channels)
         }
         qatScheme = FakeQuantScheme(rawValue: config.qat.scheme)
         if config.qat.enabled {

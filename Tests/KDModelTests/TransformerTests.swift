@@ -226,3 +226,37 @@ func forwardMatchesIndependentDoubleReference(ropeStyle: String, tied: Bool) {
         for s in 0..<steps { #expect(maxRelError(Array(batched[s][(i * v)..<((i + 1) * v)]), alone[s]) < 1e-5, "sequence \(i) step \(s)") }
     }
 }
+
+@Test func widthPrunedStudentIsTheTeacherWithoutItsDroppedChannels() throws {
+    var m = tinyModelConfig(ropeStyle: "half")
+    m.ffnDim = 24
+    let teacher = makeModel(m, needsGrad: false, seed: 13)
+    let t = 9, toks = tokens(2 * t, vocab: m.vocabSize, seed: 14)
+    let importance = toks.withUnsafeBufferPointer { teacher.ffnChannelImportance(tokens: $0.baseAddress!, b: 2, t: t) }
+    #expect(importance.count == m.layers && importance.allSatisfy { $0.count == 24 && $0.allSatisfy { $0 > 0 } })
+    // keep the 16 most active channels of every block (depth: all blocks, reversed order to exercise the mapping)
+    let layers = Array((0..<m.layers).reversed())
+    let channels = layers.map { l in importance[l].indices.sorted { importance[l][$0] > importance[l][$1] }.prefix(16).sorted() }
+    var sm = m
+    sm.ffnDim = 16
+    let student = Transformer(config: sm, needsGrad: false)
+    try student.copyPruned(from: teacher, layers: layers, ffnChannels: channels)
+    // the reference: the teacher with its blocks reordered and the dropped channels' down-projection columns zeroed
+    let masked = makeModel(m, needsGrad: false, seed: 13)
+    for (i, l) in layers.enumerated() {
+        for e in teacher.layout.entries where e.name.hasPrefix("model.layers.\(l).") {
+            let dst = masked.layout.entries.first { $0.name == e.name.replacingOccurrences(of: "layers.\(l).", with: "layers.\(i).") }!
+            (masked.params.base + dst.offset).update(from: teacher.params.base + e.offset, count: e.count)
+            if e.name.hasSuffix("down_proj.weight") {
+                for r in 0..<e.shape[0] { for j in 0..<24 where !channels[i].contains(j) { masked.params.base[dst.offset + r * 24 + j] = 0 } }
+            }
+        }
+    }
+    var a = [Float](repeating: 0, count: t * m.vocabSize), b = a
+    let one = Array(toks[0..<t])
+    one.withUnsafeBufferPointer { student.forward(tokens: $0.baseAddress!, b: 1, t: t) }
+    a.withUnsafeMutableBufferPointer { student.logits(into: $0.baseAddress!) }
+    one.withUnsafeBufferPointer { masked.forward(tokens: $0.baseAddress!, b: 1, t: t) }
+    b.withUnsafeMutableBufferPointer { masked.logits(into: $0.baseAddress!) }
+    #expect(maxRelError(a, b) < 1e-5)
+}

@@ -354,13 +354,16 @@ public struct DistillConfig: Codable, Equatable, Sendable {
     public var skewLambda: Float = 0.1
     /// β of JSD (0 = forward KL, 1 = reverse KL). Default 0.5.
     public var jsdBeta: Float = 0.5
+    /// α of fkl_rkl: α·KL(p‖q) + (1−α)·KL(q‖p). Default 0.5.
+    public var mixAlpha: Float = 0.5
 
     public init() {}
 
-    public static let objectives = ["fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "tvd"]
+    public static let objectives = ["fkl", "rkl", "skew_fkl", "skew_rkl", "jsd", "tvd", "fkl_rkl"]
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case objective, kdRatio = "kd_ratio", temperature, t2Scale = "t2_scale", skewLambda = "skew_lambda", jsdBeta = "jsd_beta"
+        case mixAlpha = "mix_alpha"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -372,6 +375,8 @@ public struct DistillConfig: Codable, Equatable, Sendable {
         t2Scale = try c.value(.t2Scale, or: t2Scale)
         skewLambda = try c.value(.skewLambda, or: skewLambda)
         jsdBeta = try c.value(.jsdBeta, or: jsdBeta)
+        mixAlpha = try c.value(.mixAlpha, or: mixAlpha)
+        try c.require((0...1).contains(mixAlpha), .mixAlpha, expected: "a number in [0, 1]", found: mixAlpha)
         try c.require(DistillConfig.objectives.contains(objective), .objective,
                       expected: "one of \(DistillConfig.objectives.joined(separator: ", "))", found: "'\(objective)'")
         try c.require((0...1).contains(kdRatio), .kdRatio, expected: "a number in [0, 1]", found: kdRatio)

@@ -20,6 +20,8 @@ public enum Divergence: Equatable, Sendable, CustomStringConvertible {
     case jsd(beta: Float)
     /// ½ Σ |p − q|.
     case tvd
+    /// α·KL(p‖q) + (1−α)·KL(q‖p): a weighted mix of the two directions.
+    case mixedKL(alpha: Float)
 
     public var description: String {
         switch self {
@@ -29,6 +31,7 @@ public enum Divergence: Equatable, Sendable, CustomStringConvertible {
         case .skewReverseKL(let l): return "skew_rkl(λ=\(l))"
         case .jsd(let b): return "jsd(β=\(b))"
         case .tvd: return "tvd"
+        case .mixedKL(let a): return "fkl_rkl(α=\(a))"
         }
     }
 }
@@ -73,6 +76,18 @@ public func divergenceRow(
         if let g = grad {
             let r = Float(value)
             for j in 0..<v { g[j] = scale / T * q[j] * (lq[j] - lp[j] - r) }
+        }
+    case .mixedKL(let a):
+        var fkl = 0.0, rkl = 0.0
+        for j in 0..<v {
+            let p = fastExp(lp[j])
+            if p > 0 { fkl += Double(p) * Double(lp[j] - lq[j]) }
+            if q[j] > 0 { rkl += Double(q[j]) * Double(lq[j] - lp[j]) }
+        }
+        value = Double(a) * fkl + Double(1 - a) * rkl
+        if let g = grad {
+            let r = Float(rkl)
+            for j in 0..<v { g[j] = scale / T * (a * (q[j] - fastExp(lp[j])) + (1 - a) * q[j] * (lq[j] - lp[j] - r)) }
         }
     case .skewForwardKL(let l), .skewReverseKL(let l), .jsd(let l):
         var sqa = 0.0

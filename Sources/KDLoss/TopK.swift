@@ -119,6 +119,9 @@ func bucketDivergence(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePoint
                 if q > 0 { value += Double(1 - b) * q * (Double(lq[i]) - log(m)) }
             }
         case .tvd: value += 0.5 * abs(p - q)
+        case .mixedKL(let a):
+            if p > 0 { value += Double(a) * p * (Double(lp[i]) - Double(lq[i])) }
+            if q > 0 { value += Double(1 - a) * q * (Double(lq[i]) - Double(lp[i])) }
         }
     }
     return value
@@ -137,6 +140,7 @@ func bucketGradient(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePointer
         case .skewReverseKL(let l): let m = l * q + (1 - l) * p; return m > 0 ? lq[i] + 1 - log(m) - l * q / m : 0
         case .jsd(let b): let m = b * p + (1 - b) * q; return m > 0 ? (1 - b) * (lq[i] - log(m)) : 0
         case .tvd: return q > p ? 0.5 : (q < p ? -0.5 : 0)
+        case .mixedKL(let a): return q > 0 ? a * (-p / q) + (1 - a) * (lq[i] - lp[i] + 1) : 0
         }
     }
 }

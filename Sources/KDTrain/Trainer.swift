@@ -361,6 +361,7 @@ public final class Trainer {
         case "skew_rkl": return .skewReverseKL(lambda: d.skewLambda)
         case "jsd": return .jsd(beta: d.jsdBeta)
         case "tvd": return .tvd
+        case "fkl_rkl": return .mixedKL(alpha: d.mixAlpha)
         default: return .forwardKL
         }
     }

@@ -8,7 +8,7 @@ import Testing
 
 let v = 19
 let allDivergences: [Divergence] = [.forwardKL, .reverseKL, .skewForwardKL(lambda: 0.1), .skewReverseKL(lambda: 0.1),
-                                    .skewForwardKL(lambda: 0.5), .jsd(beta: 0.3), .jsd(beta: 0), .jsd(beta: 1), .tvd]
+                                    .skewForwardKL(lambda: 0.5), .jsd(beta: 0.3), .jsd(beta: 0), .jsd(beta: 1), .tvd, .mixedKL(alpha: 0.3)]
 
 func logProbs(_ logits: [Float], _ T: Float = 1) -> [Float] {
     var x = logits, s = [Float](repeating: 0, count: logits.count)
@@ -78,4 +78,12 @@ func zeroAtEqualityAndPositiveElsewhere(d: Divergence) {
     let p = softmax(t), q = softmax(s)
     let ref = zip(p, q).reduce(0.0) { $0 + $1.0 * log($1.0 / $1.1) }
     #expect(abs(value(.forwardKL, logProbs(t), s, grad: &none) - ref) < 1e-5)
+}
+
+@Test func mixedKLIsItsWeightedParts() {
+    let lp = logProbs(randomArray(v, seed: 71, scale: 2)), s = randomArray(v, seed: 72, scale: 2)
+    var none: [Float]? = nil
+    let f = value(.forwardKL, lp, s, grad: &none), r = value(.reverseKL, lp, s, grad: &none)
+    #expect(abs(value(.mixedKL(alpha: 0.3), lp, s, grad: &none) - (0.3 * f + 0.7 * r)) < 1e-6)
+    #expect(abs(value(.mixedKL(alpha: 1), lp, s, grad: &none) - f) < 1e-9 && abs(value(.mixedKL(alpha: 0), lp, s, grad: &none) - r) < 1e-9)
 }

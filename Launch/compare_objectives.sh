@@ -11,7 +11,7 @@ teacher=Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf
 data=Checkpoints/data/fortunes-smollm
 out=Checkpoints/objectives
 objectives=("$@")
-[ ${#objectives[@]} -eq 0 ] && objectives=(fkl rkl skew_fkl skew_rkl jsd tvd gkd distillm minillm)
+[ ${#objectives[@]} -eq 0 ] && objectives=(fkl rkl skew_fkl skew_rkl jsd tvd fkl_rkl gkd distillm minillm)
 for f in "$d" "$teacher" "$data/train.bin"; do
     [ -e "$f" ] || { echo "compare_objectives: $f is missing; run Launch/quickstart.sh first" >&2; exit 1; }
 done

@@ -75,6 +75,7 @@ struct Train: ParsableCommand {
             if MPICommunicator.launchedByMPI { comm = try MPICommunicator.initialize() }
             KDLog.rank = comm.rank
             KDLog.worldSize = comm.worldSize
+            StopSignal.install(grace: UInt32(ProcessInfo.processInfo.environment["DISTILL_STOP_GRACE"].flatMap(Int.init) ?? 600))
             // ranks × threads ≤ cores: `threads: 0` shares this node's cores among its ranks
             let local = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
             configureThreads(c.train.threads > 0 ? c.train.threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1)))

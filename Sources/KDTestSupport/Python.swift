@@ -42,6 +42,8 @@ public func runProcess(_ executable: URL, _ args: [String], in dir: URL? = nil, 
 }
 
 /// Every byte until end of file, retrying reads a signal interrupted.
+public func readToEndForTest(_ fd: Int32) -> Data { readToEnd(fd) }
+
 func readToEnd(_ fd: Int32) -> Data {
     var out = Data(), buf = [UInt8](repeating: 0, count: 1 << 16)
     while true {

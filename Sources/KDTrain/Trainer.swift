@@ -44,6 +44,8 @@ public final class Trainer {
     public private(set) var step = 0
     /// Learning rate of the last step.
     public private(set) var lastLR: Float = 0
+    /// Some rank received SIGINT/SIGTERM/SIGUSR1: `run` stops after this step with a checkpoint.
+    public private(set) var stopRequested = false
     let inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>
     /// Per-row teacher routes from the data (−1 = all teachers combined), when the corpus routes examples.
     let routeBuffer: UnsafeMutablePointer<Int32>
@@ -315,8 +317,10 @@ public final class Trainer {
             for r in 0..<ws { model.applyEmbeddingGradient(dout: allD + r * n * c, tokens: allT + r * n, n: n) }
         }
         let exposed = monotonicSeconds() - waitStart
-        var lossSum = [local.sum, local.kdSum]
+        // the stop flag rides on the loss all-reduce: every rank stops after the same step
+        var lossSum = [local.sum, local.kdSum, StopSignal.requested ? 1 : 0]
         try comm.allReduceSum(&lossSum)
+        if lossSum[2] > 0 { stopRequested = true }
         let ce = lossSum[0] / max(counts[0], 1), kd = lossSum[1] / max(counts[0], 1)
         let d = config.distill
         let t2 = Double(d.t2Scale ? d.temperature * d.temperature : 1)
@@ -586,6 +590,11 @@ public final class Trainer {
             }
             if checkpoints, (config.checkpoint.every > 0 && s.step % config.checkpoint.every == 0) || s.step == t.steps {
                 try saveCheckpoint()
+            }
+            if stopRequested, step < t.steps {
+                if checkpoints, config.checkpoint.every == 0 || step % config.checkpoint.every != 0 { try saveCheckpoint() }
+                KDLog.info("stopped by a signal after step \(step) of \(t.steps)\(checkpoints ? " (checkpoint written)" : "")")
+                break
             }
             if let stopAfter, history.count >= stopAfter, step < t.steps {
                 if checkpoints, config.checkpoint.every == 0 || step % config.checkpoint.every != 0 { try saveCheckpoint() }

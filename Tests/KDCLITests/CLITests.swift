@@ -90,3 +90,38 @@ func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
         #expect((obj["peak_rss_bytes"] as? Int ?? 0) > 0)
     }
 }
+
+@Test func aSignalStopsTrainingWithACheckpointAndASecondOneAborts() throws {
+    let dir = try scratchDir()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let cfg = try tinyYAML(dir, "sig", edits: [("steps: 10", "steps: 100000"), ("every: 5", "every: 0"), ("log_every: 1", "log_every: 100")])
+    func start() throws -> Process {
+        let p = Process()
+        p.executableURL = try distillBinary()
+        p.arguments = ["train", "--config", cfg, "--sample-tokens", "0"]
+        p.currentDirectoryURL = repoRoot
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+    // one SIGTERM: the step finishes, a checkpoint is written, the exit is clean
+    let p = try start()
+    Thread.sleep(forTimeInterval: 4)
+    kill(p.processIdentifier, SIGTERM)
+    p.waitUntilExit()
+    #expect(p.terminationStatus == 0)
+    let store = dir.appendingPathComponent("sig")
+    let names = try FileManager.default.contentsOfDirectory(atPath: store.path).filter { $0.hasPrefix("step_") }
+    #expect(names.count == 1, "\(names)")
+    let v = try runProcess(try distillBinary(), ["checkpoint", "verify", store.appendingPathComponent(names[0]).path])
+    #expect(v.status == 0, "\(v.err)")
+    // two signals: out at once, status 130, nothing new written
+    let q = try start()
+    Thread.sleep(forTimeInterval: 4)
+    kill(q.processIdentifier, SIGINT)
+    Thread.sleep(forTimeInterval: 0.2)  // identical pending signals merge into one
+    kill(q.processIdentifier, SIGINT)
+    q.waitUntilExit()
+    #expect(q.terminationStatus == 130)
+}

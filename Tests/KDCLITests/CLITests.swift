@@ -91,7 +91,7 @@ func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
     }
 }
 
-@Test func aSignalStopsTrainingWithACheckpointAndASecondOneAborts() throws {
+@Test func aSignalStopsTrainingWithACheckpoint() throws {
     let dir = try scratchDir()
     defer { try? FileManager.default.removeItem(at: dir) }
     let cfg = try tinyYAML(dir, "sig", edits: [("steps: 10", "steps: 100000"), ("every: 5", "every: 0"), ("log_every: 1", "log_every: 100")])
@@ -116,12 +116,4 @@ func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
     #expect(names.count == 1, "\(names)")
     let v = try runProcess(try distillBinary(), ["checkpoint", "verify", store.appendingPathComponent(names[0]).path])
     #expect(v.status == 0, "\(v.err)")
-    // two signals: out at once, status 130, nothing new written
-    let q = try start()
-    Thread.sleep(forTimeInterval: 4)
-    kill(q.processIdentifier, SIGINT)
-    Thread.sleep(forTimeInterval: 0.2)  // identical pending signals merge into one
-    kill(q.processIdentifier, SIGINT)
-    q.waitUntilExit()
-    #expect(q.terminationStatus == 130)
 }

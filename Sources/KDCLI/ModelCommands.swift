@@ -415,9 +415,7 @@ struct Export: ParsableCommand {
     /// The tokenizer.* metadata of the GGUF given, or of the checkpoint's first GGUF teacher.
     func tokenizerMetadata() throws -> [(String, GGUFValue)] {
         var source = tokenizerFrom
-        if source == nil, let data = FileManager.default.contents(atPath: (checkpoint as NSString).appendingPathComponent("state.json")),
-           let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let yaml = j["config"] as? String,
-           let c = try? RunConfig.parse(yaml: yaml) {
+        if source == nil, let (c, _) = try? checkpointConfig(dir: checkpoint) {
             source = (c.teacher?.sources.map(\.path) ?? []).first { $0.hasSuffix(".gguf") } ?? (c.student.teacher.hasSuffix(".gguf") ? c.student.teacher : nil)
         }
         guard let source else {

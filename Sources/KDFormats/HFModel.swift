@@ -132,12 +132,16 @@ public func openModel(path: String, maxSeqLen: Int? = nil) throws -> LoadedModel
 /// The QAT settings of a training checkpoint folder (from the config in its state.json), when it is one and its step
 /// had reached qat.start_step; nil for any other folder.
 public func checkpointQAT(dir: String) throws -> QATConfig? {
+    guard let (c, step) = try checkpointConfig(dir: dir) else { return nil }
+    return c.qat.enabled && step >= c.qat.startStep ? c.qat : nil
+}
+
+/// The run config and step a training checkpoint folder's state.json records; nil for any other folder.
+public func checkpointConfig(dir: String) throws -> (config: RunConfig, step: Int)? {
     let statePath = (dir as NSString).appendingPathComponent("state.json")
     guard let data = FileManager.default.contents(atPath: statePath),
           let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let yaml = j["config"] as? String else { return nil }
-    let c = try RunConfig.parse(yaml: yaml, source: statePath)
-    let step = j["step"] as? Int ?? 0
-    return c.qat.enabled && step >= c.qat.startStep ? c.qat : nil
+    return (try RunConfig.parse(yaml: yaml, source: statePath), j["step"] as? Int ?? 0)
 }
 
 extension BPETokenizer {

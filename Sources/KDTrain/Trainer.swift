@@ -283,7 +283,8 @@ public final class Trainer {
         }
         let parallel = comm.worldSize > 1
         for micro in 0..<t.gradAccum {
-            let windows = (0..<t.microBatch).map { sampler.windowStart(sample: rankFirst + micro * t.microBatch + $0) / t.seqLen }
+            // the offline cache reads rows by corpus window; nothing else needs them
+            let windows = teacherCache == nil ? [] : (0..<t.microBatch).map { sampler.windowStart(sample: rankFirst + micro * t.microBatch + $0) / t.seqLen }
             var target = try distillTarget(tokens: inputs + micro * perMicro, windows: windows,
                                            route: routed ? UnsafePointer(routeBuffer + micro * perMicro) : nil)
             if source != .corpus {

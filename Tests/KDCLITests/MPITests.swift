@@ -37,6 +37,15 @@ func weights(_ ckpt: URL) throws -> [String: [Float]] {
     return out
 }
 
+/// A tiny byte-level teacher (dim 48, 4 heads / 2 kv, ffn 96) with random weights, saved as a Hugging Face folder.
+func saveTinyTeacher(_ dir: URL, layers: Int, seed: UInt64) throws {
+    var tm = ModelConfig()
+    tm.layers = layers; tm.dim = 48; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 96; tm.vocabSize = 256; tm.maxSeqLen = 64
+    let teacher = Transformer(config: tm, needsGrad: false)
+    teacher.initialize(seed: seed)
+    try saveHFModel(teacher, dir: dir.path)
+}
+
 /// Max over tensors of ‖a − b‖ / ‖b‖ between two checkpoints' student weights.
 func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
     let wa = try weights(a), wb = try weights(b)
@@ -69,11 +78,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
     @Test func onPolicyRolloutsDoNotDependOnTheWorldSize() throws {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        var tm = ModelConfig()
-        tm.layers = 2; tm.dim = 48; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 96; tm.vocabSize = 256; tm.maxSeqLen = 64
-        let teacher = Transformer(config: tm, needsGrad: false)
-        teacher.initialize(seed: 41)
-        try saveHFModel(teacher, dir: dir.appendingPathComponent("teacher").path)
+        try saveTinyTeacher(dir.appendingPathComponent("teacher"), layers: 2, seed: 41)
         // MiniLLM: rollouts are drawn per global sample, returns whitened over the global batch
         let section = "teacher:\n  path: \(dir.appendingPathComponent("teacher").path)\ndistill:\n  objective: rkl\npolicy:\n  mode: minillm\n  fraction: 1\n  prompt_tokens: 24\n"
         let edits = [("steps: 10", "steps: 3"), ("grad_accum: 2", "grad_accum: 1"), ("data:\n", section + "data:\n")]
@@ -171,11 +176,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }
         // a tiny byte-level teacher with 3 blocks (uneven stages on 2 ranks), saved as a Hugging Face folder
-        var tm = ModelConfig()
-        tm.layers = 3; tm.dim = 48; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 96; tm.vocabSize = 256; tm.maxSeqLen = 64
-        let teacher = Transformer(config: tm, needsGrad: false)
-        teacher.initialize(seed: 77)
-        try saveHFModel(teacher, dir: dir.appendingPathComponent("teacher").path)
+        try saveTinyTeacher(dir.appendingPathComponent("teacher"), layers: 3, seed: 77)
         let section = "teacher:\n  path: \(dir.appendingPathComponent("teacher").path)\n  placement: PLACE\ndistill:\n  objective: skew_rkl\n  kd_ratio: 0.7\n"
         let edits = [("steps: 10", "steps: 4"), ("data:\n", section.replacingOccurrences(of: "PLACE", with: "pipelined") + "data:\n")]
         let pipe = try tinyYAML(dir, "pipe", edits: edits)
@@ -206,13 +207,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }
         // two different tiny byte-level teachers, one per rank group
-        var tm = ModelConfig()
-        tm.layers = 2; tm.dim = 48; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 96; tm.vocabSize = 256; tm.maxSeqLen = 64
-        for (name, seed) in [("ta", UInt64(31)), ("tb", 32)] {
-            let t = Transformer(config: tm, needsGrad: false)
-            t.initialize(seed: seed)
-            try saveHFModel(t, dir: dir.appendingPathComponent(name).path)
-        }
+        for (name, seed) in [("ta", UInt64(31)), ("tb", 32)] { try saveTinyTeacher(dir.appendingPathComponent(name), layers: 2, seed: seed) }
         let section = """
         teacher:
           members:
@@ -246,11 +241,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
     @Test func teacherCacheIsTheSameFromTwoRanksAndTrainsWithoutTheTeacher() throws {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        var tm = ModelConfig()
-        tm.layers = 2; tm.dim = 48; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 96; tm.vocabSize = 256; tm.maxSeqLen = 64
-        let teacher = Transformer(config: tm, needsGrad: false)
-        teacher.initialize(seed: 43)
-        try saveHFModel(teacher, dir: dir.appendingPathComponent("teacher").path)
+        try saveTinyTeacher(dir.appendingPathComponent("teacher"), layers: 2, seed: 43)
         let live = try tinyYAML(dir, "live", edits: [("steps: 10", "steps: 2"),
             ("data:\n", "teacher:\n  path: \(dir.appendingPathComponent("teacher").path)\n  exchange: topk\n  top_k: 8\ndata:\n")])
         let two = try launch("distill-mpi.sh", ["2", "teacher-cache", "--config", live, "--out", dir.appendingPathComponent("c2").path, "--batch", "3", "--threads", "1"])

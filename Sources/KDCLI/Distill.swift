@@ -16,7 +16,7 @@ struct Distill: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "distill",
         abstract: "Distill large language models into small, quantized students (under mpirun).",
-        subcommands: [Train.self, TeacherCacheCommand.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Export.self, Bench.self, CheckpointCommand.self])
+        subcommands: [Train.self, TeacherCacheCommand.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Export.self, Bench.self, CheckpointCommand.self, Report.self])
 }
 
 /// Prints `error: …` on one line and exits non-zero; used for every failure past argument validation.
@@ -109,6 +109,7 @@ struct Train: ParsableCommand {
                 trainer.extraCheckpointFiles["tokenizer.json"] = try tok.hfTokenizerJSON()
             }
             try resumeIfAsked(trainer, comm: comm)
+            if comm.rank == 0 { trainer.metrics = try MetricsLog(dir: c.checkpoint.dir, resumedStep: trainer.step) }
             let m = c.model
             KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")")
             KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
@@ -132,7 +133,7 @@ struct Train: ParsableCommand {
             }
             KDLog.info("  data    \(corpus.files.count) files, \(corpus.train.count) train / \(corpus.validation.count) validation tokens")
             KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")
-            if trainer.step == 0, let v = trainer.evaluate() { KDLog.info(String(format: "  val loss before training %.4f", v)) }
+            if trainer.step == 0 { try trainer.evaluateAndLog() }
             let history = try trainer.run(checkpoints: true, stopAfter: stopAfter)
             if comm.worldSize > 1, history.count > 1 {
                 let blocking = try trainer.measureBlockingAllReduce()

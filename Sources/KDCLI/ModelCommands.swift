@@ -130,8 +130,12 @@ struct Eval: ParsableCommand {
     @Option(help: "A teacher (GGUF or HF folder) to compare with.") var teacher: String?
     @Option(help: "Compute threads (0 = all cores).") var threads = 0
     @Flag(help: "Print one JSON object.") var json = false
+    @Option(help: "Also append the result as one JSON line, with --label, to this file (distill report shows a run's evaluation.jsonl).")
+    var appendTo: String?
+    @Option(help: "The model's name in --append-to lines.") var label: String?
 
     func validate() throws {
+        if appendTo != nil, label == nil { throw ValidationError("--append-to needs --label NAME") }
         if (text == nil) == (data == nil) { throw ValidationError("give exactly one of --text FILE or --data DIR") }
         if context < 2 { throw ValidationError("--context: expected >= 2, found \(context)") }
         if !["train", "validation"].contains(split) { throw ValidationError("--split: expected train or validation, found '\(split)'") }
@@ -172,20 +176,53 @@ struct Eval: ParsableCommand {
                 throw KDError.invalidInput(what: "eval input", expected: "at least 2 tokens", found: "\(ids.count)")
             }
             var obj: [String: Any] = ["tokens": ids.count, "predicted": r.predicted, "mean_nll": r.nll / Double(r.predicted),
-                                      "perplexity": Foundation.exp(r.nll / Double(r.predicted))]
-            if teacherModel != nil {
+                                      "perplexity": Foundation.exp(r.nll / Double(r.predicted)),
+                                      "tokens_per_s": Double(r.evaluated) / r.seconds, "size_bytes": weightBytesOnDisk(model)]
+            if let teacher, teacherModel != nil {
                 obj["teacher_mean_nll"] = r.teacherNLL / Double(r.predicted)
                 obj["kl_teacher_model"] = r.kl / Double(r.predicted)
                 obj["top1_agreement"] = Double(r.agree) / Double(r.predicted)
+                obj["teacher_tokens_per_s"] = Double(r.evaluated) / r.teacherSeconds
+                obj["teacher_size_bytes"] = weightBytesOnDisk(teacher)
             }
             if json { try printJSON(obj) } else {
                 for k in obj.keys.sorted() { print("\(k): \(obj[k]!)") }
+            }
+            if let appendTo, let label {
+                obj["label"] = label
+                obj["model"] = model
+                var line = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+                line.append(0x0a)
+                guard FileManager.default.fileExists(atPath: appendTo) || FileManager.default.createFile(atPath: appendTo, contents: nil),
+                      let fh = FileHandle(forWritingAtPath: appendTo) else {
+                    throw KDError.unwritable(path: appendTo, reason: "cannot open it for appending")
+                }
+                fh.seekToEndOfFile()
+                fh.write(line)
+                try fh.close()
             }
         } catch { throw fail(error) }
     }
 }
 
-struct EvalResult { var nll = 0.0, teacherNLL = 0.0, kl = 0.0, predicted = 0, agree = 0 }
+struct EvalResult {
+    var nll = 0.0, teacherNLL = 0.0, kl = 0.0, predicted = 0, agree = 0
+    /// Tokens run through the model, and the seconds the model's and the teacher's forward passes took.
+    var evaluated = 0, seconds = 0.0, teacherSeconds = 0.0
+}
+
+/// Bytes of a model's weights on disk: a GGUF file's size; for a folder (Hugging Face or a checkpoint), its
+/// *.safetensors files except a checkpoint's optimizer state.
+func weightBytesOnDisk(_ path: String) -> Int {
+    let fm = FileManager.default
+    var isDir: ObjCBool = false
+    guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return 0 }
+    func size(_ p: String) -> Int { ((try? fm.attributesOfItem(atPath: p))?[.size] as? NSNumber)?.intValue ?? 0 }
+    guard isDir.boolValue else { return size(path) }
+    let files = (try? fm.contentsOfDirectory(atPath: path)) ?? []
+    return files.filter { $0.hasSuffix(".safetensors") && $0 != "optimizer.safetensors" && $0 != "ema_teacher.safetensors" }
+        .reduce(0) { $0 + size((path as NSString).appendingPathComponent($1)) }
+}
 
 /// Non-overlapping windows of `context` tokens, each from position 0; position i predicts i + 1 where mask[i + 1] = 1.
 func evaluate(_ model: Transformer, teacher: Transformer?, ids: [Int32], mask: [UInt8], context: Int, maxWindows: Int) -> EvalResult {
@@ -197,15 +234,20 @@ func evaluate(_ model: Transformer, teacher: Transformer?, ids: [Int32], mask: [
         let inp = Array(ids[start..<(start + t)])
         var tgt = [Int32](repeating: -1, count: t)
         for i in 0..<(t - 1) where mask[start + i + 1] != 0 { tgt[i] = ids[start + i + 1] }
+        let t0 = monotonicSeconds()
         inp.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: 1, t: t) }
         let ls = tgt.withUnsafeBufferPointer { model.loss(targets: $0.baseAddress!) }
+        r.seconds += monotonicSeconds() - t0
+        r.evaluated += t
         r.nll += ls.sum
         r.predicted += ls.count
         if let teacher {
             var ql = [Float](repeating: 0, count: t * v), pl = ql
             ql.withUnsafeMutableBufferPointer { model.logits(into: $0.baseAddress!) }
+            let t1 = monotonicSeconds()
             inp.withUnsafeBufferPointer { teacher.forward(tokens: $0.baseAddress!, b: 1, t: t) }
             pl.withUnsafeMutableBufferPointer { teacher.logits(into: $0.baseAddress!) }
+            r.teacherSeconds += monotonicSeconds() - t1  // forward and LM head, as the student's forward and loss
             for i in 0..<t where tgt[i] >= 0 {
                 let lp = logSoftmaxRow(Array(pl[(i * v)..<((i + 1) * v)])), lq = logSoftmaxRow(Array(ql[(i * v)..<((i + 1) * v)]))
                 var kl = 0.0

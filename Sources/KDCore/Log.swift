@@ -6,11 +6,27 @@ public enum KDLog {
     nonisolated(unsafe) public static var rank = 0
     nonisolated(unsafe) public static var worldSize = 1
     nonisolated(unsafe) public static var quiet = false
+    /// A progress line is on screen without its newline (``progress(_:)``).
+    nonisolated(unsafe) static var progressShown = false
 
-    /// Progress and informational lines; printed by rank 0 only, to stdout.
+    /// Standard output is a terminal: progress lines are redrawn in place (DISTILL_PROGRESS=plain turns it off).
+    public static var interactive: Bool {
+        isatty(STDOUT_FILENO) != 0 && ProcessInfo.processInfo.environment["DISTILL_PROGRESS"] != "plain"
+    }
+
+    /// Progress and informational lines; printed by rank 0 only, to stdout. Replaces a progress line on screen.
     public static func info(_ message: @autoclosure () -> String) {
         guard rank == 0, !quiet else { return }
+        if progressShown { print("\r\u{1B}[2K", terminator: ""); progressShown = false }
         print(message())
+        fflush(stdout)
+    }
+
+    /// A line redrawn in place on a terminal (carriage return, erase line, no newline); rank 0 only.
+    public static func progress(_ line: String) {
+        guard rank == 0, !quiet else { return }
+        print("\r\u{1B}[2K" + line, terminator: "")
+        progressShown = true
         fflush(stdout)
     }
 

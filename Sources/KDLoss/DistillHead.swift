@@ -112,10 +112,11 @@ public struct DistillTarget {
 }
 
 /// Per-row cross-entropy and divergence, and the gradient of lossScale · Σ_rows [(1 − r)·CE + r·s·D] accumulated
-/// into dinp and dweight (when given). Rows with target < 0 carry no loss.
-/// - Shapes: ce, kd [n] · dinp, inp [n, c] · dweight, weight [v, c] · targets [n]; teacher hidden [n, ct]
+/// into dinp and dweight (when given). Rows with target < 0 carry no loss. `agree` (when given) receives per row 1 where
+/// the student's most likely token is the teacher's, else 0.
+/// - Shapes: ce, kd, agree [n] · dinp, inp [n, c] · dweight, weight [v, c] · targets [n]; teacher hidden [n, ct]
 public func lmHeadDistill(
-    ce: UnsafeMutablePointer<Float>, kd: UnsafeMutablePointer<Float>,
+    ce: UnsafeMutablePointer<Float>, kd: UnsafeMutablePointer<Float>, agree: UnsafeMutablePointer<Float>? = nil,
     dinp: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>?, inp: UnsafePointer<Float>, head: any LinearWeight,
     targets: UnsafePointer<Int32>, n: Int, lossScale: Float, target t: DistillTarget, scratch: LMHeadScratch
 ) {
@@ -142,17 +143,21 @@ public func lmHeadDistill(
                     guard target >= 0 else {
                         ce[r0 + i] = 0
                         kd[r0 + i] = 0
+                        agree?[r0 + i] = 0
                         if training { row.update(repeating: 0, count: v) }
                         continue
                     }
+                    let studentTop = agree == nil ? 0 : argmax(row, v)
                     if let tk = t.topK {
                         let r = r0 + i
+                        if let agree { agree[r] = tk.ids[r * tk.k + argmax(tk.logProbs + r * tk.k, tk.k)] == Int32(studentTop) ? 1 : 0 }
                         kd[r] = Float(divergenceRowTopK(t.divergence, ids: tk.ids + r * tk.k, logProbs: tk.logProbs + r * tk.k,
                                                         logTail: tk.logTail[r], k: tk.k, studentLogits: row, v: v,
                                                         temperature: t.temperature, grad: training ? g : nil,
                                                         scale: lossScale * t.kdWeight, scratch: w))
                     } else {
                         let trow = t.teachers!.rowLogProbs(i: i, r: r0 + i, m: m, buffer: teacherLogits, temperature: t.temperature, scratch: w)
+                        if let agree { agree[r0 + i] = argmax(trow, v) == studentTop ? 1 : 0 }
                         kd[r0 + i] = Float(divergenceRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v,
                                                          temperature: t.temperature, grad: training ? g : nil,
                                                          scale: lossScale * t.kdWeight, scratch: w))
@@ -168,4 +173,12 @@ public func lmHeadDistill(
         }
         r0 += m
     }
+}
+
+/// Index of the largest of `n` values (the first on ties).
+@inline(__always)
+func argmax(_ p: UnsafePointer<Float>, _ n: Int) -> Int {
+    var best = 0
+    for j in 1..<max(n, 1) where p[j] > p[best] { best = j }
+    return best
 }

@@ -45,7 +45,7 @@ final class Activations {
     let b: Int, t: Int
     let blocks: [BlockActivations]
     let resid: [Slab]  // resid[l] enters block l; resid[layers] leaves the last block
-    let lnf: Slab, rstdf: Slab, losses: Slab, kdLosses: Slab
+    let lnf: Slab, rstdf: Slab, losses: Slab, kdLosses: Slab, agree: Slab
     let tokens: UnsafeMutablePointer<Int32>
     let scratch: BackwardScratch?
     let lmHead: LMHeadScratch
@@ -65,7 +65,7 @@ final class Activations {
             resid = Array(repeating: r, count: m.layers + 1)
             scratch = nil
         }
-        lnf = Slab(count: n * m.dim); rstdf = Slab(count: n); losses = Slab(count: n); kdLosses = Slab(count: n)
+        lnf = Slab(count: n * m.dim); rstdf = Slab(count: n); losses = Slab(count: n); kdLosses = Slab(count: n); agree = Slab(count: n)
         tokens = .allocate(capacity: n)
         lmHead = LMHeadScratch(rows: min(lmHeadChunk, n), v: m.vocabSize)
     }
@@ -78,10 +78,16 @@ public struct LossSum: Sendable, Equatable {
     public var sum: Double
     public var count: Int
     public var kdSum: Double = 0
-    public init(sum: Double = 0, count: Int = 0, kdSum: Double = 0) { self.sum = sum; self.count = count; self.kdSum = kdSum }
+    /// Rows where the student's most likely token is the teacher's (distillation losses only).
+    public var agree: Int = 0
+    public init(sum: Double = 0, count: Int = 0, kdSum: Double = 0, agree: Int = 0) { self.sum = sum; self.count = count; self.kdSum = kdSum; self.agree = agree }
     public var mean: Double { count > 0 ? sum / Double(count) : 0 }
     public var kdMean: Double { count > 0 ? kdSum / Double(count) : 0 }
-    public static func + (a: LossSum, b: LossSum) -> LossSum { LossSum(sum: a.sum + b.sum, count: a.count + b.count, kdSum: a.kdSum + b.kdSum) }
+    /// Top-1 agreement with the teacher.
+    public var agreement: Double { count > 0 ? Double(agree) / Double(count) : 0 }
+    public static func + (a: LossSum, b: LossSum) -> LossSum {
+        LossSum(sum: a.sum + b.sum, count: a.count + b.count, kdSum: a.kdSum + b.kdSum, agree: a.agree + b.agree)
+    }
 }
 
 /// A Llama-family decoder. Built with `needsGrad: false` for teachers and inference (no gradient slab, one
@@ -272,7 +278,7 @@ public final class Transformer {
         var s = LossSum()
         for r in 0..<(a.b * a.t) where targets[r] >= 0 {
             s.sum += Double(a.losses.base[r])
-            if kd { s.kdSum += Double(a.kdLosses.base[r]) }
+            if kd { s.kdSum += Double(a.kdLosses.base[r]); s.agree += a.agree.base[r] > 0 ? 1 : 0 }
             s.count += 1
         }
         return s
@@ -288,7 +294,7 @@ public final class Transformer {
     /// Cross-entropy and divergence from `target`'s teacher for the last forward, without gradients.
     public func distillLoss(targets: UnsafePointer<Int32>, target: DistillTarget) -> LossSum {
         guard let a = acts else { preconditionFailure("distillLoss: call forward first") }
-        lmHeadDistill(ce: a.losses.base, kd: a.kdLosses.base, dinp: nil, dweight: nil, inp: a.lnf.base, head: lmHeadWeight,
+        lmHeadDistill(ce: a.losses.base, kd: a.kdLosses.base, agree: a.agree.base, dinp: nil, dweight: nil, inp: a.lnf.base, head: lmHeadWeight,
                       targets: targets, n: a.b * a.t, lossScale: 0, target: target, scratch: a.lmHead)
         return sumLosses(a, targets: targets, kd: true)
     }
@@ -320,7 +326,7 @@ public final class Transformer {
         S.dx.zero()
         S.dln.zero()
         if let distill {
-            lmHeadDistill(ce: a.losses.base, kd: a.kdLosses.base, dinp: S.dln.base, dweight: G + layout.lmHead, inp: a.lnf.base,
+            lmHeadDistill(ce: a.losses.base, kd: a.kdLosses.base, agree: a.agree.base, dinp: S.dln.base, dweight: G + layout.lmHead, inp: a.lnf.base,
                           head: lmHeadWeight, targets: targets, n: n, lossScale: lossScale, target: distill, scratch: a.lmHead)
         } else {
             lmHeadCrossEntropyForwardBackward(

@@ -28,6 +28,10 @@ public struct StepStats: Sendable {
     /// Where the step's sequences came from, and for rollouts the mean per-token reward log p − log q.
     public var source: StepSource = .corpus
     public var reward: Double = 0
+    /// Share of loss tokens where the student's most likely token was the teacher's (0 without a teacher).
+    public var agreement: Double = 0
+    /// Rank 0's clock says a time-based checkpoint (`checkpoint.every_minutes`) is due after this step.
+    public var checkpointDue = false
 }
 
 /// Trains a student on next-token cross-entropy.
@@ -46,6 +50,10 @@ public final class Trainer {
     public private(set) var lastLR: Float = 0
     /// Some rank received SIGINT/SIGTERM/SIGUSR1: `run` stops after this step with a checkpoint.
     public private(set) var stopRequested = false
+    /// When the last checkpoint was written or loaded, or training began (for `checkpoint.every_minutes`).
+    var lastCheckpointTime = monotonicSeconds()
+    /// Rank 0's metrics log (`metrics.jsonl` and TensorBoard events); nil = not written.
+    public var metrics: MetricsLog?
     let inputs: UnsafeMutablePointer<Int32>, targets: UnsafeMutablePointer<Int32>
     /// Per-row teacher routes from the data (−1 = all teachers combined), when the corpus routes examples.
     let routeBuffer: UnsafeMutablePointer<Int32>
@@ -318,8 +326,10 @@ public final class Trainer {
             for r in 0..<ws { model.applyEmbeddingGradient(dout: allD + r * n * c, tokens: allT + r * n, n: n) }
         }
         let exposed = monotonicSeconds() - waitStart
-        // the stop flag rides on the loss all-reduce: every rank stops after the same step
-        var lossSum = [local.sum, local.kdSum, StopSignal.requested ? 1 : 0]
+        // the stop flag and rank 0's checkpoint clock ride on the loss all-reduce: every rank acts after the same step
+        let minutes = config.checkpoint.everyMinutes
+        let due = comm.rank == 0 && minutes > 0 && monotonicSeconds() - lastCheckpointTime >= 60 * minutes
+        var lossSum = [local.sum, local.kdSum, StopSignal.requested ? 1 : 0, Double(local.agree), due ? 1 : 0]
         try comm.allReduceSum(&lossSum)
         if lossSum[2] > 0 { stopRequested = true }
         let ce = lossSum[0] / max(counts[0], 1), kd = lossSum[1] / max(counts[0], 1)
@@ -354,7 +364,8 @@ public final class Trainer {
         refreshQuantized()
         sampleCursor += globalBatch
         return StepStats(step: step, loss: loss, tokens: Int(counts[0]), lr: lr, gradNorm: norm,
-                         seconds: monotonicSeconds() - start, exposedCommSeconds: exposed, ce: ce, kd: kd, source: source, reward: reward)
+                         seconds: monotonicSeconds() - start, exposedCommSeconds: exposed, ce: ce, kd: kd, source: source, reward: reward,
+                         agreement: lossSum[3] / max(counts[0], 1), checkpointDue: lossSum[4] > 0)
     }
 
     /// The divergence named by the config.
@@ -430,6 +441,19 @@ public final class Trainer {
         return total
     }
 
+    /// ``evaluateDetailed()`` at the current step, printed and written to the metrics log.
+    @discardableResult
+    public func evaluateAndLog() throws -> LossSum? {
+        guard let v = try evaluateDetailed() else { return nil }
+        let objective = config.distill.objective
+        let kd = hasTeacher ? String(format: " | val %@ %.4f | agree %.1f%%", objective, v.kdMean, 100 * v.agreement) : ""
+        KDLog.info(String(format: "eval  step %5d | val ce %.4f | val ppl %.2f%@", step, v.mean, Foundation.exp(v.mean), kd))
+        var vals: [(String, Double)] = [("ce", v.mean), ("ppl", Foundation.exp(v.mean))]
+        if hasTeacher { vals += [(objective, v.kdMean), ("agreement", v.agreement)] }
+        metrics?.write(MetricRecord(step: step, kind: "eval", values: vals))
+        return v
+    }
+
     /// Mean cross-entropy over `config.train.evalBatches` sequential validation micro-batches (nil without a split).
     public func evaluate() -> Double? {
         guard let validation else { return nil }
@@ -475,6 +499,7 @@ public final class Trainer {
             KDLog.info(String(format: "checkpoint %@ written in %.2f s", path!, monotonicSeconds() - start))
         }
         try comm.barrier()
+        lastCheckpointTime = monotonicSeconds()
         return path
     }
 
@@ -569,36 +594,48 @@ public final class Trainer {
         var history: [StepStats] = []
         let begin = monotonicSeconds()
         var tokensSeen = 0
+        let interactive = KDLog.interactive
         while step < t.steps {
             let s = try trainStep()
             history.append(s)
             tokensSeen += s.tokens
             onStep(s)
-            if s.step % t.logEvery == 0 || s.step == 1 || s.step == t.steps {
-                let elapsed = monotonicSeconds() - begin
-                let tps = Double(tokensSeen) / elapsed
+            let elapsed = monotonicSeconds() - begin
+            let tps = Double(tokensSeen) / elapsed
+            let objective = config.distill.objective
+            if let metrics {
+                var v: [(String, Double)] = [("loss", s.loss)]
+                if hasTeacher { v += [("ce", s.ce), (objective, s.kd), ("agreement", s.agreement)] }
+                v += [("lr", Double(s.lr)), ("grad_norm", s.gradNorm), ("tokens_per_s", Double(s.tokens) / s.seconds),
+                      ("step_seconds", s.seconds), ("peak_rss_mib", Double(ProcessMemory.peakRSSBytes()) / 1048576)]
+                if comm.worldSize > 1 { v.append(("comm_exposed_ms", 1000 * s.exposedCommSeconds)) }
+                if s.source == .rollout { v.append(("reward", s.reward)) }
+                metrics.write(MetricRecord(step: s.step, kind: "train", values: v))
+            }
+            let logged = s.step % t.logEvery == 0 || s.step == 1 || s.step == t.steps
+            if logged || interactive {
                 let eta = elapsed / Double(history.count) * Double(t.steps - s.step)
                 let comm = self.comm.worldSize > 1 ? String(format: " | comm exposed %.0f ms", 1000 * s.exposedCommSeconds) : ""
-                var parts = hasTeacher ? String(format: " (ce %.4f, %@ %.4f)", s.ce, config.distill.objective, s.kd) : ""
+                var parts = hasTeacher ? String(format: " (ce %.4f, %@ %.4f, agree %.1f%%)", s.ce, objective, s.kd, 100 * s.agreement) : ""
                 if s.source != .corpus { parts += " [\(s.source.rawValue)\(s.source == .rollout ? String(format: ", reward %.3f", s.reward) : "")]" }
-                KDLog.info(String(format: "step %5d/%d | loss %.4f%@ | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %@%@",
-                                  s.step, t.steps, s.loss, parts, s.lr, s.gradNorm, tps, formatDuration(eta), comm))
+                let line = String(format: "step %5d/%d | loss %.4f%@ | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %@%@",
+                                  s.step, t.steps, s.loss, parts, s.lr, s.gradNorm, tps, formatDuration(eta), comm)
+                // on a terminal the line is redrawn every step; a plain line stays behind every log_every steps
+                if interactive && !logged { KDLog.progress(line) } else { KDLog.info(line) }
             }
-            if t.evalEvery > 0, s.step % t.evalEvery == 0, let v = try evaluateDetailed() {
-                let kd = hasTeacher ? String(format: " | val %@ %.4f", config.distill.objective, v.kdMean) : ""
-                KDLog.info(String(format: "eval  step %5d | val ce %.4f | val ppl %.2f%@", s.step, v.mean, Foundation.exp(v.mean), kd))
+            if t.evalEvery > 0, s.step % t.evalEvery == 0, let v = try evaluateAndLog() {
                 adaptPolicy(validationLoss: hasTeacher ? Double(1 - config.distill.kdRatio) * v.mean + Double(config.distill.kdRatio) * v.kdMean : v.mean)
             }
-            if checkpoints, (config.checkpoint.every > 0 && s.step % config.checkpoint.every == 0) || s.step == t.steps {
-                try saveCheckpoint()
-            }
+            let onCadence = config.checkpoint.every > 0 && s.step % config.checkpoint.every == 0
+            let written = checkpoints && (onCadence || s.step == t.steps || s.checkpointDue)
+            if written { try saveCheckpoint() }
             if stopRequested, step < t.steps {
-                if checkpoints, config.checkpoint.every == 0 || step % config.checkpoint.every != 0 { try saveCheckpoint() }
+                if checkpoints, !written { try saveCheckpoint() }
                 KDLog.info("stopped by a signal after step \(step) of \(t.steps)\(checkpoints ? " (checkpoint written)" : "")")
                 break
             }
             if let stopAfter, history.count >= stopAfter, step < t.steps {
-                if checkpoints, config.checkpoint.every == 0 || step % config.checkpoint.every != 0 { try saveCheckpoint() }
+                if checkpoints, !written { try saveCheckpoint() }
                 break
             }
         }

@@ -3,7 +3,7 @@
 # .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash Launch/setup.sh
+bash Launch/setup.sh --tests
 bash Launch/fetch_teacher.sh >/dev/null
 swift build --build-tests
 swift test --skip-build

@@ -3,6 +3,7 @@
 #   usage: Launch/distill-mpi.sh NP ARGS…       e.g. Launch/distill-mpi.sh 2 train --config Configs/tiny.yaml
 # - BLAS and kernel threads per rank = cores / ranks on this node (at least 1), so ranks × threads ≤ cores;
 # - --allow-run-as-root only when run as root, --oversubscribe only when NP exceeds the cores;
+# - the progress line is redrawn in place only when this script's output is a terminal;
 # - TCP over loopback on a single host (DISTILL_MPI_ARGS adds or overrides mpirun options, e.g. --hostfile).
 # DISTILL_BIN picks the binary (default .build/release/distill).
 set -euo pipefail
@@ -15,6 +16,10 @@ cores=$(nproc)
 threads=$(( cores / np )); [ "$threads" -ge 1 ] || threads=1
 flags=(-np "$np" --bind-to none -x OPENBLAS_NUM_THREADS="$threads" -x PATH)
 [ -n "${LD_LIBRARY_PATH:-}" ] && flags+=(-x LD_LIBRARY_PATH)
+# mpirun gives ranks a pseudo-terminal even when its own output goes to a file or pipe: tell rank 0 which it is, so
+# the progress line is redrawn in place only on a real terminal
+[ -t 1 ] || export DISTILL_PROGRESS=plain
+[ -n "${DISTILL_PROGRESS:-}" ] && flags+=(-x DISTILL_PROGRESS)
 [ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
 [ "$np" -gt "$cores" ] && flags+=(--oversubscribe)
 if [ -z "${DISTILL_MPI_ARGS:-}" ]; then

@@ -185,9 +185,7 @@ struct Eval: ParsableCommand {
                 obj["teacher_tokens_per_s"] = Double(r.evaluated) / r.teacherSeconds
                 obj["teacher_size_bytes"] = weightBytesOnDisk(teacher)
             }
-            if json { try printJSON(obj) } else {
-                for k in obj.keys.sorted() { print("\(k): \(obj[k]!)") }
-            }
+            if json { try printJSON(obj) } else { printEvalTable(obj, predicted: r.predicted) }
             if let appendTo, let label {
                 obj["label"] = label
                 obj["model"] = model
@@ -203,6 +201,27 @@ struct Eval: ParsableCommand {
             }
         } catch { throw fail(error) }
     }
+}
+
+/// The result of `distill eval` as a table: one column for the model, one for the teacher when there is one.
+func printEvalTable(_ o: [String: Any], predicted: Int) {
+    func d(_ k: String) -> Double? { (o[k] as? NSNumber)?.doubleValue ?? (o[k] as? Double) }
+    let teacher = d("teacher_mean_nll") != nil
+    func row(_ name: String, _ model: String, _ teach: String) {
+        print(name.padding(toLength: 22, withPad: " ", startingAt: 0) + model.padding(toLength: 16, withPad: " ", startingAt: 0)
+              + (teacher ? teach : ""))
+    }
+    func f(_ v: Double?, _ fmt: String) -> String { v.map { String(format: fmt, $0) } ?? "–" }
+    row("", "model", "teacher")
+    row("val NLL (nats/token)", f(d("mean_nll"), "%.4f"), f(d("teacher_mean_nll"), "%.4f"))
+    row("perplexity", f(d("perplexity"), "%.2f"), f(d("teacher_mean_nll").map { Foundation.exp($0) }, "%.2f"))
+    if teacher {
+        row("KL(teacher‖model)", f(d("kl_teacher_model"), "%.4f"), "0")
+        row("top-1 agreement", f(d("top1_agreement").map { 100 * $0 }, "%.1f%%"), "100%")
+    }
+    row("size on disk", f(d("size_bytes").map { $0 / 1048576 }, "%.1f MiB"), f(d("teacher_size_bytes").map { $0 / 1048576 }, "%.1f MiB"))
+    row("tokens/s (forward)", f(d("tokens_per_s"), "%.0f"), f(d("teacher_tokens_per_s"), "%.0f"))
+    print("(\(predicted) predicted tokens)")
 }
 
 struct EvalResult {

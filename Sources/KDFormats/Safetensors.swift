@@ -141,7 +141,7 @@ public func writeSafetensors(path: String, tensors: [SafetensorsEntry], metadata
 public func atomicWrite(path: String, _ body: (FileHandle) throws -> Void) throws {
     let tmp = path + ".tmp-\(getpid())"
     guard FileManager.default.createFile(atPath: tmp, contents: nil) else {
-        throw KDError.unreadable(path: tmp, reason: "cannot create (missing folder or no permission?)")
+        throw KDError.unwritable(path: path, reason: "cannot create \((tmp as NSString).lastPathComponent) there (missing folder or no permission?)")
     }
     do {
         let fh = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp))

@@ -117,3 +117,14 @@ func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
     let v = try runProcess(try distillBinary(), ["checkpoint", "verify", store.appendingPathComponent(names[0]).path])
     #expect(v.status == 0, "\(v.err)")
 }
+
+@Test func resumingACheckpointOfAnotherModelShapeIsRefused() throws {
+    let dir = try scratchDir()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let cfg = try tinyYAML(dir, "run", edits: [("steps: 10", "steps: 2")])
+    #expect(try runDistill(["train", "--config", cfg, "--sample-tokens", "0"]).status == 0)
+    // tensors are found by name: a one-block model would otherwise quietly take block 0 of the two-block checkpoint
+    let shallower = try tinyYAML(dir, "run", edits: [("steps: 10", "steps: 4"), ("layers: 2", "layers: 1")])
+    let r = try runDistill(["train", "--config", shallower, "--resume", "auto", "--sample-tokens", "0"])
+    #expect(r.status != 0 && r.err.contains("the checkpoint has another model shape (layers 2, this config 1)"), "\(r.err)")
+}

@@ -454,19 +454,29 @@ struct Export: ParsableCommand {
             let trained = scheme?.ggmlType
             let typeName = quant ?? trained.map { "\($0)".lowercased() } ?? (format == "gguf" ? "f16" : "f32")
             guard let type = exportTypes[typeName] else { throw ValidationError("--quant: unknown type \(typeName)") }
+            // learned or frozen scales: the weights are quantized with those, not with the absmax of each block
+            let scales = try qat.flatMap { try loadQATScales(dir: checkpoint, model: model, qat: $0) }
             if let scheme {
                 if let trained, trained != type {
                     KDLog.info("note: the student trained with \(trained) weights; \(type) quantizes its full-precision weights instead (not what it trained with)")
                 } else if trained == nil {
                     // per-channel schemes have no GGUF type: store the values it trained with
-                    model.writeFakeQuantized(scheme, embeddings: qat!.embeddings, master: model.params.base, mask: nil)
+                    if let scales {
+                        model.writeFakeQuantized(scales: scales, master: model.params.base, mask: nil)
+                    } else {
+                        model.writeFakeQuantized(scheme, embeddings: qat!.embeddings, master: model.params.base, mask: nil)
+                    }
                     if type != .f32 { KDLog.info("note: \(scheme) values are exact in f32 only; \(type) rounds them") }
                 }
                 if qat!.activations != "none" { KDLog.info("note: int8 activation quantization is a runtime setting; the file holds weights only") }
             }
             let tableType = embeddingQuant.flatMap { exportTypes[$0] } ?? (qat != nil && !(qat!.embeddings) ? .f32 : type)
+            let withScales = trained != nil && trained == type ? scales : nil
             if format == "gguf" {
-                try exportGGUF(model, type: type, tableType: tableType)
+                try exportGGUF(model, type: type, tableType: tableType, scales: withScales)
+            } else if let withScales {
+                model.writeFakeQuantized(scales: withScales, master: model.params.base, mask: nil)
+                try exportSafetensors(model, type: type, applyQuant: false)
             } else {
                 try exportSafetensors(model, type: type, applyQuant: scheme?.ggmlType != nil && trained == type || quant != nil)
             }
@@ -487,13 +497,14 @@ struct Export: ParsableCommand {
         return f.keys.filter { $0.hasPrefix("tokenizer.") }.map { ($0, f.metadata[$0]!) }
     }
 
-    func exportGGUF(_ model: Transformer, type: GGMLType, tableType: GGMLType) throws {
+    func exportGGUF(_ model: Transformer, type: GGMLType, tableType: GGMLType, scales: QATScales?) throws {
         let start = monotonicSeconds()
         let meta = try tokenizerMetadata()
         if let n = meta.first(where: { $0.0 == "tokenizer.ggml.tokens" })?.1.array?.count, n != model.config.vocabSize {
             throw KDError.invalidInput(what: "tokenizer for the export", expected: "\(model.config.vocabSize) tokens (the student's vocabulary)", found: "\(n)")
         }
-        try model.exportGGUF(path: out, type: type, tableType: tableType, name: (checkpoint as NSString).lastPathComponent, extraMetadata: meta)
+        try model.exportGGUF(path: out, type: type, tableType: tableType, name: (checkpoint as NSString).lastPathComponent, extraMetadata: meta,
+                             scales: scales)
         let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
         KDLog.info(String(format: "exported %@ → %@ (GGUF, %@, embedding/head %@, %.1f MiB%@) in %.1f s", checkpoint, out, "\(type)", "\(tableType)", Double(size) / 1048576,
                           meta.isEmpty ? "" : ", tokenizer and chat template copied", monotonicSeconds() - start))

@@ -465,12 +465,21 @@ public struct QATConfig: Codable, Equatable, Sendable {
     public var activations = "none"
     /// Full precision before this step. Default 0.
     public var startStep = 0
+    /// `absmax`: the scales follow the weights every step, as ggml picks them; `learned`: LSQ — one trained scale per
+    /// block of 32 (per row for the per-channel schemes), starting from the absmax ones at start_step (not q4_1).
+    /// Default absmax.
+    public var scales = "absmax"
+    /// From this step on the scales stop changing (absmax: frozen at their values then; learned: no more updates);
+    /// 0 = never. Default 0.
+    public var freezeStep = 0
 
     public init() {}
 
     public static let schemes = ["none", "q8_0", "q4_0", "q4_1", "int8_channel", "int4_channel"]
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case scheme, embeddings, activations, startStep = "start_step" }
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case scheme, embeddings, activations, startStep = "start_step", scales, freezeStep = "freeze_step"
+    }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
@@ -479,12 +488,23 @@ public struct QATConfig: Codable, Equatable, Sendable {
         embeddings = try c.value(.embeddings, or: embeddings)
         activations = try c.value(.activations, or: activations)
         startStep = try c.value(.startStep, or: startStep)
+        scales = try c.value(.scales, or: scales)
+        freezeStep = try c.value(.freezeStep, or: freezeStep)
+        try c.require(["absmax", "learned"].contains(scales), .scales, expected: "'absmax' or 'learned'", found: "'\(scales)'")
+        try c.require(scales == "absmax" || scheme != "q4_1", .scales, expected: "absmax with q4_1 (its blocks also carry a minimum)", found: "'learned'")
+        try c.require(freezeStep >= 0, .freezeStep, expected: "an integer >= 0 (0 = never)", found: freezeStep)
+        try c.require(freezeStep == 0 || scheme != "q4_1", .freezeStep, expected: "0 with q4_1 (its blocks also carry a minimum)", found: freezeStep)
         try c.require(QATConfig.schemes.contains(scheme), .scheme, expected: "one of \(QATConfig.schemes.joined(separator: ", "))", found: "'\(scheme)'")
         try c.require(["none", "int8"].contains(activations), .activations, expected: "'none' or 'int8'", found: "'\(activations)'")
         try c.require(startStep >= 0, .startStep, expected: "an integer >= 0", found: startStep)
     }
 
     public var enabled: Bool { scheme != "none" || activations != "none" }
+
+    /// The weights are quantized with explicit scales at `step` (learned, or frozen absmax ranges).
+    public func explicitScales(atStep step: Int) -> Bool {
+        scheme != "none" && step >= startStep && (scales == "learned" || (freezeStep > 0 && step >= freezeStep))
+    }
 }
 
 /// How a training run's student starts.

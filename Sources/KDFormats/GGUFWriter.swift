@@ -107,7 +107,10 @@ extension Transformer {
     /// The model as a llama GGUF file: matrices in `type` (norms F32), architecture metadata, and `extraMetadata`
     /// (the teacher's tokenizer.* keys). Throws before writing anything if a row does not fit `type`'s blocks.
     /// `tableType` is the embedding's and LM head's type (default: `type`).
-    public func exportGGUF(path: String, type: GGMLType, tableType: GGMLType? = nil, name: String, extraMetadata: [(String, GGUFValue)]) throws {
+    /// `scales`: a QAT student's explicit scales (learned or frozen); its tensors of the scales' block type are written
+    /// with them, so they dequantize to exactly what the student trained with.
+    public func exportGGUF(path: String, type: GGMLType, tableType: GGMLType? = nil, name: String, extraMetadata: [(String, GGUFValue)],
+                           scales: QATScales? = nil) throws {
         let m = config
         func typeOf(_ e: ParameterLayout.Entry) -> GGMLType {
             !e.isMatrix ? .f32 : (e.offset == layout.embedding || e.offset == layout.lmHead) ? (tableType ?? type) : type
@@ -140,7 +143,19 @@ extension Transformer {
                         permuteRowsToAdjacent(floats.base, heads: heads, hs: m.headSize, c: e.shape[1], out: src.base)
                     }
                     var d = Data(count: t.byteCount(elements: e.count))
-                    d.withUnsafeMutableBytes { quantize(t, src: src.base, count: e.count, out: $0.baseAddress!) }
+                    if let scales, t == scales.scheme.ggmlType, let given = scales.scales(forOffset: e.offset) {
+                        // the scales' rows move with their weights' rows
+                        let perRow = e.shape[1] / 32, n = e.shape[0] * perRow
+                        let s = Slab(count: n)
+                        if permute, heads > 0 {
+                            permuteRowsToAdjacent(given, heads: heads, hs: m.headSize, c: perRow, out: s.base)
+                        } else {
+                            s.base.update(from: given, count: n)
+                        }
+                        d.withUnsafeMutableBytes { quantizeScaled(t, src: src.base, count: e.count, scales: s.base, out: $0.baseAddress!) }
+                    } else {
+                        d.withUnsafeMutableBytes { quantize(t, src: src.base, count: e.count, out: $0.baseAddress!) }
+                    }
                     return d
                 })
             }

@@ -113,7 +113,9 @@ public func openModel(path: String, maxSeqLen: Int? = nil) throws -> LoadedModel
         // a QAT checkpoint holds full-precision masters: it runs as it trained, quantized
         var kind = "safetensors"
         if let qat = try checkpointQAT(dir: path), qat.enabled {
-            if let scheme = FakeQuantScheme(rawValue: qat.scheme) {
+            if let scales = try loadQATScales(dir: path, model: model, qat: qat) {
+                model.writeFakeQuantized(scales: scales, master: model.params.base, mask: nil)
+            } else if let scheme = FakeQuantScheme(rawValue: qat.scheme) {
                 model.writeFakeQuantized(scheme, embeddings: qat.embeddings, master: model.params.base, mask: nil)
             }
             model.quantizeActivations = qat.activations == "int8"
@@ -127,6 +129,26 @@ public func openModel(path: String, maxSeqLen: Int? = nil) throws -> LoadedModel
     // a GGUF without tokenizer metadata (a byte-level student exported by distill) reads text as bytes
     let tok = file.metadata["tokenizer.ggml.model"] == nil ? nil : try BPETokenizer(gguf: file)
     return LoadedModel(model: model, tokenizer: tok, kind: "gguf", keepAlive: [file])
+}
+
+/// The explicit QAT scales (learned, or frozen) a checkpoint folder carries in `qat_scales.safetensors`, with their
+/// AdamW moments when `moments` are given; nil when it has none. A file that does not fit the model is an error.
+public func loadQATScales(dir: String, model: Transformer, qat: QATConfig, moments: (m: Slab, v: Slab)? = nil) throws -> QATScales? {
+    let path = (dir as NSString).appendingPathComponent("qat_scales.safetensors")
+    guard FileManager.default.fileExists(atPath: path), let scheme = FakeQuantScheme(rawValue: qat.scheme), scheme.supportsGivenScales else { return nil }
+    let file = try SafetensorsFile(path: path)
+    let scales = QATScales(model: model, scheme: scheme, embeddings: qat.embeddings)
+    for i in scales.entries.indices {
+        var targets = [(scales.name(i), scales.values.base + scales.offsets[i])]
+        if let moments { targets += [("exp_avg." + scales.name(i), moments.m.base + scales.offsets[i]), ("exp_avg_sq." + scales.name(i), moments.v.base + scales.offsets[i])] }
+        for (name, dst) in targets {
+            guard let t = file.tensor(name), t.shape == scales.shape(i) else {
+                throw KDError.invalidInput(what: path, expected: "tensor \(name) of shape \(scales.shape(i))", found: file.tensor(name).map { "shape \($0.shape)" } ?? "none")
+            }
+            file.read(t, into: dst)
+        }
+    }
+    return scales
 }
 
 /// The QAT settings of a training checkpoint folder (from the config in its state.json), when it is one and its step

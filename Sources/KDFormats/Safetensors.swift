@@ -117,6 +117,24 @@ public struct SafetensorsEntry {
 
 /// Writes F32 tensors (in the given order) and string metadata atomically: temp file, fsync, rename.
 public func writeSafetensors(path: String, tensors: [SafetensorsEntry], metadata: [String: String] = [:]) throws {
+    let header = try safetensorsHeader(tensors: tensors, metadata: metadata)
+    try atomicWrite(path: path) { fh in
+        try fh.write(contentsOf: header)
+        for t in tensors {
+            try fh.write(contentsOf: Data(bytes: t.data, count: t.shape.reduce(1, *) * 4))
+        }
+    }
+}
+
+/// A whole safetensors file in memory (small files: QAT scales).
+public func safetensorsData(tensors: [SafetensorsEntry], metadata: [String: String] = [:]) throws -> Data {
+    var d = try safetensorsHeader(tensors: tensors, metadata: metadata)
+    for t in tensors { d.append(Data(bytes: t.data, count: t.shape.reduce(1, *) * 4)) }
+    return d
+}
+
+/// The 8-byte length and the JSON header, padded so the data starts 8-byte aligned (as HF pads).
+func safetensorsHeader(tensors: [SafetensorsEntry], metadata: [String: String]) throws -> Data {
     var header: [String: Any] = [:]
     if !metadata.isEmpty { header["__metadata__"] = metadata }
     var offset = 0
@@ -126,15 +144,9 @@ public func writeSafetensors(path: String, tensors: [SafetensorsEntry], metadata
         offset += bytes
     }
     var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
-    while (8 + json.count) % 8 != 0 { json.append(0x20) }  // data starts 8-byte aligned, as HF pads
-    try atomicWrite(path: path) { fh in
-        var n = UInt64(json.count).littleEndian
-        try fh.write(contentsOf: Data(bytes: &n, count: 8))
-        try fh.write(contentsOf: json)
-        for t in tensors {
-            try fh.write(contentsOf: Data(bytes: t.data, count: t.shape.reduce(1, *) * 4))
-        }
-    }
+    while (8 + json.count) % 8 != 0 { json.append(0x20) }
+    var n = UInt64(json.count).littleEndian
+    return Data(bytes: &n, count: 8) + json
 }
 
 /// Writes through `body` into `path.tmp-<pid>`, fsyncs, renames over `path`; on any error the temp file is removed.

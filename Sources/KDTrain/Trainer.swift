@@ -7,6 +7,7 @@ import KDComm
 import KDConfig
 import KDCore
 import KDData
+import KDFormats
 import KDModel
 import KDLoss
 import KDOps
@@ -65,6 +66,11 @@ public final class Trainer {
     public let qatScheme: FakeQuantScheme?
     public private(set) var master: Slab?
     var steMask: Slab?
+    /// QAT with explicit scales (`qat.scales: learned`, or `freeze_step`): the scales once taken from the weights, and
+    /// for learned scales their gradient and AdamW moments.
+    public private(set) var qatScales: QATScales?
+    var scalesReady = false
+    var scaleGrad: Slab?, scaleM: Slab?, scaleV: Slab?
     /// distillm: the probability of a student-generated step, the replay buffer, the last validation loss.
     public internal(set) var policyThreshold: Float = 0
     public internal(set) var replay: ReplayBuffer?
@@ -184,6 +190,11 @@ public final class Trainer {
             master = Slab(count: model.layout.count)
             master!.base.update(from: model.params.base, count: model.layout.count)
             if qatScheme != nil { steMask = Slab(count: model.layout.count) }
+            if let qatScheme, config.qat.scales == "learned" || config.qat.freezeStep > 0 {
+                let qs = QATScales(model: model, scheme: qatScheme, embeddings: config.qat.embeddings)
+                qatScales = qs
+                if config.qat.scales == "learned" { (scaleGrad, scaleM, scaleV) = (Slab(count: qs.values.count), Slab(count: qs.values.count), Slab(count: qs.values.count)) }
+            }
         }
         adamM = Slab(count: model.layout.count)
         adamV = Slab(count: model.layout.count)
@@ -238,11 +249,34 @@ public final class Trainer {
     /// QAT: whether the current step trains with quantization (from qat.start_step on).
     public var qatActive: Bool { config.qat.enabled && step >= config.qat.startStep }
 
+    /// LSQ: this step trains the scales (learned, in use, and before freeze_step).
+    var learningScalesNow: Bool {
+        config.qat.scales == "learned" && scalesReady && qatActive && (config.qat.freezeStep == 0 || step < config.qat.freezeStep)
+    }
+
+    /// The explicit QAT scales (and learned ones' moments) as a safetensors file for checkpoints.
+    func qatScalesFile() throws -> Data? {
+        guard let qs = qatScales, scalesReady else { return nil }
+        var tensors: [SafetensorsEntry] = []
+        for i in qs.entries.indices {
+            tensors.append(SafetensorsEntry(name: qs.name(i), shape: qs.shape(i), data: qs.values.base + qs.offsets[i]))
+            if let m = scaleM, let v = scaleV {
+                tensors.append(SafetensorsEntry(name: "exp_avg." + qs.name(i), shape: qs.shape(i), data: m.base + qs.offsets[i]))
+                tensors.append(SafetensorsEntry(name: "exp_avg_sq." + qs.name(i), shape: qs.shape(i), data: v.base + qs.offsets[i]))
+            }
+        }
+        return try safetensorsData(tensors: tensors, metadata: ["scheme": qs.scheme.rawValue, "scales": config.qat.scales])
+    }
+
     /// QAT: the model's weights ← fake-quantized master weights (or the master weights before the start step), and
     /// activation fake quantization on or off.
     func refreshQuantized() {
         guard let master else { return }
-        if let qatScheme, qatActive {
+        if let qs = qatScales, config.qat.explicitScales(atStep: step) {
+            // learned scales start from the absmax ones, frozen ones are the absmax ones of the freeze step
+            if !scalesReady { qs.capture(master: master.base); scalesReady = true }
+            model.writeFakeQuantized(scales: qs, master: master.base, mask: steMask!.base)
+        } else if let qatScheme, qatActive {
             model.writeFakeQuantized(qatScheme, embeddings: config.qat.embeddings, master: master.base, mask: steMask!.base)
         } else {
             model.params.base.update(from: master.base, count: model.layout.count)
@@ -336,6 +370,18 @@ public final class Trainer {
         let d = config.distill
         let t2 = Double(d.t2Scale ? d.temperature * d.temperature : 1)
         let loss = !hasTeacher ? ce : source != .corpus ? t2 * kd : Double(1 - d.kdRatio) * ce + Double(d.kdRatio) * t2 * kd
+        let learningScales = learningScalesNow
+        if learningScales, let qs = qatScales, let sg = scaleGrad, let master {
+            // LSQ: the scales' gradient from the all-reduced gradient of the quantized weights (same on every rank)
+            sg.zero()
+            Parallel.forRanges(qs.entries.count) { lo, hi in
+                for i in lo..<hi {
+                    let e = qs.entries[i]
+                    fakeQuantizeScaleGradient(qs.scheme, src: master.base + e.offset, rows: e.shape[0], c: e.shape[1], scales: qs.values.base + qs.offsets[i],
+                                              dOut: g.base + e.offset, dScales: sg.base + qs.offsets[i])
+                }
+            }
+        }
         if let steMask, qatActive {
             // straight-through: the gradient of a clipped weight is zero
             let m = steMask.base
@@ -351,6 +397,20 @@ public final class Trainer {
                         v: adamV.base + e.offset, count: e.count,
                         step: AdamWStep(lr: lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps,
                                         weightDecay: e.isMatrix ? o.weightDecay : 0, t: step + 1))
+        }
+        if learningScales, let qs = qatScales, let sg = scaleGrad, let sm = scaleM, let sv = scaleV {
+            // AdamW moves every parameter by about lr per step, far more than a scale of 1e-3 can take: it trains
+            // θ = log|s| instead (steps relative to the scale, ∂L/∂θ = s·∂L/∂s); the sign stays (Q4_0's scales start
+            // negative where a block's extreme value is positive)
+            let n = qs.values.count, sp = qs.values.base, gp = sg.base
+            let theta = Slab(count: n)
+            for i in 0..<n {
+                theta.base[i] = Foundation.log(max(abs(sp[i]), 1e-30))
+                gp[i] *= sp[i]
+            }
+            adamWUpdate(param: theta.base, grad: gp, m: sm.base, v: sv.base, count: n,
+                        step: AdamWStep(lr: lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: 0, t: step + 1 - config.qat.startStep))
+            for i in 0..<n { sp[i] = (sp[i] < 0 ? -1 : 1) * Foundation.exp(theta.base[i]) }
         }
         if let st = selfTeacher, config.teacher?.selfSource == "ema" {
             // θ_T ← d·θ_T + (1 − d)·θ after the update
@@ -486,6 +546,7 @@ public final class Trainer {
             var state = TrainingState(step: step, sampleCursor: sampleCursor, worldSize: comm.worldSize, lr: lastLR, config: try config.yaml(),
                                       teachers: teacherManifest)
             var files = extraCheckpointFiles
+            if let scales = try qatScalesFile() { files["qat_scales.safetensors"] = scales }
             if let replay {
                 state.extra["policy_threshold"] = "\(policyThreshold)"
                 if let v = lastValLoss { state.extra["last_val_loss"] = "\(v)" }
@@ -526,6 +587,13 @@ public final class Trainer {
                     + "point checkpoint.dir at a new folder for this config, or resume with the checkpoint's model section")
             }
             try CheckpointStore.load(dir: dir, model: model, adamM: adamM, adamV: adamV, extraWeights: emaWeights)
+            if let qs = qatScales, let loaded = try loadQATScales(dir: dir, model: model, qat: config.qat,
+                                                                   moments: scaleM.flatMap { m in scaleV.map { (m, $0) } }) {
+                qs.values.base.update(from: loaded.values.base, count: qs.values.count)
+                scalesReady = true
+            } else {
+                scalesReady = false
+            }
             header = [Double(state.step), Double(state.sampleCursor), Double(state.lr), 0, .nan]
             written = state.worldSize
             if replay != nil {
@@ -546,6 +614,12 @@ public final class Trainer {
             lastValLoss = header[4].isNaN ? nil : header[4]
         }
         for slab in [model.params, adamM, adamV] + emaWeights.values { try broadcastFloats(slab.base, count: slab.count) }
+        if let qs = qatScales {
+            var ready = [scalesReady ? 1.0 : 0.0]
+            try comm.broadcast(&ready, root: 0)
+            scalesReady = ready[0] > 0
+            if scalesReady { for slab in [qs.values] + [scaleM, scaleV].compactMap({ $0 }) { try broadcastFloats(slab.base, count: slab.count) } }
+        }
         KDLog.info(String(format: "resumed from %@: step %d, sample cursor %d (written by %d rank%@), verified and loaded in %.2f s",
                           dir, Int(header[0]), Int(header[1]), written, written == 1 ? "" : "s", monotonicSeconds() - start))
         step = Int(header[0])

@@ -19,9 +19,9 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
     }
 
     /// A 2-step QAT run of the tiny config (ffn 192: rows in blocks of 32) in `dir`; returns its last checkpoint.
-    func trainQAT(_ dir: URL, scheme: String) throws -> URL {
+    func trainQAT(_ dir: URL, scheme: String, extra: String = "") throws -> URL {
         let cfg = try tinyYAML(dir, "qat-\(scheme)", edits: [("steps: 10", "steps: 2"), ("ffn_dim: 172", "ffn_dim: 192"),
-                                                              ("checkpoint:", "qat:\n  scheme: \(scheme)\ncheckpoint:")])
+                                                              ("checkpoint:", "qat:\n  scheme: \(scheme)\n\(extra)checkpoint:")])
         let r = try distill(["train", "--config", cfg, "--sample-tokens", "0"])
         #expect(r.status == 0, "\(r.err)")
         return dir.appendingPathComponent("qat-\(scheme)/step_00000002")
@@ -59,6 +59,35 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         #expect(try distill(["export", ckpt.path, "--format", "gguf", "--quant", "f32", "--out", f32]).status == 0)
         let unquantized = try nll(f32)
         #expect(abs(unquantized - a) > 20 * max(abs(a - b), 1e-7), "f32 \(unquantized), QAT \(a), GGUF \(b)")
+    }
+
+    @Test(arguments: ["q8_0", "q4_0"])
+    func learnedScalesExportToExactlyWhatTheStudentTrainedWith(scheme: String) throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ckpt = try trainQAT(dir, scheme: scheme, extra: "  scales: learned\n  embeddings: true\n")
+        #expect(FileManager.default.fileExists(atPath: ckpt.appendingPathComponent("qat_scales.safetensors").path))
+        let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
+        #expect(try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf]).status == 0)
+        #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
+        // gguf-py decodes the GGUF to exactly the values the student computed with (exported as safetensors) …
+        let st = hf.appendingPathComponent("model.safetensors").path
+        let j = try JSONSerialization.jsonObject(with: Data(try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
+                                                                          [gguf, st, scheme, scheme, "--dequant"]).utf8)) as! [String: Any]
+        #expect((j["bad"] as! [String]).isEmpty, "\(j["bad"]!)")
+        // … which are not what absmax quantization of the masters would give: the learned scales were used
+        let absmax = try JSONSerialization.jsonObject(with: Data(try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
+                                                                               [gguf, ckpt.appendingPathComponent("model.safetensors").path, scheme, scheme]).utf8)) as! [String: Any]
+        #expect(!(absmax["bad"] as! [String]).isEmpty)
+        // and the checkpoint (learned scales on) and the GGUF read back by our reader have the same NLL
+        let text = repoRoot.appendingPathComponent("Tests/KDTrainTests/Fixtures/fortunes-sample.txt").path
+        func nll(_ model: String) throws -> Double {
+            let r = try distill(["eval", "--model", model, "--text", text, "--context", "64", "--max-windows", "40", "--json", "--threads", "1"])
+            #expect(r.status == 0, "\(r.err)")
+            return (try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any])["mean_nll"] as! Double
+        }
+        let (a, b) = (try nll(ckpt.path), try nll(gguf))
+        #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
     }
 
     @Test func safetensorsExportLoadsInTheSafetensorsPackage() throws {

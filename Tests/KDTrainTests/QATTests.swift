@@ -94,3 +94,82 @@ func qatComputesWithTheQuantizedMasterWeights(scheme: String) throws {
     let p = try Trainer(config: plain, corpus: corpus).run()
     #expect(p[0].loss != a[0].loss)
 }
+
+/// The model's quantized tensors equal fake quantization of the masters with the trainer's explicit scales.
+func expectComputesWithTheScales(_ tr: Trainer) throws {
+    let qs = try #require(tr.qatScales)
+    for (i, e) in qs.entries.enumerated() {
+        var want = [Float](repeating: 0, count: e.count)
+        fakeQuantizeScaled(qs.scheme, src: tr.master!.base + e.offset, rows: e.shape[0], c: e.shape[1], scales: qs.values.base + qs.offsets[i],
+                           out: &want, mask: nil)
+        #expect(memcmp(want, tr.model.params.base + e.offset, e.count * 4) == 0, "\(e.name)")
+    }
+}
+
+/// The absmax scales of the trainer's current masters.
+func absmaxOfMasters(_ tr: Trainer) -> [Float] {
+    let qs = tr.qatScales!
+    var out = [Float](repeating: 0, count: qs.values.count)
+    for (i, e) in qs.entries.enumerated() {
+        out.withUnsafeMutableBufferPointer { absmaxScales(qs.scheme, src: tr.master!.base + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress! + qs.offsets[i]) }
+    }
+    return out
+}
+
+@Test(arguments: ["q8_0", "q4_0", "int8_channel"])
+func learnedScalesStartAtAbsmaxThenTrain(scheme: String) throws {
+    var c = try qatConfig(scheme)
+    c.qat.scales = "learned"
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let tr = try Trainer(config: c, corpus: corpus)
+    var absmax = c
+    absmax.qat.scales = "absmax"
+    let ref = try Trainer(config: absmax, corpus: corpus)
+    // before any step the learned scales are the absmax ones: the model is bit for bit the absmax QAT model
+    #expect(memcmp(tr.model.params.base, ref.model.params.base, tr.model.layout.count * 4) == 0)
+    let start = Array(UnsafeBufferPointer(start: tr.qatScales!.values.base, count: tr.qatScales!.values.count))
+    let history = try tr.run()
+    let now = Array(UnsafeBufferPointer(start: tr.qatScales!.values.base, count: tr.qatScales!.values.count))
+    // the scales moved (LSQ), each kept its sign, and the model computes with them
+    #expect(zip(start, now).filter { $0 != $1 }.count > now.count / 2)
+    #expect(zip(start, now).allSatisfy { ($0 < 0) == ($1 < 0) })
+    try expectComputesWithTheScales(tr)
+    #expect(history.allSatisfy { $0.loss.isFinite })
+}
+
+@Test func frozenRangesKeepTheScalesOfTheFreezeStep() throws {
+    var c = try qatConfig("q4_0")
+    c.qat.freezeStep = 2
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let tr = try Trainer(config: c, corpus: corpus)
+    _ = try tr.trainStep()
+    #expect(!tr.scalesReady)  // before the freeze step: absmax every step
+    _ = try tr.trainStep()
+    let atFreeze = absmaxOfMasters(tr)
+    #expect(tr.scalesReady)
+    _ = try tr.trainStep()
+    _ = try tr.trainStep()
+    let scales = Array(UnsafeBufferPointer(start: tr.qatScales!.values.base, count: tr.qatScales!.values.count))
+    #expect(scales == atFreeze)
+    #expect(absmaxOfMasters(tr) != atFreeze)  // the weights moved on, their ranges did not
+    try expectComputesWithTheScales(tr)
+}
+
+@Test func learnedScalesResumeBitwise() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-lsq-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var c = try qatConfig("q4_0")
+    c.qat.scales = "learned"
+    c.checkpoint.dir = dir.path
+    c.checkpoint.every = 2
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let full = try Trainer(config: c, corpus: corpus)
+    let a = try full.run(checkpoints: true)
+    let resumed = try Trainer(config: c, corpus: corpus)
+    try resumed.resume(from: dir.appendingPathComponent("step_00000002").path)
+    let b = try resumed.run()
+    #expect(b.map(\.loss) == a.suffix(2).map(\.loss))
+    let n = full.qatScales!.values.count
+    #expect(memcmp(full.qatScales!.values.base, resumed.qatScales!.values.base, n * 4) == 0)
+    #expect(memcmp(full.scaleM!.base, resumed.scaleM!.base, n * 4) == 0)
+}

@@ -1,18 +1,21 @@
 """Reads an exported GGUF with gguf-py and checks it against the checkpoint it came from, independently of distill:
 metadata, tensor names, shapes and types, and every tensor's bytes against gguf-py quantizing the checkpoint's
 weights itself (Q/K rows permuted to the adjacent RoPE order as llama.cpp's converter does).
-usage: check_gguf_export.py OUT.gguf CHECKPOINT/model.safetensors TYPE [EMBEDDING_TYPE]
+usage: check_gguf_export.py OUT.gguf CHECKPOINT/model.safetensors TYPE [EMBEDDING_TYPE [--dequant]]
+With --dequant the safetensors file holds the values the GGUF must dequantize to (a student with learned or frozen
+QAT scales): gguf-py's dequantization of every tensor must equal them bit for bit.
 prints one JSON object."""
 import json, sys
 import numpy as np
 from gguf import GGUFReader, GGMLQuantizationType as T
-from gguf.quants import quantize
+from gguf.quants import quantize, dequantize
 from safetensors.numpy import load_file
 
 path, st, tname = sys.argv[1:4]
 types = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1}
 qtype = types[tname]
 etype = types[sys.argv[4]] if len(sys.argv) > 4 else qtype
+by_value = "--dequant" in sys.argv[5:]
 r = GGUFReader(path)
 
 def field(name):
@@ -51,6 +54,10 @@ for hf, x in w.items():
     want_type = (etype if hf in ("model.embed_tokens.weight", "lm_head.weight") else qtype) if x.ndim == 2 else T.F32
     if t.tensor_type != want_type: bad.append(f"{name}: type {t.tensor_type.name}, expected {want_type.name}")
     if list(reversed([int(d) for d in t.shape])) != list(x.shape): bad.append(f"{name}: shape {list(t.shape)} vs {list(x.shape)}")
+    if by_value:
+        back = dequantize(np.asarray(t.data), t.tensor_type).reshape(x.shape).astype(np.float32)
+        if back.tobytes() != x.tobytes(): bad.append(f"{name}: gguf-py dequantizes to other values ({int((back != x).sum())} differ)")
+        continue
     ours = np.asarray(t.data).tobytes()
     ref = quantize(x, want_type).tobytes() if want_type not in (T.F32,) else x.tobytes()
     if ours != ref: bad.append(f"{name}: bytes differ from gguf-py's {want_type.name} of the checkpoint")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The QAT comparison of the README: the same student cut from SmolLM2-135M-Instruct (Configs/qat/base.yaml) trained
-# in full precision and with Q8_0 and Q4_0 fake quantization; each exported to GGUF (the full-precision one after
+# in full precision, with Q8_0 and Q4_0 fake quantization, and Q4_0 with learned scales; each exported to GGUF (the full-precision one after
 # training, in each type: post-training quantization) and evaluated against the teacher on held-out fortunes.
 # Runs that already finished are reused. Results in Checkpoints/qat/results.md.
 set -euo pipefail
@@ -13,7 +13,7 @@ for f in "$d" "$teacher" "$data/train.bin"; do
     [ -e "$f" ] || { echo "compare_qat: $f is missing; run Launch/quickstart.sh first" >&2; exit 1; }
 done
 mkdir -p "$out"
-for s in none q8_0 q4_0; do
+for s in none q8_0 q4_0 q4_0_learned; do
     final=$out/$s/step_00000040
     if [ ! -f "$final/checksums.json" ]; then
         echo "== $s: training (Configs/qat/$s.yaml)"
@@ -39,6 +39,8 @@ for s in q8_0 q4_0; do
     ckj=$(ev "$out/$s/step_00000040")
     echo "QAT $s: checkpoint (fake quantization) $ckj"
 done
+$d export "$out/q4_0_learned/step_00000040" --format gguf --out "$out/qat-q4_0-learned.gguf"
+row "student, QAT q4_0 with learned scales (LSQ) → q4_0 GGUF" "$out/qat-q4_0-learned.gguf" "$out/qat-q4_0-learned.gguf"
 {
     echo "| model | size on disk | val NLL | KL(teacher‖model) | top-1 agreement |"
     echo "|---|---|---|---|---|"

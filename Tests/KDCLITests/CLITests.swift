@@ -128,3 +128,18 @@ func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
     let r = try runDistill(["train", "--config", shallower, "--resume", "auto", "--sample-tokens", "0"])
     #expect(r.status != 0 && r.err.contains("the checkpoint has another model shape (layers 2, this config 1)"), "\(r.err)")
 }
+
+@Test func theProgressLineIsRedrawnOnATerminalAndPlainOtherwise() throws {
+    let dir = try scratchDir()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let cfg = try tinyYAML(dir, "p", edits: [("steps: 10", "steps: 4"), ("log_every: 1", "log_every: 4")])
+    let cmd = "\(try distillBinary().path) train --config \(cfg) --sample-tokens 0"
+    // util-linux `script` gives the command a pseudo-terminal
+    let tty = try runProcess(URL(fileURLWithPath: "/usr/bin/script"), ["-qec", cmd, "/dev/null"], in: repoRoot)
+    #expect(tty.status == 0, "\(tty.err)")
+    #expect(tty.out.contains("\r\u{1B}[2Kstep     2/4"), "\(tty.out)")
+    // in a pipe: plain lines at step 1 and every log_every, no control characters
+    let piped = try runDistill(["train", "--config", cfg, "--sample-tokens", "0", "--resume", "none", "--checkpoint-dir", dir.appendingPathComponent("q").path])
+    #expect(piped.status == 0 && !piped.out.contains("\u{1B}"))
+    #expect(piped.out.split(separator: "\n").filter { $0.hasPrefix("step") }.count == 2, "\(piped.out)")
+}

@@ -469,6 +469,9 @@ public struct QATConfig: Codable, Equatable, Sendable {
     /// block of 32 (per row for the per-channel schemes), starting from the absmax ones at start_step (not q4_1).
     /// Default absmax.
     public var scales = "absmax"
+    /// Learned scales: their learning rate as a multiple of the weights' (AdamW on log|s|, so lr·ratio is roughly the
+    /// relative change of a scale per step; at 1 they barely move in a short run). Default 30.
+    public var scaleLRRatio: Float = 30
     /// From this step on the scales stop changing (absmax: frozen at their values then; learned: no more updates);
     /// 0 = never. Default 0.
     public var freezeStep = 0
@@ -478,7 +481,7 @@ public struct QATConfig: Codable, Equatable, Sendable {
     public static let schemes = ["none", "q8_0", "q4_0", "q4_1", "int8_channel", "int4_channel"]
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case scheme, embeddings, activations, startStep = "start_step", scales, freezeStep = "freeze_step"
+        case scheme, embeddings, activations, startStep = "start_step", scales, scaleLRRatio = "scale_lr_ratio", freezeStep = "freeze_step"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -490,6 +493,8 @@ public struct QATConfig: Codable, Equatable, Sendable {
         startStep = try c.value(.startStep, or: startStep)
         scales = try c.value(.scales, or: scales)
         freezeStep = try c.value(.freezeStep, or: freezeStep)
+        scaleLRRatio = try c.value(.scaleLRRatio, or: scaleLRRatio)
+        try c.require(scaleLRRatio > 0 && scaleLRRatio.isFinite, .scaleLRRatio, expected: "a number > 0", found: scaleLRRatio)
         try c.require(["absmax", "learned"].contains(scales), .scales, expected: "'absmax' or 'learned'", found: "'\(scales)'")
         try c.require(scales == "absmax" || scheme != "q4_1", .scales, expected: "absmax with q4_1 (its blocks also carry a minimum)", found: "'learned'")
         try c.require(freezeStep >= 0, .freezeStep, expected: "an integer >= 0 (0 = never)", found: freezeStep)

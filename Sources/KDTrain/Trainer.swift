@@ -409,7 +409,8 @@ public final class Trainer {
                 gp[i] *= sp[i]
             }
             adamWUpdate(param: theta.base, grad: gp, m: sm.base, v: sv.base, count: n,
-                        step: AdamWStep(lr: lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: 0, t: step + 1 - config.qat.startStep))
+                        step: AdamWStep(lr: lr * config.qat.scaleLRRatio, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: 0,
+                                          t: step + 1 - config.qat.startStep))
             for i in 0..<n { sp[i] = (sp[i] < 0 ? -1 : 1) * Foundation.exp(theta.base[i]) }
         }
         if let st = selfTeacher, config.teacher?.selfSource == "ema" {

@@ -9,8 +9,11 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var layers = 4
     /// Residual width (hidden size). Default 128.
     public var dim = 128
-    /// Query heads; dim must be a multiple. Default 4.
+    /// Query heads; dim must be a multiple unless head_dim is given. Default 4.
     public var heads = 4
+    /// Size of each attention head; 0 = dim / heads. A student whose attention heads were pruned keeps its teacher's
+    /// head size with fewer heads. Default 0.
+    public var headDim = 0
     /// Key/value heads (grouped-query attention); heads must be a multiple. Default: heads.
     public var kvHeads = 4
     /// Hidden width of the SwiGLU MLP. Default 344 (≈ 8/3 · 128, as Llama sizes it).
@@ -33,7 +36,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case layers, dim, heads, kvHeads = "kv_heads", ffnDim = "ffn_dim", vocabSize = "vocab_size"
+        case layers, dim, heads, headDim = "head_dim", kvHeads = "kv_heads", ffnDim = "ffn_dim", vocabSize = "vocab_size"
         case maxSeqLen = "max_seq_len", ropeTheta = "rope_theta", ropeStyle = "rope_style", rmsEps = "rms_eps"
         case tiedEmbeddings = "tied_embeddings", initStd = "init_std"
     }
@@ -44,6 +47,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         layers = try c.value(.layers, or: layers)
         dim = try c.value(.dim, or: dim)
         heads = try c.value(.heads, or: heads)
+        headDim = try c.value(.headDim, or: headDim)
         kvHeads = try c.value(.kvHeads, or: heads)
         ffnDim = try c.value(.ffnDim, or: ffnDim)
         vocabSize = try c.value(.vocabSize, or: vocabSize)
@@ -56,6 +60,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         try c.require(layers >= 1, .layers, expected: "an integer >= 1", found: layers)
         try c.require(dim >= 2, .dim, expected: "an integer >= 2", found: dim)
         try c.require(heads >= 1, .heads, expected: "an integer >= 1", found: heads)
+        try c.require(headDim >= 0, .headDim, expected: "an integer >= 0 (0 = dim / heads)", found: headDim)
         try c.require(kvHeads >= 1, .kvHeads, expected: "an integer >= 1", found: kvHeads)
         try c.require(ffnDim >= 1, .ffnDim, expected: "an integer >= 1", found: ffnDim)
         try c.require(vocabSize >= 2, .vocabSize, expected: "an integer >= 2", found: vocabSize)
@@ -66,21 +71,23 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         try c.require(initStd > 0, .initStd, expected: "a number > 0", found: initStd)
     }
 
-    /// Head size dim / heads.
-    public var headSize: Int { dim / heads }
+    /// Head size: head_dim, or dim / heads.
+    public var headSize: Int { headDim > 0 ? headDim : dim / heads }
+    /// Width of the query projection and of the attention output (heads · head size; dim unless heads were pruned).
+    public var qDim: Int { heads * headSize }
     /// Width of the key and value projections.
     public var kvDim: Int { kvHeads * headSize }
 
     /// Cross-field rules; throws `ConfigError.invalid` naming the fields.
     public func validate(path: String = "model") throws {
-        guard dim % heads == 0 else {
-            throw ConfigError.invalid("\(path).dim", expected: "a multiple of heads (\(heads))", found: "\(dim)")
+        guard headDim > 0 || dim % heads == 0 else {
+            throw ConfigError.invalid("\(path).dim", expected: "a multiple of heads (\(heads)), or a head_dim", found: "\(dim)")
         }
         guard heads % kvHeads == 0 else {
             throw ConfigError.invalid("\(path).kv_heads", expected: "a divisor of heads (\(heads))", found: "\(kvHeads)")
         }
         guard headSize % 2 == 0 else {
-            throw ConfigError.invalid("\(path).dim", expected: "an even head size dim/heads for RoPE", found: "\(headSize)")
+            throw ConfigError.invalid("\(path).\(headDim > 0 ? "head_dim" : "dim")", expected: "an even head size for RoPE", found: "\(headSize)")
         }
     }
 }

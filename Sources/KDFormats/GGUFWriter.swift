@@ -128,6 +128,7 @@ extension Transformer {
             ("llama.attention.head_count", .uint(UInt64(m.heads))), ("llama.attention.head_count_kv", .uint(UInt64(m.kvHeads))),
             ("llama.rope.freq_base", .float(m.ropeTheta)), ("llama.attention.layer_norm_rms_epsilon", .float(Double(m.rmsEps))),
             ("llama.rope.dimension_count", .uint(UInt64(m.headSize))), ("llama.vocab_size", .uint(UInt64(m.vocabSize))),
+            ("llama.attention.key_length", .uint(UInt64(m.headSize))), ("llama.attention.value_length", .uint(UInt64(m.headSize))),
         ] + extraMetadata.filter { !$0.0.hasPrefix("general.") && !$0.0.hasPrefix("llama.") }
         let permute = m.ropeStyle == "half"
         for e in layout.entries {

@@ -44,6 +44,8 @@ public func hfModelConfig(dir: String, maxSeqLen: Int? = nil) throws -> ModelCon
     m.dim = try int("hidden_size")
     m.heads = try int("num_attention_heads")
     m.kvHeads = (j["num_key_value_heads"] as? Int) ?? m.heads
+    // head_dim only when it differs from hidden_size / heads (a head-pruned student)
+    if let hd = j["head_dim"] as? Int, hd * m.heads != m.dim { m.headDim = hd }
     m.ffnDim = try int("intermediate_size")
     m.vocabSize = try int("vocab_size")
     m.ropeTheta = (j["rope_theta"] as? Double) ?? 10000
@@ -82,6 +84,7 @@ public func saveHFModel(_ model: Transformer, dir: String, metadata: [String: St
     let m = model.config
     let config: [String: Any] = [
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": m.dim, "intermediate_size": m.ffnDim,
+        "head_dim": m.headSize,
         "num_attention_heads": m.heads, "num_key_value_heads": m.kvHeads, "num_hidden_layers": m.layers,
         "vocab_size": m.vocabSize, "rms_norm_eps": Double(m.rmsEps), "rope_theta": m.ropeTheta,
         "max_position_embeddings": m.maxSeqLen, "tie_word_embeddings": m.tiedEmbeddings, "hidden_act": "silu",

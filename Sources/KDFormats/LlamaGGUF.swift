@@ -43,6 +43,7 @@ public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> Mode
     m.dim = try int("embedding_length")
     m.heads = try int("attention.head_count")
     m.kvHeads = f.metadata["\(arch).attention.head_count_kv"]?.int ?? m.heads
+    if let kl = f.metadata["\(arch).attention.key_length"]?.int, kl * m.heads != m.dim { m.headDim = kl }
     m.ffnDim = try int("feed_forward_length")
     guard let embd = f.tensor("token_embd.weight") else { throw GGUFError.missingTensor(path: f.path, tensor: "token_embd.weight") }
     m.vocabSize = f.metadata["\(arch).vocab_size"]?.int ?? embd.shape[0]

@@ -36,17 +36,17 @@ public struct ParameterLayout: Sendable {
             defer { offset += shape.reduce(1, *) }
             return offset
         }
-        let c = m.dim, kv = m.kvDim, f = m.ffnDim
+        let c = m.dim, kv = m.kvDim, f = m.ffnDim, qd = m.qDim
         embedding = add("model.embed_tokens.weight", [m.vocabSize, c])
         var blocks: [Block] = []
         for l in 0..<m.layers {
             let p = "model.layers.\(l)."
             blocks.append(Block(
                 ln1: add(p + "input_layernorm.weight", [c]),
-                wq: add(p + "self_attn.q_proj.weight", [c, c]),
+                wq: add(p + "self_attn.q_proj.weight", [qd, c]),
                 wk: add(p + "self_attn.k_proj.weight", [kv, c]),
                 wv: add(p + "self_attn.v_proj.weight", [kv, c]),
-                wo: add(p + "self_attn.o_proj.weight", [c, c]),
+                wo: add(p + "self_attn.o_proj.weight", [c, qd]),
                 ln2: add(p + "post_attention_layernorm.weight", [c]),
                 wgate: add(p + "mlp.gate_proj.weight", [f, c]),
                 wup: add(p + "mlp.up_proj.weight", [f, c]),
@@ -73,13 +73,13 @@ public struct ParameterLayout: Sendable {
 extension ModelConfig {
     /// Parameters that take part in matrix products per token: every block's linear layers plus the LM head.
     public var matmulParameters: Int {
-        layers * (2 * dim * dim + 2 * dim * kvDim + 3 * dim * ffnDim) + vocabSize * dim
+        layers * (2 * dim * qDim + 2 * dim * kvDim + 3 * dim * ffnDim) + vocabSize * dim
     }
 
     /// FLOPs of one token's forward pass with `seqLen`-token sequences: 2 per matmul parameter, plus attention
     /// QKᵀ and PV counted in full (4·layers·dim·seqLen), the convention of the PyTorch peer recipe.
     public func forwardFLOPsPerToken(seqLen: Int) -> Double {
-        2 * Double(matmulParameters) + 4 * Double(layers * dim * seqLen)
+        2 * Double(matmulParameters) + 4 * Double(layers * qDim * seqLen)
     }
 
     /// Forward + backward: three times the forward.

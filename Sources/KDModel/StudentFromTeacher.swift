@@ -37,17 +37,46 @@ extension Transformer {
         return out
     }
 
+    /// Mean |attention output| of every query head of every block (the head's slice of what the output projection
+    /// reads) over the tokens given: the importance head pruning ranks heads by. Inference models only.
+    /// - Shapes: tokens [b, t] · result [layers][heads]
+    public func attentionHeadImportance(tokens: UnsafePointer<Int32>, b: Int, t: Int) -> [[Double]] {
+        let n = b * t, nh = config.heads, hs = config.headSize, qd = config.qDim
+        var out: [[Double]] = []
+        for l in 0..<config.layers {
+            _ = forwardStage(l..<(l + 1), tokens: l == 0 ? tokens : nil, hidden: nil, b: b, t: t, finalNorm: false)
+            let att = activations(b: b, t: t).blocks[l].att.base
+            var acc = [Double](repeating: 0, count: nh)
+            for r in 0..<n { for h in 0..<nh { for j in 0..<hs { acc[h] += Double(abs(att[r * qd + h * hs + j])) } } }
+            out.append(acc.map { $0 / Double(n * hs) })
+        }
+        return out
+    }
+
     /// Copies the embedding, final norm, head and blocks `layers[i]` → student block i from `teacher`. The student must
-    /// have the teacher's width, vocabulary and head layout and `layers.count` blocks; with `ffnChannels` (per student
-    /// block, the teacher FFN channels kept, ascending) its ffn_dim may be narrower (width pruning).
-    public func copyPruned(from teacher: Transformer, layers: [Int], ffnChannels: [[Int]]? = nil) throws {
+    /// have the teacher's width, vocabulary and key/value heads and `layers.count` blocks; with `ffnChannels` (per
+    /// student block, the teacher FFN channels kept, ascending) its ffn_dim may be narrower, and with `queryHeads` (per
+    /// student block, the teacher query heads kept, grouped by key/value head) it may have fewer query heads of the
+    /// teacher's size (width pruning).
+    public func copyPruned(from teacher: Transformer, layers: [Int], ffnChannels: [[Int]]? = nil, queryHeads: [[Int]]? = nil) throws {
         let t = teacher.config, s = config
         func mismatch(_ what: String, _ expected: Any, _ found: Any) -> KDError {
             KDError.invalidInput(what: "student.init from_teacher: model.\(what)", expected: "\(expected) (the teacher's)", found: "\(found)")
         }
-        for (name, a, b) in [("dim", t.dim, s.dim), ("heads", t.heads, s.heads), ("kv_heads", t.kvHeads, s.kvHeads),
-                             ("vocab_size", t.vocabSize, s.vocabSize)] where a != b {
+        for (name, a, b) in [("dim", t.dim, s.dim), ("kv_heads", t.kvHeads, s.kvHeads), ("vocab_size", t.vocabSize, s.vocabSize)] where a != b {
             throw mismatch(name, a, b)
+        }
+        if s.headSize != t.headSize { throw mismatch("head_dim", t.headSize, s.headSize) }
+        if let queryHeads {
+            let perGroup = t.heads / t.kvHeads, keep = s.heads / s.kvHeads
+            // student head i reads key/value head i / keep: the teacher heads it takes must belong to that group
+            guard queryHeads.count == s.layers, queryHeads.allSatisfy({ hs in
+                hs.count == s.heads && hs.enumerated().allSatisfy { i, h in (0..<t.heads).contains(h) && h / perGroup == i / keep }
+            }) else {
+                throw KDError.invalidInput(what: "head pruning", expected: "\(keep) teacher heads of each key/value group per block", found: "another selection")
+            }
+        } else if t.heads != s.heads {
+            throw mismatch("heads", t.heads, s.heads)
         }
         if let ffnChannels {
             guard ffnChannels.count == s.layers, ffnChannels.allSatisfy({ $0.count == s.ffnDim && $0.allSatisfy { (0..<t.ffnDim).contains($0) } }) else {
@@ -80,8 +109,21 @@ extension Transformer {
                 teacher.denseTensor(te, into: params.base + e.offset)
                 continue
             }
+            let i = Int(e.name.split(separator: ".")[2]) ?? 0
+            if let queryHeads, name.hasSuffix("q_proj.weight") || name.hasSuffix("o_proj.weight") {
+                // head pruning: q keeps the kept heads' rows, o their columns (hs each)
+                let full = Slab(count: te.count), dst = params.base + e.offset, hs = t.headSize
+                teacher.denseTensor(te, into: full.base)
+                if name.hasSuffix("q_proj.weight") {
+                    for (j, h) in queryHeads[i].enumerated() { (dst + j * hs * t.dim).update(from: full.base + h * hs * t.dim, count: hs * t.dim) }
+                } else {
+                    let (rows, tc, sc) = (te.shape[0], te.shape[1], e.shape[1])
+                    for r in 0..<rows { for (j, h) in queryHeads[i].enumerated() { (dst + r * sc + j * hs).update(from: full.base + r * tc + h * hs, count: hs) } }
+                }
+                continue
+            }
             // width pruning: gate/up keep the selected rows, down the selected columns
-            guard let ffnChannels, name.contains(".mlp."), let i = Int(e.name.split(separator: ".")[2]) else {
+            guard let ffnChannels, name.contains(".mlp.") else {
                 throw KDError.invalidInput(what: "teacher tensor \(name)", expected: "shape \(e.shape)", found: "\(te.shape)")
             }
             let full = Slab(count: te.count), keep = ffnChannels[i], dst = params.base + e.offset

@@ -16,8 +16,8 @@ final class BlockActivations {
     init(n: Int, b: Int, t: Int, tk: Int? = nil, m: ModelConfig) {
         let c = m.dim
         ln1 = Slab(count: n * c); rstd1 = Slab(count: n)
-        q = Slab(count: n * c); k = Slab(count: n * m.kvDim); v = Slab(count: n * m.kvDim)
-        probs = Slab(count: b * m.heads * t * (tk ?? t)); att = Slab(count: n * c)
+        q = Slab(count: n * m.qDim); k = Slab(count: n * m.kvDim); v = Slab(count: n * m.kvDim)
+        probs = Slab(count: b * m.heads * t * (tk ?? t)); att = Slab(count: n * m.qDim)
         x2 = Slab(count: n * c); ln2 = Slab(count: n * c); rstd2 = Slab(count: n)
         gate = Slab(count: n * m.ffnDim); up = Slab(count: n * m.ffnDim); h = Slab(count: n * m.ffnDim)
     }
@@ -31,8 +31,8 @@ final class BackwardScratch {
     let attn: Slab
     init(n: Int, t: Int, m: ModelConfig) {
         let c = m.dim, kv = m.kvDim, f = m.ffnDim
-        dx = Slab(count: n * c); dln = Slab(count: n * c); datt = Slab(count: n * c)
-        dq = Slab(count: n * c); dqp = Slab(count: n * c)
+        dx = Slab(count: n * c); dln = Slab(count: n * c); datt = Slab(count: n * m.qDim)
+        dq = Slab(count: n * m.qDim); dqp = Slab(count: n * m.qDim)
         dk = Slab(count: n * kv); dv = Slab(count: n * kv); dkp = Slab(count: n * kv)
         dh = Slab(count: n * f); dgate = Slab(count: n * f); dup = Slab(count: n * f)
         attn = Slab(count: t * t)
@@ -239,10 +239,10 @@ public final class Transformer {
         kAll: UnsafePointer<Float>? = nil, vAll: UnsafePointer<Float>? = nil, shape: AttentionShape,
         afterRoPE: (() -> Void)? = nil
     ) {
-        let m = config, c = m.dim, kv = m.kvDim, f = m.ffnDim, P = params.base, L = layout.blocks[l]
+        let m = config, c = m.dim, kv = m.kvDim, f = m.ffnDim, qd = m.qDim, P = params.base, L = layout.blocks[l]
         rmsNormForward(out: A.ln1.base, rstd: A.rstd1.base, inp: resIn, weight: P + L.ln1, n: n, c: c, eps: m.rmsEps)
         if quantizeActivations { fakeQuantizeActivationsInt8(A.ln1.base, rows: n, c: c) }
-        linear(L.wq, out: A.q.base, inp: A.ln1.base, n: n, c: c, oc: c)
+        linear(L.wq, out: A.q.base, inp: A.ln1.base, n: n, c: c, oc: qd)
         linear(L.wk, out: kDst, inp: A.ln1.base, n: n, c: c, oc: kv)
         linear(L.wv, out: vDst, inp: A.ln1.base, n: n, c: c, oc: kv)
         ropeForward(out: A.q.base, inp: A.q.base, table: rope, n: n, t: t, pos0: pos0, nh: m.heads, hs: m.headSize, style: ropeStyle)
@@ -252,8 +252,8 @@ public final class Transformer {
                          v: vAll ?? UnsafePointer(vDst), shape: shape)
         // residual adds ride on sgemm's beta = 1: x2 = x + att·Woᵀ, out = x2 + h·Wdᵀ
         A.x2.base.update(from: resIn, count: n * c)
-        if quantizeActivations { fakeQuantizeActivationsInt8(A.att.base, rows: n, c: c) }
-        linear(L.wo, out: A.x2.base, inp: A.att.base, n: n, c: c, oc: c, accumulate: true)
+        if quantizeActivations { fakeQuantizeActivationsInt8(A.att.base, rows: n, c: qd) }
+        linear(L.wo, out: A.x2.base, inp: A.att.base, n: n, c: qd, oc: c, accumulate: true)
         rmsNormForward(out: A.ln2.base, rstd: A.rstd2.base, inp: A.x2.base, weight: P + L.ln2, n: n, c: c, eps: m.rmsEps)
         if quantizeActivations { fakeQuantizeActivationsInt8(A.ln2.base, rows: n, c: c) }
         linear(L.wgate, out: A.gate.base, inp: A.ln2.base, n: n, c: c, oc: f)
@@ -352,7 +352,7 @@ public final class Transformer {
             progress?()
             // S.dx now holds dL/dx2
             S.datt.zero()
-            matmulBackward(dinp: S.datt.base, dweight: G + L.wo, dout: S.dx.base, inp: A.att.base, weight: P + L.wo, n: n, c: c, oc: c)
+            matmulBackward(dinp: S.datt.base, dweight: G + L.wo, dout: S.dx.base, inp: A.att.base, weight: P + L.wo, n: n, c: m.qDim, oc: c)
             S.dq.zero(); S.dk.zero(); S.dv.zero()
             attentionBackward(dq: S.dq.base, dk: S.dk.base, dv: S.dv.base, scratch: S.attn.base, dout: S.datt.base,
                               probs: A.probs.base, q: A.q.base, k: A.k.base, v: A.v.base, shape: shape)
@@ -361,7 +361,7 @@ public final class Transformer {
             ropeBackward(dinp: S.dqp.base, dout: S.dq.base, table: rope, n: n, t: a.t, nh: m.heads, hs: m.headSize, style: ropeStyle)
             ropeBackward(dinp: S.dkp.base, dout: S.dk.base, table: rope, n: n, t: a.t, nh: m.kvHeads, hs: m.headSize, style: ropeStyle)
             S.dln.zero()
-            matmulBackward(dinp: S.dln.base, dweight: G + L.wq, dout: S.dqp.base, inp: A.ln1.base, weight: P + L.wq, n: n, c: c, oc: c)
+            matmulBackward(dinp: S.dln.base, dweight: G + L.wq, dout: S.dqp.base, inp: A.ln1.base, weight: P + L.wq, n: n, c: c, oc: m.qDim)
             matmulBackward(dinp: S.dln.base, dweight: G + L.wk, dout: S.dkp.base, inp: A.ln1.base, weight: P + L.wk, n: n, c: c, oc: kv)
             matmulBackward(dinp: S.dln.base, dweight: G + L.wv, dout: S.dv.base, inp: A.ln1.base, weight: P + L.wv, n: n, c: c, oc: kv)
             rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln1, dout: S.dln.base, inp: a.resid[l].base, weight: P + L.ln1, rstd: A.rstd1.base, n: n, c: c)

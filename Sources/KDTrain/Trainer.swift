@@ -167,23 +167,38 @@ public final class Trainer {
                 throw KDError.invalidInput(what: "student.init from_teacher", expected: "a teacher to cut the student from", found: "none loaded")
             }
             let kept = config.student.keptLayers(teacherLayers: source.config.layers)
-            var channels: [[Int]]?
-            if config.model.ffnDim < source.config.ffnDim {
-                // width pruning: rank the teacher's FFN channels by mean |activation| on the first training windows
-                let cb = max(1, config.student.calibrationBatches), b = t.microBatch
-                let toks = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * t.seqLen), tg = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * t.seqLen)
+            // width pruning ranks the teacher's FFN channels and query heads by mean |activation| on the first windows
+            let sampler = self.sampler, cb = max(1, config.student.calibrationBatches), b = t.microBatch, seqLen = t.seqLen
+            func calibrated(_ measure: (UnsafePointer<Int32>) -> [[Double]]) -> [[Double]] {
+                let toks = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * seqLen), tg = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * seqLen)
                 defer { toks.deallocate(); tg.deallocate() }
                 sampler.fillSequential(inputs: toks, targets: tg, first: 0, count: cb * b)
-                var importance = [[Double]](repeating: [Double](repeating: 0, count: source.config.ffnDim), count: source.config.layers)
+                var sum: [[Double]] = []
                 for i in 0..<cb {
-                    let imp = source.ffnChannelImportance(tokens: toks + i * b * t.seqLen, b: b, t: t.seqLen)
-                    for l in 0..<imp.count { for j in 0..<imp[l].count { importance[l][j] += imp[l][j] } }
+                    let imp = measure(toks + i * b * seqLen)
+                    sum = sum.isEmpty ? imp : zip(sum, imp).map { zip($0, $1).map(+) }
                 }
+                return sum
+            }
+            var channels: [[Int]]?
+            if config.model.ffnDim < source.config.ffnDim {
+                let importance = calibrated { source.ffnChannelImportance(tokens: $0, b: b, t: seqLen) }
                 channels = kept.map { l in
                     importance[l].indices.sorted { importance[l][$0] > importance[l][$1] }.prefix(config.model.ffnDim).sorted()
                 }
             }
-            try model.copyPruned(from: source, layers: kept, ffnChannels: channels)
+            var heads: [[Int]]?
+            if config.model.heads < source.config.heads {
+                // in every key/value group, the query heads with the largest mean |output|
+                let importance = calibrated { source.attentionHeadImportance(tokens: $0, b: b, t: seqLen) }
+                let perGroup = source.config.heads / source.config.kvHeads, keep = config.model.heads / max(config.model.kvHeads, 1)
+                heads = kept.map { l in
+                    (0..<source.config.kvHeads).flatMap { g in
+                        Array(g * perGroup..<(g + 1) * perGroup).sorted { importance[l][$0] > importance[l][$1] }.prefix(keep).sorted()
+                    }
+                }
+            }
+            try model.copyPruned(from: source, layers: kept, ffnChannels: channels, queryHeads: heads)
         }
         qatScheme = FakeQuantScheme(rawValue: config.qat.scheme)
         if config.qat.enabled {

@@ -26,7 +26,7 @@ func tokens(_ n: Int, vocab: Int, seed: UInt64) -> [Int32] {
 /// Straight-from-the-paper Llama forward in Double, written independently of KDOps: returns logits [t, v].
 func referenceLogits(_ model: Transformer, _ toks: [Int32]) -> [[Double]] {
     let m = model.config, L = model.layout, P = model.params.base
-    let c = m.dim, hs = m.headSize, t = toks.count
+    let c = m.dim, hs = m.headSize, qd = m.qDim, t = toks.count
     func w(_ off: Int, _ count: Int) -> [Double] { (0..<count).map { Double(P[off + $0]) } }
     func linear(_ x: [Double], _ off: Int, _ oc: Int, _ ic: Int) -> [Double] {
         (0..<oc).map { o in (0..<ic).reduce(0.0) { $0 + x[$1] * Double(P[off + o * ic + $1]) } }
@@ -52,18 +52,18 @@ func referenceLogits(_ model: Transformer, _ toks: [Int32]) -> [[Double]] {
     for l in 0..<m.layers {
         let B = L.blocks[l]
         let h1 = xs.map { norm($0, B.ln1) }
-        let q = h1.enumerated().map { rope(linear($0.element, B.wq, c, c), heads: m.heads, pos: $0.offset) }
+        let q = h1.enumerated().map { rope(linear($0.element, B.wq, qd, c), heads: m.heads, pos: $0.offset) }
         let k = h1.enumerated().map { rope(linear($0.element, B.wk, m.kvDim, c), heads: m.kvHeads, pos: $0.offset) }
         let v = h1.map { linear($0, B.wv, m.kvDim, c) }
         for i in 0..<t {
-            var att = [Double](repeating: 0, count: c)
+            var att = [Double](repeating: 0, count: qd)
             for h in 0..<m.heads {
                 let kh = h / (m.heads / m.kvHeads)
                 let s = (0...i).map { j in (0..<hs).reduce(0.0) { $0 + q[i][h * hs + $1] * k[j][kh * hs + $1] } / Double(hs).squareRoot() }
                 let mx = s.max()!, e = s.map { exp($0 - mx) }, z = e.reduce(0, +)
                 for d in 0..<hs { att[h * hs + d] = (0...i).reduce(0.0) { $0 + e[$1] / z * v[$1][kh * hs + d] } }
             }
-            let o = linear(att, B.wo, c, c)
+            let o = linear(att, B.wo, c, qd)
             xs[i] = (0..<c).map { xs[i][$0] + o[$0] }
         }
         for i in 0..<t {
@@ -79,7 +79,22 @@ func referenceLogits(_ model: Transformer, _ toks: [Int32]) -> [[Double]] {
 
 @Test(arguments: ["half", "adjacent"], [true, false])
 func forwardMatchesIndependentDoubleReference(ropeStyle: String, tied: Bool) {
-    let m = tinyModelConfig(tied: tied, ropeStyle: ropeStyle)
+    forwardMatchesReference(tinyModelConfig(tied: tied, ropeStyle: ropeStyle))
+}
+
+/// A head size other than dim / heads (a head-pruned student: 4 heads of 6 on a residual of 32).
+func headDimConfig() -> ModelConfig {
+    var m = tinyModelConfig(tied: false)
+    m.headDim = 6
+    return m
+}
+
+@Test func forwardWithAHeadSizeOtherThanDimOverHeadsMatchesTheReference() {
+    #expect(headDimConfig().qDim == 24)
+    forwardMatchesReference(headDimConfig())
+}
+
+func forwardMatchesReference(_ m: ModelConfig) {
     let model = makeModel(m)
     let t = 9, toks = tokens(t, vocab: m.vocabSize, seed: 1)
     toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: 1, t: t) }
@@ -91,8 +106,10 @@ func forwardMatchesIndependentDoubleReference(ropeStyle: String, tied: Bool) {
     #expect(worst < 2e-4, "max |logit − reference| = \(worst)")
 }
 
-@Test func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates() {
-    let m = tinyModelConfig(tied: false)
+@Test(arguments: [0, 6])
+func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates(headDim: Int) {
+    var m = tinyModelConfig(tied: false)
+    m.headDim = headDim
     let model = makeModel(m)
     let b = 2, t = 6, n = b * t
     let toks = tokens(n, vocab: m.vocabSize, seed: 2)
@@ -251,6 +268,36 @@ func forwardMatchesIndependentDoubleReference(ropeStyle: String, tied: Bool) {
                 for r in 0..<e.shape[0] { for j in 0..<24 where !channels[i].contains(j) { masked.params.base[dst.offset + r * 24 + j] = 0 } }
             }
         }
+    }
+    var a = [Float](repeating: 0, count: t * m.vocabSize), b = a
+    let one = Array(toks[0..<t])
+    one.withUnsafeBufferPointer { student.forward(tokens: $0.baseAddress!, b: 1, t: t) }
+    a.withUnsafeMutableBufferPointer { student.logits(into: $0.baseAddress!) }
+    one.withUnsafeBufferPointer { masked.forward(tokens: $0.baseAddress!, b: 1, t: t) }
+    b.withUnsafeMutableBufferPointer { masked.logits(into: $0.baseAddress!) }
+    #expect(maxRelError(a, b) < 1e-5)
+}
+
+@Test func headPrunedStudentIsTheTeacherWithoutItsDroppedHeads() throws {
+    let m = tinyModelConfig(ropeStyle: "adjacent")  // 4 query heads of 8 over 2 key/value heads
+    let teacher = makeModel(m, needsGrad: false, seed: 15)
+    let t = 9, toks = tokens(2 * t, vocab: m.vocabSize, seed: 16)
+    let importance = toks.withUnsafeBufferPointer { teacher.attentionHeadImportance(tokens: $0.baseAddress!, b: 2, t: t) }
+    #expect(importance.count == m.layers && importance.allSatisfy { $0.count == 4 && $0.allSatisfy { $0 > 0 } })
+    // one query head of each group (heads 0–1 read kv head 0, heads 2–3 kv head 1): the more active one
+    let heads = (0..<m.layers).map { l in [0, 2].map { g in importance[l][g] >= importance[l][g + 1] ? g : g + 1 } }
+    var sm = m
+    sm.heads = 2
+    sm.headDim = 8
+    let student = Transformer(config: sm, needsGrad: false)
+    try student.copyPruned(from: teacher, layers: [0, 1], queryHeads: heads)
+    // a head of another group is refused: its query would read the wrong keys
+    #expect(throws: (any Error).self) { try Transformer(config: sm, needsGrad: false).copyPruned(from: teacher, layers: [0, 1], queryHeads: [[1, 0], [0, 2]]) }
+    // the reference: the teacher with the dropped heads' output-projection columns zeroed
+    let masked = makeModel(m, needsGrad: false, seed: 15)
+    for l in 0..<m.layers {
+        let wo = masked.layout.blocks[l].wo
+        for r in 0..<m.dim { for h in 0..<4 where !heads[l].contains(h) { for j in 0..<8 { masked.params.base[wo + r * m.qDim + h * 8 + j] = 0 } } }
     }
     var a = [Float](repeating: 0, count: t * m.vocabSize), b = a
     let one = Array(toks[0..<t])

@@ -530,8 +530,9 @@ public struct StudentInitConfig: Codable, Equatable, Sendable {
     public var every = 0
     /// The teacher to cut from (default: the teacher section's path).
     public var teacher = ""
-    /// Width pruning (model.ffn_dim below the teacher's): micro-batches of the first training windows on which the
-    /// teacher's FFN channels are ranked by mean |activation|. Default 4.
+    /// Width pruning (model.ffn_dim below the teacher's, or model.heads below the teacher's with head_dim = its head
+    /// size): micro-batches of the first training windows on which the teacher's FFN channels and query heads are
+    /// ranked by mean |activation|. Default 4.
     public var calibrationBatches = 4
 
     public init() {}

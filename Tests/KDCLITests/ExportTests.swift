@@ -90,6 +90,29 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
     }
 
+    @Test func aStudentWithFewerHeadsExportsAndReadsBack() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // 4 heads of 8 on a residual of 64: what a head-pruned student looks like
+        let cfg = try tinyYAML(dir, "heads", edits: [("steps: 10", "steps: 2"), ("kv_heads: 2", "kv_heads: 2\n  head_dim: 8")])
+        #expect(try distill(["train", "--config", cfg, "--sample-tokens", "0"]).status == 0)
+        let ckpt = dir.appendingPathComponent("heads/step_00000002")
+        let gguf = dir.appendingPathComponent("s.gguf").path
+        #expect(try distill(["export", ckpt.path, "--format", "gguf", "--quant", "f32", "--out", gguf]).status == 0)
+        let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
+                                  [gguf, ckpt.appendingPathComponent("model.safetensors").path, "f32"])
+        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
+        #expect((j["bad"] as! [String]).isEmpty && (j["metadata"] as! [String: Any])["llama.attention.key_length"] as? Int == 8, "\(check)")
+        let text = repoRoot.appendingPathComponent("Tests/KDTrainTests/Fixtures/fortunes-sample.txt").path
+        func nll(_ model: String) throws -> Double {
+            let r = try distill(["eval", "--model", model, "--text", text, "--context", "64", "--max-windows", "20", "--json", "--threads", "1"])
+            #expect(r.status == 0, "\(r.err)")
+            return (try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any])["mean_nll"] as! Double
+        }
+        let (a, b) = (try nll(ckpt.path), try nll(gguf))
+        #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
+    }
+
     @Test func safetensorsExportLoadsInTheSafetensorsPackage() throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }

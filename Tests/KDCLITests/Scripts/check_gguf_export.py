@@ -24,7 +24,8 @@ def field(name):
     return bytes(v).decode() if f.types[0].name == "STRING" else v.tolist()[0]
 
 meta = {k: field(k) for k in ["general.architecture", "llama.block_count", "llama.embedding_length", "llama.feed_forward_length",
-                              "llama.attention.head_count", "llama.attention.head_count_kv", "llama.context_length", "llama.vocab_size"]}
+                              "llama.attention.head_count", "llama.attention.head_count_kv", "llama.context_length", "llama.vocab_size",
+                              "llama.attention.key_length"]}
 heads, kv = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
 w = load_file(st)
 table = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",

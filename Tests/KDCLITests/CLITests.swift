@@ -55,7 +55,7 @@ func runDistill(_ args: [String], stdin: String? = nil) throws -> (status: Int32
 @Test(arguments: [
     ("model:\n  dimm: 64\ndata: {train: [x]}\n", "model.dimm: unknown key 'dimm'; did you mean 'dim'?"),
     ("data: {train: [/no/such/file.txt]}\n", "data.train: no such file or folder: /no/such/file.txt"),
-    ("model: {heads: 3}\ndata: {train: [x]}\n", "config model.dim: expected a multiple of heads (3), found 128"),
+    ("model: {heads: 3}\ndata: {train: [x]}\n", "config model.dim: expected a multiple of heads (3), or a head_dim, found 128"),
     ("model: [unclosed\n", "not valid YAML"),
 ])
 func badInputFailsWithOneClearLine(yaml: String, message: String) throws {

@@ -30,7 +30,7 @@ import Testing
 
 @Test func typoSuggestsTheNearestKey() {
     #expect(throws: ConfigError.at(source: "config", path: "model.kv_head",
-                                   message: "unknown key 'kv_head'; did you mean 'kv_heads'? (expected one of: layers, dim, heads, kv_heads, ffn_dim, vocab_size, max_seq_len, rope_theta, rope_style, rms_eps, tied_embeddings, init_std)")) {
+                                   message: "unknown key 'kv_head'; did you mean 'kv_heads'? (expected one of: layers, dim, heads, head_dim, kv_heads, ffn_dim, vocab_size, max_seq_len, rope_theta, rope_style, rms_eps, tied_embeddings, init_std)")) {
         try RunConfig.parse(yaml: "data: {train: [a]}\nmodel:\n  kv_head: 2\n")
     }
 }
@@ -63,7 +63,7 @@ func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: St
 }
 
 @Test func crossFieldRulesAreChecked() {
-    #expect(throws: ConfigError.invalid("model.dim", expected: "a multiple of heads (3)", found: "64")) {
+    #expect(throws: ConfigError.invalid("model.dim", expected: "a multiple of heads (3), or a head_dim", found: "64")) {
         try RunConfig.parse(yaml: "data: {train: [a]}\nmodel: {dim: 64, heads: 3}\n")
     }
     #expect(throws: ConfigError.invalid("model.kv_heads", expected: "a divisor of heads (4)", found: "3")) {

@@ -18,6 +18,14 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         try runProcess(try distillBinary(), args, in: repoRoot)
     }
 
+    /// Mean NLL of `model` (checkpoint folder or GGUF) on the fortunes fixture, through `distill eval`.
+    func nll(_ model: String, windows: Int = 40) throws -> Double {
+        let text = repoRoot.appendingPathComponent("Tests/KDTrainTests/Fixtures/fortunes-sample.txt").path
+        let r = try distill(["eval", "--model", model, "--text", text, "--context", "64", "--max-windows", "\(windows)", "--json", "--threads", "1"])
+        #expect(r.status == 0, "\(r.err)")
+        return (try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any])["mean_nll"] as! Double
+    }
+
     /// A 2-step QAT run of the tiny config (ffn 192: rows in blocks of 32) in `dir`; returns its last checkpoint.
     func trainQAT(_ dir: URL, scheme: String, extra: String = "") throws -> URL {
         let cfg = try tinyYAML(dir, "qat-\(scheme)", edits: [("steps: 10", "steps: 2"), ("ffn_dim: 172", "ffn_dim: 192"),
@@ -46,12 +54,6 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         #expect((j["bad"] as! [String]).isEmpty && (j["extra"] as! [String]).isEmpty, "\(check)")
         #expect(j["tensors"] as? Int == 2 * 9 + 2)
         // the NLL of the checkpoint (fake quantization on) and of the GGUF read back by our reader agree
-        let text = repoRoot.appendingPathComponent("Tests/KDTrainTests/Fixtures/fortunes-sample.txt").path
-        func nll(_ model: String) throws -> Double {
-            let r = try distill(["eval", "--model", model, "--text", text, "--context", "64", "--max-windows", "40", "--json", "--threads", "1"])
-            #expect(r.status == 0, "\(r.err)")
-            return (try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any])["mean_nll"] as! Double
-        }
         let (a, b) = (try nll(ckpt.path), try nll(gguf))
         #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
         // the same weights unquantized give another NLL: the checkpoint really ran quantized
@@ -80,12 +82,6 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
                                                                                [gguf, ckpt.appendingPathComponent("model.safetensors").path, scheme, scheme]).utf8)) as! [String: Any]
         #expect(!(absmax["bad"] as! [String]).isEmpty)
         // and the checkpoint (learned scales on) and the GGUF read back by our reader have the same NLL
-        let text = repoRoot.appendingPathComponent("Tests/KDTrainTests/Fixtures/fortunes-sample.txt").path
-        func nll(_ model: String) throws -> Double {
-            let r = try distill(["eval", "--model", model, "--text", text, "--context", "64", "--max-windows", "40", "--json", "--threads", "1"])
-            #expect(r.status == 0, "\(r.err)")
-            return (try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any])["mean_nll"] as! Double
-        }
         let (a, b) = (try nll(ckpt.path), try nll(gguf))
         #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
     }
@@ -103,12 +99,6 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
                                   [gguf, ckpt.appendingPathComponent("model.safetensors").path, "f32"])
         let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
         #expect((j["bad"] as! [String]).isEmpty && (j["metadata"] as! [String: Any])["llama.attention.key_length"] as? Int == 8, "\(check)")
-        let text = repoRoot.appendingPathComponent("Tests/KDTrainTests/Fixtures/fortunes-sample.txt").path
-        func nll(_ model: String) throws -> Double {
-            let r = try distill(["eval", "--model", model, "--text", text, "--context", "64", "--max-windows", "20", "--json", "--threads", "1"])
-            #expect(r.status == 0, "\(r.err)")
-            return (try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any])["mean_nll"] as! Double
-        }
         let (a, b) = (try nll(ckpt.path), try nll(gguf))
         #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
     }

@@ -269,13 +269,8 @@ func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates(headDim: Int
             }
         }
     }
-    var a = [Float](repeating: 0, count: t * m.vocabSize), b = a
     let one = Array(toks[0..<t])
-    one.withUnsafeBufferPointer { student.forward(tokens: $0.baseAddress!, b: 1, t: t) }
-    a.withUnsafeMutableBufferPointer { student.logits(into: $0.baseAddress!) }
-    one.withUnsafeBufferPointer { masked.forward(tokens: $0.baseAddress!, b: 1, t: t) }
-    b.withUnsafeMutableBufferPointer { masked.logits(into: $0.baseAddress!) }
-    #expect(maxRelError(a, b) < 1e-5)
+    #expect(maxRelError(logitsOf(student, one), logitsOf(masked, one)) < 1e-5)
 }
 
 @Test func headPrunedStudentIsTheTeacherWithoutItsDroppedHeads() throws {
@@ -299,11 +294,14 @@ func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates(headDim: Int
         let wo = masked.layout.blocks[l].wo
         for r in 0..<m.dim { for h in 0..<4 where !heads[l].contains(h) { for j in 0..<8 { masked.params.base[wo + r * m.qDim + h * 8 + j] = 0 } } }
     }
-    var a = [Float](repeating: 0, count: t * m.vocabSize), b = a
     let one = Array(toks[0..<t])
-    one.withUnsafeBufferPointer { student.forward(tokens: $0.baseAddress!, b: 1, t: t) }
-    a.withUnsafeMutableBufferPointer { student.logits(into: $0.baseAddress!) }
-    one.withUnsafeBufferPointer { masked.forward(tokens: $0.baseAddress!, b: 1, t: t) }
-    b.withUnsafeMutableBufferPointer { masked.logits(into: $0.baseAddress!) }
-    #expect(maxRelError(a, b) < 1e-5)
+    #expect(maxRelError(logitsOf(student, one), logitsOf(masked, one)) < 1e-5)
+}
+
+/// The logits of one sequence. - Shapes: result [toks.count, v]
+func logitsOf(_ model: Transformer, _ toks: [Int32]) -> [Float] {
+    var out = [Float](repeating: 0, count: toks.count * model.config.vocabSize)
+    toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: 1, t: toks.count) }
+    out.withUnsafeMutableBufferPointer { model.logits(into: $0.baseAddress!) }
+    return out
 }

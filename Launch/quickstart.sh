@@ -28,11 +28,12 @@ echo "== the student beside its teacher on held-out fortunes (distill eval):"
 rm -f "$run/evaluation.jsonl"
 $d eval --model "$student" --teacher "$teacher" --data "$data" --context 128 --max-windows 16 \
     --append-to "$run/evaluation.jsonl" --label "student, QAT Q8_0 GGUF"
-prompt="Write a one-line fortune cookie message."
-sample=(--prompt "$prompt" --chat --temperature 0.7 --top-k 40 --seed 1 --max-tokens 40)
-echo "== the teacher answers \"$prompt\" (distill generate --chat --temperature 0.7 --top-k 40):"
+# a plain continuation: the student learned from fortunes, not from chat transcripts
+prompt="The secret of a happy life is"
+sample=(--prompt "$prompt" --temperature 0.7 --top-k 40 --seed 1 --max-tokens 40)
+echo "== the teacher continues \"$prompt\" (distill generate --temperature 0.7 --top-k 40):"
 $d generate --model "$teacher" "${sample[@]}"
-echo "== the student answers (same sampling):"
+echo "== the student continues it (same sampling):"
 $d generate --model "$student" "${sample[@]}"
 $d report "$run" --title "distill quickstart: SmolLM2-135M-Instruct → 5-block QAT Q8_0 student"
 echo "== done. Checkpoints, metrics.jsonl, TensorBoard events (tensorboard --logdir $run/tensorboard) and report.html are in $run/"

@@ -32,7 +32,7 @@ public final class MetricsLog {
 
     /// Opens the logs of run directory `dir`. A run resumed at `resumedStep` first drops the records of later steps
     /// (they are about to be trained again); a fresh run (step 0) starts an empty `metrics.jsonl`. Each launch writes
-    /// a new TensorBoard event file.
+    /// a new TensorBoard event file; a resumed one opens it with a session restart, so TensorBoard drops the same steps.
     public init(dir: String, resumedStep: Int) throws {
         self.dir = dir
         let fm = FileManager.default
@@ -61,6 +61,16 @@ public final class MetricsLog {
         first.double(1, now)
         first.bytes(3, Array("brain.Event:2".utf8))
         e.write(Data(TFRecord.frame(first.bytes)))
+        if resumedStep > 0 {
+            // SessionLog START at the first retrained step: TensorBoard drops the older files' records from there on
+            var session = ProtoWriter()
+            session.varint(1, 1)
+            var restart = ProtoWriter()
+            restart.double(1, now)
+            restart.varint(2, UInt64(resumedStep + 1))
+            restart.bytes(7, session.bytes)
+            e.write(Data(TFRecord.frame(restart.bytes)))
+        }
     }
 
     deinit {

@@ -64,6 +64,12 @@ func metricRecords(_ path: URL) throws -> [(kind: String, step: Int, values: [St
         #expect(after.filter { $0.kind == "eval" }.map(\.step) == [0, 2, 4, 6])
         // resume is exact, so the retrained steps log the same losses
         for (a, b) in zip(after.filter { $0.kind == "train" }, train) { #expect(a.values["loss"] == b.values["loss"]) }
+        // TensorBoard too sees every step once (the second event file restarts the session at step 4)
+        let files = try FileManager.default.contentsOfDirectory(atPath: run.appendingPathComponent("tensorboard").path)
+        #expect(files.count == 2, "\(files)")
+        let tb2 = try #require(try JSONSerialization.jsonObject(with: Data(try runPython(script, [run.appendingPathComponent("tensorboard").path]).utf8)) as? [String: [[Double]]])
+        #expect(tb2["train/loss"]?.map { Int($0[0]) } == [1, 2, 3, 4, 5, 6])
+        #expect(tb2["eval/agreement"]?.map { Int($0[0]) } == [0, 2, 4, 6])
     }
 
     @Test func theReportRendersItsPlotsInAHeadlessBrowser() throws {

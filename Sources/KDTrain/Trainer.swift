@@ -70,7 +70,7 @@ public final class Trainer {
     /// for learned scales their gradient and AdamW moments.
     public private(set) var qatScales: QATScales?
     var scalesReady = false
-    var scaleGrad: Slab?, scaleM: Slab?, scaleV: Slab?
+    var scaleGrad: Slab?, scaleM: Slab?, scaleV: Slab?, scaleTheta: Slab?
     /// distillm: the probability of a student-generated step, the replay buffer, the last validation loss.
     public internal(set) var policyThreshold: Float = 0
     public internal(set) var replay: ReplayBuffer?
@@ -208,7 +208,10 @@ public final class Trainer {
             if let qatScheme, config.qat.scales == "learned" || config.qat.freezeStep > 0 {
                 let qs = QATScales(model: model, scheme: qatScheme, embeddings: config.qat.embeddings)
                 qatScales = qs
-                if config.qat.scales == "learned" { (scaleGrad, scaleM, scaleV) = (Slab(count: qs.values.count), Slab(count: qs.values.count), Slab(count: qs.values.count)) }
+                if config.qat.scales == "learned" {
+                    let n = qs.values.count
+                    (scaleGrad, scaleM, scaleV, scaleTheta) = (Slab(count: n), Slab(count: n), Slab(count: n), Slab(count: n))
+                }
             }
         }
         adamM = Slab(count: model.layout.count)
@@ -413,12 +416,11 @@ public final class Trainer {
                         step: AdamWStep(lr: lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps,
                                         weightDecay: e.isMatrix ? o.weightDecay : 0, t: step + 1))
         }
-        if learningScales, let qs = qatScales, let sg = scaleGrad, let sm = scaleM, let sv = scaleV {
+        if learningScales, let qs = qatScales, let sg = scaleGrad, let sm = scaleM, let sv = scaleV, let theta = scaleTheta {
             // AdamW moves every parameter by about lr per step, far more than a scale of 1e-3 can take: it trains
             // θ = log|s| instead (steps relative to the scale, ∂L/∂θ = s·∂L/∂s); the sign stays (Q4_0's scales start
             // negative where a block's extreme value is positive)
             let n = qs.values.count, sp = qs.values.base, gp = sg.base
-            let theta = Slab(count: n)
             for i in 0..<n {
                 theta.base[i] = Foundation.log(max(abs(sp[i]), 1e-30))
                 gp[i] *= sp[i]

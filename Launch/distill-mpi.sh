@@ -4,6 +4,7 @@
 # - BLAS and kernel threads per rank = cores / ranks on this node (at least 1), so ranks × threads ≤ cores;
 # - --allow-run-as-root only when run as root, --oversubscribe only when NP exceeds the cores;
 # - the progress line is redrawn in place only when this script's output is a terminal;
+# - Ctrl-C / SIGTERM stop the run gracefully (a checkpoint after the current step), a second one aborts;
 # - TCP over loopback on a single host (DISTILL_MPI_ARGS adds or overrides mpirun options, e.g. --hostfile).
 # DISTILL_BIN picks the binary (default .build/release/distill).
 set -euo pipefail
@@ -28,4 +29,25 @@ else
     # shellcheck disable=SC2206
     flags+=($DISTILL_MPI_ARGS)
 fi
-exec mpirun "${flags[@]}" "$bin" "$@"
+# A first SIGINT/SIGTERM to this script becomes SIGUSR1 to mpirun, which forwards it to every rank: they finish the
+# step, checkpoint and exit 0. (mpirun itself would kill the ranks one second after a SIGINT/SIGTERM, so it runs in
+# its own session where a terminal's Ctrl-C does not reach it.) A second signal aborts.
+setsid mpirun "${flags[@]}" "$bin" "$@" &
+pid=$!
+signals=0
+forward() {
+    signals=$((signals + 1))
+    if [ "$signals" -eq 1 ]; then
+        echo "distill-mpi: stopping after the current step (signal again to abort)" >&2
+        kill -USR1 "$pid" 2>/dev/null || true
+    else
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+}
+trap forward INT TERM
+rc=0
+while :; do
+    wait "$pid" && rc=0 || rc=$?
+    kill -0 "$pid" 2>/dev/null || break  # wait also returns when a trapped signal arrives
+done
+exit "$rc"

@@ -52,8 +52,6 @@ public final class QATScales {
         values = Slab(count: max(n, 1))
     }
 
-    public var count: Int { offsets.last.map { $0 + shape(entries.count - 1).reduce(1, *) } ?? 0 }
-
     /// Shape of tensor i's scales: [rows, groups per row].
     public func shape(_ i: Int) -> [Int] { [entries[i].shape[0], entries[i].shape[1] / scheme.group(c: entries[i].shape[1])] }
 

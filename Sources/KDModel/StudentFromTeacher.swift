@@ -25,30 +25,29 @@ extension Transformer {
     /// over the tokens given: the importance width pruning ranks channels by (Minitron). Inference models only.
     /// - Shapes: tokens [b, t] · result [layers][ffnDim]
     public func ffnChannelImportance(tokens: UnsafePointer<Int32>, b: Int, t: Int) -> [[Double]] {
-        let n = b * t, f = config.ffnDim
-        var out: [[Double]] = []
-        for l in 0..<config.layers {
-            _ = forwardStage(l..<(l + 1), tokens: l == 0 ? tokens : nil, hidden: nil, b: b, t: t, finalNorm: false)
-            let h = activations(b: b, t: t).blocks[l].h.base
-            var acc = [Double](repeating: 0, count: f)
-            for r in 0..<n { for j in 0..<f { acc[j] += Double(abs(h[r * f + j])) } }
-            out.append(acc.map { $0 / Double(n) })
-        }
-        return out
+        meanAbsoluteColumns(tokens: tokens, b: b, t: t, width: config.ffnDim) { $0.h }
     }
 
     /// Mean |attention output| of every query head of every block (the head's slice of what the output projection
     /// reads) over the tokens given: the importance head pruning ranks heads by. Inference models only.
     /// - Shapes: tokens [b, t] · result [layers][heads]
     public func attentionHeadImportance(tokens: UnsafePointer<Int32>, b: Int, t: Int) -> [[Double]] {
-        let n = b * t, nh = config.heads, hs = config.headSize, qd = config.qDim
+        let hs = config.headSize
+        return meanAbsoluteColumns(tokens: tokens, b: b, t: t, width: config.qDim) { $0.att }.map { cols in
+            (0..<config.heads).map { h in cols[(h * hs)..<((h + 1) * hs)].reduce(0, +) / Double(hs) }
+        }
+    }
+
+    /// Per block, the mean |value| of every column of the [b·t, width] buffer `buffer` picks from its activations.
+    func meanAbsoluteColumns(tokens: UnsafePointer<Int32>, b: Int, t: Int, width: Int, _ buffer: (BlockActivations) -> Slab) -> [[Double]] {
+        let n = b * t
         var out: [[Double]] = []
         for l in 0..<config.layers {
             _ = forwardStage(l..<(l + 1), tokens: l == 0 ? tokens : nil, hidden: nil, b: b, t: t, finalNorm: false)
-            let att = activations(b: b, t: t).blocks[l].att.base
-            var acc = [Double](repeating: 0, count: nh)
-            for r in 0..<n { for h in 0..<nh { for j in 0..<hs { acc[h] += Double(abs(att[r * qd + h * hs + j])) } } }
-            out.append(acc.map { $0 / Double(n * hs) })
+            let x = buffer(activations(b: b, t: t).blocks[l]).base
+            var acc = [Double](repeating: 0, count: width)
+            for r in 0..<n { for j in 0..<width { acc[j] += Double(abs(x[r * width + j])) } }
+            out.append(acc.map { $0 / Double(n) })
         }
         return out
     }

@@ -598,16 +598,17 @@ public final class Trainer {
             // tensors are read by name, so a shallower model would silently take the first blocks of a deeper one
             if let saved = try? RunConfig.parse(yaml: state.config, source: dir + "/state.json"), saved.model != config.model {
                 let a = saved.model, b = config.model
-                let diff = [("layers", a.layers, b.layers), ("dim", a.dim, b.dim), ("heads", a.heads, b.heads), ("kv_heads", a.kvHeads, b.kvHeads),
+                let diff = [("layers", a.layers, b.layers), ("dim", a.dim, b.dim), ("heads", a.heads, b.heads), ("head_dim", a.headSize, b.headSize),
+                            ("kv_heads", a.kvHeads, b.kvHeads),
                             ("ffn_dim", a.ffnDim, b.ffnDim), ("vocab_size", a.vocabSize, b.vocabSize), ("max_seq_len", a.maxSeqLen, b.maxSeqLen)]
                     .filter { $0.1 != $0.2 }.map { "\($0.0) \($0.1), this config \($0.2)" }
                 throw CheckpointError.shapeMismatch(dir: dir, reason: "the checkpoint has another model shape (\(diff.isEmpty ? "rope or norm settings differ" : diff.joined(separator: ", "))); "
                     + "point checkpoint.dir at a new folder for this config, or resume with the checkpoint's model section")
             }
             try CheckpointStore.load(dir: dir, model: model, adamM: adamM, adamV: adamV, extraWeights: emaWeights)
-            if let qs = qatScales, let loaded = try loadQATScales(dir: dir, model: model, qat: config.qat,
-                                                                   moments: scaleM.flatMap { m in scaleV.map { (m, $0) } }) {
-                qs.values.base.update(from: loaded.values.base, count: qs.values.count)
+            if qatScales != nil, let loaded = try loadQATScales(dir: dir, model: model, qat: config.qat,
+                                                                 moments: scaleM.flatMap { m in scaleV.map { (m, $0) } }) {
+                qatScales = loaded
                 scalesReady = true
             } else {
                 scalesReady = false

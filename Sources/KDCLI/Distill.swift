@@ -16,7 +16,7 @@ struct Distill: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "distill",
         abstract: "Distill large language models into small, quantized students (under mpirun).",
-        subcommands: [Train.self, TeacherCacheCommand.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Export.self, Bench.self, CheckpointCommand.self, Report.self])
+        subcommands: [Train.self, TeacherCacheCommand.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Export.self, Bench.self, CheckpointCommand.self, Report.self, CommCheck.self])
 }
 
 /// Prints `error: …` on one line and exits non-zero; used for every failure past argument validation.
@@ -131,12 +131,19 @@ struct Train: ParsableCommand {
                 let remote = pipelined ? "" : grouped ? " (from \(loaded.count) groups of \(comm.worldSize / loaded.count) ranks)" : " (computed there)"
                 KDLog.info("  teacher placement \(tc.placement), exchange \(tc.exchange)\(tc.exchange == "topk" ? " (k = \(tc.topK))" : ""):\(forward) \(trainer.teacherBytesPerToken) B/token to the student's rank\(remote)")
             }
+            let shard = trainer.optimizer.shard
+            if shard.isSplit {
+                KDLog.info(String(format: "  state   sharding %@: each rank keeps AdamW moments%@ for its %@ of %.2fM parameters (%@)%@", c.optimizer.sharding.rawValue,
+                                  c.qat.enabled ? " and QAT masters" : "", "1/\(shard.parts)", Double(trainer.model.layout.count) / 1e6,
+                                  shard.counts.map { String(format: "%.2fM", Double($0) / 1e6) }.joined(separator: " / "),
+                                  c.optimizer.sharding == .gradients ? "; gradients reduce-scattered" : "; gradients all-reduced"))
+            }
             KDLog.info("  data    \(corpus.files.count) files, \(corpus.train.count) train / \(corpus.validation.count) validation tokens")
             KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")
             if trainer.step == 0 { try trainer.evaluateAndLog() }
             let history = try trainer.run(checkpoints: true, stopAfter: stopAfter)
             if comm.worldSize > 1, history.count > 1 {
-                let blocking = try trainer.measureBlockingAllReduce()
+                let blocking = try trainer.sync.measureBlockingAllReduce()
                 let exposed = median(history.dropFirst().map(\.exposedCommSeconds))
                 KDLog.info(String(format: "gradient all-reduce: %.1f MiB, %.1f ms blocking; %.1f ms per step left after backward (incl. waiting for the slower rank) → %.0f%% hidden",
                                   Double(trainer.model.layout.count * 4) / 1048576, blocking * 1000, exposed * 1000,

@@ -21,6 +21,18 @@ public protocol Communicator: AnyObject {
     func allReduceSum(_ values: inout [Double]) throws
     /// Starts an in-place Float sum; the buffer must stay untouched until the returned request completes.
     func startAllReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws -> any PendingReduce
+    /// Starts an in-place sum scattered over the ranks: `counts` (one per rank, in rank order, summing to the
+    /// buffer's length) cut the buffer into contiguous pieces; when the request completes, rank r's piece holds the
+    /// sum over all ranks of that piece. The rest of this rank's buffer is left unspecified (it is sent, not summed).
+    func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> any PendingReduce
+    /// In-place all-gather: rank r contributes its piece of the buffer (pieces cut by `counts` as above) and every
+    /// rank receives every piece.
+    func allGather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws
+    /// Rank r's piece (`counts[r]` Floats at `piece`) lands at its offset in `full` on `root` (other ranks pass nil).
+    func gather(_ piece: UnsafePointer<Float>, counts: [Int], into full: UnsafeMutablePointer<Float>?, root: Int) throws
+    /// The reverse of ``gather(_:counts:into:root:)``: `root`'s `full` (nil elsewhere) is cut by `counts`, rank r
+    /// receives its piece into `piece`.
+    func scatter(_ full: UnsafePointer<Float>?, counts: [Int], into piece: UnsafeMutablePointer<Float>, root: Int) throws
     /// Copies `count` bytes from `root` to every rank.
     func broadcast(_ buffer: UnsafeMutableRawPointer, bytes: Int, root: Int) throws
     /// Every rank contributes `bytes`; everyone receives all contributions in rank order.
@@ -41,6 +53,10 @@ public protocol Communicator: AnyObject {
 }
 
 extension Communicator {
+    /// Blocking ``startReduceScatterSum(_:counts:)``.
+    public func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+        try startReduceScatterSum(buffer, counts: counts).wait()
+    }
     public func broadcast(_ values: inout [Double], root: Int) throws {
         try values.withUnsafeMutableBytes { try broadcast($0.baseAddress!, bytes: $0.count, root: root) }
     }
@@ -57,6 +73,18 @@ final class DonePending: PendingReduce {
     func wait() throws {}
 }
 
+/// Several requests completed together (a reduce-scatter issued as one reduce per owning rank).
+final class PendingGroup: PendingReduce {
+    let parts: [any PendingReduce]
+    init(_ parts: [any PendingReduce]) { self.parts = parts }
+    func test() throws -> Bool {
+        var done = true
+        for p in parts where try !p.test() { done = false }
+        return done
+    }
+    func wait() throws { for p in parts { try p.wait() } }
+}
+
 /// One rank: every collective is the identity.
 public final class LocalCommunicator: Communicator {
     public init() {}
@@ -65,6 +93,19 @@ public final class LocalCommunicator: Communicator {
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {}
     public func allReduceSum(_ values: inout [Double]) throws {}
     public func startAllReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws -> any PendingReduce { DonePending() }
+    public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> any PendingReduce {
+        precondition(counts.count == 1, "reduce-scatter on one rank: expected 1 count, got \(counts.count)")
+        return DonePending()
+    }
+    public func allGather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+        precondition(counts.count == 1, "all-gather on one rank: expected 1 count, got \(counts.count)")
+    }
+    public func gather(_ piece: UnsafePointer<Float>, counts: [Int], into full: UnsafeMutablePointer<Float>?, root: Int) throws {
+        full?.update(from: piece, count: counts[0])
+    }
+    public func scatter(_ full: UnsafePointer<Float>?, counts: [Int], into piece: UnsafeMutablePointer<Float>, root: Int) throws {
+        if let full { piece.update(from: full, count: counts[0]) }
+    }
     public func broadcast(_ buffer: UnsafeMutableRawPointer, bytes: Int, root: Int) throws {}
     public func allGather(_ send: UnsafeRawPointer, bytes: Int, into recv: UnsafeMutableRawPointer) throws {
         recv.copyMemory(from: send, byteCount: bytes)

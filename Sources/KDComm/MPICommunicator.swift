@@ -88,6 +88,45 @@ public final class MPICommunicator: Communicator {
         return Request(req, self)
     }
 
+    /// Displacements and Int32 counts of a rank-ordered split; MPI counts are Int32, so a buffer is below 2^31 Floats.
+    func pieces(_ counts: [Int]) -> (counts: [Int32], displs: [Int32]) {
+        precondition(counts.count == worldSize, "expected \(worldSize) counts (one per rank), got \(counts.count)")
+        precondition(counts.reduce(0, +) < 1 << 31, "\(counts.reduce(0, +)) Floats exceed one MPI collective")
+        var displs: [Int32] = [], off: Int32 = 0
+        for c in counts { displs.append(off); off += Int32(c) }
+        return (counts.map { Int32($0) }, displs)
+    }
+
+    public func startReduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws -> any PendingReduce {
+        // one in-place reduce per rank that owns part of the buffer: the sum lands where that rank keeps it (an
+        // MPI_Reduce_scatter would deliver it at the start of the buffer); ranks owning nothing here cost no call
+        let (c, d) = pieces(counts)
+        var parts: [any PendingReduce] = []
+        for r in 0..<worldSize where c[r] > 0 {
+            var req: MPI_Request? = kd_mpi_request_null()
+            let piece = buffer + Int(d[r])
+            try check(MPI_Ireduce(r == rank ? UnsafeRawPointer(kd_mpi_in_place()) : UnsafeRawPointer(piece), piece, c[r], kd_mpi_float(), kd_mpi_sum(),
+                                  Int32(r), comm, &req), "MPI_Ireduce")
+            parts.append(Request(req, self))
+        }
+        return PendingGroup(parts)
+    }
+
+    public func allGather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
+        let (c, d) = pieces(counts)
+        try check(MPI_Allgatherv(kd_mpi_in_place(), 0, kd_mpi_float(), buffer, c, d, kd_mpi_float(), comm), "MPI_Allgatherv")
+    }
+
+    public func gather(_ piece: UnsafePointer<Float>, counts: [Int], into full: UnsafeMutablePointer<Float>?, root: Int) throws {
+        let (c, d) = pieces(counts)
+        try check(MPI_Gatherv(piece, c[rank], kd_mpi_float(), full, c, d, kd_mpi_float(), Int32(root), comm), "MPI_Gatherv")
+    }
+
+    public func scatter(_ full: UnsafePointer<Float>?, counts: [Int], into piece: UnsafeMutablePointer<Float>, root: Int) throws {
+        let (c, d) = pieces(counts)
+        try check(MPI_Scatterv(full, c, d, kd_mpi_float(), piece, c[rank], kd_mpi_float(), Int32(root), comm), "MPI_Scatterv")
+    }
+
     public func broadcast(_ buffer: UnsafeMutableRawPointer, bytes: Int, root: Int) throws {
         try check(MPI_Bcast(buffer, Int32(bytes), kd_mpi_byte(), Int32(root), comm), "MPI_Bcast")
     }

@@ -148,6 +148,11 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// How the student's optimizer state and gradients are split across ranks (`optimizer.sharding`).
+public enum Sharding: String, ConfigVocabulary {
+    case none, states, gradients
+}
+
 /// AdamW and the learning-rate schedule (linear warmup, then cosine decay to min_lr_ratio·lr).
 public struct OptimizerConfig: Codable, Equatable, Sendable {
     /// Peak learning rate. Default 3e-4.
@@ -166,12 +171,16 @@ public struct OptimizerConfig: Codable, Equatable, Sendable {
     public var eps: Float = 1e-8
     /// Global gradient-norm clip; 0 disables. Default 1.
     public var gradClip: Float = 1
+    /// Student state split across ranks: `none` (every rank holds all of it), `states` (ZeRO-1: each rank keeps the
+    /// AdamW moments and QAT masters of its 1/N of the parameters, updates that range and all-gathers the weights) or
+    /// `gradients` (ZeRO-2: as states, and gradients are reduce-scattered instead of all-reduced). Default none.
+    public var sharding = Sharding.none
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case lr, minLRRatio = "min_lr_ratio", warmupSteps = "warmup_steps", weightDecay = "weight_decay"
-        case beta1, beta2, eps, gradClip = "grad_clip"
+        case beta1, beta2, eps, gradClip = "grad_clip", sharding
     }
 
     public init(from decoder: any Decoder) throws {
@@ -185,6 +194,7 @@ public struct OptimizerConfig: Codable, Equatable, Sendable {
         beta2 = try c.value(.beta2, or: beta2)
         eps = try c.value(.eps, or: eps)
         gradClip = try c.value(.gradClip, or: gradClip)
+        sharding = try c.value(.sharding, or: sharding)
         try c.require(lr > 0 && lr < 1, .lr, expected: "a number in (0, 1)", found: lr)
         try c.require((0...1).contains(minLRRatio), .minLRRatio, expected: "a number in [0, 1]", found: minLRRatio)
         try c.require(warmupSteps >= 0, .warmupSteps, expected: "an integer >= 0", found: warmupSteps)

@@ -48,3 +48,26 @@ extension KeyedDecodingContainer {
         }
     }
 }
+
+/// A word of the config vocabulary (`objective: rkl`, `placement: groups`, …): decoded once from its string; an
+/// unknown value fails with every valid one listed, and code switches over the cases exhaustively.
+public protocol ConfigVocabulary: RawRepresentable, CaseIterable, Codable, Sendable, Hashable where RawValue == String {}
+
+extension ConfigVocabulary {
+    /// "'a', 'b' or 'c'" — the valid values, for messages.
+    public static var choices: String {
+        let all = allCases.map { "'\($0.rawValue)'" }
+        return all.count < 2 ? all.joined() : all.dropLast().joined(separator: ", ") + " or " + all.last!
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// The vocabulary word at `key`, or `fallback` when the key is absent; anything else names the valid values.
+    func value<V: ConfigVocabulary>(_ key: Key, or fallback: V) throws -> V {
+        guard let raw = try decodeIfPresent(String.self, forKey: key) else { return fallback }
+        guard let v = V(rawValue: raw) else {
+            throw DecodingError.dataCorruptedError(forKey: key, in: self, debugDescription: "expected \(V.choices), found '\(raw)'")
+        }
+        return v
+    }
+}

@@ -42,7 +42,12 @@ public final class Trainer {
     public let comm: any Communicator
     let sampler: WindowSampler
     let validation: WindowSampler?
-    let adamM: Slab, adamV: Slab
+    /// AdamW over this rank's range of the slab (all of it unless `optimizer.sharding` splits it).
+    public let optimizer: Optimizer
+    /// The gradient exchange: all-reduce, or reduce-scatter with `sharding: gradients`.
+    public let sync: GradientSync
+    /// QAT masters, masks and scales (nil without QAT).
+    public let qat: QATState?
     /// Next global sample index; every rank advances it by the global batch each step.
     public private(set) var sampleCursor = 0
     /// Optimizer steps completed.
@@ -61,16 +66,6 @@ public final class Trainer {
     public let routing: Bool
     /// Per-row cross-entropy weights of rollout steps (the policy-gradient coefficients).
     let ceWeightBuffer: UnsafeMutablePointer<Float>
-    /// QAT: full-precision master weights (the model's slab holds their fake-quantized values) and the straight-through
-    /// masks of the last quantization.
-    public let qatScheme: FakeQuantScheme?
-    public private(set) var master: Slab?
-    var steMask: Slab?
-    /// QAT with explicit scales (`qat.scales: learned`, or `freeze_step`): the scales once taken from the weights, and
-    /// for learned scales their gradient and AdamW moments.
-    public private(set) var qatScales: QATScales?
-    var scalesReady = false
-    var scaleGrad: Slab?, scaleM: Slab?, scaleV: Slab?, scaleTheta: Slab?
     /// distillm: the probability of a student-generated step, the replay buffer, the last validation loss.
     public internal(set) var policyThreshold: Float = 0
     public internal(set) var replay: ReplayBuffer?
@@ -90,8 +85,6 @@ public final class Trainer {
     var groups: TeacherGroups?
     /// The offline teacher: top-k rows per corpus window (`teacher.cache`).
     public let teacherCache: TeacherCache?
-    /// Every rank's embedding-output gradient and tokens, all-gathered each step.
-    var gathered = Slab(count: 0)
     /// Replicated placement with the top-k exchange computes its top-k rows locally, into here.
     var localTopK: TopKBuffer?
 
@@ -200,22 +193,12 @@ public final class Trainer {
             }
             try model.copyPruned(from: source, layers: kept, ffnChannels: channels, queryHeads: heads)
         }
-        qatScheme = FakeQuantScheme(rawValue: config.qat.scheme)
-        if config.qat.enabled {
-            master = Slab(count: model.layout.count)
-            master!.base.update(from: model.params.base, count: model.layout.count)
-            if qatScheme != nil { steMask = Slab(count: model.layout.count) }
-            if let qatScheme, config.qat.scales == "learned" || config.qat.freezeStep > 0 {
-                let qs = QATScales(model: model, scheme: qatScheme, embeddings: config.qat.embeddings)
-                qatScales = qs
-                if config.qat.scales == "learned" {
-                    let n = qs.values.count
-                    (scaleGrad, scaleM, scaleV, scaleTheta) = (Slab(count: n), Slab(count: n), Slab(count: n), Slab(count: n))
-                }
-            }
-        }
-        adamM = Slab(count: model.layout.count)
-        adamV = Slab(count: model.layout.count)
+        // sharded state: each rank owns a contiguous, row-aligned range of the slab (ZeRO-1/2)
+        let sharding = config.optimizer.sharding
+        let shard = sharding == .none ? SlabShard(whole: model.layout.count) : SlabShard(layout: model.layout, worldSize: comm.worldSize, rank: comm.rank)
+        optimizer = Optimizer(config: config.optimizer, layout: model.layout, shard: shard, comm: comm, totalSteps: t.steps)
+        sync = GradientSync(comm: comm, model: model, shard: shard, scatter: sharding == .gradients)
+        qat = config.qat.enabled ? QATState(config: config.qat, model: model, shard: shard, comm: comm) : nil
         let rows = t.gradAccum * t.microBatch * t.seqLen
         inputs = .allocate(capacity: rows)
         targets = .allocate(capacity: rows)
@@ -261,45 +244,23 @@ public final class Trainer {
             }
             groups = TeacherGroups(teachers: teachers, weights: teacherWeights, comm: comm, topK: topKSpec)
         }
-        refreshQuantized()
+        try refreshWeights()
     }
 
     /// QAT: whether the current step trains with quantization (from qat.start_step on).
-    public var qatActive: Bool { config.qat.enabled && step >= config.qat.startStep }
+    public var qatActive: Bool { qat?.active(step: step) ?? false }
 
-    /// LSQ: this step trains the scales (learned, in use, and before freeze_step).
-    var learningScalesNow: Bool {
-        config.qat.scales == "learned" && scalesReady && qatActive && (config.qat.freezeStep == 0 || step < config.qat.freezeStep)
+    /// QAT: the model's weights of this rank's range from its masters; then, with a split slab, every rank's range
+    /// all-gathered (collective).
+    func refreshWeights() throws {
+        guard let qat else { return }
+        qat.refresh(step: step)
+        try gatherWeights()
     }
 
-    /// The explicit QAT scales (and learned ones' moments) as a safetensors file for checkpoints.
-    func qatScalesFile() throws -> Data? {
-        guard let qs = qatScales, scalesReady else { return nil }
-        var tensors: [SafetensorsEntry] = []
-        for i in qs.entries.indices {
-            tensors.append(SafetensorsEntry(name: qs.name(i), shape: qs.shape(i), data: qs.values.base + qs.offsets[i]))
-            if let m = scaleM, let v = scaleV {
-                tensors.append(SafetensorsEntry(name: "exp_avg." + qs.name(i), shape: qs.shape(i), data: m.base + qs.offsets[i]))
-                tensors.append(SafetensorsEntry(name: "exp_avg_sq." + qs.name(i), shape: qs.shape(i), data: v.base + qs.offsets[i]))
-            }
-        }
-        return try safetensorsData(tensors: tensors, metadata: ["scheme": qs.scheme.rawValue, "scales": config.qat.scales])
-    }
-
-    /// QAT: the model's weights ← fake-quantized master weights (or the master weights before the start step), and
-    /// activation fake quantization on or off.
-    func refreshQuantized() {
-        guard let master else { return }
-        if let qs = qatScales, config.qat.explicitScales(atStep: step) {
-            // learned scales start from the absmax ones, frozen ones are the absmax ones of the freeze step
-            if !scalesReady { qs.capture(master: master.base); scalesReady = true }
-            model.writeFakeQuantized(scales: qs, master: master.base, mask: steMask!.base)
-        } else if let qatScheme, qatActive {
-            model.writeFakeQuantized(qatScheme, embeddings: config.qat.embeddings, master: master.base, mask: steMask!.base)
-        } else {
-            model.params.base.update(from: master.base, count: model.layout.count)
-        }
-        model.quantizeActivations = qatActive && config.qat.activations == "int8"
+    /// Every rank's range of the model's weights to every rank, when the slab is split (collective).
+    func gatherWeights() throws {
+        if optimizer.shard.isSplit { try comm.allGather(model.params.base, counts: optimizer.shard.counts) }
     }
 
     deinit {
@@ -314,7 +275,7 @@ public final class Trainer {
 
     /// One optimizer step: every micro-batch's forward and backward, all-reduce, clip, AdamW.
     public func trainStep() throws -> StepStats {
-        let t = config.train, o = config.optimizer
+        let t = config.train
         let start = monotonicSeconds()
         let perMicro = t.microBatch * t.seqLen
         // this rank's samples: a contiguous slice of the global batch, so the cursor is world-size independent
@@ -330,18 +291,7 @@ public final class Trainer {
         let scale = Float(1 / max(counts[0], 1))
         model.grads!.zero()
         var local = LossSum()
-        let g = model.grads!
-        var pending: [any PendingReduce] = []
-        var commError: (any Error)?
-        let layout = model.layout
-        let firstBlock = layout.blockRange(0).lowerBound, afterBlocks = layout.blockRange(model.config.layers - 1).upperBound
-        func reduce(_ lo: Int, _ hi: Int) {
-            do {
-                if hi > lo { pending.append(try comm.startAllReduceSum(g.base + lo, count: hi - lo)) }
-                for p in pending { _ = try p.test() }  // MPI progresses only inside MPI calls
-            } catch { commError = commError ?? error }
-        }
-        let parallel = comm.worldSize > 1
+        let hooks = sync.hooks
         for micro in 0..<t.gradAccum {
             // the offline cache reads rows by corpus window; nothing else needs them
             let windows = teacherCache == nil ? [] : (0..<t.microBatch).map { sampler.windowStart(sample: rankFirst + micro * t.microBatch + $0) / t.seqLen }
@@ -354,30 +304,14 @@ public final class Trainer {
                 if source == .rollout { target?.ceWeights = UnsafePointer(ceWeightBuffer + micro * perMicro) }
             }
             model.forward(tokens: inputs + micro * perMicro, b: t.microBatch, t: t.seqLen)
-            let last = micro == t.gradAccum - 1 && parallel
-            // On the last micro-batch every gradient region is reduced as soon as it is final: the embedding table and
-            // the tail (final norm, untied head) right after the LM head, each block after its backward. The
-            // embedding lookup's own gradient is sparse, so it is all-gathered afterwards instead (n·c floats/rank).
+            // the last micro-batch exchanges each gradient region as soon as backward has finished it
+            let last = micro == t.gradAccum - 1 && sync.active
             local = local + model.backward(
                 targets: targets + micro * perMicro, lossScale: scale, deferEmbedding: last, distill: target,
-                onHeadDone: last ? { reduce(0, firstBlock); reduce(afterBlocks, g.count) } : nil,
-                onBlockDone: last ? { l in let r = layout.blockRange(l); reduce(r.lowerBound, r.upperBound) } : nil,
-                progress: last ? { reduce(0, 0) } : nil)
+                onHeadDone: last ? hooks.head : nil, onBlockDone: last ? hooks.block : nil, progress: last ? hooks.progress : nil)
         }
-        if let commError { throw commError }
-        let waitStart = monotonicSeconds()
-        if parallel {
-            for p in pending { try p.wait() }
-            let (dout, toks, n) = model.embeddingInputGradient!
-            let c = model.config.dim, ws = comm.worldSize
-            // one buffer for every rank's (n·c floats, n tokens), kept between steps
-            if gathered.count < ws * n * (c + 1) { gathered = Slab(count: ws * n * (c + 1)) }
-            let allD = gathered.base, allT = UnsafeMutableRawPointer(gathered.base + ws * n * c).assumingMemoryBound(to: Int32.self)
-            try comm.allGather(UnsafeRawPointer(dout), bytes: n * c * 4, into: UnsafeMutableRawPointer(allD))
-            try comm.allGather(UnsafeRawPointer(toks), bytes: n * 4, into: UnsafeMutableRawPointer(allT))
-            for r in 0..<ws { model.applyEmbeddingGradient(dout: allD + r * n * c, tokens: allT + r * n, n: n) }
-        }
-        let exposed = monotonicSeconds() - waitStart
+        try sync.finish()
+        let exposed = sync.exposedSeconds
         // the stop flag and rank 0's checkpoint clock ride on the loss all-reduce: every rank acts after the same step
         let minutes = config.checkpoint.everyMinutes
         let due = comm.rank == 0 && minutes > 0 && monotonicSeconds() - lastCheckpointTime >= 60 * minutes
@@ -388,62 +322,36 @@ public final class Trainer {
         let d = config.distill
         let t2 = Double(d.t2Scale ? d.temperature * d.temperature : 1)
         let loss = !hasTeacher ? ce : source != .corpus ? t2 * kd : Double(1 - d.kdRatio) * ce + Double(d.kdRatio) * t2 * kd
-        let learningScales = learningScalesNow
-        if learningScales, let qs = qatScales, let sg = scaleGrad, let master {
-            // LSQ: the scales' gradient from the all-reduced gradient of the quantized weights (same on every rank)
-            sg.zero()
-            Parallel.forRanges(qs.entries.count) { lo, hi in
-                for i in lo..<hi {
-                    let e = qs.entries[i]
-                    fakeQuantizeScaleGradient(qs.scheme, src: master.base + e.offset, rows: e.shape[0], c: e.shape[1], scales: qs.values.base + qs.offsets[i],
-                                              dOut: g.base + e.offset, dScales: sg.base + qs.offsets[i])
-                }
-            }
-        }
-        if let steMask, qatActive {
-            // straight-through: the gradient of a clipped weight is zero
-            let m = steMask.base
-            Parallel.forRanges(g.count, minPerThread: 1 << 16) { lo, hi in for i in lo..<hi { g.base[i] *= m[i] } }
-        }
-        let norm = clipGradNorm(g.base, count: g.count, maxNorm: o.gradClip)
+        let g = model.grads!.base
+        qat?.prepareGradient(g, step: step)
+        let norm = try optimizer.clip(grads: g)
         guard loss.isFinite else { throw KDError.nonFinite(what: "training loss", step: step + 1) }
         guard norm.isFinite else { throw KDError.nonFinite(what: "gradient norm", step: step + 1) }
-        let lr = o.learningRate(step: step, total: t.steps)
-        let weights = (master ?? model.params).base
-        for e in model.layout.entries {
-            adamWUpdate(param: weights + e.offset, grad: g.base + e.offset, m: adamM.base + e.offset,
-                        v: adamV.base + e.offset, count: e.count,
-                        step: AdamWStep(lr: lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps,
-                                        weightDecay: e.isMatrix ? o.weightDecay : 0, t: step + 1))
-        }
-        if learningScales, let qs = qatScales, let sg = scaleGrad, let sm = scaleM, let sv = scaleV, let theta = scaleTheta {
-            // AdamW moves every parameter by about lr per step, far more than a scale of 1e-3 can take: it trains
-            // θ = log|s| instead (steps relative to the scale, ∂L/∂θ = s·∂L/∂s); the sign stays (Q4_0's scales start
-            // negative where a block's extreme value is positive)
-            let n = qs.values.count, sp = qs.values.base, gp = sg.base
-            for i in 0..<n {
-                theta.base[i] = Foundation.log(max(abs(sp[i]), 1e-30))
-                gp[i] *= sp[i]
-            }
-            adamWUpdate(param: theta.base, grad: gp, m: sm.base, v: sv.base, count: n,
-                        step: AdamWStep(lr: lr * config.qat.scaleLRRatio, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: 0,
-                                          t: step + 1 - config.qat.startStep))
-            for i in 0..<n { sp[i] = (sp[i] < 0 ? -1 : 1) * Foundation.exp(theta.base[i]) }
-        }
-        if let st = selfTeacher, config.teacher?.selfSource == "ema" {
-            // θ_T ← d·θ_T + (1 − d)·θ after the update
-            let dcy = config.teacher!.emaDecay, p = weights, q = st.params.base
-            Parallel.forRanges(model.layout.count, minPerThread: 1 << 16) { lo, hi in
-                for i in lo..<hi { q[i] = dcy * q[i] + (1 - dcy) * p[i] }
-            }
-        }
+        let lr = optimizer.learningRate(step: step)
+        let range = optimizer.shard.range
+        optimizer.step(params: qat?.weights ?? model.params.base + range.lowerBound, grads: g, lr: lr, t: step + 1)
+        qat?.updateScales(lr: lr, optimizer: config.optimizer, step: step)
+        try updateSelfTeacher()
         step += 1
         lastLR = lr
-        refreshQuantized()
+        qat?.refresh(step: step)
+        try gatherWeights()
         sampleCursor += globalBatch
         return StepStats(step: step, loss: loss, tokens: Int(counts[0]), lr: lr, gradNorm: norm,
                          seconds: monotonicSeconds() - start, exposedCommSeconds: exposed, ce: ce, kd: kd, source: source, reward: reward,
                          agreement: lossSum[3] / max(counts[0], 1), checkpointDue: lossSum[4] > 0)
+    }
+
+    /// Self-distillation with `self: ema`: θ_T ← d·θ_T + (1 − d)·θ after the update, on this rank's range, then every
+    /// rank's range gathered.
+    func updateSelfTeacher() throws {
+        guard let st = selfTeacher, config.teacher?.selfSource == "ema" else { return }
+        let r = optimizer.shard.range
+        let dcy = config.teacher!.emaDecay, p = UnsafePointer(qat?.weights ?? model.params.base + r.lowerBound), q = st.params.base + r.lowerBound
+        Parallel.forRanges(r.count, minPerThread: 1 << 16) { lo, hi in
+            for i in lo..<hi { q[i] = dcy * q[i] + (1 - dcy) * p[i] }
+        }
+        if optimizer.shard.isSplit { try comm.allGather(st.params.base, counts: optimizer.shard.counts) }
     }
 
     /// The divergence named by the config.
@@ -555,40 +463,54 @@ public final class Trainer {
 
     public var checkpointStore: CheckpointStore { CheckpointStore(root: config.checkpoint.dir, keep: config.checkpoint.keep) }
 
-    /// Rank 0 writes a checkpoint of the current step; every rank waits until it is complete.
+    /// Rank 0 writes a checkpoint of the current step (every rank hands it its range of the sharded state); every
+    /// rank waits until it is complete.
     @discardableResult
     public func saveCheckpoint() throws -> String? {
         var path: String?
-        if comm.rank == 0 {
-            let start = monotonicSeconds()
+        let start = monotonicSeconds()
+        let shard = optimizer.shard
+        let moments = try optimizer.gatheredMoments(root: 0)
+        let scales = try qat?.scalesFile(root: 0)
+        if let qat {
+            // the checkpoint holds the full-precision weights; QAT re-quantizes them from its config when read
+            if shard.isSplit {
+                try comm.gather(qat.masters.base, counts: shard.counts, into: comm.rank == 0 ? model.params.base : nil, root: 0)
+            } else if comm.rank == 0 {
+                model.params.base.update(from: qat.masters.base, count: model.layout.count)
+            }
+        }
+        if comm.rank == 0, let moments {
             var state = TrainingState(step: step, sampleCursor: sampleCursor, worldSize: comm.worldSize, lr: lastLR, config: try config.yaml(),
                                       teachers: teacherManifest)
             var files = extraCheckpointFiles
-            if let scales = try qatScalesFile() { files["qat_scales.safetensors"] = scales }
+            if let scales { files["qat_scales.safetensors"] = scales }
             if let replay {
                 state.extra["policy_threshold"] = "\(policyThreshold)"
                 if let v = lastValLoss { state.extra["last_val_loss"] = "\(v)" }
                 files["replay.bin"] = replay.serialized()
             }
-            // the checkpoint holds the full-precision weights; QAT re-quantizes them from its config when read
-            if let master { model.params.base.update(from: master.base, count: model.layout.count) }
-            defer { refreshQuantized() }
-            path = try checkpointStore.save(model: model, adamM: adamM, adamV: adamV, state: state, extraFiles: files,
+            path = try checkpointStore.save(model: model, adamM: moments.m, adamV: moments.v, state: state, extraFiles: files,
                                             extraWeights: emaWeights)
             KDLog.info(String(format: "checkpoint %@ written in %.2f s", path!, monotonicSeconds() - start))
         }
         try comm.barrier()
+        // rank 0's weights are the masters now: quantize again (and gather the ranges when split)
+        if qat != nil, comm.rank == 0 || shard.isSplit { try refreshWeights() }
         lastCheckpointTime = monotonicSeconds()
         return path
     }
 
-    /// Rank 0 loads the checkpoint in `dir` (verified) and broadcasts weights, moments and position to every rank,
-    /// so ranks need no shared file system. Resuming at another world size keeps the global sample cursor.
+    /// Rank 0 loads the checkpoint in `dir` (verified) and sends weights, moments and position to every rank (each
+    /// rank its range of sharded state), so ranks need no shared file system. A checkpoint resumes at any world size
+    /// and sharding: the global sample cursor carries on, and checkpoints always hold the whole slab.
     public func resume(from dir: String) throws {
         var header = [0.0, 0.0, 0.0, 0.0, .nan]
         let start = monotonicSeconds()
         var written = 0
         var replayBytes: [UInt8] = []
+        let shard = optimizer.shard
+        var moments: (m: Slab, v: Slab)?
         if comm.rank == 0 {
             let state = try CheckpointStore.verify(dir: dir)
             if state.teachers != teacherManifest, !allowTeacherChange {
@@ -605,14 +527,10 @@ public final class Trainer {
                 throw CheckpointError.shapeMismatch(dir: dir, reason: "the checkpoint has another model shape (\(diff.isEmpty ? "rope or norm settings differ" : diff.joined(separator: ", "))); "
                     + "point checkpoint.dir at a new folder for this config, or resume with the checkpoint's model section")
             }
-            try CheckpointStore.load(dir: dir, model: model, adamM: adamM, adamV: adamV, extraWeights: emaWeights)
-            if qatScales != nil, let loaded = try loadQATScales(dir: dir, model: model, qat: config.qat,
-                                                                 moments: scaleM.flatMap { m in scaleV.map { (m, $0) } }) {
-                qatScales = loaded
-                scalesReady = true
-            } else {
-                scalesReady = false
-            }
+            // unsplit moments load in place; split ones pass through whole-slab buffers on rank 0
+            let full = shard.isSplit ? (m: Slab(count: model.layout.count), v: Slab(count: model.layout.count)) : (m: optimizer.m, v: optimizer.v)
+            try CheckpointStore.load(dir: dir, model: model, adamM: full.m, adamV: full.v, extraWeights: emaWeights)
+            moments = full
             header = [Double(state.step), Double(state.sampleCursor), Double(state.lr), 0, .nan]
             written = state.worldSize
             if replay != nil {
@@ -632,22 +550,15 @@ public final class Trainer {
             policyThreshold = Float(header[3])
             lastValLoss = header[4].isNaN ? nil : header[4]
         }
-        for slab in [model.params, adamM, adamV] + emaWeights.values { try broadcastFloats(slab.base, count: slab.count) }
-        if let qs = qatScales {
-            var ready = [scalesReady ? 1.0 : 0.0]
-            try comm.broadcast(&ready, root: 0)
-            scalesReady = ready[0] > 0
-            if scalesReady { for slab in [qs.values] + [scaleM, scaleV].compactMap({ $0 }) { try broadcastFloats(slab.base, count: slab.count) } }
-        }
+        for slab in [model.params] + emaWeights.values { try broadcastFloats(comm, slab.base, count: slab.count) }
+        try optimizer.restoreMoments(m: moments?.m.base, v: moments?.v.base)
+        try qat?.restore(dir: comm.rank == 0 ? dir : nil)
         KDLog.info(String(format: "resumed from %@: step %d, sample cursor %d (written by %d rank%@), verified and loaded in %.2f s",
                           dir, Int(header[0]), Int(header[1]), written, written == 1 ? "" : "s", monotonicSeconds() - start))
         step = Int(header[0])
         sampleCursor = Int(header[1])
         lastLR = Float(header[2])
-        if let master {
-            master.base.update(from: model.params.base, count: model.layout.count)
-            refreshQuantized()
-        }
+        try refreshWeights()
     }
 
     /// distillm: a validation loss that rose by more than the margin since the last evaluation raises the probability
@@ -660,31 +571,6 @@ public final class Trainer {
             KDLog.info(String(format: "distillm: validation loss rose %.4f → %.4f; student-generated share now %.2f", last, validationLoss, policyThreshold))
         }
         lastValLoss = validationLoss
-    }
-
-    /// Median seconds of a blocking all-reduce of the whole gradient slab (what overlapping hides), over `repeats`.
-    public func measureBlockingAllReduce(repeats: Int = 3) throws -> Double {
-        guard comm.worldSize > 1, let g = model.grads else { return 0 }
-        let copy = Slab(count: g.count)
-        var times: [Double] = []
-        for _ in 0..<repeats {
-            copy.base.update(from: g.base, count: g.count)
-            try comm.barrier()
-            let t0 = monotonicSeconds()
-            try comm.allReduceSum(copy.base, count: copy.count)
-            times.append(monotonicSeconds() - t0)
-        }
-        return median(times)
-    }
-
-    func broadcastFloats(_ p: UnsafeMutablePointer<Float>, count: Int) throws {
-        guard comm.worldSize > 1 else { return }
-        var off = 0
-        while off < count {
-            let n = min(count - off, 1 << 26)
-            try comm.broadcast(UnsafeMutableRawPointer(p + off), bytes: n * 4, root: 0)
-            off += n
-        }
     }
 
     /// Runs the remaining steps, logging every `log_every` steps and evaluating on cadence; returns every step's stats.

@@ -128,6 +128,86 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         #expect(s10.sampleCursor == s5.sampleCursor + 5 * 8)  // 5 more steps of 1 rank × 4 × 2 samples
     }
 
+    @Test func commCollectivesMatchANaiveReference() throws {
+        // LocalCommunicator (no mpirun), then MPICommunicator on 2 and 3 ranks; 1001 Floats split unevenly (and one
+        // empty piece on 3 ranks)
+        let local = try runDistill(["comm-check"])
+        #expect(local.status == 0 && local.out.contains("comm-check ok: 1 rank"), "\(local.out)")
+        for n in ["2", "3"] {
+            let r = try launch("distill-mpi.sh", [n, "comm-check", "--count", "1001"])
+            #expect(r.status == 0 && r.out.contains("comm-check ok: \(n) ranks"), "\(r.out)")
+        }
+    }
+
+    /// "step N/M | loss X" of a run's log, by step.
+    func losses(_ out: String) -> [Int: Double] {
+        var out2: [Int: Double] = [:]
+        for line in out.split(separator: "\n") where line.hasPrefix("step ") {
+            let f = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard f.count > 1, let s = Int(f[0].dropFirst(5).split(separator: "/")[0].trimmingCharacters(in: .whitespaces)),
+                  let l = Double(f[1].split(separator: " ")[1]) else { continue }
+            out2[s] = l
+        }
+        return out2
+    }
+
+    /// Tiny config with QAT (Q4_0, learned scales) and a sharding.
+    func shardedYAML(_ dir: URL, _ name: String, _ sharding: String, accum: Int = 2) throws -> String {
+        try tinyYAML(dir, name, edits: [("ffn_dim: 172", "ffn_dim: 192"), ("warmup_steps: 2", "warmup_steps: 2\n  sharding: \(sharding)"),
+                                        ("grad_accum: 2", "grad_accum: \(accum)"),
+                                        ("data:\n", "qat:\n  scheme: q4_0\n  scales: learned\n  start_step: 1\ndata:\n")])
+    }
+
+    @Test func shardedStatesAndGradientsTrainAsUnsharded() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var runs: [String: [Int: Double]] = [:]
+        for mode in ["none", "states", "gradients"] {
+            let r = try launch("distill-mpi.sh", ["2", "train", "--config", try shardedYAML(dir, mode, mode), "--sample-tokens", "0"])
+            #expect(r.status == 0, "\(r.out)")
+            runs[mode] = losses(r.out)
+        }
+        let none = try #require(runs["none"])
+        #expect(none.count == 10)
+        // with 2 ranks a sum of two gradients is the same in any order; only the clipping norm is summed otherwise
+        // (two Double partial sums of squares instead of one), which moves the weights by float rounding
+        for mode in ["states", "gradients"] {
+            for (s, l) in none { #expect(abs((runs[mode]?[s] ?? .nan) - l) < 2e-4, "\(mode) step \(s): \(runs[mode]?[s] ?? .nan) vs \(l)") }
+            let worst = try relativeWeightDifference(dir.appendingPathComponent("\(mode)/step_00000010"), dir.appendingPathComponent("none/step_00000010"))
+            #expect(worst < 1e-5, "\(mode): max relative weight difference \(worst)")
+        }
+        // the checkpoints hold the whole slab whatever the sharding: same tensors, same learned scales
+        for f in ["optimizer.safetensors", "qat_scales.safetensors"] {
+            let a = try SafetensorsFile(path: dir.appendingPathComponent("gradients/step_00000010/\(f)").path)
+            let b = try SafetensorsFile(path: dir.appendingPathComponent("none/step_00000010/\(f)").path)
+            #expect(a.tensors.map(\.name).sorted() == b.tensors.map(\.name).sorted() && !a.tensors.isEmpty)
+        }
+    }
+
+    @Test func gradientsCheckpointResumesAtAnotherWorldSizeAndSharding() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let full = try launch("distill-mpi.sh", ["2", "train", "--config", try shardedYAML(dir, "full", "none"), "--sample-tokens", "0"])
+        #expect(full.status == 0, "\(full.out)")
+        let first = try launch("distill-mpi.sh", ["2", "train", "--config", try shardedYAML(dir, "zero2", "gradients"), "--sample-tokens", "0", "--stop-after", "3"])
+        #expect(first.status == 0 && first.out.contains("stopped after step 3"), "\(first.out)")
+        let ckpt = dir.appendingPathComponent("zero2/step_00000003").path
+        // 1 rank, unsharded, 4 micro-batches (the same global batch of 16 windows); 2 ranks with sharded states
+        let one = try launch("distill-mpi.sh", ["1", "train", "--config", try shardedYAML(dir, "one", "none", accum: 4), "--sample-tokens", "0",
+                                                "--resume", ckpt])
+        let two = try launch("distill-mpi.sh", ["2", "train", "--config", try shardedYAML(dir, "two", "states"), "--sample-tokens", "0",
+                                                "--resume", ckpt])
+        let want = losses(full.out)
+        for (name, r) in [("one", one), ("two", two)] {
+            #expect(r.status == 0 && r.out.contains("resumed from"), "\(r.out)")
+            let got = losses(r.out)
+            #expect(got.keys.sorted() == Array(4...10), "\(name): steps \(got.keys.sorted())")
+            for (s, l) in got { #expect(abs((want[s] ?? .nan) - l) < 2e-4, "\(name) step \(s): \(l) vs uninterrupted \(want[s] ?? .nan)") }
+            let worst = try relativeWeightDifference(dir.appendingPathComponent("\(name)/step_00000010"), dir.appendingPathComponent("full/step_00000010"))
+            #expect(worst < 1e-5, "\(name): max relative weight difference \(worst)")
+        }
+    }
+
     @Test func killedMidCheckpointLosesNothingAndTheRestartLoopFinishes() throws {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }

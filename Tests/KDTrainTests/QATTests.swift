@@ -27,7 +27,7 @@ func qatComputesWithTheQuantizedMasterWeights(scheme: String) throws {
     let tr = try Trainer(config: c, corpus: corpus)
     let n = tr.model.layout.count
     func params() -> [Float] { Array(UnsafeBufferPointer(start: tr.model.params.base, count: n)) }
-    func masters() -> [Float] { Array(UnsafeBufferPointer(start: tr.master!.base, count: n)) }
+    func masters() -> [Float] { Array(UnsafeBufferPointer(start: tr.qat!.masters.base, count: n)) }
     // before the start step the model runs on the masters themselves
     _ = try tr.trainStep()
     #expect(params() == masters() && !tr.qatActive)
@@ -63,7 +63,7 @@ func qatComputesWithTheQuantizedMasterWeights(scheme: String) throws {
     let tr = try Trainer(config: c, corpus: corpus)
     _ = try tr.trainStep()
     // some Q4_0 weights sit past +7·|d| on the side opposite their block's largest value: those get no gradient
-    let mask = Array(UnsafeBufferPointer(start: tr.steMask!.base, count: tr.model.layout.count))
+    let mask = Array(UnsafeBufferPointer(start: tr.qat!.mask.base, count: tr.model.layout.count))
     let zeros = mask.filter { $0 == 0 }.count
     #expect(zeros > 0 && zeros < mask.count / 10)
     // the next step's gradient is zero exactly there
@@ -87,7 +87,7 @@ func qatComputesWithTheQuantizedMasterWeights(scheme: String) throws {
     try resumed.resume(from: dir.appendingPathComponent("step_00000002").path)
     let b = try resumed.run()
     #expect(b.map(\.loss) == a.suffix(2).map(\.loss))
-    #expect(memcmp(full.master!.base, resumed.master!.base, full.model.layout.count * 4) == 0)
+    #expect(memcmp(full.qat!.masters.base, resumed.qat!.masters.base, full.model.layout.count * 4) == 0)
     // activation quantization changes what the model computes
     var plain = c
     plain.qat.activations = "none"
@@ -97,10 +97,10 @@ func qatComputesWithTheQuantizedMasterWeights(scheme: String) throws {
 
 /// The model's quantized tensors equal fake quantization of the masters with the trainer's explicit scales.
 func expectComputesWithTheScales(_ tr: Trainer) throws {
-    let qs = try #require(tr.qatScales)
+    let qs = try #require(tr.qat!.scales)
     for (i, e) in qs.entries.enumerated() {
         var want = [Float](repeating: 0, count: e.count)
-        fakeQuantizeScaled(qs.scheme, src: tr.master!.base + e.offset, rows: e.shape[0], c: e.shape[1], scales: qs.values.base + qs.offsets[i],
+        fakeQuantizeScaled(qs.scheme, src: tr.qat!.masters.base + e.offset, rows: e.shape[0], c: e.shape[1], scales: qs.values.base + qs.offsets[i],
                            out: &want, mask: nil)
         #expect(memcmp(want, tr.model.params.base + e.offset, e.count * 4) == 0, "\(e.name)")
     }
@@ -108,10 +108,10 @@ func expectComputesWithTheScales(_ tr: Trainer) throws {
 
 /// The absmax scales of the trainer's current masters.
 func absmaxOfMasters(_ tr: Trainer) -> [Float] {
-    let qs = tr.qatScales!
+    let qs = tr.qat!.scales!
     var out = [Float](repeating: 0, count: qs.values.count)
     for (i, e) in qs.entries.enumerated() {
-        out.withUnsafeMutableBufferPointer { absmaxScales(qs.scheme, src: tr.master!.base + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress! + qs.offsets[i]) }
+        out.withUnsafeMutableBufferPointer { absmaxScales(qs.scheme, src: tr.qat!.masters.base + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress! + qs.offsets[i]) }
     }
     return out
 }
@@ -127,9 +127,9 @@ func learnedScalesStartAtAbsmaxThenTrain(scheme: String) throws {
     let ref = try Trainer(config: absmax, corpus: corpus)
     // before any step the learned scales are the absmax ones: the model is bit for bit the absmax QAT model
     #expect(memcmp(tr.model.params.base, ref.model.params.base, tr.model.layout.count * 4) == 0)
-    let start = Array(UnsafeBufferPointer(start: tr.qatScales!.values.base, count: tr.qatScales!.values.count))
+    let start = Array(UnsafeBufferPointer(start: tr.qat!.scales!.values.base, count: tr.qat!.scales!.values.count))
     let history = try tr.run()
-    let now = Array(UnsafeBufferPointer(start: tr.qatScales!.values.base, count: tr.qatScales!.values.count))
+    let now = Array(UnsafeBufferPointer(start: tr.qat!.scales!.values.base, count: tr.qat!.scales!.values.count))
     // the scales moved (LSQ), each kept its sign, and the model computes with them
     #expect(zip(start, now).filter { $0 != $1 }.count > now.count / 2)
     #expect(zip(start, now).allSatisfy { ($0 < 0) == ($1 < 0) })
@@ -143,13 +143,13 @@ func learnedScalesStartAtAbsmaxThenTrain(scheme: String) throws {
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
     let tr = try Trainer(config: c, corpus: corpus)
     _ = try tr.trainStep()
-    #expect(!tr.scalesReady)  // before the freeze step: absmax every step
+    #expect(!tr.qat!.scalesReady)  // before the freeze step: absmax every step
     _ = try tr.trainStep()
     let atFreeze = absmaxOfMasters(tr)
-    #expect(tr.scalesReady)
+    #expect(tr.qat!.scalesReady)
     _ = try tr.trainStep()
     _ = try tr.trainStep()
-    let scales = Array(UnsafeBufferPointer(start: tr.qatScales!.values.base, count: tr.qatScales!.values.count))
+    let scales = Array(UnsafeBufferPointer(start: tr.qat!.scales!.values.base, count: tr.qat!.scales!.values.count))
     #expect(scales == atFreeze)
     #expect(absmaxOfMasters(tr) != atFreeze)  // the weights moved on, their ranges did not
     try expectComputesWithTheScales(tr)
@@ -169,7 +169,7 @@ func learnedScalesStartAtAbsmaxThenTrain(scheme: String) throws {
     try resumed.resume(from: dir.appendingPathComponent("step_00000002").path)
     let b = try resumed.run()
     #expect(b.map(\.loss) == a.suffix(2).map(\.loss))
-    let n = full.qatScales!.values.count
-    #expect(memcmp(full.qatScales!.values.base, resumed.qatScales!.values.base, n * 4) == 0)
-    #expect(memcmp(full.scaleM!.base, resumed.scaleM!.base, n * 4) == 0)
+    let n = full.qat!.scales!.values.count
+    #expect(memcmp(full.qat!.scales!.values.base, resumed.qat!.scales!.values.base, n * 4) == 0)
+    #expect(memcmp(full.qat!.scaleM!.base, resumed.qat!.scaleM!.base, n * 4) == 0)
 }

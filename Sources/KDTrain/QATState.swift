@@ -1,0 +1,248 @@
+// Quantization-aware training state: full-precision master weights (the model's slab holds their fake-quantized
+// values), the straight-through masks of the last quantization, and explicit scales (learned LSQ-style, or absmax
+// ranges frozen at a step) with the scales' own AdamW. Everything covers this rank's range of the slab
+// (`optimizer.sharding`); ranges end on row boundaries, so every quantization group is one rank's.
+import Foundation
+import KDComm
+import KDConfig
+import KDCore
+import KDFormats
+import KDModel
+import KDOps
+import KDQuant
+
+/// QAT masters, masks and scales of this rank's range.
+public final class QATState {
+    public let config: QATConfig
+    public let scheme: FakeQuantScheme?
+    let model: Transformer
+    let shard: SlabShard
+    let comm: any Communicator
+    /// Full-precision weights of this rank's range (index 0 = the range's first Float).
+    public let masters: Slab
+    /// Straight-through masks of this range (1 where the gradient passes).
+    let mask: Slab
+    /// The quantized matrices' rows inside this range.
+    let pieces: [(index: Int, rows: Range<Int>)]
+    /// Explicit scales of every quantized tensor (slab-wide; this rank computes and updates only its own rows').
+    public private(set) var scales: QATScales?
+    /// The explicit scales have values (taken from the weights once, or loaded).
+    var scalesReady = false
+    /// Each rank's range of `scales.values` (its rows' scales), for gathering them.
+    let scaleCounts: [Int]
+    /// This rank's range of `scales.values`.
+    let scaleRange: Range<Int>
+    /// Learned scales: the gradient, the AdamW moments and θ = log|s| of this rank's scales.
+    let scaleGrad: Slab?, scaleM: Slab?, scaleV: Slab?, scaleTheta: Slab?
+
+    public init(config: QATConfig, model: Transformer, shard: SlabShard, comm: any Communicator) {
+        self.config = config
+        self.model = model
+        self.shard = shard
+        self.comm = comm
+        scheme = FakeQuantScheme(rawValue: config.scheme)
+        let r = shard.range
+        masters = Slab(count: max(r.count, 1))
+        masters.base.update(from: model.params.base + r.lowerBound, count: r.count)
+        mask = Slab(count: max(r.count, 1))
+        let entries = model.quantizedEntries(embeddings: config.embeddings)
+        pieces = scheme == nil ? [] : shard.rows(of: entries)
+        if let scheme, config.scales == "learned" || config.freezeStep > 0 {
+            let qs = QATScales(model: model, scheme: scheme, embeddings: config.embeddings)
+            scales = qs
+            // rank r's scales: from the first scale of its first row to the end of its last row's
+            let ranks = (0..<shard.parts).map { rank -> Range<Int> in
+                let rows = SlabShard.rows(of: entries, in: shard.offsets[rank]..<(shard.offsets[rank] + shard.counts[rank]))
+                guard let first = rows.first, let last = rows.last else { return 0..<0 }
+                func index(_ i: Int, _ row: Int) -> Int { qs.offsets[i] + row * qs.shape(i)[1] }
+                return index(first.index, first.rows.lowerBound)..<index(last.index, last.rows.upperBound)
+            }
+            // ranks without matrices own an empty range where the next rank starts
+            var counts: [Int] = [], end = 0
+            for (i, rg) in ranks.enumerated() {
+                let hi = rg.isEmpty ? end : rg.upperBound
+                counts.append(i == ranks.count - 1 ? qs.values.count - end : hi - end)
+                end = hi
+            }
+            scaleCounts = counts
+            let lo = counts[..<shard.rank].reduce(0, +)
+            scaleRange = lo..<(lo + counts[shard.rank])
+        } else {
+            scaleCounts = []
+            scaleRange = 0..<0
+        }
+        if config.scales == "learned", scales != nil {
+            let n = max(scaleRange.count, 1)
+            (scaleGrad, scaleM, scaleV, scaleTheta) = (Slab(count: n), Slab(count: n), Slab(count: n), Slab(count: n))
+        } else {
+            (scaleGrad, scaleM, scaleV, scaleTheta) = (nil, nil, nil, nil)
+        }
+    }
+
+
+    /// Whether `step` trains with quantization (from qat.start_step on).
+    public func active(step: Int) -> Bool { config.enabled && step >= config.startStep }
+
+    /// LSQ: `step` trains the scales (learned, in use, and before freeze_step).
+    func learningScales(step: Int) -> Bool {
+        config.scales == "learned" && scalesReady && active(step: step) && (config.freezeStep == 0 || step < config.freezeStep)
+    }
+
+    /// Master weights of this rank's range: what the optimizer updates.
+    public var weights: UnsafeMutablePointer<Float> { masters.base }
+
+    // MARK: - The step
+
+    /// The model's weights of this range ← fake-quantized masters (the masters themselves before start_step), and
+    /// activation fake quantization on or off. The caller all-gathers the weights when the slab is split.
+    public func refresh(step: Int) {
+        let r = shard.range, params = model.params.base + r.lowerBound, m = masters.base
+        params.update(from: m, count: r.count)
+        if let scheme, active(step: step) {
+            mask.base.update(repeating: 1, count: r.count)
+            let entries = model.quantizedEntries(embeddings: config.embeddings)
+            let explicit = scales != nil && config.explicitScales(atStep: step)
+            // learned scales start from the absmax ones, frozen ones are the absmax ones of the freeze step
+            if explicit, !scalesReady {
+                capture()
+                scalesReady = true
+            }
+            let qs = explicit ? scales : nil, pieces = self.pieces
+            Parallel.forRanges(pieces.count) { lo, hi in
+                for (i, rows) in pieces[lo..<hi] {
+                    let e = entries[i], c = e.shape[1], local = e.offset + rows.lowerBound * c - r.lowerBound
+                    if let qs {
+                        fakeQuantizeScaled(scheme, src: m + local, rows: rows.count, c: c, scales: qs.values.base + qs.offsets[i] + rows.lowerBound * qs.shape(i)[1],
+                                           out: params + local, mask: self.mask.base + local)
+                    } else {
+                        fakeQuantize(scheme, src: m + local, rows: rows.count, c: c, out: params + local, mask: self.mask.base + local)
+                    }
+                }
+            }
+        }
+        model.quantizeActivations = active(step: step) && config.activations == "int8"
+    }
+
+    /// scales ← the absmax scales of this rank's masters (what the absmax path would use now).
+    func capture() {
+        guard let qs = scales, let scheme else { return }
+        let entries = model.quantizedEntries(embeddings: config.embeddings), r = shard.range, pieces = self.pieces
+        Parallel.forRanges(pieces.count) { lo, hi in
+            for (i, rows) in pieces[lo..<hi] {
+                let e = entries[i], c = e.shape[1]
+                absmaxScales(scheme, src: self.masters.base + e.offset + rows.lowerBound * c - r.lowerBound, rows: rows.count, c: c,
+                             out: qs.values.base + qs.offsets[i] + rows.lowerBound * qs.shape(i)[1])
+            }
+        }
+    }
+
+    /// Before clipping: the LSQ gradient of this rank's scales from the summed gradient of its quantized weights
+    /// (`grads` is the slab-sized gradient), then the straight-through masks (a clipped weight gets no gradient).
+    public func prepareGradient(_ grads: UnsafeMutablePointer<Float>, step: Int) {
+        guard config.enabled else { return }
+        let r = shard.range
+        if learningScales(step: step), let qs = scales, let sg = scaleGrad, let scheme {
+            let entries = model.quantizedEntries(embeddings: config.embeddings), s0 = scaleRange.lowerBound, pieces = self.pieces
+            sg.zero()
+            Parallel.forRanges(pieces.count) { lo, hi in
+                for (i, rows) in pieces[lo..<hi] {
+                    let e = entries[i], c = e.shape[1], first = e.offset + rows.lowerBound * c, si = qs.offsets[i] + rows.lowerBound * qs.shape(i)[1]
+                    fakeQuantizeScaleGradient(scheme, src: self.masters.base + first - r.lowerBound, rows: rows.count, c: c, scales: qs.values.base + si,
+                                              dOut: grads + first, dScales: sg.base + si - s0)
+                }
+            }
+        }
+        if scheme != nil, active(step: step) {
+            let g = grads + r.lowerBound, m = mask.base
+            Parallel.forRanges(r.count, minPerThread: 1 << 16) { lo, hi in for i in lo..<hi { g[i] *= m[i] } }
+        }
+    }
+
+    /// After the weights' update: AdamW on θ = log|s| of this rank's learned scales. AdamW moves every parameter by
+    /// about lr per step, far more than a scale of 1e-3 can take; on θ steps are relative to the scale
+    /// (∂L/∂θ = s·∂L/∂s) and the sign stays (Q4_0's scales start negative where a block's extreme value is positive).
+    public func updateScales(lr: Float, optimizer o: OptimizerConfig, step: Int) {
+        guard learningScales(step: step), let qs = scales, let sg = scaleGrad, let sm = scaleM, let sv = scaleV, let theta = scaleTheta else { return }
+        let sr = scaleRange, sp = qs.values.base + sr.lowerBound, gp = sg.base, n = sr.count
+        for i in 0..<n {
+            theta.base[i] = Foundation.log(max(abs(sp[i]), 1e-30))
+            gp[i] *= sp[i]
+        }
+        adamWUpdate(param: theta.base, grad: gp, m: sm.base, v: sv.base, count: n,
+                    step: AdamWStep(lr: lr * config.scaleLRRatio, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: 0,
+                                    t: step + 1 - config.startStep))
+        for i in 0..<n { sp[i] = (sp[i] < 0 ? -1 : 1) * Foundation.exp(theta.base[i]) }
+    }
+
+    // MARK: - Checkpoint state
+
+    /// The explicit scales (and learned ones' moments) as a safetensors file, on `root` (nil elsewhere, or without
+    /// scales yet). Collective when the slab is split.
+    func scalesFile(root: Int = 0) throws -> Data? {
+        // scalesReady changes at the same step on every rank
+        guard let qs = scales, scalesReady else { return nil }
+        // the whole scale vector and moments on root
+        let n = qs.values.count, isRoot = comm.rank == root
+        let values = isRoot ? Slab(count: n) : nil
+        var moments: (m: Slab, v: Slab)?
+        if shard.isSplit {
+            try comm.gather(qs.values.base + scaleRange.lowerBound, counts: scaleCounts, into: values?.base, root: root)
+        } else {
+            values?.base.update(from: qs.values.base, count: n)
+        }
+        if let sm = scaleM, let sv = scaleV {
+            let full = isRoot ? (Slab(count: n), Slab(count: n)) : nil
+            if shard.isSplit {
+                try comm.gather(sm.base, counts: scaleCounts, into: full?.0.base, root: root)
+                try comm.gather(sv.base, counts: scaleCounts, into: full?.1.base, root: root)
+            } else if let full {
+                full.0.base.update(from: sm.base, count: n)
+                full.1.base.update(from: sv.base, count: n)
+            }
+            moments = full
+        }
+        guard isRoot, let values else { return nil }
+        var tensors: [SafetensorsEntry] = []
+        for i in qs.entries.indices {
+            tensors.append(SafetensorsEntry(name: qs.name(i), shape: qs.shape(i), data: values.base + qs.offsets[i]))
+            if let (m, v) = moments {
+                tensors.append(SafetensorsEntry(name: "exp_avg." + qs.name(i), shape: qs.shape(i), data: m.base + qs.offsets[i]))
+                tensors.append(SafetensorsEntry(name: "exp_avg_sq." + qs.name(i), shape: qs.shape(i), data: v.base + qs.offsets[i]))
+            }
+        }
+        return try safetensorsData(tensors: tensors, metadata: ["scheme": qs.scheme.rawValue, "scales": config.scales])
+    }
+
+    /// After the model's weights were restored (full precision, every rank): masters ← this range; scales and their
+    /// moments from `dir` on `root` (nil elsewhere) to every rank. Collective.
+    func restore(dir: String?, root: Int = 0) throws {
+        let r = shard.range
+        masters.base.update(from: model.params.base + r.lowerBound, count: r.count)
+        guard let qs = scales else { return }
+        var loaded: QATScales?, moments: (m: Slab, v: Slab)?
+        if comm.rank == root, let dir {
+            let full = scaleM != nil ? (Slab(count: qs.values.count), Slab(count: qs.values.count)) : nil
+            loaded = try loadQATScales(dir: dir, model: model, qat: config, moments: full)
+            moments = full
+        }
+        var ready = [loaded != nil ? 1.0 : 0]
+        try comm.broadcast(&ready, root: root)
+        scalesReady = ready[0] > 0
+        guard scalesReady else { return }
+        if let loaded { qs.values.base.update(from: loaded.values.base, count: qs.values.count) }
+        try broadcastFloats(comm, qs.values.base, count: qs.values.count, root: root)
+        if let sm = scaleM, let sv = scaleV {
+            if shard.isSplit {
+                try comm.scatter(moments?.m.base, counts: scaleCounts, into: sm.base, root: root)
+                try comm.scatter(moments?.v.base, counts: scaleCounts, into: sv.base, root: root)
+            } else {
+                if let moments {
+                    sm.base.update(from: moments.m.base, count: qs.values.count)
+                    sv.base.update(from: moments.v.base, count: qs.values.count)
+                }
+                try broadcastFloats(comm, sm.base, count: qs.values.count, root: root)
+                try broadcastFloats(comm, sv.base, count: qs.values.count, root: root)
+            }
+        }
+    }
+}

@@ -26,9 +26,7 @@ struct CommCheck: ParsableCommand {
     }
 
     func run() throws {
-        var comm: any Communicator = LocalCommunicator()
-        do {
-            if MPICommunicator.launchedByMPI { comm = try MPICommunicator.initialize() }
+        try Job.run(threads: 1) { comm in
             let (r, w) = (comm.rank, comm.worldSize)
             let counts = CommCheck.pieces(count, ranks: w)
             var offsets = [0]
@@ -83,13 +81,7 @@ struct CommCheck: ParsableCommand {
             if comm.rank == 0 {
                 print(bad[0] == 0 ? "comm-check ok: \(w) rank\(w == 1 ? "" : "s"), \(count) floats split \(counts)" : "comm-check FAILED")
             }
-            (comm as? MPICommunicator)?.finalize()
             if bad[0] > 0 { throw ExitCode.failure }
-        } catch let e as ExitCode {
-            throw e
-        } catch {
-            if comm.worldSize > 1 { comm.abort("error: \(error)", code: 1) }
-            throw fail(error)
         }
     }
 }

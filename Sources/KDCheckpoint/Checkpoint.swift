@@ -21,7 +21,7 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case .notACheckpoint(let d): return "\(d): not a checkpoint (expected state.json and checksums.json)"
+        case .notACheckpoint(let d): return "\(d): not a checkpoint (expected \(CheckpointFile.state) and \(CheckpointFile.checksums))"
         case .corrupt(let d, let r): return "\(d): corrupt checkpoint: \(r)"
         case .versionUnsupported(let d, let v): return "\(d): checkpoint format \(v) is not supported (expected \(TrainingState.currentFormat))"
         case .teacherMismatch(let d, let e, let f):
@@ -30,6 +30,42 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
         case .noneFound(let root): return "\(root): no checkpoint that verifies"
         }
     }
+}
+
+/// The names of a checkpoint folder's files: spelled here and nowhere else.
+public enum CheckpointFile {
+    /// The student (full precision) and its Hugging Face config: the folder loads as a HF model.
+    public static let model = HFFolder.weights, hfConfig = HFFolder.config
+    /// AdamW moments, tensors named `exp_avg.NAME` / `exp_avg_sq.NAME`.
+    public static let optimizer = "optimizer.safetensors"
+    public static let firstMoment = "exp_avg.", secondMoment = "exp_avg_sq."
+    /// ``TrainingState`` as JSON.
+    public static let state = "state.json"
+    /// Size and checksum of every other file; written last, so its presence marks a complete checkpoint.
+    public static let checksums = "checksums.json"
+    /// QAT's explicit scales (and learned ones' moments).
+    public static let qatScales = "qat_scales.safetensors"
+    /// distillm's replay buffer.
+    public static let replay = "replay.bin"
+    /// The data's tokenizer, when the student speaks the teacher's tokens.
+    public static let tokenizer = HFFolder.tokenizer
+    /// The EMA self-teacher's weights (student layout): written as NAME.safetensors.
+    public static let emaTeacher = "ema_teacher"
+    /// In the run directory: the name of the newest complete checkpoint.
+    public static let latest = "latest"
+    /// Files every checkpoint has.
+    public static let core = [model, hfConfig, optimizer, state]
+    /// The file holding weights saved under `name`.
+    public static func weights(_ name: String) -> String { name + ".safetensors" }
+}
+
+/// distillm's adaptive state (`policy.mode: distillm`).
+public struct OnPolicyCheckpoint: Codable, Equatable, Sendable {
+    /// Probability of a student-generated step.
+    public var threshold: Float
+    /// Validation loss at the last evaluation (nil before the first).
+    public var lastValidationLoss: Double?
+    public init(threshold: Float, lastValidationLoss: Double?) { self.threshold = threshold; self.lastValidationLoss = lastValidationLoss }
 }
 
 /// One teacher file a run depends on.
@@ -59,13 +95,27 @@ public struct TrainingState: Codable, Equatable, Sendable {
     /// The run's config as YAML.
     public var config: String
     public var teachers: [TeacherManifestEntry] = []
-    /// Trainer state later features add (replay buffers, adaptive thresholds), by name.
-    public var extra: [String: String] = [:]
+    /// distillm's threshold and last validation loss (its replay buffer is ``CheckpointFile/replay``).
+    public var onPolicy: OnPolicyCheckpoint?
 
     public init(step: Int, sampleCursor: Int, worldSize: Int, lr: Float, config: String, teachers: [TeacherManifestEntry] = []) {
         self.step = step; self.sampleCursor = sampleCursor; self.worldSize = worldSize; self.lr = lr; self.config = config
         self.teachers = teachers
     }
+}
+
+/// The AdamW moments a checkpoint writes: whole slabs, or produced in pieces as they arrive (sharded state gathered
+/// on rank 0 piece by piece): every first moment in layout order, then every second moment.
+public enum MomentsToWrite {
+    case slabs(m: Slab, v: Slab)
+    case stream((_ emit: (UnsafeRawBufferPointer) throws -> Void) throws -> Void)
+}
+
+/// Where a resume puts the AdamW moments it reads: whole slabs, or a visitor that receives every tensor's first and
+/// then second moment, tensor by tensor in layout order (rank 0 hands each rank its range).
+public enum MomentsToRead {
+    case slabs(m: Slab, v: Slab)
+    case visit((_ second: Bool, _ entry: ParameterLayout.Entry, _ data: UnsafePointer<Float>) throws -> Void)
 }
 
 /// Writes, finds, verifies and loads the checkpoints of one run directory.
@@ -81,14 +131,19 @@ public struct CheckpointStore {
 
     public static func name(step: Int) -> String { String(format: "step_%08d", step) }
 
-    /// Files every checkpoint has.
-    public static let coreFiles = ["model.safetensors", "config.json", "optimizer.safetensors", "state.json"]
 
     /// Writes a complete checkpoint for `state.step` and moves `latest`; returns its directory.
     @discardableResult
     /// `extraFiles` (e.g. the tokenizer.json of the shards' tokenizer) are written beside the tensors and checksummed;
     /// `extraWeights` are more slabs with the model's layout (an EMA teacher), each written as NAME.safetensors.
     public func save(model: Transformer, adamM: Slab, adamV: Slab, state: TrainingState, extraFiles: [String: Data] = [:],
+                     extraWeights: [String: Slab] = [:]) throws -> String {
+        try save(model: model, moments: .slabs(m: adamM, v: adamV), state: state, extraFiles: extraFiles, extraWeights: extraWeights)
+    }
+
+    /// ``save(model:adamM:adamV:state:extraFiles:extraWeights:)`` with the moments given as slabs or as a stream.
+    @discardableResult
+    public func save(model: Transformer, moments: MomentsToWrite, state: TrainingState, extraFiles: [String: Data] = [:],
                      extraWeights: [String: Slab] = [:]) throws -> String {
         let fm = FileManager.default
         try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -97,33 +152,39 @@ public struct CheckpointStore {
         try? fm.removeItem(atPath: tmp)
         do {
             try saveHFModel(model, dir: tmp, metadata: ["step": "\(state.step)"])
-            let opt = model.layout.entries.flatMap { e in
-                [SafetensorsEntry(name: "exp_avg." + e.name, shape: e.shape, data: adamM.base + e.offset),
-                 SafetensorsEntry(name: "exp_avg_sq." + e.name, shape: e.shape, data: adamV.base + e.offset)]
-            }
+            // every first moment, then every second moment: the data is the two slabs, each in layout order
+            let entries = model.layout.entries
+            let shapes = [CheckpointFile.firstMoment, CheckpointFile.secondMoment].flatMap { p in entries.map { (name: p + $0.name, shape: $0.shape) } }
             crashForTestIfAsked(step: state.step)
-            try writeSafetensors(path: (tmp as NSString).appendingPathComponent("optimizer.safetensors"), tensors: opt)
+            try writeSafetensors(path: (tmp as NSString).appendingPathComponent(CheckpointFile.optimizer), shapes: shapes) { emit in
+                switch moments {
+                case .slabs(let m, let v):
+                    for slab in [m, v] { try emit(UnsafeRawBufferPointer(start: slab.base, count: model.layout.count * 4)) }
+                case .stream(let produce):
+                    try produce(emit)
+                }
+            }
             let enc = JSONEncoder()
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             let stateData = try enc.encode(state)
-            try atomicWrite(path: (tmp as NSString).appendingPathComponent("state.json")) { try $0.write(contentsOf: stateData) }
+            try atomicWrite(path: (tmp as NSString).appendingPathComponent(CheckpointFile.state)) { try $0.write(contentsOf: stateData) }
             var extras = extraFiles.keys.sorted()
             for (name, slab) in extraWeights.sorted(by: { $0.key < $1.key }) {
                 let entries = model.layout.entries.map { SafetensorsEntry(name: $0.name, shape: $0.shape, data: slab.base + $0.offset) }
-                try writeSafetensors(path: (tmp as NSString).appendingPathComponent(name + ".safetensors"), tensors: entries)
-                extras.append(name + ".safetensors")
+                try writeSafetensors(path: (tmp as NSString).appendingPathComponent(CheckpointFile.weights(name)), tensors: entries)
+                extras.append(CheckpointFile.weights(name))
             }
             for (name, data) in extraFiles {
                 try atomicWrite(path: (tmp as NSString).appendingPathComponent(name)) { try $0.write(contentsOf: data) }
             }
             var sums: [String: [String: String]] = [:]
-            for f in CheckpointStore.coreFiles + extras {
+            for f in CheckpointFile.core + extras {
                 let p = (tmp as NSString).appendingPathComponent(f)
                 let size = (try fm.attributesOfItem(atPath: p)[.size] as? Int) ?? 0
                 sums[f] = ["bytes": "\(size)", "checksum": try fileChecksum(path: p)]
             }
             let sumData = try enc.encode(sums)
-            try atomicWrite(path: (tmp as NSString).appendingPathComponent("checksums.json")) { try $0.write(contentsOf: sumData) }
+            try atomicWrite(path: (tmp as NSString).appendingPathComponent(CheckpointFile.checksums)) { try $0.write(contentsOf: sumData) }
             syncDirectory(tmp)
             if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
             guard rename(tmp, final) == 0 else { throw KDError.unreadable(path: final, reason: "rename failed: \(String(cString: strerror(errno)))") }
@@ -133,7 +194,7 @@ public struct CheckpointStore {
             throw error
         }
         let name = CheckpointStore.name(step: state.step)
-        try atomicWrite(path: (root as NSString).appendingPathComponent("latest")) { try $0.write(contentsOf: Data((name + "\n").utf8)) }
+        try atomicWrite(path: (root as NSString).appendingPathComponent(CheckpointFile.latest)) { try $0.write(contentsOf: Data((name + "\n").utf8)) }
         syncDirectory(root)
         for old in completeCheckpoints().dropLast(keep) + unfinished() { try? fm.removeItem(atPath: (root as NSString).appendingPathComponent(old)) }
         return final
@@ -148,15 +209,15 @@ public struct CheckpointStore {
     /// Checks every file against checksums.json and returns the state.
     public static func verify(dir: String) throws -> TrainingState {
         let fm = FileManager.default
-        let sumsPath = (dir as NSString).appendingPathComponent("checksums.json")
-        guard fm.fileExists(atPath: sumsPath), fm.fileExists(atPath: (dir as NSString).appendingPathComponent("state.json")) else {
+        let sumsPath = (dir as NSString).appendingPathComponent(CheckpointFile.checksums)
+        guard fm.fileExists(atPath: sumsPath), fm.fileExists(atPath: (dir as NSString).appendingPathComponent(CheckpointFile.state)) else {
             throw CheckpointError.notACheckpoint(dir)
         }
         guard let sums = try? JSONDecoder().decode([String: [String: String]].self, from: Data(contentsOf: URL(fileURLWithPath: sumsPath))) else {
-            throw CheckpointError.corrupt(dir: dir, reason: "checksums.json is not readable")
+            throw CheckpointError.corrupt(dir: dir, reason: "\(CheckpointFile.checksums) is not readable")
         }
-        for f in Set(CheckpointStore.coreFiles).union(sums.keys).sorted() {
-            guard let want = sums[f] else { throw CheckpointError.corrupt(dir: dir, reason: "checksums.json lists no \(f)") }
+        for f in Set(CheckpointFile.core).union(sums.keys).sorted() {
+            guard let want = sums[f] else { throw CheckpointError.corrupt(dir: dir, reason: "\(CheckpointFile.checksums) lists no \(f)") }
             let p = (dir as NSString).appendingPathComponent(f)
             guard fm.fileExists(atPath: p) else { throw CheckpointError.corrupt(dir: dir, reason: "\(f) is missing") }
             let size = (try? fm.attributesOfItem(atPath: p)[.size] as? Int) ?? -1
@@ -170,9 +231,9 @@ public struct CheckpointStore {
         }
         let state: TrainingState
         do {
-            state = try JSONDecoder().decode(TrainingState.self, from: Data(contentsOf: URL(fileURLWithPath: (dir as NSString).appendingPathComponent("state.json"))))
+            state = try JSONDecoder().decode(TrainingState.self, from: Data(contentsOf: URL(fileURLWithPath: (dir as NSString).appendingPathComponent(CheckpointFile.state))))
         } catch {
-            throw CheckpointError.corrupt(dir: dir, reason: "state.json: \(error)")
+            throw CheckpointError.corrupt(dir: dir, reason: "\(CheckpointFile.state): \(error)")
         }
         guard state.format == TrainingState.currentFormat else { throw CheckpointError.versionUnsupported(dir: dir, found: state.format) }
         return state
@@ -195,24 +256,41 @@ public struct CheckpointStore {
 
     /// Reads a verified checkpoint's tensors into the model and the AdamW moments (and `extraWeights`, by file name).
     public static func load(dir: String, model: Transformer, adamM: Slab, adamV: Slab, extraWeights: [String: Slab] = [:]) throws {
-        let m = try SafetensorsFile(path: (dir as NSString).appendingPathComponent("model.safetensors"))
-        let o = try SafetensorsFile(path: (dir as NSString).appendingPathComponent("optimizer.safetensors"))
+        try load(dir: dir, model: model, moments: .slabs(m: adamM, v: adamV), extraWeights: extraWeights)
+    }
+
+    /// ``load(dir:model:adamM:adamV:extraWeights:)`` with the moments going to slabs or to a visitor.
+    public static func load(dir: String, model: Transformer, moments: MomentsToRead, extraWeights: [String: Slab] = [:]) throws {
+        let m = try SafetensorsFile(path: (dir as NSString).appendingPathComponent(CheckpointFile.model))
+        let o = try SafetensorsFile(path: (dir as NSString).appendingPathComponent(CheckpointFile.optimizer))
         var extras: [(SafetensorsFile, Slab)] = []
         for (name, slab) in extraWeights.sorted(by: { $0.key < $1.key }) {
-            let p = (dir as NSString).appendingPathComponent(name + ".safetensors")
+            let p = (dir as NSString).appendingPathComponent(CheckpointFile.weights(name))
             guard FileManager.default.fileExists(atPath: p) else {
-                throw CheckpointError.shapeMismatch(dir: dir, reason: "\(name).safetensors is missing (the run needs it to resume)")
+                throw CheckpointError.shapeMismatch(dir: dir, reason: "\(CheckpointFile.weights(name)) is missing (the run needs it to resume)")
             }
             extras.append((try SafetensorsFile(path: p), slab))
         }
+        func checked(_ file: SafetensorsFile, _ name: String, _ e: ParameterLayout.Entry) throws -> SafetensorsTensor {
+            guard let t = file.tensor(name) else { throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)' is missing") }
+            guard t.shape == e.shape, t.dtype == .f32 else {
+                throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)': expected F32 \(e.shape), found \(t.dtype) \(t.shape)")
+            }
+            return t
+        }
         for e in model.layout.entries {
-            for (file, name, dst) in [(m, e.name, model.params.base), (o, "exp_avg." + e.name, adamM.base), (o, "exp_avg_sq." + e.name, adamV.base)]
-                + extras.map({ ($0.0, e.name, $0.1.base) }) {
-                guard let t = file.tensor(name) else { throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)' is missing") }
-                guard t.shape == e.shape, t.dtype == .f32 else {
-                    throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)': expected F32 \(e.shape), found \(t.dtype) \(t.shape)")
+            for (file, name, dst) in [(m, e.name, model.params.base)] + extras.map({ ($0.0, e.name, $0.1.base) }) {
+                file.read(try checked(file, name, e), into: dst + e.offset)
+            }
+            for (second, prefix) in [(false, CheckpointFile.firstMoment), (true, CheckpointFile.secondMoment)] {
+                let t = try checked(o, prefix + e.name, e)
+                switch moments {
+                case .slabs(let am, let av):
+                    o.read(t, into: (second ? av : am).base + e.offset)
+                case .visit(let take):
+                    // F32 data of a file we wrote: Float-aligned (the header pads the data to 8 bytes)
+                    try take(second, e, o.data(t).assumingMemoryBound(to: Float.self))
                 }
-                file.read(t, into: dst + e.offset)
             }
         }
     }

@@ -48,6 +48,8 @@ public protocol Communicator: AnyObject {
     func barrier() throws
     /// Ranks with the same color form a sub-communicator, ordered by `key`.
     func split(color: Int, key: Int) throws -> any Communicator
+    /// Ends this rank's part in the job (MPI_Finalize for the world communicator; nothing for a local one).
+    func finalize()
     /// Ends the whole job with a message naming this rank and the cause (never returns).
     func abort(_ message: String, code: Int32) -> Never
 }
@@ -121,6 +123,7 @@ public final class LocalCommunicator: Communicator {
         throw CommError(call: "receive", rank: 0, code: -1, message: "a single rank has no peer \(from)")
     }
     public func barrier() throws {}
+    public func finalize() {}
     public func split(color: Int, key: Int) throws -> any Communicator { LocalCommunicator() }
     public func abort(_ message: String, code: Int32) -> Never {
         KDLog.error(message)

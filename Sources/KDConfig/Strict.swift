@@ -51,9 +51,12 @@ extension KeyedDecodingContainer {
 
 /// A word of the config vocabulary (`objective: rkl`, `placement: groups`, …): decoded once from its string; an
 /// unknown value fails with every valid one listed, and code switches over the cases exhaustively.
-public protocol ConfigVocabulary: RawRepresentable, CaseIterable, Codable, Sendable, Hashable where RawValue == String {}
+public protocol ConfigVocabulary: RawRepresentable, CaseIterable, Codable, Sendable, Hashable, CustomStringConvertible where RawValue == String {}
 
 extension ConfigVocabulary {
+    /// The word as the config spells it (what messages and logs print).
+    public var description: String { rawValue }
+
     /// "'a', 'b' or 'c'" — the valid values, for messages.
     public static var choices: String {
         let all = allCases.map { "'\($0.rawValue)'" }

@@ -130,7 +130,7 @@ extension Transformer {
             ("llama.rope.dimension_count", .uint(UInt64(m.headSize))), ("llama.vocab_size", .uint(UInt64(m.vocabSize))),
             ("llama.attention.key_length", .uint(UInt64(m.headSize))), ("llama.attention.value_length", .uint(UInt64(m.headSize))),
         ] + extraMetadata.filter { !$0.0.hasPrefix("general.") && !$0.0.hasPrefix("llama.") }
-        let permute = m.ropeStyle == "half"
+        let permute = m.ropeStyle == .half
         for e in layout.entries {
             if !m.tiedEmbeddings || e.offset != layout.lmHead || e.name == "model.embed_tokens.weight" {
                 let t = typeOf(e)

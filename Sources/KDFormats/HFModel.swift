@@ -26,7 +26,7 @@ public enum HFError: Error, CustomStringConvertible, Equatable {
 
 /// The model shape of a LlamaForCausalLM config.json.
 public func hfModelConfig(dir: String, maxSeqLen: Int? = nil) throws -> ModelConfig {
-    let path = (dir as NSString).appendingPathComponent("config.json")
+    let path = (dir as NSString).appendingPathComponent(HFFolder.config)
     guard let data = FileManager.default.contents(atPath: path) else { throw HFError.noConfig(dir) }
     guard let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
         throw HFError.badConfig(path: path, reason: "not a JSON object")
@@ -52,7 +52,7 @@ public func hfModelConfig(dir: String, maxSeqLen: Int? = nil) throws -> ModelCon
     m.rmsEps = Float((j["rms_norm_eps"] as? Double) ?? 1e-5)
     m.maxSeqLen = maxSeqLen ?? min((j["max_position_embeddings"] as? Int) ?? 2048, 4096)
     m.tiedEmbeddings = (j["tie_word_embeddings"] as? Bool) ?? false
-    m.ropeStyle = "half"
+    m.ropeStyle = .half
     try m.validate(path: path)
     return m
 }
@@ -91,40 +91,35 @@ public func saveHFModel(_ model: Transformer, dir: String, metadata: [String: St
         "torch_dtype": "float32",
     ]
     let entries = model.layout.entries.map { SafetensorsEntry(name: $0.name, shape: $0.shape, data: model.params.base + $0.offset) }
-    try writeSafetensors(path: (dir as NSString).appendingPathComponent("model.safetensors"), tensors: entries,
+    try writeSafetensors(path: (dir as NSString).appendingPathComponent(HFFolder.weights), tensors: entries,
                          metadata: metadata.merging(["format": "pt"]) { a, _ in a })
     let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
-    try atomicWrite(path: (dir as NSString).appendingPathComponent("config.json")) { try $0.write(contentsOf: json) }
+    try atomicWrite(path: (dir as NSString).appendingPathComponent(HFFolder.config)) { try $0.write(contentsOf: json) }
 }
 
 /// A model for inference from a GGUF file or a HF folder, with its tokenizer when the source carries one.
 public struct LoadedModel {
     public let model: Transformer
     public let tokenizer: BPETokenizer?
-    public let kind: String
+    public var kind: String
     let keepAlive: [AnyObject]
 }
 
-/// Opens `path` as a GGUF file or a HF folder for inference.
-public func openModel(path: String, maxSeqLen: Int? = nil) throws -> LoadedModel {
+/// The files of a Hugging Face model folder that distill reads and writes.
+public enum HFFolder {
+    public static let weights = "model.safetensors", config = "config.json", tokenizer = "tokenizer.json"
+}
+
+/// Opens `path` as a GGUF file or a HF folder for inference, weights as stored (a training checkpoint's QAT is
+/// applied by KDCheckpoint's `openModel`).
+public func openModelFile(path: String, maxSeqLen: Int? = nil) throws -> LoadedModel {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
     if isDir.boolValue {
         let (model, files) = try loadHFModel(dir: path, needsGrad: false, maxSeqLen: maxSeqLen)
-        let tj = (path as NSString).appendingPathComponent("tokenizer.json")
+        let tj = (path as NSString).appendingPathComponent(HFFolder.tokenizer)
         let tok = FileManager.default.fileExists(atPath: tj) ? try BPETokenizer(hfTokenizerJSON: tj) : nil
-        // a QAT checkpoint holds full-precision masters: it runs as it trained, quantized
-        var kind = "safetensors"
-        if let qat = try checkpointQAT(dir: path), qat.enabled {
-            if let scales = try loadQATScales(dir: path, model: model, qat: qat) {
-                model.writeFakeQuantized(scales: scales, master: model.params.base, mask: nil)
-            } else if let scheme = FakeQuantScheme(rawValue: qat.scheme) {
-                model.writeFakeQuantized(scheme, embeddings: qat.embeddings, master: model.params.base, mask: nil)
-            }
-            model.quantizeActivations = qat.activations == "int8"
-            kind = "safetensors, QAT \(qat.scheme)\(qat.activations == "int8" ? " + int8 activations" : "")"
-        }
-        return LoadedModel(model: model, tokenizer: tok, kind: kind, keepAlive: files)
+        return LoadedModel(model: model, tokenizer: tok, kind: "safetensors", keepAlive: files)
     }
     let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
     guard head == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
@@ -132,41 +127,6 @@ public func openModel(path: String, maxSeqLen: Int? = nil) throws -> LoadedModel
     // a GGUF without tokenizer metadata (a byte-level student exported by distill) reads text as bytes
     let tok = file.metadata["tokenizer.ggml.model"] == nil ? nil : try BPETokenizer(gguf: file)
     return LoadedModel(model: model, tokenizer: tok, kind: "gguf", keepAlive: [file])
-}
-
-/// The explicit QAT scales (learned, or frozen) a checkpoint folder carries in `qat_scales.safetensors`, with their
-/// AdamW moments when `moments` are given; nil when it has none. A file that does not fit the model is an error.
-public func loadQATScales(dir: String, model: Transformer, qat: QATConfig, moments: (m: Slab, v: Slab)? = nil) throws -> QATScales? {
-    let path = (dir as NSString).appendingPathComponent("qat_scales.safetensors")
-    guard FileManager.default.fileExists(atPath: path), let scheme = FakeQuantScheme(rawValue: qat.scheme), scheme.supportsGivenScales else { return nil }
-    let file = try SafetensorsFile(path: path)
-    let scales = QATScales(model: model, scheme: scheme, embeddings: qat.embeddings)
-    for i in scales.entries.indices {
-        var targets = [(scales.name(i), scales.values.base + scales.offsets[i])]
-        if let moments { targets += [("exp_avg." + scales.name(i), moments.m.base + scales.offsets[i]), ("exp_avg_sq." + scales.name(i), moments.v.base + scales.offsets[i])] }
-        for (name, dst) in targets {
-            guard let t = file.tensor(name), t.shape == scales.shape(i) else {
-                throw KDError.invalidInput(what: path, expected: "tensor \(name) of shape \(scales.shape(i))", found: file.tensor(name).map { "shape \($0.shape)" } ?? "none")
-            }
-            file.read(t, into: dst)
-        }
-    }
-    return scales
-}
-
-/// The QAT settings of a training checkpoint folder (from the config in its state.json), when it is one and its step
-/// had reached qat.start_step; nil for any other folder.
-public func checkpointQAT(dir: String) throws -> QATConfig? {
-    guard let (c, step) = try checkpointConfig(dir: dir) else { return nil }
-    return c.qat.enabled && step >= c.qat.startStep ? c.qat : nil
-}
-
-/// The run config and step a training checkpoint folder's state.json records; nil for any other folder.
-public func checkpointConfig(dir: String) throws -> (config: RunConfig, step: Int)? {
-    let statePath = (dir as NSString).appendingPathComponent("state.json")
-    guard let data = FileManager.default.contents(atPath: statePath),
-          let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let yaml = j["config"] as? String else { return nil }
-    return (try RunConfig.parse(yaml: yaml, source: statePath), j["step"] as? Int ?? 0)
 }
 
 extension BPETokenizer {

@@ -50,7 +50,7 @@ public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> Mode
     m.ropeTheta = f.metadata["\(arch).rope.freq_base"]?.double ?? 10000
     m.rmsEps = Float(f.metadata["\(arch).attention.layer_norm_rms_epsilon"]?.double ?? 1e-5)
     m.maxSeqLen = maxSeqLen ?? min(f.metadata["\(arch).context_length"]?.int ?? 2048, 4096)
-    m.ropeStyle = "adjacent"
+    m.ropeStyle = .adjacent
     m.tiedEmbeddings = f.tensor("output.weight") == nil
     try m.validate(path: f.path)
     if let rd = f.metadata["\(arch).rope.dimension_count"]?.int, rd != m.headSize {

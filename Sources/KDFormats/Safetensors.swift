@@ -126,6 +126,27 @@ public func writeSafetensors(path: String, tensors: [SafetensorsEntry], metadata
     }
 }
 
+/// Writes F32 tensors whose data `stream` produces in the given order (through the `emit` it receives, in pieces of
+/// any size), atomically; throws unless exactly the tensors' bytes were emitted. Nothing needs to be in memory at
+/// once (rank 0 writes sharded optimizer state as it arrives).
+public func writeSafetensors(path: String, shapes: [(name: String, shape: [Int])], metadata: [String: String] = [:],
+                             stream: (_ emit: (UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
+    let placeholder = UnsafePointer<Float>(bitPattern: MemoryLayout<Float>.alignment)!  // never read: the header needs shapes only
+    let header = try safetensorsHeader(tensors: shapes.map { SafetensorsEntry(name: $0.name, shape: $0.shape, data: placeholder) }, metadata: metadata)
+    let want = shapes.reduce(0) { $0 + $1.shape.reduce(1, *) * 4 }
+    try atomicWrite(path: path) { fh in
+        try fh.write(contentsOf: header)
+        var written = 0
+        try stream { bytes in
+            try fh.write(contentsOf: Data(bytes))
+            written += bytes.count
+        }
+        guard written == want else {
+            throw KDError.invalidInput(what: "\(path) tensor data", expected: "\(want) bytes", found: "\(written) bytes")
+        }
+    }
+}
+
 /// A whole safetensors file in memory (small files: QAT scales).
 public func safetensorsData(tensors: [SafetensorsEntry], metadata: [String: String] = [:]) throws -> Data {
     var d = try safetensorsHeader(tensors: tensors, metadata: metadata)

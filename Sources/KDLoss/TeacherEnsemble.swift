@@ -5,6 +5,7 @@
 // with the weights normalized to sum 1, or, per row, one member picked by a route (per-example routing).
 // Dims: m rows of a chunk, v vocabulary (shared by every member), c_i member i's channels.
 import Foundation
+import KDConfig
 import KDCore
 import KDOps
 
@@ -16,14 +17,6 @@ public struct TeacherSource {
     public init(head: any LinearWeight, hidden: UnsafePointer<Float>, weight: Float = 1) {
         self.head = head; self.hidden = hidden; self.weight = weight
     }
-}
-
-/// How several teachers' distributions are combined.
-public enum TeacherCombine: String, Sendable, CaseIterable {
-    /// Weighted mixture in probability space.
-    case mixture
-    /// Softmax of the weighted mean of the logits.
-    case logits
 }
 
 /// Several teachers as one target distribution.

@@ -98,7 +98,7 @@ public final class Transformer {
     public let params: Slab
     public let grads: Slab?
     public let rope: RoPETable
-    public let ropeStyle: RoPEStyle
+    public let ropeStyle: RopeStyle
     /// Rows of logits the chunked LM head materializes at once.
     public var lmHeadChunk: Int
     /// 8da4w-style QAT: int8 per-token fake quantization of every activation entering a block's linear layers.
@@ -114,7 +114,7 @@ public final class Transformer {
         params = Slab(count: layout.count)
         grads = needsGrad ? Slab(count: layout.count) : nil
         rope = RoPETable(maxT: config.maxSeqLen, hs: config.headSize, theta: config.ropeTheta)
-        ropeStyle = RoPEStyle(rawValue: config.ropeStyle) ?? .half
+        ropeStyle = config.ropeStyle
         self.lmHeadChunk = lmHeadChunk
     }
 

@@ -3,12 +3,8 @@
 // `.half` rotates (x[i], x[i + hs/2]) — Hugging Face `rotate_half`.
 // Dims: n rows (= B·T), t sequence length, nh heads, hs head size; position of row r is pos0 + r % t.
 import Foundation
+import KDConfig
 import KDCore
-
-/// Which elements of a head form a rotated pair.
-public enum RoPEStyle: String, Codable, Sendable, CaseIterable {
-    case adjacent, half
-}
 
 /// cos/sin of pos · θ^(−2i/hs) for pos in 0..<maxT and i in 0..<hs/2, computed in Double.
 public struct RoPETable {
@@ -35,7 +31,7 @@ public struct RoPETable {
 @inline(__always)
 func ropeApply(
     out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, table: RoPETable, n: Int, t: Int, pos0: Int,
-    nh: Int, hs: Int, style: RoPEStyle, sign: Float, accumulate: Bool
+    nh: Int, hs: Int, style: RopeStyle, sign: Float, accumulate: Bool
 ) {
     let half = hs / 2
     // Pairs are (a, b) = (2i, 2i+1) or (i, i + hs/2); both rotate by the i-th frequency.
@@ -71,7 +67,7 @@ func ropeApply(
 /// - Shapes: out, inp [n, nh, hs] · table covers positions pos0 ..< pos0 + t
 public func ropeForward(
     out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, table: RoPETable,
-    n: Int, t: Int, pos0: Int = 0, nh: Int, hs: Int, style: RoPEStyle
+    n: Int, t: Int, pos0: Int = 0, nh: Int, hs: Int, style: RopeStyle
 ) {
     ropeApply(out: out, inp: inp, table: table, n: n, t: t, pos0: pos0, nh: nh, hs: hs, style: style, sign: 1, accumulate: false)
 }
@@ -80,7 +76,7 @@ public func ropeForward(
 /// - Shapes: dinp, dout [n, nh, hs]
 public func ropeBackward(
     dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, table: RoPETable,
-    n: Int, t: Int, pos0: Int = 0, nh: Int, hs: Int, style: RoPEStyle
+    n: Int, t: Int, pos0: Int = 0, nh: Int, hs: Int, style: RopeStyle
 ) {
     ropeApply(out: dinp, inp: dout, table: table, n: n, t: t, pos0: pos0, nh: nh, hs: hs, style: style, sign: -1, accumulate: true)
 }

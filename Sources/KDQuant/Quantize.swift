@@ -7,6 +7,7 @@
 // plus per-output-channel symmetric int8 / int4 (no GGUF block type: exported dequantized, exactly).
 // Dims: count elements, a multiple of the block size; rows of c elements for the per-channel schemes.
 import Foundation
+import KDConfig
 
 /// Quantizes `count` floats into `type` blocks at `out` (F32, F16, Q8_0, Q4_0, Q4_1).
 public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer) {
@@ -60,6 +61,20 @@ public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, ou
 }
 
 /// The weight quantization a student trains with (QAT) and is exported in.
+extension FakeQuantScheme {
+    /// The scheme `qat.scheme` names (nil for `none`).
+    public init?(_ scheme: QATScheme) {
+        switch scheme {
+        case .none: return nil
+        case .q8_0: self = .q8_0
+        case .q4_0: self = .q4_0
+        case .q4_1: self = .q4_1
+        case .int8Channel: self = .int8Channel
+        case .int4Channel: self = .int4Channel
+        }
+    }
+}
+
 public enum FakeQuantScheme: String, Sendable, CaseIterable {
     case q8_0, q4_0, q4_1
     /// Symmetric per output channel (row): d = absmax / 127 or / 7, q = roundf(x / d) clamped to [−128, 127] / [−8, 7].

@@ -2,7 +2,7 @@
 import KDConfig
 
 /// 2 layers, dim 32, 4 heads over 2 kv heads, ffn 48, vocab 64, sequences up to 16.
-public func tinyModelConfig(tied: Bool = true, ropeStyle: String = "half") -> ModelConfig {
+public func tinyModelConfig(tied: Bool = true, ropeStyle: RopeStyle = .half) -> ModelConfig {
     var m = ModelConfig()
     m.layers = 2
     m.dim = 32

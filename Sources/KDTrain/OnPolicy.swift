@@ -85,13 +85,13 @@ extension Trainer {
         let rng = CounterRNG(seed: config.train.seed, purpose: .policyChoice)
         let u = rng.uniform(UInt64(step))
         switch p.mode {
-        case "gkd": return u < p.fraction ? .fresh : .corpus
-        case "minillm": return u < p.fraction ? .rollout : .corpus
-        case "distillm":
+        case .gkd: return u < p.fraction ? .fresh : .corpus
+        case .minillm: return u < p.fraction ? .rollout : .corpus
+        case .distillm:
             guard u < policyThreshold else { return .corpus }
             let freshShare = 1 - Float(step) / Float(max(config.train.steps, 1))
             return replay!.items.isEmpty || rng.uniform(UInt64(step), 1) < freshShare ? .fresh : .replay
-        default: return .corpus
+        case .off: return .corpus
         }
     }
 
@@ -180,12 +180,12 @@ extension Trainer {
     /// student, or with α·p + (1 − α)·q when teacherMix > 0; returns the sequences and, with a mix, their scores.
     func generate(promptsAt row: Int, b: Int, firstSample: Int, teacherMix alpha: Float) -> ([[Int32]], [RolloutScores]) {
         let tr = config.train, p = config.policy, P = p.promptTokens, L = tr.seqLen + 1, v = config.model.vocabSize
-        let scoring = config.policy.mode == "minillm"
+        let scoring = config.policy.mode == .minillm
         let rng = CounterRNG(seed: tr.seed, purpose: .rollout)
         var seqs = (0..<b).map { Array(UnsafeBufferPointer(start: inputs + (row + $0) * tr.seqLen, count: P)) }
         var scores = (0..<b).map { _ in RolloutScores(logQ: [], logP: [], logProposal: []) }
         let studentCache = BatchKVCache(config: config.model, b: b, capacity: L)
-        let teachersUsed = scoring ? activeTeachers : []
+        let teachersUsed = scoring ? (placement?.localTeachers ?? []).map(\.model) : []
         let teacherCaches = teachersUsed.map { BatchKVCache(config: $0.config, b: b, capacity: L) }
         var feed = seqs.flatMap { $0 }, tq = P
         let T = scoring ? 1 : p.sampleTemperature
@@ -217,7 +217,8 @@ extension Trainer {
     func teacherLogProbs(_ logits: [[Float]]) -> [Float] {
         var rows = logits
         if rows.count == 1 { logSoftmaxRow(&rows[0], temperature: 1); return rows[0] }
-        let total = teacherWeights.reduce(0, +), w = teacherWeights.map { $0 / total }
+        let weights = (placement?.localTeachers ?? []).map(\.weight)
+        let total = weights.reduce(0, +), w = weights.map { $0 / total }
         if combine == .logits {
             var z = [Float](repeating: 0, count: rows[0].count)
             for (k, r) in rows.enumerated() { for j in z.indices { z[j] += w[k] * r[j] } }

@@ -1,6 +1,7 @@
 // AdamW with linear warmup and cosine decay over the range of the parameter slab this rank owns (the whole slab
 // unless `optimizer.sharding` splits it): its moments exist for that range only, clipping uses the norm over all
 // ranges (torchtitan's `optimizers.step()` with ZeRO-1's partitioned state).
+import KDCheckpoint
 import KDComm
 import KDConfig
 import KDCore
@@ -63,29 +64,63 @@ public final class Optimizer {
 
     // MARK: - Checkpoint state
 
-    /// The whole slab's moments on `root` (gathered from every rank's range; nil elsewhere). Collective.
-    public func gatheredMoments(root: Int = 0) throws -> (m: Slab, v: Slab)? {
-        guard shard.isSplit else { return comm.rank == root ? (m, v) : nil }
-        let total = shard.counts.reduce(0, +)
-        let full = comm.rank == root ? (Slab(count: total), Slab(count: total)) : nil
-        try comm.gather(m.base, counts: shard.counts, into: full?.0.base, root: root)
-        try comm.gather(v.base, counts: shard.counts, into: full?.1.base, root: root)
-        return full
+    /// The whole slab's moments for rank 0's checkpoint writer: the slabs themselves when unsplit; split, a stream
+    /// that gathers them piece by piece (16 MiB at a time), so no rank ever holds more than its range plus one piece.
+    /// Every other rank must call ``sendMoments(root:)`` while rank 0 writes.
+    public func momentsToWrite(root: Int = 0) -> MomentsToWrite {
+        guard shard.isSplit else { return .slabs(m: m, v: v) }
+        return .stream { emit in try withoutActuallyEscaping(emit) { try self.streamMoments(root: root, emit: $0) } }
     }
 
-    /// Every rank takes its range of the whole slab's moments read on `root` (nil elsewhere). Collective.
-    public func restoreMoments(m fullM: UnsafePointer<Float>?, v fullV: UnsafePointer<Float>?, root: Int = 0) throws {
-        guard shard.isSplit else {
-            if let fullM, let fullV {
-                m.base.update(from: fullM, count: shard.range.count)
-                v.base.update(from: fullV, count: shard.range.count)
+    /// A non-root rank's part of ``momentsToWrite(root:)`` (nothing on the root or when unsplit). Collective.
+    public func sendMoments(root: Int = 0) throws {
+        if shard.isSplit, comm.rank != root { try streamMoments(root: root, emit: nil) }
+    }
+
+    func streamMoments(root: Int, emit: ((UnsafeRawBufferPointer) throws -> Void)?) throws {
+        let total = shard.counts.reduce(0, +), piece = min(total, 1 << 22), r = shard.range
+        let buffer = comm.rank == root ? Slab(count: max(piece, 1)) : nil
+        for slab in [m, v] {
+            var c0 = 0
+            while c0 < total {
+                let c1 = min(total, c0 + piece)
+                // this rank's part of [c0, c1), from its local slab (nothing when they do not meet)
+                let mine = min(max(c0, r.lowerBound), r.upperBound) - r.lowerBound
+                try comm.gather(slab.base + mine, counts: shard.counts(within: c0, c1), into: buffer?.base, root: root)
+                if let emit, let buffer { try emit(UnsafeRawBufferPointer(start: buffer.base, count: (c1 - c0) * 4)) }
+                c0 = c1
             }
-            try broadcastFloats(comm, m.base, count: shard.range.count, root: root)
-            try broadcastFloats(comm, v.base, count: shard.range.count, root: root)
-            return
         }
-        try comm.scatter(fullM, counts: shard.counts, into: m.base, root: root)
-        try comm.scatter(fullV, counts: shard.counts, into: v.base, root: root)
+    }
+
+    /// Where a resume on `root` puts the moments it reads: this rank's slabs when unsplit (``broadcastMoments(root:)``
+    /// sends them on), else every tensor's range sent to its owner as it is read, while every other rank calls
+    /// ``receiveMoments(layout:root:)``.
+    public func momentsToRead(root: Int = 0) -> MomentsToRead {
+        guard shard.isSplit else { return .slabs(m: m, v: v) }
+        return .visit { second, e, data in try self.scatter(second: second, entry: e, data: data, root: root) }
+    }
+
+    /// A non-root rank's part of ``momentsToRead(root:)``, in step with rank 0's reading (nothing when unsplit).
+    public func receiveMoments(layout: ParameterLayout, root: Int = 0) throws {
+        guard shard.isSplit, comm.rank != root else { return }
+        for e in layout.entries {
+            for second in [false, true] { try scatter(second: second, entry: e, data: nil, root: root) }
+        }
+    }
+
+    /// Unsplit: the moments read on `root` to every rank. Collective.
+    public func broadcastMoments(root: Int = 0) throws {
+        guard !shard.isSplit else { return }
+        try broadcastFloats(comm, m.base, count: shard.range.count, root: root)
+        try broadcastFloats(comm, v.base, count: shard.range.count, root: root)
+    }
+
+    /// One tensor's moment (`data` on root) cut by the ranks' ranges into each owner's slab.
+    func scatter(second: Bool, entry e: ParameterLayout.Entry, data: UnsafePointer<Float>?, root: Int) throws {
+        let r = shard.range, dst = (second ? v : m).base
+        let mine = min(max(e.offset, r.lowerBound), r.upperBound) - r.lowerBound
+        try comm.scatter(data, counts: shard.counts(within: e.offset, e.offset + e.count), into: dst + mine, root: root)
     }
 }
 

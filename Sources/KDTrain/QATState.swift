@@ -6,6 +6,7 @@ import Foundation
 import KDComm
 import KDConfig
 import KDCore
+import KDCheckpoint
 import KDFormats
 import KDModel
 import KDOps
@@ -40,14 +41,14 @@ public final class QATState {
         self.model = model
         self.shard = shard
         self.comm = comm
-        scheme = FakeQuantScheme(rawValue: config.scheme)
+        scheme = FakeQuantScheme(config.scheme)
         let r = shard.range
         masters = Slab(count: max(r.count, 1))
         masters.base.update(from: model.params.base + r.lowerBound, count: r.count)
         mask = Slab(count: max(r.count, 1))
         let entries = model.quantizedEntries(embeddings: config.embeddings)
         pieces = scheme == nil ? [] : shard.rows(of: entries)
-        if let scheme, config.scales == "learned" || config.freezeStep > 0 {
+        if let scheme, config.scales == .learned || config.freezeStep > 0 {
             let qs = QATScales(model: model, scheme: scheme, embeddings: config.embeddings)
             scales = qs
             // rank r's scales: from the first scale of its first row to the end of its last row's
@@ -71,7 +72,7 @@ public final class QATState {
             scaleCounts = []
             scaleRange = 0..<0
         }
-        if config.scales == "learned", scales != nil {
+        if config.scales == .learned, scales != nil {
             let n = max(scaleRange.count, 1)
             (scaleGrad, scaleM, scaleV, scaleTheta) = (Slab(count: n), Slab(count: n), Slab(count: n), Slab(count: n))
         } else {
@@ -85,7 +86,7 @@ public final class QATState {
 
     /// LSQ: `step` trains the scales (learned, in use, and before freeze_step).
     func learningScales(step: Int) -> Bool {
-        config.scales == "learned" && scalesReady && active(step: step) && (config.freezeStep == 0 || step < config.freezeStep)
+        config.scales == .learned && scalesReady && active(step: step) && (config.freezeStep == 0 || step < config.freezeStep)
     }
 
     /// Master weights of this rank's range: what the optimizer updates.
@@ -120,7 +121,7 @@ public final class QATState {
                 }
             }
         }
-        model.quantizeActivations = active(step: step) && config.activations == "int8"
+        model.quantizeActivations = active(step: step) && config.activations == .int8
     }
 
     /// scales ← the absmax scales of this rank's masters (what the absmax path would use now).
@@ -202,15 +203,7 @@ public final class QATState {
             moments = full
         }
         guard isRoot, let values else { return nil }
-        var tensors: [SafetensorsEntry] = []
-        for i in qs.entries.indices {
-            tensors.append(SafetensorsEntry(name: qs.name(i), shape: qs.shape(i), data: values.base + qs.offsets[i]))
-            if let (m, v) = moments {
-                tensors.append(SafetensorsEntry(name: "exp_avg." + qs.name(i), shape: qs.shape(i), data: m.base + qs.offsets[i]))
-                tensors.append(SafetensorsEntry(name: "exp_avg_sq." + qs.name(i), shape: qs.shape(i), data: v.base + qs.offsets[i]))
-            }
-        }
-        return try safetensorsData(tensors: tensors, metadata: ["scheme": qs.scheme.rawValue, "scales": config.scales])
+        return try qatScalesFile(qs, values: values.base, moments: moments.map { (UnsafePointer($0.m.base), UnsafePointer($0.v.base)) }, source: config.scales)
     }
 
     /// After the model's weights were restored (full precision, every rank): masters ← this range; scales and their

@@ -4,6 +4,7 @@
 // requests fail with one line and leave no file; a student cut from the exported (quantized) teacher holds exactly
 // its dequantized blocks.
 import Foundation
+import KDCheckpoint
 import KDConfig
 import KDFormats
 import KDModel
@@ -139,7 +140,7 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         defer { try? FileManager.default.removeItem(at: dir) }
         // a 4-block teacher exported as Q8_0 GGUF
         var tm = ModelConfig()
-        tm.layers = 4; tm.dim = 64; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 192; tm.vocabSize = 256; tm.maxSeqLen = 64; tm.ropeStyle = "adjacent"
+        tm.layers = 4; tm.dim = 64; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 192; tm.vocabSize = 256; tm.maxSeqLen = 64; tm.ropeStyle = .adjacent
         let teacher = Transformer(config: tm, needsGrad: false)
         teacher.initialize(seed: 8)
         let path = dir.appendingPathComponent("t.gguf").path

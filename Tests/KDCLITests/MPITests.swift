@@ -79,9 +79,11 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }
         try saveTinyTeacher(dir.appendingPathComponent("teacher"), layers: 2, seed: 41)
-        // MiniLLM: rollouts are drawn per global sample, returns whitened over the global batch
+        // MiniLLM: rollouts are drawn per global sample, returns whitened over the global batch. Two steps: the second
+        // step's rollouts come from weights that differ by summation order only, and a third step's may already draw
+        // one other token (seen on a Zen 5 machine: rewards −0.023 vs −0.022 at step 3, weights 4% apart)
         let section = "teacher:\n  path: \(dir.appendingPathComponent("teacher").path)\ndistill:\n  objective: rkl\npolicy:\n  mode: minillm\n  fraction: 1\n  prompt_tokens: 24\n"
-        let edits = [("steps: 10", "steps: 3"), ("grad_accum: 2", "grad_accum: 1"), ("data:\n", section + "data:\n")]
+        let edits = [("steps: 10", "steps: 2"), ("grad_accum: 2", "grad_accum: 1"), ("data:\n", section + "data:\n")]
         let two = try tinyYAML(dir, "two", edits: edits + [("micro_batch: 4", "micro_batch: 2")])
         let one = try tinyYAML(dir, "one", edits: edits)
         let a = try launch("distill-mpi.sh", ["2", "train", "--config", two, "--sample-tokens", "0"])
@@ -90,16 +92,16 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         #expect(b.status == 0, "\(b.out)")
         // the same rollouts and rewards on 2 ranks × 2 as on 1 rank × 4 ...
         let parts = { (s: String) in s.split(separator: "\n").filter { $0.contains("[rollout") }.map { $0.components(separatedBy: " | lr")[0] } }
-        #expect(parts(a.out) == parts(b.out) && parts(a.out).count == 3, "\(a.out)\n\(b.out)")
+        #expect(parts(a.out) == parts(b.out) && parts(a.out).count == 2, "\(a.out)\n\(b.out)")
         // ... and the same weights up to summation order, which the policy-gradient coefficients amplify (they divide by
         // the returns' standard deviation and exponentiate log-ratios): 4e-5 measured, where one different token moves
         // the weights by more than 1e-3
-        let worst = try relativeWeightDifference(dir.appendingPathComponent("two/step_00000003"), dir.appendingPathComponent("one/step_00000003"))
+        let worst = try relativeWeightDifference(dir.appendingPathComponent("two/step_00000002"), dir.appendingPathComponent("one/step_00000002"))
         #expect(worst < 2e-4, "max relative weight difference \(worst)")
         // the tolerance tells rollouts apart: another teacher mix (α 0.25) draws other tokens
         let other = try tinyYAML(dir, "other", edits: edits + [("prompt_tokens: 24", "prompt_tokens: 24\n  teacher_mix: 0.25")])
         #expect(try launch("distill-mpi.sh", ["1", "train", "--config", other, "--sample-tokens", "0"]).status == 0)
-        let apart = try relativeWeightDifference(dir.appendingPathComponent("other/step_00000003"), dir.appendingPathComponent("one/step_00000003"))
+        let apart = try relativeWeightDifference(dir.appendingPathComponent("other/step_00000002"), dir.appendingPathComponent("one/step_00000002"))
         #expect(apart > 1e-3, "other rollouts moved the weights by only \(apart)")
     }
 
@@ -304,7 +306,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
                                             ("distill:", extra + "distill:")])
         }
         let g = try launch("distill-mpi.sh", ["2", "train", "--config", try config("groups", "groups"), "--sample-tokens", "0"])
-        #expect(g.status == 0 && g.out.contains("from 2 groups of 1 ranks"), "\(g.out)")
+        #expect(g.status == 0 && g.out.contains("groups: 2 groups of 1 rank"), "\(g.out)")
         let r = try launch("distill-mpi.sh", ["2", "train", "--config", try config("repl", "replicated"), "--sample-tokens", "0"])
         #expect(r.status == 0, "\(r.out)")
         // each rank ran one teacher on both micro-batches and the results crossed over: the same run, to the bit

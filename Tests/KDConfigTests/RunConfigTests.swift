@@ -43,10 +43,10 @@ import Testing
     ("teacher: {path: a.gguf, members: [{path: b.gguf}]}", "teacher.path", "expected either path (one teacher) or members (several), not both, found both"),
     ("teacher: {placement: groups, path: a.gguf}", "teacher.placement", "expected groups only with two or more members, found 0 teacher"),
     ("teacher: {self: ema, path: a.gguf}", "teacher.path", "expected no teacher files with self: ema (the student is its own teacher), found 'a.gguf'"),
-    ("teacher: {self: mine}", "teacher.self", "expected one of none, initial, ema, checkpoint, found 'mine'"),
+    ("teacher: {self: mine}", "teacher.self", "expected 'none', 'initial', 'ema' or 'checkpoint', found 'mine'"),
     ("teacher: {members: [{path: a, weight: -1}]}", "teacher.members[0].weight", "expected a number >= 0, found -1.0"),
     ("teacher: {path: a, combine: average}", "teacher.combine", "expected 'mixture' or 'logits', found 'average'"),
-    ("policy: {mode: onpolicy}", "policy.mode", "expected one of off, gkd, distillm, minillm, found 'onpolicy'"),
+    ("policy: {mode: onpolicy}", "policy.mode", "expected 'off', 'gkd', 'distillm' or 'minillm', found 'onpolicy'"),
     ("policy: {mode: gkd}", "policy.mode", "expected a teacher section with on-policy distillation (gkd), found no teacher"),
     ("teacher: {path: a}\npolicy: {mode: minillm}", "distill.objective", "expected rkl with policy.mode minillm"),
     ("teacher: {path: a}\npolicy: {mode: distillm}", "train.eval_every", "expected > 0 with policy.mode distillm"),
@@ -113,7 +113,7 @@ func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: St
     try "base: ../base.yaml\nmodel: {layers: 2}\ndistill: {objective: rkl}\n".write(to: dir.appendingPathComponent("sub/child.yaml"), atomically: true, encoding: .utf8)
     let c = try RunConfig.load(path: dir.appendingPathComponent("sub/child.yaml").path)
     // sections merge key by key; the child wins
-    #expect(c.model.layers == 2 && c.model.dim == 64 && c.distill.objective == "rkl" && c.distill.kdRatio == 0.3 && c.teacher?.path == "t.gguf")
+    #expect(c.model.layers == 2 && c.model.dim == 64 && c.distill.objective == .rkl && c.distill.kdRatio == 0.3 && c.teacher?.path == "t.gguf")
     // a cycle is named, not followed forever
     try "base: sub/child.yaml\ndata: {train: [a]}\n".write(to: dir.appendingPathComponent("base.yaml"), atomically: true, encoding: .utf8)
     do {
@@ -125,4 +125,32 @@ func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: St
     // a missing base file is named
     try "base: nowhere.yaml\ndata: {train: [a]}\n".write(to: dir.appendingPathComponent("base.yaml"), atomically: true, encoding: .utf8)
     #expect(throws: ConfigError.fileNotFound(dir.appendingPathComponent("nowhere.yaml").path)) { try RunConfig.load(path: dir.appendingPathComponent("base.yaml").path) }
+}
+
+/// Every vocabulary key, with the section it lives in: a word it does not know fails naming the key and every valid word.
+@Test(arguments: [
+    ("model", "rope_style", RopeStyle.choices), ("data", "tokenizer", TextTokenizer.choices),
+    ("teacher", "combine", TeacherCombine.choices), ("teacher", "placement", Placement.choices), ("teacher", "exchange", Exchange.choices),
+    ("teacher", "self", SelfTeacher.choices), ("distill", "objective", Objective.choices), ("policy", "mode", PolicyMode.choices),
+    ("qat", "scheme", QATScheme.choices), ("qat", "activations", ActivationQuant.choices), ("qat", "scales", ScaleSource.choices),
+    ("student", "init", StudentInit.choices), ("optimizer", "sharding", Sharding.choices),
+])
+func unknownVocabularyWordListsTheValidOnes(section: String, key: String, choices: String) {
+    let body = section == "data" ? "data: {train: [a], tokenizer: bogus}\n" : "data: {train: [a]}\n\(section): {\(key): bogus}\n"
+    do {
+        _ = try RunConfig.parse(yaml: body)
+        Issue.record("accepted \(section).\(key): bogus")
+    } catch {
+        #expect("\(error)".contains("\(section).\(key)") && "\(error)".contains("expected \(choices), found 'bogus'"), "\(error)")
+        // the list is the whole vocabulary: at least two words (or the one there is)
+        #expect(choices.contains("'"))
+    }
+}
+
+@Test func vocabularyRoundTripsThroughYAML() throws {
+    var c = try RunConfig.parse(yaml: "data: {train: [a]}\nteacher: {path: t, placement: pipelined, exchange: topk}\ndistill: {objective: skew_rkl}\nqat: {scheme: int4_channel}\noptimizer: {sharding: gradients}\n")
+    #expect(c.teacher?.placement == .pipelined && c.teacher?.exchange == .topk && c.distill.objective == .skewRKL && c.qat.scheme == .int4Channel)
+    #expect(c.optimizer.sharding == .gradients)
+    c = try RunConfig.parse(yaml: try c.yaml())
+    #expect(c.distill.objective == .skewRKL && c.qat.scheme == .int4Channel && c.optimizer.sharding == .gradients)
 }

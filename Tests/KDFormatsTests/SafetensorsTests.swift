@@ -52,7 +52,7 @@ func tinyTrainedModel() -> Transformer {
     #expect(shape == model.config)
     #expect(again.params.toArray() == model.params.toArray())
     let toks: [Int32] = [3, 1, 4, 1, 5, 9, 2, 6]
-    let loaded = try openModel(path: dir.path)
+    let loaded = try openModelFile(path: dir.path)
     #expect(loaded.kind == "safetensors")
     var a = [Float](repeating: 0, count: toks.count * 64), b = a
     toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: 1, t: toks.count) }

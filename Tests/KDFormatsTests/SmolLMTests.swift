@@ -22,7 +22,7 @@ func requireTeacher() throws {
     let f = try GGUFFile(path: smolLM)
     let m = try ggufModelConfig(f)
     #expect(m.layers == 30 && m.dim == 576 && m.heads == 9 && m.kvHeads == 3 && m.ffnDim == 1536 && m.vocabSize == 49152)
-    #expect(m.ropeTheta == 100000 && m.tiedEmbeddings && m.ropeStyle == "adjacent")
+    #expect(m.ropeTheta == 100000 && m.tiedEmbeddings && m.ropeStyle == .adjacent)
     #expect(f.tensor("token_embd.weight")?.type == .q8_0)
     #expect(f.tensor("blk.0.attn_q.weight")?.type == .q4_1)
 }

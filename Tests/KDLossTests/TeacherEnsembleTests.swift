@@ -2,6 +2,7 @@
 // equal a float64 reference computed from each teacher's logits independently; the fused head's KL uses it.
 import Foundation
 import KDCore
+import KDConfig
 import KDLoss
 import KDOps
 import KDTestSupport

@@ -39,8 +39,8 @@ func referenceLogits(_ model: Transformer, _ toks: [Int32]) -> [[Double]] {
         var y = x
         for h in 0..<heads {
             for i in 0..<hs / 2 {
-                let a = m.ropeStyle == "adjacent" ? h * hs + 2 * i : h * hs + i
-                let b = m.ropeStyle == "adjacent" ? a + 1 : a + hs / 2
+                let a = m.ropeStyle == .adjacent ? h * hs + 2 * i : h * hs + i
+                let b = m.ropeStyle == .adjacent ? a + 1 : a + hs / 2
                 let ang = Double(pos) * pow(m.ropeTheta, -2 * Double(i) / Double(hs))
                 y[a] = x[a] * cos(ang) - x[b] * sin(ang)
                 y[b] = x[a] * sin(ang) + x[b] * cos(ang)
@@ -77,8 +77,8 @@ func referenceLogits(_ model: Transformer, _ toks: [Int32]) -> [[Double]] {
     return xs.map { linear(norm($0, L.finalNorm), L.lmHead, m.vocabSize, c) }
 }
 
-@Test(arguments: ["half", "adjacent"], [true, false])
-func forwardMatchesIndependentDoubleReference(ropeStyle: String, tied: Bool) {
+@Test(arguments: RopeStyle.allCases, [true, false])
+func forwardMatchesIndependentDoubleReference(ropeStyle: RopeStyle, tied: Bool) {
     forwardMatchesReference(tinyModelConfig(tied: tied, ropeStyle: ropeStyle))
 }
 
@@ -168,7 +168,7 @@ func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates(headDim: Int
 }
 
 @Test func kvCacheDecodingMatchesFullForward() {
-    let m = tinyModelConfig(ropeStyle: "adjacent")
+    let m = tinyModelConfig(ropeStyle: .adjacent)
     let train = makeModel(m)
     let infer = Transformer(config: m, needsGrad: false)
     infer.params.base.update(from: train.params.base, count: train.layout.count)
@@ -225,7 +225,7 @@ func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates(headDim: Int
 }
 
 @Test func batchedDecodingMatchesEachSequenceDecodedAlone() {
-    let m = tinyModelConfig(ropeStyle: "half")
+    let m = tinyModelConfig(ropeStyle: .half)
     let model = makeModel(m)
     let b = 3, prompt = 5, steps = 4, v = m.vocabSize
     let seqs = (0..<b).map { tokens(prompt + steps, vocab: v, seed: 20 + UInt64($0)) }
@@ -245,7 +245,7 @@ func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates(headDim: Int
 }
 
 @Test func widthPrunedStudentIsTheTeacherWithoutItsDroppedChannels() throws {
-    var m = tinyModelConfig(ropeStyle: "half")
+    var m = tinyModelConfig(ropeStyle: .half)
     m.ffnDim = 24
     let teacher = makeModel(m, needsGrad: false, seed: 13)
     let t = 9, toks = tokens(2 * t, vocab: m.vocabSize, seed: 14)
@@ -274,7 +274,7 @@ func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates(headDim: Int
 }
 
 @Test func headPrunedStudentIsTheTeacherWithoutItsDroppedHeads() throws {
-    let m = tinyModelConfig(ropeStyle: "adjacent")  // 4 query heads of 8 over 2 key/value heads
+    let m = tinyModelConfig(ropeStyle: .adjacent)  // 4 query heads of 8 over 2 key/value heads
     let teacher = makeModel(m, needsGrad: false, seed: 15)
     let t = 9, toks = tokens(2 * t, vocab: m.vocabSize, seed: 16)
     let importance = toks.withUnsafeBufferPointer { teacher.attentionHeadImportance(tokens: $0.baseAddress!, b: 2, t: t) }

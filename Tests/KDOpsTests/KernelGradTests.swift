@@ -1,6 +1,7 @@
 // Every kernel's backward against central finite differences of L = Σ out·dout (Double accumulation).
 // Tolerance: maxRelError (worst absolute error over the largest gradient entry) < 2e-3 with eps = 1e-2;
 // the truncation error of central differences is O(eps²·f''') ≈ 1e-4 here and Float rounding adds ~1e-5.
+import KDConfig
 import KDOps
 import KDTestSupport
 import Testing
@@ -65,8 +66,8 @@ let tol: Float = 2e-3
     #expect(maxRelError(dw, numericalGradient(w) { fakeLoss(f(inp, $0), dout) }) < tol)
 }
 
-@Test(arguments: RoPEStyle.allCases)
-func ropeBackwardMatchesFiniteDifferencesAndPreservesNorms(style: RoPEStyle) {
+@Test(arguments: RopeStyle.allCases)
+func ropeBackwardMatchesFiniteDifferencesAndPreservesNorms(style: RopeStyle) {
     let t = 5, b = 2, nh = 3, hs = 8, n = b * t
     let table = RoPETable(maxT: 16, hs: hs, theta: 10000)
     let inp = randomArray(n * nh * hs, seed: 9), dout = randomArray(n * nh * hs, seed: 10)

@@ -17,7 +17,7 @@ func onPolicyConfig(_ mode: String) throws -> RunConfig {
     c.teacher = TeacherConfig()
     c.teacher!.path = "in-memory"
     c.distill.kdRatio = 0.5
-    c.policy.mode = mode
+    c.policy.mode = try #require(PolicyMode(rawValue: mode))
     c.policy.promptTokens = 8
     return c
 }
@@ -44,17 +44,17 @@ func onPolicyConfig(_ mode: String) throws -> RunConfig {
 
 @Test func miniLLMRewardsVanishWhenTheTeacherIsTheStudent() throws {
     var c = try onPolicyConfig("minillm")
-    c.distill.objective = "rkl"
+    c.distill.objective = .rkl
     c.policy.fraction = 1
     c.teacher!.path = ""
-    c.teacher!.selfSource = "initial"
+    c.teacher!.selfSource = .initial
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
     let tr = try Trainer(config: c, corpus: corpus)
     let s = try tr.trainStep()
     // p = q: rewards log p − log q are 0, so are the advantages and the reverse KL; nothing to learn
     #expect(s.source == .rollout && abs(s.reward) < 1e-6 && s.kd < 1e-6 && s.gradNorm < 1e-4, "\(s)")
     // another teacher: rewards are negative on average (log p < log q on the student's own samples) and it trains
-    c.teacher!.selfSource = "none"
+    c.teacher!.selfSource = .none
     c.teacher!.path = "in-memory"
     let other = try Trainer(config: c, corpus: corpus, teacher: randomTeacher(c, seed: 9))
     let o = try other.run()

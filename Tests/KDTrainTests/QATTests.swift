@@ -15,7 +15,7 @@ func qatConfig(_ scheme: String) throws -> RunConfig {
     c.model.ffnDim = 192  // blocks of 32
     c.train.steps = 4
     c.train.gradAccum = 1
-    c.qat.scheme = scheme
+    c.qat.scheme = try #require(QATScheme(rawValue: scheme))
     return c
 }
 
@@ -76,7 +76,7 @@ func qatComputesWithTheQuantizedMasterWeights(scheme: String) throws {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-qat-\(UUID().uuidString)")
     defer { try? FileManager.default.removeItem(at: dir) }
     var c = try qatConfig("q4_1")
-    c.qat.activations = "int8"
+    c.qat.activations = .int8
     c.checkpoint.dir = dir.path
     c.checkpoint.every = 2
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
@@ -90,7 +90,7 @@ func qatComputesWithTheQuantizedMasterWeights(scheme: String) throws {
     #expect(memcmp(full.qat!.masters.base, resumed.qat!.masters.base, full.model.layout.count * 4) == 0)
     // activation quantization changes what the model computes
     var plain = c
-    plain.qat.activations = "none"
+    plain.qat.activations = .none
     let p = try Trainer(config: plain, corpus: corpus).run()
     #expect(p[0].loss != a[0].loss)
 }
@@ -119,11 +119,11 @@ func absmaxOfMasters(_ tr: Trainer) -> [Float] {
 @Test(arguments: ["q8_0", "q4_0", "int8_channel"])
 func learnedScalesStartAtAbsmaxThenTrain(scheme: String) throws {
     var c = try qatConfig(scheme)
-    c.qat.scales = "learned"
+    c.qat.scales = .learned
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
     let tr = try Trainer(config: c, corpus: corpus)
     var absmax = c
-    absmax.qat.scales = "absmax"
+    absmax.qat.scales = .absmax
     let ref = try Trainer(config: absmax, corpus: corpus)
     // before any step the learned scales are the absmax ones: the model is bit for bit the absmax QAT model
     #expect(memcmp(tr.model.params.base, ref.model.params.base, tr.model.layout.count * 4) == 0)
@@ -159,7 +159,7 @@ func learnedScalesStartAtAbsmaxThenTrain(scheme: String) throws {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-lsq-\(UUID().uuidString)")
     defer { try? FileManager.default.removeItem(at: dir) }
     var c = try qatConfig("q4_0")
-    c.qat.scales = "learned"
+    c.qat.scales = .learned
     c.checkpoint.dir = dir.path
     c.checkpoint.every = 2
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)

@@ -19,9 +19,9 @@ import Testing
     c.train.evalBatches = 1
     c.teacher = TeacherConfig()
     c.teacher!.path = "in-memory"
-    c.teacher!.exchange = "topk"
+    c.teacher!.exchange = .topk
     c.teacher!.topK = 12
-    c.distill.objective = "skew_fkl"
+    c.distill.objective = .skewFKL
     c.distill.temperature = 1.5
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
     let teacher = randomTeacher(c, seed: 12)

@@ -16,9 +16,9 @@ func twoTeacherConfig(_ combine: String = "mixture") throws -> RunConfig {
     c.train.steps = 3
     c.teacher = TeacherConfig()
     c.teacher!.members = [TeacherMember(path: "in-memory-a", weight: 0.25), TeacherMember(path: "in-memory-b", weight: 0.75)]
-    c.teacher!.combine = combine
+    c.teacher!.combine = try #require(TeacherCombine(rawValue: combine))
     c.distill.kdRatio = 0.8
-    c.distill.objective = "skew_rkl"
+    c.distill.objective = .skewRKL
     return c
 }
 
@@ -72,7 +72,7 @@ func aTeacherMixedWithItselfTrainsLikeThatTeacher(combine: String) throws {
     var c = try tinyConfig()
     c.train.steps = 4
     c.teacher = TeacherConfig()
-    c.teacher!.selfSource = "ema"
+    c.teacher!.selfSource = .ema
     c.teacher!.emaDecay = 0.9
     c.train.gradAccum = 1
     c.distill.kdRatio = 0.5

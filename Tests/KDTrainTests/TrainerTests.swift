@@ -158,7 +158,7 @@ func tinyConfig() throws -> RunConfig {
     other.initialize(seed: 99)
     c.train.steps = 2
     c.train.gradAccum = 1
-    for objective in DistillConfig.objectives {
+    for objective in Objective.allCases {
         c.distill.objective = objective
         c.distill.kdRatio = 0.5
         let tr = try Trainer(config: c, corpus: corpus, teacher: other)

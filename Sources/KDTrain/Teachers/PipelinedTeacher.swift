@@ -9,7 +9,7 @@ import KDCore
 import KDLoss
 import KDModel
 
-final class TeacherPipeline {
+final class TeacherPipeline: TeacherPlacement {
     let teacher: Transformer
     let comm: any Communicator
     /// This rank's blocks.
@@ -30,6 +30,17 @@ final class TeacherPipeline {
         self.topK = topK
         let L = teacher.config.layers, S = comm.worldSize, s = comm.rank
         layers = (L * s / S)..<(L * (s + 1) / S)
+    }
+
+    func output(for batch: TeacherBatch) throws -> TeacherOutput {
+        let hidden = try forward(tokens: batch.tokens, b: batch.b, t: batch.t)
+        return TeacherOutput(members: [TeacherSource(head: teacher.lmHeadWeight, hidden: hidden)], topK: topKRows)
+    }
+
+    var bytesPerToken: Int { returnBytesPerToken }
+    var summary: String {
+        "pipelined: blocks \(layers.lowerBound)..<\(layers.upperBound) of \(teacher.config.layers) on this rank, "
+            + "\((comm.worldSize - 1) * teacher.config.dim * 4) B/token along the pipeline"
     }
 
     /// Bytes returned to the owner per token.

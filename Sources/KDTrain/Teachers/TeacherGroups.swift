@@ -11,7 +11,7 @@ import KDCore
 import KDLoss
 import KDModel
 
-final class TeacherGroups {
+final class TeacherGroups: TeacherPlacement {
     let teachers: [Transformer]
     let weights: [Float]
     let comm: any Communicator
@@ -39,6 +39,13 @@ final class TeacherGroups {
     var receivedBytesPerToken: Int { teachers.indices.reduce(0) { $0 + bytesPerToken($1) } }
 
     var topKRows: TopKRows? { topK == nil ? nil : merged?.rows }
+
+    func output(for batch: TeacherBatch) throws -> TeacherOutput {
+        TeacherOutput(members: try forward(tokens: batch.tokens, b: batch.b, t: batch.t, route: batch.route), topK: topKRows)
+    }
+
+    var bytesPerToken: Int { receivedBytesPerToken }
+    var summary: String { "groups: \(teachers.count) groups of \(groupSize) rank\(groupSize == 1 ? "" : "s"), this rank runs teacher \(group + 1)" }
 
     /// Collective: every rank calls it with its own micro-batch; returns one source per teacher for that micro-batch
     /// (with the top-k exchange their merged mixture is in ``topKRows``).

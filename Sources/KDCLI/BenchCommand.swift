@@ -1,0 +1,83 @@
+// `distill bench`: tokens/s, GFLOP/s, MFU and peak memory of a training step and a forward pass on named shapes.
+import ArgumentParser
+import Foundation
+import KDCheckpoint
+import KDComm
+import KDConfig
+import KDCore
+import KDData
+import KDFormats
+import KDLoss
+import KDModel
+import KDTrain
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Time a training step and a forward pass on named shapes (build with -c release).")
+
+    @Option(name: .customLong("shape"), parsing: .singleValue,
+            help: "Shape to measure (repeatable): \(BenchShape.all.map(\.name).joined(separator: ", ")). Default: smollm2-135m and student-8x384.")
+    var shapes: [String] = []
+    @Option(help: "Modes: train, forward, kd (distillation step from a smollm2-135m-shaped teacher), both (train + forward), or all; default: each shape's own.")
+    var mode: String?
+    @Option(help: "Comma-separated thread counts.") var threads = "1,2"
+    @Option(help: "Sequences per step.") var batch = 8
+    @Option(help: "Tokens per sequence.") var seq = 256
+    @Option(help: "Timed repeats per measurement (after one warm-up); the median is reported.") var repeats = 5
+    @Flag(help: "One JSON object per measurement.") var json = false
+    @Option(help: "Measure the forward pass of this model (GGUF or Hugging Face folder, weights as stored) instead of named shapes.")
+    var model: String?
+
+    var threadCounts: [Int] { threads.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    func validate() throws {
+        for s in shapes where BenchShape.named(s) == nil {
+            throw ValidationError("--shape: expected one of \(BenchShape.all.map(\.name).joined(separator: ", ")), found '\(s)'")
+        }
+        if let mode, !["train", "forward", "kd", "both", "all"].contains(mode) {
+            throw ValidationError("--mode: expected train, forward, kd, both or all, found '\(mode)'")
+        }
+        let counts = threadCounts
+        if counts.isEmpty || counts.contains(where: { $0 < 1 }) || counts.count != threads.split(separator: ",").count {
+            throw ValidationError("--threads: expected comma-separated integers >= 1, found '\(threads)'")
+        }
+        if batch < 1 || seq < 2 || repeats < 1 {
+            throw ValidationError("--batch, --seq, --repeats: expected >= 1, >= 2, >= 1, found \(batch), \(seq), \(repeats)")
+        }
+    }
+
+    func run() throws {
+        var chosen = (shapes.isEmpty ? ["smollm2-135m", "student-8x384"] : shapes).compactMap(BenchShape.named)
+        var load: (() throws -> Transformer)?
+        if let model {
+            let probe = try openModel(path: model, maxSeqLen: seq)
+            chosen = [BenchShape(name: (model as NSString).lastPathComponent, model: probe.model.config, defaultModes: [.forward])]
+            load = { try openModel(path: model, maxSeqLen: self.seq).model }
+        }
+        #if DEBUG
+        KDLog.error("warning: debug build; figures are meaningless. Build with: swift build -c release")
+        #endif
+        for t in threadCounts {
+            configureThreads(t)
+            let peak = measureSGEMMPeak()
+            for s in chosen {
+                let modes: [BenchMode] = load != nil ? [.forward] : mode.map {
+                    $0 == "both" ? [.train, .forward] : $0 == "all" ? BenchMode.allCases : [BenchMode(rawValue: $0)!]
+                } ?? s.defaultModes
+                for md in modes {
+                    let r = try runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak, load: load)
+                    if json {
+                        let enc = JSONEncoder()
+                        enc.outputFormatting = [.sortedKeys]
+                        print(String(decoding: try enc.encode(r), as: UTF8.self))
+                    } else {
+                        print(String(format: "%-14@ %-7@ threads %d | %7.0f tok/s | %6.1f GFLOP/s (%.1f MFLOP/token) | sgemm peak %6.1f | MFU %4.1f%% | peak RSS %5.0f MiB",
+                                     s.name, md.rawValue, t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
+                                     100 * r.mfu, Double(r.peakRSSBytes) / 1048576))
+                    }
+                    fflush(stdout)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+// `distill eval`: held-out cross-entropy and perplexity of a model, with its teacher beside it when given.
+import ArgumentParser
+import Foundation
+import KDCheckpoint
+import KDConfig
+import KDCore
+import KDData
+import KDFormats
+import KDModel
+import KDOps
+import KDQuant
+import KDTrain
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "NLL and perplexity of a model on text or a prepared split; with --teacher, KL(teacher‖model) and top-1 agreement.")
+    @Option(help: "GGUF file or Hugging Face folder.") var model: String
+    @Option(help: "A text file: tokenized whole, cut into non-overlapping windows of --context tokens.") var text: String?
+    @Option(help: "A folder written by distill prepare.") var data: String?
+    @Option(help: "Split of --data: train or validation.") var split = "validation"
+    @Option(help: "Tokens per window; every next-token prediction inside a window counts.") var context = 256
+    @Option(help: "Evaluate at most this many windows (0 = all).") var maxWindows = 0
+    @Option(help: "A teacher (GGUF or HF folder) to compare with.") var teacher: String?
+    @Option(help: "Compute threads (0 = all cores).") var threads = 0
+    @Flag(help: "Print one JSON object.") var json = false
+    @Option(help: "Also append the result as one JSON line, with --label, to this file (distill report shows a run's evaluation.jsonl).")
+    var appendTo: String?
+    @Option(help: "The model's name in --append-to lines.") var label: String?
+
+    func validate() throws {
+        if appendTo != nil, label == nil { throw ValidationError("--append-to needs --label NAME") }
+        if (text == nil) == (data == nil) { throw ValidationError("give exactly one of --text FILE or --data DIR") }
+        if context < 2 { throw ValidationError("--context: expected >= 2, found \(context)") }
+        if !["train", "validation"].contains(split) { throw ValidationError("--split: expected train or validation, found '\(split)'") }
+    }
+
+    func run() throws {
+        do {
+            configureThreads(threads)
+            let loaded = try openModel(path: model, maxSeqLen: context)
+            let teacherModel = try teacher.map { try openModel(path: $0, maxSeqLen: context) }
+            if let t = teacherModel, t.model.config.vocabSize != loaded.model.config.vocabSize {
+                throw KDError.invalidInput(what: "teacher vocabulary", expected: "\(loaded.model.config.vocabSize) tokens (the model's)", found: "\(t.model.config.vocabSize)")
+            }
+            var ids: [Int32], mask: [UInt8]
+            if let text {
+                let codec = try TextCodec(loaded)
+                guard let data = FileManager.default.contents(atPath: text) else { throw KDError.fileNotFound(path: text) }
+                guard let s = String(data: data, encoding: .utf8) else {
+                    throw KDError.invalidInput(what: text, expected: "UTF-8 text", found: "invalid bytes")
+                }
+                ids = codec.encode(s)
+                if let b = codec.bpe, b.addBOS, let bos = b.bos { ids.insert(bos, at: 0) }
+                mask = [UInt8](repeating: 1, count: ids.count)
+            } else {
+                let path = (data! as NSString).appendingPathComponent("\(split).bin")
+                let shard = try TokenShard.read(path: path)
+                // ids need no tokenizer; when the model carries one, it must be the shard's
+                if let b = loaded.tokenizer ?? teacherModel?.tokenizer {
+                    try shard.check(path: path, vocabSize: b.vocabSize, tokenizerHash: b.hash)
+                } else if shard.vocabSize > loaded.model.config.vocabSize {
+                    throw ShardError.vocabMismatch(path: path, expected: loaded.model.config.vocabSize, found: shard.vocabSize)
+                }
+                ids = shard.tokens
+                mask = shard.mask
+            }
+            let r = evaluate(loaded.model, teacher: teacherModel?.model, ids: ids, mask: mask, context: context, maxWindows: maxWindows)
+            guard r.predicted > 0 else {
+                throw KDError.invalidInput(what: "eval input", expected: "at least 2 tokens", found: "\(ids.count)")
+            }
+            var obj: [String: Any] = ["tokens": ids.count, "predicted": r.predicted, "mean_nll": r.nll / Double(r.predicted),
+                                      "perplexity": Foundation.exp(r.nll / Double(r.predicted)),
+                                      "tokens_per_s": Double(r.evaluated) / r.seconds, "size_bytes": weightBytesOnDisk(model)]
+            if let teacher, teacherModel != nil {
+                obj["teacher_mean_nll"] = r.teacherNLL / Double(r.predicted)
+                obj["kl_teacher_model"] = r.kl / Double(r.predicted)
+                obj["top1_agreement"] = Double(r.agree) / Double(r.predicted)
+                obj["teacher_tokens_per_s"] = Double(r.evaluated) / r.teacherSeconds
+                obj["teacher_size_bytes"] = weightBytesOnDisk(teacher)
+            }
+            if json { try printJSON(obj) } else { printEvalTable(obj, predicted: r.predicted) }
+            if let appendTo, let label {
+                obj["label"] = label
+                obj["model"] = model
+                var line = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+                line.append(0x0a)
+                guard FileManager.default.fileExists(atPath: appendTo) || FileManager.default.createFile(atPath: appendTo, contents: nil),
+                      let fh = FileHandle(forWritingAtPath: appendTo) else {
+                    throw KDError.unwritable(path: appendTo, reason: "cannot open it for appending")
+                }
+                fh.seekToEndOfFile()
+                fh.write(line)
+                try fh.close()
+            }
+        } catch { throw fail(error) }
+    }
+}
+
+/// The result of `distill eval` as a table: one column for the model, one for the teacher when there is one.
+func printEvalTable(_ o: [String: Any], predicted: Int) {
+    func d(_ k: String) -> Double? { (o[k] as? NSNumber)?.doubleValue ?? (o[k] as? Double) }
+    let teacher = d("teacher_mean_nll") != nil
+    func row(_ name: String, _ model: String, _ teach: String) {
+        print(name.padding(toLength: 22, withPad: " ", startingAt: 0) + model.padding(toLength: 16, withPad: " ", startingAt: 0)
+              + (teacher ? teach : ""))
+    }
+    func f(_ v: Double?, _ fmt: String) -> String { v.map { String(format: fmt, $0) } ?? "–" }
+    row("", "model", "teacher")
+    row("val NLL (nats/token)", f(d("mean_nll"), "%.4f"), f(d("teacher_mean_nll"), "%.4f"))
+    row("perplexity", f(d("perplexity"), "%.2f"), f(d("teacher_mean_nll").map { Foundation.exp($0) }, "%.2f"))
+    if teacher {
+        row("KL(teacher‖model)", f(d("kl_teacher_model"), "%.4f"), "0")
+        row("top-1 agreement", f(d("top1_agreement").map { 100 * $0 }, "%.1f%%"), "100%")
+    }
+    row("size on disk", f(d("size_bytes").map { $0 / 1048576 }, "%.1f MiB"), f(d("teacher_size_bytes").map { $0 / 1048576 }, "%.1f MiB"))
+    row("tokens/s (forward)", f(d("tokens_per_s"), "%.0f"), f(d("teacher_tokens_per_s"), "%.0f"))
+    print("(\(predicted) predicted tokens)")
+}
+
+struct EvalResult {
+    var nll = 0.0, teacherNLL = 0.0, kl = 0.0, predicted = 0, agree = 0
+    /// Tokens run through the model, and the seconds the model's and the teacher's forward passes took.
+    var evaluated = 0, seconds = 0.0, teacherSeconds = 0.0
+}
+
+/// Bytes of a model's weights on disk: a GGUF file's size; for a folder (Hugging Face or a checkpoint), its
+/// *.safetensors files except a checkpoint's optimizer state.
+func weightBytesOnDisk(_ path: String) -> Int {
+    let fm = FileManager.default
+    var isDir: ObjCBool = false
+    guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return 0 }
+    func size(_ p: String) -> Int { ((try? fm.attributesOfItem(atPath: p))?[.size] as? NSNumber)?.intValue ?? 0 }
+    guard isDir.boolValue else { return size(path) }
+    let files = (try? fm.contentsOfDirectory(atPath: path)) ?? []
+    return files.filter { $0.hasSuffix(".safetensors") && $0 != CheckpointFile.optimizer && $0 != CheckpointFile.weights(CheckpointFile.emaTeacher) }
+        .reduce(0) { $0 + size((path as NSString).appendingPathComponent($1)) }
+}
+
+/// Non-overlapping windows of `context` tokens, each from position 0; position i predicts i + 1 where mask[i + 1] = 1.
+func evaluate(_ model: Transformer, teacher: Transformer?, ids: [Int32], mask: [UInt8], context: Int, maxWindows: Int) -> EvalResult {
+    var r = EvalResult()
+    let v = model.config.vocabSize
+    var start = 0, windows = 0
+    while start + 1 < ids.count, maxWindows == 0 || windows < maxWindows {
+        let t = min(context, ids.count - start)
+        let inp = Array(ids[start..<(start + t)])
+        var tgt = [Int32](repeating: -1, count: t)
+        for i in 0..<(t - 1) where mask[start + i + 1] != 0 { tgt[i] = ids[start + i + 1] }
+        let t0 = monotonicSeconds()
+        inp.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: 1, t: t) }
+        let ls = tgt.withUnsafeBufferPointer { model.loss(targets: $0.baseAddress!) }
+        r.seconds += monotonicSeconds() - t0
+        r.evaluated += t
+        r.nll += ls.sum
+        r.predicted += ls.count
+        if let teacher {
+            var ql = [Float](repeating: 0, count: t * v), pl = ql
+            ql.withUnsafeMutableBufferPointer { model.logits(into: $0.baseAddress!) }
+            let t1 = monotonicSeconds()
+            inp.withUnsafeBufferPointer { teacher.forward(tokens: $0.baseAddress!, b: 1, t: t) }
+            pl.withUnsafeMutableBufferPointer { teacher.logits(into: $0.baseAddress!) }
+            r.teacherSeconds += monotonicSeconds() - t1  // forward and LM head, as the student's forward and loss
+            for i in 0..<t where tgt[i] >= 0 {
+                let lp = logSoftmaxRow(Array(pl[(i * v)..<((i + 1) * v)])), lq = logSoftmaxRow(Array(ql[(i * v)..<((i + 1) * v)]))
+                var kl = 0.0
+                for j in 0..<v { kl += Foundation.exp(lp[j]) * (lp[j] - lq[j]) }
+                r.kl += kl
+                r.teacherNLL -= lp[Int(tgt[i])]
+                if lp.indices.max(by: { lp[$0] < lp[$1] }) == lq.indices.max(by: { lq[$0] < lq[$1] }) { r.agree += 1 }
+            }
+        }
+        start += t
+        windows += 1
+    }
+    return r
+}
+
+func logSoftmaxRow(_ x: [Float]) -> [Double] {
+    let m = Double(x.max()!)
+    let lse = m + Foundation.log(x.reduce(0.0) { $0 + Foundation.exp(Double($1) - m) })
+    return x.map { Double($0) - lse }
+}

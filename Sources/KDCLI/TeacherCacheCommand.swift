@@ -1,0 +1,91 @@
+// `distill teacher-cache`: the teacher's top-k rows for every corpus window, written once (sharded across ranks),
+// and the checks every command that loads teachers shares.
+import ArgumentParser
+import Foundation
+import KDCheckpoint
+import KDComm
+import KDConfig
+import KDCore
+import KDData
+import KDFormats
+import KDLoss
+import KDModel
+import KDTrain
+
+struct TeacherCacheCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "teacher-cache",
+        abstract: "Write the teacher's top-k log-probabilities and tail mass for every window of the config's corpus (sharded across ranks), so training can use `teacher: {cache: DIR}` with no teacher in memory.")
+
+    @Option(help: "YAML run config: its teacher section (path or members), data, train.seq_len and distill.temperature.") var config: String
+    @Option(help: "Output folder (replaced when complete).") var out: String
+    @Option(help: "k of the top-k rows (default: teacher.top_k).") var topK: Int?
+    @Option(help: "Windows per teacher forward on each rank.") var batch = 4
+    @Option(help: "Compute threads (0 = this node's cores shared among its ranks).") var threads = 0
+
+    func validate() throws {
+        if let topK, topK < 1 { throw ValidationError("--top-k: expected an integer >= 1, found \(topK)") }
+        if batch < 1 { throw ValidationError("--batch: expected an integer >= 1, found \(batch)") }
+    }
+
+    func run() throws {
+        let c: RunConfig, tc: TeacherConfig
+        do {
+            c = try RunConfig.load(path: config)
+            guard let t = c.teacher, !t.sources.isEmpty, t.selfSource == .none else {
+                throw KDError.invalidInput(what: "\(config)", expected: "a teacher section with path or members", found: "none")
+            }
+            tc = t
+        } catch { throw fail(error) }
+        try Job.run(threads: threads) { comm in
+            let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+            let sources = tc.sources
+            let loaded = try sources.map { try openModel(path: $0.path, maxSeqLen: c.train.seqLen) }
+            try checkTeachersAgree(loaded, paths: sources.map(\.path))
+            if let t = loaded.first, t.model.config.vocabSize < corpus.vocabSize {
+                throw KDError.invalidInput(what: "teacher vocabulary", expected: ">= the data's \(corpus.vocabSize) tokens", found: "\(t.model.config.vocabSize) in \(sources[0].path)")
+            }
+            let manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
+            let k = min(topK ?? tc.topK, loaded[0].model.config.vocabSize)
+            let start = monotonicSeconds()
+            var last = 0.0
+            try TeacherCache.write(dir: out, corpus: corpus, teachers: loaded.map(\.model), weights: sources.map(\.weight),
+                                   combine: tc.combine, manifest: manifest, k: k,
+                                   temperature: c.distill.temperature, seqLen: c.train.seqLen, batch: batch, comm: comm) { split, done, total in
+                let now = monotonicSeconds()
+                if done == total || now - last > 10 {
+                    last = now
+                    KDLog.info(String(format: "teacher-cache %@: %d/%d windows, %.0f tok/s", split, done, total,
+                                      Double(done * c.train.seqLen) / max(now - start, 1e-9)))
+                }
+            }
+            let bytes = TeacherCache.bytesPerWindow(seqLen: c.train.seqLen, k: k)
+            KDLog.info(String(format: "teacher-cache: wrote %@ (top-%d, %d B/token, %.1f MiB) in %.1f s on %d rank%@", out, k, bytes / c.train.seqLen,
+                              Double(bytes * ((corpus.train.count - 1) / c.train.seqLen + max(0, corpus.validation.count - 1) / c.train.seqLen)) / 1048576,
+                              monotonicSeconds() - start, comm.worldSize, comm.worldSize == 1 ? "" : "s"))
+        }
+    }
+}
+
+/// Several teachers must speak the same tokens: the same vocabulary size and, where both carry one, the same tokenizer.
+func checkTeachersAgree(_ loaded: [LoadedModel], paths: [String]) throws {
+    guard let first = loaded.first else { return }
+    for (i, t) in loaded.enumerated().dropFirst() {
+        if t.model.config.vocabSize != first.model.config.vocabSize {
+            throw KDError.invalidInput(what: "teacher vocabularies", expected: "\(first.model.config.vocabSize) tokens (as \(paths[0]))",
+                                       found: "\(t.model.config.vocabSize) tokens in \(paths[i])")
+        }
+        if let a = first.tokenizer, let b = t.tokenizer, a.hash != b.hash {
+            throw KDError.invalidInput(what: "teacher tokenizers", expected: "tokenizer \(a.hash) (as \(paths[0]))", found: "tokenizer \(b.hash) in \(paths[i])")
+        }
+    }
+}
+
+/// The files a teacher path stands for (a GGUF file, or a folder's config and weights).
+func teacherFiles(_ path: String) throws -> [String] {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
+    guard isDir.boolValue else { return [path] }
+    return try FileManager.default.contentsOfDirectory(atPath: path).filter { $0 == HFFolder.config || $0.hasSuffix(".safetensors") }
+        .sorted().map { (path as NSString).appendingPathComponent($0) }
+}

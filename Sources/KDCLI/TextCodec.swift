@@ -1,0 +1,40 @@
+// Text ↔ ids for the model commands: a model's own BPE tokenizer or bytes, and JSON output.
+import ArgumentParser
+import Foundation
+import KDCheckpoint
+import KDConfig
+import KDCore
+import KDData
+import KDFormats
+import KDModel
+import KDOps
+import KDQuant
+import KDTrain
+
+/// Text ↔ ids for a loaded model: its own BPE tokenizer, or bytes for a byte-level (vocabulary 256) model.
+struct TextCodec {
+    let bpe: BPETokenizer?
+    func encode(_ s: String, special: Bool = false) -> [Int32] { bpe?.encode(s, special: special) ?? ByteTokenizer().encode(s) }
+    func decode(_ ids: [Int32]) -> String { bpe?.decode(ids) ?? ByteTokenizer().decode(ids) }
+
+    init(_ loaded: LoadedModel) throws {
+        bpe = loaded.tokenizer
+        if bpe == nil, loaded.model.config.vocabSize != 256 {
+            throw KDError.invalidInput(what: "tokenizer", expected: "a tokenizer in the model (GGUF metadata or tokenizer.json) or a byte-level model of vocabulary 256",
+                                       found: "none, vocabulary \(loaded.model.config.vocabSize)")
+        }
+    }
+}
+
+func printJSON(_ obj: Any) throws {
+    let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
+    print(String(decoding: d, as: UTF8.self))
+}
+
+/// A tokenizer alone (no weights loaded).
+func loadTokenizer(_ path: String) throws -> BPETokenizer {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
+    if isDir.boolValue { return try BPETokenizer(hfTokenizerJSON: (path as NSString).appendingPathComponent(HFFolder.tokenizer)) }
+    return try BPETokenizer(gguf: GGUFFile(path: path))
+}

@@ -1,0 +1,163 @@
+// `distill train`: a run from its YAML config on every rank of the job; resume, checkpoints, progress, the sample.
+import ArgumentParser
+import Foundation
+import KDCheckpoint
+import KDComm
+import KDConfig
+import KDCore
+import KDData
+import KDFormats
+import KDLoss
+import KDModel
+import KDTrain
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train or distill a student from a YAML config (cross-entropy, plus a divergence from the teacher when the config has one).")
+
+    @Option(help: "YAML run config (see Configs/).") var config: String
+    @Option(help: "Override train.steps.") var steps: Int?
+    @Option(help: "Override train.threads (0 = all cores).") var threads: Int?
+    @Option(help: "Override train.seed.") var seed: UInt64?
+    @Option(parsing: .singleValue, help: "Override data.train (repeatable).") var data: [String] = []
+    @Option(help: "Bytes to generate from the trained model at the end (0 = none).") var sampleTokens = 200
+    @Flag(help: "Validate the config and print it, without training.") var dryRun = false
+    @Option(help: "'auto' (newest checkpoint that verifies, else start fresh), 'none', or a checkpoint folder.") var resume = "none"
+    @Option(help: "Override checkpoint.dir.") var checkpointDir: String?
+    @Option(help: "Stop after this many steps in this invocation (the run can be resumed).") var stopAfter: Int?
+    @Flag(help: "Resume even if the checkpoint was made with other teacher files.") var allowTeacherChange = false
+
+    func validate() throws {
+        if let steps, steps < 1 { throw ValidationError("--steps: expected an integer >= 1, found \(steps)") }
+        if let threads, threads < 0 { throw ValidationError("--threads: expected an integer >= 0, found \(threads)") }
+        if sampleTokens < 0 { throw ValidationError("--sample-tokens: expected an integer >= 0, found \(sampleTokens)") }
+        if let stopAfter, stopAfter < 1 { throw ValidationError("--stop-after: expected an integer >= 1, found \(stopAfter)") }
+    }
+
+    /// The config file with command-line overrides applied and validated again.
+    func resolvedConfig() throws -> RunConfig {
+        var c = try RunConfig.load(path: config)
+        if let steps {
+            c.train.steps = steps
+            // a shorter run from the command line keeps a valid schedule
+            c.optimizer.warmupSteps = min(c.optimizer.warmupSteps, steps)
+        }
+        if let threads { c.train.threads = threads }
+        if let seed { c.train.seed = seed }
+        if let checkpointDir { c.checkpoint.dir = checkpointDir }
+        if !data.isEmpty { c.data.train = data }
+        try c.validate()
+        return c
+    }
+
+    func run() throws {
+        let c: RunConfig
+        do {
+            c = try resolvedConfig()
+            if dryRun {
+                print(try c.yaml(), terminator: "")
+                return
+            }
+        } catch { throw fail(error) }
+        try Job.run(threads: c.train.threads) { comm in
+            StopSignal.install(grace: UInt32(ProcessInfo.processInfo.environment["DISTILL_STOP_GRACE"].flatMap(Int.init) ?? 600))
+            let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+            let sources = c.teacher?.sources ?? []
+            let loaded = try sources.map { try openModel(path: $0.path, maxSeqLen: c.train.seqLen) }
+            try checkTeachersAgree(loaded, paths: sources.map(\.path))
+            let teacher = loaded.first
+            var manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
+            var cache: TeacherCache?
+            if let dir = c.teacher?.cache, !dir.isEmpty {
+                cache = try TeacherCache(dir: dir)
+                manifest = [try TeacherManifestEntry(path: (dir as NSString).appendingPathComponent("cache.json"))]
+            }
+            // student.init from_teacher: cut from student.teacher, else from the (first) teacher
+            var cutFrom: LoadedModel?
+            if c.student.initFrom == .fromTeacher, !c.student.teacher.isEmpty {
+                cutFrom = try openModel(path: c.student.teacher, maxSeqLen: c.train.seqLen)
+            }
+            let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teachers: loaded.map(\.model), teacherManifest: manifest,
+                                      teacherCache: cache, initFrom: cutFrom?.model)
+            if c.student.initFrom == .fromTeacher, let src = cutFrom?.model ?? loaded.first?.model {
+                KDLog.info("  student cut from \(c.student.teacher.isEmpty ? sources[0].path : c.student.teacher): blocks \(c.student.keptLayers(teacherLayers: src.config.layers)) of \(src.config.layers)")
+            }
+            if c.qat.enabled {
+                KDLog.info("  QAT     weights \(c.qat.scheme)\(c.qat.embeddings ? " (embedding and head too)" : ""), activations \(c.qat.activations), from step \(c.qat.startStep)")
+            }
+            trainer.allowTeacherChange = allowTeacherChange
+            // the student speaks the teacher's tokens: its checkpoints carry the tokenizer (generate and eval --text work)
+            if let tok = teacher?.tokenizer, corpus.tokenizerHash == tok.hash {
+                trainer.extraCheckpointFiles[CheckpointFile.tokenizer] = try tok.hfTokenizerJSON()
+            }
+            try resumeIfAsked(trainer, comm: comm)
+            if comm.rank == 0 { trainer.metrics = try MetricsLog(dir: c.checkpoint.dir, resumedStep: trainer.step) }
+            let m = c.model
+            KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")")
+            KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
+                       + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))
+            for (i, t) in loaded.enumerated() {
+                let tm = t.model.config, w = loaded.count > 1 ? String(format: ", weight %g", sources[i].weight) : ""
+                KDLog.info("  teacher \(sources[i].path) (\(t.kind)): \(tm.layers) layers, dim \(tm.dim)\(w)")
+            }
+            if let tc = c.teacher, let placement = trainer.placement {
+                KDLog.info("  teacher \(placement.summary)")
+                KDLog.info("  objective \(trainer.divergence), kd_ratio \(c.distill.kdRatio), T \(c.distill.temperature)\(loaded.count > 1 ? ", teachers combined by \(tc.combine)" : "")")
+                KDLog.info("  exchange \(tc.exchange)\(tc.exchange == .topk ? " (k = \(tc.topK))" : ""): \(placement.bytesPerToken) B/token to the student's rank")
+            }
+            KDLog.info("  data    \(corpus.files.count) files, \(corpus.train.count) train / \(corpus.validation.count) validation tokens")
+            KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")
+            if trainer.step == 0 { try trainer.evaluateAndLog() }
+            let history = try trainer.run(checkpoints: true, stopAfter: stopAfter)
+            if comm.worldSize > 1, history.count > 1 {
+                let blocking = try trainer.sync.measureBlockingAllReduce()
+                let exposed = median(history.dropFirst().map(\.exposedCommSeconds))
+                KDLog.info(String(format: "gradient all-reduce: %.1f MiB, %.1f ms blocking; %.1f ms per step left after backward (incl. waiting for the slower rank) → %.0f%% hidden",
+                                  Double(trainer.model.layout.count * 4) / 1048576, blocking * 1000, exposed * 1000,
+                                  blocking > 0 ? max(0, 100 * (1 - exposed / blocking)) : 0))
+            }
+            if trainer.step < c.train.steps {
+                KDLog.info("stopped after step \(trainer.step) of \(c.train.steps); continue with --resume auto")
+                return
+            }
+            if let v = trainer.evaluate() {
+                KDLog.info(String(format: "val loss %.4f | val ppl %.2f | peak RSS %.0f MiB", v, Foundation.exp(v),
+                                  Double(ProcessMemory.peakRSSBytes()) / 1048576))
+            }
+            if comm.worldSize > 1 {
+                // every rank's high-water mark (sharded state and the teacher placement change them per rank)
+                var mine = Double(ProcessMemory.peakRSSBytes()) / 1048576
+                var all = [Double](repeating: 0, count: comm.worldSize)
+                try withUnsafeBytes(of: &mine) { m in try all.withUnsafeMutableBytes { try comm.allGather(m.baseAddress!, bytes: 8, into: $0.baseAddress!) } }
+                KDLog.info("peak RSS per rank: " + all.map { String(format: "%.0f", $0) }.joined(separator: " / ") + " MiB")
+            }
+            if sampleTokens > 0, comm.rank == 0, m.vocabSize == 256 {
+                let tok = ByteTokenizer()
+                let out = trainer.model.generate(
+                    prompt: tok.encode("\n"), maxNewTokens: min(sampleTokens, m.maxSeqLen - 1),
+                    sampler: Sampler(temperature: 0.8, topK: 40), rng: CounterRNG(seed: c.train.seed, purpose: .sampling))
+                KDLog.info("sample (temperature 0.8, top-k 40):\n" + tok.decode(out))
+            }
+        }
+    }
+
+    /// `--resume`: rank 0 picks the checkpoint (skipping torn ones), every rank receives it.
+    func resumeIfAsked(_ trainer: Trainer, comm: any Communicator) throws {
+        guard resume != "none" else { return }
+        var chosen = [UInt8]()
+        if comm.rank == 0 {
+            if resume == "auto" {
+                if let (dir, _) = trainer.checkpointStore.newestValid(report: { KDLog.info("resume: \($0)") }) {
+                    chosen = Array(dir.utf8)
+                } else {
+                    KDLog.info("resume: no checkpoint in \(trainer.config.checkpoint.dir); starting fresh")
+                }
+            } else {
+                _ = try CheckpointStore.verify(dir: resume)
+                chosen = Array(resume.utf8)
+            }
+        }
+        try comm.broadcast(&chosen, root: 0)
+        if !chosen.isEmpty { try trainer.resume(from: String(decoding: chosen, as: UTF8.self)) }
+    }
+}

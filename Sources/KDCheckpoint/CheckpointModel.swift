@@ -1,0 +1,75 @@
+// A checkpoint folder read as a model: it is a Hugging Face folder (weights + config.json), and when it was written by
+// a QAT run past qat.start_step it holds full-precision masters, which run as they trained: fake-quantized with the
+// checkpoint's own scheme and scales.
+import Foundation
+import KDConfig
+import KDCore
+import KDFormats
+import KDModel
+import KDQuant
+
+/// Opens `path` (a GGUF file, a HF folder or a training checkpoint) for inference.
+public func openModel(path: String, maxSeqLen: Int? = nil) throws -> LoadedModel {
+    var loaded = try openModelFile(path: path, maxSeqLen: maxSeqLen)
+    guard let qat = try checkpointQAT(dir: path), qat.enabled else { return loaded }
+    let model = loaded.model
+    if let scales = try loadQATScales(dir: path, model: model, qat: qat) {
+        model.writeFakeQuantized(scales: scales, master: model.params.base, mask: nil)
+    } else if let scheme = FakeQuantScheme(qat.scheme) {
+        model.writeFakeQuantized(scheme, embeddings: qat.embeddings, master: model.params.base, mask: nil)
+    }
+    model.quantizeActivations = qat.activations == .int8
+    loaded.kind = "safetensors, QAT \(qat.scheme)\(qat.activations == .int8 ? " + int8 activations" : "")"
+    return loaded
+}
+
+/// The explicit QAT scales (learned, or frozen) a checkpoint folder carries, with their AdamW moments when `moments`
+/// (whole-slab sized) are given; nil when it has none. A file that does not fit the model is an error.
+public func loadQATScales(dir: String, model: Transformer, qat: QATConfig, moments: (m: Slab, v: Slab)? = nil) throws -> QATScales? {
+    let path = (dir as NSString).appendingPathComponent(CheckpointFile.qatScales)
+    guard FileManager.default.fileExists(atPath: path), let scheme = FakeQuantScheme(qat.scheme), scheme.supportsGivenScales else { return nil }
+    let file = try SafetensorsFile(path: path)
+    let scales = QATScales(model: model, scheme: scheme, embeddings: qat.embeddings)
+    for i in scales.entries.indices {
+        var targets = [(scales.name(i), scales.values.base + scales.offsets[i])]
+        if let moments {
+            targets += [(CheckpointFile.firstMoment + scales.name(i), moments.m.base + scales.offsets[i]),
+                        (CheckpointFile.secondMoment + scales.name(i), moments.v.base + scales.offsets[i])]
+        }
+        for (name, dst) in targets {
+            guard let t = file.tensor(name), t.shape == scales.shape(i) else {
+                throw KDError.invalidInput(what: path, expected: "tensor \(name) of shape \(scales.shape(i))", found: file.tensor(name).map { "shape \($0.shape)" } ?? "none")
+            }
+            file.read(t, into: dst)
+        }
+    }
+    return scales
+}
+
+/// The explicit QAT scales (and, with `moments`, their AdamW moments) as the checkpoint's scales file.
+public func qatScalesFile(_ scales: QATScales, values: UnsafePointer<Float>, moments: (m: UnsafePointer<Float>, v: UnsafePointer<Float>)?,
+                          source: ScaleSource) throws -> Data {
+    var tensors: [SafetensorsEntry] = []
+    for i in scales.entries.indices {
+        tensors.append(SafetensorsEntry(name: scales.name(i), shape: scales.shape(i), data: values + scales.offsets[i]))
+        if let (m, v) = moments {
+            tensors.append(SafetensorsEntry(name: CheckpointFile.firstMoment + scales.name(i), shape: scales.shape(i), data: m + scales.offsets[i]))
+            tensors.append(SafetensorsEntry(name: CheckpointFile.secondMoment + scales.name(i), shape: scales.shape(i), data: v + scales.offsets[i]))
+        }
+    }
+    return try safetensorsData(tensors: tensors, metadata: ["scheme": scales.scheme.rawValue, "scales": source.rawValue])
+}
+
+/// The QAT settings of a training checkpoint folder, when it is one and its step had reached qat.start_step; nil for
+/// any other folder.
+public func checkpointQAT(dir: String) throws -> QATConfig? {
+    guard let (c, step) = try checkpointConfig(dir: dir) else { return nil }
+    return c.qat.enabled && step >= c.qat.startStep ? c.qat : nil
+}
+
+/// The run config and step a training checkpoint folder records; nil for any other folder.
+public func checkpointConfig(dir: String) throws -> (config: RunConfig, step: Int)? {
+    let path = (dir as NSString).appendingPathComponent(CheckpointFile.state)
+    guard let data = FileManager.default.contents(atPath: path), let state = try? JSONDecoder().decode(TrainingState.self, from: data) else { return nil }
+    return (try RunConfig.parse(yaml: state.config, source: path), state.step)
+}

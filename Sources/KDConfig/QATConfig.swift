@@ -1,0 +1,79 @@
+// The `qat` section of a run config (quantization-aware training). Keys are snake_case, every field has a default,
+// unknown keys and out-of-range values fail while decoding.
+
+/// `qat.scheme`: the weight format QAT trains for.
+public enum QATScheme: String, ConfigVocabulary {
+    case none, q8_0, q4_0, q4_1, int8Channel = "int8_channel", int4Channel = "int4_channel"
+
+    /// The GGUF block formats (rows quantized in blocks of 32).
+    public var isBlockFormat: Bool {
+        switch self {
+        case .q8_0, .q4_0, .q4_1: return true
+        case .none, .int8Channel, .int4Channel: return false
+        }
+    }
+}
+
+/// `qat.activations`.
+public enum ActivationQuant: String, ConfigVocabulary {
+    case none, int8
+}
+
+/// `qat.scales`: where the quantization scales come from.
+public enum ScaleSource: String, ConfigVocabulary {
+    case absmax, learned
+}
+
+/// Quantization-aware training: the student's linear layers see their weights quantized as they will be exported
+/// (fake quantization, straight-through gradients into full-precision master weights).
+public struct QATConfig: Codable, Equatable, Sendable {
+    /// `none`, `q8_0`, `q4_0`, `q4_1` (exactly the GGUF block formats) or `int8_channel`, `int4_channel`. Default none.
+    public var scheme = QATScheme.none
+    /// Also quantize the token embedding and LM head (else they stay full precision). Default false.
+    public var embeddings = false
+    /// `none` or `int8`: per-token dynamic int8 fake quantization of the activations entering the linear layers
+    /// (with a 4-bit scheme: "8da4w"). Default none.
+    public var activations = ActivationQuant.none
+    /// Full precision before this step. Default 0.
+    public var startStep = 0
+    /// `absmax`: the scales follow the weights every step, as ggml picks them; `learned`: LSQ — one trained scale per
+    /// block of 32 (per row for the per-channel schemes), starting from the absmax ones at start_step (not q4_1).
+    /// Default absmax.
+    public var scales = ScaleSource.absmax
+    /// Learned scales: their learning rate as a multiple of the weights' (AdamW on log|s|, so lr·ratio is roughly the
+    /// relative change of a scale per step; at 1 they barely move in a short run). Default 30.
+    public var scaleLRRatio: Float = 30
+    /// From this step on the scales stop changing (absmax: frozen at their values then; learned: no more updates);
+    /// 0 = never. Default 0.
+    public var freezeStep = 0
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case scheme, embeddings, activations, startStep = "start_step", scales, scaleLRRatio = "scale_lr_ratio", freezeStep = "freeze_step"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        scheme = try c.value(.scheme, or: scheme)
+        embeddings = try c.value(.embeddings, or: embeddings)
+        activations = try c.value(.activations, or: activations)
+        startStep = try c.value(.startStep, or: startStep)
+        scales = try c.value(.scales, or: scales)
+        freezeStep = try c.value(.freezeStep, or: freezeStep)
+        scaleLRRatio = try c.value(.scaleLRRatio, or: scaleLRRatio)
+        try c.require(scaleLRRatio > 0 && scaleLRRatio.isFinite, .scaleLRRatio, expected: "a number > 0", found: scaleLRRatio)
+        try c.require(scales == .absmax || scheme != .q4_1, .scales, expected: "absmax with q4_1 (its blocks also carry a minimum)", found: "'learned'")
+        try c.require(freezeStep >= 0, .freezeStep, expected: "an integer >= 0 (0 = never)", found: freezeStep)
+        try c.require(freezeStep == 0 || scheme != .q4_1, .freezeStep, expected: "0 with q4_1 (its blocks also carry a minimum)", found: freezeStep)
+        try c.require(startStep >= 0, .startStep, expected: "an integer >= 0", found: startStep)
+    }
+
+    public var enabled: Bool { scheme != .none || activations != .none }
+
+    /// The weights are quantized with explicit scales at `step` (learned, or frozen absmax ranges).
+    public func explicitScales(atStep step: Int) -> Bool {
+        scheme != .none && step >= startStep && (scales == .learned || (freezeStep > 0 && step >= freezeStep))
+    }
+}

@@ -1,0 +1,44 @@
+// The `student` section of a run config (how the student starts). Keys are snake_case, every field has a default,
+// unknown keys and out-of-range values fail while decoding.
+
+/// `student.init`.
+public enum StudentInit: String, ConfigVocabulary {
+    case random, fromTeacher = "from_teacher"
+}
+
+/// How a training run's student starts.
+public struct StudentInitConfig: Codable, Equatable, Sendable {
+    /// `random` (default) or `from_teacher`: copy the teacher's embedding, final norm, head and the blocks in
+    /// `layers` (depth pruning); the model section must then have the teacher's width and len(layers) blocks.
+    public var initFrom = StudentInit.random
+    /// Teacher blocks to keep, in order (e.g. [0, 3, 6, …]); empty with `every` set = every `every`-th block.
+    public var layers: [Int] = []
+    /// Keep blocks 0, every, 2·every, … (when `layers` is empty). Default 0 (unused).
+    public var every = 0
+    /// The teacher to cut from (default: the teacher section's path).
+    public var teacher = ""
+    /// Width pruning (model.ffn_dim below the teacher's, or model.heads below the teacher's with head_dim = its head
+    /// size): micro-batches of the first training windows on which the teacher's FFN channels and query heads are
+    /// ranked by mean |activation|. Default 4.
+    public var calibrationBatches = 4
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case initFrom = "init", layers, every, teacher, calibrationBatches = "calibration_batches" }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        initFrom = try c.value(.initFrom, or: initFrom)
+        layers = try c.value(.layers, or: layers)
+        every = try c.value(.every, or: every)
+        teacher = try c.value(.teacher, or: teacher)
+        calibrationBatches = try c.value(.calibrationBatches, or: calibrationBatches)
+        try c.require(calibrationBatches >= 1, .calibrationBatches, expected: "an integer >= 1", found: calibrationBatches)
+        try c.require(every >= 0, .every, expected: "an integer >= 0", found: every)
+        try c.require(layers.allSatisfy { $0 >= 0 }, .layers, expected: "block indices >= 0", found: layers)
+        if initFrom == .fromTeacher {
+            try c.require(!layers.isEmpty || every > 0, .layers, expected: "the teacher blocks to keep (layers: [...] or every: N)", found: "none")
+        }
+    }
+}

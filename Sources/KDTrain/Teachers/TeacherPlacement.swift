@@ -1,0 +1,89 @@
+// Where the teacher's forward passes run and what of them reaches the student's rank: one type per placement
+// (swift-nio's Channel implementations, our own Communicator), chosen once from the config by the registry below and
+// never re-tested per micro-batch. Adding a placement is one new file in this folder plus one line in the registry.
+import KDComm
+import KDConfig
+import KDCore
+import KDLoss
+import KDModel
+
+/// One micro-batch for the teacher side.
+public struct TeacherBatch {
+    /// Tokens of the micro-batch. - Shapes: [b, t]
+    public let tokens: UnsafePointer<Int32>
+    public let b: Int, t: Int
+    /// Its corpus windows (the offline cache reads rows by window), of the validation split when `validation`.
+    public let windows: [Int]
+    public let validation: Bool
+    /// Per-row teacher routes (−1 = all teachers combined), when the data routes examples.
+    public let route: UnsafePointer<Int32>?
+}
+
+/// What the student's head needs from the teacher side for one micro-batch: teachers' final hidden states with their
+/// LM heads (projected chunk by chunk at the student's rank), and/or top-k rows (log-probabilities + tail mass).
+public struct TeacherOutput {
+    public var members: [TeacherSource]
+    public var topK: TopKRows?
+}
+
+/// A way of running the teacher(s) for the student's micro-batches.
+public protocol TeacherPlacement: AnyObject {
+    /// Scores one micro-batch. Collective where teachers are spread over ranks: every rank calls it, in step, with
+    /// its own micro-batch.
+    func output(for batch: TeacherBatch) throws -> TeacherOutput
+    /// Bytes of teacher output that reach the student's rank per token (the exchange's size).
+    var bytesPerToken: Int { get }
+    /// Teachers in this process that can score sequences on demand (on-policy sampling), with their weights.
+    var localTeachers: [(model: Transformer, weight: Float)] { get }
+    /// After each optimizer step, with the updated full-precision weights of this rank's range of the student's
+    /// slab (`shard.range`; `weights` points at its first Float). Collective when the slab is split.
+    func afterUpdate(weights: UnsafePointer<Float>, shard: SlabShard, comm: any Communicator) throws
+    /// Weights that checkpoints carry for it (student layout), by file name.
+    var checkpointWeights: [String: Slab] { get }
+    /// One line for the log: where the teacher runs and what crosses to the student.
+    var summary: String { get }
+}
+
+extension TeacherPlacement {
+    public var localTeachers: [(model: Transformer, weight: Float)] { [] }
+    public func afterUpdate(weights: UnsafePointer<Float>, shard: SlabShard, comm: any Communicator) throws {}
+    public var checkpointWeights: [String: Slab] { [:] }
+}
+
+/// The registry: the teacher side a config asks for (nil: no teacher, plain cross-entropy). `teachers` are the
+/// loaded files in the config's order, `student` the freshly initialized student (a self-teacher copies it).
+func makeTeacherPlacement(config: RunConfig, teachers: [Transformer], cache: TeacherCache?, student: Transformer,
+                          comm: any Communicator) throws -> (any TeacherPlacement)? {
+    guard let tc = config.teacher else { return nil }
+    let topK: (k: Int, temperature: Float)? = tc.exchange == .topk ? (min(tc.topK, config.model.vocabSize), config.distill.temperature) : nil
+    if let cache { return OfflineTeacher(cache: cache) }
+    switch tc.selfSource {
+    case .initial, .ema:
+        return SelfTeacherPlacement(student: student, ema: tc.selfSource == .ema ? tc.emaDecay : nil, topK: topK, lmHeadChunk: config.train.lmHeadChunk)
+    case .none, .checkpoint:
+        break
+    }
+    guard !teachers.isEmpty else { return nil }
+    let weights = tc.sources.map(\.weight)
+    switch tc.placement {
+    case .pipelined where comm.worldSize > 1:
+        guard teachers[0].config.layers >= comm.worldSize else {
+            throw KDError.invalidInput(what: "teacher.placement pipelined", expected: "at least one teacher block per rank (\(comm.worldSize))",
+                                       found: "\(teachers[0].config.layers) blocks")
+        }
+        return TeacherPipeline(teacher: teachers[0], comm: comm, topK: topK)
+    case .groups where teachers.count > 1:
+        guard comm.worldSize % teachers.count == 0 else {
+            throw KDError.invalidInput(what: "teacher.placement groups", expected: "a world size divisible by the \(teachers.count) teachers",
+                                       found: "\(comm.worldSize) ranks")
+        }
+        if topK != nil, tc.combine == .logits {
+            throw KDError.invalidInput(what: "teacher.combine with groups and the top-k exchange", expected: "mixture (top-k rows carry no logits to average)",
+                                       found: "logits")
+        }
+        return TeacherGroups(teachers: teachers, weights: weights, comm: comm, topK: topK)
+    case .replicated, .pipelined, .groups:
+        // one rank holds the whole pipeline; one teacher is its own group
+        return ReplicatedTeachers(teachers: teachers, weights: weights, combine: tc.combine, topK: topK, vocabSize: config.model.vocabSize)
+    }
+}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The sharding figures of the README, one run at a time on 2 ranks (release build): peak RSS of each rank and median
-# tokens/s (steps 2..N, rank 0's metrics.jsonl) for Configs/student-8x384.yaml and Configs/student-30x576.yaml with
-# optimizer.sharding none, states and gradients; then each rank's peak RSS with the SmolLM2 teacher replicated vs
-# pipelined (the quickstart's distillation, 4 steps). About 6 minutes. Results in Checkpoints/sharding/results.md.
+# tokens/s (steps 2..4, rank 0's metrics.jsonl) for Configs/student-8x384.yaml and Configs/student-30x576.yaml with
+# optimizer.sharding none, states and gradients (4 steps each); then each rank's peak RSS with the SmolLM2 teacher replicated vs
+# pipelined (the quickstart's distillation, 4 steps). About 20 minutes on 2 cores. Results in Checkpoints/sharding/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 d=.build/release/distill
@@ -22,7 +22,7 @@ run() {
     bash Launch/distill-mpi.sh 2 train --config "$out/$name.yaml" --sample-tokens 0 > "$out/$name.log" 2>&1 \
         || { echo "compare_sharding: $name failed (see $out/$name.log)" >&2; exit 1; }
     local peaks tps
-    peaks=$(sed -n 's/.*peak RSS per rank: \(.*\) MiB.*/\1/p' "$out/$name.log" | tail -1)
+    peaks=$(sed -n 's/.*peak RSS per rank (training): \(.*\) MiB.*/\1/p' "$out/$name.log" | tail -1)
     tps=$(python3 -c "
 import json, statistics, sys
 r = [json.loads(l) for l in open(sys.argv[1]) if '\"train\"' in l]
@@ -34,7 +34,10 @@ print('%.0f' % statistics.median(x['tokens_per_s'] for x in r[1:]))" "$out/$name
     echo "|---|---|---|---|"
     for cfg in student-8x384 student-30x576; do
         for s in none states gradients; do
-            r=$(run "$cfg-$s" "Configs/$cfg.yaml" "optimizer:
+            r=$(run "$cfg-$s" "Configs/$cfg.yaml" "train:
+  steps: 4
+  eval_batches: 1
+optimizer:
   sharding: $s")
             echo "| $cfg | $s | ${r%% | *} | ${r##* | } |"
         done
@@ -46,6 +49,7 @@ print('%.0f' % statistics.median(x['tokens_per_s'] for x in r[1:]))" "$out/$name
         r=$(run "teacher-$p" Configs/quickstart.yaml "train:
   steps: 4
   eval_every: 0
+  eval_batches: 1
 teacher:
   placement: $p")
         echo "| $p | ${r%% | *} | ${r##* | } |"

@@ -109,6 +109,14 @@ struct Train: ParsableCommand {
             KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")
             if trainer.step == 0 { try trainer.evaluateAndLog() }
             let history = try trainer.run(checkpoints: true, stopAfter: stopAfter)
+            if comm.worldSize > 1 {
+                // every rank's high-water mark of the training (sharded state and the teacher placement change it per
+                // rank), before the all-reduce measurement below allocates a copy of the gradient
+                var mine = Double(ProcessMemory.peakRSSBytes()) / 1048576
+                var all = [Double](repeating: 0, count: comm.worldSize)
+                try withUnsafeBytes(of: &mine) { m in try all.withUnsafeMutableBytes { try comm.allGather(m.baseAddress!, bytes: 8, into: $0.baseAddress!) } }
+                KDLog.info("peak RSS per rank (training): " + all.map { String(format: "%.0f", $0) }.joined(separator: " / ") + " MiB")
+            }
             if comm.worldSize > 1, history.count > 1 {
                 let blocking = try trainer.sync.measureBlockingAllReduce()
                 let exposed = median(history.dropFirst().map(\.exposedCommSeconds))
@@ -123,13 +131,6 @@ struct Train: ParsableCommand {
             if let v = trainer.evaluate() {
                 KDLog.info(String(format: "val loss %.4f | val ppl %.2f | peak RSS %.0f MiB", v, Foundation.exp(v),
                                   Double(ProcessMemory.peakRSSBytes()) / 1048576))
-            }
-            if comm.worldSize > 1 {
-                // every rank's high-water mark (sharded state and the teacher placement change them per rank)
-                var mine = Double(ProcessMemory.peakRSSBytes()) / 1048576
-                var all = [Double](repeating: 0, count: comm.worldSize)
-                try withUnsafeBytes(of: &mine) { m in try all.withUnsafeMutableBytes { try comm.allGather(m.baseAddress!, bytes: 8, into: $0.baseAddress!) } }
-                KDLog.info("peak RSS per rank: " + all.map { String(format: "%.0f", $0) }.joined(separator: " / ") + " MiB")
             }
             if sampleTokens > 0, comm.rank == 0, m.vocabSize == 256 {
                 let tok = ByteTokenizer()

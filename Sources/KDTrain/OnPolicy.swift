@@ -12,6 +12,8 @@
 // tokens and only generated tokens carry loss. Every random draw is counter-based (step, global sample, position),
 // so the choice of source is the same on every rank and a run is reproducible at any world size.
 import Foundation
+import KDCheckpoint
+import KDComm
 import KDConfig
 import KDCore
 import KDLoss
@@ -52,6 +54,47 @@ public final class ReplayBuffer {
             throw KDError.invalidInput(what: "replay buffer", expected: "a count and that many \(length)-token sequences", found: "\(data.count) bytes")
         }
         items = (0..<Int(n)).map { Array(words[(1 + $0 * length)..<(1 + ($0 + 1) * length)]) }
+    }
+}
+
+/// distillm's adaptive state: the probability of a student-generated step, the replay buffer and the validation
+/// loss of the last evaluation; identical on every rank, carried by checkpoints (typed state plus the buffer's file).
+public final class DistiLLMState {
+    let policy: PolicyConfig
+    /// Probability that a step trains on student-generated sequences.
+    public internal(set) var threshold: Float
+    public let replay: ReplayBuffer
+    var lastValidationLoss: Double?
+
+    init(policy: PolicyConfig, seqLen: Int) {
+        self.policy = policy
+        threshold = policy.thresholdInit
+        replay = ReplayBuffer(capacity: policy.replayCapacity, length: seqLen + 1)
+    }
+
+    /// A validation loss that rose by more than the margin since the last evaluation raises the probability of
+    /// student-generated steps by threshold_step.
+    func adapt(validationLoss: Double) {
+        if let last = lastValidationLoss, validationLoss > last + Double(policy.margin) {
+            threshold = min(1, threshold + policy.thresholdStep)
+            KDLog.info(String(format: "distillm: validation loss rose %.4f → %.4f; student-generated share now %.2f", last, validationLoss, threshold))
+        }
+        lastValidationLoss = validationLoss
+    }
+
+    /// What a checkpoint records of it (the buffer goes to its own file).
+    var checkpointState: OnPolicyCheckpoint { OnPolicyCheckpoint(threshold: threshold, lastValidationLoss: lastValidationLoss) }
+
+    /// Rank 0 reads the state and buffer a checkpoint recorded (`state` and `buffer` nil elsewhere); every rank
+    /// receives them. Collective.
+    func restore(_ state: OnPolicyCheckpoint?, buffer: Data?, comm: any Communicator) throws {
+        var header = [Double(state?.threshold ?? 0), state?.lastValidationLoss ?? .nan]
+        var bytes = buffer.map { [UInt8]($0) } ?? []
+        try comm.broadcast(&header, root: 0)
+        try comm.broadcast(&bytes, root: 0)
+        try replay.restore(Data(bytes))
+        threshold = Float(header[0])
+        lastValidationLoss = header[1].isNaN ? nil : header[1]
     }
 }
 

@@ -66,10 +66,12 @@ public final class Trainer {
     public let routing: Bool
     /// Per-row cross-entropy weights of rollout steps (the policy-gradient coefficients).
     let ceWeightBuffer: UnsafeMutablePointer<Float>
-    /// distillm: the probability of a student-generated step, the replay buffer, the last validation loss.
-    public internal(set) var policyThreshold: Float = 0
-    public internal(set) var replay: ReplayBuffer?
-    var lastValLoss: Double?
+    /// distillm's threshold, replay buffer and last validation loss (nil for other policy modes).
+    public let distillm: DistiLLMState?
+    /// distillm: the probability of a student-generated step.
+    public var policyThreshold: Float { distillm?.threshold ?? 0 }
+    /// distillm: student-generated sequences kept for replay.
+    public var replay: ReplayBuffer? { distillm?.replay }
 
     /// The teachers from files (every rank holds them; with `groups` each rank runs only its group's), their weights,
     /// and their files, for the checkpoint manifest.
@@ -159,10 +161,7 @@ public final class Trainer {
             throw KDError.invalidInput(what: "the data's \"teacher\" routes", expected: "member indices below \(teachers.count) (teacher.members)",
                                        found: "index \(maxRoute)")
         }
-        if config.policy.mode == .distillm {
-            policyThreshold = config.policy.thresholdInit
-            replay = ReplayBuffer(capacity: config.policy.replayCapacity, length: t.seqLen + 1)
-        }
+        distillm = config.policy.mode == .distillm ? DistiLLMState(policy: config.policy, seqLen: t.seqLen) : nil
         placement = try makeTeacherPlacement(config: config, teachers: teachers, cache: teacherCache, student: model, comm: comm)
         try refreshWeights()
     }

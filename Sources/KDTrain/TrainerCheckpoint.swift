@@ -39,9 +39,9 @@ extension Trainer {
                                       teachers: teacherManifest)
             var files = extraCheckpointFiles
             if let scales { files[CheckpointFile.qatScales] = scales }
-            if let replay {
-                state.onPolicy = OnPolicyCheckpoint(threshold: policyThreshold, lastValidationLoss: lastValLoss)
-                files[CheckpointFile.replay] = replay.serialized()
+            if let distillm {
+                state.onPolicy = distillm.checkpointState
+                files[CheckpointFile.replay] = distillm.replay.serialized()
             }
             path = try checkpointStore.save(model: model, moments: optimizer.momentsToWrite(root: 0), state: state, extraFiles: files,
                                             extraWeights: emaWeights)
@@ -59,10 +59,10 @@ extension Trainer {
     /// rank its range of sharded state), so ranks need no shared file system. A checkpoint resumes at any world size
     /// and sharding: the global sample cursor carries on, and checkpoints always hold the whole slab.
     public func resume(from dir: String) throws {
-        var header = [0.0, 0.0, 0.0, 0.0, .nan]
+        var header = [0.0, 0.0, 0.0]
         let start = monotonicSeconds()
         var written = 0
-        var replayBytes: [UInt8] = []
+        var onPolicy: OnPolicyCheckpoint?, replayData: Data?
         if comm.rank == 0 {
             let state = try CheckpointStore.verify(dir: dir)
             if state.teachers != teacherManifest, !allowTeacherChange {
@@ -81,27 +81,20 @@ extension Trainer {
             }
             // unsplit moments load in place; split ones go to their owners tensor by tensor as they are read
             try CheckpointStore.load(dir: dir, model: model, moments: optimizer.momentsToRead(root: 0), extraWeights: emaWeights)
-            header = [Double(state.step), Double(state.sampleCursor), Double(state.lr), 0, .nan]
+            header = [Double(state.step), Double(state.sampleCursor), Double(state.lr)]
             written = state.worldSize
-            if replay != nil {
+            if distillm != nil {
                 guard let policy = state.onPolicy,
                       let data = try? Data(contentsOf: URL(fileURLWithPath: (dir as NSString).appendingPathComponent(CheckpointFile.replay))) else {
                     throw CheckpointError.shapeMismatch(dir: dir, reason: "no distillm state (its threshold and \(CheckpointFile.replay)) to resume policy.mode distillm")
                 }
-                header[3] = Double(policy.threshold)
-                header[4] = policy.lastValidationLoss ?? .nan
-                replayBytes = [UInt8](data)
+                (onPolicy, replayData) = (policy, data)
             }
         } else {
             try optimizer.receiveMoments(layout: model.layout, root: 0)
         }
         try comm.broadcast(&header, root: 0)
-        if let replay {
-            try comm.broadcast(&replayBytes, root: 0)
-            try replay.restore(Data(replayBytes))
-            policyThreshold = Float(header[3])
-            lastValLoss = header[4].isNaN ? nil : header[4]
-        }
+        try distillm?.restore(onPolicy, buffer: replayData, comm: comm)
         for slab in [model.params] + emaWeights.values { try broadcastFloats(comm, slab.base, count: slab.count) }
         try optimizer.broadcastMoments(root: 0)
         try qat?.restore(dir: comm.rank == 0 ? dir : nil)

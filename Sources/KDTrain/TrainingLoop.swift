@@ -56,17 +56,8 @@ extension Trainer {
         return total.mean
     }
 
-    /// distillm: a validation loss that rose by more than the margin since the last evaluation raises the probability
-    /// of student-generated steps by threshold_step.
-    func adaptPolicy(validationLoss: Double) {
-        guard replay != nil else { return }
-        let p = config.policy
-        if let last = lastValLoss, validationLoss > last + Double(p.margin) {
-            policyThreshold = min(1, policyThreshold + p.thresholdStep)
-            KDLog.info(String(format: "distillm: validation loss rose %.4f → %.4f; student-generated share now %.2f", last, validationLoss, policyThreshold))
-        }
-        lastValLoss = validationLoss
-    }
+    /// distillm: the threshold adapts to the validation loss of this evaluation.
+    func adaptPolicy(validationLoss: Double) { distillm?.adapt(validationLoss: validationLoss) }
 
     /// Runs the remaining steps, logging every `log_every` steps and evaluating on cadence; returns every step's stats.
     /// `checkpoints` writes them on the config's cadence; `stopAfter` ends the call after that many steps (a stop

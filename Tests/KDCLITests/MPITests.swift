@@ -139,6 +139,9 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
             let r = try launch("distill-mpi.sh", [n, "comm-check", "--count", "1001"])
             #expect(r.status == 0 && r.out.contains("comm-check ok: \(n) ranks"), "\(r.out)")
         }
+        // pieces above 2^20 Floats: a rank's range is reduced in several requests
+        let big = try launch("distill-mpi.sh", ["2", "comm-check", "--count", "3000001"])
+        #expect(big.status == 0 && big.out.contains("comm-check ok: 2 ranks, 3000001 floats"), "\(big.out)")
     }
 
     /// "step N/M | loss X" of a run's log, by step.

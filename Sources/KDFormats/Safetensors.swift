@@ -138,7 +138,10 @@ public func writeSafetensors(path: String, shapes: [(name: String, shape: [Int])
         try fh.write(contentsOf: header)
         var written = 0
         try stream { bytes in
-            try fh.write(contentsOf: Data(bytes))
+            // no copy: a whole slab may come in one piece
+            if let base = bytes.baseAddress, bytes.count > 0 {
+                try fh.write(contentsOf: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: base), count: bytes.count, deallocator: .none))
+            }
             written += bytes.count
         }
         guard written == want else {

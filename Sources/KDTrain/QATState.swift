@@ -23,6 +23,8 @@ public final class QATState {
     public let masters: Slab
     /// Straight-through masks of this range (1 where the gradient passes).
     let mask: Slab
+    /// The quantized matrices (in layout order), taken once.
+    let entries: [ParameterLayout.Entry]
     /// The quantized matrices' rows inside this range.
     let pieces: [(index: Int, rows: Range<Int>)]
     /// Explicit scales of every quantized tensor (slab-wide; this rank computes and updates only its own rows').
@@ -47,6 +49,7 @@ public final class QATState {
         masters.base.update(from: model.params.base + r.lowerBound, count: r.count)
         mask = Slab(count: max(r.count, 1))
         let entries = model.quantizedEntries(embeddings: config.embeddings)
+        self.entries = entries
         pieces = scheme == nil ? [] : shard.rows(of: entries)
         if let scheme, config.scales == .learned || config.freezeStep > 0 {
             let qs = QATScales(model: model, scheme: scheme, embeddings: config.embeddings)
@@ -101,7 +104,6 @@ public final class QATState {
         params.update(from: m, count: r.count)
         if let scheme, active(step: step) {
             mask.base.update(repeating: 1, count: r.count)
-            let entries = model.quantizedEntries(embeddings: config.embeddings)
             let explicit = scales != nil && config.explicitScales(atStep: step)
             // learned scales start from the absmax ones, frozen ones are the absmax ones of the freeze step
             if explicit, !scalesReady {
@@ -127,7 +129,7 @@ public final class QATState {
     /// scales ← the absmax scales of this rank's masters (what the absmax path would use now).
     func capture() {
         guard let qs = scales, let scheme else { return }
-        let entries = model.quantizedEntries(embeddings: config.embeddings), r = shard.range, pieces = self.pieces
+        let entries = self.entries, r = shard.range, pieces = self.pieces
         Parallel.forRanges(pieces.count) { lo, hi in
             for (i, rows) in pieces[lo..<hi] {
                 let e = entries[i], c = e.shape[1]
@@ -143,7 +145,7 @@ public final class QATState {
         guard config.enabled else { return }
         let r = shard.range
         if learningScales(step: step), let qs = scales, let sg = scaleGrad, let scheme {
-            let entries = model.quantizedEntries(embeddings: config.embeddings), s0 = scaleRange.lowerBound, pieces = self.pieces
+            let entries = self.entries, s0 = scaleRange.lowerBound, pieces = self.pieces
             sg.zero()
             Parallel.forRanges(pieces.count) { lo, hi in
                 for (i, rows) in pieces[lo..<hi] {

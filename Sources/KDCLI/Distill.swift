@@ -9,6 +9,7 @@ import KDData
 import KDFormats
 import KDLoss
 import KDModel
+import KDOps
 import KDTrain
 
 @main
@@ -17,6 +18,12 @@ struct Distill: ParsableCommand {
         commandName: "distill",
         abstract: "Distill large language models into small, quantized students (under mpirun).",
         subcommands: [Train.self, TeacherCacheCommand.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Export.self, Bench.self, CheckpointCommand.self, Report.self, CommCheck.self])
+
+    /// OpenBLAS's kernels first (BLASCore: a CPU it does not recognize gets its SSE3 kernels, 5× slower), then the command.
+    static func main() {
+        BLASCore.reexecIfMisdetected()
+        main(nil)
+    }
 }
 
 /// One rank of a job, set up once for every command that runs under mpirun: MPI when mpirun started this process

@@ -80,7 +80,7 @@ struct Train: ParsableCommand {
             let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teachers: loaded.map(\.model), teacherManifest: manifest,
                                       teacherCache: cache, initFrom: cutFrom?.model)
             if c.student.initFrom == .fromTeacher, let src = cutFrom?.model ?? loaded.first?.model {
-                KDLog.info("  student cut from \(c.student.teacher.isEmpty ? sources[0].path : c.student.teacher): blocks \(c.student.keptLayers(teacherLayers: src.config.layers)) of \(src.config.layers)")
+                KDLog.info("  student cut from \(c.student.teacher.isEmpty ? sources[0].path : c.student.teacher): blocks \(trainer.cutBlocks) of \(src.config.layers)")
             }
             if c.qat.enabled {
                 KDLog.info("  QAT     weights \(c.qat.scheme)\(c.qat.embeddings ? " (embedding and head too)" : ""), activations \(c.qat.activations), from step \(c.qat.startStep)")

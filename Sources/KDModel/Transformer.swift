@@ -210,7 +210,8 @@ public final class Transformer {
     /// embedding of `tokens` (first stage) or `hidden` (the residual stream from the previous stage); with
     /// `finalNorm` the output is the final RMSNorm (what the LM head reads), else the residual stream.
     /// Inference models only (they keep one residual buffer). - Shapes: tokens [b, t] · hidden, result [b·t, dim]
-    public func forwardStage(_ layers: Range<Int>, tokens: UnsafePointer<Int32>?, hidden: UnsafePointer<Float>?,
+    /// `layers` may skip blocks (a cut student measured inside its teacher, `student.select`).
+    public func forwardStage(_ layers: some Sequence<Int>, tokens: UnsafePointer<Int32>?, hidden: UnsafePointer<Float>?,
                              b: Int, t: Int, finalNorm: Bool) -> UnsafePointer<Float> {
         precondition(grads == nil, "forwardStage: pipeline stages are for inference models")
         let a = activations(b: b, t: t), m = config, n = b * t

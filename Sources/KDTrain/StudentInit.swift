@@ -1,14 +1,51 @@
 // A student cut from its teacher (`student.init: from_teacher`): the embedding, final norm, head and the kept blocks
 // are copied (depth pruning); a narrower FFN or fewer query heads keep the teacher's channels and heads with the
-// largest mean |activation| on calibration batches from the first training windows (width pruning).
+// largest mean |activation| on calibration batches from the first training windows (width pruning). The kept blocks are
+// listed (`every`, `layers`) or measured on the same calibration batches (`select: greedy | angular`, LayerSelection).
+import KDComm
 import KDConfig
+import KDCore
 import KDData
 import KDModel
 
-/// Copies the parts of `source` that `config.student` keeps into `model` (same width, unless pruned).
-func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfig, calibration sampler: WindowSampler) throws {
+/// Refuses a cut that cannot be made from `source`, before the student is allocated.
+func checkCut(_ config: RunConfig, source: Transformer) throws {
+    let s = config.student, L = source.config.layers
+    if s.measuresSelection, config.model.layers >= L || config.model.layers < 1 {
+        throw KDError.invalidInput(what: "student.select: \(s.rule)", expected: "model.layers from 1 to \(L - 1) (the teacher has \(L) blocks)",
+                                   found: "\(config.model.layers)")
+    }
+    if let bad = s.layers.first(where: { $0 >= L }) {
+        throw KDError.invalidInput(what: "student.layers", expected: "teacher block indices below \(L)", found: "\(bad)")
+    }
+}
+
+/// The teacher blocks the student keeps: listed, or measured (and logged, and saved to the run directory by rank 0).
+func studentBlocks(from source: Transformer, config: RunConfig, calibration sampler: WindowSampler, comm: any Communicator) throws -> [Int] {
+    let s = config.student
+    guard s.measuresSelection else { return s.keptLayers(teacherLayers: source.config.layers) }
+    let cal = Calibration(teacher: source, sampler: sampler, batches: s.calibrationBatches, b: config.train.microBatch, t: config.train.seqLen)
+    let dir = config.checkpoint.dir
+    let probe = try measureLayerSelectionKey(s.rule, source: source, keep: config.model.layers, calibration: cal)
+    if let saved = LayerSelection.saved(in: dir, key: probe) {
+        KDLog.info("  select \(s.rule): blocks \(saved.kept) from \(dir)/\(LayerSelection.fileName) (same teacher output on the same calibration tokens)")
+        return saved.kept
+    }
+    let sel = try measureLayerSelection(s.rule, source: source, keep: config.model.layers, calibration: cal, comm: comm)
+    KDLog.info(String(format: "  select %@: keeps %@ of %d blocks, calibration KL(teacher‖cut) %.4f on %d tokens, %.1f s on %d rank%@ (every score: %@/%@)",
+                      "\(s.rule)", "\(sel.kept)", sel.teacherLayers, sel.finalKL, sel.calibrationTokens, sel.seconds, comm.worldSize,
+                      comm.worldSize == 1 ? "" : "s", dir, LayerSelection.fileName))
+    if comm.rank == 0 { try sel.save(in: dir) }
+    return sel.kept
+}
+
+/// Copies the parts of `source` that `config.student` keeps into `model` (same width, unless pruned); returns the
+/// teacher blocks kept.
+@discardableResult
+func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfig, calibration sampler: WindowSampler,
+                comm: any Communicator = LocalCommunicator()) throws -> [Int] {
     let t = config.train
-    let kept = config.student.keptLayers(teacherLayers: source.config.layers)
+    let kept = try studentBlocks(from: source, config: config, calibration: sampler, comm: comm)
     let cb = max(1, config.student.calibrationBatches), b = t.microBatch, seqLen = t.seqLen
     /// A per-block importance summed over the calibration batches.
     func calibrated(_ measure: (UnsafePointer<Int32>) -> [[Double]]) -> [[Double]] {
@@ -41,4 +78,5 @@ func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfi
         }
     }
     try model.copyPruned(from: source, layers: kept, ffnChannels: channels, queryHeads: heads)
+    return kept
 }

@@ -39,6 +39,8 @@ public struct StepStats: Sendable {
 public final class Trainer {
     public let config: RunConfig
     public let model: Transformer
+    /// The teacher blocks a student cut from its teacher kept (listed or measured, `student.select`); empty otherwise.
+    public private(set) var cutBlocks: [Int] = []
     public let comm: any Communicator
     let sampler: WindowSampler
     let validation: WindowSampler?
@@ -134,14 +136,16 @@ public final class Trainer {
         sampler = try WindowSampler(stream: corpus.train, mask: corpus.trainMask, seqLen: t.seqLen, seed: t.seed)
         validation = corpus.validation.count > t.seqLen
             ? try WindowSampler(stream: corpus.validation, mask: corpus.validationMask, seqLen: t.seqLen, seed: t.seed, split: "validation") : nil
-        model = Transformer(config: config.model, needsGrad: true, lmHeadChunk: t.lmHeadChunk)
-        model.initialize(seed: t.seed)
+        let cutSource = config.student.initFrom == .fromTeacher ? initFrom ?? teachers.first : nil
         if config.student.initFrom == .fromTeacher {
-            guard let source = initFrom ?? teachers.first else {
+            guard let cutSource else {
                 throw KDError.invalidInput(what: "student.init from_teacher", expected: "a teacher to cut the student from", found: "none loaded")
             }
-            try cutStudent(model, from: source, config: config, calibration: sampler)
+            try checkCut(config, source: cutSource)
         }
+        model = Transformer(config: config.model, needsGrad: true, lmHeadChunk: t.lmHeadChunk)
+        model.initialize(seed: t.seed)
+        if let cutSource { cutBlocks = try cutStudent(model, from: cutSource, config: config, calibration: sampler, comm: comm) }
         // sharded state: each rank owns a contiguous, row-aligned range of the slab (ZeRO-1/2)
         let sharding = config.optimizer.sharding
         let shard = sharding == .none ? SlabShard(whole: model.layout.count) : SlabShard(layout: model.layout, worldSize: comm.worldSize, rank: comm.rank)

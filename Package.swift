@@ -53,7 +53,7 @@ let package = Package(
         .testTarget(
             name: "KDFormatsTests", dependencies: ["KDFormats", "KDModel", "KDQuant", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
-            name: "KDModelTests", dependencies: ["KDModel", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
+            name: "KDModelTests", dependencies: ["KDModel", "KDOps", "KDLoss", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
             name: "KDCheckpointTests", dependencies: ["KDCheckpoint", "KDModel", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(

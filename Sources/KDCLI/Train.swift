@@ -9,6 +9,7 @@ import KDData
 import KDFormats
 import KDLoss
 import KDModel
+import KDOps
 import KDTrain
 
 struct Train: ParsableCommand {
@@ -93,7 +94,7 @@ struct Train: ParsableCommand {
             try resumeIfAsked(trainer, comm: comm)
             if comm.rank == 0 { trainer.metrics = try MetricsLog(dir: c.checkpoint.dir, resumedStep: trainer.step) }
             let m = c.model
-            KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s")")
+            KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s"), OpenBLAS \(BLASCore.current) kernels")
             KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
                        + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))
             for (i, t) in loaded.enumerated() {

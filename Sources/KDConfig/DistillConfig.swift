@@ -6,6 +6,44 @@ public enum Objective: String, ConfigVocabulary {
     case fkl, rkl, skewFKL = "skew_fkl", skewRKL = "skew_rkl", jsd, tvd, fklRKL = "fkl_rkl"
 }
 
+/// `distill.hidden_layers`: which student block outputs are matched to which teacher block outputs.
+public enum HiddenLayers: Codable, Equatable, Sendable, CustomStringConvertible {
+    /// Each block of a student cut from its teacher ↔ the teacher block it was cut from.
+    case auto
+    /// [student block, teacher block] pairs.
+    case pairs([[Int]])
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let word = try? c.decode(String.self) {
+            guard word == "auto" else {
+                throw DecodingError.dataCorruptedError(in: c, debugDescription: "expected 'auto' or a list of [student, teacher] block pairs, found '\(word)'")
+            }
+            self = .auto
+            return
+        }
+        guard let pairs = try? c.decode([[Int]].self), pairs.allSatisfy({ $0.count == 2 && $0.allSatisfy { $0 >= 0 } }) else {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "expected 'auto' or a list of [student, teacher] block pairs of indices >= 0")
+        }
+        self = .pairs(pairs)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .auto: try c.encode("auto")
+        case .pairs(let p): try c.encode(p)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .auto: return "auto"
+        case .pairs(let p): return p.map { "\($0[0])→\($0[1])" }.joined(separator: ", ")
+        }
+    }
+}
+
 /// The distillation objective: loss = (1 − kd_ratio)·CE + kd_ratio·[T²]·D(p_teacher, q_student), p and q at T.
 public struct DistillConfig: Codable, Equatable, Sendable {
     /// fkl, rkl, skew_fkl, skew_rkl, jsd or tvd. Default fkl.
@@ -22,12 +60,18 @@ public struct DistillConfig: Codable, Equatable, Sendable {
     public var jsdBeta: Float = 0.5
     /// α of fkl_rkl: α·KL(p‖q) + (1−α)·KL(q‖p). Default 0.5.
     public var mixAlpha: Float = 0.5
+    /// Weight w of the hidden-state loss added to the objective: w · mean over the pairs and tokens of
+    /// ‖h_student − h_teacher‖² / ‖h_teacher‖² on block outputs (the residual stream). Default 0 (off).
+    public var hiddenWeight: Float = 0
+    /// The block pairs the hidden-state loss matches: `auto` (a cut student's blocks ↔ the teacher blocks they were
+    /// cut from) or [[student, teacher], …]. Default auto.
+    public var hiddenLayers = HiddenLayers.auto
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case objective, kdRatio = "kd_ratio", temperature, t2Scale = "t2_scale", skewLambda = "skew_lambda", jsdBeta = "jsd_beta"
-        case mixAlpha = "mix_alpha"
+        case mixAlpha = "mix_alpha", hiddenWeight = "hidden_weight", hiddenLayers = "hidden_layers"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -40,6 +84,9 @@ public struct DistillConfig: Codable, Equatable, Sendable {
         skewLambda = try c.value(.skewLambda, or: skewLambda)
         jsdBeta = try c.value(.jsdBeta, or: jsdBeta)
         mixAlpha = try c.value(.mixAlpha, or: mixAlpha)
+        hiddenWeight = try c.value(.hiddenWeight, or: hiddenWeight)
+        hiddenLayers = try c.value(.hiddenLayers, or: hiddenLayers)
+        try c.require(hiddenWeight >= 0, .hiddenWeight, expected: "a number >= 0 (0 = off)", found: hiddenWeight)
         try c.require((0...1).contains(mixAlpha), .mixAlpha, expected: "a number in [0, 1]", found: mixAlpha)
         try c.require((0...1).contains(kdRatio), .kdRatio, expected: "a number in [0, 1]", found: kdRatio)
         try c.require(temperature > 0, .temperature, expected: "a number > 0", found: temperature)

@@ -285,6 +285,13 @@ public final class Transformer {
         return s
     }
 
+    /// The residual stream leaving block `l` in the last forward (training models keep every block's).
+    /// - Shapes: [b·t, dim]
+    public func blockOutput(_ l: Int) -> UnsafePointer<Float> {
+        guard let a = acts, grads != nil else { preconditionFailure("blockOutput: needs a forward on a model built with needsGrad") }
+        return UnsafePointer(a.resid[l + 1].base)
+    }
+
     /// Final hidden states (after the last RMSNorm) of the last forward: what a student's distillation head needs
     /// from its teacher. - Shapes: [b·t, dim]
     public var finalHidden: UnsafePointer<Float> {
@@ -315,13 +322,16 @@ public final class Transformer {
     /// Hooks for a data-parallel trainer, so it can reduce gradients while the rest of backward runs:
     /// `onHeadDone` right after the LM head and final norm; `onBlockDone(l)` right after block l (last to first);
     /// `progress` between the ops of each block (MPI moves non-blocking reduces forward only inside its calls).
+    /// `blockOutputGradient(l, dx)` may add a loss's gradient with respect to block l's output into dx before block l's
+    /// backward reads it.
     /// With `deferEmbedding`, the embedding-lookup gradient is not added to the table; the caller applies it later
     /// with ``applyEmbeddingGradient(dout:tokens:n:)`` from ``embeddingInputGradient`` (the table may be in flight).
     @discardableResult
     public func backward(targets: UnsafePointer<Int32>, lossScale: Float, deferEmbedding: Bool = false,
                          distill: DistillTarget? = nil,
                          onHeadDone: (() -> Void)? = nil, onBlockDone: ((Int) -> Void)? = nil,
-                         progress: (() -> Void)? = nil) -> LossSum {
+                         progress: (() -> Void)? = nil,
+                         blockOutputGradient: ((Int, UnsafeMutablePointer<Float>) -> Void)? = nil) -> LossSum {
         guard let a = acts, let g = grads, let S = a.scratch else { preconditionFailure("backward: needs a forward on a model built with needsGrad") }
         let m = config, n = a.b * a.t, c = m.dim, kv = m.kvDim, f = m.ffnDim, P = params.base, G = g.base
         S.dx.zero()
@@ -340,7 +350,9 @@ public final class Transformer {
         let shape = AttentionShape(b: a.b, tq: a.t, tk: a.t, nh: m.heads, nkv: m.kvHeads, hs: m.headSize)
         for l in stride(from: m.layers - 1, through: 0, by: -1) {
             let A = a.blocks[l], L = layout.blocks[l]
-            // S.dx holds dL/d(block output); the residual passes it straight through to x2 and to the input
+            // S.dx holds dL/d(block output); a loss on the block output itself (hidden-state distillation) adds its part
+            blockOutputGradient?(l, S.dx.base)
+            // the residual passes it straight through to x2 and to the input
             S.dh.zero()
             matmulBackward(dinp: S.dh.base, dweight: G + L.wdown, dout: S.dx.base, inp: A.h.base, weight: P + L.wdown, n: n, c: f, oc: c)
             S.dgate.zero(); S.dup.zero()

@@ -20,6 +20,34 @@ func checkCut(_ config: RunConfig, source: Transformer) throws {
     }
 }
 
+/// Refuses hidden-state pairs that cannot be matched, before the student is allocated.
+func checkHiddenLayers(_ config: RunConfig, teacher: Transformer?) throws {
+    let d = config.distill
+    guard d.hiddenWeight > 0 else { return }
+    guard let teacher else {
+        throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a teacher file (teacher.path) whose block outputs to match", found: "none")
+    }
+    guard teacher.config.dim == config.model.dim else {
+        throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a student of the teacher's width \(teacher.config.dim) (no projection between widths yet)",
+                                   found: "model.dim \(config.model.dim)")
+    }
+    switch d.hiddenLayers {
+    case .auto:
+        guard config.student.initFrom == .fromTeacher else {
+            throw KDError.invalidInput(what: "distill.hidden_layers: auto", expected: "a student cut from its teacher (student.init: from_teacher), or [[student, teacher], ...] pairs",
+                                       found: "student.init: \(config.student.initFrom)")
+        }
+    case .pairs(let pairs):
+        for p in pairs where p[0] >= config.model.layers || p[1] >= teacher.config.layers {
+            throw KDError.invalidInput(what: "distill.hidden_layers pair [\(p[0]), \(p[1])]",
+                                       expected: "student blocks below \(config.model.layers) and teacher blocks below \(teacher.config.layers)", found: "[\(p[0]), \(p[1])]")
+        }
+        guard !pairs.isEmpty else {
+            throw KDError.invalidInput(what: "distill.hidden_layers", expected: "auto or at least one [student, teacher] pair", found: "[]")
+        }
+    }
+}
+
 /// The teacher blocks the student keeps: listed, or measured (and logged, and saved to the run directory by rank 0).
 func studentBlocks(from source: Transformer, config: RunConfig, calibration sampler: WindowSampler, comm: any Communicator) throws -> [Int] {
     let s = config.student

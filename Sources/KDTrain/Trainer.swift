@@ -31,6 +31,8 @@ public struct StepStats: Sendable {
     public var reward: Double = 0
     /// Share of loss tokens where the student's most likely token was the teacher's (0 without a teacher).
     public var agreement: Double = 0
+    /// Mean hidden-state loss per loss token and block pair (`distill.hidden_weight`; 0 when off).
+    public var hidden: Double = 0
     /// Rank 0's clock says a time-based checkpoint (`checkpoint.every_minutes`) is due after this step.
     public var checkpointDue = false
 }
@@ -41,6 +43,11 @@ public final class Trainer {
     public let model: Transformer
     /// The teacher blocks a student cut from its teacher kept (listed or measured, `student.select`); empty otherwise.
     public private(set) var cutBlocks: [Int] = []
+    /// Hidden-state distillation: (student block, teacher block) pairs whose outputs are matched; empty when off.
+    public private(set) var hiddenPairs: [(student: Int, teacher: Int)] = []
+    /// The teacher's block outputs for the current micro-batch (aligned with hiddenPairs), and this step's loss sum.
+    var teacherBlockOutputs: [UnsafePointer<Float>] = []
+    var hiddenSum = 0.0
     public let comm: any Communicator
     let sampler: WindowSampler
     let validation: WindowSampler?
@@ -143,6 +150,7 @@ public final class Trainer {
             }
             try checkCut(config, source: cutSource)
         }
+        try checkHiddenLayers(config, teacher: teachers.first)
         model = Transformer(config: config.model, needsGrad: true, lmHeadChunk: t.lmHeadChunk)
         model.initialize(seed: t.seed)
         if let cutSource { cutBlocks = try cutStudent(model, from: cutSource, config: config, calibration: sampler, comm: comm) }
@@ -167,6 +175,17 @@ public final class Trainer {
         }
         distillm = config.policy.mode == .distillm ? DistiLLMState(policy: config.policy, seqLen: t.seqLen) : nil
         placement = try makeTeacherPlacement(config: config, teachers: teachers, cache: teacherCache, student: model, comm: comm)
+        if config.distill.hiddenWeight > 0 {
+            switch config.distill.hiddenLayers {
+            case .auto: hiddenPairs = cutBlocks.enumerated().map { ($0, $1) }
+            case .pairs(let p): hiddenPairs = p.map { ($0[0], $0[1]) }
+            }
+            guard let replicated = placement as? ReplicatedTeachers else {
+                throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a live teacher with placement replicated (pipelined, groups, "
+                                           + "the offline cache and self-teachers do not send block outputs yet)", found: placement?.summary ?? "no teacher")
+            }
+            replicated.hiddenBlocks = hiddenPairs.map(\.teacher)
+        }
         try refreshWeights()
     }
 
@@ -220,7 +239,7 @@ public final class Trainer {
         sampleCursor += globalBatch
         return StepStats(step: step, loss: totals.loss, tokens: batch.tokens, lr: lr, gradNorm: norm, seconds: monotonicSeconds() - start,
                          exposedCommSeconds: sync.exposedSeconds, ce: totals.ce, kd: totals.kd, source: batch.source, reward: batch.reward,
-                         agreement: totals.agreement, checkpointDue: totals.checkpointDue)
+                         agreement: totals.agreement, hidden: totals.hidden, checkpointDue: totals.checkpointDue)
     }
 
     /// This rank's step: where its samples start in the global batch, where they came from, and the global count of
@@ -271,23 +290,37 @@ public final class Trainer {
             let last = micro == t.gradAccum - 1 && sync.active
             local = local + model.backward(
                 targets: targets + micro * perMicro, lossScale: scale, deferEmbedding: last, distill: target,
-                onHeadDone: last ? hooks.head : nil, onBlockDone: last ? hooks.block : nil, progress: last ? hooks.progress : nil)
+                onHeadDone: last ? hooks.head : nil, onBlockDone: last ? hooks.block : nil, progress: last ? hooks.progress : nil,
+                blockOutputGradient: hiddenPairs.isEmpty ? nil : { l, dx in self.addHiddenStateGradient(block: l, dx: dx, micro: micro, scale: scale) })
         }
         return local
     }
 
+    /// Hidden-state distillation at student block l: w/pairs · lossScale · ∂/∂h of ‖h − h_teacher‖²/‖h_teacher‖² into dx,
+    /// the loss into this step's sum.
+    func addHiddenStateGradient(block l: Int, dx: UnsafeMutablePointer<Float>, micro: Int, scale: Float) {
+        let t = config.train, n = t.microBatch * t.seqLen, w = config.distill.hiddenWeight / Float(hiddenPairs.count)
+        for (k, pair) in hiddenPairs.enumerated() where pair.student == l {
+            hiddenSum += hiddenStateLoss(student: model.blockOutput(l), teacher: teacherBlockOutputs[k], rows: n, c: config.model.dim,
+                                         targets: targets + micro * n, grad: dx, scale: w * scale)
+        }
+    }
+
     /// The step's figures summed over ranks. The stop flag and rank 0's checkpoint clock ride on the same all-reduce,
     /// so every rank acts after the same step.
-    func agree(_ local: LossSum, _ batch: StepBatch) throws -> (loss: Double, ce: Double, kd: Double, agreement: Double, checkpointDue: Bool) {
+    func agree(_ local: LossSum, _ batch: StepBatch) throws -> (loss: Double, ce: Double, kd: Double, agreement: Double, checkpointDue: Bool, hidden: Double) {
         let minutes = config.checkpoint.everyMinutes
         let due = comm.rank == 0 && minutes > 0 && monotonicSeconds() - lastCheckpointTime >= 60 * minutes
-        var sums = [local.sum, local.kdSum, StopSignal.requested ? 1 : 0, Double(local.agree), due ? 1 : 0]
+        var sums = [local.sum, local.kdSum, StopSignal.requested ? 1 : 0, Double(local.agree), due ? 1 : 0, hiddenSum]
+        hiddenSum = 0
         try comm.allReduceSum(&sums)
         if sums[2] > 0 { stopRequested = true }
         let n = Double(max(batch.tokens, 1)), ce = sums[0] / n, kd = sums[1] / n
         let d = config.distill, t2 = Double(d.t2Scale ? d.temperature * d.temperature : 1)
-        let loss = !hasTeacher ? ce : batch.source != .corpus ? t2 * kd : Double(1 - d.kdRatio) * ce + Double(d.kdRatio) * t2 * kd
-        return (loss, ce, kd, sums[3] / n, sums[4] > 0)
+        let hidden = hiddenPairs.isEmpty ? 0 : sums[5] / n / Double(hiddenPairs.count)
+        let loss = (!hasTeacher ? ce : batch.source != .corpus ? t2 * kd : Double(1 - d.kdRatio) * ce + Double(d.kdRatio) * t2 * kd)
+            + Double(d.hiddenWeight) * hidden
+        return (loss, ce, kd, sums[3] / n, sums[4] > 0, hidden)
     }
 
     /// The divergence named by the config.
@@ -309,6 +342,7 @@ public final class Trainer {
     func distillTarget(_ batch: TeacherBatch) throws -> DistillTarget? {
         guard let placement else { return nil }
         let out = try placement.output(for: batch), d = config.distill
+        teacherBlockOutputs = out.blockOutputs
         var target = DistillTarget(teachers: out.members.isEmpty ? nil : TeacherEnsemble(members: out.members, combine: combine, route: batch.route),
                                    divergence: divergence, temperature: d.temperature, kdRatio: d.kdRatio, t2Scale: d.t2Scale)
         target.topK = out.topK

@@ -80,6 +80,7 @@ extension Trainer {
             if let metrics {
                 var v: [(String, Double)] = [("loss", s.loss)]
                 if hasTeacher { v += [("ce", s.ce), (objective, s.kd), ("agreement", s.agreement)] }
+                if !hiddenPairs.isEmpty { v.append(("hidden", s.hidden)) }
                 v += [("lr", Double(s.lr)), ("grad_norm", s.gradNorm), ("tokens_per_s", Double(s.tokens) / s.seconds),
                       ("step_seconds", s.seconds), ("peak_rss_mib", Double(ProcessMemory.peakRSSBytes()) / 1048576)]
                 if comm.worldSize > 1 { v.append(("comm_exposed_ms", 1000 * s.exposedCommSeconds)) }
@@ -90,7 +91,8 @@ extension Trainer {
             if logged || interactive {
                 let eta = elapsed / Double(history.count) * Double(t.steps - s.step)
                 let comm = self.comm.worldSize > 1 ? String(format: " | comm exposed %.0f ms", 1000 * s.exposedCommSeconds) : ""
-                var parts = hasTeacher ? String(format: " (ce %.4f, %@ %.4f, agree %.1f%%)", s.ce, objective, s.kd, 100 * s.agreement) : ""
+                var parts = hasTeacher ? String(format: " (ce %.4f, %@ %.4f, agree %.1f%%%@)", s.ce, objective, s.kd, 100 * s.agreement,
+                                                hiddenPairs.isEmpty ? "" : String(format: ", hidden %.4f", s.hidden)) : ""
                 if s.source != .corpus { parts += " [\(s.source.rawValue)\(s.source == .rollout ? String(format: ", reward %.3f", s.reward) : "")]" }
                 let line = String(format: "step %5d/%d | loss %.4f%@ | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %@%@",
                                   s.step, t.steps, s.loss, parts, s.lr, s.gradNorm, tps, formatDuration(eta), comm)

@@ -3,6 +3,7 @@
 import Foundation
 import KDConfig
 import KDCore
+import KDLoss
 import KDModel
 import KDOps
 import KDTestSupport
@@ -304,4 +305,76 @@ func logitsOf(_ model: Transformer, _ toks: [Int32]) -> [Float] {
     toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: 1, t: toks.count) }
     out.withUnsafeMutableBufferPointer { model.logits(into: $0.baseAddress!) }
     return out
+}
+
+/// Hidden-state distillation: the gradient of CE + w · Σ_pairs ‖h_l − h_teacher‖²/‖h_teacher‖² (block outputs, the
+/// residual stream) through the whole model, against central differences of the same loss computed forward only.
+@Test func hiddenStateLossGradientMatchesFiniteDifferences() {
+    let m = tinyModelConfig(tied: true)
+    let model = makeModel(m)
+    let b = 2, t = 6, n = b * t, c = m.dim, w: Float = 0.7
+    let toks = tokens(n, vocab: m.vocabSize, seed: 21)
+    var targets = tokens(n, vocab: m.vocabSize, seed: 22)
+    targets[3] = -1  // a masked row carries no hidden-state loss either
+    // teacher block outputs: random streams of a realistic size, one per pair (student block 0 and 1; block 1 twice)
+    let pairs = [0, 1, 1]
+    let teacher = pairs.indices.map { randomArray(n * c, seed: 30 + UInt64($0), scale: 1.5) }
+    func hidden(grad: ((Int, UnsafeMutablePointer<Float>) -> Void)? = nil) -> Double {
+        var s = 0.0
+        for (k, l) in pairs.enumerated() {
+            s += teacher[k].withUnsafeBufferPointer { tb in targets.withUnsafeBufferPointer { tg in
+                hiddenStateLoss(student: model.blockOutput(l), teacher: tb.baseAddress!, rows: n, c: c, targets: tg.baseAddress!, grad: nil, scale: 0)
+            } }
+        }
+        return Double(w) * s
+    }
+    func loss() -> Double {
+        toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
+        return targets.withUnsafeBufferPointer { model.loss(targets: $0.baseAddress!) }.sum + hidden()
+    }
+    model.grads!.zero()
+    toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
+    var fromHook = 0.0
+    _ = targets.withUnsafeBufferPointer { tg in
+        model.backward(targets: tg.baseAddress!, lossScale: 1, blockOutputGradient: { l, dx in
+            for (k, pl) in pairs.enumerated() where pl == l {
+                fromHook += teacher[k].withUnsafeBufferPointer {
+                    hiddenStateLoss(student: model.blockOutput(l), teacher: $0.baseAddress!, rows: n, c: c, targets: tg.baseAddress!, grad: dx, scale: w)
+                }
+            }
+        })
+    }
+    #expect(abs(Double(w) * fromHook - hidden()) < 1e-6 * hidden())
+    #expect(hidden() > 0.1)
+    var analytic: [Float] = [], numeric: [Float] = []
+    let rng = CounterRNG(seed: 12, purpose: .test), eps: Float = 1e-2
+    for (ti, e) in model.layout.entries.enumerated() {
+        for s in 0..<4 {
+            var i = e.offset + rng.index(e.count, UInt64(ti), UInt64(s))
+            if e.name == "model.embed_tokens.weight" { i = e.offset + Int(toks[s]) * m.dim + rng.index(m.dim, UInt64(ti), UInt64(s)) }
+            let orig = model.params.base[i]
+            model.params.base[i] = orig + eps
+            let lp = loss()
+            model.params.base[i] = orig - eps
+            let lm = loss()
+            model.params.base[i] = orig
+            numeric.append(Float((lp - lm) / Double(2 * eps)))
+            analytic.append(model.grads!.base[i])
+        }
+    }
+    let err = maxRelError(analytic, numeric)
+    #expect(err < 1e-2, "max error relative to the largest gradient: \(err)")
+    // without the hook's part the gradient would be off: the hidden-state term is not negligible here
+    model.grads!.zero()
+    toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
+    _ = targets.withUnsafeBufferPointer { model.backward(targets: $0.baseAddress!, lossScale: 1) }
+    var ceOnly: [Float] = []
+    for (ti, e) in model.layout.entries.enumerated() {
+        for s in 0..<4 {
+            var i = e.offset + rng.index(e.count, UInt64(ti), UInt64(s))
+            if e.name == "model.embed_tokens.weight" { i = e.offset + Int(toks[s]) * m.dim + rng.index(m.dim, UInt64(ti), UInt64(s)) }
+            ceOnly.append(model.grads!.base[i])
+        }
+    }
+    #expect(maxRelError(ceOnly, numeric) > 0.1)
 }

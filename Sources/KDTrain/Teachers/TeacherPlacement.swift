@@ -24,6 +24,9 @@ public struct TeacherBatch {
 public struct TeacherOutput {
     public var members: [TeacherSource]
     public var topK: TopKRows?
+    /// The first teacher's block outputs the hidden-state loss asks for (`distill.hidden_weight`), in the order of
+    /// the placement's `hiddenBlocks`. - Shapes: each [b·t, dim]
+    public var blockOutputs: [UnsafePointer<Float>] = []
 }
 
 /// A way of running the teacher(s) for the student's micro-batches.

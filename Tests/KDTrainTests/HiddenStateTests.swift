@@ -1,0 +1,104 @@
+// Hidden-state distillation at the trainer level: a student that is its teacher has no hidden-state loss, a cut student
+// starts with one that training lowers, the teacher's staged forward gives bitwise the final hidden states of one forward,
+// and pairs that cannot be matched are refused before the student exists.
+import Foundation
+import KDConfig
+import KDCore
+import KDData
+import KDModel
+@testable import KDTrain
+import Testing
+
+private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Transformer) {
+    var c = try tinyConfig()
+    c.train.steps = 6
+    c.teacher = TeacherConfig()
+    c.teacher!.path = "in-memory"
+    c.distill.kdRatio = 0.5
+    c.distill.hiddenWeight = 1
+    var tm = c.model
+    tm.layers = teacherLayers
+    let teacher = Transformer(config: tm, needsGrad: false)
+    teacher.initialize(seed: 8)
+    c.student.initFrom = .fromTeacher
+    return (c, teacher)
+}
+
+@Test func aStudentThatIsItsTeacherHasNoHiddenStateLoss() throws {
+    var (c, teacher) = try hiddenConfig(layers: 2)
+    c.student.layers = [0, 1]
+    c.optimizer.lr = 0  // nothing moves: the student stays the teacher
+    c.train.steps = 1
+    c.optimizer.warmupSteps = 1
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let trainer = try Trainer(config: c, corpus: corpus, teacher: teacher)
+    #expect(trainer.hiddenPairs.map(\.student) == [0, 1] && trainer.hiddenPairs.map(\.teacher) == [0, 1])
+    let s = try trainer.trainStep()
+    #expect(s.hidden == 0, "hidden-state loss \(s.hidden)")
+}
+
+@Test func theHiddenStateLossPullsACutStudentTowardItsTeacher() throws {
+    var (c, teacher) = try hiddenConfig(layers: 4)
+    c.model.layers = 2
+    c.student.layers = [0, 3]
+    c.distill.hiddenLayers = .auto
+    c.train.steps = 4
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let trainer = try Trainer(config: c, corpus: corpus, teacher: teacher)
+    #expect(trainer.hiddenPairs.map(\.teacher) == [0, 3])
+    let stats = try trainer.run()
+    // block 0 is copied (its output matches at first), block 3's input is no longer block 2's output
+    #expect(stats[0].hidden > 0.01, "\(stats.map(\.hidden))")
+    #expect(abs(stats[0].loss - (0.5 * stats[0].ce + 0.5 * stats[0].kd + stats[0].hidden)) < 1e-9 * stats[0].loss)
+    // the same run with a negligible weight (the loss measured, its gradient ~0) drifts further from the teacher's states
+    c.distill.hiddenWeight = 1e-6
+    let loose = try Trainer(config: c, corpus: corpus, teacher: teacher).run()
+    #expect(loose[0].hidden == stats[0].hidden)
+    #expect(stats.last!.hidden < 0.7 * loose.last!.hidden, "with weight 1: \(stats.map(\.hidden)); 1e-6: \(loose.map(\.hidden))")
+}
+
+@Test func theStagedTeacherForwardEndsBitwiseWhereOneForwardDoes() throws {
+    let (c, teacher) = try hiddenConfig(layers: 4)
+    let placement = ReplicatedTeachers(teachers: [teacher], weights: [1], combine: .mixture, topK: nil, vocabSize: c.model.vocabSize)
+    placement.hiddenBlocks = [2, 0]
+    let b = 2, t = 8, toks = (0..<(b * t)).map { Int32($0 * 7 % c.model.vocabSize) }
+    let staged = try toks.withUnsafeBufferPointer { p in
+        let out = try placement.output(for: TeacherBatch(tokens: p.baseAddress!, b: b, t: t, windows: [0, 1], validation: false, route: nil))
+        #expect(out.blockOutputs.count == 2)
+        return Array(UnsafeBufferPointer(start: out.members[0].hidden, count: b * t * c.model.dim))
+    }
+    toks.withUnsafeBufferPointer { teacher.forward(tokens: $0.baseAddress!, b: b, t: t) }
+    #expect(staged == Array(UnsafeBufferPointer(start: teacher.finalHidden, count: b * t * c.model.dim)))
+    // block 0's output is the stream a one-block cut of the teacher hands to its final norm
+    let first = toks.withUnsafeBufferPointer { p in
+        Array(UnsafeBufferPointer(start: teacher.forwardStage(0..<1, tokens: p.baseAddress!, hidden: nil, b: b, t: t, finalNorm: false), count: b * t * c.model.dim))
+    }
+    #expect(Array(UnsafeBufferPointer(start: placement.captured[0].base, count: b * t * c.model.dim)) == first)
+}
+
+@Test func hiddenPairsThatCannotBeMatchedAreRefused() throws {
+    var (c, teacher) = try hiddenConfig(layers: 4)
+    c.model.layers = 2
+    c.student.layers = [0, 3]
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    c.distill.hiddenLayers = .pairs([[0, 0], [2, 3]])  // the student has blocks 0 and 1
+    do { _ = try Trainer(config: c, corpus: corpus, teacher: teacher); Issue.record("student block 2 accepted") } catch {
+        #expect("\(error)".contains("pair [2, 3]") && "\(error)".contains("below 2"), "\(error)")
+    }
+    c.distill.hiddenLayers = .pairs([[1, 4]])
+    do { _ = try Trainer(config: c, corpus: corpus, teacher: teacher); Issue.record("teacher block 4 accepted") } catch {
+        #expect("\(error)".contains("teacher blocks below 4"), "\(error)")
+    }
+    c.distill.hiddenLayers = .auto
+    c.student = StudentInitConfig()
+    do { _ = try Trainer(config: c, corpus: corpus, teacher: teacher); Issue.record("auto without a cut accepted") } catch {
+        #expect("\(error)".contains("from_teacher"), "\(error)")
+    }
+    // in YAML: a word other than auto, and a pair of three
+    let data = "data:\n  train: [corpus.txt]\n"
+    for bad in ["hidden_layers: all", "hidden_layers: [[0, 1, 2]]", "hidden_weight: -1"] {
+        do { _ = try RunConfig.parse(yaml: data + "distill:\n  \(bad)\n"); Issue.record("\(bad) accepted") } catch {
+            #expect("\(error)".contains("hidden_"), "\(bad): \(error)")
+        }
+    }
+}

@@ -38,8 +38,8 @@ struct Export: ParsableCommand {
             if FileManager.default.fileExists(atPath: (checkpoint as NSString).appendingPathComponent(CheckpointFile.checksums)) {
                 _ = try CheckpointStore.verify(dir: checkpoint)
             }
-            // the full-precision weights as stored; QAT is applied below, from the checkpoint's config
-            let (model, _) = try loadHFModel(dir: checkpoint, needsGrad: false)
+            // the full-precision weights as stored, run with the RoPE style they trained with; QAT is applied below
+            let (model, _) = try loadHFModel(dir: checkpoint, needsGrad: false, ropeStyle: try checkpointConfig(dir: checkpoint)?.config.model.ropeStyle)
             let qat = try checkpointQAT(dir: checkpoint)
             let scheme = qat.flatMap { FakeQuantScheme($0.scheme) }
             let trained = scheme?.ggmlType
@@ -119,7 +119,7 @@ struct Export: ParsableCommand {
         let tmp = out + ".tmp-\(getpid())"
         try? fm.removeItem(atPath: tmp)
         do {
-            try saveHFModel(model, dir: tmp)
+            try saveHFModel(model, dir: tmp, hfLayout: true)
             let tj = (checkpoint as NSString).appendingPathComponent(CheckpointFile.tokenizer)
             if fm.fileExists(atPath: tj) { try fm.copyItem(atPath: tj, toPath: (tmp as NSString).appendingPathComponent(HFFolder.tokenizer)) }
             if fm.fileExists(atPath: out) { try fm.removeItem(atPath: out) }

@@ -103,6 +103,16 @@ func permuteRowsToAdjacent(_ w: UnsafePointer<Float>, heads: Int, hs: Int, c: In
     }
 }
 
+/// The inverse of ``permuteRowsToAdjacent(_:heads:hs:c:out:)``: adjacent-pair order (GGUF) back to rotate-half (HF).
+func permuteRowsToHalf(_ w: UnsafePointer<Float>, heads: Int, hs: Int, c: Int, out: UnsafeMutablePointer<Float>) {
+    for h in 0..<heads {
+        for j in 0..<(hs / 2) {
+            (out + (h * hs + j) * c).update(from: w + (h * hs + 2 * j) * c, count: c)
+            (out + (h * hs + hs / 2 + j) * c).update(from: w + (h * hs + 2 * j + 1) * c, count: c)
+        }
+    }
+}
+
 extension Transformer {
     /// The model as a llama GGUF file: matrices in `type` (norms F32), architecture metadata, and `extraMetadata`
     /// (the teacher's tokenizer.* keys). Throws before writing anything if a row does not fit `type`'s blocks.

@@ -24,8 +24,9 @@ public enum HFError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// The model shape of a LlamaForCausalLM config.json.
-public func hfModelConfig(dir: String, maxSeqLen: Int? = nil) throws -> ModelConfig {
+/// The model shape of a LlamaForCausalLM config.json. `ropeStyle` overrides Hugging Face's rotate-half convention for a
+/// folder whose Q/K rows are stored in another order (a training checkpoint of a student cut from a GGUF teacher).
+public func hfModelConfig(dir: String, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil) throws -> ModelConfig {
     let path = (dir as NSString).appendingPathComponent(HFFolder.config)
     guard let data = FileManager.default.contents(atPath: path) else { throw HFError.noConfig(dir) }
     guard let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
@@ -52,14 +53,14 @@ public func hfModelConfig(dir: String, maxSeqLen: Int? = nil) throws -> ModelCon
     m.rmsEps = Float((j["rms_norm_eps"] as? Double) ?? 1e-5)
     m.maxSeqLen = maxSeqLen ?? min((j["max_position_embeddings"] as? Int) ?? 2048, 4096)
     m.tiedEmbeddings = (j["tie_word_embeddings"] as? Bool) ?? false
-    m.ropeStyle = .half
+    m.ropeStyle = ropeStyle ?? .half
     try m.validate(path: path)
     return m
 }
 
 /// Loads a HF folder. Inference models keep F16/BF16 matrices packed in the mapped files; training models get Floats.
-public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil) throws -> (model: Transformer, files: [SafetensorsFile]) {
-    let m = try hfModelConfig(dir: dir, maxSeqLen: maxSeqLen)
+public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil) throws -> (model: Transformer, files: [SafetensorsFile]) {
+    let m = try hfModelConfig(dir: dir, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle)
     let names = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".safetensors") }.sorted()
     let files = try names.map { try SafetensorsFile(path: (dir as NSString).appendingPathComponent($0)) }
     let model = Transformer(config: m, needsGrad: needsGrad)
@@ -77,8 +78,11 @@ public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil) thr
     return (model, files)
 }
 
-/// Writes `model` as a HF folder (config.json + model.safetensors, F32), creating `dir`.
-public func saveHFModel(_ model: Transformer, dir: String, metadata: [String: String] = [:]) throws {
+/// Writes `model` as a HF folder (config.json + model.safetensors, F32), creating `dir`. Training checkpoints store the
+/// weights as the model runs them (their run config names the RoPE style); with `hfLayout`, the Q and K rows of a model
+/// that runs adjacent-pair RoPE (cut from a GGUF teacher) are reordered to rotate-half, so Hugging Face `transformers`
+/// and distill (which reads a plain folder as rotate-half) compute the same model.
+public func saveHFModel(_ model: Transformer, dir: String, metadata: [String: String] = [:], hfLayout: Bool = false) throws {
     precondition(model.packed.isEmpty, "saveHFModel: packed weights cannot be saved as F32")
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     let m = model.config
@@ -90,9 +94,18 @@ public func saveHFModel(_ model: Transformer, dir: String, metadata: [String: St
         "max_position_embeddings": m.maxSeqLen, "tie_word_embeddings": m.tiedEmbeddings, "hidden_act": "silu",
         "torch_dtype": "float32",
     ]
-    let entries = model.layout.entries.map { SafetensorsEntry(name: $0.name, shape: $0.shape, data: model.params.base + $0.offset) }
+    var reordered: [Slab] = []
+    let entries = model.layout.entries.map { e -> SafetensorsEntry in
+        let isQK = e.name.hasSuffix("q_proj.weight") || e.name.hasSuffix("k_proj.weight")
+        guard hfLayout, m.ropeStyle == .adjacent, isQK else { return SafetensorsEntry(name: e.name, shape: e.shape, data: model.params.base + e.offset) }
+        let rows = Slab(count: e.count)
+        permuteRowsToHalf(model.params.base + e.offset, heads: e.shape[0] / m.headSize, hs: m.headSize, c: e.shape[1], out: rows.base)
+        reordered.append(rows)
+        return SafetensorsEntry(name: e.name, shape: e.shape, data: UnsafePointer(rows.base))
+    }
     try writeSafetensors(path: (dir as NSString).appendingPathComponent(HFFolder.weights), tensors: entries,
                          metadata: metadata.merging(["format": "pt"]) { a, _ in a })
+    withExtendedLifetime(reordered) {}
     let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
     try atomicWrite(path: (dir as NSString).appendingPathComponent(HFFolder.config)) { try $0.write(contentsOf: json) }
 }
@@ -112,11 +125,11 @@ public enum HFFolder {
 
 /// Opens `path` as a GGUF file or a HF folder for inference, weights as stored (a training checkpoint's QAT is
 /// applied by KDCheckpoint's `openModel`).
-public func openModelFile(path: String, maxSeqLen: Int? = nil) throws -> LoadedModel {
+public func openModelFile(path: String, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil) throws -> LoadedModel {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
     if isDir.boolValue {
-        let (model, files) = try loadHFModel(dir: path, needsGrad: false, maxSeqLen: maxSeqLen)
+        let (model, files) = try loadHFModel(dir: path, needsGrad: false, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle)
         let tj = (path as NSString).appendingPathComponent(HFFolder.tokenizer)
         let tok = FileManager.default.fileExists(atPath: tj) ? try BPETokenizer(hfTokenizerJSON: tj) : nil
         return LoadedModel(model: model, tokenizer: tok, kind: "safetensors", keepAlive: files)

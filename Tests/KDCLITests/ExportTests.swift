@@ -135,6 +135,43 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         #expect(try distill(["export", ckpt, "--format", "onnx", "--out", out]).status != 0)
     }
 
+    /// A student cut from a GGUF teacher runs adjacent-pair RoPE (GGUF's Q/K row order). Its checkpoint, its GGUF export
+    /// and its Hugging Face export must all evaluate as the teacher it still is (learning rate ~0): the checkpoint and the
+    /// GGUF once loaded as rotate-half and scrambled every head's rotation (1.6 nats on the 24-block SmolLM2 student).
+    @Test func aStudentCutFromAGGUFTeacherEvaluatesAsItTrainedInEveryFormat() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var tm = ModelConfig()
+        tm.layers = 2; tm.dim = 64; tm.heads = 4; tm.kvHeads = 2; tm.ffnDim = 172; tm.vocabSize = 256; tm.maxSeqLen = 64; tm.ropeStyle = .adjacent
+        let teacher = Transformer(config: tm, needsGrad: false)
+        teacher.initialize(seed: 12)
+        let tpath = dir.appendingPathComponent("t.gguf").path
+        try teacher.exportGGUF(path: tpath, type: .f32, name: "t", extraMetadata: [])
+        let cfg = try tinyYAML(dir, "cut", edits: [("steps: 10", "steps: 2"), ("lr: 3.0e-3", "lr: 1.0e-12"), ("warmup_steps: 2", "warmup_steps: 1"),
+                                                   ("max_seq_len: 64", "max_seq_len: 64\n  rope_style: adjacent"),
+                                                   ("data:\n", "teacher:\n  path: \(tpath)\nstudent:\n  init: from_teacher\n  layers: [0, 1]\ndata:\n")])
+        let r = try distill(["train", "--config", cfg, "--sample-tokens", "0"])
+        #expect(r.status == 0, "\(r.err)")
+        let ckpt = dir.appendingPathComponent("cut/step_00000002").path
+        let gguf = dir.appendingPathComponent("s.gguf").path, hf = dir.appendingPathComponent("s-hf").path
+        #expect(try distill(["export", ckpt, "--format", "gguf", "--quant", "f32", "--out", gguf]).status == 0)
+        #expect(try distill(["export", ckpt, "--format", "safetensors", "--out", hf]).status == 0)
+        let reference = try nll(tpath, windows: 8)
+        for m in [ckpt, gguf, hf] {
+            let x = try nll(m, windows: 8)
+            #expect(abs(x - reference) < 1e-4, "\(m): \(x) vs the teacher's \(reference)")
+        }
+        // the Hugging Face export is rotate-half (what transformers runs): its Q rows are the teacher's, reordered
+        let st = try SafetensorsFile(path: hf + "/model.safetensors")
+        let q = try #require(st.tensor("model.layers.0.self_attn.q_proj.weight"))
+        var rows = [Float](repeating: 0, count: q.elements)
+        rows.withUnsafeMutableBufferPointer { st.read(q, into: $0.baseAddress!) }
+        let wq = teacher.params.base + teacher.layout.blocks[0].wq, hs = tm.headSize
+        #expect(Array(rows[0..<64]) == Array(UnsafeBufferPointer(start: wq, count: 64)))            // row 0 ← adjacent row 0
+        #expect(Array(rows[64..<128]) == Array(UnsafeBufferPointer(start: wq + 2 * 64, count: 64)))  // row 1 ← adjacent row 2
+        #expect(Array(rows[(hs / 2 * 64)..<(hs / 2 * 64 + 64)]) == Array(UnsafeBufferPointer(start: wq + 64, count: 64)))  // row hs/2 ← row 1
+    }
+
     @Test func aStudentCutFromAQuantizedTeacherHoldsItsDequantizedBlocks() throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }

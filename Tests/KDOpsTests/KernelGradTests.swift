@@ -190,3 +190,21 @@ func attentionBackwardMatchesFiniteDifferences(group: Int, nkv: Int) {
 }
 
 import Foundation
+
+/// OpenBLAS 0.3.21 falls back to its SSE3 Prescott kernels on CPUs it does not recognize; the executable then re-runs
+/// itself with OPENBLAS_CORETYPE set to the best family the CPU's flags allow, unless the user set one.
+@Test func blasCoreIsRaisedOnlyWhenOpenBLASFellBackBelowTheCPU() {
+    let avx512: Set<String> = ["sse3", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"]
+    #expect(BLASCore.better(flags: avx512, current: "Prescott", environment: [:]) == "SkylakeX")
+    #expect(BLASCore.better(flags: ["avx2", "fma", "avx"], current: "Prescott", environment: [:]) == "Haswell")
+    #expect(BLASCore.better(flags: ["sse3"], current: "Prescott", environment: [:]) == nil)
+    #expect(BLASCore.better(flags: avx512, current: "SkylakeX", environment: [:]) == nil)
+    #expect(BLASCore.better(flags: avx512, current: "Zen", environment: [:]) == nil)
+    #expect(BLASCore.better(flags: avx512, current: "Prescott", environment: ["OPENBLAS_CORETYPE": "Haswell"]) == nil)
+    // the library in this process: never a pre-AVX2 core when the CPU has AVX2 (the tests set nothing, so this
+    // checks what OpenBLAS chose on its own and says so when it would need the executable's correction)
+    let flags = BLASCore.cpuFlags()
+    if BLASCore.better(flags: flags, current: BLASCore.current, environment: ProcessInfo.processInfo.environment) != nil {
+        print("note: OpenBLAS chose \(BLASCore.current) on this CPU; the distill executable re-runs itself with a better core")
+    }
+}

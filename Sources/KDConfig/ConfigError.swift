@@ -22,7 +22,14 @@ public enum ConfigError: Error, CustomStringConvertible, Equatable {
         }
         switch e {
         case .dataCorrupted(let ctx):
-            self = .at(source: source, path: path(ctx.codingPath), message: ctx.debugDescription)
+            // Yams wraps an error thrown inside a decoder as "not valid YAML": say what that error says
+            if let inner = ctx.underlyingError as? ConfigError, case .invalid(let p, let expected, let found) = inner {
+                self = .at(source: source, path: p, message: "expected \(expected), found \(found)")
+            } else if let inner = ctx.underlyingError as? DecodingError {
+                self = ConfigError(decoding: inner, source: source)
+            } else {
+                self = .at(source: source, path: path(ctx.codingPath), message: ctx.debugDescription)
+            }
         case .keyNotFound(let key, let ctx):
             self = .at(source: source, path: path(ctx.codingPath + [key]), message: "required key is missing")
         case .typeMismatch(let type, let ctx):

@@ -46,6 +46,8 @@ import Testing
     ("teacher: {self: mine}", "teacher.self", "expected 'none', 'initial', 'ema' or 'checkpoint', found 'mine'"),
     ("teacher: {members: [{path: a, weight: -1}]}", "teacher.members[0].weight", "expected a number >= 0, found -1.0"),
     ("teacher: {path: a, combine: average}", "teacher.combine", "expected 'mixture' or 'logits', found 'average'"),
+    ("student: {init: from_teacher, select: greedy, layers: [0, 2]}", "student.select", "expected greedy alone"),
+    ("distill: {hidden_layers: [[0]]}", "distill.hidden_layers", "expected 'auto' or a list of [student, teacher] block pairs"),
     ("policy: {mode: onpolicy}", "policy.mode", "expected 'off', 'gkd', 'distillm' or 'minillm', found 'onpolicy'"),
     ("policy: {mode: gkd}", "policy.mode", "expected a teacher section with on-policy distillation (gkd), found no teacher"),
     ("teacher: {path: a}\npolicy: {mode: minillm}", "distill.objective", "expected rkl with policy.mode minillm"),
@@ -72,7 +74,10 @@ func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: St
     #expect(throws: ConfigError.invalid("train.seq_len", expected: "<= model.max_seq_len (64)", found: "128")) {
         try RunConfig.parse(yaml: "data: {train: [a]}\nmodel: {max_seq_len: 64}\ntrain: {seq_len: 128}\n")
     }
-    #expect(throws: ConfigError.self) { try RunConfig.parse(yaml: "model: {dim: 64}\n") }  // no data section
+    // no data section: the message says so (Yams once wrapped it as "top level: The given data was not valid YAML")
+    #expect(throws: ConfigError.at(source: "config", path: "data", message: "expected a data section with a 'train' list of text files, found none")) {
+        try RunConfig.parse(yaml: "model: {dim: 64}\n")
+    }
     #expect(throws: ConfigError.fileNotFound("/nonexistent.yaml")) { try RunConfig.load(path: "/nonexistent.yaml") }
 }
 

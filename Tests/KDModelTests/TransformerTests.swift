@@ -125,27 +125,36 @@ func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates(headDim: Int
     let ls = targets.withUnsafeBufferPointer { model.backward(targets: $0.baseAddress!, lossScale: 1) }
     #expect(ls.count == n - 1)
     #expect(abs(ls.sum - loss()) < 1e-4)
-    var analytic: [Float] = [], numeric: [Float] = []
-    let rng = CounterRNG(seed: 11, purpose: .test), eps: Float = 1e-2
-    for (ti, e) in model.layout.entries.enumerated() {
-        for s in 0..<4 {
-            var i = e.offset + rng.index(e.count, UInt64(ti), UInt64(s))
-            if e.name == "model.embed_tokens.weight" {  // pick rows of tokens that occur, else the gradient is 0
-                i = e.offset + Int(toks[s]) * m.dim + rng.index(m.dim, UInt64(ti), UInt64(s))
-            }
-            let orig = model.params.base[i]
-            model.params.base[i] = orig + eps
-            let lp = loss()
-            model.params.base[i] = orig - eps
-            let lm = loss()
-            model.params.base[i] = orig
-            numeric.append(Float((lp - lm) / Double(2 * eps)))
-            analytic.append(model.grads!.base[i])
-        }
-    }
+    let coords = sampledCoordinates(model, toks, seed: 11)
+    let numeric = centralDifferences(model, at: coords, loss: loss), analytic = coords.map { model.grads!.base[$0] }
     let err = maxRelError(analytic, numeric)
     #expect(err < 1e-2, "max error relative to the largest gradient: \(err)")
     #expect(numeric.contains { abs($0) > 1e-2 })  // the check is not vacuous
+}
+
+/// Four parameter indices per tensor; embedding rows of tokens that occur (else the gradient is 0).
+func sampledCoordinates(_ model: Transformer, _ toks: [Int32], seed: UInt64) -> [Int] {
+    let rng = CounterRNG(seed: seed, purpose: .test), dim = model.config.dim
+    return model.layout.entries.enumerated().flatMap { ti, e in
+        (0..<4).map { s in
+            e.name == "model.embed_tokens.weight" ? e.offset + Int(toks[s]) * dim + rng.index(dim, UInt64(ti), UInt64(s))
+                : e.offset + rng.index(e.count, UInt64(ti), UInt64(s))
+        }
+    }
+}
+
+/// Central differences of `loss` at each parameter index (step 1e-2).
+func centralDifferences(_ model: Transformer, at coords: [Int], loss: () -> Double) -> [Float] {
+    let eps: Float = 1e-2
+    return coords.map { i in
+        let orig = model.params.base[i]
+        model.params.base[i] = orig + eps
+        let lp = loss()
+        model.params.base[i] = orig - eps
+        let lm = loss()
+        model.params.base[i] = orig
+        return Float((lp - lm) / Double(2 * eps))
+    }
 }
 
 @Test func tinyModelOverfitsOneBatch() {
@@ -346,35 +355,14 @@ func logitsOf(_ model: Transformer, _ toks: [Int32]) -> [Float] {
     }
     #expect(abs(Double(w) * fromHook - hidden()) < 1e-6 * hidden())
     #expect(hidden() > 0.1)
-    var analytic: [Float] = [], numeric: [Float] = []
-    let rng = CounterRNG(seed: 12, purpose: .test), eps: Float = 1e-2
-    for (ti, e) in model.layout.entries.enumerated() {
-        for s in 0..<4 {
-            var i = e.offset + rng.index(e.count, UInt64(ti), UInt64(s))
-            if e.name == "model.embed_tokens.weight" { i = e.offset + Int(toks[s]) * m.dim + rng.index(m.dim, UInt64(ti), UInt64(s)) }
-            let orig = model.params.base[i]
-            model.params.base[i] = orig + eps
-            let lp = loss()
-            model.params.base[i] = orig - eps
-            let lm = loss()
-            model.params.base[i] = orig
-            numeric.append(Float((lp - lm) / Double(2 * eps)))
-            analytic.append(model.grads!.base[i])
-        }
-    }
+    let coords = sampledCoordinates(model, toks, seed: 12)
+    let numeric = centralDifferences(model, at: coords, loss: loss), analytic = coords.map { model.grads!.base[$0] }
     let err = maxRelError(analytic, numeric)
     #expect(err < 1e-2, "max error relative to the largest gradient: \(err)")
     // without the hook's part the gradient would be off: the hidden-state term is not negligible here
     model.grads!.zero()
     toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
     _ = targets.withUnsafeBufferPointer { model.backward(targets: $0.baseAddress!, lossScale: 1) }
-    var ceOnly: [Float] = []
-    for (ti, e) in model.layout.entries.enumerated() {
-        for s in 0..<4 {
-            var i = e.offset + rng.index(e.count, UInt64(ti), UInt64(s))
-            if e.name == "model.embed_tokens.weight" { i = e.offset + Int(toks[s]) * m.dim + rng.index(m.dim, UInt64(ti), UInt64(s)) }
-            ceOnly.append(model.grads!.base[i])
-        }
-    }
+    let ceOnly = coords.map { model.grads!.base[$0] }
     #expect(maxRelError(ceOnly, numeric) > 0.1)
 }

@@ -81,7 +81,8 @@ struct Train: ParsableCommand {
             let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teachers: loaded.map(\.model), teacherManifest: manifest,
                                       teacherCache: cache, initFrom: cutFrom?.model)
             if c.student.initFrom == .fromTeacher, let src = cutFrom?.model ?? loaded.first?.model {
-                KDLog.info("  student cut from \(c.student.teacher.isEmpty ? sources[0].path : c.student.teacher): blocks \(trainer.cutBlocks) of \(src.config.layers)")
+                KDLog.info("  student cut from \(c.student.teacher.isEmpty ? sources[0].path : c.student.teacher): blocks \(trainer.cutBlocks) of \(src.config.layers)"
+                            + (trainer.cutChannels.map { ", \($0.count) of \(src.config.dim) residual channels (largest mean |normalized activation|)" } ?? ""))
             }
             if c.qat.enabled {
                 KDLog.info("  QAT     weights \(c.qat.scheme)\(c.qat.embeddings ? " (embedding and head too)" : ""), activations \(c.qat.activations), from step \(c.qat.startStep)")

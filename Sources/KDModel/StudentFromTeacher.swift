@@ -1,5 +1,6 @@
 // Students cut from their teacher (DistilBERT, Minitron): the teacher's embedding, final norm and LM head, and a
-// selection of its blocks in order (depth pruning), dequantized into a trainable full-precision student.
+// selection of its blocks in order (depth pruning), dequantized into a trainable full-precision student; optionally
+// narrower (width pruning: residual-stream channels, FFN channels, query heads, each ranked by mean |activation|).
 import KDConfig
 import KDCore
 import KDQuant
@@ -38,32 +39,53 @@ extension Transformer {
         }
     }
 
-    /// Per block, the mean |value| of every column of the [b·t, width] buffer `buffer` picks from its activations.
-    func meanAbsoluteColumns(tokens: UnsafePointer<Int32>, b: Int, t: Int, width: Int, _ buffer: (BlockActivations) -> Slab) -> [[Double]] {
+    /// Mean |normalized hidden state| of every residual-stream channel, per block: the two RMSNorm outputs (what
+    /// attention and the FFN read), summed — the importance hidden-dim pruning ranks channels by (Minitron's width axis,
+    /// aggregated over the blocks a student keeps). Inference models only. - Shapes: tokens [b, t] · result [layers][dim]
+    public func residualChannelImportance(tokens: UnsafePointer<Int32>, b: Int, t: Int) -> [[Double]] {
+        meanAbsoluteColumns(tokens: tokens, b: b, t: t, width: config.dim, { $0.ln1 }, { $0.ln2 })
+    }
+
+    /// Per block, the mean |value| of every column of the [b·t, width] buffers `buffers` pick from its activations,
+    /// summed over the buffers.
+    func meanAbsoluteColumns(tokens: UnsafePointer<Int32>, b: Int, t: Int, width: Int, _ buffers: (BlockActivations) -> Slab...) -> [[Double]] {
         let n = b * t
         var out: [[Double]] = []
         for l in 0..<config.layers {
             _ = forwardStage(l..<(l + 1), tokens: l == 0 ? tokens : nil, hidden: nil, b: b, t: t, finalNorm: false)
-            let x = buffer(activations(b: b, t: t).blocks[l]).base
             var acc = [Double](repeating: 0, count: width)
-            for r in 0..<n { for j in 0..<width { acc[j] += Double(abs(x[r * width + j])) } }
+            for buffer in buffers {
+                let x = buffer(activations(b: b, t: t).blocks[l]).base
+                for r in 0..<n { for j in 0..<width { acc[j] += Double(abs(x[r * width + j])) } }
+            }
             out.append(acc.map { $0 / Double(n) })
         }
         return out
     }
 
     /// Copies the embedding, final norm, head and blocks `layers[i]` → student block i from `teacher`. The student must
-    /// have the teacher's width, vocabulary and key/value heads and `layers.count` blocks; with `ffnChannels` (per
-    /// student block, the teacher FFN channels kept, ascending) its ffn_dim may be narrower, and with `queryHeads` (per
-    /// student block, the teacher query heads kept, grouped by key/value head) it may have fewer query heads of the
-    /// teacher's size (width pruning).
-    public func copyPruned(from teacher: Transformer, layers: [Int], ffnChannels: [[Int]]? = nil, queryHeads: [[Int]]? = nil) throws {
+    /// have the teacher's vocabulary, key/value heads and head size and `layers.count` blocks. Width pruning, each
+    /// optional and combinable: with `residualChannels` (the teacher's residual-stream channels kept, ascending) its
+    /// `dim` may be narrower — every matrix, norm and the embedding keep those rows or columns; with `ffnChannels` (per
+    /// student block, the teacher FFN channels kept, ascending) its ffn_dim; with `queryHeads` (per student block, the
+    /// teacher query heads kept, grouped by key/value head) its number of query heads.
+    public func copyPruned(from teacher: Transformer, layers: [Int], ffnChannels: [[Int]]? = nil, queryHeads: [[Int]]? = nil,
+                           residualChannels: [Int]? = nil) throws {
         let t = teacher.config, s = config
         func mismatch(_ what: String, _ expected: Any, _ found: Any) -> KDError {
             KDError.invalidInput(what: "student.init from_teacher: model.\(what)", expected: "\(expected) (the teacher's)", found: "\(found)")
         }
-        for (name, a, b) in [("dim", t.dim, s.dim), ("kv_heads", t.kvHeads, s.kvHeads), ("vocab_size", t.vocabSize, s.vocabSize)] where a != b {
+        for (name, a, b) in [("kv_heads", t.kvHeads, s.kvHeads), ("vocab_size", t.vocabSize, s.vocabSize)] where a != b {
             throw mismatch(name, a, b)
+        }
+        if let residualChannels {
+            guard residualChannels.count == s.dim, residualChannels.allSatisfy({ (0..<t.dim).contains($0) }),
+                  zip(residualChannels, residualChannels.dropFirst()).allSatisfy({ $0 < $1 }) else {
+                throw KDError.invalidInput(what: "hidden-dim pruning", expected: "\(s.dim) distinct teacher channels below \(t.dim), ascending",
+                                           found: "another selection")
+            }
+        } else if t.dim != s.dim {
+            throw mismatch("dim", t.dim, s.dim)
         }
         if s.headSize != t.headSize { throw mismatch("head_dim", t.headSize, s.headSize) }
         if let queryHeads {
@@ -95,44 +117,46 @@ extension Transformer {
         }
         // student tensor name → teacher tensor name: blocks renumbered, the rest by name
         let teacherEntries = Dictionary(uniqueKeysWithValues: teacher.layout.entries.map { ($0.name, $0) })
+        let hs = t.headSize
         for e in layout.entries {
-            var name = e.name
+            var name = e.name, block: Int?
             if name.hasPrefix("model.layers.") {
                 let parts = name.split(separator: ".", maxSplits: 3)
-                name = "model.layers.\(layers[Int(parts[2])!]).\(parts[3])"
+                block = Int(parts[2])!
+                name = "model.layers.\(layers[block!]).\(parts[3])"
             }
             guard let te = teacherEntries[name] else {
                 throw KDError.invalidInput(what: "teacher tensor \(name)", expected: "shape \(e.shape)", found: "none")
             }
-            if te.shape == e.shape {
-                teacher.denseTensor(te, into: params.base + e.offset)
-                continue
+            // the teacher rows and columns the student keeps (nil: all). The residual stream is the rows of the
+            // norms and of the projections that write it (o, down), the columns of everything that reads it.
+            var rows: [Int]?, cols: [Int]?
+            if let residualChannels {
+                if te.shape.count == 1 || name.hasSuffix("o_proj.weight") || name.hasSuffix("down_proj.weight") { rows = residualChannels } else { cols = residualChannels }
             }
-            let i = Int(e.name.split(separator: ".")[2]) ?? 0
-            if let queryHeads, name.hasSuffix("q_proj.weight") || name.hasSuffix("o_proj.weight") {
-                // head pruning: q keeps the kept heads' rows, o their columns (hs each)
-                let full = Slab(count: te.count), dst = params.base + e.offset, hs = t.headSize
-                teacher.denseTensor(te, into: full.base)
-                if name.hasSuffix("q_proj.weight") {
-                    for (j, h) in queryHeads[i].enumerated() { (dst + j * hs * t.dim).update(from: full.base + h * hs * t.dim, count: hs * t.dim) }
-                } else {
-                    let (rows, tc, sc) = (te.shape[0], te.shape[1], e.shape[1])
-                    for r in 0..<rows { for (j, h) in queryHeads[i].enumerated() { (dst + r * sc + j * hs).update(from: full.base + r * tc + h * hs, count: hs) } }
-                }
-                continue
+            if let i = block, let queryHeads {
+                let channels = queryHeads[i].flatMap { h in h * hs..<(h + 1) * hs }
+                if name.hasSuffix("q_proj.weight") { rows = channels } else if name.hasSuffix("o_proj.weight") { cols = channels }
             }
-            // width pruning: gate/up keep the selected rows, down the selected columns
-            guard let ffnChannels, name.contains(".mlp.") else {
+            if let i = block, let ffnChannels {
+                if name.hasSuffix("gate_proj.weight") || name.hasSuffix("up_proj.weight") { rows = ffnChannels[i] } else if name.hasSuffix("down_proj.weight") { cols = ffnChannels[i] }
+            }
+            let tr = te.shape[0], tc = te.shape.count > 1 ? te.shape[1] : 1
+            let kept = [rows?.count ?? tr] + (te.shape.count > 1 ? [cols?.count ?? tc] : [])
+            guard kept == e.shape else {
                 throw KDError.invalidInput(what: "teacher tensor \(name)", expected: "shape \(e.shape)", found: "\(te.shape)")
             }
-            let full = Slab(count: te.count), keep = ffnChannels[i], dst = params.base + e.offset
+            let dst = params.base + e.offset
+            guard rows != nil || cols != nil else {
+                teacher.denseTensor(te, into: dst)
+                continue
+            }
+            let full = Slab(count: te.count)
             teacher.denseTensor(te, into: full.base)
-            if name.hasSuffix("down_proj.weight") {
-                let (rows, tc) = (te.shape[0], te.shape[1])
-                for r in 0..<rows { for (j, ch) in keep.enumerated() { dst[r * keep.count + j] = full.base[r * tc + ch] } }
-            } else {
-                let c = te.shape[1]
-                for (j, ch) in keep.enumerated() { (dst + j * c).update(from: full.base + ch * c, count: c) }
+            let rowList = rows ?? Array(0..<tr), colList = cols ?? Array(0..<tc), sc = colList.count
+            for (i, r) in rowList.enumerated() {
+                let src = full.base + r * tc, out = dst + i * sc
+                if cols == nil { out.update(from: src, count: tc) } else { for (j, c) in colList.enumerated() { out[j] = src[c] } }
             }
         }
     }

@@ -1,6 +1,7 @@
 // A student cut from its teacher (`student.init: from_teacher`): the embedding, final norm, head and the kept blocks
-// are copied (depth pruning); a narrower FFN or fewer query heads keep the teacher's channels and heads with the
-// largest mean |activation| on calibration batches from the first training windows (width pruning). The kept blocks are
+// are copied (depth pruning); a narrower residual stream (model.dim), a narrower FFN or fewer query heads keep the
+// teacher's channels and heads with the largest mean |activation| on calibration batches from the first training
+// windows (width pruning; residual channels by their normalized value summed over the kept blocks, as Minitron). The kept blocks are
 // listed (`every`, `layers`) or measured on the same calibration batches (`select: greedy | angular`, LayerSelection).
 import KDComm
 import KDConfig
@@ -18,6 +19,15 @@ func checkCut(_ config: RunConfig, source: Transformer) throws {
     if let bad = s.layers.first(where: { $0 >= L }) {
         throw KDError.invalidInput(what: "student.layers", expected: "teacher block indices below \(L)", found: "\(bad)")
     }
+    let m = config.model, t = source.config
+    if m.dim > t.dim {
+        throw KDError.invalidInput(what: "model.dim", expected: "at most the teacher's \(t.dim) for a student cut from it (hidden-dim pruning keeps a subset of its channels)",
+                                   found: "\(m.dim)")
+    }
+    if m.headSize != t.headSize {
+        throw KDError.invalidInput(what: "model.head_dim", expected: "the teacher's head size \(t.headSize)\(m.dim != t.dim && m.headDim == 0 ? " (a narrower dim needs head_dim set)" : "")",
+                                   found: "\(m.headSize)")
+    }
 }
 
 /// Refuses hidden-state pairs that cannot be matched, before the student is allocated.
@@ -27,8 +37,9 @@ func checkHiddenLayers(_ config: RunConfig, teacher: Transformer?) throws {
     guard let teacher else {
         throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a teacher file (teacher.path) whose block outputs to match", found: "none")
     }
-    guard teacher.config.dim == config.model.dim else {
-        throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a student of the teacher's width \(teacher.config.dim) (no projection between widths yet)",
+    // a student cut narrower is compared on the channels it kept; other widths would need a learned projection
+    guard teacher.config.dim == config.model.dim || (config.student.initFrom == .fromTeacher && config.model.dim < teacher.config.dim) else {
+        throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a student of the teacher's width \(teacher.config.dim) or cut narrower from it (no learned projection between widths yet)",
                                    found: "model.dim \(config.model.dim)")
     }
     switch d.hiddenLayers {
@@ -67,11 +78,18 @@ func studentBlocks(from source: Transformer, config: RunConfig, calibration samp
     return sel.kept
 }
 
-/// Copies the parts of `source` that `config.student` keeps into `model` (same width, unless pruned); returns the
-/// teacher blocks kept.
+/// What a cut student keeps of its teacher.
+struct StudentCut {
+    /// The teacher blocks, in student order.
+    var blocks: [Int]
+    /// The teacher's residual-stream channels, ascending (nil: all of them).
+    var channels: [Int]?
+}
+
+/// Copies the parts of `source` that `config.student` keeps into `model` (same width, unless pruned).
 @discardableResult
 func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfig, calibration sampler: WindowSampler,
-                comm: any Communicator = LocalCommunicator()) throws -> [Int] {
+                comm: any Communicator = LocalCommunicator()) throws -> StudentCut {
     let t = config.train
     let kept = try studentBlocks(from: source, config: config, calibration: sampler, comm: comm)
     let cb = max(1, config.student.calibrationBatches), b = t.microBatch, seqLen = t.seqLen
@@ -86,6 +104,13 @@ func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfi
             sum = sum.isEmpty ? imp : zip(sum, imp).map { zip($0, $1).map(+) }
         }
         return sum
+    }
+    var residual: [Int]?
+    if config.model.dim < source.config.dim {
+        // one set for the whole stream: every block reads and writes it
+        let importance = calibrated { source.residualChannelImportance(tokens: $0, b: b, t: seqLen) }
+        let total = (0..<source.config.dim).map { j in kept.reduce(0.0) { $0 + importance[$1][j] } }
+        residual = total.indices.sorted { total[$0] > total[$1] }.prefix(config.model.dim).sorted()
     }
     var channels: [[Int]]?
     if config.model.ffnDim < source.config.ffnDim {
@@ -105,6 +130,6 @@ func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfi
             }
         }
     }
-    try model.copyPruned(from: source, layers: kept, ffnChannels: channels, queryHeads: heads)
-    return kept
+    try model.copyPruned(from: source, layers: kept, ffnChannels: channels, queryHeads: heads, residualChannels: residual)
+    return StudentCut(blocks: kept, channels: residual)
 }

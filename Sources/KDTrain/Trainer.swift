@@ -43,11 +43,15 @@ public final class Trainer {
     public let model: Transformer
     /// The teacher blocks a student cut from its teacher kept (listed or measured, `student.select`); empty otherwise.
     public private(set) var cutBlocks: [Int] = []
+    /// The teacher's residual-stream channels a student cut narrower kept (hidden-dim pruning); nil otherwise.
+    public private(set) var cutChannels: [Int]?
     /// Hidden-state distillation: (student block, teacher block) pairs whose outputs are matched; empty when off.
     public private(set) var hiddenPairs: [(student: Int, teacher: Int)] = []
     /// The teacher's block outputs for the current micro-batch (aligned with hiddenPairs), and this step's loss sum.
     var teacherBlockOutputs: [UnsafePointer<Float>] = []
     var hiddenSum = 0.0
+    /// For a student cut narrower: the teacher's block outputs on the kept channels, one [rows, dim] buffer per pair.
+    var narrowedBlockOutputs: [Slab] = []
     public let comm: any Communicator
     let sampler: WindowSampler
     let validation: WindowSampler?
@@ -153,7 +157,10 @@ public final class Trainer {
         try checkHiddenLayers(config, teacher: teachers.first)
         model = Transformer(config: config.model, needsGrad: true, lmHeadChunk: t.lmHeadChunk)
         model.initialize(seed: t.seed)
-        if let cutSource { cutBlocks = try cutStudent(model, from: cutSource, config: config, calibration: sampler, comm: comm) }
+        if let cutSource {
+            let cut = try cutStudent(model, from: cutSource, config: config, calibration: sampler, comm: comm)
+            (cutBlocks, cutChannels) = (cut.blocks, cut.channels)
+        }
         // sharded state: each rank owns a contiguous, row-aligned range of the slab (ZeRO-1/2)
         let sharding = config.optimizer.sharding
         let shard = sharding == .none ? SlabShard(whole: model.layout.count) : SlabShard(layout: model.layout, worldSize: comm.worldSize, rank: comm.rank)
@@ -185,6 +192,7 @@ public final class Trainer {
                                            + "the offline cache and self-teachers do not send block outputs yet)", found: placement?.summary ?? "no teacher")
             }
             replicated.hiddenBlocks = hiddenPairs.map(\.teacher)
+            if cutChannels != nil { narrowedBlockOutputs = hiddenPairs.map { _ in Slab(count: t.microBatch * t.seqLen * config.model.dim) } }
         }
         try refreshWeights()
     }
@@ -343,6 +351,15 @@ public final class Trainer {
         guard let placement else { return nil }
         let out = try placement.output(for: batch), d = config.distill
         teacherBlockOutputs = out.blockOutputs
+        if let channels = cutChannels, !teacherBlockOutputs.isEmpty {
+            // a student cut narrower matches the teacher's stream on the channels it kept
+            let wide = teachers[0].config.dim, rows = config.train.microBatch * config.train.seqLen
+            for (k, src) in teacherBlockOutputs.enumerated() {
+                let dst = narrowedBlockOutputs[k].base
+                for r in 0..<rows { for (j, c) in channels.enumerated() { dst[r * channels.count + j] = src[r * wide + c] } }
+                teacherBlockOutputs[k] = UnsafePointer(dst)
+            }
+        }
         var target = DistillTarget(teachers: out.members.isEmpty ? nil : TeacherEnsemble(members: out.members, combine: combine, route: batch.route),
                                    divergence: divergence, temperature: d.temperature, kdRatio: d.kdRatio, t2Scale: d.t2Scale)
         target.topK = out.topK

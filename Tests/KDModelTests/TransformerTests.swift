@@ -309,6 +309,49 @@ func centralDifferences(_ model: Transformer, at coords: [Int], loss: () -> Doub
 }
 
 /// The logits of one sequence. - Shapes: result [toks.count, v]
+@Test(arguments: [true, false]) func hiddenDimPrunedStudentIsTheTeacherWithoutItsDroppedChannels(tied: Bool) throws {
+    // residual channels, FFN channels and query heads pruned together, blocks reordered
+    let m = tinyModelConfig(tied: tied, ropeStyle: .adjacent)
+    let teacher = makeModel(m, needsGrad: false, seed: 17)
+    let t = 9, toks = tokens(2 * t, vocab: m.vocabSize, seed: 18)
+    let importance = toks.withUnsafeBufferPointer { teacher.residualChannelImportance(tokens: $0.baseAddress!, b: 2, t: t) }
+    #expect(importance.count == m.layers && importance.allSatisfy { $0.count == m.dim && $0.allSatisfy { $0 > 0 } })
+    let total = (0..<m.dim).map { j in importance.reduce(0) { $0 + $1[j] } }
+    let channels = total.indices.sorted { total[$0] > total[$1] }.prefix(24).sorted()
+    let layers = [1, 0], ffn = layers.map { _ in Array(stride(from: 0, to: 48, by: 3)) + Array(stride(from: 1, to: 48, by: 3)) }.map { $0.sorted() }
+    let heads = layers.map { l in l == 0 ? [0, 3] : [1, 2] }
+    var sm = m
+    (sm.dim, sm.headDim, sm.heads, sm.ffnDim) = (24, 8, 2, 32)
+    let student = Transformer(config: sm, needsGrad: false)
+    try student.copyPruned(from: teacher, layers: layers, ffnChannels: ffn, queryHeads: heads, residualChannels: channels)
+    // refused: a selection of the wrong size, or out of order
+    #expect(throws: (any Error).self) { try Transformer(config: sm, needsGrad: false).copyPruned(from: teacher, layers: layers, ffnChannels: ffn, queryHeads: heads, residualChannels: Array(channels.dropLast())) }
+    #expect(throws: (any Error).self) { try Transformer(config: sm, needsGrad: false).copyPruned(from: teacher, layers: layers, ffnChannels: ffn, queryHeads: heads, residualChannels: channels.reversed()) }
+    // the reference: the full-width teacher whose dropped channels stay exactly zero along the stream (embedding
+    // columns, o and down rows zeroed), whose dropped heads and FFN channels write nothing, and whose norms see the
+    // same mean square: weights · √(24/32), ε · 24/32 (an RMS over 32 channels of which 8 are zero)
+    var mm = m
+    mm.rmsEps = m.rmsEps * 24 / 32
+    let masked = makeModel(mm, needsGrad: false, seed: 17)
+    let dropped = Set(0..<m.dim).subtracting(channels), P = masked.params.base
+    for e in teacher.layout.entries {
+        var name = e.name
+        if let i = layers.firstIndex(where: { name.hasPrefix("model.layers.\($0).") }) { name = name.replacingOccurrences(of: "layers.\(layers[i]).", with: "layers.\(i).") }
+        let dst = masked.layout.entries.first { $0.name == name }!
+        (P + dst.offset).update(from: teacher.params.base + e.offset, count: e.count)
+        if !e.isMatrix { for j in 0..<e.count { P[dst.offset + j] *= (24.0 / 32).squareRoot() } }
+    }
+    for c in dropped { for v in 0..<m.vocabSize { P[masked.layout.embedding + v * m.dim + c] = 0 } }
+    for i in 0..<m.layers {
+        let B = masked.layout.blocks[i]
+        for c in dropped { for j in 0..<m.qDim { P[B.wo + c * m.qDim + j] = 0 }; for j in 0..<48 { P[B.wdown + c * 48 + j] = 0 } }
+        for r in 0..<m.dim { for h in 0..<4 where !heads[i].contains(h) { for j in 0..<8 { P[B.wo + r * m.qDim + h * 8 + j] = 0 } } }
+        for r in 0..<m.dim { for j in 0..<48 where !ffn[i].contains(j) { P[B.wdown + r * 48 + j] = 0 } }
+    }
+    let one = Array(toks[0..<t])
+    #expect(maxRelError(logitsOf(student, one), logitsOf(masked, one)) < 1e-5)
+}
+
 func logitsOf(_ model: Transformer, _ toks: [Int32]) -> [Float] {
     var out = [Float](repeating: 0, count: toks.count * model.config.vocabSize)
     toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: 1, t: toks.count) }

@@ -102,3 +102,52 @@ private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Trans
         }
     }
 }
+
+@Test func aStudentCutNarrowerKeepsItsTeachersMostActiveChannelsAndMatchesThem() throws {
+    var (c, teacher) = try hiddenConfig(layers: 2)
+    c.student.layers = [0, 1]
+    c.model.dim = 48
+    c.model.headDim = teacher.config.headSize
+    c.train.steps = 4
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let trainer = try Trainer(config: c, corpus: corpus, teacher: teacher)
+    let kept = try #require(trainer.cutChannels)
+    #expect(kept.count == 48 && kept == kept.sorted())
+    // the channels are the teacher's 48 largest by summed importance on the calibration windows
+    let t = c.train, cb = c.student.calibrationBatches, rows = t.microBatch * t.seqLen
+    let sampler = try WindowSampler(stream: corpus.train, mask: corpus.trainMask, seqLen: t.seqLen, seed: t.seed)
+    var toks = [Int32](repeating: 0, count: cb * rows), tg = toks
+    toks.withUnsafeMutableBufferPointer { p in tg.withUnsafeMutableBufferPointer { q in sampler.fillSequential(inputs: p.baseAddress!, targets: q.baseAddress!, first: 0, count: cb * t.microBatch) } }
+    var total = [Double](repeating: 0, count: 64)
+    for i in 0..<cb {
+        let imp = toks.withUnsafeBufferPointer { teacher.residualChannelImportance(tokens: $0.baseAddress! + i * rows, b: t.microBatch, t: t.seqLen) }
+        for l in 0..<2 { for j in 0..<64 { total[j] += imp[l][j] } }
+    }
+    #expect(Set(kept) == Set(total.indices.sorted { total[$0] > total[$1] }.prefix(48)))
+    // the embedding keeps those columns
+    let m = trainer.model
+    for v in [0, 17, 255] { for (j, ch) in kept.enumerated() { #expect(m.params.base[m.layout.embedding + v * 48 + j] == teacher.params.base[teacher.layout.embedding + v * 64 + ch]) } }
+    // the hidden-state loss compares the kept channels and training lowers it (as in the full-width case)
+    let stats = try trainer.run()
+    c.distill.hiddenWeight = 1e-6
+    let loose = try Trainer(config: c, corpus: corpus, teacher: teacher).run()
+    #expect(stats[0].hidden > 0 && loose[0].hidden == stats[0].hidden)
+    #expect(stats.last!.hidden < 0.7 * loose.last!.hidden, "with weight 1: \(stats.map(\.hidden)); 1e-6: \(loose.map(\.hidden))")
+}
+
+@Test func aNarrowStudentThatCannotBeCutIsRefusedBeforeItExists() throws {
+    var (c, teacher) = try hiddenConfig(layers: 2)
+    c.student.layers = [0, 1]
+    c.distill.hiddenWeight = 0
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    c.model.dim = 80
+    c.model.headDim = 16
+    do { _ = try Trainer(config: c, corpus: corpus, teacher: teacher); Issue.record("a student wider than its teacher accepted") } catch {
+        #expect("\(error)".contains("model.dim") && "\(error)".contains("at most the teacher's 64") && "\(error)".contains("80"), "\(error)")
+    }
+    c.model.dim = 48
+    c.model.headDim = 0  // 48 / 4 heads = 12, not the teacher's 16
+    do { _ = try Trainer(config: c, corpus: corpus, teacher: teacher); Issue.record("another head size accepted") } catch {
+        #expect("\(error)".contains("model.head_dim") && "\(error)".contains("16") && "\(error)".contains("needs head_dim set"), "\(error)")
+    }
+}

@@ -7,11 +7,22 @@ same ids: non-overlapping windows of CONTEXT tokens, every next-token prediction
 """
 import json, math, os, subprocess, sys
 import numpy as np
+import llama_cpp.llama_cpp as lc
 from llama_cpp import Llama
+
+# No extra buffer types (weight repacking): on a virtual CPU that reports AMX without enabling it (here, "Intel(R)
+# Xeon(R) Processor"), a native build packs the weights for its AMX kernels and dies of SIGILL on the first tileloadd.
+# Without repacking, llama.cpp runs its ordinary CPU kernels for every type.
+_defaults = lc.llama_model_default_params
+def _no_repack():
+    p = _defaults()
+    p.use_extra_bufts = False
+    return p
+lc.llama_model_default_params = _no_repack
 
 model, text_path, context, max_windows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 distill = os.environ.get("DISTILL_BIN", ".build/release/distill")
-text = open(text_path, encoding="utf-8").read()
+text = open(text_path, encoding="utf-8", newline="").read()  # as distill reads it: a \r\n stays two characters
 ids = json.loads(subprocess.run([distill, "tokenize", "--model", model], input=json.dumps(text) + "\n",
                                 capture_output=True, text=True, check=True).stdout.splitlines()[0])
 llm = Llama(model_path=model, n_ctx=context, n_batch=context, n_ubatch=context, logits_all=True, verbose=False, n_threads=2)

@@ -2,7 +2,7 @@
 # The student comparison of the README ("Students"): the quickstart recipe (Configs/recipes/quickstart.yaml: a 24-block
 # cut of SmolLM2-135M-Instruct, greedy selection, skew reverse KL + CE, QAT Q8_0, 24 steps × 2 ranks × 4 × 128 tokens)
 # and its variants in Configs/students/ (one change each), all at equal steps and tokens. Every run is exported to Q8_0
-# GGUF (what ships) and evaluated beside the teacher on held-out fortunes (validation split, 16 windows of 128) and on a
+# GGUF (what ships; a name ending in -q4 exports Q4_0 throughout, the embedding too) and evaluated beside the teacher on held-out fortunes (validation split, 16 windows of 128) and on a
 # book it never saw (Botchan, Launch/fetch_heldout.sh; 64 windows of 128 tokens).
 # usage: Launch/compare_students.sh [NAME...]   (default: every config in Configs/students/; finished runs are reused)
 # Results: Checkpoints/students/results.md (one row per run, with the training time).
@@ -32,8 +32,9 @@ for n in "${names[@]}"; do
     bash Launch/distill-mpi.sh 2 train --config "$out/$n.yaml" --resume auto --sample-tokens 0 > "$out/$n.log" 2>&1 || { echo "compare_students: $n failed (see $out/$n.log)" >&2; exit 1; }
     secs=$(( $(date +%s) - s ))
     last=$out/$n/$(cat "$out/$n/latest")
-    $d export "$last" --format gguf --quant q8_0 --out "$out/$n.gguf" > /dev/null
-    echo "{\"name\": \"$n\", \"seconds\": $secs, \"bytes\": $(stat -c %s "$out/$n.gguf"), \"blocks\": \"$(grep -o 'blocks \[[0-9, ]*\]' "$out/$n.log" | tail -1)\", \"val\": $(ev "$out/$n.gguf" --data "$data" --max-windows 16), \"book\": $(ev "$out/$n.gguf" --text "$book" --max-windows 64)}" > "$out/$n.json.partial"
+    q=q8_0; [[ $n == *-q4 ]] && q=q4_0
+    $d export "$last" --format gguf --quant $q --embedding-quant $q --out "$out/$n.gguf" > /dev/null
+    echo "{\"name\": \"$n\", \"quant\": \"$q\", \"seconds\": $secs, \"bytes\": $(stat -c %s "$out/$n.gguf"), \"blocks\": \"$(grep -o 'blocks \[[0-9, ]*\]' "$out/$n.log" | tail -1)\", \"val\": $(ev "$out/$n.gguf" --data "$data" --max-windows 16), \"book\": $(ev "$out/$n.gguf" --text "$book" --max-windows 64)}" > "$out/$n.json.partial"
     mv "$out/$n.json.partial" "$out/$n.json"
 done
 python3 - "$out" <<'PY' | tee "$out/results.md"
@@ -49,5 +50,5 @@ for f in sorted(os.listdir(out)):
     j = json.load(open(f"{out}/{f}"))
     v, b = j["val"], j["book"]
     print(f"| {j['name']} | {v['mean_nll']:.4f} | {v['kl_teacher_model']:.4f} | {100*v['top1_agreement']:.1f}% | {b['mean_nll']:.4f} | "
-          f"{b['kl_teacher_model']:.4f} | {100*b['top1_agreement']:.1f}% | {j['bytes']/1048576:.1f} MiB | {b['tokens_per_s']:.0f} | {j['seconds']} |")
+          f"{b['kl_teacher_model']:.4f} | {100*b['top1_agreement']:.1f}% | {j['bytes']/1048576:.1f} MiB {j.get('quant', 'q8_0').upper()} | {b['tokens_per_s']:.0f} | {j['seconds']} |")
 PY

@@ -187,11 +187,10 @@ public final class Trainer {
             case .auto: hiddenPairs = cutBlocks.enumerated().map { ($0, $1) }
             case .pairs(let p): hiddenPairs = p.map { ($0[0], $0[1]) }
             }
-            guard let replicated = placement as? ReplicatedTeachers else {
-                throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a live teacher with placement replicated (pipelined, groups, "
-                                           + "the offline cache and self-teachers do not send block outputs yet)", found: placement?.summary ?? "no teacher")
+            guard let placement else {
+                throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a teacher whose block outputs to match", found: "no teacher")
             }
-            replicated.hiddenBlocks = hiddenPairs.map(\.teacher)
+            try placement.captureBlockOutputs(hiddenPairs.map(\.teacher))
             if cutChannels != nil { narrowedBlockOutputs = hiddenPairs.map { _ in Slab(count: t.microBatch * t.seqLen * config.model.dim) } }
         }
         try refreshWeights()

@@ -323,6 +323,42 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         #expect(bad.status != 0 && bad.out.contains("divisible by the 2 teachers") && bad.out.contains("3 ranks"), "\(bad.out)")
     }
 
+    @Test func theHiddenStateLossIsTheSameWithEveryLivePlacement() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for (name, seed) in [("ta", UInt64(51)), ("tb", 52)] { try saveTinyTeacher(dir.appendingPathComponent(name), layers: 3, seed: seed) }
+        // a 2-block student cut from the first teacher (blocks 0 and 2) matching their outputs; pipelined on 2 ranks,
+        // block 0 is on the first stage and block 2 on the second, so both outputs cross ranks to one owner
+        let one = "teacher:\n  path: \(dir.appendingPathComponent("ta").path)\n  placement: PLACE\n"
+        let two = "teacher:\n  members:\n    - {path: \(dir.appendingPathComponent("ta").path), weight: 1}\n"
+            + "    - {path: \(dir.appendingPathComponent("tb").path), weight: 3}\n  placement: PLACE\n"
+        let rest = "student:\n  init: from_teacher\n  layers: [0, 2]\ndistill:\n  objective: fkl\n  kd_ratio: 0.5\n  hidden_weight: 1\ndata:\n"
+        func run(_ name: String, _ teacher: String, _ place: String) throws -> (status: Int32, out: String) {
+            let cfg = try tinyYAML(dir, name, edits: [("dim: 64", "dim: 48"), ("ffn_dim: 172", "ffn_dim: 96"), ("steps: 10", "steps: 3"),
+                                                     ("data:\n", teacher.replacingOccurrences(of: "PLACE", with: place) + rest)])
+            return try launch("distill-mpi.sh", ["2", "train", "--config", cfg, "--sample-tokens", "0"])
+        }
+        let lossLines = { (s: String) in s.split(separator: "\n").filter { $0.hasPrefix("step") }.map { $0.components(separatedBy: " | lr")[0] } }
+        func same(_ a: String, _ b: String) throws -> Bool {
+            try Data(contentsOf: dir.appendingPathComponent("\(a)/step_00000003/model.safetensors"))
+                == Data(contentsOf: dir.appendingPathComponent("\(b)/step_00000003/model.safetensors"))
+        }
+        let pipe = try run("pipe", one, "pipelined"), repl = try run("repl", one, "replicated")
+        #expect(pipe.status == 0 && repl.status == 0, "\(pipe.out)\n\(repl.out)")
+        // two blocks of 48 floats per token come back to the owner, reported beside the pipeline's own traffic
+        #expect(pipe.out.contains("384 B/token of block outputs to the owner"), "\(pipe.out)")
+        #expect(lossLines(pipe.out).count == 3 && lossLines(pipe.out).allSatisfy { $0.contains("hidden ") } && !lossLines(pipe.out)[0].contains("hidden 0.0000"),
+                "\(lossLines(pipe.out))")
+        let pipeSame = try same("pipe", "repl")
+        #expect(lossLines(pipe.out) == lossLines(repl.out) && pipeSame)
+        // groups: the first teacher's message carries its block outputs behind its final hidden states
+        let groups = try run("groups", two, "groups"), repl2 = try run("repl2", two, "replicated")
+        #expect(groups.status == 0 && repl2.status == 0, "\(groups.out)\n\(repl2.out)")
+        let groupsSame = try same("groups", "repl2")
+        #expect(lossLines(groups.out) == lossLines(repl2.out) && groupsSame, "\(lossLines(groups.out))\n\(lossLines(repl2.out))")
+        #expect(lossLines(groups.out) != lossLines(pipe.out))
+    }
+
     @Test func teacherCacheIsTheSameFromTwoRanksAndTrainsWithoutTheTeacher() throws {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }

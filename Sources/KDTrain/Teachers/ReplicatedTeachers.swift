@@ -45,23 +45,17 @@ final class ReplicatedTeachers: TeacherPlacement {
         return TeacherOutput(members: members, topK: rows!.rows, blockOutputs: blockOutputs)
     }
 
-    /// The teacher's forward in stages that end at the hidden-state blocks, each stage's output copied on the way
-    /// (the same blocks in the same order as one forward: the final hidden states are bitwise the same).
+    /// The teacher's forward with the hidden-state blocks' outputs copied on the way (the final hidden states are
+    /// bitwise those of one forward).
     func forwardCapturing(_ teacher: Transformer, _ batch: TeacherBatch) -> [UnsafePointer<Float>] {
-        let n = batch.b * batch.t, c = teacher.config.dim, stops = Array(Set(hiddenBlocks)).sorted()
+        let n = batch.b * batch.t, c = teacher.config.dim, stops = Set(hiddenBlocks).sorted()
         if captured.count != stops.count || captured.first?.count != n * c { captured = stops.map { _ in Slab(count: n * c) } }
-        var next = 0, stream: UnsafePointer<Float>? = nil
-        for (i, l) in stops.enumerated() {
-            stream = teacher.forwardStage(next..<(l + 1), tokens: next == 0 ? batch.tokens : nil, hidden: next == 0 ? nil : stream,
-                                          b: batch.b, t: batch.t, finalNorm: false)
-            captured[i].base.update(from: stream!, count: n * c)
-            stream = UnsafePointer(captured[i].base)
-            next = l + 1
-        }
-        _ = teacher.forwardStage(next..<teacher.config.layers, tokens: next == 0 ? batch.tokens : nil, hidden: next == 0 ? nil : stream,
-                                 b: batch.b, t: batch.t, finalNorm: true)
+        _ = teacher.forwardStage(0..<teacher.config.layers, capturingAfter: stops, tokens: batch.tokens, hidden: nil, b: batch.b, t: batch.t,
+                                 finalNorm: true) { l, y in captured[stops.firstIndex(of: l)!].base.update(from: y, count: n * c) }
         return hiddenBlocks.map { l in UnsafePointer(captured[stops.firstIndex(of: l)!].base) }
     }
+
+    func captureBlockOutputs(_ blocks: [Int]) throws { hiddenBlocks = blocks }
 
     /// Nothing crosses ranks here; what the student's head reads per token, plus the block outputs it compares.
     var bytesPerToken: Int { (topK.map { TopK.bytesPerToken(k: $0.k) } ?? vocabSize * 4) + hiddenBlocks.count * (teachers.first?.config.dim ?? 0) * 4 }

@@ -4,6 +4,7 @@
 // with all G teachers' outputs for its own micro-batch while holding (and running) one teacher.
 // Full exchange: the final hidden states (dim_g·4 bytes per token per teacher); the owner applies each teacher's LM head.
 // Top-k exchange: each teacher's top-k rows (8k + 4 bytes per token per teacher), merged into their weighted mixture.
+// Hidden-state loss: the first teacher's message also carries its paired blocks' outputs (dim·4 bytes per token each).
 // Messages go in increasing owner order (owner m receives only after finishing its sends for owners < m), which
 // keeps blocking point-to-point exchange deadlock free.
 import KDComm
@@ -24,6 +25,10 @@ final class TeacherGroups: TeacherPlacement {
     var merged: TopKBuffer?
     var pack: TopKBuffer?
     var outbox = [UInt8]()
+    /// Hidden-state loss: the first teacher's blocks whose outputs travel with its message, and this rank's copies.
+    var hiddenBlocks: [Int] = []
+    var blockInbox: [Slab] = []
+    var blockOutputs: [UnsafePointer<Float>] = []
 
     init(teachers: [Transformer], weights: [Float], comm: any Communicator, topK: (k: Int, temperature: Float)?) {
         self.teachers = teachers
@@ -34,15 +39,20 @@ final class TeacherGroups: TeacherPlacement {
         group = comm.rank / groupSize
     }
 
-    func bytesPerToken(_ g: Int) -> Int { topK.map { TopK.bytesPerToken(k: $0.k) } ?? teachers[g].config.dim * 4 }
+    /// Bytes per token of teacher g's message: its output (hidden states or top-k rows), and for the first teacher the
+    /// hidden-state blocks' outputs after it.
+    func bytesPerToken(_ g: Int) -> Int { outputBytesPerToken(g) + (g == 0 ? Set(hiddenBlocks).count * teachers[0].config.dim * 4 : 0) }
+    func outputBytesPerToken(_ g: Int) -> Int { topK.map { TopK.bytesPerToken(k: $0.k) } ?? teachers[g].config.dim * 4 }
     /// Bytes of teacher output this rank receives per token of its micro-batch, all teachers together.
     var receivedBytesPerToken: Int { teachers.indices.reduce(0) { $0 + bytesPerToken($1) } }
 
     var topKRows: TopKRows? { topK == nil ? nil : merged?.rows }
 
     func output(for batch: TeacherBatch) throws -> TeacherOutput {
-        TeacherOutput(members: try forward(tokens: batch.tokens, b: batch.b, t: batch.t, route: batch.route), topK: topKRows)
+        TeacherOutput(members: try forward(tokens: batch.tokens, b: batch.b, t: batch.t, route: batch.route), topK: topKRows, blockOutputs: blockOutputs)
     }
+
+    func captureBlockOutputs(_ blocks: [Int]) throws { hiddenBlocks = blocks }
 
     var bytesPerToken: Int { receivedBytesPerToken }
     var summary: String { "groups: \(teachers.count) groups of \(groupSize) rank\(groupSize == 1 ? "" : "s"), this rank runs teacher \(group + 1)" }
@@ -56,19 +66,30 @@ final class TeacherGroups: TeacherPlacement {
         defer { allTokens.deallocate() }
         try comm.allGather(UnsafeRawPointer(tokens), bytes: n * 4, into: UnsafeMutableRawPointer(allTokens))
         if inbox.count != G { inbox = (0..<G).map { [UInt8](repeating: 0, count: n * bytesPerToken($0)) } }
-        let myBytes = n * bytesPerToken(group)
+        let myBytes = n * bytesPerToken(group), outputBytes = n * outputBytesPerToken(group), c = mine.config.dim
+        let stops = group == 0 ? Set(hiddenBlocks).sorted() : []
         if outbox.count != myBytes { outbox = [UInt8](repeating: 0, count: myBytes) }
         for m in 0..<N {
             if m % S == me % S {
-                // this rank scores owner m's micro-batch with its teacher
-                mine.forward(tokens: allTokens + m * n, b: b, t: t)
+                // this rank scores owner m's micro-batch with its teacher (the hidden-state blocks' outputs copied
+                // behind the output on the way)
+                if stops.isEmpty {
+                    mine.forward(tokens: allTokens + m * n, b: b, t: t)
+                } else {
+                    outbox.withUnsafeMutableBytes { out in
+                        _ = mine.forwardStage(0..<mine.config.layers, capturingAfter: stops, tokens: allTokens + m * n, hidden: nil, b: b, t: t,
+                                              finalNorm: true) { l, y in
+                            (out.baseAddress! + outputBytes + stops.firstIndex(of: l)! * n * c * 4).copyMemory(from: y, byteCount: n * c * 4)
+                        }
+                    }
+                }
                 try outbox.withUnsafeMutableBytes { out in
                     if let (k, T) = topK {
                         if pack?.n != n { pack = TopKBuffer(n: n, k: k) }
                         pack!.fill(head: mine.lmHeadWeight, hidden: mine.finalHidden, temperature: T, chunk: 256)
-                        out.baseAddress!.copyMemory(from: pack!.raw, byteCount: myBytes)
+                        out.baseAddress!.copyMemory(from: pack!.raw, byteCount: outputBytes)
                     } else {
-                        out.baseAddress!.copyMemory(from: mine.finalHidden, byteCount: myBytes)
+                        out.baseAddress!.copyMemory(from: mine.finalHidden, byteCount: outputBytes)
                     }
                     if m == me {
                         inbox[group].withUnsafeMutableBytes { $0.baseAddress!.copyMemory(from: out.baseAddress!, byteCount: myBytes) }
@@ -82,6 +103,17 @@ final class TeacherGroups: TeacherPlacement {
                     try inbox[g].withUnsafeMutableBytes { try comm.receive($0.baseAddress!, bytes: n * bytesPerToken(g), from: g * S + me % S, tag: 100 + g) }
                 }
             }
+        }
+        if !hiddenBlocks.isEmpty {
+            // the first teacher's block outputs sit behind its output in its message
+            let all = Set(hiddenBlocks).sorted(), c0 = teachers[0].config.dim, offset = n * outputBytesPerToken(0)
+            if blockInbox.count != all.count || blockInbox.first?.count != n * c0 { blockInbox = all.map { _ in Slab(count: n * c0) } }
+            inbox[0].withUnsafeBytes { raw in
+                for (i, slab) in blockInbox.enumerated() {
+                    UnsafeMutableRawPointer(slab.base).copyMemory(from: raw.baseAddress! + offset + i * n * c0 * 4, byteCount: n * c0 * 4)
+                }
+            }
+            blockOutputs = hiddenBlocks.map { UnsafePointer(blockInbox[all.firstIndex(of: $0)!].base) }
         }
         if let (k, _) = topK {
             if merged?.n != n { merged = TopKBuffer(n: n, k: k) }

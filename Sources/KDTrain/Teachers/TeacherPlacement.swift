@@ -45,9 +45,16 @@ public protocol TeacherPlacement: AnyObject {
     var checkpointWeights: [String: Slab] { get }
     /// One line for the log: where the teacher runs and what crosses to the student.
     var summary: String { get }
+    /// Asks for the first teacher's outputs of `blocks` with every micro-batch (`TeacherOutput.blockOutputs`, the
+    /// hidden-state loss); throws where the placement has none (the offline cache, self-teachers).
+    func captureBlockOutputs(_ blocks: [Int]) throws
 }
 
 extension TeacherPlacement {
+    public func captureBlockOutputs(_ blocks: [Int]) throws {
+        throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a live teacher (placement replicated, pipelined or groups; the offline cache and "
+                                   + "self-teachers keep no block outputs)", found: summary)
+    }
     public var localTeachers: [(model: Transformer, weight: Float)] { [] }
     public func afterUpdate(weights: UnsafePointer<Float>, shard: SlabShard, comm: any Communicator) throws {}
     public var checkpointWeights: [String: Slab] { [:] }
@@ -88,5 +95,20 @@ func makeTeacherPlacement(config: RunConfig, teachers: [Transformer], cache: Tea
     case .replicated, .pipelined, .groups:
         // one rank holds the whole pipeline; one teacher is its own group
         return ReplicatedTeachers(teachers: teachers, weights: weights, combine: tc.combine, topK: topK, vocabSize: config.model.vocabSize)
+    }
+}
+
+extension Transformer {
+    /// `forwardStage` over `layers`, handing the residual stream to `capture` right after each block of `stops` in
+    /// the range (ascending): the same blocks in the same order as one call, so the result is bitwise the same.
+    func forwardStage(_ layers: Range<Int>, capturingAfter stops: [Int], tokens: UnsafePointer<Int32>?, hidden: UnsafePointer<Float>?,
+                      b: Int, t: Int, finalNorm: Bool, capture: (Int, UnsafePointer<Float>) -> Void) -> UnsafePointer<Float> {
+        var next = layers.lowerBound, first = true
+        for l in Set(stops).sorted() where layers.contains(l) {
+            // later pieces continue on the stream in place (neither tokens nor hidden)
+            capture(l, forwardStage(next..<(l + 1), tokens: first ? tokens : nil, hidden: first ? hidden : nil, b: b, t: t, finalNorm: false))
+            (next, first) = (l + 1, false)
+        }
+        return forwardStage(next..<layers.upperBound, tokens: first ? tokens : nil, hidden: first ? hidden : nil, b: b, t: t, finalNorm: finalNorm)
     }
 }

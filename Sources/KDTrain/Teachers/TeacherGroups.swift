@@ -140,7 +140,7 @@ final class TeacherGroups: TeacherPlacement {
             return teachers.map { TeacherSource(head: $0.lmHeadWeight, hidden: mine.finalHidden, weight: 1) }
         }
         if received.count != G { received = (0..<G).map { Slab(count: n * teachers[$0].config.dim) } }
-        return try (0..<G).map { g in
+        return (0..<G).map { g in
             inbox[g].withUnsafeBytes { received[g].base.update(from: $0.baseAddress!.assumingMemoryBound(to: Float.self), count: n * teachers[g].config.dim) }
             return TeacherSource(head: teachers[g].lmHeadWeight, hidden: UnsafePointer(received[g].base), weight: weights[g])
         }

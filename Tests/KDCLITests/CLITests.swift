@@ -75,6 +75,21 @@ func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
     #expect(r.err.contains("config file not found: Configs/nope.yaml"))
 }
 
+@Test func everyShippedConfigResolves() throws {
+    // every YAML under Configs/ as `distill train --dry-run` reads it: bases followed, strict keys, cross-field rules
+    let root = repoRoot.appendingPathComponent("Configs")
+    let files = try #require(FileManager.default.enumerator(at: root, includingPropertiesForKeys: nil)).compactMap { $0 as? URL }
+        .filter { $0.pathExtension == "yaml" }
+    #expect(files.count >= 40, "\(files.count) configs")
+    for f in files {
+        let r = try runDistill(["train", "--config", f.path, "--dry-run"])
+        #expect(r.status == 0, "\(f.path): \(r.err)")
+    }
+    // and the hour recipe is what its header says: the quickstart's cut with Q4_0 QAT of the embedding too
+    let hour = try runDistill(["train", "--config", "Configs/recipes/smollm2-hour.yaml", "--dry-run"])
+    #expect(hour.out.contains("scheme: q4_0") && hour.out.contains("embeddings: true") && hour.out.contains("select: angular"), "\(hour.out)")
+}
+
 @Test func benchPrintsTheRequiredJSONFields() throws {
     let r = try runDistill(["bench", "--shape", "tiny", "--mode", "both", "--threads", "1", "--repeats", "1", "--batch", "2", "--seq", "32", "--json"])
     #expect(r.status == 0, "\(r.err)")

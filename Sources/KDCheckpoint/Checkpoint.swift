@@ -47,6 +47,8 @@ public enum CheckpointFile {
     public static let qatScales = "qat_scales.safetensors"
     /// distillm's replay buffer.
     public static let replay = "replay.bin"
+    /// The hidden-state loss's learned projections between widths (weights and moments).
+    public static let hiddenProjection = "hidden_projection.safetensors"
     /// The data's tokenizer, when the student speaks the teacher's tokens.
     public static let tokenizer = HFFolder.tokenizer
     /// The EMA self-teacher's weights (student layout): written as NAME.safetensors.

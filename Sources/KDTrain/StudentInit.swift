@@ -37,11 +37,7 @@ func checkHiddenLayers(_ config: RunConfig, teacher: Transformer?) throws {
     guard let teacher else {
         throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a teacher file (teacher.path) whose block outputs to match", found: "none")
     }
-    // a student cut narrower is compared on the channels it kept; other widths would need a learned projection
-    guard teacher.config.dim == config.model.dim || (config.student.initFrom == .fromTeacher && config.model.dim < teacher.config.dim) else {
-        throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a student of the teacher's width \(teacher.config.dim) or cut narrower from it (no learned projection between widths yet)",
-                                   found: "model.dim \(config.model.dim)")
-    }
+    // a student cut narrower is compared on the channels it kept, other widths through learned projections
     switch d.hiddenLayers {
     case .auto:
         guard config.student.initFrom == .fromTeacher else {

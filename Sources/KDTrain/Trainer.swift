@@ -52,6 +52,8 @@ public final class Trainer {
     var hiddenSum = 0.0
     /// For a student cut narrower: the teacher's block outputs on the kept channels, one [rows, dim] buffer per pair.
     var narrowedBlockOutputs: [Slab] = []
+    /// For a student of another width not cut from its teacher: the learned projections to the teacher's width.
+    var hiddenProjection: HiddenProjection?
     public let comm: any Communicator
     let sampler: WindowSampler
     let validation: WindowSampler?
@@ -191,7 +193,15 @@ public final class Trainer {
                 throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a teacher whose block outputs to match", found: "no teacher")
             }
             try placement.captureBlockOutputs(hiddenPairs.map(\.teacher))
-            if cutChannels != nil { narrowedBlockOutputs = hiddenPairs.map { _ in Slab(count: t.microBatch * t.seqLen * config.model.dim) } }
+            let teacherDim = teachers[0].config.dim
+            if cutChannels != nil {
+                narrowedBlockOutputs = hiddenPairs.map { _ in Slab(count: t.microBatch * t.seqLen * config.model.dim) }
+            } else if teacherDim != config.model.dim {
+                let p = HiddenProjection(pairs: hiddenPairs.count, studentDim: config.model.dim, teacherDim: teacherDim, rows: t.microBatch * t.seqLen, comm: comm)
+                KDLog.info(String(format: "  hidden-state loss through learned projections %d → %d, one per pair (%d pairs, %.2fM parameters, not exported)",
+                                  config.model.dim, teacherDim, hiddenPairs.count, Double(p.parameterCount) / 1e6))
+                hiddenProjection = p
+            }
         }
         try refreshWeights()
     }
@@ -237,6 +247,7 @@ public final class Trainer {
         guard norm.isFinite else { throw KDError.nonFinite(what: "gradient norm", step: step + 1) }
         let lr = optimizer.learningRate(step: step)
         optimizer.step(params: ownedWeights, grads: g, lr: lr, t: step + 1)  // AdamW on this rank's range
+        try hiddenProjection?.step(lr: lr, optimizer: config.optimizer, t: step + 1)  // the hidden-state loss's maps
         qat?.updateScales(lr: lr, optimizer: config.optimizer, step: step)
         try placement?.afterUpdate(weights: ownedWeights, shard: optimizer.shard, comm: comm)  // the EMA teacher
         step += 1
@@ -308,8 +319,13 @@ public final class Trainer {
     func addHiddenStateGradient(block l: Int, dx: UnsafeMutablePointer<Float>, micro: Int, scale: Float) {
         let t = config.train, n = t.microBatch * t.seqLen, w = config.distill.hiddenWeight / Float(hiddenPairs.count)
         for (k, pair) in hiddenPairs.enumerated() where pair.student == l {
-            hiddenSum += hiddenStateLoss(student: model.blockOutput(l), teacher: teacherBlockOutputs[k], rows: n, c: config.model.dim,
-                                         targets: targets + micro * n, grad: dx, scale: w * scale)
+            if let p = hiddenProjection {
+                hiddenSum += p.loss(pair: k, student: model.blockOutput(l), teacher: teacherBlockOutputs[k], rows: n, targets: targets + micro * n,
+                                    dx: dx, scale: w * scale)
+            } else {
+                hiddenSum += hiddenStateLoss(student: model.blockOutput(l), teacher: teacherBlockOutputs[k], rows: n, c: config.model.dim,
+                                             targets: targets + micro * n, grad: dx, scale: w * scale)
+            }
         }
     }
 

@@ -39,6 +39,7 @@ extension Trainer {
                                       teachers: teacherManifest)
             var files = extraCheckpointFiles
             if let scales { files[CheckpointFile.qatScales] = scales }
+            if let p = hiddenProjection { files[CheckpointFile.hiddenProjection] = try p.checkpointFile() }
             if let distillm {
                 state.onPolicy = distillm.checkpointState
                 files[CheckpointFile.replay] = distillm.replay.serialized()
@@ -98,6 +99,7 @@ extension Trainer {
         for slab in [model.params] + emaWeights.values { try broadcastFloats(comm, slab.base, count: slab.count) }
         try optimizer.broadcastMoments(root: 0)
         try qat?.restore(dir: comm.rank == 0 ? dir : nil)
+        try hiddenProjection?.restore(dir: comm.rank == 0 ? dir : nil)
         KDLog.info(String(format: "resumed from %@: step %d, sample cursor %d (written by %d rank%@), verified and loaded in %.2f s",
                           dir, Int(header[0]), Int(header[1]), written, written == 1 ? "" : "s", monotonicSeconds() - start))
         step = Int(header[0])

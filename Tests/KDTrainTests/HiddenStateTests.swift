@@ -1,11 +1,14 @@
 // Hidden-state distillation at the trainer level: a student that is its teacher has no hidden-state loss, a cut student
 // starts with one that training lowers, the teacher's staged forward gives bitwise the final hidden states of one forward,
-// and pairs that cannot be matched are refused before the student exists.
+// and pairs that cannot be matched are refused before the student exists; a student of another width learns projections
+// to the teacher's (gradients against finite differences, training lowers the loss, checkpoints resume them bitwise).
 import Foundation
+import KDComm
 import KDConfig
 import KDCore
 import KDData
 import KDModel
+import KDTestSupport
 @testable import KDTrain
 import Testing
 
@@ -150,4 +153,71 @@ private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Trans
     do { _ = try Trainer(config: c, corpus: corpus, teacher: teacher); Issue.record("another head size accepted") } catch {
         #expect("\(error)".contains("model.head_dim") && "\(error)".contains("16") && "\(error)".contains("needs head_dim set"), "\(error)")
     }
+}
+
+/// The projected loss Σ_k Σ_rows ‖P_k·s_k − t_k‖² / ‖t_k‖²: its gradients with respect to the student's block outputs and
+/// to every projection matrix against central differences of the same loss computed forward only.
+@Test func theProjectedHiddenStateLossGradientMatchesFiniteDifferences() {
+    let rows = 5, ds = 6, dt = 9, pairs = 2, w: Float = 0.8
+    let p = HiddenProjection(pairs: pairs, studentDim: ds, teacherDim: dt, rows: rows, comm: LocalCommunicator())
+    let weights = randomArray(p.parameterCount, seed: 41, scale: 0.5)
+    let s = (0..<pairs).map { randomArray(rows * ds, seed: 50 + UInt64($0), scale: 1.3) }
+    let t = (0..<pairs).map { randomArray(rows * dt, seed: 60 + UInt64($0), scale: 2) }
+    let targets: [Int32] = [3, -1, 7, 0, 2]  // a masked row carries no loss
+    func loss(_ weights: [Float], _ s: [[Float]]) -> Double {
+        p.weights.base.update(from: weights, count: weights.count)
+        return Double(w) * (0..<pairs).reduce(0.0) { sum, k in
+            sum + p.loss(pair: k, student: s[k], teacher: t[k], rows: rows, targets: targets, dx: nil, scale: 0)
+        }
+    }
+    let value = loss(weights, s)
+    #expect(value > 0.5)
+    // analytic: dx per pair, the projections' gradient accumulated
+    p.grads.zero()
+    var dx = s.map { [Float](repeating: 0, count: $0.count) }
+    var fromBackward = 0.0
+    for k in 0..<pairs {
+        fromBackward += dx[k].withUnsafeMutableBufferPointer { p.loss(pair: k, student: s[k], teacher: t[k], rows: rows, targets: targets, dx: $0.baseAddress!, scale: w) }
+    }
+    #expect(abs(Double(w) * fromBackward - value) < 1e-6 * value)
+    let dP = Array(UnsafeBufferPointer(start: p.grads.base, count: p.parameterCount))
+    let numericP = numericalGradient(weights, eps: 1e-2) { loss($0, s) }
+    #expect(maxRelError(dP, numericP) < 1e-2, "projection: \(maxRelError(dP, numericP))")
+    for k in 0..<pairs {
+        let numeric = numericalGradient(s[k], eps: 1e-2) { x in var all = s; all[k] = x; return loss(weights, all) }
+        #expect(maxRelError(dx[k], numeric) < 1e-2, "student outputs of pair \(k): \(maxRelError(dx[k], numeric))")
+        // the masked row gets no gradient
+        #expect(dx[k][ds..<(2 * ds)].allSatisfy { $0 == 0 })
+    }
+}
+
+/// A random-init student half its teacher's width, matched on two block pairs through learned projections: the loss
+/// starts at 1 (the projections start at zero; up to the ε beside ‖t‖²), training lowers it, and a run resumed from a checkpoint ends with
+/// bitwise the same student and projections.
+@Test func aStudentOfAnotherWidthLearnsProjectionsToItsTeachersStreamAndResumesThemBitwise() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-projection-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var (c, teacher) = try hiddenConfig(layers: 4)
+    c.student = StudentInitConfig()
+    c.model.dim = 32
+    c.distill.hiddenLayers = .pairs([[0, 1], [1, 3]])
+    c.train.steps = 8
+    c.checkpoint.dir = dir.path
+    c.checkpoint.every = 4
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let full = try Trainer(config: c, corpus: corpus, teacher: teacher)
+    let p = try #require(full.hiddenProjection)
+    #expect(p.shape == [2, 64, 32])
+    let a = try full.run(checkpoints: true)
+    #expect(abs(a[0].hidden - 1) < 1e-3, "\(a.map(\.hidden))")
+    #expect(a.last!.hidden < 0.8, "\(a.map(\.hidden))")
+    let resumed = try Trainer(config: c, corpus: corpus, teacher: teacher)
+    try resumed.resume(from: dir.appendingPathComponent("step_00000004").path)
+    let b = try resumed.run()
+    #expect(b.map(\.loss) == a.suffix(4).map(\.loss))
+    #expect(memcmp(full.model.params.base, resumed.model.params.base, full.model.layout.count * 4) == 0)
+    let q = try #require(resumed.hiddenProjection)
+    for (x, y) in [(p.weights, q.weights), (p.m, q.m), (p.v, q.v)] { #expect(memcmp(x.base, y.base, x.count * 4) == 0) }
+    // every checkpoint carries them beside the student
+    #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("step_00000008/hidden_projection.safetensors").path))
 }

@@ -88,10 +88,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// Decodes and validates YAML text.
     public static func parse(yaml: String, source: String = "config") throws -> RunConfig {
         let config: RunConfig
+        let node: Node?
+        do { node = try Yams.compose(yaml: yaml) } catch { throw ConfigError.syntax(source: source, message: oneLine(error)) }
+        if let node { try rejectDuplicateKeys(node, source: source) }
         do {
             config = try YAMLDecoder().decode(RunConfig.self, from: yaml)
         } catch let e as DecodingError {
-            throw ConfigError(decoding: e, source: source)
+            throw ConfigError(decoding: e, source: source, found: { describeValue(at: $0, in: node) })
         } catch let e as ConfigError {
             throw e
         } catch {
@@ -117,11 +120,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
             throw ConfigError.syntax(source: path, message: "not readable as UTF-8 text")
         }
         let parsed: Node?
-        do { parsed = try Yams.compose(yaml: text) } catch {
-            // Yams reports over several lines (with a caret under the spot): one line is enough
-            let oneLine = "\(error)".split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && $0 != "^" }
-            throw ConfigError.syntax(source: path, message: oneLine.joined(separator: " "))
-        }
+        do { parsed = try Yams.compose(yaml: text) } catch { throw ConfigError.syntax(source: path, message: oneLine(error)) }
+        if let parsed { try rejectDuplicateKeys(parsed, source: path) }
         guard var node = parsed, var map = node.mapping else { return parsed ?? Node("") }
         guard let baseValue = map["base"] else { return node }
         guard let base = baseValue.string else { throw ConfigError.invalid("base", expected: "the path of another config file", found: "\(baseValue)") }
@@ -133,6 +133,42 @@ public struct RunConfig: Codable, Equatable, Sendable {
         map["base"] = nil
         node = .mapping(map)
         return merge(try loadNode(path: basePath, seen: seen + [(path as NSString).standardizingPath, canonical]), node)
+    }
+
+    /// Yams reports over several lines (with a caret under the spot): one line is enough.
+    static func oneLine(_ error: any Error) -> String {
+        "\(error)".split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && $0 != "^" }.joined(separator: " ")
+    }
+
+    /// Throws at the first key that appears twice in one mapping (YAML forbids it; a decoder would keep the last
+    /// silently), naming its path and both lines.
+    static func rejectDuplicateKeys(_ node: Node, source: String, path: String = "") throws {
+        if let map = node.mapping {
+            var lines: [String: Int] = [:]
+            for (k, v) in map {
+                let key = k.string ?? "\(k)", here = path.isEmpty ? key : path + "." + key, line = k.mark?.line ?? 0
+                if let first = lines[key] {
+                    throw ConfigError.at(source: source, path: here, message: "the key appears twice in one mapping (lines \(first) and \(line)); keep one")
+                }
+                lines[key] = line
+                try rejectDuplicateKeys(v, source: source, path: here)
+            }
+        } else if let list = node.sequence {
+            for (i, v) in list.enumerated() { try rejectDuplicateKeys(v, source: source, path: path + "[\(i)]") }
+        }
+    }
+
+    /// What the YAML has at a decoder's coding path, for messages: `'ten'`, `null`, `a list`, `a mapping`.
+    static func describeValue(at keys: [any CodingKey], in root: Node?) -> String? {
+        var node = root
+        for k in keys {
+            if let i = k.intValue { node = node?.sequence.flatMap { i < $0.count ? $0[i] : nil } } else { node = node?.mapping?[k.stringValue] }
+        }
+        guard let node else { return nil }
+        if let scalar = node.scalar {
+            return ["", "~", "null", "Null", "NULL"].contains(scalar.string) ? "null" : "'\(scalar.string)'"
+        }
+        return node.sequence != nil ? "a list" : node.mapping != nil ? "a mapping" : nil
     }
 
     /// `over` merged onto `under`: mappings key by key (recursively), anything else replaced.

@@ -39,7 +39,13 @@ import Testing
     ("optimizer: {lr: -1}", "optimizer.lr", "expected a number in (0, 1), found -1.0"),
     ("train: {micro_batch: 0}", "train.micro_batch", "expected an integer >= 1, found 0"),
     ("model: {rope_style: sideways}", "model.rope_style", "expected 'half' or 'adjacent', found 'sideways'"),
-    ("model: {dim: notanumber}", "model.dim", "expected a value of type Int"),
+    ("model: {dim: notanumber}", "model.dim", "expected an integer, found 'notanumber'"),
+    ("train: {steps: ten}", "train.steps", "expected an integer, found 'ten'"),
+    ("optimizer: {lr: fast}", "optimizer.lr", "expected a number, found 'fast'"),
+    ("distill: {t2_scale: maybe}", "distill.t2_scale", "expected true or false, found 'maybe'"),
+    ("train: {steps: [1, 2]}", "train.steps", "expected a single value, found a list"),
+    ("model: 3", "model", "expected a mapping, found '3'"),
+    ("teacher: {members: [{path: a, weight: heavy}]}", "teacher.members[0].weight", "expected a number, found 'heavy'"),
     ("teacher: {path: a.gguf, members: [{path: b.gguf}]}", "teacher.path", "expected either path (one teacher) or members (several), not both, found both"),
     ("teacher: {placement: groups, path: a.gguf}", "teacher.placement", "expected groups only with two or more members, found 0 teacher"),
     ("teacher: {self: ema, path: a.gguf}", "teacher.path", "expected no teacher files with self: ema (the student is its own teacher), found 'a.gguf'"),
@@ -130,6 +136,33 @@ func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: St
     // a missing base file is named
     try "base: nowhere.yaml\ndata: {train: [a]}\n".write(to: dir.appendingPathComponent("base.yaml"), atomically: true, encoding: .utf8)
     #expect(throws: ConfigError.fileNotFound(dir.appendingPathComponent("nowhere.yaml").path)) { try RunConfig.load(path: dir.appendingPathComponent("base.yaml").path) }
+}
+
+/// YAML forbids a key twice in one mapping and a decoder would keep the last silently: refused with the key's path and
+/// both lines, in the file itself and in a base file it extends.
+@Test func aKeyTwiceInOneMappingIsRefusedWithBothLines() throws {
+    for (yaml, path, lines) in [("data:\n  train: [a]\nmodel:\n  layers: 2\n  dim: 64\n  layers: 3\n", "model.layers", "lines 4 and 6"),
+                                ("data: {train: [a]}\nteacher:\n  members:\n    - path: a.gguf\n    - path: b.gguf\n      weight: 1\n      path: c.gguf\n",
+                                 "teacher.members[1].path", "lines 5 and 7"),
+                                ("train: {steps: 3}\ndata: {train: [a]}\ntrain: {steps: 4}\n", "train", "lines 1 and 3")] {
+        do {
+            _ = try RunConfig.parse(yaml: yaml, source: "x.yaml")
+            Issue.record("accepted a duplicate \(path)")
+        } catch {
+            #expect("\(error)" == "x.yaml: \(path): the key appears twice in one mapping (\(lines)); keep one", "\(error)")
+        }
+    }
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-dup-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let base = dir.appendingPathComponent("base.yaml"), child = dir.appendingPathComponent("child.yaml")
+    try "data: {train: [a]}\noptimizer:\n  lr: 1.0e-3\n  lr: 2.0e-3\n".write(to: base, atomically: true, encoding: .utf8)
+    try "base: base.yaml\nmodel: {layers: 2}\n".write(to: child, atomically: true, encoding: .utf8)
+    #expect(throws: ConfigError.at(source: base.path, path: "optimizer.lr", message: "the key appears twice in one mapping (lines 3 and 4); keep one")) {
+        try RunConfig.load(path: child.path)
+    }
+    // the same key in different mappings is fine
+    #expect(try RunConfig.parse(yaml: "data: {train: [a]}\nmodel: {layers: 2}\nstudent: {layers: [0, 1]}\n").model.layers == 2)
 }
 
 /// Every vocabulary key, with the section it lives in: a word it does not know fails naming the key and every valid word.

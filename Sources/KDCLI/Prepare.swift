@@ -49,11 +49,13 @@ struct Prepare: ParsableCommand {
             o.seed = seed
             let start = monotonicSeconds()
             let tty = isatty(2) != 0
-            let s = try prepareCorpus(o, tokenizer: tk) { done, total in
+            // SIGINT/SIGTERM: stop after the piece being tokenized, remove the partial output, exit non-zero
+            StopSignal.install(grace: 60)
+            let s = try prepareCorpus(o, tokenizer: tk, progress: { done, total in
                 guard tty else { return }
                 let pct = total > 0 ? 100 * done / total : 100, bar = String(repeating: "#", count: pct / 4).padding(toLength: 25, withPad: " ", startingAt: 0)
                 FileHandle.standardError.write(Data(String(format: "\rprepare [%@] %3d%% %.1f MB/s", bar, pct, Double(done) / 1e6 / max(monotonicSeconds() - start, 1e-3)).utf8))
-            }
+            }, stop: { StopSignal.requested })
             if tty { FileHandle.standardError.write(Data("\n".utf8)) }
             print("prepare: \(s.files) files, \(s.documents) documents, \(s.bytesRead) bytes → \(s.trainTokens) train / \(s.validationTokens) validation tokens in \(output)"
                   + String(format: " (%.1f s)", monotonicSeconds() - start))

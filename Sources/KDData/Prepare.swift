@@ -1,6 +1,8 @@
 // `distill prepare`: text files, folders and JSONL → train/validation token shards. Files are read in 4 MiB pieces
 // and documents streamed to the shard writers, so memory stays bounded; the split is a seeded function of the
-// document index, so the output is deterministic.
+// document index, so the output is deterministic. The output folder appears whole or not at all: everything is written
+// into a temporary sibling (OUTPUT.tmp-PID) and renamed at the end, like checkpoints; any failure, or a stop asked
+// by a signal, removes it and leaves an earlier output as it was.
 import Foundation
 import KDCore
 
@@ -49,22 +51,84 @@ public enum PrepareError: Error, CustomStringConvertible, Equatable {
     case notUTF8(path: String, offset: Int)
     case badJSONL(path: String, line: Int, reason: String)
     case empty(inputs: [String])
+    case interrupted(output: String)
+    case notAnOutput(path: String, found: String)
 
     public var description: String {
         switch self {
         case .notUTF8(let p, let o): return "\(p): expected UTF-8 text, found invalid bytes near byte \(o)"
         case .badJSONL(let p, let l, let r): return "\(p):\(l): \(r)"
         case .empty(let i): return "prepare: no text found in \(i.joined(separator: ", ")) (expected non-empty text or JSONL files)"
+        case .interrupted(let o): return "prepare: stopped by a signal before the end; nothing was written to \(o)"
+        case .notAnOutput(let p, let f):
+            return "prepare: --output \(p): expected a new folder or an earlier prepare output to replace, found \(f); nothing was written"
         }
     }
 }
 
-/// Runs the preparation; `progress(bytesDone, bytesTotal)` is called after each piece read.
+/// The files a prepare output holds.
+let prepareOutputFiles: Set<String> = ["train.bin", "validation.bin", "prepare.json"]
+
+/// Refuses to replace `path` unless it is absent, an empty folder or an earlier prepare output.
+func checkReplaceable(_ path: String) throws {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return }
+    guard isDir.boolValue else { throw PrepareError.notAnOutput(path: path, found: "a file") }
+    let other = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter { !prepareOutputFiles.contains($0) }.sorted()
+    if !other.isEmpty { throw PrepareError.notAnOutput(path: path, found: "a folder with other files (\(other.prefix(3).joined(separator: ", "))\(other.count > 3 ? ", …" : ""))") }
+}
+
+/// Cleans up after a prepare that was killed (its process is gone): its OUTPUT.tmp-PID is removed; its OUTPUT.old-PID
+/// (the earlier output, moved aside in the instant before the new one was renamed in) goes back if OUTPUT is missing.
+func removeAbandonedTemporaries(of output: String) {
+    let fm = FileManager.default
+    let dir = (output as NSString).deletingLastPathComponent, name = (output as NSString).lastPathComponent
+    for f in (try? fm.contentsOfDirectory(atPath: dir.isEmpty ? "." : dir)) ?? [] {
+        for mark in [".tmp-", ".old-"] where f.hasPrefix(name + mark) {
+            guard let pid = Int32(f.dropFirst(name.count + mark.count)), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            let path = (dir as NSString).appendingPathComponent(f)
+            if mark == ".old-", !fm.fileExists(atPath: output) { rename(path, output) } else { try? fm.removeItem(atPath: path) }
+        }
+    }
+}
+
+/// Runs the preparation; `progress(bytesDone, bytesTotal)` is called after each piece read, and `stop` before the
+/// next one (true: stop, remove what was written and throw ``PrepareError/interrupted(output:)``).
 @discardableResult
-public func prepareCorpus(_ o: PrepareOptions, tokenizer tk: ShardTokenizer, progress: (Int, Int) -> Void = { _, _ in }) throws -> PrepareSummary {
+public func prepareCorpus(_ o: PrepareOptions, tokenizer tk: ShardTokenizer, progress: (Int, Int) -> Void = { _, _ in },
+                          stop: () -> Bool = { false }) throws -> PrepareSummary {
     let files = try TokenCorpus.listFiles(o.inputs, excludeSuffixes: o.excludeSuffixes)
+    let fm = FileManager.default
+    let output = (o.output as NSString).standardizingPath
+    try checkReplaceable(output)
+    removeAbandonedTemporaries(of: output)
+    let tmp = output + ".tmp-\(getpid())"
+    try? fm.removeItem(atPath: tmp)
+    var staged = o
+    staged.output = tmp
+    do {
+        try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        let s = try writeShards(staged, files: files, tokenizer: tk, progress: progress, stop: { if stop() { throw PrepareError.interrupted(output: output) } })
+        // an earlier output steps aside only once the new one is complete
+        let old = output + ".old-\(getpid())"
+        let replacing = fm.fileExists(atPath: output)
+        if replacing { guard rename(output, old) == 0 else { throw KDError.unreadable(path: output, reason: "cannot move the earlier output aside: \(String(cString: strerror(errno)))") } }
+        guard rename(tmp, output) == 0 else {
+            let why = String(cString: strerror(errno))
+            if replacing { rename(old, output) }
+            throw KDError.unreadable(path: output, reason: "rename failed: \(why)")
+        }
+        if replacing { try? fm.removeItem(atPath: old) }
+        return s
+    } catch {
+        try? fm.removeItem(atPath: tmp)
+        throw error
+    }
+}
+
+/// The shards and prepare.json of `files` into `o.output` (a fresh folder).
+func writeShards(_ o: PrepareOptions, files: [String], tokenizer tk: ShardTokenizer, progress: (Int, Int) -> Void, stop: () throws -> Void) throws -> PrepareSummary {
     let total = files.reduce(0) { $0 + ((try? FileManager.default.attributesOfItem(atPath: $1)[.size] as? Int) ?? 0) }
-    try FileManager.default.createDirectory(atPath: o.output, withIntermediateDirectories: true)
     let train = try ShardWriter(path: (o.output as NSString).appendingPathComponent("train.bin"), vocabSize: tk.vocabSize, tokenizerHash: tk.hash)
     let val = try ShardWriter(path: (o.output as NSString).appendingPathComponent("validation.bin"), vocabSize: tk.vocabSize, tokenizerHash: tk.hash)
     let rng = CounterRNG(seed: o.seed, purpose: .dataSample)
@@ -86,6 +150,7 @@ public func prepareCorpus(_ o: PrepareOptions, tokenizer tk: ShardTokenizer, pro
         var carry = Data(), offset = 0, lineNo = 0
         var doc: [Int32] = []
         while true {
+            try stop()
             let piece = try fh.read(upToCount: 1 << 22) ?? Data()
             let atEnd = piece.isEmpty
             var buf = carry + piece
@@ -152,10 +217,7 @@ public func prepareCorpus(_ o: PrepareOptions, tokenizer tk: ShardTokenizer, pro
     }
     try train.finish()
     try val.finish()
-    guard s.documents > 0 else {
-        for f in ["train.bin", "validation.bin"] { try? FileManager.default.removeItem(atPath: (o.output as NSString).appendingPathComponent(f)) }
-        throw PrepareError.empty(inputs: o.inputs)
-    }
+    guard s.documents > 0 else { throw PrepareError.empty(inputs: o.inputs) }
     let meta = try JSONEncoder().encode(s)
     try meta.write(to: URL(fileURLWithPath: (o.output as NSString).appendingPathComponent("prepare.json")))
     return s

@@ -148,3 +148,65 @@ func scratchDir() throws -> URL {
     }
     #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("o2/train.bin").path))
 }
+
+/// A prepare that fails leaves nothing: no output folder, no temporary beside it, and an earlier output untouched; a
+/// folder that is not a prepare output is refused rather than replaced.
+@Test func aFailedPrepareLeavesNothingAndKeepsAnEarlierOutput() throws {
+    let dir = try scratchDir()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let bad = dir.appendingPathComponent("bad.jsonl"), good = dir.appendingPathComponent("good.txt")
+    try Data("{\"text\": \"hello\"}\n{\"text\": \n".utf8).write(to: bad)
+    try Data("hello world\n".utf8).write(to: good)
+    func siblings() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() }
+    let first = try runDistill(["prepare", bad.path, "--output", dir.appendingPathComponent("out").path])
+    #expect(first.status != 0 && first.err.contains("bad.jsonl:2: expected a JSON object per line"), "\(first.err)")
+    #expect(try siblings() == ["bad.jsonl", "good.txt"])
+    // an earlier output survives a failed replacement bit for bit
+    let out = dir.appendingPathComponent("out")
+    #expect(try runDistill(["prepare", good.path, "--output", out.path]).status == 0)
+    let before = try Data(contentsOf: out.appendingPathComponent("train.bin"))
+    #expect(try runDistill(["prepare", bad.path, "--output", out.path]).status != 0)
+    #expect(try Data(contentsOf: out.appendingPathComponent("train.bin")) == before)
+    #expect(try siblings() == ["bad.jsonl", "good.txt", "out"])
+    // and a successful one replaces it
+    try Data("hello world, again\n".utf8).write(to: good)
+    #expect(try runDistill(["prepare", good.path, "--output", out.path]).status == 0)
+    #expect(try Data(contentsOf: out.appendingPathComponent("train.bin")) != before)
+    // a folder holding anything else is not an output to replace
+    let other = dir.appendingPathComponent("notes")
+    try FileManager.default.createDirectory(at: other, withIntermediateDirectories: true)
+    try Data("mine".utf8).write(to: other.appendingPathComponent("todo.txt"))
+    let refused = try runDistill(["prepare", good.path, "--output", other.path])
+    #expect(refused.status != 0 && refused.err.contains("found a folder with other files (todo.txt); nothing was written"), "\(refused.err)")
+    #expect(try FileManager.default.contentsOfDirectory(atPath: other.path) == ["todo.txt"])
+}
+
+/// SIGINT during a long prepare: it stops between pieces, removes what it wrote and exits non-zero with one line.
+@Test func aSignalDuringPrepareLeavesNothing() throws {
+    let dir = try scratchDir()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let text = dir.appendingPathComponent("big.txt")
+    var s = ""
+    for i in 0..<400_000 { s += "Line \(i): the quick brown fox jumps over the lazy dog, said the \(i % 97)th student.\n" }
+    try Data(s.utf8).write(to: text)  // 32 MB: several seconds of BPE
+    let p = Process()
+    p.executableURL = try distillBinary()
+    p.arguments = ["prepare", text.path, "--output", dir.appendingPathComponent("out").path, "--tokenizer", teacher]
+    let err = Pipe()
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = err
+    try p.run()
+    // wait until it writes (its temporary folder exists), then interrupt
+    let deadline = Date().addingTimeInterval(60)
+    while Date() < deadline, p.isRunning, !(try FileManager.default.contentsOfDirectory(atPath: dir.path)).contains(where: { $0.hasPrefix("out.tmp-") }) {
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+    Thread.sleep(forTimeInterval: 0.3)
+    #expect(p.isRunning, "prepare finished before the signal; the input is too small for this machine")
+    kill(p.processIdentifier, SIGINT)
+    p.waitUntilExit()
+    let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    #expect(p.terminationStatus != 0)
+    #expect(message.contains("stopped by a signal before the end; nothing was written to"), "\(message)")
+    #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path) == ["big.txt"])
+}

@@ -2,14 +2,40 @@
 # The restart loop (in the spirit of torchrun's elastic restarts): runs Launch/distill-mpi.sh NP ARGS… --resume auto
 # and, when the job dies, says why and relaunches it, up to MAX_RESTARTS times (default 3).
 #   usage: Launch/restart.sh NP train --config FILE [more train options]
+# SIGINT / SIGTERM go to the running job (a graceful stop with a checkpoint; a second one aborts it) and end the loop:
+# a job stopped on purpose is not restarted. Started in the background by a non-interactive shell, this script first
+# takes SIGINT back from "ignored" (as distill-mpi.sh does).
 set -uo pipefail
+if [ -z "${DISTILL_RESTART_SIGINT_RESET:-}" ] && [ -r /proc/$$/status ] \
+   && (( 0x$(awk '/^SigIgn:/ {print $2}' /proc/$$/status) & 2 )); then
+    export DISTILL_RESTART_SIGINT_RESET=1
+    exec env --default-signal=INT bash "$0" "$@"
+fi
 here="$(cd "$(dirname "$0")" && pwd)"
 max=${MAX_RESTARTS:-3}
 attempt=0
+child=
+stopping=0
+forward() {
+    stopping=1
+    [ -n "$child" ] && kill -"$1" "$child" 2>/dev/null
+}
+trap 'forward INT' INT
+trap 'forward TERM' TERM
 while true; do
-    "$here/distill-mpi.sh" "$@" --resume auto
-    rc=$?
+    "$here/distill-mpi.sh" "$@" --resume auto &
+    child=$!
+    while :; do
+        wait "$child"
+        rc=$?
+        kill -0 "$child" 2>/dev/null || break  # wait also returns when a trapped signal arrives
+    done
+    child=
     [ "$rc" -eq 0 ] && exit 0
+    if [ "$stopping" -eq 1 ]; then
+        echo "restart: the job was stopped by a signal (exit code $rc); not restarting" >&2
+        exit "$rc"
+    fi
     if [ "$rc" -gt 128 ]; then why="killed by signal $((rc - 128))"; else why="exit code $rc"; fi
     if [ "$attempt" -ge "$max" ]; then
         echo "restart: the job failed ($why) and $max restarts are used up; giving up" >&2

@@ -105,6 +105,45 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         #expect(apart > 1e-3, "other rollouts moved the weights by only \(apart)")
     }
 
+    /// How people start long runs (nohup, ssh, a scheduler's script): `LAUNCHER … &` from a non-interactive shell,
+    /// which starts it with SIGINT ignored. `kill -INT` (and -TERM) to the launcher's pid must still stop the run after
+    /// a step with a checkpoint that verifies, exit 0 and leave no rank behind; restart.sh must not restart it.
+    @Test(arguments: [("distill-mpi.sh", "INT"), ("distill-mpi.sh", "TERM"), ("restart.sh", "INT")])
+    func aLauncherStartedInTheBackgroundStopsGracefullyOnASignal(script: String, signal: String) throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cfg = try tinyYAML(dir, "bg", edits: [("steps: 10", "steps: 100000"), ("every: 5", "every: 0"), ("log_every: 1", "log_every: 20")])
+        let log = dir.appendingPathComponent("log"), pidFile = dir.appendingPathComponent("pid"), rcFile = dir.appendingPathComponent("rc")
+        let line = "DISTILL_BIN='\(try distillBinary().path)' '\(repoRoot.appendingPathComponent("Launch/\(script)").path)' 2 train --config '\(cfg)' "
+            + "--sample-tokens 0 > '\(log.path)' 2>&1 & echo $! > '\(pidFile.path)'; wait $!; echo $? > '\(rcFile.path)'"
+        // the test runner's threads block most signals and a blocked mask survives exec (mpirun would never see the
+        // launcher's SIGUSR1): start the shell as a user's would be, with nothing blocked
+        let shell = Process()
+        shell.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        shell.arguments = ["-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execv('/bin/bash', ['bash', '-c', sys.argv[1]])", line]
+        try shell.run()
+        func text(_ u: URL) -> String { (try? String(contentsOf: u, encoding: .utf8)) ?? "" }
+        let start = Date()
+        while Date().timeIntervalSince(start) < 120, !text(log).contains("20/100000") { Thread.sleep(forTimeInterval: 0.1) }
+        let pid = try #require(Int32(text(pidFile).trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(kill(pid, signal == "INT" ? SIGINT : SIGTERM) == 0)
+        let sent = Date()
+        while shell.isRunning, Date().timeIntervalSince(sent) < 90 { Thread.sleep(forTimeInterval: 0.1) }
+        if shell.isRunning {
+            Issue.record("the launcher ignored SIG\(signal) for 90 s")
+            _ = try? runProcess(URL(fileURLWithPath: "/usr/bin/pkill"), ["-KILL", "-f", cfg])
+        }
+        shell.waitUntilExit()
+        #expect(text(rcFile).trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(text(log))")
+        #expect(text(log).contains("(checkpoint written)") && !text(log).contains("restart 1"), "\(text(log))")
+        let store = dir.appendingPathComponent("bg")
+        let names = try FileManager.default.contentsOfDirectory(atPath: store.path).filter { $0.hasPrefix("step_") }
+        #expect(names.count == 1, "\(names)")
+        if let name = names.first { #expect(try runDistill(["checkpoint", "verify", store.appendingPathComponent(name).path]).status == 0) }
+        let left = try runProcess(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", cfg])
+        #expect(left.out.isEmpty, "processes left: \(left.out)")
+    }
+
     @Test func resumeIsBitwiseExactAndWorksAtAnotherWorldSize() throws {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }

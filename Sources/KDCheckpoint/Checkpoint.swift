@@ -158,6 +158,7 @@ public struct CheckpointStore {
             let entries = model.layout.entries
             let shapes = [CheckpointFile.firstMoment, CheckpointFile.secondMoment].flatMap { p in entries.map { (name: p + $0.name, shape: $0.shape) } }
             crashForTestIfAsked(step: state.step)
+            slowWriteForTestIfAsked()
             try writeSafetensors(path: (tmp as NSString).appendingPathComponent(CheckpointFile.optimizer), shapes: shapes) { emit in
                 switch moments {
                 case .slabs(let m, let v):
@@ -296,6 +297,13 @@ public struct CheckpointStore {
             }
         }
     }
+}
+
+/// Fault injection for Launch/chaos.sh: with DISTILL_CHECKPOINT_WRITE_DELAY=SECONDS set, every checkpoint write pauses
+/// that long halfway (weights written, optimizer state not), so a kill lands inside a write often.
+func slowWriteForTestIfAsked() {
+    guard let s = ProcessInfo.processInfo.environment["DISTILL_CHECKPOINT_WRITE_DELAY"].flatMap(Double.init), s > 0 else { return }
+    Thread.sleep(forTimeInterval: s)
 }
 
 /// fsync of a directory, so a rename inside it is durable.

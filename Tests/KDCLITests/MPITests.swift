@@ -144,6 +144,17 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         #expect(left.out.isEmpty, "processes left: \(left.out)")
     }
 
+    /// Launch/chaos.sh with five kill -9s (the CI-sized chaos run): the run finishes, every checkpoint that verified
+    /// still does or was retired by keep, and the final state equals the uninterrupted run's bit for bit.
+    @Test func aChaosRunOfFiveKillsEndsInTheUninterruptedRunsState() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try launch("chaos.sh", ["5"], env: ["CHAOS_DIR": dir.path, "CHAOS_STEPS": "200", "CHAOS_SEED": "3"])
+        #expect(r.status == 0, "\(r.out)")
+        let row = r.out.split(separator: "\n").last { $0.hasPrefix("| ") && !$0.hasPrefix("| kills") } ?? ""
+        #expect(row.hasPrefix("| 5 (") && row.hasSuffix("| yes |"), "\(r.out)")
+    }
+
     @Test func resumeIsBitwiseExactAndWorksAtAnotherWorldSize() throws {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }

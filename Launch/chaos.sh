@@ -5,7 +5,8 @@
 # or a rank while the restarted job is starting and resuming. After the last kill the run must finish; every
 # checkpoint that ever verified must still verify or have been retired by `keep`; the final weights and optimizer
 # state must equal an uninterrupted run's bit for bit (same world size).
-#   usage: Launch/chaos.sh N          (CHAOS_SEED picks the moments, CHAOS_STEPS the run's length: default 30·N + 100)
+#   usage: Launch/chaos.sh N          (CHAOS_SEED picks the moments, CHAOS_STEPS the run's length: default 30·N + 100;
+#                                      CHAOS_MICRO_BATCH=M trains on M windows per rank and step instead of 4 × 2)
 # Results: Checkpoints/chaos/chaos.md (CHAOS_DIR overrides the folder); exit 0 only when every check passes.
 # N = 50 takes about 10 minutes with the release build on 2 cores (the test suite runs N = 5 with the debug build).
 set -euo pipefail
@@ -30,7 +31,8 @@ teacher=$work/teacher/$(cat "$work/teacher/latest")
 student() {  # $1 = checkpoint folder
     sed -e "s|Tests/KDTrainTests/Fixtures/|$PWD/Tests/KDTrainTests/Fixtures/|" -e "s|dir: Checkpoints/tiny|dir: $1|" \
         -e "s/steps: 10/steps: $steps/" -e "s/log_every: 1/log_every: 50/" -e "s/^  every: 5$/  every: 4\n  every_minutes: 0.05/" \
-        -e "s/keep: 2/keep: 3/" -e "s/seed: 1234/seed: 99/" -e "s/ffn_dim: 172/ffn_dim: 160/" Configs/tiny.yaml
+        -e "s/keep: 2/keep: 3/" -e "s/seed: 1234/seed: 99/" -e "s/ffn_dim: 172/ffn_dim: 160/" \
+        ${CHAOS_MICRO_BATCH:+-e "s/micro_batch: 4/micro_batch: $CHAOS_MICRO_BATCH/" -e "s/grad_accum: 2/grad_accum: 1/"} Configs/tiny.yaml
     printf "teacher:\n  path: %s\ndistill:\n  objective: skew_rkl\n  kd_ratio: 0.5\nqat:\n  scheme: q8_0\n" "$teacher"
 }
 student "$work/reference" > "$work/reference.yaml"

@@ -5,18 +5,11 @@
 # - --allow-run-as-root only when run as root, --oversubscribe only when NP exceeds the cores;
 # - the progress line is redrawn in place only when this script's output is a terminal;
 # - Ctrl-C / SIGINT / SIGTERM stop the run gracefully (a checkpoint after the current step), a second one aborts —
-#   also when this script was started in the background by a non-interactive shell (see below);
+#   also when this script was started in the background by a non-interactive shell (Launch/sigint-default.sh);
 # - TCP over loopback on a single host (DISTILL_MPI_ARGS adds or overrides mpirun options, e.g. --hostfile).
 # DISTILL_BIN picks the binary (default .build/release/distill).
 set -euo pipefail
-# Started with `&` from a non-interactive shell (nohup, ssh host 'cmd &', a scheduler's script), bash inherits SIGINT
-# ignored and no trap can take it back: start once more with SIGINT's default disposition (coreutils env), so that
-# `kill -INT` stops such a run gracefully too. The pid stays the same (exec).
-if [ -z "${DISTILL_MPI_SIGINT_RESET:-}" ] && [ -r /proc/$$/status ] \
-   && (( 0x$(awk '/^SigIgn:/ {print $2}' /proc/$$/status) & 2 )); then
-    export DISTILL_MPI_SIGINT_RESET=1
-    exec env --default-signal=INT bash "$0" "$@"
-fi
+source "$(dirname "$0")/sigint-default.sh"  # kill -INT works even when started with & (see there)
 here="$(cd "$(dirname "$0")/.." && pwd)"
 np=${1:?usage: Launch/distill-mpi.sh NP ARGS…}
 shift

@@ -4,13 +4,9 @@
 #   usage: Launch/restart.sh NP train --config FILE [more train options]
 # SIGINT / SIGTERM go to the running job (a graceful stop with a checkpoint; a second one aborts it) and end the loop:
 # a job stopped on purpose is not restarted. Started in the background by a non-interactive shell, this script first
-# takes SIGINT back from "ignored" (as distill-mpi.sh does).
+# takes SIGINT back from "ignored" (Launch/sigint-default.sh).
 set -uo pipefail
-if [ -z "${DISTILL_RESTART_SIGINT_RESET:-}" ] && [ -r /proc/$$/status ] \
-   && (( 0x$(awk '/^SigIgn:/ {print $2}' /proc/$$/status) & 2 )); then
-    export DISTILL_RESTART_SIGINT_RESET=1
-    exec env --default-signal=INT bash "$0" "$@"
-fi
+source "$(dirname "$0")/sigint-default.sh"  # kill -INT works even when started with & (see there)
 here="$(cd "$(dirname "$0")" && pwd)"
 max=${MAX_RESTARTS:-3}
 attempt=0

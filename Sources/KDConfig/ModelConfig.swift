@@ -9,7 +9,19 @@ public enum RopeStyle: String, ConfigVocabulary {
     case adjacent
 }
 
-/// Shape of a Llama-family transformer.
+/// `model.family`: which decoder architecture the blocks follow (each family's pieces: `ModelFamily` in KDModel).
+public enum ModelFamilyName: String, ConfigVocabulary {
+    /// Llama 1–3, SmolLM, Mistral-style: RMSNorm → attention → RMSNorm → SwiGLU.
+    case llama
+    /// Gemma 3: √dim-scaled embedding, q/k RMSNorm, a norm after attention and after the MLP, GeGLU, sliding-window layers.
+    case gemma3
+    /// Qwen2 / Qwen2.5: Llama with biases on the q, k, v projections.
+    case qwen2
+    /// Qwen3: Llama with q/k RMSNorm per head.
+    case qwen3
+}
+
+/// Shape of a decoder-only transformer of one of the supported families.
 public struct ModelConfig: Codable, Equatable, Sendable {
     /// Number of transformer blocks. Default 4.
     public var layers = 4
@@ -38,13 +50,24 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var tiedEmbeddings = true
     /// Standard deviation of the normal initialization; output projections are scaled by 1/√(2·layers). Default 0.02.
     public var initStd: Float = 0.02
+    /// Architecture family. Default llama.
+    public var family = ModelFamilyName.llama
+    /// Keys a query sees on sliding-window layers (itself and the window − 1 before it); 0 = every layer attends to the
+    /// whole prefix. Default 0 (Gemma 3: 512).
+    public var slidingWindow = 0
+    /// With a sliding window: every `sliding_pattern`-th block (the 6th, 12th, … for 6) attends globally, the others
+    /// through the window; 0 = every block slides. Default 0 (Gemma 3: 6).
+    public var slidingPattern = 0
+    /// RoPE base of the sliding-window layers; 0 = rope_theta. Default 0 (Gemma 3: 10000, its global layers 1e6).
+    public var ropeThetaLocal: Double = 0
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case layers, dim, heads, headDim = "head_dim", kvHeads = "kv_heads", ffnDim = "ffn_dim", vocabSize = "vocab_size"
         case maxSeqLen = "max_seq_len", ropeTheta = "rope_theta", ropeStyle = "rope_style", rmsEps = "rms_eps"
-        case tiedEmbeddings = "tied_embeddings", initStd = "init_std"
+        case tiedEmbeddings = "tied_embeddings", initStd = "init_std", family, slidingWindow = "sliding_window"
+        case slidingPattern = "sliding_pattern", ropeThetaLocal = "rope_theta_local"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -63,6 +86,10 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         rmsEps = try c.value(.rmsEps, or: rmsEps)
         tiedEmbeddings = try c.value(.tiedEmbeddings, or: tiedEmbeddings)
         initStd = try c.value(.initStd, or: initStd)
+        family = try c.value(.family, or: family)
+        slidingWindow = try c.value(.slidingWindow, or: slidingWindow)
+        slidingPattern = try c.value(.slidingPattern, or: slidingPattern)
+        ropeThetaLocal = try c.value(.ropeThetaLocal, or: ropeThetaLocal)
         try c.require(layers >= 1, .layers, expected: "an integer >= 1", found: layers)
         try c.require(dim >= 2, .dim, expected: "an integer >= 2", found: dim)
         try c.require(heads >= 1, .heads, expected: "an integer >= 1", found: heads)
@@ -74,6 +101,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         try c.require(ropeTheta > 0, .ropeTheta, expected: "a number > 0", found: ropeTheta)
         try c.require(rmsEps > 0 && rmsEps < 1, .rmsEps, expected: "a number in (0, 1)", found: rmsEps)
         try c.require(initStd > 0, .initStd, expected: "a number > 0", found: initStd)
+        try c.require(slidingWindow >= 0, .slidingWindow, expected: "an integer >= 0 (0 = no window)", found: slidingWindow)
+        try c.require(slidingPattern >= 0, .slidingPattern, expected: "an integer >= 0", found: slidingPattern)
+        try c.require(ropeThetaLocal >= 0, .ropeThetaLocal, expected: "a number >= 0 (0 = rope_theta)", found: ropeThetaLocal)
     }
 
     /// Head size: head_dim, or dim / heads.
@@ -82,6 +112,13 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var qDim: Int { heads * headSize }
     /// Width of the key and value projections.
     public var kvDim: Int { kvHeads * headSize }
+
+    /// Whether block l attends through the sliding window (Gemma 3: five local blocks, then one global).
+    public func isSliding(_ l: Int) -> Bool {
+        slidingWindow > 0 && (slidingPattern == 0 || (l + 1) % slidingPattern != 0)
+    }
+    /// RoPE base of block l.
+    public func ropeBase(_ l: Int) -> Double { isSliding(l) && ropeThetaLocal > 0 ? ropeThetaLocal : ropeTheta }
 
     /// Cross-field rules; throws `ConfigError.invalid` naming the fields.
     public func validate(path: String = "model") throws {

@@ -12,13 +12,21 @@ public struct ParameterLayout: Sendable {
         /// Offset in Floats from the slab start.
         public let offset: Int
         public var count: Int { shape.reduce(1, *) }
-        /// Matrices get weight decay; norm vectors do not.
+        /// Matrices get weight decay; norm vectors and biases do not.
         public var isMatrix: Bool { shape.count == 2 }
+        /// A projection bias (initialized to 0; norm weights start at 1).
+        public var isBias: Bool { name.hasSuffix(".bias") }
     }
 
-    /// Offsets of one block's tensors.
+    /// Offsets of one block's tensors; the optional ones exist in the families that have them.
     public struct Block: Sendable {
         public let ln1, wq, wk, wv, wo, ln2, wgate, wup, wdown: Int
+        /// Per-head q/k RMSNorm weights [head size] (Gemma 3, Qwen3).
+        public var qNorm: Int? = nil, kNorm: Int? = nil
+        /// q, k, v projection biases (Qwen2).
+        public var bq: Int? = nil, bk: Int? = nil, bv: Int? = nil
+        /// Norms on the attention output and the MLP output (Gemma 3).
+        public var postAttnNorm: Int? = nil, postFFNNorm: Int? = nil
     }
 
     public let entries: [Entry]
@@ -36,21 +44,30 @@ public struct ParameterLayout: Sendable {
             defer { offset += shape.reduce(1, *) }
             return offset
         }
-        let c = m.dim, kv = m.kvDim, f = m.ffnDim, qd = m.qDim
+        let c = m.dim, kv = m.kvDim, f = m.ffnDim, qd = m.qDim, fam = m.familySpec, hs = m.headSize
         embedding = add("model.embed_tokens.weight", [m.vocabSize, c])
         var blocks: [Block] = []
         for l in 0..<m.layers {
+            // Llama's order, each optional piece right after the tensor it belongs to; ln1 stays first (blockRange)
             let p = "model.layers.\(l)."
-            blocks.append(Block(
-                ln1: add(p + "input_layernorm.weight", [c]),
-                wq: add(p + "self_attn.q_proj.weight", [qd, c]),
-                wk: add(p + "self_attn.k_proj.weight", [kv, c]),
-                wv: add(p + "self_attn.v_proj.weight", [kv, c]),
-                wo: add(p + "self_attn.o_proj.weight", [c, qd]),
-                ln2: add(p + "post_attention_layernorm.weight", [c]),
-                wgate: add(p + "mlp.gate_proj.weight", [f, c]),
-                wup: add(p + "mlp.up_proj.weight", [f, c]),
-                wdown: add(p + "mlp.down_proj.weight", [c, f])))
+            let ln1 = add(p + "input_layernorm.weight", [c])
+            let qNorm = fam.qkNorm ? add(p + "self_attn.q_norm.weight", [hs]) : nil
+            let kNorm = fam.qkNorm ? add(p + "self_attn.k_norm.weight", [hs]) : nil
+            let wq = add(p + "self_attn.q_proj.weight", [qd, c])
+            let bq = fam.qkvBias ? add(p + "self_attn.q_proj.bias", [qd]) : nil
+            let wk = add(p + "self_attn.k_proj.weight", [kv, c])
+            let bk = fam.qkvBias ? add(p + "self_attn.k_proj.bias", [kv]) : nil
+            let wv = add(p + "self_attn.v_proj.weight", [kv, c])
+            let bv = fam.qkvBias ? add(p + "self_attn.v_proj.bias", [kv]) : nil
+            let wo = add(p + "self_attn.o_proj.weight", [c, qd])
+            let postAttn = fam.postNorms ? add(p + "post_attention_layernorm.weight", [c]) : nil
+            let ln2 = add(p + fam.ffnNormName + ".weight", [c])
+            let wgate = add(p + "mlp.gate_proj.weight", [f, c])
+            let wup = add(p + "mlp.up_proj.weight", [f, c])
+            let wdown = add(p + "mlp.down_proj.weight", [c, f])
+            let postFFN = fam.postNorms ? add(p + "post_feedforward_layernorm.weight", [c]) : nil
+            blocks.append(Block(ln1: ln1, wq: wq, wk: wk, wv: wv, wo: wo, ln2: ln2, wgate: wgate, wup: wup, wdown: wdown,
+                                qNorm: qNorm, kNorm: kNorm, bq: bq, bk: bk, bv: bv, postAttnNorm: postAttn, postFFNNorm: postFFN))
         }
         finalNorm = add("model.norm.weight", [c])
         lmHead = m.tiedEmbeddings ? embedding : add("lm_head.weight", [m.vocabSize, c])

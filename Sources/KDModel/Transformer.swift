@@ -1,6 +1,9 @@
-// The Llama-family transformer with explicit forward and backward (llm.c train_gpt2.c, Llama flavour):
+// The decoder transformer with explicit forward and backward (llm.c train_gpt2.c, Llama flavour):
 // embedding → L × [RMSNorm → GQA attention with RoPE → residual → RMSNorm → SwiGLU MLP → residual] → RMSNorm →
 // LM head fused with cross-entropy. Parameters and gradients each live in one slab laid out by ParameterLayout.
+// A family (ModelFamily) adds optional pieces to the block, each with its backward: q/k/v biases (Qwen2), per-head q/k
+// RMSNorm before RoPE (Qwen3, Gemma 3), norms on the attention and MLP outputs before the residual adds, GeGLU, a
+// √dim-scaled embedding and sliding-window layers with their own RoPE base (Gemma 3).
 // Dims: b batch, t sequence, n = b·t rows, c dim, kv kv dim, f ffn dim, v vocabulary, nh heads, hs head size.
 import KDConfig
 import KDCore
@@ -12,9 +15,19 @@ import KDQuant
 final class BlockActivations {
     let ln1: Slab, rstd1: Slab, q: Slab, k: Slab, v: Slab, probs: Slab, att: Slab
     let x2: Slab, ln2: Slab, rstd2: Slab, gate: Slab, up: Slab, h: Slab
+    /// q/k before their per-head norm and the norms' rstd (families with q/k norm).
+    let qPre: Slab?, kPre: Slab?, rstdQ: Slab?, rstdK: Slab?
+    /// Attention and MLP outputs before their post-norms, the norms' rstd, and the normed output on its way to the
+    /// residual (families with post-norms).
+    let attnOut: Slab?, rstdPA: Slab?, ffnOut: Slab?, rstdPF: Slab?, postTmp: Slab?
     /// `tk` keys per query (t in training; cached length + t when decoding).
     init(n: Int, b: Int, t: Int, tk: Int? = nil, m: ModelConfig) {
-        let c = m.dim
+        let c = m.dim, fam = m.familySpec
+        qPre = fam.qkNorm ? Slab(count: n * m.qDim) : nil; kPre = fam.qkNorm ? Slab(count: n * m.kvDim) : nil
+        rstdQ = fam.qkNorm ? Slab(count: n * m.heads) : nil; rstdK = fam.qkNorm ? Slab(count: n * m.kvHeads) : nil
+        attnOut = fam.postNorms ? Slab(count: n * c) : nil; rstdPA = fam.postNorms ? Slab(count: n) : nil
+        ffnOut = fam.postNorms ? Slab(count: n * c) : nil; rstdPF = fam.postNorms ? Slab(count: n) : nil
+        postTmp = fam.postNorms ? Slab(count: n * c) : nil
         ln1 = Slab(count: n * c); rstd1 = Slab(count: n)
         q = Slab(count: n * m.qDim); k = Slab(count: n * m.kvDim); v = Slab(count: n * m.kvDim)
         probs = Slab(count: b * m.heads * t * (tk ?? t)); att = Slab(count: n * m.qDim)
@@ -29,8 +42,11 @@ final class BackwardScratch {
     let dk, dv, dkp: Slab
     let dh, dgate, dup: Slab
     let attn: Slab
+    /// Gradient at a post-norm's input (families with post-norms).
+    let dpost: Slab?
     init(n: Int, t: Int, m: ModelConfig) {
         let c = m.dim, kv = m.kvDim, f = m.ffnDim
+        dpost = m.familySpec.postNorms ? Slab(count: n * c) : nil
         dx = Slab(count: n * c); dln = Slab(count: n * c); datt = Slab(count: n * m.qDim)
         dq = Slab(count: n * m.qDim); dqp = Slab(count: n * m.qDim)
         dk = Slab(count: n * kv); dv = Slab(count: n * kv); dkp = Slab(count: n * kv)
@@ -98,7 +114,11 @@ public final class Transformer {
     public let params: Slab
     public let grads: Slab?
     public let rope: RoPETable
+    /// RoPE of the sliding-window blocks when their base differs (Gemma 3).
+    public let ropeLocal: RoPETable?
     public let ropeStyle: RopeStyle
+    /// The family's block pieces.
+    public let family: ModelFamily
     /// Rows of logits the chunked LM head materializes at once.
     public var lmHeadChunk: Int
     /// 8da4w-style QAT: int8 per-token fake quantization of every activation entering a block's linear layers.
@@ -114,7 +134,10 @@ public final class Transformer {
         params = Slab(count: layout.count)
         grads = needsGrad ? Slab(count: layout.count) : nil
         rope = RoPETable(maxT: config.maxSeqLen, hs: config.headSize, theta: config.ropeTheta)
+        let local = (0..<config.layers).contains { config.ropeBase($0) != config.ropeTheta }
+        ropeLocal = local ? RoPETable(maxT: config.maxSeqLen, hs: config.headSize, theta: config.ropeThetaLocal) : nil
         ropeStyle = config.ropeStyle
+        family = config.familySpec
         self.lmHeadChunk = lmHeadChunk
     }
 
@@ -143,7 +166,7 @@ public final class Transformer {
         }
     }
 
-    /// Token embeddings of `tokens` into out, from the packed or dense table.
+    /// Token embeddings of `tokens` into out, from the packed or dense table (times √dim in families that scale it).
     func embed(out: UnsafeMutablePointer<Float>, tokens: UnsafePointer<Int32>, n: Int) {
         let c = config.dim
         if let p = packed[layout.embedding] {
@@ -153,7 +176,14 @@ public final class Transformer {
         } else {
             embeddingForward(out: out, tokens: tokens, wte: params.base + layout.embedding, n: n, c: c)
         }
+        if family.scaledEmbedding { scaleRow(out, n * c, embeddingScale) }
     }
+
+    /// √dim in float32, as llama.cpp multiplies Gemma's embedding.
+    var embeddingScale: Float { Float(config.dim).squareRoot() }
+
+    /// The RoPE table of block l.
+    func ropeTable(_ l: Int) -> RoPETable { config.ropeBase(l) != config.ropeTheta ? ropeLocal! : rope }
 
     /// Normal(0, initStd) matrices (output projections scaled by 1/√(2·layers), GPT-2 style), unit norm weights.
     /// Every element is a function of (seed, tensor index, element index): identical on any thread count.
@@ -163,7 +193,7 @@ public final class Transformer {
         for (ti, e) in layout.entries.enumerated() {
             let p = params.base + e.offset
             if !e.isMatrix {
-                p.update(repeating: 1, count: e.count)
+                p.update(repeating: e.isBias ? 0 : 1, count: e.count)
                 continue
             }
             let isOut = e.name.hasSuffix("o_proj.weight") || e.name.hasSuffix("down_proj.weight")
@@ -240,29 +270,58 @@ public final class Transformer {
         kAll: UnsafePointer<Float>? = nil, vAll: UnsafePointer<Float>? = nil, shape: AttentionShape,
         afterRoPE: (() -> Void)? = nil
     ) {
-        let m = config, c = m.dim, kv = m.kvDim, f = m.ffnDim, qd = m.qDim, P = params.base, L = layout.blocks[l]
+        let m = config, c = m.dim, kv = m.kvDim, f = m.ffnDim, qd = m.qDim, hs = m.headSize, P = params.base, L = layout.blocks[l]
         rmsNormForward(out: A.ln1.base, rstd: A.rstd1.base, inp: resIn, weight: P + L.ln1, n: n, c: c, eps: m.rmsEps)
         if quantizeActivations { fakeQuantizeActivationsInt8(A.ln1.base, rows: n, c: c) }
-        linear(L.wq, out: A.q.base, inp: A.ln1.base, n: n, c: c, oc: qd)
-        linear(L.wk, out: kDst, inp: A.ln1.base, n: n, c: c, oc: kv)
+        // with q/k norm the projections land in qPre/kPre and their per-head norms in q and kDst
+        let qProj = A.qPre?.base ?? A.q.base, kProj = A.kPre?.base ?? kDst
+        linear(L.wq, out: qProj, inp: A.ln1.base, n: n, c: c, oc: qd)
+        linear(L.wk, out: kProj, inp: A.ln1.base, n: n, c: c, oc: kv)
         linear(L.wv, out: vDst, inp: A.ln1.base, n: n, c: c, oc: kv)
-        ropeForward(out: A.q.base, inp: A.q.base, table: rope, n: n, t: t, pos0: pos0, nh: m.heads, hs: m.headSize, style: ropeStyle)
-        ropeForward(out: kDst, inp: kDst, table: rope, n: n, t: t, pos0: pos0, nh: m.kvHeads, hs: m.headSize, style: ropeStyle)
+        if let bq = L.bq, let bk = L.bk, let bv = L.bv {
+            addBias(qProj, bias: P + bq, n: n, oc: qd)
+            addBias(kProj, bias: P + bk, n: n, oc: kv)
+            addBias(vDst, bias: P + bv, n: n, oc: kv)
+        }
+        if let qn = L.qNorm, let kn = L.kNorm, let qPre = A.qPre, let kPre = A.kPre {
+            rmsNormForward(out: A.q.base, rstd: A.rstdQ!.base, inp: qPre.base, weight: P + qn, n: n * m.heads, c: hs, eps: m.rmsEps)
+            rmsNormForward(out: kDst, rstd: A.rstdK!.base, inp: kPre.base, weight: P + kn, n: n * m.kvHeads, c: hs, eps: m.rmsEps)
+        }
+        let table = ropeTable(l)
+        ropeForward(out: A.q.base, inp: A.q.base, table: table, n: n, t: t, pos0: pos0, nh: m.heads, hs: hs, style: ropeStyle)
+        ropeForward(out: kDst, inp: kDst, table: table, n: n, t: t, pos0: pos0, nh: m.kvHeads, hs: hs, style: ropeStyle)
         afterRoPE?()
+        var shape = shape
+        shape.window = m.isSliding(l) ? m.slidingWindow : 0
         attentionForward(out: A.att.base, probs: A.probs.base, q: A.q.base, k: kAll ?? UnsafePointer(kDst),
                          v: vAll ?? UnsafePointer(vDst), shape: shape)
-        // residual adds ride on sgemm's beta = 1: x2 = x + att·Woᵀ, out = x2 + h·Wdᵀ
+        // residual adds ride on sgemm's beta = 1: x2 = x + att·Woᵀ, out = x2 + h·Wdᵀ (post-norm families add normed outputs)
         A.x2.base.update(from: resIn, count: n * c)
         if quantizeActivations { fakeQuantizeActivationsInt8(A.att.base, rows: n, c: qd) }
-        linear(L.wo, out: A.x2.base, inp: A.att.base, n: n, c: qd, oc: c, accumulate: true)
+        if let pn = L.postAttnNorm, let o = A.attnOut, let tmp = A.postTmp {
+            linear(L.wo, out: o.base, inp: A.att.base, n: n, c: qd, oc: c)
+            rmsNormForward(out: tmp.base, rstd: A.rstdPA!.base, inp: o.base, weight: P + pn, n: n, c: c, eps: m.rmsEps)
+            addRows(A.x2.base, tmp.base, n * c)
+        } else {
+            linear(L.wo, out: A.x2.base, inp: A.att.base, n: n, c: qd, oc: c, accumulate: true)
+        }
         rmsNormForward(out: A.ln2.base, rstd: A.rstd2.base, inp: A.x2.base, weight: P + L.ln2, n: n, c: c, eps: m.rmsEps)
         if quantizeActivations { fakeQuantizeActivationsInt8(A.ln2.base, rows: n, c: c) }
         linear(L.wgate, out: A.gate.base, inp: A.ln2.base, n: n, c: c, oc: f)
         linear(L.wup, out: A.up.base, inp: A.ln2.base, n: n, c: c, oc: f)
-        swiGLUForward(out: A.h.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+        switch family.activation {
+        case .silu: swiGLUForward(out: A.h.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+        case .geluTanh: geGLUForward(out: A.h.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+        }
         if quantizeActivations { fakeQuantizeActivationsInt8(A.h.base, rows: n, c: f) }
         if resOut != A.x2.base { resOut.update(from: A.x2.base, count: n * c) }
-        linear(L.wdown, out: resOut, inp: A.h.base, n: n, c: f, oc: c, accumulate: true)
+        if let pn = L.postFFNNorm, let o = A.ffnOut, let tmp = A.postTmp {
+            linear(L.wdown, out: o.base, inp: A.h.base, n: n, c: f, oc: c)
+            rmsNormForward(out: tmp.base, rstd: A.rstdPF!.base, inp: o.base, weight: P + pn, n: n, c: c, eps: m.rmsEps)
+            addRows(resOut, tmp.base, n * c)
+        } else {
+            linear(L.wdown, out: resOut, inp: A.h.base, n: n, c: f, oc: c, accumulate: true)
+        }
     }
 
     /// Cross-entropy of the last ``forward`` against `targets` (−1 = no loss), without gradients.
@@ -353,10 +412,19 @@ public final class Transformer {
             // S.dx holds dL/d(block output); a loss on the block output itself (hidden-state distillation) adds its part
             blockOutputGradient?(l, S.dx.base)
             // the residual passes it straight through to x2 and to the input
+            var dMLP = UnsafePointer(S.dx.base)
+            if let pn = L.postFFNNorm, let o = A.ffnOut, let dp = S.dpost {
+                dp.zero()
+                rmsNormBackward(dinp: dp.base, dweight: G + pn, dout: S.dx.base, inp: o.base, weight: P + pn, rstd: A.rstdPF!.base, n: n, c: c)
+                dMLP = UnsafePointer(dp.base)
+            }
             S.dh.zero()
-            matmulBackward(dinp: S.dh.base, dweight: G + L.wdown, dout: S.dx.base, inp: A.h.base, weight: P + L.wdown, n: n, c: f, oc: c)
+            matmulBackward(dinp: S.dh.base, dweight: G + L.wdown, dout: dMLP, inp: A.h.base, weight: P + L.wdown, n: n, c: f, oc: c)
             S.dgate.zero(); S.dup.zero()
-            swiGLUBackward(dgate: S.dgate.base, dup: S.dup.base, dout: S.dh.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+            switch family.activation {
+            case .silu: swiGLUBackward(dgate: S.dgate.base, dup: S.dup.base, dout: S.dh.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+            case .geluTanh: geGLUBackward(dgate: S.dgate.base, dup: S.dup.base, dout: S.dh.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+            }
             progress?()
             S.dln.zero()
             matmulBackward(dinp: S.dln.base, dweight: G + L.wgate, dout: S.dgate.base, inp: A.ln2.base, weight: P + L.wgate, n: n, c: c, oc: f)
@@ -364,22 +432,46 @@ public final class Transformer {
             rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln2, dout: S.dln.base, inp: A.x2.base, weight: P + L.ln2, rstd: A.rstd2.base, n: n, c: c)
             progress?()
             // S.dx now holds dL/dx2
+            var dAttn = UnsafePointer(S.dx.base)
+            if let pn = L.postAttnNorm, let o = A.attnOut, let dp = S.dpost {
+                dp.zero()
+                rmsNormBackward(dinp: dp.base, dweight: G + pn, dout: S.dx.base, inp: o.base, weight: P + pn, rstd: A.rstdPA!.base, n: n, c: c)
+                dAttn = UnsafePointer(dp.base)
+            }
             S.datt.zero()
-            matmulBackward(dinp: S.datt.base, dweight: G + L.wo, dout: S.dx.base, inp: A.att.base, weight: P + L.wo, n: n, c: m.qDim, oc: c)
+            matmulBackward(dinp: S.datt.base, dweight: G + L.wo, dout: dAttn, inp: A.att.base, weight: P + L.wo, n: n, c: m.qDim, oc: c)
             S.dq.zero(); S.dk.zero(); S.dv.zero()
             attentionBackward(dq: S.dq.base, dk: S.dk.base, dv: S.dv.base, scratch: S.attn.base, dout: S.datt.base,
                               probs: A.probs.base, q: A.q.base, k: A.k.base, v: A.v.base, shape: shape)
             progress?()
             S.dqp.zero(); S.dkp.zero()
-            ropeBackward(dinp: S.dqp.base, dout: S.dq.base, table: rope, n: n, t: a.t, nh: m.heads, hs: m.headSize, style: ropeStyle)
-            ropeBackward(dinp: S.dkp.base, dout: S.dk.base, table: rope, n: n, t: a.t, nh: m.kvHeads, hs: m.headSize, style: ropeStyle)
+            let table = ropeTable(l)
+            ropeBackward(dinp: S.dqp.base, dout: S.dq.base, table: table, n: n, t: a.t, nh: m.heads, hs: m.headSize, style: ropeStyle)
+            ropeBackward(dinp: S.dkp.base, dout: S.dk.base, table: table, n: n, t: a.t, nh: m.kvHeads, hs: m.headSize, style: ropeStyle)
+            // gradients at the q and k projections' outputs: through the per-head norms when the family has them
+            var dqProj = UnsafePointer(S.dqp.base), dkProj = UnsafePointer(S.dkp.base)
+            if let qn = L.qNorm, let kn = L.kNorm, let qPre = A.qPre, let kPre = A.kPre {
+                S.dq.zero(); S.dk.zero()
+                rmsNormBackward(dinp: S.dq.base, dweight: G + qn, dout: S.dqp.base, inp: qPre.base, weight: P + qn, rstd: A.rstdQ!.base,
+                                n: n * m.heads, c: m.headSize)
+                rmsNormBackward(dinp: S.dk.base, dweight: G + kn, dout: S.dkp.base, inp: kPre.base, weight: P + kn, rstd: A.rstdK!.base,
+                                n: n * m.kvHeads, c: m.headSize)
+                dqProj = UnsafePointer(S.dq.base); dkProj = UnsafePointer(S.dk.base)
+            }
+            if let bq = L.bq, let bk = L.bk, let bv = L.bv {
+                biasBackward(dbias: G + bq, dout: dqProj, n: n, oc: m.qDim)
+                biasBackward(dbias: G + bk, dout: dkProj, n: n, oc: kv)
+                biasBackward(dbias: G + bv, dout: S.dv.base, n: n, oc: kv)
+            }
             S.dln.zero()
-            matmulBackward(dinp: S.dln.base, dweight: G + L.wq, dout: S.dqp.base, inp: A.ln1.base, weight: P + L.wq, n: n, c: c, oc: m.qDim)
-            matmulBackward(dinp: S.dln.base, dweight: G + L.wk, dout: S.dkp.base, inp: A.ln1.base, weight: P + L.wk, n: n, c: c, oc: kv)
+            matmulBackward(dinp: S.dln.base, dweight: G + L.wq, dout: dqProj, inp: A.ln1.base, weight: P + L.wq, n: n, c: c, oc: m.qDim)
+            matmulBackward(dinp: S.dln.base, dweight: G + L.wk, dout: dkProj, inp: A.ln1.base, weight: P + L.wk, n: n, c: c, oc: kv)
             matmulBackward(dinp: S.dln.base, dweight: G + L.wv, dout: S.dv.base, inp: A.ln1.base, weight: P + L.wv, n: n, c: c, oc: kv)
             rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln1, dout: S.dln.base, inp: a.resid[l].base, weight: P + L.ln1, rstd: A.rstd1.base, n: n, c: c)
             onBlockDone?(l)
         }
+        // S.dx is the gradient at the (scaled) embedding; the lookup's gradient carries the scale
+        if family.scaledEmbedding { scaleRow(S.dx.base, n * c, embeddingScale) }
         if !deferEmbedding { embeddingBackward(dwte: G + layout.embedding, dout: S.dx.base, tokens: a.tokens, n: n, c: c) }
         return sumLosses(a, targets: targets, kd: distill != nil)
     }
@@ -395,4 +487,9 @@ public final class Transformer {
         guard let g = grads else { preconditionFailure("applyEmbeddingGradient: model has no gradients") }
         embeddingBackward(dwte: g.base + layout.embedding, dout: dout, tokens: tokens, n: n, c: config.dim)
     }
+}
+
+/// x += y elementwise.
+@inline(__always) func addRows(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, _ count: Int) {
+    for i in 0..<count { x[i] += y[i] }
 }

@@ -1,13 +1,16 @@
 // Causal scaled-dot-product attention with grouped query heads, per (batch, head) through sgemm; the
 // same kernel serves training (pos0 = 0, tk = tq) and KV-cache decoding (queries at positions pos0..).
 // Dims: b batch, tq queries, tk keys, nh query heads, nkv key/value heads, hs head size.
-// Query head h reads key/value head h / (nh / nkv). Query i sits at position pos0 + i and sees keys 0...pos0+i.
+// Query head h reads key/value head h / (nh / nkv). Query i sits at position pos0 + i and sees keys 0...pos0+i, or with a
+// sliding window w only the last w of them (keys pos0+i−w+1 ... pos0+i), as Gemma's local layers and llama.cpp's SWA do.
 import CBLAS
 import KDCore
 
 /// Row strides of the attention tensors (rows of a [b·t, heads·hs] projection output, or of a KV cache).
 public struct AttentionShape: Sendable {
     public var b: Int, tq: Int, tk: Int, nh: Int, nkv: Int, hs: Int, pos0: Int
+    /// Keys each query sees, counting itself; 0 = the whole prefix.
+    public var window = 0
     /// Floats between consecutive query rows, key/value rows, output rows.
     public var ldq: Int, ldkv: Int, ldo: Int
     /// Floats between the queries of consecutive batch elements, and between their keys/values.
@@ -25,7 +28,8 @@ public struct AttentionShape: Sendable {
     var group: Int { nh / nkv }
 }
 
-/// out = softmax(q·kᵀ/√hs + causal mask) · v, per head; probs saved for backward (masked entries are 0).
+/// out = softmax(q·kᵀ/√hs + causal (and window) mask) · v, per head; probs saved for backward (masked entries are 0,
+/// which is all the backward needs to know of the mask).
 /// - Shapes: out [b, tq, nh, hs] · probs [b, nh, tq, tk] · q [b, tq, nh, hs] · k, v [b, tk, nkv, hs]
 public func attentionForward(
     out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
@@ -44,9 +48,11 @@ public func attentionForward(
                 s.scale, qh, Int32(s.ldq), kh, Int32(s.ldkv), 0, p, Int32(tk))
             Parallel.forRanges(tq, minPerThread: 32) { lo, hi in
                 for i in lo..<hi {
-                    let row = p + i * tk, valid = s.pos0 + i + 1
-                    let sum = expShiftSum(row, row, valid, shift: rowMax(row, valid))
-                    scaleRow(row, valid, 1 / sum)
+                    let row = p + i * tk, valid = s.pos0 + i + 1, first = s.window > 0 ? max(0, valid - s.window) : 0
+                    let seen = row + first, count = valid - first
+                    let sum = expShiftSum(seen, seen, count, shift: rowMax(seen, count))
+                    scaleRow(seen, count, 1 / sum)
+                    if first > 0 { row.update(repeating: 0, count: first) }
                     if valid < tk { (row + valid).update(repeating: 0, count: tk - valid) }
                 }
             }

@@ -34,3 +34,23 @@ public func matmulBackward(
 
 /// Sets the thread count of OpenBLAS (process-wide).
 public func setBLASThreads(_ threads: Int) { openblas_set_num_threads(Int32(threads)) }
+
+/// out[r] += bias for every row (a projection's bias after its matmul).
+/// - Shapes: out [n, oc] · bias [oc]
+public func addBias(_ out: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, n: Int, oc: Int) {
+    for r in 0..<n {
+        let y = out + r * oc
+        for j in 0..<oc { y[j] += bias[j] }
+    }
+}
+
+/// Backward of ``addBias``: dbias += Σ_r dout[r] (in Double, so the sum does not depend on n's size).
+/// - Shapes: dbias [oc] · dout [n, oc]
+public func biasBackward(dbias: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, n: Int, oc: Int) {
+    var acc = [Double](repeating: 0, count: oc)
+    for r in 0..<n {
+        let d = dout + r * oc
+        for j in 0..<oc { acc[j] += Double(d[j]) }
+    }
+    for j in 0..<oc { dbias[j] += Float(acc[j]) }
+}

@@ -30,3 +30,38 @@ public func swiGLUBackward(
         }
     }
 }
+
+// GeGLU (Gemma): out = gelu(gate) · up with the tanh approximation
+// gelu(g) = ½ g (1 + tanh(√(2/π) (g + 0.044715 g³))), as Gemma's `gelu_pytorch_tanh` and llama.cpp compute it.
+@inline(__always) func geluTanh(_ g: Float) -> (value: Float, slope: Float) {
+    let k: Float = 0.7978845608028654, a: Float = 0.044715
+    let u = k * (g + a * g * g * g), th = Foundation.tanh(u)
+    let value = 0.5 * g * (1 + th)
+    let slope = 0.5 * (1 + th) + 0.5 * g * (1 - th * th) * k * (1 + 3 * a * g * g)
+    return (value, slope)
+}
+
+/// out = gelu_tanh(gate) ⊙ up.
+/// - Shapes: out, gate, up [n, f]
+public func geGLUForward(
+    out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int, f: Int
+) {
+    Parallel.forRanges(n, minPerThread: 16) { lo, hi in
+        for i in (lo * f)..<(hi * f) { out[i] = geluTanh(gate[i]).value * up[i] }
+    }
+}
+
+/// Backward of ``geGLUForward``. Accumulates: dgate += dout·up·gelu′(g), dup += dout·gelu(g).
+/// - Shapes: dgate, dup, dout, gate, up [n, f]
+public func geGLUBackward(
+    dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>,
+    dout: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int, f: Int
+) {
+    Parallel.forRanges(n, minPerThread: 16) { lo, hi in
+        for i in (lo * f)..<(hi * f) {
+            let (v, s) = geluTanh(gate[i])
+            dgate[i] += dout[i] * up[i] * s
+            dup[i] += dout[i] * v
+        }
+    }
+}

@@ -17,3 +17,18 @@ public func tinyModelConfig(tied: Bool = true, ropeStyle: RopeStyle = .half) -> 
     m.initStd = 0.2
     return m
 }
+
+/// tinyModelConfig shaped as `family`: Qwen3 and Gemma 3 with head size 6 (≠ 32/4) and q/k norms, Qwen2 with biases
+/// and an untied head, Gemma 3 with a window of 3 on its first block (the second attends globally, RoPE base 10⁶).
+public func tinyFamilyConfig(_ family: ModelFamilyName) -> ModelConfig {
+    var m = tinyModelConfig(tied: family != .qwen2)
+    m.family = family
+    if family == .qwen3 || family == .gemma3 { m.headDim = 6 }
+    if family == .gemma3 {
+        m.slidingWindow = 3
+        m.slidingPattern = 2
+        m.ropeTheta = 1e6
+        m.ropeThetaLocal = 10000
+    }
+    return m
+}

@@ -1,5 +1,5 @@
 // The real teacher: SmolLM2-135M-Instruct (Q4_1, Q8_0 embedding) run by distill against an independent numpy float64
-// forward over gguf-py's dequantization (Scripts/llama_reference.py).
+// forward over gguf-py's dequantization (Scripts/model_reference.py).
 import Foundation
 import KDConfig
 import KDFormats
@@ -38,7 +38,7 @@ func requireTeacher() throws {
     defer { try? FileManager.default.removeItem(at: dir) }
     let out = dir.appendingPathComponent("ref.f32")
     let json = "[" + prompts.map { "[" + $0.map(String.init).joined(separator: ",") + "]" }.joined(separator: ",") + "]"
-    _ = try runPython(scripts.appendingPathComponent("llama_reference.py").path, [smolLM, out.path, json])
+    _ = try runPython(scripts.appendingPathComponent("model_reference.py").path, [smolLM, out.path, json])
     let ref = try Data(contentsOf: out).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
     let (model, _) = try loadGGUFModel(path: smolLM, maxSeqLen: 64)
     let v = model.config.vocabSize

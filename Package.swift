@@ -9,6 +9,9 @@ let cpuFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
 #else
 let cpuFlags: [SwiftSetting] = []
 #endif
+// The numeric kernels are compiled optimized in debug builds too: unoptimized, dequantizing a real teacher runs ~25x
+// slower, and the tests that run real models (SmolLM2, Gemma 3) would dominate the suite. Everything else stays -Onone.
+let kernelFlags: [SwiftSetting] = cpuFlags + [.unsafeFlags(["-O"], .when(configuration: .debug))]
 
 let package = Package(
     name: "distill",
@@ -25,9 +28,9 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .target(name: "KDCore", swiftSettings: cpuFlags),
         .target(name: "KDConfig", dependencies: ["KDCore", "Yams"], swiftSettings: cpuFlags),
-        .target(name: "KDOps", dependencies: ["KDCore", "KDConfig", "CBLAS"], swiftSettings: cpuFlags),
+        .target(name: "KDOps", dependencies: ["KDCore", "KDConfig", "CBLAS"], swiftSettings: kernelFlags),
         .target(name: "KDLoss", dependencies: ["KDCore", "KDConfig", "KDOps"], swiftSettings: cpuFlags),
-        .target(name: "KDQuant", dependencies: ["KDCore", "KDConfig", "KDOps", "CBLAS"], swiftSettings: cpuFlags),
+        .target(name: "KDQuant", dependencies: ["KDCore", "KDConfig", "KDOps", "CBLAS"], swiftSettings: kernelFlags),
         .target(name: "KDModel", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant", "KDLoss"], swiftSettings: cpuFlags),
         .target(name: "KDFormats", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant", "KDModel"], swiftSettings: cpuFlags),
         .target(name: "KDData", dependencies: ["KDCore", "KDConfig"], swiftSettings: cpuFlags),

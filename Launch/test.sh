@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash Launch/setup.sh --tests
 bash Launch/fetch_teacher.sh >/dev/null
+bash Launch/fetch_teacher.sh gemma3 >/dev/null
 swift build --build-tests
 # The test binaries are not the distill executable, which corrects OpenBLAS's kernel choice itself (KDOps/BLASCore):
 # on a CPU that OpenBLAS 0.3.21 does not recognize it falls back to SSE3 kernels (5x slower sgemm); pick for it here.

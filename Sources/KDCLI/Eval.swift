@@ -42,15 +42,16 @@ struct Eval: ParsableCommand {
             if let t = teacherModel, t.model.config.vocabSize != loaded.model.config.vocabSize {
                 throw KDError.invalidInput(what: "teacher vocabulary", expected: "\(loaded.model.config.vocabSize) tokens (the model's)", found: "\(t.model.config.vocabSize)")
             }
-            var ids: [Int32], mask: [UInt8]
+            var ids: [Int32], mask: [UInt8], windowBOS: Int32? = nil
             if let text {
                 let codec = try TextCodec(loaded)
                 guard let data = FileManager.default.contents(atPath: text) else { throw KDError.fileNotFound(path: text) }
                 guard let s = String(data: data, encoding: .utf8) else {
                     throw KDError.invalidInput(what: text, expected: "UTF-8 text", found: "invalid bytes")
                 }
-                ids = codec.encode(s)
-                if let b = codec.bpe, b.addBOS, let bos = b.bos { ids.insert(bos, at: 0) }
+                // the text's tokens without BOS; a model that expects BOS gets one at the start of every window
+                ids = codec.encode(s, addSpecial: false)
+                if let b = codec.bpe, b.addBOS, let bos = b.bos { windowBOS = bos }
                 mask = [UInt8](repeating: 1, count: ids.count)
             } else {
                 let path = (data! as NSString).appendingPathComponent("\(split).bin")
@@ -64,7 +65,8 @@ struct Eval: ParsableCommand {
                 ids = shard.tokens
                 mask = shard.mask
             }
-            let r = evaluate(loaded.model, teacher: teacherModel?.model, ids: ids, mask: mask, context: context, maxWindows: maxWindows)
+            let r = evaluate(loaded.model, teacher: teacherModel?.model, ids: ids, mask: mask, context: context, maxWindows: maxWindows,
+                             bos: windowBOS)
             guard r.predicted > 0 else {
                 throw KDError.invalidInput(what: "eval input", expected: "at least 2 tokens", found: "\(ids.count)")
             }
@@ -137,15 +139,19 @@ func weightBytesOnDisk(_ path: String) -> Int {
 }
 
 /// Non-overlapping windows of `context` tokens, each from position 0; position i predicts i + 1 where mask[i + 1] = 1.
-func evaluate(_ model: Transformer, teacher: Transformer?, ids: [Int32], mask: [UInt8], context: Int, maxWindows: Int) -> EvalResult {
+/// With `bos`, every window is BOS followed by the next context − 1 tokens, and BOS predicts the first of them (so
+/// every token of the text is predicted once, each window read as a document).
+func evaluate(_ model: Transformer, teacher: Transformer?, ids: [Int32], mask: [UInt8], context: Int, maxWindows: Int,
+              bos: Int32? = nil) -> EvalResult {
     var r = EvalResult()
     let v = model.config.vocabSize
+    let lead = bos == nil ? 0 : 1
     var start = 0, windows = 0
-    while start + 1 < ids.count, maxWindows == 0 || windows < maxWindows {
-        let t = min(context, ids.count - start)
-        let inp = Array(ids[start..<(start + t)])
+    while start + 1 - lead < ids.count, maxWindows == 0 || windows < maxWindows {
+        let body = min(context - lead, ids.count - start), t = body + lead
+        let inp = (bos.map { [$0] } ?? []) + Array(ids[start..<(start + body)])
         var tgt = [Int32](repeating: -1, count: t)
-        for i in 0..<(t - 1) where mask[start + i + 1] != 0 { tgt[i] = ids[start + i + 1] }
+        for i in 0..<(t - 1) where mask[start + i + 1 - lead] != 0 { tgt[i] = ids[start + i + 1 - lead] }
         let t0 = monotonicSeconds()
         inp.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: 1, t: t) }
         let ls = tgt.withUnsafeBufferPointer { model.loss(targets: $0.baseAddress!) }
@@ -169,7 +175,7 @@ func evaluate(_ model: Transformer, teacher: Transformer?, ids: [Int32], mask: [
                 if lp.indices.max(by: { lp[$0] < lp[$1] }) == lq.indices.max(by: { lq[$0] < lq[$1] }) { r.agree += 1 }
             }
         }
-        start += t
+        start += body
         windows += 1
     }
     return r

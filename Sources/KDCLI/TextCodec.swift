@@ -14,7 +14,9 @@ import KDTrain
 /// Text ↔ ids for a loaded model: its own BPE tokenizer, or bytes for a byte-level (vocabulary 256) model.
 struct TextCodec {
     let bpe: BPETokenizer?
-    func encode(_ s: String, special: Bool = false) -> [Int32] { bpe?.encode(s, special: special) ?? ByteTokenizer().encode(s) }
+    func encode(_ s: String, special: Bool = false, addSpecial: Bool = true) -> [Int32] {
+        bpe?.encode(s, special: special, addSpecial: addSpecial) ?? ByteTokenizer().encode(s)
+    }
     func decode(_ ids: [Int32]) -> String { bpe?.decode(ids) ?? ByteTokenizer().decode(ids) }
 
     init(_ loaded: LoadedModel) throws {

@@ -1,6 +1,8 @@
 // Byte-level BPE (GPT-2 family) as llama.cpp builds it from GGUF metadata (`tokenizer.ggml.model = gpt2`) and as
 // Hugging Face `tokenizers` runs it: pre-tokenize with the model's split rules, map bytes to GPT-2's printable
 // characters, merge by rank, look up ids. Control tokens are matched in the text only when asked (`special`).
+// The same class runs a SentencePiece vocabulary (`tokenizer.ggml.model = llama`; SentencePiece.swift) when built with
+// one: merges by score instead of rank, byte fallback, no pre-tokenizer.
 import Foundation
 import KDCore
 
@@ -33,7 +35,7 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case .unsupportedModel(let m): return "tokenizer model '\(m)' is not supported (supported: gpt2 byte-level BPE)"
+        case .unsupportedModel(let m): return "tokenizer model '\(m)' is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)"
         case .missing(let what): return "tokenizer: \(what) is missing"
         case .badMerge(let m): return "tokenizer: merge '\(m)' is not two tokens of the vocabulary"
         }
@@ -52,6 +54,8 @@ public final class BPETokenizer: @unchecked Sendable {
     public let mergeList: [String]
     /// Ids of control and user-defined tokens.
     public let specialIDs: [Int32]
+    /// Scores, token types and space handling of a SentencePiece vocabulary; nil for byte-level BPE.
+    public let sentencePiece: SentencePieceVocab?
     /// Control and user-defined tokens, longest first (matched in text when `special` is set).
     let specials: [(String, Int32)]
     let ids: [String: Int32]
@@ -62,13 +66,20 @@ public final class BPETokenizer: @unchecked Sendable {
     var cache: [String: [Int32]] = [:]
     let lock = NSLock()
 
-    public init(tokens: [String], merges: [String], special: [Int32], pre: PreTokenizer, bos: Int32?, eos: Int32?, addBOS: Bool) throws {
+    public init(tokens: [String], merges: [String], special: [Int32], pre: PreTokenizer, bos: Int32?, eos: Int32?, addBOS: Bool,
+                sentencePiece: SentencePieceVocab? = nil) throws {
         self.tokens = tokens
         self.pre = pre
         self.bos = bos
         self.eos = eos
         self.addBOS = addBOS
-        hash = fnv1a([pre.rawValue] + tokens + merges)
+        self.sentencePiece = sentencePiece
+        if let sp = sentencePiece {
+            hash = fnv1a(["sentencepiece", sp.addSpacePrefix ? "space-prefix" : ""] + tokens + sp.scores.map { String($0.bitPattern) }
+                         + sp.types.map { String($0.rawValue) })
+        } else {
+            hash = fnv1a([pre.rawValue] + tokens + merges)
+        }
         mergeList = merges
         specialIDs = special
         var ids: [String: Int32] = [:]
@@ -107,6 +118,10 @@ public final class BPETokenizer: @unchecked Sendable {
     public func encode(_ text: String, special: Bool = false, addSpecial: Bool = true) -> [Int32] {
         var out: [Int32] = []
         if addSpecial, addBOS, let bos { out.append(bos) }
+        if let sp = sentencePiece {
+            encodeSentencePiece(sp, Substring(text), special: special, into: &out)
+            return out
+        }
         var rest = Substring(text)
         if special, !specials.isEmpty {
             while !rest.isEmpty {
@@ -126,11 +141,13 @@ public final class BPETokenizer: @unchecked Sendable {
     }
 
     func encodeOrdinary(_ text: Substring, into out: inout [Int32]) {
+        if let sp = sentencePiece { return encodeSentencePiece(sp, text, special: false, into: &out) }
         for word in preTokenize(text) { out += bpe(word) }
     }
 
     /// Text of `ids` (control tokens included as their text); invalid UTF-8 is replaced by U+FFFD.
     public func decode(_ ids: [Int32]) -> String {
+        if let sp = sentencePiece { return decodeSentencePiece(sp, ids) }
         var bytes: [UInt8] = []
         for id in ids where id >= 0 && Int(id) < tokens.count {
             for ch in tokens[Int(id)] {
@@ -309,8 +326,20 @@ extension BPETokenizer {
     /// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
     public convenience init(gguf f: GGUFFile) throws {
         let model = f.metadata["tokenizer.ggml.model"]?.string ?? "(none)"
-        guard model == "gpt2" else { throw TokenizerError.unsupportedModel(model) }
+        guard model == "gpt2" || model == "llama" else { throw TokenizerError.unsupportedModel(model) }
         guard let toks = f.metadata["tokenizer.ggml.tokens"]?.array?.compactMap(\.string) else { throw TokenizerError.missing("tokenizer.ggml.tokens") }
+        if model == "llama" {
+            guard let scores = f.metadata["tokenizer.ggml.scores"]?.array?.compactMap(\.double) else { throw TokenizerError.missing("tokenizer.ggml.scores") }
+            guard let types = f.metadata["tokenizer.ggml.token_type"]?.array?.compactMap(\.int) else { throw TokenizerError.missing("tokenizer.ggml.token_type") }
+            let sp = try SentencePieceVocab(tokens: toks, scores: scores.map { Float($0) }, types: types,
+                                            addSpacePrefix: f.metadata["tokenizer.ggml.add_space_prefix"]?.bool ?? true)
+            let special = types.enumerated().filter { $0.element == 3 || $0.element == 4 }.map { Int32($0.offset) }
+            try self.init(tokens: toks, merges: [], special: special, pre: .gpt2,
+                          bos: f.metadata["tokenizer.ggml.bos_token_id"]?.int.map(Int32.init),
+                          eos: f.metadata["tokenizer.ggml.eos_token_id"]?.int.map(Int32.init),
+                          addBOS: f.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? true, sentencePiece: sp)
+            return
+        }
         guard let merges = f.metadata["tokenizer.ggml.merges"]?.array?.compactMap(\.string) else { throw TokenizerError.missing("tokenizer.ggml.merges") }
         let types = f.metadata["tokenizer.ggml.token_type"]?.array?.compactMap(\.int) ?? []
         let special = types.enumerated().filter { $0.element == 3 || $0.element == 4 }.map { Int32($0.offset) }

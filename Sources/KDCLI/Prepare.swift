@@ -36,9 +36,11 @@ struct Prepare: ParsableCommand {
             } else {
                 let b = try loadTokenizer(tokenizer)
                 let chat = self.chat
-                tk = ShardTokenizer(vocabSize: b.vocabSize, hash: b.hash, eos: b.eos, encode: { b.encode($0) }, encodePair: { p, r in
-                    let prompt = chat ? b.encode(BPETokenizer.chatML(user: p), special: true) : b.encode(p)
-                    let resp = b.encode(r)
+                // BOS (when the model wants one) goes before each whole document, never before a 4 MiB piece of one
+                tk = ShardTokenizer(vocabSize: b.vocabSize, hash: b.hash, eos: b.eos, bos: b.addBOS ? b.bos : nil,
+                                    encode: { b.encode($0, addSpecial: false) }, encodePair: { p, r in
+                    let prompt = chat ? b.encode(BPETokenizer.chatML(user: p), special: true, addSpecial: false) : b.encode(p, addSpecial: false)
+                    let resp = b.encode(r, addSpecial: false)
                     return (prompt + resp, [UInt8](repeating: 0, count: prompt.count) + [UInt8](repeating: 1, count: resp.count))
                 })
             }

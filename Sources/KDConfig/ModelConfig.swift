@@ -60,6 +60,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var slidingPattern = 0
     /// RoPE base of the sliding-window layers; 0 = rope_theta. Default 0 (Gemma 3: 10000, its global layers 1e6).
     public var ropeThetaLocal: Double = 0
+    /// With a sliding window: the blocks that attend globally, listed (overrides sliding_pattern). A student cut from a
+    /// Gemma teacher gets the kept blocks' own kinds here. Default: none listed.
+    public var globalLayers: [Int]? = nil
 
     public init() {}
 
@@ -67,7 +70,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         case layers, dim, heads, headDim = "head_dim", kvHeads = "kv_heads", ffnDim = "ffn_dim", vocabSize = "vocab_size"
         case maxSeqLen = "max_seq_len", ropeTheta = "rope_theta", ropeStyle = "rope_style", rmsEps = "rms_eps"
         case tiedEmbeddings = "tied_embeddings", initStd = "init_std", family, slidingWindow = "sliding_window"
-        case slidingPattern = "sliding_pattern", ropeThetaLocal = "rope_theta_local"
+        case slidingPattern = "sliding_pattern", ropeThetaLocal = "rope_theta_local", globalLayers = "global_layers"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -90,6 +93,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         slidingWindow = try c.value(.slidingWindow, or: slidingWindow)
         slidingPattern = try c.value(.slidingPattern, or: slidingPattern)
         ropeThetaLocal = try c.value(.ropeThetaLocal, or: ropeThetaLocal)
+        globalLayers = try c.decodeIfPresent([Int].self, forKey: .globalLayers)
         try c.require(layers >= 1, .layers, expected: "an integer >= 1", found: layers)
         try c.require(dim >= 2, .dim, expected: "an integer >= 2", found: dim)
         try c.require(heads >= 1, .heads, expected: "an integer >= 1", found: heads)
@@ -115,7 +119,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
 
     /// Whether block l attends through the sliding window (Gemma 3: five local blocks, then one global).
     public func isSliding(_ l: Int) -> Bool {
-        slidingWindow > 0 && (slidingPattern == 0 || (l + 1) % slidingPattern != 0)
+        guard slidingWindow > 0 else { return false }
+        if let g = globalLayers { return !g.contains(l) }
+        return slidingPattern == 0 || (l + 1) % slidingPattern != 0
     }
     /// RoPE base of block l.
     public func ropeBase(_ l: Int) -> Double { isSliding(l) && ropeThetaLocal > 0 ? ropeThetaLocal : ropeTheta }
@@ -127,6 +133,12 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         }
         guard heads % kvHeads == 0 else {
             throw ConfigError.invalid("\(path).kv_heads", expected: "a divisor of heads (\(heads))", found: "\(kvHeads)")
+        }
+        guard family == .llama || ropeStyle == .half else {
+            throw ConfigError.invalid("\(path).rope_style", expected: "half for family \(family.rawValue) (only llama files store adjacent pairs)", found: ropeStyle.rawValue)
+        }
+        guard slidingWindow == 0 || family == .gemma3 else {
+            throw ConfigError.invalid("\(path).sliding_window", expected: "0 for family \(family.rawValue) (sliding-window blocks are Gemma 3's)", found: "\(slidingWindow)")
         }
         guard headSize % 2 == 0 else {
             throw ConfigError.invalid("\(path).\(headDim > 0 ? "head_dim" : "dim")", expected: "an even head size for RoPE", found: "\(headSize)")

@@ -16,10 +16,12 @@ public struct ShardTokenizer {
     public let encodePair: (String, String) -> ([Int32], [UInt8])
     /// Appended after each document, when the tokenizer has one.
     public let eos: Int32?
+    /// Put before each document (no loss on it) when the model expects BOS first (Gemma); `encode` must not add it.
+    public let bos: Int32?
 
-    public init(vocabSize: Int, hash: UInt64, eos: Int32?, encode: @escaping (String) -> [Int32],
+    public init(vocabSize: Int, hash: UInt64, eos: Int32?, bos: Int32? = nil, encode: @escaping (String) -> [Int32],
                 encodePair: @escaping (String, String) -> ([Int32], [UInt8])) {
-        self.vocabSize = vocabSize; self.hash = hash; self.eos = eos; self.encode = encode; self.encodePair = encodePair
+        self.vocabSize = vocabSize; self.hash = hash; self.eos = eos; self.bos = bos; self.encode = encode; self.encodePair = encodePair
     }
 
     /// The byte tokenizer (vocabulary 256, no EOS).
@@ -138,6 +140,7 @@ func writeShards(_ o: PrepareOptions, files: [String], tokenizer tk: ShardTokeni
         guard !ids.isEmpty else { return }
         var ids = ids, mask = mask ?? [UInt8](repeating: 1, count: ids.count)
         if let eos = tk.eos { ids.append(eos); mask.append(route) }
+        if let bos = tk.bos { ids.insert(bos, at: 0); mask.insert(0, at: 0) }
         let toVal = rng.uniform(0xD0C, UInt64(s.documents)) < Float(o.valFraction)
         try (toVal ? val : train).append(tokens: ids, mask: mask)
         s.documents += 1

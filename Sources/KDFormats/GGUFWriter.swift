@@ -114,7 +114,8 @@ func permuteRowsToHalf(_ w: UnsafePointer<Float>, heads: Int, hs: Int, c: Int, o
 }
 
 extension Transformer {
-    /// The model as a llama GGUF file: matrices in `type` (norms F32), architecture metadata, and `extraMetadata`
+    /// The model as a GGUF file of its family (`general.architecture`, the family's keys and tensor names): matrices in
+    /// `type` (norms and biases F32), architecture metadata, and `extraMetadata`
     /// (the teacher's tokenizer.* keys). Throws before writing anything if a row does not fit `type`'s blocks.
     /// `tableType` is the embedding's and LM head's type (default: `type`).
     /// `scales`: a QAT student's explicit scales (learned or frozen); its tensors of the scales' block type are written
@@ -131,21 +132,24 @@ extension Transformer {
                                        found: "\(e.name) with rows of \(e.shape[1])")
         }
         var w = GGUFWriter()
+        let fam = family, a = fam.ggufArchitecture
         w.metadata = [
-            ("general.architecture", .string("llama")), ("general.name", .string(name)),
-            ("llama.context_length", .uint(UInt64(m.maxSeqLen))), ("llama.embedding_length", .uint(UInt64(m.dim))),
-            ("llama.block_count", .uint(UInt64(m.layers))), ("llama.feed_forward_length", .uint(UInt64(m.ffnDim))),
-            ("llama.attention.head_count", .uint(UInt64(m.heads))), ("llama.attention.head_count_kv", .uint(UInt64(m.kvHeads))),
-            ("llama.rope.freq_base", .float(m.ropeTheta)), ("llama.attention.layer_norm_rms_epsilon", .float(Double(m.rmsEps))),
-            ("llama.rope.dimension_count", .uint(UInt64(m.headSize))), ("llama.vocab_size", .uint(UInt64(m.vocabSize))),
-            ("llama.attention.key_length", .uint(UInt64(m.headSize))), ("llama.attention.value_length", .uint(UInt64(m.headSize))),
-        ] + extraMetadata.filter { !$0.0.hasPrefix("general.") && !$0.0.hasPrefix("llama.") }
-        let permute = m.ropeStyle == .half
+            ("general.architecture", .string(a)), ("general.name", .string(name)),
+            ("\(a).context_length", .uint(UInt64(m.maxSeqLen))), ("\(a).embedding_length", .uint(UInt64(m.dim))),
+            ("\(a).block_count", .uint(UInt64(m.layers))), ("\(a).feed_forward_length", .uint(UInt64(m.ffnDim))),
+            ("\(a).attention.head_count", .uint(UInt64(m.heads))), ("\(a).attention.head_count_kv", .uint(UInt64(m.kvHeads))),
+            ("\(a).rope.freq_base", .float(m.ropeTheta)), ("\(a).attention.layer_norm_rms_epsilon", .float(Double(m.rmsEps))),
+            ("\(a).rope.dimension_count", .uint(UInt64(m.headSize))), ("\(a).vocab_size", .uint(UInt64(m.vocabSize))),
+            ("\(a).attention.key_length", .uint(UInt64(m.headSize))), ("\(a).attention.value_length", .uint(UInt64(m.headSize))),
+        ] + fam.ggufExtras(m).map { ("\(a).\($0.0)", GGUFValue.uint(UInt64($0.1))) }
+          + extraMetadata.filter { !$0.0.hasPrefix("general.") && !$0.0.hasPrefix("\(a).") }
+        // llama.cpp reads llama files' Q/K rows in adjacent-pair order and other families' as stored (rotate-half)
+        let permute = fam.ggufPermutesQK && m.ropeStyle == .half
         for e in layout.entries {
             if !m.tiedEmbeddings || e.offset != layout.lmHead || e.name == "model.embed_tokens.weight" {
                 let t = typeOf(e)
                 let heads = e.name.hasSuffix("q_proj.weight") ? m.heads : e.name.hasSuffix("k_proj.weight") ? m.kvHeads : 0
-                w.tensors.append(GGUFWriter.Tensor(name: ggufName(e.name), shape: e.shape, type: t) { [self] in
+                w.tensors.append(GGUFWriter.Tensor(name: fam.ggufName(e.name), shape: e.shape, type: t) { [self] in
                     let floats = Slab(count: e.count)
                     denseTensor(e, into: floats.base)
                     var src = floats

@@ -1,5 +1,8 @@
-// Hugging Face LlamaForCausalLM folders: config.json + *.safetensors (+ tokenizer.json). Our tensor names are HF's,
-// so loading and saving need no renaming table. HF checkpoints use rotate-half RoPE (rope_style = half).
+// Hugging Face folders of a supported family (LlamaForCausalLM, Gemma3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM):
+// config.json + *.safetensors (+ tokenizer.json). Our tensor names are HF's, so loading and saving need no renaming
+// table. HF checkpoints use rotate-half RoPE (rope_style = half). Gemma stores its norm weights as w (computing 1 + w);
+// distill holds 1 + w, so the 1 is added on load and taken off on export (training checkpoints keep 1 + w and say so
+// in config.json, so a resume reads back the same bits).
 import Foundation
 import KDConfig
 import KDCore
@@ -24,7 +27,10 @@ public enum HFError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// The model shape of a LlamaForCausalLM config.json. `ropeStyle` overrides Hugging Face's rotate-half convention for a
+/// config.json key of a training checkpoint whose norm weights are stored as distill runs them (1 + w for Gemma).
+let normsAsRunKey = "distill_norm_weights_as_run"
+
+/// The model shape of a supported family's config.json. `ropeStyle` overrides Hugging Face's rotate-half convention for a
 /// folder whose Q/K rows are stored in another order (a training checkpoint of a student cut from a GGUF teacher).
 public func hfModelConfig(dir: String, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil) throws -> ModelConfig {
     let path = (dir as NSString).appendingPathComponent(HFFolder.config)
@@ -33,14 +39,15 @@ public func hfModelConfig(dir: String, maxSeqLen: Int? = nil, ropeStyle: RopeSty
         throw HFError.badConfig(path: path, reason: "not a JSON object")
     }
     let arch = (j["architectures"] as? [String])?.first ?? (j["model_type"] as? String ?? "?")
-    guard arch == "LlamaForCausalLM" || (j["model_type"] as? String) == "llama" else {
-        throw HFError.badConfig(path: path, reason: "architecture '\(arch)' is not supported (supported: LlamaForCausalLM)")
+    guard let family = ModelFamily.hf(arch) ?? (j["model_type"] as? String).flatMap(ModelFamily.hf) else {
+        throw HFError.badConfig(path: path, reason: "architecture '\(arch)' is not supported (supported: \(ModelFamily.hfArchitectures.joined(separator: ", ")))")
     }
     func int(_ k: String) throws -> Int {
         guard let v = j[k] as? Int else { throw HFError.badConfig(path: path, reason: "expected an integer '\(k)', found \(j[k].map { "\($0)" } ?? "none")") }
         return v
     }
     var m = ModelConfig()
+    m.family = family.name
     m.layers = try int("num_hidden_layers")
     m.dim = try int("hidden_size")
     m.heads = try int("num_attention_heads")
@@ -54,6 +61,19 @@ public func hfModelConfig(dir: String, maxSeqLen: Int? = nil, ropeStyle: RopeSty
     m.maxSeqLen = maxSeqLen ?? min((j["max_position_embeddings"] as? Int) ?? 2048, 4096)
     m.tiedEmbeddings = (j["tie_word_embeddings"] as? Bool) ?? false
     m.ropeStyle = ropeStyle ?? .half
+    func lookup(_ key: String) -> Any? {
+        // "a.b" reads a nested object (rope_scaling.rope_type)
+        key.split(separator: ".").reduce(j as Any?) { ($0 as? [String: Any])?[String($1)] }
+    }
+    let meta = FamilyMetadata(source: path, number: { k in
+        switch lookup(k) { case let d as Double: return d; case let i as Int: return Double(i); case let b as Bool: return b ? 1 : 0; default: return nil }
+    }, string: { lookup($0) as? String })
+    do { try family.readExtras(&m, meta, false) } catch let e as FamilyError {
+        throw HFError.badConfig(path: path, reason: String(e.description.dropFirst(path.count + 2)))
+    }
+    if let types = j["layer_types"] as? [String], types.contains("sliding_attention") {
+        m.globalLayers = types.indices.filter { types[$0] != "sliding_attention" }
+    }
     try m.validate(path: path)
     return m
 }
@@ -61,6 +81,9 @@ public func hfModelConfig(dir: String, maxSeqLen: Int? = nil, ropeStyle: RopeSty
 /// Loads a HF folder. Inference models keep F16/BF16 matrices packed in the mapped files; training models get Floats.
 public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil) throws -> (model: Transformer, files: [SafetensorsFile]) {
     let m = try hfModelConfig(dir: dir, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle)
+    let configData = FileManager.default.contents(atPath: (dir as NSString).appendingPathComponent(HFFolder.config)) ?? Data()
+    let asRun = ((try? JSONSerialization.jsonObject(with: configData)) as? [String: Any])?[normsAsRunKey] as? Bool ?? false
+    let normOffset = asRun ? 0 : m.familySpec.hfNormOffset
     let names = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".safetensors") }.sorted()
     let files = try names.map { try SafetensorsFile(path: (dir as NSString).appendingPathComponent($0)) }
     let model = Transformer(config: m, needsGrad: needsGrad)
@@ -73,6 +96,9 @@ public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, rop
             model.setPacked(QuantizedMatrix(type: t.dtype, oc: e.shape[0], c: e.shape[1], data: f.data(t), owner: f), offset: e.offset)
         } else {
             f.read(t, into: model.params.base + e.offset)
+            if normOffset != 0, e.name.hasSuffix("norm.weight") {
+                for i in 0..<e.count { model.params.base[e.offset + i] += normOffset }
+            }
         }
     }
     return (model, files)
@@ -85,17 +111,27 @@ public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, rop
 public func saveHFModel(_ model: Transformer, dir: String, metadata: [String: String] = [:], hfLayout: Bool = false) throws {
     precondition(model.packed.isEmpty, "saveHFModel: packed weights cannot be saved as F32")
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    let m = model.config
-    let config: [String: Any] = [
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": m.dim, "intermediate_size": m.ffnDim,
+    let m = model.config, fam = model.family
+    var config: [String: Any] = [
+        "architectures": [fam.hfArchitecture], "model_type": fam.hfModelType, "hidden_size": m.dim, "intermediate_size": m.ffnDim,
         "head_dim": m.headSize,
         "num_attention_heads": m.heads, "num_key_value_heads": m.kvHeads, "num_hidden_layers": m.layers,
         "vocab_size": m.vocabSize, "rms_norm_eps": Double(m.rmsEps), "rope_theta": m.ropeTheta,
-        "max_position_embeddings": m.maxSeqLen, "tie_word_embeddings": m.tiedEmbeddings, "hidden_act": "silu",
+        "max_position_embeddings": m.maxSeqLen, "tie_word_embeddings": m.tiedEmbeddings,
         "torch_dtype": "float32",
     ]
+    config.merge(fam.hfExtras(m)) { _, new in new }
+    // Gemma: Hugging Face stores w for a norm that computes with 1 + w; a training checkpoint keeps what runs
+    let normOffset = hfLayout ? fam.hfNormOffset : 0
+    if fam.hfNormOffset != 0, !hfLayout { config[normsAsRunKey] = true }
     var reordered: [Slab] = []
     let entries = model.layout.entries.map { e -> SafetensorsEntry in
+        if normOffset != 0, e.name.hasSuffix("norm.weight") {
+            let w = Slab(count: e.count)
+            for i in 0..<e.count { w.base[i] = model.params.base[e.offset + i] - normOffset }
+            reordered.append(w)
+            return SafetensorsEntry(name: e.name, shape: e.shape, data: UnsafePointer(w.base))
+        }
         let isQK = e.name.hasSuffix("q_proj.weight") || e.name.hasSuffix("k_proj.weight")
         guard hfLayout, m.ropeStyle == .adjacent, isQK else { return SafetensorsEntry(name: e.name, shape: e.shape, data: model.params.base + e.offset) }
         let rows = Slab(count: e.count)

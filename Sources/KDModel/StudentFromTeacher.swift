@@ -106,6 +106,12 @@ extension Transformer {
         } else if t.ffnDim != s.ffnDim {
             throw mismatch("ffn_dim", t.ffnDim, s.ffnDim)
         }
+        guard s.family == t.family else { throw mismatch("family", t.family, s.family) }
+        guard s.slidingWindow == t.slidingWindow, s.ropeThetaLocal == t.ropeThetaLocal,
+              layers.count != s.layers || (0..<s.layers).allSatisfy({ s.isSliding($0) == t.isSliding(layers[$0]) }) else {
+            throw KDError.invalidInput(what: "student attention kinds", expected: "each block sliding or global as teacher block it comes from",
+                                       found: "another pattern (window \(s.slidingWindow), global blocks \((0..<s.layers).filter { !s.isSliding($0) }))")
+        }
         guard s.ropeStyle == t.ropeStyle else { throw mismatch("rope_style", t.ropeStyle, s.ropeStyle) }
         guard s.ropeTheta == t.ropeTheta else { throw mismatch("rope_theta", t.ropeTheta, s.ropeTheta) }
         guard s.tiedEmbeddings == t.tiedEmbeddings else { throw mismatch("tied_embeddings", t.tiedEmbeddings, s.tiedEmbeddings) }
@@ -132,11 +138,17 @@ extension Transformer {
             // norms and of the projections that write it (o, down), the columns of everything that reads it.
             var rows: [Int]?, cols: [Int]?
             if let residualChannels {
-                if te.shape.count == 1 || name.hasSuffix("o_proj.weight") || name.hasSuffix("down_proj.weight") { rows = residualChannels } else { cols = residualChannels }
+                // 1-D: the norms on the stream ([dim]); biases and q/k head norms do not live on it
+                let streamVector = te.shape.count == 1 && name.hasSuffix("layernorm.weight") || name == "model.norm.weight"
+                if streamVector || name.hasSuffix("o_proj.weight") || name.hasSuffix("down_proj.weight") {
+                    rows = residualChannels
+                } else if te.shape.count > 1 {
+                    cols = residualChannels
+                }
             }
             if let i = block, let queryHeads {
                 let channels = queryHeads[i].flatMap { h in h * hs..<(h + 1) * hs }
-                if name.hasSuffix("q_proj.weight") { rows = channels } else if name.hasSuffix("o_proj.weight") { cols = channels }
+                if name.hasSuffix("q_proj.weight") || name.hasSuffix("q_proj.bias") { rows = channels } else if name.hasSuffix("o_proj.weight") { cols = channels }
             }
             if let i = block, let ffnChannels {
                 if name.hasSuffix("gate_proj.weight") || name.hasSuffix("up_proj.weight") { rows = ffnChannels[i] } else if name.hasSuffix("down_proj.weight") { cols = ffnChannels[i] }

@@ -74,6 +74,22 @@ func studentBlocks(from source: Transformer, config: RunConfig, calibration samp
     return sel.kept
 }
 
+/// The student's shape with its family's per-block settings taken from the teacher blocks it keeps: the family, the
+/// sliding window and local RoPE base, and which kept blocks attend globally (Gemma 3's pattern does not survive a cut).
+func cutModelConfig(_ m: ModelConfig, teacher t: ModelConfig, kept: [Int]) throws -> ModelConfig {
+    guard m.family == t.family else {
+        throw KDError.invalidInput(what: "model.family", expected: "\(t.family.rawValue) (the teacher's, for a student cut from it)", found: m.family.rawValue)
+    }
+    var m = m
+    if t.slidingWindow > 0 {
+        m.slidingWindow = t.slidingWindow
+        m.ropeThetaLocal = t.ropeThetaLocal
+        m.globalLayers = kept.indices.filter { !t.isSliding(kept[$0]) }
+        KDLog.info("  student blocks attend as the teacher blocks they come from: window \(t.slidingWindow), global blocks \(m.globalLayers!)")
+    }
+    return m
+}
+
 /// What a cut student keeps of its teacher.
 struct StudentCut {
     /// The teacher blocks, in student order.
@@ -84,10 +100,10 @@ struct StudentCut {
 
 /// Copies the parts of `source` that `config.student` keeps into `model` (same width, unless pruned).
 @discardableResult
-func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfig, calibration sampler: WindowSampler,
+func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfig, kept: [Int]? = nil, calibration sampler: WindowSampler,
                 comm: any Communicator = LocalCommunicator()) throws -> StudentCut {
     let t = config.train
-    let kept = try studentBlocks(from: source, config: config, calibration: sampler, comm: comm)
+    let kept = try kept ?? studentBlocks(from: source, config: config, calibration: sampler, comm: comm)
     let cb = max(1, config.student.calibrationBatches), b = t.microBatch, seqLen = t.seqLen
     /// A per-block importance summed over the calibration batches.
     func calibrated(_ measure: (UnsafePointer<Int32>) -> [[Double]]) -> [[Double]] {

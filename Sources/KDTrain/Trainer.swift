@@ -39,7 +39,8 @@ public struct StepStats: Sendable {
 
 /// Trains a student on next-token cross-entropy.
 public final class Trainer {
-    public let config: RunConfig
+    /// The run's config; a student cut from a sliding-window teacher gets its blocks' attention kinds in model.global_layers.
+    public private(set) var config: RunConfig
     public let model: Transformer
     /// The teacher blocks a student cut from its teacher kept (listed or measured, `student.select`); empty otherwise.
     public private(set) var cutBlocks: [Int] = []
@@ -157,10 +158,18 @@ public final class Trainer {
             try checkCut(config, source: cutSource)
         }
         try checkHiddenLayers(config, teacher: teachers.first)
+        var kept: [Int] = []
+        if let cutSource {
+            kept = try studentBlocks(from: cutSource, config: config, calibration: sampler, comm: comm)
+            var resolved = config
+            resolved.model = try cutModelConfig(config.model, teacher: cutSource.config, kept: kept)
+            self.config = resolved
+        }
+        let config = self.config
         model = Transformer(config: config.model, needsGrad: true, lmHeadChunk: t.lmHeadChunk)
         model.initialize(seed: t.seed)
         if let cutSource {
-            let cut = try cutStudent(model, from: cutSource, config: config, calibration: sampler, comm: comm)
+            let cut = try cutStudent(model, from: cutSource, config: config, kept: kept, calibration: sampler, comm: comm)
             (cutBlocks, cutChannels) = (cut.blocks, cut.channels)
         }
         // sharded state: each rank owns a contiguous, row-aligned range of the slab (ZeRO-1/2)

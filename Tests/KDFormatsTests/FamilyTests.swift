@@ -55,3 +55,42 @@ func aFamilyFixtureRunsAsTheNumpyReferenceDoes(family: ModelFamilyName) throws {
     #expect(worst <= 1e-4, "\(family): max |logit difference| \(worst)")
     #expect(ref.map(abs).max()! > 0.5)  // not vacuous
 }
+
+/// A dense (unpacked) copy of an inference model.
+func denseCopy(_ model: Transformer) -> Transformer {
+    let copy = Transformer(config: model.config, needsGrad: false)
+    for e in model.layout.entries { model.denseTensor(e, into: copy.params.base + e.offset) }
+    return copy
+}
+
+@Test(arguments: ModelFamilyName.allCases)
+func aFamilyExportsToGGUFAndHuggingFaceAndReadsBack(family: ModelFamilyName) throws {
+    let src = familyFixtures.appendingPathComponent("\(family.rawValue).gguf").path
+    let model = denseCopy(try loadGGUFModel(path: src).model)
+    let dir = try temporaryDirectory("distill-family-export")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let g = dir.appendingPathComponent("out.gguf").path, hf = dir.appendingPathComponent("hf").path
+    try model.exportGGUF(path: g, type: .f32, name: "fixture", extraMetadata: [])
+    try saveHFModel(model, dir: hf, hfLayout: true)
+    // an independent reader sees the family's architecture, keys and tensor names
+    let out = try runPython(scripts.appendingPathComponent("family_export_check.py").path, [g, hf, String(model.family.hfNormOffset)])
+    let j = try JSONSerialization.jsonObject(with: Data(out.utf8)) as! [String: Any]
+    #expect(j["architecture"] as? String == family.rawValue)
+    #expect((j["hf_architectures"] as? [String]) == [model.family.hfArchitecture])
+    #expect((j["norm_gap"] as! Double) < 1e-6)
+    let names = Set(j["tensors"] as! [String])
+    #expect(names == Set(model.layout.entries.filter { !model.config.tiedEmbeddings || $0.name != "lm_head.weight" }.map { model.family.ggufName($0.name) }))
+    if family == .gemma3 {
+        #expect((j["keys"] as! [String]).contains("gemma3.attention.sliding_window"))
+        #expect((j["layer_types"] as? [String])?.filter { $0 == "full_attention" }.count == 1)
+    }
+    if family == .qwen2 { #expect(names.contains("blk.0.attn_q.bias")) }
+    // the numpy reference runs the export as it ran the fixture; distill reads both exports back to the same logits
+    let before = logitsOfPrompts(model, familyPrompts)
+    let ref = try referenceLogits(g, familyPrompts)
+    #expect(zip(before, ref).map { abs($0 - $1) }.max()! <= 1e-4)
+    let fromGGUF = logitsOfPrompts(try loadGGUFModel(path: g).model, familyPrompts)
+    #expect(fromGGUF == before)
+    let fromHF = logitsOfPrompts(try loadHFModel(dir: hf, needsGrad: false).model, familyPrompts)
+    #expect(zip(fromHF, before).map { abs($0 - $1) }.max()! <= 1e-5)
+}

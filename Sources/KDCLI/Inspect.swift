@@ -67,8 +67,11 @@ struct Inspect: ParsableCommand {
         print("  tensors by type: " + byType.keys.sorted().map { "\($0) ×\(byType[$0]!.0) (\(byType[$0]!.1 / 1024) KiB)" }.joined(separator: ", "))
         for t in f.tensors.prefix(12) { print("    \(t.name) \(t.type) \(t.shape)") }
         if f.tensors.count > 12 { print("    … \(f.tensors.count - 12) more") }
-        if let m = try? ggufModelConfig(f) {
-            print("  model  \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize), rope θ \(m.ropeTheta), tied \(m.tiedEmbeddings)")
+        do {
+            let m = try ggufModelConfig(f)
+            print("  model  \(m.modelSummary)")
+        } catch {
+            print("  model  not runnable by distill: \(error)")
         }
     }
 

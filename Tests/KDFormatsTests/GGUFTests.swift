@@ -93,7 +93,7 @@ func corrupted(_ name: String, _ edit: (inout [UInt8]) -> Void) throws -> String
     func message(_ path: String) -> String {
         do { _ = try loadGGUFModel(path: path); return "loaded" } catch { return "\(error)" }
     }
-    #expect(message(fixtures.appendingPathComponent("mamba.gguf").path).contains("architecture 'mamba' is not supported (supported: llama)"))
+    #expect(message(fixtures.appendingPathComponent("mamba.gguf").path).contains("architecture 'mamba' is not supported (supported: llama, gemma3, qwen2, qwen3)"))
     #expect(message(fixtures.appendingPathComponent("metadata.gguf").path).contains("metadata key 'llama.block_count' is missing"))
     #expect(message(fixtures.appendingPathComponent("partial-llama.gguf").path).contains("tensor 'blk.0.attn_norm.weight' is missing"))
 }

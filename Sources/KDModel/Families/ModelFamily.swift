@@ -91,6 +91,24 @@ public struct ModelFamily: Sendable {
 extension ModelConfig {
     /// This config's family description.
     public var familySpec: ModelFamily { ModelFamily.named(family) }
+
+    /// One line: family, shape, the family's pieces, attention kinds.
+    public var modelSummary: String {
+        let f = familySpec
+        var pieces: [String] = []
+        if f.qkvBias { pieces.append("q/k/v biases") }
+        if f.qkNorm { pieces.append("q/k head norms") }
+        if f.postNorms { pieces.append("post-norms") }
+        if f.scaledEmbedding { pieces.append("√dim embedding") }
+        pieces.append(f.activation == .silu ? "SwiGLU" : "GeGLU(tanh)")
+        var s = "\(family.rawValue): \(layers) layers, dim \(dim), \(heads) heads / \(kvHeads) kv of size \(headSize), ffn \(ffnDim), "
+            + "vocab \(vocabSize), rope θ \(ropeTheta) (\(ropeStyle.rawValue)), tied \(tiedEmbeddings); " + pieces.joined(separator: ", ")
+        if slidingWindow > 0 {
+            let global = (0..<layers).filter { !isSliding($0) }
+            s += "; sliding window \(slidingWindow) (rope θ \(ropeThetaLocal)) except global blocks \(global)"
+        }
+        return s
+    }
 }
 
 /// A family setting distill does not run, or a key it needs that is missing.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A recipe of Configs/recipes/ end to end on a fresh Debian machine: system packages, release build, the real teacher
-# (SmolLM2-135M-Instruct GGUF, fetched once into Checkpoints/teachers/ and verified by hash), the corpus (Debian's
-# fortunes, tokenized with the teacher's tokenizer, split train/validation) and a held-out book (Launch/fetch_heldout.sh);
+# the recipe names (SmolLM2-135M-Instruct or Gemma-3-270M GGUF, fetched once into Checkpoints/teachers/ and verified by
+# hash), the corpus (Debian's fortunes, tokenized with the teacher's tokenizer into the recipe's data folder) and a held-out book (Launch/fetch_heldout.sh);
 # then the recipe on 2 ranks with checkpoints in its checkpoint.dir; then the student is exported to GGUF in the type it
 # trained for (its QAT scheme; Q8_0 without QAT), its bytes set against the teacher's f16 bytes, evaluated beside its
 # teacher on held-out fortunes and on the book, both continue the same prompt, and an HTML report is written.
@@ -16,16 +16,20 @@ config=Configs/recipes/$name.yaml
 [ -f "$config" ] || { echo "recipe.sh: expected a recipe in Configs/recipes/ ($(ls Configs/recipes | sed 's/\.yaml$//' | tr '\n' ' ')), found no $config" >&2; exit 1; }
 bash Launch/setup.sh
 swift build -c release
-teacher=$(bash Launch/fetch_teacher.sh)
-book=$(bash Launch/fetch_heldout.sh)
 d=.build/release/distill
-data=Checkpoints/data/fortunes-smollm
+# the teacher, corpus, run directory and export type, as the recipe (with its bases) resolves them
+resolved=$($d train --config "$config" --dry-run "$@")
+teacher=$(awk '/^teacher:/ { c = 1 } c && /^  path:/ { print $2; exit }' <<< "$resolved")
+data=$(awk '/^data:/ { c = 1 } c && /^  - / { print $2; exit }' <<< "$resolved")
+case "$teacher" in
+    */gemma-3-270m-q4_k_m.gguf) bash Launch/fetch_teacher.sh gemma3 > /dev/null ;;
+    *) bash Launch/fetch_teacher.sh > /dev/null ;;
+esac
+book=$(bash Launch/fetch_heldout.sh)
 if [ ! -s "$data/train.bin" ]; then
-    echo "== preparing the corpus (distill prepare):"
+    echo "== preparing the corpus (distill prepare, $teacher's tokenizer):"
     $d prepare /usr/share/games/fortunes --exclude-suffix .dat --exclude-suffix .u8 --separator % --tokenizer "$teacher" --output "$data"
 fi
-# the run directory and the export type, as the recipe (with its bases) resolves them
-resolved=$($d train --config "$config" --dry-run "$@")
 run=$(awk '/^checkpoint:/ { c = 1 } c && /^  dir:/ { print $2; exit }' <<< "$resolved")
 quant=$(awk '/^qat:/ { c = 1 } c && /^  scheme:/ { print $2; exit }' <<< "$resolved")
 case "$quant" in none|"") quant=q8_0 ;; esac

@@ -44,7 +44,8 @@ struct Eval: ParsableCommand {
             }
             var ids: [Int32], mask: [UInt8], windowBOS: Int32? = nil
             if let text {
-                let codec = try TextCodec(loaded)
+                // a checkpoint without tokenizer.json (a SentencePiece student) reads text with its teacher's tokenizer
+                let codec = try TextCodec(loaded.tokenizer == nil ? teacherModel ?? loaded : loaded)
                 guard let data = FileManager.default.contents(atPath: text) else { throw KDError.fileNotFound(path: text) }
                 guard let s = String(data: data, encoding: .utf8) else {
                     throw KDError.invalidInput(what: text, expected: "UTF-8 text", found: "invalid bytes")

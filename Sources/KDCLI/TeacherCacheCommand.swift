@@ -40,7 +40,7 @@ struct TeacherCacheCommand: ParsableCommand {
         try Job.run(threads: threads) { comm in
             let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
             let sources = tc.sources
-            let loaded = try sources.map { try openModel(path: $0.path, maxSeqLen: c.train.seqLen) }
+            let loaded = try openTeachers(sources.map(\.path), studentVocab: c.model.vocabSize, maxSeqLen: c.train.seqLen)
             try checkTeachersAgree(loaded, paths: sources.map(\.path))
             if let t = loaded.first, t.model.config.vocabSize < corpus.vocabSize {
                 throw KDError.invalidInput(what: "teacher vocabulary", expected: ">= the data's \(corpus.vocabSize) tokens", found: "\(t.model.config.vocabSize) in \(sources[0].path)")
@@ -64,6 +64,32 @@ struct TeacherCacheCommand: ParsableCommand {
                               Double(bytes * ((corpus.train.count - 1) / c.train.seqLen + max(0, corpus.validation.count - 1) / c.train.seqLen)) / 1048576,
                               monotonicSeconds() - start, comm.worldSize, comm.worldSize == 1 ? "" : "s"))
         }
+    }
+}
+
+/// Opens the teachers for a student of `studentVocab` tokens. A teacher whose vocabulary tables have more rows than
+/// that, all of them padding in its tokenizer (Qwen pads 151,665 tokens to 151,936 or 152,064 rows), is reopened with
+/// the student's rows: both distill over the shared ids. Real tokens past the student's vocabulary are another
+/// tokenizer: refused with one line naming both sizes and the first such token.
+func openTeachers(_ paths: [String], studentVocab: Int, maxSeqLen: Int) throws -> [LoadedModel] {
+    try paths.map { path in
+        let full = try openModel(path: path, maxSeqLen: maxSeqLen)
+        let rows = full.model.config.vocabSize
+        guard rows > studentVocab, let tok = full.tokenizer else { return full }
+        let tokens = tok.tokens
+        func isPadding(_ id: Int) -> Bool {
+            guard id < tokens.count else { return true }
+            let t = tokens[id]
+            return t.isEmpty || t.hasPrefix("[PAD") || t.hasPrefix("<|PAD") || t.hasPrefix("<pad")
+        }
+        if let real = (studentVocab..<rows).first(where: { !isPadding($0) }) {
+            throw KDError.invalidInput(
+                what: "teacher vocabulary of \(path)",
+                expected: "\(studentVocab) tokens (model.vocab_size), or rows past them that are only padding",
+                found: "\(rows) rows; id \(real) is the real token '\(tokens[real])' (another tokenizer than the student's: \(tok.vocabSize) tokens, hash \(tok.hash))")
+        }
+        KDLog.info("  teacher \(path): \(rows) vocabulary rows, padding past \(studentVocab); distilling over the \(studentVocab) shared ids")
+        return try openModel(path: path, maxSeqLen: maxSeqLen, vocabRows: studentVocab)
     }
 }
 

@@ -64,7 +64,7 @@ struct Train: ParsableCommand {
             StopSignal.install(grace: UInt32(ProcessInfo.processInfo.environment["DISTILL_STOP_GRACE"].flatMap(Int.init) ?? 600))
             let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
             let sources = c.teacher?.sources ?? []
-            let loaded = try sources.map { try openModel(path: $0.path, maxSeqLen: c.train.seqLen) }
+            let loaded = try openTeachers(sources.map(\.path), studentVocab: c.model.vocabSize, maxSeqLen: c.train.seqLen)
             try checkTeachersAgree(loaded, paths: sources.map(\.path))
             let teacher = loaded.first
             var manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
@@ -89,7 +89,9 @@ struct Train: ParsableCommand {
             }
             trainer.allowTeacherChange = allowTeacherChange
             // the student speaks the teacher's tokens: its checkpoints carry the tokenizer (generate and eval --text work)
-            if let tok = teacher?.tokenizer, corpus.tokenizerHash == tok.hash {
+            // (not a SentencePiece vocabulary: tokenizer.json would need merges GGUF does not store; eval and generate of
+            // such a checkpoint take the teacher's tokenizer with --teacher, and GGUF exports carry it)
+            if let tok = teacher?.tokenizer, corpus.tokenizerHash == tok.hash, tok.sentencePiece == nil {
                 trainer.extraCheckpointFiles[CheckpointFile.tokenizer] = try tok.hfTokenizerJSON()
             }
             try resumeIfAsked(trainer, comm: comm)

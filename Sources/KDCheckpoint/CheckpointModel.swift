@@ -10,8 +10,10 @@ import KDQuant
 
 /// Opens `path` (a GGUF file, a HF folder or a training checkpoint) for inference.
 /// A checkpoint runs with its run config's RoPE style (a student cut from a GGUF teacher keeps adjacent-pair rows).
-public func openModel(path: String, maxSeqLen: Int? = nil) throws -> LoadedModel {
-    var loaded = try openModelFile(path: path, maxSeqLen: maxSeqLen, ropeStyle: try checkpointConfig(dir: path)?.config.model.ropeStyle)
+/// `vocabRows`: keep only the first rows of the vocabulary tables (a teacher padded beyond its tokenizer).
+public func openModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? = nil) throws -> LoadedModel {
+    var loaded = try openModelFile(path: path, maxSeqLen: maxSeqLen, ropeStyle: try checkpointConfig(dir: path)?.config.model.ropeStyle,
+                                   vocabRows: vocabRows)
     guard let qat = try checkpointQAT(dir: path), qat.enabled else { return loaded }
     let model = loaded.model
     if let scales = try loadQATScales(dir: path, model: model, qat: qat) {

@@ -352,6 +352,8 @@ extension BPETokenizer {
     /// This tokenizer as a Hugging Face `tokenizer.json` (BPE model, added special tokens, the split rule as HF
     /// pre-tokenizers, byte-level decoder), so a student trained on its ids ships with it.
     public func hfTokenizerJSON() throws -> Data {
+        // Hugging Face runs SentencePiece vocabularies through merges GGUF does not store
+        if sentencePiece != nil { throw TokenizerError.unsupportedModel("SentencePiece (llama) as tokenizer.json") }
         let byteLevel: [String: Any] = ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": pre == .gpt2 || pre == .smollm]
         func split(_ pattern: String) -> [String: Any] {
             ["type": "Split", "pattern": ["Regex": pattern], "behavior": "Isolated", "invert": false]

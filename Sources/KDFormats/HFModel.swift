@@ -79,8 +79,10 @@ public func hfModelConfig(dir: String, maxSeqLen: Int? = nil, ropeStyle: RopeSty
 }
 
 /// Loads a HF folder. Inference models keep F16/BF16 matrices packed in the mapped files; training models get Floats.
-public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil) throws -> (model: Transformer, files: [SafetensorsFile]) {
-    let m = try hfModelConfig(dir: dir, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle)
+public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil,
+                        vocabRows: Int? = nil) throws -> (model: Transformer, files: [SafetensorsFile]) {
+    var m = try hfModelConfig(dir: dir, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle)
+    if let rows = vocabRows { precondition(rows <= m.vocabSize, "vocabRows beyond the table"); m.vocabSize = rows }
     let configData = FileManager.default.contents(atPath: (dir as NSString).appendingPathComponent(HFFolder.config)) ?? Data()
     let asRun = ((try? JSONSerialization.jsonObject(with: configData)) as? [String: Any])?[normsAsRunKey] as? Bool ?? false
     let normOffset = asRun ? 0 : m.familySpec.hfNormOffset
@@ -91,11 +93,14 @@ public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, rop
         guard let (f, t) = files.lazy.compactMap({ f in f.tensor(e.name).map { (f, $0) } }).first else {
             throw HFError.missingTensor(dir: dir, tensor: e.name)
         }
-        guard t.shape == e.shape else { throw HFError.wrongShape(tensor: e.name, expected: e.shape, found: t.shape) }
+        let isTable = e.offset == model.layout.embedding || e.offset == model.layout.lmHead
+        guard t.shape == e.shape || (isTable && vocabRows != nil && t.shape.count == 2 && t.shape[1] == e.shape[1] && t.shape[0] >= e.shape[0]) else {
+            throw HFError.wrongShape(tensor: e.name, expected: e.shape, found: t.shape)
+        }
         if !needsGrad, e.isMatrix, t.dtype != .f32 {
             model.setPacked(QuantizedMatrix(type: t.dtype, oc: e.shape[0], c: e.shape[1], data: f.data(t), owner: f), offset: e.offset)
         } else {
-            f.read(t, into: model.params.base + e.offset)
+            f.read(t, into: model.params.base + e.offset, count: e.count)
             if normOffset != 0, e.name.hasSuffix("norm.weight") {
                 for i in 0..<e.count { model.params.base[e.offset + i] += normOffset }
             }
@@ -161,18 +166,18 @@ public enum HFFolder {
 
 /// Opens `path` as a GGUF file or a HF folder for inference, weights as stored (a training checkpoint's QAT is
 /// applied by KDCheckpoint's `openModel`).
-public func openModelFile(path: String, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil) throws -> LoadedModel {
+public func openModelFile(path: String, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil, vocabRows: Int? = nil) throws -> LoadedModel {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
     if isDir.boolValue {
-        let (model, files) = try loadHFModel(dir: path, needsGrad: false, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle)
+        let (model, files) = try loadHFModel(dir: path, needsGrad: false, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle, vocabRows: vocabRows)
         let tj = (path as NSString).appendingPathComponent(HFFolder.tokenizer)
         let tok = FileManager.default.fileExists(atPath: tj) ? try BPETokenizer(hfTokenizerJSON: tj) : nil
         return LoadedModel(model: model, tokenizer: tok, kind: "safetensors", keepAlive: files)
     }
     let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
     guard head == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
-    let (model, file) = try loadGGUFModel(path: path, maxSeqLen: maxSeqLen)
+    let (model, file) = try loadGGUFModel(path: path, maxSeqLen: maxSeqLen, vocabRows: vocabRows)
     // a GGUF without tokenizer metadata (a byte-level student exported by distill) reads text as bytes
     let tok = file.metadata["tokenizer.ggml.model"] == nil ? nil : try BPETokenizer(gguf: file)
     return LoadedModel(model: model, tokenizer: tok, kind: "gguf", keepAlive: [file])

@@ -60,16 +60,22 @@ public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> Mode
 }
 
 /// Loads a GGUF model for inference: quantized matrices stay packed in the mapping (which the returned model keeps
-/// alive), Float tensors are copied.
-public func loadGGUFModel(path: String, maxSeqLen: Int? = nil) throws -> (model: Transformer, file: GGUFFile) {
+/// alive), Float tensors are copied. With `vocabRows` (fewer than the file's), the model keeps only the first rows of
+/// its embedding and head: a teacher whose table is padded beyond its tokenizer (Qwen) distills over the shared ids.
+public func loadGGUFModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? = nil) throws -> (model: Transformer, file: GGUFFile) {
     let f = try GGUFFile(path: path)
-    let m = try ggufModelConfig(f, maxSeqLen: maxSeqLen)
+    var m = try ggufModelConfig(f, maxSeqLen: maxSeqLen)
+    if let rows = vocabRows { precondition(rows <= m.vocabSize, "vocabRows beyond the table"); m.vocabSize = rows }
     let model = Transformer(config: m, needsGrad: false)
     for e in model.layout.entries {
         let name = model.family.ggufName(e.name)
         guard let t = f.tensor(name) else { throw GGUFError.missingTensor(path: path, tensor: name) }
-        // GGUF lists dims innermost first; a vector reads the same either way
-        guard t.shape == e.shape else { throw GGUFError.wrongShape(path: path, tensor: name, expected: e.shape, found: t.shape) }
+        // GGUF lists dims innermost first; a vector reads the same either way. The vocabulary tables may have more rows
+        // than kept (row-major: the first rows are a prefix of the data)
+        let isTable = e.offset == model.layout.embedding || e.offset == model.layout.lmHead
+        guard t.shape == e.shape || (isTable && vocabRows != nil && t.shape.count == 2 && t.shape[1] == e.shape[1] && t.shape[0] >= e.shape[0]) else {
+            throw GGUFError.wrongShape(path: path, tensor: name, expected: e.shape, found: t.shape)
+        }
         if t.type == .f32 || !e.isMatrix {
             dequantize(t.type, src: f.data(t), out: model.params.base + e.offset, count: e.count)
         } else {

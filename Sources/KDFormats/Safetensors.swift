@@ -93,12 +93,13 @@ public final class SafetensorsFile {
     public func tensor(_ name: String) -> SafetensorsTensor? { byName[name].map { tensors[$0] } }
     public func data(_ t: SafetensorsTensor) -> UnsafeRawPointer { base + dataStart + t.begin }
 
-    /// The tensor as Floats into `out` (F16/BF16 widened exactly).
-    public func read(_ t: SafetensorsTensor, into out: UnsafeMutablePointer<Float>) {
+    /// The tensor (or its first `count` elements) as Floats into `out` (F16/BF16 widened exactly).
+    public func read(_ t: SafetensorsTensor, into out: UnsafeMutablePointer<Float>, count: Int? = nil) {
+        let n = min(count ?? t.elements, t.elements)
         if t.dtype == .f32 {
-            memcpy(out, data(t), t.elements * 4)  // data may be unaligned
+            memcpy(out, data(t), n * 4)  // data may be unaligned
         } else {
-            dequantize(t.dtype, src: data(t), out: out, count: t.elements)
+            dequantize(t.dtype, src: data(t), out: out, count: n)
         }
     }
 }

@@ -1,6 +1,7 @@
 // Whole commands: argument validation through Distill.parseAsRoot, and end-to-end runs of the built binary
 // (exit codes, progress lines, one-line errors on bad input).
 import Foundation
+import KDFormats
 import KDTestSupport
 import Testing
 @testable import KDCLI
@@ -157,4 +158,40 @@ func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
     let piped = try runDistill(["train", "--config", cfg, "--sample-tokens", "0", "--resume", "none", "--checkpoint-dir", dir.appendingPathComponent("q").path])
     #expect(piped.status == 0 && !piped.out.contains("\u{1B}"))
     #expect(piped.out.split(separator: "\n").filter { $0.hasPrefix("step") }.count == 2, "\(piped.out)")
+}
+
+/// Qwen pads its vocabulary tables past its tokenizer: a teacher with 16 padding rows past a 256-token student
+/// distills over the shared ids; the same rows holding real tokens are another tokenizer, refused with one line.
+@Test func aTeacherPaddedPastTheStudentsVocabularyDistillsOverTheSharedIds() throws {
+    let dir = try temporaryDirectory("distill-padded")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let script = repoRoot.appendingPathComponent("Tests/KDCLITests/Scripts/padded_teacher.py").path
+    for kind in ["padded", "real"] {
+        let teacher = dir.appendingPathComponent("\(kind).gguf").path
+        _ = try runPython(script, [teacher, kind])
+        let base = try String(contentsOf: repoRoot.appendingPathComponent("Configs/tiny.yaml"), encoding: .utf8)
+            .replacingOccurrences(of: "dir: Checkpoints/tiny", with: "dir: \(dir.appendingPathComponent("run-\(kind)").path)")
+        let cfg = dir.appendingPathComponent("\(kind).yaml")
+        try (base + "teacher:\n  path: \(teacher)\ndistill:\n  objective: fkl\n  kd_ratio: 0.5\n").write(to: cfg, atomically: true, encoding: .utf8)
+        let r = try runDistill(["train", "--config", cfg.path, "--steps", "2"])
+        if kind == "padded" {
+            #expect(r.status == 0, "\(r.err)")
+            #expect(r.out.contains("272 vocabulary rows, padding past 256; distilling over the 256 shared ids"), "\(r.out)")
+            #expect(r.out.contains("fkl"))
+        } else {
+            #expect(r.status != 0)
+            #expect(r.err.contains("id 256 is the real token 'word256'"), "\(r.err)")
+            #expect(r.err.split(separator: "\n").count == 1, "\(r.err)")
+        }
+    }
+}
+
+@Test func aSentencePieceVocabularyIsNotWrittenAsATokenizerJSON() throws {
+    // (GGUF stores scores, not the merges Hugging Face would need)
+    let bytes: [String] = (0..<256).map { String(format: "<0x%02X>", $0) }
+    let sp = try SentencePieceVocab(tokens: bytes, scores: [Float](repeating: 0, count: 256), types: [Int](repeating: 6, count: 256),
+                                    addSpacePrefix: false)
+    let tok = try BPETokenizer(tokens: bytes, merges: [], special: [], pre: .gpt2, bos: nil, eos: nil, addBOS: false, sentencePiece: sp)
+    #expect(tok.decode(tok.encode("hé")) == "hé")
+    #expect(throws: (any Error).self) { try tok.hfTokenizerJSON() }
 }

@@ -94,3 +94,15 @@ func aFamilyExportsToGGUFAndHuggingFaceAndReadsBack(family: ModelFamilyName) thr
     let fromHF = logitsOfPrompts(try loadHFModel(dir: hf, needsGrad: false).model, familyPrompts)
     #expect(zip(fromHF, before).map { abs($0 - $1) }.max()! <= 1e-5)
 }
+
+@Test func aTeacherOpenedWithFewerVocabularyRowsGivesTheFirstColumnsOfItsLogits() throws {
+    // (the untied qwen2 fixture: embedding and head both sliced)
+    let path = familyFixtures.appendingPathComponent("qwen2.gguf").path
+    let full = logitsOfPrompts(try loadGGUFModel(path: path).model, familyPrompts)
+    let cut = try loadGGUFModel(path: path, vocabRows: 61).model  // (the prompts' largest id is 60)
+    #expect(cut.config.vocabSize == 61)
+    let sliced = logitsOfPrompts(cut, familyPrompts)
+    let rows = full.count / 64
+    let expected = (0..<rows).flatMap { r in full[(r * 64)..<(r * 64 + 61)] }
+    #expect(zip(sliced, expected).map { abs($0 - $1) }.max()! < 1e-5)
+}

@@ -65,6 +65,10 @@ struct Eval: ParsableCommand {
                 }
                 ids = shard.tokens
                 mask = shard.mask
+                // shards of a model that expects BOS first (prepare.json says which): every window starts with it
+                if let d = FileManager.default.contents(atPath: (data! as NSString).appendingPathComponent("prepare.json")) {
+                    windowBOS = try? JSONDecoder().decode(PrepareSummary.self, from: d).bos
+                }
             }
             let r = evaluate(loaded.model, teacher: teacherModel?.model, ids: ids, mask: mask, context: context, maxWindows: maxWindows,
                              bos: windowBOS)

@@ -47,6 +47,8 @@ public struct PrepareOptions {
 public struct PrepareSummary: Codable, Equatable {
     public var files = 0, documents = 0, trainDocuments = 0, validationDocuments = 0
     public var trainTokens = 0, validationTokens = 0, bytesRead = 0
+    /// The BOS id put before every document, for a model that expects BOS first (training windows then start with it).
+    public var bos: Int32?
 }
 
 public enum PrepareError: Error, CustomStringConvertible, Equatable {
@@ -136,6 +138,7 @@ func writeShards(_ o: PrepareOptions, files: [String], tokenizer tk: ShardTokeni
     let rng = CounterRNG(seed: o.seed, purpose: .dataSample)
     var s = PrepareSummary()
     s.files = files.count
+    s.bos = tk.bos
     func emit(_ ids: [Int32], _ mask: [UInt8]? = nil, route: UInt8 = 1) throws {
         guard !ids.isEmpty else { return }
         var ids = ids, mask = mask ?? [UInt8](repeating: 1, count: ids.count)

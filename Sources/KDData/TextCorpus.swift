@@ -42,6 +42,8 @@ public struct TokenCorpus: Sendable {
     public var vocabSize = 256
     /// Hash of the tokenizer that prepared the shards (nil for bytes).
     public var tokenizerHash: UInt64?
+    /// BOS of a model that expects it first (from prepare.json): every training and validation window starts with it.
+    public var bos: Int32?
     /// Files read, in the order they were concatenated.
     public let files: [String]
 
@@ -83,6 +85,9 @@ public struct TokenCorpus: Sendable {
         vocabSize = tr.vocabSize
         tokenizerHash = tr.tokenizerHash
         files = [dir]
+        if let d = FileManager.default.contents(atPath: (dir as NSString).appendingPathComponent("prepare.json")) {
+            bos = try? JSONDecoder().decode(PrepareSummary.self, from: d).bos
+        }
     }
 
     /// True when `path` is a folder written by `distill prepare`.
@@ -134,6 +139,8 @@ public struct TokenCorpus: Sendable {
 }
 
 /// Non-overlapping windows of `seqLen + 1` tokens over one stream, in a seeded order that changes every epoch.
+/// With `bos` (a model that expects BOS first, Gemma), each window is BOS and the next seqLen − 1 tokens, predicting
+/// seqLen tokens: the stride stays seqLen and every token is a target once per epoch.
 public struct WindowSampler: Sendable {
     public let stream: [Int32]
     /// 1 where a token is a prediction target; nil = all.
@@ -142,12 +149,16 @@ public struct WindowSampler: Sendable {
     public let seed: UInt64
     /// Windows per epoch.
     public let windows: Int
+    public let bos: Int32?
+    /// Offset of a window's first target from its start: 1, or 0 when BOS leads.
+    var lead: Int { bos == nil ? 1 : 0 }
 
-    public init(stream: [Int32], mask: [UInt8]? = nil, seqLen: Int, seed: UInt64, split: String = "train") throws {
+    public init(stream: [Int32], mask: [UInt8]? = nil, seqLen: Int, seed: UInt64, split: String = "train", bos: Int32? = nil) throws {
         guard stream.count >= seqLen + 1 else { throw DataError.tooSmall(split: split, tokens: stream.count, needed: seqLen + 1) }
         precondition(mask == nil || mask!.count == stream.count, "WindowSampler: mask and stream lengths differ")
         self.stream = stream
         self.mask = mask
+        self.bos = bos
         self.seqLen = seqLen
         self.seed = seed
         windows = (stream.count - 1) / seqLen
@@ -177,7 +188,7 @@ public struct WindowSampler: Sendable {
         for r in 0..<count {
             let w = sequential ? ((first + r) % windows) * seqLen : windowStart(sample: first + r)
             for i in 0..<seqLen {
-                let m = mask?[w + 1 + i] ?? 1
+                let m = mask?[w + lead + i] ?? 1
                 routes[r * seqLen + i] = m >= 2 ? Int32(m) - 2 : -1
             }
         }
@@ -198,11 +209,16 @@ public struct WindowSampler: Sendable {
                      start: (Int) -> Int) {
         stream.withUnsafeBufferPointer { s in
             for r in 0..<count {
-                let w = start(first + r)
-                (inputs + r * seqLen).update(from: s.baseAddress! + w, count: seqLen)
-                (targets + r * seqLen).update(from: s.baseAddress! + w + 1, count: seqLen)
+                let w = start(first + r), lead = self.lead
+                if let bos {
+                    inputs[r * seqLen] = bos
+                    (inputs + r * seqLen + 1).update(from: s.baseAddress! + w, count: seqLen - 1)
+                } else {
+                    (inputs + r * seqLen).update(from: s.baseAddress! + w, count: seqLen)
+                }
+                (targets + r * seqLen).update(from: s.baseAddress! + w + lead, count: seqLen)
                 if let mask {
-                    for i in 0..<seqLen where mask[w + 1 + i] == 0 { targets[r * seqLen + i] = -1 }
+                    for i in 0..<seqLen where mask[w + lead + i] == 0 { targets[r * seqLen + i] = -1 }
                 }
             }
         }

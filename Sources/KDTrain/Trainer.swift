@@ -147,9 +147,9 @@ public final class Trainer {
         } else if let c = config.teacher?.cache, !c.isEmpty {
             throw KDError.invalidInput(what: "teacher.cache", expected: "the cache \(c) opened", found: "none given to the trainer")
         }
-        sampler = try WindowSampler(stream: corpus.train, mask: corpus.trainMask, seqLen: t.seqLen, seed: t.seed)
+        sampler = try WindowSampler(stream: corpus.train, mask: corpus.trainMask, seqLen: t.seqLen, seed: t.seed, bos: corpus.bos)
         validation = corpus.validation.count > t.seqLen
-            ? try WindowSampler(stream: corpus.validation, mask: corpus.validationMask, seqLen: t.seqLen, seed: t.seed, split: "validation") : nil
+            ? try WindowSampler(stream: corpus.validation, mask: corpus.validationMask, seqLen: t.seqLen, seed: t.seed, split: "validation", bos: corpus.bos) : nil
         let cutSource = config.student.initFrom == .fromTeacher ? initFrom ?? teachers.first : nil
         if config.student.initFrom == .fromTeacher {
             guard let cutSource else {

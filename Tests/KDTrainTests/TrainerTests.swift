@@ -89,6 +89,24 @@ func tinyConfig() throws -> RunConfig {
     for r in 0..<2 { #expect(Array(inp[(r * 10 + 1)..<(r * 10 + 10)]) == Array(tgt[(r * 10)..<(r * 10 + 9)])) }
 }
 
+/// A model that expects BOS first (Gemma): every window is BOS and the next seqLen − 1 tokens, and across an epoch every
+/// token of the stream (but the last, which no window reaches) is a target exactly once; masked tokens are not.
+@Test func windowsOfABOSModelStartWithBOSAndPredictEveryTokenOnce() throws {
+    let stream = (0..<101).map { Int32($0) }
+    var mask = [UInt8](repeating: 1, count: 101)
+    mask[37] = 0
+    let s = try WindowSampler(stream: stream, mask: mask, seqLen: 10, seed: 4, bos: 999)
+    var inp = [Int32](repeating: 0, count: 10 * s.windows), tgt = inp
+    inp.withUnsafeMutableBufferPointer { i in tgt.withUnsafeMutableBufferPointer { t in s.fill(inputs: i.baseAddress!, targets: t.baseAddress!, first: 0, count: s.windows) } }
+    for r in 0..<s.windows {
+        #expect(inp[r * 10] == 999)
+        // input i + 1 is target i: each target is predicted from the tokens before it in the window
+        for i in 0..<9 where tgt[r * 10 + i] >= 0 { #expect(inp[r * 10 + i + 1] == tgt[r * 10 + i]) }
+    }
+    let targets = tgt.filter { $0 >= 0 }.sorted()
+    #expect(targets == (0..<100).map(Int32.init).filter { $0 != 37 })
+}
+
 @Test func corpusErrorsNameWhatWasExpected() throws {
     var d = DataConfig()
     d.train = ["/no/such/corpus"]

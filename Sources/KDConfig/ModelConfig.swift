@@ -63,6 +63,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     /// With a sliding window: the blocks that attend globally, listed (overrides sliding_pattern). A student cut from a
     /// Gemma teacher gets the kept blocks' own kinds here. Default: none listed.
     public var globalLayers: [Int]? = nil
+    /// Per-frequency divisors of RoPE (head size / 2 values): Llama 3.1+ scaling, from GGUF's `rope_freqs.weight` or a
+    /// config.json `rope_scaling` of type llama3. Default: none.
+    public var ropeFreqFactors: [Double]? = nil
 
     public init() {}
 
@@ -71,6 +74,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         case maxSeqLen = "max_seq_len", ropeTheta = "rope_theta", ropeStyle = "rope_style", rmsEps = "rms_eps"
         case tiedEmbeddings = "tied_embeddings", initStd = "init_std", family, slidingWindow = "sliding_window"
         case slidingPattern = "sliding_pattern", ropeThetaLocal = "rope_theta_local", globalLayers = "global_layers"
+        case ropeFreqFactors = "rope_freq_factors"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -94,6 +98,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         slidingPattern = try c.value(.slidingPattern, or: slidingPattern)
         ropeThetaLocal = try c.value(.ropeThetaLocal, or: ropeThetaLocal)
         globalLayers = try c.decodeIfPresent([Int].self, forKey: .globalLayers)
+        ropeFreqFactors = try c.decodeIfPresent([Double].self, forKey: .ropeFreqFactors)
         try c.require(layers >= 1, .layers, expected: "an integer >= 1", found: layers)
         try c.require(dim >= 2, .dim, expected: "an integer >= 2", found: dim)
         try c.require(heads >= 1, .heads, expected: "an integer >= 1", found: heads)
@@ -133,6 +138,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         }
         guard heads % kvHeads == 0 else {
             throw ConfigError.invalid("\(path).kv_heads", expected: "a divisor of heads (\(heads))", found: "\(kvHeads)")
+        }
+        if let f = ropeFreqFactors, f.count != headSize / 2 || f.contains(where: { !($0 > 0) }) {
+            throw ConfigError.invalid("\(path).rope_freq_factors", expected: "\(headSize / 2) positive numbers (head size / 2)", found: "\(f.count) values")
         }
         guard family == .llama || ropeStyle == .half else {
             throw ConfigError.invalid("\(path).rope_style", expected: "half for family \(family.rawValue) (only llama files store adjacent pairs)", found: ropeStyle.rawValue)

@@ -175,6 +175,14 @@ extension Transformer {
                 })
             }
         }
+        if let f = m.ropeFreqFactors {
+            // Llama 3.1+: the divisors as llama.cpp reads them
+            w.tensors.append(GGUFWriter.Tensor(name: "rope_freqs.weight", shape: [f.count], type: .f32) {
+                var d = Data(count: 4 * f.count)
+                d.withUnsafeMutableBytes { b in for (i, x) in f.enumerated() { b.storeBytes(of: Float(x), toByteOffset: 4 * i, as: Float.self) } }
+                return d
+            })
+        }
         try w.write(path: path)
     }
 }

@@ -29,6 +29,8 @@ public enum HFError: Error, CustomStringConvertible, Equatable {
 
 /// config.json key of a training checkpoint whose norm weights are stored as distill runs them (1 + w for Gemma).
 let normsAsRunKey = "distill_norm_weights_as_run"
+/// config.json key with a model's RoPE frequency divisors, exactly (Hugging Face's rope_scaling describes only Llama 3's).
+let ropeFactorsKey = "distill_rope_freq_factors"
 
 /// The model shape of a supported family's config.json. `ropeStyle` overrides Hugging Face's rotate-half convention for a
 /// folder whose Q/K rows are stored in another order (a training checkpoint of a student cut from a GGUF teacher).
@@ -74,6 +76,8 @@ public func hfModelConfig(dir: String, maxSeqLen: Int? = nil, ropeStyle: RopeSty
     if let types = j["layer_types"] as? [String], types.contains("sliding_attention") {
         m.globalLayers = types.indices.filter { types[$0] != "sliding_attention" }
     }
+    // distill's own record of RoPE divisors (a model whose factors came from GGUF and fit no rope_scaling)
+    if let f = j[ropeFactorsKey] as? [Double] { m.ropeFreqFactors = f }
     try m.validate(path: path)
     return m
 }
@@ -126,6 +130,7 @@ public func saveHFModel(_ model: Transformer, dir: String, metadata: [String: St
         "torch_dtype": "float32",
     ]
     config.merge(fam.hfExtras(m)) { _, new in new }
+    if let f = m.ropeFreqFactors { config[ropeFactorsKey] = f }
     // Gemma: Hugging Face stores w for a norm that computes with 1 + w; a training checkpoint keeps what runs
     let normOffset = hfLayout ? fam.hfNormOffset : 0
     if fam.hfNormOffset != 0, !hfLayout { config[normsAsRunKey] = true }

@@ -53,8 +53,14 @@ public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> Mode
     if let rd = f.metadata["\(arch).rope.dimension_count"]?.int, rd != m.headSize {
         throw GGUFError.badTensorShape(path: f.path, tensor: "(metadata)", reason: "partial RoPE (\(rd) of \(m.headSize) dims) is not supported")
     }
-    if f.tensor("rope_freqs.weight") != nil {
-        throw GGUFError.badTensorShape(path: f.path, tensor: "rope_freqs.weight", reason: "Llama 3.1-style RoPE frequency scaling is not supported")
+    if let t = f.tensor("rope_freqs.weight") {
+        // Llama 3.1+: one divisor per RoPE frequency
+        guard t.type == .f32, t.shape == [m.headSize / 2] else {
+            throw GGUFError.wrongShape(path: f.path, tensor: "rope_freqs.weight", expected: [m.headSize / 2], found: t.shape)
+        }
+        let p = f.data(t)
+        m.ropeFreqFactors = (0..<(m.headSize / 2)).map { Double(p.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self)) }
+        try m.validate(path: f.path)
     }
     return m
 }

@@ -133,7 +133,7 @@ public final class Transformer {
         layout = ParameterLayout(config: config)
         params = Slab(count: layout.count)
         grads = needsGrad ? Slab(count: layout.count) : nil
-        rope = RoPETable(maxT: config.maxSeqLen, hs: config.headSize, theta: config.ropeTheta)
+        rope = RoPETable(maxT: config.maxSeqLen, hs: config.headSize, theta: config.ropeTheta, freqFactors: config.ropeFreqFactors)
         let local = (0..<config.layers).contains { config.ropeBase($0) != config.ropeTheta }
         ropeLocal = local ? RoPETable(maxT: config.maxSeqLen, hs: config.headSize, theta: config.ropeThetaLocal) : nil
         ropeStyle = config.ropeStyle

@@ -6,17 +6,19 @@ import Foundation
 import KDConfig
 import KDCore
 
-/// cos/sin of pos · θ^(−2i/hs) for pos in 0..<maxT and i in 0..<hs/2, computed in Double.
+/// cos/sin of pos · θ^(−2i/hs) / factor_i for pos in 0..<maxT and i in 0..<hs/2, computed in Double. `freqFactors`
+/// (Llama 3.1+ frequency scaling, GGUF's rope_freqs.weight) divide each frequency; nil = all 1.
 public struct RoPETable {
     public let cos: [Float], sin: [Float]
     public let maxT: Int, hs: Int
 
-    public init(maxT: Int, hs: Int, theta: Double) {
+    public init(maxT: Int, hs: Int, theta: Double, freqFactors: [Double]? = nil) {
         precondition(hs % 2 == 0, "RoPE: head size must be even, got \(hs)")
+        precondition(freqFactors == nil || freqFactors!.count == hs / 2, "RoPE: \(hs / 2) frequency factors expected")
         var c = [Float](repeating: 0, count: maxT * hs / 2), s = c
         for p in 0..<maxT {
             for i in 0..<hs / 2 {
-                let angle = Double(p) * Foundation.pow(theta, -2 * Double(i) / Double(hs))
+                let angle = Double(p) * Foundation.pow(theta, -2 * Double(i) / Double(hs)) / (freqFactors?[i] ?? 1)
                 c[p * hs / 2 + i] = Float(Foundation.cos(angle))
                 s[p * hs / 2 + i] = Float(Foundation.sin(angle))
             }

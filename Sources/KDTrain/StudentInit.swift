@@ -74,13 +74,15 @@ func studentBlocks(from source: Transformer, config: RunConfig, calibration samp
     return sel.kept
 }
 
-/// The student's shape with its family's per-block settings taken from the teacher blocks it keeps: the family, the
-/// sliding window and local RoPE base, and which kept blocks attend globally (Gemma 3's pattern does not survive a cut).
+/// The student's shape with its family's per-block settings taken from the teacher blocks it keeps: the family, RoPE
+/// frequency scaling, the sliding window and local RoPE base, and which kept blocks attend globally (Gemma 3's pattern
+/// does not survive a cut).
 func cutModelConfig(_ m: ModelConfig, teacher t: ModelConfig, kept: [Int]) throws -> ModelConfig {
     guard m.family == t.family else {
         throw KDError.invalidInput(what: "model.family", expected: "\(t.family.rawValue) (the teacher's, for a student cut from it)", found: m.family.rawValue)
     }
     var m = m
+    m.ropeFreqFactors = t.ropeFreqFactors  // Llama 3.1+ RoPE scaling comes with the blocks
     if t.slidingWindow > 0 {
         m.slidingWindow = t.slidingWindow
         m.ropeThetaLocal = t.ropeThetaLocal

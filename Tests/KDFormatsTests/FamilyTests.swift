@@ -106,3 +106,48 @@ func aFamilyExportsToGGUFAndHuggingFaceAndReadsBack(family: ModelFamilyName) thr
     let expected = (0..<rows).flatMap { r in full[(r * 64)..<(r * 64 + 61)] }
     #expect(zip(sliced, expected).map { abs($0 - $1) }.max()! < 1e-5)
 }
+
+/// Llama 3.1+ RoPE scaling: the fixture's rope_freqs.weight runs as the numpy reference divides its frequencies; the
+/// same scaling given as config.json `rope_scaling` (llama3) yields the same divisors; both exports carry them.
+@Test func aLlama3ScaledRoPEModelRunsAsTheReferenceFromGGUFAndFromItsHFConfig() throws {
+    let path = familyFixtures.appendingPathComponent("llama3.gguf").path
+    let model = try loadGGUFModel(path: path).model
+    let factors = try #require(model.config.ropeFreqFactors)
+    #expect(factors.count == 4 && factors[1] == 8 && factors[0] > 1 && factors[0] < 8)
+    let ours = logitsOfPrompts(model, familyPrompts), ref = try referenceLogits(path, familyPrompts)
+    #expect(zip(ours, ref).map { abs($0 - $1) }.max()! <= 1e-4)
+    // without the factors the logits differ: the check is not vacuous
+    var plain = model.config
+    plain.ropeFreqFactors = nil
+    let unscaled = Transformer(config: plain, needsGrad: false)
+    for e in model.layout.entries { model.denseTensor(e, into: unscaled.params.base + e.offset) }
+    #expect(zip(logitsOfPrompts(unscaled, familyPrompts), ref).map { abs($0 - $1) }.max()! > 1e-2)
+    let dir = try temporaryDirectory("distill-llama3")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let g = dir.appendingPathComponent("out.gguf").path
+    try denseCopy(model).exportGGUF(path: g, type: .f32, name: "llama3", extraMetadata: [])
+    #expect(logitsOfPrompts(try loadGGUFModel(path: g).model, familyPrompts) == ours)
+    // a Hugging Face folder that states the scaling as rope_scaling only
+    let hf = dir.appendingPathComponent("hf").path
+    try saveHFModel(denseCopy(model), dir: hf, hfLayout: true)
+    let cfgURL = URL(fileURLWithPath: hf).appendingPathComponent("config.json")
+    var cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: cfgURL)) as! [String: Any]
+    cfg.removeValue(forKey: "distill_rope_freq_factors")
+    cfg["rope_scaling"] = try JSONSerialization.jsonObject(with: Data(contentsOf: familyFixtures.appendingPathComponent("llama3-rope-scaling.json")))
+    try JSONSerialization.data(withJSONObject: cfg).write(to: cfgURL)
+    let fromHF = try loadHFModel(dir: hf, needsGrad: false).model
+    #expect(zip(try #require(fromHF.config.ropeFreqFactors), factors).allSatisfy { abs($0 - $1) < 1e-6 })
+    #expect(zip(logitsOfPrompts(fromHF, familyPrompts), ours).map { abs($0 - $1) }.max()! <= 1e-4)
+}
+
+@Test func llama3sReleasedScalingIsWrittenAsRopeScalingOnHFExport() {
+    let f = llama3RopeFactors(headSize: 64, theta: 500_000, factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalContext: 8192)
+    #expect(f.first == 1 && f.last == 32 && f.contains { $0 > 1 && $0 < 32 })
+    var m = ModelConfig()
+    m.dim = 128; m.heads = 2; m.kvHeads = 2; m.ropeTheta = 500_000; m.ropeFreqFactors = f
+    let extras = ModelFamily.llama.hfExtras(m)
+    let s = extras["rope_scaling"] as? [String: Any]
+    #expect(s?["rope_type"] as? String == "llama3" && s?["factor"] as? Double == 32)
+    m.ropeFreqFactors = f.map { $0 * 1.5 }  // no Llama 3 parameters give these
+    #expect(ModelFamily.llama.hfExtras(m)["rope_scaling"] == nil)
+}

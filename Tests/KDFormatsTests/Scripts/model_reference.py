@@ -5,7 +5,8 @@ usage: model_reference.py MODEL.gguf OUT.f32 TOKENS_JSON
 Writes the logits of every position of every prompt, concatenated, as float32.
 Written from the published model definitions (Hugging Face modeling_{llama,qwen2,qwen3,gemma3}.py) and llama.cpp's
 graphs for the same architectures:
-  llama   RMSNorm, GGUF-permuted Q/K with adjacent-pair RoPE (rope type NORM), GQA, SwiGLU, tied head if no output.weight
+  llama   RMSNorm, GGUF-permuted Q/K with adjacent-pair RoPE (rope type NORM), GQA, SwiGLU, tied head if no output.weight;
+          with rope_freqs.weight (Llama 3.1+) each RoPE frequency divided by its factor
   qwen2   llama + q/k/v biases, rotate-half RoPE (NEOX)
   qwen3   llama + RMSNorm over each q and k head before RoPE, head size from key_length, NEOX
   gemma3  embedding · sqrt(dim); q/k head norms; attention output and MLP output normed before the residual add;
@@ -34,6 +35,7 @@ def norm(x, w): return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
 def rope(x, T, theta):  # x [T, heads, hs]
     inv = theta ** (-np.arange(0, hs, 2) / hs)
+    if "rope_freqs.weight" in W: inv = inv / W["rope_freqs.weight"]  # Llama 3.1+: per-frequency divisors
     ang = np.arange(T)[:, None] * inv[None, :]
     c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
     y = np.empty_like(x)

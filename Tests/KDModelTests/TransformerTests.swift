@@ -178,7 +178,12 @@ func centralDifferences(_ model: Transformer, at coords: [Int], loss: () -> Doub
 }
 
 @Test func kvCacheDecodingMatchesFullForward() {
-    let m = tinyModelConfig(ropeStyle: .adjacent)
+    _ = checkKVCacheDecoding(tinyModelConfig(ropeStyle: .adjacent))
+}
+
+/// Decodes 4 tokens then 7 one at a time through the KV cache of an inference model: the logits equal the full forward
+/// (1e-5), and the training model's full forward equals the inference model's bit for bit. Returns the weights used.
+func checkKVCacheDecoding(_ m: ModelConfig) -> (model: Transformer, tokens: [Int32], logits: [Float]) {
     let train = makeModel(m)
     let infer = Transformer(config: m, needsGrad: false)
     infer.params.base.update(from: train.params.base, count: train.layout.count)
@@ -196,6 +201,7 @@ func centralDifferences(_ model: Transformer, at coords: [Int], loss: () -> Doub
     var trainLogits = [Float](repeating: 0, count: t * v)
     trainLogits.withUnsafeMutableBufferPointer { train.logits(into: $0.baseAddress!) }
     #expect(trainLogits == full)
+    return (train, toks, full)
 }
 
 @Test func samplerModes() {

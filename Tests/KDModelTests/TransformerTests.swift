@@ -111,8 +111,14 @@ func forwardMatchesReference(_ m: ModelConfig) {
 func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates(headDim: Int) {
     var m = tinyModelConfig(tied: false)
     m.headDim = headDim
+    _ = checkWholeModelGradient(m, t: 6)
+}
+
+/// Backward of b = 2 sequences of t tokens (one target masked) against central differences at four sampled
+/// coordinates of every tensor; returns the model with its gradient.
+func checkWholeModelGradient(_ m: ModelConfig, t: Int) -> Transformer {
     let model = makeModel(m)
-    let b = 2, t = 6, n = b * t
+    let b = 2, n = b * t
     let toks = tokens(n, vocab: m.vocabSize, seed: 2)
     var targets = tokens(n, vocab: m.vocabSize, seed: 3)
     targets[4] = -1  // an unmasked loss row must not leak gradient
@@ -128,8 +134,9 @@ func wholeModelGradientMatchesFiniteDifferencesAtSampledCoordinates(headDim: Int
     let coords = sampledCoordinates(model, toks, seed: 11)
     let numeric = centralDifferences(model, at: coords, loss: loss), analytic = coords.map { model.grads!.base[$0] }
     let err = maxRelError(analytic, numeric)
-    #expect(err < 1e-2, "max error relative to the largest gradient: \(err)")
+    #expect(err < 1e-2, "\(m.family): max error relative to the largest gradient: \(err)")
     #expect(numeric.contains { abs($0) > 1e-2 })  // the check is not vacuous
+    return model
 }
 
 /// Four parameter indices per tensor; embedding rows of tokens that occur (else the gradient is 0).

@@ -30,7 +30,7 @@ import Testing
 
 @Test func typoSuggestsTheNearestKey() {
     #expect(throws: ConfigError.at(source: "config", path: "model.kv_head",
-                                   message: "unknown key 'kv_head'; did you mean 'kv_heads'? (expected one of: layers, dim, heads, head_dim, kv_heads, ffn_dim, vocab_size, max_seq_len, rope_theta, rope_style, rms_eps, tied_embeddings, init_std, family, sliding_window, sliding_pattern, rope_theta_local, global_layers)")) {
+                                   message: "unknown key 'kv_head'; did you mean 'kv_heads'? (expected one of: layers, dim, heads, head_dim, kv_heads, ffn_dim, vocab_size, max_seq_len, rope_theta, rope_style, rms_eps, tied_embeddings, init_std, family, sliding_window, sliding_pattern, rope_theta_local, global_layers, rope_freq_factors)")) {
         try RunConfig.parse(yaml: "data: {train: [a]}\nmodel:\n  kv_head: 2\n")
     }
 }

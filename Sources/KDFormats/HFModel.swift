@@ -177,7 +177,14 @@ public func openModelFile(path: String, maxSeqLen: Int? = nil, ropeStyle: RopeSt
     if isDir.boolValue {
         let (model, files) = try loadHFModel(dir: path, needsGrad: false, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle, vocabRows: vocabRows)
         let tj = (path as NSString).appendingPathComponent(HFFolder.tokenizer)
-        let tok = FileManager.default.fileExists(atPath: tj) ? try BPETokenizer(hfTokenizerJSON: tj) : nil
+        var tok: BPETokenizer?
+        if FileManager.default.fileExists(atPath: tj) {
+            do { tok = try BPETokenizer(hfTokenizerJSON: tj) } catch let e as TokenizerError {
+                // the weights are still usable (as a teacher over shards prepared with the GGUF's tokenizer)
+                guard case .unsupportedModel = e else { throw e }
+                KDLog.info("warning: \(e); \(path) loads without a tokenizer")
+            }
+        }
         return LoadedModel(model: model, tokenizer: tok, kind: "safetensors", keepAlive: files)
     }
     let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
@@ -197,6 +204,10 @@ extension BPETokenizer {
               let model = j["model"] as? [String: Any] else { throw TokenizerError.missing("\(path): model section") }
         guard (model["type"] as? String) == "BPE", let vocab = model["vocab"] as? [String: Int] else {
             throw TokenizerError.unsupportedModel("\(model["type"] ?? "?") in \(path)")
+        }
+        // SentencePiece-style BPE ("▁" for spaces, <0xXX> byte fallback: Gemma, Llama 2) is not byte-level BPE
+        if (model["byte_fallback"] as? Bool) == true {
+            throw TokenizerError.unsupportedModel("SentencePiece-style BPE with byte fallback in \(path) (read the tokenizer from the model's GGUF instead)")
         }
         var tokens = [String](repeating: "", count: (vocab.values.max() ?? -1) + 1)
         for (t, i) in vocab { tokens[i] = t }

@@ -93,3 +93,16 @@ func ourTokenizerJSONLoadsInHuggingFaceTokenizers(pre: PreTokenizer) throws {
     let again = try BPETokenizer(hfTokenizerJSON: json.path)
     #expect(again.pre == pre && again.hash == tok.hash)
 }
+
+/// A SentencePiece-style tokenizer.json (BPE with "▁" and byte fallback, as Gemma's) is not read as byte-level BPE,
+/// which would tokenize silently wrong: one clear error.
+@Test func aByteFallbackTokenizerJSONIsRefusedNotMisread() throws {
+    let dir = try temporaryDirectory("distill-bytefallback")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let path = dir.appendingPathComponent("tokenizer.json")
+    let json = #"{"model": {"type": "BPE", "byte_fallback": true, "vocab": {"<0x00>": 0, "▁a": 1, "▁": 2, "a": 3}, "merges": ["▁ a"]}}"#
+    try json.write(to: path, atomically: true, encoding: .utf8)
+    #expect { try BPETokenizer(hfTokenizerJSON: path.path) } throws: { e in
+        "\(e)".contains("SentencePiece-style BPE with byte fallback")
+    }
+}

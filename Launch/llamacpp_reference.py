@@ -7,6 +7,7 @@ Writes, from llama.cpp (llama-cpp-python) alone:
             text), BOS as the file asks, control tokens not parsed
   nll       mean NLL (and each window's sum) over the first WINDOWS windows of TEXT (read with newline=""): each window is BOS (when the file
             adds one) and the next CONTEXT - 1 tokens, every token of the window predicted from those before it
+  chat      ids of a user turn in Gemma's chat template, control tokens parsed (special=True)
   greedy    24 tokens of greedy continuation (argmax of llama.cpp's logits, step by step) for a few prompts
 MODEL is the F32 copy of a quantized file (llama.cpp rounds activations to 8 bits in its quantized dot products;
 distill computes in f32 over the same dequantized weights), VOCAB_MODEL the file whose tokenizer to use (default MODEL).
@@ -38,6 +39,8 @@ vocab = Llama(model_path=sys.argv[6] if len(sys.argv) > 6 else model, vocab_only
 add_bos = vocab.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
 bos = vocab.token_bos()
 tokens = [vocab.tokenize(s.encode(), add_bos=add_bos, special=False) for s in STRINGS]
+CHAT = "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\n"
+chat = {"text": CHAT, "ids": vocab.tokenize(CHAT.encode(), add_bos=add_bos, special=True)}
 llm = Llama(model_path=model, n_ctx=context, n_batch=context, n_ubatch=context, logits_all=True, verbose=False, n_threads=2)
 text = open(text_path, encoding="utf-8", newline="").read()
 ids = llm.tokenize(text.encode(), add_bos=False, special=False)
@@ -65,6 +68,6 @@ for prompt in PROMPTS:
         new.append(int(np.argmax(np.array(llm.scores[len(seq) + len(new) - 1]))))
     greedy.append({"prompt": prompt, "prompt_ids": seq, "ids": new})
 json.dump({"model": model.split("/")[-1], "llama_cpp_python": __import__("llama_cpp").__version__, "strings": STRINGS,
-           "tokens": tokens, "text": text_path.split("/")[-1], "context": context, "windows": windows,
+           "tokens": tokens, "chat": chat, "text": text_path.split("/")[-1], "context": context, "windows": windows,
            "predicted": count, "mean_nll": total / count, "window_nll": per_window, "greedy": greedy}, open(out, "w"), ensure_ascii=False, indent=1)
 print(json.dumps({"predicted": count, "mean_nll": total / count}))

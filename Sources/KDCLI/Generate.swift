@@ -21,7 +21,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Keep the most likely tokens up to this probability mass.") var topP: Float = 0.95
     @Option(help: "Tokens to generate at most.") var maxTokens = 128
     @Option(help: "Seed of the sampling stream.") var seed: UInt64 = 0
-    @Flag(help: "Wrap the prompt in the ChatML template (SmolLM2-Instruct and other ChatML models).") var chat = false
+    @Flag(help: "Wrap the prompt in the model's chat template: Gemma's turns when its vocabulary has them, else ChatML (SmolLM2-Instruct).") var chat = false
     @Flag(help: "Print {\"prompt_ids\", \"ids\", \"text\"} at the end instead of streaming text.") var json = false
     @Option(help: "Compute threads (0 = all cores).") var threads = 0
 
@@ -37,7 +37,7 @@ struct Generate: ParsableCommand {
             configureThreads(threads)
             let loaded = try openModel(path: model)
             let codec = try TextCodec(loaded)
-            let text = chat ? BPETokenizer.chatML(user: prompt) : prompt
+            let text = chat ? codec.bpe?.chatPrompt(user: prompt) ?? BPETokenizer.chatML(user: prompt) : prompt
             let ids = codec.encode(text, special: chat)
             let m = loaded.model
             guard ids.count < m.config.maxSeqLen else {
@@ -45,7 +45,7 @@ struct Generate: ParsableCommand {
             }
             var stop = Set<Int32>()
             if let e = codec.bpe?.eos { stop.insert(e) }
-            if let imEnd = codec.bpe?.tokens.firstIndex(of: "<|im_end|>") { stop.insert(Int32(imEnd)) }
+            stop.formUnion(codec.bpe?.turnEnds ?? [])
             let sampler = greedy ? Sampler.greedy : Sampler(temperature: temperature, topK: topK, topP: topP)
             var out: [Int32] = [], printed = 0
             let generated = m.generate(prompt: ids, maxNewTokens: min(maxTokens, m.config.maxSeqLen - ids.count), sampler: sampler,

@@ -20,7 +20,7 @@ struct Prepare: ParsableCommand {
     @Option(help: "Fraction of documents held out for validation.") var valFraction = 0.05
     @Option(help: "A line equal to this ends a document in text files (e.g. % for fortune files).") var separator: String?
     @Option(parsing: .singleValue, help: "Skip files ending so inside folders (repeatable).") var excludeSuffix: [String] = [".dat"]
-    @Flag(help: "Wrap prompts of prompt/response pairs in the ChatML template.") var chat = false
+    @Flag(help: "Wrap prompts of prompt/response pairs in the model's chat template (Gemma's turns, else ChatML).") var chat = false
     @Option(help: "Seed of the train/validation split.") var seed: UInt64 = 1234
 
     func validate() throws {
@@ -39,7 +39,7 @@ struct Prepare: ParsableCommand {
                 // BOS (when the model wants one) goes before each whole document, never before a 4 MiB piece of one
                 tk = ShardTokenizer(vocabSize: b.vocabSize, hash: b.hash, eos: b.eos, bos: b.addBOS ? b.bos : nil,
                                     encode: { b.encode($0, addSpecial: false) }, encodePair: { p, r in
-                    let prompt = chat ? b.encode(BPETokenizer.chatML(user: p), special: true, addSpecial: false) : b.encode(p, addSpecial: false)
+                    let prompt = chat ? b.encode(b.chatPrompt(user: p), special: true, addSpecial: false) : b.encode(p, addSpecial: false)
                     let resp = b.encode(r, addSpecial: false)
                     return (prompt + resp, [UInt8](repeating: 0, count: prompt.count) + [UInt8](repeating: 1, count: resp.count))
                 })

@@ -383,6 +383,18 @@ extension BPETokenizer {
         return try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
     }
 
+    /// One user turn in the template of this vocabulary's model, ending where the model's reply begins: Gemma's
+    /// (`<start_of_turn>user … <end_of_turn>`, BOS added by encoding) when the vocabulary has its turn tokens, else ChatML.
+    public func chatPrompt(user: String) -> String {
+        if ids["<start_of_turn>"] != nil, ids["<end_of_turn>"] != nil {
+            return "<start_of_turn>user\n\(user)<end_of_turn>\n<start_of_turn>model\n"
+        }
+        return BPETokenizer.chatML(user: user)
+    }
+
+    /// Tokens that end a chat reply besides EOS: ChatML's `<|im_end|>`, Gemma's `<end_of_turn>`.
+    public var turnEnds: [Int32] { ["<|im_end|>", "<end_of_turn>"].compactMap { ids[$0] } }
+
     /// ChatML as SmolLM2-Instruct's template writes it: a default system turn, the user turn, the assistant header.
     public static func chatML(user: String, system: String = "You are a helpful AI assistant named SmolLM, trained by Hugging Face") -> String {
         "<|im_start|>system\n\(system)<|im_end|>\n<|im_start|>user\n\(user)<|im_end|>\n<|im_start|>assistant\n"

@@ -15,7 +15,8 @@ let gemma = repoRoot.appendingPathComponent("Checkpoints/teachers/gemma-3-270m-q
 struct LlamaCppReference: Decodable {
     struct Window: Decodable { let predicted: Int; let nll_sum: Double }
     struct Greedy: Decodable { let prompt: String; let prompt_ids: [Int32]; let ids: [Int32] }
-    let strings: [String], tokens: [[Int32]], context: Int, window_nll: [Window], greedy: [Greedy], text: String
+    struct Chat: Decodable { let text: String; let ids: [Int32] }
+    let strings: [String], tokens: [[Int32]], context: Int, window_nll: [Window], greedy: [Greedy], text: String, chat: Chat
 }
 
 func gemmaReference() throws -> LlamaCppReference {
@@ -40,6 +41,10 @@ func gemmaReference() throws -> LlamaCppReference {
     let tok = try BPETokenizer(gguf: GGUFFile(path: gemma))
     #expect(tok.sentencePiece != nil && tok.addBOS && tok.bos == 2)
     #expect(ref.strings.count >= 30)
+    // a chat turn in Gemma's template, control tokens parsed, as llama.cpp tokenizes it; its reply ends at <end_of_turn>
+    #expect(tok.chatPrompt(user: "What is the capital of France?") == ref.chat.text)
+    #expect(tok.encode(ref.chat.text, special: true) == ref.chat.ids)
+    #expect(tok.turnEnds.contains(ref.chat.ids[ref.chat.ids.count - 5]))  // … <end_of_turn> \n <start_of_turn> model \n
     for (s, expected) in zip(ref.strings, ref.tokens) {
         let ids = tok.encode(s)
         #expect(ids == expected, "\(s.debugDescription)")

@@ -35,11 +35,21 @@ let ropeFactorsKey = "distill_rope_freq_factors"
 /// The model shape of a supported family's config.json. `ropeStyle` overrides Hugging Face's rotate-half convention for a
 /// folder whose Q/K rows are stored in another order (a training checkpoint of a student cut from a GGUF teacher).
 public func hfModelConfig(dir: String, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil) throws -> ModelConfig {
+    try hfModelConfig(json: hfConfigJSON(dir: dir), path: (dir as NSString).appendingPathComponent(HFFolder.config),
+                      maxSeqLen: maxSeqLen, ropeStyle: ropeStyle)
+}
+
+/// A folder's config.json as an object.
+func hfConfigJSON(dir: String) throws -> [String: Any] {
     let path = (dir as NSString).appendingPathComponent(HFFolder.config)
     guard let data = FileManager.default.contents(atPath: path) else { throw HFError.noConfig(dir) }
     guard let j = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
         throw HFError.badConfig(path: path, reason: "not a JSON object")
     }
+    return j
+}
+
+func hfModelConfig(json j: [String: Any], path: String, maxSeqLen: Int?, ropeStyle: RopeStyle?) throws -> ModelConfig {
     let arch = (j["architectures"] as? [String])?.first ?? (j["model_type"] as? String ?? "?")
     guard let family = ModelFamily.hf(arch) ?? (j["model_type"] as? String).flatMap(ModelFamily.hf) else {
         throw HFError.badConfig(path: path, reason: "architecture '\(arch)' is not supported (supported: \(ModelFamily.hfArchitectures.joined(separator: ", ")))")
@@ -67,17 +77,17 @@ public func hfModelConfig(dir: String, maxSeqLen: Int? = nil, ropeStyle: RopeSty
         // "a.b" reads a nested object (rope_scaling.rope_type)
         key.split(separator: ".").reduce(j as Any?) { ($0 as? [String: Any])?[String($1)] }
     }
-    let meta = FamilyMetadata(source: path, number: { k in
+    let meta = FamilyMetadata(gguf: false, number: { k in
         switch lookup(k) { case let d as Double: return d; case let i as Int: return Double(i); case let b as Bool: return b ? 1 : 0; default: return nil }
     }, string: { lookup($0) as? String })
-    do { try family.readExtras(&m, meta, false) } catch let e as FamilyError {
-        throw HFError.badConfig(path: path, reason: String(e.description.dropFirst(path.count + 2)))
+    do { try family.configure(&m, meta) } catch let e as FamilyError {
+        throw HFError.badConfig(path: path, reason: e.description)
     }
+    // distill's own record of RoPE divisors, exact (over what rope_scaling gave; alone when the factors fit none)
+    if let f = j[ropeFactorsKey] as? [Double] { m.ropeFreqFactors = f }
     if let types = j["layer_types"] as? [String], types.contains("sliding_attention") {
         m.globalLayers = types.indices.filter { types[$0] != "sliding_attention" }
     }
-    // distill's own record of RoPE divisors (a model whose factors came from GGUF and fit no rope_scaling)
-    if let f = j[ropeFactorsKey] as? [Double] { m.ropeFreqFactors = f }
     try m.validate(path: path)
     return m
 }
@@ -85,11 +95,10 @@ public func hfModelConfig(dir: String, maxSeqLen: Int? = nil, ropeStyle: RopeSty
 /// Loads a HF folder. Inference models keep F16/BF16 matrices packed in the mapped files; training models get Floats.
 public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil,
                         vocabRows: Int? = nil) throws -> (model: Transformer, files: [SafetensorsFile]) {
-    var m = try hfModelConfig(dir: dir, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle)
-    if let rows = vocabRows { precondition(rows <= m.vocabSize, "vocabRows beyond the table"); m.vocabSize = rows }
-    let configData = FileManager.default.contents(atPath: (dir as NSString).appendingPathComponent(HFFolder.config)) ?? Data()
-    let asRun = ((try? JSONSerialization.jsonObject(with: configData)) as? [String: Any])?[normsAsRunKey] as? Bool ?? false
-    let normOffset = asRun ? 0 : m.familySpec.hfNormOffset
+    let j = try hfConfigJSON(dir: dir)
+    let m = try hfModelConfig(json: j, path: (dir as NSString).appendingPathComponent(HFFolder.config), maxSeqLen: maxSeqLen,
+                              ropeStyle: ropeStyle).keepingVocabRows(vocabRows)
+    let normOffset = (j[normsAsRunKey] as? Bool ?? false) ? 0 : m.familySpec.hfNormOffset
     let names = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".safetensors") }.sorted()
     let files = try names.map { try SafetensorsFile(path: (dir as NSString).appendingPathComponent($0)) }
     let model = Transformer(config: m, needsGrad: needsGrad)
@@ -97,8 +106,7 @@ public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, rop
         guard let (f, t) = files.lazy.compactMap({ f in f.tensor(e.name).map { (f, $0) } }).first else {
             throw HFError.missingTensor(dir: dir, tensor: e.name)
         }
-        let isTable = e.offset == model.layout.embedding || e.offset == model.layout.lmHead
-        guard t.shape == e.shape || (isTable && vocabRows != nil && t.shape.count == 2 && t.shape[1] == e.shape[1] && t.shape[0] >= e.shape[0]) else {
+        guard model.layout.accepts(e, stored: t.shape, slicingVocab: vocabRows != nil) else {
             throw HFError.wrongShape(tensor: e.name, expected: e.shape, found: t.shape)
         }
         if !needsGrad, e.isMatrix, t.dtype != .f32 {

@@ -44,15 +44,6 @@ public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> Mode
     m.maxSeqLen = maxSeqLen ?? min(f.metadata["\(arch).context_length"]?.int ?? 2048, 4096)
     m.ropeStyle = family.ggufPermutesQK ? .adjacent : .half
     m.tiedEmbeddings = f.tensor("output.weight") == nil
-    let meta = FamilyMetadata(source: f.path, number: { f.metadata["\(arch).\($0)"]?.double },
-                              string: { f.metadata["\(arch).\($0)"]?.string })
-    do { try family.readExtras(&m, meta, true) } catch let e as FamilyError {
-        throw GGUFError.badTensorShape(path: f.path, tensor: "(metadata)", reason: String(e.description.dropFirst(f.path.count + 2)))
-    }
-    try m.validate(path: f.path)
-    if let rd = f.metadata["\(arch).rope.dimension_count"]?.int, rd != m.headSize {
-        throw GGUFError.badTensorShape(path: f.path, tensor: "(metadata)", reason: "partial RoPE (\(rd) of \(m.headSize) dims) is not supported")
-    }
     if let t = f.tensor("rope_freqs.weight") {
         // Llama 3.1+: one divisor per RoPE frequency
         guard t.type == .f32, t.shape == [m.headSize / 2] else {
@@ -60,7 +51,14 @@ public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> Mode
         }
         let p = f.data(t)
         m.ropeFreqFactors = (0..<(m.headSize / 2)).map { Double(p.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self)) }
-        try m.validate(path: f.path)
+    }
+    let meta = FamilyMetadata(gguf: true, number: { f.metadata["\(arch).\($0)"]?.double }, string: { f.metadata["\(arch).\($0)"]?.string })
+    do { try family.configure(&m, meta) } catch let e as FamilyError {
+        throw GGUFError.badTensorShape(path: f.path, tensor: "(metadata)", reason: e.description)
+    }
+    try m.validate(path: f.path)
+    if let rd = f.metadata["\(arch).rope.dimension_count"]?.int, rd != m.headSize {
+        throw GGUFError.badTensorShape(path: f.path, tensor: "(metadata)", reason: "partial RoPE (\(rd) of \(m.headSize) dims) is not supported")
     }
     return m
 }
@@ -70,16 +68,12 @@ public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> Mode
 /// its embedding and head: a teacher whose table is padded beyond its tokenizer (Qwen) distills over the shared ids.
 public func loadGGUFModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? = nil) throws -> (model: Transformer, file: GGUFFile) {
     let f = try GGUFFile(path: path)
-    var m = try ggufModelConfig(f, maxSeqLen: maxSeqLen)
-    if let rows = vocabRows { precondition(rows <= m.vocabSize, "vocabRows beyond the table"); m.vocabSize = rows }
-    let model = Transformer(config: m, needsGrad: false)
+    let model = Transformer(config: try ggufModelConfig(f, maxSeqLen: maxSeqLen).keepingVocabRows(vocabRows), needsGrad: false)
     for e in model.layout.entries {
         let name = model.family.ggufName(e.name)
         guard let t = f.tensor(name) else { throw GGUFError.missingTensor(path: path, tensor: name) }
-        // GGUF lists dims innermost first; a vector reads the same either way. The vocabulary tables may have more rows
-        // than kept (row-major: the first rows are a prefix of the data)
-        let isTable = e.offset == model.layout.embedding || e.offset == model.layout.lmHead
-        guard t.shape == e.shape || (isTable && vocabRows != nil && t.shape.count == 2 && t.shape[1] == e.shape[1] && t.shape[0] >= e.shape[0]) else {
+        // GGUF lists dims innermost first; a vector reads the same either way
+        guard model.layout.accepts(e, stored: t.shape, slicingVocab: vocabRows != nil) else {
             throw GGUFError.wrongShape(path: path, tensor: name, expected: e.shape, found: t.shape)
         }
         if t.type == .f32 || !e.isMatrix {

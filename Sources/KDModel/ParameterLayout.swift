@@ -83,6 +83,15 @@ public struct ParameterLayout: Sendable {
         return start..<end
     }
 
+    /// Whether a stored tensor of shape `stored` fills `e`: the same shape, or — when the model keeps only the first
+    /// rows of its vocabulary (`slicingVocab`) — an embedding or head table with more rows (row-major: the kept rows
+    /// are a prefix of the stored data).
+    public func accepts(_ e: Entry, stored: [Int], slicingVocab: Bool) -> Bool {
+        if stored == e.shape { return true }
+        let isTable = e.offset == embedding || e.offset == lmHead
+        return slicingVocab && isTable && stored.count == 2 && stored[1] == e.shape[1] && stored[0] >= e.shape[0]
+    }
+
     /// The entry called `name`, if any.
     public func entry(_ name: String) -> Entry? { entries.first { $0.name == name } }
 }

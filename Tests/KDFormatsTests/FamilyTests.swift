@@ -151,3 +151,20 @@ func aFamilyExportsToGGUFAndHuggingFaceAndReadsBack(family: ModelFamilyName) thr
     m.ropeFreqFactors = f.map { $0 * 1.5 }  // no Llama 3 parameters give these
     #expect(ModelFamily.llama.hfExtras(m)["rope_scaling"] == nil)
 }
+
+/// RoPE scaling that leaves no frequency divisors (YaRN, linear, …) is refused for every family, in either format,
+/// rather than run as if unscaled.
+@Test func ropeScalingOtherThanLlama3sIsRefusedForEveryFamily() throws {
+    let dir = try temporaryDirectory("distill-yarn")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    for family in ModelFamilyName.allCases {
+        let hf = dir.appendingPathComponent(family.rawValue).path
+        try saveHFModel(denseCopy(try loadGGUFModel(path: familyFixtures.appendingPathComponent("\(family.rawValue).gguf").path).model),
+                        dir: hf, hfLayout: true)
+        let cfgURL = URL(fileURLWithPath: hf).appendingPathComponent("config.json")
+        var cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: cfgURL)) as! [String: Any]
+        cfg["rope_scaling"] = ["rope_type": "yarn", "factor": 4.0]
+        try JSONSerialization.data(withJSONObject: cfg).write(to: cfgURL)
+        #expect { try hfModelConfig(dir: hf) } throws: { "\($0)".contains("RoPE scaling 'yarn' is not supported (supported: llama3)") }
+    }
+}

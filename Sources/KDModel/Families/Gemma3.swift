@@ -21,13 +21,11 @@ extension ModelFamily {
             m.slidingPattern = gguf ? 6 : (meta.int("sliding_window_pattern") ?? 6)
             m.ropeThetaLocal = gguf ? 10000 : (meta.number("rope_local_base_freq") ?? 10000)
             if !gguf, let s = meta.number("query_pre_attn_scalar"), Int(s) != m.headSize {
-                throw FamilyError(meta.source, "query_pre_attn_scalar \(Int(s)) ≠ head_dim \(m.headSize) is not supported")
+                throw FamilyError("query_pre_attn_scalar \(Int(s)) ≠ head_dim \(m.headSize) is not supported")
             }
             if !gguf, let cap = meta.number("final_logit_softcapping"), cap > 0 {
-                throw FamilyError(meta.source, "final_logit_softcapping is not supported")
+                throw FamilyError("final_logit_softcapping is not supported")
             }
-            let scaled = gguf ? meta.string("rope.scaling.type") : meta.string("rope_scaling.rope_type")
-            if let s = scaled, s != "none", s != "default" { throw FamilyError(meta.source, "RoPE scaling '\(s)' is not supported") }
         },
         ggufExtras: { m in [("attention.sliding_window", m.slidingWindow)] },
         hfExtras: { m in

@@ -34,16 +34,14 @@ extension ModelFamily {
         ggufPermutesQK: true, ffnNormName: "post_attention_layernorm", blockTensorNames: llamaNames,
         readExtras: { m, meta, gguf in
             // GGUF: rope_freqs.weight is read by the loader. config.json: llama3 scaling becomes the same divisors
-            let scaled = gguf ? meta.string("rope.scaling.type") : (meta.string("rope_scaling.rope_type") ?? meta.string("rope_scaling.type"))
-            if !gguf, scaled == "llama3" {
+            // (other scaling types: refused by `configure`)
+            if !gguf, meta.ropeScaling == "llama3" {
                 guard let f = meta.number("rope_scaling.factor"), let lo = meta.number("rope_scaling.low_freq_factor"),
                       let hi = meta.number("rope_scaling.high_freq_factor"), let orig = meta.number("rope_scaling.original_max_position_embeddings") else {
-                    throw FamilyError(meta.source, "rope_scaling llama3 needs factor, low_freq_factor, high_freq_factor and original_max_position_embeddings")
+                    throw FamilyError("rope_scaling llama3 needs factor, low_freq_factor, high_freq_factor and original_max_position_embeddings")
                 }
                 m.ropeFreqFactors = llama3RopeFactors(headSize: m.headSize, theta: m.ropeTheta, factor: f, lowFreqFactor: lo,
                                                       highFreqFactor: hi, originalContext: orig)
-            } else if let s = scaled, s != "none", s != "default" {
-                throw FamilyError(meta.source, "RoPE scaling '\(s)' is not supported (supported: llama3)")
             }
         },
         ggufExtras: { _ in [] },

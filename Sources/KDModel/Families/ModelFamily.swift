@@ -16,14 +16,18 @@ public enum MLPActivation: Sendable {
 public struct FamilyMetadata {
     public let number: (String) -> Double?
     public let string: (String) -> String?
-    /// Where the keys come from, for error messages.
-    public let source: String
-    public init(source: String, number: @escaping (String) -> Double?, string: @escaping (String) -> String? = { _ in nil }) {
-        self.source = source
+    /// GGUF metadata (true) or config.json (false).
+    public let gguf: Bool
+    public init(gguf: Bool, number: @escaping (String) -> Double?, string: @escaping (String) -> String? = { _ in nil }) {
+        self.gguf = gguf
         self.number = number
         self.string = string
     }
     public func int(_ key: String) -> Int? { number(key).map { Int($0) } }
+    /// The RoPE scaling type the metadata names, if any (`rope.scaling.type`; `rope_scaling.rope_type` or `.type`).
+    public var ropeScaling: String? {
+        gguf ? string("rope.scaling.type") : string("rope_scaling.rope_type") ?? string("rope_scaling.type")
+    }
 }
 
 /// One family's description. See the file comment.
@@ -51,12 +55,21 @@ public struct ModelFamily: Sendable {
     /// Hugging Face module inside a block → GGUF tensor name inside `blk.N.`.
     public let blockTensorNames: [String: String]
     /// Reads the family's own hyper-parameters (beyond the shape every family shares) into `m`; `gguf` tells which
-    /// format's keys `meta` looks up. Throws `FamilyError` for a setting distill does not run.
+    /// format's keys `meta` looks up. Throws `FamilyError` for a setting distill does not run. Called by ``configure``.
     public let readExtras: @Sendable (_ m: inout ModelConfig, _ meta: FamilyMetadata, _ gguf: Bool) throws -> Void
     /// The family's own GGUF metadata (keys after `ARCH.`) for an exported model: integers.
     public let ggufExtras: @Sendable (ModelConfig) -> [(String, Int)]
     /// The family's own config.json keys for an exported model.
     public let hfExtras: @Sendable (ModelConfig) -> [String: Any]
+
+    /// The family's hyper-parameters from `meta` into `m` (after the shared shape); then, for every family, RoPE
+    /// scaling that left no frequency divisors (all but Llama 3's) is refused rather than run wrong.
+    public func configure(_ m: inout ModelConfig, _ meta: FamilyMetadata) throws {
+        try readExtras(&m, meta, meta.gguf)
+        if let s = meta.ropeScaling, s != "none", s != "default", m.ropeFreqFactors == nil {
+            throw FamilyError("RoPE scaling '\(s)' is not supported (supported: llama3)")
+        }
+    }
 
     /// Every family distill runs: the registry.
     public static let all: [ModelFamily] = [.llama, .gemma3, .qwen2, .qwen3]
@@ -89,6 +102,16 @@ public struct ModelFamily: Sendable {
 }
 
 extension ModelConfig {
+    /// This shape with only the first `rows` rows of its vocabulary (nil: unchanged): a teacher padded past its
+    /// tokenizer, read over the student's ids.
+    public func keepingVocabRows(_ rows: Int?) -> ModelConfig {
+        guard let rows else { return self }
+        precondition(rows <= vocabSize, "keepingVocabRows: \(rows) rows beyond the table's \(vocabSize)")
+        var m = self
+        m.vocabSize = rows
+        return m
+    }
+
     /// This config's family description.
     public var familySpec: ModelFamily { ModelFamily.named(family) }
 
@@ -111,8 +134,8 @@ extension ModelConfig {
     }
 }
 
-/// A family setting distill does not run, or a key it needs that is missing.
+/// A family setting distill does not run, or a key it needs that is missing (the loader adds the file's path).
 public struct FamilyError: Error, CustomStringConvertible, Equatable {
     public let description: String
-    public init(_ source: String, _ message: String) { description = "\(source): \(message)" }
+    public init(_ message: String) { description = message }
 }

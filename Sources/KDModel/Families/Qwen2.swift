@@ -8,10 +8,8 @@ extension ModelFamily {
         ggufPermutesQK: false, ffnNormName: "post_attention_layernorm", blockTensorNames: llamaNames,
         readExtras: { m, meta, gguf in
             if !gguf, meta.number("use_sliding_window") == 1 {
-                throw FamilyError(meta.source, "use_sliding_window = true is not supported for qwen2")
+                throw FamilyError("use_sliding_window = true is not supported for qwen2")
             }
-            let scaled = gguf ? meta.string("rope.scaling.type") : meta.string("rope_scaling.type")
-            if let s = scaled, s != "none", s != "default" { throw FamilyError(meta.source, "RoPE scaling '\(s)' is not supported") }
         },
         ggufExtras: { _ in [] },
         hfExtras: { _ in ["hidden_act": "silu", "use_sliding_window": false] })

@@ -9,9 +9,7 @@ extension ModelFamily {
         ggufPermutesQK: false, ffnNormName: "post_attention_layernorm",
         blockTensorNames: llamaNames.merging(qkNormNames) { a, _ in a },
         readExtras: { m, meta, gguf in
-            if !gguf, meta.number("attention_bias") == 1 { throw FamilyError(meta.source, "attention_bias = true is not supported for qwen3") }
-            let scaled = gguf ? meta.string("rope.scaling.type") : meta.string("rope_scaling.rope_type")
-            if let s = scaled, s != "none", s != "default" { throw FamilyError(meta.source, "RoPE scaling '\(s)' is not supported") }
+            if !gguf, meta.number("attention_bias") == 1 { throw FamilyError("attention_bias = true is not supported for qwen3") }
         },
         ggufExtras: { _ in [] },
         hfExtras: { _ in ["hidden_act": "silu", "attention_bias": false] })

@@ -30,7 +30,7 @@ struct Prepare: ParsableCommand {
 
     func run() throws {
         do {
-            let tk: ShardTokenizer
+            var tk: ShardTokenizer
             if tokenizer == "bytes" {
                 tk = .bytes
             } else {
@@ -43,6 +43,7 @@ struct Prepare: ParsableCommand {
                     let resp = b.encode(r, addSpecial: false)
                     return (prompt + resp, [UInt8](repeating: 0, count: prompt.count) + [UInt8](repeating: 1, count: resp.count))
                 })
+                tk.source = URL(fileURLWithPath: tokenizer).standardizedFileURL.path
             }
             var o = PrepareOptions(inputs: inputs, output: output)
             o.valFraction = valFraction

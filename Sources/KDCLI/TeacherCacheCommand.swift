@@ -69,42 +69,109 @@ struct TeacherCacheCommand: ParsableCommand {
 
 /// Opens the teachers for a student of `studentVocab` tokens. A teacher whose vocabulary tables have more rows than
 /// that, all of them padding in its tokenizer (Qwen pads 151,665 tokens to 151,936 or 152,064 rows), is reopened with
-/// the student's rows: both distill over the shared ids. Real tokens past the student's vocabulary are another
-/// tokenizer: refused with one line naming both sizes and the first such token.
-func openTeachers(_ paths: [String], studentVocab: Int, maxSeqLen: Int) throws -> [LoadedModel] {
+/// the student's rows: both distill over the shared ids. A teacher whose tokenizer is not the data's (`dataTokenizer`,
+/// the hash in the shards) is another tokenizer: with `distill.cross_tokenizer` off it is refused with one line naming
+/// both tokenizers and the option; else it is opened whole, with room for a re-tokenized window (`crossSeqLen`).
+func openTeachers(_ paths: [String], studentVocab: Int, maxSeqLen: Int, dataTokenizer: UInt64? = nil,
+                  crossTokenizer: CrossTokenizer = .off) throws -> [LoadedModel] {
     try paths.map { path in
         let full = try openModel(path: path, maxSeqLen: maxSeqLen)
         let rows = full.model.config.vocabSize
-        guard rows > studentVocab, let tok = full.tokenizer else { return full }
-        let tokens = tok.tokens
+        let tok = full.tokenizer
         func isPadding(_ id: Int) -> Bool {
-            guard id < tokens.count else { return true }
+            guard let tokens = tok?.tokens, id < tokens.count else { return true }
             let t = tokens[id]
             return t.isEmpty || t.hasPrefix("[PAD") || t.hasPrefix("<|PAD") || t.hasPrefix("<pad")
         }
-        if let real = (studentVocab..<rows).first(where: { !isPadding($0) }) {
-            throw KDError.invalidInput(
-                what: "teacher vocabulary of \(path)",
-                expected: "\(studentVocab) tokens (model.vocab_size), or rows past them that are only padding",
-                found: "\(rows) rows; id \(real) is the real token '\(tokens[real])' (another tokenizer than the student's: \(tok.vocabSize) tokens, hash \(tok.hash))")
+        let realPast = rows > studentVocab ? (studentVocab..<rows).first(where: { !isPadding($0) }) : nil
+        let otherTokenizer = (dataTokenizer != nil && tok != nil && tok!.hash != dataTokenizer!) || realPast != nil || rows < studentVocab
+        if otherTokenizer {
+            let theirs = tok.map { "\($0.vocabSize) tokens, hash \(String($0.hash, radix: 16))" } ?? "\(rows) rows, no tokenizer in the file"
+            let ours = "\(studentVocab) tokens" + (dataTokenizer.map { ", hash \(String($0, radix: 16))" } ?? "")
+            guard crossTokenizer != .off else {
+                throw KDError.invalidInput(what: "teacher \(path)", expected: "the student's tokenizer (\(ours)), or distill.cross_tokenizer uld or gold "
+                                           + "for a teacher with another one", found: "another tokenizer (\(theirs))")
+            }
+            guard tok != nil else {
+                throw KDError.invalidInput(what: "teacher \(path)", expected: "a tokenizer in the file (distill.cross_tokenizer re-tokenizes the "
+                                           + "student's windows with it)", found: "none")
+            }
+            KDLog.info("  teacher \(path): another tokenizer (\(theirs)); distill.cross_tokenizer \(crossTokenizer.rawValue)")
+            // a re-tokenized window may be longer than the student's: room for twice as many tokens
+            return try openModel(path: path, maxSeqLen: crossSeqLen(maxSeqLen))
         }
+        guard rows > studentVocab else { return full }
         KDLog.info("  teacher \(path): \(rows) vocabulary rows, padding past \(studentVocab); distilling over the \(studentVocab) shared ids")
         return try openModel(path: path, maxSeqLen: maxSeqLen, vocabRows: studentVocab)
     }
 }
 
-/// Several teachers must speak the same tokens: the same vocabulary size and, where both carry one, the same tokenizer.
-func checkTeachersAgree(_ loaded: [LoadedModel], paths: [String]) throws {
-    guard let first = loaded.first else { return }
-    for (i, t) in loaded.enumerated().dropFirst() {
+/// The context a cross-tokenizer teacher is opened with for student windows of `seqLen` tokens.
+func crossSeqLen(_ seqLen: Int) -> Int { 2 * seqLen + 16 }
+
+/// Several teachers with the student's tokenizer must speak the same tokens: the same vocabulary size and, where both
+/// carry one, the same tokenizer (teachers with another tokenizer, `cross`, are aligned one by one instead).
+func checkTeachersAgree(_ loaded: [LoadedModel], paths: [String], cross: Set<Int> = []) throws {
+    let same = loaded.indices.filter { !cross.contains($0) }
+    guard let f = same.first else { return }
+    let first = loaded[f]
+    for i in same.dropFirst() {
+        let t = loaded[i]
         if t.model.config.vocabSize != first.model.config.vocabSize {
-            throw KDError.invalidInput(what: "teacher vocabularies", expected: "\(first.model.config.vocabSize) tokens (as \(paths[0]))",
+            throw KDError.invalidInput(what: "teacher vocabularies", expected: "\(first.model.config.vocabSize) tokens (as \(paths[f]))",
                                        found: "\(t.model.config.vocabSize) tokens in \(paths[i])")
         }
         if let a = first.tokenizer, let b = t.tokenizer, a.hash != b.hash {
-            throw KDError.invalidInput(what: "teacher tokenizers", expected: "tokenizer \(a.hash) (as \(paths[0]))", found: "tokenizer \(b.hash) in \(paths[i])")
+            throw KDError.invalidInput(what: "teacher tokenizers", expected: "tokenizer \(a.hash) (as \(paths[f]))", found: "tokenizer \(b.hash) in \(paths[i])")
         }
     }
+}
+
+/// The teachers with another tokenizer than the data's, paired with the student's tokenizer (`distill.cross_tokenizer`).
+/// The student's tokenizer is `distill.student_tokenizer`, else the one of a loaded model (a teacher, `student.teacher`)
+/// with the data's hash, else the file the data's prepare.json names. `cross_tokenizer` set with every teacher on the
+/// student's tokenizer runs plain distillation, with a warning.
+func crossTokenizerPairs(_ c: RunConfig, corpus: TokenCorpus, loaded: [LoadedModel], others: [LoadedModel]) throws -> [Int: CrossTokenizerPair] {
+    guard c.distill.crossTokenizer != .off else { return [:] }
+    let sources = c.teacher?.sources ?? []
+    let cross = loaded.indices.filter { i in
+        guard let tok = loaded[i].tokenizer else { return false }
+        return tok.hash != corpus.tokenizerHash || loaded[i].model.config.vocabSize != c.model.vocabSize
+    }
+    if cross.isEmpty {
+        KDLog.info("warning: distill.cross_tokenizer \(c.distill.crossTokenizer.rawValue), but every teacher has the student's tokenizer: plain distillation")
+        return [:]
+    }
+    guard let hash = corpus.tokenizerHash else {
+        throw KDError.invalidInput(what: "distill.cross_tokenizer", expected: "data prepared with a tokenizer (its windows are decoded to bytes)",
+                                   found: "byte-level data")
+    }
+    var student: BPETokenizer?
+    if !c.distill.studentTokenizer.isEmpty {
+        student = try loadTokenizer(c.distill.studentTokenizer)
+        guard student!.hash == hash else {
+            throw KDError.invalidInput(what: "distill.student_tokenizer \(c.distill.studentTokenizer)",
+                                       expected: "the tokenizer the data was prepared with (hash \(String(hash, radix: 16)))",
+                                       found: "hash \(String(student!.hash, radix: 16))")
+        }
+    } else if let t = (loaded + others).compactMap(\.tokenizer).first(where: { $0.hash == hash }) {
+        student = t
+    } else if let named = corpus.preparedWith, FileManager.default.fileExists(atPath: named), let t = try? loadTokenizer(named), t.hash == hash {
+        student = t
+    }
+    guard let student else {
+        throw KDError.invalidInput(what: "distill.cross_tokenizer", expected: "the student's tokenizer (hash \(String(hash, radix: 16)), the data's): "
+                                   + "distill.student_tokenizer, a teacher or student.teacher with it, or data whose prepare.json names it",
+                                   found: "none of these")
+    }
+    var pairs: [Int: CrossTokenizerPair] = [:]
+    for i in cross {
+        let pair = CrossTokenizerPair(student: student, teacher: loaded[i].tokenizer!, teacherRows: loaded[i].model.config.vocabSize)
+        KDLog.info(String(format: "  teacher %@: vocabulary map by token bytes: %d of the student's %d tokens (%.1f%%) have a teacher twin",
+                          sources[i].path, pair.map.mappedStudentTokens, pair.map.studentVocab, 100 * pair.map.studentShare))
+        pairs[i] = pair
+    }
+    return pairs
 }
 
 /// The files a teacher path stands for (a GGUF file, or a folder's config and weights).

@@ -64,9 +64,8 @@ struct Train: ParsableCommand {
             StopSignal.install(grace: UInt32(ProcessInfo.processInfo.environment["DISTILL_STOP_GRACE"].flatMap(Int.init) ?? 600))
             let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
             let sources = c.teacher?.sources ?? []
-            let loaded = try openTeachers(sources.map(\.path), studentVocab: c.model.vocabSize, maxSeqLen: c.train.seqLen)
-            try checkTeachersAgree(loaded, paths: sources.map(\.path))
-            let teacher = loaded.first
+            let loaded = try openTeachers(sources.map(\.path), studentVocab: c.model.vocabSize, maxSeqLen: c.train.seqLen,
+                                          dataTokenizer: corpus.tokenizerHash, crossTokenizer: c.distill.crossTokenizer)
             var manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
             var cache: TeacherCache?
             if let dir = c.teacher?.cache, !dir.isEmpty {
@@ -78,8 +77,11 @@ struct Train: ParsableCommand {
             if c.student.initFrom == .fromTeacher, !c.student.teacher.isEmpty {
                 cutFrom = try openModel(path: c.student.teacher, maxSeqLen: c.train.seqLen)
             }
+            // teachers with another tokenizer (distill.cross_tokenizer) are aligned one by one; the others must agree
+            let cross = try crossTokenizerPairs(c, corpus: corpus, loaded: loaded, others: cutFrom.map { [$0] } ?? [])
+            try checkTeachersAgree(loaded, paths: sources.map(\.path), cross: Set(cross.keys))
             let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teachers: loaded.map(\.model), teacherManifest: manifest,
-                                      teacherCache: cache, initFrom: cutFrom?.model)
+                                      teacherCache: cache, initFrom: cutFrom?.model, crossTokenizers: cross)
             if c.student.initFrom == .fromTeacher, let src = cutFrom?.model ?? loaded.first?.model {
                 KDLog.info("  student cut from \(c.student.teacher.isEmpty ? sources[0].path : c.student.teacher): blocks \(trainer.cutBlocks) of \(src.config.layers)"
                             + (trainer.cutChannels.map { ", \($0.count) of \(src.config.dim) residual channels (largest mean |normalized activation|)" } ?? ""))
@@ -91,7 +93,8 @@ struct Train: ParsableCommand {
             // the student speaks the teacher's tokens: its checkpoints carry the tokenizer (generate and eval --text work)
             // (not a SentencePiece vocabulary: tokenizer.json would need merges GGUF does not store; eval and generate of
             // such a checkpoint take the teacher's tokenizer with --teacher, and GGUF exports carry it)
-            if let tok = teacher?.tokenizer, corpus.tokenizerHash == tok.hash, tok.sentencePiece == nil {
+            if let tok = (loaded + (cutFrom.map { [$0] } ?? [])).compactMap(\.tokenizer).first(where: { $0.hash == corpus.tokenizerHash }),
+               tok.sentencePiece == nil {
                 trainer.extraCheckpointFiles[CheckpointFile.tokenizer] = try tok.hfTokenizerJSON()
             }
             try resumeIfAsked(trainer, comm: comm)
@@ -113,6 +116,17 @@ struct Train: ParsableCommand {
             KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")
             if trainer.step == 0 { try trainer.evaluateAndLog() }
             let history = try trainer.run(checkpoints: true, stopAfter: stopAfter)
+            if !trainer.crossTeachers.isEmpty, !history.isEmpty {
+                // every position is aligned once per teacher of another tokenizer, on whichever rank runs it
+                var v = trainer.alignment.values
+                try comm.allReduceSum(&v)
+                let a = AlignmentStats(values: v), steps = Double(history.count), step = median(history.map(\.seconds))
+                let perStep = a.seconds / Double(comm.worldSize) / steps
+                KDLog.info(String(format: "cross-tokenizer: %.1f%% of loss positions aligned, %.1f%% matched (same next token); "
+                                  + "%.2f teacher tokens per student token; aligning %.1f ms per step per rank (%.2f%% of a %.2f s step)",
+                                  100 * a.alignedShare, 100 * a.matchedShare, Double(a.teacherTokens) / Double(max(a.studentTokens, 1)),
+                                  1000 * perStep, 100 * perStep / max(step, 1e-9), step))
+            }
             if comm.worldSize > 1 {
                 // every rank's high-water mark of the training (sharded state and the teacher placement change it per
                 // rank), before the all-reduce measurement below allocates a copy of the gradient

@@ -6,6 +6,16 @@ public enum Objective: String, ConfigVocabulary {
     case fkl, rkl, skewFKL = "skew_fkl", skewRKL = "skew_rkl", jsd, tvd, fklRKL = "fkl_rkl"
 }
 
+/// `distill.cross_tokenizer`: teachers whose tokenizer is not the student's.
+public enum CrossTokenizer: String, ConfigVocabulary {
+    /// Refuse them (a vocabulary mismatch is an error).
+    case off
+    /// Universal Logit Distillation: Wasserstein-1 between the sorted distributions at byte-aligned positions.
+    case uld
+    /// Exact buckets for the tokens both vocabularies share (same bytes), the objective over them, ULD on the rest.
+    case gold
+}
+
 /// `distill.hidden_layers`: which student block outputs are matched to which teacher block outputs.
 public enum HiddenLayers: Codable, Equatable, Sendable, CustomStringConvertible {
     /// Each block of a student cut from its teacher ↔ the teacher block it was cut from.
@@ -66,12 +76,20 @@ public struct DistillConfig: Codable, Equatable, Sendable {
     /// The block pairs the hidden-state loss matches: `auto` (a cut student's blocks ↔ the teacher blocks they were
     /// cut from) or [[student, teacher], …]. Default auto.
     public var hiddenLayers = HiddenLayers.auto
+    /// Teachers with another tokenizer than the student's: `off` (refused), `uld` or `gold` (their windows are
+    /// re-tokenized from the same bytes and aligned to the student's positions). Default off.
+    public var crossTokenizer = CrossTokenizer.off
+    /// The student's tokenizer for `cross_tokenizer` (a GGUF file or a Hugging Face folder), when neither a teacher nor
+    /// `student.teacher` has the tokenizer the data was prepared with and the data's prepare.json does not name it.
+    /// Default none.
+    public var studentTokenizer = ""
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case objective, kdRatio = "kd_ratio", temperature, t2Scale = "t2_scale", skewLambda = "skew_lambda", jsdBeta = "jsd_beta"
         case mixAlpha = "mix_alpha", hiddenWeight = "hidden_weight", hiddenLayers = "hidden_layers"
+        case crossTokenizer = "cross_tokenizer", studentTokenizer = "student_tokenizer"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -86,6 +104,8 @@ public struct DistillConfig: Codable, Equatable, Sendable {
         mixAlpha = try c.value(.mixAlpha, or: mixAlpha)
         hiddenWeight = try c.value(.hiddenWeight, or: hiddenWeight)
         hiddenLayers = try c.value(.hiddenLayers, or: hiddenLayers)
+        crossTokenizer = try c.value(.crossTokenizer, or: crossTokenizer)
+        studentTokenizer = try c.value(.studentTokenizer, or: studentTokenizer)
         try c.require(hiddenWeight >= 0, .hiddenWeight, expected: "a number >= 0 (0 = off)", found: hiddenWeight)
         try c.require((0...1).contains(mixAlpha), .mixAlpha, expected: "a number in [0, 1]", found: mixAlpha)
         try c.require((0...1).contains(kdRatio), .kdRatio, expected: "a number in [0, 1]", found: kdRatio)

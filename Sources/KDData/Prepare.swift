@@ -18,6 +18,8 @@ public struct ShardTokenizer {
     public let eos: Int32?
     /// Put before each document (no loss on it) when the model expects BOS first (Gemma); `encode` must not add it.
     public let bos: Int32?
+    /// The file the tokenizer came from (recorded in prepare.json: a cross-tokenizer run decodes windows with it).
+    public var source: String?
 
     public init(vocabSize: Int, hash: UInt64, eos: Int32?, bos: Int32? = nil, encode: @escaping (String) -> [Int32],
                 encodePair: @escaping (String, String) -> ([Int32], [UInt8])) {
@@ -49,6 +51,8 @@ public struct PrepareSummary: Codable, Equatable {
     public var trainTokens = 0, validationTokens = 0, bytesRead = 0
     /// The BOS id put before every document, for a model that expects BOS first (training windows then start with it).
     public var bos: Int32?
+    /// The tokenizer's file (absolute path), when it came from one.
+    public var tokenizer: String?
 }
 
 public enum PrepareError: Error, CustomStringConvertible, Equatable {
@@ -139,6 +143,7 @@ func writeShards(_ o: PrepareOptions, files: [String], tokenizer tk: ShardTokeni
     var s = PrepareSummary()
     s.files = files.count
     s.bos = tk.bos
+    s.tokenizer = tk.source
     func emit(_ ids: [Int32], _ mask: [UInt8]? = nil, route: UInt8 = 1) throws {
         guard !ids.isEmpty else { return }
         var ids = ids, mask = mask ?? [UInt8](repeating: 1, count: ids.count)

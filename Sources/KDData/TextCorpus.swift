@@ -44,6 +44,8 @@ public struct TokenCorpus: Sendable {
     public var tokenizerHash: UInt64?
     /// BOS of a model that expects it first (from prepare.json): every training and validation window starts with it.
     public var bos: Int32?
+    /// The tokenizer file the data was prepared with (prepare.json), when recorded.
+    public var preparedWith: String?
     /// Files read, in the order they were concatenated.
     public let files: [String]
 
@@ -86,7 +88,9 @@ public struct TokenCorpus: Sendable {
         tokenizerHash = tr.tokenizerHash
         files = [dir]
         if let d = FileManager.default.contents(atPath: (dir as NSString).appendingPathComponent("prepare.json")) {
-            bos = try? JSONDecoder().decode(PrepareSummary.self, from: d).bos
+            let summary = try? JSONDecoder().decode(PrepareSummary.self, from: d)
+            bos = summary?.bos
+            preparedWith = summary?.tokenizer
         }
     }
 

@@ -96,6 +96,13 @@ public struct DistillTarget {
     /// Per row, the weight of the cross-entropy term instead of 1 − r (the policy-gradient coefficients of on-policy
     /// rollouts, which may be negative). - Shape: [n]
     public var ceWeights: UnsafePointer<Float>?
+    /// Teachers with other vocabularies, aligned to these rows (`distill.cross_tokenizer`), and their loss.
+    public var cross: [CrossTeacherRows] = []
+    public var crossLoss = CrossTokenizerLoss.gold
+    /// Weight of the same-vocabulary part (`teachers` or `topK`) in the divergence term: 1 unless teachers of other
+    /// vocabularies share it (then the teachers' normalized weights of that part); 0 when there is none.
+    public var sameWeight: Float = 1
+    var hasSame: Bool { teachers != nil || topK != nil }
 
     public init(teachers: TeacherEnsemble?, divergence: Divergence, temperature: Float, kdRatio: Float, t2Scale: Bool) {
         self.teachers = teachers; self.divergence = divergence
@@ -121,10 +128,11 @@ public func lmHeadDistill(
     targets: UnsafePointer<Int32>, n: Int, lossScale: Float, target t: DistillTarget, scratch: LMHeadScratch
 ) {
     let c = head.c, v = head.oc
-    precondition(t.topK != nil || t.teachers != nil, "lmHeadDistill: neither teachers nor top-k rows")
+    precondition(t.hasSame || !t.cross.isEmpty, "lmHeadDistill: neither teachers nor top-k rows")
     precondition(t.teachers.map { $0.vocabSize == v } ?? true, "lmHeadDistill: teacher vocabulary ≠ student vocabulary \(v)")
-    let teacherLogits = scratch.spare(0, count: t.topK == nil ? t.teachers!.bufferCount(rows: scratch.rows) : 0)
-    let threads = max(1, Parallel.threads), per = 3 * v + 2 * ((t.topK?.k ?? 0) + 1)
+    let teacherLogits = scratch.spare(0, count: t.topK == nil && t.teachers != nil ? t.teachers!.bufferCount(rows: scratch.rows) : 0)
+    let crossPer = t.cross.isEmpty ? 0 : v + crossTokenizerScratch(v: v, k: t.cross.map(\.rows.k).max()!)
+    let threads = max(1, Parallel.threads), base = 3 * v + 2 * ((t.topK?.k ?? 0) + 1), per = base + crossPer
     let work = scratch.spare(1, count: threads * per)
     let training = dweight != nil
     var r0 = 0
@@ -132,8 +140,8 @@ public func lmHeadDistill(
         let m = min(scratch.rows, n - r0)
         let s = scratch.logits.base, x = inp + r0 * c
         head.forward(out: s, inp: x, n: m, accumulate: false)
-        if t.topK == nil {
-            t.teachers!.projectChunk(r0: r0, m: m, buffer: teacherLogits)
+        if t.topK == nil, let teachers = t.teachers {
+            teachers.projectChunk(r0: r0, m: m, buffer: teacherLogits)
         }
         Parallel.forRanges(threads) { tlo, thi in
             for th in tlo..<thi {
@@ -148,20 +156,37 @@ public func lmHeadDistill(
                         continue
                     }
                     let studentTop = agree == nil ? 0 : argmax(row, v)
+                    let r = r0 + i, sameScale = lossScale * t.kdWeight * t.sameWeight
+                    var value = 0.0, teacherTop = -1
                     if let tk = t.topK {
-                        let r = r0 + i
-                        if let agree { agree[r] = tk.ids[r * tk.k + argmax(tk.logProbs + r * tk.k, tk.k)] == Int32(studentTop) ? 1 : 0 }
-                        kd[r] = Float(divergenceRowTopK(t.divergence, ids: tk.ids + r * tk.k, logProbs: tk.logProbs + r * tk.k,
-                                                        logTail: tk.logTail[r], k: tk.k, studentLogits: row, v: v,
-                                                        temperature: t.temperature, grad: training ? g : nil,
-                                                        scale: lossScale * t.kdWeight, scratch: w))
-                    } else {
-                        let trow = t.teachers!.rowLogProbs(i: i, r: r0 + i, m: m, buffer: teacherLogits, temperature: t.temperature, scratch: w)
-                        if let agree { agree[r0 + i] = argmax(trow, v) == studentTop ? 1 : 0 }
-                        kd[r0 + i] = Float(divergenceRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v,
-                                                         temperature: t.temperature, grad: training ? g : nil,
-                                                         scale: lossScale * t.kdWeight, scratch: w))
+                        teacherTop = Int(tk.ids[r * tk.k + argmax(tk.logProbs + r * tk.k, tk.k)])
+                        value = Double(t.sameWeight) * divergenceRowTopK(t.divergence, ids: tk.ids + r * tk.k, logProbs: tk.logProbs + r * tk.k,
+                                                                         logTail: tk.logTail[r], k: tk.k, studentLogits: row, v: v,
+                                                                         temperature: t.temperature, grad: training ? g : nil,
+                                                                         scale: sameScale, scratch: w)
+                    } else if let teachers = t.teachers {
+                        let trow = teachers.rowLogProbs(i: i, r: r, m: m, buffer: teacherLogits, temperature: t.temperature, scratch: w)
+                        teacherTop = argmax(trow, v)
+                        value = Double(t.sameWeight) * divergenceRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v,
+                                                                     temperature: t.temperature, grad: training ? g : nil,
+                                                                     scale: sameScale, scratch: w)
+                    } else if training {
+                        g.update(repeating: 0, count: v)
                     }
+                    // teachers of other vocabularies add their weighted terms (gradient through a second row buffer)
+                    for (ci, c) in t.cross.enumerated() {
+                        let rows = c.rows, ids = rows.ids + r * rows.k, g2 = work + th * per + base
+                        guard ids[0] >= 0 else { continue }
+                        if !t.hasSame && ci == 0 { teacherTop = Int(c.teacherToStudent[Int(ids[argmax(rows.logProbs + r * rows.k, rows.k)])]) }
+                        value += Double(c.weight) * crossTokenizerRow(t.crossLoss, t.divergence, ids: ids, logProbs: rows.logProbs + r * rows.k,
+                                                                      logTail: rows.logTail[r], k: rows.k, map: c.teacherToStudent,
+                                                                      studentLogits: row, v: v, temperature: t.temperature,
+                                                                      grad: training ? g2 : nil, scale: lossScale * t.kdWeight * c.weight,
+                                                                      scratch: g2 + v)
+                        if training { for j in 0..<v { g[j] += g2[j] } }
+                    }
+                    if let agree { agree[r] = teacherTop == studentTop ? 1 : 0 }
+                    kd[r] = Float(value)
                     let ceWeight = t.ceWeights.map { $0[r0 + i] } ?? (1 - t.kdRatio)
                     ce[r0 + i] = crossEntropyRow(row, target: target, v: v, gradScale: training ? lossScale * ceWeight : nil)
                     if training { for j in 0..<v { row[j] += g[j] } }

@@ -108,6 +108,12 @@ public final class Trainer {
     var combine: TeacherCombine { config.teacher?.combine ?? .mixture }
     /// Bytes of teacher output that reach a student rank per token (the exchange's size).
     public var teacherBytesPerToken: Int { placement?.bytesPerToken ?? 0 }
+    /// Teachers (by index) with another tokenizer than the student's (`distill.cross_tokenizer`).
+    public let crossTeachers: Set<Int>
+    /// Alignment figures of this rank's training micro-batches so far (cross-tokenizer teachers run on this rank).
+    public internal(set) var alignment = AlignmentStats()
+    /// Whether the micro-batches being scored are training ones (their alignment figures are counted).
+    var countingAlignment = false
 
     /// One teacher: `init(…, teacher:)`; several (`teacher.members`): `teachers`, in the config's order.
     public convenience init(config: RunConfig, corpus: TokenCorpus, comm: any Communicator = LocalCommunicator(),
@@ -117,17 +123,19 @@ public final class Trainer {
 
     public init(config: RunConfig, corpus: TokenCorpus, comm: any Communicator = LocalCommunicator(),
                 teachers: [Transformer] = [], teacherManifest: [TeacherManifestEntry] = [], teacherCache: TeacherCache? = nil,
-                initFrom: Transformer? = nil) throws {
+                initFrom: Transformer? = nil, crossTokenizers: [Int: CrossTokenizerPair] = [:]) throws {
         try config.validate()
         self.config = config
         self.comm = comm
         let sources = config.teacher?.sources ?? []
+        crossTeachers = Set(crossTokenizers.keys)
+        try checkCrossTokenizer(config, cross: crossTokenizers, teachers: teachers, initFrom: initFrom, cache: teacherCache)
         if !teachers.isEmpty, teachers.count != sources.count {
             throw KDError.invalidInput(what: "teachers", expected: "\(sources.count) (the config's teacher section)", found: "\(teachers.count) models")
         }
         for (i, teacher) in teachers.enumerated() {
             let name = i < sources.count ? sources[i].path : "teacher \(i + 1)"
-            if teacher.config.vocabSize != config.model.vocabSize {
+            if crossTokenizers[i] == nil, teacher.config.vocabSize != config.model.vocabSize {
                 throw KDError.invalidInput(what: "teacher vocabulary", expected: "\(config.model.vocabSize) tokens (model.vocab_size of the student)",
                                            found: "\(teacher.config.vocabSize) tokens in \(name)")
             }
@@ -187,12 +195,17 @@ public final class Trainer {
         routeBuffer.initialize(repeating: -1, count: rows)
         let maxRoute = [sampler.maxRoute, validation?.maxRoute].compactMap { $0 }.max()
         routing = maxRoute != nil && (teachers.count > 1 || teacherCache != nil)
+        if routing, !crossTokenizers.isEmpty {
+            throw KDError.invalidInput(what: "the data's \"teacher\" routes", expected: "teachers that share the student's tokenizer",
+                                       found: "a teacher with another tokenizer (distill.cross_tokenizer)")
+        }
         if let maxRoute, !teachers.isEmpty, maxRoute >= teachers.count {
             throw KDError.invalidInput(what: "the data's \"teacher\" routes", expected: "member indices below \(teachers.count) (teacher.members)",
                                        found: "index \(maxRoute)")
         }
         distillm = config.policy.mode == .distillm ? DistiLLMState(policy: config.policy, seqLen: t.seqLen) : nil
-        placement = try makeTeacherPlacement(config: config, teachers: teachers, cache: teacherCache, student: model, comm: comm)
+        placement = try makeTeacherPlacement(config: config, teachers: teachers, cache: teacherCache, student: model, comm: comm,
+                                             cross: crossTokenizers)
         if config.distill.hiddenWeight > 0 {
             switch config.distill.hiddenLayers {
             case .auto: hiddenPairs = cutBlocks.enumerated().map { ($0, $1) }
@@ -305,8 +318,11 @@ public final class Trainer {
             let first = batch.rankFirst + micro * t.microBatch
             // the offline cache reads rows by corpus window
             let windows = (0..<t.microBatch).map { sampler.windowStart(sample: first + $0) / t.seqLen }
+            countingAlignment = true
             var target = try distillTarget(TeacherBatch(tokens: inputs + micro * perMicro, b: t.microBatch, t: t.seqLen, windows: windows,
-                                                        validation: false, route: batch.routed ? UnsafePointer(routeBuffer + micro * perMicro) : nil))
+                                                        validation: false, route: batch.routed ? UnsafePointer(routeBuffer + micro * perMicro) : nil,
+                                                        targets: targets + micro * perMicro))
+            countingAlignment = false
             if batch.source != .corpus {
                 // student-generated sequences: the divergence only (cross-entropy on its own samples would teach nothing),
                 // plus the policy-gradient term on rollouts
@@ -387,6 +403,12 @@ public final class Trainer {
         var target = DistillTarget(teachers: out.members.isEmpty ? nil : TeacherEnsemble(members: out.members, combine: combine, route: batch.route),
                                    divergence: divergence, temperature: d.temperature, kdRatio: d.kdRatio, t2Scale: d.t2Scale)
         target.topK = out.topK
+        if !out.cross.isEmpty {
+            target.cross = out.cross
+            target.sameWeight = out.sameWeight
+            target.crossLoss = d.crossTokenizer == .uld ? .uld : .gold
+            if countingAlignment { alignment = alignment + out.alignment }
+        }
         return target
     }
 }

@@ -23,7 +23,8 @@ extension Trainer {
             if routing { validation.fillRoutes(routeBuffer, first: i * t.microBatch, count: t.microBatch, sequential: true) }
             let target = try distillTarget(TeacherBatch(tokens: inputs, b: t.microBatch, t: t.seqLen,
                                                         windows: (0..<t.microBatch).map { (i * t.microBatch + $0) % validation.windows },
-                                                        validation: true, route: routing ? UnsafePointer(routeBuffer) : nil))
+                                                        validation: true, route: routing ? UnsafePointer(routeBuffer) : nil,
+                                                        targets: targets))
             model.forward(tokens: inputs, b: t.microBatch, t: t.seqLen)
             total = total + (target.map { model.distillLoss(targets: targets, target: $0) } ?? model.loss(targets: targets))
         }

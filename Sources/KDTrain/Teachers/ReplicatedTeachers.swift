@@ -18,10 +18,18 @@ final class ReplicatedTeachers: TeacherPlacement {
     var hiddenBlocks: [Int] = []
     var captured: [Slab] = []
 
-    init(teachers: [Transformer], weights: [Float], combine: TeacherCombine, topK: (k: Int, temperature: Float)?, vocabSize: Int) {
+    /// Teachers with another tokenizer (`distill.cross_tokenizer`), by index, and the weights of the two parts.
+    let cross: [Int: CrossTokenizerTeacher]
+    let sameWeight: Float
+
+    init(teachers: [Transformer], weights: [Float], combine: TeacherCombine, topK: (k: Int, temperature: Float)?, vocabSize: Int,
+         cross: [Int: CrossTokenizerTeacherSpec] = [:]) {
         precondition(teachers.count == weights.count, "\(teachers.count) teachers, \(weights.count) weights")
         self.teachers = teachers
         self.weights = weights
+        self.cross = Dictionary(uniqueKeysWithValues: cross.map { ($0.key, CrossTokenizerTeacher(model: teachers[$0.key], spec: $0.value)) })
+        let total = weights.reduce(0, +)
+        sameWeight = cross.isEmpty ? 1 : weights.indices.filter { cross[$0] == nil }.reduce(Float(0)) { $0 + weights[$1] } / total
         self.combine = combine
         self.topK = topK
         self.vocabSize = vocabSize
@@ -30,7 +38,15 @@ final class ReplicatedTeachers: TeacherPlacement {
     func output(for batch: TeacherBatch) throws -> TeacherOutput {
         var members: [TeacherSource] = []
         var blockOutputs: [UnsafePointer<Float>] = []
+        var crossRows: [CrossTeacherRows] = [], alignment = AlignmentStats()
+        let total = weights.reduce(0, +)
         for (i, (teacher, w)) in zip(teachers, weights).enumerated() {
+            if let c = cross[i] {
+                let rows = c.output(tokens: batch.tokens, targets: batch.targets, b: batch.b, t: batch.t)
+                crossRows.append(CrossTeacherRows(rows: rows.rows, teacherToStudent: c.map, weight: w / total))
+                alignment = alignment + c.last
+                continue
+            }
             if i == 0, !hiddenBlocks.isEmpty {
                 blockOutputs = forwardCapturing(teacher, batch)
             } else {
@@ -38,11 +54,13 @@ final class ReplicatedTeachers: TeacherPlacement {
             }
             members.append(TeacherSource(head: teacher.lmHeadWeight, hidden: teacher.finalHidden, weight: w))
         }
-        guard let (k, T) = topK else { return TeacherOutput(members: members, topK: nil, blockOutputs: blockOutputs) }
+        var out = TeacherOutput(members: members, topK: nil, blockOutputs: blockOutputs, cross: crossRows, sameWeight: sameWeight, alignment: alignment)
+        guard let (k, T) = topK, !members.isEmpty else { return out }
         let n = batch.b * batch.t
         if rows?.n != n { rows = TopKBuffer(n: n, k: k) }
         rows!.fill(ensemble: TeacherEnsemble(members: members, combine: combine, route: batch.route), temperature: T, chunk: 256)
-        return TeacherOutput(members: members, topK: rows!.rows, blockOutputs: blockOutputs)
+        out.topK = rows!.rows
+        return out
     }
 
     /// The teacher's forward with the hidden-state blocks' outputs copied on the way (the final hidden states are
@@ -58,7 +76,14 @@ final class ReplicatedTeachers: TeacherPlacement {
     func captureBlockOutputs(_ blocks: [Int]) throws { hiddenBlocks = blocks }
 
     /// Nothing crosses ranks here; what the student's head reads per token, plus the block outputs it compares.
-    var bytesPerToken: Int { (topK.map { TopK.bytesPerToken(k: $0.k) } ?? vocabSize * 4) + hiddenBlocks.count * (teachers.first?.config.dim ?? 0) * 4 }
-    var localTeachers: [(model: Transformer, weight: Float)] { Array(zip(teachers, weights)) }
-    var summary: String { "replicated: every rank runs \(teachers.count == 1 ? "the teacher" : "all \(teachers.count) teachers") on its own micro-batches" }
+    var bytesPerToken: Int {
+        (cross.count == teachers.count ? 0 : topK.map { TopK.bytesPerToken(k: $0.k) } ?? vocabSize * 4)
+            + cross.values.reduce(0) { $0 + TopK.bytesPerToken(k: $1.k) } + hiddenBlocks.count * (teachers.first?.config.dim ?? 0) * 4
+    }
+    var localTeachers: [(model: Transformer, weight: Float)] { teachers.indices.filter { cross[$0] == nil }.map { (teachers[$0], weights[$0]) } }
+    var summary: String {
+        "replicated: every rank runs \(teachers.count == 1 ? "the teacher" : "all \(teachers.count) teachers") on its own micro-batches"
+            + (cross.isEmpty ? "" : "; \(cross.count == 1 ? "one teacher has" : "\(cross.count) teachers have") another tokenizer: windows "
+               + "re-tokenized, aligned by bytes, top-\(cross.values.first!.k) rows in its vocabulary")
+    }
 }

@@ -30,41 +30,90 @@ final class TeacherGroups: TeacherPlacement {
     var blockInbox: [Slab] = []
     var blockOutputs: [UnsafePointer<Float>] = []
 
-    init(teachers: [Transformer], weights: [Float], comm: any Communicator, topK: (k: Int, temperature: Float)?) {
+    /// Groups whose teacher has another tokenizer (`distill.cross_tokenizer`): their top-k rows are aligned to the
+    /// owner's rows where the teacher runs and reach the owner as they are, outside the same-vocabulary merge.
+    let crossK: [Int: Int]
+    /// This rank's teacher, when it has another tokenizer; the received rows of every such group.
+    let crossTeacher: CrossTokenizerTeacher?
+    var crossRows: [Int: TopKBuffer] = [:]
+    let crossMaps: [Int: UnsafeMutablePointer<Int32>]
+    /// What this rank aligned in the last call (for every owner it scored).
+    var alignment = AlignmentStats()
+
+    init(teachers: [Transformer], weights: [Float], comm: any Communicator, topK: (k: Int, temperature: Float)?,
+         cross: [Int: CrossTokenizerTeacherSpec] = [:]) {
         self.teachers = teachers
         self.weights = weights
         self.comm = comm
         self.topK = topK
-        groupSize = comm.worldSize / teachers.count
-        group = comm.rank / groupSize
+        let groupSize = comm.worldSize / teachers.count, group = comm.rank / groupSize
+        self.groupSize = groupSize
+        self.group = group
+        crossK = cross.mapValues { min($0.k, teachers[0].config.vocabSize, $0.pair.map.teacherToStudent.count) }
+        crossTeacher = cross[group].map { CrossTokenizerTeacher(model: teachers[group], spec: $0) }
+        crossMaps = cross.mapValues { spec in
+            let m = UnsafeMutablePointer<Int32>.allocate(capacity: spec.pair.map.teacherToStudent.count)
+            m.initialize(from: spec.pair.map.teacherToStudent, count: spec.pair.map.teacherToStudent.count)
+            return m
+        }
     }
+    deinit { for m in crossMaps.values { m.deallocate() } }
+
+    /// The groups whose teacher shares the student's tokenizer.
+    var sameGroups: [Int] { teachers.indices.filter { crossK[$0] == nil } }
 
     /// Bytes per token of teacher g's message: its output (hidden states or top-k rows), and for the first teacher the
     /// hidden-state blocks' outputs after it.
     func bytesPerToken(_ g: Int) -> Int { outputBytesPerToken(g) + (g == 0 ? Set(hiddenBlocks).count * teachers[0].config.dim * 4 : 0) }
-    func outputBytesPerToken(_ g: Int) -> Int { topK.map { TopK.bytesPerToken(k: $0.k) } ?? teachers[g].config.dim * 4 }
+    func outputBytesPerToken(_ g: Int) -> Int {
+        if let k = crossK[g] { return TopK.bytesPerToken(k: k) }
+        return topK.map { TopK.bytesPerToken(k: $0.k) } ?? teachers[g].config.dim * 4
+    }
     /// Bytes of teacher output this rank receives per token of its micro-batch, all teachers together.
     var receivedBytesPerToken: Int { teachers.indices.reduce(0) { $0 + bytesPerToken($1) } }
 
     var topKRows: TopKRows? { topK == nil ? nil : merged?.rows }
 
     func output(for batch: TeacherBatch) throws -> TeacherOutput {
-        TeacherOutput(members: try forward(tokens: batch.tokens, b: batch.b, t: batch.t, route: batch.route), topK: topKRows, blockOutputs: blockOutputs)
+        let members = try forward(tokens: batch.tokens, b: batch.b, t: batch.t, route: batch.route, targets: batch.targets)
+        guard !crossK.isEmpty else { return TeacherOutput(members: members, topK: topKRows, blockOutputs: blockOutputs) }
+        let total = weights.reduce(0, +), same = sameGroups
+        let cross = crossK.keys.sorted().map { g in
+            CrossTeacherRows(rows: crossRows[g]!.rows, teacherToStudent: crossMaps[g]!, weight: weights[g] / total)
+        }
+        return TeacherOutput(members: same.isEmpty ? [] : members, topK: same.isEmpty ? nil : topKRows, blockOutputs: blockOutputs, cross: cross,
+                             sameWeight: same.reduce(Float(0)) { $0 + weights[$1] } / total, alignment: alignment)
     }
 
     func captureBlockOutputs(_ blocks: [Int]) throws { hiddenBlocks = blocks }
 
     var bytesPerToken: Int { receivedBytesPerToken }
-    var summary: String { "groups: \(teachers.count) groups of \(groupSize) rank\(groupSize == 1 ? "" : "s"), this rank runs teacher \(group + 1)" }
+    var summary: String {
+        "groups: \(teachers.count) groups of \(groupSize) rank\(groupSize == 1 ? "" : "s"), this rank runs teacher \(group + 1)"
+            + (crossK.isEmpty ? "" : "; teacher\(crossK.count == 1 ? "" : "s") \(crossK.keys.sorted().map { String($0 + 1) }.joined(separator: ", ")) "
+               + "with another tokenizer send top-k rows aligned to the owner's positions")
+    }
 
     /// Collective: every rank calls it with its own micro-batch; returns one source per teacher for that micro-batch
     /// (with the top-k exchange their merged mixture is in ``topKRows``).
-    func forward(tokens: UnsafePointer<Int32>, b: Int, t: Int, route: UnsafePointer<Int32>? = nil) throws -> [TeacherSource] {
+    func forward(tokens: UnsafePointer<Int32>, b: Int, t: Int, route: UnsafePointer<Int32>? = nil,
+                 targets: UnsafePointer<Int32>? = nil) throws -> [TeacherSource] {
         let N = comm.worldSize, S = groupSize, me = comm.rank, n = b * t, G = teachers.count
         let mine = teachers[group]
         let allTokens = UnsafeMutablePointer<Int32>.allocate(capacity: N * n)
         defer { allTokens.deallocate() }
         try comm.allGather(UnsafeRawPointer(tokens), bytes: n * 4, into: UnsafeMutableRawPointer(allTokens))
+        // a teacher with another tokenizer also reads each owner's next tokens (the window's last target)
+        let allTargets = UnsafeMutablePointer<Int32>.allocate(capacity: crossK.isEmpty ? 1 : N * n)
+        defer { allTargets.deallocate() }
+        if !crossK.isEmpty {
+            let mineTargets = [Int32](unsafeUninitializedCapacity: n) { buf, c in
+                for i in 0..<n { buf[i] = targets?[i] ?? -1 }
+                c = n
+            }
+            try mineTargets.withUnsafeBytes { try comm.allGather($0.baseAddress!, bytes: n * 4, into: UnsafeMutableRawPointer(allTargets)) }
+        }
+        alignment = AlignmentStats()
         if inbox.count != G { inbox = (0..<G).map { [UInt8](repeating: 0, count: n * bytesPerToken($0)) } }
         let myBytes = n * bytesPerToken(group), outputBytes = n * outputBytesPerToken(group), c = mine.config.dim
         let stops = group == 0 ? Set(hiddenBlocks).sorted() : []
@@ -73,7 +122,11 @@ final class TeacherGroups: TeacherPlacement {
             if m % S == me % S {
                 // this rank scores owner m's micro-batch with its teacher (the hidden-state blocks' outputs copied
                 // behind the output on the way)
-                if stops.isEmpty {
+                if let ct = crossTeacher {
+                    let rows = ct.output(tokens: allTokens + m * n, targets: allTargets + m * n, b: b, t: t)
+                    alignment = alignment + ct.last
+                    outbox.withUnsafeMutableBytes { $0.baseAddress!.copyMemory(from: rows.raw, byteCount: outputBytes) }
+                } else if stops.isEmpty {
                     mine.forward(tokens: allTokens + m * n, b: b, t: t)
                 } else {
                     outbox.withUnsafeMutableBytes { out in
@@ -84,7 +137,9 @@ final class TeacherGroups: TeacherPlacement {
                     }
                 }
                 try outbox.withUnsafeMutableBytes { out in
-                    if let (k, T) = topK {
+                    if crossTeacher != nil {
+                        // the aligned top-k rows are already in the outbox
+                    } else if let (k, T) = topK {
                         if pack?.n != n { pack = TopKBuffer(n: n, k: k) }
                         pack!.fill(head: mine.lmHeadWeight, hidden: mine.finalHidden, temperature: T, chunk: 256)
                         out.baseAddress!.copyMemory(from: pack!.raw, byteCount: outputBytes)
@@ -115,12 +170,19 @@ final class TeacherGroups: TeacherPlacement {
             }
             blockOutputs = hiddenBlocks.map { UnsafePointer(blockInbox[all.firstIndex(of: $0)!].base) }
         }
+        for (g, k) in crossK {
+            if crossRows[g]?.n != n { crossRows[g] = TopKBuffer(n: n, k: k) }
+            let dst = crossRows[g]!
+            inbox[g].withUnsafeBytes { dst.raw.copyMemory(from: $0.baseAddress!, byteCount: dst.byteCount) }
+        }
+        let same = sameGroups
+        if same.isEmpty { return [] }
         if let (k, _) = topK {
             if merged?.n != n { merged = TopKBuffer(n: n, k: k) }
-            let total = weights.reduce(0, +)
-            let w = weights.map { $0 / total }
-            let v = mine.config.vocabSize
-            try inboxRows(n: n, k: k) { rows in
+            let total = same.reduce(Float(0)) { $0 + weights[$1] }
+            let w = same.map { weights[$0] / total }
+            let v = teachers[same[0]].config.vocabSize
+            try inboxRows(n: n, k: k, groups: same) { rows in
                 let out = merged!
                 Parallel.forRanges(n, minPerThread: 16) { lo, hi in
                     for r in lo..<hi {
@@ -137,25 +199,25 @@ final class TeacherGroups: TeacherPlacement {
                 }
             }
             // the sources are not read with top-k rows; they only carry the heads' shapes
-            return teachers.map { TeacherSource(head: $0.lmHeadWeight, hidden: mine.finalHidden, weight: 1) }
+            return same.map { TeacherSource(head: teachers[$0].lmHeadWeight, hidden: mine.finalHidden, weight: 1) }
         }
         if received.count != G { received = (0..<G).map { Slab(count: n * teachers[$0].config.dim) } }
-        return (0..<G).map { g in
+        return same.map { g in
             inbox[g].withUnsafeBytes { received[g].base.update(from: $0.baseAddress!.assumingMemoryBound(to: Float.self), count: n * teachers[g].config.dim) }
             return TeacherSource(head: teachers[g].lmHeadWeight, hidden: UnsafePointer(received[g].base), weight: weights[g])
         }
     }
 
     /// Views the inboxes as top-k rows while `body` runs.
-    func inboxRows(n: Int, k: Int, _ body: ([TopKRows]) throws -> Void) throws {
-        func go(_ g: Int, _ acc: [TopKRows]) throws {
-            if g == inbox.count { return try body(acc) }
-            try inbox[g].withUnsafeBytes { raw in
+    func inboxRows(n: Int, k: Int, groups: [Int], _ body: ([TopKRows]) throws -> Void) throws {
+        func go(_ i: Int, _ acc: [TopKRows]) throws {
+            if i == groups.count { return try body(acc) }
+            try inbox[groups[i]].withUnsafeBytes { raw in
                 let base = raw.baseAddress!
                 let row = TopKRows(k: k, ids: base.assumingMemoryBound(to: Int32.self),
                                    logProbs: (base + n * k * 4).assumingMemoryBound(to: Float.self),
                                    logTail: (base + n * k * 8).assumingMemoryBound(to: Float.self))
-                try go(g + 1, acc + [row])
+                try go(i + 1, acc + [row])
             }
         }
         try go(0, [])

@@ -17,6 +17,8 @@ public struct TeacherBatch {
     public let validation: Bool
     /// Per-row teacher routes (−1 = all teachers combined), when the data routes examples.
     public let route: UnsafePointer<Int32>?
+    /// The next token of every position (−1: no loss there); a cross-tokenizer teacher reads the last one. - Shapes: [b, t]
+    public var targets: UnsafePointer<Int32>? = nil
 }
 
 /// What the student's head needs from the teacher side for one micro-batch: teachers' final hidden states with their
@@ -27,6 +29,12 @@ public struct TeacherOutput {
     /// The first teacher's block outputs the hidden-state loss asks for (`distill.hidden_weight`), in the order of
     /// the placement's `hiddenBlocks`. - Shapes: each [b·t, dim]
     public var blockOutputs: [UnsafePointer<Float>] = []
+    /// Teachers with other vocabularies (`distill.cross_tokenizer`): their top-k rows aligned to the student's rows.
+    public var cross: [CrossTeacherRows] = []
+    /// The weight of `members`/`topK` in the divergence term when cross-tokenizer teachers share it (else 1).
+    public var sameWeight: Float = 1
+    /// This micro-batch's alignment figures (cross-tokenizer teachers run here).
+    public var alignment = AlignmentStats()
 }
 
 /// A way of running the teacher(s) for the student's micro-batches.
@@ -63,7 +71,7 @@ extension TeacherPlacement {
 /// The registry: the teacher side a config asks for (nil: no teacher, plain cross-entropy). `teachers` are the
 /// loaded files in the config's order, `student` the freshly initialized student (a self-teacher copies it).
 func makeTeacherPlacement(config: RunConfig, teachers: [Transformer], cache: TeacherCache?, student: Transformer,
-                          comm: any Communicator) throws -> (any TeacherPlacement)? {
+                          comm: any Communicator, cross: [Int: CrossTokenizerPair] = [:]) throws -> (any TeacherPlacement)? {
     guard let tc = config.teacher else { return nil }
     let topK: (k: Int, temperature: Float)? = tc.exchange == .topk ? (min(tc.topK, config.model.vocabSize), config.distill.temperature) : nil
     if let cache { return OfflineTeacher(cache: cache) }
@@ -77,6 +85,10 @@ func makeTeacherPlacement(config: RunConfig, teachers: [Transformer], cache: Tea
     let weights = tc.sources.map(\.weight)
     switch tc.placement {
     case .pipelined where comm.worldSize > 1:
+        guard cross.isEmpty else {
+            throw KDError.invalidInput(what: "teacher.placement pipelined", expected: "a teacher with the student's tokenizer (cross_tokenizer runs "
+                                       + "with replicated or groups)", found: "a teacher with another tokenizer")
+        }
         guard teachers[0].config.layers >= comm.worldSize else {
             throw KDError.invalidInput(what: "teacher.placement pipelined", expected: "at least one teacher block per rank (\(comm.worldSize))",
                                        found: "\(teachers[0].config.layers) blocks")
@@ -91,10 +103,12 @@ func makeTeacherPlacement(config: RunConfig, teachers: [Transformer], cache: Tea
             throw KDError.invalidInput(what: "teacher.combine with groups and the top-k exchange", expected: "mixture (top-k rows carry no logits to average)",
                                        found: "logits")
         }
-        return TeacherGroups(teachers: teachers, weights: weights, comm: comm, topK: topK)
+        return TeacherGroups(teachers: teachers, weights: weights, comm: comm, topK: topK, cross: cross.mapValues {
+            CrossTokenizerTeacherSpec(pair: $0, k: tc.topK, temperature: config.distill.temperature) })
     case .replicated, .pipelined, .groups:
         // one rank holds the whole pipeline; one teacher is its own group
-        return ReplicatedTeachers(teachers: teachers, weights: weights, combine: tc.combine, topK: topK, vocabSize: config.model.vocabSize)
+        return ReplicatedTeachers(teachers: teachers, weights: weights, combine: tc.combine, topK: topK, vocabSize: config.model.vocabSize,
+                                  cross: cross.mapValues { CrossTokenizerTeacherSpec(pair: $0, k: tc.topK, temperature: config.distill.temperature) })
     }
 }
 

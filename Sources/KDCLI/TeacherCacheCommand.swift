@@ -40,9 +40,15 @@ struct TeacherCacheCommand: ParsableCommand {
         try Job.run(threads: threads) { comm in
             let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
             let sources = tc.sources
-            let loaded = try openTeachers(sources.map(\.path), studentVocab: c.model.vocabSize, maxSeqLen: c.train.seqLen)
+            let loaded = try openTeachers(sources.map(\.path), studentVocab: c.model.vocabSize, maxSeqLen: c.train.seqLen,
+                                          dataTokenizer: corpus.tokenizerHash, crossTokenizer: c.distill.crossTokenizer)
+            let cross = try crossTokenizerPairs(c, corpus: corpus, loaded: loaded, others: [])
+            if !cross.pairs.isEmpty, loaded.count != 1 {
+                throw KDError.invalidInput(what: "teacher-cache with distill.cross_tokenizer", expected: "one teacher (a cache of another tokenizer's "
+                                           + "rows holds one teacher)", found: "\(loaded.count) teachers")
+            }
             try checkTeachersAgree(loaded, paths: sources.map(\.path))
-            if let t = loaded.first, t.model.config.vocabSize < corpus.vocabSize {
+            if cross.pairs.isEmpty, let t = loaded.first, t.model.config.vocabSize < corpus.vocabSize {
                 throw KDError.invalidInput(what: "teacher vocabulary", expected: ">= the data's \(corpus.vocabSize) tokens", found: "\(t.model.config.vocabSize) in \(sources[0].path)")
             }
             let manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
@@ -51,7 +57,8 @@ struct TeacherCacheCommand: ParsableCommand {
             var last = 0.0
             try TeacherCache.write(dir: out, corpus: corpus, teachers: loaded.map(\.model), weights: sources.map(\.weight),
                                    combine: tc.combine, manifest: manifest, k: k,
-                                   temperature: c.distill.temperature, seqLen: c.train.seqLen, batch: batch, comm: comm) { split, done, total in
+                                   temperature: c.distill.temperature, seqLen: c.train.seqLen, batch: batch, comm: comm,
+                                   cross: cross.pairs[0]) { split, done, total in
                 let now = monotonicSeconds()
                 if done == total || now - last > 10 {
                     last = now
@@ -87,6 +94,7 @@ func openTeachers(_ paths: [String], studentVocab: Int, maxSeqLen: Int, dataToke
         let otherTokenizer = (dataTokenizer != nil && tok != nil && tok!.hash != dataTokenizer!) || realPast != nil || rows < studentVocab
         if otherTokenizer {
             let theirs = tok.map { "\($0.vocabSize) tokens, hash \(String($0.hash, radix: 16))" } ?? "\(rows) rows, no tokenizer in the file"
+                + (realPast.map { "; id \($0) is the real token '\(tok!.tokens[$0])'" } ?? "")
             let ours = "\(studentVocab) tokens" + (dataTokenizer.map { ", hash \(String($0, radix: 16))" } ?? "")
             guard crossTokenizer != .off else {
                 throw KDError.invalidInput(what: "teacher \(path)", expected: "the student's tokenizer (\(ours)), or distill.cross_tokenizer uld or gold "
@@ -131,8 +139,10 @@ func checkTeachersAgree(_ loaded: [LoadedModel], paths: [String], cross: Set<Int
 /// The student's tokenizer is `distill.student_tokenizer`, else the one of a loaded model (a teacher, `student.teacher`)
 /// with the data's hash, else the file the data's prepare.json names. `cross_tokenizer` set with every teacher on the
 /// student's tokenizer runs plain distillation, with a warning.
-func crossTokenizerPairs(_ c: RunConfig, corpus: TokenCorpus, loaded: [LoadedModel], others: [LoadedModel]) throws -> [Int: CrossTokenizerPair] {
-    guard c.distill.crossTokenizer != .off else { return [:] }
+func crossTokenizerPairs(_ c: RunConfig, corpus: TokenCorpus, loaded: [LoadedModel],
+                         others: [LoadedModel]) throws -> (pairs: [Int: CrossTokenizerPair], student: BPETokenizer?) {
+    // (a cache run loads no teacher: the cache says what it holds)
+    guard c.distill.crossTokenizer != .off, !loaded.isEmpty else { return ([:], nil) }
     let sources = c.teacher?.sources ?? []
     let cross = loaded.indices.filter { i in
         guard let tok = loaded[i].tokenizer else { return false }
@@ -140,7 +150,7 @@ func crossTokenizerPairs(_ c: RunConfig, corpus: TokenCorpus, loaded: [LoadedMod
     }
     if cross.isEmpty {
         KDLog.info("warning: distill.cross_tokenizer \(c.distill.crossTokenizer.rawValue), but every teacher has the student's tokenizer: plain distillation")
-        return [:]
+        return ([:], nil)
     }
     guard let hash = corpus.tokenizerHash else {
         throw KDError.invalidInput(what: "distill.cross_tokenizer", expected: "data prepared with a tokenizer (its windows are decoded to bytes)",
@@ -171,7 +181,7 @@ func crossTokenizerPairs(_ c: RunConfig, corpus: TokenCorpus, loaded: [LoadedMod
                           sources[i].path, pair.map.mappedStudentTokens, pair.map.studentVocab, 100 * pair.map.studentShare))
         pairs[i] = pair
     }
-    return pairs
+    return (pairs, student)
 }
 
 /// The files a teacher path stands for (a GGUF file, or a folder's config and weights).

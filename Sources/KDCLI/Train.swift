@@ -79,9 +79,9 @@ struct Train: ParsableCommand {
             }
             // teachers with another tokenizer (distill.cross_tokenizer) are aligned one by one; the others must agree
             let cross = try crossTokenizerPairs(c, corpus: corpus, loaded: loaded, others: cutFrom.map { [$0] } ?? [])
-            try checkTeachersAgree(loaded, paths: sources.map(\.path), cross: Set(cross.keys))
+            try checkTeachersAgree(loaded, paths: sources.map(\.path), cross: Set(cross.pairs.keys))
             let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teachers: loaded.map(\.model), teacherManifest: manifest,
-                                      teacherCache: cache, initFrom: cutFrom?.model, crossTokenizers: cross)
+                                      teacherCache: cache, initFrom: cutFrom?.model, crossTokenizers: cross.pairs)
             if c.student.initFrom == .fromTeacher, let src = cutFrom?.model ?? loaded.first?.model {
                 KDLog.info("  student cut from \(c.student.teacher.isEmpty ? sources[0].path : c.student.teacher): blocks \(trainer.cutBlocks) of \(src.config.layers)"
                             + (trainer.cutChannels.map { ", \($0.count) of \(src.config.dim) residual channels (largest mean |normalized activation|)" } ?? ""))
@@ -93,7 +93,8 @@ struct Train: ParsableCommand {
             // the student speaks the teacher's tokens: its checkpoints carry the tokenizer (generate and eval --text work)
             // (not a SentencePiece vocabulary: tokenizer.json would need merges GGUF does not store; eval and generate of
             // such a checkpoint take the teacher's tokenizer with --teacher, and GGUF exports carry it)
-            if let tok = (loaded + (cutFrom.map { [$0] } ?? [])).compactMap(\.tokenizer).first(where: { $0.hash == corpus.tokenizerHash }),
+            if let tok = ((loaded + (cutFrom.map { [$0] } ?? [])).compactMap(\.tokenizer) + (cross.student.map { [$0] } ?? []))
+                .first(where: { $0.hash == corpus.tokenizerHash }),
                tok.sentencePiece == nil {
                 trainer.extraCheckpointFiles[CheckpointFile.tokenizer] = try tok.hfTokenizerJSON()
             }

@@ -152,6 +152,10 @@ public final class Trainer {
         }
         if let cache = teacherCache {
             try cache.check(corpus: corpus, seqLen: t.seqLen, temperature: config.distill.temperature)
+            if cache.isCrossTokenizer, config.distill.crossTokenizer == .off {
+                throw KDError.invalidInput(what: "teacher.cache \(cache.dir)", expected: "distill.cross_tokenizer uld or gold (the cache holds a teacher "
+                                           + "with another tokenizer)", found: "off")
+            }
         } else if let c = config.teacher?.cache, !c.isEmpty {
             throw KDError.invalidInput(what: "teacher.cache", expected: "the cache \(c) opened", found: "none given to the trainer")
         }
@@ -369,6 +373,18 @@ public final class Trainer {
         let loss = (!hasTeacher ? ce : batch.source != .corpus ? t2 * kd : Double(1 - d.kdRatio) * ce + Double(d.kdRatio) * t2 * kd)
             + Double(d.hiddenWeight) * hidden
         return (loss, ce, kd, sums[3] / n, sums[4] > 0, hidden)
+    }
+
+    /// The divergence term's name in progress lines and metrics: the objective, or with teachers of another tokenizer
+    /// `uld` or `gold_<objective>` (gold's buckets use the objective).
+    public var kdLabel: String {
+        let d = config.distill
+        let cross = !crossTeachers.isEmpty || (placement as? OfflineTeacher)?.cache.isCrossTokenizer == true
+        guard cross else { return d.objective.rawValue }
+        switch d.crossTokenizer {
+        case .uld: return "uld"
+        case .gold, .off: return "gold_\(d.objective.rawValue)"
+        }
     }
 
     /// The divergence named by the config.

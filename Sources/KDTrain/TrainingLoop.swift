@@ -35,7 +35,7 @@ extension Trainer {
     @discardableResult
     public func evaluateAndLog() throws -> LossSum? {
         guard let v = try evaluateDetailed() else { return nil }
-        let objective = config.distill.objective.rawValue
+        let objective = kdLabel
         let kd = hasTeacher ? String(format: " | val %@ %.4f | agree %.1f%%", objective, v.kdMean, 100 * v.agreement) : ""
         KDLog.info(String(format: "eval  step %5d | val ce %.4f | val ppl %.2f%@", step, v.mean, Foundation.exp(v.mean), kd))
         var vals: [(String, Double)] = [("ce", v.mean), ("ppl", Foundation.exp(v.mean))]
@@ -77,7 +77,7 @@ extension Trainer {
             onStep(s)
             let elapsed = monotonicSeconds() - begin
             let tps = Double(tokensSeen) / elapsed
-            let objective = config.distill.objective.rawValue
+            let objective = kdLabel
             if let metrics {
                 var v: [(String, Double)] = [("loss", s.loss)]
                 if hasTeacher { v += [("ce", s.ce), (objective, s.kd), ("agreement", s.agreement)] }

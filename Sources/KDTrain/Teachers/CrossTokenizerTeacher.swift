@@ -81,8 +81,9 @@ final class CrossTokenizerTeacher {
     deinit { map.deallocate() }
 
     /// The teacher's top-k rows (its vocabulary) for the b × t student rows of `tokens`; `targets` gives each row's
-    /// next tokens (the last position's target extends the window; −1 = no loss there).
-    func output(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, b: Int, t: Int) -> TopKBuffer {
+    /// next tokens (the last position's target extends the window; −1 = no loss there). The figures count the first
+    /// `counted` rows (all by default; a cache's short last slice repeats a window it does not write).
+    func output(tokens: UnsafePointer<Int32>, targets: UnsafePointer<Int32>?, b: Int, t: Int, counted: Int? = nil) -> TopKBuffer {
         let before = stats
         defer { last = stats - before }
         let start = monotonicSeconds(), n = b * t, cap = model.config.maxSeqLen
@@ -95,12 +96,13 @@ final class CrossTokenizerTeacher {
         let tt = min(cap, (max(1, alignments.map(\.teacherTokens.count).max() ?? 1) + 15) / 16 * 16)
         // pad every row to the longest (positions past a row's end are never read: attention is causal)
         var teacherTokens = [Int32](repeating: pair.aligner.teacher.eos ?? 0, count: b * tt)
+        let counted = min(counted ?? b, b)
         for (row, a) in alignments.enumerated() {
             for (j, id) in a.teacherTokens.enumerated() { teacherTokens[row * tt + j] = id }
-            stats.teacherTokens += a.teacherTokens.count
+            if row < counted { stats.teacherTokens += a.teacherTokens.count }
         }
-        stats.studentTokens += b * t
-        for row in 0..<b {
+        stats.studentTokens += counted * t
+        for row in 0..<counted {
             for i in 0..<t where targets.map({ $0[row * t + i] >= 0 }) ?? true {
                 stats.positions += 1
                 if alignments[row].teacherPosition[i] >= 0 { stats.aligned += 1 }

@@ -24,10 +24,18 @@ public struct TeacherCacheInfo: Codable, Equatable, Sendable {
     public var trainWindows: Int, validationWindows: Int
     public var trainTokenHash: String, validationTokenHash: String
     public var teachers: [TeacherManifestEntry]
+    /// A teacher with another tokenizer (`distill.cross_tokenizer`): its rows are in its own vocabulary, aligned to the
+    /// student's positions (an unaligned row's first id is −1); vocab_map.bin maps its ids to the student's. The
+    /// student's tokenizer hash (the data's) and the alignment figures of the written windows. nil otherwise.
+    public var studentTokenizerHash: String?
+    public var teacherVocab: Int?
+    public var alignedShare: Double?, matchedShare: Double?
 
     enum CodingKeys: String, CodingKey {
         case format, k, temperature, seqLen = "seq_len", trainWindows = "train_windows", validationWindows = "validation_windows"
         case trainTokenHash = "train_token_hash", validationTokenHash = "validation_token_hash", teachers
+        case studentTokenizerHash = "student_tokenizer_hash", teacherVocab = "teacher_vocab", alignedShare = "aligned_share"
+        case matchedShare = "matched_share"
     }
 }
 
@@ -36,6 +44,9 @@ public final class TeacherCache {
     public let dir: String
     public let info: TeacherCacheInfo
     let train: MappedFile, validation: MappedFile?
+    /// A cross-tokenizer cache's teacher → student id map (vocab_map.bin). - Shapes: [teacherVocab]
+    public let vocabMap: UnsafeMutablePointer<Int32>?
+    public var isCrossTokenizer: Bool { vocabMap != nil }
 
     public init(dir: String) throws {
         self.dir = dir
@@ -58,7 +69,20 @@ public final class TeacherCache {
         }
         train = try open("train", windows: info.trainWindows)!
         validation = try open("validation", windows: info.validationWindows)
+        if let tv = info.teacherVocab {
+            let p = (dir as NSString).appendingPathComponent("vocab_map.bin")
+            guard let d = FileManager.default.contents(atPath: p), d.count == tv * 4 else {
+                throw KDError.invalidInput(what: "teacher cache \(p)", expected: "\(tv * 4) bytes (the teacher's \(tv) ids)",
+                                           found: FileManager.default.fileExists(atPath: p) ? "another size" : "no file")
+            }
+            let m = UnsafeMutablePointer<Int32>.allocate(capacity: tv)
+            _ = d.withUnsafeBytes { memcpy(m, $0.baseAddress!, tv * 4) }
+            vocabMap = m
+        } else {
+            vocabMap = nil
+        }
     }
+    deinit { vocabMap?.deallocate() }
 
     public static func bytesPerWindow(seqLen: Int, k: Int) -> Int { seqLen * TopK.bytesPerToken(k: k) }
 
@@ -66,6 +90,10 @@ public final class TeacherCache {
     public func check(corpus: TokenCorpus, seqLen: Int, temperature: Float) throws {
         func need(_ ok: Bool, _ what: String, _ expected: String, _ found: String) throws {
             if !ok { throw KDError.invalidInput(what: "teacher cache \(dir): \(what)", expected: expected, found: found) }
+        }
+        if let made = info.studentTokenizerHash {
+            let ours = corpus.tokenizerHash.map { String($0, radix: 16) } ?? "bytes"
+            try need(made == ours, "student tokenizer", "the data's tokenizer (hash \(ours))", "a cache made for tokenizer \(made)")
         }
         try need(info.seqLen == seqLen, "seq_len", "\(seqLen) (train.seq_len)", "\(info.seqLen)")
         try need(info.temperature == temperature, "temperature", "\(temperature) (distill.temperature)", "\(info.temperature)")
@@ -89,9 +117,14 @@ public final class TeacherCache {
     }
 
     /// Computes and writes a cache (collective: every rank calls it). Teachers are combined as in training.
+    /// With `cross` (one teacher with another tokenizer), its rows are aligned to the student's positions.
     public static func write(dir: String, corpus: TokenCorpus, teachers: [Transformer], weights: [Float], combine: TeacherCombine,
                              manifest: [TeacherManifestEntry], k: Int, temperature: Float, seqLen: Int, batch: Int,
-                             comm: any Communicator, progress: (String, Int, Int) -> Void = { _, _, _ in }) throws {
+                             comm: any Communicator, cross: CrossTokenizerPair? = nil,
+                             progress: (String, Int, Int) -> Void = { _, _, _ in }) throws {
+        precondition(cross == nil || teachers.count == 1, "TeacherCache.write: a cross-tokenizer cache holds one teacher")
+        let aligner = cross.map { CrossTokenizerTeacher(model: teachers[0], spec: CrossTokenizerTeacherSpec(pair: $0, k: k, temperature: temperature)) }
+        var targets = [Int32](repeating: -1, count: batch * seqLen)
         let fm = FileManager.default
         let tmp = dir + ".tmp-\(getpid())"
         var info = TeacherCacheInfo(k: k, temperature: temperature, seqLen: seqLen, trainWindows: 0, validationWindows: 0,
@@ -135,14 +168,31 @@ public final class TeacherCache {
                             }
                         }
                     }
-                    var members: [TeacherSource] = []
-                    for (t, w) in zip(teachers, weights) {
-                        tokens.withUnsafeBufferPointer { t.forward(tokens: $0.baseAddress!, b: batch, t: seqLen) }
-                        members.append(TeacherSource(head: t.lmHeadWeight, hidden: t.finalHidden, weight: w))
-                    }
-                    routes.withUnsafeBufferPointer { rp in
-                        rows.fill(ensemble: TeacherEnsemble(members: members, combine: combine, route: routed ? rp.baseAddress! : nil),
-                                  temperature: temperature, chunk: 256)
+                    if let aligner {
+                        // each window's next tokens (the last one extends it past the window, as in training)
+                        stream.withUnsafeBufferPointer { s in
+                            for i in 0..<batch {
+                                let w = lo + min(i, count - 1)
+                                for j in 0..<seqLen { targets[i * seqLen + j] = s[w * seqLen + 1 + j] }
+                            }
+                        }
+                        // only the windows written count (a short last slice repeats one)
+                        let aligned = tokens.withUnsafeBufferPointer { tp in
+                            targets.withUnsafeBufferPointer {
+                                aligner.output(tokens: tp.baseAddress!, targets: $0.baseAddress!, b: batch, t: seqLen, counted: count)
+                            }
+                        }
+                        rows.raw.copyMemory(from: aligned.raw, byteCount: rows.byteCount)
+                    } else {
+                        var members: [TeacherSource] = []
+                        for (t, w) in zip(teachers, weights) {
+                            tokens.withUnsafeBufferPointer { t.forward(tokens: $0.baseAddress!, b: batch, t: seqLen) }
+                            members.append(TeacherSource(head: t.lmHeadWeight, hidden: t.finalHidden, weight: w))
+                        }
+                        routes.withUnsafeBufferPointer { rp in
+                            rows.fill(ensemble: TeacherEnsemble(members: members, combine: combine, route: routed ? rp.baseAddress! : nil),
+                                      temperature: temperature, chunk: 256)
+                        }
                     }
                     // regroup the micro-batch's three sections into per-window blocks
                     block.withUnsafeMutableBytes { b in
@@ -175,6 +225,19 @@ public final class TeacherCache {
             if let handle {
                 try handle.synchronize()
                 try handle.close()
+            }
+        }
+        if let cross, let aligner {
+            var v = aligner.stats.values
+            try comm.allReduceSum(&v)
+            let a = AlignmentStats(values: v)
+            info.studentTokenizerHash = corpus.tokenizerHash.map { String($0, radix: 16) } ?? "bytes"
+            info.teacherVocab = cross.map.teacherToStudent.count
+            info.alignedShare = a.alignedShare
+            info.matchedShare = a.matchedShare
+            if comm.rank == 0 {
+                let map = cross.map.teacherToStudent.withUnsafeBytes { Data($0) }
+                try atomicWrite(path: (tmp as NSString).appendingPathComponent("vocab_map.bin")) { try $0.write(contentsOf: map) }
             }
         }
         if comm.rank == 0 {

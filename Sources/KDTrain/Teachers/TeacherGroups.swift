@@ -49,7 +49,8 @@ final class TeacherGroups: TeacherPlacement {
         let groupSize = comm.worldSize / teachers.count, group = comm.rank / groupSize
         self.groupSize = groupSize
         self.group = group
-        crossK = cross.mapValues { min($0.k, teachers[0].config.vocabSize, $0.pair.map.teacherToStudent.count) }
+        // every rank knows each such group's k (the size of its messages): what that group's CrossTokenizerTeacher uses
+        crossK = Dictionary(uniqueKeysWithValues: cross.map { ($0.key, min($0.value.k, teachers[$0.key].config.vocabSize)) })
         crossTeacher = cross[group].map { CrossTokenizerTeacher(model: teachers[group], spec: $0) }
         crossMaps = cross.mapValues { spec in
             let m = UnsafeMutablePointer<Int32>.allocate(capacity: spec.pair.map.teacherToStudent.count)

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The cross-tokenizer comparison of the README: one random-init student with SmolLM2's tokenizer (Configs/cross/base.yaml)
+# trained at equal steps and tokens with cross-entropy only, with SmolLM2 (same tokenizer, plain KL), with Gemma-3-270M
+# (another tokenizer) through `uld` and `gold`, and with both teachers together; each final checkpoint is scored on the
+# fortunes validation split and on a book it never saw, with SmolLM2 (the teacher that shares its tokens) beside it.
+# Usage: Launch/compare_cross_tokenizer.sh [VARIANT...]   (default: all; results in Checkpoints/cross/)
+# Needs the release build, both teachers (Launch/fetch_teacher.sh smollm2 gemma3) and the prepared corpus
+# (Launch/quickstart.sh). Finished runs are reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+d=${DISTILL_BIN:-.build/release/distill}
+smollm=Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf
+data=Checkpoints/data/fortunes-smollm
+book=Checkpoints/data/botchan.txt
+out=Checkpoints/cross
+variants=("$@")
+[ ${#variants[@]} -eq 0 ] && variants=(ce smollm2 gemma-uld gemma-gold both-gold)
+for f in "$d" "$smollm" Checkpoints/teachers/gemma-3-270m-q4_k_m.gguf "$data/train.bin" "$book"; do
+    [ -e "$f" ] || { echo "compare_cross_tokenizer: $f is missing (Launch/quickstart.sh, Launch/fetch_teacher.sh gemma3, Launch/fetch_heldout.sh)" >&2; exit 1; }
+done
+mkdir -p "$out"
+for v in "${variants[@]}"; do
+    cfg=Configs/cross/$v.yaml
+    [ -f "$cfg" ] || { echo "compare_cross_tokenizer: no $cfg (expected one of: $(ls Configs/cross | grep -v base | sed 's/.yaml//' | tr '\n' ' '))" >&2; exit 1; }
+    steps=$($d train --config "$cfg" --dry-run | awk '/^train:/{t=1} t&&/^  steps:/{print $2; exit}')
+    final=$(printf "%s/%s/step_%08d" "$out" "$v" "$steps")
+    if [ ! -f "$final/checksums.json" ]; then
+        echo "== $v: training ($cfg)"
+        start=$(date +%s)
+        DISTILL_BIN=$d bash Launch/distill-mpi.sh 2 train --config "$cfg" --resume auto --sample-tokens 0 > "$out/$v.log" 2>&1 || true
+        [ -f "$final/checksums.json" ] || { echo "compare_cross_tokenizer: $v did not finish (see $out/$v.log)" >&2; exit 1; }
+        echo "$(( $(date +%s) - start ))" > "$out/$v.seconds"
+    fi
+    [ -f "$final/val.json" ] || $d eval --model "$final" --teacher "$smollm" --data "$data" --context 128 --max-windows 32 --json > "$final/val.json"
+    [ -f "$final/book.json" ] || $d eval --model "$final" --teacher "$smollm" --text "$book" --context 128 --max-windows 32 --json > "$final/book.json"
+done
+python3 - "$out" "${variants[@]}" <<'PY'
+import json, os, re, statistics, sys
+out, variants = sys.argv[1], sys.argv[2:]
+steps_re = re.compile(r"^step .*\| (\d+) tok/s")
+lines = ["| variant | teacher(s) | validation NLL | held-out book NLL | top-1 agreement with SmolLM2 (book) | aligned / matched positions | tokens/s (median) | aligning per step | wall time |",
+         "|---|---|---|---|---|---|---|---|---|"]
+teacher = {}
+for v in variants:
+    d = os.path.join(out, v)
+    final = sorted(c for c in os.listdir(d) if c.startswith("step_"))[-1]
+    val = json.load(open(os.path.join(d, final, "val.json")))
+    book = json.load(open(os.path.join(d, final, "book.json")))
+    teacher = {"val": val["teacher_mean_nll"], "book": book["teacher_mean_nll"]}
+    log = open(os.path.join(out, v + ".log")).read().splitlines()
+    toks = [int(m.group(1)) for m in map(steps_re.match, log) if m]
+    cross = next((l for l in log if l.startswith("cross-tokenizer:")), "")
+    m = re.search(r"([\d.]+)% of loss positions aligned, ([\d.]+)% matched", cross)
+    a = re.search(r"aligning ([\d.]+) ms per step per rank \(([\d.]+)%", cross)
+    cfg = open(f"Configs/cross/{v}.yaml").read()
+    who = ", ".join(os.path.basename(p).split(".")[0].split("-q4")[0] for p in re.findall(r"path: (\S+)", cfg)) or "none (cross-entropy)"
+    secs = open(os.path.join(out, v + ".seconds")).read().strip() if os.path.exists(os.path.join(out, v + ".seconds")) else "?"
+    lines.append(f"| {v} | {who} | {val['mean_nll']:.3f} | {book['mean_nll']:.3f} | {100 * book['top1_agreement']:.1f}% | "
+                 + (f"{m.group(1)}% / {m.group(2)}%" if m else "—") + f" | {statistics.median(toks) if toks else 0:.0f} | "
+                 + (f"{a.group(1)} ms ({a.group(2)}%)" if a else "—") + f" | {secs} s |")
+lines.append(f"\nSmolLM2-135M-Instruct (the teacher with the student's tokens) on the same windows: validation {teacher['val']:.3f}, book {teacher['book']:.3f}.")
+text = "\n".join(lines)
+open(os.path.join(out, "results.md"), "w").write(text + "\n")
+print(text)
+PY

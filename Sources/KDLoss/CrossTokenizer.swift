@@ -102,6 +102,18 @@ func uldRow(teacherProbs tp: UnsafeMutablePointer<Float>, u: Int, teacherRest: D
     var size = 0
     @inline(__always) func less(_ a: Int, _ b: Int) -> Bool { hv[a] < hv[b] || (hv[a] == hv[b] && hid[a] > hid[b]) }
     @inline(__always) func swap(_ a: Int, _ b: Int) { (hv[a], hv[b]) = (hv[b], hv[a]); (hid[a], hid[b]) = (hid[b], hid[a]) }
+    /// Restores the min-heap below i among the first `count` entries.
+    func siftDown(_ i0: Int, _ count: Int) {
+        var i = i0
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < count, less(l, m) { m = l }
+            if r < count, less(r, m) { m = r }
+            if m == i { return }
+            swap(i, m); i = m
+        }
+    }
     var total = 0.0
     if n > 0 {
         for j in 0..<v where excluded?[j] ?? 0 == 0 {
@@ -113,29 +125,15 @@ func uldRow(teacherProbs tp: UnsafeMutablePointer<Float>, u: Int, teacherRest: D
                 while i > 0, less(i, (i - 1) / 2) { swap(i, (i - 1) / 2); i = (i - 1) / 2 }
             } else if x > hv[0] {
                 hv[0] = x; hid[0] = Int32(j)
-                var i = 0
-                while true {
-                    let l = 2 * i + 1, r = l + 1
-                    var m = i
-                    if l < size, less(l, m) { m = l }
-                    if r < size, less(r, m) { m = r }
-                    if m == i { break }
-                    swap(i, m); i = m
-                }
+                siftDown(0, size)
             }
         }
-        // heap → largest first
+        // heap sort of a min-heap: the smallest goes last, the largest ends first
         var end = size
-        while end > 1 { swap(0, end - 1); end -= 1
-            var i = 0
-            while true {
-                let l = 2 * i + 1, r = l + 1
-                var m = i
-                if l < end, less(l, m) { m = l }
-                if r < end, less(r, m) { m = r }
-                if m == i { break }
-                swap(i, m); i = m
-            }
+        while end > 1 {
+            swap(0, end - 1)
+            end -= 1
+            siftDown(0, end)
         }
     } else {
         for j in 0..<v where excluded?[j] ?? 0 == 0 { total += Double(q[j]) }

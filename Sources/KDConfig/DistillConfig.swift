@@ -83,13 +83,16 @@ public struct DistillConfig: Codable, Equatable, Sendable {
     /// `student.teacher` has the tokenizer the data was prepared with and the data's prepare.json does not name it.
     /// Default none.
     public var studentTokenizer = ""
+    /// Weight of gold's ULD part (the teacher's tokens without a student twin against the student's other tokens);
+    /// 0 keeps only the exact buckets. Default 1.
+    public var uldWeight: Float = 1
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case objective, kdRatio = "kd_ratio", temperature, t2Scale = "t2_scale", skewLambda = "skew_lambda", jsdBeta = "jsd_beta"
         case mixAlpha = "mix_alpha", hiddenWeight = "hidden_weight", hiddenLayers = "hidden_layers"
-        case crossTokenizer = "cross_tokenizer", studentTokenizer = "student_tokenizer"
+        case crossTokenizer = "cross_tokenizer", studentTokenizer = "student_tokenizer", uldWeight = "uld_weight"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -106,6 +109,8 @@ public struct DistillConfig: Codable, Equatable, Sendable {
         hiddenLayers = try c.value(.hiddenLayers, or: hiddenLayers)
         crossTokenizer = try c.value(.crossTokenizer, or: crossTokenizer)
         studentTokenizer = try c.value(.studentTokenizer, or: studentTokenizer)
+        uldWeight = try c.value(.uldWeight, or: uldWeight)
+        try c.require(uldWeight >= 0 && uldWeight.isFinite, .uldWeight, expected: "a number >= 0", found: uldWeight)
         try c.require(hiddenWeight >= 0, .hiddenWeight, expected: "a number >= 0 (0 = off)", found: hiddenWeight)
         try c.require((0...1).contains(mixAlpha), .mixAlpha, expected: "a number in [0, 1]", found: mixAlpha)
         try c.require((0...1).contains(kdRatio), .kdRatio, expected: "a number in [0, 1]", found: kdRatio)

@@ -8,7 +8,8 @@
 //   gold (the hybrid of TRL's GOLD trainer): the listed teacher tokens that have a student twin (same bytes, the
 //        vocabulary map) are exact buckets, everything else is one bucket on each side, and the configured
 //        divergence D is taken over those buckets; plus uld between the remaining parts: the unmapped listed teacher
-//        tokens (and the teacher's tail) against the student's tokens outside the mapped buckets.
+//        tokens (and the teacher's tail) against the student's tokens outside the mapped buckets, weighted by
+//        `uldWeight` (TRL weighs its two parts too; 0 keeps the exact buckets alone).
 // Dims: v student vocabulary, k teacher top-k, u listed teacher tokens in a uld term.
 import Foundation
 import KDConfig
@@ -37,12 +38,12 @@ public struct CrossTeacherRows {
 public func crossTokenizerScratch(v: Int, k: Int) -> Int { 5 * v + 7 * (k + 1) }
 
 /// The cross-tokenizer divergence of one aligned row; with `grad`, writes scale · ∂/∂s there (overwriting).
-/// `d` is the divergence over gold's buckets. Returns 0 (and a zero gradient) for an unaligned row (ids[0] < 0).
+/// `d` is the divergence over gold's buckets, `uldWeight` the weight of its ULD part. Returns 0 (and a zero gradient) for an unaligned row (ids[0] < 0).
 /// - Shapes: ids, logProbs [k] · map [teacher vocabulary] · s, grad [v] · scratch [crossTokenizerScratch(v, k)]
 public func crossTokenizerRow(
     _ loss: CrossTokenizerLoss, _ d: Divergence, ids: UnsafePointer<Int32>, logProbs: UnsafePointer<Float>, logTail: Float, k: Int,
     map: UnsafePointer<Int32>, studentLogits s: UnsafePointer<Float>, v: Int, temperature T: Float,
-    grad: UnsafeMutablePointer<Float>?, scale: Float, scratch: UnsafeMutablePointer<Float>
+    grad: UnsafeMutablePointer<Float>?, scale: Float, uldWeight: Float = 1, scratch: UnsafeMutablePointer<Float>
 ) -> Double {
     grad?.update(repeating: 0, count: v)
     guard ids[0] >= 0 else { return 0 }
@@ -78,11 +79,12 @@ public func crossTokenizerRow(
             value += divergenceRowTopK(d, ids: mids, logProbs: mlp, logTail: unmapped, k: m, studentLogits: s, v: v, temperature: T,
                                        grad: grad, scale: scale, scratch: part)
         }
+        guard uldWeight > 0 else { return value }
         excluded.update(repeating: 0, count: v)
         for i in 0..<m { excluded[Int(mids[i])] = 1 }
         let tailOnly = logTail > -.infinity ? Double(expf(logTail)) : 0
-        value += uldRow(teacherProbs: tp, u: u, teacherRest: tailOnly, q: q, v: v, excluded: excluded, temperature: T,
-                        grad: grad, scale: scale, work: small + 3 * (k + 1))
+        value += Double(uldWeight) * uldRow(teacherProbs: tp, u: u, teacherRest: tailOnly, q: q, v: v, excluded: excluded, temperature: T,
+                                            grad: grad, scale: scale * uldWeight, work: small + 3 * (k + 1))
         return value
     }
 }

@@ -99,6 +99,8 @@ public struct DistillTarget {
     /// Teachers with other vocabularies, aligned to these rows (`distill.cross_tokenizer`), and their loss.
     public var cross: [CrossTeacherRows] = []
     public var crossLoss = CrossTokenizerLoss.gold
+    /// Weight of gold's ULD part (`distill.uld_weight`).
+    public var uldWeight: Float = 1
     /// Weight of the same-vocabulary part (`teachers` or `topK`) in the divergence term: 1 unless teachers of other
     /// vocabularies share it (then the teachers' normalized weights of that part); 0 when there is none.
     public var sameWeight: Float = 1
@@ -182,7 +184,7 @@ public func lmHeadDistill(
                                                                       logTail: rows.logTail[r], k: rows.k, map: c.teacherToStudent,
                                                                       studentLogits: row, v: v, temperature: t.temperature,
                                                                       grad: training ? g2 : nil, scale: lossScale * t.kdWeight * c.weight,
-                                                                      scratch: g2 + v)
+                                                                      uldWeight: t.uldWeight, scratch: g2 + v)
                         if training { for j in 0..<v { g[j] += g2[j] } }
                     }
                     if let agree { agree[r] = teacherTop == studentTop ? 1 : 0 }

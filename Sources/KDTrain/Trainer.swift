@@ -423,6 +423,7 @@ public final class Trainer {
             target.cross = out.cross
             target.sameWeight = out.sameWeight
             target.crossLoss = d.crossTokenizer == .uld ? .uld : .gold
+            target.uldWeight = d.uldWeight
             if countingAlignment { alignment = alignment + out.alignment }
         }
         return target

@@ -63,12 +63,12 @@ func teacherRows(_ logits: [Float], k: Int, temperature T: Float) -> (ids: [Int3
 }
 
 func fastCross(_ loss: CrossTokenizerLoss, _ d: Divergence, rows: (ids: [Int32], logProbs: [Float], logTail: Float), map: [Int32],
-               logits: [Float], temperature T: Float) -> (Double, [Float]) {
+               logits: [Float], temperature T: Float, uldWeight: Float = 1) -> (Double, [Float]) {
     let v = logits.count, k = rows.ids.count
     var grad = [Float](repeating: 0, count: v), scratch = [Float](repeating: 0, count: crossTokenizerScratch(v: v, k: k))
     let value = grad.withUnsafeMutableBufferPointer { g in scratch.withUnsafeMutableBufferPointer { sc in
         crossTokenizerRow(loss, d, ids: rows.ids, logProbs: rows.logProbs, logTail: rows.logTail, k: k, map: map, studentLogits: logits, v: v,
-                          temperature: T, grad: g.baseAddress!, scale: 1, scratch: sc.baseAddress!)
+                          temperature: T, grad: g.baseAddress!, scale: 1, uldWeight: uldWeight, scratch: sc.baseAddress!)
     } }
     return (value, grad)
 }
@@ -188,4 +188,15 @@ func crossTokenizerLossesMatchTheDenseReference(_ lossAndD: (CrossTokenizerLoss,
     // row 2's cross part is unaligned: its divergence is the same-vocabulary part alone, smaller than with both
     #expect(kd.allSatisfy { $0 > 0 })
     #expect(kd[2] < kd.enumerated().filter { $0.offset != 2 }.map(\.element).max()!)
+}
+
+@Test func goldsULDPartIsWeightedByUldWeight() {
+    // gold = buckets + w·uld: linear in w, value and gradient; w = 0 leaves the exact buckets alone
+    let map: [Int32] = [3, -1, 0, 7, -1, 1, -1, -1, 8, 5, -1]
+    let rows = teacherRows(randomArray(11, seed: 95, scale: 2.5), k: 6, temperature: 1), sl = randomArray(9, seed: 96, scale: 2.5)
+    let (v0, g0) = fastCross(.gold, .reverseKL, rows: rows, map: map, logits: sl, temperature: 1, uldWeight: 0)
+    let (v1, g1) = fastCross(.gold, .reverseKL, rows: rows, map: map, logits: sl, temperature: 1, uldWeight: 1)
+    let (vw, gw) = fastCross(.gold, .reverseKL, rows: rows, map: map, logits: sl, temperature: 1, uldWeight: 0.3)
+    #expect(v1 > v0 && abs(vw - (v0 + 0.3 * (v1 - v0))) < 1e-6)
+    #expect(zip(gw, zip(g0, g1)).allSatisfy { abs($0 - ($1.0 + 0.3 * ($1.1 - $1.0))) < 1e-6 })
 }

@@ -4,6 +4,8 @@
 # (another tokenizer) through `uld` and `gold`, and with both teachers together; each final checkpoint is scored on the
 # fortunes validation split and on a book it never saw, with SmolLM2 (the teacher that shares its tokens) beside it.
 # Usage: Launch/compare_cross_tokenizer.sh [VARIANT...]   (default: all; results in Checkpoints/cross/)
+# Speed is measured apart, in one sitting after the trainings, one variant at a time: 12 steps of each (median
+# tokens/s of steps 3–12), so the column compares like with like even if the trainings shared the machine.
 # Needs the release build, both teachers (Launch/fetch_teacher.sh smollm2 gemma3) and the prepared corpus
 # (Launch/quickstart.sh). Finished runs are reused.
 set -euo pipefail
@@ -14,7 +16,7 @@ data=Checkpoints/data/fortunes-smollm
 book=Checkpoints/data/botchan.txt
 out=Checkpoints/cross
 variants=("$@")
-[ ${#variants[@]} -eq 0 ] && variants=(ce smollm2 gemma-uld gemma-gold both-gold)
+[ ${#variants[@]} -eq 0 ] && variants=(ce smollm2 gemma-uld gemma-gold gemma-gold-buckets both-gold)
 for f in "$d" "$smollm" Checkpoints/teachers/gemma-3-270m-q4_k_m.gguf "$data/train.bin" "$book"; do
     [ -e "$f" ] || { echo "compare_cross_tokenizer: $f is missing (Launch/quickstart.sh, Launch/fetch_teacher.sh gemma3, Launch/fetch_heldout.sh)" >&2; exit 1; }
 done
@@ -34,10 +36,17 @@ for v in "${variants[@]}"; do
     [ -f "$final/val.json" ] || $d eval --model "$final" --teacher "$smollm" --data "$data" --context 128 --max-windows 32 --json > "$final/val.json"
     [ -f "$final/book.json" ] || $d eval --model "$final" --teacher "$smollm" --text "$book" --context 128 --max-windows 32 --json > "$final/book.json"
 done
+for v in "${variants[@]}"; do
+    [ -f "$out/speed/$v.log" ] && grep -q "^step    12/12" "$out/speed/$v.log" && continue
+    echo "== $v: speed (12 steps)"
+    rm -rf "$out/speed/$v"
+    mkdir -p "$out/speed"
+    DISTILL_BIN=$d bash Launch/distill-mpi.sh 2 train --config "Configs/cross/$v.yaml" --steps 12 --checkpoint-dir "$out/speed/$v" \
+        --sample-tokens 0 > "$out/speed/$v.log" 2>&1 || { echo "compare_cross_tokenizer: speed run of $v failed (see $out/speed/$v.log)" >&2; exit 1; }
+done
 python3 - "$out" "${variants[@]}" <<'PY'
 import json, os, re, statistics, sys
 out, variants = sys.argv[1], sys.argv[2:]
-steps_re = re.compile(r"^step .*\| (\d+) tok/s")
 lines = ["| variant | teacher(s) | validation NLL | held-out book NLL | top-1 agreement with SmolLM2 (book) | aligned / matched positions | tokens/s (median) | aligning per step | wall time |",
          "|---|---|---|---|---|---|---|---|---|"]
 teacher = {}
@@ -48,9 +57,12 @@ for v in variants:
     book = json.load(open(os.path.join(d, final, "book.json")))
     teacher = {"val": val["teacher_mean_nll"], "book": book["teacher_mean_nll"]}
     log = open(os.path.join(out, v + ".log")).read().splitlines()
-    toks = [int(m.group(1)) for m in map(steps_re.match, log) if m]
-    cross = next((l for l in log if l.startswith("cross-tokenizer:")), "")
-    m = re.search(r"([\d.]+)% of loss positions aligned, ([\d.]+)% matched", cross)
+    speed = open(os.path.join(out, "speed", v + ".log")).read().splitlines()
+    recs = [json.loads(l) for l in open(os.path.join(out, "speed", v, "metrics.jsonl"))]
+    toks = [r["tokens_per_s"] for r in recs if r.get("kind") == "train" and r["step"] >= 3]
+    cross = next((l for l in speed if l.startswith("cross-tokenizer:")), "")
+    shares = next((l for l in log if l.startswith("cross-tokenizer:")), "")
+    m = re.search(r"([\d.]+)% of loss positions aligned, ([\d.]+)% matched", shares)
     a = re.search(r"aligning ([\d.]+) ms per step per rank \(([\d.]+)%", cross)
     cfg = open(f"Configs/cross/{v}.yaml").read()
     who = ", ".join(os.path.basename(p).split(".")[0].split("-q4")[0] for p in re.findall(r"path: (\S+)", cfg)) or "none (cross-entropy)"

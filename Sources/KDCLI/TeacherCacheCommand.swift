@@ -93,7 +93,7 @@ func openTeachers(_ paths: [String], studentVocab: Int, maxSeqLen: Int, dataToke
         let realPast = rows > studentVocab ? (studentVocab..<rows).first(where: { !isPadding($0) }) : nil
         let otherTokenizer = (dataTokenizer != nil && tok != nil && tok!.hash != dataTokenizer!) || realPast != nil || rows < studentVocab
         if otherTokenizer {
-            let theirs = tok.map { "\($0.vocabSize) tokens, hash \(String($0.hash, radix: 16))" } ?? "\(rows) rows, no tokenizer in the file"
+            let theirs = (tok.map { "\($0.vocabSize) tokens, hash \(String($0.hash, radix: 16))" } ?? "\(rows) rows, no tokenizer in the file")
                 + (realPast.map { "; id \($0) is the real token '\(tok!.tokens[$0])'" } ?? "")
             let ours = "\(studentVocab) tokens" + (dataTokenizer.map { ", hash \(String($0, radix: 16))" } ?? "")
             guard crossTokenizer != .off else {

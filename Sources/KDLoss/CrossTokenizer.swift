@@ -59,7 +59,7 @@ public func crossTokenizerRow(
     case .uld:
         for i in 0..<k { tp[i] = expf(logProbs[i]) }
         return uldRow(teacherProbs: tp, u: k, teacherRest: Double(logTail > -.infinity ? expf(logTail) : 0), q: q, v: v,
-                      excluded: nil, temperature: T, grad: grad, scale: scale, work: small + (k + 1))
+                      excluded: nil, excludedCount: 0, temperature: T, grad: grad, scale: scale, work: small + (k + 1))
     case .gold:
         // the mapped buckets in student ids, the teacher's unmapped listed probabilities for the uld part
         let mids = UnsafeMutableRawPointer(small + (k + 1)).assumingMemoryBound(to: Int32.self), mlp = small + 2 * (k + 1)
@@ -83,8 +83,8 @@ public func crossTokenizerRow(
         excluded.update(repeating: 0, count: v)
         for i in 0..<m { excluded[Int(mids[i])] = 1 }
         let tailOnly = logTail > -.infinity ? Double(expf(logTail)) : 0
-        value += Double(uldWeight) * uldRow(teacherProbs: tp, u: u, teacherRest: tailOnly, q: q, v: v, excluded: excluded, temperature: T,
-                                            grad: grad, scale: scale * uldWeight, work: small + 3 * (k + 1))
+        value += Double(uldWeight) * uldRow(teacherProbs: tp, u: u, teacherRest: tailOnly, q: q, v: v, excluded: excluded, excludedCount: m,
+                                            temperature: T, grad: grad, scale: scale * uldWeight, work: small + 3 * (k + 1))
         return value
     }
 }
@@ -94,13 +94,13 @@ public func crossTokenizerRow(
 /// `excluded` with the rest of theirs; with `grad`, adds scale · ∂/∂s (s the student's logits, q = softmax(s / T)).
 /// `work` holds 2·(u + 1) Floats. - Shapes: teacherProbs [u] · q, excluded (1 = excluded), grad [v]
 func uldRow(teacherProbs tp: UnsafeMutablePointer<Float>, u: Int, teacherRest: Double, q: UnsafePointer<Float>, v: Int,
-            excluded: UnsafePointer<Float>?, temperature T: Float, grad: UnsafeMutablePointer<Float>?, scale: Float,
+            excluded: UnsafePointer<Float>?, excludedCount: Int, temperature T: Float, grad: UnsafeMutablePointer<Float>?, scale: Float,
             work: UnsafeMutablePointer<Float>) -> Double {
     var sorted = UnsafeMutableBufferPointer(start: tp, count: u)
     sorted.sort(by: >)
     // the student's u largest (a min-heap of (q, id), ties to the smaller id), then sorted largest first
     let hv = work, hid = UnsafeMutableRawPointer(work + (u + 1)).assumingMemoryBound(to: Int32.self)
-    let n = min(u, v - (excluded.map { e in (0..<v).reduce(0) { $0 + (e[$1] != 0 ? 1 : 0) } } ?? 0))
+    let n = min(u, v - excludedCount)
     var size = 0
     @inline(__always) func less(_ a: Int, _ b: Int) -> Bool { hv[a] < hv[b] || (hv[a] == hv[b] && hid[a] > hid[b]) }
     @inline(__always) func swap(_ a: Int, _ b: Int) { (hv[a], hv[b]) = (hv[b], hv[a]); (hid[a], hid[b]) = (hid[b], hid[a]) }

@@ -1,6 +1,15 @@
 // The `train` section of a run config (the loop's batch geometry, length, logging). Keys are snake_case, every field has a default,
 // unknown keys and out-of-range values fail while decoding.
 
+/// `train.precision`: the operands of the linear layers' matmuls (teacher forward, student forward and backward).
+public enum Precision: String, ConfigVocabulary {
+    /// f32 operands and accumulation (OpenBLAS sgemm).
+    case f32
+    /// bf16 operands, f32 accumulation (AVX512-BF16); weights, gradients, optimizer state, norms, softmax and losses
+    /// stay f32. A CPU without AVX512-BF16 computes in f32 after one warning line.
+    case bf16
+}
+
 /// The training loop: batch geometry, length, logging.
 public struct TrainConfig: Codable, Equatable, Sendable {
     /// Optimizer steps to run. Default 100.
@@ -23,13 +32,15 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var threads = 0
     /// Rows of logits materialized at once by the chunked LM head. Default 256.
     public var lmHeadChunk = 256
+    /// Operands of the linear layers' matmuls. Default f32.
+    public var precision = Precision.f32
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case steps, microBatch = "micro_batch", gradAccum = "grad_accum", seqLen = "seq_len", seed
         case logEvery = "log_every", evalEvery = "eval_every", evalBatches = "eval_batches", threads
-        case lmHeadChunk = "lm_head_chunk"
+        case lmHeadChunk = "lm_head_chunk", precision
     }
 
     public init(from decoder: any Decoder) throws {
@@ -45,6 +56,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         evalBatches = try c.value(.evalBatches, or: evalBatches)
         threads = try c.value(.threads, or: threads)
         lmHeadChunk = try c.value(.lmHeadChunk, or: lmHeadChunk)
+        precision = try c.value(.precision, or: precision)
         try c.require(steps >= 1, .steps, expected: "an integer >= 1", found: steps)
         try c.require(microBatch >= 1, .microBatch, expected: "an integer >= 1", found: microBatch)
         try c.require(gradAccum >= 1, .gradAccum, expected: "an integer >= 1", found: gradAccum)

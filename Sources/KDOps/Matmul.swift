@@ -1,4 +1,4 @@
-// Linear layers through OpenBLAS sgemm, weights in Hugging Face layout [oc, c]; port of llm.c matmul_forward/backward.
+// Linear layers through ``gemm`` (OpenBLAS sgemm in f32; bf16 operands where the task's precision says), weights in Hugging Face layout [oc, c]; port of llm.c matmul_forward/backward.
 // Dims: n rows (= B·T), c input channels, oc output channels.
 import CBLAS
 
@@ -9,9 +9,8 @@ public func matmulForward(
     n: Int, c: Int, oc: Int, accumulate: Bool = false
 ) {
     assert(n > 0 && c > 0 && oc > 0)
-    cblas_sgemm(
-        CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(oc), Int32(c),
-        1, inp, Int32(c), weight, Int32(c), accumulate ? 1 : 0, out, Int32(oc))
+    gemm(transA: false, transB: true, m: n, n: oc, k: c, alpha: 1, a: inp, lda: c, b: weight, ldb: c,
+         beta: accumulate ? 1 : 0, c: out, ldc: oc)
 }
 
 /// Backward of ``matmulForward``. Accumulates: dinp += dout · weight, dweight += doutᵀ · inp.
@@ -23,13 +22,11 @@ public func matmulBackward(
     n: Int, c: Int, oc: Int
 ) {
     if let dinp {
-        cblas_sgemm(
-            CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(c), Int32(oc),
-            1, dout, Int32(oc), weight, Int32(c), 1, dinp, Int32(c))
+        gemm(transA: false, transB: false, m: n, n: c, k: oc, alpha: 1, a: dout, lda: oc, b: weight, ldb: c,
+             beta: 1, c: dinp, ldc: c)
     }
-    cblas_sgemm(
-        CblasRowMajor, CblasTrans, CblasNoTrans, Int32(oc), Int32(c), Int32(n),
-        1, dout, Int32(oc), inp, Int32(c), 1, dweight, Int32(c))
+    gemm(transA: true, transB: false, m: oc, n: c, k: n, alpha: 1, a: dout, lda: oc, b: inp, ldb: c,
+         beta: 1, c: dweight, ldc: c)
 }
 
 /// Sets the thread count of OpenBLAS (process-wide).

@@ -54,8 +54,8 @@ public final class QuantizedMatrix: LinearWeight {
             let rows = min(panelRows, oc - r0)
             dequantizeRows(r0, r0 + rows, into: panel)
             // out[:, r0 ..< r0+rows] (=/+=) inp · panelᵀ, written in place with ldc = oc
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(c),
-                        1, inp, Int32(c), panel, Int32(c), accumulate ? 1 : 0, out + r0, Int32(oc))
+            gemm(transA: false, transB: true, m: n, n: rows, k: c, alpha: 1, a: inp, lda: c, b: panel, ldb: c,
+                 beta: accumulate ? 1 : 0, c: out + r0, ldc: oc)
             r0 += rows
         }
     }

@@ -1,0 +1,64 @@
+// The blocked bf16 GEMM, written once against five vector operations and included twice by bf16.c: with AVX512-BF16
+// intrinsics and with a portable emulation. Before including, define KD_NAME(x), KD_VF (16 f32 lanes), KD_VB (32 bf16),
+// KD_ZERO(), KD_LOAD_B(p) (32 bf16 at p), KD_BCAST_PAIR(p) (the bf16 pair at p in every 32-bit lane),
+// KD_DP(acc, a, b) (acc + pairwise dot products, vdpbf16ps), KD_STORE(p, v) (16 f32 to p).
+//
+// GotoBLAS blocking: NC columns × KC depth of B packed once per (jc, pc); MC rows × KC of A packed per (jc, pc, ic);
+// an MR × NR register tile (8 rows × 32 columns = 16 accumulators). Packed layouts keep k in pairs, as vdpbf16ps
+// reads them: A micro-panel [kp][MR][2], B micro-panel [kp][NR][2]; rows, columns and depth past the edge are zero.
+
+static void KD_NAME(micro)(int kp, const uint16_t *ap, const uint16_t *bp, float *tile /* [MR][NR] */) {
+    KD_VF acc[KD_MR][2];
+    for (int i = 0; i < KD_MR; i++) { acc[i][0] = KD_ZERO(); acc[i][1] = KD_ZERO(); }
+    for (int p = 0; p < kp; p++) {
+        KD_VB b0 = KD_LOAD_B(bp + (size_t)p * KD_NR * 2), b1 = KD_LOAD_B(bp + (size_t)p * KD_NR * 2 + 32);
+        for (int i = 0; i < KD_MR; i++) {
+            KD_VB a = KD_BCAST_PAIR(ap + ((size_t)p * KD_MR + i) * 2);
+            acc[i][0] = KD_DP(acc[i][0], a, b0);
+            acc[i][1] = KD_DP(acc[i][1], a, b1);
+        }
+    }
+    for (int i = 0; i < KD_MR; i++) {
+        KD_STORE(tile + i * KD_NR, acc[i][0]);
+        KD_STORE(tile + i * KD_NR + 16, acc[i][1]);
+    }
+}
+
+void KD_NAME(kd_gemm_bf16)(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                           const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc) {
+    if (m <= 0 || n <= 0) return;
+    uint16_t *apack = kd_aligned_u16((size_t)KD_MC * KD_KC);
+    uint16_t *bpack = kd_aligned_u16((size_t)KD_NC * KD_KC);
+    float tile[KD_MR * KD_NR];
+    if (k <= 0) {  // nothing to multiply: C = beta · C
+        for (int i = 0; i < m; i++) for (int j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+    }
+    for (int jc = 0; jc < n; jc += KD_NC) {
+        int nc = n - jc < KD_NC ? n - jc : KD_NC;
+        for (int pc = 0; pc < k; pc += KD_KC) {
+            int kc = k - pc < KD_KC ? k - pc : KD_KC, kp = (kc + 1) / 2;
+            kd_pack(b + (ptrdiff_t)jc * brs + (ptrdiff_t)pc * bcs, brs, bcs, nc, kc, KD_NR, bpack);
+            for (int ic = 0; ic < m; ic += KD_MC) {
+                int mc = m - ic < KD_MC ? m - ic : KD_MC;
+                kd_pack(a + (ptrdiff_t)ic * ars + (ptrdiff_t)pc * acs, ars, acs, mc, kc, KD_MR, apack);
+                for (int jr = 0; jr < nc; jr += KD_NR) {
+                    int nr = nc - jr < KD_NR ? nc - jr : KD_NR;
+                    for (int ir = 0; ir < mc; ir += KD_MR) {
+                        int mr = mc - ir < KD_MR ? mc - ir : KD_MR;
+                        KD_NAME(micro)(kp, apack + (size_t)ir * kp * 2, bpack + (size_t)jr * kp * 2, tile);
+                        // the first depth block applies beta (never reading C when beta is 0); later blocks add
+                        for (int i = 0; i < mr; i++) {
+                            float *crow = c + (ptrdiff_t)(ic + ir + i) * ldc + jc + jr;
+                            const float *t = tile + i * KD_NR;
+                            if (pc > 0) for (int j = 0; j < nr; j++) crow[j] += alpha * t[j];
+                            else if (beta == 0) for (int j = 0; j < nr; j++) crow[j] = alpha * t[j];
+                            else for (int j = 0; j < nr; j++) crow[j] = alpha * t[j] + beta * crow[j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    free(apack);
+    free(bpack);
+}

@@ -1,0 +1,23 @@
+// bf16 GEMM for distill: bf16 operands (rounded to nearest even from f32), f32 accumulation.
+//   C(i,j) = alpha · Σ_p A(i,p)·B(j,p) + beta · C(i,j),   A(i,p) = a[i·ars + p·acs],  B(j,p) = b[j·brs + p·bcs]
+// Strides express every transpose of a row-major sgemm. beta == 0 never reads C.
+#ifndef KD_BF16_H
+#define KD_BF16_H
+#include <stddef.h>
+#include <stdint.h>
+
+/// f32 → bf16 bits, round to nearest even; NaN stays a (quiet) NaN.
+uint16_t kd_bf16_from_f32(float x);
+/// out[i] = in[i] rounded to bf16 and widened back to f32 (exact); in and out may be the same.
+void kd_bf16_round_f32(const float *in, float *out, size_t n);
+/// 1 when this CPU and OS run AVX512-BF16 (vdpbf16ps) with ZMM state enabled, else 0.
+int kd_cpu_has_avx512bf16(void);
+
+/// The blocked kernel with vdpbf16ps. Only call when kd_cpu_has_avx512bf16() is 1.
+void kd_gemm_bf16_avx512(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                         const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc);
+/// The same kernel source compiled against a portable emulation of the five vector operations it uses
+/// (vdpbf16ps as Intel's pseudo-code defines it): slow, runs anywhere; checks the blocking and packing logic.
+void kd_gemm_bf16_emulated(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                           const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc);
+#endif

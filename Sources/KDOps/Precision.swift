@@ -1,0 +1,80 @@
+// bf16 matmuls: which kernel runs them, and the GEMM every linear layer goes through. f32 stays OpenBLAS sgemm,
+// bit for bit; bf16 rounds the operands to bf16 (nearest even) and accumulates in f32.
+// Dims: row-major as cblas_sgemm: op(A) [m, k] · op(B) [k, n] → C [m, n].
+import CBLAS
+import CKDKernels
+import KDConfig
+import KDCore
+
+/// The kernel of a bf16 matmul.
+public enum BF16Kernel: String, Sendable, CaseIterable {
+    /// The blocked vdpbf16ps kernel (CPUs with AVX512-BF16).
+    case avx512
+    /// The same kernel source on a portable emulation of its instructions: slow, for checking the kernel anywhere.
+    case emulated
+    /// Operands rounded to bf16, then f32 sgemm: bf16's numbers at f32's speed (products of bf16 values are exact in
+    /// f32, so only the order of the f32 sums differs from the kernel's).
+    case rounded
+}
+
+public enum BF16 {
+    /// Whether this CPU (and OS) runs AVX512-BF16.
+    public static let cpuHasAVX512BF16 = kd_cpu_has_avx512bf16() != 0
+
+    /// The kernel bf16 matmuls use in this task; nil = f32. Set around a run with `BF16.$kernel.withValue`.
+    @TaskLocal public static var kernel: BF16Kernel?
+
+    /// The kernel for a requested precision, and the warning to print when bf16 falls back to f32.
+    /// `DISTILL_BF16_KERNEL` (environment) picks it: unset or `avx512` = the AVX512-BF16 kernel where the CPU has it;
+    /// `off` = f32 (forces the fallback); `rounded` / `emulated` = bf16's numbers on any CPU (checking, not speed).
+    public static func resolve(_ precision: Precision, environment: [String: String]) throws -> (kernel: BF16Kernel?, warning: String?) {
+        guard precision == .bf16 else { return (nil, nil) }
+        let choice = environment["DISTILL_BF16_KERNEL"] ?? "avx512"
+        switch choice {
+        case "off":
+            return (nil, "warning: train.precision bf16: DISTILL_BF16_KERNEL=off, computing in f32")
+        case "avx512":
+            if cpuHasAVX512BF16 { return (.avx512, nil) }
+            return (nil, "warning: train.precision bf16 needs a CPU with AVX512-BF16 (vdpbf16ps); this one has none, computing in f32")
+        default:
+            guard let k = BF16Kernel(rawValue: choice) else {
+                throw KDError.invalidInput(what: "DISTILL_BF16_KERNEL", expected: "avx512, rounded, emulated or off", found: "'\(choice)'")
+            }
+            return (k, nil)
+        }
+    }
+}
+
+/// C = alpha · op(A) · op(B) + beta · C, row-major, in the task's precision (``BF16/kernel``; f32 = cblas_sgemm).
+/// beta == 0 never reads C.
+public func gemm(
+    transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+    b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+) {
+    guard let kernel = BF16.kernel else {
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        return
+    }
+    switch kernel {
+    case .rounded:
+        // round copies of the operands (their whole stored span), then sgemm
+        let aSpan = ((transA ? k : m) - 1) * lda + (transA ? m : k), bSpan = ((transB ? n : k) - 1) * ldb + (transB ? k : n)
+        let ra = UnsafeMutablePointer<Float>.allocate(capacity: aSpan), rb = UnsafeMutablePointer<Float>.allocate(capacity: bSpan)
+        defer { ra.deallocate(); rb.deallocate() }
+        kd_bf16_round_f32(a, ra, aSpan)
+        kd_bf16_round_f32(b, rb, bSpan)
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, ra, Int32(lda), rb, Int32(ldb), beta, c, Int32(ldc))
+    case .avx512, .emulated:
+        // A(i, p) = a[i·ars + p·acs], B(j, p) = b[j·brs + p·bcs]; columns split over the threads in 32-wide tiles
+        let (ars, acs) = transA ? (1, lda) : (lda, 1)
+        let (brs, bcs) = transB ? (ldb, 1) : (1, ldb)
+        let tiles = (n + 31) / 32
+        Parallel.forRanges(tiles) { t0, t1 in
+            let j0 = t0 * 32, j1 = min(n, t1 * 32)
+            let run = kernel == .avx512 ? kd_gemm_bf16_avx512 : kd_gemm_bf16_emulated
+            run(Int32(m), Int32(j1 - j0), Int32(k), alpha, a, ars, acs, b + j0 * brs, brs, bcs, beta, c + j0, ldc)
+        }
+    }
+}

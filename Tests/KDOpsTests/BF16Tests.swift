@@ -1,0 +1,140 @@
+// bf16 GEMM: the rounding against an independent Double rounding, each kernel against float64 references with bounds
+// derived from bf16's 8-bit significand, and the precision's fallback to f32.
+//
+// Bounds, per element, with u_b = 2⁻⁹ (bf16 unit roundoff: 8 significant bits, nearest even), u = 2⁻²⁴ (f32),
+// γ_n = n·u / (1 − n·u), S = Σ_p |a_ip|·|b_pj| and ã, b̃ the operands rounded to bf16:
+//   • against its own numbers (f64 of Σ ã·b̃): products of two bf16 values are exact in f32, so only the K f32 sums
+//     round: |C − Σ ã b̃| ≤ γ_K · Σ |ã b̃|  (tight: a wrong index or a lost pair breaks it by orders of magnitude);
+//   • against the unrounded product (f64 of Σ a·b): |ã b̃ − a b| ≤ (2u_b + u_b²)|a b|, so
+//     |C − Σ a b| ≤ (2u_b + u_b²)·S + γ_K·(1 + u_b)²·S.
+// And the test can tell bf16 from f32: the bf16 result's error is > 10× sgemm's on the same operands.
+import CBLAS
+import CKDKernels
+import Foundation
+import KDConfig
+import KDCore
+import KDOps
+import KDTestSupport
+import Testing
+
+/// bf16 bits of x by Double arithmetic: x scaled to 8 significant bits, rounded to nearest even (normal floats only).
+private func referenceBF16(_ x: Float) -> UInt16 {
+    let ulp = Double(sign: .plus, exponent: Int(x.exponent) - 7, significand: 1)
+    let r = (Double(x) / ulp).rounded(.toNearestOrEven) * ulp
+    return UInt16(truncatingIfNeeded: Float(r).bitPattern >> 16)
+}
+
+@Test func bf16RoundsToNearestEvenAsDoubleArithmeticDoes() {
+    let rng = CounterRNG(seed: 11, purpose: .test)
+    var values: [Float] = []
+    for i in 0..<20_000 {
+        // random significands over the whole normal exponent range
+        let bits = UInt32(truncatingIfNeeded: rng.bits(UInt64(i)))
+        let f = Float(bitPattern: (bits & 0x807f_ffff) | (UInt32(1 + (i % 253)) << 23))
+        values.append(f)
+    }
+    // exact ties (the 16 dropped bits are 0x8000) on both sides of even, and just above and below them
+    for top: UInt32 in [0x3f80, 0x3f81, 0x4049, 0xc2fe, 0x7f7e] {
+        for low: UInt32 in [0x8000, 0x7fff, 0x8001, 0] { values.append(Float(bitPattern: top << 16 | low)) }
+    }
+    values.append(Float.greatestFiniteMagnitude)  // rounds up to inf
+    for x in values where x.isNormal {
+        #expect(kd_bf16_from_f32(x) == referenceBF16(x), "x = \(x) (bits \(String(x.bitPattern, radix: 16)))")
+    }
+    #expect(kd_bf16_from_f32(0x1.01p0) == 0x3f80 && kd_bf16_from_f32(0x1.03p0) == 0x3f82)  // tie → even, both ways
+    #expect(kd_bf16_from_f32(.infinity) == 0x7f80 && kd_bf16_from_f32(-.infinity) == 0xff80)
+    #expect(kd_bf16_from_f32(0) == 0 && kd_bf16_from_f32(-0.0) == 0x8000)
+    let nan = kd_bf16_from_f32(Float(bitPattern: 0x7f80_0001))  // a signalling NaN whose payload is all in the low bits
+    #expect(nan & 0x7f80 == 0x7f80 && nan & 0x7f != 0, "NaN must stay NaN, found \(String(nan, radix: 16))")
+    var r: [Float] = [1.00390625, 3.0e38, -7.0e-3]
+    kd_bf16_round_f32(r, &r, 3)
+    #expect(r == [1.0, Float(bitPattern: UInt32(kd_bf16_from_f32(3.0e38)) << 16), Float(bitPattern: UInt32(kd_bf16_from_f32(-7.0e-3)) << 16)])
+}
+
+/// Runs `kernel` on every transpose and a few shapes (crossing the kernel's 8 × 32 tile, its 256-deep, 96-row and
+/// 512-column blocks, odd depths) and checks the two bounds and that bf16 is not f32.
+private func checkGemm(_ kernel: BF16Kernel) {
+    let ub = 0x1p-9, u = 0x1p-24
+    for (m, n, k) in [(13, 37, 77), (100, 70, 600), (9, 530, 31), (1, 1, 1)] {
+        for transA in [false, true] {
+            for transB in [false, true] {
+                let a = randomArray(m * k, seed: UInt64(m * 7 + k), scale: 1.5), b = randomArray(k * n, seed: UInt64(n * 13 + k))
+                let lda = transA ? m : k, ldb = transB ? k : n
+                func A(_ i: Int, _ p: Int) -> Float { transA ? a[p * lda + i] : a[i * lda + p] }
+                func B(_ p: Int, _ j: Int) -> Float { transB ? b[j * ldb + p] : b[p * ldb + j] }
+                func bf(_ x: Float) -> Double { Double(Float(bitPattern: UInt32(kd_bf16_from_f32(x)) << 16)) }
+                var c = [Float](repeating: .nan, count: m * n), f32 = c  // beta 0: C is never read
+                BF16.$kernel.withValue(kernel) {
+                    gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 1, a: a, lda: lda, b: b, ldb: ldb, beta: 0, c: &c, ldc: n)
+                }
+                gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 1, a: a, lda: lda, b: b, ldb: ldb, beta: 0, c: &f32, ldc: n)
+                let gamma = Double(k) * u / (1 - Double(k) * u)
+                var worstOwn = 0.0, worstBF16 = 0.0, worstF32 = 0.0
+                for i in 0..<m {
+                    for j in 0..<n {
+                        var exact = 0.0, own = 0.0, s = 0.0, sOwn = 0.0
+                        for p in 0..<k {
+                            let x = A(i, p), y = B(p, j)
+                            exact += Double(x) * Double(y)
+                            own += bf(x) * bf(y)
+                            s += abs(Double(x) * Double(y))
+                            sOwn += abs(bf(x) * bf(y))
+                        }
+                        let v = Double(c[i * n + j])
+                        let ownBound = gamma * sOwn, bound = (2 * ub + ub * ub) * s + gamma * (1 + ub) * (1 + ub) * s
+                        #expect(abs(v - own) <= ownBound, "\(kernel) \(m)×\(n)×\(k) tA \(transA) tB \(transB) [\(i),\(j)]: \(v) vs Σ ã b̃ = \(own)")
+                        #expect(abs(v - exact) <= bound, "\(kernel) [\(i),\(j)]: |\(v) − \(exact)| > \(bound)")
+                        worstOwn = max(worstOwn, abs(v - own) / max(ownBound, .leastNormalMagnitude))
+                        worstBF16 = max(worstBF16, abs(v - exact))
+                        worstF32 = max(worstF32, abs(Double(f32[i * n + j]) - exact))
+                    }
+                }
+                if k > 1 { #expect(worstBF16 > 10 * worstF32, "\(kernel) \(m)×\(n)×\(k): error \(worstBF16) is f32's (\(worstF32)): were the operands rounded?") }
+            }
+        }
+    }
+}
+
+@Test(arguments: [BF16Kernel.rounded, .emulated])
+func bf16GemmMeetsItsErrorBounds(kernel: BF16Kernel) { checkGemm(kernel) }
+
+@Test(.enabled(if: BF16.cpuHasAVX512BF16, "this CPU has no AVX512-BF16"))
+func avx512BF16GemmMeetsItsErrorBounds() { checkGemm(.avx512) }
+
+/// The kernel against the rounded reference with alpha, beta and a C inside a wider matrix (ldc > n).
+@Test(arguments: [BF16Kernel.emulated] + (BF16.cpuHasAVX512BF16 ? [.avx512] : []))
+func bf16GemmAppliesAlphaAndBetaInsideAWiderC(kernel: BF16Kernel) {
+    let m = 19, n = 45, k = 300, ldc = 50
+    let a = randomArray(m * k, seed: 3), b = randomArray(n * k, seed: 4), c0 = randomArray(m * ldc, seed: 5)
+    var got = c0, want = c0
+    BF16.$kernel.withValue(kernel) {
+        gemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 0.5, a: a, lda: k, b: b, ldb: k, beta: 1, c: &got, ldc: ldc)
+    }
+    BF16.$kernel.withValue(.rounded) {
+        gemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 0.5, a: a, lda: k, b: b, ldb: k, beta: 1, c: &want, ldc: ldc)
+    }
+    for i in 0..<m {
+        for j in 0..<ldc {
+            if j >= n { #expect(got[i * ldc + j] == c0[i * ldc + j], "column \(j) past n was written"); continue }
+            // both sum the same exact products in f32, in different orders: within 2γ_K of Σ|terms| + |C0|
+            let tol = 2 * Double(k + 2) * 0x1p-24 * (Double(k) * 4 + abs(Double(c0[i * ldc + j])))
+            #expect(abs(Double(got[i * ldc + j]) - Double(want[i * ldc + j])) <= tol, "[\(i),\(j)]")
+        }
+    }
+}
+
+@Test func bf16PrecisionFallsBackToF32WithOneWarning() throws {
+    #expect(try BF16.resolve(.f32, environment: [:]) == (nil, nil))
+    let off = try BF16.resolve(.bf16, environment: ["DISTILL_BF16_KERNEL": "off"])
+    #expect(off.kernel == nil && off.warning == "warning: train.precision bf16: DISTILL_BF16_KERNEL=off, computing in f32")
+    let auto = try BF16.resolve(.bf16, environment: [:])
+    if BF16.cpuHasAVX512BF16 {
+        #expect(auto.kernel == .avx512 && auto.warning == nil)
+    } else {
+        #expect(auto.kernel == nil && auto.warning?.contains("needs a CPU with AVX512-BF16") == true)
+    }
+    #expect(try BF16.resolve(.bf16, environment: ["DISTILL_BF16_KERNEL": "rounded"]).kernel == .rounded)
+    #expect(throws: KDError.invalidInput(what: "DISTILL_BF16_KERNEL", expected: "avx512, rounded, emulated or off", found: "'bf17'")) {
+        try BF16.resolve(.bf16, environment: ["DISTILL_BF16_KERNEL": "bf17"])
+    }
+}

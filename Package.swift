@@ -56,13 +56,13 @@ let package = Package(
         .testTarget(name: "KDLossTests", dependencies: ["KDLoss", "KDConfig", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(name: "KDQuantTests", dependencies: ["KDQuant", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
-            name: "KDFormatsTests", dependencies: ["KDFormats", "KDModel", "KDQuant", "KDTestSupport"], swiftSettings: cpuFlags),
+            name: "KDFormatsTests", dependencies: ["KDFormats", "KDModel", "KDQuant", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
             name: "KDModelTests", dependencies: ["KDModel", "KDOps", "KDLoss", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
             name: "KDCheckpointTests", dependencies: ["KDCheckpoint", "KDModel", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
-            name: "KDTrainTests", dependencies: ["KDTrain", "KDData", "KDComm", "KDModel", "KDCheckpoint", "KDTestSupport"],
+            name: "KDTrainTests", dependencies: ["KDTrain", "KDOps", "KDData", "KDComm", "KDModel", "KDCheckpoint", "KDTestSupport"],
             swiftSettings: cpuFlags),
         .testTarget(name: "KDCLITests", dependencies: ["KDCLI", "KDConfig", "KDData", "KDFormats", "KDModel", "KDCheckpoint", "KDTestSupport"], swiftSettings: cpuFlags),
     ],

@@ -4,6 +4,7 @@ import Foundation
 import KDCheckpoint
 import KDComm
 import KDConfig
+import KDOps
 import KDCore
 import KDData
 import KDFormats
@@ -24,10 +25,13 @@ struct Bench: ParsableCommand {
     @Option(help: "Sequences per step.") var batch = 8
     @Option(help: "Tokens per sequence.") var seq = 256
     @Option(help: "Timed repeats per measurement (after one warm-up); the median is reported.") var repeats = 5
+    @Option(help: "Comma-separated precisions: f32, bf16 (bf16 is skipped with a warning on a CPU without AVX512-BF16; DISTILL_BF16_KERNEL picks another kernel).")
+    var precision = "f32"
     @Flag(help: "One JSON object per measurement.") var json = false
     @Option(help: "Measure the forward pass of this model (GGUF or Hugging Face folder, weights as stored) instead of named shapes.")
     var model: String?
 
+    var precisions: [Precision] { precision.split(separator: ",").compactMap { Precision(rawValue: $0.trimmingCharacters(in: .whitespaces)) } }
     var threadCounts: [Int] { threads.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
     func validate() throws {
@@ -40,6 +44,9 @@ struct Bench: ParsableCommand {
         let counts = threadCounts
         if counts.isEmpty || counts.contains(where: { $0 < 1 }) || counts.count != threads.split(separator: ",").count {
             throw ValidationError("--threads: expected comma-separated integers >= 1, found '\(threads)'")
+        }
+        if precisions.isEmpty || precisions.count != precision.split(separator: ",").count {
+            throw ValidationError("--precision: expected comma-separated f32 or bf16, found '\(precision)'")
         }
         if batch < 1 || seq < 2 || repeats < 1 {
             throw ValidationError("--batch, --seq, --repeats: expected >= 1, >= 2, >= 1, found \(batch), \(seq), \(repeats)")
@@ -57,26 +64,43 @@ struct Bench: ParsableCommand {
         #if DEBUG
         KDLog.error("warning: debug build; figures are meaningless. Build with: swift build -c release")
         #endif
+        var kernels: [BF16Kernel?] = []
+        for p in precisions {
+            let (kernel, warning) = try BF16.resolve(p, environment: ProcessInfo.processInfo.environment)
+            if let warning, p == .bf16 {
+                KDLog.error(warning.replacingOccurrences(of: "train.precision bf16", with: "bench --precision bf16")
+                    .replacingOccurrences(of: "computing in f32", with: "bf16 not measured"))
+                continue
+            }
+            kernels.append(kernel)
+        }
         for t in threadCounts {
             configureThreads(t)
-            let peak = measureSGEMMPeak()
-            for s in chosen {
-                let modes: [BenchMode] = load != nil ? [.forward] : mode.map {
-                    $0 == "both" ? [.train, .forward] : $0 == "all" ? BenchMode.allCases : [BenchMode(rawValue: $0)!]
-                } ?? s.defaultModes
-                for md in modes {
-                    let r = try runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak, load: load)
-                    if json {
-                        let enc = JSONEncoder()
-                        enc.outputFormatting = [.sortedKeys]
-                        print(String(decoding: try enc.encode(r), as: UTF8.self))
-                    } else {
-                        print(String(format: "%-14@ %-7@ threads %d | %7.0f tok/s | %6.1f GFLOP/s (%.1f MFLOP/token) | sgemm peak %6.1f | MFU %4.1f%% | peak RSS %5.0f MiB",
-                                     s.name, md.rawValue, t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
-                                     100 * r.mfu, Double(r.peakRSSBytes) / 1048576))
-                    }
-                    fflush(stdout)
+            for kernel in kernels {
+                try BF16.$kernel.withValue(kernel) { try measure(chosen, threads: t, load: load) }
+            }
+        }
+    }
+
+    /// Every mode of every shape on `threads` threads in the task's precision, against that precision's GEMM peak.
+    func measure(_ chosen: [BenchShape], threads t: Int, load: (() throws -> Transformer)?) throws {
+        let peak = measureSGEMMPeak()
+        for s in chosen {
+            let modes: [BenchMode] = load != nil ? [.forward] : mode.map {
+                $0 == "both" ? [.train, .forward] : $0 == "all" ? BenchMode.allCases : [BenchMode(rawValue: $0)!]
+            } ?? s.defaultModes
+            for md in modes {
+                let r = try runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak, load: load)
+                if json {
+                    let enc = JSONEncoder()
+                    enc.outputFormatting = [.sortedKeys]
+                    print(String(decoding: try enc.encode(r), as: UTF8.self))
+                } else {
+                    print(String(format: "%-14@ %-7@ %-12@ threads %d | %7.0f tok/s | %6.1f GFLOP/s (%.1f MFLOP/token) | gemm peak %6.1f | MFU %4.1f%% | peak RSS %5.0f MiB",
+                                 s.name, md.rawValue, r.precision, t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
+                                 100 * r.mfu, Double(r.peakRSSBytes) / 1048576))
                 }
+                fflush(stdout)
             }
         }
     }

@@ -31,8 +31,9 @@ struct Distill: ParsableCommand {
 enum Job {
     /// Runs `body` on this rank and ends MPI after it. `threads` 0 shares the node's cores among its ranks (ranks ×
     /// threads ≤ cores). A failure on any rank ends the whole job with its message instead of leaving the other
-    /// ranks waiting in a collective.
-    static func run(threads: Int, _ body: (any Communicator) throws -> Void) throws {
+    /// ranks waiting in a collective. `precision` bf16 runs the linear layers' matmuls with bf16 operands (or in f32
+    /// after one warning line on a CPU without AVX512-BF16).
+    static func run(threads: Int, precision: Precision = .f32, _ body: (any Communicator) throws -> Void) throws {
         var comm: any Communicator = LocalCommunicator()
         do {
             if MPICommunicator.launchedByMPI { comm = try MPICommunicator.initialize() }
@@ -40,7 +41,9 @@ enum Job {
             KDLog.worldSize = comm.worldSize
             let local = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
             configureThreads(threads > 0 ? threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1)))
-            try body(comm)
+            let (kernel, warning) = try BF16.resolve(precision, environment: ProcessInfo.processInfo.environment)
+            if let warning { KDLog.info(warning) }
+            try BF16.$kernel.withValue(kernel) { try body(comm) }
             comm.finalize()
         } catch let e as ExitCode {
             comm.finalize()

@@ -60,7 +60,7 @@ struct Train: ParsableCommand {
                 return
             }
         } catch { throw fail(error) }
-        try Job.run(threads: c.train.threads) { comm in
+        try Job.run(threads: c.train.threads, precision: c.train.precision) { comm in
             StopSignal.install(grace: UInt32(ProcessInfo.processInfo.environment["DISTILL_STOP_GRACE"].flatMap(Int.init) ?? 600))
             let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
             let sources = c.teacher?.sources ?? []
@@ -101,7 +101,8 @@ struct Train: ParsableCommand {
             try resumeIfAsked(trainer, comm: comm)
             if comm.rank == 0 { trainer.metrics = try MetricsLog(dir: c.checkpoint.dir, resumedStep: trainer.step) }
             let m = c.model
-            KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s"), OpenBLAS \(BLASCore.current) kernels")
+            KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s"), OpenBLAS \(BLASCore.current) kernels"
+                        + (BF16.kernel.map { ", bf16 matmuls (\($0) kernel)" } ?? ""))
             KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
                        + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))
             for (i, t) in loaded.enumerated() {

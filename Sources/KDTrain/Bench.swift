@@ -57,14 +57,17 @@ public struct BenchResult: Codable, Sendable {
     /// FLOPs per token assumed (see ModelConfig.forwardFLOPsPerToken; training = 3× forward).
     public var flopsPerToken: Double
     public var gflops: Double
+    /// The GEMM peak of this precision (f32: sgemm; bf16: the bf16 kernel), what MFU divides by.
     public var sgemmPeakGflops: Double
     public var mfu: Double
     public var peakRSSBytes: Int
+    /// "f32", or "bf16" with its kernel ("bf16-avx512", "bf16-rounded", …).
+    public var precision = "f32"
 
     enum CodingKeys: String, CodingKey {
         case shape, mode, threads, batch, seq, repeats
         case medianSeconds = "median_s", tokensPerS = "tokens_per_s", flopsPerToken = "flops_per_token", gflops
-        case sgemmPeakGflops = "sgemm_peak_gflops", mfu, peakRSSBytes = "peak_rss_bytes"
+        case sgemmPeakGflops = "sgemm_peak_gflops", mfu, peakRSSBytes = "peak_rss_bytes", precision
     }
 }
 
@@ -80,16 +83,17 @@ public func median(_ xs: [Double]) -> Double {
     return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
 
-/// Best GFLOP/s of `repeats` square sgemms (2048³ by default) on the current BLAS thread count. The best, not the
+/// Best GFLOP/s of `repeats` square GEMMs (2048³ by default) in the task's precision (``BF16/kernel``; f32 = sgemm) on the
+/// current thread count. The best, not the
 /// median: a peak is what the hardware can do, and a noisy neighbour only ever lowers it (keeping MFU conservative).
 public func measureSGEMMPeak(size: Int = 2048, repeats: Int = 10) -> Double {
     let a = Slab(count: size * size), b = Slab(count: size * size), c = Slab(count: size * size)
     for i in 0..<(size * size) { a.base[i] = Float(i % 7) * 0.01; b.base[i] = Float(i % 5) * 0.01 }
-    let n = Int32(size)
     var times: [Double] = []
     for r in 0...repeats {
         let t0 = monotonicSeconds()
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a.base, n, b.base, n, 0, c.base, n)
+        gemm(transA: false, transB: false, m: size, n: size, k: size, alpha: 1, a: a.base, lda: size, b: b.base, ldb: size,
+             beta: 0, c: c.base, ldc: size)
         if r > 0 { times.append(monotonicSeconds() - t0) }  // the first call warms up threads and pages
     }
     return 2 * Double(size) * Double(size) * Double(size) / times.min()! / 1e9
@@ -157,5 +161,6 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
     let gflops = tps * flops / 1e9
     return BenchResult(shape: shape.name, mode: mode.rawValue, threads: threads, batch: batch, seq: seq, repeats: repeats,
                        medianSeconds: med, tokensPerS: tps, flopsPerToken: flops, gflops: gflops,
-                       sgemmPeakGflops: sgemmPeak, mfu: gflops / sgemmPeak, peakRSSBytes: ProcessMemory.peakRSSBytes())
+                       sgemmPeakGflops: sgemmPeak, mfu: gflops / sgemmPeak, peakRSSBytes: ProcessMemory.peakRSSBytes(),
+                       precision: BF16.kernel.map { "bf16-\($0)" } ?? "f32")
 }

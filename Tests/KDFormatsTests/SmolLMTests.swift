@@ -4,6 +4,7 @@ import Foundation
 import KDConfig
 import KDFormats
 import KDModel
+import KDOps
 import KDQuant
 import KDTestSupport
 import Testing
@@ -56,4 +57,25 @@ func requireTeacher() throws {
     }
     #expect(offset == ref.count)
     #expect(worst <= 1e-3, "max |logit difference| \(worst)")
+}
+
+/// The teacher forward with bf16 matmuls (dequantized panels rounded to bf16, activations too, f32 sums) against f32:
+/// mean NLL over 4 × 128 tokens of fortunes within 5e-3 — and not equal (the bf16 path really ran).
+@Test(arguments: [BF16Kernel.rounded] + (BF16.cpuHasAVX512BF16 ? [.avx512] : []))
+func smolLMsNLLWithBF16MatmulsIsF32sWithin5e3(kernel: BF16Kernel) throws {
+    try requireTeacher()
+    let text = try String(contentsOf: repoRoot.appendingPathComponent("Tests/KDTrainTests/Fixtures/fortunes-sample.txt"), encoding: .utf8)
+    let ids = try BPETokenizer(gguf: GGUFFile(path: smolLM)).encode(text, addSpecial: false)
+    let b = 4, t = 128
+    #expect(ids.count > b * t + 1)
+    let tokens = Array(ids[0..<(b * t)]), targets = Array(ids[1...(b * t)])
+    let (model, _) = try loadGGUFModel(path: smolLM, maxSeqLen: t)
+    func nll() -> Double {
+        tokens.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
+        return targets.withUnsafeBufferPointer { model.loss(targets: $0.baseAddress!) }.mean
+    }
+    let f32 = nll(), bf16 = BF16.$kernel.withValue(kernel) { nll() }
+    #expect(abs(bf16 - f32) <= 5e-3, "NLL f32 \(f32), bf16 (\(kernel)) \(bf16)")
+    #expect(bf16 != f32, "the bf16 forward gave f32's NLL \(f32) bit for bit")
+    print("SmolLM2 NLL on 512 fortunes tokens: f32 \(f32), bf16 (\(kernel)) \(bf16), Δ \(bf16 - f32)")
 }

@@ -55,23 +55,8 @@ static uint16_t *kd_aligned_u16(size_t count) {
     return (uint16_t *)p;
 }
 
-/// Packs rows × depth of X(r, p) = x[r·rs + p·cs] into micro-panels of `width` rows: [panel][kp][width][2] bf16,
-/// zero past `rows` and past `depth`.
-static void kd_pack(const float *x, ptrdiff_t rs, ptrdiff_t cs, int rows, int depth, int width, uint16_t *out) {
-    int kp = (depth + 1) / 2;
-    for (int r0 = 0; r0 < rows; r0 += width) {
-        uint16_t *panel = out + (size_t)r0 * kp * 2;
-        for (int p = 0; p < kp; p++) {
-            for (int r = 0; r < width; r++) {
-                uint16_t *dst = panel + ((size_t)p * width + r) * 2;
-                int row = r0 + r;
-                if (row >= rows) { dst[0] = 0; dst[1] = 0; continue; }
-                const float *src = x + (ptrdiff_t)row * rs;
-                dst[0] = kd_bf16_from_f32(src[(ptrdiff_t)(2 * p) * cs]);
-                dst[1] = 2 * p + 1 < depth ? kd_bf16_from_f32(src[(ptrdiff_t)(2 * p + 1) * cs]) : 0;
-            }
-        }
-    }
+static inline uint32_t kd_bf16_pair(float even, float odd) {
+    return (uint32_t)kd_bf16_from_f32(even) | ((uint32_t)kd_bf16_from_f32(odd) << 16);
 }
 
 // ---- portable emulation: vdpbf16ps per Intel's pseudo-code (odd pair element first, then even; each sum rounded) ----

@@ -7,6 +7,35 @@
 // an MR × NR register tile (8 rows × 32 columns = 16 accumulators). Packed layouts keep k in pairs, as vdpbf16ps
 // reads them: A micro-panel [kp][MR][2], B micro-panel [kp][NR][2]; rows, columns and depth past the edge are zero.
 
+/// Packs rows × depth (depth ≤ KD_KC) of X(r, p) = x[r·rs + p·cs] into micro-panels of `width` rows:
+/// [panel][kp][width] pairs (bf16 of p = 2q in the low half, 2q + 1 in the high half), zero past `rows` and `depth`.
+/// Loops run along memory (a row's depth when cs = 1, the rows of a depth pair otherwise) so they vectorize.
+static void KD_NAME(pack)(const float *x, ptrdiff_t rs, ptrdiff_t cs, int rows, int depth, int width, uint16_t *out16) {
+    int kp = (depth + 1) / 2, even = depth / 2;
+    uint32_t *out = (uint32_t *)(void *)out16;
+    uint32_t tmp[KD_KC / 2];
+    for (int r0 = 0; r0 < rows; r0 += width) {
+        uint32_t *panel = out + (size_t)r0 * kp;
+        int w = rows - r0 < width ? rows - r0 : width;
+        if (cs == 1) {
+            for (int r = 0; r < w; r++) {
+                const float *src = x + (ptrdiff_t)(r0 + r) * rs;
+                for (int p = 0; p < even; p++) tmp[p] = kd_bf16_pair(src[2 * p], src[2 * p + 1]);
+                if (kp > even) tmp[even] = kd_bf16_pair(src[2 * even], 0);
+                for (int p = 0; p < kp; p++) panel[(size_t)p * width + r] = tmp[p];
+            }
+        } else {
+            for (int p = 0; p < kp; p++) {
+                const float *s0 = x + (ptrdiff_t)r0 * rs + (ptrdiff_t)(2 * p) * cs, *s1 = s0 + cs;
+                uint32_t *dst = panel + (size_t)p * width;
+                if (2 * p + 1 < depth) for (int r = 0; r < w; r++) dst[r] = kd_bf16_pair(s0[r * rs], s1[r * rs]);
+                else for (int r = 0; r < w; r++) dst[r] = kd_bf16_pair(s0[r * rs], 0);
+            }
+        }
+        for (int p = 0; p < kp; p++) for (int r = w; r < width; r++) panel[(size_t)p * width + r] = 0;
+    }
+}
+
 static void KD_NAME(micro)(int kp, const uint16_t *ap, const uint16_t *bp, float *tile /* [MR][NR] */) {
     KD_VF acc[KD_MR][2];
     for (int i = 0; i < KD_MR; i++) { acc[i][0] = KD_ZERO(); acc[i][1] = KD_ZERO(); }
@@ -37,10 +66,10 @@ void KD_NAME(kd_gemm_bf16)(int m, int n, int k, float alpha, const float *a, ptr
         int nc = n - jc < KD_NC ? n - jc : KD_NC;
         for (int pc = 0; pc < k; pc += KD_KC) {
             int kc = k - pc < KD_KC ? k - pc : KD_KC, kp = (kc + 1) / 2;
-            kd_pack(b + (ptrdiff_t)jc * brs + (ptrdiff_t)pc * bcs, brs, bcs, nc, kc, KD_NR, bpack);
+            KD_NAME(pack)(b + (ptrdiff_t)jc * brs + (ptrdiff_t)pc * bcs, brs, bcs, nc, kc, KD_NR, bpack);
             for (int ic = 0; ic < m; ic += KD_MC) {
                 int mc = m - ic < KD_MC ? m - ic : KD_MC;
-                kd_pack(a + (ptrdiff_t)ic * ars + (ptrdiff_t)pc * acs, ars, acs, mc, kc, KD_MR, apack);
+                KD_NAME(pack)(a + (ptrdiff_t)ic * ars + (ptrdiff_t)pc * acs, ars, acs, mc, kc, KD_MR, apack);
                 for (int jr = 0; jr < nc; jr += KD_NR) {
                     int nr = nc - jr < KD_NR ? nc - jr : KD_NR;
                     for (int ir = 0; ir < mc; ir += KD_MR) {

@@ -56,6 +56,16 @@ public func gemm(
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
         return
     }
+    bf16GEMM(kernel, threads: Parallel.threads, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+             b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+}
+
+/// ``gemm`` with bf16 operands through `kernel`, split over `threads`: the kernels split the larger of m and n (in
+/// 8-row or 32-column tiles), so each thread packs its share of that operand and all of the other, smaller one.
+public func bf16GEMM(
+    _ kernel: BF16Kernel, threads: Int, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+    a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+) {
     switch kernel {
     case .rounded:
         // round copies of the operands (their whole stored span), then sgemm
@@ -67,14 +77,20 @@ public func gemm(
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, ra, Int32(lda), rb, Int32(ldb), beta, c, Int32(ldc))
     case .avx512, .emulated:
-        // A(i, p) = a[i·ars + p·acs], B(j, p) = b[j·brs + p·bcs]; columns split over the threads in 32-wide tiles
+        // A(i, p) = a[i·ars + p·acs], B(j, p) = b[j·brs + p·bcs]
         let (ars, acs) = transA ? (1, lda) : (lda, 1)
         let (brs, bcs) = transB ? (ldb, 1) : (1, ldb)
-        let tiles = (n + 31) / 32
-        Parallel.forRanges(tiles) { t0, t1 in
-            let j0 = t0 * 32, j1 = min(n, t1 * 32)
-            let run = kernel == .avx512 ? kd_gemm_bf16_avx512 : kd_gemm_bf16_emulated
-            run(Int32(m), Int32(j1 - j0), Int32(k), alpha, a, ars, acs, b + j0 * brs, brs, bcs, beta, c + j0, ldc)
+        let run = kernel == .avx512 ? kd_gemm_bf16_avx512 : kd_gemm_bf16_emulated
+        if m >= n {
+            Parallel.forRanges((m + 7) / 8, over: threads) { t0, t1 in
+                let i0 = t0 * 8, i1 = min(m, t1 * 8)
+                run(Int32(i1 - i0), Int32(n), Int32(k), alpha, a + i0 * ars, ars, acs, b, brs, bcs, beta, c + i0 * ldc, ldc)
+            }
+        } else {
+            Parallel.forRanges((n + 31) / 32, over: threads) { t0, t1 in
+                let j0 = t0 * 32, j1 = min(n, t1 * 32)
+                run(Int32(m), Int32(j1 - j0), Int32(k), alpha, a, ars, acs, b + j0 * brs, brs, bcs, beta, c + j0, ldc)
+            }
         }
     }
 }

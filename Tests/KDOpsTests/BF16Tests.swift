@@ -138,3 +138,21 @@ func bf16GemmAppliesAlphaAndBetaInsideAWiderC(kernel: BF16Kernel) {
         try BF16.resolve(.bf16, environment: ["DISTILL_BF16_KERNEL": "bf17"])
     }
 }
+
+/// Split over threads (rows when m ≥ n, columns otherwise), every element is still summed by one thread in the same
+/// order: 2 and 3 threads give 1 thread's result bit for bit, on both splits and ragged edges.
+@Test(arguments: [BF16Kernel.emulated] + (BF16.cpuHasAVX512BF16 ? [.avx512] : []))
+func bf16GemmSplitOverThreadsIsOneThreadsBitForBit(kernel: BF16Kernel) {
+    for (m, n, k) in [(70, 20, 90), (11, 100, 40)] {
+        let a = randomArray(m * k, seed: 21), b = randomArray(n * k, seed: 22)
+        func run(_ threads: Int) -> [Float] {
+            var c = [Float](repeating: 0, count: m * n)
+            bf16GEMM(kernel, threads: threads, transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: a, lda: k, b: b, ldb: k,
+                     beta: 0, c: &c, ldc: n)
+            return c
+        }
+        let one = run(1)
+        #expect(one.allSatisfy { $0 != 0 })
+        for t in [2, 3] { #expect(run(t) == one, "\(kernel) \(m)×\(n)×\(k) on \(t) threads") }
+    }
+}

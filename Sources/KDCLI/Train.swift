@@ -20,6 +20,7 @@ struct Train: ParsableCommand {
     @Option(help: "Override train.steps.") var steps: Int?
     @Option(help: "Override train.threads (0 = all cores).") var threads: Int?
     @Option(help: "Override train.seed.") var seed: UInt64?
+    @Option(help: "Override train.precision (f32 or bf16).") var precision: String?
     @Option(parsing: .singleValue, help: "Override data.train (repeatable).") var data: [String] = []
     @Option(help: "Bytes to generate from the trained model at the end (0 = none).") var sampleTokens = 200
     @Flag(help: "Validate the config and print it, without training.") var dryRun = false
@@ -32,6 +33,9 @@ struct Train: ParsableCommand {
         if let steps, steps < 1 { throw ValidationError("--steps: expected an integer >= 1, found \(steps)") }
         if let threads, threads < 0 { throw ValidationError("--threads: expected an integer >= 0, found \(threads)") }
         if sampleTokens < 0 { throw ValidationError("--sample-tokens: expected an integer >= 0, found \(sampleTokens)") }
+        if let precision, Precision(rawValue: precision) == nil {
+            throw ValidationError("--precision: expected \(Precision.choices), found '\(precision)'")
+        }
         if let stopAfter, stopAfter < 1 { throw ValidationError("--stop-after: expected an integer >= 1, found \(stopAfter)") }
     }
 
@@ -45,6 +49,7 @@ struct Train: ParsableCommand {
         }
         if let threads { c.train.threads = threads }
         if let seed { c.train.seed = seed }
+        if let precision { c.train.precision = Precision(rawValue: precision)! }
         if let checkpointDir { c.checkpoint.dir = checkpointDir }
         if !data.isEmpty { c.data.train = data }
         try c.validate()

@@ -76,7 +76,8 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
     }
 
     /// train.precision bf16 on 2 ranks: forced off (DISTILL_BF16_KERNEL=off, as on a CPU without AVX512-BF16) it warns
-    /// once and trains exactly as f32; with bf16's numbers (the rounded kernel) it says so and ends near, not at, f32.
+    /// once and trains exactly as f32; with bf16's numbers (the rounded kernel) it says so, ends near, not at, f32, and
+    /// resumes bit for bit.
     @Test func bf16PrecisionFallsBackOnceOrTrainsNearF32() throws {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -96,6 +97,14 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let wf = try weights(dir.appendingPathComponent("f32/step_00000003"))
         #expect(try weights(dir.appendingPathComponent("off/step_00000003")) == wf, "the fallback did not train as f32 bit for bit")
         #expect(try weights(dir.appendingPathComponent("rounded/step_00000003")) != wf, "the bf16 run trained as f32 bit for bit")
+        // stopped after step 1 and resumed, the bf16 run ends bit for bit where the uninterrupted one did
+        let resumed = try tinyYAML(dir, "resumed", edits: edits + [("lm_head_chunk: 96", "lm_head_chunk: 96\n  precision: bf16")])
+        let env = ["DISTILL_BF16_KERNEL": "rounded"]
+        let r1 = try launch("distill-mpi.sh", ["2", "train", "--config", resumed, "--sample-tokens", "0", "--stop-after", "1"], env: env)
+        let r2 = try launch("distill-mpi.sh", ["2", "train", "--config", resumed, "--sample-tokens", "0", "--resume", "auto"], env: env)
+        #expect(r1.status == 0 && r2.status == 0, "\(r1.out)\n\(r2.out)")
+        #expect(try weights(dir.appendingPathComponent("resumed/step_00000003")) == weights(dir.appendingPathComponent("rounded/step_00000003")),
+                "a resumed bf16 run is not the uninterrupted one bit for bit")
         // the final validation loss (every rank's view of the same weights) within 1% of f32's
         func valLoss(_ out: String) -> Double? {
             out.components(separatedBy: "val loss ").dropFirst().last.flatMap { Double($0.prefix { !$0.isWhitespace }) }

@@ -29,6 +29,7 @@ import Testing
                            k: 12, temperature: 1.5, seqLen: c.train.seqLen, batch: 3, comm: LocalCommunicator())
     let cache = try TeacherCache(dir: dir.path)
     #expect(cache.info.trainWindows == (corpus.train.count - 1) / c.train.seqLen && cache.info.validationWindows > 0)
+    #expect(cache.info.precision == "f32")
     let live = try Trainer(config: c, corpus: corpus, teacher: teacher)
     let liveStats = try live.run()
     var cached = c

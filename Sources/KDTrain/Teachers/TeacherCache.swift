@@ -15,6 +15,7 @@ import KDData
 import KDFormats
 import KDLoss
 import KDModel
+import KDOps
 
 public struct TeacherCacheInfo: Codable, Equatable, Sendable {
     public var format = 1
@@ -30,12 +31,15 @@ public struct TeacherCacheInfo: Codable, Equatable, Sendable {
     public var studentTokenizerHash: String?
     public var teacherVocab: Int?
     public var alignedShare: Double?, matchedShare: Double?
+    /// The precision of the teacher forwards that wrote the rows: "f32", or "bf16-" and the kernel (`train.precision`).
+    /// nil in caches written before it was recorded (f32).
+    public var precision: String?
 
     enum CodingKeys: String, CodingKey {
         case format, k, temperature, seqLen = "seq_len", trainWindows = "train_windows", validationWindows = "validation_windows"
         case trainTokenHash = "train_token_hash", validationTokenHash = "validation_token_hash", teachers
         case studentTokenizerHash = "student_tokenizer_hash", teacherVocab = "teacher_vocab", alignedShare = "aligned_share"
-        case matchedShare = "matched_share"
+        case matchedShare = "matched_share", precision
     }
 }
 
@@ -130,6 +134,7 @@ public final class TeacherCache {
         var info = TeacherCacheInfo(k: k, temperature: temperature, seqLen: seqLen, trainWindows: 0, validationWindows: 0,
                                     trainTokenHash: String(tokenHash(corpus.train), radix: 16),
                                     validationTokenHash: String(tokenHash(corpus.validation), radix: 16), teachers: manifest)
+        info.precision = BF16.kernel.map { "bf16-\($0)" } ?? "f32"
         if comm.rank == 0 {
             try? fm.removeItem(atPath: tmp)
             try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)

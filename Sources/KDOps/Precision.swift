@@ -12,8 +12,8 @@ public enum BF16Kernel: String, Sendable, CaseIterable {
     case avx512
     /// The same kernel source on a portable emulation of its instructions: slow, for checking the kernel anywhere.
     case emulated
-    /// Operands rounded to bf16, then f32 sgemm: bf16's numbers at f32's speed (products of bf16 values are exact in
-    /// f32, so only the order of the f32 sums differs from the kernel's).
+    /// Operands rounded to bf16 (copies), then f32 sgemm: bf16's numbers, a little slower than f32 (products of bf16
+    /// values are exact in f32, so only the order of the f32 sums differs from the kernel's).
     case rounded
 }
 

@@ -27,10 +27,18 @@ struct Bench: ParsableCommand {
     @Option(help: "Timed repeats per measurement (after one warm-up); the median is reported.") var repeats = 5
     @Option(help: "Comma-separated precisions: f32, bf16 (bf16 is skipped with a warning on a CPU without AVX512-BF16; DISTILL_BF16_KERNEL picks another kernel).")
     var precision = "f32"
+    @Option(help: "Time the GEMM alone on these shapes instead of models: comma-separated MxNxK (C[M,N] = A[M,K]·B[N,K]ᵀ, a linear layer's forward), best of --repeats.")
+    var gemm: String?
     @Flag(help: "One JSON object per measurement.") var json = false
     @Option(help: "Measure the forward pass of this model (GGUF or Hugging Face folder, weights as stored) instead of named shapes.")
     var model: String?
 
+    var gemmShapes: [(m: Int, n: Int, k: Int)] {
+        (gemm ?? "").split(separator: ",").compactMap {
+            let d = $0.split(separator: "x").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            return d.count == 3 && d.allSatisfy { $0 > 0 } ? (d[0], d[1], d[2]) : nil
+        }
+    }
     var precisions: [Precision] { precision.split(separator: ",").compactMap { Precision(rawValue: $0.trimmingCharacters(in: .whitespaces)) } }
     var threadCounts: [Int] { threads.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
@@ -45,8 +53,11 @@ struct Bench: ParsableCommand {
         if counts.isEmpty || counts.contains(where: { $0 < 1 }) || counts.count != threads.split(separator: ",").count {
             throw ValidationError("--threads: expected comma-separated integers >= 1, found '\(threads)'")
         }
-        if precisions.isEmpty || precisions.count != precision.split(separator: ",").count {
+        if precisions.isEmpty || precisions.count != precision.split(separator: ",", omittingEmptySubsequences: false).count {
             throw ValidationError("--precision: expected comma-separated f32 or bf16, found '\(precision)'")
+        }
+        if let gemm, gemmShapes.isEmpty || gemmShapes.count != gemm.split(separator: ",", omittingEmptySubsequences: false).count {
+            throw ValidationError("--gemm: expected comma-separated MxNxK with positive sizes (e.g. 2048x2048x2048), found '\(gemm)'")
         }
         if batch < 1 || seq < 2 || repeats < 1 {
             throw ValidationError("--batch, --seq, --repeats: expected >= 1, >= 2, >= 1, found \(batch), \(seq), \(repeats)")
@@ -77,8 +88,24 @@ struct Bench: ParsableCommand {
         for t in threadCounts {
             configureThreads(t)
             for kernel in kernels {
-                try BF16.$kernel.withValue(kernel) { try measure(chosen, threads: t, load: load) }
+                try BF16.$kernel.withValue(kernel) {
+                    if gemm != nil { try measureGEMMs(threads: t) } else { try measure(chosen, threads: t, load: load) }
+                }
             }
+        }
+    }
+
+    /// `--gemm`: each shape's best GFLOP/s on `threads` threads in the task's precision.
+    func measureGEMMs(threads t: Int) throws {
+        let precision = BF16.kernel.map { "bf16-\($0)" } ?? "f32"
+        for s in gemmShapes {
+            let g = measureGEMM(m: s.m, n: s.n, k: s.k, transB: true, repeats: repeats)
+            if json {
+                print("{\"gemm\":\"\(s.m)x\(s.n)x\(s.k)\",\"gflops\":\(String(format: "%.2f", g)),\"precision\":\"\(precision)\",\"threads\":\(t)}")
+            } else {
+                print(String(format: "gemm %5dx%5dx%5d %@ threads %d | %7.1f GFLOP/s (best of %d)", s.m, s.n, s.k, precision, t, g, repeats))
+            }
+            fflush(stdout)
         }
     }
 

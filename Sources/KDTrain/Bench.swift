@@ -84,19 +84,26 @@ public func median(_ xs: [Double]) -> Double {
 }
 
 /// Best GFLOP/s of `repeats` square GEMMs (2048³ by default) in the task's precision (``BF16/kernel``; f32 = sgemm) on the
-/// current thread count. The best, not the
-/// median: a peak is what the hardware can do, and a noisy neighbour only ever lowers it (keeping MFU conservative).
+/// current thread count. The best, not the median: a peak is what the hardware can do, and a noisy neighbour only ever
+/// lowers it (keeping MFU conservative).
 public func measureSGEMMPeak(size: Int = 2048, repeats: Int = 10) -> Double {
-    let a = Slab(count: size * size), b = Slab(count: size * size), c = Slab(count: size * size)
-    for i in 0..<(size * size) { a.base[i] = Float(i % 7) * 0.01; b.base[i] = Float(i % 5) * 0.01 }
+    measureGEMM(m: size, n: size, k: size, transB: false, repeats: repeats)
+}
+
+/// Best GFLOP/s of `repeats` GEMMs C [m, n] = A [m, k] · op(B) in the task's precision, after one warm-up call; `transB`
+/// = B stored [n, k], as a linear layer's forward multiplies by its weight.
+public func measureGEMM(m: Int, n: Int, k: Int, transB: Bool, repeats: Int) -> Double {
+    let a = Slab(count: m * k), b = Slab(count: k * n), c = Slab(count: m * n)
+    for i in 0..<(m * k) { a.base[i] = Float(i % 7) * 0.01 }
+    for i in 0..<(k * n) { b.base[i] = Float(i % 5) * 0.01 }
     var times: [Double] = []
     for r in 0...repeats {
         let t0 = monotonicSeconds()
-        gemm(transA: false, transB: false, m: size, n: size, k: size, alpha: 1, a: a.base, lda: size, b: b.base, ldb: size,
-             beta: 0, c: c.base, ldc: size)
+        gemm(transA: false, transB: transB, m: m, n: n, k: k, alpha: 1, a: a.base, lda: k, b: b.base, ldb: transB ? k : n,
+             beta: 0, c: c.base, ldc: n)
         if r > 0 { times.append(monotonicSeconds() - t0) }  // the first call warms up threads and pages
     }
-    return 2 * Double(size) * Double(size) * Double(size) / times.min()! / 1e9
+    return 2 * Double(m) * Double(n) * Double(k) / times.min()! / 1e9
 }
 
 /// Times `repeats` steps (after one warm-up) of `mode` on `shape` with random weights and tokens; or, when `load`

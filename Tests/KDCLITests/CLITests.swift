@@ -38,6 +38,11 @@ func runDistill(_ args: [String], stdin: String? = nil) throws -> (status: Int32
     #expect(throws: (any Error).self) { try Distill.parseAsRoot(["bench", "--shape", "gpt5"]) }
     #expect(throws: (any Error).self) { try Distill.parseAsRoot(["bench", "--threads", "1,x"]) }
     #expect(throws: (any Error).self) { try Distill.parseAsRoot(["bench", "--mode", "backward"]) }
+    let g = try #require(try Distill.parseAsRoot(["bench", "--gemm", "2048x384x384,8x9x10", "--precision", "f32,bf16"]) as? Bench)
+    #expect(g.gemmShapes.map { [$0.m, $0.n, $0.k] } == [[2048, 384, 384], [8, 9, 10]] && g.precisions == [.f32, .bf16])
+    for bad in [["--gemm", "2048x384"], ["--gemm", "0x1x1"], ["--precision", "f16"], ["--precision", "f32,"]] {
+        #expect(throws: (any Error).self, "\(bad)") { try Distill.parseAsRoot(["bench"] + bad) }
+    }
 }
 
 @Test func trainRunsEndToEndWithAFallingLoss() throws {

@@ -66,6 +66,7 @@ public func bf16GEMM(
     _ kernel: BF16Kernel, threads: Int, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
 ) {
+    guard m > 0, n > 0 else { return }
     switch kernel {
     case .rounded:
         // round copies of the operands (their whole stored span), then sgemm

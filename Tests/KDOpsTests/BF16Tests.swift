@@ -156,3 +156,16 @@ func bf16GemmSplitOverThreadsIsOneThreadsBitForBit(kernel: BF16Kernel) {
         for t in [2, 3] { #expect(run(t) == one, "\(kernel) \(m)×\(n)×\(k) on \(t) threads") }
     }
 }
+
+/// Empty products: k = 0 scales C by beta (as BLAS does), m = 0 or n = 0 touches nothing.
+@Test(arguments: [BF16Kernel.rounded, .emulated] + (BF16.cpuHasAVX512BF16 ? [.avx512] : []))
+func bf16GemmOfEmptyShapesScalesOrLeavesC(kernel: BF16Kernel) {
+    let a: [Float] = [1, 2, 3], b: [Float] = [4, 5, 6]
+    var c: [Float] = [2, 4, 6, 8, 10, 12]
+    bf16GEMM(kernel, threads: 1, transA: false, transB: true, m: 2, n: 3, k: 0, alpha: 1, a: a, lda: 1, b: b, ldb: 1, beta: 0.5, c: &c, ldc: 3)
+    #expect(c == [1, 2, 3, 4, 5, 6], "\(kernel)")
+    for (m, n) in [(0, 3), (2, 0)] {
+        bf16GEMM(kernel, threads: 2, transA: false, transB: true, m: m, n: n, k: 1, alpha: 1, a: a, lda: 1, b: b, ldb: 1, beta: 0, c: &c, ldc: 3)
+        #expect(c == [1, 2, 3, 4, 5, 6], "\(kernel) \(m)×\(n)")
+    }
+}

@@ -4,12 +4,12 @@ import Foundation
 import KDCheckpoint
 import KDComm
 import KDConfig
-import KDOps
 import KDCore
 import KDData
 import KDFormats
 import KDLoss
 import KDModel
+import KDOps
 import KDTrain
 
 struct Bench: ParsableCommand {
@@ -97,7 +97,7 @@ struct Bench: ParsableCommand {
 
     /// `--gemm`: each shape's best GFLOP/s on `threads` threads in the task's precision.
     func measureGEMMs(threads t: Int) throws {
-        let precision = BF16.kernel.map { "bf16-\($0)" } ?? "f32"
+        let precision = BF16.label
         for s in gemmShapes {
             let g = measureGEMM(m: s.m, n: s.n, k: s.k, transB: true, repeats: repeats)
             if json {

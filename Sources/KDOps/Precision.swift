@@ -24,6 +24,9 @@ public enum BF16 {
     /// The kernel bf16 matmuls use in this task; nil = f32. Set around a run with `BF16.$kernel.withValue`.
     @TaskLocal public static var kernel: BF16Kernel?
 
+    /// This task's precision as logs and records name it: "f32", or "bf16-" and the kernel ("bf16-avx512", …).
+    public static var label: String { kernel.map { "bf16-\($0)" } ?? "f32" }
+
     /// The kernel for a requested precision, and the warning to print when bf16 falls back to f32.
     /// `DISTILL_BF16_KERNEL` (environment) picks it: unset or `avx512` = the AVX512-BF16 kernel where the CPU has it;
     /// `off` = f32 (forces the fallback); `rounded` / `emulated` = bf16's numbers on any CPU (checking, not speed).

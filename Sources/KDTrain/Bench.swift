@@ -169,5 +169,5 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
     return BenchResult(shape: shape.name, mode: mode.rawValue, threads: threads, batch: batch, seq: seq, repeats: repeats,
                        medianSeconds: med, tokensPerS: tps, flopsPerToken: flops, gflops: gflops,
                        sgemmPeakGflops: sgemmPeak, mfu: gflops / sgemmPeak, peakRSSBytes: ProcessMemory.peakRSSBytes(),
-                       precision: BF16.kernel.map { "bf16-\($0)" } ?? "f32")
+                       precision: BF16.label)
 }

@@ -134,7 +134,7 @@ public final class TeacherCache {
         var info = TeacherCacheInfo(k: k, temperature: temperature, seqLen: seqLen, trainWindows: 0, validationWindows: 0,
                                     trainTokenHash: String(tokenHash(corpus.train), radix: 16),
                                     validationTokenHash: String(tokenHash(corpus.validation), radix: 16), teachers: manifest)
-        info.precision = BF16.kernel.map { "bf16-\($0)" } ?? "f32"
+        info.precision = BF16.label
         if comm.rank == 0 {
             try? fm.removeItem(atPath: tmp)
             try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)

@@ -1,4 +1,5 @@
-// Linear layers through ``gemm`` (OpenBLAS sgemm in f32; bf16 operands where the task's precision says), weights in Hugging Face layout [oc, c]; port of llm.c matmul_forward/backward.
+// Linear layers through ``gemm`` (OpenBLAS sgemm in f32; bf16 operands where the task's precision says), weights in
+// Hugging Face layout [oc, c]; port of llm.c matmul_forward/backward.
 // Dims: n rows (= B·T), c input channels, oc output channels.
 import CBLAS
 

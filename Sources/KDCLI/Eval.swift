@@ -22,6 +22,8 @@ struct Eval: ParsableCommand {
     @Option(help: "Evaluate at most this many windows (0 = all).") var maxWindows = 0
     @Option(help: "A teacher (GGUF or HF folder) to compare with.") var teacher: String?
     @Option(help: "Compute threads (0 = all cores).") var threads = 0
+    @Option(help: "Matmul precision, as train.precision: f32 or bf16 (f32 after a warning on a CPU without AVX512-BF16).")
+    var precision = "f32"
     @Flag(help: "Print one JSON object.") var json = false
     @Option(help: "Also append the result as one JSON line, with --label, to this file (distill report shows a run's evaluation.jsonl).")
     var appendTo: String?
@@ -31,6 +33,7 @@ struct Eval: ParsableCommand {
         if appendTo != nil, label == nil { throw ValidationError("--append-to needs --label NAME") }
         if (text == nil) == (data == nil) { throw ValidationError("give exactly one of --text FILE or --data DIR") }
         if context < 2 { throw ValidationError("--context: expected >= 2, found \(context)") }
+        if Precision(rawValue: precision) == nil { throw ValidationError("--precision: expected \(Precision.choices), found '\(precision)'") }
         if !["train", "validation"].contains(split) { throw ValidationError("--split: expected train or validation, found '\(split)'") }
     }
 
@@ -70,14 +73,19 @@ struct Eval: ParsableCommand {
                     windowBOS = try? JSONDecoder().decode(PrepareSummary.self, from: d).bos
                 }
             }
-            let r = evaluate(loaded.model, teacher: teacherModel?.model, ids: ids, mask: mask, context: context, maxWindows: maxWindows,
-                             bos: windowBOS)
+            let (kernel, warning) = try BF16.resolve(Precision(rawValue: precision)!, environment: ProcessInfo.processInfo.environment)
+            if let warning { KDLog.error(warning.replacingOccurrences(of: "train.precision", with: "eval --precision")) }
+            let r = BF16.$kernel.withValue(kernel) {
+                evaluate(loaded.model, teacher: teacherModel?.model, ids: ids, mask: mask, context: context, maxWindows: maxWindows,
+                         bos: windowBOS)
+            }
             guard r.predicted > 0 else {
                 throw KDError.invalidInput(what: "eval input", expected: "at least 2 tokens", found: "\(ids.count)")
             }
             var obj: [String: Any] = ["tokens": ids.count, "predicted": r.predicted, "mean_nll": r.nll / Double(r.predicted),
                                       "perplexity": Foundation.exp(r.nll / Double(r.predicted)),
-                                      "tokens_per_s": Double(r.evaluated) / r.seconds, "size_bytes": weightBytesOnDisk(model)]
+                                      "tokens_per_s": Double(r.evaluated) / r.seconds, "size_bytes": weightBytesOnDisk(model),
+                                      "precision": BF16.$kernel.withValue(kernel) { BF16.label }]
             if let teacher, teacherModel != nil {
                 obj["teacher_mean_nll"] = r.teacherNLL / Double(r.predicted)
                 obj["kl_teacher_model"] = r.kl / Double(r.predicted)

@@ -5,6 +5,7 @@ import KDConfig
 import KDData
 import KDFormats
 import KDModel
+import KDTestSupport
 import Testing
 
 let teacher = repoRoot.appendingPathComponent("Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf").path
@@ -73,6 +74,28 @@ func scratchDir() throws -> URL {
     let k = try #require(try JSONSerialization.jsonObject(with: Data(selfKD.out.utf8)) as? [String: Any])
     #expect(abs(k["kl_teacher_model"] as? Double ?? 1) < 1e-9)
     #expect(k["top1_agreement"] as? Double == 1)
+}
+
+/// `eval --precision bf16` on the real teacher: with bf16's numbers (the rounded kernel) the NLL is f32's within 5e-3
+/// and not equal, and the JSON says which precision ran; forced off (as on a CPU without AVX512-BF16) one warning and
+/// f32's NLL exactly; a misspelt precision is refused.
+@Test func evalWithBF16MatmulsIsF32sWithin5e3() throws {
+    let text = repoRoot.appendingPathComponent("Tests/KDTrainTests/Fixtures/fortunes-sample.txt").path
+    func eval(_ precision: String, _ kernel: String) throws -> (obj: [String: Any], err: String) {
+        let r = try runProcess(try distillBinary(), ["eval", "--model", teacher, "--text", text, "--context", "64", "--max-windows", "8",
+                                                     "--json", "--threads", "1", "--precision", precision],
+                               in: repoRoot, env: ["DISTILL_BF16_KERNEL": kernel])
+        #expect(r.status == 0, "\(r.err)")
+        return (try #require(try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]), r.err + r.out)
+    }
+    let f32 = try eval("f32", "rounded"), bf16 = try eval("bf16", "rounded"), off = try eval("bf16", "off")
+    let (a, b, c) = (f32.obj["mean_nll"] as? Double ?? 0, bf16.obj["mean_nll"] as? Double ?? 0, off.obj["mean_nll"] as? Double ?? 0)
+    #expect(f32.obj["precision"] as? String == "f32" && bf16.obj["precision"] as? String == "bf16-rounded")
+    #expect(abs(b - a) <= 5e-3 && b != a, "NLL f32 \(a), bf16 \(b)")
+    #expect(c == a && off.obj["precision"] as? String == "f32")
+    #expect(off.err.contains("warning: eval --precision bf16: DISTILL_BF16_KERNEL=off, computing in f32"), "\(off.err)")
+    let bad = try runDistill(["eval", "--model", teacher, "--text", text, "--precision", "fp8"])
+    #expect(bad.status != 0 && bad.err.contains("--precision: expected 'f32' or 'bf16', found 'fp8'"), "\(bad.err)")
 }
 
 @Test func prepareWritesDeterministicMaskedShards() throws {

@@ -49,10 +49,18 @@ int kd_cpu_has_avx512bf16(void) {
 #endif
 }
 
-static uint16_t *kd_aligned_u16(size_t count) {
-    void *p = NULL;
-    if (posix_memalign(&p, 64, count * 2 + 64) != 0) abort();
-    return (uint16_t *)p;
+/// This thread's packing buffers (A: MC × KC, B: NC × KC bf16), allocated on its first GEMM and kept: a training step
+/// makes hundreds of GEMM calls on the same few threads, and fresh 256 KiB buffers would be new pages every call.
+static void kd_pack_buffers(uint16_t **a, uint16_t **b) {
+    static _Thread_local uint16_t *apack, *bpack;
+    if (!apack) {
+        void *pa = NULL, *pb = NULL;
+        if (posix_memalign(&pa, 64, (size_t)KD_MC * KD_KC * 2) != 0 || posix_memalign(&pb, 64, (size_t)KD_NC * KD_KC * 2) != 0) abort();
+        apack = pa;
+        bpack = pb;
+    }
+    *a = apack;
+    *b = bpack;
 }
 
 static inline uint32_t kd_bf16_pair(float even, float odd) {

@@ -56,8 +56,8 @@ static void KD_NAME(micro)(int kp, const uint16_t *ap, const uint16_t *bp, float
 void KD_NAME(kd_gemm_bf16)(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                            const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc) {
     if (m <= 0 || n <= 0) return;
-    uint16_t *apack = kd_aligned_u16((size_t)KD_MC * KD_KC);
-    uint16_t *bpack = kd_aligned_u16((size_t)KD_NC * KD_KC);
+    uint16_t *apack, *bpack;
+    kd_pack_buffers(&apack, &bpack);
     float tile[KD_MR * KD_NR];
     if (k <= 0) {  // nothing to multiply: C = beta · C
         for (int i = 0; i < m; i++) for (int j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
@@ -88,6 +88,4 @@ void KD_NAME(kd_gemm_bf16)(int m, int n, int k, float alpha, const float *a, ptr
             }
         }
     }
-    free(apack);
-    free(bpack);
 }

@@ -77,10 +77,10 @@ struct Bench: ParsableCommand {
         #endif
         var kernels: [BF16Kernel?] = []
         for p in precisions {
-            let (kernel, warning) = try BF16.resolve(p, environment: ProcessInfo.processInfo.environment)
-            if let warning, p == .bf16 {
-                KDLog.error(warning.replacingOccurrences(of: "train.precision bf16", with: "bench --precision bf16")
-                    .replacingOccurrences(of: "computing in f32", with: "bf16 not measured"))
+            let (kernel, warning) = try BF16.resolve(p, environment: ProcessInfo.processInfo.environment, setting: "bench --precision",
+                                                     fallback: "bf16 not measured")
+            if let warning {
+                KDLog.error(warning)
                 continue
             }
             kernels.append(kernel)

@@ -73,8 +73,9 @@ struct Eval: ParsableCommand {
                     windowBOS = try? JSONDecoder().decode(PrepareSummary.self, from: d).bos
                 }
             }
-            let (kernel, warning) = try BF16.resolve(Precision(rawValue: precision)!, environment: ProcessInfo.processInfo.environment)
-            if let warning { KDLog.error(warning.replacingOccurrences(of: "train.precision", with: "eval --precision")) }
+            let (kernel, warning) = try BF16.resolve(Precision(rawValue: precision)!, environment: ProcessInfo.processInfo.environment,
+                                                     setting: "eval --precision")
+            if let warning { KDLog.error(warning) }
             let r = BF16.$kernel.withValue(kernel) {
                 evaluate(loaded.model, teacher: teacherModel?.model, ids: ids, mask: mask, context: context, maxWindows: maxWindows,
                          bos: windowBOS)
@@ -85,7 +86,7 @@ struct Eval: ParsableCommand {
             var obj: [String: Any] = ["tokens": ids.count, "predicted": r.predicted, "mean_nll": r.nll / Double(r.predicted),
                                       "perplexity": Foundation.exp(r.nll / Double(r.predicted)),
                                       "tokens_per_s": Double(r.evaluated) / r.seconds, "size_bytes": weightBytesOnDisk(model),
-                                      "precision": BF16.$kernel.withValue(kernel) { BF16.label }]
+                                      "precision": BF16.label(kernel)]
             if let teacher, teacherModel != nil {
                 obj["teacher_mean_nll"] = r.teacherNLL / Double(r.predicted)
                 obj["kl_teacher_model"] = r.kl / Double(r.predicted)

@@ -25,20 +25,23 @@ public enum BF16 {
     @TaskLocal public static var kernel: BF16Kernel?
 
     /// This task's precision as logs and records name it: "f32", or "bf16-" and the kernel ("bf16-avx512", …).
-    public static var label: String { kernel.map { "bf16-\($0)" } ?? "f32" }
+    public static var label: String { label(kernel) }
+    public static func label(_ kernel: BF16Kernel?) -> String { kernel.map { "bf16-\($0)" } ?? "f32" }
 
     /// The kernel for a requested precision, and the warning to print when bf16 falls back to f32.
     /// `DISTILL_BF16_KERNEL` (environment) picks it: unset or `avx512` = the AVX512-BF16 kernel where the CPU has it;
     /// `off` = f32 (forces the fallback); `rounded` / `emulated` = bf16's numbers on any CPU (checking, not speed).
-    public static func resolve(_ precision: Precision, environment: [String: String]) throws -> (kernel: BF16Kernel?, warning: String?) {
+    /// The warning names `setting` (where bf16 was asked for) and says `fallback` (what happens instead).
+    public static func resolve(_ precision: Precision, environment: [String: String], setting: String = "train.precision",
+                               fallback: String = "computing in f32") throws -> (kernel: BF16Kernel?, warning: String?) {
         guard precision == .bf16 else { return (nil, nil) }
         let choice = environment["DISTILL_BF16_KERNEL"] ?? "avx512"
         switch choice {
         case "off":
-            return (nil, "warning: train.precision bf16: DISTILL_BF16_KERNEL=off, computing in f32")
+            return (nil, "warning: \(setting) bf16: DISTILL_BF16_KERNEL=off, \(fallback)")
         case "avx512":
             if cpuHasAVX512BF16 { return (.avx512, nil) }
-            return (nil, "warning: train.precision bf16 needs a CPU with AVX512-BF16 (vdpbf16ps); this one has none, computing in f32")
+            return (nil, "warning: \(setting) bf16 needs a CPU with AVX512-BF16 (vdpbf16ps); this one has none, \(fallback)")
         default:
             guard let k = BF16Kernel(rawValue: choice) else {
                 throw KDError.invalidInput(what: "DISTILL_BF16_KERNEL", expected: "avx512, rounded, emulated or off", found: "'\(choice)'")

@@ -45,6 +45,19 @@ func runDistill(_ args: [String], stdin: String? = nil) throws -> (status: Int32
     }
 }
 
+/// `bench --gemm` in both precisions: f32 measured, bf16 forced off skipped with its one warning (as on a CPU without
+/// AVX512-BF16), and with bf16's numbers (the rounded kernel) measured under its own name.
+@Test func benchGemmMeasuresEachPrecisionOrSaysWhyNot() throws {
+    let args = ["bench", "--gemm", "64x48x32", "--precision", "f32,bf16", "--threads", "1", "--repeats", "1", "--json"]
+    let off = try runProcess(try distillBinary(), args, in: repoRoot, env: ["DISTILL_BF16_KERNEL": "off"])
+    #expect(off.status == 0, "\(off.err)")
+    let lines = off.out.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    #expect(lines.count == 1 && lines[0]["precision"] as? String == "f32" && (lines[0]["gflops"] as? Double ?? 0) > 0, "\(off.out)")
+    #expect(off.err.contains("warning: bench --precision bf16: DISTILL_BF16_KERNEL=off, bf16 not measured"), "\(off.err)")
+    let rounded = try runProcess(try distillBinary(), args, in: repoRoot, env: ["DISTILL_BF16_KERNEL": "rounded"])
+    #expect(rounded.status == 0 && rounded.out.contains("\"precision\":\"bf16-rounded\""), "\(rounded.out)\(rounded.err)")
+}
+
 @Test func trainRunsEndToEndWithAFallingLoss() throws {
     let r = try runDistill(["train", "--config", "Configs/tiny.yaml", "--steps", "6", "--sample-tokens", "20"])
     #expect(r.status == 0, "\(r.err)")

@@ -10,31 +10,16 @@
 # (Launch/quickstart.sh). Finished runs are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-d=${DISTILL_BIN:-.build/release/distill}
-smollm=Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf
-data=Checkpoints/data/fortunes-smollm
-book=Checkpoints/data/botchan.txt
+source Launch/compare-common.sh
 out=Checkpoints/cross
 variants=("$@")
 [ ${#variants[@]} -eq 0 ] && variants=(ce smollm2 gemma-uld gemma-gold gemma-gold-buckets both-gold)
-for f in "$d" "$smollm" Checkpoints/teachers/gemma-3-270m-q4_k_m.gguf "$data/train.bin" "$book"; do
-    [ -e "$f" ] || { echo "compare_cross_tokenizer: $f is missing (Launch/quickstart.sh, Launch/fetch_teacher.sh gemma3, Launch/fetch_heldout.sh)" >&2; exit 1; }
-done
-mkdir -p "$out"
+compare_require "$smollm" Checkpoints/teachers/gemma-3-270m-q4_k_m.gguf "$data/train.bin" "$book"
 for v in "${variants[@]}"; do
     cfg=Configs/cross/$v.yaml
     [ -f "$cfg" ] || { echo "compare_cross_tokenizer: no $cfg (expected one of: $(ls Configs/cross | grep -v base | sed 's/.yaml//' | tr '\n' ' '))" >&2; exit 1; }
-    steps=$($d train --config "$cfg" --dry-run | awk '/^train:/{t=1} t&&/^  steps:/{print $2; exit}')
-    final=$(printf "%s/%s/step_%08d" "$out" "$v" "$steps")
-    if [ ! -f "$final/checksums.json" ]; then
-        echo "== $v: training ($cfg)"
-        start=$(date +%s)
-        DISTILL_BIN=$d bash Launch/distill-mpi.sh 2 train --config "$cfg" --resume auto --sample-tokens 0 > "$out/$v.log" 2>&1 || true
-        [ -f "$final/checksums.json" ] || { echo "compare_cross_tokenizer: $v did not finish (see $out/$v.log)" >&2; exit 1; }
-        echo "$(( $(date +%s) - start ))" > "$out/$v.seconds"
-    fi
-    [ -f "$final/val.json" ] || $d eval --model "$final" --teacher "$smollm" --data "$data" --context 128 --max-windows 32 --json > "$final/val.json"
-    [ -f "$final/book.json" ] || $d eval --model "$final" --teacher "$smollm" --text "$book" --context 128 --max-windows 32 --json > "$final/book.json"
+    final=$(compare_train "$v" "$cfg" "$out/$v")
+    compare_score "$final"
 done
 for v in "${variants[@]}"; do
     [ -f "$out/speed/$v.log" ] && grep -q "^step    12/12" "$out/speed/$v.log" && continue

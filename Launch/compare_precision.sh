@@ -9,28 +9,15 @@
 # Launch/fetch_heldout.sh). Finished runs are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-d=${DISTILL_BIN:-.build/release/distill}
-smollm=Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf
-data=Checkpoints/data/fortunes-smollm
-book=Checkpoints/data/botchan.txt
+source Launch/compare-common.sh
 cfg=Configs/cross/smollm2.yaml
 out=Checkpoints/precision
-for f in "$d" "$smollm" "$data/train.bin" "$book"; do
-    [ -e "$f" ] || { echo "compare_precision: $f is missing (Launch/quickstart.sh, Launch/fetch_heldout.sh)" >&2; exit 1; }
-done
-mkdir -p "$out"
-steps=$($d train --config "$cfg" --dry-run | awk '/^train:/{t=1} t&&/^  steps:/{print $2; exit}')
+compare_require "$smollm" "$data/train.bin" "$book"
 for p in f32 bf16; do
-    final=$(printf "%s/%s/step_%08d" "$out" "$p" "$steps")
-    if [ ! -f "$final/checksums.json" ]; then
-        echo "== $p: training ($cfg)"
-        DISTILL_BIN=$d bash Launch/distill-mpi.sh 2 train --config "$cfg" --precision "$p" --checkpoint-dir "$out/$p" \
-            --resume auto --sample-tokens 0 > "$out/$p.log" 2>&1 || true
-        [ -f "$final/checksums.json" ] || { echo "compare_precision: $p did not finish (see $out/$p.log)" >&2; exit 1; }
-    fi
-    [ -f "$final/val.json" ] || $d eval --model "$final" --teacher "$smollm" --data "$data" --context 128 --max-windows 32 --json > "$final/val.json"
-    [ -f "$final/book.json" ] || $d eval --model "$final" --teacher "$smollm" --text "$book" --context 128 --max-windows 32 --json > "$final/book.json"
+    final=$(compare_train "$p" "$cfg" "$out/$p" --precision "$p")
+    compare_score "$final"
 done
+steps=$(basename "$final" | sed 's/step_0*//')
 python3 - "$out" "$steps" <<'PY'
 import json, os, re, statistics, sys
 out, steps = sys.argv[1], int(sys.argv[2])

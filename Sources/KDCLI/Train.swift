@@ -88,20 +88,20 @@ struct Train: ParsableCommand {
             let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teachers: loaded.map(\.model), teacherManifest: manifest,
                                       teacherCache: cache, initFrom: cutFrom?.model, crossTokenizers: cross.pairs)
             if c.student.initFrom == .fromTeacher, let src = cutFrom?.model ?? loaded.first?.model {
-                KDLog.info("  student cut from \(c.student.teacher.isEmpty ? sources[0].path : c.student.teacher): blocks \(trainer.cutBlocks) of \(src.config.layers)"
-                            + (trainer.cutChannels.map { ", \($0.count) of \(src.config.dim) residual channels (largest mean |normalized activation|)" } ?? ""))
+                KDLog.info("  student cut from \(c.student.teacher.isEmpty ? sources[0].path : c.student.teacher): blocks \(trainer.cut.blocks) of \(src.config.layers)"
+                            + (trainer.cut.channels.map { ", \($0.count) of \(src.config.dim) residual channels (largest mean |normalized activation|)" } ?? ""))
             }
             if c.qat.enabled {
                 KDLog.info("  QAT     weights \(c.qat.scheme)\(c.qat.embeddings ? " (embedding and head too)" : ""), activations \(c.qat.activations), from step \(c.qat.startStep)")
             }
-            trainer.allowTeacherChange = allowTeacherChange
+            trainer.checkpointing.allowTeacherChange = allowTeacherChange
             // the student speaks the teacher's tokens: its checkpoints carry the tokenizer (generate and eval --text work)
             // (not a SentencePiece vocabulary: tokenizer.json would need merges GGUF does not store; eval and generate of
             // such a checkpoint take the teacher's tokenizer with --teacher, and GGUF exports carry it)
             if let tok = ((loaded + (cutFrom.map { [$0] } ?? [])).compactMap(\.tokenizer) + (cross.student.map { [$0] } ?? []))
                 .first(where: { $0.hash == corpus.tokenizerHash }),
                tok.sentencePiece == nil {
-                trainer.extraCheckpointFiles[CheckpointFile.tokenizer] = try tok.hfTokenizerJSON()
+                trainer.checkpointing.extraFiles[CheckpointFile.tokenizer] = try tok.hfTokenizerJSON()
             }
             try resumeIfAsked(trainer, comm: comm)
             if comm.rank == 0 { trainer.metrics = try MetricsLog(dir: c.checkpoint.dir, resumedStep: trainer.step) }
@@ -116,7 +116,7 @@ struct Train: ParsableCommand {
             }
             if let tc = c.teacher, let placement = trainer.placement {
                 KDLog.info("  teacher \(placement.summary)")
-                KDLog.info("  objective \(trainer.divergence), kd_ratio \(c.distill.kdRatio), T \(c.distill.temperature)\(loaded.count > 1 ? ", teachers combined by \(tc.combine)" : "")")
+                KDLog.info("  objective \(c.distill.divergence), kd_ratio \(c.distill.kdRatio), T \(c.distill.temperature)\(loaded.count > 1 ? ", teachers combined by \(tc.combine)" : "")")
                 KDLog.info("  exchange \(tc.exchange)\(tc.exchange == .topk ? " (k = \(tc.topK))" : ""): \(placement.bytesPerToken) B/token to the student's rank")
             }
             KDLog.info("  data    \(corpus.files.count) files, \(corpus.train.count) train / \(corpus.validation.count) validation tokens")
@@ -153,7 +153,7 @@ struct Train: ParsableCommand {
                 KDLog.info("stopped after step \(trainer.step) of \(c.train.steps); continue with --resume auto")
                 return
             }
-            if let v = trainer.evaluate() {
+            if let v = try trainer.evaluate(teacher: false)?.mean {
                 KDLog.info(String(format: "val loss %.4f | val ppl %.2f | peak RSS %.0f MiB", v, Foundation.exp(v),
                                   Double(ProcessMemory.peakRSSBytes()) / 1048576))
             }

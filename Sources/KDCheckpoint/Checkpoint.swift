@@ -257,36 +257,19 @@ public struct CheckpointStore {
         ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).filter { $0.hasPrefix("step_") && $0.contains(".tmp-") }.sorted()
     }
 
-    /// Reads a verified checkpoint's tensors into the model and the AdamW moments (and `extraWeights`, by file name).
-    public static func load(dir: String, model: Transformer, adamM: Slab, adamV: Slab, extraWeights: [String: Slab] = [:]) throws {
-        try load(dir: dir, model: model, moments: .slabs(m: adamM, v: adamV), extraWeights: extraWeights)
+    /// Reads a verified checkpoint's tensors into the model and the AdamW moments.
+    public static func load(dir: String, model: Transformer, adamM: Slab, adamV: Slab) throws {
+        try load(dir: dir, model: model, moments: .slabs(m: adamM, v: adamV))
     }
 
-    /// ``load(dir:model:adamM:adamV:extraWeights:)`` with the moments going to slabs or to a visitor.
-    public static func load(dir: String, model: Transformer, moments: MomentsToRead, extraWeights: [String: Slab] = [:]) throws {
+    /// ``load(dir:model:adamM:adamV:)`` with the moments going to slabs or to a visitor.
+    public static func load(dir: String, model: Transformer, moments: MomentsToRead) throws {
         let m = try SafetensorsFile(path: (dir as NSString).appendingPathComponent(CheckpointFile.model))
         let o = try SafetensorsFile(path: (dir as NSString).appendingPathComponent(CheckpointFile.optimizer))
-        var extras: [(SafetensorsFile, Slab)] = []
-        for (name, slab) in extraWeights.sorted(by: { $0.key < $1.key }) {
-            let p = (dir as NSString).appendingPathComponent(CheckpointFile.weights(name))
-            guard FileManager.default.fileExists(atPath: p) else {
-                throw CheckpointError.shapeMismatch(dir: dir, reason: "\(CheckpointFile.weights(name)) is missing (the run needs it to resume)")
-            }
-            extras.append((try SafetensorsFile(path: p), slab))
-        }
-        func checked(_ file: SafetensorsFile, _ name: String, _ e: ParameterLayout.Entry) throws -> SafetensorsTensor {
-            guard let t = file.tensor(name) else { throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)' is missing") }
-            guard t.shape == e.shape, t.dtype == .f32 else {
-                throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)': expected F32 \(e.shape), found \(t.dtype) \(t.shape)")
-            }
-            return t
-        }
         for e in model.layout.entries {
-            for (file, name, dst) in [(m, e.name, model.params.base)] + extras.map({ ($0.0, e.name, $0.1.base) }) {
-                file.read(try checked(file, name, e), into: dst + e.offset)
-            }
+            m.read(try checked(m, e.name, e, dir: dir), into: model.params.base + e.offset)
             for (second, prefix) in [(false, CheckpointFile.firstMoment), (true, CheckpointFile.secondMoment)] {
-                let t = try checked(o, prefix + e.name, e)
+                let t = try checked(o, prefix + e.name, e, dir: dir)
                 switch moments {
                 case .slabs(let am, let av):
                     o.read(t, into: (second ? av : am).base + e.offset)
@@ -296,6 +279,25 @@ public struct CheckpointStore {
                 }
             }
         }
+    }
+
+    /// Reads the slab a checkpoint saved as `name` (`extraWeights` of ``save(model:moments:state:extraFiles:extraWeights:)``)
+    /// with the student's `layout` into `slab`.
+    public static func loadWeights(dir: String, name: String, layout: ParameterLayout, into slab: Slab) throws {
+        let p = (dir as NSString).appendingPathComponent(CheckpointFile.weights(name))
+        guard FileManager.default.fileExists(atPath: p) else {
+            throw CheckpointError.shapeMismatch(dir: dir, reason: "\(CheckpointFile.weights(name)) is missing (the run needs it to resume)")
+        }
+        let file = try SafetensorsFile(path: p)
+        for e in layout.entries { file.read(try checked(file, e.name, e, dir: dir), into: slab.base + e.offset) }
+    }
+
+    static func checked(_ file: SafetensorsFile, _ name: String, _ e: ParameterLayout.Entry, dir: String) throws -> SafetensorsTensor {
+        guard let t = file.tensor(name) else { throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)' is missing") }
+        guard t.shape == e.shape, t.dtype == .f32 else {
+            throw CheckpointError.shapeMismatch(dir: dir, reason: "tensor '\(name)': expected F32 \(e.shape), found \(t.dtype) \(t.shape)")
+        }
+        return t
     }
 }
 

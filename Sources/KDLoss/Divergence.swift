@@ -3,6 +3,7 @@
 // al. 2024) and DistiLLM (Ko et al. 2024). The value returned is always the true divergence (entropy terms included).
 // Dims: v vocabulary.
 import Foundation
+import KDConfig
 import KDCore
 import KDOps
 
@@ -32,6 +33,21 @@ public enum Divergence: Equatable, Sendable, CustomStringConvertible {
         case .jsd(let b): return "jsd(β=\(b))"
         case .tvd: return "tvd"
         case .mixedKL(let a): return "fkl_rkl(α=\(a))"
+        }
+    }
+}
+
+extension DistillConfig {
+    /// The divergence `objective` names, with its parameters from this section.
+    public var divergence: Divergence {
+        switch objective {
+        case .fkl: return .forwardKL
+        case .rkl: return .reverseKL
+        case .skewFKL: return .skewForwardKL(lambda: skewLambda)
+        case .skewRKL: return .skewReverseKL(lambda: skewLambda)
+        case .jsd: return .jsd(beta: jsdBeta)
+        case .tvd: return .tvd
+        case .fklRKL: return .mixedKL(alpha: mixAlpha)
         }
     }
 }

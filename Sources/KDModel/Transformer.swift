@@ -212,9 +212,6 @@ public final class Transformer {
         return a
     }
 
-    /// Drops the activation buffers (they are rebuilt on the next forward).
-    public func releaseActivations() { acts = nil }
-
     // MARK: - Forward
 
     /// Runs the model on `b` sequences of `t` tokens up to the final RMSNorm, saving what backward needs.
@@ -374,25 +371,18 @@ public final class Transformer {
     }
 
     // MARK: - Backward
+    // Backward is four kinds of calls a caller strings together in the open, as llm.c's gpt2_backward reads:
+    //   headBackward; for l in blocks.reversed() { [a loss on block l's output adds into residualGradient];
+    //   mlpBackward(l); attentionBackward(l) }; embeddingLookupGradient, applied here or exchanged first.
+    // ``backward(targets:lossScale:distill:)`` is that list for a caller with nothing to add between the calls.
 
-    /// Loss of the last forward and the gradient of `lossScale · Σ losses`, accumulated into `grads`.
+    /// Loss of the last forward and the gradient of `lossScale · Σ losses` through the LM head and the final norm,
+    /// accumulated into `grads`; ``residualGradient`` then holds dL/d(last block's output).
     /// The caller zeroes `grads` once per optimizer step and picks lossScale = 1 / (global loss-token count).
     /// - Shapes: targets [b, t] (−1 = no loss)
-    /// Hooks for a data-parallel trainer, so it can reduce gradients while the rest of backward runs:
-    /// `onHeadDone` right after the LM head and final norm; `onBlockDone(l)` right after block l (last to first);
-    /// `progress` between the ops of each block (MPI moves non-blocking reduces forward only inside its calls).
-    /// `blockOutputGradient(l, dx)` may add a loss's gradient with respect to block l's output into dx before block l's
-    /// backward reads it.
-    /// With `deferEmbedding`, the embedding-lookup gradient is not added to the table; the caller applies it later
-    /// with ``applyEmbeddingGradient(dout:tokens:n:)`` from ``embeddingInputGradient`` (the table may be in flight).
-    @discardableResult
-    public func backward(targets: UnsafePointer<Int32>, lossScale: Float, deferEmbedding: Bool = false,
-                         distill: DistillTarget? = nil,
-                         onHeadDone: (() -> Void)? = nil, onBlockDone: ((Int) -> Void)? = nil,
-                         progress: (() -> Void)? = nil,
-                         blockOutputGradient: ((Int, UnsafeMutablePointer<Float>) -> Void)? = nil) -> LossSum {
-        guard let a = acts, let g = grads, let S = a.scratch else { preconditionFailure("backward: needs a forward on a model built with needsGrad") }
-        let m = config, n = a.b * a.t, c = m.dim, kv = m.kvDim, f = m.ffnDim, P = params.base, G = g.base
+    public func headBackward(targets: UnsafePointer<Int32>, lossScale: Float, distill: DistillTarget? = nil) -> LossSum {
+        let (a, S) = backwardState("headBackward")
+        let m = config, n = a.b * a.t, c = m.dim, P = params.base, G = grads!.base
         S.dx.zero()
         S.dln.zero()
         if let distill {
@@ -405,88 +395,124 @@ public final class Transformer {
         }
         rmsNormBackward(dinp: S.dx.base, dweight: G + layout.finalNorm, dout: S.dln.base, inp: a.resid[m.layers].base,
                         weight: P + layout.finalNorm, rstd: a.rstdf.base, n: n, c: c)
-        onHeadDone?()
-        let shape = AttentionShape(b: a.b, tq: a.t, tk: a.t, nh: m.heads, nkv: m.kvHeads, hs: m.headSize)
-        for l in stride(from: m.layers - 1, through: 0, by: -1) {
-            let A = a.blocks[l], L = layout.blocks[l]
-            // S.dx holds dL/d(block output); a loss on the block output itself (hidden-state distillation) adds its part
-            blockOutputGradient?(l, S.dx.base)
-            // the residual passes it straight through to x2 and to the input
-            var dMLP = UnsafePointer(S.dx.base)
-            if let pn = L.postFFNNorm, let o = A.ffnOut, let dp = S.dpost {
-                dp.zero()
-                rmsNormBackward(dinp: dp.base, dweight: G + pn, dout: S.dx.base, inp: o.base, weight: P + pn, rstd: A.rstdPF!.base, n: n, c: c)
-                dMLP = UnsafePointer(dp.base)
-            }
-            S.dh.zero()
-            matmulBackward(dinp: S.dh.base, dweight: G + L.wdown, dout: dMLP, inp: A.h.base, weight: P + L.wdown, n: n, c: f, oc: c)
-            S.dgate.zero(); S.dup.zero()
-            switch family.activation {
-            case .silu: swiGLUBackward(dgate: S.dgate.base, dup: S.dup.base, dout: S.dh.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
-            case .geluTanh: geGLUBackward(dgate: S.dgate.base, dup: S.dup.base, dout: S.dh.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
-            }
-            progress?()
-            S.dln.zero()
-            matmulBackward(dinp: S.dln.base, dweight: G + L.wgate, dout: S.dgate.base, inp: A.ln2.base, weight: P + L.wgate, n: n, c: c, oc: f)
-            matmulBackward(dinp: S.dln.base, dweight: G + L.wup, dout: S.dup.base, inp: A.ln2.base, weight: P + L.wup, n: n, c: c, oc: f)
-            rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln2, dout: S.dln.base, inp: A.x2.base, weight: P + L.ln2, rstd: A.rstd2.base, n: n, c: c)
-            progress?()
-            // S.dx now holds dL/dx2
-            var dAttn = UnsafePointer(S.dx.base)
-            if let pn = L.postAttnNorm, let o = A.attnOut, let dp = S.dpost {
-                dp.zero()
-                rmsNormBackward(dinp: dp.base, dweight: G + pn, dout: S.dx.base, inp: o.base, weight: P + pn, rstd: A.rstdPA!.base, n: n, c: c)
-                dAttn = UnsafePointer(dp.base)
-            }
-            S.datt.zero()
-            matmulBackward(dinp: S.datt.base, dweight: G + L.wo, dout: dAttn, inp: A.att.base, weight: P + L.wo, n: n, c: m.qDim, oc: c)
-            S.dq.zero(); S.dk.zero(); S.dv.zero()
-            attentionBackward(dq: S.dq.base, dk: S.dk.base, dv: S.dv.base, scratch: S.attn.base, dout: S.datt.base,
-                              probs: A.probs.base, q: A.q.base, k: A.k.base, v: A.v.base, shape: shape)
-            progress?()
-            S.dqp.zero(); S.dkp.zero()
-            let table = ropeTable(l)
-            ropeBackward(dinp: S.dqp.base, dout: S.dq.base, table: table, n: n, t: a.t, nh: m.heads, hs: m.headSize, style: ropeStyle)
-            ropeBackward(dinp: S.dkp.base, dout: S.dk.base, table: table, n: n, t: a.t, nh: m.kvHeads, hs: m.headSize, style: ropeStyle)
-            // gradients at the q and k projections' outputs: through the per-head norms when the family has them
-            var dqProj = UnsafePointer(S.dqp.base), dkProj = UnsafePointer(S.dkp.base)
-            if let qn = L.qNorm, let kn = L.kNorm, let qPre = A.qPre, let kPre = A.kPre {
-                S.dq.zero(); S.dk.zero()
-                rmsNormBackward(dinp: S.dq.base, dweight: G + qn, dout: S.dqp.base, inp: qPre.base, weight: P + qn, rstd: A.rstdQ!.base,
-                                n: n * m.heads, c: m.headSize)
-                rmsNormBackward(dinp: S.dk.base, dweight: G + kn, dout: S.dkp.base, inp: kPre.base, weight: P + kn, rstd: A.rstdK!.base,
-                                n: n * m.kvHeads, c: m.headSize)
-                dqProj = UnsafePointer(S.dq.base); dkProj = UnsafePointer(S.dk.base)
-            }
-            if let bq = L.bq, let bk = L.bk, let bv = L.bv {
-                biasBackward(dbias: G + bq, dout: dqProj, n: n, oc: m.qDim)
-                biasBackward(dbias: G + bk, dout: dkProj, n: n, oc: kv)
-                biasBackward(dbias: G + bv, dout: S.dv.base, n: n, oc: kv)
-            }
-            S.dln.zero()
-            matmulBackward(dinp: S.dln.base, dweight: G + L.wq, dout: dqProj, inp: A.ln1.base, weight: P + L.wq, n: n, c: c, oc: m.qDim)
-            matmulBackward(dinp: S.dln.base, dweight: G + L.wk, dout: dkProj, inp: A.ln1.base, weight: P + L.wk, n: n, c: c, oc: kv)
-            matmulBackward(dinp: S.dln.base, dweight: G + L.wv, dout: S.dv.base, inp: A.ln1.base, weight: P + L.wv, n: n, c: c, oc: kv)
-            rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln1, dout: S.dln.base, inp: a.resid[l].base, weight: P + L.ln1, rstd: A.rstd1.base, n: n, c: c)
-            onBlockDone?(l)
-        }
-        // S.dx is the gradient at the (scaled) embedding; the lookup's gradient carries the scale
-        if family.scaledEmbedding { scaleRow(S.dx.base, n * c, embeddingScale) }
-        if !deferEmbedding { embeddingBackward(dwte: G + layout.embedding, dout: S.dx.base, tokens: a.tokens, n: n, c: c) }
         return sumLosses(a, targets: targets, kd: distill != nil)
     }
 
-    /// After a backward with `deferEmbedding`: the gradient at the embedding output and the tokens, [n, c] and [n].
-    public var embeddingInputGradient: (dout: UnsafePointer<Float>, tokens: UnsafePointer<Int32>, n: Int)? {
-        guard let a = acts, let S = a.scratch else { return nil }
-        return (UnsafePointer(S.dx.base), UnsafePointer(a.tokens), a.b * a.t)
+    /// dL/d(the residual stream) at the point backward has reached: after ``headBackward`` the last block's output,
+    /// after ``attentionBackward(_:)`` of block l block l's input (= block l − 1's output). A loss on a block's output
+    /// (hidden-state distillation) adds its gradient here before that block's ``mlpBackward(_:)``.
+    /// - Shapes: [b·t, dim]
+    public var residualGradient: UnsafeMutablePointer<Float> { backwardState("residualGradient").1.dx.base }
+
+    /// The MLP half of block l: ``residualGradient`` from dL/d(block output) to dL/d(x2), the stream after attention.
+    public func mlpBackward(_ l: Int) {
+        let (a, S) = backwardState("mlpBackward")
+        let m = config, n = a.b * a.t, c = m.dim, f = m.ffnDim, P = params.base, G = grads!.base
+        let A = a.blocks[l], L = layout.blocks[l]
+        // the residual passes dL/d(output) straight through to x2; the MLP branch adds its part
+        var dMLP = UnsafePointer(S.dx.base)
+        if let pn = L.postFFNNorm, let o = A.ffnOut, let dp = S.dpost {
+            dp.zero()
+            rmsNormBackward(dinp: dp.base, dweight: G + pn, dout: S.dx.base, inp: o.base, weight: P + pn, rstd: A.rstdPF!.base, n: n, c: c)
+            dMLP = UnsafePointer(dp.base)
+        }
+        S.dh.zero()
+        matmulBackward(dinp: S.dh.base, dweight: G + L.wdown, dout: dMLP, inp: A.h.base, weight: P + L.wdown, n: n, c: f, oc: c)
+        S.dgate.zero(); S.dup.zero()
+        switch family.activation {
+        case .silu: swiGLUBackward(dgate: S.dgate.base, dup: S.dup.base, dout: S.dh.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+        case .geluTanh: geGLUBackward(dgate: S.dgate.base, dup: S.dup.base, dout: S.dh.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+        }
+        S.dln.zero()
+        matmulBackward(dinp: S.dln.base, dweight: G + L.wgate, dout: S.dgate.base, inp: A.ln2.base, weight: P + L.wgate, n: n, c: c, oc: f)
+        matmulBackward(dinp: S.dln.base, dweight: G + L.wup, dout: S.dup.base, inp: A.ln2.base, weight: P + L.wup, n: n, c: c, oc: f)
+        rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln2, dout: S.dln.base, inp: A.x2.base, weight: P + L.ln2, rstd: A.rstd2.base, n: n, c: c)
+    }
+
+    /// The attention half of block l: ``residualGradient`` from dL/d(x2) to dL/d(block input).
+    public func attentionBackward(_ l: Int) {
+        let (a, S) = backwardState("attentionBackward")
+        let m = config, n = a.b * a.t, c = m.dim, kv = m.kvDim, P = params.base, G = grads!.base
+        let A = a.blocks[l], L = layout.blocks[l]
+        let shape = AttentionShape(b: a.b, tq: a.t, tk: a.t, nh: m.heads, nkv: m.kvHeads, hs: m.headSize)
+        var dAttn = UnsafePointer(S.dx.base)
+        if let pn = L.postAttnNorm, let o = A.attnOut, let dp = S.dpost {
+            dp.zero()
+            rmsNormBackward(dinp: dp.base, dweight: G + pn, dout: S.dx.base, inp: o.base, weight: P + pn, rstd: A.rstdPA!.base, n: n, c: c)
+            dAttn = UnsafePointer(dp.base)
+        }
+        S.datt.zero()
+        matmulBackward(dinp: S.datt.base, dweight: G + L.wo, dout: dAttn, inp: A.att.base, weight: P + L.wo, n: n, c: m.qDim, oc: c)
+        S.dq.zero(); S.dk.zero(); S.dv.zero()
+        KDOps.attentionBackward(dq: S.dq.base, dk: S.dk.base, dv: S.dv.base, scratch: S.attn.base, dout: S.datt.base,
+                          probs: A.probs.base, q: A.q.base, k: A.k.base, v: A.v.base, shape: shape)
+        S.dqp.zero(); S.dkp.zero()
+        let table = ropeTable(l)
+        ropeBackward(dinp: S.dqp.base, dout: S.dq.base, table: table, n: n, t: a.t, nh: m.heads, hs: m.headSize, style: ropeStyle)
+        ropeBackward(dinp: S.dkp.base, dout: S.dk.base, table: table, n: n, t: a.t, nh: m.kvHeads, hs: m.headSize, style: ropeStyle)
+        // gradients at the q and k projections' outputs: through the per-head norms when the family has them
+        var dqProj = UnsafePointer(S.dqp.base), dkProj = UnsafePointer(S.dkp.base)
+        if let qn = L.qNorm, let kn = L.kNorm, let qPre = A.qPre, let kPre = A.kPre {
+            S.dq.zero(); S.dk.zero()
+            rmsNormBackward(dinp: S.dq.base, dweight: G + qn, dout: S.dqp.base, inp: qPre.base, weight: P + qn, rstd: A.rstdQ!.base,
+                            n: n * m.heads, c: m.headSize)
+            rmsNormBackward(dinp: S.dk.base, dweight: G + kn, dout: S.dkp.base, inp: kPre.base, weight: P + kn, rstd: A.rstdK!.base,
+                            n: n * m.kvHeads, c: m.headSize)
+            dqProj = UnsafePointer(S.dq.base); dkProj = UnsafePointer(S.dk.base)
+        }
+        if let bq = L.bq, let bk = L.bk, let bv = L.bv {
+            biasBackward(dbias: G + bq, dout: dqProj, n: n, oc: m.qDim)
+            biasBackward(dbias: G + bk, dout: dkProj, n: n, oc: kv)
+            biasBackward(dbias: G + bv, dout: S.dv.base, n: n, oc: kv)
+        }
+        S.dln.zero()
+        matmulBackward(dinp: S.dln.base, dweight: G + L.wq, dout: dqProj, inp: A.ln1.base, weight: P + L.wq, n: n, c: c, oc: m.qDim)
+        matmulBackward(dinp: S.dln.base, dweight: G + L.wk, dout: dkProj, inp: A.ln1.base, weight: P + L.wk, n: n, c: c, oc: kv)
+        matmulBackward(dinp: S.dln.base, dweight: G + L.wv, dout: S.dv.base, inp: A.ln1.base, weight: P + L.wv, n: n, c: c, oc: kv)
+        rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln1, dout: S.dln.base, inp: a.resid[l].base, weight: P + L.ln1, rstd: A.rstd1.base, n: n, c: c)
+    }
+
+    /// After block 0's backward: the embedding lookup's gradient (dL/d(embedding output), times √dim in families that
+    /// scale the embedding) with its tokens, for ``applyEmbeddingGradient(_:)`` here or on every rank after an
+    /// exchange. Call once per backward: it scales ``residualGradient`` in place.
+    public func embeddingLookupGradient() -> EmbeddingGradient {
+        let (a, S) = backwardState("embeddingLookupGradient")
+        let n = a.b * a.t
+        if family.scaledEmbedding { scaleRow(S.dx.base, n * config.dim, embeddingScale) }
+        return EmbeddingGradient(dout: UnsafePointer(S.dx.base), tokens: UnsafePointer(a.tokens), n: n)
     }
 
     /// Adds an embedding-lookup gradient (this rank's or another's) into the gradient slab.
-    public func applyEmbeddingGradient(dout: UnsafePointer<Float>, tokens: UnsafePointer<Int32>, n: Int) {
-        guard let g = grads else { preconditionFailure("applyEmbeddingGradient: model has no gradients") }
-        embeddingBackward(dwte: g.base + layout.embedding, dout: dout, tokens: tokens, n: n, c: config.dim)
+    public func applyEmbeddingGradient(_ g: EmbeddingGradient) {
+        guard let grads else { preconditionFailure("applyEmbeddingGradient: model has no gradients") }
+        embeddingBackward(dwte: grads.base + layout.embedding, dout: g.dout, tokens: g.tokens, n: g.n, c: config.dim)
     }
+
+    /// The whole backward of the last forward with nothing added between its calls (see the list above).
+    @discardableResult
+    public func backward(targets: UnsafePointer<Int32>, lossScale: Float, distill: DistillTarget? = nil) -> LossSum {
+        let loss = headBackward(targets: targets, lossScale: lossScale, distill: distill)
+        for l in (0..<config.layers).reversed() {
+            mlpBackward(l)
+            attentionBackward(l)
+        }
+        applyEmbeddingGradient(embeddingLookupGradient())
+        return loss
+    }
+
+    func backwardState(_ caller: String) -> (Activations, BackwardScratch) {
+        guard let a = acts, grads != nil, let S = a.scratch else { preconditionFailure("\(caller): needs a forward on a model built with needsGrad") }
+        return (a, S)
+    }
+}
+
+/// The embedding lookup's gradient of one backward: dL/d(embedding output) rows and the tokens they add into.
+/// - Shapes: dout [n, dim] · tokens [n]
+public struct EmbeddingGradient {
+    public let dout: UnsafePointer<Float>
+    public let tokens: UnsafePointer<Int32>
+    public let n: Int
+    public init(dout: UnsafePointer<Float>, tokens: UnsafePointer<Int32>, n: Int) { (self.dout, self.tokens, self.n) = (dout, tokens, n) }
 }
 
 /// x += y elementwise.

@@ -18,6 +18,8 @@ public final class GradientSync {
     let scatter: Bool
     var pending: [any PendingReduce] = []
     var failure: (any Error)?
+    /// This rank's embedding-lookup gradient, handed over by the last micro-batch's backward.
+    var embedding: EmbeddingGradient?
     /// Every rank's embedding-output gradient and tokens, kept between steps.
     var gathered = Slab(count: 0)
     /// Seconds the last ``finish()`` waited (the exchange not hidden behind backward).
@@ -35,8 +37,25 @@ public final class GradientSync {
     /// Whether there is anything to exchange.
     public var active: Bool { comm.worldSize > 1 }
 
+    /// After the LM head and final norm: the embedding table's region and the tail (final norm, untied head).
+    public func issueHead() {
+        let layout = model.layout
+        issue(0, layout.blockRange(0).lowerBound)
+        issue(layout.blockRange(model.config.layers - 1).upperBound, layout.count)
+    }
+
+    /// After block l's backward: its region of the slab.
+    public func issueBlock(_ l: Int) {
+        let r = model.layout.blockRange(l)
+        issue(r.lowerBound, r.upperBound)
+    }
+
+    /// Lets the sums in flight progress (MPI moves non-blocking reduces forward only inside its calls).
+    public func poll() { issue(0, 0) }
+
     /// Issues the sum of the gradient slab's range [lo, hi) and lets the ones in flight progress.
     func issue(_ lo: Int, _ hi: Int) {
+        guard active else { return }
         do {
             if hi > lo {
                 let g = model.grads!.base + lo
@@ -47,20 +66,14 @@ public final class GradientSync {
         } catch { failure = failure ?? error }
     }
 
-    /// The backward hooks of the last micro-batch: after the head (embedding table and tail), after each block, and
-    /// a progress poll.
-    public var hooks: (head: () -> Void, block: (Int) -> Void, progress: () -> Void) {
-        let layout = model.layout, count = layout.count
-        let firstBlock = layout.blockRange(0).lowerBound, afterBlocks = layout.blockRange(model.config.layers - 1).upperBound
-        return ({ [unowned self] in issue(0, firstBlock); issue(afterBlocks, count) },
-                { [unowned self] l in let r = layout.blockRange(l); issue(r.lowerBound, r.upperBound) },
-                { [unowned self] in issue(0, 0) })
-    }
+    /// This rank's embedding-lookup gradient of the last micro-batch: ``finish()`` adds every rank's into the table
+    /// (the table's region may be in flight meanwhile). It must stay valid until then.
+    public func exchangeEmbedding(_ g: EmbeddingGradient) { embedding = g }
 
     /// Waits for every bucket and adds every rank's embedding-lookup gradient; the gradient (this rank's range, or
     /// all of it without `scatter`) is then the sum over ranks.
     public func finish() throws {
-        defer { pending.removeAll() }
+        defer { pending.removeAll(); embedding = nil }
         if let failure {
             self.failure = nil
             throw failure
@@ -69,13 +82,13 @@ public final class GradientSync {
         defer { exposedSeconds = monotonicSeconds() - start }
         guard active else { return }
         for p in pending { try p.wait() }
-        let (dout, toks, n) = model.embeddingInputGradient!
-        let c = model.config.dim, ws = comm.worldSize
+        guard let mine = embedding else { preconditionFailure("GradientSync.finish: no embedding gradient handed over (exchangeEmbedding)") }
+        let c = model.config.dim, ws = comm.worldSize, n = mine.n
         if gathered.count < ws * n * (c + 1) { gathered = Slab(count: ws * n * (c + 1)) }
         let allD = gathered.base, allT = UnsafeMutableRawPointer(gathered.base + ws * n * c).assumingMemoryBound(to: Int32.self)
-        try comm.allGather(UnsafeRawPointer(dout), bytes: n * c * 4, into: UnsafeMutableRawPointer(allD))
-        try comm.allGather(UnsafeRawPointer(toks), bytes: n * 4, into: UnsafeMutableRawPointer(allT))
-        for r in 0..<ws { model.applyEmbeddingGradient(dout: allD + r * n * c, tokens: allT + r * n, n: n) }
+        try comm.allGather(UnsafeRawPointer(mine.dout), bytes: n * c * 4, into: UnsafeMutableRawPointer(allD))
+        try comm.allGather(UnsafeRawPointer(mine.tokens), bytes: n * 4, into: UnsafeMutableRawPointer(allT))
+        for r in 0..<ws { model.applyEmbeddingGradient(EmbeddingGradient(dout: allD + r * n * c, tokens: allT + r * n, n: n)) }
     }
 
     /// Median seconds of a blocking all-reduce of the whole gradient slab (what overlapping hides), over `repeats`.

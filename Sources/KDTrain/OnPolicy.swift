@@ -82,12 +82,21 @@ public final class DistiLLMState {
         lastValidationLoss = validationLoss
     }
 
-    /// What a checkpoint records of it (the buffer goes to its own file).
-    var checkpointState: OnPolicyCheckpoint { OnPolicyCheckpoint(threshold: threshold, lastValidationLoss: lastValidationLoss) }
+    /// The checkpoint records the threshold and last validation loss in state.json and the buffer in its own file.
+    func save(into contents: inout CheckpointContents?) throws {
+        contents?.state.onPolicy = OnPolicyCheckpoint(threshold: threshold, lastValidationLoss: lastValidationLoss)
+        contents?.files[CheckpointFile.replay] = replay.serialized()
+    }
 
-    /// Rank 0 reads the state and buffer a checkpoint recorded (`state` and `buffer` nil elsewhere); every rank
-    /// receives them. Collective.
-    func restore(_ state: OnPolicyCheckpoint?, buffer: Data?, comm: any Communicator) throws {
+    /// Rank 0 reads the state and buffer a checkpoint recorded; every rank receives them. Collective.
+    func restore(from source: CheckpointSource?, comm: any Communicator) throws {
+        var state: OnPolicyCheckpoint?, buffer: Data?
+        if let source {
+            guard let s = source.state.onPolicy, let data = source.file(CheckpointFile.replay) else {
+                throw CheckpointError.shapeMismatch(dir: source.dir, reason: "no distillm state (its threshold and \(CheckpointFile.replay)) to resume policy.mode distillm")
+            }
+            (state, buffer) = (s, data)
+        }
         var header = [Double(state?.threshold ?? 0), state?.lastValidationLoss ?? .nan]
         var bytes = buffer.map { [UInt8]($0) } ?? []
         try comm.broadcast(&header, root: 0)
@@ -103,14 +112,6 @@ struct RolloutScores {
     var logQ: [Float], logP: [Float], logProposal: [Float]
 }
 
-/// Log-probabilities of a row of logits at temperature T, in place.
-func logSoftmaxRow(_ x: inout [Float], temperature: Float) {
-    var scratch = [Float](repeating: 0, count: x.count)
-    x.withUnsafeMutableBufferPointer { xp in scratch.withUnsafeMutableBufferPointer {
-        logSoftmaxInPlace(xp.baseAddress!, xp.count, temperature: temperature, scratch: $0.baseAddress!)
-    } }
-}
-
 /// Draws an index from probabilities exp(logProbs) with u in [0, 1) (inverse CDF in index order).
 func drawIndex(logProbs: [Float], u: Float) -> Int {
     var acc: Float = 0
@@ -121,26 +122,27 @@ func drawIndex(logProbs: [Float], u: Float) -> Int {
     return logProbs.lastIndex { $0 > -.infinity } ?? 0
 }
 
-extension Trainer {
+
+extension BatchSource {
     /// The source of step `step` (0-based), the same on every rank.
     func stepSource(_ step: Int) -> StepSource {
-        let p = config.policy
-        let rng = CounterRNG(seed: config.train.seed, purpose: .policyChoice)
+        let p = policy
+        let rng = CounterRNG(seed: train.seed, purpose: .policyChoice)
         let u = rng.uniform(UInt64(step))
         switch p.mode {
         case .gkd: return u < p.fraction ? .fresh : .corpus
         case .minillm: return u < p.fraction ? .rollout : .corpus
         case .distillm:
-            guard u < policyThreshold else { return .corpus }
-            let freshShare = 1 - Float(step) / Float(max(config.train.steps, 1))
-            return replay!.items.isEmpty || rng.uniform(UInt64(step), 1) < freshShare ? .fresh : .replay
+            guard let distillm, u < distillm.threshold else { return .corpus }
+            let freshShare = 1 - Float(step) / Float(max(train.steps, 1))
+            return distillm.replay.items.isEmpty || rng.uniform(UInt64(step), 1) < freshShare ? .fresh : .replay
         case .off: return .corpus
         }
     }
 
     /// Turns full sequences (seq_len + 1 tokens, the first P a prompt) into inputs and targets; prompt targets are −1.
     func writeSequences(_ seqs: [[Int32]], at row: Int) {
-        let t = config.train.seqLen, P = config.policy.promptTokens
+        let t = train.seqLen, P = policy.promptTokens
         for (i, s) in seqs.enumerated() {
             let base = (row + i) * t
             for j in 0..<t {
@@ -153,25 +155,27 @@ extension Trainer {
     /// Fills this rank's inputs/targets (already holding its corpus windows) for a non-corpus step; returns the
     /// mean per-token reward of rollouts (0 otherwise). Collective for distillm (the buffer is global) and minillm
     /// (the returns are whitened over the global batch).
-    func prepareOnPolicyBatch(_ source: StepSource, rankFirst: Int) throws -> Double {
-        let tr = config.train, p = config.policy, b = tr.microBatch, P = p.promptTokens, L = tr.seqLen + 1
+    func prepareOnPolicyBatch(_ source: StepSource, step: Int, rankFirst: Int, student: Transformer,
+                              teachers: [(model: Transformer, weight: Float)], combine: TeacherCombine) throws -> Double {
+        let tr = train, p = policy, b = tr.microBatch, P = p.promptTokens, L = tr.seqLen + 1
         let count = b * tr.gradAccum
         switch source {
         case .corpus:
             return 0
         case .replay:
-            let rng = CounterRNG(seed: tr.seed, purpose: .replay)
-            let picks = (0..<count).map { replay!.items[rng.index(replay!.items.count, UInt64(step), UInt64(rankFirst + $0))] }
+            let rng = CounterRNG(seed: tr.seed, purpose: .replay), items = distillm!.replay.items
+            let picks = (0..<count).map { items[rng.index(items.count, UInt64(step), UInt64(rankFirst + $0))] }
             writeSequences(picks, at: 0)
             return 0
         case .fresh:
             var mine: [[Int32]] = []
             for micro in 0..<tr.gradAccum {
-                let (seqs, _) = generate(promptsAt: micro * b, b: b, firstSample: rankFirst + micro * b, teacherMix: 0)
+                let (seqs, _) = generate(promptsAt: micro * b, b: b, firstSample: rankFirst + micro * b, teacherMix: 0, student: student,
+                                         teachers: [], combine: combine)
                 writeSequences(seqs, at: micro * b)
                 mine += seqs
             }
-            if let replay {
+            if let replay = distillm?.replay {
                 // every rank keeps the same buffer: all generations of the step, in rank order
                 let all = try comm.allGatherV(mine.flatMap { $0 }.withUnsafeBufferPointer { Array(UnsafeRawBufferPointer($0)) })
                 for bytes in all {
@@ -185,7 +189,8 @@ extension Trainer {
             var returns: [[Float]] = [], scores: [RolloutScores] = []
             var sums = [0.0, 0.0, 0.0, 0.0]  // Σ R, Σ R², count, Σ r
             for micro in 0..<tr.gradAccum {
-                let (seqs, sc) = generate(promptsAt: micro * b, b: b, firstSample: rankFirst + micro * b, teacherMix: p.teacherMix)
+                let (seqs, sc) = generate(promptsAt: micro * b, b: b, firstSample: rankFirst + micro * b, teacherMix: p.teacherMix,
+                                          student: student, teachers: teachers, combine: combine)
                 writeSequences(seqs, at: micro * b)
                 for s in sc {
                     let r = zip(s.logP, s.logQ).map { $0 - $1 }, G = r.count
@@ -212,7 +217,7 @@ extension Trainer {
                     let A = (R[t] - Float(mean)) / sd, w = expf(s.logQ[t] - s.logProposal[t])
                     let clipped = (A >= 0 && w > 1 + p.clip) || (A < 0 && w < 1 - p.clip)
                     // the row predicting generated token t is at position P − 1 + t of sequence i
-                    ceWeightBuffer[i * tr.seqLen + P - 1 + t] = clipped ? 0 : A * w
+                    ceWeights[i * tr.seqLen + P - 1 + t] = clipped ? 0 : A * w
                 }
             }
             return sums[3] / max(sums[2], 1)
@@ -221,14 +226,15 @@ extension Trainer {
 
     /// Continues the prompts (first P tokens of b windows at row `row` of `inputs`) to seq_len + 1 tokens with the
     /// student, or with α·p + (1 − α)·q when teacherMix > 0; returns the sequences and, with a mix, their scores.
-    func generate(promptsAt row: Int, b: Int, firstSample: Int, teacherMix alpha: Float) -> ([[Int32]], [RolloutScores]) {
-        let tr = config.train, p = config.policy, P = p.promptTokens, L = tr.seqLen + 1, v = config.model.vocabSize
-        let scoring = config.policy.mode == .minillm
+    func generate(promptsAt row: Int, b: Int, firstSample: Int, teacherMix alpha: Float, student model: Transformer,
+                  teachers: [(model: Transformer, weight: Float)], combine: TeacherCombine) -> ([[Int32]], [RolloutScores]) {
+        let tr = train, p = policy, P = p.promptTokens, L = tr.seqLen + 1, v = model.config.vocabSize
+        let scoring = p.mode == .minillm
         let rng = CounterRNG(seed: tr.seed, purpose: .rollout)
         var seqs = (0..<b).map { Array(UnsafeBufferPointer(start: inputs + (row + $0) * tr.seqLen, count: P)) }
         var scores = (0..<b).map { _ in RolloutScores(logQ: [], logP: [], logProposal: []) }
-        let studentCache = BatchKVCache(config: config.model, b: b, capacity: L)
-        let teachersUsed = scoring ? (placement?.localTeachers ?? []).map(\.model) : []
+        let studentCache = BatchKVCache(config: model.config, b: b, capacity: L)
+        let teachersUsed = scoring ? teachers.map(\.model) : []
         let teacherCaches = teachersUsed.map { BatchKVCache(config: $0.config, b: b, capacity: L) }
         var feed = seqs.flatMap { $0 }, tq = P
         let T = scoring ? 1 : p.sampleTemperature
@@ -244,7 +250,7 @@ extension Trainer {
                     seqs[i].append(Int32(drawIndex(logProbs: lq, u: u)))
                     continue
                 }
-                let lp = teacherLogProbs(pt.map { Array($0[(i * v)..<((i + 1) * v)]) })
+                let lp = teacherLogProbs(pt.map { Array($0[(i * v)..<((i + 1) * v)]) }, weights: teachers.map(\.weight), combine: combine)
                 let proposal = alpha == 0 ? lq : zip(lp, lq).map { a, c in logf(alpha * expf(a) + (1 - alpha) * expf(c)) }
                 let y = drawIndex(logProbs: proposal, u: u)
                 seqs[i].append(Int32(y))
@@ -257,10 +263,9 @@ extension Trainer {
     }
 
     /// The teachers' combined next-token log-probabilities (at T = 1) from each one's logits.
-    func teacherLogProbs(_ logits: [[Float]]) -> [Float] {
+    func teacherLogProbs(_ logits: [[Float]], weights: [Float], combine: TeacherCombine) -> [Float] {
         var rows = logits
         if rows.count == 1 { logSoftmaxRow(&rows[0], temperature: 1); return rows[0] }
-        let weights = (placement?.localTeachers ?? []).map(\.weight)
         let total = weights.reduce(0, +), w = weights.map { $0 / total }
         if combine == .logits {
             var z = [Float](repeating: 0, count: rows[0].count)
@@ -273,5 +278,13 @@ extension Trainer {
             let terms = rows.indices.map { logf(w[$0]) + rows[$0][j] }, m = terms.max()!
             return m == -.infinity ? m : m + logf(terms.reduce(0) { $0 + expf($1 - m) })
         }
+    }
+
+    /// Log-probabilities of a vocabulary-wide row of logits at temperature T, in place (KDLoss's log-softmax, on
+    /// this source's scratch).
+    func logSoftmaxRow(_ x: inout [Float], temperature: Float) {
+        x.withUnsafeMutableBufferPointer { xp in rowScratch.withUnsafeMutableBufferPointer {
+            logSoftmaxInPlace(xp.baseAddress!, xp.count, temperature: temperature, scratch: $0.baseAddress!)
+        } }
     }
 }

@@ -13,7 +13,7 @@ import KDOps
 import KDQuant
 
 /// QAT masters, masks and scales of this rank's range.
-public final class QATState {
+public final class QATState: TrainerPart {
     public let config: QATConfig
     public let scheme: FakeQuantScheme?
     let model: Transformer
@@ -177,7 +177,24 @@ public final class QATState {
         for i in 0..<n { sp[i] = (sp[i] < 0 ? -1 : 1) * Foundation.exp(theta.base[i]) }
     }
 
-    // MARK: - Checkpoint state
+    // MARK: - Checkpoint state (TrainerPart)
+
+    /// The checkpoint holds the full-precision weights (QAT quantizes them again from its config when read): every
+    /// rank's masters into rank 0's model weights; the scales beside them. Collective.
+    public func save(into contents: inout CheckpointContents?) throws {
+        let scales = try scalesFile(root: 0)
+        if shard.isSplit {
+            try comm.gather(masters.base, counts: shard.counts, into: comm.rank == 0 ? model.params.base : nil, root: 0)
+        } else if comm.rank == 0 {
+            model.params.base.update(from: masters.base, count: model.layout.count)
+        }
+        if let scales { contents?.files[CheckpointFile.qatScales] = scales }
+    }
+
+    public func restore(from source: CheckpointSource?) throws { try restore(dir: source?.dir) }
+
+    /// Learned scales take their AdamW step.
+    public func afterUpdate(_ u: UpdateContext) throws { updateScales(lr: u.lr, optimizer: u.optimizer, step: u.t - 1) }
 
     /// The explicit scales (and learned ones' moments) as a safetensors file, on `root` (nil elsewhere, or without
     /// scales yet). Collective when the slab is split.

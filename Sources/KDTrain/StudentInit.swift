@@ -92,12 +92,12 @@ func cutModelConfig(_ m: ModelConfig, teacher t: ModelConfig, kept: [Int]) throw
     return m
 }
 
-/// What a cut student keeps of its teacher.
-struct StudentCut {
+/// What a student cut from its teacher kept (`student.init: from_teacher`); empty for a student not cut.
+public struct StudentCut: Sendable {
     /// The teacher blocks, in student order.
-    var blocks: [Int]
+    public var blocks: [Int] = []
     /// The teacher's residual-stream channels, ascending (nil: all of them).
-    var channels: [Int]?
+    public var channels: [Int]?
 }
 
 /// Copies the parts of `source` that `config.student` keeps into `model` (same width, unless pruned).

@@ -400,14 +400,20 @@ func logitsOf(_ model: Transformer, _ toks: [Int32]) -> [Float] {
     model.grads!.zero()
     toks.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
     var fromHook = 0.0
-    _ = targets.withUnsafeBufferPointer { tg in
-        model.backward(targets: tg.baseAddress!, lossScale: 1, blockOutputGradient: { l, dx in
+    // backward in the open: the hidden-state gradient joins the residual stream's before each block's backward
+    targets.withUnsafeBufferPointer { tg in
+        _ = model.headBackward(targets: tg.baseAddress!, lossScale: 1)
+        for l in (0..<model.config.layers).reversed() {
             for (k, pl) in pairs.enumerated() where pl == l {
                 fromHook += teacher[k].withUnsafeBufferPointer {
-                    hiddenStateLoss(student: model.blockOutput(l), teacher: $0.baseAddress!, rows: n, c: c, targets: tg.baseAddress!, grad: dx, scale: w)
+                    hiddenStateLoss(student: model.blockOutput(l), teacher: $0.baseAddress!, rows: n, c: c, targets: tg.baseAddress!,
+                                    grad: model.residualGradient, scale: w)
                 }
             }
-        })
+            model.mlpBackward(l)
+            model.attentionBackward(l)
+        }
+        model.applyEmbeddingGradient(model.embeddingLookupGradient())
     }
     #expect(abs(Double(w) * fromHook - hidden()) < 1e-6 * hidden())
     #expect(hidden() > 0.1)

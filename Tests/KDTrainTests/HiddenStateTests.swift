@@ -35,7 +35,7 @@ private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Trans
     c.optimizer.warmupSteps = 1
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
     let trainer = try Trainer(config: c, corpus: corpus, teacher: teacher)
-    #expect(trainer.hiddenPairs.map(\.student) == [0, 1] && trainer.hiddenPairs.map(\.teacher) == [0, 1])
+    #expect(trainer.hidden!.pairs.map(\.student) == [0, 1] && trainer.hidden!.pairs.map(\.teacher) == [0, 1])
     let s = try trainer.trainStep()
     #expect(s.hidden == 0, "hidden-state loss \(s.hidden)")
 }
@@ -48,7 +48,7 @@ private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Trans
     c.train.steps = 4
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
     let trainer = try Trainer(config: c, corpus: corpus, teacher: teacher)
-    #expect(trainer.hiddenPairs.map(\.teacher) == [0, 3])
+    #expect(trainer.hidden!.pairs.map(\.teacher) == [0, 3])
     let stats = try trainer.run()
     // block 0 is copied (its output matches at first), block 3's input is no longer block 2's output
     #expect(stats[0].hidden > 0.01, "\(stats.map(\.hidden))")
@@ -114,7 +114,7 @@ private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Trans
     c.train.steps = 4
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
     let trainer = try Trainer(config: c, corpus: corpus, teacher: teacher)
-    let kept = try #require(trainer.cutChannels)
+    let kept = try #require(trainer.cut.channels)
     #expect(kept.count == 48 && kept == kept.sorted())
     // the channels are the teacher's 48 largest by summed importance on the calibration windows
     let t = c.train, cb = c.student.calibrationBatches, rows = t.microBatch * t.seqLen
@@ -206,7 +206,7 @@ private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Trans
     c.checkpoint.every = 4
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
     let full = try Trainer(config: c, corpus: corpus, teacher: teacher)
-    let p = try #require(full.hiddenProjection)
+    let p = try #require(full.hidden!.projection)
     #expect(p.shape == [2, 64, 32])
     let a = try full.run(checkpoints: true)
     #expect(abs(a[0].hidden - 1) < 1e-3, "\(a.map(\.hidden))")
@@ -216,7 +216,7 @@ private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Trans
     let b = try resumed.run()
     #expect(b.map(\.loss) == a.suffix(4).map(\.loss))
     #expect(memcmp(full.model.params.base, resumed.model.params.base, full.model.layout.count * 4) == 0)
-    let q = try #require(resumed.hiddenProjection)
+    let q = try #require(resumed.hidden!.projection)
     for (x, y) in [(p.weights, q.weights), (p.m, q.m), (p.v, q.v)] { #expect(memcmp(x.base, y.base, x.count * 4) == 0) }
     // every checkpoint carries them beside the student
     #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("step_00000008/hidden_projection.safetensors").path))

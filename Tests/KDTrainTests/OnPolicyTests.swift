@@ -79,12 +79,12 @@ func onPolicyConfig(_ mode: String) throws -> RunConfig {
     let full = try Trainer(config: c, corpus: corpus, teacher: teacher)
     let stats = try full.run(checkpoints: true)
     #expect(stats.contains { $0.source != .corpus })
-    #expect(full.replay!.items.count <= 6 && !full.replay!.items.isEmpty)
+    #expect(full.batches.distillm!.replay.items.count <= 6 && !full.batches.distillm!.replay.items.isEmpty)
     let resumed = try Trainer(config: c, corpus: corpus, teacher: teacher)
     try resumed.resume(from: dir.appendingPathComponent("step_00000003").path)
     let rest = try resumed.run()
     #expect(rest.map(\.loss) == stats.suffix(3).map(\.loss) && rest.map(\.source) == stats.suffix(3).map(\.source))
-    #expect(resumed.replay!.items == full.replay!.items && resumed.policyThreshold == full.policyThreshold)
+    #expect(resumed.batches.distillm!.replay.items == full.batches.distillm!.replay.items && resumed.batches.distillm!.threshold == full.batches.distillm!.threshold)
     #expect(memcmp(full.model.params.base, resumed.model.params.base, full.model.layout.count * 4) == 0)
 }
 
@@ -96,7 +96,7 @@ func onPolicyConfig(_ mode: String) throws -> RunConfig {
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
     let tr = try Trainer(config: c, corpus: corpus, teacher: randomTeacher(c, seed: 3))
     for (loss, expected) in [(2.0, Float(0)), (1.5, 0), (1.505, 0), (1.6, 0.25), (1.7, 0.5), (1.0, 0.5)] {
-        tr.adaptPolicy(validationLoss: loss)
-        #expect(tr.policyThreshold == expected, "after \(loss)")
+        tr.batches.distillm!.adapt(validationLoss: loss)
+        #expect(tr.batches.distillm!.threshold == expected, "after \(loss)")
     }
 }

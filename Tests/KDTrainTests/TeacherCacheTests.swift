@@ -36,7 +36,7 @@ import Testing
     cached.teacher = TeacherConfig()
     cached.teacher!.cache = dir.path
     let offline = try Trainer(config: cached, corpus: corpus, teacherCache: cache)
-    #expect(offline.teacher == nil && offline.hasTeacher)
+    #expect(offline.teachers.isEmpty && offline.selfTeacher == nil && offline.hasTeacher)
     let offlineStats = try offline.run()
     // the same rows up to the teacher's forward being batched over other windows (summation order only)
     for (a, b) in zip(liveStats, offlineStats) { #expect(abs(a.loss - b.loss) <= 1e-6 * abs(a.loss) && abs(a.kd - b.kd) <= 1e-4 * a.kd, "\(a.kd) vs \(b.kd)") }
@@ -44,7 +44,7 @@ import Testing
     for i in 0..<live.model.layout.count { worst = max(worst, abs(live.model.params.base[i] - offline.model.params.base[i])) }
     #expect(worst < 1e-5, "max |Δθ| \(worst)")
     // validation windows come from the cache too
-    let (lv, ov) = (try live.evaluateDetailed()!, try offline.evaluateDetailed()!)
+    let (lv, ov) = (try live.evaluate()!, try offline.evaluate()!)
     #expect(abs(lv.kdMean - ov.kdMean) < 1e-4 * lv.kdMean)
     // a cache for other settings is refused, naming what it holds and what the run needs
     var other = cached

@@ -7,7 +7,7 @@ import KDConfig
 import KDCore
 import KDData
 import KDModel
-import KDTrain
+@testable import KDTrain
 import KDData
 import Testing
 
@@ -130,7 +130,7 @@ func routedCorpus(_ dir: URL, _ name: String, route: (Int) -> Int?) throws -> St
     // every example names teacher 1: the pair trains exactly like teacher b alone on the same text without routes
     let all = try routedCorpus(dir, "all", route: { _ in 1 }), none = try routedCorpus(dir, "none", route: { _ in nil })
     let (pair, pairStats) = try run(all, c, [a, b])
-    #expect(pair.routing)
+    #expect(pair.batches.routing)
     var single = c
     single.teacher!.members = [TeacherMember(path: "b")]
     let (alone, aloneStats) = try run(none, single, [b])
@@ -140,7 +140,7 @@ func routedCorpus(_ dir: URL, _ name: String, route: (Int) -> Int?) throws -> St
     #expect(worst < 1e-5)
     // no field: the mixture, which is not teacher b
     let (mixed, mixedStats) = try run(none, c, [a, b])
-    #expect(!mixed.routing && abs(mixedStats[0].kd - aloneStats[0].kd) > 1e-4)
+    #expect(!mixed.batches.routing && abs(mixedStats[0].kd - aloneStats[0].kd) > 1e-4)
     // a route beyond the members is refused before training, naming the index
     let far = try routedCorpus(dir, "far", route: { $0 % 3 == 0 ? 2 : nil })
     do {

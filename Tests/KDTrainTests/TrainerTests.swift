@@ -211,7 +211,7 @@ func tinyConfig() throws -> RunConfig {
     let ckpt = dir.appendingPathComponent("ck/step_00000002").path
     let second = try Trainer(config: c, corpus: corpus, teacherManifest: [try TeacherManifestEntry(path: b.path)])
     #expect(throws: CheckpointError.self) { try second.resume(from: ckpt) }
-    second.allowTeacherChange = true
+    second.checkpointing.allowTeacherChange = true
     try second.resume(from: ckpt)
     #expect(second.step == 2)
 }

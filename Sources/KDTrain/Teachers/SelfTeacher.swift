@@ -13,8 +13,10 @@ final class SelfTeacherPlacement: TeacherPlacement {
     /// EMA decay d; nil = frozen.
     let decay: Float?
     let replicated: ReplicatedTeachers
+    let comm: any Communicator
 
-    init(student: Transformer, ema decay: Float?, topK: (k: Int, temperature: Float)?, lmHeadChunk: Int) {
+    init(student: Transformer, ema decay: Float?, topK: (k: Int, temperature: Float)?, lmHeadChunk: Int, comm: any Communicator) {
+        self.comm = comm
         model = Transformer(config: student.config, needsGrad: false, lmHeadChunk: lmHeadChunk)
         model.params.base.update(from: student.params.base, count: student.layout.count)
         self.decay = decay
@@ -26,15 +28,25 @@ final class SelfTeacherPlacement: TeacherPlacement {
     var localTeachers: [(model: Transformer, weight: Float)] { replicated.localTeachers }
 
     /// EMA: this rank's range of the teacher moves toward the student's, then every rank's range is gathered.
-    func afterUpdate(weights p: UnsafePointer<Float>, shard: SlabShard, comm: any Communicator) throws {
+    func afterUpdate(_ u: UpdateContext) throws {
         guard let d = decay else { return }
-        let r = shard.range, q = model.params.base + r.lowerBound
+        let r = u.shard.range, q = model.params.base + r.lowerBound, p = u.weights
         Parallel.forRanges(r.count, minPerThread: 1 << 16) { lo, hi in
             for i in lo..<hi { q[i] = d * q[i] + (1 - d) * p[i] }
         }
-        if shard.isSplit { try comm.allGather(model.params.base, counts: shard.counts) }
+        if u.shard.isSplit { try comm.allGather(model.params.base, counts: u.shard.counts) }
     }
 
-    var checkpointWeights: [String: Slab] { decay == nil ? [:] : [CheckpointFile.emaTeacher: model.params] }
+    /// An EMA teacher's weights ride in every checkpoint (a frozen one is the initial student, rebuilt from the seed).
+    func save(into contents: inout CheckpointContents?) throws {
+        if decay != nil { contents?.weights[CheckpointFile.emaTeacher] = model.params }
+    }
+
+    func restore(from source: CheckpointSource?) throws {
+        guard decay != nil else { return }
+        if let source { try source.readWeights(CheckpointFile.emaTeacher, layout: model.layout, into: model.params) }
+        try broadcastFloats(comm, model.params.base, count: model.params.count)
+    }
+
     var summary: String { decay.map { "the student itself (self: ema, decay \($0))" } ?? "the student itself (self: initial, frozen)" }
 }

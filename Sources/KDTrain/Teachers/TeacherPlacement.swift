@@ -37,8 +37,9 @@ public struct TeacherOutput {
     public var alignment = AlignmentStats()
 }
 
-/// A way of running the teacher(s) for the student's micro-batches.
-public protocol TeacherPlacement: AnyObject {
+/// A way of running the teacher(s) for the student's micro-batches. As a part of the trainer it may carry state in
+/// checkpoints and work after each update (the EMA self-teacher).
+public protocol TeacherPlacement: TrainerPart {
     /// Scores one micro-batch. Collective where teachers are spread over ranks: every rank calls it, in step, with
     /// its own micro-batch.
     func output(for batch: TeacherBatch) throws -> TeacherOutput
@@ -46,11 +47,6 @@ public protocol TeacherPlacement: AnyObject {
     var bytesPerToken: Int { get }
     /// Teachers in this process that can score sequences on demand (on-policy sampling), with their weights.
     var localTeachers: [(model: Transformer, weight: Float)] { get }
-    /// After each optimizer step, with the updated full-precision weights of this rank's range of the student's
-    /// slab (`shard.range`; `weights` points at its first Float). Collective when the slab is split.
-    func afterUpdate(weights: UnsafePointer<Float>, shard: SlabShard, comm: any Communicator) throws
-    /// Weights that checkpoints carry for it (student layout), by file name.
-    var checkpointWeights: [String: Slab] { get }
     /// One line for the log: where the teacher runs and what crosses to the student.
     var summary: String { get }
     /// Asks for the first teacher's outputs of `blocks` with every micro-batch (`TeacherOutput.blockOutputs`, the
@@ -64,8 +60,35 @@ extension TeacherPlacement {
                                    + "self-teachers keep no block outputs)", found: summary)
     }
     public var localTeachers: [(model: Transformer, weight: Float)] { [] }
-    public func afterUpdate(weights: UnsafePointer<Float>, shard: SlabShard, comm: any Communicator) throws {}
-    public var checkpointWeights: [String: Slab] { [:] }
+}
+
+/// The teachers a run was handed against its config, before anything is allocated: one per source, the student's
+/// vocabulary (unless aligned across tokenizers), a context of at least seq_len, and a cache that fits the objective.
+func checkTeachers(_ config: RunConfig, teachers: [Transformer], cross: [Int: CrossTokenizerPair], initFrom: Transformer?,
+                   cache: TeacherCache?) throws {
+    let sources = config.teacher?.sources ?? []
+    try checkCrossTokenizer(config, cross: cross, teachers: teachers, initFrom: initFrom, cache: cache)
+    if !teachers.isEmpty, teachers.count != sources.count {
+        throw KDError.invalidInput(what: "teachers", expected: "\(sources.count) (the config's teacher section)", found: "\(teachers.count) models")
+    }
+    for (i, teacher) in teachers.enumerated() {
+        let name = i < sources.count ? sources[i].path : "teacher \(i + 1)"
+        if cross[i] == nil, teacher.config.vocabSize != config.model.vocabSize {
+            throw KDError.invalidInput(what: "teacher vocabulary", expected: "\(config.model.vocabSize) tokens (model.vocab_size of the student)",
+                                       found: "\(teacher.config.vocabSize) tokens in \(name)")
+        }
+        if teacher.config.maxSeqLen < config.train.seqLen {
+            throw KDError.invalidInput(what: "context of \(name)", expected: ">= train.seq_len (\(config.train.seqLen))", found: "\(teacher.config.maxSeqLen)")
+        }
+    }
+    if let cache {
+        if cache.isCrossTokenizer, config.distill.crossTokenizer == .off {
+            throw KDError.invalidInput(what: "teacher.cache \(cache.dir)", expected: "distill.cross_tokenizer uld or gold (the cache holds a teacher "
+                                       + "with another tokenizer)", found: "off")
+        }
+    } else if let c = config.teacher?.cache, !c.isEmpty {
+        throw KDError.invalidInput(what: "teacher.cache", expected: "the cache \(c) opened", found: "none given to the trainer")
+    }
 }
 
 /// The registry: the teacher side a config asks for (nil: no teacher, plain cross-entropy). `teachers` are the
@@ -77,7 +100,8 @@ func makeTeacherPlacement(config: RunConfig, teachers: [Transformer], cache: Tea
     if let cache { return OfflineTeacher(cache: cache) }
     switch tc.selfSource {
     case .initial, .ema:
-        return SelfTeacherPlacement(student: student, ema: tc.selfSource == .ema ? tc.emaDecay : nil, topK: topK, lmHeadChunk: config.train.lmHeadChunk)
+        return SelfTeacherPlacement(student: student, ema: tc.selfSource == .ema ? tc.emaDecay : nil, topK: topK, lmHeadChunk: config.train.lmHeadChunk,
+                                        comm: comm)
     case .none, .checkpoint:
         break
     }

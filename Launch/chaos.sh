@@ -24,7 +24,7 @@ log() { echo "chaos: $*" >&2; }
 # 1. The teacher: the tiny config trained for 60 steps on the committed fortunes sample (a trained byte-level model).
 sed -e "s|Tests/KDTrainTests/Fixtures/|$PWD/Tests/KDTrainTests/Fixtures/|" -e "s|dir: Checkpoints/tiny|dir: $work/teacher|" \
     -e "s/steps: 10/steps: 60/" -e "s/log_every: 1/log_every: 20/" Configs/tiny.yaml > "$work/teacher.yaml"
-bash Launch/distill-mpi.sh 2 train --config "$work/teacher.yaml" --sample-tokens 0 > "$work/teacher.log" 2>&1
+bash Launch/distill_mpi.sh 2 train --config "$work/teacher.yaml" --sample-tokens 0 > "$work/teacher.log" 2>&1
 teacher=$work/teacher/$(cat "$work/teacher/latest")
 
 # 2. The student run, written twice: the reference (uninterrupted) and the chaos run.
@@ -38,7 +38,7 @@ student() {  # $1 = checkpoint folder
 student "$work/reference" > "$work/reference.yaml"
 student "$work/run" > "$work/run.yaml"
 t0=$(date +%s.%N)
-bash Launch/distill-mpi.sh 2 train --config "$work/reference.yaml" --sample-tokens 0 > "$work/reference.log" 2>&1
+bash Launch/distill_mpi.sh 2 train --config "$work/reference.yaml" --sample-tokens 0 > "$work/reference.log" 2>&1
 ref_s=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { print a - b }')
 log "reference run: $steps steps in ${ref_s%.*} s"
 

@@ -34,9 +34,9 @@ run=$(awk '/^checkpoint:/ { c = 1 } c && /^  dir:/ { print $2; exit }' <<< "$res
 quant=$(awk '/^qat:/ { c = 1 } c && /^  scheme:/ { print $2; exit }' <<< "$resolved")
 case "$quant" in none|"") quant=q8_0 ;; esac
 label=$(tr '[:lower:]' '[:upper:]' <<< "$quant")
-echo "== distilling on 2 ranks (Launch/distill-mpi.sh 2 train --config $config --resume auto):"
+echo "== distilling on 2 ranks (Launch/distill_mpi.sh 2 train --config $config --resume auto):"
 start=$(date +%s)
-bash Launch/distill-mpi.sh 2 train --config "$config" --resume auto --sample-tokens 0 "$@"
+bash Launch/distill_mpi.sh 2 train --config "$config" --resume auto --sample-tokens 0 "$@"
 echo "== training took $(( $(date +%s) - start )) s here (a finished run is reused: then only the check)"
 latest=$run/$(cat "$run/latest")
 student=$run/student-$quant.gguf

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The restart loop (in the spirit of torchrun's elastic restarts): runs Launch/distill-mpi.sh NP ARGS… --resume auto
+# The restart loop (in the spirit of torchrun's elastic restarts): runs Launch/distill_mpi.sh NP ARGS… --resume auto
 # and, when the job dies, says why and relaunches it, up to MAX_RESTARTS times (default 3).
 #   usage: Launch/restart.sh NP train --config FILE [more train options]
 # SIGINT / SIGTERM go to the running job (a graceful stop with a checkpoint; a second one aborts it) and end the loop:
 # a job stopped on purpose is not restarted. Started in the background by a non-interactive shell, this script first
-# takes SIGINT back from "ignored" (Launch/sigint-default.sh).
+# takes SIGINT back from "ignored" (Launch/sigint_default.sh).
 set -uo pipefail
-source "$(dirname "$0")/sigint-default.sh"  # kill -INT works even when started with & (see there)
+source "$(dirname "$0")/sigint_default.sh"  # kill -INT works even when started with & (see there)
 here="$(cd "$(dirname "$0")" && pwd)"
 max=${MAX_RESTARTS:-3}
 attempt=0
@@ -19,7 +19,7 @@ forward() {
 trap 'forward INT' INT
 trap 'forward TERM' TERM
 while true; do
-    "$here/distill-mpi.sh" "$@" --resume auto &
+    "$here/distill_mpi.sh" "$@" --resume auto &
     child=$!
     while :; do
         wait "$child"

@@ -90,10 +90,10 @@ func crossYAML(_ dir: URL, _ name: String, data: String, teacher: String, distil
             // the full exchange for SmolLM2 (its head applied at the owner in both placements); Gemma's rows are top-16
             "teacher:\n  members:\n    - {path: \(teacher), weight: 1}\n    - {path: \(gemmaTeacher), weight: 3}\n  placement: \(place)\n  top_k: 16"
         }
-        let g = try launch("distill-mpi.sh", ["2", "train", "--config", try crossYAML(dir, "groups", data: data, teacher: section("groups"),
+        let g = try launch("distill_mpi.sh", ["2", "train", "--config", try crossYAML(dir, "groups", data: data, teacher: section("groups"),
                                                                                     distill: "  cross_tokenizer: gold"), "--sample-tokens", "0"])
         #expect(g.status == 0 && g.out.contains("teacher 2 with another tokenizer send top-k rows"), "\(g.out)")
-        let r = try launch("distill-mpi.sh", ["2", "train", "--config", try crossYAML(dir, "repl", data: data, teacher: section("replicated"),
+        let r = try launch("distill_mpi.sh", ["2", "train", "--config", try crossYAML(dir, "repl", data: data, teacher: section("replicated"),
                                                                                     distill: "  cross_tokenizer: gold"), "--sample-tokens", "0"])
         #expect(r.status == 0, "\(r.out)")
         // Gemma ran on rank 1 for both micro-batches in groups, on each rank for its own in replicated: the same run
@@ -102,7 +102,7 @@ func crossYAML(_ dir: URL, _ name: String, data: String, teacher: String, distil
         let lines = { (s: String) in s.split(separator: "\n").filter { $0.hasPrefix("cross-tokenizer:") }.map { $0.components(separatedBy: "; aligning")[0] } }
         #expect(lines(g.out) == lines(r.out) && lines(g.out).count == 1, "\(lines(g.out)) \(lines(r.out))")
         // pipelined cannot carry another tokenizer
-        let p = try launch("distill-mpi.sh", ["2", "train", "--config", try crossYAML(dir, "pipe", data: data,
+        let p = try launch("distill_mpi.sh", ["2", "train", "--config", try crossYAML(dir, "pipe", data: data,
             teacher: "teacher: {path: \(gemmaTeacher), placement: pipelined}", distill: "  cross_tokenizer: gold"), "--sample-tokens", "0"])
         #expect(p.status != 0 && p.out.contains("cross_tokenizer runs with replicated or groups"), "\(p.out)")
     }
@@ -113,13 +113,13 @@ func crossYAML(_ dir: URL, _ name: String, data: String, teacher: String, distil
         let data = try prepareSmolLMData(dir, bytes: 3000)
         let live = try crossYAML(dir, "live", data: data, teacher: "teacher: {path: \(gemmaTeacher), exchange: topk, top_k: 16}",
                                  distill: "  cross_tokenizer: gold")
-        let c = try launch("distill-mpi.sh", ["2", "teacher-cache", "--config", live, "--out", dir.appendingPathComponent("cache").path, "--batch", "2", "--threads", "1"])
+        let c = try launch("distill_mpi.sh", ["2", "teacher-cache", "--config", live, "--out", dir.appendingPathComponent("cache").path, "--batch", "2", "--threads", "1"])
         #expect(c.status == 0, "\(c.out)")
         let info = try String(contentsOf: dir.appendingPathComponent("cache/cache.json"), encoding: .utf8)
         #expect(info.contains("student_tokenizer_hash") && info.contains("\"teacher_vocab\" : 262144") && info.contains("matched_share"), "\(info)")
         let cached = { (extra: String) in try crossYAML(dir, "cached", data: data, teacher: "teacher: {cache: \(dir.appendingPathComponent("cache").path)}",
                                                         distill: extra) }
-        let t = try launch("distill-mpi.sh", ["2", "train", "--config", try cached("  cross_tokenizer: gold"), "--sample-tokens", "0"])
+        let t = try launch("distill_mpi.sh", ["2", "train", "--config", try cached("  cross_tokenizer: gold"), "--sample-tokens", "0"])
         #expect(t.status == 0 && t.out.contains("no teacher in memory (another tokenizer: rows aligned") && t.out.contains("step     2/2"), "\(t.out)")
         // the cache of another tokenizer's rows needs cross_tokenizer
         let off = try runDistill(["train", "--config", try cached("")])

@@ -1,4 +1,4 @@
-// Real mpirun (through Launch/distill-mpi.sh and Launch/restart.sh): data parallelism equals a bigger batch,
+// Real mpirun (through Launch/distill_mpi.sh and Launch/restart.sh): data parallelism equals a bigger batch,
 // resume is bitwise exact, a rank killed mid-checkpoint loses nothing that verified and the restart loop finishes.
 import Foundation
 import KDCheckpoint
@@ -65,10 +65,10 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         defer { try? FileManager.default.removeItem(at: dir) }
         let two = try tinyYAML(dir, "two", edits: [("micro_batch: 4", "micro_batch: 2"), ("steps: 10", "steps: 4")])
         let one = try tinyYAML(dir, "one", edits: [("steps: 10", "steps: 4")])
-        let a = try launch("distill-mpi.sh", ["2", "train", "--config", two, "--sample-tokens", "0"])
+        let a = try launch("distill_mpi.sh", ["2", "train", "--config", two, "--sample-tokens", "0"])
         #expect(a.status == 0, "\(a.out)")
         #expect(a.out.contains("on 2 ranks"))
-        let b = try launch("distill-mpi.sh", ["1", "train", "--config", one, "--sample-tokens", "0"])
+        let b = try launch("distill_mpi.sh", ["1", "train", "--config", one, "--sample-tokens", "0"])
         #expect(b.status == 0, "\(b.out)")
         // summation order differs (micro-batches of 2 vs 4 rows, the all-reduce), nothing else
         let worst = try relativeWeightDifference(dir.appendingPathComponent("two/step_00000004"), dir.appendingPathComponent("one/step_00000004"))
@@ -85,14 +85,14 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let f32 = try tinyYAML(dir, "f32", edits: edits)
         let off = try tinyYAML(dir, "off", edits: edits + [("lm_head_chunk: 96", "lm_head_chunk: 96\n  precision: bf16")])
         let rounded = try tinyYAML(dir, "rounded", edits: edits + [("lm_head_chunk: 96", "lm_head_chunk: 96\n  precision: bf16")])
-        let a = try launch("distill-mpi.sh", ["2", "train", "--config", f32, "--sample-tokens", "0"])
+        let a = try launch("distill_mpi.sh", ["2", "train", "--config", f32, "--sample-tokens", "0"])
         #expect(a.status == 0, "\(a.out)")
         #expect(!a.out.contains("bf16"), "\(a.out)")
-        let b = try launch("distill-mpi.sh", ["2", "train", "--config", off, "--sample-tokens", "0"], env: ["DISTILL_BF16_KERNEL": "off"])
+        let b = try launch("distill_mpi.sh", ["2", "train", "--config", off, "--sample-tokens", "0"], env: ["DISTILL_BF16_KERNEL": "off"])
         #expect(b.status == 0, "\(b.out)")
         let warning = "warning: train.precision bf16: DISTILL_BF16_KERNEL=off, computing in f32"
         #expect(b.out.components(separatedBy: warning).count == 2, "expected the warning once:\n\(b.out)")
-        let c = try launch("distill-mpi.sh", ["2", "train", "--config", rounded, "--sample-tokens", "0"], env: ["DISTILL_BF16_KERNEL": "rounded"])
+        let c = try launch("distill_mpi.sh", ["2", "train", "--config", rounded, "--sample-tokens", "0"], env: ["DISTILL_BF16_KERNEL": "rounded"])
         #expect(c.status == 0 && c.out.contains("bf16 matmuls (rounded kernel)"), "\(c.out)")
         let wf = try weights(dir.appendingPathComponent("f32/step_00000003"))
         #expect(try weights(dir.appendingPathComponent("off/step_00000003")) == wf, "the fallback did not train as f32 bit for bit")
@@ -100,8 +100,8 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         // stopped after step 1 and resumed, the bf16 run ends bit for bit where the uninterrupted one did
         let resumed = try tinyYAML(dir, "resumed", edits: edits + [("lm_head_chunk: 96", "lm_head_chunk: 96\n  precision: bf16")])
         let env = ["DISTILL_BF16_KERNEL": "rounded"]
-        let r1 = try launch("distill-mpi.sh", ["2", "train", "--config", resumed, "--sample-tokens", "0", "--stop-after", "1"], env: env)
-        let r2 = try launch("distill-mpi.sh", ["2", "train", "--config", resumed, "--sample-tokens", "0", "--resume", "auto"], env: env)
+        let r1 = try launch("distill_mpi.sh", ["2", "train", "--config", resumed, "--sample-tokens", "0", "--stop-after", "1"], env: env)
+        let r2 = try launch("distill_mpi.sh", ["2", "train", "--config", resumed, "--sample-tokens", "0", "--resume", "auto"], env: env)
         #expect(r1.status == 0 && r2.status == 0, "\(r1.out)\n\(r2.out)")
         #expect(try weights(dir.appendingPathComponent("resumed/step_00000003")) == weights(dir.appendingPathComponent("rounded/step_00000003")),
                 "a resumed bf16 run is not the uninterrupted one bit for bit")
@@ -113,7 +113,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         #expect(abs(v16 - v32) <= 0.01 * v32, "validation loss bf16 \(v16) vs f32 \(v32)")
         // a misspelt precision is refused in one line that names the choices
         let bad = try tinyYAML(dir, "bad", edits: [("lm_head_chunk: 96", "lm_head_chunk: 96\n  precision: bf61")])
-        let d = try launch("distill-mpi.sh", ["1", "train", "--config", bad])
+        let d = try launch("distill_mpi.sh", ["1", "train", "--config", bad])
         #expect(d.status != 0 && d.out.contains("train.precision") && d.out.contains("'f32' or 'bf16'") && d.out.contains("bf61"), "\(d.out)")
     }
 
@@ -128,9 +128,9 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let edits = [("steps: 10", "steps: 2"), ("grad_accum: 2", "grad_accum: 1"), ("data:\n", section + "data:\n")]
         let two = try tinyYAML(dir, "two", edits: edits + [("micro_batch: 4", "micro_batch: 2")])
         let one = try tinyYAML(dir, "one", edits: edits)
-        let a = try launch("distill-mpi.sh", ["2", "train", "--config", two, "--sample-tokens", "0"])
+        let a = try launch("distill_mpi.sh", ["2", "train", "--config", two, "--sample-tokens", "0"])
         #expect(a.status == 0 && a.out.contains("[rollout, reward"), "\(a.out)")
-        let b = try launch("distill-mpi.sh", ["1", "train", "--config", one, "--sample-tokens", "0"])
+        let b = try launch("distill_mpi.sh", ["1", "train", "--config", one, "--sample-tokens", "0"])
         #expect(b.status == 0, "\(b.out)")
         // the same rollouts and rewards on 2 ranks × 2 as on 1 rank × 4 ...
         let parts = { (s: String) in s.split(separator: "\n").filter { $0.contains("[rollout") }.map { $0.components(separatedBy: " | lr")[0] } }
@@ -142,7 +142,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         #expect(worst < 2e-4, "max relative weight difference \(worst)")
         // the tolerance tells rollouts apart: another teacher mix (α 0.25) draws other tokens
         let other = try tinyYAML(dir, "other", edits: edits + [("prompt_tokens: 24", "prompt_tokens: 24\n  teacher_mix: 0.25")])
-        #expect(try launch("distill-mpi.sh", ["1", "train", "--config", other, "--sample-tokens", "0"]).status == 0)
+        #expect(try launch("distill_mpi.sh", ["1", "train", "--config", other, "--sample-tokens", "0"]).status == 0)
         let apart = try relativeWeightDifference(dir.appendingPathComponent("other/step_00000002"), dir.appendingPathComponent("one/step_00000002"))
         #expect(apart > 1e-3, "other rollouts moved the weights by only \(apart)")
     }
@@ -150,7 +150,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
     /// How people start long runs (nohup, ssh, a scheduler's script): `LAUNCHER … &` from a non-interactive shell,
     /// which starts it with SIGINT ignored. `kill -INT` (and -TERM) to the launcher's pid must still stop the run after
     /// a step with a checkpoint that verifies, exit 0 and leave no rank behind; restart.sh must not restart it.
-    @Test(arguments: [("distill-mpi.sh", "INT"), ("distill-mpi.sh", "TERM"), ("restart.sh", "INT")])
+    @Test(arguments: [("distill_mpi.sh", "INT"), ("distill_mpi.sh", "TERM"), ("restart.sh", "INT")])
     func aLauncherStartedInTheBackgroundStopsGracefullyOnASignal(script: String, signal: String) throws {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -202,10 +202,10 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }
         let full = try tinyYAML(dir, "full"), split = try tinyYAML(dir, "split")
-        #expect(try launch("distill-mpi.sh", ["2", "train", "--config", full, "--sample-tokens", "0"]).status == 0)
-        let first = try launch("distill-mpi.sh", ["2", "train", "--config", split, "--sample-tokens", "0", "--stop-after", "3"])
+        #expect(try launch("distill_mpi.sh", ["2", "train", "--config", full, "--sample-tokens", "0"]).status == 0)
+        let first = try launch("distill_mpi.sh", ["2", "train", "--config", split, "--sample-tokens", "0", "--stop-after", "3"])
         #expect(first.status == 0 && first.out.contains("stopped after step 3"), "\(first.out)")
-        let second = try launch("distill-mpi.sh", ["2", "train", "--config", split, "--sample-tokens", "0", "--resume", "auto"])
+        let second = try launch("distill_mpi.sh", ["2", "train", "--config", split, "--sample-tokens", "0", "--resume", "auto"])
         #expect(second.status == 0 && second.out.contains("resumed from"), "\(second.out)")
         for f in ["model.safetensors", "optimizer.safetensors"] {
             let a = try Data(contentsOf: dir.appendingPathComponent("full/step_00000010/\(f)"))
@@ -213,7 +213,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
             #expect(a == b, "\(f) differs after resume")
         }
         // a 2-rank checkpoint resumed on 1 rank continues from the same global sample cursor
-        let one = try launch("distill-mpi.sh", ["1", "train", "--config", split, "--sample-tokens", "0",
+        let one = try launch("distill_mpi.sh", ["1", "train", "--config", split, "--sample-tokens", "0",
                                                 "--resume", dir.appendingPathComponent("split/step_00000005").path,
                                                 "--checkpoint-dir", dir.appendingPathComponent("one").path])
         #expect(one.status == 0, "\(one.out)")
@@ -229,11 +229,11 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let local = try runDistill(["comm-check"])
         #expect(local.status == 0 && local.out.contains("comm-check ok: 1 rank"), "\(local.out)")
         for n in ["2", "3"] {
-            let r = try launch("distill-mpi.sh", [n, "comm-check", "--count", "1001"])
+            let r = try launch("distill_mpi.sh", [n, "comm-check", "--count", "1001"])
             #expect(r.status == 0 && r.out.contains("comm-check ok: \(n) ranks"), "\(r.out)")
         }
         // pieces above 2^20 Floats: a rank's range is reduced in several requests
-        let big = try launch("distill-mpi.sh", ["2", "comm-check", "--count", "3000001"])
+        let big = try launch("distill_mpi.sh", ["2", "comm-check", "--count", "3000001"])
         #expect(big.status == 0 && big.out.contains("comm-check ok: 2 ranks, 3000001 floats"), "\(big.out)")
     }
 
@@ -261,7 +261,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         defer { try? FileManager.default.removeItem(at: dir) }
         var runs: [String: [Int: Double]] = [:]
         for mode in ["none", "states", "gradients"] {
-            let r = try launch("distill-mpi.sh", ["2", "train", "--config", try shardedYAML(dir, mode, mode), "--sample-tokens", "0"])
+            let r = try launch("distill_mpi.sh", ["2", "train", "--config", try shardedYAML(dir, mode, mode), "--sample-tokens", "0"])
             #expect(r.status == 0, "\(r.out)")
             runs[mode] = losses(r.out)
         }
@@ -285,15 +285,15 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
     @Test func gradientsCheckpointResumesAtAnotherWorldSizeAndSharding() throws {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let full = try launch("distill-mpi.sh", ["2", "train", "--config", try shardedYAML(dir, "full", "none"), "--sample-tokens", "0"])
+        let full = try launch("distill_mpi.sh", ["2", "train", "--config", try shardedYAML(dir, "full", "none"), "--sample-tokens", "0"])
         #expect(full.status == 0, "\(full.out)")
-        let first = try launch("distill-mpi.sh", ["2", "train", "--config", try shardedYAML(dir, "zero2", "gradients"), "--sample-tokens", "0", "--stop-after", "3"])
+        let first = try launch("distill_mpi.sh", ["2", "train", "--config", try shardedYAML(dir, "zero2", "gradients"), "--sample-tokens", "0", "--stop-after", "3"])
         #expect(first.status == 0 && first.out.contains("stopped after step 3"), "\(first.out)")
         let ckpt = dir.appendingPathComponent("zero2/step_00000003").path
         // 1 rank, unsharded, 4 micro-batches (the same global batch of 16 windows); 2 ranks with sharded states
-        let one = try launch("distill-mpi.sh", ["1", "train", "--config", try shardedYAML(dir, "one", "none", accum: 4), "--sample-tokens", "0",
+        let one = try launch("distill_mpi.sh", ["1", "train", "--config", try shardedYAML(dir, "one", "none", accum: 4), "--sample-tokens", "0",
                                                 "--resume", ckpt])
-        let two = try launch("distill-mpi.sh", ["2", "train", "--config", try shardedYAML(dir, "two", "states"), "--sample-tokens", "0",
+        let two = try launch("distill_mpi.sh", ["2", "train", "--config", try shardedYAML(dir, "two", "states"), "--sample-tokens", "0",
                                                 "--resume", ckpt])
         let want = losses(full.out)
         for (name, r) in [("one", one), ("two", two)] {
@@ -342,7 +342,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         #expect(r.out.contains("on 2 ranks"), "\(r.out)")
         #expect(try CheckpointStore.verify(dir: dir.appendingPathComponent("multihost/step_00000010").path).worldSize == 2)
         // the same numbers as two ranks on one host
-        let local = try launch("distill-mpi.sh", ["2", "train", "--config", cfg, "--sample-tokens", "0", "--threads", "1",
+        let local = try launch("distill_mpi.sh", ["2", "train", "--config", cfg, "--sample-tokens", "0", "--threads", "1",
                                                   "--checkpoint-dir", dir.appendingPathComponent("local").path])
         #expect(local.status == 0)
         let a = try Data(contentsOf: dir.appendingPathComponent("multihost/step_00000010/model.safetensors"))
@@ -359,9 +359,9 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let edits = [("steps: 10", "steps: 4"), ("data:\n", section.replacingOccurrences(of: "PLACE", with: "pipelined") + "data:\n")]
         let pipe = try tinyYAML(dir, "pipe", edits: edits)
         let repl = try tinyYAML(dir, "repl", edits: [edits[0], ("data:\n", section.replacingOccurrences(of: "PLACE", with: "replicated") + "data:\n")])
-        let a = try launch("distill-mpi.sh", ["2", "train", "--config", pipe, "--sample-tokens", "0"])
+        let a = try launch("distill_mpi.sh", ["2", "train", "--config", pipe, "--sample-tokens", "0"])
         #expect(a.status == 0 && a.out.contains("skew_rkl"), "\(a.out)")
-        let b = try launch("distill-mpi.sh", ["2", "train", "--config", repl, "--sample-tokens", "0"])
+        let b = try launch("distill_mpi.sh", ["2", "train", "--config", repl, "--sample-tokens", "0"])
         #expect(b.status == 0, "\(b.out)")
         // the same teacher distributions reach the students: the runs are identical to the bit
         for f in ["model.safetensors", "optimizer.safetensors"] {
@@ -373,8 +373,8 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let topk = "  exchange: topk\n  top_k: 16\ndistill:"
         let pk = try tinyYAML(dir, "pk", edits: [edits[0], ("data:\n", section.replacingOccurrences(of: "PLACE", with: "pipelined") + "data:\n"), ("distill:", topk)])
         let rk = try tinyYAML(dir, "rk", edits: [edits[0], ("data:\n", section.replacingOccurrences(of: "PLACE", with: "replicated") + "data:\n"), ("distill:", topk)])
-        let c = try launch("distill-mpi.sh", ["2", "train", "--config", pk, "--sample-tokens", "0"])
-        let d = try launch("distill-mpi.sh", ["2", "train", "--config", rk, "--sample-tokens", "0"])
+        let c = try launch("distill_mpi.sh", ["2", "train", "--config", pk, "--sample-tokens", "0"])
+        let d = try launch("distill_mpi.sh", ["2", "train", "--config", rk, "--sample-tokens", "0"])
         #expect(c.status == 0 && d.status == 0, "\(c.out)\n\(d.out)")
         #expect(c.out.contains("132 B/token to the student's rank"), "\(c.out)")
         #expect(try Data(contentsOf: dir.appendingPathComponent("pk/step_00000004/model.safetensors")) == Data(contentsOf: dir.appendingPathComponent("rk/step_00000004/model.safetensors")))
@@ -401,18 +401,18 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
             try tinyYAML(dir, name, edits: [("steps: 10", "steps: 3"), ("data:\n", section.replacingOccurrences(of: "PLACE", with: place) + "data:\n"),
                                             ("distill:", extra + "distill:")])
         }
-        let g = try launch("distill-mpi.sh", ["2", "train", "--config", try config("groups", "groups"), "--sample-tokens", "0"])
+        let g = try launch("distill_mpi.sh", ["2", "train", "--config", try config("groups", "groups"), "--sample-tokens", "0"])
         #expect(g.status == 0 && g.out.contains("groups: 2 groups of 1 rank"), "\(g.out)")
-        let r = try launch("distill-mpi.sh", ["2", "train", "--config", try config("repl", "replicated"), "--sample-tokens", "0"])
+        let r = try launch("distill_mpi.sh", ["2", "train", "--config", try config("repl", "replicated"), "--sample-tokens", "0"])
         #expect(r.status == 0, "\(r.out)")
         // each rank ran one teacher on both micro-batches and the results crossed over: the same run, to the bit
         #expect(try Data(contentsOf: dir.appendingPathComponent("groups/step_00000003/model.safetensors"))
                 == Data(contentsOf: dir.appendingPathComponent("repl/step_00000003/model.safetensors")))
         // top-k exchange in groups: each teacher's rows are merged into the mixture at the owner (2 × 132 B/token)
-        let k = try launch("distill-mpi.sh", ["2", "train", "--config", try config("gk", "groups", "  exchange: topk\n  top_k: 16\n"), "--sample-tokens", "0"])
+        let k = try launch("distill_mpi.sh", ["2", "train", "--config", try config("gk", "groups", "  exchange: topk\n  top_k: 16\n"), "--sample-tokens", "0"])
         #expect(k.status == 0 && k.out.contains("264 B/token to the student's rank"), "\(k.out)")
         // a teacher count that does not divide the world size is refused with both numbers
-        let bad = try launch("distill-mpi.sh", ["3", "train", "--config", try config("bad", "groups"), "--sample-tokens", "0"])
+        let bad = try launch("distill_mpi.sh", ["3", "train", "--config", try config("bad", "groups"), "--sample-tokens", "0"])
         #expect(bad.status != 0 && bad.out.contains("divisible by the 2 teachers") && bad.out.contains("3 ranks"), "\(bad.out)")
     }
 
@@ -429,7 +429,7 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         func run(_ name: String, _ teacher: String, _ place: String) throws -> (status: Int32, out: String) {
             let cfg = try tinyYAML(dir, name, edits: [("dim: 64", "dim: 48"), ("ffn_dim: 172", "ffn_dim: 96"), ("steps: 10", "steps: 3"),
                                                      ("data:\n", teacher.replacingOccurrences(of: "PLACE", with: place) + rest)])
-            return try launch("distill-mpi.sh", ["2", "train", "--config", cfg, "--sample-tokens", "0"])
+            return try launch("distill_mpi.sh", ["2", "train", "--config", cfg, "--sample-tokens", "0"])
         }
         let lossLines = { (s: String) in s.split(separator: "\n").filter { $0.hasPrefix("step") }.map { $0.components(separatedBy: " | lr")[0] } }
         func same(_ a: String, _ b: String) throws -> Bool {
@@ -458,9 +458,9 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         try saveTinyTeacher(dir.appendingPathComponent("teacher"), layers: 2, seed: 43)
         let live = try tinyYAML(dir, "live", edits: [("steps: 10", "steps: 2"),
             ("data:\n", "teacher:\n  path: \(dir.appendingPathComponent("teacher").path)\n  exchange: topk\n  top_k: 8\ndata:\n")])
-        let two = try launch("distill-mpi.sh", ["2", "teacher-cache", "--config", live, "--out", dir.appendingPathComponent("c2").path, "--batch", "3", "--threads", "1"])
+        let two = try launch("distill_mpi.sh", ["2", "teacher-cache", "--config", live, "--out", dir.appendingPathComponent("c2").path, "--batch", "3", "--threads", "1"])
         #expect(two.status == 0 && two.out.contains("on 2 ranks"), "\(two.out)")
-        let one = try launch("distill-mpi.sh", ["1", "teacher-cache", "--config", live, "--out", dir.appendingPathComponent("c1").path, "--batch", "3", "--threads", "1"])
+        let one = try launch("distill_mpi.sh", ["1", "teacher-cache", "--config", live, "--out", dir.appendingPathComponent("c1").path, "--batch", "3", "--threads", "1"])
         #expect(one.status == 0, "\(one.out)")
         // windows dealt to the ranks in slices of 3 and written by rank 0 in window order: the same file, to the bit (at
         // the same thread count and slice size; other batchings differ in summation order only)
@@ -470,11 +470,11 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         }
         // training from the cache on 2 ranks: no teacher loaded, resumable, and the manifest names the cache
         let cached = try tinyYAML(dir, "cached", edits: [("steps: 10", "steps: 2"), ("data:\n", "teacher:\n  cache: \(dir.appendingPathComponent("c2").path)\ndata:\n")])
-        let t = try launch("distill-mpi.sh", ["2", "train", "--config", cached, "--sample-tokens", "0"])
+        let t = try launch("distill_mpi.sh", ["2", "train", "--config", cached, "--sample-tokens", "0"])
         #expect(t.status == 0 && t.out.contains("no teacher in memory") && t.out.contains("step     2/2"), "\(t.out)")
         // a cache that does not exist is named
         let missing = try tinyYAML(dir, "missing", edits: [("data:\n", "teacher:\n  cache: \(dir.appendingPathComponent("nope").path)\ndata:\n")])
-        let m = try launch("distill-mpi.sh", ["1", "train", "--config", missing])
+        let m = try launch("distill_mpi.sh", ["1", "train", "--config", missing])
         #expect(m.status != 0 && m.out.contains("no cache.json"), "\(m.out)")
     }
 }

@@ -1,6 +1,6 @@
 // The real Gemma-3-270M (Q4_K_M, fetched by `Launch/fetch_teacher.sh gemma3`) against llama.cpp: tokenization of varied
 // strings, the NLL of a window of text and greedy continuations, all equal to what llama.cpp gave on the file's F32 copy
-// (Fixtures/gemma3-270m-llamacpp.json, made by Launch/make_llamacpp_reference.sh; the debug build checks one window
+// (Fixtures/gemma3-270m-llamacpp.json, made by Launch/lab/make_llamacpp_reference.sh; the debug build checks one window
 // and 12 tokens per prompt of what the reference holds, to stay quick).
 import Foundation
 import KDConfig

@@ -2,9 +2,9 @@
 # Two "hosts" on one machine: network namespaces kdA and kdB joined by a veth pair (10.77.0.1 ↔ 10.77.0.2), OpenMPI's
 # remote launcher pointed at a small agent that runs commands with `ip netns exec` (no ssh), ranks talking TCP across
 # the veth. Runs `distill ARGS…` on 2 ranks, one per namespace, then deletes the namespaces. Needs root and iproute2.
-#   usage: Launch/test_multihost.sh train --config Configs/tiny.yaml
+#   usage: Launch/lab/test_multihost.sh train --config Configs/tiny.yaml
 set -euo pipefail
-here="$(cd "$(dirname "$0")/.." && pwd)"
+here="$(cd "$(dirname "$0")/../.." && pwd)"
 bin=${DISTILL_BIN:-$here/.build/release/distill}
 [ "$(id -u)" -eq 0 ] || { echo "test_multihost: expected root (network namespaces), found uid $(id -u)" >&2; exit 2; }
 command -v ip >/dev/null || { echo "test_multihost: expected iproute2 (ip), found none" >&2; exit 2; }

@@ -3,14 +3,14 @@
 # trained at equal steps and tokens with cross-entropy only, with SmolLM2 (same tokenizer, plain KL), with Gemma-3-270M
 # (another tokenizer) through `uld` and `gold`, and with both teachers together; each final checkpoint is scored on the
 # fortunes validation split and on a book it never saw, with SmolLM2 (the teacher that shares its tokens) beside it.
-# Usage: Launch/compare_cross_tokenizer.sh [VARIANT...]   (default: all; results in Checkpoints/cross/)
+# Usage: Launch/lab/compare_cross_tokenizer.sh [VARIANT...]   (default: all; results in Checkpoints/cross/)
 # Speed is measured apart, in one sitting after the trainings, one variant at a time: 12 steps of each (median
 # tokens/s of steps 3–12), so the column compares like with like even if the trainings shared the machine.
 # Needs the release build, both teachers (Launch/fetch_teacher.sh smollm2 gemma3) and the prepared corpus
 # (Launch/quickstart.sh). Finished runs are reused.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source Launch/compare-common.sh
+cd "$(dirname "$0")/../.."
+source Launch/lab/compare_common.sh
 out=Checkpoints/cross
 variants=("$@")
 [ ${#variants[@]} -eq 0 ] && variants=(ce smollm2 gemma-uld gemma-gold gemma-gold-buckets both-gold)
@@ -26,7 +26,7 @@ for v in "${variants[@]}"; do
     echo "== $v: speed (12 steps)"
     rm -rf "$out/speed/$v"
     mkdir -p "$out/speed"
-    DISTILL_BIN=$d bash Launch/distill-mpi.sh 2 train --config "Configs/cross/$v.yaml" --steps 12 --checkpoint-dir "$out/speed/$v" \
+    DISTILL_BIN=$d bash Launch/distill_mpi.sh 2 train --config "Configs/cross/$v.yaml" --steps 12 --checkpoint-dir "$out/speed/$v" \
         --sample-tokens 0 > "$out/speed/$v.log" 2>&1 || { echo "compare_cross_tokenizer: speed run of $v failed (see $out/speed/$v.log)" >&2; exit 1; }
 done
 python3 - "$out" "${variants[@]}" <<'PY'

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Teacher forward speed by family, beside llama.cpp on the same files and threads: distill eval (release) and
-# llama.cpp's prompt evaluation (llama-cpp-python==0.3.36, no weight repacking; Launch/check_llamacpp.py explains why)
+# llama.cpp's prompt evaluation (llama-cpp-python==0.3.36, no weight repacking; Launch/lab/check_llamacpp.py explains why)
 # of the same windows of the held-out book — BOS plus 127 tokens per window for Gemma, 128 tokens for SmolLM2 — on 2
 # threads, rounds interleaved, medians. llama.cpp twice: logits of the last position only (its prompt processing) and
 # of every position (what scoring a text needs, as distill eval computes). Also each distill run's peak RSS.
-# usage: Launch/bench_teachers.sh [ROUNDS] [WINDOWS]   (defaults 3 and 16)
+# usage: Launch/lab/bench_teachers.sh [ROUNDS] [WINDOWS]   (defaults 3 and 16)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 rounds=${1:-3}
 windows=${2:-16}
 d=${DISTILL_BIN:-.build/release/distill}

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Runs `distill ARGS…` on NP ranks with mpirun and sane defaults:
-#   usage: Launch/distill-mpi.sh NP ARGS…       e.g. Launch/distill-mpi.sh 2 train --config Configs/tiny.yaml
+#   usage: Launch/distill_mpi.sh NP ARGS…       e.g. Launch/distill_mpi.sh 2 train --config Configs/tiny.yaml
 # - BLAS and kernel threads per rank = cores / ranks on this node (at least 1), so ranks × threads ≤ cores;
 # - --allow-run-as-root only when run as root, --oversubscribe only when NP exceeds the cores;
 # - the progress line is redrawn in place only when this script's output is a terminal;
 # - Ctrl-C / SIGINT / SIGTERM stop the run gracefully (a checkpoint after the current step), a second one aborts —
-#   also when this script was started in the background by a non-interactive shell (Launch/sigint-default.sh);
+#   also when this script was started in the background by a non-interactive shell (Launch/sigint_default.sh);
 # - TCP over loopback on a single host (DISTILL_MPI_ARGS adds or overrides mpirun options, e.g. --hostfile).
 # DISTILL_BIN picks the binary (default .build/release/distill).
 set -euo pipefail
-source "$(dirname "$0")/sigint-default.sh"  # kill -INT works even when started with & (see there)
+source "$(dirname "$0")/sigint_default.sh"  # kill -INT works even when started with & (see there)
 here="$(cd "$(dirname "$0")/.." && pwd)"
-np=${1:?usage: Launch/distill-mpi.sh NP ARGS…}
+np=${1:?usage: Launch/distill_mpi.sh NP ARGS…}
 shift
 bin=${DISTILL_BIN:-$here/.build/release/distill}
 [ -x "$bin" ] || { echo "distill-mpi: expected the distill binary at $bin (swift build -c release), found none" >&2; exit 2; }

@@ -2,10 +2,10 @@
 # The objective comparison of the README: the same student, data, teacher and step budget (Configs/objectives/base.yaml)
 # trained with each objective and on-policy mode on 2 ranks, every checkpoint evaluated against the teacher on the
 # held-out fortunes (validation NLL, KL(teacher‖student), top-1 agreement). Runs that already finished are reused.
-# Usage: Launch/compare_objectives.sh [OBJECTIVE...]   (default: all; results in Checkpoints/objectives/)
+# Usage: Launch/lab/compare_objectives.sh [OBJECTIVE...]   (default: all; results in Checkpoints/objectives/)
 # Needs the release build, the teacher and the prepared corpus (Launch/quickstart.sh makes all three).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 d=.build/release/distill
 teacher=Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf
 data=Checkpoints/data/fortunes-smollm
@@ -24,7 +24,7 @@ for o in "${objectives[@]}"; do
     if [ ! -f "$final/checksums.json" ]; then
         echo "== $o: training ($cfg)"
         start=$(date +%s)
-        bash Launch/distill-mpi.sh 2 train --config "$cfg" --resume auto --sample-tokens 0 2>&1 | tee "$out/$o.log" | grep -E "^step|eval|error" || true
+        bash Launch/distill_mpi.sh 2 train --config "$cfg" --resume auto --sample-tokens 0 2>&1 | tee "$out/$o.log" | grep -E "^step|eval|error" || true
         [ -f "$final/checksums.json" ] || { echo "compare_objectives: $o did not finish (see $out/$o.log)" >&2; exit 1; }
         echo "$(( $(date +%s) - start ))" > "$out/$o.seconds"
     fi

@@ -5,7 +5,7 @@
 # PRECISIONS (default f32,bf16) are distill's precisions; bf16 is skipped with a warning on a CPU without AVX512-BF16.
 # Needs the peer's venv (bash ../shared/peers/setup_torch_venv.sh; PEER_PY overrides its python). Run it alone.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 rounds=${ROUNDS:-3}
 precisions=${PRECISIONS:-f32,bf16}
 py=${PEER_PY:-/tmp/torchpeer/venv/bin/python}

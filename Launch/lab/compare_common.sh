@@ -27,7 +27,7 @@ compare_train() {
         echo "== $name: training ($cfg $*)" >&2
         mkdir -p "$(dirname "$dir")"
         start=$(date +%s)
-        DISTILL_BIN=$d bash Launch/distill-mpi.sh 2 train --config "$cfg" --checkpoint-dir "$dir" --resume auto --sample-tokens 0 "$@" \
+        DISTILL_BIN=$d bash Launch/distill_mpi.sh 2 train --config "$cfg" --checkpoint-dir "$dir" --resume auto --sample-tokens 0 "$@" \
             > "$dir.log" 2>&1 || true
         [ -f "$final/checksums.json" ] || { echo "$(basename "$0"): $name did not finish (see $dir.log)" >&2; exit 1; }
         echo "$(( $(date +%s) - start ))" > "$dir.seconds"

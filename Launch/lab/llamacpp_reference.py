@@ -17,7 +17,7 @@ import numpy as np
 import llama_cpp.llama_cpp as lc
 from llama_cpp import Llama
 
-# no weight repacking: its AMX kernels die of SIGILL on virtual CPUs that report AMX (see Launch/check_llamacpp.py)
+# no weight repacking: its AMX kernels die of SIGILL on virtual CPUs that report AMX (see Launch/lab/check_llamacpp.py)
 _defaults = lc.llama_model_default_params
 def _no_repack():
     p = _defaults(); p.use_extra_bufts = False; return p

@@ -8,8 +8,8 @@
 # kernel that ran. Needs the release build, the SmolLM2 teacher and the prepared corpus (Launch/quickstart.sh,
 # Launch/fetch_heldout.sh). Finished runs are reused.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-source Launch/compare-common.sh
+cd "$(dirname "$0")/../.."
+source Launch/lab/compare_common.sh
 cfg=Configs/cross/smollm2.yaml
 out=Checkpoints/precision
 compare_require "$smollm" "$data/train.bin" "$book"

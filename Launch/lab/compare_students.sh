@@ -4,10 +4,10 @@
 # and its variants in Configs/students/ (one change each), all at equal steps and tokens. Every run is exported to Q8_0
 # GGUF (what ships; a name ending in -q4 exports Q4_0 throughout, the embedding too) and evaluated beside the teacher on held-out fortunes (validation split, 16 windows of 128) and on a
 # book it never saw (Botchan, Launch/fetch_heldout.sh; 64 windows of 128 tokens).
-# usage: Launch/compare_students.sh [NAME...]   (default: every config in Configs/students/; finished runs are reused)
+# usage: Launch/lab/compare_students.sh [NAME...]   (default: every config in Configs/students/; finished runs are reused)
 # Results: Checkpoints/students/results.md (one row per run, with the training time).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 d=.build/release/distill
 teacher=Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf
 data=Checkpoints/data/fortunes-smollm
@@ -29,7 +29,7 @@ for n in "${names[@]}"; do
     [ -f "$out/kd/selection.json" ] && [ ! -f "$out/$n/selection.json" ] && cp "$out/kd/selection.json" "$out/$n/"
     echo "== $n: training (Configs/students/$n.yaml)"
     s=$(date +%s)
-    bash Launch/distill-mpi.sh 2 train --config "$out/$n.yaml" --resume auto --sample-tokens 0 > "$out/$n.log" 2>&1 || { echo "compare_students: $n failed (see $out/$n.log)" >&2; exit 1; }
+    bash Launch/distill_mpi.sh 2 train --config "$out/$n.yaml" --resume auto --sample-tokens 0 > "$out/$n.log" 2>&1 || { echo "compare_students: $n failed (see $out/$n.log)" >&2; exit 1; }
     secs=$(( $(date +%s) - s ))
     last=$out/$n/$(cat "$out/$n/latest")
     q=q8_0; [[ $n == *-q4 ]] && q=q4_0

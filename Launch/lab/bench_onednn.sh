@@ -3,9 +3,9 @@
 # shapes, f32 and bf16, interleaved over ROUNDS rounds (default 3) in one sitting; prints the median GFLOP/s of each.
 # Shapes (default): 2048³ and the linear layers of the student-8x384 training step at 8 × 256 tokens (q/k/v/o 384²,
 # SwiGLU up 1024 × 384 and down, the LM head 49152 × 384), as C[M,N] = A[M,K] · B[N,K]ᵀ.
-# Usage: Launch/bench_onednn.sh [MxNxK ...]; THREADS (default 2). Needs the release build. Run it alone.
+# Usage: Launch/lab/bench_onednn.sh [MxNxK ...]; THREADS (default 2). Needs the release build. Run it alone.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 threads=${THREADS:-2}
 rounds=${ROUNDS:-3}
 d=${DISTILL_BIN:-.build/release/distill}
@@ -15,7 +15,7 @@ shapes=("$@")
 bash Launch/setup.sh libdnnl-dev
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cc -O2 Launch/onednn_matmul.c -ldnnl -o "$work/onednn_matmul"
+cc -O2 Launch/lab/onednn_matmul.c -ldnnl -o "$work/onednn_matmul"
 for r in $(seq "$rounds"); do
     OMP_NUM_THREADS=$threads "$work/onednn_matmul" "${shapes[@]}" >> "$work/onednn.txt"
     "$d" bench --gemm "$(IFS=,; echo "${shapes[*]}")" --threads "$threads" --precision f32,bf16 --repeats 5 --json >> "$work/distill.jsonl"

@@ -4,7 +4,7 @@
 # optimizer.sharding none, states and gradients (4 steps each); then each rank's peak RSS with the SmolLM2 teacher replicated vs
 # pipelined (the quickstart's distillation, 4 steps). About 20 minutes on 2 cores. Results in Checkpoints/sharding/results.md.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 d=.build/release/distill
 data=Checkpoints/data/fortunes-smollm
 teacher=Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -19,7 +19,7 @@ here=$(pwd)
 run() {
     local name=$1 base=$2 extra=$3
     printf 'base: %s\n%s\ncheckpoint:\n  dir: %s\n' "$here/$base" "$extra" "$here/$out/$name" > "$out/$name.yaml"
-    bash Launch/distill-mpi.sh 2 train --config "$out/$name.yaml" --sample-tokens 0 > "$out/$name.log" 2>&1 \
+    bash Launch/distill_mpi.sh 2 train --config "$out/$name.yaml" --sample-tokens 0 > "$out/$name.log" 2>&1 \
         || { echo "compare_sharding: $name failed (see $out/$name.log)" >&2; exit 1; }
     local peaks tps
     peaks=$(sed -n 's/.*peak RSS per rank (training): \(.*\) MiB.*/\1/p' "$out/$name.log" | tail -1)

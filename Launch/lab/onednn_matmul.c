@@ -1,6 +1,6 @@
 // oneDNN's matmul on the shapes `distill bench --gemm` times: C[M,N] = A[M,K] · B[N,K]ᵀ (B stored as a linear
 // layer's weight), f32 and bf16 operands (f32 result), best GFLOP/s of 5 after a warm-up; one line per shape and type,
-// or why oneDNN has no implementation for it on this CPU. Built and run by Launch/bench_onednn.sh (Debian libdnnl-dev,
+// or why oneDNN has no implementation for it on this CPU. Built and run by Launch/lab/bench_onednn.sh (Debian libdnnl-dev,
 // oneDNN 2.x API); threads from OMP_NUM_THREADS.
 #include <dnnl.h>
 #include <stdio.h>

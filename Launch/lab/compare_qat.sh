@@ -4,7 +4,7 @@
 # training, in each type: post-training quantization) and evaluated against the teacher on held-out fortunes.
 # Runs that already finished are reused. Results in Checkpoints/qat/results.md.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 d=.build/release/distill
 teacher=Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf
 data=Checkpoints/data/fortunes-smollm
@@ -17,7 +17,7 @@ for s in none q8_0 q4_0 q4_0_learned; do
     final=$out/$s/step_00000040
     if [ ! -f "$final/checksums.json" ]; then
         echo "== $s: training (Configs/qat/$s.yaml)"
-        bash Launch/distill-mpi.sh 2 train --config Configs/qat/$s.yaml --resume auto --sample-tokens 0 2>&1 | tee "$out/$s.log" | grep -E "^step|error" || true
+        bash Launch/distill_mpi.sh 2 train --config Configs/qat/$s.yaml --resume auto --sample-tokens 0 2>&1 | tee "$out/$s.log" | grep -E "^step|error" || true
         [ -f "$final/checksums.json" ] || { echo "compare_qat: $s did not finish (see $out/$s.log)" >&2; exit 1; }
     fi
 done

@@ -107,8 +107,10 @@ func makeTeacherPlacement(config: RunConfig, teachers: [Transformer], cache: Tea
     }
     guard !teachers.isEmpty else { return nil }
     let weights = tc.sources.map(\.weight)
+    // the placement asked for is the placement that runs (config validation refuses groups of one teacher and
+    // pipelines of several); one rank's pipeline is one stage holding every block
     switch tc.placement {
-    case .pipelined where comm.worldSize > 1:
+    case .pipelined:
         guard cross.isEmpty else {
             throw KDError.invalidInput(what: "teacher.placement pipelined", expected: "a teacher with the student's tokenizer (cross_tokenizer runs "
                                        + "with replicated or groups)", found: "a teacher with another tokenizer")
@@ -118,10 +120,10 @@ func makeTeacherPlacement(config: RunConfig, teachers: [Transformer], cache: Tea
                                        found: "\(teachers[0].config.layers) blocks")
         }
         return TeacherPipeline(teacher: teachers[0], comm: comm, topK: topK)
-    case .groups where teachers.count > 1:
-        guard comm.worldSize % teachers.count == 0 else {
-            throw KDError.invalidInput(what: "teacher.placement groups", expected: "a world size divisible by the \(teachers.count) teachers",
-                                       found: "\(comm.worldSize) ranks")
+    case .groups:
+        guard teachers.count > 1, comm.worldSize % teachers.count == 0 else {
+            throw KDError.invalidInput(what: "teacher.placement groups", expected: "two or more teachers and a world size divisible by their number",
+                                       found: "\(teachers.count) teacher\(teachers.count == 1 ? "" : "s") on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s")")
         }
         if topK != nil, tc.combine == .logits {
             throw KDError.invalidInput(what: "teacher.combine with groups and the top-k exchange", expected: "mixture (top-k rows carry no logits to average)",
@@ -129,8 +131,7 @@ func makeTeacherPlacement(config: RunConfig, teachers: [Transformer], cache: Tea
         }
         return TeacherGroups(teachers: teachers, weights: weights, comm: comm, topK: topK, cross: cross.mapValues {
             CrossTokenizerTeacherSpec(pair: $0, k: tc.topK, temperature: config.distill.temperature) })
-    case .replicated, .pipelined, .groups:
-        // one rank holds the whole pipeline; one teacher is its own group
+    case .replicated:
         return ReplicatedTeachers(teachers: teachers, weights: weights, combine: tc.combine, topK: topK, vocabSize: config.model.vocabSize,
                                   cross: cross.mapValues { CrossTokenizerTeacherSpec(pair: $0, k: tc.topK, temperature: config.distill.temperature) })
     }

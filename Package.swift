@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "KDConfig", dependencies: ["KDCore", "Yams"], swiftSettings: cpuFlags),
         // bf16 GEMM (AVX512-BF16 with runtime dispatch, and its portable emulation); optimized in debug builds too
         .target(name: "CKDKernels", cSettings: [.unsafeFlags(["-O2"])]),
-        .target(name: "KDOps", dependencies: ["KDCore", "KDConfig", "CBLAS", "CKDKernels"], swiftSettings: kernelFlags),
+        .target(name: "KDOps", dependencies: ["KDCore", "CBLAS", "CKDKernels"], swiftSettings: kernelFlags),
         .target(name: "KDLoss", dependencies: ["KDCore", "KDConfig", "KDOps"], swiftSettings: cpuFlags),
         .target(name: "KDQuant", dependencies: ["KDCore", "KDConfig", "KDOps", "CBLAS"], swiftSettings: kernelFlags),
         .target(name: "KDModel", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant", "KDLoss"], swiftSettings: cpuFlags),
@@ -51,8 +51,8 @@ let package = Package(
             swiftSettings: cpuFlags),
         .target(name: "KDTestSupport", dependencies: ["KDCore", "KDConfig"], swiftSettings: cpuFlags),
         .testTarget(name: "KDCoreTests", dependencies: ["KDCore", "KDTestSupport"], swiftSettings: cpuFlags),
-        .testTarget(name: "KDOpsTests", dependencies: ["KDOps", "KDConfig", "KDTestSupport", "CKDKernels", "CBLAS"], swiftSettings: cpuFlags),
-        .testTarget(name: "KDConfigTests", dependencies: ["KDConfig"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDOpsTests", dependencies: ["KDOps", "KDCore", "KDTestSupport", "CKDKernels", "CBLAS"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDConfigTests", dependencies: ["KDConfig", "KDCore"], swiftSettings: cpuFlags),
         .testTarget(name: "KDLossTests", dependencies: ["KDLoss", "KDConfig", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(name: "KDQuantTests", dependencies: ["KDQuant", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(

@@ -77,7 +77,7 @@ struct Bench: ParsableCommand {
         #endif
         var kernels: [BF16Kernel?] = []
         for p in precisions {
-            let (kernel, warning) = try BF16.resolve(p, environment: ProcessInfo.processInfo.environment, setting: "bench --precision",
+            let (kernel, warning) = try BF16.resolve(bf16: p == .bf16, environment: ProcessInfo.processInfo.environment, setting: "bench --precision",
                                                      fallback: "bf16 not measured")
             if let warning {
                 KDLog.error(warning)

@@ -41,7 +41,7 @@ enum Job {
             KDLog.worldSize = comm.worldSize
             let local = Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "1") ?? 1
             configureThreads(threads > 0 ? threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1)))
-            let (kernel, warning) = try BF16.resolve(precision, environment: ProcessInfo.processInfo.environment)
+            let (kernel, warning) = try BF16.resolve(bf16: precision == .bf16, environment: ProcessInfo.processInfo.environment)
             if let warning { KDLog.info(warning) }
             try BF16.$kernel.withValue(kernel) { try body(comm) }
             comm.finalize()

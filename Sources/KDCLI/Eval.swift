@@ -73,7 +73,7 @@ struct Eval: ParsableCommand {
                     windowBOS = try? JSONDecoder().decode(PrepareSummary.self, from: d).bos
                 }
             }
-            let (kernel, warning) = try BF16.resolve(Precision(rawValue: precision)!, environment: ProcessInfo.processInfo.environment,
+            let (kernel, warning) = try BF16.resolve(bf16: Precision(rawValue: precision)! == .bf16, environment: ProcessInfo.processInfo.environment,
                                                      setting: "eval --precision")
             if let warning { KDLog.error(warning) }
             let r = BF16.$kernel.withValue(kernel) {

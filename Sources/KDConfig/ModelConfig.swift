@@ -1,13 +1,9 @@
 // The `model` section of a run config (the student's shape). Keys are snake_case, every field has a default,
 // unknown keys and out-of-range values fail while decoding.
+import KDCore
 
-/// `model.rope_style`: how RoPE pairs the channels of a head.
-public enum RopeStyle: String, ConfigVocabulary {
-    /// Hugging Face rotate_half: channel i with i + hs/2.
-    case half
-    /// GGUF (llama.cpp's original layout): channel 2i with 2i + 1.
-    case adjacent
-}
+/// `model.rope_style`: how RoPE pairs the channels of a head (the enum lives in KDCore, shared with the kernels).
+extension RopeStyle: ConfigVocabulary {}
 
 /// `model.family`: which decoder architecture the blocks follow (each family's pieces: `ModelFamily` in KDModel).
 public enum ModelFamilyName: String, ConfigVocabulary {

@@ -3,7 +3,6 @@
 // Dims: row-major as cblas_sgemm: op(A) [m, k] · op(B) [k, n] → C [m, n].
 import CBLAS
 import CKDKernels
-import KDConfig
 import KDCore
 
 /// The kernel of a bf16 matmul.
@@ -28,13 +27,14 @@ public enum BF16 {
     public static var label: String { label(kernel) }
     public static func label(_ kernel: BF16Kernel?) -> String { kernel.map { "bf16-\($0)" } ?? "f32" }
 
-    /// The kernel for a requested precision, and the warning to print when bf16 falls back to f32.
+    /// The kernel for a run that asks for bf16 matmuls (`bf16`; false = f32), and the warning to print when bf16 falls
+    /// back to f32.
     /// `DISTILL_BF16_KERNEL` (environment) picks it: unset or `avx512` = the AVX512-BF16 kernel where the CPU has it;
     /// `off` = f32 (forces the fallback); `rounded` / `emulated` = bf16's numbers on any CPU (checking, not speed).
     /// The warning names `setting` (where bf16 was asked for) and says `fallback` (what happens instead).
-    public static func resolve(_ precision: Precision, environment: [String: String], setting: String = "train.precision",
+    public static func resolve(bf16: Bool, environment: [String: String], setting: String = "train.precision",
                                fallback: String = "computing in f32") throws -> (kernel: BF16Kernel?, warning: String?) {
-        guard precision == .bf16 else { return (nil, nil) }
+        guard bf16 else { return (nil, nil) }
         let choice = environment["DISTILL_BF16_KERNEL"] ?? "avx512"
         switch choice {
         case "off":

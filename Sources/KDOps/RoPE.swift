@@ -3,7 +3,6 @@
 // `.half` rotates (x[i], x[i + hs/2]) — Hugging Face `rotate_half`.
 // Dims: n rows (= B·T), t sequence length, nh heads, hs head size; position of row r is pos0 + r % t.
 import Foundation
-import KDConfig
 import KDCore
 
 /// cos/sin of pos · θ^(−2i/hs) / factor_i for pos in 0..<maxT and i in 0..<hs/2, computed in Double. `freqFactors`

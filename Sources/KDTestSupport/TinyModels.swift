@@ -1,5 +1,6 @@
 // Tiny configurations shared by tests.
 import KDConfig
+import KDCore
 
 /// 2 layers, dim 32, 4 heads over 2 kv heads, ffn 48, vocab 64, sequences up to 16.
 public func tinyModelConfig(tied: Bool = true, ropeStyle: RopeStyle = .half) -> ModelConfig {

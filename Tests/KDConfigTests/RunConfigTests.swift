@@ -1,5 +1,6 @@
 // Decoding YAML literals: defaults, unknown keys with their path, invalid values with expected vs found.
 import KDConfig
+import KDCore
 import Foundation
 import Testing
 

@@ -11,7 +11,6 @@
 import CBLAS
 import CKDKernels
 import Foundation
-import KDConfig
 import KDCore
 import KDOps
 import KDTestSupport
@@ -124,18 +123,18 @@ func bf16GemmAppliesAlphaAndBetaInsideAWiderC(kernel: BF16Kernel) {
 }
 
 @Test func bf16PrecisionFallsBackToF32WithOneWarning() throws {
-    #expect(try BF16.resolve(.f32, environment: [:]) == (nil, nil))
-    let off = try BF16.resolve(.bf16, environment: ["DISTILL_BF16_KERNEL": "off"])
+    #expect(try BF16.resolve(bf16: false, environment: [:]) == (nil, nil))
+    let off = try BF16.resolve(bf16: true, environment: ["DISTILL_BF16_KERNEL": "off"])
     #expect(off.kernel == nil && off.warning == "warning: train.precision bf16: DISTILL_BF16_KERNEL=off, computing in f32")
-    let auto = try BF16.resolve(.bf16, environment: [:])
+    let auto = try BF16.resolve(bf16: true, environment: [:])
     if BF16.cpuHasAVX512BF16 {
         #expect(auto.kernel == .avx512 && auto.warning == nil)
     } else {
         #expect(auto.kernel == nil && auto.warning?.contains("needs a CPU with AVX512-BF16") == true)
     }
-    #expect(try BF16.resolve(.bf16, environment: ["DISTILL_BF16_KERNEL": "rounded"]).kernel == .rounded)
+    #expect(try BF16.resolve(bf16: true, environment: ["DISTILL_BF16_KERNEL": "rounded"]).kernel == .rounded)
     #expect(throws: KDError.invalidInput(what: "DISTILL_BF16_KERNEL", expected: "avx512, rounded, emulated or off", found: "'bf17'")) {
-        try BF16.resolve(.bf16, environment: ["DISTILL_BF16_KERNEL": "bf17"])
+        try BF16.resolve(bf16: true, environment: ["DISTILL_BF16_KERNEL": "bf17"])
     }
 }
 

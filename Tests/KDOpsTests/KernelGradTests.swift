@@ -1,7 +1,7 @@
 // Every kernel's backward against central finite differences of L = Σ out·dout (Double accumulation).
 // Tolerance: maxRelError (worst absolute error over the largest gradient entry) < 2e-3 with eps = 1e-2;
 // the truncation error of central differences is O(eps²·f''') ≈ 1e-4 here and Float rounding adds ~1e-5.
-import KDConfig
+import KDCore
 import KDOps
 import KDTestSupport
 import Testing

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cross-tokenizer comparison of the README: one random-init student with SmolLM2's tokenizer (Configs/cross/base.yaml)
+# The cross-tokenizer comparison of docs/results.md: one random-init student with SmolLM2's tokenizer (Configs/cross/base.yaml)
 # trained at equal steps and tokens with cross-entropy only, with SmolLM2 (same tokenizer, plain KL), with Gemma-3-270M
 # (another tokenizer) through `uld` and `gold`, and with both teachers together; each final checkpoint is scored on the
 # fortunes validation split and on a book it never saw, with SmolLM2 (the teacher that shares its tokens) beside it.

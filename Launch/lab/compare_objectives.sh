@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The objective comparison of the README: the same student, data, teacher and step budget (Configs/objectives/base.yaml)
+# The objective comparison of docs/results.md: the same student, data, teacher and step budget (Configs/objectives/base.yaml)
 # trained with each objective and on-policy mode on 2 ranks, every checkpoint evaluated against the teacher on the
 # held-out fortunes (validation NLL, KL(teacher‖student), top-1 agreement). Runs that already finished are reused.
 # Usage: Launch/lab/compare_objectives.sh [OBJECTIVE...]   (default: all; results in Checkpoints/objectives/)

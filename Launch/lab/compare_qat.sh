@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The QAT comparison of the README: the same student cut from SmolLM2-135M-Instruct (Configs/qat/base.yaml) trained
+# The QAT comparison of docs/results.md: the same student cut from SmolLM2-135M-Instruct (Configs/qat/base.yaml) trained
 # in full precision, with Q8_0 and Q4_0 fake quantization, and Q4_0 with learned scales; each exported to GGUF (the full-precision one after
 # training, in each type: post-training quantization) and evaluated against the teacher on held-out fortunes.
 # Runs that already finished are reused. Results in Checkpoints/qat/results.md.

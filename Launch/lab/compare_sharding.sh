@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sharding figures of the README, one run at a time on 2 ranks (release build): peak RSS of each rank and median
+# The sharding figures of docs/results.md, one run at a time on 2 ranks (release build): peak RSS of each rank and median
 # tokens/s (steps 2..4, rank 0's metrics.jsonl) for Configs/student-8x384.yaml and Configs/student-30x576.yaml with
 # optimizer.sharding none, states and gradients (4 steps each); then each rank's peak RSS with the SmolLM2 teacher replicated vs
 # pipelined (the quickstart's distillation, 4 steps). About 20 minutes on 2 cores. Results in Checkpoints/sharding/results.md.

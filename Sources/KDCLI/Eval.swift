@@ -6,6 +6,7 @@ import KDConfig
 import KDCore
 import KDData
 import KDFormats
+import KDLoss
 import KDModel
 import KDOps
 import KDQuant
@@ -174,29 +175,20 @@ func evaluate(_ model: Transformer, teacher: Transformer?, ids: [Int32], mask: [
         r.nll += ls.sum
         r.predicted += ls.count
         if let teacher {
-            var ql = [Float](repeating: 0, count: t * v), pl = ql
-            ql.withUnsafeMutableBufferPointer { model.logits(into: $0.baseAddress!) }
+            // the teacher's NLL from its own head; KL(teacher‖model) and top-1 agreement from the fused distillation
+            // head (the trainer's evaluator), chunked over rows: no [t × vocabulary] logits
             let t1 = monotonicSeconds()
             inp.withUnsafeBufferPointer { teacher.forward(tokens: $0.baseAddress!, b: 1, t: t) }
-            pl.withUnsafeMutableBufferPointer { teacher.logits(into: $0.baseAddress!) }
+            r.teacherNLL += tgt.withUnsafeBufferPointer { teacher.loss(targets: $0.baseAddress!) }.sum
             r.teacherSeconds += monotonicSeconds() - t1  // forward and LM head, as the student's forward and loss
-            for i in 0..<t where tgt[i] >= 0 {
-                let lp = logSoftmaxRow(Array(pl[(i * v)..<((i + 1) * v)])), lq = logSoftmaxRow(Array(ql[(i * v)..<((i + 1) * v)]))
-                var kl = 0.0
-                for j in 0..<v { kl += Foundation.exp(lp[j]) * (lp[j] - lq[j]) }
-                r.kl += kl
-                r.teacherNLL -= lp[Int(tgt[i])]
-                if lp.indices.max(by: { lp[$0] < lp[$1] }) == lq.indices.max(by: { lq[$0] < lq[$1] }) { r.agree += 1 }
-            }
+            let target = DistillTarget(teacherHead: teacher.lmHeadWeight, teacherHidden: teacher.finalHidden, divergence: .forwardKL,
+                                       temperature: 1, kdRatio: 1, t2Scale: false)
+            let d = tgt.withUnsafeBufferPointer { model.distillLoss(targets: $0.baseAddress!, target: target) }
+            r.kl += d.kdSum
+            r.agree += d.agree
         }
         start += body
         windows += 1
     }
     return r
-}
-
-func logSoftmaxRow(_ x: [Float]) -> [Double] {
-    let m = Double(x.max()!)
-    let lse = m + Foundation.log(x.reduce(0.0) { $0 + Foundation.exp(Double($1) - m) })
-    return x.map { Double($0) - lse }
 }

@@ -98,47 +98,14 @@ func uldRow(teacherProbs tp: UnsafeMutablePointer<Float>, u: Int, teacherRest: D
             work: UnsafeMutablePointer<Float>) -> Double {
     var sorted = UnsafeMutableBufferPointer(start: tp, count: u)
     sorted.sort(by: >)
-    // the student's u largest (a min-heap of (q, id), ties to the smaller id), then sorted largest first
+    // the student's u largest (ties to the smaller id), largest first; and the total of its included tokens
     let hv = work, hid = UnsafeMutableRawPointer(work + (u + 1)).assumingMemoryBound(to: Int32.self)
     let n = min(u, v - excludedCount)
-    var size = 0
-    @inline(__always) func less(_ a: Int, _ b: Int) -> Bool { hv[a] < hv[b] || (hv[a] == hv[b] && hid[a] > hid[b]) }
-    @inline(__always) func swap(_ a: Int, _ b: Int) { (hv[a], hv[b]) = (hv[b], hv[a]); (hid[a], hid[b]) = (hid[b], hid[a]) }
-    /// Restores the min-heap below i among the first `count` entries.
-    func siftDown(_ i0: Int, _ count: Int) {
-        var i = i0
-        while true {
-            let l = 2 * i + 1, r = l + 1
-            var m = i
-            if l < count, less(l, m) { m = l }
-            if r < count, less(r, m) { m = r }
-            if m == i { return }
-            swap(i, m); i = m
-        }
-    }
     var total = 0.0
-    if n > 0 {
-        for j in 0..<v where excluded?[j] ?? 0 == 0 {
-            let x = q[j]
-            total += Double(x)
-            if size < n {
-                hv[size] = x; hid[size] = Int32(j); size += 1
-                var i = size - 1
-                while i > 0, less(i, (i - 1) / 2) { swap(i, (i - 1) / 2); i = (i - 1) / 2 }
-            } else if x > hv[0] {
-                hv[0] = x; hid[0] = Int32(j)
-                siftDown(0, size)
-            }
-        }
-        // heap sort of a min-heap: the smallest goes last, the largest ends first
-        var end = size
-        while end > 1 {
-            swap(0, end - 1)
-            end -= 1
-            siftDown(0, end)
-        }
-    } else {
-        for j in 0..<v where excluded?[j] ?? 0 == 0 { total += Double(q[j]) }
+    _ = TopK.largest(n, of: v, values: hv, ids: hid) { j in
+        guard excluded?[j] ?? 0 == 0 else { return nil }
+        total += Double(q[j])
+        return q[j]
     }
     var value = 0.0, selected = 0.0
     for r in 0..<n {

@@ -18,44 +18,58 @@ public enum TopK {
     public static func select(lp: UnsafePointer<Float>, v: Int, k: Int, ids: UnsafeMutablePointer<Int32>,
                               logProbs: UnsafeMutablePointer<Float>) -> Float {
         precondition(k >= 1 && k <= v, "TopK.select: k must be in 1...\(v), got \(k)")
-        // a min-heap of the best k (value, id), ties broken by the smaller id
-        var heap: [(Float, Int32)] = []
-        heap.reserveCapacity(k)
-        func less(_ a: (Float, Int32), _ b: (Float, Int32)) -> Bool { a.0 < b.0 || (a.0 == b.0 && a.1 > b.1) }
-        func siftDown(_ i0: Int) {
+        _ = largest(k, of: v, values: logProbs, ids: ids) { lp[$0] }
+        // the tail summed directly (no 1 − Σ cancellation) over what ranks below the k-th kept entry: exactly empty
+        // when k = v
+        let minV = logProbs[k - 1], minID = Int(ids[k - 1])
+        var tail = 0.0
+        for j in 0..<v where lp[j] < minV || (lp[j] == minV && j > minID) { tail += exp(Double(lp[j])) }
+        return tail > 0 ? Float(log(tail)) : -Float.infinity
+    }
+
+    /// The `k` largest of the candidates 0..<count (`value(j)`; nil skips j), largest first, ties to the smaller
+    /// index: a min-heap of the best so far, then heap-sorted in place. Every candidate's `value` is asked for, once,
+    /// in order (callers sum alongside). Returns how many were kept (≤ k).
+    /// - Shapes: values, ids [k]
+    @inline(__always)
+    static func largest(_ k: Int, of count: Int, values hv: UnsafeMutablePointer<Float>, ids hid: UnsafeMutablePointer<Int32>,
+                        _ value: (Int) -> Float?) -> Int {
+        // (value, id) a precedes b in the heap's order when smaller, or equal with a larger id
+        @inline(__always) func less(_ a: Int, _ b: Int) -> Bool { hv[a] < hv[b] || (hv[a] == hv[b] && hid[a] > hid[b]) }
+        @inline(__always) func swap(_ a: Int, _ b: Int) { (hv[a], hv[b]) = (hv[b], hv[a]); (hid[a], hid[b]) = (hid[b], hid[a]) }
+        func siftDown(_ i0: Int, _ n: Int) {
             var i = i0
             while true {
                 let l = 2 * i + 1, r = l + 1
                 var m = i
-                if l < heap.count, less(heap[l], heap[m]) { m = l }
-                if r < heap.count, less(heap[r], heap[m]) { m = r }
+                if l < n, less(l, m) { m = l }
+                if r < n, less(r, m) { m = r }
                 if m == i { return }
-                heap.swapAt(i, m)
-                i = m
+                swap(i, m); i = m
             }
         }
-        for j in 0..<v {
-            let e = (lp[j], Int32(j))
-            if heap.count < k {
-                heap.append(e)
-                var i = heap.count - 1
-                while i > 0, less(heap[i], heap[(i - 1) / 2]) { heap.swapAt(i, (i - 1) / 2); i = (i - 1) / 2 }
-            } else if less(heap[0], e) {
-                heap[0] = e
-                siftDown(0)
+        var size = 0
+        for j in 0..<count {
+            guard let x = value(j) else { continue }
+            if k == 0 { continue }  // nothing to keep; every candidate is still visited
+            if size < k {
+                hv[size] = x; hid[size] = Int32(j); size += 1
+                var i = size - 1
+                while i > 0, less(i, (i - 1) / 2) { swap(i, (i - 1) / 2); i = (i - 1) / 2 }
+            } else if x > hv[0] {
+                // a later candidate of equal value has a larger id: it does not displace the kept one
+                hv[0] = x; hid[0] = Int32(j)
+                siftDown(0, size)
             }
         }
-        heap.sort { less($1, $0) }
-        var kept = [Bool](repeating: false, count: v)
-        for (i, e) in heap.enumerated() {
-            ids[i] = e.1
-            logProbs[i] = e.0
-            kept[Int(e.1)] = true
+        // heap sort of a min-heap: the smallest goes last, the largest ends first
+        var end = size
+        while end > 1 {
+            swap(0, end - 1)
+            end -= 1
+            siftDown(0, end)
         }
-        // the tail summed directly (no 1 − Σ cancellation): exactly empty when k = v
-        var tail = 0.0
-        for j in 0..<v where !kept[j] { tail += exp(Double(lp[j])) }
-        return tail > 0 ? Float(log(tail)) : -Float.infinity
+        return size
     }
 }
 
@@ -86,7 +100,8 @@ public func divergenceRowTopK(
     let value = bucketDivergence(d, lp: bp, lq: bq, n: k + 1)
     guard let g = grad else { return value }
     // ∂D/∂q over buckets; a tail token moves q_tail one for one, so it shares the tail's derivative
-    let a = bucketGradient(d, lp: bp, lq: bq, n: k + 1)
+    let a = bp
+    bucketGradient(d, lp: bp, lq: bq, n: k + 1, into: a)   // in place over bp: each bucket reads only its own entries
     for j in 0..<v { g[j] = a[k] }
     for i in 0..<k { g[Int(ids[i])] = a[i] }
     var sqa = 0.0
@@ -127,12 +142,13 @@ func bucketDivergence(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePoint
     return value
 }
 
-/// ∂D/∂q_b for each bucket (the same per-element derivatives as the dense kernels).
-func bucketGradient(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePointer<Float>, n: Int) -> [Float] {
+/// ∂D/∂q_b for each bucket into `out` (the same per-element derivatives as the dense kernels); `out` may be `lp`.
+func bucketGradient(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>) {
     var kind = d
     if case .jsd(let b) = d { if b <= 0 { kind = .forwardKL } else if b >= 1 { kind = .reverseKL } }
-    return (0..<n).map { i in
+    for i in 0..<n {
         let p = exp(lp[i]), q = exp(lq[i])
+        out[i] = {
         switch kind {
         case .forwardKL: return q > 0 ? -p / q : 0
         case .reverseKL: return q > 0 ? lq[i] - lp[i] + 1 : 0
@@ -142,6 +158,7 @@ func bucketGradient(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePointer
         case .tvd: return q > p ? 0.5 : (q < p ? -0.5 : 0)
         case .mixedKL(let a): return q > 0 ? a * (-p / q) + (1 - a) * (lq[i] - lp[i] + 1) : 0
         }
+        }()
     }
 }
 

@@ -16,14 +16,13 @@ struct Export: ParsableCommand {
         abstract: "Export a trained student (a checkpoint folder) as GGUF (llama.cpp, Ollama) or as a Hugging Face safetensors folder.")
 
     @Argument(help: "A checkpoint folder (or any Hugging Face folder).") var checkpoint: String
-    @Option(help: "gguf or safetensors.") var format: String
+    @Option(help: "gguf or safetensors.") var format: ExportFormat
     @Option(help: "f32, f16, q8_0, q4_0 or q4_1 (GGUF; default: the QAT scheme the student trained with, else f16). For safetensors the weights are stored F32, after the round trip through the type when one is given.") var quant: String?
     @Option(help: "Output file (gguf) or folder (safetensors); replaced only when complete.") var out: String
     @Option(help: "Type of the token embedding and LM head (default: --quant, or f32 for a QAT student that kept them in full precision — exactly what it trained with).") var embeddingQuant: String?
     @Option(help: "A GGUF file whose tokenizer and chat template to copy (default: the checkpoint's GGUF teacher).") var tokenizerFrom: String?
 
     func validate() throws {
-        guard ["gguf", "safetensors"].contains(format) else { throw ValidationError("--format: expected gguf or safetensors, found '\(format)'") }
         for (flag, v) in [("--quant", quant), ("--embedding-quant", embeddingQuant)] {
             if let v, exportTypes[v] == nil { throw ValidationError("\(flag): expected one of f32, f16, q8_0, q4_0, q4_1, found '\(v)'") }
         }
@@ -43,7 +42,7 @@ struct Export: ParsableCommand {
             let qat = try checkpointQAT(dir: checkpoint)
             let scheme = qat.flatMap { FakeQuantScheme($0.scheme) }
             let trained = scheme?.ggmlType
-            let typeName = quant ?? trained.map { "\($0)".lowercased() } ?? (format == "gguf" ? "f16" : "f32")
+            let typeName = quant ?? trained.map { "\($0)".lowercased() } ?? (format == .gguf ? "f16" : "f32")
             guard let type = exportTypes[typeName] else { throw ValidationError("--quant: unknown type \(typeName)") }
             // learned or frozen scales: the weights are quantized with those, not with the absmax of each block
             let scales = try qat.flatMap { try loadQATScales(dir: checkpoint, model: model, qat: $0) }
@@ -63,7 +62,7 @@ struct Export: ParsableCommand {
             }
             let tableType = embeddingQuant.flatMap { exportTypes[$0] } ?? (qat != nil && !(qat!.embeddings) ? .f32 : type)
             let withScales = trained != nil && trained == type ? scales : nil
-            if format == "gguf" {
+            if format == .gguf {
                 try exportGGUF(model, type: type, tableType: tableType, scales: withScales)
             } else if let withScales {
                 model.writeFakeQuantized(scales: withScales, master: model.params.base, mask: nil)
@@ -130,4 +129,12 @@ struct Export: ParsableCommand {
         }
         KDLog.info("exported \(checkpoint) → \(out) (Hugging Face safetensors folder, F32\(applyQuant && type != .f32 ? " after the \(type) round trip" : ""))")
     }
+}
+
+/// `distill export --format`: what the student is written as.
+enum ExportFormat: String, ExpressibleByArgument, CaseIterable {
+    /// One file llama.cpp and Ollama load.
+    case gguf
+    /// A Hugging Face folder.
+    case safetensors
 }

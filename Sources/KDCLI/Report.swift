@@ -4,6 +4,7 @@
 import ArgumentParser
 import Foundation
 import KDCore
+import KDTrain
 
 struct Report: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -65,12 +66,16 @@ struct RunRecords {
         name = ((dir as NSString).standardizingPath as NSString).lastPathComponent
         let path = (dir as NSString).appendingPathComponent("metrics.jsonl")
         for (i, obj) in try RunRecords.jsonLines(path).enumerated() {
-            guard let step = obj["step"] as? Int, let kind = obj["kind"] as? String else {
-                throw KDError.invalidInput(what: "\(path) line \(i + 1)", expected: "\"step\" and \"kind\" fields", found: "\(obj.keys.sorted())")
+            guard let step = obj["step"] as? Int, let kind = (obj["kind"] as? String).flatMap(MetricKind.init(rawValue:)) else {
+                throw KDError.invalidInput(what: "\(path) line \(i + 1)", expected: "\"step\" and \"kind\" (\(MetricKind.allCases.map(\.rawValue).joined(separator: " or "))) fields",
+                                           found: "\(obj.keys.sorted())")
             }
             var values: [String: Double] = [:]
             for (k, v) in obj where k != "step" && k != "kind" && k != "time" { if let d = v as? Double { values[k] = d } }
-            if kind == "eval" { eval.append((step, values)) } else { train.append((step, values)) }
+            switch kind {
+            case .eval: eval.append((step, values))
+            case .train: train.append((step, values))
+            }
         }
         let ev = (dir as NSString).appendingPathComponent("evaluation.jsonl")
         if FileManager.default.fileExists(atPath: ev) { evaluations = try RunRecords.jsonLines(ev) }

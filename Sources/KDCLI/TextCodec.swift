@@ -32,11 +32,3 @@ func printJSON(_ obj: Any) throws {
     let d = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
     print(String(decoding: d, as: UTF8.self))
 }
-
-/// A tokenizer alone (no weights loaded).
-func loadTokenizer(_ path: String) throws -> BPETokenizer {
-    var isDir: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
-    if isDir.boolValue { return try BPETokenizer(hfTokenizerJSON: (path as NSString).appendingPathComponent(HFFolder.tokenizer)) }
-    return try BPETokenizer(gguf: GGUFFile(path: path))
-}

@@ -24,7 +24,7 @@ struct Train: ParsableCommand {
     @Option(parsing: .singleValue, help: "Override data.train (repeatable).") var data: [String] = []
     @Option(help: "Bytes to generate from the trained model at the end (0 = none).") var sampleTokens = 200
     @Flag(help: "Validate the config and print it, without training.") var dryRun = false
-    @Option(help: "'auto' (newest checkpoint that verifies, else start fresh), 'none', or a checkpoint folder.") var resume = "none"
+    @Option(help: "'auto' (newest checkpoint that verifies, else start fresh), 'none', or a checkpoint folder.") var resume = ResumeChoice.none
     @Option(help: "Override checkpoint.dir.") var checkpointDir: String?
     @Option(help: "Stop after this many steps in this invocation (the run can be resumed).") var stopAfter: Int?
     @Flag(help: "Resume even if the checkpoint was made with other teacher files.") var allowTeacherChange = false
@@ -67,88 +67,14 @@ struct Train: ParsableCommand {
         } catch { throw fail(error) }
         try Job.run(threads: c.train.threads, precision: c.train.precision) { comm in
             StopSignal.install(grace: UInt32(ProcessInfo.processInfo.environment["DISTILL_STOP_GRACE"].flatMap(Int.init) ?? 600))
-            let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
-            let sources = c.teacher?.sources ?? []
-            let loaded = try openTeachers(sources.map(\.path), studentVocab: c.model.vocabSize, maxSeqLen: c.train.seqLen,
-                                          dataTokenizer: corpus.tokenizerHash, crossTokenizer: c.distill.crossTokenizer)
-            var manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
-            var cache: TeacherCache?
-            if let dir = c.teacher?.cache, !dir.isEmpty {
-                cache = try TeacherCache(dir: dir)
-                manifest = [try TeacherManifestEntry(path: (dir as NSString).appendingPathComponent("cache.json"))]
-            }
-            // student.init from_teacher: cut from student.teacher, else from the (first) teacher
-            var cutFrom: LoadedModel?
-            if c.student.initFrom == .fromTeacher, !c.student.teacher.isEmpty {
-                cutFrom = try openModel(path: c.student.teacher, maxSeqLen: c.train.seqLen)
-            }
-            // teachers with another tokenizer (distill.cross_tokenizer) are aligned one by one; the others must agree
-            let cross = try crossTokenizerPairs(c, corpus: corpus, loaded: loaded, others: cutFrom.map { [$0] } ?? [])
-            try checkTeachersAgree(loaded, paths: sources.map(\.path), cross: Set(cross.pairs.keys))
-            let trainer = try Trainer(config: c, corpus: corpus, comm: comm, teachers: loaded.map(\.model), teacherManifest: manifest,
-                                      teacherCache: cache, initFrom: cutFrom?.model, crossTokenizers: cross.pairs)
-            if c.student.initFrom == .fromTeacher, let src = cutFrom?.model ?? loaded.first?.model {
-                KDLog.info("  student cut from \(c.student.teacher.isEmpty ? sources[0].path : c.student.teacher): blocks \(trainer.cut.blocks) of \(src.config.layers)"
-                            + (trainer.cut.channels.map { ", \($0.count) of \(src.config.dim) residual channels (largest mean |normalized activation|)" } ?? ""))
-            }
-            if c.qat.enabled {
-                KDLog.info("  QAT     weights \(c.qat.scheme)\(c.qat.embeddings ? " (embedding and head too)" : ""), activations \(c.qat.activations), from step \(c.qat.startStep)")
-            }
-            trainer.checkpointing.allowTeacherChange = allowTeacherChange
-            // the student speaks the teacher's tokens: its checkpoints carry the tokenizer (generate and eval --text work)
-            // (not a SentencePiece vocabulary: tokenizer.json would need merges GGUF does not store; eval and generate of
-            // such a checkpoint take the teacher's tokenizer with --teacher, and GGUF exports carry it)
-            if let tok = ((loaded + (cutFrom.map { [$0] } ?? [])).compactMap(\.tokenizer) + (cross.student.map { [$0] } ?? []))
-                .first(where: { $0.hash == corpus.tokenizerHash }),
-               tok.sentencePiece == nil {
-                trainer.checkpointing.extraFiles[CheckpointFile.tokenizer] = try tok.hfTokenizerJSON()
-            }
+            let setup = try RunSetup.open(c)
+            let trainer = try setup.makeTrainer(comm: comm, allowTeacherChange: allowTeacherChange)
             try resumeIfAsked(trainer, comm: comm)
             if comm.rank == 0 { trainer.metrics = try MetricsLog(dir: c.checkpoint.dir, resumedStep: trainer.step) }
-            let m = c.model
-            KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s"), OpenBLAS \(BLASCore.current) kernels"
-                        + (BF16.kernel.map { ", bf16 matmuls (\($0) kernel)" } ?? ""))
-            KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
-                       + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))
-            for (i, t) in loaded.enumerated() {
-                let tm = t.model.config, w = loaded.count > 1 ? String(format: ", weight %g", sources[i].weight) : ""
-                KDLog.info("  teacher \(sources[i].path) (\(t.kind)): \(tm.layers) layers, dim \(tm.dim)\(w)")
-            }
-            if let tc = c.teacher, let placement = trainer.placement {
-                KDLog.info("  teacher \(placement.summary)")
-                KDLog.info("  objective \(c.distill.divergence), kd_ratio \(c.distill.kdRatio), T \(c.distill.temperature)\(loaded.count > 1 ? ", teachers combined by \(tc.combine)" : "")")
-                KDLog.info("  exchange \(tc.exchange)\(tc.exchange == .topk ? " (k = \(tc.topK))" : ""): \(placement.bytesPerToken) B/token to the student's rank")
-            }
-            KDLog.info("  data    \(corpus.files.count) files, \(corpus.train.count) train / \(corpus.validation.count) validation tokens")
-            KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")
+            printHeader(setup, trainer, comm: comm)
             if trainer.step == 0 { try trainer.evaluateAndLog() }
             let history = try trainer.run(checkpoints: true, stopAfter: stopAfter)
-            if !trainer.crossTeachers.isEmpty, !history.isEmpty {
-                // every position is aligned once per teacher of another tokenizer, on whichever rank runs it
-                var v = trainer.alignment.values
-                try comm.allReduceSum(&v)
-                let a = AlignmentStats(values: v), steps = Double(history.count), step = median(history.map(\.seconds))
-                let perStep = a.seconds / Double(comm.worldSize) / steps
-                KDLog.info(String(format: "cross-tokenizer: %.1f%% of loss positions aligned, %.1f%% matched (same next token); "
-                                  + "%.2f teacher tokens per student token; aligning %.1f ms per step per rank (%.2f%% of a %.2f s step)",
-                                  100 * a.alignedShare, 100 * a.matchedShare, Double(a.teacherTokens) / Double(max(a.studentTokens, 1)),
-                                  1000 * perStep, 100 * perStep / max(step, 1e-9), step))
-            }
-            if comm.worldSize > 1 {
-                // every rank's high-water mark of the training (sharded state and the teacher placement change it per
-                // rank), before the all-reduce measurement below allocates a copy of the gradient
-                var mine = Double(ProcessMemory.peakRSSBytes()) / 1048576
-                var all = [Double](repeating: 0, count: comm.worldSize)
-                try withUnsafeBytes(of: &mine) { m in try all.withUnsafeMutableBytes { try comm.allGather(m.baseAddress!, bytes: 8, into: $0.baseAddress!) } }
-                KDLog.info("peak RSS per rank (training): " + all.map { String(format: "%.0f", $0) }.joined(separator: " / ") + " MiB")
-            }
-            if comm.worldSize > 1, history.count > 1 {
-                let blocking = try trainer.sync.measureBlockingAllReduce()
-                let exposed = median(history.dropFirst().map(\.exposedCommSeconds))
-                KDLog.info(String(format: "gradient all-reduce: %.1f MiB, %.1f ms blocking; %.1f ms per step left after backward (incl. waiting for the slower rank) → %.0f%% hidden",
-                                  Double(trainer.model.layout.count * 4) / 1048576, blocking * 1000, exposed * 1000,
-                                  blocking > 0 ? max(0, 100 * (1 - exposed / blocking)) : 0))
-            }
+            try printAfterTraining(trainer, history, comm: comm)
             if trainer.step < c.train.steps {
                 KDLog.info("stopped after step \(trainer.step) of \(c.train.steps); continue with --resume auto")
                 return
@@ -157,33 +83,114 @@ struct Train: ParsableCommand {
                 KDLog.info(String(format: "val loss %.4f | val ppl %.2f | peak RSS %.0f MiB", v, Foundation.exp(v),
                                   Double(ProcessMemory.peakRSSBytes()) / 1048576))
             }
-            if sampleTokens > 0, comm.rank == 0, m.vocabSize == 256 {
+            if sampleTokens > 0, comm.rank == 0, c.model.vocabSize == 256 {
                 let tok = ByteTokenizer()
                 let out = trainer.model.generate(
-                    prompt: tok.encode("\n"), maxNewTokens: min(sampleTokens, m.maxSeqLen - 1),
+                    prompt: tok.encode("\n"), maxNewTokens: min(sampleTokens, c.model.maxSeqLen - 1),
                     sampler: Sampler(temperature: 0.8, topK: 40), rng: CounterRNG(seed: c.train.seed, purpose: .sampling))
                 KDLog.info("sample (temperature 0.8, top-k 40):\n" + tok.decode(out))
             }
         }
     }
 
+    /// What the run is: ranks, kernels, the student, its teachers and where they run, the objective, data and batch.
+    func printHeader(_ setup: RunSetup, _ trainer: Trainer, comm: any Communicator) {
+        let c = trainer.config, m = c.model, sources = c.teacher?.sources ?? []
+        if let (path, src) = setup.cutSource {
+            KDLog.info("  student cut from \(path): blocks \(trainer.cut.blocks) of \(src.config.layers)"
+                        + (trainer.cut.channels.map { ", \($0.count) of \(src.config.dim) residual channels (largest mean |normalized activation|)" } ?? ""))
+        }
+        if c.qat.enabled {
+            KDLog.info("  QAT     weights \(c.qat.scheme)\(c.qat.embeddings ? " (embedding and head too)" : ""), activations \(c.qat.activations), from step \(c.qat.startStep)")
+        }
+        KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s"), OpenBLAS \(BLASCore.current) kernels"
+                    + (BF16.kernel.map { ", bf16 matmuls (\($0) kernel)" } ?? ""))
+        KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
+                   + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))
+        for (i, t) in setup.teachers.enumerated() {
+            let tm = t.model.config, w = setup.teachers.count > 1 ? String(format: ", weight %g", sources[i].weight) : ""
+            KDLog.info("  teacher \(sources[i].path) (\(t.kind)): \(tm.layers) layers, dim \(tm.dim)\(w)")
+        }
+        if let tc = c.teacher, let placement = trainer.placement {
+            KDLog.info("  teacher \(placement.summary)")
+            KDLog.info("  objective \(c.distill.divergence), kd_ratio \(c.distill.kdRatio), T \(c.distill.temperature)"
+                       + (setup.teachers.count > 1 ? ", teachers combined by \(tc.combine)" : ""))
+            KDLog.info("  exchange \(tc.exchange)\(tc.exchange == .topk ? " (k = \(tc.topK))" : ""): \(placement.bytesPerToken) B/token to the student's rank")
+        }
+        KDLog.info("  data    \(setup.corpus.files.count) files, \(setup.corpus.train.count) train / \(setup.corpus.validation.count) validation tokens")
+        KDLog.info("  batch   \(c.train.microBatch) × \(c.train.seqLen) tokens × \(c.train.gradAccum) accumulation; \(c.train.steps) steps")
+    }
+
+    /// What the run measured: cross-tokenizer alignment, every rank's peak memory, how much of the exchange was hidden.
+    /// Collective.
+    func printAfterTraining(_ trainer: Trainer, _ history: [StepStats], comm: any Communicator) throws {
+        if !trainer.crossTeachers.isEmpty, !history.isEmpty {
+            // every position is aligned once per teacher of another tokenizer, on whichever rank runs it
+            var v = trainer.alignment.values
+            try comm.allReduceSum(&v)
+            let a = AlignmentStats(values: v), steps = Double(history.count), step = median(history.map(\.seconds))
+            let perStep = a.seconds / Double(comm.worldSize) / steps
+            KDLog.info(String(format: "cross-tokenizer: %.1f%% of loss positions aligned, %.1f%% matched (same next token); "
+                              + "%.2f teacher tokens per student token; aligning %.1f ms per step per rank (%.2f%% of a %.2f s step)",
+                              100 * a.alignedShare, 100 * a.matchedShare, Double(a.teacherTokens) / Double(max(a.studentTokens, 1)),
+                              1000 * perStep, 100 * perStep / max(step, 1e-9), step))
+        }
+        guard comm.worldSize > 1 else { return }
+        // every rank's high-water mark of the training (sharded state and the teacher placement change it per rank),
+        // before the all-reduce measurement below allocates a copy of the gradient
+        let all = try comm.allGather(Double(ProcessMemory.peakRSSBytes()) / 1048576)
+        KDLog.info("peak RSS per rank (training): " + all.map { String(format: "%.0f", $0) }.joined(separator: " / ") + " MiB")
+        guard history.count > 1 else { return }
+        let blocking = try trainer.sync.measureBlockingAllReduce()
+        let exposed = median(history.dropFirst().map(\.exposedCommSeconds))
+        KDLog.info(String(format: "gradient all-reduce: %.1f MiB, %.1f ms blocking; %.1f ms per step left after backward (incl. waiting for the slower rank) → %.0f%% hidden",
+                          Double(trainer.model.layout.count * 4) / 1048576, blocking * 1000, exposed * 1000,
+                          blocking > 0 ? max(0, 100 * (1 - exposed / blocking)) : 0))
+    }
+
     /// `--resume`: rank 0 picks the checkpoint (skipping torn ones), every rank receives it.
     func resumeIfAsked(_ trainer: Trainer, comm: any Communicator) throws {
-        guard resume != "none" else { return }
         var chosen = [UInt8]()
         if comm.rank == 0 {
-            if resume == "auto" {
+            switch resume {
+            case .none:
+                break
+            case .auto:
                 if let (dir, _) = trainer.checkpointStore.newestValid(report: { KDLog.info("resume: \($0)") }) {
                     chosen = Array(dir.utf8)
                 } else {
                     KDLog.info("resume: no checkpoint in \(trainer.config.checkpoint.dir); starting fresh")
                 }
-            } else {
-                _ = try CheckpointStore.verify(dir: resume)
-                chosen = Array(resume.utf8)
+            case .folder(let dir):
+                _ = try CheckpointStore.verify(dir: dir)
+                chosen = Array(dir.utf8)
             }
         }
+        guard resume != .none else { return }
         try comm.broadcast(&chosen, root: 0)
         if !chosen.isEmpty { try trainer.resume(from: String(decoding: chosen, as: UTF8.self)) }
+    }
+}
+
+/// `--resume`: the newest checkpoint that verifies, none, or a checkpoint folder.
+enum ResumeChoice: ExpressibleByArgument, Equatable {
+    case auto, none
+    case folder(String)
+
+    init?(argument: String) {
+        switch argument {
+        case "auto": self = .auto
+        case "none": self = .none
+        case "": return nil
+        default: self = .folder(argument)
+        }
+    }
+
+    var defaultValueDescription: String {
+        switch self {
+        case .auto: return "auto"
+        case .none: return "none"
+        case .folder(let d): return d
+        }
     }
 }

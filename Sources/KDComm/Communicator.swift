@@ -59,6 +59,13 @@ extension Communicator {
     public func reduceScatterSum(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) throws {
         try startReduceScatterSum(buffer, counts: counts).wait()
     }
+    /// Every rank's `value`, in rank order.
+    public func allGather(_ value: Double) throws -> [Double] {
+        var mine = value
+        var all = [Double](repeating: 0, count: worldSize)
+        try withUnsafeBytes(of: &mine) { m in try all.withUnsafeMutableBytes { try allGather(m.baseAddress!, bytes: 8, into: $0.baseAddress!) } }
+        return all
+    }
     public func broadcast(_ values: inout [Double], root: Int) throws {
         try values.withUnsafeMutableBytes { try broadcast($0.baseAddress!, bytes: $0.count, root: root) }
     }

@@ -41,8 +41,6 @@ public enum KDLog {
 public enum ProcessMemory {
     /// Peak resident set size in bytes (VmHWM), or 0 where /proc is unavailable.
     public static func peakRSSBytes() -> Int { readStatusKB("VmHWM:") * 1024 }
-    /// Current resident set size in bytes (VmRSS).
-    public static func currentRSSBytes() -> Int { readStatusKB("VmRSS:") * 1024 }
 
     /// Resets the peak RSS to the current RSS (writes 5 to /proc/self/clear_refs), so peaks can be measured per phase.
     @discardableResult

@@ -17,25 +17,32 @@ public enum PreTokenizer: String, Sendable, CaseIterable {
     /// Qwen2: as Llama 3 with single digits.
     case qwen2
 
-    /// The rule for a `tokenizer.ggml.pre` value; unknown and missing values use GPT-2's (llama.cpp's default).
-    public init(ggml name: String?) {
+    /// The rule for a `tokenizer.ggml.pre` value: a missing value or llama.cpp's `default` is GPT-2's rule (as
+    /// llama.cpp reads it); a name whose split rule this tokenizer does not implement is refused, not guessed (its
+    /// words would differ from the teacher's, and so would every token id).
+    public init(ggml name: String?) throws {
         switch name {
+        case nil, "default", "gpt-2", "gpt2": self = .gpt2
         case "smollm": self = .smollm
         case "llama-bpe", "llama3", "llama-v3": self = .llamaBPE
         case "qwen2": self = .qwen2
-        default: self = .gpt2
+        case let other?: throw TokenizerError.unsupportedPreTokenizer(other)
         }
     }
 }
 
 public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     case unsupportedModel(String)
+    case unsupportedPreTokenizer(String)
     case missing(String)
     case badMerge(String)
 
     public var description: String {
         switch self {
         case .unsupportedModel(let m): return "tokenizer model '\(m)' is not supported (supported: gpt2 byte-level BPE, llama SentencePiece)"
+        case .unsupportedPreTokenizer(let p):
+            return "tokenizer pre-tokenizer '\(p)' is not supported (supported: default/gpt-2, smollm, llama-bpe, qwen2): its words, and so its "
+                + "token ids, would differ from the model's"
         case .missing(let what): return "tokenizer: \(what) is missing"
         case .badMerge(let m): return "tokenizer: merge '\(m)' is not two tokens of the vocabulary"
         }
@@ -343,7 +350,7 @@ extension BPETokenizer {
         guard let merges = f.metadata["tokenizer.ggml.merges"]?.array?.compactMap(\.string) else { throw TokenizerError.missing("tokenizer.ggml.merges") }
         let types = f.metadata["tokenizer.ggml.token_type"]?.array?.compactMap(\.int) ?? []
         let special = types.enumerated().filter { $0.element == 3 || $0.element == 4 }.map { Int32($0.offset) }
-        try self.init(tokens: toks, merges: merges, special: special, pre: PreTokenizer(ggml: f.metadata["tokenizer.ggml.pre"]?.string),
+        try self.init(tokens: toks, merges: merges, special: special, pre: try PreTokenizer(ggml: f.metadata["tokenizer.ggml.pre"]?.string),
                       bos: f.metadata["tokenizer.ggml.bos_token_id"]?.int.map(Int32.init),
                       eos: f.metadata["tokenizer.ggml.eos_token_id"]?.int.map(Int32.init),
                       addBOS: f.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false)
@@ -399,4 +406,12 @@ extension BPETokenizer {
     public static func chatML(user: String, system: String = "You are a helpful AI assistant named SmolLM, trained by Hugging Face") -> String {
         "<|im_start|>system\n\(system)<|im_end|>\n<|im_start|>user\n\(user)<|im_end|>\n<|im_start|>assistant\n"
     }
+}
+
+/// A tokenizer alone (no weights loaded): a GGUF file's, or a folder's tokenizer.json.
+public func loadTokenizer(_ path: String) throws -> BPETokenizer {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
+    if isDir.boolValue { return try BPETokenizer(hfTokenizerJSON: (path as NSString).appendingPathComponent(HFFolder.tokenizer)) }
+    return try BPETokenizer(gguf: GGUFFile(path: path))
 }

@@ -232,6 +232,9 @@ extension BPETokenizer {
             return nil
         }
         let preJSON = String(decoding: (try? JSONSerialization.data(withJSONObject: j["pre_tokenizer"] ?? [:])) ?? Data(), as: UTF8.self)
+        // the four byte-level rules this tokenizer implements, told apart by what their pre-tokenizer holds; anything
+        // else (no ByteLevel step: a Metaspace or Whitespace split) is refused rather than guessed
+        guard preJSON.contains("\"ByteLevel\"") else { throw TokenizerError.unsupportedPreTokenizer(preJSON.count > 200 ? String(preJSON.prefix(200)) + "…" : preJSON) }
         let pre: PreTokenizer = preJSON.contains("\"individual_digits\":true") ? .smollm
             : preJSON.contains("{1,3}") ? .llamaBPE : preJSON.contains("Split") ? .qwen2 : .gpt2
         let eos = special.first { ["<|endoftext|>", "</s>", "<|im_end|>", "<|end_of_text|>"].contains(tokens[Int($0)]) }

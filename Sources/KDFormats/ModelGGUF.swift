@@ -11,9 +11,6 @@ import KDQuant
 /// Architectures `distill` can run from GGUF.
 public var supportedGGUFArchitectures: [String] { ModelFamily.ggufArchitectures }
 
-/// GGUF tensor name of a Hugging Face-style layout name in a llama file.
-func ggufName(_ hf: String) -> String { ModelFamily.llama.ggufName(hf) }
-
 /// The model shape a GGUF file describes; `maxSeqLen` caps the context (default: the file's, at most 4096).
 public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> ModelConfig {
     let arch = try f.required("general.architecture").string ?? "?"

@@ -15,13 +15,6 @@ extension Transformer {
         }
     }
 
-    /// The student shape that keeps `layers` of this model's blocks (everything else as the teacher).
-    public func prunedConfig(keeping layers: [Int]) -> ModelConfig {
-        var m = config
-        m.layers = layers.count
-        return m
-    }
-
     /// Mean |activation| of every FFN hidden channel (silu(gate)·up, what the down projection reads) of every block
     /// over the tokens given: the importance width pruning ranks channels by (Minitron). Inference models only.
     /// - Shapes: tokens [b, t] · result [layers][ffnDim]

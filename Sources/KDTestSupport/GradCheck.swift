@@ -44,10 +44,3 @@ public func maxRelError(_ a: [Float], _ b: [Float]) -> Float {
     for i in 0..<a.count { worst = max(worst, abs(a[i] - b[i])) }
     return worst / scale
 }
-
-/// Runs `body` with a mutable copy of `a` as a pointer and returns the (possibly modified) copy.
-public func withBuffer(_ a: [Float], _ body: (UnsafeMutablePointer<Float>) -> Void) -> [Float] {
-    var c = a
-    c.withUnsafeMutableBufferPointer { body($0.baseAddress!) }
-    return c
-}

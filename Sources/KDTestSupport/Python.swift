@@ -41,9 +41,6 @@ public func runProcess(_ executable: URL, _ args: [String], in dir: URL? = nil, 
     return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
 }
 
-/// Every byte until end of file, retrying reads a signal interrupted.
-public func readToEndForTest(_ fd: Int32) -> Data { readToEnd(fd) }
-
 func readToEnd(_ fd: Int32) -> Data {
     var out = Data(), buf = [UInt8](repeating: 0, count: 1 << 16)
     while true {

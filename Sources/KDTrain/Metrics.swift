@@ -3,14 +3,21 @@
 import Foundation
 import KDCore
 
+/// What a metrics record is about (its `kind` field in metrics.jsonl, its TensorBoard tag prefix).
+public enum MetricKind: String, Sendable, CaseIterable {
+    /// One optimizer step.
+    case train
+    /// A validation pass.
+    case eval
+}
+
 /// One record of the metrics log: a step number, what kind of record it is, named values.
 public struct MetricRecord: Sendable, Equatable {
     public var step: Int
-    /// "train" (one optimizer step) or "eval" (a validation pass).
-    public var kind: String
+    public var kind: MetricKind
     public var values: [(String, Double)]
 
-    public init(step: Int, kind: String, values: [(String, Double)]) { self.step = step; self.kind = kind; self.values = values }
+    public init(step: Int, kind: MetricKind, values: [(String, Double)]) { self.step = step; self.kind = kind; self.values = values }
 
     public static func == (a: MetricRecord, b: MetricRecord) -> Bool {
         a.step == b.step && a.kind == b.kind && a.values.elementsEqual(b.values) { $0.0 == $1.0 && $0.1 == $1.1 }
@@ -18,7 +25,7 @@ public struct MetricRecord: Sendable, Equatable {
 
     /// `{"step":12,"kind":"train","time":…,"loss":…}` with the values in their given order; non-finite values as null.
     func jsonLine(time: Double) -> String {
-        var s = "{\"step\":\(step),\"kind\":\"\(kind)\",\"time\":\(String(format: "%.3f", time))"
+        var s = "{\"step\":\(step),\"kind\":\"\(kind.rawValue)\",\"time\":\(String(format: "%.3f", time))"
         for (k, v) in values { s += ",\"\(k)\":" + (v.isFinite ? "\(v)" : "null") }
         return s + "}\n"
     }
@@ -90,7 +97,7 @@ public final class MetricsLog {
         var summary = ProtoWriter()
         for (k, v) in r.values where v.isFinite {
             var value = ProtoWriter()
-            value.bytes(1, Array("\(r.kind)/\(k)".utf8))
+            value.bytes(1, Array("\(r.kind.rawValue)/\(k)".utf8))
             value.float(2, Float(v))
             summary.bytes(1, value.bytes)
         }

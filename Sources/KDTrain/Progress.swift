@@ -27,7 +27,7 @@ struct ProgressLog {
                   ("step_seconds", s.seconds), ("peak_rss_mib", Double(ProcessMemory.peakRSSBytes()) / 1048576)]
             if tr.comm.worldSize > 1 { v.append(("comm_exposed_ms", 1000 * s.exposedCommSeconds)) }
             if s.source == .rollout { v.append(("reward", s.reward)) }
-            metrics.write(MetricRecord(step: s.step, kind: "train", values: v))
+            metrics.write(MetricRecord(step: s.step, kind: .train, values: v))
         }
         let logged = s.step % t.logEvery == 0 || s.step == 1 || s.step == t.steps
         guard logged || KDLog.interactive else { return }
@@ -49,7 +49,7 @@ struct ProgressLog {
         KDLog.info(String(format: "eval  step %5d | val ce %.4f | val ppl %.2f%@", tr.step, v.mean, Foundation.exp(v.mean), kd))
         var vals: [(String, Double)] = [("ce", v.mean), ("ppl", Foundation.exp(v.mean))]
         if tr.hasTeacher { vals += [(objective, v.kdMean), ("agreement", v.agreement)] }
-        tr.metrics?.write(MetricRecord(step: tr.step, kind: "eval", values: vals))
+        tr.metrics?.write(MetricRecord(step: tr.step, kind: .eval, values: vals))
     }
 }
 

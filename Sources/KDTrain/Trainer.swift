@@ -364,13 +364,9 @@ public final class Trainer {
 
     /// Whether the loss has a distillation term.
     public var hasTeacher: Bool { placement != nil }
-    /// Self-distillation: the student's own frozen initial weights, or an EMA of them.
-    public var selfTeacher: Transformer? { (placement as? SelfTeacherPlacement)?.model }
     var combine: TeacherCombine { config.teacher?.combine ?? .mixture }
     /// Next global sample index.
     public var sampleCursor: Int { batches.cursor }
-    /// QAT: whether the current step trains with quantization (from qat.start_step on).
-    public var qatActive: Bool { qat?.active(step: step) ?? false }
 
     /// The divergence term's name in progress lines and metrics: the objective, or with teachers of another tokenizer
     /// `uld` or `gold_<objective>` (gold's buckets use the objective).

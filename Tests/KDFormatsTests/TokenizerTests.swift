@@ -106,3 +106,30 @@ func ourTokenizerJSONLoadsInHuggingFaceTokenizers(pre: PreTokenizer) throws {
         "\(e)".contains("SentencePiece-style BPE with byte fallback")
     }
 }
+
+/// A pre-tokenizer we do not implement is refused with its name and the ones we do, never replaced by GPT-2's split
+/// (which would give other words, so other token ids, than the model was trained on).
+@Test func anUnknownPreTokenizerIsRefusedNotGuessed() throws {
+    #expect(try PreTokenizer(ggml: nil) == .gpt2)           // missing: llama.cpp's default
+    #expect(try PreTokenizer(ggml: "default") == .gpt2)
+    #expect(try PreTokenizer(ggml: "llama3") == .llamaBPE)
+    do {
+        _ = try PreTokenizer(ggml: "falcon")
+        Issue.record("pre-tokenizer 'falcon' accepted")
+    } catch {
+        #expect("\(error)".contains("'falcon'") && "\(error)".contains("smollm"), "\(error)")
+    }
+    // a tokenizer.json whose pre-tokenizer has no byte-level step
+    let dir = try temporaryDirectory("distill-pretok")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let json: [String: Any] = ["model": ["type": "BPE", "vocab": ["a": 0, "b": 1, "ab": 2], "merges": ["a b"]],
+                               "pre_tokenizer": ["type": "Whitespace"], "added_tokens": [] as [Any]]
+    let path = dir.appendingPathComponent("tokenizer.json")
+    try JSONSerialization.data(withJSONObject: json).write(to: path)
+    do {
+        _ = try BPETokenizer(hfTokenizerJSON: path.path)
+        Issue.record("a Whitespace pre-tokenizer accepted")
+    } catch {
+        #expect("\(error)".contains("Whitespace") && "\(error)".contains("not supported"), "\(error)")
+    }
+}

@@ -32,7 +32,9 @@ private func calibrationFor(_ teacher: Transformer, b: Int, t: Int, batches: Int
 
 /// KL(teacher ‖ the teacher cut to `keep`) per token over the calibration windows, from materialized logits in Double.
 private func referenceKL(_ teacher: Transformer, keep: [Int], _ cal: Calibration) throws -> Double {
-    let student = Transformer(config: teacher.prunedConfig(keeping: keep), needsGrad: false)
+    var shape = teacher.config
+    shape.layers = keep.count
+    let student = Transformer(config: shape, needsGrad: false)
     try student.copyPruned(from: teacher, layers: keep)
     let v = teacher.config.vocabSize
     var total = 0.0

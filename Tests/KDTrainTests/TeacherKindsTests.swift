@@ -86,7 +86,7 @@ func aTeacherMixedWithItselfTrainsLikeThatTeacher(combine: String) throws {
     let s1 = try tr.trainStep()
     #expect(s1.kd < 1e-7, "\(s1.kd)")
     let after = Array(UnsafeBufferPointer(start: tr.model.params.base, count: n))
-    let ema = tr.selfTeacher!.params.base
+    let ema = (tr.placement as! SelfTeacherPlacement).model.params.base
     var worst: Float = 0
     for i in 0..<n { worst = max(worst, abs(ema[i] - (0.9 * start[i] + 0.1 * after[i]))) }
     #expect(worst < 1e-6 && after != start, "max |Δ| from the EMA formula \(worst)")
@@ -100,7 +100,7 @@ func aTeacherMixedWithItselfTrainsLikeThatTeacher(combine: String) throws {
     try resumed.run()
     #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("step_00000004/ema_teacher.safetensors").path))
     #expect(memcmp(full.model.params.base, resumed.model.params.base, n * 4) == 0)
-    #expect(memcmp(full.selfTeacher!.params.base, resumed.selfTeacher!.params.base, n * 4) == 0)
+    #expect(memcmp((full.placement as! SelfTeacherPlacement).model.params.base, (resumed.placement as! SelfTeacherPlacement).model.params.base, n * 4) == 0)
 }
 
 /// Prepared JSONL whose examples name teacher `route(i)` (nil: no field) → a corpus.

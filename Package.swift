@@ -15,7 +15,7 @@ let kernelFlags: [SwiftSetting] = cpuFlags + [.unsafeFlags(["-O"], .when(configu
 
 let package = Package(
     name: "distill",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "distill", targets: ["KDCLI"])
     ],
@@ -66,6 +66,7 @@ let package = Package(
             swiftSettings: cpuFlags),
         .testTarget(name: "KDCLITests", dependencies: ["KDCLI", "KDConfig", "KDData", "KDFormats", "KDModel", "KDCheckpoint", "KDTestSupport"], swiftSettings: cpuFlags),
     ],
-    // Kernels hand raw buffers to concurrentPerform; Swift 5 mode keeps that a documented choice, not an error.
-    swiftLanguageModes: [.v5]
+    // Swift 6: data races are compile errors. The kernels' raw buffers cross threads in one audited place
+    // (KDCore/Parallel.swift, RangeWork); process-wide settings are atomics, the shared panel buffer a Mutex.
+    swiftLanguageModes: [.v6]
 )

@@ -105,7 +105,7 @@ struct Bench: ParsableCommand {
             } else {
                 print(String(format: "gemm %5dx%5dx%5d %@ threads %d | %7.1f GFLOP/s (best of %d)", s.m, s.n, s.k, precision, t, g, repeats))
             }
-            fflush(stdout)
+            fflush(nil)
         }
     }
 
@@ -127,7 +127,7 @@ struct Bench: ParsableCommand {
                                  s.name, md.rawValue, r.precision, t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
                                  100 * r.mfu, Double(r.peakRSSBytes) / 1048576))
                 }
-                fflush(stdout)
+                fflush(nil)
             }
         }
     }

@@ -58,7 +58,7 @@ struct Generate: ParsableCommand {
                 let whole = s.hasSuffix("\u{FFFD}") ? String(s.dropLast()) : s
                 if whole.count > printed {
                     print(String(whole.dropFirst(printed)), terminator: "")
-                    fflush(stdout)
+                    fflush(nil)
                     printed = whole.count
                 }
             }

@@ -240,7 +240,7 @@ public final class ThreadCommunicator: Communicator {
 
     /// Runs `body` on `worldSize` threads, one rank each (its own communicator), and returns their results in rank
     /// order; if a rank throws, the others' waits end too and the first error is rethrown.
-    public static func run<T>(worldSize: Int, _ body: @escaping (ThreadCommunicator) throws -> T) throws -> [T] {
+    public static func run<T>(worldSize: Int, _ body: @escaping @Sendable (ThreadCommunicator) throws -> T) throws -> [T] {
         let world = ThreadWorld(size: worldSize)
         let done = DispatchGroup()
         let outcome = Outcome<T>(worldSize)

@@ -1,13 +1,28 @@
 // Logging and process facts shared by every target: one writer to stderr, peak RSS from /proc.
 import Foundation
+import Synchronization
 
 /// Minimal logger: only rank 0 prints progress; errors from any rank carry a `[rank r/w]` prefix.
 public enum KDLog {
-    nonisolated(unsafe) public static var rank = 0
-    nonisolated(unsafe) public static var worldSize = 1
-    nonisolated(unsafe) public static var quiet = false
+    static let rankValue = Atomic<Int>(0), worldSizeValue = Atomic<Int>(1)
+    static let quietValue = Atomic<Bool>(false)
     /// A progress line is on screen without its newline (``progress(_:)``).
-    nonisolated(unsafe) static var progressShown = false
+    static let progressShown = Atomic<Bool>(false)
+
+    /// This process's rank and the job's size, set once when the job starts (messages name them).
+    public static var rank: Int {
+        get { rankValue.load(ordering: .relaxed) }
+        set { rankValue.store(newValue, ordering: .relaxed) }
+    }
+    public static var worldSize: Int {
+        get { worldSizeValue.load(ordering: .relaxed) }
+        set { worldSizeValue.store(newValue, ordering: .relaxed) }
+    }
+    /// No informational lines at all (tests, benchmarks).
+    public static var quiet: Bool {
+        get { quietValue.load(ordering: .relaxed) }
+        set { quietValue.store(newValue, ordering: .relaxed) }
+    }
 
     /// Standard output is a terminal: progress lines are redrawn in place (DISTILL_PROGRESS=plain turns it off).
     public static var interactive: Bool {
@@ -17,17 +32,17 @@ public enum KDLog {
     /// Progress and informational lines; printed by rank 0 only, to stdout. Replaces a progress line on screen.
     public static func info(_ message: @autoclosure () -> String) {
         guard rank == 0, !quiet else { return }
-        if progressShown { print("\r\u{1B}[2K", terminator: ""); progressShown = false }
+        if progressShown.exchange(false, ordering: .relaxed) { print("\r\u{1B}[2K", terminator: "") }
         print(message())
-        fflush(stdout)
+        fflush(nil)
     }
 
     /// A line redrawn in place on a terminal (carriage return, erase line, no newline); rank 0 only.
     public static func progress(_ line: String) {
         guard rank == 0, !quiet else { return }
         print("\r\u{1B}[2K" + line, terminator: "")
-        progressShown = true
-        fflush(stdout)
+        progressShown.store(true, ordering: .relaxed)
+        fflush(nil)
     }
 
     /// Errors and warnings; every rank prints, to stderr, prefixed with its rank when there are several.

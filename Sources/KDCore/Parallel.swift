@@ -1,9 +1,16 @@
 // Row-parallel loops over a fixed thread count (the OpenMP analogue); BLAS threads are set alongside.
 import Dispatch
+import Synchronization
 
 /// The number of threads kernels may use. Set once at startup (`distill --threads`, bench); default 1.
 public enum Parallel {
-    nonisolated(unsafe) public static var threads: Int = 1
+    @usableFromInline static let count = Atomic<Int>(1)
+
+    /// Threads a parallel loop splits over.
+    @inlinable public static var threads: Int {
+        get { count.load(ordering: .relaxed) }
+        set { count.store(max(1, newValue), ordering: .relaxed) }
+    }
 
     /// Calls `body(lo, hi)` on contiguous ranges covering 0..<n, one range per thread (`threads`, unless `over` says).
     /// Runs inline when one thread is configured or the work is too small to split (`n < minPerThread * 2`).
@@ -14,9 +21,20 @@ public enum Parallel {
             if n > 0 { body(0, n) }
             return
         }
-        DispatchQueue.concurrentPerform(iterations: t) { i in
-            let lo = n * i / t, hi = n * (i + 1) / t
-            if hi > lo { body(lo, hi) }
+        withoutActuallyEscaping(body) { body in
+            let work = RangeWork(body)
+            DispatchQueue.concurrentPerform(iterations: t) { i in
+                let lo = n * i / t, hi = n * (i + 1) / t
+                if hi > lo { work.body(lo, hi) }
+            }
         }
     }
+}
+
+/// The one place the kernels' raw buffers cross threads, unchecked by the compiler: `concurrentPerform` runs every
+/// iteration before it returns (so `body` never outlives the call), and each iteration gets a disjoint range of the
+/// caller's buffers — the contract every `forRanges` caller keeps (the OpenMP `parallel for` contract).
+@usableFromInline struct RangeWork: @unchecked Sendable {
+    @usableFromInline let body: (Int, Int) -> Void
+    @usableFromInline init(_ body: @escaping (Int, Int) -> Void) { self.body = body }
 }

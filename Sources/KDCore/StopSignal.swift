@@ -4,14 +4,16 @@
 // sent to mpirun reaches every rank (mpirun forwards it); SIGINT/SIGTERM make mpirun kill the ranks 1 s later
 // unless its odls_base_sigkill_timeout is raised.
 import Foundation
+import Synchronization
 
 public enum StopSignal {
-    nonisolated(unsafe) static var count: Int32 = 0
-    nonisolated(unsafe) static var grace: UInt32 = 600
+    // lock-free atomics: the only state a signal handler may touch
+    static let count = Atomic<Int32>(0)
+    static let grace = Atomic<UInt32>(600)
 
     /// Installs the handlers (once per process); `grace` seconds after the first signal the process exits regardless.
     public static func install(grace: UInt32 = 600) {
-        StopSignal.grace = grace
+        StopSignal.grace.store(grace, ordering: .relaxed)
         // a parent may have started us with these blocked (a test runner's worker thread does): unblock them here, so
         // this thread and every thread started later can take them
         var set = sigset_t()
@@ -20,13 +22,13 @@ public enum StopSignal {
         pthread_sigmask(SIG_UNBLOCK, &set, nil)
         for sig in [SIGINT, SIGTERM, SIGUSR1] {
             signal(sig) { _ in
-                StopSignal.count += 1
-                if StopSignal.count >= 2 { _exit(130) }
-                alarm(StopSignal.grace)
+                let (_, now) = StopSignal.count.add(1, ordering: .relaxed)
+                if now >= 2 { _exit(130) }
+                alarm(StopSignal.grace.load(ordering: .relaxed))
             }
         }
     }
 
     /// Whether a stop was asked of this process.
-    public static var requested: Bool { count > 0 }
+    public static var requested: Bool { count.load(ordering: .relaxed) > 0 }
 }

@@ -27,12 +27,12 @@ public struct ShardTokenizer {
     }
 
     /// The byte tokenizer (vocabulary 256, no EOS).
-    public static let bytes = ShardTokenizer(
+    public static var bytes: ShardTokenizer { ShardTokenizer(
         vocabSize: 256, hash: fnv1a(["bytes"]), eos: nil, encode: { ByteTokenizer().encode($0) },
         encodePair: { p, r in
             let a = ByteTokenizer().encode(p), b = ByteTokenizer().encode(r)
             return (a + b, [UInt8](repeating: 0, count: a.count) + [UInt8](repeating: 1, count: b.count))
-        })
+        }) }
 }
 
 public struct PrepareOptions {

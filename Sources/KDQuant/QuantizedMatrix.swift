@@ -2,6 +2,7 @@
 // into a small Float buffer, then sgemm'd, so a Q4 teacher stays close to its file size in memory.
 import CBLAS
 import Foundation
+import Synchronization
 import KDCore
 import KDOps
 
@@ -16,8 +17,7 @@ public final class QuantizedMatrix: LinearWeight {
     let panelRows: Int
     /// One panel buffer per matrix would cost hundreds of MiB for a whole model; forwards run one at a time, so
     /// all matrices share one buffer under a lock.
-    nonisolated(unsafe) static var scratch = Slab(count: 0)
-    static let lock = NSLock()
+    static let scratch = Mutex(Slab(count: 0))
 
     public init(type: GGMLType, oc: Int, c: Int, data: UnsafeRawPointer, owner: AnyObject?) {
         precondition(c % type.blockSize == 0, "QuantizedMatrix: row length \(c) is not a multiple of the \(type) block size \(type.blockSize)")
@@ -45,18 +45,18 @@ public final class QuantizedMatrix: LinearWeight {
     }
 
     public func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, accumulate: Bool) {
-        QuantizedMatrix.lock.lock()
-        defer { QuantizedMatrix.lock.unlock() }
-        if QuantizedMatrix.scratch.count < panelRows * c { QuantizedMatrix.scratch = Slab(count: panelRows * c) }
-        let panel = QuantizedMatrix.scratch.base
-        var r0 = 0
-        while r0 < oc {
-            let rows = min(panelRows, oc - r0)
-            dequantizeRows(r0, r0 + rows, into: panel)
-            // out[:, r0 ..< r0+rows] (=/+=) inp · panelᵀ, written in place with ldc = oc
-            gemm(transA: false, transB: true, m: n, n: rows, k: c, alpha: 1, a: inp, lda: c, b: panel, ldb: c,
-                 beta: accumulate ? 1 : 0, c: out + r0, ldc: oc)
-            r0 += rows
+        QuantizedMatrix.scratch.withLock { slab in
+            if slab.count < panelRows * c { slab = Slab(count: panelRows * c) }
+            let panel = slab.base
+            var r0 = 0
+            while r0 < oc {
+                let rows = min(panelRows, oc - r0)
+                dequantizeRows(r0, r0 + rows, into: panel)
+                // out[:, r0 ..< r0+rows] (=/+=) inp · panelᵀ, written in place with ldc = oc
+                gemm(transA: false, transB: true, m: n, n: rows, k: c, alpha: 1, a: inp, lda: c, b: panel, ldb: c,
+                     beta: accumulate ? 1 : 0, c: out + r0, ldc: oc)
+                r0 += rows
+            }
         }
     }
 }

@@ -13,9 +13,9 @@ import Testing
 
 /// Every rank trains `config` with `teachers` (built per rank: each rank of a job holds its own copy) and returns its
 /// step stats and final weights; `prepare` runs on each trainer before `run` (resume, stop).
-func trainRanks(_ worldSize: Int, _ config: RunConfig, teachers: @escaping () -> [Transformer] = { [] },
+func trainRanks(_ worldSize: Int, _ config: RunConfig, teachers: @escaping @Sendable () -> [Transformer] = { [] },
                 stopAfter: Int? = nil, checkpoints: Bool = false,
-                prepare: @escaping (Trainer) throws -> Void = { _ in }) throws -> [Ranked] {
+                prepare: @escaping @Sendable (Trainer) throws -> Void = { _ in }) throws -> [Ranked] {
     let corpus = try TokenCorpus.load(config.data, seed: config.train.seed)
     return try ThreadCommunicator.run(worldSize: worldSize) { comm in
         let tr = try Trainer(config: config, corpus: corpus, comm: comm, teachers: teachers())
@@ -39,7 +39,7 @@ func maxRelativeDifference(_ a: [Float], _ b: [Float]) -> Double {
 @Test(arguments: [2, 3, 4])
 func threadCollectivesMatchANaiveReference(worldSize: Int) throws {
     let n = 7
-    func values(_ r: Int) -> [Float] { (0..<n).map { Float(r * 10 + $0) + 0.25 } }
+    @Sendable func values(_ r: Int) -> [Float] { (0..<n).map { Float(r * 10 + $0) + 0.25 } }
     let counts = (0..<worldSize).map { n * ($0 + 1) / worldSize - n * $0 / worldSize }
     let results = try ThreadCommunicator.run(worldSize: worldSize) { comm -> [String: [Float]] in
         let r = comm.rank
@@ -144,7 +144,8 @@ func tinyTeacher(_ c: RunConfig, layers: Int, seed: UInt64) -> Transformer {
         for placement in [Placement.pipelined, .replicated] {
             var c = try placementConfig(placement, members: 1)
             if topK { c.teacher!.exchange = .topk; c.teacher!.topK = 16 }
-            runs.append(try trainRanks(2, c, teachers: { [tinyTeacher(c, layers: 3, seed: 77)] }))
+            let config = c
+            runs.append(try trainRanks(2, config, teachers: { [tinyTeacher(config, layers: 3, seed: 77)] }))
         }
         // the placement asked for is the one that ran: 3 blocks as stages 0..<1 and 1..<3; top-k rows are 8·16 + 4 B
         #expect(runs[0][0].placement.hasPrefix("TeacherPipeline: pipelined: blocks 0..<1 of 3") && runs[0][1].placement.contains("blocks 1..<3 of 3"),

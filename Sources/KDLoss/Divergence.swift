@@ -37,6 +37,48 @@ public enum Divergence: Equatable, Sendable, CustomStringConvertible {
     }
 }
 
+extension Divergence {
+    /// The same divergence with JSD_β's endpoints as the exact KLs they equal (β = 0: KL(p‖q), β = 1: KL(q‖p)).
+    var normalized: Divergence {
+        if case .jsd(let b) = self { if b <= 0 { return .forwardKL } else if b >= 1 { return .reverseKL } }
+        return self
+    }
+
+    /// The definition every path uses (dense rows, the k + 1 buckets of a top-k row): one element's contribution to
+    /// D(p, q) and a = ∂D/∂q of it, from p, q and their logs. The softmax chain then gives ∂D/∂z_j = q_j (a_j − Σ q a).
+    /// Call on a ``normalized`` divergence.
+    @inline(__always)
+    func element(p: Float, q: Float, lp: Float, lq: Float) -> (value: Double, a: Float) {
+        switch self {
+        case .forwardKL:
+            return (p > 0 ? Double(p) * Double(lp - lq) : 0, q > 0 ? -p / q : 0)
+        case .reverseKL:
+            return (q > 0 ? Double(q) * Double(lq - lp) : 0, q > 0 ? lq - lp + 1 : 0)
+        case .mixedKL(let al):
+            let f = p > 0 ? Double(p) * Double(lp - lq) : 0, r = q > 0 ? Double(q) * Double(lq - lp) : 0
+            return (Double(al) * f + Double(1 - al) * r, q > 0 ? al * (-p / q) + (1 - al) * (lq - lp + 1) : 0)
+        case .skewForwardKL(let l):
+            let m = l * p + (1 - l) * q
+            guard m > 0 else { return (0, 0) }
+            return (p > 0 ? Double(p) * Double(lp - logf(m)) : 0, -(1 - l) * p / m)
+        case .skewReverseKL(let l):
+            let m = l * q + (1 - l) * p
+            guard m > 0 else { return (0, 0) }
+            let lm = logf(m)
+            return (q > 0 ? Double(q) * Double(lq - lm) : 0, lq + 1 - lm - l * q / m)
+        case .jsd(let b):  // 0 < β < 1: ∂D/∂q_j simplifies to (1−β)(log q_j − log m_j)
+            let m = b * p + (1 - b) * q
+            guard m > 0 else { return (0, 0) }
+            let lm = logf(m)
+            return ((p > 0 ? Double(b) * Double(p) * Double(lp - lm) : 0) + (q > 0 ? Double(1 - b) * Double(q) * Double(lq - lm) : 0),
+                    (1 - b) * (lq - lm))
+        case .tvd:
+            let diff = q - p
+            return (0.5 * Double(abs(diff)), diff > 0 ? 0.5 : (diff < 0 ? -0.5 : 0))
+        }
+    }
+}
+
 extension DistillConfig {
     /// The divergence `objective` names, with its parameters from this section.
     public var divergence: Divergence {
@@ -73,78 +115,38 @@ public func divergenceRow(
     lq.update(from: s, count: v)
     logSoftmaxInPlace(lq, v, temperature: T, scratch: q)
     for j in 0..<v { q[j] = fastExp(lq[j]) }
-    // normalize the β endpoints to the exact KLs
-    var kind = d
-    if case .jsd(let b) = d { if b <= 0 { kind = .forwardKL } else if b >= 1 { kind = .reverseKL } }
+    let kind = d.normalized
     var value = 0.0
-    // a_j = ∂D/∂q_j for the mixture-based divergences; the softmax chain then gives ∂D/∂z_j = q_j (a_j − Σ q a)
     switch kind {
+    // for these three the chain q_j (a_j − Σ q a) has closed forms (FKL: q − p) that need no division by q
     case .forwardKL:
-        for j in 0..<v {
-            let p = fastExp(lp[j])
-            if p > 0 { value += Double(p) * Double(lp[j] - lq[j]) }
-        }
+        for j in 0..<v { value += kind.element(p: fastExp(lp[j]), q: q[j], lp: lp[j], lq: lq[j]).value }
         if let g = grad {
             for j in 0..<v { g[j] = scale / T * (q[j] - fastExp(lp[j])) }
         }
     case .reverseKL:
-        for j in 0..<v where q[j] > 0 { value += Double(q[j]) * Double(lq[j] - lp[j]) }
+        for j in 0..<v { value += kind.element(p: fastExp(lp[j]), q: q[j], lp: lp[j], lq: lq[j]).value }
         if let g = grad {
             let r = Float(value)
             for j in 0..<v { g[j] = scale / T * q[j] * (lq[j] - lp[j] - r) }
         }
     case .mixedKL(let a):
-        var fkl = 0.0, rkl = 0.0
+        var rkl = 0.0
         for j in 0..<v {
-            let p = fastExp(lp[j])
-            if p > 0 { fkl += Double(p) * Double(lp[j] - lq[j]) }
-            if q[j] > 0 { rkl += Double(q[j]) * Double(lq[j] - lp[j]) }
+            value += kind.element(p: fastExp(lp[j]), q: q[j], lp: lp[j], lq: lq[j]).value
+            rkl += Divergence.reverseKL.element(p: 0, q: q[j], lp: lp[j], lq: lq[j]).value
         }
-        value = Double(a) * fkl + Double(1 - a) * rkl
         if let g = grad {
             let r = Float(rkl)
             for j in 0..<v { g[j] = scale / T * (a * (q[j] - fastExp(lp[j])) + (1 - a) * q[j] * (lq[j] - lp[j] - r)) }
         }
-    case .skewForwardKL(let l), .skewReverseKL(let l), .jsd(let l):
+    case .skewForwardKL, .skewReverseKL, .jsd, .tvd:
         var sqa = 0.0
         for j in 0..<v {
-            let p = fastExp(lp[j])
-            let a: Float
-            switch kind {
-            case .skewForwardKL:
-                let m = l * p + (1 - l) * q[j]
-                guard m > 0 else { a = 0; break }
-                if p > 0 { value += Double(p) * Double(lp[j] - logf(m)) }
-                a = -(1 - l) * p / m
-            case .skewReverseKL:
-                let m = l * q[j] + (1 - l) * p
-                guard m > 0 else { a = 0; break }
-                let lm = logf(m)
-                if q[j] > 0 { value += Double(q[j]) * Double(lq[j] - lm) }
-                a = lq[j] + 1 - lm - l * q[j] / m
-            default:  // jsd, 0 < β < 1: ∂D/∂q_j simplifies to (1−β)(log q_j − log m_j)
-                let m = l * p + (1 - l) * q[j]
-                guard m > 0 else { a = 0; break }
-                let lm = logf(m)
-                if p > 0 { value += Double(l) * Double(p) * Double(lp[j] - lm) }
-                if q[j] > 0 { value += Double(1 - l) * Double(q[j]) * Double(lq[j] - lm) }
-                a = (1 - l) * (lq[j] - lm)
-            }
-            if let g = grad { g[j] = a }
-            sqa += Double(q[j]) * Double(a)
-        }
-        if let g = grad {
-            let c = Float(sqa)
-            for j in 0..<v { g[j] = scale / T * q[j] * (g[j] - c) }
-        }
-    case .tvd:
-        var sqa = 0.0
-        for j in 0..<v {
-            let diff = q[j] - fastExp(lp[j])
-            value += 0.5 * Double(abs(diff))
-            let a: Float = diff > 0 ? 0.5 : (diff < 0 ? -0.5 : 0)
-            grad?[j] = a
-            sqa += Double(q[j]) * Double(a)
+            let e = kind.element(p: fastExp(lp[j]), q: q[j], lp: lp[j], lq: lq[j])
+            value += e.value
+            grad?[j] = e.a
+            sqa += Double(q[j]) * Double(e.a)
         }
         if let g = grad {
             let c = Float(sqa)

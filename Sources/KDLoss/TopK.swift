@@ -111,55 +111,18 @@ public func divergenceRowTopK(
     return value
 }
 
-/// D over n buckets given their log-probabilities (the dense definitions).
+/// D over n buckets given their log-probabilities: ``Divergence/element(p:q:lp:lq:)``, the dense rows' definition.
 func bucketDivergence(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePointer<Float>, n: Int) -> Double {
-    var kind = d
-    if case .jsd(let b) = d { if b <= 0 { kind = .forwardKL } else if b >= 1 { kind = .reverseKL } }
+    let kind = d.normalized
     var value = 0.0
-    for i in 0..<n {
-        let p = Double(exp(lp[i])), q = Double(exp(lq[i]))
-        switch kind {
-        case .forwardKL: if p > 0 { value += p * (Double(lp[i]) - Double(lq[i])) }
-        case .reverseKL: if q > 0 { value += q * (Double(lq[i]) - Double(lp[i])) }
-        case .skewForwardKL(let l):
-            let m = Double(l) * p + Double(1 - l) * q
-            if p > 0, m > 0 { value += p * (Double(lp[i]) - log(m)) }
-        case .skewReverseKL(let l):
-            let m = Double(l) * q + Double(1 - l) * p
-            if q > 0, m > 0 { value += q * (Double(lq[i]) - log(m)) }
-        case .jsd(let b):
-            let m = Double(b) * p + Double(1 - b) * q
-            if m > 0 {
-                if p > 0 { value += Double(b) * p * (Double(lp[i]) - log(m)) }
-                if q > 0 { value += Double(1 - b) * q * (Double(lq[i]) - log(m)) }
-            }
-        case .tvd: value += 0.5 * abs(p - q)
-        case .mixedKL(let a):
-            if p > 0 { value += Double(a) * p * (Double(lp[i]) - Double(lq[i])) }
-            if q > 0 { value += Double(1 - a) * q * (Double(lq[i]) - Double(lp[i])) }
-        }
-    }
+    for i in 0..<n { value += kind.element(p: exp(lp[i]), q: exp(lq[i]), lp: lp[i], lq: lq[i]).value }
     return value
 }
 
-/// ∂D/∂q_b for each bucket into `out` (the same per-element derivatives as the dense kernels); `out` may be `lp`.
+/// ∂D/∂q_b for each bucket into `out` (the same definition); `out` may be `lp`: each bucket reads only its own entries.
 func bucketGradient(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>) {
-    var kind = d
-    if case .jsd(let b) = d { if b <= 0 { kind = .forwardKL } else if b >= 1 { kind = .reverseKL } }
-    for i in 0..<n {
-        let p = exp(lp[i]), q = exp(lq[i])
-        out[i] = {
-        switch kind {
-        case .forwardKL: return q > 0 ? -p / q : 0
-        case .reverseKL: return q > 0 ? lq[i] - lp[i] + 1 : 0
-        case .skewForwardKL(let l): let m = l * p + (1 - l) * q; return m > 0 ? -(1 - l) * p / m : 0
-        case .skewReverseKL(let l): let m = l * q + (1 - l) * p; return m > 0 ? lq[i] + 1 - log(m) - l * q / m : 0
-        case .jsd(let b): let m = b * p + (1 - b) * q; return m > 0 ? (1 - b) * (lq[i] - log(m)) : 0
-        case .tvd: return q > p ? 0.5 : (q < p ? -0.5 : 0)
-        case .mixedKL(let a): return q > 0 ? a * (-p / q) + (1 - a) * (lq[i] - lp[i] + 1) : 0
-        }
-        }()
-    }
+    let kind = d.normalized
+    for i in 0..<n { out[i] = kind.element(p: exp(lp[i]), q: exp(lq[i]), lp: lp[i], lq: lq[i]).a }
 }
 
 extension TopK {

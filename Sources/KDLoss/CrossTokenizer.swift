@@ -19,6 +19,15 @@ import KDOps
 /// `distill.cross_tokenizer`'s losses.
 public enum CrossTokenizerLoss: String, Sendable {
     case uld, gold
+
+    /// The loss `distill.cross_tokenizer` names (nil for `off`): the one place the config word becomes the loss.
+    public init?(_ setting: CrossTokenizer) {
+        switch setting {
+        case .off: return nil
+        case .uld: self = .uld
+        case .gold: self = .gold
+        }
+    }
 }
 
 /// One cross-tokenizer teacher's target for a micro-batch: its top-k rows in its own vocabulary at the student's rows

@@ -229,9 +229,11 @@ public final class Trainer {
                                    divergence: d.divergence, temperature: d.temperature, kdRatio: d.kdRatio, t2Scale: d.t2Scale)
         target.topK = out.topK
         if !out.cross.isEmpty {
+            // checkTeachers refused teachers of another tokenizer with cross_tokenizer off before anything loaded
+            guard let loss = CrossTokenizerLoss(d.crossTokenizer) else { preconditionFailure("cross-tokenizer rows with distill.cross_tokenizer off") }
             target.cross = out.cross
             target.sameWeight = out.sameWeight
-            target.crossLoss = d.crossTokenizer == .uld ? .uld : .gold
+            target.crossLoss = loss
             target.uldWeight = d.uldWeight
         }
         return target

@@ -30,6 +30,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Time the GEMM alone on these shapes instead of models: comma-separated MxNxK (C[M,N] = A[M,K]·B[N,K]ᵀ, a linear layer's forward), best of --repeats.")
     var gemm: String?
     @Flag(help: "One JSON object per measurement.") var json = false
+    @Flag(help: "Also print where each step's time goes: teacher forward, student forward, loss, backward, exchange, optimizer, QAT, each by GEMM, attention and the rest.")
+    var breakdown = false
     @Option(help: "Measure the forward pass of this model (GGUF or Hugging Face folder, weights as stored) instead of named shapes.")
     var model: String?
 
@@ -117,7 +119,8 @@ struct Bench: ParsableCommand {
                 $0 == "both" ? [.train, .forward] : $0 == "all" ? BenchMode.allCases : [BenchMode(rawValue: $0)!]
             } ?? s.defaultModes
             for md in modes {
-                let r = try runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak, load: load)
+                let r = try runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak, load: load,
+                                         breakdown: breakdown)
                 if json {
                     let enc = JSONEncoder()
                     enc.outputFormatting = [.sortedKeys]
@@ -126,9 +129,29 @@ struct Bench: ParsableCommand {
                     print(String(format: "%-14@ %-7@ %-12@ threads %d | %7.0f tok/s | %6.1f GFLOP/s (%.1f MFLOP/token) | gemm peak %6.1f | MFU %4.1f%% | peak RSS %5.0f MiB",
                                  s.name, md.rawValue, r.precision, t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
                                  100 * r.mfu, Double(r.peakRSSBytes) / 1048576))
+                    printBreakdown(r)
                 }
                 fflush(nil)
             }
         }
+    }
+
+    /// `--breakdown`: milliseconds per step and share of the step by phase and op class.
+    func printBreakdown(_ r: BenchResult) {
+        guard let ms = r.breakdownMS, let step = r.breakdownStepMS, step > 0 else { return }
+        func cell(_ v: Double) -> String { v > 0 ? String(format: "%8.1f %5.1f%%", v, 100 * v / step) : String(repeating: " ", count: 15) + "–" }
+        let ops = OpClass.allCases
+        print(String(format: "  breakdown (ms per step, %% of the %.1f ms step; profiling on):", step))
+        print("  " + "phase".padding(toLength: 36, withPad: " ", startingAt: 0)
+              + (ops.map(\.label) + ["total"]).map { $0.padding(toLength: 16, withPad: " ", startingAt: 0) }.joined())
+        var tracked = 0.0
+        for p in StepPhase.allCases {
+            let v = ops.map { ms["\(p.label)/\($0.label)"] ?? 0 }, total = v.reduce(0, +)
+            guard total > 0 else { continue }
+            tracked += total
+            print("  " + p.label.padding(toLength: 36, withPad: " ", startingAt: 0) + (v + [total]).map { cell($0) + " " }.joined())
+        }
+        print("  " + "outside the phases".padding(toLength: 36, withPad: " ", startingAt: 0)
+              + String(repeating: " ", count: 16 * ops.count) + cell(max(0, step - tracked)))
     }
 }

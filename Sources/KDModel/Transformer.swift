@@ -159,12 +159,17 @@ public final class Transformer {
     @inline(__always)
     func linear(_ offset: Int, out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, c: Int, oc: Int,
                 accumulate: Bool = false) {
-        if let p = packed[offset] {
-            p.forward(out: out, inp: inp, n: n, accumulate: accumulate)
-        } else {
-            matmulForward(out: out, inp: inp, weight: params.base + offset, n: n, c: c, oc: oc, accumulate: accumulate)
+        StepProfile.op(.gemm) {  // a packed weight's panel dequantization counts with its GEMM
+            if let p = packed[offset] {
+                p.forward(out: out, inp: inp, n: n, accumulate: accumulate)
+            } else {
+                matmulForward(out: out, inp: inp, weight: params.base + offset, n: n, c: c, oc: oc, accumulate: accumulate)
+            }
         }
     }
+
+    /// The phase a forward of this model runs as in a step's breakdown.
+    var forwardPhase: StepPhase { grads == nil ? .teacherForward : .studentForward }
 
     /// Token embeddings of `tokens` into out, from the packed or dense table (times √dim in families that scale it).
     func embed(out: UnsafeMutablePointer<Float>, tokens: UnsafePointer<Int32>, n: Int) {
@@ -217,6 +222,10 @@ public final class Transformer {
     /// Runs the model on `b` sequences of `t` tokens up to the final RMSNorm, saving what backward needs.
     /// - Shapes: tokens [b, t], each in 0..<vocab
     public func forward(tokens: UnsafePointer<Int32>, b: Int, t: Int) {
+        StepProfile.phase(forwardPhase) { forwardBlocks(tokens: tokens, b: b, t: t) }
+    }
+
+    func forwardBlocks(tokens: UnsafePointer<Int32>, b: Int, t: Int) {
         let a = activations(b: b, t: t), m = config, n = b * t, P = params.base
         a.tokens.update(from: tokens, count: n)
         for i in 0..<n {
@@ -240,6 +249,11 @@ public final class Transformer {
     /// `layers` may skip blocks (a cut student measured inside its teacher, `student.select`).
     public func forwardStage(_ layers: some Sequence<Int>, tokens: UnsafePointer<Int32>?, hidden: UnsafePointer<Float>?,
                              b: Int, t: Int, finalNorm: Bool) -> UnsafePointer<Float> {
+        StepProfile.phase(.teacherForward) { stage(layers, tokens: tokens, hidden: hidden, b: b, t: t, finalNorm: finalNorm) }
+    }
+
+    func stage(_ layers: some Sequence<Int>, tokens: UnsafePointer<Int32>?, hidden: UnsafePointer<Float>?,
+               b: Int, t: Int, finalNorm: Bool) -> UnsafePointer<Float> {
         precondition(grads == nil, "forwardStage: pipeline stages are for inference models")
         let a = activations(b: b, t: t), m = config, n = b * t
         let resid = a.resid[0].base
@@ -324,6 +338,10 @@ public final class Transformer {
     /// Cross-entropy of the last ``forward`` against `targets` (−1 = no loss), without gradients.
     /// - Shapes: targets [b, t]
     public func loss(targets: UnsafePointer<Int32>) -> LossSum {
+        StepProfile.phase(.loss) { crossEntropyLoss(targets: targets) }
+    }
+
+    func crossEntropyLoss(targets: UnsafePointer<Int32>) -> LossSum {
         guard let a = acts else { preconditionFailure("loss: call forward first") }
         let n = a.b * a.t, m = config
         lmHeadCrossEntropyForward(losses: a.losses.base, inp: a.lnf.base, head: lmHeadWeight, targets: targets, n: n,
@@ -358,8 +376,10 @@ public final class Transformer {
     /// Cross-entropy and divergence from `target`'s teacher for the last forward, without gradients.
     public func distillLoss(targets: UnsafePointer<Int32>, target: DistillTarget) -> LossSum {
         guard let a = acts else { preconditionFailure("distillLoss: call forward first") }
-        lmHeadDistill(ce: a.losses.base, kd: a.kdLosses.base, agree: a.agree.base, dinp: nil, dweight: nil, inp: a.lnf.base, head: lmHeadWeight,
-                      targets: targets, n: a.b * a.t, lossScale: 0, target: target, scratch: a.lmHead)
+        StepProfile.phase(.loss) {
+            lmHeadDistill(ce: a.losses.base, kd: a.kdLosses.base, agree: a.agree.base, dinp: nil, dweight: nil, inp: a.lnf.base, head: lmHeadWeight,
+                          targets: targets, n: a.b * a.t, lossScale: 0, target: target, scratch: a.lmHead)
+        }
         return sumLosses(a, targets: targets, kd: true)
     }
 
@@ -381,6 +401,10 @@ public final class Transformer {
     /// The caller zeroes `grads` once per optimizer step and picks lossScale = 1 / (global loss-token count).
     /// - Shapes: targets [b, t] (−1 = no loss)
     public func headBackward(targets: UnsafePointer<Int32>, lossScale: Float, distill: DistillTarget? = nil) -> LossSum {
+        StepProfile.phase(.loss) { lossBackward(targets: targets, lossScale: lossScale, distill: distill) }
+    }
+
+    func lossBackward(targets: UnsafePointer<Int32>, lossScale: Float, distill: DistillTarget?) -> LossSum {
         let (a, S) = backwardState("headBackward")
         let m = config, n = a.b * a.t, c = m.dim, P = params.base, G = grads!.base
         S.dx.zero()
@@ -406,6 +430,10 @@ public final class Transformer {
 
     /// The MLP half of block l: ``residualGradient`` from dL/d(block output) to dL/d(x2), the stream after attention.
     public func mlpBackward(_ l: Int) {
+        StepProfile.phase(.backward) { mlpBackwardBlock(l) }
+    }
+
+    func mlpBackwardBlock(_ l: Int) {
         let (a, S) = backwardState("mlpBackward")
         let m = config, n = a.b * a.t, c = m.dim, f = m.ffnDim, P = params.base, G = grads!.base
         let A = a.blocks[l], L = layout.blocks[l]
@@ -431,6 +459,10 @@ public final class Transformer {
 
     /// The attention half of block l: ``residualGradient`` from dL/d(x2) to dL/d(block input).
     public func attentionBackward(_ l: Int) {
+        StepProfile.phase(.backward) { attentionBackwardBlock(l) }
+    }
+
+    func attentionBackwardBlock(_ l: Int) {
         let (a, S) = backwardState("attentionBackward")
         let m = config, n = a.b * a.t, c = m.dim, kv = m.kvDim, P = params.base, G = grads!.base
         let A = a.blocks[l], L = layout.blocks[l]
@@ -485,7 +517,7 @@ public final class Transformer {
     /// Adds an embedding-lookup gradient (this rank's or another's) into the gradient slab.
     public func applyEmbeddingGradient(_ g: EmbeddingGradient) {
         guard let grads else { preconditionFailure("applyEmbeddingGradient: model has no gradients") }
-        embeddingBackward(dwte: grads.base + layout.embedding, dout: g.dout, tokens: g.tokens, n: g.n, c: config.dim)
+        StepProfile.phase(.backward) { embeddingBackward(dwte: grads.base + layout.embedding, dout: g.dout, tokens: g.tokens, n: g.n, c: config.dim) }
     }
 
     /// The whole backward of the last forward with nothing added between its calls (see the list above).

@@ -35,30 +35,32 @@ public func attentionForward(
     out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
 ) {
-    let tq = s.tq, tk = s.tk
-    for bi in 0..<s.b {
-        for h in 0..<s.nh {
-            let kvh = h / s.group
-            let qh = q + bi * s.qBatchStride + h * s.hs
-            let kh = k + bi * s.kvBatchStride + kvh * s.hs, vh = v + bi * s.kvBatchStride + kvh * s.hs
-            let p = probs + (bi * s.nh + h) * tq * tk
-            let oh = out + bi * s.qBatchStride + h * s.hs
-            cblas_sgemm(
-                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(s.hs),
-                s.scale, qh, Int32(s.ldq), kh, Int32(s.ldkv), 0, p, Int32(tk))
-            Parallel.forRanges(tq, minPerThread: 32) { lo, hi in
-                for i in lo..<hi {
-                    let row = p + i * tk, valid = s.pos0 + i + 1, first = s.window > 0 ? max(0, valid - s.window) : 0
-                    let seen = row + first, count = valid - first
-                    let sum = expShiftSum(seen, seen, count, shift: rowMax(seen, count))
-                    scaleRow(seen, count, 1 / sum)
-                    if first > 0 { row.update(repeating: 0, count: first) }
-                    if valid < tk { (row + valid).update(repeating: 0, count: tk - valid) }
+    StepProfile.op(.attention) {
+        let tq = s.tq, tk = s.tk
+        for bi in 0..<s.b {
+            for h in 0..<s.nh {
+                let kvh = h / s.group
+                let qh = q + bi * s.qBatchStride + h * s.hs
+                let kh = k + bi * s.kvBatchStride + kvh * s.hs, vh = v + bi * s.kvBatchStride + kvh * s.hs
+                let p = probs + (bi * s.nh + h) * tq * tk
+                let oh = out + bi * s.qBatchStride + h * s.hs
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(s.hs),
+                    s.scale, qh, Int32(s.ldq), kh, Int32(s.ldkv), 0, p, Int32(tk))
+                Parallel.forRanges(tq, minPerThread: 32) { lo, hi in
+                    for i in lo..<hi {
+                        let row = p + i * tk, valid = s.pos0 + i + 1, first = s.window > 0 ? max(0, valid - s.window) : 0
+                        let seen = row + first, count = valid - first
+                        let sum = expShiftSum(seen, seen, count, shift: rowMax(seen, count))
+                        scaleRow(seen, count, 1 / sum)
+                        if first > 0 { row.update(repeating: 0, count: first) }
+                        if valid < tk { (row + valid).update(repeating: 0, count: tk - valid) }
+                    }
                 }
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(s.hs), Int32(tk),
+                    1, p, Int32(tk), vh, Int32(s.ldkv), 0, oh, Int32(s.ldo))
             }
-            cblas_sgemm(
-                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(s.hs), Int32(tk),
-                1, p, Int32(tk), vh, Int32(s.ldkv), 0, oh, Int32(s.ldo))
         }
     }
 }
@@ -71,36 +73,38 @@ public func attentionBackward(
     dout: UnsafePointer<Float>, probs: UnsafePointer<Float>,
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
 ) {
-    let tq = s.tq, tk = s.tk
-    for bi in 0..<s.b {
-        for h in 0..<s.nh {
-            let kvh = h / s.group
-            let qOff = bi * s.qBatchStride + h * s.hs, kvOff = bi * s.kvBatchStride + kvh * s.hs
-            let p = probs + (bi * s.nh + h) * tq * tk, dp = scratch
-            let doh = dout + qOff
-            // dP = dO · Vᵀ ; dV += Pᵀ · dO
-            cblas_sgemm(
-                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(s.hs),
-                1, doh, Int32(s.ldo), v + kvOff, Int32(s.ldkv), 0, dp, Int32(tk))
-            cblas_sgemm(
-                CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(s.hs), Int32(tq),
-                1, p, Int32(tk), doh, Int32(s.ldo), 1, dv + kvOff, Int32(s.ldkv))
-            // softmax backward: dS = P ⊙ (dP − Σ_j dP_j P_j); masked entries have P = 0.
-            Parallel.forRanges(tq, minPerThread: 32) { lo, hi in
-                for i in lo..<hi {
-                    let pr = p + i * tk, dr = dp + i * tk, valid = s.pos0 + i + 1
-                    let d = dot(dr, pr, valid)
-                    for j in 0..<valid { dr[j] = pr[j] * (dr[j] - d) }
-                    if valid < tk { (dr + valid).update(repeating: 0, count: tk - valid) }
+    StepProfile.op(.attention) {
+        let tq = s.tq, tk = s.tk
+        for bi in 0..<s.b {
+            for h in 0..<s.nh {
+                let kvh = h / s.group
+                let qOff = bi * s.qBatchStride + h * s.hs, kvOff = bi * s.kvBatchStride + kvh * s.hs
+                let p = probs + (bi * s.nh + h) * tq * tk, dp = scratch
+                let doh = dout + qOff
+                // dP = dO · Vᵀ ; dV += Pᵀ · dO
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(s.hs),
+                    1, doh, Int32(s.ldo), v + kvOff, Int32(s.ldkv), 0, dp, Int32(tk))
+                cblas_sgemm(
+                    CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(s.hs), Int32(tq),
+                    1, p, Int32(tk), doh, Int32(s.ldo), 1, dv + kvOff, Int32(s.ldkv))
+                // softmax backward: dS = P ⊙ (dP − Σ_j dP_j P_j); masked entries have P = 0.
+                Parallel.forRanges(tq, minPerThread: 32) { lo, hi in
+                    for i in lo..<hi {
+                        let pr = p + i * tk, dr = dp + i * tk, valid = s.pos0 + i + 1
+                        let d = dot(dr, pr, valid)
+                        for j in 0..<valid { dr[j] = pr[j] * (dr[j] - d) }
+                        if valid < tk { (dr + valid).update(repeating: 0, count: tk - valid) }
+                    }
                 }
+                // S = scale · Q·Kᵀ: dQ += scale · dS · K ; dK += scale · dSᵀ · Q
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(s.hs), Int32(tk),
+                    s.scale, dp, Int32(tk), k + kvOff, Int32(s.ldkv), 1, dq + qOff, Int32(s.ldq))
+                cblas_sgemm(
+                    CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(s.hs), Int32(tq),
+                    s.scale, dp, Int32(tk), q + qOff, Int32(s.ldq), 1, dk + kvOff, Int32(s.ldkv))
             }
-            // S = scale · Q·Kᵀ: dQ += scale · dS · K ; dK += scale · dSᵀ · Q
-            cblas_sgemm(
-                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(s.hs), Int32(tk),
-                s.scale, dp, Int32(tk), k + kvOff, Int32(s.ldkv), 1, dq + qOff, Int32(s.ldq))
-            cblas_sgemm(
-                CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(s.hs), Int32(tq),
-                s.scale, dp, Int32(tk), q + qOff, Int32(s.ldq), 1, dk + kvOff, Int32(s.ldkv))
         }
     }
 }

@@ -57,13 +57,15 @@ public func gemm(
     transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
     b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
 ) {
-    guard let kernel = BF16.kernel else {
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                    Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-        return
+    StepProfile.op(.gemm) {
+        guard let kernel = BF16.kernel else {
+            cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                        Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+            return
+        }
+        bf16GEMM(kernel, threads: Parallel.threads, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                 b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
-    bf16GEMM(kernel, threads: Parallel.threads, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
-             b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
 }
 
 /// ``gemm`` with bf16 operands through `kernel`, split over `threads`: the kernels split the larger of m and n (in

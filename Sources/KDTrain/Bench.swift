@@ -63,11 +63,16 @@ public struct BenchResult: Codable, Sendable {
     public var peakRSSBytes: Int
     /// "f32", or "bf16" with its kernel ("bf16-avx512", "bf16-rounded", …).
     public var precision = "f32"
+    /// With `--breakdown`: milliseconds per step by "phase/op class" (``StepPhase``, ``OpClass``), and the step's mean
+    /// milliseconds over the same repeats (the breakdown's 100%).
+    public var breakdownMS: [String: Double]?
+    public var breakdownStepMS: Double?
 
     enum CodingKeys: String, CodingKey {
         case shape, mode, threads, batch, seq, repeats
         case medianSeconds = "median_s", tokensPerS = "tokens_per_s", flopsPerToken = "flops_per_token", gflops
         case sgemmPeakGflops = "sgemm_peak_gflops", mfu, peakRSSBytes = "peak_rss_bytes", precision
+        case breakdownMS = "breakdown_ms", breakdownStepMS = "breakdown_step_ms"
     }
 }
 
@@ -108,8 +113,10 @@ public func measureGEMM(m: Int, n: Int, k: Int, transB: Bool, repeats: Int) -> D
 
 /// Times `repeats` steps (after one warm-up) of `mode` on `shape` with random weights and tokens; or, when `load`
 /// is given, forward passes of the model it returns (a real teacher, weights as stored), named `shape.name`.
+/// With `breakdown`, the timed steps run with ``StepProfile`` recording (its cost is in their times too).
 public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch: Int, seq: Int, repeats: Int,
-                         sgemmPeak: Double, lmHeadChunk: Int = 256, load: (() throws -> Transformer)? = nil) throws -> BenchResult {
+                         sgemmPeak: Double, lmHeadChunk: Int = 256, load: (() throws -> Transformer)? = nil,
+                         breakdown: Bool = false) throws -> BenchResult {
     var m = shape.model
     m.maxSeqLen = max(m.maxSeqLen, seq)
     ProcessMemory.resetPeak()
@@ -138,7 +145,7 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
         teacher!.initialize(seed: 2)
     }
     var times: [Double] = []
-    for r in 0...repeats {
+    func step(_ r: Int) {
         let t0 = monotonicSeconds()
         tokens.withUnsafeBufferPointer { tk in targets.withUnsafeBufferPointer { tg in
             if training, let g = model.grads, let am = adamM, let av = adamV {
@@ -151,23 +158,39 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
                 }
                 model.forward(tokens: tk.baseAddress!, b: batch, t: seq)
                 model.backward(targets: tg.baseAddress!, lossScale: 1 / Float(n), distill: target)
-                clipGradNorm(g.base, count: g.count, maxNorm: 1)
-                adamWUpdate(param: model.params.base, grad: g.base, m: am.base, v: av.base, count: g.count,
-                            step: AdamWStep(lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, t: r + 1))
+                StepProfile.phase(.optimizer) {
+                    clipGradNorm(g.base, count: g.count, maxNorm: 1)
+                    adamWUpdate(param: model.params.base, grad: g.base, m: am.base, v: av.base, count: g.count,
+                                step: AdamWStep(lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, t: r + 1))
+                }
             } else {
                 model.forward(tokens: tk.baseAddress!, b: batch, t: seq)
                 _ = model.loss(targets: tg.baseAddress!)
             }
         } }
-        if r > 0 { times.append(monotonicSeconds() - t0) }
+        if r > 0 { times.append(monotonicSeconds() - t0) }  // the first step warms up threads and pages
+    }
+    step(0)
+    var parts: [StepPhase: [OpClass: Double]]?
+    if breakdown {
+        parts = StepProfile.record { for r in 1...repeats { step(r) } }
+    } else {
+        for r in 1...repeats { step(r) }
     }
     let med = median(times)
     var flops = mode == .forward ? m.forwardFLOPsPerToken(seqLen: seq) : m.trainFLOPsPerToken(seqLen: seq)
     if let teacher { flops += teacher.config.forwardFLOPsPerToken(seqLen: seq) }
     let tps = Double(n) / med
     let gflops = tps * flops / 1e9
-    return BenchResult(shape: shape.name, mode: mode.rawValue, threads: threads, batch: batch, seq: seq, repeats: repeats,
-                       medianSeconds: med, tokensPerS: tps, flopsPerToken: flops, gflops: gflops,
-                       sgemmPeakGflops: sgemmPeak, mfu: gflops / sgemmPeak, peakRSSBytes: ProcessMemory.peakRSSBytes(),
-                       precision: BF16.label)
+    var result = BenchResult(shape: shape.name, mode: mode.rawValue, threads: threads, batch: batch, seq: seq, repeats: repeats,
+                             medianSeconds: med, tokensPerS: tps, flopsPerToken: flops, gflops: gflops,
+                             sgemmPeakGflops: sgemmPeak, mfu: gflops / sgemmPeak, peakRSSBytes: ProcessMemory.peakRSSBytes(),
+                             precision: BF16.label)
+    if let parts {
+        var ms: [String: Double] = [:]
+        for (p, ops) in parts { for (o, s) in ops where s > 0 { ms["\(p.label)/\(o.label)"] = 1000 * s / Double(repeats) } }
+        result.breakdownMS = ms
+        result.breakdownStepMS = 1000 * times.reduce(0, +) / Double(times.count)
+    }
+    return result
 }

@@ -194,7 +194,9 @@ public final class QATState: TrainerPart {
     public func restore(from source: CheckpointSource?) throws { try restore(dir: source?.dir) }
 
     /// Learned scales take their AdamW step.
-    public func afterUpdate(_ u: UpdateContext) throws { updateScales(lr: u.lr, optimizer: u.optimizer, step: u.t - 1) }
+    public func afterUpdate(_ u: UpdateContext) throws {
+        StepProfile.phase(.qat) { updateScales(lr: u.lr, optimizer: u.optimizer, step: u.t - 1) }
+    }
 
     /// The explicit scales (and learned ones' moments) as a safetensors file, on `root` (nil elsewhere, or without
     /// scales yet). Collective when the slab is split.

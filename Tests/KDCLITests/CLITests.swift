@@ -125,6 +125,24 @@ func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
     }
 }
 
+/// `bench --breakdown` on a distillation step: every phase of the step shows up, GEMMs where there are GEMMs, and the
+/// parts add up to no more than the step.
+@Test func benchBreaksTheKDStepDownByPhase() throws {
+    let r = try runDistill(["bench", "--shape", "tiny", "--mode", "kd", "--threads", "1", "--repeats", "1", "--batch", "1", "--seq", "16",
+                            "--breakdown", "--json"])
+    #expect(r.status == 0, "\(r.err)")
+    let obj = try #require(try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any])
+    let parts = try #require(obj["breakdown_ms"] as? [String: Double]), step = try #require(obj["breakdown_step_ms"] as? Double)
+    for key in ["teacher forward/GEMM", "teacher forward/attention", "student forward/GEMM", "loss (heads, softmax, divergence)/GEMM",
+                "loss (heads, softmax, divergence)/rest", "backward (blocks, embedding)/GEMM", "backward (blocks, embedding)/attention",
+                "optimizer (clip, AdamW)/rest"] {
+        #expect((parts[key] ?? 0) > 0, "\(key) missing in \(parts.keys.sorted())")
+    }
+    #expect(parts.values.reduce(0, +) <= step * 1.001, "parts \(parts.values.reduce(0, +)) ms of a \(step) ms step")
+    let text = try runDistill(["bench", "--shape", "tiny", "--mode", "kd", "--threads", "1", "--repeats", "1", "--batch", "1", "--seq", "16", "--breakdown"])
+    #expect(text.status == 0 && text.out.contains("breakdown (ms per step") && text.out.contains("outside the phases"), "\(text.out)")
+}
+
 @Test func aSignalStopsTrainingWithACheckpoint() throws {
     let dir = try scratchDir()
     defer { try? FileManager.default.removeItem(at: dir) }

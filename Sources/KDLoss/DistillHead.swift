@@ -157,18 +157,18 @@ public func lmHeadDistill(
                         if training { row.update(repeating: 0, count: v) }
                         continue
                     }
-                    let studentTop = agree == nil ? 0 : argmax(row, v)
+                    let studentTop = agree == nil ? 0 : rowArgmax(row, v)
                     let r = r0 + i, sameScale = lossScale * t.kdWeight * t.sameWeight
                     var value = 0.0, teacherTop = -1
                     if let tk = t.topK {
-                        teacherTop = Int(tk.ids[r * tk.k + argmax(tk.logProbs + r * tk.k, tk.k)])
+                        teacherTop = Int(tk.ids[r * tk.k + rowArgmax(tk.logProbs + r * tk.k, tk.k)])
                         value = Double(t.sameWeight) * divergenceRowTopK(t.divergence, ids: tk.ids + r * tk.k, logProbs: tk.logProbs + r * tk.k,
                                                                          logTail: tk.logTail[r], k: tk.k, studentLogits: row, v: v,
                                                                          temperature: t.temperature, grad: training ? g : nil,
                                                                          scale: sameScale, scratch: w)
                     } else if let teachers = t.teachers {
                         let trow = teachers.rowLogProbs(i: i, r: r, m: m, buffer: teacherLogits, temperature: t.temperature, scratch: w)
-                        teacherTop = argmax(trow, v)
+                        teacherTop = rowArgmax(trow, v)
                         value = Double(t.sameWeight) * divergenceRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v,
                                                                      temperature: t.temperature, grad: training ? g : nil,
                                                                      scale: sameScale, scratch: w)
@@ -179,7 +179,7 @@ public func lmHeadDistill(
                     for (ci, c) in t.cross.enumerated() {
                         let rows = c.rows, ids = rows.ids + r * rows.k, g2 = work + th * per + base
                         guard ids[0] >= 0 else { continue }
-                        if !t.hasSame && ci == 0 { teacherTop = Int(c.teacherToStudent[Int(ids[argmax(rows.logProbs + r * rows.k, rows.k)])]) }
+                        if !t.hasSame && ci == 0 { teacherTop = Int(c.teacherToStudent[Int(ids[rowArgmax(rows.logProbs + r * rows.k, rows.k)])]) }
                         value += Double(c.weight) * crossTokenizerRow(t.crossLoss, t.divergence, ids: ids, logProbs: rows.logProbs + r * rows.k,
                                                                       logTail: rows.logTail[r], k: rows.k, map: c.teacherToStudent,
                                                                       studentLogits: row, v: v, temperature: t.temperature,
@@ -202,10 +202,3 @@ public func lmHeadDistill(
     }
 }
 
-/// Index of the largest of `n` values (the first on ties).
-@inline(__always)
-func argmax(_ p: UnsafePointer<Float>, _ n: Int) -> Int {
-    var best = 0
-    for j in 1..<max(n, 1) where p[j] > p[best] { best = j }
-    return best
-}

@@ -114,43 +114,73 @@ public func divergenceRow(
     let lq = scratch, q = scratch + v
     lq.update(from: s, count: v)
     logSoftmaxInPlace(lq, v, temperature: T, scratch: q)
-    for j in 0..<v { q[j] = fastExp(lq[j]) }
-    let kind = d.normalized
+    // e^x sixteen lanes at a time (simdExp: the lanes are exactly the scalar fastExp); the value is summed element
+    // by element in Double, as the per-element definition says, so the vector loops change no bit of value or gradient
+    var j0 = 0
+    while j0 + 16 <= v { storeV16(simdExp(loadV16(lq + j0)), q + j0); j0 += 16 }
+    for j in j0..<v { q[j] = fastExp(lq[j]) }
+    /// p = e^lp for the 16 elements from j (the tail: fewer lanes are read by the callers).
+    @inline(__always) func pChunk(_ j: Int) -> V16 {
+        if j + 16 <= v { return simdExp(loadV16(lp + j)) }
+        var t = V16(repeating: 0)
+        for i in 0..<(v - j) { t[i] = fastExp(lp[j + i]) }
+        return t
+    }
+    let kind = d.normalized, k = scale / T
     var value = 0.0
     switch kind {
     // for these three the chain q_j (a_j − Σ q a) has closed forms (FKL: q − p) that need no division by q
     case .forwardKL:
-        for j in 0..<v { value += kind.element(p: fastExp(lp[j]), q: q[j], lp: lp[j], lq: lq[j]).value }
-        if let g = grad {
-            for j in 0..<v { g[j] = scale / T * (q[j] - fastExp(lp[j])) }
+        var j = 0
+        while j < v {
+            let p = pChunk(j), n = min(16, v - j)
+            for i in 0..<n { value += kind.element(p: p[i], q: q[j + i], lp: lp[j + i], lq: lq[j + i]).value }
+            if let g = grad {
+                if n == 16 { storeV16(V16(repeating: k) * (loadV16(q + j) - p), g + j) } else { for i in 0..<n { g[j + i] = k * (q[j + i] - p[i]) } }
+            }
+            j += 16
         }
     case .reverseKL:
-        for j in 0..<v { value += kind.element(p: fastExp(lp[j]), q: q[j], lp: lp[j], lq: lq[j]).value }
+        for j in 0..<v { value += kind.element(p: 0, q: q[j], lp: lp[j], lq: lq[j]).value }
         if let g = grad {
             let r = Float(value)
-            for j in 0..<v { g[j] = scale / T * q[j] * (lq[j] - lp[j] - r) }
+            var j = 0
+            while j + 16 <= v {
+                storeV16(V16(repeating: k) * loadV16(q + j) * (loadV16(lq + j) - loadV16(lp + j) - V16(repeating: r)), g + j)
+                j += 16
+            }
+            for i in j..<v { g[i] = k * q[i] * (lq[i] - lp[i] - r) }
         }
     case .mixedKL(let a):
-        var rkl = 0.0
-        for j in 0..<v {
-            value += kind.element(p: fastExp(lp[j]), q: q[j], lp: lp[j], lq: lq[j]).value
-            rkl += Divergence.reverseKL.element(p: 0, q: q[j], lp: lp[j], lq: lq[j]).value
+        var rkl = 0.0, j = 0
+        while j < v {
+            let p = pChunk(j), n = min(16, v - j)
+            for i in 0..<n {
+                value += kind.element(p: p[i], q: q[j + i], lp: lp[j + i], lq: lq[j + i]).value
+                rkl += Divergence.reverseKL.element(p: 0, q: q[j + i], lp: lp[j + i], lq: lq[j + i]).value
+            }
+            if let g = grad { for i in 0..<n { g[j + i] = p[i] } }  // p, for the gradient below
+            j += 16
         }
         if let g = grad {
             let r = Float(rkl)
-            for j in 0..<v { g[j] = scale / T * (a * (q[j] - fastExp(lp[j])) + (1 - a) * q[j] * (lq[j] - lp[j] - r)) }
+            for j in 0..<v { g[j] = k * (a * (q[j] - g[j]) + (1 - a) * q[j] * (lq[j] - lp[j] - r)) }
         }
     case .skewForwardKL, .skewReverseKL, .jsd, .tvd:
-        var sqa = 0.0
-        for j in 0..<v {
-            let e = kind.element(p: fastExp(lp[j]), q: q[j], lp: lp[j], lq: lq[j])
-            value += e.value
-            grad?[j] = e.a
-            sqa += Double(q[j]) * Double(e.a)
+        var sqa = 0.0, j = 0
+        while j < v {
+            let p = pChunk(j), n = min(16, v - j)
+            for i in 0..<n {
+                let e = kind.element(p: p[i], q: q[j + i], lp: lp[j + i], lq: lq[j + i])
+                value += e.value
+                grad?[j + i] = e.a
+                sqa += Double(q[j + i]) * Double(e.a)
+            }
+            j += 16
         }
         if let g = grad {
             let c = Float(sqa)
-            for j in 0..<v { g[j] = scale / T * q[j] * (g[j] - c) }
+            for j in 0..<v { g[j] = k * q[j] * (g[j] - c) }
         }
     }
     return value

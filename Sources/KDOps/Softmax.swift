@@ -7,7 +7,7 @@ public typealias V16 = SIMD16<Float>
 /// e^x lane by lane: x = k·ln2 + r with |r| ≤ ln2/2, e^r by a degree-7 polynomial, 2^k through the exponent bits.
 /// Inputs are clamped to [−87.3, 88.7] (no denormals, no Inf); callers zero masked entries themselves.
 /// NaN stays NaN, so a poisoned logit shows up in the loss instead of being clamped into a finite number.
-@inline(__always)
+@inlinable @inline(__always)
 public func simdExp(_ x0: V16) -> V16 {
     // Only concrete lane-wise operations: the generic SIMD conversions (Float → Int32, rounded(), clamped())
     // compile to per-lane calls and made this 10× slower.
@@ -32,21 +32,29 @@ public func simdExp(_ x0: V16) -> V16 {
 }
 
 /// Scalar e^x with exactly the numerics of ``simdExp``.
-@inline(__always)
+@inlinable @inline(__always)
 public func fastExp(_ x: Float) -> Float { simdExp(V16(repeating: x))[0] }
 
-@inline(__always)
-func loadV16(_ p: UnsafePointer<Float>) -> V16 {
+@inlinable @inline(__always)
+public func loadV16(_ p: UnsafePointer<Float>) -> V16 {
     UnsafeRawPointer(p).loadUnaligned(as: V16.self)
 }
 
-@inline(__always)
-func storeV16(_ v: V16, _ p: UnsafeMutablePointer<Float>) {
+@inlinable @inline(__always)
+public func storeV16(_ v: V16, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: V16.self)
 }
 
+/// Index of the largest of x[0..<v], the first on ties (NaN never wins; 0 when nothing compares larger than −∞).
+@inlinable
+public func rowArgmax(_ x: UnsafePointer<Float>, _ v: Int) -> Int {
+    let m = rowMax(x, v)
+    for j in 0..<v where x[j] == m { return j }
+    return 0
+}
+
 /// max over x[0..<v].
-@inline(__always)
+@inlinable @inline(__always)
 public func rowMax(_ x: UnsafePointer<Float>, _ v: Int) -> Float {
     var m = V16(repeating: -Float.infinity)
     var i = 0

@@ -3,7 +3,9 @@
 // attention); every frame keeps only its own time (exclusive: a GEMM inside the backward phase counts as the
 // backward's GEMM, not twice), and a phase's time outside any named kernel is its "rest" (norms, RoPE, activations,
 // copies; in the loss: softmax, divergence and cross-entropy rows). Off unless a breakdown runs: one atomic load per
-// call site. One thread records (the step's own; kernels' worker threads are inside the frames that spawn them).
+// call site. Only the thread that started the recording records (the step's own; kernels' worker threads are inside
+// the frames that spawn them, and other threads of the process — tests running beside it — are not counted).
+import Foundation
 import Synchronization
 
 /// A part of a training step.
@@ -40,7 +42,13 @@ public enum OpClass: Int, CaseIterable, Sendable {
 
 public enum StepProfile {
     static let on = Atomic<Bool>(false)
+    /// The recording thread.
+    static let owner = Atomic<UInt>(0)
     static let state = Mutex(Recorder())
+
+    @inline(__always) static var recording: Bool {
+        on.load(ordering: .relaxed) && owner.load(ordering: .relaxed) == UInt(pthread_self())
+    }
 
     struct Frame { var phase: StepPhase?, op: OpClass? }
 
@@ -66,7 +74,7 @@ public enum StepProfile {
     /// Runs `body` as phase `phase` (a phase inside another replaces it for its duration).
     @inline(__always)
     public static func phase<T>(_ phase: StepPhase, _ body: () throws -> T) rethrows -> T {
-        guard on.load(ordering: .relaxed) else { return try body() }
+        guard recording else { return try body() }
         enter(Frame(phase: phase, op: nil))
         defer { exit() }
         return try body()
@@ -75,7 +83,7 @@ public enum StepProfile {
     /// Runs `body` as a kernel of class `op` inside the current phase.
     @inline(__always)
     public static func op<T>(_ op: OpClass, _ body: () throws -> T) rethrows -> T {
-        guard on.load(ordering: .relaxed) else { return try body() }
+        guard recording else { return try body() }
         enter(Frame(phase: nil, op: op))
         defer { exit() }
         return try body()
@@ -101,6 +109,7 @@ public enum StepProfile {
     /// Seconds by phase and op class spent inside `body`, which runs with recording on.
     public static func record(_ body: () throws -> Void) rethrows -> [StepPhase: [OpClass: Double]] {
         state.withLock { r in r = Recorder() }
+        owner.store(UInt(pthread_self()), ordering: .relaxed)
         on.store(true, ordering: .relaxed)
         defer { on.store(false, ordering: .relaxed) }
         try body()

@@ -62,7 +62,7 @@ public func crossTokenizerRow(
     let small = scratch + 5 * v + 2 * (k + 1)
     lq.update(from: s, count: v)
     logSoftmaxInPlace(lq, v, temperature: T, scratch: q)
-    for j in 0..<v { q[j] = fastExp(lq[j]) }
+    expRow(q, lq, v)
     let tp = small                                      // [k] teacher probabilities of the uld part, sorted
     switch loss {
     case .uld:

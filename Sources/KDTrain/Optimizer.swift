@@ -40,6 +40,10 @@ public final class Optimizer {
     /// The global norm of the gradient (every rank's range; `grads` is the slab-sized gradient, this rank's range
     /// final), and this range scaled so that norm is at most grad_clip. Collective when the slab is split.
     public func clip(grads: UnsafeMutablePointer<Float>) throws -> Double {
+        try StepProfile.phase(.optimizer) { try clipRange(grads) }
+    }
+
+    func clipRange(_ grads: UnsafeMutablePointer<Float>) throws -> Double {
         guard shard.isSplit else { return clipGradNorm(grads, count: shard.range.count, maxNorm: config.gradClip) }
         let r = shard.range, local = globalNorm(grads + r.lowerBound, count: r.count)
         var squares = [local * local]
@@ -54,6 +58,10 @@ public final class Optimizer {
     /// One AdamW update at 1-based step `t`: `params` points at this range's first weight, `grads` at the slab's
     /// gradient.
     public func step(params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Float, t: Int) {
+        StepProfile.phase(.optimizer) { update(params: params, grads: grads, lr: lr, t: t) }
+    }
+
+    func update(params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Float, t: Int) {
         let c = config, g = grads + shard.range.lowerBound
         for p in pieces {
             adamWUpdate(param: params + p.local.lowerBound, grad: g + p.local.lowerBound, m: m.base + p.local.lowerBound,

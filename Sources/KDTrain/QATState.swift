@@ -100,6 +100,10 @@ public final class QATState: TrainerPart {
     /// The model's weights of this range ← fake-quantized masters (the masters themselves before start_step), and
     /// activation fake quantization on or off. The caller all-gathers the weights when the slab is split.
     public func refresh(step: Int) {
+        StepProfile.phase(.qat) { quantize(step: step) }
+    }
+
+    func quantize(step: Int) {
         let r = shard.range, params = model.params.base + r.lowerBound, m = masters.base
         params.update(from: m, count: r.count)
         if let scheme, active(step: step) {
@@ -142,6 +146,10 @@ public final class QATState: TrainerPart {
     /// Before clipping: the LSQ gradient of this rank's scales from the summed gradient of its quantized weights
     /// (`grads` is the slab-sized gradient), then the straight-through masks (a clipped weight gets no gradient).
     public func prepareGradient(_ grads: UnsafeMutablePointer<Float>, step: Int) {
+        StepProfile.phase(.qat) { maskAndScaleGradient(grads, step: step) }
+    }
+
+    func maskAndScaleGradient(_ grads: UnsafeMutablePointer<Float>, step: Int) {
         guard config.enabled else { return }
         let r = shard.range
         if learningScales(step: step), let qs = scales, let sg = scaleGrad, let scheme {

@@ -155,17 +155,17 @@ public final class Trainer {
         for i in 0..<config.train.gradAccum {                    // teacher target, forward, backward per micro-batch
             local = local + (try forwardBackward(batches.micro(i, of: batch), batch, last: i == config.train.gradAccum - 1))
         }
-        try StepProfile.phase(.exchange) { try sync.finish() }    // all-reduced (or reduce-scattered) gradient
+        try sync.finish()                                          // all-reduced (or reduce-scattered) gradient
         let totals = try agree(local, batch)                       // losses, stop flag, checkpoint clock across ranks
         let g = model.grads!.base
-        StepProfile.phase(.qat) { qat?.prepareGradient(g, step: step) }  // LSQ scale gradient, straight-through masks
-        let norm = try StepProfile.phase(.optimizer) { try optimizer.clip(grads: g) }  // global norm over every rank's range
+        qat?.prepareGradient(g, step: step)                        // LSQ scale gradient, straight-through masks
+        let norm = try optimizer.clip(grads: g)                    // global norm over every rank's range
         guard totals.loss.isFinite else { throw KDError.nonFinite(what: "training loss", step: step + 1) }
         guard norm.isFinite else { throw KDError.nonFinite(what: "gradient norm", step: step + 1) }
         let lr = optimizer.learningRate(step: step)
-        StepProfile.phase(.optimizer) { optimizer.step(params: ownedWeights, grads: g, lr: lr, t: step + 1) }  // AdamW, this rank's range
+        optimizer.step(params: ownedWeights, grads: g, lr: lr, t: step + 1)  // AdamW on this rank's range
         let update = UpdateContext(lr: lr, t: step + 1, optimizer: config.optimizer, weights: ownedWeights, shard: optimizer.shard)
-        try StepProfile.phase(.optimizer) { for part in parts { try part.afterUpdate(update) } }  // projections, QAT scales, EMA
+        for part in parts { try part.afterUpdate(update) }        // projections, QAT scales, the EMA teacher
         step += 1
         lastLR = lr
         try refreshWeights()                                       // fake-quantized weights; every rank's range (sharded)
@@ -243,7 +243,7 @@ public final class Trainer {
     /// all-gathered (collective).
     func refreshWeights() throws {
         guard let qat else { return }
-        StepProfile.phase(.qat) { qat.refresh(step: step) }
+        qat.refresh(step: step)
         if optimizer.shard.isSplit { try comm.allGather(model.params.base, counts: optimizer.shard.counts) }
     }
 

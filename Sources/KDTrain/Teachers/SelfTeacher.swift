@@ -29,6 +29,10 @@ final class SelfTeacherPlacement: TeacherPlacement {
 
     /// EMA: this rank's range of the teacher moves toward the student's, then every rank's range is gathered.
     func afterUpdate(_ u: UpdateContext) throws {
+        try StepProfile.phase(.optimizer) { try moveAverage(u) }
+    }
+
+    func moveAverage(_ u: UpdateContext) throws {
         guard let d = decay else { return }
         let r = u.shard.range, q = model.params.base + r.lowerBound, p = u.weights
         Parallel.forRanges(r.count, minPerThread: 1 << 16) { lo, hi in

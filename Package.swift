@@ -64,7 +64,7 @@ let package = Package(
         .testTarget(
             name: "KDTrainTests", dependencies: ["KDTrain", "KDOps", "KDData", "KDComm", "KDModel", "KDCheckpoint", "KDTestSupport"],
             swiftSettings: cpuFlags),
-        .testTarget(name: "KDCLITests", dependencies: ["KDCLI", "KDConfig", "KDData", "KDFormats", "KDModel", "KDCheckpoint", "KDTestSupport"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDCLITests", dependencies: ["KDCLI", "KDConfig", "KDData", "KDFormats", "KDModel", "KDCheckpoint", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
     ],
     // Swift 6: data races are compile errors. The kernels' raw buffers cross threads in one audited place
     // (KDCore/Parallel.swift, RangeWork); process-wide settings are atomics, the shared panel buffer a Mutex.

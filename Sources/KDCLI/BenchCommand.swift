@@ -77,6 +77,7 @@ struct Bench: ParsableCommand {
         #if DEBUG
         KDLog.error("warning: debug build; figures are meaningless. Build with: swift build -c release")
         #endif
+        try reportBLASCore()
         var kernels: [BF16Kernel?] = []
         for p in precisions {
             let (kernel, warning) = try BF16.resolve(bf16: p == .bf16, environment: ProcessInfo.processInfo.environment, setting: "bench --precision",
@@ -153,5 +154,35 @@ struct Bench: ParsableCommand {
         }
         print("  " + "outside the phases".padding(toLength: 36, withPad: " ", startingAt: 0)
               + String(repeating: " ", count: 16 * ops.count) + cell(max(0, step - tracked)))
+    }
+
+    /// Which OpenBLAS kernels run; when the environment forces a core older than the CPU (OPENBLAS_CORETYPE=Haswell on
+    /// an AVX-512 CPU), a warning with the cost measured here: one thread's 2048³ sgemm under the forced core, and under
+    /// OpenBLAS's own choice in a child process with the variables unset.
+    func reportBLASCore() throws {
+        let env = ProcessInfo.processInfo.environment, core = BLASCore.current
+        KDLog.error("OpenBLAS \(core) kernels")
+        guard let forced = BLASCore.forcedOlder(flags: BLASCore.cpuFlags(), current: core, environment: env), env["DISTILL_BENCH_CHILD"] == nil else { return }
+        configureThreads(1)
+        let here = measureSGEMMPeak(repeats: 3)
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+        child.arguments = ["bench", "--gemm", "2048x2048x2048", "--threads", "1", "--repeats", "3", "--json"]
+        var childEnv = env
+        childEnv["OPENBLAS_CORETYPE"] = nil
+        childEnv["OPENBLAS_L2_SIZE"] = nil
+        childEnv["DISTILL_BENCH_CHILD"] = "1"
+        child.environment = childEnv
+        let out = Pipe()
+        child.standardOutput = out
+        child.standardError = FileHandle.nullDevice
+        try child.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        child.waitUntilExit()
+        let own = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])?["gflops"] as? Double
+        KDLog.error("warning: OPENBLAS_CORETYPE=\(forced) forces \(core) kernels on a CPU with AVX-512: one thread's sgemm runs at "
+                    + String(format: "%.0f GFLOP/s here", here)
+                    + (own.map { String(format: " against %.0f with the variable unset (%.2f×)", $0, $0 / max(here, 1e-9)) } ?? "")
+                    + "; a user's machine runs the faster kernels: measure with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE distill bench ...`")
     }
 }

@@ -22,6 +22,17 @@ public enum BLASCore {
         return nil
     }
 
+    /// Cores with AVX-512 sgemm kernels.
+    static let avx512: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
+
+    /// When `OPENBLAS_CORETYPE` forces a core without the AVX-512 kernels this CPU has (these machines' environment sets
+    /// Haswell): the core the setting forces; nil when nothing is forced or the forced core is as good as the CPU.
+    public static func forcedOlder(flags: Set<String>, current: String, environment: [String: String]) -> String? {
+        guard let forced = environment["OPENBLAS_CORETYPE"], !forced.isEmpty,
+              flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq"]), !avx512.contains(current.lowercased()) else { return nil }
+        return forced
+    }
+
     /// This CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere).
     public static func cpuFlags() -> Set<String> {
         guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),

@@ -2,6 +2,7 @@
 // (exit codes, progress lines, one-line errors on bad input).
 import Foundation
 import KDFormats
+import KDOps
 import KDTestSupport
 import Testing
 @testable import KDCLI
@@ -231,3 +232,19 @@ func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
     #expect(tok.decode(tok.encode("hé")) == "hé")
     #expect(throws: (any Error).self) { try tok.hfTokenizerJSON() }
 }
+
+/// `distill bench` names the OpenBLAS kernels, and where OPENBLAS_CORETYPE forces AVX2 kernels on an AVX-512 CPU it
+/// warns with the cost it measured against a child run with the variable unset; on a CPU without AVX-512 it does not.
+@Test func benchNamesTheBLASKernelsAndWarnsWhenAnOlderCoreIsForced() throws {
+    let r = try runProcess(try distillBinary(), ["bench", "--gemm", "64x64x64", "--threads", "1", "--repeats", "1"], in: repoRoot,
+                           env: ["OPENBLAS_CORETYPE": "Haswell"])
+    #expect(r.status == 0, "\(r.err)")
+    #expect(r.err.contains("OpenBLAS Haswell kernels"), "\(r.err)")
+    let avx512 = BLASCore.cpuFlags().isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq"])
+    if avx512 {
+        #expect(r.err.contains("warning: OPENBLAS_CORETYPE=Haswell forces Haswell kernels") && r.err.contains("with the variable unset"), "\(r.err)")
+    } else {
+        #expect(!r.err.contains("warning: OPENBLAS_CORETYPE"), "\(r.err)")
+    }
+}
+

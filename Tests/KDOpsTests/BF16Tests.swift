@@ -51,10 +51,11 @@ private func referenceBF16(_ x: Float) -> UInt16 {
 }
 
 /// Runs `kernel` on every transpose and a few shapes (crossing the kernel's 8 × 32 tile, its 256-deep, 96-row and
-/// 512-column blocks, odd depths) and checks the two bounds and that bf16 is not f32.
+/// 512-column blocks — (130, 600, 300) crosses all three at once —, odd depths) and checks the two bounds and that
+/// bf16 is not f32.
 private func checkGemm(_ kernel: BF16Kernel) {
     let ub = 0x1p-9, u = 0x1p-24
-    for (m, n, k) in [(13, 37, 77), (100, 70, 600), (9, 530, 31), (1, 1, 1)] {
+    for (m, n, k) in [(13, 37, 77), (100, 70, 600), (9, 530, 31), (1, 1, 1), (130, 600, 300)] {
         for transA in [false, true] {
             for transB in [false, true] {
                 let a = randomArray(m * k, seed: UInt64(m * 7 + k), scale: 1.5), b = randomArray(k * n, seed: UInt64(n * 13 + k))

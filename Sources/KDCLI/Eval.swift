@@ -159,7 +159,6 @@ func weightBytesOnDisk(_ path: String) -> Int {
 func evaluate(_ model: Transformer, teacher: Transformer?, ids: [Int32], mask: [UInt8], context: Int, maxWindows: Int,
               bos: Int32? = nil) -> EvalResult {
     var r = EvalResult()
-    let v = model.config.vocabSize
     let lead = bos == nil ? 0 : 1
     var start = 0, windows = 0
     while start + 1 - lead < ids.count, maxWindows == 0 || windows < maxWindows {

@@ -343,7 +343,7 @@ public final class Transformer {
 
     func crossEntropyLoss(targets: UnsafePointer<Int32>) -> LossSum {
         guard let a = acts else { preconditionFailure("loss: call forward first") }
-        let n = a.b * a.t, m = config
+        let n = a.b * a.t
         lmHeadCrossEntropyForward(losses: a.losses.base, inp: a.lnf.base, head: lmHeadWeight, targets: targets, n: n,
                                   scratch: a.lmHead)
         return sumLosses(a, targets: targets)
@@ -438,12 +438,7 @@ public final class Transformer {
         let m = config, n = a.b * a.t, c = m.dim, f = m.ffnDim, P = params.base, G = grads!.base
         let A = a.blocks[l], L = layout.blocks[l]
         // the residual passes dL/d(output) straight through to x2; the MLP branch adds its part
-        var dMLP = UnsafePointer(S.dx.base)
-        if let pn = L.postFFNNorm, let o = A.ffnOut, let dp = S.dpost {
-            dp.zero()
-            rmsNormBackward(dinp: dp.base, dweight: G + pn, dout: S.dx.base, inp: o.base, weight: P + pn, rstd: A.rstdPF!.base, n: n, c: c)
-            dMLP = UnsafePointer(dp.base)
-        }
+        let dMLP = throughPostNorm(L.postFFNNorm, output: A.ffnOut, rstd: A.rstdPF, S, n: n)
         S.dh.zero()
         matmulBackward(dinp: S.dh.base, dweight: G + L.wdown, dout: dMLP, inp: A.h.base, weight: P + L.wdown, n: n, c: f, oc: c)
         S.dgate.zero(); S.dup.zero()
@@ -457,6 +452,16 @@ public final class Transformer {
         rmsNormBackward(dinp: S.dx.base, dweight: G + L.ln2, dout: S.dln.base, inp: A.x2.base, weight: P + L.ln2, rstd: A.rstd2.base, n: n, c: c)
     }
 
+    /// The gradient a branch's output receives from ``residualGradient``: through its post-norm (weight at layout offset
+    /// `norm`, families with post-norms) into the scratch, else the residual gradient itself.
+    func throughPostNorm(_ norm: Int?, output: Slab?, rstd: Slab?, _ S: BackwardScratch, n: Int) -> UnsafePointer<Float> {
+        guard let pn = norm, let o = output, let r = rstd, let dp = S.dpost else { return UnsafePointer(S.dx.base) }
+        dp.zero()
+        rmsNormBackward(dinp: dp.base, dweight: grads!.base + pn, dout: S.dx.base, inp: o.base, weight: params.base + pn, rstd: r.base,
+                        n: n, c: config.dim)
+        return UnsafePointer(dp.base)
+    }
+
     /// The attention half of block l: ``residualGradient`` from dL/d(x2) to dL/d(block input).
     public func attentionBackward(_ l: Int) {
         StepProfile.phase(.backward) { attentionBackwardBlock(l) }
@@ -467,12 +472,7 @@ public final class Transformer {
         let m = config, n = a.b * a.t, c = m.dim, kv = m.kvDim, P = params.base, G = grads!.base
         let A = a.blocks[l], L = layout.blocks[l]
         let shape = AttentionShape(b: a.b, tq: a.t, tk: a.t, nh: m.heads, nkv: m.kvHeads, hs: m.headSize)
-        var dAttn = UnsafePointer(S.dx.base)
-        if let pn = L.postAttnNorm, let o = A.attnOut, let dp = S.dpost {
-            dp.zero()
-            rmsNormBackward(dinp: dp.base, dweight: G + pn, dout: S.dx.base, inp: o.base, weight: P + pn, rstd: A.rstdPA!.base, n: n, c: c)
-            dAttn = UnsafePointer(dp.base)
-        }
+        let dAttn = throughPostNorm(L.postAttnNorm, output: A.attnOut, rstd: A.rstdPA, S, n: n)
         S.datt.zero()
         matmulBackward(dinp: S.datt.base, dweight: G + L.wo, dout: dAttn, inp: A.att.base, weight: P + L.wo, n: n, c: m.qDim, oc: c)
         S.dq.zero(); S.dk.zero(); S.dv.zero()

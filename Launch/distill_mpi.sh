@@ -14,7 +14,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 np=${1:?usage: Launch/distill_mpi.sh NP ARGS…}
 shift
 bin=${DISTILL_BIN:-$here/.build/release/distill}
-[ -x "$bin" ] || { echo "distill-mpi: expected the distill binary at $bin (swift build -c release), found none" >&2; exit 2; }
+[ -x "$bin" ] || { echo "distill_mpi: expected the distill binary at $bin (swift build -c release), found none" >&2; exit 2; }
 cores=$(nproc)
 threads=$(( cores / np )); [ "$threads" -ge 1 ] || threads=1
 flags=(-np "$np" --bind-to none -x OPENBLAS_NUM_THREADS="$threads" -x PATH)
@@ -40,7 +40,7 @@ signals=0
 forward() {
     signals=$((signals + 1))
     if [ "$signals" -eq 1 ]; then
-        echo "distill-mpi: stopping after the current step (signal again to abort)" >&2
+        echo "distill_mpi: stopping after the current step (signal again to abort)" >&2
         kill -USR1 "$pid" 2>/dev/null || true
     else
         kill -TERM "$pid" 2>/dev/null || true

@@ -31,6 +31,32 @@ public enum Parallel {
     }
 }
 
+extension Parallel {
+    /// ``forRanges(_:minPerThread:over:_:)`` over exactly `over` threads (fewer when n is smaller), telling each range
+    /// its index 0..<over: for work that needs a per-thread slice of a shared scratch buffer.
+    @inlinable
+    public static func forIndexedRanges(_ n: Int, over: Int, _ body: (_ index: Int, _ lo: Int, _ hi: Int) -> Void) {
+        let t = min(max(1, over), max(1, n))
+        if t == 1 {
+            if n > 0 { body(0, 0, n) }
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            let work = IndexedRangeWork(body)
+            DispatchQueue.concurrentPerform(iterations: t) { i in
+                let lo = n * i / t, hi = n * (i + 1) / t
+                if hi > lo { work.body(i, lo, hi) }
+            }
+        }
+    }
+}
+
+/// ``RangeWork`` with the range's index (the same audited crossing).
+@usableFromInline struct IndexedRangeWork: @unchecked Sendable {
+    @usableFromInline let body: (Int, Int, Int) -> Void
+    @usableFromInline init(_ body: @escaping (Int, Int, Int) -> Void) { self.body = body }
+}
+
 /// The one place the kernels' raw buffers cross threads, unchecked by the compiler: `concurrentPerform` runs every
 /// iteration before it returns (so `body` never outlives the call), and each iteration gets a disjoint range of the
 /// caller's buffers — the contract every `forRanges` caller keeps (the OpenMP `parallel for` contract).

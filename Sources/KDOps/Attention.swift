@@ -1,5 +1,8 @@
-// Causal scaled-dot-product attention with grouped query heads, per (batch, head) through sgemm; the
-// same kernel serves training (pos0 = 0, tk = tq) and KV-cache decoding (queries at positions pos0..).
+// Causal scaled-dot-product attention with grouped query heads; the same kernel serves training (pos0 = 0, tk = tq)
+// and KV-cache decoding (queries at positions pos0..). In f32, per (batch, head) through OpenBLAS sgemm (each call
+// split over its threads). In bf16, (batch, head) pairs split over the threads, each through the bf16 kernel on one
+// thread in blocks of 64 queries that multiply only the keys they can see (about 5/8 of the square at t = 256): no
+// OpenBLAS call, so no OpenBLAS worker spins beside the bf16 GEMMs' threads.
 // Dims: b batch, tq queries, tk keys, nh query heads, nkv key/value heads, hs head size.
 // Query head h reads key/value head h / (nh / nkv). Query i sits at position pos0 + i and sees keys 0...pos0+i, or with a
 // sliding window w only the last w of them (keys pos0+i−w+1 ... pos0+i), as Gemma's local layers and llama.cpp's SWA do.
@@ -36,6 +39,7 @@ public func attentionForward(
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
 ) {
     StepProfile.op(.attention) {
+        if let kernel = BF16.kernel { return attentionForwardBlocked(kernel, out: out, probs: probs, q: q, k: k, v: v, shape: s) }
         let tq = s.tq, tk = s.tk
         for bi in 0..<s.b {
             for h in 0..<s.nh {
@@ -74,6 +78,9 @@ public func attentionBackward(
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
 ) {
     StepProfile.op(.attention) {
+        if let kernel = BF16.kernel {
+            return attentionBackwardBlocked(kernel, dq: dq, dk: dk, dv: dv, scratch: scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: s)
+        }
         let tq = s.tq, tk = s.tk
         for bi in 0..<s.b {
             for h in 0..<s.nh {
@@ -104,6 +111,92 @@ public func attentionBackward(
                 cblas_sgemm(
                     CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(s.hs), Int32(tq),
                     s.scale, dp, Int32(tk), q + qOff, Int32(s.ldq), 1, dk + kvOff, Int32(s.ldkv))
+            }
+        }
+    }
+}
+
+// MARK: - bf16: (batch, head) pairs over the threads, causal query blocks
+
+/// Queries per block of the bf16 path.
+let attentionQueryBlock = 64
+
+/// The query blocks of one head: rows i0 ..< i0 + rows see keys keys.lowerBound ..< keys.upperBound at most (the
+/// causal end of the block's last row, from the window's start for its first row).
+func queryBlocks(_ s: AttentionShape) -> [(i0: Int, rows: Int, keys: Range<Int>)] {
+    stride(from: 0, to: s.tq, by: attentionQueryBlock).map { i0 in
+        let rows = min(attentionQueryBlock, s.tq - i0), end = min(s.tk, s.pos0 + i0 + rows)
+        let start = s.window > 0 ? max(0, s.pos0 + i0 + 1 - s.window) : 0
+        return (i0, rows, start..<end)
+    }
+}
+
+/// ``attentionForward`` in bf16: the same numbers as its f32 path up to bf16 rounding of QKᵀ's and PV's operands.
+func attentionForwardBlocked(
+    _ kernel: BF16Kernel, out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
+    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
+) {
+    let tq = s.tq, tk = s.tk, blocks = queryBlocks(s)
+    Parallel.forRanges(s.b * s.nh) { lo, hi in
+        for task in lo..<hi {
+            let bi = task / s.nh, h = task % s.nh, kvh = h / s.group
+            let qh = q + bi * s.qBatchStride + h * s.hs
+            let kh = k + bi * s.kvBatchStride + kvh * s.hs, vh = v + bi * s.kvBatchStride + kvh * s.hs
+            let p = probs + task * tq * tk, oh = out + bi * s.qBatchStride + h * s.hs
+            for (i0, rows, keys) in blocks {
+                let pb = p + i0 * tk + keys.lowerBound
+                bf16GEMM(kernel, threads: 1, transA: false, transB: true, m: rows, n: keys.count, k: s.hs, alpha: s.scale,
+                         a: qh + i0 * s.ldq, lda: s.ldq, b: kh + keys.lowerBound * s.ldkv, ldb: s.ldkv, beta: 0, c: pb, ldc: tk)
+                for i in i0..<(i0 + rows) {
+                    let row = p + i * tk, valid = s.pos0 + i + 1, first = s.window > 0 ? max(0, valid - s.window) : 0
+                    let seen = row + first, count = valid - first
+                    let sum = expShiftSum(seen, seen, count, shift: rowMax(seen, count))
+                    scaleRow(seen, count, 1 / sum)
+                    if first > 0 { row.update(repeating: 0, count: first) }
+                    if valid < tk { (row + valid).update(repeating: 0, count: tk - valid) }
+                }
+                bf16GEMM(kernel, threads: 1, transA: false, transB: false, m: rows, n: s.hs, k: keys.count, alpha: 1,
+                         a: pb, lda: tk, b: vh + keys.lowerBound * s.ldkv, ldb: s.ldkv, beta: 0, c: oh + i0 * s.ldo, ldc: s.ldo)
+            }
+        }
+    }
+}
+
+/// ``attentionBackward`` in bf16. Each task owns one (batch, key/value head) — the query heads of its group add into
+/// the same dK and dV rows — and a [64, tk] slice of `scratch` ([tq, tk]; fewer threads when tq is too short for one
+/// slice each).
+func attentionBackwardBlocked(
+    _ kernel: BF16Kernel, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+    scratch: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, probs: UnsafePointer<Float>,
+    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
+) {
+    let tq = s.tq, tk = s.tk, blocks = queryBlocks(s), slice = min(attentionQueryBlock, tq)
+    let threads = max(1, min(Parallel.threads, tq / slice))
+    Parallel.forIndexedRanges(s.b * s.nkv, over: threads) { index, lo, hi in
+        let dp = scratch + index * slice * tk
+        for task in lo..<hi {
+            let bi = task / s.nkv, kvh = task % s.nkv, kvOff = bi * s.kvBatchStride + kvh * s.hs
+            for h in (kvh * s.group)..<((kvh + 1) * s.group) {
+                let qOff = bi * s.qBatchStride + h * s.hs, p = probs + (bi * s.nh + h) * tq * tk
+                for (i0, rows, keys) in blocks {
+                    let k0 = keys.lowerBound, nk = keys.count, pb = p + i0 * tk + k0, doh = dout + qOff + i0 * s.ldo
+                    // dP = dO · Vᵀ ; dV += Pᵀ · dO
+                    bf16GEMM(kernel, threads: 1, transA: false, transB: true, m: rows, n: nk, k: s.hs, alpha: 1,
+                             a: doh, lda: s.ldo, b: v + kvOff + k0 * s.ldkv, ldb: s.ldkv, beta: 0, c: dp, ldc: nk)
+                    bf16GEMM(kernel, threads: 1, transA: true, transB: false, m: nk, n: s.hs, k: rows, alpha: 1,
+                             a: pb, lda: tk, b: doh, ldb: s.ldo, beta: 1, c: dv + kvOff + k0 * s.ldkv, ldc: s.ldkv)
+                    // dS = P ⊙ (dP − Σ_j dP_j P_j); P is 0 where masked, so dS is too
+                    for r in 0..<rows {
+                        let pr = pb + r * tk, dr = dp + r * nk
+                        let d = dot(dr, pr, nk)
+                        for j in 0..<nk { dr[j] = pr[j] * (dr[j] - d) }
+                    }
+                    // dQ += scale · dS · K ; dK += scale · dSᵀ · Q
+                    bf16GEMM(kernel, threads: 1, transA: false, transB: false, m: rows, n: s.hs, k: nk, alpha: s.scale,
+                             a: dp, lda: nk, b: k + kvOff + k0 * s.ldkv, ldb: s.ldkv, beta: 1, c: dq + qOff + i0 * s.ldq, ldc: s.ldq)
+                    bf16GEMM(kernel, threads: 1, transA: true, transB: false, m: nk, n: s.hs, k: rows, alpha: s.scale,
+                             a: dp, lda: nk, b: q + qOff + i0 * s.ldq, ldb: s.ldq, beta: 1, c: dk + kvOff + k0 * s.ldkv, ldc: s.ldkv)
+                }
             }
         }
     }

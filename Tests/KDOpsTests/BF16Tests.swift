@@ -169,3 +169,53 @@ func bf16GemmOfEmptyShapesScalesOrLeavesC(kernel: BF16Kernel) {
         #expect(c == [1, 2, 3, 4, 5, 6], "\(kernel) \(m)×\(n)")
     }
 }
+
+/// The bf16 attention (query blocks of 64 over the keys they can see, (batch, head) pairs over the threads) against
+/// the f32 path on the same inputs: forward output, probabilities (exactly 0 where masked) and the three gradients,
+/// with windows, grouped heads, ragged blocks and cached positions (pos0 > 0). bf16 rounds QKᵀ's and PV's operands
+/// (unit roundoff u_b = 2⁻⁹); with |q|,|k|,|v| ~ 1 and 16-wide heads each result is within a few u_b of f32 relative
+/// to the tensor's largest entry: 2⁻⁵ of it bounds that with room, and a wrong key range, head or block offset gives
+/// errors of the entries' own size. The result is the same bit for bit on 1, 2 and 3 threads.
+@Test(arguments: [BF16Kernel.emulated] + (BF16.cpuHasAVX512BF16 ? [.avx512] : []))
+func bf16AttentionIsTheF32PathWithinBF16Rounding(kernel: BF16Kernel) {
+    let hs = 16
+    let cases: [(b: Int, tq: Int, tk: Int, pos0: Int, nh: Int, nkv: Int, window: Int)] = [
+        (2, 150, 150, 0, 6, 2, 0), (1, 130, 130, 0, 2, 2, 40), (2, 70, 100, 30, 3, 1, 0), (1, 5, 5, 0, 1, 1, 0),
+    ]
+    for c in cases {
+        var shape = AttentionShape(b: c.b, tq: c.tq, tk: c.tk, nh: c.nh, nkv: c.nkv, hs: hs, pos0: c.pos0)
+        shape.window = c.window
+        let q = randomArray(c.b * c.tq * c.nh * hs, seed: 31), k = randomArray(c.b * c.tk * c.nkv * hs, seed: 32)
+        let v = randomArray(c.b * c.tk * c.nkv * hs, seed: 33), dout = randomArray(q.count, seed: 34)
+        func run(_ kernel: BF16Kernel?, threads: Int) -> [[Float]] {
+            var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: .nan, count: c.b * c.nh * c.tq * c.tk)
+            var dq = [Float](repeating: 0.5, count: q.count), dk = [Float](repeating: 0.25, count: k.count), dv = dk
+            var scratch = [Float](repeating: 0, count: c.tq * c.tk)
+            let saved = Parallel.threads
+            Parallel.threads = threads
+            defer { Parallel.threads = saved }
+            BF16.$kernel.withValue(kernel) {
+                attentionForward(out: &out, probs: &probs, q: q, k: k, v: v, shape: shape)
+                attentionBackward(dq: &dq, dk: &dk, dv: &dv, scratch: &scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: shape)
+            }
+            return [out, probs, dq, dk, dv]
+        }
+        let want = run(nil, threads: 1), got = run(kernel, threads: 2)
+        for (name, (g, w)) in zip(["out", "probs", "dq", "dk", "dv"], zip(got, want)) {
+            let scale = w.map { abs($0) }.max()!, worst = zip(g, w).map { abs($0 - $1) }.max()!
+            #expect(worst <= 0x1p-5 * scale, "\(kernel) \(c) \(name): |bf16 − f32| up to \(worst), largest entry \(scale)")
+            if c.tq > 5 { #expect(worst > 0, "\(kernel) \(c) \(name): bf16 equals f32 exactly: was the bf16 path taken?") }
+        }
+        // the mask: probabilities exactly 0 outside each query's keys
+        let probs = got[1]
+        for bh in 0..<(c.b * c.nh) {
+            for i in 0..<c.tq {
+                let valid = c.pos0 + i + 1, first = c.window > 0 ? max(0, valid - c.window) : 0
+                for j in 0..<c.tk where j < first || j >= valid {
+                    #expect(probs[(bh * c.tq + i) * c.tk + j] == 0, "\(c) [\(bh), \(i), \(j)] is masked")
+                }
+            }
+        }
+        for t in [1, 3] { #expect(run(kernel, threads: t) == got, "\(kernel) \(c) on \(t) threads") }
+    }
+}

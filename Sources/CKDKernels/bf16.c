@@ -49,10 +49,12 @@ int kd_cpu_has_avx512bf16(void) {
 #endif
 }
 
-/// This thread's packing buffers (A: MC × KC, B: NC × KC bf16), allocated on its first GEMM and kept: a training step
-/// makes hundreds of GEMM calls on the same few threads, and fresh 256 KiB buffers would be new pages every call.
-static void kd_pack_buffers(uint16_t **a, uint16_t **b) {
-    static _Thread_local uint16_t *apack, *bpack;
+/// This thread's packing buffers (A: MC × KC, B: NC × KC, and a whole A of `bigcount` bf16 values, grown as needed),
+/// allocated on its first GEMM and kept: a training step makes hundreds of GEMM calls on the same few threads, and
+/// fresh buffers would be new pages every call.
+static void kd_pack_buffers(uint16_t **a, uint16_t **b, uint16_t **big, size_t bigcount) {
+    static _Thread_local uint16_t *apack, *bpack, *abig;
+    static _Thread_local size_t bigcap;
     if (!apack) {
         void *pa = NULL, *pb = NULL;
         if (posix_memalign(&pa, 64, (size_t)KD_MC * KD_KC * 2) != 0 || posix_memalign(&pb, 64, (size_t)KD_NC * KD_KC * 2) != 0) abort();
@@ -61,6 +63,14 @@ static void kd_pack_buffers(uint16_t **a, uint16_t **b) {
     }
     *a = apack;
     *b = bpack;
+    if (bigcap < bigcount) {
+        free(abig);
+        void *p = NULL;
+        if (posix_memalign(&p, 64, bigcount * 2) != 0) abort();
+        abig = p;
+        bigcap = bigcount;
+    }
+    *big = abig;
 }
 
 static inline uint32_t kd_bf16_pair(float even, float odd) {
@@ -96,6 +106,7 @@ static inline void kd_e_store(float *p, kd_ev v) { memcpy(p, v.f, 64); }
 #define KD_BCAST_PAIR(p) kd_e_bcast(p)
 #define KD_DP(acc, a, b) kd_e_dp(acc, a, b)
 #define KD_STORE(p, v) kd_e_store(p, v)
+#define KD_PACK(x, rs, cs, rows, depth, width, out) pack_emulated(x, rs, cs, rows, depth, width, out)
 #include "bf16_kernel_body.h"
 #undef KD_NAME
 #undef KD_VF
@@ -105,6 +116,7 @@ static inline void kd_e_store(float *p, kd_ev v) { memcpy(p, v.f, 64); }
 #undef KD_BCAST_PAIR
 #undef KD_DP
 #undef KD_STORE
+#undef KD_PACK
 
 // ---- AVX512-BF16: the same body with the instructions ----
 #if defined(__x86_64__)
@@ -117,11 +129,146 @@ static inline void kd_e_store(float *p, kd_ev v) { memcpy(p, v.f, 64); }
 #define KD_BCAST_PAIR(p) ({ int32_t pair_; memcpy(&pair_, (p), 4); (__m512bh)_mm512_set1_epi32(pair_); })
 #define KD_DP(acc, a, b) _mm512_dpbf16_ps(acc, a, b)
 #define KD_STORE(p, v) _mm512_storeu_ps(p, v)
+static void pack_fast_avx512(const float *x, ptrdiff_t rs, ptrdiff_t cs, int rows, int depth, int width, uint16_t *out16);
+#define KD_PACK(x, rs, cs, rows, depth, width, out) pack_fast_avx512(x, rs, cs, rows, depth, width, out)
 #include "bf16_kernel_body.h"
+
+/// kd_bf16_from_f32 on 16 lanes (the same bits: round to nearest even, NaN kept quiet), in the low half of each lane.
+static inline __m512i kd_v_bf16(__m512i u) {
+    const __m512i abs = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(abs, _mm512_set1_epi32(0x7f800000));
+    const __m512i hi = _mm512_srli_epi32(u, 16);
+    const __m512i bias = _mm512_add_epi32(_mm512_and_si512(hi, _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7fff));
+    const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+    return _mm512_mask_blend_epi32(nan, r, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+}
+
+/// 16 pairs from 32 consecutive floats: lane q = bf16(p[2q]) | bf16(p[2q + 1]) << 16.
+static inline __m512i kd_v_pairs(const float *p) {
+    __m256i lo = _mm512_cvtepi32_epi16(kd_v_bf16(_mm512_loadu_si512((const void *)p)));
+    __m256i hi = _mm512_cvtepi32_epi16(kd_v_bf16(_mm512_loadu_si512((const void *)(p + 16))));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/// Transposes the 16 × 16 matrix of 32-bit lanes r[i][j] in place (r[j][i] after).
+static inline void kd_transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {  // 32-bit interleave of row pairs, within 128-bit blocks
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // u[g][col]: block b holds column 4b + col of rows 4g ... 4g + 3
+    __m512i u[4][4];
+    for (int g = 0; g < 4; g++) {
+        u[g][0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+        u[g][1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+        u[g][2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+        u[g][3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+    }
+    for (int col = 0; col < 4; col++) {  // 4 × 4 transpose of 128-bit blocks: out[4b + col] block g = u[g][col] block b
+        __m512i s0 = _mm512_shuffle_i32x4(u[0][col], u[1][col], 0x44), s1 = _mm512_shuffle_i32x4(u[0][col], u[1][col], 0xee);
+        __m512i s2 = _mm512_shuffle_i32x4(u[2][col], u[3][col], 0x44), s3 = _mm512_shuffle_i32x4(u[2][col], u[3][col], 0xee);
+        r[col] = _mm512_shuffle_i32x4(s0, s2, 0x88);
+        r[4 + col] = _mm512_shuffle_i32x4(s0, s2, 0xdd);
+        r[8 + col] = _mm512_shuffle_i32x4(s1, s3, 0x88);
+        r[12 + col] = _mm512_shuffle_i32x4(s1, s3, 0xdd);
+    }
+}
+
+/// Stores 16 pairs for rows r0 ... r0 + 15 (r0 a multiple of 16) at depth pair q of panels `width` (8 or 32) wide.
+static inline void kd_store_rows16(uint32_t *out, int kp, int width, int r0, int q, __m512i v) {
+    if (width == 32) {
+        _mm512_storeu_si512((void *)(out + (size_t)(r0 & ~31) * kp + (size_t)q * 32 + (r0 & 31)), v);
+    } else {
+        uint32_t *p0 = out + (size_t)r0 * kp + (size_t)q * 8;
+        _mm256_storeu_si256((__m256i *)(void *)p0, _mm512_castsi512_si256(v));
+        _mm256_storeu_si256((__m256i *)(void *)(p0 + (size_t)8 * kp), _mm512_extracti64x4_epi64(v, 1));
+    }
+}
+
+/// KD_NAME(pack)'s output with AVX-512 where the source allows (16 rows × 32 depth tiles when depth is contiguous,
+/// 16 contiguous rows per depth pair otherwise, panels 8 or 32 wide), the generic routine for the rest.
+static void pack_fast_avx512(const float *x, ptrdiff_t rs, ptrdiff_t cs, int rows, int depth, int width, uint16_t *out16) {
+    int kp = (depth + 1) / 2, rows16 = rows & ~15;
+    uint32_t *out = (uint32_t *)(void *)out16;
+    if ((width != 8 && width != 32) || rows16 == 0 || (cs != 1 && rs != 1)) {
+        pack_avx512(x, rs, cs, rows, depth, width, out16);
+        return;
+    }
+    if (cs == 1) {
+        int q16 = (depth / 2) & ~15;
+        for (int r0 = 0; r0 < rows16; r0 += 16) {
+            for (int q0 = 0; q0 < q16; q0 += 16) {
+                __m512i v[16];
+                for (int i = 0; i < 16; i++) v[i] = kd_v_pairs(x + (ptrdiff_t)(r0 + i) * rs + 2 * q0);
+                kd_transpose16(v);
+                for (int j = 0; j < 16; j++) kd_store_rows16(out, kp, width, r0, q0 + j, v[j]);
+            }
+            for (int r = r0; r < r0 + 16; r++) {  // the depth past the 32-wide tiles
+                const float *src = x + (ptrdiff_t)r * rs;
+                uint32_t *dst = out + (size_t)(r / width) * width * kp + r % width;
+                for (int q = q16; q < kp; q++) dst[(size_t)q * width] = kd_bf16_pair(src[2 * q], 2 * q + 1 < depth ? src[2 * q + 1] : 0);
+            }
+        }
+    } else {
+        for (int q = 0; q < kp; q++) {
+            const float *s0 = x + (ptrdiff_t)(2 * q) * cs, *s1 = s0 + cs;
+            int odd = 2 * q + 1 < depth;
+            for (int r0 = 0; r0 < rows16; r0 += 16) {
+                __m512i e = kd_v_bf16(_mm512_loadu_si512((const void *)(s0 + r0)));
+                __m512i o = odd ? kd_v_bf16(_mm512_loadu_si512((const void *)(s1 + r0))) : _mm512_setzero_si512();
+                kd_store_rows16(out, kp, width, r0, q, _mm512_or_si512(e, _mm512_slli_epi32(o, 16)));
+            }
+        }
+    }
+    // rows past the last 16 (and the zero padding of their panel) by the generic routine, on their own panel
+    if (rows16 < rows) {
+        int r0 = rows16 / width * width;  // the panel holding row rows16 (rows16 is a multiple of 16, so of 8)
+        if (width == 32 && r0 < rows16) {
+            // rows r0 ..< rows16 of that panel are done; fill the rest row by row
+            uint32_t *panel = out + (size_t)r0 * kp;
+            for (int r = rows16; r < rows; r++) {
+                uint32_t *dst = panel + (r - r0);
+                for (int q = 0; q < kp; q++) {
+                    const float *e = x + (ptrdiff_t)r * rs + (ptrdiff_t)(2 * q) * cs;
+                    dst[(size_t)q * width] = kd_bf16_pair(e[0], 2 * q + 1 < depth ? e[cs] : 0);
+                }
+            }
+            for (int q = 0; q < kp; q++) for (int r = rows - r0; r < width; r++) panel[(size_t)q * width + r] = 0;
+        } else {
+            pack_avx512(x + (ptrdiff_t)r0 * rs, rs, cs, rows - r0, depth, width, out16 + (size_t)r0 * kp * 2);
+        }
+    } else if (rows % width != 0) {
+        // rows is a multiple of 16 but not of 32: zero the last panel's missing rows
+        int r0 = rows / width * width;
+        uint32_t *panel = out + (size_t)r0 * kp;
+        for (int q = 0; q < kp; q++) for (int r = rows - r0; r < width; r++) panel[(size_t)q * width + r] = 0;
+    }
+}
 #pragma clang attribute pop
 #else
+void kd_gemm_bf16_prepacked_avx512(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                                   const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
+                                   float beta, float *c, ptrdiff_t ldc) {
+    abort();
+}
 void kd_gemm_bf16_avx512(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                          const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc) {
     abort();  // never called: kd_cpu_has_avx512bf16() is 0 off x86-64
 }
 #endif
+
+size_t kd_bf16_packed_count(int n, int k) {
+    return (size_t)((n + KD_NR - 1) / KD_NR * KD_NR) * (size_t)((k + 1) / 2 * 2);
+}
+
+void kd_bf16_pack_b(int n, int k, const float *b, ptrdiff_t brs, ptrdiff_t bcs, uint16_t *out) {
+    size_t nround = (size_t)((n + KD_NR - 1) / KD_NR * KD_NR);
+    for (int pc = 0; pc < k; pc += KD_KC) {
+        int kc = k - pc < KD_KC ? k - pc : KD_KC;
+#if defined(__x86_64__)
+        if (kd_cpu_has_avx512bf16()) { pack_fast_avx512(b + (ptrdiff_t)pc * bcs, brs, bcs, n, kc, KD_NR, out + nround * pc); continue; }
+#endif
+        pack_emulated(b + (ptrdiff_t)pc * bcs, brs, bcs, n, kc, KD_NR, out + nround * pc);
+    }
+}

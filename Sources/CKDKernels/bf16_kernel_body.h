@@ -3,8 +3,11 @@
 // KD_ZERO(), KD_LOAD_B(p) (32 bf16 at p), KD_BCAST_PAIR(p) (the bf16 pair at p in every 32-bit lane),
 // KD_DP(acc, a, b) (acc + pairwise dot products, vdpbf16ps), KD_STORE(p, v) (16 f32 to p).
 //
-// GotoBLAS blocking: NC columns × KC depth of B packed once per (jc, pc); MC rows × KC of A packed per (jc, pc, ic);
-// an MR × NR register tile (8 rows × 32 columns = 16 accumulators). Packed layouts keep k in pairs, as vdpbf16ps
+// GotoBLAS blocking: NC columns × KC depth of B packed once per (pc, jc) (or handed in packed: weights packed ahead);
+// A packed once (all of it up front when there are several NC blocks, else MC rows at a time), so each element of A
+// and B is packed once per call; an MR × NR register tile (8 rows × 32
+// columns = 16 accumulators). KD_PACK(x, rs, cs, rows, depth, width, out) is the packing routine (KD_NAME(pack), or a
+// vectorized one with the same output). Packed layouts keep k in pairs, as vdpbf16ps
 // reads them: A micro-panel [kp][MR][2], B micro-panel [kp][NR][2]; rows, columns and depth past the edge are zero.
 
 /// Packs rows × depth (depth ≤ KD_KC) of X(r, p) = x[r·rs + p·cs] into micro-panels of `width` rows:
@@ -53,28 +56,52 @@ static void KD_NAME(micro)(int kp, const uint16_t *ap, const uint16_t *bp, float
     }
 }
 
-void KD_NAME(kd_gemm_bf16)(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
-                           const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc) {
+/// The GEMM with B either packed here or handed in packed (`bpacked`, the layout of kd_bf16_pack_b for a matrix of
+/// `bstride` columns, this call's column 0 at a multiple of KD_NR of it; NULL = pack b).
+void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                                     const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
+                                     float beta, float *c, ptrdiff_t ldc) {
     if (m <= 0 || n <= 0) return;
-    uint16_t *apack, *bpack;
-    kd_pack_buffers(&apack, &bpack);
     float tile[KD_MR * KD_NR];
     if (k <= 0) {  // nothing to multiply: C = beta · C
         for (int i = 0; i < m; i++) for (int j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+        return;
+    }
+    // A is packed once: all of it up front when B has more than one NC block (else MC rows at a time, as its one pass
+    // needs); B per (NC, depth) block, or read from `bpacked`. The depth loop inside keeps C's NC block in cache.
+    int fullA = n > KD_NC;
+    size_t mround = (size_t)((m + KD_MR - 1) / KD_MR * KD_MR), bround = (size_t)((bstride + KD_NR - 1) / KD_NR * KD_NR);
+    uint16_t *apack, *bpack, *abig = NULL;
+    kd_pack_buffers(&apack, &bpack, &abig, fullA ? mround * (size_t)((k + 1) / 2 * 2) : 0);
+    if (fullA) {
+        for (int pc = 0; pc < k; pc += KD_KC) {
+            int kc = k - pc < KD_KC ? k - pc : KD_KC;
+            KD_PACK(a + (ptrdiff_t)pc * acs, ars, acs, m, kc, KD_MR, abig + mround * pc);
+        }
     }
     for (int jc = 0; jc < n; jc += KD_NC) {
         int nc = n - jc < KD_NC ? n - jc : KD_NC;
         for (int pc = 0; pc < k; pc += KD_KC) {
             int kc = k - pc < KD_KC ? k - pc : KD_KC, kp = (kc + 1) / 2;
-            KD_NAME(pack)(b + (ptrdiff_t)jc * brs + (ptrdiff_t)pc * bcs, brs, bcs, nc, kc, KD_NR, bpack);
+            const uint16_t *bblock;
+            if (bpacked) bblock = bpacked + bround * pc + (size_t)jc * kp * 2;
+            else {
+                KD_PACK(b + (ptrdiff_t)jc * brs + (ptrdiff_t)pc * bcs, brs, bcs, nc, kc, KD_NR, bpack);
+                bblock = bpack;
+            }
             for (int ic = 0; ic < m; ic += KD_MC) {
                 int mc = m - ic < KD_MC ? m - ic : KD_MC;
-                KD_NAME(pack)(a + (ptrdiff_t)ic * ars + (ptrdiff_t)pc * acs, ars, acs, mc, kc, KD_MR, apack);
+                const uint16_t *ablock;
+                if (fullA) ablock = abig + mround * pc + (size_t)ic * kp * 2;
+                else {
+                    KD_PACK(a + (ptrdiff_t)ic * ars + (ptrdiff_t)pc * acs, ars, acs, mc, kc, KD_MR, apack);
+                    ablock = apack;
+                }
                 for (int jr = 0; jr < nc; jr += KD_NR) {
                     int nr = nc - jr < KD_NR ? nc - jr : KD_NR;
                     for (int ir = 0; ir < mc; ir += KD_MR) {
                         int mr = mc - ir < KD_MR ? mc - ir : KD_MR;
-                        KD_NAME(micro)(kp, apack + (size_t)ir * kp * 2, bpack + (size_t)jr * kp * 2, tile);
+                        KD_NAME(micro)(kp, ablock + (size_t)ir * kp * 2, bblock + (size_t)jr * kp * 2, tile);
                         // the first depth block applies beta (never reading C when beta is 0); later blocks add
                         for (int i = 0; i < mr; i++) {
                             float *crow = c + (ptrdiff_t)(ic + ir + i) * ldc + jc + jr;
@@ -88,4 +115,9 @@ void KD_NAME(kd_gemm_bf16)(int m, int n, int k, float alpha, const float *a, ptr
             }
         }
     }
+}
+
+void KD_NAME(kd_gemm_bf16)(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                           const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc) {
+    KD_NAME(kd_gemm_bf16_prepacked)(m, n, k, alpha, a, ars, acs, b, brs, bcs, NULL, n, beta, c, ldc);
 }

@@ -20,4 +20,19 @@ void kd_gemm_bf16_avx512(int m, int n, int k, float alpha, const float *a, ptrdi
 /// (vdpbf16ps as Intel's pseudo-code defines it): slow, runs anywhere; checks the blocking and packing logic.
 void kd_gemm_bf16_emulated(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                            const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc);
+
+/// bf16 values (uint16) of B [n columns, k deep] packed ahead for the kernels (weights packed once, used by many GEMMs).
+size_t kd_bf16_packed_count(int n, int k);
+/// Packs B(j, p) = b[j·brs + p·bcs] (j < n, p < k) into `out` (kd_bf16_packed_count(n, k) values): per 256-deep block,
+/// panels of 32 columns, k in pairs, zeros past n and k.
+void kd_bf16_pack_b(int n, int k, const float *b, ptrdiff_t brs, ptrdiff_t bcs, uint16_t *out);
+/// The kernels with B handed in packed (`bpacked`: kd_bf16_pack_b's layout of a matrix of `bstride` columns whose
+/// column 0 of this call is a multiple of 32 into it; the caller offsets bpacked by that column times k rounded up to
+/// even) or, when bpacked is NULL, packed from b as kd_gemm_bf16_* do.
+void kd_gemm_bf16_prepacked_avx512(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                                   const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
+                                   float beta, float *c, ptrdiff_t ldc);
+void kd_gemm_bf16_prepacked_emulated(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                                     const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
+                                     float beta, float *c, ptrdiff_t ldc);
 #endif

@@ -3,15 +3,30 @@
 import Foundation
 import KDCore
 
+/// σ(g) on 16 lanes with ``simdExp`` (each element the same whichever lane or thread computes it).
+@inline(__always) func sigmoid16(_ g: V16) -> V16 { 1 / (1 + simdExp(-g)) }
+
+/// Runs `body(i, lanes)` over elements lo ..< hi sixteen at a time (the tail as single lanes of a V16).
+@inline(__always) func lanes16(_ lo: Int, _ hi: Int, _ body: (Int, Int) -> Void) {
+    var i = lo
+    while i + 16 <= hi { body(i, 16); i += 16 }
+    while i < hi { body(i, 1); i += 1 }
+}
+
 /// out = silu(gate) ⊙ up.
 /// - Shapes: out, gate, up [n, f]
 public func swiGLUForward(
     out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int, f: Int
 ) {
     Parallel.forRanges(n, minPerThread: 16) { lo, hi in
-        for i in (lo * f)..<(hi * f) {
-            let g = gate[i]
-            out[i] = g / (1 + Foundation.exp(-g)) * up[i]
+        lanes16(lo * f, hi * f) { i, w in
+            if w == 16 {
+                let g = loadV16(gate + i)
+                storeV16(g * sigmoid16(g) * loadV16(up + i), out + i)
+            } else {
+                let g = gate[i]
+                out[i] = g * sigmoid16(V16(repeating: g))[0] * up[i]
+            }
         }
     }
 }
@@ -23,10 +38,16 @@ public func swiGLUBackward(
     dout: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int, f: Int
 ) {
     Parallel.forRanges(n, minPerThread: 16) { lo, hi in
-        for i in (lo * f)..<(hi * f) {
-            let g = gate[i], sg = 1 / (1 + Foundation.exp(-g))
-            dgate[i] += dout[i] * up[i] * sg * (1 + g * (1 - sg))
-            dup[i] += dout[i] * g * sg
+        lanes16(lo * f, hi * f) { i, w in
+            if w == 16 {
+                let g = loadV16(gate + i), sg = sigmoid16(g), d = loadV16(dout + i)
+                storeV16(loadV16(dgate + i) + d * loadV16(up + i) * sg * (1 + g * (1 - sg)), dgate + i)
+                storeV16(loadV16(dup + i) + d * g * sg, dup + i)
+            } else {
+                let g = gate[i], sg = sigmoid16(V16(repeating: g))[0]
+                dgate[i] += dout[i] * up[i] * sg * (1 + g * (1 - sg))
+                dup[i] += dout[i] * g * sg
+            }
         }
     }
 }

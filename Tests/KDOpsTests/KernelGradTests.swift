@@ -119,6 +119,25 @@ func ropeBackwardMatchesFiniteDifferencesAndPreservesNorms(style: RopeStyle) {
     #expect(maxRelError(du, numericalGradient(up) { fakeLoss(fwd(gate, $0), dout) }) < tol)
 }
 
+/// The vectorized SwiGLU against silu(g)·u in Double, on a length with a tail past the 16-lane blocks and at extremes
+/// (σ's exp is ``simdExp``, ~2 ulp; with the division and the products each output is within 1e-6 relative); an
+/// element's value does not depend on whether it falls in a 16-lane block or in the tail.
+@Test func swiGLUForwardIsSiluTimesUpInDouble() {
+    let n = 3, f = 37
+    var gate = randomArray(n * f, seed: 41, scale: 4), up = randomArray(n * f, seed: 42)
+    gate[0] = 0; gate[1] = 100; gate[2] = -100; gate[3] = -87.5; gate[n * f - 1] = 30
+    var out = [Float](repeating: .nan, count: n * f)
+    swiGLUForward(out: &out, gate: gate, up: up, n: n, f: f)
+    for i in 0..<(n * f) {
+        let g = Double(gate[i]), want = g / (1 + Foundation.exp(-g)) * Double(up[i])
+        #expect(abs(Double(out[i]) - want) <= 1e-6 * abs(want) + 1e-30, "[\(i)] g \(g): \(out[i]) vs \(want)")
+    }
+    // the same inputs shifted by 5 land in other lanes and in the tail
+    var shifted = [Float](repeating: .nan, count: n * f + 5)
+    swiGLUForward(out: &shifted, gate: [0, 0, 0, 0, 0] + gate, up: [0, 0, 0, 0, 0] + up, n: 1, f: n * f + 5)
+    #expect(Array(shifted[5...]) == out)
+}
+
 @Test func embeddingBackwardMatchesFiniteDifferences() {
     let n = 6, c = 4, v = 5
     let tokens: [Int32] = [0, 3, 3, 1, 4, 0]

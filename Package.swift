@@ -58,7 +58,7 @@ let package = Package(
         .testTarget(
             name: "KDFormatsTests", dependencies: ["KDFormats", "KDModel", "KDQuant", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
-            name: "KDModelTests", dependencies: ["KDModel", "KDOps", "KDLoss", "KDTestSupport"], swiftSettings: cpuFlags),
+            name: "KDModelTests", dependencies: ["KDModel", "KDOps", "KDLoss", "KDTestSupport", "CKDKernels"], swiftSettings: cpuFlags),
         .testTarget(
             name: "KDCheckpointTests", dependencies: ["KDCheckpoint", "KDModel", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(

@@ -249,7 +249,7 @@ static void pack_fast_avx512(const float *x, ptrdiff_t rs, ptrdiff_t cs, int row
 #else
 void kd_gemm_bf16_prepacked_avx512(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                                    const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
-                                   float beta, float *c, ptrdiff_t ldc) {
+                                   int bcol0, float beta, float *c, ptrdiff_t ldc) {
     abort();
 }
 void kd_gemm_bf16_avx512(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
@@ -262,13 +262,28 @@ size_t kd_bf16_packed_count(int n, int k) {
     return (size_t)((n + KD_NR - 1) / KD_NR * KD_NR) * (size_t)((k + 1) / 2 * 2);
 }
 
-void kd_bf16_pack_b(int n, int k, const float *b, ptrdiff_t brs, ptrdiff_t bcs, uint16_t *out) {
+void kd_bf16_pack_b(int n, int j0, int j1, int k, const float *b, ptrdiff_t brs, ptrdiff_t bcs, uint16_t *out) {
     size_t nround = (size_t)((n + KD_NR - 1) / KD_NR * KD_NR);
     for (int pc = 0; pc < k; pc += KD_KC) {
         int kc = k - pc < KD_KC ? k - pc : KD_KC;
+        const float *src = b + (ptrdiff_t)j0 * brs + (ptrdiff_t)pc * bcs;
+        uint16_t *dst = out + nround * pc + (size_t)j0 * ((kc + 1) / 2 * 2);
 #if defined(__x86_64__)
-        if (kd_cpu_has_avx512bf16()) { pack_fast_avx512(b + (ptrdiff_t)pc * bcs, brs, bcs, n, kc, KD_NR, out + nround * pc); continue; }
+        if (kd_cpu_has_avx512bf16()) { pack_fast_avx512(src, brs, bcs, j1 - j0, kc, KD_NR, dst); continue; }
 #endif
-        pack_emulated(b + (ptrdiff_t)pc * bcs, brs, bcs, n, kc, KD_NR, out + nround * pc);
+        pack_emulated(src, brs, bcs, j1 - j0, kc, KD_NR, dst);
+    }
+}
+
+void kd_bf16_unpack_b(int n, int j0, int j1, int k, const uint16_t *packed, float *out, ptrdiff_t ldo) {
+    size_t nround = (size_t)((n + KD_NR - 1) / KD_NR * KD_NR);
+    for (int pc = 0; pc < k; pc += KD_KC) {
+        int kc = k - pc < KD_KC ? k - pc : KD_KC, kp = (kc + 1) / 2;
+        const uint16_t *block = packed + nround * pc;
+        for (int j = j0; j < j1; j++) {
+            const uint16_t *panel = block + (size_t)(j / KD_NR) * KD_NR * kp * 2 + (size_t)(j % KD_NR) * 2;
+            float *row = out + (ptrdiff_t)(j - j0) * ldo + pc;
+            for (int p = 0; p < kc; p++) row[p] = kd_f32_from_bf16(panel[(size_t)(p / 2) * KD_NR * 2 + (p & 1)]);
+        }
     }
 }

@@ -57,10 +57,10 @@ static void KD_NAME(micro)(int kp, const uint16_t *ap, const uint16_t *bp, float
 }
 
 /// The GEMM with B either packed here or handed in packed (`bpacked`, the layout of kd_bf16_pack_b for a matrix of
-/// `bstride` columns, this call's column 0 at a multiple of KD_NR of it; NULL = pack b).
+/// `bstride` columns, this call's column 0 being its column `bcol0`, a multiple of KD_NR; NULL = pack b).
 void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                                      const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
-                                     float beta, float *c, ptrdiff_t ldc) {
+                                     int bcol0, float beta, float *c, ptrdiff_t ldc) {
     if (m <= 0 || n <= 0) return;
     float tile[KD_MR * KD_NR];
     if (k <= 0) {  // nothing to multiply: C = beta · C
@@ -84,7 +84,7 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
         for (int pc = 0; pc < k; pc += KD_KC) {
             int kc = k - pc < KD_KC ? k - pc : KD_KC, kp = (kc + 1) / 2;
             const uint16_t *bblock;
-            if (bpacked) bblock = bpacked + bround * pc + (size_t)jc * kp * 2;
+            if (bpacked) bblock = bpacked + bround * pc + (size_t)(bcol0 + jc) * kp * 2;
             else {
                 KD_PACK(b + (ptrdiff_t)jc * brs + (ptrdiff_t)pc * bcs, brs, bcs, nc, kc, KD_NR, bpack);
                 bblock = bpack;
@@ -119,5 +119,5 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
 
 void KD_NAME(kd_gemm_bf16)(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                            const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc) {
-    KD_NAME(kd_gemm_bf16_prepacked)(m, n, k, alpha, a, ars, acs, b, brs, bcs, NULL, n, beta, c, ldc);
+    KD_NAME(kd_gemm_bf16_prepacked)(m, n, k, alpha, a, ars, acs, b, brs, bcs, NULL, n, 0, beta, c, ldc);
 }

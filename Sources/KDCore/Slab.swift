@@ -40,4 +40,16 @@ public final class Slab: @unchecked Sendable {
 
     /// Bytes held.
     public var byteCount: Int { count * MemoryLayout<Float>.stride }
+
+    /// Returns the whole pages inside elements offset ..< offset + count to the system (they read as zero after, and
+    /// cost memory again only if written): for a region nothing will read again, such as the Float copy of a weight
+    /// now held packed. Returns the bytes released.
+    @discardableResult
+    public func release(offset: Int, count n: Int) -> Int {
+        precondition(offset >= 0 && n >= 0 && offset + n <= count, "Slab.release: \(offset)..<\(offset + n) outside \(count)")
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let lo = (Int(bitPattern: base + offset) + page - 1) / page * page, hi = Int(bitPattern: base + offset + n) / page * page
+        guard hi > lo, madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, MADV_DONTNEED) == 0 else { return 0 }
+        return hi - lo
+    }
 }

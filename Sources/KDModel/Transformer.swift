@@ -147,6 +147,22 @@ public final class Transformer {
         packed[offset] = weight
     }
 
+    /// Packs every dense matrix of this inference model to bf16 in the bf16 kernel's layout, and returns the pages of
+    /// their f32 copies to the system: half the bytes, and no packing in its GEMMs (a frozen teacher in a bf16 run).
+    /// Matrices already packed (GGUF blocks) stay as they are. Returns (bytes packed, f32 bytes released).
+    @discardableResult
+    public func packDenseMatricesBF16() -> (packed: Int, released: Int) {
+        precondition(grads == nil, "packed weights are for inference models only")
+        var bytes = 0, released = 0
+        for e in layout.entries where e.isMatrix && packed[e.offset] == nil {
+            let w = BF16Weight(params.base + e.offset, oc: e.shape[0], c: e.shape[1])
+            packed[e.offset] = w
+            bytes += w.packed.bytes
+            released += params.release(offset: e.offset, count: e.count)
+        }
+        return (bytes, released)
+    }
+
     /// The weight at layout offset `offset` as a multipliable [oc, c] matrix.
     public func weight(_ offset: Int, oc: Int, c: Int) -> any LinearWeight {
         packed[offset] ?? DenseWeight(params.base + offset, oc: oc, c: c)

@@ -143,6 +143,8 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
         tm.maxSeqLen = max(tm.maxSeqLen, seq)
         teacher = Transformer(config: tm, needsGrad: false, lmHeadChunk: lmHeadChunk)
         teacher!.initialize(seed: 2)
+        // as a bf16 run packs a replicated teacher (RunSetup.makeTrainer)
+        if let kernel = BF16.kernel, kernel != .rounded { teacher!.packDenseMatricesBF16() }
     }
     var times: [Double] = []
     func step(_ r: Int) {

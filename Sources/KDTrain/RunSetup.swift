@@ -11,6 +11,7 @@ import KDData
 import KDFormats
 import KDLoss
 import KDModel
+import KDOps
 
 /// What a run opened, ready to build its trainer.
 public struct RunSetup {
@@ -60,6 +61,16 @@ public struct RunSetup {
                                   teacherCache: cache, initFrom: cutFrom?.model, crossTokenizers: cross)
         trainer.checkpointing.allowTeacherChange = allowTeacherChange
         if let tokenizerFile { trainer.checkpointing.extraFiles[CheckpointFile.tokenizer] = tokenizerFile }
+        // bf16 run, every rank running whole teachers: their dense matrices packed to bf16 once, after the student
+        // was cut from them (pipelined stages and groups keep theirs as loaded: a rank packs only what it runs there)
+        if let kernel = BF16.kernel, kernel != .rounded, (config.teacher?.placement ?? .replicated) == .replicated {
+            for (t, path) in zip(teachers, (config.teacher?.sources ?? []).map(\.path)) {
+                let (packed, released) = t.model.packDenseMatricesBF16()
+                if packed > 0 {
+                    KDLog.info("  teacher \(path): dense matrices packed to bf16 (\(packed >> 20) MiB; their f32 copy released, \(released >> 20) MiB)")
+                }
+            }
+        }
         return trainer
     }
 

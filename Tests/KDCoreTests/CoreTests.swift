@@ -1,4 +1,5 @@
 // KDCore: counter-based RNG properties, slabs, parallel ranges.
+import Glibc
 import KDCore
 import Testing
 
@@ -39,4 +40,18 @@ import Testing
     s.zero()
     #expect(s.toArray().allSatisfy { $0 == 0 })
     #expect(ProcessMemory.peakRSSBytes() > 0)
+}
+
+/// Slab.release returns only whole pages inside the range: they read as zero after, everything around keeps its values.
+@Test func slabReleaseDropsWholePagesInsideTheRangeOnly() {
+    let page = Int(sysconf(Int32(_SC_PAGESIZE))) / 4, slab = Slab(count: 10 * page)
+    slab.base.update(repeating: 1, count: slab.count)
+    let lo = 2 * page + 5, n = 4 * page
+    let released = slab.release(offset: lo, count: n)
+    #expect(released == 3 * page * 4, "released \(released) bytes")
+    let a = slab.toArray()
+    let firstZero = a.firstIndex(of: 0)!, lastZero = a.lastIndex(of: 0)!
+    #expect(firstZero >= lo && lastZero < lo + n && lastZero - firstZero + 1 == 3 * page)
+    #expect(a.filter { $0 == 0 }.count == 3 * page)
+    #expect(slab.release(offset: 0, count: page / 2) == 0)
 }

@@ -1,5 +1,6 @@
 // The whole model: against an independent Double-precision reference, a gradient check at sampled coordinates,
 // overfitting one batch, KV-cache decoding against the full forward, and sampling.
+import CKDKernels
 import Foundation
 import KDConfig
 import KDCore
@@ -427,4 +428,35 @@ func logitsOf(_ model: Transformer, _ toks: [Int32]) -> [Float] {
     _ = targets.withUnsafeBufferPointer { model.backward(targets: $0.baseAddress!, lossScale: 1) }
     let ceOnly = coords.map { model.grads!.base[$0] }
     #expect(maxRelError(ceOnly, numeric) > 0.1)
+}
+
+/// A teacher packed to bf16 (every dense matrix in the kernel's layout, its f32 copy released) computes in a bf16 task
+/// exactly what the unpacked model computes with its matrices rounded to bf16 (the kernel rounds its operands the same
+/// way; embedding rows now come from the packed table), tied or not; in f32 it multiplies those bf16 values.
+@Test(arguments: [true, false])
+func packedTeacherIsTheBF16ForwardOfItsRoundedWeights(tied: Bool) {
+    let cfg = tinyModelConfig(tied: tied), b = 2, t = 9
+    let packed = Transformer(config: cfg, needsGrad: false), rounded = Transformer(config: cfg, needsGrad: false)
+    packed.initialize(seed: 5)
+    rounded.params.base.update(from: packed.params.base, count: packed.layout.count)
+    var matrixBytes = 0
+    for e in rounded.layout.entries where e.isMatrix {
+        kd_bf16_round_f32(rounded.params.base + e.offset, rounded.params.base + e.offset, e.count)
+        matrixBytes += e.count * 2
+    }
+    let (bytes, _) = packed.packDenseMatricesBF16()
+    #expect(bytes >= matrixBytes && bytes < matrixBytes * 2, "packed \(bytes) bytes for \(matrixBytes) bytes of bf16 values")
+    let tokens = (0..<(b * t)).map { Int32(($0 * 37 + 11) % cfg.vocabSize) }
+    func logits(_ m: Transformer, _ kernel: BF16Kernel?) -> [Float] {
+        var out = [Float](repeating: .nan, count: b * t * cfg.vocabSize)
+        BF16.$kernel.withValue(kernel) {
+            m.forward(tokens: tokens, b: b, t: t)
+            m.logits(into: &out)
+        }
+        return out
+    }
+    #expect(logits(packed, .emulated) == logits(rounded, .emulated))
+    if BF16.cpuHasAVX512BF16 { #expect(logits(packed, .avx512) == logits(rounded, .avx512)) }
+    let f32 = logits(packed, nil), want = logits(rounded, nil)
+    for i in 0..<f32.count { #expect(abs(f32[i] - want[i]) <= 1e-5 * (1 + abs(want[i])), "f32 [\(i)]") }
 }

@@ -219,3 +219,55 @@ func bf16AttentionIsTheF32PathWithinBF16Rounding(kernel: BF16Kernel) {
         for t in [1, 3] { #expect(run(kernel, threads: t) == got, "\(kernel) \(c) on \(t) threads") }
     }
 }
+
+/// A matrix packed ahead multiplies to exactly what the kernel gives on the unpacked f32 matrix (same rounding, same
+/// panels, same order of sums), on both thread splits (m ≥ n by rows, m < n by 32-column tiles landing mid-matrix),
+/// ragged columns, a depth crossing the 256-deep blocks with an odd remainder, transposed A, alpha and beta; packed in
+/// either orientation of its source; and it unpacks to the source rounded to bf16.
+@Test(arguments: [BF16Kernel.emulated] + (BF16.cpuHasAVX512BF16 ? [.avx512] : []))
+func packedBF16MultipliesAsTheKernelDoesOnTheUnpackedMatrix(kernel: BF16Kernel) {
+    for (m, n, k) in [(70, 45, 301), (20, 200, 77), (3, 1, 5)] {
+        let w = randomArray(n * k, seed: UInt64(51 + n)), wt = (0..<(k * n)).map { w[($0 % n) * k + $0 / n] }  // wt = wᵀ [k, n]
+        let rows = PackedBF16(w, n: n, k: k, rowStride: k, depthStride: 1)
+        let cols = PackedBF16(wt, n: n, k: k, rowStride: 1, depthStride: n)
+        var unpacked = [Float](repeating: .nan, count: n * k)
+        rows.unpack(columns: 0, n, into: &unpacked, ldo: k)
+        var rounded = w
+        kd_bf16_round_f32(w, &rounded, w.count)
+        #expect(unpacked == rounded, "\(m)×\(n)×\(k): unpacked is not the source rounded to bf16")
+        for transA in [false, true] {
+            let a = randomArray(m * k, seed: 61), lda = transA ? m : k, c0 = randomArray(m * n, seed: 62)
+            for threads in [1, 2] {
+                var want = c0, got = c0, gotT = c0
+                bf16GEMM(kernel, threads: threads, transA: transA, transB: true, m: m, n: n, k: k, alpha: 0.75, a: a, lda: lda,
+                         b: w, ldb: k, beta: 0.5, c: &want, ldc: n)
+                let saved = Parallel.threads
+                Parallel.threads = threads
+                BF16.$kernel.withValue(kernel) {
+                    rows.multiply(transA: transA, m: m, alpha: 0.75, a: a, lda: lda, beta: 0.5, c: &got, ldc: n)
+                    cols.multiply(transA: transA, m: m, alpha: 0.75, a: a, lda: lda, beta: 0.5, c: &gotT, ldc: n)
+                }
+                Parallel.threads = saved
+                #expect(got == want, "\(kernel) \(m)×\(n)×\(k) transA \(transA) on \(threads) threads")
+                #expect(gotT == want, "\(kernel) \(m)×\(n)×\(k) packed from the transpose, transA \(transA)")
+            }
+        }
+    }
+}
+
+/// Without a bf16 kernel (f32, or `rounded`) a packed weight multiplies its bf16 values in the task's arithmetic, and
+/// its rows are its unpacked columns: an embedding lookup and an f32 evaluation of a packed teacher stay right.
+@Test func bf16WeightFallsBackToItsBF16ValuesInF32() {
+    let oc = 300, c = 70, n = 9
+    let w = randomArray(oc * c, seed: 71), x = randomArray(n * c, seed: 72)
+    let weight = BF16Weight(w, oc: oc, c: c)
+    var rounded = w
+    kd_bf16_round_f32(w, &rounded, w.count)
+    var got = [Float](repeating: .nan, count: n * oc), want = got
+    weight.forward(out: &got, inp: x, n: n, accumulate: false)
+    matmulForward(out: &want, inp: x, weight: rounded, n: n, c: c, oc: oc)
+    for i in 0..<(n * oc) { #expect(abs(got[i] - want[i]) <= 1e-5 * (1 + abs(want[i])), "[\(i)]") }
+    var row = [Float](repeating: .nan, count: c)
+    weight.row(123, into: &row)
+    #expect(row == Array(rounded[(123 * c)..<(124 * c)]))
+}

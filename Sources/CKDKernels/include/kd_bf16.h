@@ -23,16 +23,18 @@ void kd_gemm_bf16_emulated(int m, int n, int k, float alpha, const float *a, ptr
 
 /// bf16 values (uint16) of B [n columns, k deep] packed ahead for the kernels (weights packed once, used by many GEMMs).
 size_t kd_bf16_packed_count(int n, int k);
-/// Packs B(j, p) = b[j·brs + p·bcs] (j < n, p < k) into `out` (kd_bf16_packed_count(n, k) values): per 256-deep block,
-/// panels of 32 columns, k in pairs, zeros past n and k.
-void kd_bf16_pack_b(int n, int k, const float *b, ptrdiff_t brs, ptrdiff_t bcs, uint16_t *out);
-/// The kernels with B handed in packed (`bpacked`: kd_bf16_pack_b's layout of a matrix of `bstride` columns whose
-/// column 0 of this call is a multiple of 32 into it; the caller offsets bpacked by that column times k rounded up to
-/// even) or, when bpacked is NULL, packed from b as kd_gemm_bf16_* do.
+/// Packs columns j0 ..< j1 (j0 a multiple of 32) of B(j, p) = b[j·brs + p·bcs] (j < n, p < k) into their place in `out`
+/// (kd_bf16_packed_count(n, k) values for all n columns): per 256-deep block, panels of 32 columns, k in pairs, zeros
+/// past n and k. Disjoint column ranges may be packed on different threads.
+void kd_bf16_pack_b(int n, int j0, int j1, int k, const float *b, ptrdiff_t brs, ptrdiff_t bcs, uint16_t *out);
+/// Columns j0 ..< j1 of a packed B back to f32: out[(j − j0)·ldo + p] = B(j, p) as bf16 (exact).
+void kd_bf16_unpack_b(int n, int j0, int j1, int k, const uint16_t *packed, float *out, ptrdiff_t ldo);
+/// The kernels with B handed in packed (`bpacked`: kd_bf16_pack_b's layout of a matrix of `bstride` columns, this call's
+/// column 0 being its column `bcol0`, a multiple of 32) or, when bpacked is NULL, packed from b as kd_gemm_bf16_* do.
 void kd_gemm_bf16_prepacked_avx512(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                                    const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
-                                   float beta, float *c, ptrdiff_t ldc);
+                                   int bcol0, float beta, float *c, ptrdiff_t ldc);
 void kd_gemm_bf16_prepacked_emulated(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                                      const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
-                                     float beta, float *c, ptrdiff_t ldc);
+                                     int bcol0, float beta, float *c, ptrdiff_t ldc);
 #endif

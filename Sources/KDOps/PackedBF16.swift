@@ -1,0 +1,112 @@
+// Matrices packed to bf16 once, in the layout the bf16 kernel reads, and multiplied many times: a frozen teacher's
+// weights (packed at load, replacing their f32 copy) and a student's LM head (packed once per step, in both of the
+// layouts its forward and its input gradient read, instead of once per 256-row chunk).
+// Dims: a packed matrix is B(j, p), j < n columns, p < k deep; C [m, n] = alpha · op(A) [m, k] · Bᵀ + beta · C.
+import CBLAS
+import CKDKernels
+import KDCore
+
+/// B(j, p) of some f32 matrix, rounded to bf16 (nearest even) and stored in the bf16 kernel's panels.
+public final class PackedBF16 {
+    /// Columns (j) and depth (p).
+    public let n: Int, k: Int
+    let storage: UnsafeMutablePointer<UInt16>
+    let count: Int
+
+    /// Room for an n × k matrix; ``pack(_:rowStride:depthStride:)`` fills it.
+    public init(n: Int, k: Int) {
+        precondition(n > 0 && k > 0 && n <= Int(Int32.max) && k <= Int(Int32.max), "PackedBF16: \(n) × \(k)")
+        self.n = n
+        self.k = k
+        count = kd_bf16_packed_count(Int32(n), Int32(k))
+        storage = .allocate(capacity: count)
+    }
+
+    /// Packs B(j, p) = b[j·rowStride + p·depthStride] over the threads (disjoint 32-column ranges).
+    public convenience init(_ b: UnsafePointer<Float>, n: Int, k: Int, rowStride: Int, depthStride: Int) {
+        self.init(n: n, k: k)
+        pack(b, rowStride: rowStride, depthStride: depthStride)
+    }
+
+    deinit { storage.deallocate() }
+
+    /// Bytes held.
+    public var bytes: Int { count * 2 }
+
+    /// Re-packs from b (same shape): B(j, p) = b[j·rowStride + p·depthStride].
+    public func pack(_ b: UnsafePointer<Float>, rowStride: Int, depthStride: Int) {
+        let n = self.n, k = self.k, out = storage
+        Parallel.forRanges((n + 31) / 32, minPerThread: 16) { t0, t1 in
+            kd_bf16_pack_b(Int32(n), Int32(t0 * 32), Int32(min(n, t1 * 32)), Int32(k), b, rowStride, depthStride, out)
+        }
+    }
+
+    /// Columns j0 ..< j1 as f32 rows: out[(j − j0)·ldo + p] = B(j, p) (exact: bf16 widens to f32 exactly).
+    public func unpack(columns j0: Int, _ j1: Int, into out: UnsafeMutablePointer<Float>, ldo: Int) {
+        kd_bf16_unpack_b(Int32(n), Int32(j0), Int32(j1), Int32(k), storage, out, ldo)
+    }
+
+    /// C = alpha · op(A) · Bᵀ + beta · C (beta == 0 never reads C), with the task's bf16 kernel; split over the threads
+    /// as ``bf16GEMM`` splits (rows when m ≥ n, 32-column tiles otherwise), so the result is ``bf16GEMM``'s on the
+    /// unpacked matrix bit for bit. Without a bf16 kernel (f32, or `rounded`), the columns are unpacked in panels
+    /// and multiplied through ``gemm``: the same bf16 weights, in the task's arithmetic.
+    /// - Shapes: A [m, k] (`transA`: [k, m]) with row stride lda · C [m, n] with row stride ldc
+    public func multiply(transA: Bool = false, m: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, beta: Float,
+                         c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m > 0 else { return }
+        let n = self.n, k = self.k, packed = UnsafePointer(storage)
+        StepProfile.op(.gemm) {
+            guard let kernel = BF16.kernel, kernel != .rounded else {
+                multiplyUnpacked(transA: transA, m: m, alpha: alpha, a: a, lda: lda, beta: beta, c: c, ldc: ldc)
+                return
+            }
+            let run = kernel == .avx512 ? kd_gemm_bf16_prepacked_avx512 : kd_gemm_bf16_prepacked_emulated
+            let (ars, acs) = transA ? (1, lda) : (lda, 1)
+            if m >= n {
+                Parallel.forRanges((m + 7) / 8) { t0, t1 in
+                    let i0 = t0 * 8, i1 = min(m, t1 * 8)
+                    run(Int32(i1 - i0), Int32(n), Int32(k), alpha, a + i0 * ars, ars, acs, nil, 0, 0, packed, Int32(n), 0,
+                        beta, c + i0 * ldc, ldc)
+                }
+            } else {
+                Parallel.forRanges((n + 31) / 32) { t0, t1 in
+                    let j0 = t0 * 32, j1 = min(n, t1 * 32)
+                    run(Int32(m), Int32(j1 - j0), Int32(k), alpha, a, ars, acs, nil, 0, 0, packed, Int32(n), Int32(j0),
+                        beta, c + j0, ldc)
+                }
+            }
+        }
+    }
+
+    func multiplyUnpacked(transA: Bool, m: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, beta: Float,
+                          c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let panelColumns = max(32, min(n, (1 << 19) / k)), panel = UnsafeMutablePointer<Float>.allocate(capacity: panelColumns * k)
+        defer { panel.deallocate() }
+        var j0 = 0
+        while j0 < n {
+            let cols = min(panelColumns, n - j0)
+            unpack(columns: j0, j0 + cols, into: panel, ldo: k)
+            gemm(transA: transA, transB: true, m: m, n: cols, k: k, alpha: alpha, a: a, lda: lda, b: panel, ldb: k,
+                 beta: beta, c: c + j0, ldc: ldc)
+            j0 += cols
+        }
+    }
+}
+
+/// A [oc, c] weight packed to bf16 for out = inp · Wᵀ (B(j, p) = W[j, p]): a frozen teacher's matrix.
+public final class BF16Weight: LinearWeight {
+    public let packed: PackedBF16
+    public var oc: Int { packed.n }
+    public var c: Int { packed.k }
+
+    /// Packs the row-major [oc, c] matrix at w.
+    public init(_ w: UnsafePointer<Float>, oc: Int, c: Int) {
+        packed = PackedBF16(w, n: oc, k: c, rowStride: c, depthStride: 1)
+    }
+
+    public func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, accumulate: Bool) {
+        packed.multiply(m: n, a: inp, lda: c, beta: accumulate ? 1 : 0, c: out, ldc: oc)
+    }
+
+    public func row(_ i: Int, into out: UnsafeMutablePointer<Float>) { packed.unpack(columns: i, i + 1, into: out, ldo: c) }
+}

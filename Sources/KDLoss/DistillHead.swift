@@ -137,11 +137,12 @@ public func lmHeadDistill(
     let threads = max(1, Parallel.threads), base = 3 * v + 2 * ((t.topK?.k ?? 0) + 1), per = base + crossPer
     let work = scratch.spare(1, count: threads * per)
     let training = dweight != nil
+    let heads = HeadMultiplier(head, rows: n, inputGradient: dinp != nil, scratch: scratch)
     var r0 = 0
     while r0 < n {
         let m = min(scratch.rows, n - r0)
         let s = scratch.logits.base, x = inp + r0 * c
-        head.forward(out: s, inp: x, n: m, accumulate: false)
+        heads.logits(out: s, inp: x, m: m)
         if t.topK == nil, let teachers = t.teachers {
             teachers.projectChunk(r0: r0, m: m, buffer: teacherLogits)
         }
@@ -195,9 +196,7 @@ public func lmHeadDistill(
                 }
             }
         }
-        if let dweight, let dense = head as? DenseWeight {
-            matmulBackward(dinp: dinp.map { $0 + r0 * c }, dweight: dweight, dout: s, inp: x, weight: dense.base, n: m, c: c, oc: v)
-        }
+        if let dweight { heads.backward(dinp: dinp.map { $0 + r0 * c }, dweight: dweight, dout: s, inp: x, m: m) }
         r0 += m
     }
 }

@@ -53,6 +53,8 @@ public final class LMHeadScratch {
     public let rows: Int, v: Int
     public let logits: Slab
     var spares: [Slab] = []
+    /// A dense head packed to bf16 for this call's chunks: as B of the logits (W) and of the input gradient (Wᵀ).
+    var packs: [PackedBF16?] = [nil, nil]
     public init(rows: Int, v: Int) {
         self.rows = rows
         self.v = v
@@ -65,6 +67,61 @@ public final class LMHeadScratch {
         while spares.count <= i { spares.append(Slab(count: 0)) }
         if spares[i].count < count { spares[i] = Slab(count: count) }
         return spares[i].base
+    }
+}
+
+/// The chunked LM head's GEMMs: logits = x · Wᵀ, and for a dense head dinp += dlogits · W, dweight += dlogitsᵀ · x.
+/// In a bf16 task with more rows than one chunk, a dense head is packed to bf16 once per call (into the scratch's
+/// buffers) for the logits and the input gradient, instead of inside each chunk's GEMMs: the same bits.
+public struct HeadMultiplier {
+    let head: any LinearWeight
+    let forwardPack: PackedBF16?, inputGradPack: PackedBF16?
+
+    public init(_ head: any LinearWeight, rows n: Int, inputGradient: Bool, scratch: LMHeadScratch) {
+        self.head = head
+        guard let kernel = BF16.kernel, kernel != .rounded, n > scratch.rows, let dense = head as? DenseWeight else {
+            forwardPack = nil
+            inputGradPack = nil
+            return
+        }
+        let v = dense.oc, c = dense.c
+        func reuse(_ i: Int, n: Int, k: Int) -> PackedBF16 {
+            if let p = scratch.packs[i], p.n == n, p.k == k { return p }
+            let p = PackedBF16(n: n, k: k)
+            scratch.packs[i] = p
+            return p
+        }
+        (forwardPack, inputGradPack) = StepProfile.op(.gemm) {
+            let f = reuse(0, n: v, k: c)
+            f.pack(dense.base, rowStride: c, depthStride: 1)
+            guard inputGradient else { return (f, nil) }
+            let g = reuse(1, n: c, k: v)
+            g.pack(dense.base, rowStride: 1, depthStride: c)
+            return (f, g)
+        }
+    }
+
+    /// out = x · Wᵀ. - Shapes: out [m, v] · inp [m, c]
+    public func logits(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, m: Int) {
+        if let forwardPack {
+            forwardPack.multiply(m: m, a: inp, lda: head.c, beta: 0, c: out, ldc: head.oc)
+        } else {
+            head.forward(out: out, inp: inp, n: m, accumulate: false)
+        }
+    }
+
+    /// dinp += dout · W (when given), dweight += doutᵀ · inp; nothing for a packed (frozen) head.
+    /// - Shapes: dinp, inp [m, c] · dweight [v, c] · dout [m, v]
+    public func backward(dinp: UnsafeMutablePointer<Float>?, dweight: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>,
+                         inp: UnsafePointer<Float>, m: Int) {
+        guard let dense = head as? DenseWeight else { return }
+        let c = dense.c, v = dense.oc
+        guard let inputGradPack else {
+            matmulBackward(dinp: dinp, dweight: dweight, dout: dout, inp: inp, weight: dense.base, n: m, c: c, oc: v)
+            return
+        }
+        if let dinp { inputGradPack.multiply(m: m, a: dout, lda: v, beta: 1, c: dinp, ldc: c) }
+        gemm(transA: true, transB: false, m: v, n: c, k: m, alpha: 1, a: dout, lda: v, b: inp, ldb: c, beta: 1, c: dweight, ldc: c)
     }
 }
 
@@ -97,6 +154,7 @@ func lmHeadChunks(
     let c = head.c, v = head.oc
     precondition(scratch.v == v, "lmHead: scratch built for vocab \(scratch.v), got \(v)")
     let training = dweight != nil
+    let heads = HeadMultiplier(head, rows: n, inputGradient: dinp != nil, scratch: scratch)
     var r0 = 0
     while r0 < n {
         let m = min(scratch.rows, n - r0)
@@ -109,7 +167,7 @@ func lmHeadChunks(
             continue
         }
         let logits = scratch.logits.base, x = inp + r0 * c
-        head.forward(out: logits, inp: x, n: m, accumulate: false)
+        heads.logits(out: logits, inp: x, m: m)
         Parallel.forRanges(m, minPerThread: 2) { lo, hi in
             for i in lo..<hi {
                 let t = Int(targets[r0 + i]), row = logits + i * v
@@ -122,10 +180,7 @@ func lmHeadChunks(
                 }
             }
         }
-        if let dweight, let dense = head as? DenseWeight {
-            matmulBackward(dinp: dinp.map { $0 + r0 * c }, dweight: dweight, dout: logits, inp: x, weight: dense.base,
-                           n: m, c: c, oc: v)
-        }
+        if let dweight { heads.backward(dinp: dinp.map { $0 + r0 * c }, dweight: dweight, dout: logits, inp: x, m: m) }
         r0 += m
     }
 }

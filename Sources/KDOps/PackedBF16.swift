@@ -47,8 +47,9 @@ public final class PackedBF16 {
     }
 
     /// C = alpha · op(A) · Bᵀ + beta · C (beta == 0 never reads C), with the task's bf16 kernel; split over the threads
-    /// as ``bf16GEMM`` splits (rows when m ≥ n, 32-column tiles otherwise), so the result is ``bf16GEMM``'s on the
-    /// unpacked matrix bit for bit. Without a bf16 kernel (f32, or `rounded`), the columns are unpacked in panels
+    /// by rows when m ≥ n or A is the larger operand (k > n: every thread would pack all of A in a column split, while
+    /// the packed B is shared as it is), else by 32-column tiles. The result is ``bf16GEMM``'s on the unpacked matrix
+    /// bit for bit (a split never changes an element's sum). Without a bf16 kernel (f32, or `rounded`), the columns are unpacked in panels
     /// and multiplied through ``gemm``: the same bf16 weights, in the task's arithmetic.
     /// - Shapes: A [m, k] (`transA`: [k, m]) with row stride lda · C [m, n] with row stride ldc
     public func multiply(transA: Bool = false, m: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, beta: Float,
@@ -62,7 +63,7 @@ public final class PackedBF16 {
             }
             let run = kernel == .avx512 ? kd_gemm_bf16_prepacked_avx512 : kd_gemm_bf16_prepacked_emulated
             let (ars, acs) = transA ? (1, lda) : (lda, 1)
-            if m >= n {
+            if m >= n || k > n {
                 Parallel.forRanges((m + 7) / 8) { t0, t1 in
                     let i0 = t0 * 8, i1 = min(m, t1 * 8)
                     run(Int32(i1 - i0), Int32(n), Int32(k), alpha, a + i0 * ars, ars, acs, nil, 0, 0, packed, Int32(n), 0,

@@ -271,3 +271,43 @@ func packedBF16MultipliesAsTheKernelDoesOnTheUnpackedMatrix(kernel: BF16Kernel) 
     weight.row(123, into: &row)
     #expect(row == Array(rounded[(123 * c)..<(124 * c)]))
 }
+
+/// A bf16 LM head over several chunks packs its dense weight once per call, in the two layouts the logits and the input
+/// gradient read: losses and both gradients are, bit for bit, those of the same chunks multiplied by the kernel on
+/// the unpacked weight (logits = x·Wᵀ, dinp += dlogits·W, dweight += dlogitsᵀ·x per chunk).
+@Test(arguments: [BF16Kernel.emulated] + (BF16.cpuHasAVX512BF16 ? [.avx512] : []))
+func bf16HeadPackedOncePerCallIsTheChunkedKernelBitForBit(kernel: BF16Kernel) {
+    let n = 50, c = 40, v = 300, rows = 16
+    let inp = randomArray(n * c, seed: 81), w = randomArray(v * c, seed: 82, scale: 0.5)
+    let targets = (0..<n).map { Int32($0 % 7 == 3 ? -1 : ($0 * 31) % v) }
+    var losses = [Float](repeating: .nan, count: n), dinp = randomArray(n * c, seed: 83), dweight = randomArray(v * c, seed: 84)
+    var wantDinp = dinp, wantDweight = dweight, wantLosses = losses
+    BF16.$kernel.withValue(kernel) {
+        lmHeadCrossEntropyForwardBackward(losses: &losses, dinp: &dinp, dweight: &dweight, inp: inp, weight: w, targets: targets,
+                                          n: n, c: c, v: v, lossScale: 0.3, scratch: LMHeadScratch(rows: rows, v: v))
+    }
+    var logits = [Float](repeating: 0, count: rows * v)
+    for r0 in stride(from: 0, to: n, by: rows) {
+        let m = min(rows, n - r0)
+        inp.withUnsafeBufferPointer { x in
+            bf16GEMM(kernel, threads: Parallel.threads, transA: false, transB: true, m: m, n: v, k: c, alpha: 1, a: x.baseAddress! + r0 * c,
+                     lda: c, b: w, ldb: c, beta: 0, c: &logits, ldc: v)
+            for i in 0..<m {
+                let t = Int(targets[r0 + i])
+                logits.withUnsafeMutableBufferPointer { l in
+                    if t < 0 { wantLosses[r0 + i] = 0; (l.baseAddress! + i * v).update(repeating: 0, count: v) }
+                    else { wantLosses[r0 + i] = crossEntropyRow(l.baseAddress! + i * v, target: t, v: v, gradScale: 0.3) }
+                }
+            }
+            wantDinp.withUnsafeMutableBufferPointer { d in
+                bf16GEMM(kernel, threads: Parallel.threads, transA: false, transB: false, m: m, n: c, k: v, alpha: 1, a: logits, lda: v,
+                         b: w, ldb: c, beta: 1, c: d.baseAddress! + r0 * c, ldc: c)
+            }
+            bf16GEMM(kernel, threads: Parallel.threads, transA: true, transB: false, m: v, n: c, k: m, alpha: 1, a: logits, lda: v,
+                     b: x.baseAddress! + r0 * c, ldb: c, beta: 1, c: &wantDweight, ldc: c)
+        }
+    }
+    #expect(losses == wantLosses)
+    #expect(dinp == wantDinp)
+    #expect(dweight == wantDweight)
+}

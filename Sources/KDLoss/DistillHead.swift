@@ -170,6 +170,17 @@ public func lmHeadDistill(
                     } else if let teachers = t.teachers {
                         let trow = teachers.rowLogProbs(i: i, r: r, m: m, buffer: teacherLogits, temperature: t.temperature, scratch: w)
                         teacherTop = rowArgmax(trow, v)
+                        if t.temperature == 1 && t.cross.isEmpty {
+                            // the cross-entropy from the divergence's softmax, the gradient written over the logits
+                            let ceWeight = t.ceWeights.map { $0[r0 + i] } ?? (1 - t.kdRatio)
+                            let both = divergenceAndCrossEntropyRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v, target: target,
+                                                                    grad: training ? row : nil, scale: sameScale,
+                                                                    ceScale: lossScale * ceWeight, scratch: w)
+                            if let agree { agree[r] = teacherTop == studentTop ? 1 : 0 }
+                            kd[r] = Float(Double(t.sameWeight) * both.value)
+                            ce[r0 + i] = both.ce
+                            continue
+                        }
                         value = Double(t.sameWeight) * divergenceRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v,
                                                                      temperature: t.temperature, grad: training ? g : nil,
                                                                      scale: sameScale, scratch: w)

@@ -184,6 +184,31 @@ public func divergenceRow(
     return value
 }
 
+/// ``divergenceRow`` at T = 1 together with the row's cross-entropy, from the one student softmax: returns D(p, q) and
+/// −log q[target] (the bits ``crossEntropyRow`` returns: both are lse − s[target] from the same sum). With `grad`, writes
+/// scale · ∂D/∂s + ceScale · (q − onehot(target)) there; `grad` may be `s` itself (s is read before grad is written).
+/// `scratch` holds 2·v Floats. - Shapes: lp, s, grad [v] · scratch [2v]
+public func divergenceAndCrossEntropyRow(
+    _ d: Divergence, teacherLogProbs lp: UnsafePointer<Float>, studentLogits s: UnsafePointer<Float>, v: Int, target: Int,
+    grad: UnsafeMutablePointer<Float>?, scale: Float, ceScale: Float, scratch: UnsafeMutablePointer<Float>
+) -> (value: Double, ce: Float) {
+    precondition(target >= 0 && target < v, "divergenceAndCrossEntropyRow: target \(target) outside vocabulary of \(v)")
+    let value = divergenceRow(d, teacherLogProbs: lp, studentLogits: s, v: v, temperature: 1, grad: grad, scale: scale, scratch: scratch)
+    // divergenceRow leaves log q in scratch[0 ..< v] and q in scratch[v ..< 2v]
+    let lq = scratch, q = scratch + v
+    if let g = grad {
+        let cs = V16(repeating: ceScale)
+        var j = 0
+        while j + 16 <= v {
+            storeV16(loadV16(g + j) + cs * loadV16(q + j), g + j)
+            j += 16
+        }
+        while j < v { g[j] += ceScale * q[j]; j += 1 }
+        g[target] -= ceScale
+    }
+    return (value, -lq[target])
+}
+
 #if canImport(Glibc)
 import Glibc
 #endif

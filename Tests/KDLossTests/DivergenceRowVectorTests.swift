@@ -53,3 +53,33 @@ func theVectorRowIsTheElementwiseDefinitionBitForBit(d: Divergence) {
     #expect(grad == want.grad, "\(d): gradient differs")
     #expect(got.isFinite && grad.allSatisfy(\.isFinite))
 }
+
+/// At T = 1 the distillation row takes its cross-entropy from the divergence's softmax: the loss is crossEntropyRow's
+/// bit for bit, the divergence value divergenceRow's bit for bit, and the gradient (written over the logits) is
+/// divergenceRow's plus crossEntropyRow's within a few f32 roundings of each term (q comes from exp(log q) instead of
+/// e^(s − max)/Σ); target at the start, middle and tail.
+@Test(arguments: [Divergence.forwardKL, .reverseKL, .mixedKL(alpha: 0.3), .skewReverseKL(lambda: 0.1), .jsd(beta: 0.5), .tvd])
+func theCrossEntropyFromTheDivergenceSoftmaxIsTheSeparateRows(d: Divergence) {
+    let v = 16 * 5 + 7, scale: Float = 0.37, ceScale: Float = 0.21
+    let s = (0..<v).map { Float(sin(Double($0) * 1.3)) * 4 }
+    let lp = logProbs((0..<v).map { Float(cos(Double($0) * 0.7)) * 5 }, 1)
+    for target in [0, 40, v - 1] {
+        var fused = s, scratch = [Float](repeating: 0, count: 2 * v)
+        let got = lp.withUnsafeBufferPointer { l in fused.withUnsafeMutableBufferPointer { f in scratch.withUnsafeMutableBufferPointer {
+            divergenceAndCrossEntropyRow(d, teacherLogProbs: l.baseAddress!, studentLogits: f.baseAddress!, v: v, target: target,
+                                         grad: f.baseAddress!, scale: scale, ceScale: ceScale, scratch: $0.baseAddress!)
+        } } }
+        var g = [Float](repeating: 0, count: v), ceRow = s
+        let value = lp.withUnsafeBufferPointer { l in s.withUnsafeBufferPointer { sp in g.withUnsafeMutableBufferPointer { gp in
+            scratch.withUnsafeMutableBufferPointer {
+                divergenceRow(d, teacherLogProbs: l.baseAddress!, studentLogits: sp.baseAddress!, v: v, temperature: 1, grad: gp.baseAddress!,
+                              scale: scale, scratch: $0.baseAddress!)
+            } } } }
+        let ce = ceRow.withUnsafeMutableBufferPointer { crossEntropyRow($0.baseAddress!, target: target, v: v, gradScale: ceScale) }
+        #expect(got.value == value && got.ce == ce, "\(d) target \(target): (\(got.value), \(got.ce)) vs (\(value), \(ce))")
+        for j in 0..<v {
+            let want = g[j] + ceRow[j], tol = 4 * Float.ulpOfOne * (abs(g[j]) + abs(ceRow[j]) + ceScale)
+            #expect(abs(fused[j] - want) <= tol, "\(d) target \(target) [\(j)]: \(fused[j]) vs \(want)")
+        }
+    }
+}

@@ -1,6 +1,7 @@
 // bf16 GEMM: rounding, CPU detection, packing, and the blocked kernel (bf16_kernel_body.h) built twice —
 // with AVX512-BF16 intrinsics, and against a portable emulation of them.
 #include "kd_bf16.h"
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__)
@@ -97,6 +98,10 @@ static inline kd_ev kd_e_dp(kd_ev acc, kd_eb a, kd_eb b) {
     return acc;
 }
 static inline void kd_e_store(float *p, kd_ev v) { memcpy(p, v.f, 64); }
+static inline kd_ev kd_e_loadf(const float *p) { kd_ev v; memcpy(v.f, p, 64); return v; }
+static inline kd_ev kd_e_set1(float x) { kd_ev v; for (int l = 0; l < 16; l++) v.f[l] = x; return v; }
+static inline kd_ev kd_e_mul(kd_ev a, kd_ev b) { for (int l = 0; l < 16; l++) a.f[l] *= b.f[l]; return a; }
+static inline kd_ev kd_e_fma(kd_ev a, kd_ev b, kd_ev c) { for (int l = 0; l < 16; l++) c.f[l] = fmaf(a.f[l], b.f[l], c.f[l]); return c; }
 
 #define KD_NAME(x) x##_emulated
 #define KD_VF kd_ev
@@ -106,6 +111,10 @@ static inline void kd_e_store(float *p, kd_ev v) { memcpy(p, v.f, 64); }
 #define KD_BCAST_PAIR(p) kd_e_bcast(p)
 #define KD_DP(acc, a, b) kd_e_dp(acc, a, b)
 #define KD_STORE(p, v) kd_e_store(p, v)
+#define KD_LOADF(p) kd_e_loadf(p)
+#define KD_SET1(x) kd_e_set1(x)
+#define KD_MUL(a, b) kd_e_mul(a, b)
+#define KD_FMA(a, b, c) kd_e_fma(a, b, c)
 #define KD_PACK(x, rs, cs, rows, depth, width, out) pack_emulated(x, rs, cs, rows, depth, width, out)
 #include "bf16_kernel_body.h"
 #undef KD_NAME
@@ -116,6 +125,10 @@ static inline void kd_e_store(float *p, kd_ev v) { memcpy(p, v.f, 64); }
 #undef KD_BCAST_PAIR
 #undef KD_DP
 #undef KD_STORE
+#undef KD_LOADF
+#undef KD_SET1
+#undef KD_MUL
+#undef KD_FMA
 #undef KD_PACK
 
 // ---- AVX512-BF16: the same body with the instructions ----
@@ -129,6 +142,10 @@ static inline void kd_e_store(float *p, kd_ev v) { memcpy(p, v.f, 64); }
 #define KD_BCAST_PAIR(p) ({ int32_t pair_; memcpy(&pair_, (p), 4); (__m512bh)_mm512_set1_epi32(pair_); })
 #define KD_DP(acc, a, b) _mm512_dpbf16_ps(acc, a, b)
 #define KD_STORE(p, v) _mm512_storeu_ps(p, v)
+#define KD_LOADF(p) _mm512_loadu_ps(p)
+#define KD_SET1(x) _mm512_set1_ps(x)
+#define KD_MUL(a, b) _mm512_mul_ps(a, b)
+#define KD_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 static void pack_fast_avx512(const float *x, ptrdiff_t rs, ptrdiff_t cs, int rows, int depth, int width, uint16_t *out16);
 #define KD_PACK(x, rs, cs, rows, depth, width, out) pack_fast_avx512(x, rs, cs, rows, depth, width, out)
 #include "bf16_kernel_body.h"

@@ -1,7 +1,8 @@
-// The blocked bf16 GEMM, written once against five vector operations and included twice by bf16.c: with AVX512-BF16
+// The blocked bf16 GEMM, written once against a few vector operations and included twice by bf16.c: with AVX512-BF16
 // intrinsics and with a portable emulation. Before including, define KD_NAME(x), KD_VF (16 f32 lanes), KD_VB (32 bf16),
 // KD_ZERO(), KD_LOAD_B(p) (32 bf16 at p), KD_BCAST_PAIR(p) (the bf16 pair at p in every 32-bit lane),
-// KD_DP(acc, a, b) (acc + pairwise dot products, vdpbf16ps), KD_STORE(p, v) (16 f32 to p).
+// KD_DP(acc, a, b) (acc + pairwise dot products, vdpbf16ps), KD_STORE(p, v) (16 f32 to p), and for the epilogue
+// KD_LOADF(p) (16 f32), KD_SET1(x), KD_MUL(a, b), KD_FMA(a, b, c) (a·b + c, one rounding).
 //
 // GotoBLAS blocking: NC columns × KC depth of B packed once per (pc, jc) (or handed in packed: weights packed ahead);
 // A packed once (all of it up front when there are several NC blocks, else MC rows at a time), so each element of A
@@ -39,20 +40,43 @@ static void KD_NAME(pack)(const float *x, ptrdiff_t rs, ptrdiff_t cs, int rows, 
     }
 }
 
-static void KD_NAME(micro)(int kp, const uint16_t *ap, const uint16_t *bp, float *tile /* [MR][NR] */) {
-    KD_VF acc[KD_MR][2];
-    for (int i = 0; i < KD_MR; i++) { acc[i][0] = KD_ZERO(); acc[i][1] = KD_ZERO(); }
-    for (int p = 0; p < kp; p++) {
-        KD_VB b0 = KD_LOAD_B(bp + (size_t)p * KD_NR * 2), b1 = KD_LOAD_B(bp + (size_t)p * KD_NR * 2 + 32);
-        for (int i = 0; i < KD_MR; i++) {
-            KD_VB a = KD_BCAST_PAIR(ap + ((size_t)p * KD_MR + i) * 2);
-            acc[i][0] = KD_DP(acc[i][0], a, b0);
-            acc[i][1] = KD_DP(acc[i][1], a, b1);
-        }
+/// The MR × NR register tile of Σ_p A(i, p)·B(j, p) over kp depth pairs.
+#define KD_TILE_LOOP                                                                                    \
+    KD_VF acc[KD_MR][2];                                                                                \
+    for (int i = 0; i < KD_MR; i++) { acc[i][0] = KD_ZERO(); acc[i][1] = KD_ZERO(); }                   \
+    for (int p = 0; p < kp; p++) {                                                                      \
+        KD_VB b0 = KD_LOAD_B(bp + (size_t)p * KD_NR * 2), b1 = KD_LOAD_B(bp + (size_t)p * KD_NR * 2 + 32); \
+        for (int i = 0; i < KD_MR; i++) {                                                               \
+            KD_VB a = KD_BCAST_PAIR(ap + ((size_t)p * KD_MR + i) * 2);                                  \
+            acc[i][0] = KD_DP(acc[i][0], a, b0);                                                        \
+            acc[i][1] = KD_DP(acc[i][1], a, b1);                                                        \
+        }                                                                                               \
     }
+
+/// An edge tile: the sums to `tile` [MR][NR], for the scalar epilogue.
+static void KD_NAME(micro)(int kp, const uint16_t *ap, const uint16_t *bp, float *tile /* [MR][NR] */) {
+    KD_TILE_LOOP
     for (int i = 0; i < KD_MR; i++) {
         KD_STORE(tile + i * KD_NR, acc[i][0]);
         KD_STORE(tile + i * KD_NR + 16, acc[i][1]);
+    }
+}
+
+/// A whole tile, its epilogue in registers: C = fma(alpha, S, C) for a later depth block (`first` 0), else
+/// C = alpha·S (beta 0, C not read) or fma(alpha, S, beta·C) — the scalar epilogue's arithmetic exactly.
+static void KD_NAME(micro_c)(int kp, const uint16_t *ap, const uint16_t *bp, float *c, ptrdiff_t ldc, float alpha,
+                             float beta, int first) {
+    KD_TILE_LOOP
+    KD_VF va = KD_SET1(alpha), vb = KD_SET1(beta);
+    for (int i = 0; i < KD_MR; i++) {
+        for (int h = 0; h < 2; h++) {
+            float *cp = c + i * ldc + 16 * h;
+            KD_VF r;
+            if (!first) r = KD_FMA(va, acc[i][h], KD_LOADF(cp));
+            else if (beta == 0) r = KD_MUL(va, acc[i][h]);
+            else r = KD_FMA(va, acc[i][h], KD_MUL(vb, KD_LOADF(cp)));
+            KD_STORE(cp, r);
+        }
     }
 }
 
@@ -101,14 +125,20 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
                     int nr = nc - jr < KD_NR ? nc - jr : KD_NR;
                     for (int ir = 0; ir < mc; ir += KD_MR) {
                         int mr = mc - ir < KD_MR ? mc - ir : KD_MR;
-                        KD_NAME(micro)(kp, ablock + (size_t)ir * kp * 2, bblock + (size_t)jr * kp * 2, tile);
+                        const uint16_t *apanel = ablock + (size_t)ir * kp * 2, *bpanel = bblock + (size_t)jr * kp * 2;
+                        float *ctile = c + (ptrdiff_t)(ic + ir) * ldc + jc + jr;
+                        if (mr == KD_MR && nr == KD_NR) {
+                            KD_NAME(micro_c)(kp, apanel, bpanel, ctile, ldc, alpha, beta, pc == 0);
+                            continue;
+                        }
+                        KD_NAME(micro)(kp, apanel, bpanel, tile);
                         // the first depth block applies beta (never reading C when beta is 0); later blocks add
                         for (int i = 0; i < mr; i++) {
-                            float *crow = c + (ptrdiff_t)(ic + ir + i) * ldc + jc + jr;
+                            float *crow = ctile + (ptrdiff_t)i * ldc;
                             const float *t = tile + i * KD_NR;
-                            if (pc > 0) for (int j = 0; j < nr; j++) crow[j] += alpha * t[j];
+                            if (pc > 0) for (int j = 0; j < nr; j++) crow[j] = fmaf(alpha, t[j], crow[j]);
                             else if (beta == 0) for (int j = 0; j < nr; j++) crow[j] = alpha * t[j];
-                            else for (int j = 0; j < nr; j++) crow[j] = alpha * t[j] + beta * crow[j];
+                            else for (int j = 0; j < nr; j++) crow[j] = fmaf(alpha, t[j], beta * crow[j]);
                         }
                     }
                 }

@@ -85,5 +85,6 @@ func zeroAtEqualityAndPositiveElsewhere(d: Divergence) {
     var none: [Float]? = nil
     let f = value(.forwardKL, lp, s, grad: &none), r = value(.reverseKL, lp, s, grad: &none)
     #expect(abs(value(.mixedKL(alpha: 0.3), lp, s, grad: &none) - (0.3 * f + 0.7 * r)) < 1e-6)
-    #expect(abs(value(.mixedKL(alpha: 1), lp, s, grad: &none) - f) < 1e-9 && abs(value(.mixedKL(alpha: 0), lp, s, grad: &none) - r) < 1e-9)
+    // the ends are the parts themselves, up to the f32-lane sums forward and reverse KL use (mixed sums in Double)
+    #expect(abs(value(.mixedKL(alpha: 1), lp, s, grad: &none) - f) < 1e-6 && abs(value(.mixedKL(alpha: 0), lp, s, grad: &none) - r) < 1e-6)
 }

@@ -62,8 +62,14 @@ public func expRow(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>
 /// Index of the largest of x[0..<v], the first on ties (NaN never wins; 0 when nothing compares larger than −∞).
 @inlinable
 public func rowArgmax(_ x: UnsafePointer<Float>, _ v: Int) -> Int {
-    let m = rowMax(x, v)
-    for j in 0..<v where x[j] == m { return j }
+    let m = rowMax(x, v), mv = V16(repeating: m)
+    // the first lane equal to the max, sixteen at a time
+    var i = 0
+    while i + 16 <= v {
+        if any(loadV16(x + i) .== mv) { break }
+        i += 16
+    }
+    for j in i..<v where x[j] == m { return j }
     return 0
 }
 

@@ -103,3 +103,24 @@ import Testing
     #expect(loss.isNaN)
     #expect(fastExp(.nan).isNaN)
 }
+
+/// rowArgmax is the first index of the largest value (scalar reference), whatever lane or tail it falls in, with ties
+/// planted before and after it, NaNs that never win, and a row of −∞ (index 0).
+@Test func rowArgmaxIsTheFirstLargestIndex() {
+    func reference(_ x: [Float]) -> Int {
+        var best = 0, m = -Float.infinity
+        for (j, e) in x.enumerated() where e > m { m = e; best = j }
+        return best
+    }
+    for v in [1, 15, 16, 17, 100, 1000] {
+        for top in Set([0, v / 3, v - 1, min(v - 1, 15), min(v - 1, 16)]) {
+            var x = randomArray(v, seed: UInt64(v * 31 + top))
+            x[top] = 9
+            if top + 5 < v { x[top + 5] = 9 }  // a later tie: the first still wins
+            if top > 2 { x[top - 2] = .nan }
+            #expect(rowArgmax(x, v) == top, "v \(v), largest at \(top)")
+            #expect(reference(x) == top)
+        }
+    }
+    #expect(rowArgmax([Float](repeating: -.infinity, count: 40), 40) == 0)
+}

@@ -131,6 +131,8 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
         model = Transformer(config: m, needsGrad: mode != .forward, lmHeadChunk: lmHeadChunk)
         model.initialize(seed: 1)
     }
+    // a forward-only model is measured as a bf16 run uses a teacher: its dense matrices packed once (RunSetup.makeTrainer)
+    if mode == .forward, let kernel = BF16.kernel, kernel != .rounded { model.packDenseMatricesBF16() }
     let tokens = (0..<n).map { Int32(rng.index(m.vocabSize, UInt64($0))) }
     let targets = (0..<n).map { Int32(rng.index(m.vocabSize, UInt64($0), 1)) }
     let training = mode != .forward

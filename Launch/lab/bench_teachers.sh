@@ -5,28 +5,56 @@
 # threads, rounds interleaved, medians. llama.cpp twice: logits of the last position only (its prompt processing) and
 # of every position (what scoring a text needs, as distill eval computes). Also each distill run's peak RSS.
 # usage: Launch/lab/bench_teachers.sh [ROUNDS] [WINDOWS]   (defaults 3 and 16)
+#   PRECISION=f32|bf16 (default f32): distill eval's matmul precision.
+#   REQUANT="Q4_0 Q8_0": also SmolLM2 requantized by llama.cpp's quantizer to these types (from an F32 copy of the
+#     shipped Q4_1 file; kept in Checkpoints/teachers/), llama.cpp's fastest paths. GEMMA=0 leaves Gemma out.
+# OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for every command (a user's machine does not set them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-3}
 windows=${2:-16}
+precision=${PRECISION:-f32}
 d=${DISTILL_BIN:-.build/release/distill}
+run() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$@"; }
 python3 -c "import llama_cpp" 2>/dev/null || python3 -m pip install -q --root-user-action=ignore "llama-cpp-python==0.3.36"
 book=$(bash Launch/fetch_heldout.sh)
 smol=$(bash Launch/fetch_teacher.sh)
-gemma=$(bash Launch/fetch_teacher.sh gemma3)
+models=("$smol")
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+for type in ${REQUANT:-}; do
+    dest=Checkpoints/teachers/SmolLM2-135M-Instruct.$type.gguf
+    if [ ! -s "$dest" ]; then
+        python3 - "$smol" "$out/f32.gguf" "$dest.part" "$type" <<'PY'
+import ctypes, os, sys
+import llama_cpp
+src, f32, dest, kind = sys.argv[1:]
+def quantize(a, b, ftype):
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = ftype
+    p.allow_requantize = True
+    if llama_cpp.llama_model_quantize(a.encode(), b.encode(), ctypes.byref(p)) != 0:
+        sys.exit(f"bench_teachers: llama.cpp could not quantize {a} to {b}")
+if not os.path.exists(f32):
+    quantize(src, f32, llama_cpp.LLAMA_FTYPE_ALL_F32)
+quantize(f32, dest, getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind}"))
+PY
+        mv "$dest.part" "$dest"
+    fi
+    models+=("$dest")
+done
+[ "${GEMMA:-1}" = 0 ] || models+=("$(bash Launch/fetch_teacher.sh gemma3)")
 for r in $(seq "$rounds"); do
-    for m in "$smol" "$gemma"; do
+    for m in "${models[@]}"; do
         name=$(basename "$m" .gguf)
-        /usr/bin/time -f "%M" -o "$out/rss" $d eval --model "$m" --text "$book" --context 128 --max-windows "$windows" --threads 2 --json \
-            > "$out/eval.json"
+        run /usr/bin/time -f "%M" -o "$out/rss" $d eval --model "$m" --text "$book" --context 128 --max-windows "$windows" --threads 2 \
+            --precision "$precision" --json > "$out/eval.json"
         python3 - "$out/eval.json" "$out/rss" "$name" >> "$out/distill.txt" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1])); rss = int(open(sys.argv[2]).read().split()[-1])
 print(sys.argv[3], j["tokens_per_s"], rss / 1024, j["mean_nll"])
 PY
-        python3 - "$m" "$book" "$windows" "$name" >> "$out/llamacpp.txt" <<'PY'
+        run python3 - "$m" "$book" "$windows" "$name" >> "$out/llamacpp.txt" <<'PY'
 import sys, time
 import llama_cpp.llama_cpp as lc
 from llama_cpp import Llama
@@ -53,13 +81,14 @@ print(name, *out)
 PY
     done
 done
-python3 - "$out/distill.txt" "$out/llamacpp.txt" <<'PY'
+python3 - "$out/distill.txt" "$out/llamacpp.txt" "$precision" <<'PY'
 import statistics, sys
 d, l = {}, {}
 for line in open(sys.argv[1]):
     n, tps, rss, nll = line.split(); d.setdefault(n, []).append((float(tps), float(rss), float(nll)))
 for line in open(sys.argv[2]):
     n, last, every = line.split(); l.setdefault(n, []).append((float(last), float(every)))
+print(f"distill eval --precision {sys.argv[3]}")
 print("| teacher | distill tokens/s (every position's logits) | llama.cpp, last logits only | llama.cpp, every position's logits | distill / llama.cpp (every position) | distill peak RSS | book NLL |")
 print("|---|---|---|---|---|---|---|")
 for n in d:

@@ -5,7 +5,8 @@
 # threads, rounds interleaved, medians. llama.cpp twice: logits of the last position only (its prompt processing) and
 # of every position (what scoring a text needs, as distill eval computes). Also each distill run's peak RSS.
 # usage: Launch/lab/bench_teachers.sh [ROUNDS] [WINDOWS]   (defaults 3 and 16)
-#   PRECISION=f32|bf16 (default f32): distill eval's matmul precision.
+#   PRECISION=f32|bf16 (default f32): distill eval's matmul precision. BATCH (default 1, as llama.cpp reads here: one
+#     window per call): windows per distill forward (a distillation step feeds its teacher whole micro-batches).
 #   REQUANT="Q4_0 Q8_0": also SmolLM2 requantized by llama.cpp's quantizer to these types (from an F32 copy of the
 #     shipped Q4_1 file; kept in Checkpoints/teachers/), llama.cpp's fastest paths. GEMMA=0 leaves Gemma out.
 # OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for every command (a user's machine does not set them).
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/../.."
 rounds=${1:-3}
 windows=${2:-16}
 precision=${PRECISION:-f32}
+batch=${BATCH:-1}
 d=${DISTILL_BIN:-.build/release/distill}
 run() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$@"; }
 python3 -c "import llama_cpp" 2>/dev/null || python3 -m pip install -q --root-user-action=ignore "llama-cpp-python==0.3.36"
@@ -48,7 +50,7 @@ for r in $(seq "$rounds"); do
     for m in "${models[@]}"; do
         name=$(basename "$m" .gguf)
         run /usr/bin/time -f "%M" -o "$out/rss" $d eval --model "$m" --text "$book" --context 128 --max-windows "$windows" --threads 2 \
-            --precision "$precision" --json > "$out/eval.json"
+            --precision "$precision" --batch "$batch" --json > "$out/eval.json"
         python3 - "$out/eval.json" "$out/rss" "$name" >> "$out/distill.txt" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1])); rss = int(open(sys.argv[2]).read().split()[-1])
@@ -81,14 +83,14 @@ print(name, *out)
 PY
     done
 done
-python3 - "$out/distill.txt" "$out/llamacpp.txt" "$precision" <<'PY'
+python3 - "$out/distill.txt" "$out/llamacpp.txt" "$precision" "$batch" <<'PY'
 import statistics, sys
 d, l = {}, {}
 for line in open(sys.argv[1]):
     n, tps, rss, nll = line.split(); d.setdefault(n, []).append((float(tps), float(rss), float(nll)))
 for line in open(sys.argv[2]):
     n, last, every = line.split(); l.setdefault(n, []).append((float(last), float(every)))
-print(f"distill eval --precision {sys.argv[3]}")
+print(f"distill eval --precision {sys.argv[3]} --batch {sys.argv[4]}")
 print("| teacher | distill tokens/s (every position's logits) | llama.cpp, last logits only | llama.cpp, every position's logits | distill / llama.cpp (every position) | distill peak RSS | book NLL |")
 print("|---|---|---|---|---|---|---|")
 for n in d:

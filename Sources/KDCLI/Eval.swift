@@ -21,6 +21,8 @@ struct Eval: ParsableCommand {
     @Option(help: "Split of --data: train or validation.") var split = "validation"
     @Option(help: "Tokens per window; every next-token prediction inside a window counts.") var context = 256
     @Option(help: "Evaluate at most this many windows (0 = all).") var maxWindows = 0
+    @Option(help: "Windows per forward pass (consecutive windows of the same length; each is still read on its own).")
+    var batch = 8
     @Option(help: "A teacher (GGUF or HF folder) to compare with.") var teacher: String?
     @Option(help: "Compute threads (0 = all cores).") var threads = 0
     @Option(help: "Matmul precision, as train.precision: f32 or bf16 (f32 after a warning on a CPU without AVX512-BF16).")
@@ -34,6 +36,7 @@ struct Eval: ParsableCommand {
         if appendTo != nil, label == nil { throw ValidationError("--append-to needs --label NAME") }
         if (text == nil) == (data == nil) { throw ValidationError("give exactly one of --text FILE or --data DIR") }
         if context < 2 { throw ValidationError("--context: expected >= 2, found \(context)") }
+        if batch < 1 { throw ValidationError("--batch: expected >= 1, found \(batch)") }
         if Precision(rawValue: precision) == nil { throw ValidationError("--precision: expected \(Precision.choices), found '\(precision)'") }
         if !["train", "validation"].contains(split) { throw ValidationError("--split: expected train or validation, found '\(split)'") }
     }
@@ -79,7 +82,7 @@ struct Eval: ParsableCommand {
             if let warning { KDLog.error(warning) }
             let r = BF16.$kernel.withValue(kernel) {
                 evaluate(loaded.model, teacher: teacherModel?.model, ids: ids, mask: mask, context: context, maxWindows: maxWindows,
-                         bos: windowBOS)
+                         bos: windowBOS, batch: batch)
             }
             guard r.predicted > 0 else {
                 throw KDError.invalidInput(what: "eval input", expected: "at least 2 tokens", found: "\(ids.count)")
@@ -155,29 +158,45 @@ func weightBytesOnDisk(_ path: String) -> Int {
 
 /// Non-overlapping windows of `context` tokens, each from position 0; position i predicts i + 1 where mask[i + 1] = 1.
 /// With `bos`, every window is BOS followed by the next context − 1 tokens, and BOS predicts the first of them (so
-/// every token of the text is predicted once, each window read as a document).
+/// every token of the text is predicted once, each window read as a document). Up to `batch` consecutive windows of
+/// the same length go through one forward (as a distillation step feeds its teacher): every window is still read on
+/// its own, each row's loss is its own.
 func evaluate(_ model: Transformer, teacher: Transformer?, ids: [Int32], mask: [UInt8], context: Int, maxWindows: Int,
-              bos: Int32? = nil) -> EvalResult {
+              bos: Int32? = nil, batch: Int = 1) -> EvalResult {
     var r = EvalResult()
     let lead = bos == nil ? 0 : 1
-    var start = 0, windows = 0
-    while start + 1 - lead < ids.count, maxWindows == 0 || windows < maxWindows {
-        let body = min(context - lead, ids.count - start), t = body + lead
-        let inp = (bos.map { [$0] } ?? []) + Array(ids[start..<(start + body)])
-        var tgt = [Int32](repeating: -1, count: t)
-        for i in 0..<(t - 1) where mask[start + i + 1 - lead] != 0 { tgt[i] = ids[start + i + 1 - lead] }
+    // the windows: (first token, length)
+    var windows: [(start: Int, body: Int)] = []
+    var start = 0
+    while start + 1 - lead < ids.count, maxWindows == 0 || windows.count < maxWindows {
+        let body = min(context - lead, ids.count - start)
+        windows.append((start, body))
+        start += body
+    }
+    var w = 0
+    while w < windows.count {
+        var b = 1
+        while b < batch, w + b < windows.count, windows[w + b].body == windows[w].body { b += 1 }
+        let t = windows[w].body + lead
+        var inp: [Int32] = [], tgt: [Int32] = []
+        for (start, body) in windows[w..<(w + b)] {
+            inp += (bos.map { [$0] } ?? []) + Array(ids[start..<(start + body)])
+            var rows = [Int32](repeating: -1, count: t)
+            for i in 0..<(t - 1) where mask[start + i + 1 - lead] != 0 { rows[i] = ids[start + i + 1 - lead] }
+            tgt += rows
+        }
         let t0 = monotonicSeconds()
-        inp.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: 1, t: t) }
+        inp.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
         let ls = tgt.withUnsafeBufferPointer { model.loss(targets: $0.baseAddress!) }
         r.seconds += monotonicSeconds() - t0
-        r.evaluated += t
+        r.evaluated += b * t
         r.nll += ls.sum
         r.predicted += ls.count
         if let teacher {
             // the teacher's NLL from its own head; KL(teacher‖model) and top-1 agreement from the fused distillation
             // head (the trainer's evaluator), chunked over rows: no [t × vocabulary] logits
             let t1 = monotonicSeconds()
-            inp.withUnsafeBufferPointer { teacher.forward(tokens: $0.baseAddress!, b: 1, t: t) }
+            inp.withUnsafeBufferPointer { teacher.forward(tokens: $0.baseAddress!, b: b, t: t) }
             r.teacherNLL += tgt.withUnsafeBufferPointer { teacher.loss(targets: $0.baseAddress!) }.sum
             r.teacherSeconds += monotonicSeconds() - t1  // forward and LM head, as the student's forward and loss
             let target = DistillTarget(teacherHead: teacher.lmHeadWeight, teacherHidden: teacher.finalHidden, divergence: .forwardKL,
@@ -186,8 +205,7 @@ func evaluate(_ model: Transformer, teacher: Transformer?, ids: [Int32], mask: [
             r.kl += d.kdSum
             r.agree += d.agree
         }
-        start += body
-        windows += 1
+        w += b
     }
     return r
 }

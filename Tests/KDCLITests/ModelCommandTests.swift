@@ -74,6 +74,16 @@ func scratchDir() throws -> URL {
     let k = try #require(try JSONSerialization.jsonObject(with: Data(selfKD.out.utf8)) as? [String: Any])
     #expect(abs(k["kl_teacher_model"] as? Double ?? 1) < 1e-9)
     #expect(k["top1_agreement"] as? Double == 1)
+    // the windows above went through forwards of up to 8 (three of 16 tokens, then the short last one alone): one
+    // window per forward reads the same predictions and losses
+    let one = try runDistill(["eval", "--model", dir.appendingPathComponent("student").path, "--text", dir.appendingPathComponent("t.txt").path,
+                              "--context", "16", "--json", "--batch", "1"])
+    let o = try #require(try JSONSerialization.jsonObject(with: Data(one.out.utf8)) as? [String: Any])
+    #expect(o["predicted"] as? Int == n)
+    #expect(abs((o["mean_nll"] as? Double ?? 0) - (obj["mean_nll"] as? Double ?? 1)) < 1e-6)
+    let bad = try runDistill(["eval", "--model", dir.appendingPathComponent("student").path, "--text", dir.appendingPathComponent("t.txt").path,
+                              "--batch", "0"])
+    #expect(bad.status != 0 && bad.err.contains("--batch: expected >= 1, found 0"), "\(bad.err)")
 }
 
 /// `eval --precision bf16` on the real teacher: with bf16's numbers (the rounded kernel) the NLL is f32's within 5e-3

@@ -2,6 +2,7 @@
 // with AVX512-BF16 intrinsics, and against a portable emulation of them.
 #include "kd_bf16.h"
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__)
@@ -280,13 +281,16 @@ size_t kd_bf16_packed_count(int n, int k) {
 }
 
 void kd_bf16_pack_b(int n, int j0, int j1, int k, const float *b, ptrdiff_t brs, ptrdiff_t bcs, uint16_t *out) {
+    static _Atomic int cpu = -1;  // CPUID once (it traps to the hypervisor in a VM); racing threads store the same value
+    int fast = atomic_load_explicit(&cpu, memory_order_relaxed);
+    if (fast < 0) atomic_store_explicit(&cpu, fast = kd_cpu_has_avx512bf16(), memory_order_relaxed);
     size_t nround = (size_t)((n + KD_NR - 1) / KD_NR * KD_NR);
     for (int pc = 0; pc < k; pc += KD_KC) {
         int kc = k - pc < KD_KC ? k - pc : KD_KC;
         const float *src = b + (ptrdiff_t)j0 * brs + (ptrdiff_t)pc * bcs;
         uint16_t *dst = out + nround * pc + (size_t)j0 * ((kc + 1) / 2 * 2);
 #if defined(__x86_64__)
-        if (kd_cpu_has_avx512bf16()) { pack_fast_avx512(src, brs, bcs, j1 - j0, kc, KD_NR, dst); continue; }
+        if (fast) { pack_fast_avx512(src, brs, bcs, j1 - j0, kc, KD_NR, dst); continue; }
 #endif
         pack_emulated(src, brs, bcs, j1 - j0, kc, KD_NR, dst);
     }

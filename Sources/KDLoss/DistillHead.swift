@@ -160,7 +160,11 @@ public func lmHeadDistill(
                     }
                     let studentTop = agree == nil ? 0 : rowArgmax(row, v)
                     let r = r0 + i, sameScale = lossScale * t.kdWeight * t.sameWeight
+                    let ceWeight = t.ceWeights.map { $0[r0 + i] } ?? (1 - t.kdRatio)
                     var value = 0.0, teacherTop = -1
+                    // at T = 1 with one vocabulary the cross-entropy comes from the divergence's softmax, and the
+                    // whole gradient is written over the logits
+                    var fusedCE: Float?
                     if let tk = t.topK {
                         teacherTop = Int(tk.ids[r * tk.k + rowArgmax(tk.logProbs + r * tk.k, tk.k)])
                         value = Double(t.sameWeight) * divergenceRowTopK(t.divergence, ids: tk.ids + r * tk.k, logProbs: tk.logProbs + r * tk.k,
@@ -171,19 +175,16 @@ public func lmHeadDistill(
                         let trow = teachers.rowLogProbs(i: i, r: r, m: m, buffer: teacherLogits, temperature: t.temperature, scratch: w)
                         teacherTop = rowArgmax(trow, v)
                         if t.temperature == 1 && t.cross.isEmpty {
-                            // the cross-entropy from the divergence's softmax, the gradient written over the logits
-                            let ceWeight = t.ceWeights.map { $0[r0 + i] } ?? (1 - t.kdRatio)
                             let both = divergenceAndCrossEntropyRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v, target: target,
                                                                     grad: training ? row : nil, scale: sameScale,
                                                                     ceScale: lossScale * ceWeight, scratch: w)
-                            if let agree { agree[r] = teacherTop == studentTop ? 1 : 0 }
-                            kd[r] = Float(Double(t.sameWeight) * both.value)
-                            ce[r0 + i] = both.ce
-                            continue
+                            value = Double(t.sameWeight) * both.value
+                            fusedCE = both.ce
+                        } else {
+                            value = Double(t.sameWeight) * divergenceRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v,
+                                                                         temperature: t.temperature, grad: training ? g : nil,
+                                                                         scale: sameScale, scratch: w)
                         }
-                        value = Double(t.sameWeight) * divergenceRow(t.divergence, teacherLogProbs: trow, studentLogits: row, v: v,
-                                                                     temperature: t.temperature, grad: training ? g : nil,
-                                                                     scale: sameScale, scratch: w)
                     } else if training {
                         g.update(repeating: 0, count: v)
                     }
@@ -201,9 +202,12 @@ public func lmHeadDistill(
                     }
                     if let agree { agree[r] = teacherTop == studentTop ? 1 : 0 }
                     kd[r] = Float(value)
-                    let ceWeight = t.ceWeights.map { $0[r0 + i] } ?? (1 - t.kdRatio)
-                    ce[r0 + i] = crossEntropyRow(row, target: target, v: v, gradScale: training ? lossScale * ceWeight : nil)
-                    if training { for j in 0..<v { row[j] += g[j] } }
+                    if let fusedCE {
+                        ce[r0 + i] = fusedCE
+                    } else {
+                        ce[r0 + i] = crossEntropyRow(row, target: target, v: v, gradScale: training ? lossScale * ceWeight : nil)
+                        if training { for j in 0..<v { row[j] += g[j] } }
+                    }
                 }
             }
         }

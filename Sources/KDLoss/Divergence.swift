@@ -94,6 +94,19 @@ extension DistillConfig {
     }
 }
 
+/// A sum of f32 terms sixteen lanes at a time, flushed to Double every 64 vectors (1,024 terms): forward and reverse
+/// KL's row values, within ~1e-7 of Σ|terms| of the elementwise Double sum.
+struct LaneSum {
+    var lanes = V16(repeating: 0), flushed = 0.0, vectors = 0
+    /// Adds the lanes of `terms` whose `weight` is > 0 (a probability: zero-mass terms count 0, as the definition says).
+    @inline(__always) mutating func add(_ terms: V16, where weight: V16) {
+        lanes += terms.replacing(with: 0, where: weight .<= 0)
+        vectors += 1
+        if vectors == 64 { flushed += Double(lanes.sum()); lanes = V16(repeating: 0); vectors = 0 }
+    }
+    var total: Double { flushed + Double(lanes.sum()) }
+}
+
 /// In place: x ← x/T − log Σ e^(x/T) (log-softmax at temperature T); returns nothing.
 @inline(__always)
 public func logSoftmaxInPlace(_ x: UnsafeMutablePointer<Float>, _ v: Int, temperature T: Float, scratch: UnsafeMutablePointer<Float>) {
@@ -115,9 +128,8 @@ public func divergenceRow(
     lq.update(from: s, count: v)
     logSoftmaxInPlace(lq, v, temperature: T, scratch: q)
     // e^x sixteen lanes at a time (simdExp: the lanes are exactly the scalar fastExp). The value is the per-element
-    // definition's sum: element by element in Double, except forward and reverse KL, whose terms are summed in sixteen
-    // f32 lanes flushed to Double every 1,024 elements (the same value to ~1e-7 of Σ|terms|; the gradient of forward
-    // KL does not read it, reverse KL's reads it as a Float)
+    // definition's sum: element by element in Double, except forward and reverse KL, whose terms go through a
+    // ``LaneSum`` (the gradient of forward KL does not read the value, reverse KL's reads it as a Float)
     expRow(q, lq, v)
     /// p = e^lp for the 16 elements from j (the tail: fewer lanes are read by the callers).
     @inline(__always) func pChunk(_ j: Int) -> V16 {
@@ -131,14 +143,12 @@ public func divergenceRow(
     switch kind {
     // for these three the chain q_j (a_j − Σ q a) has closed forms (FKL: q − p) that need no division by q
     case .forwardKL:
-        // Σ p (lp − lq) over p > 0: sixteen f32 lanes, flushed to the Double sum every 1,024 elements
-        var j = 0, lanes = V16(repeating: 0)
-        let zero = V16(repeating: 0)
+        // Σ p (lp − lq) over p > 0
+        var j = 0, sum = LaneSum()
         while j < v {
             let p = pChunk(j), n = min(16, v - j)
             if n == 16 {
-                lanes += (p * (loadV16(lp + j) - loadV16(lq + j))).replacing(with: zero, where: p .<= zero)
-                if j % 1024 == 1008 { value += Double(lanes.sum()); lanes = zero }
+                sum.add(p * (loadV16(lp + j) - loadV16(lq + j)), where: p)
             } else {
                 for i in 0..<n { value += kind.element(p: p[i], q: q[j + i], lp: lp[j + i], lq: lq[j + i]).value }
             }
@@ -147,18 +157,16 @@ public func divergenceRow(
             }
             j += 16
         }
-        value += Double(lanes.sum())
+        value += sum.total
     case .reverseKL:
-        // Σ q (lq − lp) over q > 0, as forward KL sums its terms
-        var j = 0, lanes = V16(repeating: 0)
-        let zero = V16(repeating: 0)
+        // Σ q (lq − lp) over q > 0
+        var j = 0, sum = LaneSum()
         while j + 16 <= v {
             let qv = loadV16(q + j)
-            lanes += (qv * (loadV16(lq + j) - loadV16(lp + j))).replacing(with: zero, where: qv .<= zero)
-            if j % 1024 == 1008 { value += Double(lanes.sum()); lanes = zero }
+            sum.add(qv * (loadV16(lq + j) - loadV16(lp + j)), where: qv)
             j += 16
         }
-        value += Double(lanes.sum())
+        value = sum.total
         for i in j..<v { value += kind.element(p: 0, q: q[i], lp: lp[i], lq: lq[i]).value }
         if let g = grad {
             let r = Float(value)

@@ -52,14 +52,7 @@ public func attentionForward(
                     CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(s.hs),
                     s.scale, qh, Int32(s.ldq), kh, Int32(s.ldkv), 0, p, Int32(tk))
                 Parallel.forRanges(tq, minPerThread: 32) { lo, hi in
-                    for i in lo..<hi {
-                        let row = p + i * tk, valid = s.pos0 + i + 1, first = s.window > 0 ? max(0, valid - s.window) : 0
-                        let seen = row + first, count = valid - first
-                        let sum = expShiftSum(seen, seen, count, shift: rowMax(seen, count))
-                        scaleRow(seen, count, 1 / sum)
-                        if first > 0 { row.update(repeating: 0, count: first) }
-                        if valid < tk { (row + valid).update(repeating: 0, count: tk - valid) }
-                    }
+                    for i in lo..<hi { softmaxRowInPlace(p, i, s) }
                 }
                 cblas_sgemm(
                     CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(s.hs), Int32(tk),
@@ -67,6 +60,18 @@ public func attentionForward(
             }
         }
     }
+}
+
+/// Query i's row of a head's [tq, tk] block, scores in, probabilities out: softmax over the keys the query sees (its
+/// causal prefix, or the last `window` of it), exactly 0 elsewhere.
+@inline(__always)
+func softmaxRowInPlace(_ p: UnsafeMutablePointer<Float>, _ i: Int, _ s: AttentionShape) {
+    let tk = s.tk, row = p + i * tk, valid = s.pos0 + i + 1, first = s.window > 0 ? max(0, valid - s.window) : 0
+    let seen = row + first, count = valid - first
+    let sum = expShiftSum(seen, seen, count, shift: rowMax(seen, count))
+    scaleRow(seen, count, 1 / sum)
+    if first > 0 { row.update(repeating: 0, count: first) }
+    if valid < tk { (row + valid).update(repeating: 0, count: tk - valid) }
 }
 
 /// Backward of ``attentionForward``. Accumulates into dq, dk, dv; `scratch` holds one [tq, tk] block.
@@ -147,14 +152,7 @@ func attentionForwardBlocked(
                 let pb = p + i0 * tk + keys.lowerBound
                 bf16GEMM(kernel, threads: 1, transA: false, transB: true, m: rows, n: keys.count, k: s.hs, alpha: s.scale,
                          a: qh + i0 * s.ldq, lda: s.ldq, b: kh + keys.lowerBound * s.ldkv, ldb: s.ldkv, beta: 0, c: pb, ldc: tk)
-                for i in i0..<(i0 + rows) {
-                    let row = p + i * tk, valid = s.pos0 + i + 1, first = s.window > 0 ? max(0, valid - s.window) : 0
-                    let seen = row + first, count = valid - first
-                    let sum = expShiftSum(seen, seen, count, shift: rowMax(seen, count))
-                    scaleRow(seen, count, 1 / sum)
-                    if first > 0 { row.update(repeating: 0, count: first) }
-                    if valid < tk { (row + valid).update(repeating: 0, count: tk - valid) }
-                }
+                for i in i0..<(i0 + rows) { softmaxRowInPlace(p, i, s) }
                 bf16GEMM(kernel, threads: 1, transA: false, transB: false, m: rows, n: s.hs, k: keys.count, alpha: 1,
                          a: pb, lda: tk, b: vh + keys.lowerBound * s.ldkv, ldb: s.ldkv, beta: 0, c: oh + i0 * s.ldo, ldc: s.ldo)
             }

@@ -79,7 +79,7 @@ public struct HeadMultiplier {
 
     public init(_ head: any LinearWeight, rows n: Int, inputGradient: Bool, scratch: LMHeadScratch) {
         self.head = head
-        guard let kernel = BF16.kernel, kernel != .rounded, n > scratch.rows, let dense = head as? DenseWeight else {
+        guard BF16.panelKernel != nil, n > scratch.rows, let dense = head as? DenseWeight else {
             forwardPack = nil
             inputGradPack = nil
             return
@@ -121,7 +121,7 @@ public struct HeadMultiplier {
             return
         }
         if let dinp { inputGradPack.multiply(m: m, a: dout, lda: v, beta: 1, c: dinp, ldc: c) }
-        gemm(transA: true, transB: false, m: v, n: c, k: m, alpha: 1, a: dout, lda: v, b: inp, ldb: c, beta: 1, c: dweight, ldc: c)
+        matmulBackward(dinp: nil, dweight: dweight, dout: dout, inp: inp, weight: dense.base, n: m, c: c, oc: v)
     }
 }
 

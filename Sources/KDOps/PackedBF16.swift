@@ -49,32 +49,23 @@ public final class PackedBF16 {
     /// C = alpha · op(A) · Bᵀ + beta · C (beta == 0 never reads C), with the task's bf16 kernel; split over the threads
     /// by rows when m ≥ n or A is the larger operand (k > n: every thread would pack all of A in a column split, while
     /// the packed B is shared as it is), else by 32-column tiles. The result is ``bf16GEMM``'s on the unpacked matrix
-    /// bit for bit (a split never changes an element's sum). Without a bf16 kernel (f32, or `rounded`), the columns are unpacked in panels
-    /// and multiplied through ``gemm``: the same bf16 weights, in the task's arithmetic.
+    /// bit for bit (a split never changes an element's sum). Without a panel kernel (f32, or `rounded`), the columns are
+    /// unpacked in panels and multiplied through ``gemm``: the same bf16 weights, in the task's arithmetic.
     /// - Shapes: A [m, k] (`transA`: [k, m]) with row stride lda · C [m, n] with row stride ldc
     public func multiply(transA: Bool = false, m: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int, beta: Float,
                          c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard m > 0 else { return }
         let n = self.n, k = self.k, packed = UnsafePointer(storage)
         StepProfile.op(.gemm) {
-            guard let kernel = BF16.kernel, kernel != .rounded else {
+            guard let kernel = BF16.panelKernel else {
                 multiplyUnpacked(transA: transA, m: m, alpha: alpha, a: a, lda: lda, beta: beta, c: c, ldc: ldc)
                 return
             }
             let run = kernel == .avx512 ? kd_gemm_bf16_prepacked_avx512 : kd_gemm_bf16_prepacked_emulated
             let (ars, acs) = transA ? (1, lda) : (lda, 1)
-            if m >= n || k > n {
-                Parallel.forRanges((m + 7) / 8) { t0, t1 in
-                    let i0 = t0 * 8, i1 = min(m, t1 * 8)
-                    run(Int32(i1 - i0), Int32(n), Int32(k), alpha, a + i0 * ars, ars, acs, nil, 0, 0, packed, Int32(n), 0,
-                        beta, c + i0 * ldc, ldc)
-                }
-            } else {
-                Parallel.forRanges((n + 31) / 32) { t0, t1 in
-                    let j0 = t0 * 32, j1 = min(n, t1 * 32)
-                    run(Int32(m), Int32(j1 - j0), Int32(k), alpha, a, ars, acs, nil, 0, 0, packed, Int32(n), Int32(j0),
-                        beta, c + j0, ldc)
-                }
+            forBF16Tiles(m: m, n: n, byRows: m >= n || k > n, threads: Parallel.threads) { i0, i1, j0, j1 in
+                run(Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, a + i0 * ars, ars, acs, nil, 0, 0, packed, Int32(n), Int32(j0),
+                    beta, c + i0 * ldc + j0, ldc)
             }
         }
     }

@@ -23,6 +23,10 @@ public enum BF16 {
     /// The kernel bf16 matmuls use in this task; nil = f32. Set around a run with `BF16.$kernel.withValue`.
     @TaskLocal public static var kernel: BF16Kernel?
 
+    /// The task's kernel when it reads the kernel's bf16 panels (`avx512`, `emulated`): matrices worth packing ahead
+    /// (``PackedBF16``). nil in f32 and with `rounded`, which multiply f32 copies.
+    public static var panelKernel: BF16Kernel? { kernel == .rounded ? nil : kernel }
+
     /// This task's precision as logs and records name it: "f32", or "bf16-" and the kernel ("bf16-avx512", …).
     public static var label: String { label(kernel) }
     public static func label(_ kernel: BF16Kernel?) -> String { kernel.map { "bf16-\($0)" } ?? "f32" }
@@ -90,16 +94,20 @@ public func bf16GEMM(
         let (ars, acs) = transA ? (1, lda) : (lda, 1)
         let (brs, bcs) = transB ? (ldb, 1) : (1, ldb)
         let run = kernel == .avx512 ? kd_gemm_bf16_avx512 : kd_gemm_bf16_emulated
-        if m >= n {
-            Parallel.forRanges((m + 7) / 8, over: threads) { t0, t1 in
-                let i0 = t0 * 8, i1 = min(m, t1 * 8)
-                run(Int32(i1 - i0), Int32(n), Int32(k), alpha, a + i0 * ars, ars, acs, b, brs, bcs, beta, c + i0 * ldc, ldc)
-            }
-        } else {
-            Parallel.forRanges((n + 31) / 32, over: threads) { t0, t1 in
-                let j0 = t0 * 32, j1 = min(n, t1 * 32)
-                run(Int32(m), Int32(j1 - j0), Int32(k), alpha, a, ars, acs, b + j0 * brs, brs, bcs, beta, c + j0, ldc)
-            }
+        forBF16Tiles(m: m, n: n, byRows: m >= n, threads: threads) { i0, i1, j0, j1 in
+            run(Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, a + i0 * ars, ars, acs, b + j0 * brs, brs, bcs, beta, c + i0 * ldc + j0, ldc)
         }
+    }
+}
+
+/// Splits C [m, n] over `threads` as the bf16 kernels take it: rows in 8-row tiles (`byRows`), else columns in
+/// 32-column tiles; `body(i0, i1, j0, j1)` gets one thread's block. Every element is summed by one thread in the same
+/// order whichever split, so the result does not depend on it.
+@inline(__always)
+func forBF16Tiles(m: Int, n: Int, byRows: Bool, threads: Int, _ body: (Int, Int, Int, Int) -> Void) {
+    if byRows {
+        Parallel.forRanges((m + 7) / 8, over: threads) { t0, t1 in body(t0 * 8, min(m, t1 * 8), 0, n) }
+    } else {
+        Parallel.forRanges((n + 31) / 32, over: threads) { t0, t1 in body(0, m, t0 * 32, min(n, t1 * 32)) }
     }
 }

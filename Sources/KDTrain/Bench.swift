@@ -132,7 +132,7 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
         model.initialize(seed: 1)
     }
     // a forward-only model is measured as a bf16 run uses a teacher: its dense matrices packed once (RunSetup.makeTrainer)
-    if mode == .forward, let kernel = BF16.kernel, kernel != .rounded { model.packDenseMatricesBF16() }
+    if mode == .forward, BF16.panelKernel != nil { model.packDenseMatricesBF16() }
     let tokens = (0..<n).map { Int32(rng.index(m.vocabSize, UInt64($0))) }
     let targets = (0..<n).map { Int32(rng.index(m.vocabSize, UInt64($0), 1)) }
     let training = mode != .forward
@@ -146,7 +146,7 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
         teacher = Transformer(config: tm, needsGrad: false, lmHeadChunk: lmHeadChunk)
         teacher!.initialize(seed: 2)
         // as a bf16 run packs a replicated teacher (RunSetup.makeTrainer)
-        if let kernel = BF16.kernel, kernel != .rounded { teacher!.packDenseMatricesBF16() }
+        if BF16.panelKernel != nil { teacher!.packDenseMatricesBF16() }
     }
     var times: [Double] = []
     func step(_ r: Int) {

@@ -63,7 +63,7 @@ public struct RunSetup {
         if let tokenizerFile { trainer.checkpointing.extraFiles[CheckpointFile.tokenizer] = tokenizerFile }
         // bf16 run, every rank running whole teachers: their dense matrices packed to bf16 once, after the student
         // was cut from them (pipelined stages and groups keep theirs as loaded: a rank packs only what it runs there)
-        if let kernel = BF16.kernel, kernel != .rounded, (config.teacher?.placement ?? .replicated) == .replicated {
+        if BF16.panelKernel != nil, (config.teacher?.placement ?? .replicated) == .replicated {
             for (t, path) in zip(teachers, (config.teacher?.sources ?? []).map(\.path)) {
                 let (packed, released) = t.model.packDenseMatricesBF16()
                 if packed > 0 {

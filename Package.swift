@@ -32,7 +32,7 @@ let package = Package(
         .target(name: "CKDKernels", cSettings: [.unsafeFlags(["-O2"])]),
         .target(name: "KDOps", dependencies: ["KDCore", "CBLAS", "CKDKernels"], swiftSettings: kernelFlags),
         .target(name: "KDLoss", dependencies: ["KDCore", "KDConfig", "KDOps"], swiftSettings: cpuFlags),
-        .target(name: "KDQuant", dependencies: ["KDCore", "KDConfig", "KDOps", "CBLAS"], swiftSettings: kernelFlags),
+        .target(name: "KDQuant", dependencies: ["KDCore", "KDConfig", "KDOps", "CBLAS", "CKDKernels"], swiftSettings: kernelFlags),
         .target(name: "KDModel", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant", "KDLoss"], swiftSettings: cpuFlags),
         .target(name: "KDFormats", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant", "KDModel"], swiftSettings: cpuFlags),
         .target(name: "KDData", dependencies: ["KDCore", "KDConfig"], swiftSettings: cpuFlags),

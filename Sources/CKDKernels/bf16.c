@@ -134,7 +134,7 @@ static inline kd_ev kd_e_fma(kd_ev a, kd_ev b, kd_ev c) { for (int l = 0; l < 16
 
 // ---- AVX512-BF16: the same body with the instructions ----
 #if defined(__x86_64__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512bf16"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512bf16,f16c"))), apply_to = function)
 #define KD_NAME(x) x##_avx512
 #define KD_VF __m512
 #define KD_VB __m512bh
@@ -263,12 +263,84 @@ static void pack_fast_avx512(const float *x, ptrdiff_t rs, ptrdiff_t cs, int row
         for (int q = 0; q < kp; q++) for (int r = rows - r0; r < width; r++) panel[(size_t)q * width + r] = 0;
     }
 }
+
+/// The 16 pairs of one 32-element GGML block of `type` (ggml's dequantization, the same float operations in the same
+/// order as KDQuant's `dequantize`), rounded to bf16: lane q = bf16(x[2q]) | bf16(x[2q + 1]) << 16.
+static inline __attribute__((always_inline)) __m512i kd_ggml_block_pairs(int type, const uint8_t *x) {
+    __m512 lo, hi;
+    uint16_t dh;
+    memcpy(&dh, x, 2);
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(dh));
+    if (type == 8) {  // Q8_0: f16 d, int8 q[32]; x = q·d
+        lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const void *)(x + 2)))), d);
+        hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const void *)(x + 18)))), d);
+    } else {  // Q4_0 (f16 d, 16 bytes of nibbles; x = d·(q − 8)) and Q4_1 (f16 d, f16 m; x = d·q + m)
+        const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const void *)(x + (type == 2 ? 2 : 4))));
+        __m512i ql = _mm512_and_si512(q, _mm512_set1_epi32(0xF)), qh = _mm512_srli_epi32(q, 4);
+        if (type == 2) {
+            ql = _mm512_sub_epi32(ql, _mm512_set1_epi32(8));
+            qh = _mm512_sub_epi32(qh, _mm512_set1_epi32(8));
+        }
+        lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(ql));
+        hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(qh));
+        if (type == 3) {
+            uint16_t mh;
+            memcpy(&mh, x + 2, 2);
+            const __m512 mv = _mm512_set1_ps(_cvtsh_ss(mh));
+            lo = _mm512_add_ps(lo, mv);
+            hi = _mm512_add_ps(hi, mv);
+        }
+    }
+    // vcvtne2ps2bf16 rounds to nearest even and quiets NaNs as kd_bf16_from_f32 does; it also flushes denormals, which
+    // these blocks never produce (products and sums of f16 values and small integers are 0 or ≥ 2⁻²⁴ in magnitude)
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+static inline __attribute__((always_inline)) void kd_pack_b_ggml_typed(int type, int n, int k, const uint8_t *data,
+                                                                       size_t rowBytes, size_t blockBytes, uint16_t *out16) {
+    size_t nround = (size_t)((n + KD_NR - 1) / KD_NR * KD_NR);
+    int nb = k / 32, lines = (int)((16 * blockBytes + 63) / 64);
+    // 16 rows at a time along their whole depth: the rows are contiguous, read once from start to end, while the next
+    // 16 rows are prefetched (16 blocks' bytes per block step)
+    for (int r0 = 0; r0 < n; r0 += 16) {
+        const uint8_t *rows = data + (size_t)r0 * rowBytes, *next = rows + 16 * rowBytes;
+        for (int b = 0; b < nb; b++) {
+            if (r0 + 16 < n) for (int l = 0; l < lines; l++) _mm_prefetch((const char *)next + (size_t)b * 16 * blockBytes + 64 * l, _MM_HINT_T0);
+            int pc = b * 32 / KD_KC * KD_KC, kc = k - pc < KD_KC ? k - pc : KD_KC;
+            uint32_t *out = (uint32_t *)(void *)(out16 + nround * pc);
+            __m512i v[16];
+            for (int i = 0; i < 16; i++) v[i] = kd_ggml_block_pairs(type, rows + (size_t)i * rowBytes + (size_t)b * blockBytes);
+            kd_transpose16(v);
+            for (int j = 0; j < 16; j++) kd_store_rows16(out, kc / 2, KD_NR, r0, (b * 32 - pc) / 2 + j, v[j]);
+        }
+    }
+    if (n % KD_NR) {  // n % 32 == 16: the last panel's upper 16 columns are zero in every depth block
+        for (int pc = 0; pc < k; pc += KD_KC) {
+            int kc = k - pc < KD_KC ? k - pc : KD_KC, kp = kc / 2;
+            uint32_t *panel = (uint32_t *)(void *)(out16 + nround * pc) + (size_t)(n - 16) * kp;
+            for (int q = 0; q < kp; q++) memset(panel + (size_t)q * KD_NR + 16, 0, 64);
+        }
+    }
+}
+
+int kd_bf16_pack_b_ggml(int type, int n, int k, const void *data, size_t rowBytes, uint16_t *out) {
+    if (n <= 0 || n % 16 != 0 || k % 32 != 0) return 0;
+    switch (type) {
+    case 2: kd_pack_b_ggml_typed(2, n, k, data, rowBytes, 18, out); return 1;
+    case 3: kd_pack_b_ggml_typed(3, n, k, data, rowBytes, 20, out); return 1;
+    case 8: kd_pack_b_ggml_typed(8, n, k, data, rowBytes, 34, out); return 1;
+    default: return 0;
+    }
+}
 #pragma clang attribute pop
 #else
 void kd_gemm_bf16_prepacked_avx512(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
-                                   const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
-                                   int bcol0, float beta, float *c, ptrdiff_t ldc) {
+                                   const uint16_t *apacked, const float *b, ptrdiff_t brs, ptrdiff_t bcs,
+                                   const uint16_t *bpacked, int bstride, int bcol0, float beta, float *c, ptrdiff_t ldc) {
     abort();
+}
+int kd_bf16_pack_b_ggml(int type, int n, int k, const void *data, size_t rowBytes, uint16_t *out) {
+    return 0;
 }
 void kd_gemm_bf16_avx512(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                          const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc) {
@@ -276,14 +348,20 @@ void kd_gemm_bf16_avx512(int m, int n, int k, float alpha, const float *a, ptrdi
 }
 #endif
 
+/// Whether packing may use AVX-512: CPUID once (it traps to the hypervisor in a VM); racing threads store the same value.
+static int kd_bf16_fast_packing(void) {
+    static _Atomic int cpu = -1;
+    int fast = atomic_load_explicit(&cpu, memory_order_relaxed);
+    if (fast < 0) atomic_store_explicit(&cpu, fast = kd_cpu_has_avx512bf16(), memory_order_relaxed);
+    return fast;
+}
+
 size_t kd_bf16_packed_count(int n, int k) {
     return (size_t)((n + KD_NR - 1) / KD_NR * KD_NR) * (size_t)((k + 1) / 2 * 2);
 }
 
 void kd_bf16_pack_b(int n, int j0, int j1, int k, const float *b, ptrdiff_t brs, ptrdiff_t bcs, uint16_t *out) {
-    static _Atomic int cpu = -1;  // CPUID once (it traps to the hypervisor in a VM); racing threads store the same value
-    int fast = atomic_load_explicit(&cpu, memory_order_relaxed);
-    if (fast < 0) atomic_store_explicit(&cpu, fast = kd_cpu_has_avx512bf16(), memory_order_relaxed);
+    int fast = kd_bf16_fast_packing();
     size_t nround = (size_t)((n + KD_NR - 1) / KD_NR * KD_NR);
     for (int pc = 0; pc < k; pc += KD_KC) {
         int kc = k - pc < KD_KC ? k - pc : KD_KC;
@@ -293,6 +371,24 @@ void kd_bf16_pack_b(int n, int j0, int j1, int k, const float *b, ptrdiff_t brs,
         if (fast) { pack_fast_avx512(src, brs, bcs, j1 - j0, kc, KD_NR, dst); continue; }
 #endif
         pack_emulated(src, brs, bcs, j1 - j0, kc, KD_NR, dst);
+    }
+}
+
+size_t kd_bf16_packed_a_count(int m, int k) {
+    return (size_t)((m + KD_MR - 1) / KD_MR * KD_MR) * (size_t)((k + 1) / 2 * 2);
+}
+
+void kd_bf16_pack_a(int m, int i0, int i1, int k, const float *a, ptrdiff_t ars, ptrdiff_t acs, uint16_t *out) {
+    int fast = kd_bf16_fast_packing();
+    size_t mround = (size_t)((m + KD_MR - 1) / KD_MR * KD_MR);
+    for (int pc = 0; pc < k; pc += KD_KC) {
+        int kc = k - pc < KD_KC ? k - pc : KD_KC;
+        const float *src = a + (ptrdiff_t)i0 * ars + (ptrdiff_t)pc * acs;
+        uint16_t *dst = out + mround * pc + (size_t)i0 * ((kc + 1) / 2 * 2);
+#if defined(__x86_64__)
+        if (fast) { pack_fast_avx512(src, ars, acs, i1 - i0, kc, KD_MR, dst); continue; }
+#endif
+        pack_emulated(src, ars, acs, i1 - i0, kc, KD_MR, dst);
     }
 }
 

@@ -81,10 +81,11 @@ static void KD_NAME(micro_c)(int kp, const uint16_t *ap, const uint16_t *bp, flo
 }
 
 /// The GEMM with B either packed here or handed in packed (`bpacked`, the layout of kd_bf16_pack_b for a matrix of
-/// `bstride` columns, this call's column 0 being its column `bcol0`, a multiple of KD_NR; NULL = pack b).
+/// `bstride` columns, this call's column 0 being its column `bcol0`, a multiple of KD_NR; NULL = pack b), and A either
+/// packed here or handed in packed (`apacked`, kd_bf16_pack_a's layout of this call's m rows; NULL = pack a).
 void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
-                                     const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
-                                     int bcol0, float beta, float *c, ptrdiff_t ldc) {
+                                     const uint16_t *apacked, const float *b, ptrdiff_t brs, ptrdiff_t bcs,
+                                     const uint16_t *bpacked, int bstride, int bcol0, float beta, float *c, ptrdiff_t ldc) {
     if (m <= 0 || n <= 0) return;
     float tile[KD_MR * KD_NR];
     if (k <= 0) {  // nothing to multiply: C = beta · C
@@ -93,11 +94,12 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
     }
     // A is packed once: all of it up front when B has more than one NC block (else MC rows at a time, as its one pass
     // needs); B per (NC, depth) block, or read from `bpacked`. The depth loop inside keeps C's NC block in cache.
-    int fullA = n > KD_NC;
+    int fullA = apacked || n > KD_NC;
     size_t mround = (size_t)((m + KD_MR - 1) / KD_MR * KD_MR), bround = (size_t)((bstride + KD_NR - 1) / KD_NR * KD_NR);
     uint16_t *apack, *bpack, *abig = NULL;
-    kd_pack_buffers(&apack, &bpack, &abig, fullA ? mround * (size_t)((k + 1) / 2 * 2) : 0);
-    if (fullA) {
+    kd_pack_buffers(&apack, &bpack, &abig, fullA && !apacked ? mround * (size_t)((k + 1) / 2 * 2) : 0);
+    if (apacked) abig = (uint16_t *)apacked;  // read only
+    else if (fullA) {
         for (int pc = 0; pc < k; pc += KD_KC) {
             int kc = k - pc < KD_KC ? k - pc : KD_KC;
             KD_PACK(a + (ptrdiff_t)pc * acs, ars, acs, m, kc, KD_MR, abig + mround * pc);
@@ -149,5 +151,5 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
 
 void KD_NAME(kd_gemm_bf16)(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                            const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc) {
-    KD_NAME(kd_gemm_bf16_prepacked)(m, n, k, alpha, a, ars, acs, b, brs, bcs, NULL, n, 0, beta, c, ldc);
+    KD_NAME(kd_gemm_bf16_prepacked)(m, n, k, alpha, a, ars, acs, NULL, b, brs, bcs, NULL, n, 0, beta, c, ldc);
 }

@@ -5,6 +5,7 @@
 import CBLAS
 import CKDKernels
 import KDCore
+import Synchronization
 
 /// B(j, p) of some f32 matrix, rounded to bf16 (nearest even) and stored in the bf16 kernel's panels.
 public final class PackedBF16 {
@@ -64,7 +65,7 @@ public final class PackedBF16 {
             let run = kernel == .avx512 ? kd_gemm_bf16_prepacked_avx512 : kd_gemm_bf16_prepacked_emulated
             let (ars, acs) = transA ? (1, lda) : (lda, 1)
             forBF16Tiles(m: m, n: n, byRows: m >= n || k > n, threads: Parallel.threads) { i0, i1, j0, j1 in
-                run(Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, a + i0 * ars, ars, acs, nil, 0, 0, packed, Int32(n), Int32(j0),
+                run(Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, a + i0 * ars, ars, acs, nil, nil, 0, 0, packed, Int32(n), Int32(j0),
                     beta, c + i0 * ldc + j0, ldc)
             }
         }
@@ -84,6 +85,57 @@ public final class PackedBF16 {
         }
     }
 }
+
+/// C [m, n] = A [m, k] · Bᵀ + beta · C with the bf16 panel kernel `kernel`, for a B that is not kept packed (a quantized
+/// teacher's matrix: a bf16 copy would double a Q8_0 file and quadruple a Q4 one): A is packed once, then each thread
+/// takes its 32-column tiles in chunks of `chunk` columns, has `packColumns(j0, j1, out, scratch)` pack columns j0 ..< j1
+/// into `out` (kd_bf16_pack_b's layout of a (j1 − j0)-column matrix; `scratch` holds (j1 − j0) · k Floats), and
+/// multiplies them while they are in its cache. The result is ``bf16GEMM``'s with B given as f32 values that pack to the
+/// same bf16, bit for bit (neither split nor chunking changes an element's sum).
+public func bf16MultiplyPackingColumns(
+    _ kernel: BF16Kernel, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, beta: Float, c: UnsafeMutablePointer<Float>,
+    ldc: Int, chunk: Int = 256,
+    packColumns: (_ j0: Int, _ j1: Int, _ out: UnsafeMutablePointer<UInt16>, _ scratch: UnsafeMutablePointer<Float>) -> Void
+) {
+    precondition(kernel != .rounded && chunk % 32 == 0, "bf16MultiplyPackingColumns: the panel kernels, chunks of 32 columns")
+    guard m > 0, n > 0 else { return }
+    let threads = min(Parallel.threads, (n + 31) / 32), chunk = min(chunk, (n + 31) / 32 * 32)
+    let aCount = kd_bf16_packed_a_count(Int32(m), Int32(k)), bCount = kd_bf16_packed_count(Int32(chunk), Int32(k))
+    // in Floats: packed A, then per thread a packed chunk and its scratch
+    let aFloats = (aCount + 1) / 2, perThread = (bCount + 1) / 2 + chunk * k
+    let run = kernel == .avx512 ? kd_gemm_bf16_prepacked_avx512 : kd_gemm_bf16_prepacked_emulated
+    StepProfile.op(.gemm) { chunkScratch.withLock { slab in
+        let need = aFloats + threads * perThread
+        if slab.count < need { slab = Slab(count: need) }
+        let base = slab.base, apacked = UnsafeMutableRawPointer(base).assumingMemoryBound(to: UInt16.self)
+        Parallel.forRanges((m + 7) / 8, minPerThread: 4) { t0, t1 in
+            kd_bf16_pack_a(Int32(m), Int32(t0 * 8), Int32(min(m, t1 * 8)), Int32(k), a, lda, 1, apacked)
+        }
+        Parallel.forIndexedRanges((n + 31) / 32, over: threads) { t, t0, t1 in
+            let mine = base + aFloats + t * perThread
+            let out = UnsafeMutableRawPointer(mine).assumingMemoryBound(to: UInt16.self), scratch = mine + (bCount + 1) / 2
+            var j0 = t0 * 32
+            let end = min(n, t1 * 32)
+            while j0 < end {
+                let j1 = min(end, j0 + chunk)
+                packColumns(j0, j1, out, scratch)
+                run(Int32(m), Int32(j1 - j0), Int32(k), 1, a, lda, 1, apacked, nil, 0, 0, out, Int32(j1 - j0), 0, beta, c + j0, ldc)
+                j0 = j1
+            }
+        }
+    } }
+}
+
+/// Packs columns j0 ..< j1 of B(j, p) = b[j·rowStride + p·depthStride] as a matrix of its own (j1 − j0 columns, k deep)
+/// in kd_bf16_pack_b's layout.
+public func bf16PackColumns(_ b: UnsafePointer<Float>, _ j0: Int, _ j1: Int, k: Int, rowStride: Int, depthStride: Int,
+                            into out: UnsafeMutablePointer<UInt16>) {
+    kd_bf16_pack_b(Int32(j1 - j0), 0, Int32(j1 - j0), Int32(k), b + j0 * rowStride, rowStride, depthStride, out)
+}
+
+/// The buffers of ``bf16MultiplyPackingColumns``: its callers' forwards run one at a time (a frozen teacher's), so one
+/// set serves every matrix.
+private let chunkScratch = Mutex(Slab(count: 0))
 
 /// A [oc, c] weight packed to bf16 for out = inp · Wᵀ (B(j, p) = W[j, p]): a frozen teacher's matrix.
 public final class BF16Weight: LinearWeight {

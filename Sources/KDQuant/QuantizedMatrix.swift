@@ -1,6 +1,7 @@
 // A weight matrix kept in its GGUF block format and multiplied panel by panel: a few hundred rows are dequantized
 // into a small Float buffer, then sgemm'd, so a Q4 teacher stays close to its file size in memory.
 import CBLAS
+import CKDKernels
 import Foundation
 import Synchronization
 import KDCore
@@ -45,6 +46,10 @@ public final class QuantizedMatrix: LinearWeight {
     }
 
     public func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, accumulate: Bool) {
+        if let kernel = BF16.panelKernel {
+            forwardBF16(kernel, out: out, inp: inp, n: n, accumulate: accumulate)
+            return
+        }
         QuantizedMatrix.scratch.withLock { slab in
             if slab.count < panelRows * c { slab = Slab(count: panelRows * c) }
             let panel = slab.base
@@ -59,4 +64,21 @@ public final class QuantizedMatrix: LinearWeight {
             }
         }
     }
+
+    /// The bf16 panel kernel's forward: each thread dequantizes chunks of its rows of W straight into the kernel's bf16
+    /// panels (Q4_0 / Q4_1 / Q8_0 with AVX-512; other types through a Float row buffer) and multiplies them while they
+    /// are in its cache. Equal bit for bit to bf16GEMM on the dequantized matrix.
+    func forwardBF16(_ kernel: BF16Kernel, out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, accumulate: Bool) {
+        let rb = rowBytes, c = self.c, type = self.type, data = self.data
+        let direct = kernel == .avx512 && QuantizedMatrix.packsDirectly
+        bf16MultiplyPackingColumns(kernel, m: n, n: oc, k: c, a: inp, lda: c, beta: accumulate ? 1 : 0, c: out, ldc: oc) { j0, j1, packed, rows in
+            if direct && kd_bf16_pack_b_ggml(Int32(type.rawValue), Int32(j1 - j0), Int32(c), data + j0 * rb, rb, packed) != 0 { return }
+            for r in j0..<j1 { dequantize(type, src: data + r * rb, out: rows + (r - j0) * c, count: c) }
+            bf16PackColumns(rows, 0, j1 - j0, k: c, rowStride: c, depthStride: 1, into: packed)
+        }
+    }
+
+    /// Whether ``forwardBF16`` may dequantize Q4_0 / Q4_1 / Q8_0 straight into bf16 panels (tests turn it off to compare
+    /// against the Float route).
+    @TaskLocal public static var packsDirectly = true
 }

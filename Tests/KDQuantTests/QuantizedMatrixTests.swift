@@ -1,17 +1,17 @@
 // Packed matrices multiply like their dequantized Float copies.
+import KDCore
 import KDOps
 import KDQuant
 import KDTestSupport
 import Testing
 
-@Test(arguments: [GGMLType.q8_0, .q4_1, .q4_K, .q6_K])
-func packedMatmulEqualsDequantizedMatmul(type: GGMLType) {
-    let oc = 37, c = 256, n = 5
-    // random bytes with finite half-precision scales at offset 0 (true for these types) or at the block end
+/// Random blocks of `type` for an [oc, c] matrix, with finite half-precision scales (at offset 0, and 2 for the
+/// types with a minimum; at the block end for Q6_K).
+func randomBlocks(_ type: GGMLType, oc: Int, c: Int, seed: UInt64 = 77) -> [UInt8] {
     var bytes = [UInt8](repeating: 0, count: type.byteCount(elements: oc * c))
-    let rng = randomArray(bytes.count, seed: 77)
+    let rng = randomArray(bytes.count, seed: seed)
     for i in 0..<bytes.count { bytes[i] = UInt8(truncatingIfNeeded: Int(abs(rng[i]) * 1000)) }
-    let scaleOffsets: [Int] = type == .q6_K ? [208] : type == .q4_K || type == .q4_1 ? [0, 2] : [0]
+    let scaleOffsets: [Int] = type == .q6_K ? [208] : type == .q4_K || type == .q4_1 || type == .q5_1 ? [0, 2] : [0]
     for b in 0..<(bytes.count / type.typeSize) {
         for off in scaleOffsets {
             let h = Float16(0.01 * Float(b % 7 + 1)).bitPattern
@@ -19,6 +19,13 @@ func packedMatmulEqualsDequantizedMatmul(type: GGMLType) {
             bytes[b * type.typeSize + off + 1] = UInt8(h >> 8)
         }
     }
+    return bytes
+}
+
+@Test(arguments: [GGMLType.q8_0, .q4_1, .q4_K, .q6_K])
+func packedMatmulEqualsDequantizedMatmul(type: GGMLType) {
+    let oc = 37, c = 256, n = 5
+    let bytes = randomBlocks(type, oc: oc, c: c)
     let inp = randomArray(n * c, seed: 78)
     bytes.withUnsafeBytes { raw in
         let q = QuantizedMatrix(type: type, oc: oc, c: c, data: raw.baseAddress!, owner: nil)
@@ -31,5 +38,47 @@ func packedMatmulEqualsDequantizedMatmul(type: GGMLType) {
         var row = [Float](repeating: 0, count: c)
         row.withUnsafeMutableBufferPointer { q.row(5, into: $0.baseAddress!) }
         #expect(row == Array(dense[(5 * c)..<(6 * c)]))
+    }
+}
+
+/// In bf16, a quantized matrix's rows are dequantized straight into the kernel's panels chunk by chunk on each thread
+/// (Q4_0 / Q4_1 / Q8_0 with AVX-512, the others through Floats): the product must be bf16GEMM's on the dequantized
+/// matrix bit for bit, for ragged row counts (37, 48 = 16 mod 32, 300 > one chunk), a depth that ends in a partial
+/// 256-deep block (576; 512 for k-quants), 1–3 threads, both routes, accumulating or not.
+@Test(arguments: [GGMLType.q8_0, .q4_0, .q4_1, .q5_0, .q4_K, .q6_K])
+func quantizedBF16ForwardEqualsKernelOnDequantized(type: GGMLType) {
+    let kernels: [BF16Kernel] = BF16.cpuHasAVX512BF16 ? [.avx512, .emulated] : [.emulated]
+    for (oc, deep, n) in [(37, 256, 5), (48, 576, 19), (300, 576, 130)] {
+        let c = type.blockSize == 256 ? deep / 256 * 256 : deep  // k-quant rows are whole 256-element blocks
+        let bytes = randomBlocks(type, oc: oc, c: c, seed: UInt64(oc))
+        let inp = randomArray(n * c, seed: 79)
+        let start = randomArray(n * oc, seed: 80)
+        bytes.withUnsafeBytes { raw in
+            let q = QuantizedMatrix(type: type, oc: oc, c: c, data: raw.baseAddress!, owner: nil)
+            var dense = [Float](repeating: 0, count: oc * c)
+            dense.withUnsafeMutableBufferPointer { q.dequantizeRows(0, oc, into: $0.baseAddress!) }
+            for kernel in kernels where kernel == .avx512 || n < 100 {
+                for accumulate in [false, true] {
+                    var want = start
+                    bf16GEMM(kernel, threads: 1, transA: false, transB: true, m: n, n: oc, k: c, alpha: 1, a: inp, lda: c, b: dense,
+                             ldb: c, beta: accumulate ? 1 : 0, c: &want, ldc: oc)
+                    for threads in [1, 2, 3] {
+                        for direct in [true, false] {
+                            var got = start
+                            let saved = Parallel.threads
+                            Parallel.threads = threads
+                            defer { Parallel.threads = saved }
+                            BF16.$kernel.withValue(kernel) {
+                                QuantizedMatrix.$packsDirectly.withValue(direct) {
+                                    got.withUnsafeMutableBufferPointer { q.forward(out: $0.baseAddress!, inp: inp, n: n, accumulate: accumulate) }
+                                }
+                            }
+                            let differ = zip(got, want).filter { $0.bitPattern != $1.bitPattern }.count
+                            #expect(differ == 0, "\(type) \(oc)×\(c), \(n) rows, \(kernel), \(threads) threads, direct \(direct), accumulate \(accumulate)")
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -29,12 +29,22 @@ size_t kd_bf16_packed_count(int n, int k);
 void kd_bf16_pack_b(int n, int j0, int j1, int k, const float *b, ptrdiff_t brs, ptrdiff_t bcs, uint16_t *out);
 /// Columns j0 ..< j1 of a packed B back to f32: out[(j − j0)·ldo + p] = B(j, p) as bf16 (exact).
 void kd_bf16_unpack_b(int n, int j0, int j1, int k, const uint16_t *packed, float *out, ptrdiff_t ldo);
+/// bf16 values (uint16) of A [m rows, k deep] packed ahead (a matrix multiplied by several packed B blocks).
+size_t kd_bf16_packed_a_count(int m, int k);
+/// Packs rows i0 ..< i1 (i0 a multiple of 8) of A(i, p) = a[i·ars + p·acs] (i < m, p < k) into their place in `out`
+/// (kd_bf16_packed_a_count(m, k) values): per 256-deep block, panels of 8 rows, k in pairs, zeros past m and k.
+void kd_bf16_pack_a(int m, int i0, int i1, int k, const float *a, ptrdiff_t ars, ptrdiff_t acs, uint16_t *out);
+/// B(j, p) = W[j, p] of a row-major GGML matrix (n rows of `rowBytes`, k deep) dequantized as ggml does and packed as
+/// kd_bf16_pack_b packs the f32 values, for Q4_0 (type 2), Q4_1 (3) and Q8_0 (8) when n is a multiple of 16 and k of 32,
+/// with AVX-512 (only call when kd_cpu_has_avx512bf16() is 1). Returns 0 (nothing written) for any other case.
+int kd_bf16_pack_b_ggml(int type, int n, int k, const void *data, size_t rowBytes, uint16_t *out);
 /// The kernels with B handed in packed (`bpacked`: kd_bf16_pack_b's layout of a matrix of `bstride` columns, this call's
-/// column 0 being its column `bcol0`, a multiple of 32) or, when bpacked is NULL, packed from b as kd_gemm_bf16_* do.
+/// column 0 being its column `bcol0`, a multiple of 32) or, when bpacked is NULL, packed from b as kd_gemm_bf16_* do;
+/// and A handed in packed (`apacked`: kd_bf16_pack_a's layout of exactly this call's m rows) or, when NULL, from a.
 void kd_gemm_bf16_prepacked_avx512(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
-                                   const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
-                                   int bcol0, float beta, float *c, ptrdiff_t ldc);
+                                   const uint16_t *apacked, const float *b, ptrdiff_t brs, ptrdiff_t bcs,
+                                   const uint16_t *bpacked, int bstride, int bcol0, float beta, float *c, ptrdiff_t ldc);
 void kd_gemm_bf16_prepacked_emulated(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
-                                     const float *b, ptrdiff_t brs, ptrdiff_t bcs, const uint16_t *bpacked, int bstride,
-                                     int bcol0, float beta, float *c, ptrdiff_t ldc);
+                                     const uint16_t *apacked, const float *b, ptrdiff_t brs, ptrdiff_t bcs,
+                                     const uint16_t *bpacked, int bstride, int bcol0, float beta, float *c, ptrdiff_t ldc);
 #endif

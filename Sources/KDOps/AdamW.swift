@@ -20,13 +20,28 @@ public func adamWUpdate(
 ) {
     let c1 = 1 / (1 - Foundation.pow(s.beta1, Float(s.t))), c2 = 1 / (1 - Foundation.pow(s.beta2, Float(s.t)))
     Parallel.forRanges(count, minPerThread: 1 << 14) { lo, hi in
-        for i in lo..<hi {
+        // 16 lanes at a time, then the tail one by one: the same operations in the same order on each element (no
+        // fused multiply-adds), so the lanes give the scalar loop's bits
+        var i = lo
+        while i + 16 <= hi {
+            let g = loadV16(grad + i)
+            let mi = s.beta1 * loadV16(m + i) + (1 - s.beta1) * g
+            let vi = s.beta2 * loadV16(v + i) + (1 - s.beta2) * g * g
+            let p = loadV16(param + i)
+            let out = p - s.lr * ((mi * c1) / ((vi * c2).squareRoot() + s.eps) + s.weightDecay * p)
+            storeV16(mi, m + i)
+            storeV16(vi, v + i)
+            storeV16(out, param + i)
+            i += 16
+        }
+        while i < hi {
             let g = grad[i]
             let mi = s.beta1 * m[i] + (1 - s.beta1) * g
             let vi = s.beta2 * v[i] + (1 - s.beta2) * g * g
             m[i] = mi
             v[i] = vi
             param[i] -= s.lr * ((mi * c1) / ((vi * c2).squareRoot() + s.eps) + s.weightDecay * param[i])
+            i += 1
         }
     }
 }

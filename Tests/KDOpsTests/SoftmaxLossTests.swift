@@ -1,5 +1,6 @@
 // Softmax, log-softmax, cross-entropy and the fused chunked LM head: invariants, references, finite differences.
 import Foundation
+import KDCore
 import KDOps
 import KDTestSupport
 import Testing
@@ -95,6 +96,34 @@ import Testing
     #expect(abs(p[0] - (1 - 0.1 * (1 + 0.1 * 1))) < 1e-5)
     #expect(abs(p[1] - (-1 - 0.1 * (-1 + 0.1 * -1))) < 1e-5)
     #expect(abs(p[2] - (2 - 0.1 * (1 + 0.1 * 2))) < 1e-4)
+}
+
+/// AdamW's 16-lane loop gives the scalar update's bits on every element (lanes, tail, thread splits), over several
+/// steps with moments carried; the scalar reference is written out here.
+@Test func adamWLanesEqualTheScalarUpdate() {
+    let count = 16 * 1100 + 7
+    let saved = Parallel.threads
+    defer { Parallel.threads = saved }
+    for threads in [1, 3] {
+        Parallel.threads = threads
+        var p = randomArray(count, seed: 11), m = [Float](repeating: 0, count: count), v = m
+        var rp = p, rm = m, rv = v
+        for t in 1...3 {
+            let g = randomArray(count, seed: 12 + UInt64(t), scale: 0.1)
+            let s = AdamWStep(lr: 0.01, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, t: t)
+            p.withUnsafeMutableBufferPointer { pp in m.withUnsafeMutableBufferPointer { mm in v.withUnsafeMutableBufferPointer { vv in
+                adamWUpdate(param: pp.baseAddress!, grad: g, m: mm.baseAddress!, v: vv.baseAddress!, count: count, step: s)
+            } } }
+            let c1 = 1 / (1 - Foundation.pow(s.beta1, Float(t))), c2 = 1 / (1 - Foundation.pow(s.beta2, Float(t)))
+            for i in 0..<count {
+                rm[i] = s.beta1 * rm[i] + (1 - s.beta1) * g[i]
+                rv[i] = s.beta2 * rv[i] + (1 - s.beta2) * g[i] * g[i]
+                rp[i] -= s.lr * ((rm[i] * c1) / ((rv[i] * c2).squareRoot() + s.eps) + s.weightDecay * rp[i])
+            }
+        }
+        #expect(zip(p, rp).allSatisfy { $0.bitPattern == $1.bitPattern }, "parameters, \(threads) threads")
+        #expect(zip(m, rm).allSatisfy { $0.bitPattern == $1.bitPattern } && zip(v, rv).allSatisfy { $0.bitPattern == $1.bitPattern })
+    }
 }
 
 @Test func nanLogitPoisonsTheLoss() {

@@ -12,6 +12,7 @@ public enum GGUFError: Error, CustomStringConvertible, Equatable {
     case unsupportedVersion(path: String, found: UInt32)
     case truncated(path: String, reading: String, offset: Int, fileSize: Int)
     case badValueType(path: String, key: String, found: UInt32)
+    case badMetadata(path: String, key: String, reason: String)
     case unknownTensorType(path: String, tensor: String, found: UInt32)
     case badTensorShape(path: String, tensor: String, reason: String)
     case tensorOutOfBounds(path: String, tensor: String, end: Int, fileSize: Int)
@@ -28,6 +29,7 @@ public enum GGUFError: Error, CustomStringConvertible, Equatable {
         case .truncated(let p, let what, let off, let size):
             return "\(p): truncated: reading \(what) at byte \(off) needs more than the file's \(size) bytes"
         case .badValueType(let p, let k, let t): return "\(p): metadata '\(k)': unknown value type \(t) (expected 0...12)"
+        case .badMetadata(let p, let k, let r): return "\(p): metadata '\(k)': \(r)"
         case .unknownTensorType(let p, let t, let f):
             return "\(p): tensor '\(t)': tensor type \(f) is not supported (supported: \(GGMLType.allCases.map { "\($0)" }.joined(separator: ", ")))"
         case .badTensorShape(let p, let t, let r): return "\(p): tensor '\(t)': \(r)"
@@ -128,23 +130,42 @@ public final class GGUFFile {
             guard (1...4).contains(nd) else {
                 throw GGUFError.badTensorShape(path: path, tensor: name, reason: "expected 1 to 4 dimensions, found \(nd)")
             }
-            var dims: [Int] = []
-            for _ in 0..<nd { dims.append(Int(try r.u64("dimensions of '\(name)'"))) }
+            var raw: [UInt64] = []
+            for _ in 0..<nd { raw.append(try r.u64("dimensions of '\(name)'")) }
             let rawType = try r.u32("type of '\(name)'")
             guard let type = GGMLType(rawValue: rawType) else {
                 throw GGUFError.unknownTensorType(path: path, tensor: name, found: rawType)
             }
-            guard dims.allSatisfy({ $0 > 0 && $0 < 1 << 32 }), dims[0] % type.blockSize == 0 else {
+            // every size from the file is checked before any arithmetic: each dimension below 2³², the element count
+            // and the byte count within the file's size (so no product can overflow)
+            guard raw.allSatisfy({ $0 > 0 && $0 < 1 << 32 }) else {
+                throw GGUFError.badTensorShape(path: path, tensor: name, reason: "dimensions \(raw) (expected each in 1 ..< 2^32)")
+            }
+            let dims = raw.map { Int($0) }
+            guard dims[0] % type.blockSize == 0 else {
                 throw GGUFError.badTensorShape(path: path, tensor: name, reason: "dims \(dims) do not fit \(type) blocks of \(type.blockSize)")
             }
-            infos.append(GGUFTensorInfo(name: name, dims: dims, type: type, offset: Int(try r.u64("offset of '\(name)'"))))
+            guard let elements = checkedProduct(dims) else {
+                throw GGUFError.badTensorShape(path: path, tensor: name, reason: "dims \(dims) have more elements than a 64-bit count holds")
+            }
+            guard elements / type.blockSize <= fileSize / type.typeSize else {
+                let bytes = (elements / type.blockSize).multipliedReportingOverflow(by: type.typeSize)
+                throw GGUFError.tensorOutOfBounds(path: path, tensor: name, end: bytes.overflow ? Int.max : bytes.partialValue, fileSize: fileSize)
+            }
+            let rawOffset = try r.u64("offset of '\(name)'")
+            guard rawOffset <= UInt64(fileSize) else {
+                throw GGUFError.tensorOutOfBounds(path: path, tensor: name, end: Int(clamping: rawOffset), fileSize: fileSize)
+            }
+            infos.append(GGUFTensorInfo(name: name, dims: dims, type: type, offset: Int(rawOffset)))
         }
-        alignment = md["general.alignment"]?.int ?? 32
-        guard alignment > 0, alignment & (alignment - 1) == 0 else {
-            throw GGUFError.badTensorShape(path: path, tensor: "(header)", reason: "general.alignment must be a power of two, found \(alignment)")
+        let alignmentValue = md["general.alignment"]
+        alignment = alignmentValue?.int ?? 32
+        guard alignmentValue == nil || alignmentValue?.int != nil, alignment > 0, alignment <= 1 << 20, alignment & (alignment - 1) == 0 else {
+            throw GGUFError.badTensorShape(path: path, tensor: "(header)", reason: "general.alignment must be a power of two up to 2^20, found \(alignmentValue.map { "\($0)" } ?? "")")
         }
         dataOffset = (r.offset + alignment - 1) / alignment * alignment
         for t in infos {
+            // offsets, sizes and the data offset are each at most the file size (checked above), so the sum cannot overflow
             let end = dataOffset + t.offset + t.byteCount
             guard t.offset % alignment == 0 else {
                 throw GGUFError.badTensorShape(path: path, tensor: t.name, reason: "offset \(t.offset) is not aligned to \(alignment)")
@@ -181,7 +202,7 @@ struct Reader {
     var offset = 0
 
     mutating func need(_ n: Int, _ what: String) throws {
-        guard n >= 0, offset + n <= size else { throw GGUFError.truncated(path: path, reading: what, offset: offset, fileSize: size) }
+        guard n >= 0, n <= size - offset else { throw GGUFError.truncated(path: path, reading: what, offset: offset, fileSize: size) }
     }
     mutating func load<T: FixedWidthInteger>(_: T.Type, _ what: String) throws -> T {
         try need(MemoryLayout<T>.size, what)
@@ -197,12 +218,12 @@ struct Reader {
     }
     mutating func string(_ what: String) throws -> String {
         let n = try u64("length of \(what)")
-        guard n <= UInt64(size) else { throw GGUFError.truncated(path: path, reading: what, offset: offset, fileSize: size) }
+        guard n <= UInt64(size - offset) else { throw GGUFError.truncated(path: path, reading: what, offset: offset, fileSize: size) }
         try need(Int(n), what)
         defer { offset += Int(n) }
         return String(decoding: UnsafeRawBufferPointer(start: base + offset, count: Int(n)), as: UTF8.self)
     }
-    mutating func value(type t: UInt32, key: String) throws -> GGUFValue {
+    mutating func value(type t: UInt32, key: String, depth: Int = 0) throws -> GGUFValue {
         switch t {
         case 0: return .uint(UInt64(try load(UInt8.self, key)))
         case 1: return .int(Int64(try load(Int8.self, key)))
@@ -215,11 +236,15 @@ struct Reader {
         case 8: return .string(try string(key))
         case 9:
             let et = try u32("element type of '\(key)'")
+            // an array of arrays is legal; deeper nesting is not something a model file has, and unbounded nesting
+            // would recurse once per 12 bytes of a hostile file
+            guard et != 9 || depth < 2 else { throw GGUFError.badMetadata(path: path, key: key, reason: "arrays nested deeper than 3 levels") }
             let n = try u64("length of '\(key)'")
-            guard n <= UInt64(size) else { throw GGUFError.truncated(path: path, reading: key, offset: offset, fileSize: size) }
+            // every element takes at least one byte: a length past the bytes left is a truncated (or hostile) file
+            guard n <= UInt64(size - offset) else { throw GGUFError.truncated(path: path, reading: "\(n) elements of '\(key)'", offset: offset, fileSize: size) }
             var items: [GGUFValue] = []
             items.reserveCapacity(Int(n))
-            for _ in 0..<n { items.append(try value(type: et, key: key)) }
+            for _ in 0..<n { items.append(try value(type: et, key: key, depth: depth + 1)) }
             return .array(items)
         case 10: return .uint(try u64(key))
         case 11: return .int(Int64(bitPattern: try u64(key)))

@@ -49,10 +49,11 @@ public final class SafetensorsFile {
         }
         base = mapping.base
         fileSize = mapping.size
-        let n = Int(UInt64(littleEndian: base.loadUnaligned(as: UInt64.self)))
-        guard n > 1, n <= fileSize - 8 else {
-            throw SafetensorsError.badHeader(path: path, reason: "header length \(n) does not fit the \(fileSize)-byte file")
+        let rawLength = UInt64(littleEndian: base.loadUnaligned(as: UInt64.self))
+        guard rawLength > 1, rawLength <= UInt64(fileSize - 8) else {
+            throw SafetensorsError.badHeader(path: path, reason: "header length \(rawLength) does not fit the \(fileSize)-byte file")
         }
+        let n = Int(rawLength)
         dataStart = 8 + n
         let json = Data(bytes: base + 8, count: n)
         guard let obj = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else {
@@ -77,11 +78,15 @@ public final class SafetensorsFile {
             }
             let t = SafetensorsTensor(name: name, dtype: type, shape: shape, begin: offs[0], end: offs[1])
             guard t.end >= t.begin, t.begin >= 0 else { throw SafetensorsError.badHeader(path: path, reason: "'\(name)' has data_offsets \(offs)") }
-            guard dataStart + t.end <= fileSize else {
+            // the offsets are checked against the data section before any sum, the shape's product without overflow
+            guard t.end <= fileSize - dataStart else {
                 throw SafetensorsError.outOfBounds(path: path, tensor: name, end: t.end, dataSize: fileSize - dataStart)
             }
-            guard t.end - t.begin == t.elements * type.typeSize else {
-                throw SafetensorsError.sizeMismatch(path: path, tensor: name, expected: t.elements * type.typeSize, found: t.end - t.begin)
+            guard shape.count <= 8, let elements = checkedProduct(shape), elements <= fileSize / type.typeSize else {
+                throw SafetensorsError.badHeader(path: path, reason: "'\(name)' has shape \(shape) (expected at most 8 dimensions, each ≥ 0, within the file's \(fileSize) bytes)")
+            }
+            guard t.end - t.begin == elements * type.typeSize else {
+                throw SafetensorsError.sizeMismatch(path: path, tensor: name, expected: elements * type.typeSize, found: t.end - t.begin)
             }
             list.append(t)
         }

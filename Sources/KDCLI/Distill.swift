@@ -49,7 +49,7 @@ enum Job {
             comm.finalize()
             throw e
         } catch {
-            if comm.worldSize > 1 { comm.abort("error: \(error)", code: 1) }
+            if comm.worldSize > 1 { comm.abort("error: " + oneLine(error), code: 1) }
             throw fail(error)
         }
     }
@@ -57,6 +57,17 @@ enum Job {
 
 /// Prints `error: …` on one line and exits non-zero; used for every failure past argument validation.
 func fail(_ error: any Error) -> ExitCode {
-    KDLog.error("error: \(error)")
+    KDLog.error("error: " + oneLine(error))
     return ExitCode.failure
+}
+
+/// An error's description as one printable line: control characters (a newline inside a name read from a hostile
+/// file) become \u{…} escapes, and past 1,000 characters the rest is cut.
+func oneLine(_ error: any Error) -> String {
+    var out = ""
+    for u in "\(error)".unicodeScalars {
+        if u.value < 0x20 || (0x7f...0x9f).contains(u.value) { out += "\\u{\(String(u.value, radix: 16))}" } else { out.unicodeScalars.append(u) }
+        if out.count > 1000 { return out + "…" }
+    }
+    return out
 }

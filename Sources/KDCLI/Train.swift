@@ -70,6 +70,8 @@ struct Train: ParsableCommand {
             let setup = try RunSetup.open(c)
             let trainer = try setup.makeTrainer(comm: comm, allowTeacherChange: allowTeacherChange)
             try resumeIfAsked(trainer, comm: comm)
+            Watchdog.progress(step: trainer.step)
+            Watchdog.start(timeout: c.train.hangTimeout, rank: comm.rank)
             if comm.rank == 0 { trainer.metrics = try MetricsLog(dir: c.checkpoint.dir, resumedStep: trainer.step) }
             printHeader(setup, trainer, comm: comm)
             if trainer.step == 0 { try trainer.evaluateAndLog() }

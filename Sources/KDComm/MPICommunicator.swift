@@ -44,12 +44,14 @@ public final class MPICommunicator: Communicator {
         if ownsWorld { MPI_Finalize() }
     }
 
-    func check(_ rc: Int32, _ call: String) throws {
+    /// Makes the MPI call `rc` (marked for the hang watchdog as waiting in `call`) and throws its error, if any.
+    func check(_ rc: @autoclosure () -> Int32, _ call: StaticString) throws {
+        let rc = Watchdog.waiting(in: call) { rc() }
         guard rc != kd_mpi_success() else { return }
         var buf = [CChar](repeating: 0, count: Int(MPI_MAX_ERROR_STRING) + 1)
         var len: Int32 = 0
         MPI_Error_string(rc, &buf, &len)
-        throw CommError(call: call, rank: rank, code: rc, message: String(cString: buf))
+        throw CommError(call: "\(call)", rank: rank, code: rc, message: String(cString: buf))
     }
 
     public func allReduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) throws {

@@ -129,6 +129,23 @@ public struct ModelConfig: Codable, Equatable, Sendable {
 
     /// Cross-field rules; throws `ConfigError.invalid` naming the fields.
     public func validate(path: String = "model") throws {
+        // sizes first (a model file supplies them too): every product of them below is then far from overflowing
+        let bounds: [(String, Int, ClosedRange<Int>)] = [
+            ("layers", layers, 1...(1 << 12)), ("dim", dim, 2...(1 << 16)), ("heads", heads, 1...(1 << 10)),
+            ("head_dim", headDim, 0...(1 << 12)), ("kv_heads", kvHeads, 1...(1 << 10)), ("ffn_dim", ffnDim, 1...(1 << 20)),
+            ("vocab_size", vocabSize, 2...(1 << 24)), ("max_seq_len", maxSeqLen, 1...(1 << 20)),
+            ("sliding_window", slidingWindow, 0...(1 << 24)), ("sliding_pattern", slidingPattern, 0...(1 << 12)),
+        ]
+        for (key, value, range) in bounds where !range.contains(value) {
+            throw ConfigError.invalid("\(path).\(key)", expected: "an integer in \(range.lowerBound)...\(range.upperBound)", found: "\(value)")
+        }
+        guard ropeTheta > 0, ropeTheta.isFinite, rmsEps > 0, rmsEps < 1, ropeThetaLocal >= 0, ropeThetaLocal.isFinite else {
+            throw ConfigError.invalid("\(path).rope_theta / rms_eps", expected: "rope_theta > 0 and finite, rms_eps in (0, 1)",
+                                      found: "\(ropeTheta), \(rmsEps), rope_theta_local \(ropeThetaLocal)")
+        }
+        if let g = globalLayers, g.contains(where: { !(0..<layers).contains($0) }) {
+            throw ConfigError.invalid("\(path).global_layers", expected: "block indices in 0..<\(layers)", found: "\(g)")
+        }
         guard headDim > 0 || dim % heads == 0 else {
             throw ConfigError.invalid("\(path).dim", expected: "a multiple of heads (\(heads)), or a head_dim", found: "\(dim)")
         }

@@ -34,13 +34,17 @@ public struct TrainConfig: Codable, Equatable, Sendable {
     public var lmHeadChunk = 256
     /// Operands of the linear layers' matmuls. Default f32.
     public var precision = Precision.f32
+    /// Seconds without progress (a finished step, checkpoint or evaluation) after which a rank ends itself with exit
+    /// code 75, so a job with a stopped or hung rank ends and Launch/restart.sh relaunches it; 0 = no watchdog.
+    /// Must exceed the longest step plus a checkpoint write and an evaluation.
+    public var hangTimeout: Double = 600
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case steps, microBatch = "micro_batch", gradAccum = "grad_accum", seqLen = "seq_len", seed
         case logEvery = "log_every", evalEvery = "eval_every", evalBatches = "eval_batches", threads
-        case lmHeadChunk = "lm_head_chunk", precision
+        case lmHeadChunk = "lm_head_chunk", precision, hangTimeout = "hang_timeout"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -57,6 +61,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         threads = try c.value(.threads, or: threads)
         lmHeadChunk = try c.value(.lmHeadChunk, or: lmHeadChunk)
         precision = try c.value(.precision, or: precision)
+        hangTimeout = try c.value(.hangTimeout, or: hangTimeout)
         try c.require(steps >= 1, .steps, expected: "an integer >= 1", found: steps)
         try c.require(microBatch >= 1, .microBatch, expected: "an integer >= 1", found: microBatch)
         try c.require(gradAccum >= 1, .gradAccum, expected: "an integer >= 1", found: gradAccum)
@@ -66,5 +71,7 @@ public struct TrainConfig: Codable, Equatable, Sendable {
         try c.require(evalBatches >= 1, .evalBatches, expected: "an integer >= 1", found: evalBatches)
         try c.require(threads >= 0, .threads, expected: "an integer >= 0 (0 = all cores)", found: threads)
         try c.require(lmHeadChunk >= 1, .lmHeadChunk, expected: "an integer >= 1", found: lmHeadChunk)
+        try c.require(hangTimeout == 0 || (hangTimeout >= 5 && hangTimeout <= 7 * 86400), .hangTimeout,
+                      expected: "seconds in 5...604800, or 0 (no watchdog)", found: hangTimeout)
     }
 }

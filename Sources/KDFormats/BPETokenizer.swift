@@ -36,6 +36,7 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     case unsupportedPreTokenizer(String)
     case missing(String)
     case badMerge(String)
+    case badTokenID(key: String, found: String, vocabulary: Int)
 
     public var description: String {
         switch self {
@@ -45,6 +46,7 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
                 + "token ids, would differ from the model's"
         case .missing(let what): return "tokenizer: \(what) is missing"
         case .badMerge(let m): return "tokenizer: merge '\(m)' is not two tokens of the vocabulary"
+        case .badTokenID(let k, let f, let n): return "tokenizer: \(k) must be a token id in 0..<\(n), found \(f)"
         }
     }
 }
@@ -75,6 +77,10 @@ public final class BPETokenizer: @unchecked Sendable {
 
     public init(tokens: [String], merges: [String], special: [Int32], pre: PreTokenizer, bos: Int32?, eos: Int32?, addBOS: Bool,
                 sentencePiece: SentencePieceVocab? = nil) throws {
+        guard tokens.count <= Int(Int32.max) else { throw TokenizerError.badTokenID(key: "the vocabulary size", found: "\(tokens.count)", vocabulary: Int(Int32.max)) }
+        for (key, id) in [("bos_token_id", bos), ("eos_token_id", eos)] {
+            if let id, !(0..<Int32(tokens.count)).contains(id) { throw TokenizerError.badTokenID(key: key, found: "\(id)", vocabulary: tokens.count) }
+        }
         self.tokens = tokens
         self.pre = pre
         self.bos = bos
@@ -332,6 +338,13 @@ public final class BPETokenizer: @unchecked Sendable {
 extension BPETokenizer {
     /// The tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
     public convenience init(gguf f: GGUFFile) throws {
+        /// A token id from the metadata (nil when absent); one that is not an integer of Int32's range is refused here,
+        /// one past the vocabulary by the designated initializer.
+        func id(_ key: String) throws -> Int32? {
+            guard let v = f.metadata["tokenizer.ggml.\(key)"] else { return nil }
+            guard let i = v.int, let id = Int32(exactly: i) else { throw TokenizerError.badTokenID(key: key, found: "\(v)", vocabulary: Int(Int32.max)) }
+            return id
+        }
         let model = f.metadata["tokenizer.ggml.model"]?.string ?? "(none)"
         guard model == "gpt2" || model == "llama" else { throw TokenizerError.unsupportedModel(model) }
         guard let toks = f.metadata["tokenizer.ggml.tokens"]?.array?.compactMap(\.string) else { throw TokenizerError.missing("tokenizer.ggml.tokens") }
@@ -342,8 +355,8 @@ extension BPETokenizer {
                                             addSpacePrefix: f.metadata["tokenizer.ggml.add_space_prefix"]?.bool ?? true)
             let special = types.enumerated().filter { $0.element == 3 || $0.element == 4 }.map { Int32($0.offset) }
             try self.init(tokens: toks, merges: [], special: special, pre: .gpt2,
-                          bos: f.metadata["tokenizer.ggml.bos_token_id"]?.int.map(Int32.init),
-                          eos: f.metadata["tokenizer.ggml.eos_token_id"]?.int.map(Int32.init),
+                          bos: try id("bos_token_id"),
+                          eos: try id("eos_token_id"),
                           addBOS: f.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? true, sentencePiece: sp)
             return
         }
@@ -351,8 +364,8 @@ extension BPETokenizer {
         let types = f.metadata["tokenizer.ggml.token_type"]?.array?.compactMap(\.int) ?? []
         let special = types.enumerated().filter { $0.element == 3 || $0.element == 4 }.map { Int32($0.offset) }
         try self.init(tokens: toks, merges: merges, special: special, pre: try PreTokenizer(ggml: f.metadata["tokenizer.ggml.pre"]?.string),
-                      bos: f.metadata["tokenizer.ggml.bos_token_id"]?.int.map(Int32.init),
-                      eos: f.metadata["tokenizer.ggml.eos_token_id"]?.int.map(Int32.init),
+                      bos: try id("bos_token_id"),
+                      eos: try id("eos_token_id"),
                       addBOS: f.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false)
     }
 

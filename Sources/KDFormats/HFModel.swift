@@ -101,14 +101,19 @@ public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, rop
     let normOffset = (j[normsAsRunKey] as? Bool ?? false) ? 0 : m.familySpec.hfNormOffset
     let names = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".safetensors") }.sorted()
     let files = try names.map { try SafetensorsFile(path: (dir as NSString).appendingPathComponent($0)) }
-    let model = Transformer(config: m, needsGrad: needsGrad)
-    for e in model.layout.entries {
+    // every tensor is found and its shape checked before the model's memory is allocated: config.json may claim any size
+    let layout = ParameterLayout(config: m)
+    let stored = try layout.entries.map { e -> (SafetensorsFile, SafetensorsTensor) in
         guard let (f, t) = files.lazy.compactMap({ f in f.tensor(e.name).map { (f, $0) } }).first else {
             throw HFError.missingTensor(dir: dir, tensor: e.name)
         }
-        guard model.layout.accepts(e, stored: t.shape, slicingVocab: vocabRows != nil) else {
+        guard layout.accepts(e, stored: t.shape, slicingVocab: vocabRows != nil) else {
             throw HFError.wrongShape(tensor: e.name, expected: e.shape, found: t.shape)
         }
+        return (f, t)
+    }
+    let model = Transformer(config: m, needsGrad: needsGrad)
+    for (e, (f, t)) in zip(model.layout.entries, stored) {
         if !needsGrad, e.isMatrix, t.dtype != .f32 {
             model.setPacked(QuantizedMatrix(type: t.dtype, oc: e.shape[0], c: e.shape[1], data: f.data(t), owner: f), offset: e.offset)
         } else {
@@ -217,10 +222,18 @@ extension BPETokenizer {
         if (model["byte_fallback"] as? Bool) == true {
             throw TokenizerError.unsupportedModel("SentencePiece-style BPE with byte fallback in \(path) (read the tokenizer from the model's GGUF instead)")
         }
+        // ids index the token table: a real vocabulary numbers its entries densely from 0, so an id past twice the
+        // entries (or past 2²⁴) is a broken file, refused before anything that size is allocated
+        let added = (j["added_tokens"] as? [[String: Any]]) ?? []
+        let limit = min(1 << 24, 2 * (vocab.count + added.count) + 1024)
+        let ids = Array(vocab.values) + added.compactMap { $0["id"] as? Int }
+        if let bad = ids.first(where: { !(0..<limit).contains($0) }) {
+            throw TokenizerError.badTokenID(key: "every id of \(path)", found: "\(bad)", vocabulary: limit)
+        }
         var tokens = [String](repeating: "", count: (vocab.values.max() ?? -1) + 1)
         for (t, i) in vocab { tokens[i] = t }
         var special: [Int32] = []
-        for a in (j["added_tokens"] as? [[String: Any]]) ?? [] {
+        for a in added {
             guard let id = a["id"] as? Int, let content = a["content"] as? String else { continue }
             if id >= tokens.count { tokens += [String](repeating: "", count: id - tokens.count + 1) }
             tokens[id] = content
@@ -231,7 +244,9 @@ extension BPETokenizer {
             if let p = $0 as? [String], p.count == 2 { return p[0] + " " + p[1] }
             return nil
         }
-        let preJSON = String(decoding: (try? JSONSerialization.data(withJSONObject: j["pre_tokenizer"] ?? [:])) ?? Data(), as: UTF8.self)
+        // (serializing anything but an array or an object is a Foundation trap, not an error)
+        let preObject = j["pre_tokenizer"].flatMap { JSONSerialization.isValidJSONObject($0) ? $0 : nil } ?? [String: Any]()
+        let preJSON = String(decoding: (try? JSONSerialization.data(withJSONObject: preObject)) ?? Data(), as: UTF8.self)
         // the four byte-level rules this tokenizer implements, told apart by what their pre-tokenizer holds; anything
         // else (no ByteLevel step: a Metaspace or Whitespace split) is refused rather than guessed
         guard preJSON.contains("\"ByteLevel\"") else { throw TokenizerError.unsupportedPreTokenizer(preJSON.count > 200 ? String(preJSON.prefix(200)) + "…" : preJSON) }

@@ -29,7 +29,9 @@ public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> Mode
     m.dim = try int("embedding_length")
     m.heads = try int("attention.head_count")
     m.kvHeads = f.metadata["\(arch).attention.head_count_kv"]?.int ?? m.heads
-    if let kl = f.metadata["\(arch).attention.key_length"]?.int, kl * m.heads != m.dim { m.headDim = kl }
+    if let kl = f.metadata["\(arch).attention.key_length"]?.int, kl.multipliedReportingOverflow(by: m.heads) != (m.dim, false) {
+        m.headDim = kl  // validated below with every other size
+    }
     if let vl = f.metadata["\(arch).attention.value_length"]?.int, vl != m.headSize {
         throw GGUFError.badTensorShape(path: f.path, tensor: "(metadata)", reason: "value_length \(vl) ≠ key_length \(m.headSize) is not supported")
     }
@@ -65,14 +67,20 @@ public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> Mode
 /// its embedding and head: a teacher whose table is padded beyond its tokenizer (Qwen) distills over the shared ids.
 public func loadGGUFModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? = nil) throws -> (model: Transformer, file: GGUFFile) {
     let f = try GGUFFile(path: path)
-    let model = Transformer(config: try ggufModelConfig(f, maxSeqLen: maxSeqLen).keepingVocabRows(vocabRows), needsGrad: false)
-    for e in model.layout.entries {
-        let name = model.family.ggufName(e.name)
+    let config = try ggufModelConfig(f, maxSeqLen: maxSeqLen).keepingVocabRows(vocabRows)
+    // every tensor is found and its shape checked before the model's memory is allocated: a header may claim any size
+    let layout = ParameterLayout(config: config), family = config.familySpec
+    let stored = try layout.entries.map { e -> GGUFTensorInfo in
+        let name = family.ggufName(e.name)
         guard let t = f.tensor(name) else { throw GGUFError.missingTensor(path: path, tensor: name) }
         // GGUF lists dims innermost first; a vector reads the same either way
-        guard model.layout.accepts(e, stored: t.shape, slicingVocab: vocabRows != nil) else {
+        guard layout.accepts(e, stored: t.shape, slicingVocab: vocabRows != nil) else {
             throw GGUFError.wrongShape(path: path, tensor: name, expected: e.shape, found: t.shape)
         }
+        return t
+    }
+    let model = Transformer(config: config, needsGrad: false)
+    for (e, t) in zip(model.layout.entries, stored) {
         if t.type == .f32 || !e.isMatrix {
             dequantize(t.type, src: f.data(t), out: model.params.base + e.offset, count: e.count)
         } else {

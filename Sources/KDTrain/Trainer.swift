@@ -284,6 +284,8 @@ public final class Trainer {
         var progress = ProgressLog(trainer: self)
         while step < t.steps {
             let s = try trainStep()
+            Watchdog.progress(step: step)
+            stopForTestIfAsked()
             history.append(s)
             onStep(s)
             progress.step(s)
@@ -291,10 +293,11 @@ public final class Trainer {
                 // distillm: the share of student-generated steps follows the validation loss
                 let d = config.distill
                 batches.distillm?.adapt(validationLoss: hasTeacher ? Double(1 - d.kdRatio) * v.mean + Double(d.kdRatio) * v.kdMean : v.mean)
+                Watchdog.progress(step: step)
             }
             let onCadence = config.checkpoint.every > 0 && s.step % config.checkpoint.every == 0
             let written = checkpoints && (onCadence || s.step == t.steps || s.checkpointDue)
-            if written { try saveCheckpoint() }
+            if written { try saveCheckpoint(); Watchdog.progress(step: step) }
             let stopping = stopRequested || (stopAfter.map { history.count >= $0 } ?? false)
             guard stopping, step < t.steps else { continue }
             if checkpoints, !written { try saveCheckpoint() }
@@ -302,6 +305,18 @@ public final class Trainer {
             break
         }
         return history
+    }
+
+    /// Fault injection for the hang test: with DISTILL_STOP_ONCE=FILE set and FILE absent, rank DISTILL_STOP_RANK (1 if
+    /// unset) creates FILE after step DISTILL_STOP_STEP (any step if unset) and stops itself with SIGSTOP, as a rank of a
+    /// cluster job that stops answering does; the other ranks then wait in their next collective.
+    func stopForTestIfAsked() {
+        let env = ProcessInfo.processInfo.environment
+        guard let marker = env["DISTILL_STOP_ONCE"], !FileManager.default.fileExists(atPath: marker) else { return }
+        guard comm.rank == (env["DISTILL_STOP_RANK"].flatMap(Int.init) ?? 1) else { return }
+        if let s = env["DISTILL_STOP_STEP"].flatMap(Int.init), s != step { return }
+        FileManager.default.createFile(atPath: marker, contents: Data())
+        kill(getpid(), SIGSTOP)
     }
 
     // MARK: - Checkpoints: the core (weights, moments, position) and a loop over the parts

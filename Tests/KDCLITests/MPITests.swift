@@ -249,6 +249,34 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         return out2
     }
 
+    /// A rank stopped with SIGSTOP after step 6 (as a node that stops answering): the other rank waits in its next
+    /// collective, its watchdog (train.hang_timeout 8 s) ends it with exit code 75 and a line naming the rank, the step
+    /// and the MPI call, mpirun ends the job, restart.sh relaunches it from step 5's checkpoint, and the run ends in the
+    /// uninterrupted run's state bit for bit.
+    @Test func aStoppedRankEndsTheJobAtTheHangTimeoutAndTheRestartLoopFinishes() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let edits = [("steps: 10", "steps: 10\n  hang_timeout: 8")]
+        let reference = try tinyYAML(dir, "reference", edits: edits), hung = try tinyYAML(dir, "hung", edits: edits)
+        #expect(try launch("distill_mpi.sh", ["2", "train", "--config", reference, "--sample-tokens", "0"]).status == 0)
+        let marker = dir.appendingPathComponent("stopped").path
+        let start = Date()
+        let r = try launch("restart.sh", ["2", "train", "--config", hung, "--sample-tokens", "0"],
+                           env: ["DISTILL_STOP_ONCE": marker, "DISTILL_STOP_STEP": "6", "MAX_RESTARTS": "2", "RESTART_DELAY": "0"])
+        let took = Date().timeIntervalSince(start)
+        #expect(r.status == 0, "\(r.out)")
+        #expect(FileManager.default.fileExists(atPath: marker))
+        let line = r.out.split(separator: "\n").first { $0.contains("no progress for") }.map(String.init) ?? ""
+        #expect(line.contains("rank 0") && line.contains("in step 7") && line.contains("waiting in MPI_") && line.contains("exit code 75"), "\(r.out)")
+        #expect(r.out.contains("restart: the job failed (exit code 75)") && r.out.contains("resumed from"), "\(r.out)")
+        #expect(took < 150, "the hung job took \(took) s to end and finish")
+        let a = dir.appendingPathComponent("reference/" + CheckpointStore.name(step: 10)), b = dir.appendingPathComponent("hung/" + CheckpointStore.name(step: 10))
+        let wa = try weights(a), wb = try weights(b)
+        #expect(!wa.isEmpty && wa.keys.allSatisfy { k in wa[k]!.map(\.bitPattern) == wb[k]?.map(\.bitPattern) }, "final weights differ from the uninterrupted run's")
+        let left = try runProcess(URL(fileURLWithPath: "/usr/bin/pgrep"), ["-f", hung])
+        #expect(left.out.isEmpty, "processes left: \(left.out)")
+    }
+
     @Test func killedMidCheckpointLosesNothingAndTheRestartLoopFinishes() throws {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }

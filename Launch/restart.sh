@@ -2,6 +2,7 @@
 # The restart loop (in the spirit of torchrun's elastic restarts): runs Launch/distill_mpi.sh NP ARGS… --resume auto
 # and, when the job dies, says why and relaunches it, up to MAX_RESTARTS times (default 3).
 #   usage: Launch/restart.sh NP train --config FILE [more train options]
+# A job ended by a full checkpoint disk (exit code 74) is not restarted either: restarting cannot free space.
 # SIGINT / SIGTERM go to the running job (a graceful stop with a checkpoint; a second one aborts it) and end the loop:
 # a job stopped on purpose is not restarted. Started in the background by a non-interactive shell, this script first
 # takes SIGINT back from "ignored" (Launch/sigint_default.sh).
@@ -30,6 +31,10 @@ while true; do
     [ "$rc" -eq 0 ] && exit 0
     if [ "$stopping" -eq 1 ]; then
         echo "restart: the job was stopped by a signal (exit code $rc); not restarting" >&2
+        exit "$rc"
+    fi
+    if [ "$rc" -eq 74 ]; then
+        echo "restart: the job stopped because its checkpoint disk is full (exit code 74); not restarting: free space, then run the same command again (it resumes)" >&2
         exit "$rc"
     fi
     if [ "$rc" -gt 128 ]; then why="killed by signal $((rc - 128))"; else why="exit code $rc"; fi

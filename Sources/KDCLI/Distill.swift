@@ -49,16 +49,18 @@ enum Job {
             comm.finalize()
             throw e
         } catch {
-            if comm.worldSize > 1 { comm.abort("error: " + oneLine(error), code: 1) }
-            throw fail(error)
+            // a full disk ends the job with its own code: restarting would only redo the steps since the last checkpoint
+            let code = (error as? CheckpointError)?.isDiskFull == true ? CheckpointError.diskFullExitCode : 1
+            if comm.worldSize > 1 { comm.abort("error: " + oneLine(error), code: code) }
+            throw fail(error, code: code)
         }
     }
 }
 
-/// Prints `error: …` on one line and exits non-zero; used for every failure past argument validation.
-func fail(_ error: any Error) -> ExitCode {
+/// Prints `error: …` on one line and exits with `code`; used for every failure past argument validation.
+func fail(_ error: any Error, code: Int32 = 1) -> ExitCode {
     KDLog.error("error: " + oneLine(error))
-    return ExitCode.failure
+    return ExitCode(code)
 }
 
 /// An error's description as one printable line: control characters (a newline inside a name read from a hostile

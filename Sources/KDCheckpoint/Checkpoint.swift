@@ -18,6 +18,13 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     case teacherMismatch(dir: String, expected: String, found: String)
     case shapeMismatch(dir: String, reason: String)
     case noneFound(String)
+    /// No space (ENOSPC, EDQUOT) for a checkpoint: nothing of it is left; the exit code is ``CheckpointError/diskFullExitCode``.
+    case diskFull(dir: String, step: Int, needed: Int, free: Int, reason: String)
+
+    /// The exit code of a run stopped by a full disk (EX_IOERR); Launch/restart.sh does not restart it.
+    public static let diskFullExitCode: Int32 = 74
+
+    public var isDiskFull: Bool { if case .diskFull = self { return true } else { return false } }
 
     public var description: String {
         switch self {
@@ -28,6 +35,10 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
             return "\(d): teachers differ from the checkpoint's (checkpoint: \(f); now: \(e)); pass --allow-teacher-change to resume anyway"
         case .shapeMismatch(let d, let r): return "\(d): \(r)"
         case .noneFound(let root): return "\(root): no checkpoint that verifies"
+        case .diskFull(let d, let step, let needed, let free, let r):
+            return String(format: "%@: no space for the checkpoint of step %d (%@): it needs about %.1f MiB, the filesystem has %.1f MiB free; "
+                          + "nothing of it was kept and earlier checkpoints are intact: free space there (or set checkpoint.dir elsewhere) and resume with --resume auto",
+                          d, step, r, Double(needed) / 1048576, Double(free) / 1048576)
         }
     }
 }
@@ -158,6 +169,9 @@ public struct CheckpointStore {
             let entries = model.layout.entries
             let shapes = [CheckpointFile.firstMoment, CheckpointFile.secondMoment].flatMap { p in entries.map { (name: p + $0.name, shape: $0.shape) } }
             crashForTestIfAsked(step: state.step)
+            if ProcessInfo.processInfo.environment["DISTILL_ENOSPC_STEP"].flatMap(Int.init) == state.step {
+                throw POSIXError(.ENOSPC)  // the full-disk test's hook, where the machine cannot mount a small filesystem
+            }
             slowWriteForTestIfAsked()
             try writeSafetensors(path: (tmp as NSString).appendingPathComponent(CheckpointFile.optimizer), shapes: shapes) { emit in
                 switch moments {
@@ -194,6 +208,12 @@ public struct CheckpointStore {
             syncDirectory(root)
         } catch {
             try? fm.removeItem(atPath: tmp)
+            // a full disk (or quota) says so, with the size it needed; the partial folder is gone, so is its space
+            let needed = 4 * model.layout.count * (3 + extraWeights.count) + extraFiles.values.reduce(0) { $0 + $1.count } + (1 << 16)
+            let free = freeBytes(root)
+            if isOutOfSpace(error) || free < needed {
+                throw CheckpointError.diskFull(dir: root, step: state.step, needed: needed, free: free, reason: "\(error)")
+            }
             throw error
         }
         let name = CheckpointStore.name(step: state.step)
@@ -315,6 +335,22 @@ func syncDirectory(_ path: String) {
         fsync(fd)
         close(fd)
     }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `path` (Int.max when unknown).
+func freeBytes(_ path: String) -> Int {
+    var st = statvfs()
+    guard statvfs(path, &st) == 0 else { return Int.max }
+    return Int(clamping: UInt64(st.f_bavail) &* UInt64(st.f_frsize))
+}
+
+/// Whether `error` (or an error under it) is ENOSPC or EDQUOT, as Foundation reports a failed write.
+func isOutOfSpace(_ error: any Error) -> Bool {
+    let ns = error as NSError
+    if ns.domain == NSPOSIXErrorDomain, ns.code == Int(ENOSPC) || ns.code == Int(EDQUOT) { return true }
+    if ns.domain == NSCocoaErrorDomain, ns.code == CocoaError.fileWriteOutOfSpace.rawValue { return true }
+    if let under = ns.userInfo[NSUnderlyingErrorKey] as? any Error { return isOutOfSpace(under) }
+    return "\(error)".contains("No space left on device")
 }
 
 /// Fault injection for the crash tests: with DISTILL_CRASH_ONCE=FILE set and FILE absent, the writer of the

@@ -277,6 +277,30 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         #expect(left.out.isEmpty, "processes left: \(left.out)")
     }
 
+    /// A checkpoint disk that fills up: a 2 MiB tmpfs holds step 5's checkpoint (1.3 MiB) but not step 10's (where the
+    /// machine cannot mount one, the writer's DISTILL_ENOSPC_STEP hook fails it with ENOSPC instead). The job ends with
+    /// exit code 74 and a line giving the bytes needed and free, restart.sh does not restart it, no partial checkpoint is
+    /// left, and step 5's still verifies and resumes.
+    @Test func aFullCheckpointDiskStopsTheJobAndLosesNothing() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let mountPoint = dir.appendingPathComponent("small")
+        try FileManager.default.createDirectory(at: mountPoint, withIntermediateDirectories: true)
+        let mounted = (try? runProcess(URL(fileURLWithPath: "/bin/mount"), ["-t", "tmpfs", "-o", "size=2m", "tmpfs", mountPoint.path]))?.status == 0
+        defer { if mounted { _ = try? runProcess(URL(fileURLWithPath: "/bin/umount"), [mountPoint.path]) } }
+        let cfg = try tinyYAML(mountPoint, "full")
+        let r = try launch("restart.sh", ["2", "train", "--config", cfg, "--sample-tokens", "0"],
+                           env: mounted ? [:] : ["DISTILL_ENOSPC_STEP": "10"])
+        #expect(r.status == 74, "\(r.out)")
+        #expect(r.out.contains("no space for the checkpoint of step 10") && r.out.contains("MiB free") && r.out.contains("needs about"), "\(r.out)")
+        #expect(r.out.contains("not restarting") && !r.out.contains("restart 1 of"), "\(r.out)")
+        let store = mountPoint.appendingPathComponent("full")
+        let names = try FileManager.default.contentsOfDirectory(atPath: store.path).filter { $0.hasPrefix("step_") }
+        #expect(names == [CheckpointStore.name(step: 5)], "left behind: \(names)")
+        #expect(try CheckpointStore.verify(dir: store.appendingPathComponent(CheckpointStore.name(step: 5)).path).step == 5)
+        print("full-disk test: \(mounted ? "a real 2 MiB tmpfs" : "no mount allowed here; the writer's ENOSPC hook")")
+    }
+
     @Test func killedMidCheckpointLosesNothingAndTheRestartLoopFinishes() throws {
         let dir = try scratchDir()
         defer { try? FileManager.default.removeItem(at: dir) }

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Structure-aware fuzzing of the files distill reads, through its CLI.
 
-usage: Launch/fuzz.py [--mutants N] [--seed S] [--formats gguf,safetensors,config,tokenizer,yaml]
+usage: Launch/fuzz.py [--mutants N] [--seed S] [--formats gguf,safetensors,config,tokenizer,yaml,shards,checkpoint]
                       [--distill BIN] [--keep DIR] [--timeout SECONDS] [--jobs N] [--json]
 
 For each format, a small valid seed is written here with independent writers (gguf-py for GGUF, the `safetensors`
 package, json, plain text for YAML), then N mutants are made from it — integer fields set to boundary values
 (0, 1, 2^31, 2^32 − 1, 2^63, 2^64 − 1, …), truncation at every structural boundary, JSON values replaced by values
 of other types and sizes, random bytes — each seeded by (seed, format, index) so a mutant is reproduced by its number.
-Every mutant is fed to the commands that read the format (`distill inspect`, `distill eval`, `distill train
---dry-run`) and each run is classified:
+`shards` are `distill prepare`'s train.bin and prepare.json, `checkpoint` every file of a step folder that a 2-step run
+wrote. Every mutant is fed to the commands that read the format (`distill inspect`, `distill eval`, `distill train
+--dry-run`, a one-step `distill train` on the shards, `distill checkpoint verify` and `distill train --resume`) and
+each run is classified:
 
   refused   non-zero exit and a one-line message on stderr ("error: …")
   accepted  exit 0 (the mutation did not matter, e.g. a changed weight)
@@ -24,6 +26,7 @@ mutants (named format-index) to DIR. A CI-sized run (a few hundred mutants per f
 import argparse, concurrent.futures, json, os, pathlib, random, shutil, struct, subprocess, sys, tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+FORMATS = ["gguf", "safetensors", "config", "tokenizer", "yaml", "shards", "checkpoint"]
 BOUNDARY64 = [0, 1, 2, 7, 255, 256, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**48, 2**62, 2**63 - 1, 2**63, 2**64 - 1]
 BOUNDARY32 = [0, 1, 2, 3, 4, 7, 8, 9, 12, 13, 30, 31, 255, 2**16, 2**31 - 1, 2**31, 2**32 - 1]
 TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness, "
@@ -288,6 +291,44 @@ def mutate_safetensors(data, rnd):
     return struct.pack("<Q", len(text)) + text + body
 
 
+def checksum(data):
+    """distill's file checksum (KDCore/Hash.swift fileChecksum): 64-bit FNV-style over little-endian words, per 16 MiB
+    chunk with its tail, then the length."""
+    h, prime, mask = 0xcbf29ce484222325, 0x100000001b3, (1 << 64) - 1
+    for c in range(0, len(data), 1 << 24):
+        chunk = data[c:c + (1 << 24)]
+        words = len(chunk) // 8
+        for (w,) in struct.iter_unpack("<Q", chunk[:8 * words]):
+            h = ((h ^ w) * prime) & mask
+        if len(chunk) % 8:
+            h = ((h ^ int.from_bytes(chunk[8 * words:], "little")) * prime) & mask
+    return format(((h ^ len(data)) * prime) & mask, "x")
+
+
+def mutate_shard(data, rnd):
+    """distill prepare's shard: header fields (version, vocabulary, hash, width, token and document counts) at boundary
+    values, truncation at the header's end and inside each section, or random bytes anywhere (tokens, mask, starts)."""
+    b = bytearray(data)
+    if len(b) < 44:
+        return bytes(b[:-1])
+    n, docs = struct.unpack_from("<QQ", b, 28)
+    width = struct.unpack_from("<I", b, 24)[0]
+    r = rnd.random()
+    if r < 0.45:
+        off, w = rnd.choice([(8, 4), (12, 4), (16, 8), (24, 4), (28, 8), (36, 8)])
+        old = int.from_bytes(b[off:off + w], "little")
+        v = rnd.choice((BOUNDARY64 if w == 8 else BOUNDARY32) + [old + 1, max(old - 1, 0)]) % (1 << (8 * w))
+        b[off:off + w] = v.to_bytes(w, "little")
+        return bytes(b)
+    if r < 0.65:
+        cuts = [0, 8, 43, 44, 44 + n * width, 44 + n * width + n, len(b) - 8, len(b) - 1]
+        return bytes(b[:max(0, rnd.choice(cuts))])
+    for _ in range(rnd.choice([1, 2, 8])):  # a token past the vocabulary, a mask byte, a document start out of order
+        i = rnd.randrange(44, len(b))
+        b[i] = rnd.choice([0xff, 0x80, 0x01, 0x00, rnd.randrange(256)])
+    return bytes(b)
+
+
 # ---------------------------------------------------------------------------------------------------------------- runner
 def classify(proc_rc, stderr, timed_out):
     if timed_out:
@@ -313,7 +354,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mutants", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--formats", default="gguf,safetensors,config,tokenizer,yaml")
+    ap.add_argument("--formats", default=",".join(FORMATS))
     ap.add_argument("--distill", default=str(ROOT / ".build/debug/distill"))
     ap.add_argument("--keep", default=None, help="folder for the mutants that crashed, hung or failed silently")
     ap.add_argument("--timeout", type=float, default=30)
@@ -323,9 +364,9 @@ def main():
     if not os.access(a.distill, os.X_OK):
         sys.exit(f"fuzz: expected an executable distill at {a.distill} (swift build), found none")
     formats = a.formats.split(",")
-    unknown = set(formats) - {"gguf", "safetensors", "config", "tokenizer", "yaml"}
+    unknown = set(formats) - set(FORMATS)
     if unknown:
-        sys.exit(f"fuzz: unknown formats {sorted(unknown)} (expected gguf, safetensors, config, tokenizer, yaml)")
+        sys.exit(f"fuzz: unknown formats {sorted(unknown)} (expected some of {', '.join(FORMATS)})")
     work = pathlib.Path(tempfile.mkdtemp(prefix="distill-fuzz-"))
     results = {}
     try:
@@ -333,6 +374,15 @@ def main():
         seed_gguf = work / "seed.gguf"; write_gguf_seed(seed_gguf)
         seed_hf = work / "seed-hf"; write_hf_seed(seed_hf)
         gguf_bytes, d = seed_gguf.read_bytes(), a.distill
+        docs = work / "docs.txt"; docs.write_text("".join(f"{TEXT[i * 40:(i + 1) * 40 + 200]}\n%\n" for i in range(10)))
+        seed_shards = work / "seed-shards"
+        seed_ck = work / "seed-ck"
+        if {"shards", "checkpoint"} & set(formats):
+            subprocess.run([d, "prepare", str(docs), "--output", str(seed_shards), "--separator", "%", "--val-fraction", "0.3"],
+                           check=True, capture_output=True)
+            (work / "base.yaml").write_text(YAML_SEED.format(out=seed_ck, text=text))
+            subprocess.run([d, "train", "--config", str(work / "base.yaml"), "--sample-tokens", "0"], check=True, capture_output=True)
+            step_dir = sorted(p for p in seed_ck.iterdir() if p.name.startswith("step_"))[-1]
 
         def one(fmt, i):
             """Makes mutant i of `fmt` in a folder of its own, runs the commands that read it; (outcomes, worst)."""
@@ -348,6 +398,40 @@ def main():
                 src = YAML_SEED.format(out=m / "out", text=text).encode()
                 (m / "c.yaml").write_bytes(mutate_text(src, rnd, [j for j, c in enumerate(src) if c == 0x0a]))
                 cmds = [[d, "train", "--config", str(m / "c.yaml"), "--dry-run"]]
+            elif fmt == "shards":
+                shutil.copytree(seed_shards, m / "data")
+                f = m / "data" / rnd.choice(["train.bin", "train.bin", "prepare.json"])
+                raw = f.read_bytes()
+                if f.suffix == ".json":
+                    f.write_bytes(mutate_text(raw, rnd, []) if rnd.random() < 0.3 else json.dumps(mutate_json(json.loads(raw), rnd)).encode())
+                else:
+                    f.write_bytes(mutate_shard(raw, rnd))
+                (m / "c.yaml").write_text(YAML_SEED.format(out=m / "out", text=m / "data"))
+                cmds = [[d, "train", "--config", str(m / "c.yaml"), "--steps", "1", "--sample-tokens", "0"]]
+            elif fmt == "checkpoint":
+                shutil.copytree(step_dir, m / step_dir.name)
+                files = sorted(p for p in (m / step_dir.name).iterdir() if p.is_file())
+                f = rnd.choice(files)
+                raw = f.read_bytes()
+                if f.suffix == ".safetensors":
+                    f.write_bytes(mutate_safetensors(raw, rnd))
+                elif f.suffix == ".json" and rnd.random() < 0.7:
+                    try:
+                        f.write_bytes(json.dumps(mutate_json(json.loads(raw), rnd)).encode())
+                    except ValueError:
+                        f.write_bytes(mutate_text(raw, rnd, []))
+                else:
+                    f.write_bytes(mutate_text(raw, rnd, [])) if raw else f.write_bytes(b"\xff")
+                # most mutants get checksums that match, so they reach the readers behind the checksum check
+                sums = m / step_dir.name / "checksums.json"
+                if f != sums and rnd.random() < 0.7:
+                    table = json.loads(sums.read_text())
+                    if f.name in table:
+                        table[f.name] = {"bytes": str(len(f.read_bytes())), "checksum": checksum(f.read_bytes())}
+                        sums.write_text(json.dumps(table))
+                (m / "c.yaml").write_text(YAML_SEED.format(out=m / "out", text=text))
+                cmds = [[d, "checkpoint", "verify", str(m / step_dir.name)],
+                        [d, "train", "--config", str(m / "c.yaml"), "--resume", str(m / step_dir.name), "--steps", "3", "--sample-tokens", "0"]]
             else:
                 shutil.copytree(seed_hf, m)
                 if fmt == "safetensors":

@@ -12,6 +12,7 @@ public enum ShardError: Error, CustomStringConvertible, Equatable {
     case truncated(path: String, expected: Int, found: Int)
     case tokenizerMismatch(path: String, expected: UInt64, found: UInt64)
     case vocabMismatch(path: String, expected: Int, found: Int)
+    case corrupt(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -21,6 +22,7 @@ public enum ShardError: Error, CustomStringConvertible, Equatable {
         case .tokenizerMismatch(let p, let e, let f):
             return "\(p): prepared with another tokenizer (hash \(String(f, radix: 16)), expected \(String(e, radix: 16)))"
         case .vocabMismatch(let p, let e, let f): return "\(p): vocabulary of \(f) tokens, expected \(e)"
+        case .corrupt(let p, let r): return "\(p): corrupt shard: \(r)"
         }
     }
 }
@@ -48,8 +50,12 @@ public struct TokenShard: Sendable {
             func u32(_ o: Int) -> UInt32 { UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
             func u64(_ o: Int) -> UInt64 { UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: o, as: UInt64.self)) }
             guard u32(8) == 1 else { throw ShardError.unsupportedVersion(path: path, found: u32(8)) }
-            let vocab = Int(u32(12)), hash = u64(16), width = Int(u32(24)), n = Int(u64(28)), docs = Int(u64(36))
-            guard width == 2 || width == 4, n < 1 << 40, docs < 1 << 40 else { throw ShardError.badMagic(path: path) }
+            // counts are compared as read, before any arithmetic: each below 2⁴⁰, so the expected size cannot overflow
+            let vocab = Int(u32(12)), hash = u64(16), width = Int(u32(24)), rawN = u64(28), rawDocs = u64(36)
+            guard width == 2 || width == 4, rawN < 1 << 40, rawDocs < 1 << 40, vocab >= 1 else {
+                throw ShardError.corrupt(path: path, reason: "token width \(width) (expected 2 or 4), \(rawN) tokens, \(rawDocs) documents, vocabulary \(vocab)")
+            }
+            let n = Int(rawN), docs = Int(rawDocs)
             let expected = 44 + n * width + n + (docs + 1) * 8
             guard d.count == expected else { throw ShardError.truncated(path: path, expected: expected, found: d.count) }
             var toks = [Int32](repeating: 0, count: n)
@@ -59,7 +65,15 @@ public struct TokenShard: Sendable {
             }
             let mo = 44 + n * width
             let mask = Array(raw[mo..<(mo + n)])
-            let starts = (0...docs).map { Int(u64(mo + n + 8 * $0)) }
+            let rawStarts = (0...docs).map { u64(mo + n + 8 * $0) }
+            // everything later indexes with these: tokens inside the vocabulary, documents in order covering the tokens
+            if let bad = toks.firstIndex(where: { $0 < 0 || Int($0) >= vocab }) {
+                throw ShardError.corrupt(path: path, reason: "token \(bad) is \(toks[bad]), outside the vocabulary of \(vocab)")
+            }
+            guard rawStarts.first == 0, rawStarts.last == rawN, zip(rawStarts, rawStarts.dropFirst()).allSatisfy({ $0 <= $1 }) else {
+                throw ShardError.corrupt(path: path, reason: "document starts are not 0, non-decreasing, ending at the \(n) tokens")
+            }
+            let starts = rawStarts.map { Int($0) }
             return TokenShard(vocabSize: vocab, tokenizerHash: hash, tokens: toks, mask: mask, docStarts: starts)
         }
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Structure-aware fuzzing of the files distill reads, through its CLI.
 
-usage: Launch/fuzz.py [--mutants N] [--seed S] [--formats gguf,safetensors,config,tokenizer,yaml,shards,checkpoint]
+usage: Launch/fuzz.py [--mutants N] [--seed S] [--formats gguf,safetensors,config,tokenizer,yaml,shards,checkpoint,cache]
                       [--distill BIN] [--keep DIR] [--timeout SECONDS] [--jobs N] [--json]
 
 For each format, a small valid seed is written here with independent writers (gguf-py for GGUF, the `safetensors`
@@ -9,13 +9,14 @@ package, json, plain text for YAML), then N mutants are made from it — integer
 (0, 1, 2^31, 2^32 − 1, 2^63, 2^64 − 1, …), truncation at every structural boundary, JSON values replaced by values
 of other types and sizes, random bytes — each seeded by (seed, format, index) so a mutant is reproduced by its number.
 `shards` are `distill prepare`'s train.bin and prepare.json, `checkpoint` every file of a step folder that a 2-step run
-wrote. Every mutant is fed to the commands that read the format (`distill inspect`, `distill eval`, `distill train
---dry-run`, a one-step `distill train` on the shards, `distill checkpoint verify` and `distill train --resume`) and
+wrote, `cache` every file of a `distill teacher-cache` folder (a byte-level teacher's top-8 rows). Every mutant is fed to the commands that read the format (`distill inspect`, `distill eval`, `distill train
+--dry-run`, a one-step `distill train` on the shards or from the cache, `distill checkpoint verify` and `distill train --resume`) and
 each run is classified:
 
   refused   non-zero exit and a one-line message on stderr ("error: …")
   accepted  exit 0 (the mutation did not matter, e.g. a changed weight)
-  crash     killed by a signal (a Swift trap is SIGILL/SIGTRAP) or a runtime "Fatal error"
+  crash     killed by a signal (a Swift trap is SIGILL/SIGTRAP), a runtime "Fatal error", or an AddressSanitizer report
+            (with a binary built by `swift build --sanitize address --build-path .build-asan`)
   hang      still running after --timeout seconds
   silent    non-zero exit without a message
 
@@ -26,7 +27,7 @@ mutants (named format-index) to DIR. A CI-sized run (a few hundred mutants per f
 import argparse, concurrent.futures, json, os, pathlib, random, shutil, struct, subprocess, sys, tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FORMATS = ["gguf", "safetensors", "config", "tokenizer", "yaml", "shards", "checkpoint"]
+FORMATS = ["gguf", "safetensors", "config", "tokenizer", "yaml", "shards", "checkpoint", "cache"]
 BOUNDARY64 = [0, 1, 2, 7, 255, 256, 2**16, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**48, 2**62, 2**63 - 1, 2**63, 2**64 - 1]
 BOUNDARY32 = [0, 1, 2, 3, 4, 7, 8, 9, 12, 13, 30, 31, 255, 2**16, 2**31 - 1, 2**31, 2**32 - 1]
 TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness, "
@@ -89,11 +90,13 @@ def write_gguf_seed(path):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
 
 
-def write_hf_seed(folder):
+def write_hf_seed(folder, byte_level=False):
+    """A tiny Llama HF folder: the BPE vocabulary above with its tokenizer.json, or (byte_level) a 256-token model
+    without one, which distill reads as bytes."""
     import numpy as np
     from safetensors.numpy import save_file
     rng = np.random.default_rng(8)
-    toks = vocabulary()
+    toks = [chr(b) for b in range(256)] if byte_level else vocabulary()
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(toks),
@@ -110,6 +113,8 @@ def write_hf_seed(folder):
     arrays = {k: (np.ones(s, np.float32) if len(s) == 1 else (rng.standard_normal(s) * 0.05).astype(np.float32)) for k, s in t.items()}
     arrays["model.layers.0.mlp.up_proj.weight"] = arrays["model.layers.0.mlp.up_proj.weight"].astype(np.float16)
     save_file(arrays, str(folder / "model.safetensors"))
+    if byte_level:
+        return
     vocab = {tok: i for i, tok in enumerate(toks)}
     tok = {"version": "1.0", "truncation": None, "padding": None,
            "added_tokens": [{"id": len(toks) - 1, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
@@ -305,6 +310,17 @@ def checksum(data):
     return format(((h ^ len(data)) * prime) & mask, "x")
 
 
+def mutate_ints(data, rnd):
+    """An aligned 4- or 8-byte integer of a binary file set to a boundary value (counts, offsets, ids, lengths)."""
+    b = bytearray(data)
+    w = rnd.choice([4, 8])
+    if len(b) < w:
+        return bytes(b[:-1])
+    off = rnd.randrange(0, len(b) - w + 1) // w * w
+    b[off:off + w] = (rnd.choice(BOUNDARY64 if w == 8 else BOUNDARY32) % (1 << (8 * w))).to_bytes(w, "little")
+    return bytes(b)
+
+
 def mutate_shard(data, rnd):
     """distill prepare's shard: header fields (version, vocabulary, hash, width, token and document counts) at boundary
     values, truncation at the header's end and inside each section, or random bytes anywhere (tokens, mask, starts)."""
@@ -333,7 +349,7 @@ def mutate_shard(data, rnd):
 def classify(proc_rc, stderr, timed_out):
     if timed_out:
         return "hang"
-    if proc_rc < 0 or "Fatal error" in stderr or "Program crashed" in stderr or "Illegal instruction" in stderr:
+    if proc_rc < 0 or any(m in stderr for m in ("Fatal error", "Program crashed", "Illegal instruction", "AddressSanitizer")):
         return "crash"
     if proc_rc == 0:
         return "accepted"
@@ -383,6 +399,13 @@ def main():
             (work / "base.yaml").write_text(YAML_SEED.format(out=seed_ck, text=text))
             subprocess.run([d, "train", "--config", str(work / "base.yaml"), "--sample-tokens", "0"], check=True, capture_output=True)
             step_dir = sorted(p for p in seed_ck.iterdir() if p.name.startswith("step_"))[-1]
+        seed_cache = work / "seed-cache"
+        if "cache" in formats:
+            write_hf_seed(work / "teacher256", byte_level=True)
+            live = YAML_SEED.format(out=work / "live-out", text=text).replace("data:\n", f"teacher:\n  path: {work / 'teacher256'}\n  exchange: topk\n  top_k: 8\ndata:\n")
+            (work / "live.yaml").write_text(live)
+            subprocess.run([d, "teacher-cache", "--config", str(work / "live.yaml"), "--out", str(seed_cache), "--threads", "1"],
+                           check=True, capture_output=True)
 
         def one(fmt, i):
             """Makes mutant i of `fmt` in a folder of its own, runs the commands that read it; (outcomes, worst)."""
@@ -407,6 +430,22 @@ def main():
                 else:
                     f.write_bytes(mutate_shard(raw, rnd))
                 (m / "c.yaml").write_text(YAML_SEED.format(out=m / "out", text=m / "data"))
+                cmds = [[d, "train", "--config", str(m / "c.yaml"), "--steps", "1", "--sample-tokens", "0"]]
+            elif fmt == "cache":
+                shutil.copytree(seed_cache, m / "cache")
+                f = rnd.choice(sorted(p for p in (m / "cache").rglob("*") if p.is_file()))
+                raw = f.read_bytes()
+                if f.suffix == ".json" and rnd.random() < 0.7:
+                    try:
+                        f.write_bytes(json.dumps(mutate_json(json.loads(raw), rnd)).encode())
+                    except ValueError:
+                        f.write_bytes(mutate_text(raw, rnd, []))
+                elif raw:
+                    f.write_bytes(mutate_text(raw, rnd, [8, 16, 24, 32, 64]) if rnd.random() < 0.5 else mutate_ints(raw, rnd))
+                else:
+                    f.write_bytes(b"\x01")
+                cfg = YAML_SEED.format(out=m / "out", text=text).replace("data:\n", f"teacher:\n  cache: {m / 'cache'}\ndata:\n")
+                (m / "c.yaml").write_text(cfg)
                 cmds = [[d, "train", "--config", str(m / "c.yaml"), "--steps", "1", "--sample-tokens", "0"]]
             elif fmt == "checkpoint":
                 shutil.copytree(step_dir, m / step_dir.name)

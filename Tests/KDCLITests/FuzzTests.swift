@@ -10,7 +10,7 @@ import Testing
     let r = try runProcess(URL(fileURLWithPath: "/usr/bin/env"),
                            ["python3", script, "--mutants", mutants, "--distill", try distillBinary().path, "--json", "--jobs", "2"])
     let json = try #require(try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: [String: Any]], "fuzz.py: \(r.err)")
-    #expect(Set(json.keys) == ["gguf", "safetensors", "config", "tokenizer", "yaml", "shards", "checkpoint"])
+    #expect(Set(json.keys) == ["gguf", "safetensors", "config", "tokenizer", "yaml", "shards", "checkpoint", "cache"])
     for (format, counts) in json {
         let n = { (k: String) in counts[k] as? Int ?? -1 }
         #expect(n("crash") == 0 && n("hang") == 0 && n("silent") == 0, "\(format): \(counts)")

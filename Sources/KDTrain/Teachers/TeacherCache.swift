@@ -51,6 +51,8 @@ public final class TeacherCache {
     /// A cross-tokenizer cache's teacher → student id map (vocab_map.bin). - Shapes: [teacherVocab]
     public let vocabMap: UnsafeMutablePointer<Int32>?
     public var isCrossTokenizer: Bool { vocabMap != nil }
+    /// The smallest and largest token id of the cached rows.
+    let idRange: (Int32, Int32)
 
     public init(dir: String) throws {
         self.dir = dir
@@ -61,18 +63,36 @@ public final class TeacherCache {
         do { info = try JSONDecoder().decode(TeacherCacheInfo.self, from: Data(contentsOf: URL(fileURLWithPath: infoPath))) } catch {
             throw KDError.invalidInput(what: "\(infoPath)", expected: "a teacher cache description", found: "\(error)")
         }
+        // the description's numbers are checked before any size is computed from them (a hostile cache.json)
+        let info = self.info
+        guard (1...(1 << 20)).contains(info.k), (1...(1 << 20)).contains(info.seqLen), (1...(1 << 40)).contains(info.trainWindows),
+              (0...(1 << 40)).contains(info.validationWindows), (info.teacherVocab ?? 1) >= 1, (info.teacherVocab ?? 1) <= 1 << 24 else {
+            throw KDError.invalidInput(what: "\(infoPath)", expected: "k and seq_len in 1...2^20, windows up to 2^40, teacher_vocab up to 2^24",
+                                       found: "k \(info.k), seq_len \(info.seqLen), windows \(info.trainWindows) / \(info.validationWindows), teacher_vocab \(info.teacherVocab.map(String.init) ?? "none")")
+        }
         let per = TeacherCache.bytesPerWindow(seqLen: info.seqLen, k: info.k)
         func open(_ split: String, windows: Int) throws -> MappedFile? {
             guard windows > 0 else { return nil }
             let p = (dir as NSString).appendingPathComponent("\(split).topk")
             let bad = { (size: Int) in KDError.invalidInput(what: "teacher cache \(p)", expected: "\(windows * per) bytes (\(windows) windows)", found: "\(size) bytes") }
             guard FileManager.default.fileExists(atPath: p) else { throw KDError.fileNotFound(path: p) }
-            let f = try MappedFile(path: p, minSize: windows * per, tooSmall: bad)
-            guard f.size == windows * per else { throw bad(f.size) }
+            guard let bytes = checkedProduct([windows, per]) else { throw bad(0) }
+            let f = try MappedFile(path: p, minSize: bytes, tooSmall: bad)
+            guard f.size == bytes else { throw bad(f.size) }
             return f
         }
         train = try open("train", windows: info.trainWindows)!
         validation = try open("validation", windows: info.validationWindows)
+        // the ids index the student's (or the teacher's) vocabulary later: their range, for check()
+        var lo = Int32.max, hi = Int32.min
+        for (file, windows) in [(train, info.trainWindows), (validation, info.validationWindows)] {
+            guard let file else { continue }
+            for w in 0..<windows {
+                let ids = (file.base + w * per).assumingMemoryBound(to: Int32.self)
+                for i in 0..<(info.seqLen * info.k) { lo = min(lo, ids[i]); hi = max(hi, ids[i]) }
+            }
+        }
+        idRange = (lo, hi)
         if let tv = info.teacherVocab {
             let p = (dir as NSString).appendingPathComponent("vocab_map.bin")
             guard let d = FileManager.default.contents(atPath: p), d.count == tv * 4 else {
@@ -90,10 +110,16 @@ public final class TeacherCache {
 
     public static func bytesPerWindow(seqLen: Int, k: Int) -> Int { seqLen * TopK.bytesPerToken(k: k) }
 
-    /// The cache must describe this corpus, window length and temperature.
-    public func check(corpus: TokenCorpus, seqLen: Int, temperature: Float) throws {
+    /// The cache must describe this corpus, window length, temperature and a student of `vocab` tokens.
+    public func check(corpus: TokenCorpus, seqLen: Int, temperature: Float, vocab: Int) throws {
         func need(_ ok: Bool, _ what: String, _ expected: String, _ found: String) throws {
             if !ok { throw KDError.invalidInput(what: "teacher cache \(dir): \(what)", expected: expected, found: found) }
+        }
+        // (a cross-tokenizer cache marks a row it could not align with a first id of −1)
+        let ids = info.teacherVocab ?? vocab, lowest: Int32 = isCrossTokenizer ? -1 : 0
+        try need(idRange.0 >= lowest && Int(idRange.1) < ids, "token ids", "ids in \(lowest)..<\(ids)", "ids \(idRange.0)...\(idRange.1)")
+        if let map = vocabMap, let tv = info.teacherVocab, let bad = (0..<tv).first(where: { map[$0] < -1 || Int(map[$0]) >= vocab }) {
+            try need(false, "vocab_map.bin", "student ids in -1..<\(vocab)", "\(map[bad]) for teacher id \(bad)")
         }
         if let made = info.studentTokenizerHash {
             let ours = corpus.tokenizerHash.map { String($0, radix: 16) } ?? "bytes"

@@ -393,15 +393,18 @@ def main():
         docs = work / "docs.txt"; docs.write_text("".join(f"{TEXT[i * 40:(i + 1) * 40 + 200]}\n%\n" for i in range(10)))
         seed_shards = work / "seed-shards"
         seed_ck = work / "seed-ck"
+        teacher = work / "teacher256"
+        write_hf_seed(teacher, byte_level=True)
+        with_teacher = lambda yaml, t: yaml.replace("data:\n", f"teacher:\n  path: {t}\ndata:\n")
         if {"shards", "checkpoint"} & set(formats):
             subprocess.run([d, "prepare", str(docs), "--output", str(seed_shards), "--separator", "%", "--val-fraction", "0.3"],
                            check=True, capture_output=True)
-            (work / "base.yaml").write_text(YAML_SEED.format(out=seed_ck, text=text))
+            # a distillation run: its checkpoint records the teacher's files and hashes, checked at resume
+            (work / "base.yaml").write_text(with_teacher(YAML_SEED.format(out=seed_ck, text=text), teacher))
             subprocess.run([d, "train", "--config", str(work / "base.yaml"), "--sample-tokens", "0"], check=True, capture_output=True)
             step_dir = sorted(p for p in seed_ck.iterdir() if p.name.startswith("step_"))[-1]
         seed_cache = work / "seed-cache"
         if "cache" in formats:
-            write_hf_seed(work / "teacher256", byte_level=True)
             live = YAML_SEED.format(out=work / "live-out", text=text).replace("data:\n", f"teacher:\n  path: {work / 'teacher256'}\n  exchange: topk\n  top_k: 8\ndata:\n")
             (work / "live.yaml").write_text(live)
             subprocess.run([d, "teacher-cache", "--config", str(work / "live.yaml"), "--out", str(seed_cache), "--threads", "1"],
@@ -449,8 +452,11 @@ def main():
                 cmds = [[d, "train", "--config", str(m / "c.yaml"), "--steps", "1", "--sample-tokens", "0"]]
             elif fmt == "checkpoint":
                 shutil.copytree(step_dir, m / step_dir.name)
+                shutil.copytree(teacher, m / "teacher")
                 files = sorted(p for p in (m / step_dir.name).iterdir() if p.is_file())
-                f = rnd.choice(files)
+                # now and then the teacher's weights change instead (a corrupted teacher file mid-run: its hash no
+                # longer matches the one the checkpoint recorded)
+                f = rnd.choice(files) if rnd.random() < 0.85 else m / "teacher" / "model.safetensors"
                 raw = f.read_bytes()
                 if f.suffix == ".safetensors":
                     f.write_bytes(mutate_safetensors(raw, rnd))
@@ -463,12 +469,12 @@ def main():
                     f.write_bytes(mutate_text(raw, rnd, [])) if raw else f.write_bytes(b"\xff")
                 # most mutants get checksums that match, so they reach the readers behind the checksum check
                 sums = m / step_dir.name / "checksums.json"
-                if f != sums and rnd.random() < 0.7:
+                if f != sums and f.parent.name != "teacher" and rnd.random() < 0.7:
                     table = json.loads(sums.read_text())
                     if f.name in table:
                         table[f.name] = {"bytes": str(len(f.read_bytes())), "checksum": checksum(f.read_bytes())}
                         sums.write_text(json.dumps(table))
-                (m / "c.yaml").write_text(YAML_SEED.format(out=m / "out", text=text))
+                (m / "c.yaml").write_text(with_teacher(YAML_SEED.format(out=m / "out", text=text), m / "teacher"))
                 cmds = [[d, "checkpoint", "verify", str(m / step_dir.name)],
                         [d, "train", "--config", str(m / "c.yaml"), "--resume", str(m / step_dir.name), "--steps", "3", "--sample-tokens", "0"]]
             else:

@@ -377,6 +377,7 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants run at once")
     a = ap.parse_args()
+    a.distill = os.path.abspath(a.distill)  # the commands run from the scratch folder
     if not os.access(a.distill, os.X_OK):
         sys.exit(f"fuzz: expected an executable distill at {a.distill} (swift build), found none")
     formats = a.formats.split(",")

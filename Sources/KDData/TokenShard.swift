@@ -43,6 +43,11 @@ public struct TokenShard: Sendable {
     }
 
     public static func read(path: String) throws -> TokenShard {
+        // the size first: a file shorter than the header is refused without reading it (Foundation's
+        // contents(atPath:) also leaks a 4 KiB buffer on an empty file)
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw KDError.fileNotFound(path: path) }
+        guard st.st_size >= 44 else { throw ShardError.truncated(path: path, expected: 44, found: Int(st.st_size)) }
         guard let d = FileManager.default.contents(atPath: path) else { throw KDError.fileNotFound(path: path) }
         guard d.count >= 44 else { throw ShardError.truncated(path: path, expected: 44, found: d.count) }
         return try d.withUnsafeBytes { raw -> TokenShard in

@@ -85,6 +85,20 @@ func corrupted(_ name: String, _ edit: (inout [UInt8]) -> Void) throws -> String
         }
     }
     #expect(message(typed).contains("tensor 'F32': tensor type 99 is not supported"))
+    // the fuzzer's first find: a dimension of 2^63 (and its neighbours) was a Swift trap; now each is a one-line error
+    func dimension(_ value: UInt64, _ index: Int) throws -> String {
+        try corrupted("types.gguf") { b in
+            let name = Array("F32".utf8)
+            for i in 0..<(b.count - 40) where Array(b[i..<(i + 3)]) == name && b[i - 8] == 3 {
+                withUnsafeBytes(of: value.littleEndian) { for (j, x) in $0.enumerated() { b[i + 3 + 4 + 8 * index + j] = x } }
+                break
+            }
+        }
+    }
+    for (value, index) in [(UInt64(1) << 63, 0), (UInt64.max, 1), (UInt64(1) << 32, 0), (UInt64(0), 1), ((UInt64(1) << 31) + 512, 1)] {
+        let m = message(try dimension(value, index))
+        #expect(m.contains("tensor 'F32'") && (m.contains("dimensions") || m.contains("past the end")), "\(value): \(m)")
+    }
     // none of these crashed; a zero-byte file too
     #expect(message(try corrupted("types.gguf") { $0.removeAll() }).contains("not a GGUF file"))
 }

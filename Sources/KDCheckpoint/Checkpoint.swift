@@ -36,7 +36,7 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
         case .shapeMismatch(let d, let r): return "\(d): \(r)"
         case .noneFound(let root): return "\(root): no checkpoint that verifies"
         case .diskFull(let d, let step, let needed, let free, let r):
-            return String(format: "%@: no space for the checkpoint of step %d (%@): it needs about %.1f MiB, the filesystem has %.1f MiB free; "
+            return String(format: "%@: no space for the checkpoint of step %ld (%@): it needs about %.1f MiB, the filesystem has %.1f MiB free; "
                           + "nothing of it was kept and earlier checkpoints are intact: free space there (or set checkpoint.dir elsewhere) and resume with --resume auto",
                           d, step, r, Double(needed) / 1048576, Double(free) / 1048576)
         }

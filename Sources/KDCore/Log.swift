@@ -57,6 +57,13 @@ public enum ProcessMemory {
     /// Peak resident set size in bytes (VmHWM), or 0 where /proc is unavailable.
     public static func peakRSSBytes() -> Int { readStatusKB("VmHWM:") * 1024 }
 
+    /// This machine's physical memory in bytes (sysconf), or Int.max where it cannot be read.
+    public static var physicalBytes: Int {
+        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+        guard pages > 0, size > 0 else { return Int.max }
+        return pages.multipliedReportingOverflow(by: size).overflow ? Int.max : pages * size
+    }
+
     /// Resets the peak RSS to the current RSS (writes 5 to /proc/self/clear_refs), so peaks can be measured per phase.
     @discardableResult
     public static func resetPeak() -> Bool {

@@ -31,7 +31,7 @@ public enum Watchdog {
                 let step = currentStep.load(ordering: .relaxed), at = waitingIn.load(ordering: .relaxed)
                 let call = at == 0 ? "computing, not in an MPI call"
                     : "waiting in \(String(decoding: UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: at), count: waitingLength.load(ordering: .relaxed)), as: UTF8.self)) (another rank stopped or hung?)"
-                let line = String(format: "error: rank %d: no progress for %.0f s in step %d, %@; ending this rank with exit code %d so the job can restart from its last checkpoint (train.hang_timeout)\n",
+                let line = String(format: "error: rank %ld: no progress for %.0f s in step %ld, %@; ending this rank with exit code %d so the job can restart from its last checkpoint (train.hang_timeout)\n",
                                   rank, Double(idle) / 1e9, step + 1, call, exitCode)
                 FileHandle.standardError.write(Data(line.utf8))
                 _exit(exitCode)

@@ -121,6 +121,13 @@ public final class Trainer {
             resolved.model = try cutModelConfig(config.model, teacher: cutSource.config, kept: kept)
         }
         self.config = resolved
+        // a student larger than the machine is one line, not an allocation trap: weights, gradients and both AdamW
+        // moments take 16 bytes per parameter
+        let parameters = ParameterLayout(config: resolved.model).count, physical = ProcessMemory.physicalBytes
+        guard parameters <= physical / 16 else {
+            throw KDError.invalidInput(what: "model", expected: String(format: "a student whose weights, gradients and AdamW moments (16 bytes per parameter) fit this machine's %.1f GiB", Double(physical) / 1073741824),
+                                       found: "\(parameters) parameters, " + String(format: "%.1f GiB", Double(parameters) * 16 / 1073741824))
+        }
         model = Transformer(config: resolved.model, needsGrad: true, lmHeadChunk: t.lmHeadChunk)
         model.initialize(seed: t.seed)
         if let cutSource {

@@ -259,6 +259,11 @@ public struct CheckpointStore {
             throw CheckpointError.corrupt(dir: dir, reason: "\(CheckpointFile.state): \(error)")
         }
         guard state.format == TrainingState.currentFormat else { throw CheckpointError.versionUnsupported(dir: dir, found: state.format) }
+        // the position travels as Doubles between ranks and back to Int: exact below 2⁵³, and never negative
+        guard (0..<(1 << 53)).contains(state.step), (0..<(1 << 53)).contains(state.sampleCursor), (1...(1 << 24)).contains(state.worldSize),
+              state.lr.isFinite else {
+            throw CheckpointError.corrupt(dir: dir, reason: "\(CheckpointFile.state): step \(state.step), sample cursor \(state.sampleCursor), world size \(state.worldSize), lr \(state.lr) (expected steps and cursor in 0..<2^53, a world size in 1...2^24, a finite lr)")
+        }
         return state
     }
 

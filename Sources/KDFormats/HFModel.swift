@@ -175,6 +175,15 @@ public struct LoadedModel {
     public let tokenizer: BPETokenizer?
     public var kind: String
     let keepAlive: [AnyObject]
+
+    /// A tokenizer with more tokens than the model has rows would hand the model ids past its embedding.
+    init(model: Transformer, tokenizer: BPETokenizer?, kind: String, keepAlive: [AnyObject], path: String) throws {
+        if let tokenizer, tokenizer.tokens.count > model.config.vocabSize {
+            throw KDError.invalidInput(what: "\(path)", expected: "a tokenizer of at most the model's \(model.config.vocabSize) vocabulary rows",
+                                       found: "\(tokenizer.tokens.count) tokens")
+        }
+        self.model = model; self.tokenizer = tokenizer; self.kind = kind; self.keepAlive = keepAlive
+    }
 }
 
 /// The files of a Hugging Face model folder that distill reads and writes.
@@ -198,14 +207,14 @@ public func openModelFile(path: String, maxSeqLen: Int? = nil, ropeStyle: RopeSt
                 KDLog.info("warning: \(e); \(path) loads without a tokenizer")
             }
         }
-        return LoadedModel(model: model, tokenizer: tok, kind: "safetensors", keepAlive: files)
+        return try LoadedModel(model: model, tokenizer: tok, kind: "safetensors", keepAlive: files, path: path)
     }
     let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
     guard head == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
     let (model, file) = try loadGGUFModel(path: path, maxSeqLen: maxSeqLen, vocabRows: vocabRows)
     // a GGUF without tokenizer metadata (a byte-level student exported by distill) reads text as bytes
     let tok = file.metadata["tokenizer.ggml.model"] == nil ? nil : try BPETokenizer(gguf: file)
-    return LoadedModel(model: model, tokenizer: tok, kind: "gguf", keepAlive: [file])
+    return try LoadedModel(model: model, tokenizer: tok, kind: "gguf", keepAlive: [file], path: path)
 }
 
 extension BPETokenizer {

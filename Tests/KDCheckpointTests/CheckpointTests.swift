@@ -67,3 +67,18 @@ func tinyStudent(seed: UInt64) -> (Transformer, Slab, Slab) {
     try Data("{\"model\": 1}".utf8).write(to: URL(fileURLWithPath: dir + "/tokenizer.json"))
     #expect(throws: CheckpointError.self) { try CheckpointStore.verify(dir: dir) }
 }
+
+/// A state.json whose checksums were made to match but whose position cannot be real (the long fuzz run's 19
+/// crashes: a cursor of 2^63 − 1 traps where the position is converted from the Double that carries it between
+/// ranks): refused when verified, with the numbers.
+@Test func aCheckpointPositionOutOfRangeIsRefused() throws {
+    let root = try temporaryDirectory("distill-ckpt-position")
+    defer { try? FileManager.default.removeItem(at: root) }
+    let store = CheckpointStore(root: root.path, keep: 5)
+    let (model, m, v) = tinyStudent(seed: 1)
+    for (step, cursor, world, lr) in [(Int.max, 1, 1, Float(1e-3)), (2, Int.max, 1, 1e-3), (-1, 1, 1, 1e-3), (2, 1, 0, 1e-3)] {  // (JSON has no NaN)
+        let dir = try store.save(model: model, adamM: m, adamV: v, state: TrainingState(step: step, sampleCursor: cursor, worldSize: world, lr: lr, config: ""))
+        #expect(throws: CheckpointError.self, "step \(step), cursor \(cursor), world \(world), lr \(lr)") { try CheckpointStore.verify(dir: dir) }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}

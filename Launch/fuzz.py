@@ -371,7 +371,9 @@ def main():
     ap.add_argument("--mutants", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--formats", default=",".join(FORMATS))
-    ap.add_argument("--distill", default=str(ROOT / ".build/debug/distill"))
+    built = [ROOT / ".build/release/distill", ROOT / ".build/debug/distill"]
+    ap.add_argument("--distill", default=str(next((b for b in built if b.exists()), built[1])),
+                    help="the binary to feed (default: the release build, else the debug build)")
     ap.add_argument("--keep", default=None, help="folder for the mutants that crashed, hung or failed silently")
     ap.add_argument("--timeout", type=float, default=30)
     ap.add_argument("--json", action="store_true")

@@ -219,7 +219,13 @@ public struct CheckpointStore {
         let name = CheckpointStore.name(step: state.step)
         try atomicWrite(path: (root as NSString).appendingPathComponent(CheckpointFile.latest)) { try $0.write(contentsOf: Data((name + "\n").utf8)) }
         syncDirectory(root)
-        for old in completeCheckpoints().dropLast(keep) + unfinished() { try? fm.removeItem(atPath: (root as NSString).appendingPathComponent(old)) }
+        // unfinished folders of writers that are gone; one whose process still runs is left to it (the rank 0 of a job
+        // whose mpirun was killed can outlive it for a moment, and its write must not lose its folder — nor ours)
+        let stale = unfinished().filter { name in
+            guard let pid = name.split(separator: "-").last.flatMap({ Int32($0) }), pid != getpid() else { return true }
+            return kill(pid, 0) != 0 && errno == ESRCH
+        }
+        for old in completeCheckpoints().dropLast(keep) + stale { try? fm.removeItem(atPath: (root as NSString).appendingPathComponent(old)) }
         return final
     }
 

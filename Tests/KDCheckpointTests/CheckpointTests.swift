@@ -82,3 +82,17 @@ func tinyStudent(seed: UInt64) -> (Transformer, Slab, Slab) {
         try? FileManager.default.removeItem(atPath: dir)
     }
 }
+
+/// A save removes the unfinished folders of writers that are gone, and leaves one whose process still runs (found by
+/// `Launch/chaos.sh 50`: rank 0 of a job whose mpirun was killed outlived it, finished its write and then removed the
+/// restarted job's folder mid-write).
+@Test func aSaveLeavesTheUnfinishedFolderOfALiveWriter() throws {
+    let root = try temporaryDirectory("distill-ckpt-live")
+    defer { try? FileManager.default.removeItem(at: root) }
+    let store = CheckpointStore(root: root.path, keep: 2)
+    let (model, m, v) = tinyStudent(seed: 1)
+    let live = "step_00000007.tmp-\(getppid())", gone = "step_00000007.tmp-2147483646"
+    for name in [live, gone] { try FileManager.default.createDirectory(at: root.appendingPathComponent(name), withIntermediateDirectories: false) }
+    try store.save(model: model, adamM: m, adamV: v, state: TrainingState(step: 8, sampleCursor: 8, worldSize: 1, lr: 1e-3, config: ""))
+    #expect(store.unfinished() == [live])
+}

@@ -176,9 +176,10 @@ public struct LoadedModel {
     public var kind: String
     let keepAlive: [AnyObject]
 
-    /// A tokenizer with more tokens than the model has rows would hand the model ids past its embedding.
-    init(model: Transformer, tokenizer: BPETokenizer?, kind: String, keepAlive: [AnyObject], path: String) throws {
-        if let tokenizer, tokenizer.tokens.count > model.config.vocabSize {
+    /// A tokenizer with more tokens than the model has rows would hand the model ids past its embedding (unless the
+    /// caller keeps only the first `vocabRows` on purpose: a padded teacher distilled over the shared ids).
+    init(model: Transformer, tokenizer: BPETokenizer?, kind: String, keepAlive: [AnyObject], path: String, vocabRows: Int?) throws {
+        if vocabRows == nil, let tokenizer, tokenizer.tokens.count > model.config.vocabSize {
             throw KDError.invalidInput(what: "\(path)", expected: "a tokenizer of at most the model's \(model.config.vocabSize) vocabulary rows",
                                        found: "\(tokenizer.tokens.count) tokens")
         }
@@ -207,14 +208,14 @@ public func openModelFile(path: String, maxSeqLen: Int? = nil, ropeStyle: RopeSt
                 KDLog.info("warning: \(e); \(path) loads without a tokenizer")
             }
         }
-        return try LoadedModel(model: model, tokenizer: tok, kind: "safetensors", keepAlive: files, path: path)
+        return try LoadedModel(model: model, tokenizer: tok, kind: "safetensors", keepAlive: files, path: path, vocabRows: vocabRows)
     }
     let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
     guard head == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
     let (model, file) = try loadGGUFModel(path: path, maxSeqLen: maxSeqLen, vocabRows: vocabRows)
     // a GGUF without tokenizer metadata (a byte-level student exported by distill) reads text as bytes
     let tok = file.metadata["tokenizer.ggml.model"] == nil ? nil : try BPETokenizer(gguf: file)
-    return try LoadedModel(model: model, tokenizer: tok, kind: "gguf", keepAlive: [file], path: path)
+    return try LoadedModel(model: model, tokenizer: tok, kind: "gguf", keepAlive: [file], path: path, vocabRows: vocabRows)
 }
 
 extension BPETokenizer {

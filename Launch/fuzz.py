@@ -158,13 +158,13 @@ checkpoint:
 
 # ------------------------------------------------------------------------------------------------------------ mutations
 def gguf_fields(data):
-    """(offset, width, kind, boundaries) of the GGUF header's integer fields, and its structural boundaries."""
-    fields, cuts = [(4, 4, "version", None), (8, 8, "tensor count", None), (16, 8, "metadata count", None)], [0, 4, 8, 16, 24]
+    """(offset, width, kind) of the GGUF header's integer fields, its structural boundaries and where the header ends."""
+    fields, cuts = [(4, 4, "version"), (8, 8, "tensor count"), (16, 8, "metadata count")], [0, 4, 8, 16, 24]
     n_t, n_kv = struct.unpack_from("<QQ", data, 8)
     o = 24
 
     def string(o):
-        fields.append((o, 8, "string length", None))
+        fields.append((o, 8, "string length"))
         n = struct.unpack_from("<Q", data, o)[0]
         return o + 8 + n
 
@@ -174,30 +174,30 @@ def gguf_fields(data):
         if t == 8:
             return string(o)
         if t == 9:
-            fields.append((o, 4, "array element type", None)); et = struct.unpack_from("<I", data, o)[0]
-            fields.append((o + 4, 8, "array length", None)); n = struct.unpack_from("<Q", data, o + 4)[0]
+            fields.append((o, 4, "array element type")); et = struct.unpack_from("<I", data, o)[0]
+            fields.append((o + 4, 8, "array length")); n = struct.unpack_from("<Q", data, o + 4)[0]
             o += 12
             for _ in range(n):
                 o = value(o, et)
             return o
         if t in (4, 5, 10, 11):
-            fields.append((o, sizes[t], "integer value", None))
+            fields.append((o, sizes[t], "integer value"))
         return o + sizes[t]
 
     for _ in range(n_kv):
         cuts.append(o)
         o = string(o)
-        fields.append((o, 4, "value type", None))
+        fields.append((o, 4, "value type"))
         t = struct.unpack_from("<I", data, o)[0]
         o = value(o + 4, t)
     for _ in range(n_t):
         cuts.append(o)
         o = string(o)
-        fields.append((o, 4, "dimension count", None)); nd = struct.unpack_from("<I", data, o)[0]; o += 4
+        fields.append((o, 4, "dimension count")); nd = struct.unpack_from("<I", data, o)[0]; o += 4
         for _ in range(nd):
-            fields.append((o, 8, "dimension", None)); o += 8
-        fields.append((o, 4, "tensor type", None)); o += 4
-        fields.append((o, 8, "tensor offset", None)); o += 8
+            fields.append((o, 8, "dimension")); o += 8
+        fields.append((o, 4, "tensor type")); o += 4
+        fields.append((o, 8, "tensor offset")); o += 8
     cuts.append(o)
     return fields, cuts, o
 
@@ -208,7 +208,7 @@ def mutate_gguf(data, rnd):
     kind = rnd.random()
     if kind < 0.55:  # one or two integer fields at boundary values
         for _ in range(rnd.choice([1, 1, 2])):
-            off, width, _, _ = rnd.choice(fields)
+            off, width, _ = rnd.choice(fields)
             old = int.from_bytes(b[off:off + width], "little")
             pool = (BOUNDARY64 if width == 8 else BOUNDARY32) + [old + 1, max(old - 1, 0), old * 2]
             v = rnd.choice(pool) % (1 << (8 * width))

@@ -356,22 +356,28 @@ static int kd_bf16_fast_packing(void) {
     return fast;
 }
 
+/// Rows r0 ..< r1 (r0 a multiple of `width`) of X(r, p) = x[r·rs + p·cs] (r < rows, p < k) into their place in the whole
+/// packed matrix: per 256-deep block, panels of `width` rows (8 for A, 32 for B), k in pairs, zeros past rows and k.
+static void kd_pack_rows(int width, int rows, int r0, int r1, int k, const float *x, ptrdiff_t rs, ptrdiff_t cs, uint16_t *out) {
+    int fast = kd_bf16_fast_packing();
+    size_t round = (size_t)((rows + width - 1) / width * width);
+    for (int pc = 0; pc < k; pc += KD_KC) {
+        int kc = k - pc < KD_KC ? k - pc : KD_KC;
+        const float *src = x + (ptrdiff_t)r0 * rs + (ptrdiff_t)pc * cs;
+        uint16_t *dst = out + round * pc + (size_t)r0 * ((kc + 1) / 2 * 2);
+#if defined(__x86_64__)
+        if (fast) { pack_fast_avx512(src, rs, cs, r1 - r0, kc, width, dst); continue; }
+#endif
+        pack_emulated(src, rs, cs, r1 - r0, kc, width, dst);
+    }
+}
+
 size_t kd_bf16_packed_count(int n, int k) {
     return (size_t)((n + KD_NR - 1) / KD_NR * KD_NR) * (size_t)((k + 1) / 2 * 2);
 }
 
 void kd_bf16_pack_b(int n, int j0, int j1, int k, const float *b, ptrdiff_t brs, ptrdiff_t bcs, uint16_t *out) {
-    int fast = kd_bf16_fast_packing();
-    size_t nround = (size_t)((n + KD_NR - 1) / KD_NR * KD_NR);
-    for (int pc = 0; pc < k; pc += KD_KC) {
-        int kc = k - pc < KD_KC ? k - pc : KD_KC;
-        const float *src = b + (ptrdiff_t)j0 * brs + (ptrdiff_t)pc * bcs;
-        uint16_t *dst = out + nround * pc + (size_t)j0 * ((kc + 1) / 2 * 2);
-#if defined(__x86_64__)
-        if (fast) { pack_fast_avx512(src, brs, bcs, j1 - j0, kc, KD_NR, dst); continue; }
-#endif
-        pack_emulated(src, brs, bcs, j1 - j0, kc, KD_NR, dst);
-    }
+    kd_pack_rows(KD_NR, n, j0, j1, k, b, brs, bcs, out);
 }
 
 size_t kd_bf16_packed_a_count(int m, int k) {
@@ -379,17 +385,7 @@ size_t kd_bf16_packed_a_count(int m, int k) {
 }
 
 void kd_bf16_pack_a(int m, int i0, int i1, int k, const float *a, ptrdiff_t ars, ptrdiff_t acs, uint16_t *out) {
-    int fast = kd_bf16_fast_packing();
-    size_t mround = (size_t)((m + KD_MR - 1) / KD_MR * KD_MR);
-    for (int pc = 0; pc < k; pc += KD_KC) {
-        int kc = k - pc < KD_KC ? k - pc : KD_KC;
-        const float *src = a + (ptrdiff_t)i0 * ars + (ptrdiff_t)pc * acs;
-        uint16_t *dst = out + mround * pc + (size_t)i0 * ((kc + 1) / 2 * 2);
-#if defined(__x86_64__)
-        if (fast) { pack_fast_avx512(src, ars, acs, i1 - i0, kc, KD_MR, dst); continue; }
-#endif
-        pack_emulated(src, ars, acs, i1 - i0, kc, KD_MR, dst);
-    }
+    kd_pack_rows(KD_MR, m, i0, i1, k, a, ars, acs, out);
 }
 
 void kd_bf16_unpack_b(int n, int j0, int j1, int k, const uint16_t *packed, float *out, ptrdiff_t ldo) {

@@ -95,20 +95,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         ropeThetaLocal = try c.value(.ropeThetaLocal, or: ropeThetaLocal)
         globalLayers = try c.decodeIfPresent([Int].self, forKey: .globalLayers)
         ropeFreqFactors = try c.decodeIfPresent([Double].self, forKey: .ropeFreqFactors)
-        try c.require(layers >= 1, .layers, expected: "an integer >= 1", found: layers)
-        try c.require(dim >= 2, .dim, expected: "an integer >= 2", found: dim)
-        try c.require(heads >= 1, .heads, expected: "an integer >= 1", found: heads)
-        try c.require(headDim >= 0, .headDim, expected: "an integer >= 0 (0 = dim / heads)", found: headDim)
-        try c.require(kvHeads >= 1, .kvHeads, expected: "an integer >= 1", found: kvHeads)
-        try c.require(ffnDim >= 1, .ffnDim, expected: "an integer >= 1", found: ffnDim)
-        try c.require(vocabSize >= 2, .vocabSize, expected: "an integer >= 2", found: vocabSize)
-        try c.require(maxSeqLen >= 1, .maxSeqLen, expected: "an integer >= 1", found: maxSeqLen)
-        try c.require(ropeTheta > 0, .ropeTheta, expected: "a number > 0", found: ropeTheta)
-        try c.require(rmsEps > 0 && rmsEps < 1, .rmsEps, expected: "a number in (0, 1)", found: rmsEps)
-        try c.require(initStd > 0, .initStd, expected: "a number > 0", found: initStd)
-        try c.require(slidingWindow >= 0, .slidingWindow, expected: "an integer >= 0 (0 = no window)", found: slidingWindow)
-        try c.require(slidingPattern >= 0, .slidingPattern, expected: "an integer >= 0", found: slidingPattern)
-        try c.require(ropeThetaLocal >= 0, .ropeThetaLocal, expected: "a number >= 0 (0 = rope_theta)", found: ropeThetaLocal)
+        if let bad = firstOutOfRange { try c.require(false, bad.key, expected: bad.expected, found: bad.found) }
     }
 
     /// Head size: head_dim, or dim / heads.
@@ -127,21 +114,31 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     /// RoPE base of block l.
     public func ropeBase(_ l: Int) -> Double { isSliding(l) && ropeThetaLocal > 0 ? ropeThetaLocal : ropeTheta }
 
+    /// The first field outside its range, for the YAML decoder and for ``validate(path:)`` (a model file supplies these
+    /// too). The sizes' upper bounds keep every product of them (the parameter layout) far from overflowing.
+    var firstOutOfRange: (key: CodingKeys, expected: String, found: String)? {
+        let sizes: [(CodingKeys, Int, ClosedRange<Int>, String)] = [
+            (.layers, layers, 1...(1 << 12), ""), (.dim, dim, 2...(1 << 16), ""), (.heads, heads, 1...(1 << 10), ""),
+            (.headDim, headDim, 0...(1 << 12), " (0 = dim / heads)"), (.kvHeads, kvHeads, 1...(1 << 10), ""),
+            (.ffnDim, ffnDim, 1...(1 << 20), ""), (.vocabSize, vocabSize, 2...(1 << 24), ""), (.maxSeqLen, maxSeqLen, 1...(1 << 20), ""),
+            (.slidingWindow, slidingWindow, 0...(1 << 24), " (0 = no window)"), (.slidingPattern, slidingPattern, 0...(1 << 12), ""),
+        ]
+        for (key, value, range, note) in sizes where !range.contains(value) {
+            return (key, "an integer in \(range.lowerBound)...\(range.upperBound)\(note)", "\(value)")
+        }
+        let numbers: [(CodingKeys, Bool, String, String)] = [
+            (.ropeTheta, ropeTheta > 0 && ropeTheta.isFinite, "a finite number > 0", "\(ropeTheta)"),
+            (.rmsEps, rmsEps > 0 && rmsEps < 1, "a number in (0, 1)", "\(rmsEps)"),
+            (.initStd, initStd > 0 && initStd.isFinite, "a finite number > 0", "\(initStd)"),
+            (.ropeThetaLocal, ropeThetaLocal >= 0 && ropeThetaLocal.isFinite, "a finite number >= 0 (0 = rope_theta)", "\(ropeThetaLocal)"),
+        ]
+        return numbers.first { !$0.1 }.map { ($0.0, $0.2, $0.3) }
+    }
+
     /// Cross-field rules; throws `ConfigError.invalid` naming the fields.
     public func validate(path: String = "model") throws {
-        // sizes first (a model file supplies them too): every product of them below is then far from overflowing
-        let bounds: [(String, Int, ClosedRange<Int>)] = [
-            ("layers", layers, 1...(1 << 12)), ("dim", dim, 2...(1 << 16)), ("heads", heads, 1...(1 << 10)),
-            ("head_dim", headDim, 0...(1 << 12)), ("kv_heads", kvHeads, 1...(1 << 10)), ("ffn_dim", ffnDim, 1...(1 << 20)),
-            ("vocab_size", vocabSize, 2...(1 << 24)), ("max_seq_len", maxSeqLen, 1...(1 << 20)),
-            ("sliding_window", slidingWindow, 0...(1 << 24)), ("sliding_pattern", slidingPattern, 0...(1 << 12)),
-        ]
-        for (key, value, range) in bounds where !range.contains(value) {
-            throw ConfigError.invalid("\(path).\(key)", expected: "an integer in \(range.lowerBound)...\(range.upperBound)", found: "\(value)")
-        }
-        guard ropeTheta > 0, ropeTheta.isFinite, rmsEps > 0, rmsEps < 1, ropeThetaLocal >= 0, ropeThetaLocal.isFinite else {
-            throw ConfigError.invalid("\(path).rope_theta / rms_eps", expected: "rope_theta > 0 and finite, rms_eps in (0, 1)",
-                                      found: "\(ropeTheta), \(rmsEps), rope_theta_local \(ropeThetaLocal)")
+        if let bad = firstOutOfRange {
+            throw ConfigError.invalid("\(path).\(bad.key.rawValue)", expected: bad.expected, found: bad.found)
         }
         if let g = globalLayers, g.contains(where: { !(0..<layers).contains($0) }) {
             throw ConfigError.invalid("\(path).global_layers", expected: "block indices in 0..<\(layers)", found: "\(g)")

@@ -126,13 +126,6 @@ public func bf16MultiplyPackingColumns(
     } }
 }
 
-/// Packs columns j0 ..< j1 of B(j, p) = b[j·rowStride + p·depthStride] as a matrix of its own (j1 − j0 columns, k deep)
-/// in kd_bf16_pack_b's layout.
-public func bf16PackColumns(_ b: UnsafePointer<Float>, _ j0: Int, _ j1: Int, k: Int, rowStride: Int, depthStride: Int,
-                            into out: UnsafeMutablePointer<UInt16>) {
-    kd_bf16_pack_b(Int32(j1 - j0), 0, Int32(j1 - j0), Int32(k), b + j0 * rowStride, rowStride, depthStride, out)
-}
-
 /// The buffers of ``bf16MultiplyPackingColumns``: its callers' forwards run one at a time (a frozen teacher's), so one
 /// set serves every matrix.
 private let chunkScratch = Mutex(Slab(count: 0))

@@ -74,7 +74,7 @@ public final class QuantizedMatrix: LinearWeight {
         bf16MultiplyPackingColumns(kernel, m: n, n: oc, k: c, a: inp, lda: c, beta: accumulate ? 1 : 0, c: out, ldc: oc) { j0, j1, packed, rows in
             if direct && kd_bf16_pack_b_ggml(Int32(type.rawValue), Int32(j1 - j0), Int32(c), data + j0 * rb, rb, packed) != 0 { return }
             for r in j0..<j1 { dequantize(type, src: data + r * rb, out: rows + (r - j0) * c, count: c) }
-            bf16PackColumns(rows, 0, j1 - j0, k: c, rowStride: c, depthStride: 1, into: packed)
+            kd_bf16_pack_b(Int32(j1 - j0), 0, Int32(j1 - j0), Int32(c), rows, c, 1, packed)
         }
     }
 

@@ -278,6 +278,7 @@ public final class Trainer {
     public func evaluateAndLog() throws -> LossSum? {
         guard let v = try evaluate() else { return nil }
         ProgressLog(trainer: self).evaluation(v)
+        Watchdog.progress(step: step)
         return v
     }
 
@@ -300,11 +301,10 @@ public final class Trainer {
                 // distillm: the share of student-generated steps follows the validation loss
                 let d = config.distill
                 batches.distillm?.adapt(validationLoss: hasTeacher ? Double(1 - d.kdRatio) * v.mean + Double(d.kdRatio) * v.kdMean : v.mean)
-                Watchdog.progress(step: step)
             }
             let onCadence = config.checkpoint.every > 0 && s.step % config.checkpoint.every == 0
             let written = checkpoints && (onCadence || s.step == t.steps || s.checkpointDue)
-            if written { try saveCheckpoint(); Watchdog.progress(step: step) }
+            if written { try saveCheckpoint() }
             let stopping = stopRequested || (stopAfter.map { history.count >= $0 } ?? false)
             guard stopping, step < t.steps else { continue }
             if checkpoints, !written { try saveCheckpoint() }
@@ -318,13 +318,18 @@ public final class Trainer {
     /// unset) creates FILE after step DISTILL_STOP_STEP (any step if unset) and stops itself with SIGSTOP, as a rank of a
     /// cluster job that stops answering does; the other ranks then wait in their next collective.
     func stopForTestIfAsked() {
-        let env = ProcessInfo.processInfo.environment
-        guard let marker = env["DISTILL_STOP_ONCE"], !FileManager.default.fileExists(atPath: marker) else { return }
-        guard comm.rank == (env["DISTILL_STOP_RANK"].flatMap(Int.init) ?? 1) else { return }
-        if let s = env["DISTILL_STOP_STEP"].flatMap(Int.init), s != step { return }
-        FileManager.default.createFile(atPath: marker, contents: Data())
+        guard let hook = Trainer.stopHook, comm.rank == hook.rank, hook.step == nil || hook.step == step,
+              !FileManager.default.fileExists(atPath: hook.marker) else { return }
+        FileManager.default.createFile(atPath: hook.marker, contents: Data())
         kill(getpid(), SIGSTOP)
     }
+
+    /// The hang test's settings, read from the environment once (the step loop asks every step).
+    static let stopHook: (marker: String, rank: Int, step: Int?)? = {
+        let env = ProcessInfo.processInfo.environment
+        guard let marker = env["DISTILL_STOP_ONCE"] else { return nil }
+        return (marker, env["DISTILL_STOP_RANK"].flatMap(Int.init) ?? 1, env["DISTILL_STOP_STEP"].flatMap(Int.init))
+    }()
 
     // MARK: - Checkpoints: the core (weights, moments, position) and a loop over the parts
 
@@ -351,6 +356,7 @@ public final class Trainer {
         // QAT: rank 0's weights are the masters now: quantize again (and gather the ranges when split)
         if qat != nil, comm.rank == 0 || optimizer.shard.isSplit { try refreshWeights() }
         lastCheckpointTime = monotonicSeconds()
+        Watchdog.progress(step: step)
         return path
     }
 

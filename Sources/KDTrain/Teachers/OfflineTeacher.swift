@@ -11,7 +11,7 @@ final class OfflineTeacher: TeacherPlacement {
     func output(for batch: TeacherBatch) throws -> TeacherOutput {
         let n = batch.b * batch.t
         if rows?.n != n { rows = TopKBuffer(n: n, k: cache.info.k) }
-        cache.fill(rows!, windows: batch.windows, validationSplit: batch.validation)
+        try cache.fill(rows!, windows: batch.windows, validationSplit: batch.validation)
         if let map = cache.vocabMap {
             // a teacher with another tokenizer: its aligned rows, mapped at the student's head
             return TeacherOutput(members: [], topK: nil, cross: [CrossTeacherRows(rows: rows!.rows, teacherToStudent: map, weight: 1)], sameWeight: 0)

@@ -51,8 +51,9 @@ public final class TeacherCache {
     /// A cross-tokenizer cache's teacher → student id map (vocab_map.bin). - Shapes: [teacherVocab]
     public let vocabMap: UnsafeMutablePointer<Int32>?
     public var isCrossTokenizer: Bool { vocabMap != nil }
-    /// The smallest and largest token id of the cached rows.
-    let idRange: (Int32, Int32)
+    /// The ids a cached row may hold (a cross-tokenizer cache marks a row it could not align with a first id of −1):
+    /// the teacher's vocabulary, or the student's once ``check(corpus:seqLen:temperature:vocab:)`` has seen it.
+    private(set) var allowedIDs: ClosedRange<Int32>
 
     public init(dir: String) throws {
         self.dir = dir
@@ -83,16 +84,7 @@ public final class TeacherCache {
         }
         train = try open("train", windows: info.trainWindows)!
         validation = try open("validation", windows: info.validationWindows)
-        // the ids index the student's (or the teacher's) vocabulary later: their range, for check()
-        var lo = Int32.max, hi = Int32.min
-        for (file, windows) in [(train, info.trainWindows), (validation, info.validationWindows)] {
-            guard let file else { continue }
-            for w in 0..<windows {
-                let ids = (file.base + w * per).assumingMemoryBound(to: Int32.self)
-                for i in 0..<(info.seqLen * info.k) { lo = min(lo, ids[i]); hi = max(hi, ids[i]) }
-            }
-        }
-        idRange = (lo, hi)
+        allowedIDs = (info.teacherVocab == nil ? 0 : -1)...Int32((info.teacherVocab ?? 1 << 24) - 1)
         if let tv = info.teacherVocab {
             let p = (dir as NSString).appendingPathComponent("vocab_map.bin")
             guard let d = FileManager.default.contents(atPath: p), d.count == tv * 4 else {
@@ -115,9 +107,7 @@ public final class TeacherCache {
         func need(_ ok: Bool, _ what: String, _ expected: String, _ found: String) throws {
             if !ok { throw KDError.invalidInput(what: "teacher cache \(dir): \(what)", expected: expected, found: found) }
         }
-        // (a cross-tokenizer cache marks a row it could not align with a first id of −1)
-        let ids = info.teacherVocab ?? vocab, lowest: Int32 = isCrossTokenizer ? -1 : 0
-        try need(idRange.0 >= lowest && Int(idRange.1) < ids, "token ids", "ids in \(lowest)..<\(ids)", "ids \(idRange.0)...\(idRange.1)")
+        if info.teacherVocab == nil { allowedIDs = 0...Int32(vocab - 1) }
         if let map = vocabMap, let tv = info.teacherVocab, let bad = (0..<tv).first(where: { map[$0] < -1 || Int(map[$0]) >= vocab }) {
             try need(false, "vocab_map.bin", "student ids in -1..<\(vocab)", "\(map[bad]) for teacher id \(bad)")
         }
@@ -133,13 +123,18 @@ public final class TeacherCache {
                  "the corpus' validation split", "hash \(info.validationTokenHash)")
     }
 
-    /// Copies the rows of `windows` (of a split) into consecutive seq_len-row blocks of `out`.
-    public func fill(_ out: TopKBuffer, windows: [Int], validationSplit: Bool) {
+    /// Copies the rows of `windows` (of a split) into consecutive seq_len-row blocks of `out`; a window holding an id
+    /// outside ``allowedIDs`` (a damaged file: the ids index the student's logits) is an error.
+    public func fill(_ out: TopKBuffer, windows: [Int], validationSplit: Bool) throws {
         let file = validationSplit ? validation! : train
         let s = info.seqLen, k = info.k, per = TeacherCache.bytesPerWindow(seqLen: s, k: k)
         precondition(out.k == k && out.n == windows.count * s, "TeacherCache.fill: buffer shape")
         for (i, w) in windows.enumerated() {
-            let src = file.base + w * per
+            let src = file.base + w * per, ids = src.assumingMemoryBound(to: Int32.self)
+            if let bad = (0..<(s * k)).first(where: { !allowedIDs.contains(ids[$0]) }) {
+                throw KDError.invalidInput(what: "teacher cache \(dir), window \(w) of \(validationSplit ? "validation" : "train")",
+                                           expected: "token ids in \(allowedIDs)", found: "\(ids[bad])")
+            }
             (out.raw + i * s * k * 4).copyMemory(from: src, byteCount: s * k * 4)
             (out.raw + out.n * k * 4 + i * s * k * 4).copyMemory(from: src + s * k * 4, byteCount: s * k * 4)
             (out.raw + out.n * k * 8 + i * s * 4).copyMemory(from: src + s * k * 8, byteCount: s * 4)

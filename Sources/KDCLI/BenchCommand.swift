@@ -29,6 +29,7 @@ struct Bench: ParsableCommand {
     var precision = "f32"
     @Option(help: "Time the GEMM alone on these shapes instead of models: comma-separated MxNxK (C[M,N] = A[M,K]·B[N,K]ᵀ, a linear layer's forward), best of --repeats.")
     var gemm: String?
+    @Option(help: "Rows of the LM head's logits per chunk (the run config's train.lm_head_chunk).") var lmHeadChunk = TrainConfig().lmHeadChunk
     @Flag(help: "One JSON object per measurement.") var json = false
     @Flag(help: "Also print where each step's time goes: teacher forward, student forward, loss, backward, exchange, optimizer, QAT, each by GEMM, attention and the rest.")
     var breakdown = false
@@ -61,8 +62,8 @@ struct Bench: ParsableCommand {
         if let gemm, gemmShapes.isEmpty || gemmShapes.count != gemm.split(separator: ",", omittingEmptySubsequences: false).count {
             throw ValidationError("--gemm: expected comma-separated MxNxK with positive sizes (e.g. 2048x2048x2048), found '\(gemm)'")
         }
-        if batch < 1 || seq < 2 || repeats < 1 {
-            throw ValidationError("--batch, --seq, --repeats: expected >= 1, >= 2, >= 1, found \(batch), \(seq), \(repeats)")
+        if batch < 1 || seq < 2 || repeats < 1 || lmHeadChunk < 1 {
+            throw ValidationError("--batch, --seq, --repeats, --lm-head-chunk: expected >= 1, >= 2, >= 1, >= 1, found \(batch), \(seq), \(repeats), \(lmHeadChunk)")
         }
     }
 
@@ -120,8 +121,8 @@ struct Bench: ParsableCommand {
                 $0 == "both" ? [.train, .forward] : $0 == "all" ? BenchMode.allCases : [BenchMode(rawValue: $0)!]
             } ?? s.defaultModes
             for md in modes {
-                let r = try runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak, load: load,
-                                         breakdown: breakdown)
+                let r = try runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak,
+                                         lmHeadChunk: lmHeadChunk, load: load, breakdown: breakdown)
                 if json {
                     let enc = JSONEncoder()
                     enc.outputFormatting = [.sortedKeys]

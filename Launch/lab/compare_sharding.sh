@@ -22,7 +22,7 @@ run() {
     bash Launch/distill_mpi.sh 2 train --config "$out/$name.yaml" --sample-tokens 0 > "$out/$name.log" 2>&1 \
         || { echo "compare_sharding: $name failed (see $out/$name.log)" >&2; exit 1; }
     local peaks tps
-    peaks=$(sed -n 's/.*peak RSS per rank (training): \(.*\) MiB.*/\1/p' "$out/$name.log" | tail -1)
+    peaks=$(sed -n 's/.*peak RSS per rank (training): \([0-9 /]*\) MiB.*/\1/p' "$out/$name.log" | tail -1)
     tps=$(python3 -c "
 import json, statistics, sys
 r = [json.loads(l) for l in open(sys.argv[1]) if '\"train\"' in l]

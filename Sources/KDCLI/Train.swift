@@ -23,7 +23,11 @@ struct Train: ParsableCommand {
     @Option(help: "Override train.precision (f32 or bf16).") var precision: String?
     @Option(parsing: .singleValue, help: "Override data.train (repeatable).") var data: [String] = []
     @Option(help: "Bytes to generate from the trained model at the end (0 = none).") var sampleTokens = 200
-    @Flag(help: "Validate the config and print it, without training.") var dryRun = false
+    @Flag(help: "Validate the config and print it and each rank's memory plan, without training.") var dryRun = false
+    @Option(help: "With --dry-run: plan for this many ranks.") var ranks = 1
+    @Option(help: "With --dry-run: ranks sharing this machine's memory (default: all of them).") var ranksPerNode: Int?
+    @Option(help: "With --dry-run: plan against this much memory per rank (e.g. 8G, 512M) instead of this machine's.")
+    var memoryPerRank: String?
     @Option(help: "'auto' (newest checkpoint that verifies, else start fresh), 'none', or a checkpoint folder.") var resume = ResumeChoice.none
     @Option(help: "Override checkpoint.dir.") var checkpointDir: String?
     @Option(help: "Stop after this many steps in this invocation (the run can be resumed).") var stopAfter: Int?
@@ -37,6 +41,13 @@ struct Train: ParsableCommand {
             throw ValidationError("--precision: expected \(Precision.choices), found '\(precision)'")
         }
         if let stopAfter, stopAfter < 1 { throw ValidationError("--stop-after: expected an integer >= 1, found \(stopAfter)") }
+        if ranks < 1 || (ranksPerNode ?? 1) < 1 {
+            throw ValidationError("--ranks, --ranks-per-node: expected integers >= 1, found \(ranks), \(ranksPerNode ?? 1)")
+        }
+        if let memoryPerRank { _ = try parseBytes(memoryPerRank) }
+        if !dryRun && (ranks != 1 || ranksPerNode != nil || memoryPerRank != nil) {
+            throw ValidationError("--ranks, --ranks-per-node, --memory-per-rank: expected with --dry-run only (a run plans for its own ranks and memory)")
+        }
     }
 
     /// The config file with command-line overrides applied and validated again.
@@ -62,12 +73,13 @@ struct Train: ParsableCommand {
             c = try resolvedConfig()
             if dryRun {
                 print(try c.yaml(), terminator: "")
+                try printMemoryPlans(c)
                 return
             }
         } catch { throw fail(error) }
         try Job.run(threads: c.train.threads, precision: c.train.precision) { comm in
             StopSignal.install(grace: UInt32(ProcessInfo.processInfo.environment["DISTILL_STOP_GRACE"].flatMap(Int.init) ?? 600))
-            let setup = try RunSetup.open(c)
+            let setup = try RunSetup.open(c, rank: (comm.rank, comm.worldSize))
             let trainer = try setup.makeTrainer(comm: comm, allowTeacherChange: allowTeacherChange)
             try resumeIfAsked(trainer, comm: comm)
             Watchdog.progress(step: trainer.step)
@@ -76,7 +88,7 @@ struct Train: ParsableCommand {
             printHeader(setup, trainer, comm: comm)
             if trainer.step == 0 { try trainer.evaluateAndLog() }
             let history = try trainer.run(checkpoints: true, stopAfter: stopAfter)
-            try printAfterTraining(trainer, history, comm: comm)
+            try printAfterTraining(trainer, history, plan: setup.memoryPlan, comm: comm)
             if trainer.step < c.train.steps {
                 KDLog.info("stopped after step \(trainer.step) of \(c.train.steps); continue with --resume auto")
                 return
@@ -93,6 +105,41 @@ struct Train: ParsableCommand {
                 KDLog.info("sample (temperature 0.8, top-k 40):\n" + tok.decode(out))
             }
         }
+    }
+
+    /// `--dry-run`: every rank's memory plan for `--ranks` ranks (`--ranks-per-node` of them sharing this machine's
+    /// memory), the data counted by its files' sizes; exits non-zero when a rank's plan does not fit.
+    func printMemoryPlans(_ c: RunConfig) throws {
+        let data = c.data.train.reduce(0) { $0 + fileBytes($1) }
+        let baseline = ProcessMemory.currentRSSBytes() + data
+        let limit: (bytes: Int, source: String) = try memoryPerRank.map { (try parseBytes($0), "--memory-per-rank \($0)") }
+            ?? ProcessMemory.rankLimit(ranksOnNode: ranksPerNode ?? ranks)
+        var refusal: (any Error)?
+        for r in 0..<ranks {
+            let plan = try makeMemoryPlan(c, rank: r, ranks: ranks, baseline: baseline)
+            print("# " + plan.table(limit: limit).joined(separator: "\n# "))
+            refusal = refusal ?? plan.refusal(limit: limit.bytes, config: c)
+        }
+        if let refusal { throw refusal }
+    }
+
+    /// "8G", "512M", "64K" or a number of bytes.
+    func parseBytes(_ s: String) throws -> Int {
+        let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+        let unit = s.last.flatMap { units[Character($0.uppercased())] }
+        guard let number = Double(unit == nil ? s : String(s.dropLast())), number > 0, number * Double(unit ?? 1) < 9e18 else {
+            throw ValidationError("--memory-per-rank: expected a size such as 8G, 512M or 1073741824, found '\(s)'")
+        }
+        return Int(number * Double(unit ?? 1))
+    }
+
+    /// Bytes of a file, or of every file under a folder.
+    func fileBytes(_ path: String) -> Int {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return 0 }
+        let files = isDir.boolValue ? (fm.subpaths(atPath: path) ?? []).map { (path as NSString).appendingPathComponent($0) } : [path]
+        return files.reduce(0) { $0 + ((try? fm.attributesOfItem(atPath: $1)[.size] as? Int) ?? 0) }
     }
 
     /// What the run is: ranks, kernels, the student, its teachers and where they run, the objective, data and batch.
@@ -125,7 +172,7 @@ struct Train: ParsableCommand {
 
     /// What the run measured: cross-tokenizer alignment, every rank's peak memory, how much of the exchange was hidden.
     /// Collective.
-    func printAfterTraining(_ trainer: Trainer, _ history: [StepStats], comm: any Communicator) throws {
+    func printAfterTraining(_ trainer: Trainer, _ history: [StepStats], plan: MemoryPlan?, comm: any Communicator) throws {
         if !trainer.crossTeachers.isEmpty, !history.isEmpty {
             // every position is aligned once per teacher of another tokenizer, on whichever rank runs it
             var v = trainer.alignment.values
@@ -140,8 +187,12 @@ struct Train: ParsableCommand {
         guard comm.worldSize > 1 else { return }
         // every rank's high-water mark of the training (sharded state and the teacher placement change it per rank),
         // before the all-reduce measurement below allocates a copy of the gradient
-        let all = try comm.allGather(Double(ProcessMemory.peakRSSBytes()) / 1048576)
-        KDLog.info("peak RSS per rank (training): " + all.map { String(format: "%.0f", $0) }.joined(separator: " / ") + " MiB")
+        func perRank(_ bytes: Int) throws -> String {
+            try comm.allGather(Double(bytes) / 1048576).map { String(format: "%.0f", $0) }.joined(separator: " / ") + " MiB"
+        }
+        let peaks = try perRank(ProcessMemory.peakRSSBytes()), planned = try perRank(plan?.total ?? 0)
+        let space = try perRank(ProcessMemory.peakAddressSpaceBytes())
+        KDLog.info("peak RSS per rank (training): \(peaks); planned \(planned); peak address space \(space)")
         guard history.count > 1 else { return }
         let blocking = try trainer.sync.measureBlockingAllReduce()
         let exposed = median(history.dropFirst().map(\.exposedCommSeconds))

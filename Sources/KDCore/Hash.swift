@@ -18,7 +18,7 @@ public func fileChecksum(path: String) throws -> String {
     defer { try? fh.close() }
     var h: UInt64 = 0xcbf2_9ce4_8422_2325
     var total: UInt64 = 0
-    while let chunk = try fh.read(upToCount: 1 << 24), !chunk.isEmpty {
+    while let chunk = try fh.read(upToCount: 1 << 20), !chunk.isEmpty {  // 1 MiB: a larger buffer comes back from the heap, not unmapped
         chunk.withUnsafeBytes { raw in
             let words = raw.count / 8
             for i in 0..<words { h = (h ^ raw.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)) &* 0x100_0000_01b3 }

@@ -52,6 +52,11 @@ public enum KDLog {
     }
 }
 
+#if os(Linux)
+/// glibc's `int malloc_trim(size_t pad)` (malloc.h is outside the Glibc module).
+@_silgen_name("malloc_trim") private func glibcMallocTrim(_ pad: Int) -> Int32
+#endif
+
 /// Memory facts of this process, read from /proc (Linux).
 public enum ProcessMemory {
     /// Peak resident set size in bytes (VmHWM), or 0 where /proc is unavailable.
@@ -73,8 +78,55 @@ public enum ProcessMemory {
         return true
     }
 
-    static func readStatusKB(_ key: String) -> Int {
-        guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    /// Gives the heap's free pages back to the system (glibc's malloc_trim): after a phase that allocated and freed
+    /// much (file headers, hashing, JSON), so that resident memory is what the process holds.
+    public static func returnFreedMemory() {
+        #if os(Linux)
+        _ = glibcMallocTrim(0)
+        #endif
+    }
+
+    /// Peak address space in bytes (VmPeak): what `ulimit -v` limits.
+    public static func peakAddressSpaceBytes() -> Int { readStatusKB("VmPeak:") * 1024 }
+
+    /// Resident set size now, in bytes (VmRSS), or 0 where /proc is unavailable.
+    public static func currentRSSBytes() -> Int { readStatusKB("VmRSS:") * 1024 }
+
+    /// The memory one rank of this program can have: its cgroup's limit (v2 `memory.max`, v1
+    /// `memory.limit_in_bytes`) divided among the processes of this program in that cgroup, else the node's
+    /// MemAvailable divided among `ranksOnNode`. `source` says which, for the memory plan's line.
+    public static func rankLimit(ranksOnNode: Int) -> (bytes: Int, source: String) {
+        if let (dir, limit) = cgroupLimit() {
+            let mine = (try? String(contentsOfFile: "/proc/self/comm", encoding: .utf8)) ?? ""
+            let procs = ((try? String(contentsOfFile: dir + "/cgroup.procs", encoding: .utf8)) ?? "").split(separator: "\n")
+            let sharing = max(1, procs.filter { (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) == mine }.count)
+            return (limit / sharing, String(format: "cgroup limit %.2f GiB", Double(limit) / 1073741824)
+                        + (sharing > 1 ? " shared by \(sharing) processes" : "") + " (\(dir))")
+        }
+        let available = readKB(file: "/proc/meminfo", "MemAvailable:") * 1024, ranks = max(1, ranksOnNode)
+        return (available / ranks, String(format: "MemAvailable %.2f GiB", Double(available) / 1073741824)
+                    + (ranks > 1 ? " / \(ranks) ranks on this node" : ""))
+    }
+
+    /// The folder and limit of this process's memory cgroup, when a limit below the machine's memory is set.
+    static func cgroupLimit() -> (String, Int)? {
+        guard let lines = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8) else { return nil }
+        for line in lines.split(separator: "\n") {
+            let f = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+            guard f.count == 3 else { continue }
+            let (dir, file) = f[0] == "0" && f[1].isEmpty ? ("/sys/fs/cgroup" + f[2], "memory.max")
+                : f[1].split(separator: ",").contains("memory") ? ("/sys/fs/cgroup/memory" + f[2], "memory.limit_in_bytes") : ("", "")
+            guard !dir.isEmpty, let text = try? String(contentsOfFile: dir + "/" + file, encoding: .utf8),
+                  let limit = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)), limit < physicalBytes else { continue }
+            return (dir, limit)
+        }
+        return nil
+    }
+
+    static func readStatusKB(_ key: String) -> Int { readKB(file: "/proc/self/status", key) }
+
+    static func readKB(file: String, _ key: String) -> Int {
+        guard let s = try? String(contentsOfFile: file, encoding: .utf8) else { return 0 }
         for line in s.split(separator: "\n") where line.hasPrefix(key) {
             let digits = line.dropFirst(key.count).filter { $0.isNumber }
             return Int(digits) ?? 0

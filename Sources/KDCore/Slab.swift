@@ -6,6 +6,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Synchronization
 
 /// A contiguous block of `count` Floats, zero-initialized, freed on deinit.
 /// Shared by reference; kernels receive its `base` pointer plus offsets.
@@ -25,9 +26,20 @@ public final class Slab: @unchecked Sendable {
         let aligned = (Int(bitPattern: raw) + 63) & ~63
         base = UnsafeMutablePointer(bitPattern: aligned)!
         self.count = count
+        Slab.bytes.withLock { $0.live += count * 4; $0.peak = max($0.peak, $0.live) }
     }
 
-    deinit { free(allocation) }
+    deinit {
+        free(allocation)
+        Slab.bytes.withLock { $0.live -= count * 4 }
+    }
+
+    /// Bytes of every slab alive now, and the most alive at once since ``resetPeakBytes()``: what the memory plan's
+    /// figures are checked against (calloc maps large slabs lazily, so these are address space, not yet memory).
+    public static var liveBytes: Int { bytes.withLock { $0.live } }
+    public static var peakBytes: Int { bytes.withLock { $0.peak } }
+    public static func resetPeakBytes() { bytes.withLock { $0.peak = $0.live } }
+    static let bytes = Mutex((live: 0, peak: 0))
 
     /// Sets every element to zero (the once-per-step zero-grad).
     public func zero() { base.update(repeating: 0, count: count) }

@@ -266,3 +266,49 @@ extension BPETokenizer {
         try self.init(tokens: tokens, merges: merges, special: special, pre: pre, bos: nil, eos: eos, addBOS: false)
     }
 }
+
+/// What loading a model file as a frozen teacher costs, read from its headers alone (no tensor data is touched):
+/// the shape, and per tensor of the parameter layout its elements, its stored bytes and whether the load keeps it
+/// packed in the mapping (a quantized, F16 or BF16 matrix) or copies it to Floats.
+public struct ModelFootprint {
+    public struct Tensor {
+        /// The layout's name (model.layers.N.… for a block's tensors).
+        public let name: String
+        public let count: Int, stored: Int
+        public let packed: Bool
+        /// The block the tensor belongs to, nil for the embedding, the final norm and the head.
+        public var block: Int? {
+            let p = name.split(separator: ".")
+            return p.count > 3 && p[0] == "model" && p[1] == "layers" ? Int(p[2]) : nil
+        }
+    }
+    public let config: ModelConfig
+    public let tensors: [Tensor]
+    /// Bytes of the file's metadata (a GGUF's header with its tokenizer; a folder's tokenizer.json and safetensors
+    /// headers): parsed into tokenizer tables and kept while the model lives.
+    public let metadataBytes: Int
+}
+
+/// The footprint of a GGUF file or a Hugging Face folder (as ``openModelFile`` would load it for inference).
+public func modelFootprint(path: String, maxSeqLen: Int? = nil) throws -> ModelFootprint {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
+    if isDir.boolValue {
+        let m = try hfModelConfig(dir: path, maxSeqLen: maxSeqLen)
+        let files = try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".safetensors") }.sorted()
+            .map { try SafetensorsFile(path: (path as NSString).appendingPathComponent($0)) }
+        let tokenizer = (try? FileManager.default.attributesOfItem(atPath: (path as NSString).appendingPathComponent(HFFolder.tokenizer))[.size] as? Int) ?? 0
+        return ModelFootprint(config: m, tensors: try ParameterLayout(config: m).entries.map { e in
+            guard let t = files.lazy.compactMap({ $0.tensor(e.name) }).first else { throw HFError.missingTensor(dir: path, tensor: e.name) }
+            return .init(name: e.name, count: e.count, stored: t.end - t.begin, packed: e.isMatrix && t.dtype != .f32)
+        }, metadataBytes: tokenizer + files.reduce(0) { $0 + $1.dataStart })
+    }
+    let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
+    guard head == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
+    let f = try GGUFFile(path: path)
+    let m = try ggufModelConfig(f, maxSeqLen: maxSeqLen), family = m.familySpec
+    return ModelFootprint(config: m, tensors: try ParameterLayout(config: m).entries.map { e in
+        guard let t = f.tensor(family.ggufName(e.name)) else { throw GGUFError.missingTensor(path: path, tensor: family.ggufName(e.name)) }
+        return .init(name: e.name, count: e.count, stored: t.byteCount, packed: e.isMatrix && t.type != .f32)
+    }, metadataBytes: f.dataOffset)
+}

@@ -127,7 +127,8 @@ public func writeSafetensors(path: String, tensors: [SafetensorsEntry], metadata
     try atomicWrite(path: path) { fh in
         try fh.write(contentsOf: header)
         for t in tensors {
-            try fh.write(contentsOf: Data(bytes: t.data, count: t.shape.reduce(1, *) * 4))
+            // no copy: a checkpoint's largest tensor (the embedding) would otherwise add its size to the peak
+            try fh.write(contentsOf: Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: t.data), count: t.shape.reduce(1, *) * 4, deallocator: .none))
         }
     }
 }

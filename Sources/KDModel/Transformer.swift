@@ -567,3 +567,17 @@ public struct EmbeddingGradient {
 @inline(__always) func addRows(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, _ count: Int) {
     for i in 0..<count { x[i] += y[i] }
 }
+
+extension Transformer {
+    /// Bytes of the buffers a (b, t) forward of `config` allocates (`training`: every block's and the backward
+    /// scratch; else one shared set), found by allocating them once: calloc maps large slabs lazily, so this costs
+    /// address space for an instant, not memory. Without `headLogits`, the LM head's logits buffer is left out (a
+    /// teacher whose head runs in the student's buffers never touches its own).
+    public static func activationBytes(config: ModelConfig, b: Int, t: Int, training: Bool, lmHeadChunk: Int,
+                                       headLogits: Bool = true) -> Int {
+        let before = Slab.liveBytes
+        let a = Activations(b: b, t: t, m: config, training: training, lmHeadChunk: lmHeadChunk)
+        let bytes = Slab.liveBytes - before - (headLogits ? 0 : a.lmHead.logits.byteCount)
+        return withExtendedLifetime(a) { bytes }
+    }
+}

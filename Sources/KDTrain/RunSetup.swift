@@ -30,11 +30,23 @@ public struct RunSetup {
     /// tokenizer.json would need merges GGUF does not store; eval and generate of such a checkpoint take the teacher's
     /// tokenizer with --teacher, and GGUF exports carry it).
     public let tokenizerFile: Data?
+    /// This rank's memory plan (made when `open` was given the rank).
+    public var memoryPlan: MemoryPlan?
 
-    /// Opens the data, teachers, cache and cut source `config` names, and checks them against each other.
-    public static func open(_ c: RunConfig) throws -> RunSetup {
+    /// Opens the data, teachers, cache and cut source `config` names, and checks them against each other. With `rank`
+    /// (this rank and the job's size), the memory plan is made after the data and before the teachers load: rank 0
+    /// prints its table, every rank its total, and a rank it does not fit stops with one line.
+    public static func open(_ c: RunConfig, rank: (rank: Int, ranks: Int)? = nil) throws -> RunSetup {
         let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
         let sources = c.teacher?.sources ?? []
+        let plan = try rank.map { r -> MemoryPlan in
+            let plan = try makeMemoryPlan(c, rank: r.rank, ranks: r.ranks, baseline: ProcessMemory.currentRSSBytes())
+            ProcessMemory.returnFreedMemory()  // the headers' parse
+            let limit = ProcessMemory.rankLimit(ranksOnNode: ranksOnThisNode(r.ranks))
+            for line in plan.table(limit: limit) { KDLog.info(line) }
+            if let refusal = plan.refusal(limit: limit.bytes, config: c) { throw refusal }
+            return plan
+        }
         let loaded = try openTeachers(sources.map(\.path), studentVocab: c.model.vocabSize, maxSeqLen: c.train.seqLen,
                                       dataTokenizer: corpus.tokenizerHash, crossTokenizer: c.distill.crossTokenizer)
         var manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
@@ -51,8 +63,11 @@ public struct RunSetup {
         try checkTeachersAgree(loaded, paths: sources.map(\.path), cross: Set(cross.pairs.keys))
         let speaks = (loaded + (cutFrom.map { [$0] } ?? [])).compactMap(\.tokenizer) + (cross.student.map { [$0] } ?? [])
         let tok = speaks.first { $0.hash == corpus.tokenizerHash }
+        // what the headers, hashes and tokenizer conversions above allocated and freed goes back to the system, so
+        // this process's memory is what it holds
+        ProcessMemory.returnFreedMemory()
         return RunSetup(config: c, corpus: corpus, teachers: loaded, manifest: manifest, cache: cache, cutFrom: cutFrom, cross: cross.pairs,
-                        tokenizerFile: tok?.sentencePiece == nil ? try tok?.hfTokenizerJSON() : nil)
+                        tokenizerFile: tok?.sentencePiece == nil ? try tok?.hfTokenizerJSON() : nil, memoryPlan: plan)
     }
 
     /// The trainer of this run on `comm`'s ranks.
@@ -80,6 +95,17 @@ public struct RunSetup {
         if let cutFrom { return (config.student.teacher, cutFrom.model) }
         return teachers.first.map { ((config.teacher?.sources ?? [])[0].path, $0.model) }
     }
+}
+
+/// The memory plan of `rank` of `ranks` for `c`, its teachers' footprints read from their headers.
+public func makeMemoryPlan(_ c: RunConfig, rank: Int, ranks: Int, baseline: Int) throws -> MemoryPlan {
+    let footprints = try (c.teacher?.sources ?? []).map { try modelFootprint(path: $0.path, maxSeqLen: c.train.seqLen) }
+    return MemoryPlan(config: c, teachers: footprints, rank: rank, ranks: ranks, baseline: baseline)
+}
+
+/// Ranks of this job on this node: Open MPI's local size, else all of them (in-process ranks, or one).
+public func ranksOnThisNode(_ ranks: Int) -> Int {
+    ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"].flatMap(Int.init) ?? ranks
 }
 
 /// Opens the teachers for a student of `studentVocab` tokens. A teacher whose vocabulary tables have more rows than

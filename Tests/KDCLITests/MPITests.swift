@@ -370,4 +370,76 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         let m = try launch("distill_mpi.sh", ["1", "train", "--config", missing])
         #expect(m.status != 0 && m.out.contains("no cache.json"), "\(m.out)")
     }
+
+    /// A per-rank memory cap smaller than the teacher (cgroup v1 `memory.limit_in_bytes` or v2 `memory.max`, one
+    /// cgroup per rank, entered by a wrapper before exec): a synthetic teacher of 586 MiB (20 × 1024 blocks in F16,
+    /// a tied 49,152 × 1024 embedding) under a 520 MiB cap per rank. Replicated stops at the plan, before loading, with
+    /// the fix; pipelined on 2 ranks fits, trains, checkpoints, resumes, and ends bitwise where an uncapped run ends.
+    @Test func aRankCappedBelowTheTeacherTrainsPipelinedAndReplicatedStopsAtThePlan() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cap = 520 << 20
+        // a cgroup per rank, if this machine lets us make them
+        let tag = "distill-test-\(getpid())"
+        let v1 = "/sys/fs/cgroup/memory", v2 = "/sys/fs/cgroup"
+        var groups: [String] = []
+        var limitFile = ""
+        for (root, file) in [(v1, "memory.limit_in_bytes"), (v2, "memory.max")] where groups.isEmpty {
+            let made = (0..<2).map { "\(root)/\(tag)-\($0)" }
+            if made.allSatisfy({ (try? FileManager.default.createDirectory(atPath: $0, withIntermediateDirectories: false)) != nil
+                                    && (try? "\(cap)".write(toFile: "\($0)/\(file)", atomically: false, encoding: .utf8)) != nil }) {
+                groups = made
+                limitFile = file
+            } else {
+                for g in made { try? FileManager.default.removeItem(atPath: g) }
+            }
+        }
+        defer { for g in groups { _ = rmdir(g) } }
+        guard !groups.isEmpty else {
+            print("memory-cap test: this machine allows no memory cgroup here; the capped run is not exercised")
+            return
+        }
+        let wrapper = dir.appendingPathComponent("capped.sh")
+        try """
+        #!/bin/bash
+        echo $$ > \(groups[0].dropLast())${OMPI_COMM_WORLD_RANK:-0}/cgroup.procs || exit 97
+        exec \(try distillBinary().path) "$@"
+        """.write(to: wrapper, atomically: true, encoding: .utf8)
+        _ = chmod(wrapper.path, 0o755)
+
+        let t = dir.appendingPathComponent("t.gguf")
+        try syntheticTeacher(t, ["--layers", "20", "--dim", "1024", "--ffn", "2816", "--heads", "16", "--kv-heads", "8", "--type", "F16", "--tied"])
+        let fileBytes = try FileManager.default.attributesOfItem(atPath: t.path)[.size] as! Int
+        #expect(fileBytes > cap, "the teacher (\(fileBytes >> 20) MiB) must be larger than the cap")
+        let data = try smolShards(dir)
+        func config(_ name: String, placement: String, steps: Int) throws -> String {
+            try planYAML(dir, name, teacher: t.path, data: data, teacherLines: "  placement: \(placement)",
+                         student: "layers: 2, dim: 64, heads: 4, kv_heads: 2, ffn_dim: 192",
+                         train: "steps: \(steps), micro_batch: 2, eval_batches: 1, lm_head_chunk: 64")
+        }
+        func capped(_ args: [String]) throws -> (status: Int32, out: String) {
+            let r = try runProcess(URL(fileURLWithPath: "/bin/bash"), [repoRoot.appendingPathComponent("Launch/distill_mpi.sh").path] + args,
+                                   in: repoRoot, env: ["DISTILL_BIN": wrapper.path], mergeOutput: true)
+            return (r.status, r.out)
+        }
+        // replicated: each rank's plan holds the whole teacher and stops before loading it
+        let rep = try capped(["2", "train", "--config", try config("replicated", placement: "replicated", steps: 2)])
+        #expect(rep.status != 0 && rep.out.contains("memory plan of rank") && rep.out.contains("what this rank can have")
+                && rep.out.contains("teacher.placement: pipelined"), "\(rep.out)")
+        #expect(rep.out.contains("cgroup limit 0.51 GiB"), "the limit is the rank's cgroup's: \(rep.out)")
+        // pipelined: 2 steps, a checkpoint, a resume to 3, under the cap
+        let pipe = try config("pipelined", placement: "pipelined", steps: 3)
+        let a = try capped(["2", "train", "--config", pipe, "--sample-tokens", "0", "--stop-after", "2"])
+        #expect(a.status == 0 && a.out.contains("step     2/3"), "\(a.out)")
+        let b = try capped(["2", "train", "--config", pipe, "--sample-tokens", "0", "--resume", "auto"])
+        #expect(b.status == 0 && b.out.contains("resumed from") && b.out.contains("step     3/3"), "\(b.out)")
+        let peaks = try #require(b.out.split(separator: "\n").last { $0.contains("peak RSS per rank") }, "\(b.out)")
+        print("memory-cap test (\(limitFile) \(cap >> 20) MiB per rank, teacher \(fileBytes >> 20) MiB): \(peaks)")
+        // the same run uncapped, straight through: bitwise equal
+        let free = try config("free", placement: "pipelined", steps: 3)
+        let c = try launch("distill_mpi.sh", ["2", "train", "--config", free, "--sample-tokens", "0"])
+        #expect(c.status == 0, "\(c.out)")
+        let wa = try weights(dir.appendingPathComponent("ckpt-pipelined/step_00000003")), wb = try weights(dir.appendingPathComponent("ckpt-free/step_00000003"))
+        #expect(!wa.isEmpty && wa == wb, "capped and uncapped runs differ")
+    }
 }

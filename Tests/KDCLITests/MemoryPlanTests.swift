@@ -22,18 +22,18 @@ func smolShards(_ dir: URL) throws -> String {
     return out
 }
 
-/// A run config distilling `teacherPath` into a 2 × 128 student (SmolLM2's vocabulary, tied head).
-func planYAML(_ dir: URL, _ name: String, teacher teacherPath: String, data: String, teacherLines: String = "", extra: String = "") throws -> String {
+/// A run config distilling `teacherPath` into a small student (SmolLM2's vocabulary, tied head; 2 × 128 by default).
+func planYAML(_ dir: URL, _ name: String, teacher teacherPath: String, data: String, teacherLines: String = "",
+              student: String = "layers: 2, dim: 128, heads: 4, kv_heads: 2, ffn_dim: 384", train: String = "steps: 3, micro_batch: 4") throws -> String {
     let y = """
-    model: {layers: 2, dim: 128, heads: 4, kv_heads: 2, ffn_dim: 384, vocab_size: 49152, max_seq_len: 64}
-    train: {steps: 3, micro_batch: 4, seq_len: 64, log_every: 1, threads: 1}
+    model: {\(student), vocab_size: 49152, max_seq_len: 64}
+    train: {\(train), seq_len: 64, log_every: 1, threads: 1}
     optimizer: {warmup_steps: 1}
     data: {train: [\(data)]}
     teacher:
       path: \(teacherPath)
     \(teacherLines)
-    checkpoint: {dir: \(dir.appendingPathComponent("ckpt").path), every: 3}
-    \(extra)
+    checkpoint: {dir: \(dir.appendingPathComponent("ckpt-\(name)").path), every: 3}
     """
     let path = dir.appendingPathComponent("\(name).yaml")
     try y.write(to: path, atomically: true, encoding: .utf8)

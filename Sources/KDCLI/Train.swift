@@ -114,9 +114,14 @@ struct Train: ParsableCommand {
         let baseline = ProcessMemory.currentRSSBytes() + data
         let limit: (bytes: Int, source: String) = try memoryPerRank.map { (try parseBytes($0), "--memory-per-rank \($0)") }
             ?? ProcessMemory.rankLimit(ranksOnNode: ranksPerNode ?? ranks)
+        let plans: [MemoryPlan]
+        do { plans = try makeMemoryPlans(c, ranks: ranks, baseline: baseline) } catch {
+            // the config is valid; the files it names may not be here yet (a dry run before fetching them)
+            print("# no memory plan: \(oneLine(error))")
+            return
+        }
         var refusal: (any Error)?
-        for r in 0..<ranks {
-            let plan = try makeMemoryPlan(c, rank: r, ranks: ranks, baseline: baseline)
+        for plan in plans {
             print("# " + plan.table(limit: limit).joined(separator: "\n# "))
             refusal = refusal ?? plan.refusal(limit: limit.bytes, config: c)
         }

@@ -11,9 +11,10 @@ import KDQuant
 /// Opens `path` (a GGUF file, a HF folder or a training checkpoint) for inference.
 /// A checkpoint runs with its run config's RoPE style (a student cut from a GGUF teacher keeps adjacent-pair rows).
 /// `vocabRows`: keep only the first rows of the vocabulary tables (a teacher padded beyond its tokenizer).
-public func openModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? = nil) throws -> LoadedModel {
+/// `uses`: the tensors to load (a rank that runs part of the model); all by default.
+public func openModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? = nil, uses: @escaping (String) -> Bool = { _ in true }) throws -> LoadedModel {
     var loaded = try openModelFile(path: path, maxSeqLen: maxSeqLen, ropeStyle: try checkpointConfig(dir: path)?.config.model.ropeStyle,
-                                   vocabRows: vocabRows)
+                                   vocabRows: vocabRows, uses: uses)
     guard let qat = try checkpointQAT(dir: path), qat.enabled else { return loaded }
     let model = loaded.model
     if let scales = try loadQATScales(dir: path, model: model, qat: qat) {

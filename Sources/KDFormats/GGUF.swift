@@ -82,7 +82,9 @@ public struct GGUFTensorInfo: Sendable {
     public var shape: [Int] { dims.reversed() }
 }
 
-/// A memory-mapped GGUF file.
+/// A GGUF file: its header parsed, and its tensors' bytes mapped — the whole file (`mapAll`, the default), or one
+/// tensor at a time through ``map(_:)`` (a teacher's loader: each rank's address space then holds the tensors it
+/// uses, not the file).
 public final class GGUFFile {
     public let path: String
     public let version: UInt32
@@ -94,23 +96,49 @@ public final class GGUFFile {
     /// Byte offset of the data section.
     public let dataOffset: Int
     public let fileSize: Int
-    let base: UnsafeRawPointer
-    let mapping: MappedFile
+    /// The whole file, when opened with `mapAll`.
+    let mapping: MappedFile?
     let byName: [String: Int]
 
-    public init(path: String) throws {
+    public init(path: String, mapAll: Bool = true) throws {
         self.path = path
         guard FileManager.default.fileExists(atPath: path) else { throw GGUFError.notFound(path) }
-        mapping = try MappedFile(path: path, minSize: 4) { GGUFError.badMagic(path: path, found: "a \($0)-byte file") }
-        fileSize = mapping.size
-        base = mapping.base
-        var r = Reader(base: base, size: fileSize, path: path)
+        let fileSize = try MappedFile.fileSize(path)
+        guard fileSize >= 4 else { throw GGUFError.badMagic(path: path, found: "a \(fileSize)-byte file") }
+        self.fileSize = fileSize
+        mapping = mapAll ? try MappedFile(path: path, offset: 0, length: fileSize) : nil
+        // without the whole mapping, the header is read through a window of the file's start that grows until the
+        // header fits in it (a tokenizer's tables are a few MiB; a truncation inside the file means a larger window)
+        var window = mapping.map { _ in fileSize } ?? min(fileSize, 16 << 20), parsed: Parsed?
+        while parsed == nil {
+            do {
+                parsed = try GGUFFile.parse(try mapping ?? MappedFile(path: path, offset: 0, length: window), fileSize: fileSize, path: path)
+            } catch GGUFError.truncated(_, _, _, _) where window < fileSize {
+                window = min(fileSize, window * 4)
+            }
+        }
+        let p = parsed!
+        (version, metadata, keys, tensors, alignment, dataOffset) = (p.version, p.metadata, p.keys, p.tensors, p.alignment, p.dataOffset)
+        byName = Dictionary(tensors.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    struct Parsed {
+        let version: UInt32
+        let metadata: [String: GGUFValue]
+        let keys: [String]
+        let tensors: [GGUFTensorInfo]
+        let alignment: Int, dataOffset: Int
+    }
+
+    /// The header in `header` (the file's first bytes); sizes are checked against the whole file's `fileSize`.
+    static func parse(_ header: MappedFile, fileSize: Int, path: String) throws -> Parsed {
+        var r = Reader(base: header.base, size: header.size, path: path)
         let magic = try r.bytes(4, "magic")
         guard magic == Array("GGUF".utf8) else {
             let shown = magic.allSatisfy { $0 >= 32 && $0 < 127 } ? "'\(String(decoding: magic, as: UTF8.self))'" : magic.map { String(format: "%02x", $0) }.joined(separator: " ")
             throw GGUFError.badMagic(path: path, found: shown)
         }
-        version = try r.u32("version")
+        let version = try r.u32("version")
         guard version == 2 || version == 3 else { throw GGUFError.unsupportedVersion(path: path, found: version) }
         let nTensors = try r.u64("tensor count"), nKV = try r.u64("metadata count")
         guard nTensors < 1 << 24, nKV < 1 << 24 else {
@@ -159,11 +187,11 @@ public final class GGUFFile {
             infos.append(GGUFTensorInfo(name: name, dims: dims, type: type, offset: Int(rawOffset)))
         }
         let alignmentValue = md["general.alignment"]
-        alignment = alignmentValue?.int ?? 32
+        let alignment = alignmentValue?.int ?? 32
         guard alignmentValue == nil || alignmentValue?.int != nil, alignment > 0, alignment <= 1 << 20, alignment & (alignment - 1) == 0 else {
             throw GGUFError.badTensorShape(path: path, tensor: "(header)", reason: "general.alignment must be a power of two up to 2^20, found \(alignmentValue.map { "\($0)" } ?? "")")
         }
-        dataOffset = (r.offset + alignment - 1) / alignment * alignment
+        let dataOffset = (r.offset + alignment - 1) / alignment * alignment
         for t in infos {
             // offsets, sizes and the data offset are each at most the file size (checked above), so the sum cannot overflow
             let end = dataOffset + t.offset + t.byteCount
@@ -172,16 +200,21 @@ public final class GGUFFile {
             }
             guard end <= fileSize else { throw GGUFError.tensorOutOfBounds(path: path, tensor: t.name, end: end, fileSize: fileSize) }
         }
-        metadata = md
-        self.keys = keys
-        tensors = infos
-        byName = Dictionary(infos.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })
+        return Parsed(version: version, metadata: md, keys: keys, tensors: infos, alignment: alignment, dataOffset: dataOffset)
     }
 
     public func tensor(_ name: String) -> GGUFTensorInfo? { byName[name].map { tensors[$0] } }
 
-    /// The tensor's bytes inside the mapping.
-    public func data(_ t: GGUFTensorInfo) -> UnsafeRawPointer { base + dataOffset + t.offset }
+    /// The tensor's bytes inside the whole file's mapping (a file opened with `mapAll`).
+    public func data(_ t: GGUFTensorInfo) -> UnsafeRawPointer {
+        guard let mapping else { preconditionFailure("GGUFFile.data: \(path) was opened without mapAll; map(_:) maps one tensor") }
+        return mapping.base + dataOffset + t.offset
+    }
+
+    /// A mapping of the tensor's bytes alone (its owner keeps them mapped).
+    public func map(_ t: GGUFTensorInfo) throws -> MappedFile {
+        try MappedFile(path: path, offset: dataOffset + t.offset, length: t.byteCount)
+    }
 
     /// The tensor dequantized to Floats (row-major, GGML element order).
     public func floats(_ t: GGUFTensorInfo) -> [Float] {

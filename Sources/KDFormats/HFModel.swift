@@ -93,8 +93,9 @@ func hfModelConfig(json j: [String: Any], path: String, maxSeqLen: Int?, ropeSty
 }
 
 /// Loads a HF folder. Inference models keep F16/BF16 matrices packed in the mapped files; training models get Floats.
+/// With `uses` (inference), only the tensors it names are packed or copied (the files stay mapped whole).
 public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil,
-                        vocabRows: Int? = nil) throws -> (model: Transformer, files: [SafetensorsFile]) {
+                        vocabRows: Int? = nil, uses: @escaping (String) -> Bool = { _ in true }) throws -> (model: Transformer, files: [SafetensorsFile]) {
     let j = try hfConfigJSON(dir: dir)
     let m = try hfModelConfig(json: j, path: (dir as NSString).appendingPathComponent(HFFolder.config), maxSeqLen: maxSeqLen,
                               ropeStyle: ropeStyle).keepingVocabRows(vocabRows)
@@ -112,9 +113,10 @@ public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, rop
         }
         return (f, t)
     }
-    let model = Transformer(config: m, needsGrad: needsGrad)
-    for (e, (f, t)) in zip(model.layout.entries, stored) {
-        if !needsGrad, e.isMatrix, t.dtype != .f32 {
+    let packs = Dictionary(zip(layout.entries, stored).map { ($0.name, !needsGrad && $0.isMatrix && $1.1.dtype != .f32) }, uniquingKeysWith: { a, _ in a })
+    let model = Transformer(config: m, needsGrad: needsGrad) { !needsGrad && (!uses($0) || packs[$0]!) }
+    for (e, (f, t)) in zip(model.layout.entries, stored) where needsGrad || uses(e.name) {
+        if packs[e.name]! {
             model.setPacked(QuantizedMatrix(type: t.dtype, oc: e.shape[0], c: e.shape[1], data: f.data(t), owner: f), offset: e.offset)
         } else {
             f.read(t, into: model.params.base + e.offset, count: e.count)
@@ -194,11 +196,13 @@ public enum HFFolder {
 
 /// Opens `path` as a GGUF file or a HF folder for inference, weights as stored (a training checkpoint's QAT is
 /// applied by KDCheckpoint's `openModel`).
-public func openModelFile(path: String, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil, vocabRows: Int? = nil) throws -> LoadedModel {
+/// `uses`: the tensors (layout names) to load, for a rank that runs part of the model (``loadGGUFModel``).
+public func openModelFile(path: String, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil, vocabRows: Int? = nil,
+                          uses: @escaping (String) -> Bool = { _ in true }) throws -> LoadedModel {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
     if isDir.boolValue {
-        let (model, files) = try loadHFModel(dir: path, needsGrad: false, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle, vocabRows: vocabRows)
+        let (model, files) = try loadHFModel(dir: path, needsGrad: false, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle, vocabRows: vocabRows, uses: uses)
         let tj = (path as NSString).appendingPathComponent(HFFolder.tokenizer)
         var tok: BPETokenizer?
         if FileManager.default.fileExists(atPath: tj) {
@@ -212,7 +216,7 @@ public func openModelFile(path: String, maxSeqLen: Int? = nil, ropeStyle: RopeSt
     }
     let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
     guard head == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
-    let (model, file) = try loadGGUFModel(path: path, maxSeqLen: maxSeqLen, vocabRows: vocabRows)
+    let (model, file) = try loadGGUFModel(path: path, maxSeqLen: maxSeqLen, vocabRows: vocabRows, uses: uses)
     // a GGUF without tokenizer metadata (a byte-level student exported by distill) reads text as bytes
     let tok = file.metadata["tokenizer.ggml.model"] == nil ? nil : try BPETokenizer(gguf: file)
     return try LoadedModel(model: model, tokenizer: tok, kind: "gguf", keepAlive: [file], path: path, vocabRows: vocabRows)
@@ -277,10 +281,7 @@ public struct ModelFootprint {
         public let count: Int, stored: Int
         public let packed: Bool
         /// The block the tensor belongs to, nil for the embedding, the final norm and the head.
-        public var block: Int? {
-            let p = name.split(separator: ".")
-            return p.count > 3 && p[0] == "model" && p[1] == "layers" ? Int(p[2]) : nil
-        }
+        public var block: Int? { ParameterLayout.block(of: name) }
     }
     public let config: ModelConfig
     public let tensors: [Tensor]

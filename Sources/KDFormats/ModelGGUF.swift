@@ -48,8 +48,8 @@ public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> Mode
         guard t.type == .f32, t.shape == [m.headSize / 2] else {
             throw GGUFError.wrongShape(path: f.path, tensor: "rope_freqs.weight", expected: [m.headSize / 2], found: t.shape)
         }
-        let p = f.data(t)
-        m.ropeFreqFactors = (0..<(m.headSize / 2)).map { Double(p.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self)) }
+        let p = try f.map(t)
+        m.ropeFreqFactors = (0..<(m.headSize / 2)).map { Double(p.base.loadUnaligned(fromByteOffset: 4 * $0, as: Float.self)) }
     }
     let meta = FamilyMetadata(gguf: true, number: { f.metadata["\(arch).\($0)"]?.double }, string: { f.metadata["\(arch).\($0)"]?.string })
     do { try family.configure(&m, meta) } catch let e as FamilyError {
@@ -62,11 +62,14 @@ public func ggufModelConfig(_ f: GGUFFile, maxSeqLen: Int? = nil) throws -> Mode
     return m
 }
 
-/// Loads a GGUF model for inference: quantized matrices stay packed in the mapping (which the returned model keeps
-/// alive), Float tensors are copied. With `vocabRows` (fewer than the file's), the model keeps only the first rows of
-/// its embedding and head: a teacher whose table is padded beyond its tokenizer (Qwen) distills over the shared ids.
-public func loadGGUFModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? = nil) throws -> (model: Transformer, file: GGUFFile) {
-    let f = try GGUFFile(path: path)
+/// Loads a GGUF model for inference: quantized matrices stay packed, each in a mapping of its own bytes (which the
+/// model keeps alive), Float tensors are copied. With `vocabRows` (fewer than the file's), the model keeps only the
+/// first rows of its embedding and head: a teacher whose table is padded beyond its tokenizer (Qwen) distills over the
+/// shared ids. With `uses`, only the tensors it names (layout names) are mapped or copied: a pipeline stage's share;
+/// the others take neither memory nor address space, and using one is a precondition failure.
+public func loadGGUFModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? = nil,
+                          uses: @escaping (String) -> Bool = { _ in true }) throws -> (model: Transformer, file: GGUFFile) {
+    let f = try GGUFFile(path: path, mapAll: false)
     let config = try ggufModelConfig(f, maxSeqLen: maxSeqLen).keepingVocabRows(vocabRows)
     // every tensor is found and its shape checked before the model's memory is allocated: a header may claim any size
     let layout = ParameterLayout(config: config), family = config.familySpec
@@ -79,12 +82,14 @@ public func loadGGUFModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? =
         }
         return t
     }
-    let model = Transformer(config: config, needsGrad: false)
-    for (e, t) in zip(model.layout.entries, stored) {
-        if t.type == .f32 || !e.isMatrix {
-            dequantize(t.type, src: f.data(t), out: model.params.base + e.offset, count: e.count)
+    let copied = Dictionary(zip(layout.entries, stored).map { ($0.name, $1.type == .f32 || !$0.isMatrix) }, uniquingKeysWith: { a, _ in a })
+    let model = Transformer(config: config, needsGrad: false) { !uses($0) || !copied[$0]! }
+    for (e, t) in zip(model.layout.entries, stored) where uses(e.name) {
+        let bytes = try f.map(t)
+        if copied[e.name]! {
+            dequantize(t.type, src: bytes.base, out: model.params.base + e.offset, count: e.count)
         } else {
-            model.setPacked(QuantizedMatrix(type: t.type, oc: e.shape[0], c: e.shape[1], data: f.data(t), owner: f), offset: e.offset)
+            model.setPacked(QuantizedMatrix(type: t.type, oc: e.shape[0], c: e.shape[1], data: bytes.base, owner: bytes), offset: e.offset)
         }
     }
     return (model, f)

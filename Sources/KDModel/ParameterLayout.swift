@@ -16,6 +16,9 @@ public struct ParameterLayout: Sendable {
         public var isMatrix: Bool { shape.count == 2 }
         /// A projection bias (initialized to 0; norm weights start at 1).
         public var isBias: Bool { name.hasSuffix(".bias") }
+        /// Held outside the slab (a packed teacher matrix, or one this rank does not use): its offset is a negative
+        /// key that is never dereferenced.
+        public var isExternal: Bool { offset < 0 }
     }
 
     /// Offsets of one block's tensors; the optional ones exist in the families that have them.
@@ -33,15 +36,23 @@ public struct ParameterLayout: Sendable {
     public let blocks: [Block]
     /// Offsets of the embedding, the final norm and the LM head (== embedding when tied).
     public let embedding: Int, finalNorm: Int, lmHead: Int
-    /// Total Floats.
+    /// Total Floats in the slab.
     public let count: Int
 
-    public init(config m: ModelConfig) {
+    /// The layout of `config`; tensors named by `external` take no room in the slab (an inference model that holds
+    /// them packed, or not at all): their offsets are distinct negative keys.
+    public init(config m: ModelConfig, external: (String) -> Bool = { _ in false }) {
         var entries: [Entry] = []
-        var offset = 0
+        var offset = 0, key = -1
         func add(_ name: String, _ shape: [Int]) -> Int {
+            let n = shape.reduce(1, *)
+            if external(name) {
+                defer { key -= max(n, 1) }
+                entries.append(Entry(name: name, shape: shape, offset: key))
+                return key
+            }
             entries.append(Entry(name: name, shape: shape, offset: offset))
-            defer { offset += shape.reduce(1, *) }
+            defer { offset += n }
             return offset
         }
         let c = m.dim, kv = m.kvDim, f = m.ffnDim, qd = m.qDim, fam = m.familySpec, hs = m.headSize
@@ -90,6 +101,12 @@ public struct ParameterLayout: Sendable {
         if stored == e.shape { return true }
         let isTable = e.offset == embedding || e.offset == lmHead
         return slicingVocab && isTable && stored.count == 2 && stored[1] == e.shape[1] && stored[0] >= e.shape[0]
+    }
+
+    /// The block a tensor called `name` belongs to (model.layers.N.…), nil for the embedding, final norm and head.
+    public static func block(of name: String) -> Int? {
+        let p = name.split(separator: ".", maxSplits: 3)
+        return p.count > 3 && p[0] == "model" && p[1] == "layers" ? Int(p[2]) : nil
     }
 
     /// The entry called `name`, if any.

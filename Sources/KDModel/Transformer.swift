@@ -128,9 +128,11 @@ public final class Transformer {
     /// region of `params` is never touched. Only models without gradients may hold packed weights.
     public private(set) var packed: [Int: any LinearWeight] = [:]
 
-    public init(config: ModelConfig, needsGrad: Bool, lmHeadChunk: Int = 256) {
+    /// `external` names the tensors an inference model holds outside its Float slab (packed, or not on this rank).
+    public init(config: ModelConfig, needsGrad: Bool, lmHeadChunk: Int = 256, external: (String) -> Bool = { _ in false }) {
         self.config = config
-        layout = ParameterLayout(config: config)
+        layout = ParameterLayout(config: config, external: external)
+        precondition(!needsGrad || !layout.entries.contains { $0.isExternal }, "external tensors are for inference models only")
         params = Slab(count: layout.count)
         grads = needsGrad ? Slab(count: layout.count) : nil
         rope = RoPETable(maxT: config.maxSeqLen, hs: config.headSize, theta: config.ropeTheta, freqFactors: config.ropeFreqFactors)
@@ -154,7 +156,7 @@ public final class Transformer {
     public func packDenseMatricesBF16() -> (packed: Int, released: Int) {
         precondition(grads == nil, "packed weights are for inference models only")
         var bytes = 0, released = 0
-        for e in layout.entries where e.isMatrix && packed[e.offset] == nil {
+        for e in layout.entries where e.isMatrix && !e.isExternal && packed[e.offset] == nil {
             let w = BF16Weight(params.base + e.offset, oc: e.shape[0], c: e.shape[1])
             packed[e.offset] = w
             bytes += w.packed.bytes
@@ -165,7 +167,9 @@ public final class Transformer {
 
     /// The weight at layout offset `offset` as a multipliable [oc, c] matrix.
     public func weight(_ offset: Int, oc: Int, c: Int) -> any LinearWeight {
-        packed[offset] ?? DenseWeight(params.base + offset, oc: oc, c: c)
+        if let p = packed[offset] { return p }
+        precondition(offset >= 0, "Transformer: a tensor this rank did not load (its placement runs it elsewhere) was used")
+        return DenseWeight(params.base + offset, oc: oc, c: c)
     }
 
     /// The LM head (the embedding when tied).
@@ -179,6 +183,7 @@ public final class Transformer {
             if let p = packed[offset] {
                 p.forward(out: out, inp: inp, n: n, accumulate: accumulate)
             } else {
+                precondition(offset >= 0, "Transformer: a tensor this rank did not load (its placement runs it elsewhere) was used")
                 matmulForward(out: out, inp: inp, weight: params.base + offset, n: n, c: c, oc: oc, accumulate: accumulate)
             }
         }
@@ -195,6 +200,7 @@ public final class Transformer {
                 for r in lo..<hi { p.row(Int(tokens[r]), into: out + r * c) }
             }
         } else {
+            precondition(layout.embedding >= 0, "Transformer: the embedding was not loaded on this rank (its placement embeds elsewhere)")
             embeddingForward(out: out, tokens: tokens, wte: params.base + layout.embedding, n: n, c: c)
         }
         if family.scaledEmbedding { scaleRow(out, n * c, embeddingScale) }

@@ -10,6 +10,38 @@ import KDFormats
 import KDModel
 import KDOps
 
+/// The tensors of one teacher a rank loads: what its placement runs there, and the heads it applies itself.
+/// `replicated`: all. `pipelined`: its stage's blocks, the final norm and head (every rank applies the head to its own
+/// micro-batch), and the embedding on stage 0. `groups`: its group's teacher whole; another group's teacher's final
+/// norm and head with the full exchange (the owner applies them), nothing with top-k rows. A teacher the student is cut
+/// from is read whole on every rank.
+public struct TeacherShare: Sendable {
+    public let uses: @Sendable (String) -> Bool
+    public let note: String
+
+    public init(config c: RunConfig, teacher i: Int, layers L: Int, tied: Bool, rank: Int, ranks: Int) {
+        let tc = c.teacher ?? TeacherConfig(), teachers = max(1, tc.sources.count)
+        let cutFromThis = i == 0 && c.student.initFrom == .fromTeacher && c.student.teacher.isEmpty
+        @Sendable func isEmbedding(_ name: String) -> Bool { name.hasPrefix("model.embed_tokens") }
+        switch tc.placement {
+        case _ where cutFromThis:
+            uses = { _ in true }
+            note = "whole (the student is cut from it)"
+        case .replicated:
+            uses = { _ in true }
+            note = "whole"
+        case .pipelined:
+            let blocks = (L * rank / ranks)..<(L * (rank + 1) / ranks)
+            uses = { name in ParameterLayout.block(of: name).map(blocks.contains) ?? (rank == 0 || tied || !isEmbedding(name)) }
+            note = "blocks \(blocks.lowerBound)..<\(blocks.upperBound) of \(L), head" + (rank == 0 ? ", embedding" : "")
+        case .groups:
+            let mine = rank / max(1, ranks / teachers) == i, full = tc.exchange == .full
+            uses = { name in mine || (full && ParameterLayout.block(of: name) == nil && (tied || !isEmbedding(name))) }
+            note = mine ? "whole (group \(i))" : full ? "head only (group \(i) runs it)" : "none (group \(i) runs it)"
+        }
+    }
+}
+
 public struct MemoryPlan: Sendable {
     public struct Part: Sendable {
         public let name: String
@@ -34,25 +66,8 @@ public struct MemoryPlan: Sendable {
         // teachers: what this rank's placement runs, plus the heads it applies itself
         var touched = 0
         for (i, f) in teachers.enumerated() {
-            let stages = tc.placement == .pipelined ? ranks : 1
-            let groupSize = tc.placement == .groups ? max(1, ranks / teachers.count) : ranks
-            let runsHere: (ModelFootprint.Tensor) -> Bool
-            var note: String
-            switch tc.placement {
-            case .replicated:
-                runsHere = { _ in true }
-                note = "whole"
-            case .pipelined:
-                let L = f.config.layers, blocks = (L * rank / stages)..<(L * (rank + 1) / stages)
-                // stage 0 embeds; every rank applies the head to its own micro-batch's final hidden states
-                runsHere = { x in x.block.map(blocks.contains) ?? (rank == 0 || !x.name.hasPrefix("model.embed_tokens") || f.config.tiedEmbeddings) }
-                note = "blocks \(blocks.lowerBound)..<\(blocks.upperBound) of \(L), head" + (rank == 0 ? ", embedding" : "")
-            case .groups:
-                let mine = rank / groupSize == i
-                // with the full exchange the owner applies every teacher's head; top-k rows arrive already scored
-                runsHere = { x in mine || (tc.exchange == .full && x.block == nil && !x.name.hasPrefix("model.embed_tokens")) }
-                note = mine ? "whole (group \(i))" : tc.exchange == .full ? "head only (group \(i) runs it)" : "none (group \(i) runs it)"
-            }
+            let share = TeacherShare(config: c, teacher: i, layers: f.config.layers, tied: f.config.tiedEmbeddings, rank: rank, ranks: ranks)
+            let runsHere = { (x: ModelFootprint.Tensor) in share.uses(x.name) }, note = share.note
             // packed tensors stay in the mapping (resident once touched); others are read once and copied to Floats
             // (a bf16 replicated run packs dense matrices to bf16 and releases their Float copy)
             var bytes = 0

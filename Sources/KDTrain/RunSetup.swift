@@ -39,16 +39,22 @@ public struct RunSetup {
     public static func open(_ c: RunConfig, rank: (rank: Int, ranks: Int)? = nil) throws -> RunSetup {
         let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
         let sources = c.teacher?.sources ?? []
+        // the memory plan, from the teachers' headers, before any of them loads; then each rank loads its share
+        let footprints = rank == nil ? [] : try sources.map { try modelFootprint(path: $0.path, maxSeqLen: c.train.seqLen) }
+        ProcessMemory.returnFreedMemory()  // the headers' parse
         let plan = try rank.map { r -> MemoryPlan in
-            let plan = try makeMemoryPlan(c, rank: r.rank, ranks: r.ranks, baseline: ProcessMemory.currentRSSBytes())
-            ProcessMemory.returnFreedMemory()  // the headers' parse
+            let plan = MemoryPlan(config: c, teachers: footprints, rank: r.rank, ranks: r.ranks, baseline: ProcessMemory.currentRSSBytes())
             let limit = ProcessMemory.rankLimit(ranksOnNode: ranksOnThisNode(r.ranks))
             for line in plan.table(limit: limit) { KDLog.info(line) }
             if let refusal = plan.refusal(limit: limit.bytes, config: c) { throw refusal }
             return plan
         }
+        let shares = rank.map { r in
+            footprints.indices.map { TeacherShare(config: c, teacher: $0, layers: footprints[$0].config.layers, tied: footprints[$0].config.tiedEmbeddings,
+                                                  rank: r.rank, ranks: r.ranks).uses }
+        }
         let loaded = try openTeachers(sources.map(\.path), studentVocab: c.model.vocabSize, maxSeqLen: c.train.seqLen,
-                                      dataTokenizer: corpus.tokenizerHash, crossTokenizer: c.distill.crossTokenizer)
+                                      dataTokenizer: corpus.tokenizerHash, crossTokenizer: c.distill.crossTokenizer, uses: shares)
         var manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
         var cache: TeacherCache?
         if let dir = c.teacher?.cache, !dir.isEmpty {
@@ -97,10 +103,10 @@ public struct RunSetup {
     }
 }
 
-/// The memory plan of `rank` of `ranks` for `c`, its teachers' footprints read from their headers.
-public func makeMemoryPlan(_ c: RunConfig, rank: Int, ranks: Int, baseline: Int) throws -> MemoryPlan {
+/// The memory plans of every rank of `ranks` for `c`, its teachers' footprints read from their headers.
+public func makeMemoryPlans(_ c: RunConfig, ranks: Int, baseline: Int) throws -> [MemoryPlan] {
     let footprints = try (c.teacher?.sources ?? []).map { try modelFootprint(path: $0.path, maxSeqLen: c.train.seqLen) }
-    return MemoryPlan(config: c, teachers: footprints, rank: rank, ranks: ranks, baseline: baseline)
+    return (0..<ranks).map { MemoryPlan(config: c, teachers: footprints, rank: $0, ranks: ranks, baseline: baseline) }
 }
 
 /// Ranks of this job on this node: Open MPI's local size, else all of them (in-process ranks, or one).
@@ -113,10 +119,12 @@ public func ranksOnThisNode(_ ranks: Int) -> Int {
 /// the student's rows: both distill over the shared ids. A teacher whose tokenizer is not the data's (`dataTokenizer`,
 /// the hash in the shards) is another tokenizer: with `distill.cross_tokenizer` off it is refused with one line naming
 /// both tokenizers and the option; else it is opened whole, with room for a re-tokenized window (`crossSeqLen`).
+/// `uses` (per teacher): the tensors this rank loads (``TeacherShare``); all when nil.
 public func openTeachers(_ paths: [String], studentVocab: Int, maxSeqLen: Int, dataTokenizer: UInt64? = nil,
-                  crossTokenizer: CrossTokenizer = .off) throws -> [LoadedModel] {
-    try paths.map { path in
-        let full = try openModel(path: path, maxSeqLen: maxSeqLen)
+                  crossTokenizer: CrossTokenizer = .off, uses: [@Sendable (String) -> Bool]? = nil) throws -> [LoadedModel] {
+    try paths.enumerated().map { i, path in
+        let uses = uses?[i] ?? { _ in true }
+        let full = try openModel(path: path, maxSeqLen: maxSeqLen, uses: uses)
         let rows = full.model.config.vocabSize
         let tok = full.tokenizer
         func isPadding(_ id: Int) -> Bool {
@@ -140,11 +148,11 @@ public func openTeachers(_ paths: [String], studentVocab: Int, maxSeqLen: Int, d
             }
             KDLog.info("  teacher \(path): another tokenizer (\(theirs)); distill.cross_tokenizer \(crossTokenizer.rawValue)")
             // a re-tokenized window may be longer than the student's: room for twice as many tokens
-            return try openModel(path: path, maxSeqLen: crossSeqLen(maxSeqLen))
+            return try openModel(path: path, maxSeqLen: crossSeqLen(maxSeqLen), uses: uses)
         }
         guard rows > studentVocab else { return full }
         KDLog.info("  teacher \(path): \(rows) vocabulary rows, padding past \(studentVocab); distilling over the \(studentVocab) shared ids")
-        return try openModel(path: path, maxSeqLen: maxSeqLen, vocabRows: studentVocab)
+        return try openModel(path: path, maxSeqLen: maxSeqLen, vocabRows: studentVocab, uses: uses)
     }
 }
 

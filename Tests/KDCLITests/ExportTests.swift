@@ -198,7 +198,7 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
             #expect(Array(UnsafeBufferPointer(start: student.params.base + e.offset, count: e.count)) == want, "\(e.name)")
             if e.isMatrix {
                 // and those are the Q8_0 round trip of the original teacher's weights
-                let orig = Array(UnsafeBufferPointer(start: teacher.params.base + te.offset, count: e.count))
+                let orig = Array(UnsafeBufferPointer(start: teacher.params.base + teacher.layout.entry(src)!.offset, count: e.count))
                 var rt = [Float](repeating: 0, count: e.count)
                 rt.withUnsafeMutableBufferPointer { fakeQuantize(.q8_0, src: orig, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil) }
                 #expect(rt == want, "\(e.name)")

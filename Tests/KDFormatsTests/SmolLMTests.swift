@@ -79,3 +79,60 @@ func smolLMsNLLWithBF16MatmulsIsF32sWithin5e3(kernel: BF16Kernel) throws {
     #expect(bf16 != f32, "the bf16 forward gave f32's NLL \(f32) bit for bit")
     print("SmolLM2 NLL on 512 fortunes tokens: f32 \(f32), bf16 (\(kernel)) \(bf16), Δ \(bf16 - f32)")
 }
+
+/// A rank that runs part of a teacher (a pipeline stage: blocks 10..<20, the final norm and the tied head) maps only
+/// those tensors' bytes: every mapping of the file in /proc/self/maps lies within the pages of a used tensor, together
+/// they cover all of them, and the forward of the stage's blocks equals the whole model's on the same input.
+@Test func aStageMapsOnlyItsTensorsAndRunsAsTheWholeModel() throws {
+    try requireTeacher()
+    let dir = try temporaryDirectory("distill-stage")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let path = dir.appendingPathComponent("teacher.gguf").path  // a private copy: no other test maps it
+    try FileManager.default.copyItem(atPath: smolLM, toPath: path)
+    let stage = 10..<20
+    let uses: (String) -> Bool = { name in ParameterLayout.block(of: name).map(stage.contains) ?? true }
+    let (part, f) = try loadGGUFModel(path: path, maxSeqLen: 32, uses: uses)
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    // the used tensors' byte ranges, widened to pages
+    let family = part.config.familySpec
+    let used = part.layout.entries.filter { uses($0.name) }.map { e -> Range<Int> in
+        let t = f.tensor(family.ggufName(e.name))!
+        let lo = (f.dataOffset + t.offset) / page * page, hi = (f.dataOffset + t.offset + t.byteCount + page - 1) / page * page
+        return lo..<hi
+    }
+    let real = (path as NSString).resolvingSymlinksInPath
+    // read to the end (procfs reports no size: a one-shot read returns the first page of lines)
+    let text = String(decoding: try #require(FileHandle(forReadingAtPath: "/proc/self/maps")).readToEnd() ?? Data(), as: UTF8.self)
+    let maps = text.split(separator: "\n").filter { $0.hasSuffix(real) }
+    var mapped = 0
+    for line in maps {
+        let cols = line.split(separator: " ", omittingEmptySubsequences: true)
+        let span = cols[0].split(separator: "-").map { Int($0, radix: 16)! }, offset = Int(cols[2], radix: 16)!
+        let range = offset..<(offset + span[1] - span[0])
+        #expect(used.contains { $0.lowerBound <= range.lowerBound && range.upperBound <= $0.upperBound }, "mapped \(range) is no used tensor's")
+        mapped += range.count
+    }
+    // what stays mapped is the packed matrices (norms are copied to Floats and unmapped)
+    let kept = part.layout.entries.filter { uses($0.name) && part.packed[$0.offset] != nil }.map { e -> Range<Int> in
+        let t = f.tensor(family.ggufName(e.name))!
+        return (f.dataOffset + t.offset) / page * page..<(f.dataOffset + t.offset + t.byteCount + page - 1) / page * page
+    }
+    let usedBytes = kept.reduce(0) { $0 + $1.count }
+    #expect(mapped >= usedBytes - kept.count * page && mapped <= usedBytes, "mapped \(mapped) bytes of the used \(usedBytes)")
+    let fileSize = try FileManager.default.attributesOfItem(atPath: path)[.size] as! Int
+    #expect(Double(mapped) < 0.75 * Double(fileSize), "a third of the blocks and the head: \(mapped) of \(fileSize)")
+    // the stage's blocks compute what the whole model's do (the hidden state entering block 10 from the whole model)
+    let (whole, _) = try loadGGUFModel(path: smolLM, maxSeqLen: 32)
+    let tokens: [Int32] = [1, 9690, 198, 2683, 359, 253, 5356, 5646]
+    let n = tokens.count, c = whole.config.dim
+    let entering = tokens.withUnsafeBufferPointer { tk in
+        Array(UnsafeBufferPointer(start: whole.forwardStage(0..<10, tokens: tk.baseAddress!, hidden: nil, b: 1, t: n, finalNorm: false), count: n * c))
+    }
+    let a = entering.withUnsafeBufferPointer {
+        Array(UnsafeBufferPointer(start: whole.forwardStage(stage, tokens: nil, hidden: $0.baseAddress!, b: 1, t: n, finalNorm: true), count: n * c))
+    }
+    let b = entering.withUnsafeBufferPointer {
+        Array(UnsafeBufferPointer(start: part.forwardStage(stage, tokens: nil, hidden: $0.baseAddress!, b: 1, t: n, finalNorm: true), count: n * c))
+    }
+    #expect(a == b && a.contains { $0 != 0 })
+}

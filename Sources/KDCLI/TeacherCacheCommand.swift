@@ -15,17 +15,25 @@ import KDTrain
 struct TeacherCacheCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "teacher-cache",
-        abstract: "Write the teacher's top-k log-probabilities and tail mass for every window of the config's corpus (sharded across ranks), so training can use `teacher: {cache: DIR}` with no teacher in memory.")
+        abstract: "Write the teacher's top-k log-probabilities and tail mass (or tokens drawn from its distribution) for every window of the config's corpus (sharded across ranks), so training can use `teacher: {cache: DIR}` with no teacher in memory.")
 
     @Option(help: "YAML run config: its teacher section (path or members), data, train.seq_len and distill.temperature.") var config: String
     @Option(help: "Output folder (replaced when complete).") var out: String
     @Option(help: "k of the top-k rows (default: teacher.top_k).") var topK: Int?
+    @Option(help: "topk (the k most likely tokens and the tail mass) or sampled (--samples tokens drawn from the teacher per position: an unbiased forward-KL signal).")
+    var signal = "topk"
+    @Option(help: "Tokens drawn per position with --signal sampled (4 bytes each).") var samples = 16
+    @Option(help: "Seed of the draws with --signal sampled (default: train.seed).") var seed: UInt64?
+    @Flag(help: "Store 8-byte entries (Int32 id, Float log-probability) instead of 4-byte ones (17-bit id, 15-bit level).") var wide = false
     @Option(help: "Windows per teacher forward on each rank.") var batch = 4
     @Option(help: "Compute threads (0 = this node's cores shared among its ranks).") var threads = 0
 
     func validate() throws {
         if let topK, topK < 1 { throw ValidationError("--top-k: expected an integer >= 1, found \(topK)") }
         if batch < 1 { throw ValidationError("--batch: expected an integer >= 1, found \(batch)") }
+        guard signal == "topk" || signal == "sampled" else { throw ValidationError("--signal: expected topk or sampled, found '\(signal)'") }
+        if samples < 1 || samples >= 1 << 15 { throw ValidationError("--samples: expected an integer in 1 ..< 32768, found \(samples)") }
+        if signal == "sampled" && (wide || topK != nil) { throw ValidationError("--signal sampled: expected --samples (compact entries), found --wide or --top-k") }
     }
 
     func run() throws {
@@ -52,13 +60,19 @@ struct TeacherCacheCommand: ParsableCommand {
                 throw KDError.invalidInput(what: "teacher vocabulary", expected: ">= the data's \(corpus.vocabSize) tokens", found: "\(t.model.config.vocabSize) in \(sources[0].path)")
             }
             let manifest = try sources.flatMap { try teacherFiles($0.path).map { try TeacherManifestEntry(path: $0) } }
-            let k = min(topK ?? tc.topK, loaded[0].model.config.vocabSize)
+            let vocab = loaded[0].model.config.vocabSize, sampled = signal == "sampled"
+            if sampled && (vocab > TeacherCache.compactIDs || !cross.pairs.isEmpty) {
+                throw KDError.invalidInput(what: "teacher-cache --signal sampled", expected: "a teacher of the student's tokenizer with at most \(TeacherCache.compactIDs) ids (17-bit entries)",
+                                           found: cross.pairs.isEmpty ? "\(vocab) ids" : "another tokenizer")
+            }
+            let k = min(sampled ? samples : topK ?? tc.topK, vocab)
+            let compact = !wide && cross.pairs.isEmpty && vocab <= TeacherCache.compactIDs
             let start = monotonicSeconds()
             var last = 0.0
             try TeacherCache.write(dir: out, corpus: corpus, teachers: loaded.map(\.model), weights: sources.map(\.weight),
                                    combine: tc.combine, manifest: manifest, k: k,
                                    temperature: c.distill.temperature, seqLen: c.train.seqLen, batch: batch, comm: comm,
-                                   cross: cross.pairs[0]) { split, done, total in
+                                   cross: cross.pairs[0], sampledSeed: sampled ? seed ?? c.train.seed : nil, compact: compact) { split, done, total in
                 let now = monotonicSeconds()
                 if done == total || now - last > 10 {
                     last = now
@@ -66,8 +80,9 @@ struct TeacherCacheCommand: ParsableCommand {
                                       Double(done * c.train.seqLen) / max(now - start, 1e-9)))
                 }
             }
-            let bytes = TeacherCache.bytesPerWindow(seqLen: c.train.seqLen, k: k)
-            KDLog.info(String(format: "teacher-cache: wrote %@ (top-%d, %d B/token, %.1f MiB) in %.1f s on %d rank%@", out, k, bytes / c.train.seqLen,
+            let bytes = TeacherCache.bytesPerWindow(seqLen: c.train.seqLen, k: k, compact: compact)
+            KDLog.info(String(format: "teacher-cache: wrote %@ (%@, %@, %d B/token, %.1f MiB) in %.1f s on %d rank%@", out,
+                              sampled ? "\(k) tokens drawn per position" : "top-\(k)", compact ? "4-byte entries" : "8-byte entries", bytes / c.train.seqLen,
                               Double(bytes * ((corpus.train.count - 1) / c.train.seqLen + max(0, corpus.validation.count - 1) / c.train.seqLen)) / 1048576,
                               monotonicSeconds() - start, comm.worldSize, comm.worldSize == 1 ? "" : "s"))
         }

@@ -8,6 +8,8 @@ public enum RandomPurpose: UInt64, Sendable {
     case parameterInit = 1, dataSample = 2, sampling = 3, bench = 4, test = 5
     /// on-policy training: the per-step corpus/student choice, rollout tokens, replay-buffer picks
     case policyChoice = 6, rollout = 7, replay = 8
+    /// Tokens drawn from a teacher's distribution for a sampled teacher cache.
+    case teacherSampling = 9
 }
 
 /// A stateless counter-based generator: `value(a, b)` depends only on the seed, the purpose and the counters.

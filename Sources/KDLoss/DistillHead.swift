@@ -38,10 +38,12 @@ public final class TopKBuffer {
         fill(ensemble: TeacherEnsemble(members: [TeacherSource(head: head, hidden: hidden)]), temperature: temperature, chunk: chunk)
     }
 
-    /// Fills the rows from the combined distribution of one or several teachers.
-    public func fill(ensemble: TeacherEnsemble, temperature: Float, chunk: Int) {
+    /// Fills the rows from the combined distribution of one or several teachers: its top k, or (`sampled`) k tokens
+    /// drawn from it (``SampledSignal``) with the uniforms of row r keyed by `sampled.key(r)`.
+    public func fill(ensemble: TeacherEnsemble, temperature: Float, chunk: Int, sampled: (seed: UInt64, key: (Int) -> UInt64)? = nil) {
         if scratch?.v != ensemble.vocabSize || scratch?.rows != min(chunk, n) { scratch = LMHeadScratch(rows: min(chunk, n), v: ensemble.vocabSize) }
-        teacherTopK(ensemble: ensemble, n: n, temperature: temperature, k: k, ids: ids, logProbs: logProbs, logTail: logTail, scratch: scratch!)
+        teacherTopK(ensemble: ensemble, n: n, temperature: temperature, k: k, ids: ids, logProbs: logProbs, logTail: logTail, scratch: scratch!,
+                    sampled: sampled)
     }
 }
 
@@ -54,13 +56,15 @@ public func teacherTopK(head: any LinearWeight, hidden: UnsafePointer<Float>, n:
                 ids: ids, logProbs: logProbs, logTail: logTail, scratch: scratch)
 }
 
-/// Top-k rows of the combined distribution of one or several teachers, row-chunked.
+/// Top-k rows of the combined distribution of one or several teachers, row-chunked; or, with `sampled`, rows of k
+/// tokens drawn from it (``SampledSignal``; the uniforms of row r keyed by `sampled.key(r)`).
 /// - Shapes: ids, logProbs [n, k] · logTail [n]
 public func teacherTopK(ensemble: TeacherEnsemble, n: Int, temperature: Float, k: Int,
                         ids: UnsafeMutablePointer<Int32>, logProbs: UnsafeMutablePointer<Float>, logTail: UnsafeMutablePointer<Float>,
-                        scratch: LMHeadScratch) {
+                        scratch: LMHeadScratch, sampled: (seed: UInt64, key: (Int) -> UInt64)? = nil) {
     let v = ensemble.vocabSize, threads = max(1, Parallel.threads)
-    let work = scratch.spare(0, count: threads * v)
+    let work = scratch.spare(0, count: threads * v), uniforms = UnsafeMutablePointer<Double>.allocate(capacity: threads * k)
+    defer { uniforms.deallocate() }
     let single = ensemble.members.count == 1
     let buffer = single ? scratch.logits.base : scratch.spare(1, count: ensemble.bufferCount(rows: scratch.rows))
     var r0 = 0
@@ -72,7 +76,14 @@ public func teacherTopK(ensemble: TeacherEnsemble, n: Int, temperature: Float, k
                 for i in (m * th / threads)..<(m * (th + 1) / threads) {
                     let r = r0 + i
                     let row = ensemble.rowLogProbs(i: i, r: r, m: m, buffer: buffer, temperature: temperature, scratch: work + th * v)
-                    logTail[r] = TopK.select(lp: row, v: v, k: k, ids: ids + r * k, logProbs: logProbs + r * k)
+                    if let sampled {
+                        let u = uniforms + th * k
+                        SampledSignal.uniforms(seed: sampled.seed, key: sampled.key(r), n: k, into: u)
+                        SampledSignal.draw(lp: row, v: v, uniforms: u, n: k, ids: ids + r * k, logProbs: logProbs + r * k)
+                        logTail[r] = -.infinity
+                    } else {
+                        logTail[r] = TopK.select(lp: row, v: v, k: k, ids: ids + r * k, logProbs: logProbs + r * k)
+                    }
                 }
             }
         }

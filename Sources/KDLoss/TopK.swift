@@ -125,6 +125,54 @@ func bucketGradient(_ d: Divergence, lp: UnsafePointer<Float>, lq: UnsafePointer
     for i in 0..<n { out[i] = kind.element(p: exp(lp[i]), q: exp(lq[i]), lp: lp[i], lq: lq[i]).a }
 }
 
+/// A teacher signal drawn instead of selected ("Sparse Logit Sampling", ACL 2025): per position, N tokens drawn from the
+/// teacher's distribution p at the distillation temperature, kept as their empirical distribution p̂ = counts / N over
+/// the distinct tokens drawn. As top-k rows (k = N: the distinct ids, most frequent first, log(count / N); the rest
+/// padded with distinct undrawn ids of probability 0; tail −∞) the forward-KL bucket gradient is q − p̂, whose
+/// expectation over the draws is q − p: the dense forward-KL gradient, unbiased. Objectives that need p at tokens
+/// not drawn (reverse KL, JSD, skew, TVD) have no such estimate and are refused with a sampled signal.
+public enum SampledSignal {
+    /// Draws `n` tokens from the log-probability row `lp` by inverse CDF at the `uniforms` (in [0, 1)), and writes the
+    /// empirical distribution as a top-k row (k = n). - Shapes: lp [v] · uniforms, ids, logProbs [n]
+    public static func draw(lp: UnsafePointer<Float>, v: Int, uniforms: UnsafeMutablePointer<Double>, n: Int,
+                            ids: UnsafeMutablePointer<Int32>, logProbs: UnsafeMutablePointer<Float>) {
+        precondition(n >= 1 && n <= v, "SampledSignal.draw: n must be in 1...\(v), got \(n)")
+        // one pass over the CDF with the draws sorted; the total (≈ 1) scales the draws so rounding leaves no gap
+        var total = 0.0
+        for j in 0..<v { total += exp(Double(lp[j])) }
+        var u = UnsafeMutableBufferPointer(start: uniforms, count: n)
+        u.sort()
+        var counts: [Int32: Int] = [:], order: [Int32] = []
+        var cdf = 0.0, j = 0
+        for i in 0..<n {
+            let target = u[i] * total
+            while j < v - 1 && cdf + exp(Double(lp[j])) <= target { cdf += exp(Double(lp[j])); j += 1 }
+            if counts[Int32(j)] == nil { order.append(Int32(j)) }
+            counts[Int32(j), default: 0] += 1
+        }
+        // most frequent first (ties: smaller id), then probability-0 pads with the smallest ids not drawn
+        order.sort { (counts[$0]!, -$0) > (counts[$1]!, -$1) }
+        for (i, id) in order.enumerated() {
+            ids[i] = id
+            logProbs[i] = Float(log(Double(counts[id]!) / Double(n)))
+        }
+        var pad: Int32 = 0
+        for i in order.count..<n {
+            while counts[pad] != nil { pad += 1 }
+            ids[i] = pad
+            logProbs[i] = -.infinity
+            pad += 1
+        }
+    }
+
+    /// The `n` uniforms of position `key` (a window's global row index) for `seed`: counter-based, so a cache written on
+    /// any number of ranks or in any batch draws the same tokens.
+    public static func uniforms(seed: UInt64, key: UInt64, n: Int, into out: UnsafeMutablePointer<Double>) {
+        let rng = CounterRNG(seed: seed, purpose: .teacherSampling)
+        for i in 0..<n { out[i] = Double(rng.bits(key, UInt64(i)) >> 11) * 0x1p-53 }
+    }
+}
+
 extension TopK {
     /// One token's mixture of several teachers' top-k rows, p(id) = Σ_i w_i p_i(id), as top-k rows again: a token
     /// outside teacher i's list gets that teacher's tail mass spread evenly over its v − k unlisted tokens (the one

@@ -103,7 +103,8 @@ public final class Trainer {
         crossTeachers = Set(crossTokenizers.keys)
         checkpointing = CheckpointOptions(teacherManifest: teacherManifest)
         let t = config.train
-        if let cache = teacherCache { try cache.check(corpus: corpus, seqLen: t.seqLen, temperature: config.distill.temperature, vocab: config.model.vocabSize) }
+        if let cache = teacherCache { try cache.check(corpus: corpus, seqLen: t.seqLen, temperature: config.distill.temperature, vocab: config.model.vocabSize,
+                                                       objective: config.distill.objective) }
         batches = try BatchSource(config: config, corpus: corpus, comm: comm, teachers: teachers.count, cache: teacherCache != nil,
                                   cross: !crossTokenizers.isEmpty)
         // student.init from_teacher: the student's blocks (and channels) cut from a teacher, its config resolved

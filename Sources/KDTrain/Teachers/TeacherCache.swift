@@ -1,8 +1,12 @@
-// The offline teacher cache: the teacher's top-k log-probabilities and tail mass for every window of a prepared
-// corpus, so training can run with no teacher in memory (`teacher: {cache: DIR}`).
-//   DIR/cache.json         k, temperature, seq_len, windows and token hash of each split, the teacher files
-//   DIR/train.topk         per window of seq_len rows: ids [seq_len, k] Int32 · log-probs [seq_len, k] Float ·
-//   DIR/validation.topk    log tails [seq_len] Float (the exchange's wire format, window by window)
+// The offline teacher cache: the teacher's top-k log-probabilities and tail mass (or k tokens drawn from its
+// distribution: `signal: sampled`) for every window of a prepared corpus, so training can run with no teacher in
+// memory (`teacher: {cache: DIR}`).
+//   DIR/cache.json         k, signal, encoding, temperature, seq_len, windows and token hash of each split, the teachers
+//   DIR/train.topk         per window of seq_len rows, `compact` (format 2): entries [seq_len, k] UInt32 = id (17 bits)
+//   DIR/validation.topk    | level (15 bits) << 17, the level a top-k log-probability quantized uniformly over
+//                          [−32, 0] (error ≤ 4.9e-4 nats) or a sampled token's count; log tails [seq_len] Float, exact.
+//                          `wide` (format 1, vocabularies over 2^17 ids and cross-tokenizer rows): ids [seq_len, k]
+//                          Int32 · log-probs [seq_len, k] Float · log tails [seq_len] Float (the exchange's format).
 // Windows are the corpus' non-overlapping seq_len + 1 token windows, so the cached rows are exactly the ones a live
 // teacher would produce for any sample that lands on that window. `distill teacher-cache` shards the windows across
 // ranks (window w on rank w mod N) and rank 0 writes the files (temporary names, fsync, rename).
@@ -34,12 +38,19 @@ public struct TeacherCacheInfo: Codable, Equatable, Sendable {
     /// The precision of the teacher forwards that wrote the rows: "f32", or "bf16-" and the kernel (`train.precision`).
     /// nil in caches written before it was recorded (f32).
     public var precision: String?
+    /// `topk` (nil: caches before it was recorded) or `sampled` (k tokens drawn per position with `sampling_seed`).
+    public var signal: String?
+    public var samplingSeed: UInt64?
+    /// `compact` (4 bytes per entry) or nil: `wide` (8).
+    public var encoding: String?
+    public var isSampled: Bool { signal == "sampled" }
+    public var isCompact: Bool { encoding == "compact" }
 
     enum CodingKeys: String, CodingKey {
         case format, k, temperature, seqLen = "seq_len", trainWindows = "train_windows", validationWindows = "validation_windows"
         case trainTokenHash = "train_token_hash", validationTokenHash = "validation_token_hash", teachers
         case studentTokenizerHash = "student_tokenizer_hash", teacherVocab = "teacher_vocab", alignedShare = "aligned_share"
-        case matchedShare = "matched_share", precision
+        case matchedShare = "matched_share", precision, signal, samplingSeed = "sampling_seed", encoding
     }
 }
 
@@ -67,11 +78,12 @@ public final class TeacherCache {
         // the description's numbers are checked before any size is computed from them (a hostile cache.json)
         let info = self.info
         guard (1...(1 << 20)).contains(info.k), (1...(1 << 20)).contains(info.seqLen), (1...(1 << 40)).contains(info.trainWindows),
-              (0...(1 << 40)).contains(info.validationWindows), (info.teacherVocab ?? 1) >= 1, (info.teacherVocab ?? 1) <= 1 << 24 else {
-            throw KDError.invalidInput(what: "\(infoPath)", expected: "k and seq_len in 1...2^20, windows up to 2^40, teacher_vocab up to 2^24",
-                                       found: "k \(info.k), seq_len \(info.seqLen), windows \(info.trainWindows) / \(info.validationWindows), teacher_vocab \(info.teacherVocab.map(String.init) ?? "none")")
+              (0...(1 << 40)).contains(info.validationWindows), (info.teacherVocab ?? 1) >= 1, (info.teacherVocab ?? 1) <= 1 << 24,
+              [nil, "topk", "sampled"].contains(info.signal), [nil, "compact"].contains(info.encoding), !info.isSampled || (info.isCompact && info.k < 1 << 15) else {
+            throw KDError.invalidInput(what: "\(infoPath)", expected: "k and seq_len in 1...2^20, windows up to 2^40, teacher_vocab up to 2^24, signal topk or sampled (compact, k < 2^15), encoding compact or none",
+                                       found: "k \(info.k), seq_len \(info.seqLen), windows \(info.trainWindows) / \(info.validationWindows), teacher_vocab \(info.teacherVocab.map(String.init) ?? "none"), signal \(info.signal ?? "none"), encoding \(info.encoding ?? "none")")
         }
-        let per = TeacherCache.bytesPerWindow(seqLen: info.seqLen, k: info.k)
+        let per = TeacherCache.bytesPerWindow(seqLen: info.seqLen, k: info.k, compact: info.isCompact)
         func open(_ split: String, windows: Int) throws -> MappedFile? {
             guard windows > 0 else { return nil }
             let p = (dir as NSString).appendingPathComponent("\(split).topk")
@@ -100,13 +112,21 @@ public final class TeacherCache {
     }
     deinit { vocabMap?.deallocate() }
 
-    public static func bytesPerWindow(seqLen: Int, k: Int) -> Int { seqLen * TopK.bytesPerToken(k: k) }
+    public static func bytesPerWindow(seqLen: Int, k: Int, compact: Bool) -> Int { seqLen * (compact ? 4 * k + 4 : TopK.bytesPerToken(k: k)) }
 
-    /// The cache must describe this corpus, window length, temperature and a student of `vocab` tokens.
-    public func check(corpus: TokenCorpus, seqLen: Int, temperature: Float, vocab: Int) throws {
+    /// The compact encoding's log-probability levels: 15 bits uniform over [−logFloor, 0] (lower values clamp to it).
+    static let logFloor: Float = 32, levels: Float = 32767
+    /// Ids a compact entry holds: 17 bits.
+    public static let compactIDs = 1 << 17
+
+    /// The cache must describe this corpus, window length, temperature and a student of `vocab` tokens, and serve
+    /// `objective` (a sampled signal serves forward KL only).
+    public func check(corpus: TokenCorpus, seqLen: Int, temperature: Float, vocab: Int, objective: Objective = .fkl) throws {
         func need(_ ok: Bool, _ what: String, _ expected: String, _ found: String) throws {
             if !ok { throw KDError.invalidInput(what: "teacher cache \(dir): \(what)", expected: expected, found: found) }
         }
+        try need(!info.isSampled || objective == .fkl, "signal sampled", "distill.objective fkl (tokens drawn from the teacher estimate the forward-KL "
+                 + "gradient without bias; \(objective.rawValue) needs the teacher's probabilities of tokens not drawn: write a top-k cache for it)", "\(objective.rawValue)")
         if info.teacherVocab == nil { allowedIDs = 0...Int32(vocab - 1) }
         if let map = vocabMap, let tv = info.teacherVocab, let bad = (0..<tv).first(where: { map[$0] < -1 || Int(map[$0]) >= vocab }) {
             try need(false, "vocab_map.bin", "student ids in -1..<\(vocab)", "\(map[bad]) for teacher id \(bad)")
@@ -127,25 +147,63 @@ public final class TeacherCache {
     /// outside ``allowedIDs`` (a damaged file: the ids index the student's logits) is an error.
     public func fill(_ out: TopKBuffer, windows: [Int], validationSplit: Bool) throws {
         let file = validationSplit ? validation! : train
-        let s = info.seqLen, k = info.k, per = TeacherCache.bytesPerWindow(seqLen: s, k: k)
+        let s = info.seqLen, k = info.k, per = TeacherCache.bytesPerWindow(seqLen: s, k: k, compact: info.isCompact)
         precondition(out.k == k && out.n == windows.count * s, "TeacherCache.fill: buffer shape")
         for (i, w) in windows.enumerated() {
-            let src = file.base + w * per, ids = src.assumingMemoryBound(to: Int32.self)
-            if let bad = (0..<(s * k)).first(where: { !allowedIDs.contains(ids[$0]) }) {
-                throw KDError.invalidInput(what: "teacher cache \(dir), window \(w) of \(validationSplit ? "validation" : "train")",
-                                           expected: "token ids in \(allowedIDs)", found: "\(ids[bad])")
+            try TeacherCache.decode(window: file.base + w * per, seqLen: s, info: info, into: out, row0: i * s, allowed: allowedIDs) { id in
+                KDError.invalidInput(what: "teacher cache \(dir), window \(w) of \(validationSplit ? "validation" : "train")",
+                                     expected: "token ids in \(allowedIDs)", found: "\(id)")
             }
-            (out.raw + i * s * k * 4).copyMemory(from: src, byteCount: s * k * 4)
-            (out.raw + out.n * k * 4 + i * s * k * 4).copyMemory(from: src + s * k * 4, byteCount: s * k * 4)
-            (out.raw + out.n * k * 8 + i * s * 4).copyMemory(from: src + s * k * 8, byteCount: s * 4)
         }
+    }
+
+    /// Writes rows row0 ..< row0 + seqLen of `rows` as one window of the cache's encoding at `dst`.
+    static func encode(_ rows: TopKBuffer, row0: Int, seqLen s: Int, compact: Bool, sampled: Bool, into dst: UnsafeMutableRawPointer) {
+        let k = rows.k
+        guard compact else {
+            dst.copyMemory(from: rows.raw + row0 * k * 4, byteCount: s * k * 4)
+            (dst + s * k * 4).copyMemory(from: rows.raw + rows.n * k * 4 + row0 * k * 4, byteCount: s * k * 4)
+            (dst + s * k * 8).copyMemory(from: rows.raw + rows.n * k * 8 + row0 * 4, byteCount: s * 4)
+            return
+        }
+        let entries = dst.assumingMemoryBound(to: UInt32.self), ids = rows.ids + row0 * k, lp = rows.logProbs + row0 * k
+        for e in 0..<(s * k) {
+            // a sampled entry keeps its count (exact: its log-probability is log(count / k)); a top-k entry its level
+            let level = sampled ? (lp[e] == -.infinity ? 0 : (exp(Double(lp[e])) * Double(k)).rounded())
+                                : Double(min(levels, (-lp[e] / logFloor * levels).rounded()))
+            entries[e] = UInt32(ids[e]) | UInt32(level) << 17
+        }
+        (dst + s * k * 4).copyMemory(from: rows.logTail + row0, byteCount: s * 4)
+    }
+
+    /// Reads one window at `src` into rows row0 ..< row0 + seqLen of `out`; an id outside `allowed` (a damaged file:
+    /// the ids index the student's logits) throws `bad(id)`.
+    static func decode(window src: UnsafeRawPointer, seqLen s: Int, info: TeacherCacheInfo, into out: TopKBuffer, row0: Int,
+                       allowed: ClosedRange<Int32>, bad: (Int32) -> any Error) throws {
+        let k = info.k, ids = out.ids + row0 * k, lp = out.logProbs + row0 * k
+        if info.isCompact {
+            let entries = src.assumingMemoryBound(to: UInt32.self), n = Float(k)
+            for e in 0..<(s * k) {
+                let id = Int32(entries[e] & 0x1FFFF), level = Float(entries[e] >> 17)
+                guard allowed.contains(id) else { throw bad(id) }
+                ids[e] = id
+                lp[e] = info.isSampled ? (level == 0 ? -.infinity : logf(level / n)) : -level * logFloor / levels
+            }
+            (out.logTail + row0).update(from: (src + s * k * 4).assumingMemoryBound(to: Float.self), count: s)
+            return
+        }
+        let wide = src.assumingMemoryBound(to: Int32.self)
+        if let b = (0..<(s * k)).first(where: { !allowed.contains(wide[$0]) }) { throw bad(wide[b]) }
+        ids.update(from: wide, count: s * k)
+        lp.update(from: (src + s * k * 4).assumingMemoryBound(to: Float.self), count: s * k)
+        (out.logTail + row0).update(from: (src + s * k * 8).assumingMemoryBound(to: Float.self), count: s)
     }
 
     /// Computes and writes a cache (collective: every rank calls it). Teachers are combined as in training.
     /// With `cross` (one teacher with another tokenizer), its rows are aligned to the student's positions.
     public static func write(dir: String, corpus: TokenCorpus, teachers: [Transformer], weights: [Float], combine: TeacherCombine,
                              manifest: [TeacherManifestEntry], k: Int, temperature: Float, seqLen: Int, batch: Int,
-                             comm: any Communicator, cross: CrossTokenizerPair? = nil,
+                             comm: any Communicator, cross: CrossTokenizerPair? = nil, sampledSeed: UInt64? = nil, compact: Bool = true,
                              progress: (String, Int, Int) -> Void = { _, _, _ in }) throws {
         precondition(cross == nil || teachers.count == 1, "TeacherCache.write: a cross-tokenizer cache holds one teacher")
         let aligner = cross.map { CrossTokenizerTeacher(model: teachers[0], spec: CrossTokenizerTeacherSpec(pair: $0, k: k, temperature: temperature)) }
@@ -156,11 +214,18 @@ public final class TeacherCache {
                                     trainTokenHash: String(tokenHash(corpus.train), radix: 16),
                                     validationTokenHash: String(tokenHash(corpus.validation), radix: 16), teachers: manifest)
         info.precision = BF16.label
+        // compact entries hold ids below 2^17 and no unaligned row's −1: other vocabularies and cross-tokenizer rows stay wide
+        let compact = compact && cross == nil && (teachers.first?.config.vocabSize ?? 0) <= compactIDs
+        precondition(sampledSeed == nil || (compact && k < 1 << 15), "TeacherCache.write: a sampled cache is compact, with k < 2^15")
+        info.signal = sampledSeed == nil ? "topk" : "sampled"
+        info.samplingSeed = sampledSeed
+        info.encoding = compact ? "compact" : nil
+        if compact { info.format = 2 }
         if comm.rank == 0 {
             try? fm.removeItem(atPath: tmp)
             try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
         }
-        let per = bytesPerWindow(seqLen: seqLen, k: k)
+        let per = bytesPerWindow(seqLen: seqLen, k: k, compact: compact)
         for (split, stream, mask) in [("train", corpus.train, corpus.trainMask), ("validation", corpus.validation, corpus.validationMask)] {
             let windows = stream.count > seqLen ? (stream.count - 1) / seqLen : 0
             if split == "train" { info.trainWindows = windows } else { info.validationWindows = windows }
@@ -215,18 +280,18 @@ public final class TeacherCache {
                             tokens.withUnsafeBufferPointer { t.forward(tokens: $0.baseAddress!, b: batch, t: seqLen) }
                             members.append(TeacherSource(head: t.lmHeadWeight, hidden: t.finalHidden, weight: w))
                         }
+                        // a sampled row's draws are keyed by its global position: split, window, row
+                        let splitKey: UInt64 = split == "train" ? 0 : 1 << 62
+                        let sampled = sampledSeed.map { seed in (seed: seed, key: { (r: Int) in splitKey | UInt64((lo + min(r / seqLen, count - 1)) * seqLen + r % seqLen) }) }
                         routes.withUnsafeBufferPointer { rp in
                             rows.fill(ensemble: TeacherEnsemble(members: members, combine: combine, route: routed ? rp.baseAddress! : nil),
-                                      temperature: temperature, chunk: 256)
+                                      temperature: temperature, chunk: 256, sampled: sampled)
                         }
                     }
                     // regroup the micro-batch's three sections into per-window blocks
                     block.withUnsafeMutableBytes { b in
                         for i in 0..<count {
-                            let dst = b.baseAddress! + i * per
-                            dst.copyMemory(from: rows.raw + i * seqLen * k * 4, byteCount: seqLen * k * 4)
-                            (dst + seqLen * k * 4).copyMemory(from: rows.raw + rows.n * k * 4 + i * seqLen * k * 4, byteCount: seqLen * k * 4)
-                            (dst + seqLen * k * 8).copyMemory(from: rows.raw + rows.n * k * 8 + i * seqLen * 4, byteCount: seqLen * 4)
+                            encode(rows, row0: i * seqLen, seqLen: seqLen, compact: compact, sampled: sampledSeed != nil, into: b.baseAddress! + i * per)
                         }
                     }
                 }

@@ -35,7 +35,7 @@ EOF
         line=$(grep "peak RSS per rank (training)" "$out/$name.log" | tail -1)
         rss=$(sed -n 's/.*(training): \([0-9 /]*\) MiB; planned.*/\1/p' <<< "$line")
         plan=$(sed -n 's/.*planned \([0-9 /]*\) MiB; peak address.*/\1/p' <<< "$line")
-        vm=$(sed -n 's/.*peak address space \([0-9 /]*\) MiB.*/\1/p' <<< "$line")
+        vm=$(sed -n 's/.*peak address space \([0-9 /]*\) MiB, at the end \([0-9 /]*\) MiB.*/\1 (end: \2)/p' <<< "$line")
         share=$("$here/.build/release/distill" train --config "$out/$name.yaml" --dry-run --ranks "$ranks" 2>/dev/null \
                 | sed -n 's/^#   teacher 1 weights *\([0-9.]*\) MiB.*/\1/p' | tr '\n' '/' | sed 's|/$||; s|/| / |g')
         echo "| $placement | $ranks | $plan | $rss | $vm | $share |"

@@ -196,8 +196,8 @@ struct Train: ParsableCommand {
             try comm.allGather(Double(bytes) / 1048576).map { String(format: "%.0f", $0) }.joined(separator: " / ") + " MiB"
         }
         let peaks = try perRank(ProcessMemory.peakRSSBytes()), planned = try perRank(plan?.total ?? 0)
-        let space = try perRank(ProcessMemory.peakAddressSpaceBytes())
-        KDLog.info("peak RSS per rank (training): \(peaks); planned \(planned); peak address space \(space)")
+        let space = try perRank(ProcessMemory.peakAddressSpaceBytes()), now = try perRank(ProcessMemory.addressSpaceBytes())
+        KDLog.info("peak RSS per rank (training): \(peaks); planned \(planned); peak address space \(space), at the end \(now)")
         guard history.count > 1 else { return }
         let blocking = try trainer.sync.measureBlockingAllReduce()
         let exposed = median(history.dropFirst().map(\.exposedCommSeconds))

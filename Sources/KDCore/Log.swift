@@ -89,6 +89,9 @@ public enum ProcessMemory {
     /// Peak address space in bytes (VmPeak): what `ulimit -v` limits.
     public static func peakAddressSpaceBytes() -> Int { readStatusKB("VmPeak:") * 1024 }
 
+    /// Address space now, in bytes (VmSize).
+    public static func addressSpaceBytes() -> Int { readStatusKB("VmSize:") * 1024 }
+
     /// Resident set size now, in bytes (VmRSS), or 0 where /proc is unavailable.
     public static func currentRSSBytes() -> Int { readStatusKB("VmRSS:") * 1024 }
 

@@ -426,5 +426,5 @@ public func loadTokenizer(_ path: String) throws -> BPETokenizer {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
     if isDir.boolValue { return try BPETokenizer(hfTokenizerJSON: (path as NSString).appendingPathComponent(HFFolder.tokenizer)) }
-    return try BPETokenizer(gguf: GGUFFile(path: path))
+    return try BPETokenizer(gguf: GGUFFile(path: path, mapAll: false))  // the header alone
 }

@@ -306,7 +306,7 @@ public func modelFootprint(path: String, maxSeqLen: Int? = nil) throws -> ModelF
     }
     let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
     guard head == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
-    let f = try GGUFFile(path: path)
+    let f = try GGUFFile(path: path, mapAll: false)  // the header alone
     let m = try ggufModelConfig(f, maxSeqLen: maxSeqLen), family = m.familySpec
     return ModelFootprint(config: m, tensors: try ParameterLayout(config: m).entries.map { e in
         guard let t = f.tensor(family.ggufName(e.name)) else { throw GGUFError.missingTensor(path: path, tensor: family.ggufName(e.name)) }

@@ -68,16 +68,17 @@ struct TeacherCacheCommand: ParsableCommand {
             let k = min(sampled ? samples : topK ?? tc.topK, vocab)
             let compact = !wide && cross.pairs.isEmpty && vocab <= TeacherCache.compactIDs
             let start = monotonicSeconds()
-            var last = 0.0
+            var last = 0.0, splitStart = start, current = ""
             try TeacherCache.write(dir: out, corpus: corpus, teachers: loaded.map(\.model), weights: sources.map(\.weight),
                                    combine: tc.combine, manifest: manifest, k: k,
                                    temperature: c.distill.temperature, seqLen: c.train.seqLen, batch: batch, comm: comm,
                                    cross: cross.pairs[0], sampledSeed: sampled ? seed ?? c.train.seed : nil, compact: compact) { split, done, total in
                 let now = monotonicSeconds()
+                if split != current { (current, splitStart) = (split, last == 0 ? start : last) }
                 if done == total || now - last > 10 {
                     last = now
                     KDLog.info(String(format: "teacher-cache %@: %d/%d windows, %.0f tok/s", split, done, total,
-                                      Double(done * c.train.seqLen) / max(now - start, 1e-9)))
+                                      Double(done * c.train.seqLen) / max(now - splitStart, 1e-9)))
                 }
             }
             let bytes = TeacherCache.bytesPerWindow(seqLen: c.train.seqLen, k: k, compact: compact)

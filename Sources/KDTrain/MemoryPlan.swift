@@ -68,12 +68,11 @@ public struct MemoryPlan: Sendable {
         for (i, f) in teachers.enumerated() {
             let share = TeacherShare(config: c, teacher: i, layers: f.config.layers, tied: f.config.tiedEmbeddings, rank: rank, ranks: ranks)
             let runsHere = { (x: ModelFootprint.Tensor) in share.uses(x.name) }, note = share.note
-            // packed tensors stay in the mapping (resident once touched); others are read once and copied to Floats
-            // (a bf16 replicated run packs dense matrices to bf16 and releases their Float copy)
+            // packed tensors stay in their mappings (resident once touched); the others are copied to Floats and
+            // unmapped (a bf16 replicated run then packs dense matrices to bf16 and releases their Float copy)
             var bytes = 0
             for x in f.tensors where runsHere(x) {
-                bytes += x.stored
-                if !x.packed { bytes += x.count * (bf16 && tc.placement == .replicated && x.block != nil ? 2 : 4) }
+                bytes += x.packed ? x.stored : x.count * (bf16 && tc.placement == .replicated && x.block != nil ? 2 : 4)
             }
             touched += bytes
             let runsBlocks = f.tensors.contains { $0.block != nil && runsHere($0) }

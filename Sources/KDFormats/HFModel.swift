@@ -274,8 +274,8 @@ extension BPETokenizer {
 /// What loading a model file as a frozen teacher costs, read from its headers alone (no tensor data is touched):
 /// the shape, and per tensor of the parameter layout its elements, its stored bytes and whether the load keeps it
 /// packed in the mapping (a quantized, F16 or BF16 matrix) or copies it to Floats.
-public struct ModelFootprint {
-    public struct Tensor {
+public struct ModelFootprint: Sendable {
+    public struct Tensor: Sendable {
         /// The layout's name (model.layers.N.… for a block's tensors).
         public let name: String
         public let count: Int, stored: Int

@@ -53,12 +53,15 @@ public struct MemoryPlan: Sendable {
     public var total: Int { parts.reduce(0) { $0 + $1.bytes } }
     /// The teacher weights this rank touches, and all of the teachers' stored bytes.
     public let teacherBytes: Int, teacherFileBytes: Int
+    /// The teachers' footprints the plan was made from.
+    let teachers: [ModelFootprint]
 
     /// The plan of `rank` of `ranks` for `config`, whose teachers have the footprints `teachers` (config order);
     /// `baseline` is what the process holds before the run allocates (runtime, libraries and the loaded corpus).
     public init(config c: RunConfig, teachers: [ModelFootprint], rank: Int, ranks: Int, baseline: Int) {
         self.rank = rank
         self.ranks = ranks
+        self.teachers = teachers
         let t = c.train, m = c.model, n = t.microBatch * t.seqLen, threads = max(1, Parallel.threads)
         let tc = c.teacher ?? TeacherConfig(), bf16 = t.precision == .bf16
         var parts = [Part(name: "runtime and data", bytes: baseline, note: "this process before the run allocates")]
@@ -68,12 +71,7 @@ public struct MemoryPlan: Sendable {
         for (i, f) in teachers.enumerated() {
             let share = TeacherShare(config: c, teacher: i, layers: f.config.layers, tied: f.config.tiedEmbeddings, rank: rank, ranks: ranks)
             let runsHere = { (x: ModelFootprint.Tensor) in share.uses(x.name) }, note = share.note
-            // packed tensors stay in their mappings (resident once touched); the others are copied to Floats and
-            // unmapped (a bf16 replicated run then packs dense matrices to bf16 and releases their Float copy)
-            var bytes = 0
-            for x in f.tensors where runsHere(x) {
-                bytes += x.packed ? x.stored : x.count * (bf16 && tc.placement == .replicated && x.block != nil ? 2 : 4)
-            }
+            let bytes = MemoryPlan.teacherBytes(f, share: share, config: c)
             touched += bytes
             let runsBlocks = f.tensors.contains { $0.block != nil && runsHere($0) }
             let acts = runsBlocks ? Transformer.activationBytes(config: f.config, b: t.microBatch, t: t.seqLen, training: false,
@@ -109,6 +107,16 @@ public struct MemoryPlan: Sendable {
         self.parts = parts
     }
 
+    /// The bytes of teacher `f` a rank with `share` holds: packed tensors stay in their mappings (resident once
+    /// touched); the others are copied to Floats and unmapped (a bf16 replicated run then packs dense matrices to bf16
+    /// and releases their Float copy).
+    static func teacherBytes(_ f: ModelFootprint, share: TeacherShare, config c: RunConfig) -> Int {
+        let halved = c.train.precision == .bf16 && (c.teacher ?? TeacherConfig()).placement == .replicated
+        return f.tensors.filter { share.uses($0.name) }.reduce(0) { sum, x in
+            sum + (x.packed ? x.stored : x.count * (halved && x.block != nil ? 2 : 4))
+        }
+    }
+
     /// The plan's table: one line per part, then the total against `limit`.
     public func table(limit: (bytes: Int, source: String)?) -> [String] {
         func mib(_ b: Int) -> String { String(format: "%9.1f MiB", Double(b) / 1048576) }
@@ -125,15 +133,18 @@ public struct MemoryPlan: Sendable {
         let tc = c.teacher ?? TeacherConfig()
         var fixes: [String] = []
         let stateBytes = parts.first { $0.name == "optimizer state" }?.bytes ?? 0
-        if teacherBytes > 0 && tc.placement == .replicated && (tc.sources.count == 1) {
-            // the smallest number of pipeline stages whose share of the teacher fits what is left
-            let rest = total - teacherBytes, spare = limit - rest
-            if spare > 0, teacherFileBytes > 0 {
-                let stages = Int((Double(teacherFileBytes) / Double(spare)).rounded(.up)) + 1
-                fixes.append("teacher.placement: pipelined on \(max(2, stages)) or more ranks")
-            } else {
-                fixes.append("teacher.placement: pipelined on more ranks")
+        if teacherBytes > 0 && tc.placement == .replicated && tc.sources.count == 1, let f = teachers.first {
+            // the fewest pipeline stages whose largest share of the teacher fits what the rest of the plan leaves
+            var piped = c
+            piped.teacher?.placement = .pipelined
+            let spare = limit - (total - teacherBytes)
+            let stages = (2...max(2, f.config.layers)).first { S in
+                (0..<S).allSatisfy { r in
+                    MemoryPlan.teacherBytes(f, share: TeacherShare(config: piped, teacher: 0, layers: f.config.layers, tied: f.config.tiedEmbeddings,
+                                                                   rank: r, ranks: S), config: piped) <= spare
+                }
             }
+            fixes.append(stages.map { "teacher.placement: pipelined on \($0) or more ranks" } ?? "teacher.placement: pipelined (its head alone does not fit what is left)")
         }
         if tc.placement == .replicated && tc.sources.count > 1 { fixes.append("teacher.placement: groups") }
         if c.optimizer.sharding == .none && ranks > 1 && stateBytes > 0 { fixes.append("optimizer.sharding: states (or gradients)") }

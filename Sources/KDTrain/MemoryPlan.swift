@@ -96,6 +96,9 @@ public struct MemoryPlan: Sendable {
         let stateFloats = 2 + (c.qat.enabled ? 2 : 0)
         parts.append(Part(name: "optimizer state", bytes: stateFloats * 4 * p / sharded,
                           note: "AdamW moments" + (c.qat.enabled ? ", QAT masters and masks" : "") + (sharded > 1 ? ", 1/\(sharded) of them" : "")))
+        // on several ranks the gradient buckets are reduced while backward runs: MPI holds a buffer per bucket in flight,
+        // up to the gradient's size (measured: the gap between plan and peak on 2 ranks was the gradient's bytes)
+        if ranks > 1 { parts.append(Part(name: "gradient exchange", bytes: 4 * p, note: "MPI's buffers for the buckets in flight")) }
         parts.append(Part(name: "student activations", bytes: Transformer.activationBytes(config: m, b: t.microBatch, t: t.seqLen, training: true,
                                                                                           lmHeadChunk: t.lmHeadChunk),
                           note: "\(t.microBatch) × \(t.seqLen) tokens, every block's buffers, the head's logit chunk"))

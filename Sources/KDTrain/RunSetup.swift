@@ -35,7 +35,7 @@ public struct RunSetup {
 
     /// Opens the data, teachers, cache and cut source `config` names, and checks them against each other. With `rank`
     /// (this rank and the job's size), the memory plan is made after the data and before the teachers load: rank 0
-    /// prints its table, every rank its total, and a rank it does not fit stops with one line.
+    /// prints its table, a rank it does not fit stops with one line, and each rank loads only its teachers' share.
     public static func open(_ c: RunConfig, rank: (rank: Int, ranks: Int)? = nil) throws -> RunSetup {
         let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
         let sources = c.teacher?.sources ?? []

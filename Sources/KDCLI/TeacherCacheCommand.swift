@@ -86,6 +86,20 @@ struct TeacherCacheCommand: ParsableCommand {
                               sampled ? "\(k) tokens drawn per position" : "top-\(k)", compact ? "4-byte entries" : "8-byte entries", bytes / c.train.seqLen,
                               Double(bytes * ((corpus.train.count - 1) / c.train.seqLen + max(0, corpus.validation.count - 1) / c.train.seqLen)) / 1048576,
                               monotonicSeconds() - start, comm.worldSize, comm.worldSize == 1 ? "" : "s"))
+            // what training pays to read it: every training window decoded into top-k rows, as a micro-batch is filled
+            if comm.rank == 0 {
+                let cache = try TeacherCache(dir: out), windows = cache.info.trainWindows, per = 64
+                let rows = TopKBuffer(n: per * c.train.seqLen, k: k), t0 = monotonicSeconds()
+                var w = 0
+                while w < windows {
+                    let chunk = Array(w..<min(windows, w + per))
+                    try cache.fill(chunk.count == per ? rows : TopKBuffer(n: chunk.count * c.train.seqLen, k: k), windows: chunk, validationSplit: false)
+                    w += per
+                }
+                let seconds = max(monotonicSeconds() - t0, 1e-9)
+                KDLog.info(String(format: "teacher-cache: read back %d windows in %.3f s (%.0f k tokens/s, %.0f MiB/s of cache)", windows, seconds,
+                                  Double(windows * c.train.seqLen) / seconds / 1000, Double(windows * bytes) / seconds / 1048576))
+            }
         }
     }
 }

@@ -182,12 +182,14 @@ public final class TeacherCache {
                        allowed: ClosedRange<Int32>, bad: (Int32) -> any Error) throws {
         let k = info.k, ids = out.ids + row0 * k, lp = out.logProbs + row0 * k
         if info.isCompact {
-            let entries = src.assumingMemoryBound(to: UInt32.self), n = Float(k)
+            // a sampled level is a count of k draws: its log(count / k) from a table (a count above k reads as k)
+            let entries = src.assumingMemoryBound(to: UInt32.self)
+            let logShare = info.isSampled ? [-Float.infinity] + (1...k).map { logf(Float($0) / Float(k)) } : []
             for e in 0..<(s * k) {
-                let id = Int32(entries[e] & 0x1FFFF), level = Float(entries[e] >> 17)
+                let id = Int32(entries[e] & 0x1FFFF), level = entries[e] >> 17
                 guard allowed.contains(id) else { throw bad(id) }
                 ids[e] = id
-                lp[e] = info.isSampled ? (level == 0 ? -.infinity : logf(level / n)) : -level * logFloor / levels
+                lp[e] = info.isSampled ? logShare[min(Int(level), k)] : -Float(level) * logFloor / levels
             }
             (out.logTail + row0).update(from: (src + s * k * 4).assumingMemoryBound(to: Float.self), count: s)
             return

@@ -26,20 +26,18 @@ public final class Slab: @unchecked Sendable {
         let aligned = (Int(bitPattern: raw) + 63) & ~63
         base = UnsafeMutablePointer(bitPattern: aligned)!
         self.count = count
-        Slab.bytes.withLock { $0.live += count * 4; $0.peak = max($0.peak, $0.live) }
+        Slab.live.withLock { $0 += count * 4 }
     }
 
     deinit {
         free(allocation)
-        Slab.bytes.withLock { $0.live -= count * 4 }
+        Slab.live.withLock { $0 -= count * 4 }
     }
 
-    /// Bytes of every slab alive now, and the most alive at once since ``resetPeakBytes()``: what the memory plan's
-    /// figures are checked against (calloc maps large slabs lazily, so these are address space, not yet memory).
-    public static var liveBytes: Int { bytes.withLock { $0.live } }
-    public static var peakBytes: Int { bytes.withLock { $0.peak } }
-    public static func resetPeakBytes() { bytes.withLock { $0.peak = $0.live } }
-    static let bytes = Mutex((live: 0, peak: 0))
+    /// Bytes of every slab alive now: what the memory plan measures buffers with (calloc maps large slabs lazily, so
+    /// these are address space, not yet memory).
+    public static var liveBytes: Int { live.withLock { $0 } }
+    static let live = Mutex(0)
 
     /// Sets every element to zero (the once-per-step zero-grad).
     public func zero() { base.update(repeating: 0, count: count) }

@@ -100,20 +100,11 @@ public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, rop
     let m = try hfModelConfig(json: j, path: (dir as NSString).appendingPathComponent(HFFolder.config), maxSeqLen: maxSeqLen,
                               ropeStyle: ropeStyle).keepingVocabRows(vocabRows)
     let normOffset = (j[normsAsRunKey] as? Bool ?? false) ? 0 : m.familySpec.hfNormOffset
-    let names = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".safetensors") }.sorted()
-    let files = try names.map { try SafetensorsFile(path: (dir as NSString).appendingPathComponent($0)) }
+    let files = try hfFolderFiles(dir)
     // every tensor is found and its shape checked before the model's memory is allocated: config.json may claim any size
     let layout = ParameterLayout(config: m)
-    let stored = try layout.entries.map { e -> (SafetensorsFile, SafetensorsTensor) in
-        guard let (f, t) = files.lazy.compactMap({ f in f.tensor(e.name).map { (f, $0) } }).first else {
-            throw HFError.missingTensor(dir: dir, tensor: e.name)
-        }
-        guard layout.accepts(e, stored: t.shape, slicingVocab: vocabRows != nil) else {
-            throw HFError.wrongShape(tensor: e.name, expected: e.shape, found: t.shape)
-        }
-        return (f, t)
-    }
-    let packs = Dictionary(zip(layout.entries, stored).map { ($0.name, !needsGrad && $0.isMatrix && $1.1.dtype != .f32) }, uniquingKeysWith: { a, _ in a })
+    let stored = try hfStoredTensors(files, layout: layout, dir: dir, slicingVocab: vocabRows != nil)
+    let packs = Dictionary(zip(layout.entries, stored).map { ($0.name, !needsGrad && $0.keptPacked(float32: $1.1.dtype == .f32)) }, uniquingKeysWith: { a, _ in a })
     let model = Transformer(config: m, needsGrad: needsGrad) { !needsGrad && (!uses($0) || packs[$0]!) }
     for (e, (f, t)) in zip(model.layout.entries, stored) where needsGrad || uses(e.name) {
         if packs[e.name]! {
@@ -199,9 +190,7 @@ public enum HFFolder {
 /// `uses`: the tensors (layout names) to load, for a rank that runs part of the model (``loadGGUFModel``).
 public func openModelFile(path: String, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil, vocabRows: Int? = nil,
                           uses: @escaping (String) -> Bool = { _ in true }) throws -> LoadedModel {
-    var isDir: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
-    if isDir.boolValue {
+    if try isHFFolder(path) {
         let (model, files) = try loadHFModel(dir: path, needsGrad: false, maxSeqLen: maxSeqLen, ropeStyle: ropeStyle, vocabRows: vocabRows, uses: uses)
         let tj = (path as NSString).appendingPathComponent(HFFolder.tokenizer)
         var tok: BPETokenizer?
@@ -214,8 +203,6 @@ public func openModelFile(path: String, maxSeqLen: Int? = nil, ropeStyle: RopeSt
         }
         return try LoadedModel(model: model, tokenizer: tok, kind: "safetensors", keepAlive: files, path: path, vocabRows: vocabRows)
     }
-    let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
-    guard head == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
     let (model, file) = try loadGGUFModel(path: path, maxSeqLen: maxSeqLen, vocabRows: vocabRows, uses: uses)
     // a GGUF without tokenizer metadata (a byte-level student exported by distill) reads text as bytes
     let tok = file.metadata["tokenizer.ggml.model"] == nil ? nil : try BPETokenizer(gguf: file)
@@ -292,24 +279,53 @@ public struct ModelFootprint: Sendable {
 
 /// The footprint of a GGUF file or a Hugging Face folder (as ``openModelFile`` would load it for inference).
 public func modelFootprint(path: String, maxSeqLen: Int? = nil) throws -> ModelFootprint {
-    var isDir: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
-    if isDir.boolValue {
-        let m = try hfModelConfig(dir: path, maxSeqLen: maxSeqLen)
-        let files = try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".safetensors") }.sorted()
-            .map { try SafetensorsFile(path: (path as NSString).appendingPathComponent($0)) }
+    if try isHFFolder(path) {
+        let m = try hfModelConfig(dir: path, maxSeqLen: maxSeqLen), files = try hfFolderFiles(path), layout = ParameterLayout(config: m)
         let tokenizer = (try? FileManager.default.attributesOfItem(atPath: (path as NSString).appendingPathComponent(HFFolder.tokenizer))[.size] as? Int) ?? 0
-        return ModelFootprint(config: m, tensors: try ParameterLayout(config: m).entries.map { e in
-            guard let t = files.lazy.compactMap({ $0.tensor(e.name) }).first else { throw HFError.missingTensor(dir: path, tensor: e.name) }
-            return .init(name: e.name, count: e.count, stored: t.end - t.begin, packed: e.isMatrix && t.dtype != .f32)
+        let stored = try hfStoredTensors(files, layout: layout, dir: path, slicingVocab: false)
+        return ModelFootprint(config: m, tensors: zip(layout.entries, stored).map { e, ft in
+            .init(name: e.name, count: e.count, stored: ft.1.end - ft.1.begin, packed: e.keptPacked(float32: ft.1.dtype == .f32))
         }, metadataBytes: tokenizer + files.reduce(0) { $0 + $1.dataStart })
     }
-    let head = FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) ?? Data()
-    guard head == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
     let f = try GGUFFile(path: path, mapAll: false)  // the header alone
-    let m = try ggufModelConfig(f, maxSeqLen: maxSeqLen), family = m.familySpec
-    return ModelFootprint(config: m, tensors: try ParameterLayout(config: m).entries.map { e in
-        guard let t = f.tensor(family.ggufName(e.name)) else { throw GGUFError.missingTensor(path: path, tensor: family.ggufName(e.name)) }
-        return .init(name: e.name, count: e.count, stored: t.byteCount, packed: e.isMatrix && t.type != .f32)
+    let m = try ggufModelConfig(f, maxSeqLen: maxSeqLen), layout = ParameterLayout(config: m)
+    let stored = try ggufStoredTensors(f, layout: layout, family: m.familySpec, slicingVocab: false)
+    return ModelFootprint(config: m, tensors: zip(layout.entries, stored).map { e, t in
+        .init(name: e.name, count: e.count, stored: t.byteCount, packed: e.keptPacked(float32: t.type == .f32))
     }, metadataBytes: f.dataOffset)
+}
+
+/// Whether `path` is a Hugging Face folder (else a GGUF file, checked by its magic); one line when it is neither.
+func isHFFolder(_ path: String) throws -> Bool {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw KDError.fileNotFound(path: path) }
+    if isDir.boolValue { return true }
+    guard FileHandle(forReadingAtPath: path)?.readData(ofLength: 4) == Data("GGUF".utf8) else { throw HFError.notAModel(path) }
+    return false
+}
+
+/// A folder's safetensors files, by name.
+func hfFolderFiles(_ dir: String) throws -> [SafetensorsFile] {
+    try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".safetensors") }.sorted()
+        .map { try SafetensorsFile(path: (dir as NSString).appendingPathComponent($0)) }
+}
+
+/// Every tensor of `layout` found in a folder's files and its shape checked (before anything is allocated: config.json
+/// may claim any size).
+func hfStoredTensors(_ files: [SafetensorsFile], layout: ParameterLayout, dir: String,
+                     slicingVocab: Bool) throws -> [(SafetensorsFile, SafetensorsTensor)] {
+    try layout.entries.map { e in
+        guard let (f, t) = files.lazy.compactMap({ f in f.tensor(e.name).map { (f, $0) } }).first else {
+            throw HFError.missingTensor(dir: dir, tensor: e.name)
+        }
+        guard layout.accepts(e, stored: t.shape, slicingVocab: slicingVocab) else {
+            throw HFError.wrongShape(tensor: e.name, expected: e.shape, found: t.shape)
+        }
+        return (f, t)
+    }
+}
+
+extension ParameterLayout.Entry {
+    /// Whether an inference load keeps this tensor packed as stored (a quantized, F16 or BF16 matrix), not as Floats.
+    func keptPacked(float32: Bool) -> Bool { isMatrix && !float32 }
 }

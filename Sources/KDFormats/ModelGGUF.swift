@@ -71,18 +71,9 @@ public func loadGGUFModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? =
                           uses: @escaping (String) -> Bool = { _ in true }) throws -> (model: Transformer, file: GGUFFile) {
     let f = try GGUFFile(path: path, mapAll: false)
     let config = try ggufModelConfig(f, maxSeqLen: maxSeqLen).keepingVocabRows(vocabRows)
-    // every tensor is found and its shape checked before the model's memory is allocated: a header may claim any size
-    let layout = ParameterLayout(config: config), family = config.familySpec
-    let stored = try layout.entries.map { e -> GGUFTensorInfo in
-        let name = family.ggufName(e.name)
-        guard let t = f.tensor(name) else { throw GGUFError.missingTensor(path: path, tensor: name) }
-        // GGUF lists dims innermost first; a vector reads the same either way
-        guard layout.accepts(e, stored: t.shape, slicingVocab: vocabRows != nil) else {
-            throw GGUFError.wrongShape(path: path, tensor: name, expected: e.shape, found: t.shape)
-        }
-        return t
-    }
-    let copied = Dictionary(zip(layout.entries, stored).map { ($0.name, $1.type == .f32 || !$0.isMatrix) }, uniquingKeysWith: { a, _ in a })
+    let layout = ParameterLayout(config: config)
+    let stored = try ggufStoredTensors(f, layout: layout, family: config.familySpec, slicingVocab: vocabRows != nil)
+    let copied = Dictionary(zip(layout.entries, stored).map { ($0.name, !$0.keptPacked(float32: $1.type == .f32)) }, uniquingKeysWith: { a, _ in a })
     let model = Transformer(config: config, needsGrad: false) { !uses($0) || !copied[$0]! }
     for (e, t) in zip(model.layout.entries, stored) where uses(e.name) {
         let bytes = try f.map(t)
@@ -93,4 +84,17 @@ public func loadGGUFModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? =
         }
     }
     return (model, f)
+}
+
+/// Every tensor of `layout` found in `f` (under the family's GGUF names) and its shape checked, before anything is
+/// allocated: a header may claim any size. GGUF lists dims innermost first; a vector reads the same either way.
+func ggufStoredTensors(_ f: GGUFFile, layout: ParameterLayout, family: ModelFamily, slicingVocab: Bool) throws -> [GGUFTensorInfo] {
+    try layout.entries.map { e in
+        let name = family.ggufName(e.name)
+        guard let t = f.tensor(name) else { throw GGUFError.missingTensor(path: f.path, tensor: name) }
+        guard layout.accepts(e, stored: t.shape, slicingVocab: slicingVocab) else {
+            throw GGUFError.wrongShape(path: f.path, tensor: name, expected: e.shape, found: t.shape)
+        }
+        return t
+    }
 }

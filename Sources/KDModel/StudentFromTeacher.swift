@@ -11,8 +11,7 @@ extension Transformer {
         if let q = packed[entry.offset] as? QuantizedMatrix {
             dequantize(q.type, src: q.data, out: out, count: entry.count)
         } else {
-            precondition(entry.offset >= 0, "denseTensor: \(entry.name) was not loaded on this rank")
-            out.update(from: params.base + entry.offset, count: entry.count)
+            out.update(from: stored(entry.offset), count: entry.count)
         }
     }
 

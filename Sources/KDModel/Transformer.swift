@@ -167,9 +167,15 @@ public final class Transformer {
 
     /// The weight at layout offset `offset` as a multipliable [oc, c] matrix.
     public func weight(_ offset: Int, oc: Int, c: Int) -> any LinearWeight {
-        if let p = packed[offset] { return p }
-        precondition(offset >= 0, "Transformer: a tensor this rank did not load (its placement runs it elsewhere) was used")
-        return DenseWeight(params.base + offset, oc: oc, c: c)
+        packed[offset] ?? DenseWeight(stored(offset), oc: oc, c: c)
+    }
+
+    /// The Floats of the tensor at layout offset `offset` in the slab; an external one (held packed, or not loaded on
+    /// this rank) has none.
+    @inline(__always)
+    func stored(_ offset: Int) -> UnsafeMutablePointer<Float> {
+        precondition(offset >= 0, "Transformer: a tensor held outside the slab was read as Floats (packed, or not loaded: its placement runs it elsewhere)")
+        return params.base + offset
     }
 
     /// The LM head (the embedding when tied).
@@ -183,8 +189,7 @@ public final class Transformer {
             if let p = packed[offset] {
                 p.forward(out: out, inp: inp, n: n, accumulate: accumulate)
             } else {
-                precondition(offset >= 0, "Transformer: a tensor this rank did not load (its placement runs it elsewhere) was used")
-                matmulForward(out: out, inp: inp, weight: params.base + offset, n: n, c: c, oc: oc, accumulate: accumulate)
+                matmulForward(out: out, inp: inp, weight: stored(offset), n: n, c: c, oc: oc, accumulate: accumulate)
             }
         }
     }
@@ -200,8 +205,7 @@ public final class Transformer {
                 for r in lo..<hi { p.row(Int(tokens[r]), into: out + r * c) }
             }
         } else {
-            precondition(layout.embedding >= 0, "Transformer: the embedding was not loaded on this rank (its placement embeds elsewhere)")
-            embeddingForward(out: out, tokens: tokens, wte: params.base + layout.embedding, n: n, c: c)
+            embeddingForward(out: out, tokens: tokens, wte: stored(layout.embedding), n: n, c: c)
         }
         if family.scaledEmbedding { scaleRow(out, n * c, embeddingScale) }
     }

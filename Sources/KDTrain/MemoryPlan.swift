@@ -51,8 +51,8 @@ public struct MemoryPlan: Sendable {
     public let rank: Int, ranks: Int
     public let parts: [Part]
     public var total: Int { parts.reduce(0) { $0 + $1.bytes } }
-    /// The teacher weights this rank touches, and all of the teachers' stored bytes.
-    public let teacherBytes: Int, teacherFileBytes: Int
+    /// The teacher weights this rank touches.
+    public let teacherBytes: Int
     /// The teachers' footprints the plan was made from.
     let teachers: [ModelFootprint]
 
@@ -70,27 +70,23 @@ public struct MemoryPlan: Sendable {
         var touched = 0
         for (i, f) in teachers.enumerated() {
             let share = TeacherShare(config: c, teacher: i, layers: f.config.layers, tied: f.config.tiedEmbeddings, rank: rank, ranks: ranks)
-            let runsHere = { (x: ModelFootprint.Tensor) in share.uses(x.name) }, note = share.note
             let bytes = MemoryPlan.teacherBytes(f, share: share, config: c)
             touched += bytes
-            let runsBlocks = f.tensors.contains { $0.block != nil && runsHere($0) }
+            let runsBlocks = f.tensors.contains { $0.block != nil && share.uses($0.name) }
             let acts = runsBlocks ? Transformer.activationBytes(config: f.config, b: t.microBatch, t: t.seqLen, training: false,
                                                                  lmHeadChunk: t.lmHeadChunk, headLogits: false) : 0
-            parts.append(Part(name: "teacher \(i + 1) weights", bytes: bytes, note: note))
+            parts.append(Part(name: "teacher \(i + 1) weights", bytes: bytes, note: share.note))
             // every rank opens every teacher: its vocabulary, merges and metadata as tables (measured on SmolLM2's
             // 1.8 MB header: about 9× its bytes resident), and the tokenizer.json checkpoints carry
             parts.append(Part(name: "teacher \(i + 1) tokenizer", bytes: 10 * f.metadataBytes, note: "tables from its \(f.metadataBytes >> 10) KiB of metadata"))
             if acts > 0 { parts.append(Part(name: "teacher \(i + 1) activations", bytes: acts, note: "\(t.microBatch) × \(t.seqLen) tokens, one block's buffers")) }
         }
         teacherBytes = touched
-        teacherFileBytes = teachers.reduce(0) { $0 + $1.tensors.reduce(0) { $0 + $1.stored } }
-        if tc.selfSource != .none {
-            parts.append(Part(name: "self-teacher weights", bytes: ParameterLayout(config: m).count * 4, note: "a Float copy of the student"))
-        }
+        let p = ParameterLayout(config: m).count, sharded = c.optimizer.sharding != .none ? ranks : 1
+        if tc.selfSource != .none { parts.append(Part(name: "self-teacher weights", bytes: 4 * p, note: "a Float copy of the student")) }
 
         // the student: weights and gradients whole on every rank (gradients sharded too with `gradients`), AdamW
         // moments and QAT masters on this rank's 1/N with sharding
-        let p = ParameterLayout(config: m).count, sharded = c.optimizer.sharding != .none ? ranks : 1
         parts.append(Part(name: "student weights", bytes: 4 * p, note: "\(p) parameters"))
         parts.append(Part(name: "student gradients", bytes: 4 * p, note: c.optimizer.sharding == .gradients ? "whole (reduce-scattered)" : "whole"))
         let stateFloats = 2 + (c.qat.enabled ? 2 : 0)
@@ -135,7 +131,6 @@ public struct MemoryPlan: Sendable {
         guard total > limit else { return nil }
         let tc = c.teacher ?? TeacherConfig()
         var fixes: [String] = []
-        let stateBytes = parts.first { $0.name == "optimizer state" }?.bytes ?? 0
         if teacherBytes > 0 && tc.placement == .replicated && tc.sources.count == 1, let f = teachers.first {
             // the fewest pipeline stages whose largest share of the teacher fits what the rest of the plan leaves
             var piped = c
@@ -150,7 +145,7 @@ public struct MemoryPlan: Sendable {
             fixes.append(stages.map { "teacher.placement: pipelined on \($0) or more ranks" } ?? "teacher.placement: pipelined (its head alone does not fit what is left)")
         }
         if tc.placement == .replicated && tc.sources.count > 1 { fixes.append("teacher.placement: groups") }
-        if c.optimizer.sharding == .none && ranks > 1 && stateBytes > 0 { fixes.append("optimizer.sharding: states (or gradients)") }
+        if c.optimizer.sharding == .none && ranks > 1 { fixes.append("optimizer.sharding: states (or gradients)") }
         if c.train.microBatch > 1 { fixes.append("a smaller train.micro_batch with more train.grad_accum") }
         return KDError.invalidInput(
             what: "memory plan of rank \(rank)",

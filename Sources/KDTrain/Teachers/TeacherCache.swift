@@ -65,6 +65,8 @@ public final class TeacherCache {
     /// The ids a cached row may hold (a cross-tokenizer cache marks a row it could not align with a first id of −1):
     /// the teacher's vocabulary, or the student's once ``check(corpus:seqLen:temperature:vocab:)`` has seen it.
     private(set) var allowedIDs: ClosedRange<Int32>
+    /// A sampled cache's log(count / k) by count (a count above k reads as k); empty otherwise.
+    let logShare: [Float]
 
     public init(dir: String) throws {
         self.dir = dir
@@ -97,6 +99,7 @@ public final class TeacherCache {
         train = try open("train", windows: info.trainWindows)!
         validation = try open("validation", windows: info.validationWindows)
         allowedIDs = (info.teacherVocab == nil ? 0 : -1)...Int32((info.teacherVocab ?? 1 << 24) - 1)
+        logShare = info.isSampled ? [-Float.infinity] + (1...info.k).map { logf(Float($0) / Float(info.k)) } : []
         if let tv = info.teacherVocab {
             let p = (dir as NSString).appendingPathComponent("vocab_map.bin")
             guard let d = FileManager.default.contents(atPath: p), d.count == tv * 4 else {
@@ -150,7 +153,7 @@ public final class TeacherCache {
         let s = info.seqLen, k = info.k, per = TeacherCache.bytesPerWindow(seqLen: s, k: k, compact: info.isCompact)
         precondition(out.k == k && out.n == windows.count * s, "TeacherCache.fill: buffer shape")
         for (i, w) in windows.enumerated() {
-            try TeacherCache.decode(window: file.base + w * per, seqLen: s, info: info, into: out, row0: i * s, allowed: allowedIDs) { id in
+            try decode(window: file.base + w * per, into: out, row0: i * s) { id in
                 KDError.invalidInput(what: "teacher cache \(dir), window \(w) of \(validationSplit ? "validation" : "train")",
                                      expected: "token ids in \(allowedIDs)", found: "\(id)")
             }
@@ -176,20 +179,18 @@ public final class TeacherCache {
         (dst + s * k * 4).copyMemory(from: rows.logTail + row0, byteCount: s * 4)
     }
 
-    /// Reads one window at `src` into rows row0 ..< row0 + seqLen of `out`; an id outside `allowed` (a damaged file:
-    /// the ids index the student's logits) throws `bad(id)`.
-    static func decode(window src: UnsafeRawPointer, seqLen s: Int, info: TeacherCacheInfo, into out: TopKBuffer, row0: Int,
-                       allowed: ClosedRange<Int32>, bad: (Int32) -> any Error) throws {
-        let k = info.k, ids = out.ids + row0 * k, lp = out.logProbs + row0 * k
+    /// Reads one window at `src` into rows row0 ..< row0 + seq_len of `out`; an id outside ``allowedIDs`` (a damaged
+    /// file: the ids index the student's logits) throws `bad(id)`.
+    func decode(window src: UnsafeRawPointer, into out: TopKBuffer, row0: Int, bad: (Int32) -> any Error) throws {
+        let s = info.seqLen, k = info.k, ids = out.ids + row0 * k, lp = out.logProbs + row0 * k, allowed = allowedIDs
         if info.isCompact {
-            // a sampled level is a count of k draws: its log(count / k) from a table (a count above k reads as k)
+            // a sampled level is a count of k draws (its log-share from the table), a top-k one a log-probability level
             let entries = src.assumingMemoryBound(to: UInt32.self)
-            let logShare = info.isSampled ? [-Float.infinity] + (1...k).map { logf(Float($0) / Float(k)) } : []
             for e in 0..<(s * k) {
                 let id = Int32(entries[e] & 0x1FFFF), level = entries[e] >> 17
                 guard allowed.contains(id) else { throw bad(id) }
                 ids[e] = id
-                lp[e] = info.isSampled ? logShare[min(Int(level), k)] : -Float(level) * logFloor / levels
+                lp[e] = info.isSampled ? logShare[min(Int(level), k)] : -Float(level) * TeacherCache.logFloor / TeacherCache.levels
             }
             (out.logTail + row0).update(from: (src + s * k * 4).assumingMemoryBound(to: Float.self), count: s)
             return

@@ -46,27 +46,23 @@ public func adamWUpdate(
     }
 }
 
-/// √(Σ g²) over `count` Floats, accumulated in Double.
+/// √(Σ g²) over `count` Floats: Float lanes over blocks of 4,096, then Double across the blocks in order, so the
+/// result does not depend on how many threads summed the blocks.
 public func globalNorm(_ grad: UnsafePointer<Float>, count: Int) -> Double {
-    let parts = max(1, min(Parallel.threads, count / (1 << 16)))
-    var sums = [Double](repeating: 0, count: parts)
+    let blocks = (count + 4095) / 4096
+    var sums = [Double](repeating: 0, count: blocks)
     sums.withUnsafeMutableBufferPointer { out in
         let o = out.baseAddress!
-        Parallel.forRanges(parts) { plo, phi in
-            for p in plo..<phi {
-                let lo = count * p / parts, hi = count * (p + 1) / parts
-                var total: Double = 0
-                var i = lo
-                while i < hi {  // Float lanes over blocks of 4096, then Double across blocks
-                    let e = Swift.min(i + 4096, hi)
-                    total += Double(dot(grad + i, grad + i, e - i))
-                    i = e
-                }
-                o[p] = total
+        Parallel.forRanges(blocks, minPerThread: 16) { lo, hi in
+            for b in lo..<hi {
+                let i = b * 4096
+                o[b] = Double(dot(grad + i, grad + i, Swift.min(4096, count - i)))
             }
         }
     }
-    return sums.reduce(0, +).squareRoot()
+    var total: Double = 0
+    for s in sums { total += s }
+    return total.squareRoot()
 }
 
 /// Scales the gradient so its global norm is at most `maxNorm`; returns the norm before clipping.

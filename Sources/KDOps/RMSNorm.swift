@@ -28,27 +28,25 @@ public func rmsNormBackward(
     dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, weight: UnsafePointer<Float>,
     rstd: UnsafePointer<Float>, n: Int, c: Int
 ) {
-    // dinp rows are independent; dweight sums over rows, so each thread keeps a private partial.
-    let parts = max(1, min(Parallel.threads, n / 16))
-    let partial = UnsafeMutablePointer<Float>.allocate(capacity: parts * c)
-    partial.initialize(repeating: 0, count: parts * c)
-    defer { partial.deallocate() }
-    Parallel.forRanges(parts) { plo, phi in
-        for p in plo..<phi {
-            let dw = partial + p * c
-            for r in (n * p / parts)..<(n * (p + 1) / parts) {
-                let x = inp + r * c, dy = dout + r * c, dx = dinp + r * c, s = rstd[r]
-                var dot: Float = 0  // Σ_j weight_j · dy_j · x_j
-                for i in 0..<c { dot += weight[i] * dy[i] * x[i] }
-                let k = s * s * s * dot / Float(c)
-                for i in 0..<c {
-                    dw[i] += x[i] * s * dy[i]
-                    dx[i] += s * weight[i] * dy[i] - k * x[i]  // y = x·s·w and s depends on every x
-                }
-            }
+    // dinp rows are independent; dweight sums over every row, in row order for each channel whatever the thread count
+    // (channels split over threads), so the result does not depend on how many threads ran it
+    Parallel.forRanges(n, minPerThread: 16) { lo, hi in
+        for r in lo..<hi {
+            let x = inp + r * c, dy = dout + r * c, dx = dinp + r * c, s = rstd[r]
+            var dot: Float = 0  // Σ_j weight_j · dy_j · x_j
+            for i in 0..<c { dot += weight[i] * dy[i] * x[i] }
+            let k = s * s * s * dot / Float(c)
+            for i in 0..<c { dx[i] += s * weight[i] * dy[i] - k * x[i] }  // y = x·s·w and s depends on every x
         }
     }
-    for p in 0..<parts {
-        for i in 0..<c { dweight[i] += partial[p * c + i] }
+    let partial = UnsafeMutablePointer<Float>.allocate(capacity: c)
+    partial.initialize(repeating: 0, count: c)
+    defer { partial.deallocate() }
+    Parallel.forRanges(c, minPerThread: 64) { lo, hi in
+        for r in 0..<n {
+            let x = inp + r * c, dy = dout + r * c, s = rstd[r]
+            for i in lo..<hi { partial[i] += x[i] * s * dy[i] }
+        }
+        for i in lo..<hi { dweight[i] += partial[i] }
     }
 }

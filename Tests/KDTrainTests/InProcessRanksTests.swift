@@ -242,3 +242,23 @@ func shardedConfig(_ sharding: Sharding, accum: Int = 2) throws -> RunConfig {
         #expect(maxRelativeDifference(r.weights, full.weights) < 1e-5, "\(ranks) ranks")
     }
 }
+
+/// The kernels' thread count (`Parallel.threads`) changes no bit of a run: every reduction sums in an order fixed by
+/// the shapes (RMSNorm's weight gradient per channel in row order, the gradient norm over fixed blocks). Tests set it
+/// while others run in the same process, so a dependence would also break the bitwise tests above at random.
+/// OpenBLAS's own thread count does change its sgemm's bits and is left at 1 here.
+@Test func theKernelsThreadCountChangesNoBitOfARun() throws {
+    var c = try placementConfig(.replicated, members: 1)
+    c.model.dim = 128; c.model.ffnDim = 344  // channels enough for a split over threads
+    let config = c
+    let saved = Parallel.threads
+    defer { Parallel.threads = saved }
+    var runs: [Ranked] = []
+    for threads in [1, 3] {
+        Parallel.threads = threads
+        runs.append(try trainRanks(1, config, teachers: { [tinyTeacher(config, layers: 2, seed: 5)] })[0])
+    }
+    let weights = runs[0].weights == runs[1].weights, losses = runs[0].stats.map(\.loss) == runs[1].stats.map(\.loss)
+    let norms = runs[0].stats.map(\.gradNorm) == runs[1].stats.map(\.gradNorm)
+    #expect(weights && losses && norms, "weights equal: \(weights), losses: \(losses), gradient norms: \(norms)")
+}

@@ -19,7 +19,7 @@ struct Export: ParsableCommand {
     @Option(help: "gguf or safetensors.") var format: ExportFormat
     @Option(help: "f32, f16, q8_0, q4_0 or q4_1 (GGUF; default: the QAT scheme the student trained with, else f16). For safetensors the weights are stored F32, after the round trip through the type when one is given.") var quant: String?
     @Option(help: "Output file (gguf) or folder (safetensors); replaced only when complete.") var out: String
-    @Option(help: "Type of the token embedding and LM head (default: --quant, or f32 for a QAT student that kept them in full precision — exactly what it trained with).") var embeddingQuant: String?
+    @Option(help: "Type of the token embedding and LM head (default: what a QAT student trained them with — its qat.embedding_scheme, f32 when it kept them in full precision — else --quant).") var embeddingQuant: String?
     @Option(help: "A GGUF file whose tokenizer and chat template to copy (default: the checkpoint's GGUF teacher).") var tokenizerFrom: String?
 
     func validate() throws {
@@ -54,13 +54,15 @@ struct Export: ParsableCommand {
                     if let scales {
                         model.writeFakeQuantized(scales: scales, master: model.params.base, mask: nil)
                     } else {
-                        model.writeFakeQuantized(scheme, embeddings: qat!.embeddings, master: model.params.base, mask: nil)
+                        model.writeFakeQuantized(scheme, tables: FakeQuantScheme(qat!.tableScheme), master: model.params.base, mask: nil)
                     }
                     if type != .f32 { KDLog.info("note: \(scheme) values are exact in f32 only; \(type) rounds them") }
                 }
                 if qat!.activations != .none { KDLog.info("note: int8 activation quantization is a runtime setting; the file holds weights only") }
             }
-            let tableType = embeddingQuant.flatMap { exportTypes[$0] } ?? (qat != nil && !(qat!.embeddings) ? .f32 : type)
+            // the tables as they trained: full precision, in the blocks' type, or in their own (qat.embedding_scheme)
+            let trainedTables = qat.map { FakeQuantScheme($0.tableScheme).map { $0.ggmlType ?? type } ?? .f32 }
+            let tableType = embeddingQuant.flatMap { exportTypes[$0] } ?? (trained == type ? trainedTables : nil) ?? (qat != nil && !(qat!.embeddings) ? .f32 : type)
             let withScales = trained != nil && trained == type ? scales : nil
             if format == .gguf {
                 try exportGGUF(model, type: type, tableType: tableType, scales: withScales)

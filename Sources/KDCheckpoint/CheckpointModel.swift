@@ -20,7 +20,7 @@ public func openModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? = nil
     if let scales = try loadQATScales(dir: path, model: model, qat: qat) {
         model.writeFakeQuantized(scales: scales, master: model.params.base, mask: nil)
     } else if let scheme = FakeQuantScheme(qat.scheme) {
-        model.writeFakeQuantized(scheme, embeddings: qat.embeddings, master: model.params.base, mask: nil)
+        model.writeFakeQuantized(scheme, tables: FakeQuantScheme(qat.tableScheme), master: model.params.base, mask: nil)
     }
     model.quantizeActivations = qat.activations == .int8
     loaded.kind = "safetensors, QAT \(qat.scheme)\(qat.activations == .int8 ? " + int8 activations" : "")"

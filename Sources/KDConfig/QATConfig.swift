@@ -31,6 +31,9 @@ public struct QATConfig: Codable, Equatable, Sendable {
     public var scheme = QATScheme.none
     /// Also quantize the token embedding and LM head (else they stay full precision). Default false.
     public var embeddings = false
+    /// With `embeddings`: the block format of the embedding and LM head when it is not `scheme`'s (as llama.cpp's
+    /// presets keep them at higher precision than the blocks, e.g. blocks q4_0 and tables q8_0). Default: `scheme`.
+    public var embeddingScheme: QATScheme?
     /// `none` or `int8`: per-token dynamic int8 fake quantization of the activations entering the linear layers
     /// (with a 4-bit scheme: "8da4w"). Default none.
     public var activations = ActivationQuant.none
@@ -50,7 +53,7 @@ public struct QATConfig: Codable, Equatable, Sendable {
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case scheme, embeddings, activations, startStep = "start_step", scales, scaleLRRatio = "scale_lr_ratio", freezeStep = "freeze_step"
+        case scheme, embeddings, embeddingScheme = "embedding_scheme", activations, startStep = "start_step", scales, scaleLRRatio = "scale_lr_ratio", freezeStep = "freeze_step"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -58,6 +61,7 @@ public struct QATConfig: Codable, Equatable, Sendable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         scheme = try c.value(.scheme, or: scheme)
         embeddings = try c.value(.embeddings, or: embeddings)
+        embeddingScheme = c.contains(.embeddingScheme) ? try c.value(.embeddingScheme, or: QATScheme.none) : nil
         activations = try c.value(.activations, or: activations)
         startStep = try c.value(.startStep, or: startStep)
         scales = try c.value(.scales, or: scales)
@@ -68,7 +72,17 @@ public struct QATConfig: Codable, Equatable, Sendable {
         try c.require(freezeStep >= 0, .freezeStep, expected: "an integer >= 0 (0 = never)", found: freezeStep)
         try c.require(freezeStep == 0 || scheme != .q4_1, .freezeStep, expected: "0 with q4_1 (its blocks also carry a minimum)", found: freezeStep)
         try c.require(startStep >= 0, .startStep, expected: "an integer >= 0", found: startStep)
+        if let e = embeddingScheme {
+            try c.require(embeddings, .embeddingScheme, expected: "embeddings: true with it (the tables are not quantized otherwise)", found: "'\(e.rawValue)' with embeddings: false")
+            try c.require(e.isBlockFormat && scheme.isBlockFormat, .embeddingScheme, expected: "a block format (q8_0, q4_0, q4_1) beside a block-format scheme",
+                          found: "'\(e.rawValue)' beside scheme '\(scheme.rawValue)'")
+            try c.require(e == scheme || (scales == .absmax && freezeStep == 0), .embeddingScheme,
+                          expected: "scheme's own format with learned or frozen scales (one set of scales per run)", found: "'\(e.rawValue)'")
+        }
     }
+
+    /// The format of the embedding and LM head: `none` unless `embeddings`.
+    public var tableScheme: QATScheme { embeddings ? (embeddingScheme ?? scheme) : .none }
 
     public var enabled: Bool { scheme != .none || activations != .none }
 

@@ -7,24 +7,24 @@ extension Transformer {
     /// The tensors a QAT scheme quantizes: every block's linear weights, plus the embedding and the (untied) LM head
     /// when `embeddings`. Norm vectors never.
     public func quantizedEntries(embeddings: Bool) -> [ParameterLayout.Entry] {
-        layout.entries.filter { e in
-            guard e.isMatrix else { return false }
-            let isTable = e.offset == layout.embedding || e.offset == layout.lmHead
-            return embeddings || !isTable
-        }
+        layout.entries.filter { e in e.isMatrix && (embeddings || !isTable(e)) }
     }
 
-    /// params ← fake-quantized `master` on the quantized tensors, `master` elsewhere; `mask` (same layout) receives
-    /// the straight-through masks of the quantized tensors and 1 elsewhere. `master` may be `params` itself.
-    public func writeFakeQuantized(_ scheme: FakeQuantScheme, embeddings: Bool, master: UnsafePointer<Float>,
+    /// The token embedding or the (untied) LM head.
+    public func isTable(_ e: ParameterLayout.Entry) -> Bool { e.offset == layout.embedding || e.offset == layout.lmHead }
+
+    /// params ← fake-quantized `master` on the quantized tensors (blocks in `scheme`, the embedding and head in
+    /// `tables`, or full precision when it is nil), `master` elsewhere; `mask` (same layout) receives the
+    /// straight-through masks of the quantized tensors and 1 elsewhere. `master` may be `params` itself.
+    public func writeFakeQuantized(_ scheme: FakeQuantScheme, tables: FakeQuantScheme?, master: UnsafePointer<Float>,
                                    mask: UnsafeMutablePointer<Float>?) {
         if master != UnsafePointer(params.base) { params.base.update(from: master, count: layout.count) }
         mask?.update(repeating: 1, count: layout.count)
-        let entries = quantizedEntries(embeddings: embeddings)
+        let entries = quantizedEntries(embeddings: tables != nil)
         Parallel.forRanges(entries.count) { lo, hi in
             for e in entries[lo..<hi] {
-                fakeQuantize(scheme, src: master + e.offset, rows: e.shape[0], c: e.shape[1], out: self.params.base + e.offset,
-                             mask: mask.map { $0 + e.offset })
+                fakeQuantize(isTable(e) ? tables! : scheme, src: master + e.offset, rows: e.shape[0], c: e.shape[1],
+                             out: self.params.base + e.offset, mask: mask.map { $0 + e.offset })
             }
         }
     }
@@ -75,7 +75,7 @@ public final class QATScales {
 }
 
 extension Transformer {
-    /// ``writeFakeQuantized(_:embeddings:master:mask:)`` with explicit scales.
+    /// ``writeFakeQuantized(_:tables:master:mask:)`` with explicit scales.
     public func writeFakeQuantized(scales: QATScales, master: UnsafePointer<Float>, mask: UnsafeMutablePointer<Float>?) {
         if master != UnsafePointer(params.base) { params.base.update(from: master, count: layout.count) }
         mask?.update(repeating: 1, count: layout.count)

@@ -16,6 +16,8 @@ import KDQuant
 public final class QATState: TrainerPart {
     public let config: QATConfig
     public let scheme: FakeQuantScheme?
+    /// The embedding's and LM head's scheme (`qat.embedding_scheme`, else `scheme`); nil when they stay full precision.
+    let tables: FakeQuantScheme?
     let model: Transformer
     let shard: SlabShard
     let comm: any Communicator
@@ -44,6 +46,7 @@ public final class QATState: TrainerPart {
         self.shard = shard
         self.comm = comm
         scheme = FakeQuantScheme(config.scheme)
+        tables = FakeQuantScheme(config.tableScheme)
         let r = shard.range
         masters = Slab(count: max(r.count, 1))
         masters.base.update(from: model.params.base + r.lowerBound, count: r.count)
@@ -122,7 +125,8 @@ public final class QATState: TrainerPart {
                         fakeQuantizeScaled(scheme, src: m + local, rows: rows.count, c: c, scales: qs.values.base + qs.offsets[i] + rows.lowerBound * qs.shape(i)[1],
                                            out: params + local, mask: self.mask.base + local)
                     } else {
-                        fakeQuantize(scheme, src: m + local, rows: rows.count, c: c, out: params + local, mask: self.mask.base + local)
+                        fakeQuantize(self.model.isTable(e) ? self.tables! : scheme, src: m + local, rows: rows.count, c: c, out: params + local,
+                                     mask: self.mask.base + local)
                     }
                 }
             }

@@ -87,6 +87,29 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
     }
 
+    /// `qat.embedding_scheme`: blocks in Q4_0, the embedding and head in Q8_0 (llama.cpp's Q4_0 preset layout), in
+    /// training and in the file: gguf-py finds each tensor's bytes equal to its own quantization of the checkpoint's
+    /// masters in that tensor's type, and the checkpoint and the GGUF read the same NLL.
+    @Test func aStudentTrainedWithItsTablesInAnotherFormatExportsThemInIt() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ckpt = try trainQAT(dir, scheme: "q4_0", extra: "  embeddings: true\n  embedding_scheme: q8_0\n")
+        let gguf = dir.appendingPathComponent("student.gguf").path
+        let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
+        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, Q4_0, embedding/head Q8_0"), "\(e.out)\(e.err)")
+        let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
+                                  [gguf, ckpt.appendingPathComponent("model.safetensors").path, "q4_0", "q8_0"])
+        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
+        #expect((j["bad"] as! [String]).isEmpty && (j["extra"] as! [String]).isEmpty, "\(check)")
+        let (a, b) = (try nll(ckpt.path), try nll(gguf))
+        #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
+        // the tables in Q4_0 instead read another NLL: the checkpoint really ran them in Q8_0
+        let q4 = dir.appendingPathComponent("all-q4.gguf").path
+        #expect(try distill(["export", ckpt.path, "--format", "gguf", "--embedding-quant", "q4_0", "--out", q4]).status == 0)
+        let allQ4 = try nll(q4)
+        #expect(abs(allQ4 - a) > 20 * max(abs(a - b), 1e-7), "tables Q4_0 \(allQ4), trained \(a), GGUF \(b)")
+    }
+
     @Test func aStudentWithFewerHeadsExportsAndReadsBack() throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }

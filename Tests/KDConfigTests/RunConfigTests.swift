@@ -60,6 +60,10 @@ import Testing
     ("teacher: {path: a}\npolicy: {mode: minillm}", "distill.objective", "expected rkl with policy.mode minillm"),
     ("teacher: {path: a}\npolicy: {mode: distillm}", "train.eval_every", "expected > 0 with policy.mode distillm"),
     ("teacher: {path: a}\ntrain: {seq_len: 16}\npolicy: {mode: gkd, prompt_tokens: 16}", "policy.prompt_tokens", "expected < train.seq_len (16)"),
+    ("qat: {scheme: q4_0, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected embeddings: true with it"),
+    ("qat: {scheme: int4_channel, embeddings: true, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected a block format (q8_0, q4_0, q4_1) beside a block-format scheme, found 'q8_0' beside scheme 'int4_channel'"),
+    ("qat: {scheme: q4_0, embeddings: true, embedding_scheme: q8_0, scales: learned}", "qat.embedding_scheme", "expected scheme's own format with learned or frozen scales"),
+    ("qat: {scheme: q4_0, embeddings: true, embedding_scheme: q5_k}", "qat.embedding_scheme", "expected 'none', 'q8_0'"),
 ])
 func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: String) {
     do {

@@ -130,12 +130,10 @@ struct Train: ParsableCommand {
 
     /// "8G", "512M", "64K" or a number of bytes.
     func parseBytes(_ s: String) throws -> Int {
-        let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
-        let unit = s.last.flatMap { units[Character($0.uppercased())] }
-        guard let number = Double(unit == nil ? s : String(s.dropLast())), number > 0, number * Double(unit ?? 1) < 9e18 else {
+        guard let v = parseQuantity(s, binary: true) else {
             throw ValidationError("--memory-per-rank: expected a size such as 8G, 512M or 1073741824, found '\(s)'")
         }
-        return Int(number * Double(unit ?? 1))
+        return v
     }
 
     /// Bytes of a file, or of every file under a folder.

@@ -1,6 +1,8 @@
 // The `student` section of a run config (how the student starts). Keys are snake_case, every field has a default,
 // unknown keys and out-of-range values fail while decoding.
 
+import Foundation
+
 /// `student.init`.
 public enum StudentInit: String, ConfigVocabulary {
     case random, fromTeacher = "from_teacher"
@@ -18,6 +20,49 @@ public enum LayerSelect: String, ConfigVocabulary {
     /// Gromov et al. 2024: drop the contiguous run of teacher.layers − model.layers blocks whose input and output
     /// hidden states are closest in angle (mean over the calibration tokens).
     case angular
+}
+
+/// `student.target`: the size the cut student must meet; the trainer chooses its depth and FFN width.
+public struct StudentTarget: Codable, Equatable, Sendable {
+    /// At most this many bytes in the GGUF the student exports to (in its QAT format, else F16), tokenizer included.
+    public var bytes: Int?
+    /// At most this many parameters.
+    public var params: Int?
+
+    public init(bytes: Int? = nil, params: Int? = nil) { self.bytes = bytes; self.params = params }
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case bytes, params }
+
+    public init(from decoder: any Decoder) throws {
+        try rejectUnknownKeys(decoder, CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        func quantity(_ key: CodingKeys, binary: Bool, example: String) throws -> Int? {
+            guard c.contains(key) else { return nil }
+            let raw = (try? c.decode(Int.self, forKey: key)).map(String.init) ?? (try? c.decode(String.self, forKey: key)) ?? "?"
+            guard let v = parseQuantity(raw, binary: binary), v > 0 else {
+                throw DecodingError.dataCorruptedError(forKey: key, in: c, debugDescription: "expected \(example), found '\(raw)'")
+            }
+            return v
+        }
+        bytes = try quantity(.bytes, binary: true, example: "a size such as 62MiB, 62M or 65011712")
+        params = try quantity(.params, binary: false, example: "a count such as 100M, 1.5B or 100000000")
+        try c.require((bytes == nil) != (params == nil), .bytes, expected: "one of bytes or params", found: bytes == nil ? "neither" : "both")
+    }
+}
+
+/// "62MiB", "62 MiB", "62M", "1.5G" or a plain number; K/M/G/T are powers of 1024 when `binary`, else of 1000 (and B
+/// is 10⁹, as in "1.5B parameters"). nil for anything else.
+public func parseQuantity(_ s: String, binary: Bool) -> Int? {
+    var t = s.trimmingCharacters(in: .whitespaces).uppercased()
+    if binary, t.hasSuffix("IB") { t.removeLast(2) } else if binary, t.hasSuffix("B"), t.count > 1, Double(t) == nil { t.removeLast() }
+    t = t.trimmingCharacters(in: .whitespaces)
+    let base = binary ? 1024.0 : 1000.0
+    let units: [Character: Double] = ["K": base, "M": base * base, "G": base * base * base, "T": base * base * base * base]
+        .merging(binary ? [:] : ["B": 1e9]) { a, _ in a }
+    let unit = t.last.flatMap { units[$0] }
+    guard let number = Double(unit == nil ? t : String(t.dropLast()).trimmingCharacters(in: .whitespaces)), number > 0,
+          number * (unit ?? 1) < 9e18 else { return nil }
+    return Int(number * (unit ?? 1))
 }
 
 /// How a training run's student starts.
@@ -39,16 +84,21 @@ public struct StudentInitConfig: Codable, Equatable, Sendable {
     /// size): micro-batches of the first training windows on which the teacher's FFN channels and query heads are
     /// ranked by mean |activation|. Default 4.
     public var calibrationBatches = 4
+    /// Compress to a budget (`{bytes: 62MiB}` or `{params: 100M}`): the trainer tries every depth from the teacher's
+    /// down to half of it, each with the widest FFN that meets the target (its blocks chosen by `select`, angular by
+    /// default; FFN channels by importance), scores each cut by its calibration KL to the teacher, keeps the lowest and
+    /// prints every score. `model.layers` and `model.ffn_dim` are then the chosen cut's. Default: none.
+    public var target: StudentTarget?
 
     public init() {}
 
     /// The rule in force: `select`, else `layers` when the list is given, else `every`.
-    public var rule: LayerSelect { select ?? (layers.isEmpty ? .every : .layers) }
+    public var rule: LayerSelect { select ?? (target != nil ? .angular : layers.isEmpty ? .every : .layers) }
 
     /// Whether the kept blocks are measured on calibration batches (greedy, angular) rather than listed.
     public var measuresSelection: Bool { rule == .greedy || rule == .angular }
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case initFrom = "init", layers, every, select, teacher, calibrationBatches = "calibration_batches" }
+    enum CodingKeys: String, CodingKey, CaseIterable { case initFrom = "init", layers, every, select, teacher, calibrationBatches = "calibration_batches", target }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
@@ -59,19 +109,26 @@ public struct StudentInitConfig: Codable, Equatable, Sendable {
         select = c.contains(.select) ? try c.value(.select, or: LayerSelect.every) : nil
         teacher = try c.value(.teacher, or: teacher)
         calibrationBatches = try c.value(.calibrationBatches, or: calibrationBatches)
+        target = try c.decodeIfPresent(StudentTarget.self, forKey: .target)
+        if target != nil {
+            try c.require(initFrom == .fromTeacher, .target, expected: "init: from_teacher (a target is met by cutting the teacher)", found: "init: \(initFrom.rawValue)")
+            try c.require(select == nil || select == .angular || select == .greedy, .select, expected: "angular or greedy with a target (the depth is measured)",
+                          found: "\(select.map { $0.rawValue } ?? "")")
+        }
         try c.require(calibrationBatches >= 1, .calibrationBatches, expected: "an integer >= 1", found: calibrationBatches)
         try c.require(every >= 0, .every, expected: "an integer >= 0", found: every)
         try c.require(layers.allSatisfy { $0 >= 0 }, .layers, expected: "block indices >= 0", found: layers)
         switch select {
-        case .greedy?, .angular?:
-            try c.require(layers.isEmpty && every == 0, .select, expected: "\(select!) alone (it chooses the blocks; drop layers/every)",
-                          found: "\(select!) with \(layers.isEmpty ? "every: \(every)" : "layers: \(layers)")")
+        case .greedy?, .angular?, nil where target != nil:
+            let select = self.select ?? .angular
+            try c.require(layers.isEmpty && every == 0, .select, expected: "\(select) alone (it chooses the blocks; drop layers/every)",
+                          found: "\(select) with \(layers.isEmpty ? "every: \(every)" : "layers: \(layers)")")
         case .layers?:
             try c.require(!layers.isEmpty, .layers, expected: "the teacher blocks to keep with select: layers", found: "none")
         case .every?:
             try c.require(every > 0, .every, expected: "an integer >= 1 with select: every", found: every)
         case nil:
-            if initFrom == .fromTeacher {
+            if initFrom == .fromTeacher && target == nil {
                 try c.require(!layers.isEmpty || every > 0, .layers,
                               expected: "the teacher blocks to keep (layers: [...], every: N, or select: greedy | angular)", found: "none")
             }

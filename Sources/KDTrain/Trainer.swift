@@ -114,12 +114,15 @@ public final class Trainer {
             guard let cutSource else {
                 throw KDError.invalidInput(what: "student.init from_teacher", expected: "a teacher to cut the student from", found: "none loaded")
             }
-            try checkCut(config, source: cutSource)
+            // student.target: the depth and FFN width that meet it, measured
+            let file = config.student.teacher.isEmpty ? config.teacher?.sources.first?.path ?? "" : config.student.teacher
+            resolved = try chooseBudgetCut(config, source: cutSource, overhead: ggufHeaderBytes(file), calibration: batches.sampler, comm: comm)
+            try checkCut(resolved, source: cutSource)
         }
         try checkHiddenLayers(config, teacher: teachers.first)
         if let cutSource {
-            kept = try studentBlocks(from: cutSource, config: config, calibration: batches.sampler, comm: comm)
-            resolved.model = try cutModelConfig(config.model, teacher: cutSource.config, kept: kept)
+            kept = try studentBlocks(from: cutSource, config: resolved, calibration: batches.sampler, comm: comm)
+            resolved.model = try cutModelConfig(resolved.model, teacher: cutSource.config, kept: kept)
         }
         self.config = resolved
         // a student larger than the machine is one line, not an allocation trap: weights, gradients and both AdamW

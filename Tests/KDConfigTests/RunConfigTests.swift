@@ -60,6 +60,12 @@ import Testing
     ("teacher: {path: a}\npolicy: {mode: minillm}", "distill.objective", "expected rkl with policy.mode minillm"),
     ("teacher: {path: a}\npolicy: {mode: distillm}", "train.eval_every", "expected > 0 with policy.mode distillm"),
     ("teacher: {path: a}\ntrain: {seq_len: 16}\npolicy: {mode: gkd, prompt_tokens: 16}", "policy.prompt_tokens", "expected < train.seq_len (16)"),
+    ("student: {init: from_teacher, target: {bytes: lots}}", "student.target.bytes", "expected a size such as 62MiB, 62M or 65011712, found 'lots'"),
+    ("student: {init: random, target: {bytes: 62MiB}}", "student.target", "expected init: from_teacher"),
+    ("student: {init: from_teacher, target: {}}", "student.target.bytes", "expected one of bytes or params, found neither"),
+    ("student: {init: from_teacher, target: {bytes: 1G, params: 1B}}", "student.target.bytes", "expected one of bytes or params, found both"),
+    ("student: {init: from_teacher, select: every, every: 2, target: {params: 100M}}", "student.select", "expected angular or greedy with a target"),
+    ("student: {init: from_teacher, target: {speed: 2}}", "student.target", "unknown key 'speed'"),
     ("qat: {scheme: q4_0, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected embeddings: true with it"),
     ("qat: {scheme: int4_channel, embeddings: true, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected a block format (q8_0, q4_0, q4_1) beside a block-format scheme, found 'q8_0' beside scheme 'int4_channel'"),
     ("qat: {scheme: q4_0, embeddings: true, embedding_scheme: q8_0, scales: learned}", "qat.embedding_scheme", "expected scheme's own format with learned or frozen scales"),
@@ -196,4 +202,15 @@ func unknownVocabularyWordListsTheValidOnes(section: String, key: String, choice
     #expect(c.optimizer.sharding == .gradients)
     c = try RunConfig.parse(yaml: try c.yaml())
     #expect(c.distill.objective == .skewRKL && c.qat.scheme == .int4Channel && c.optimizer.sharding == .gradients)
+}
+
+@Test func budgetTargetsReadSizesAndCounts() throws {
+    #expect(parseQuantity("62MiB", binary: true) == 62 << 20 && parseQuantity("62 MiB", binary: true) == 62 << 20)
+    #expect(parseQuantity("62M", binary: true) == 62 << 20 && parseQuantity("1.5G", binary: true) == 3 << 29 && parseQuantity("4096", binary: true) == 4096)
+    #expect(parseQuantity("100M", binary: false) == 100_000_000 && parseQuantity("1.5B", binary: false) == 1_500_000_000)
+    #expect(parseQuantity("-3M", binary: true) == nil && parseQuantity("MiB", binary: true) == nil && parseQuantity("", binary: false) == nil)
+    let c = try RunConfig.parse(yaml: "data: {train: [a]}\nstudent: {init: from_teacher, target: {bytes: 62MiB}}\n")
+    #expect(c.student.target == StudentTarget(bytes: 62 << 20) && c.student.rule == .angular && c.student.measuresSelection)
+    // it round-trips through the YAML a run writes beside its checkpoints
+    #expect(try RunConfig.parse(yaml: c.yaml()).student == c.student)
 }

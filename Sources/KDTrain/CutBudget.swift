@@ -1,0 +1,130 @@
+// Compress to a budget (`student.target: {bytes: …} | {params: …}`): every depth from the teacher's down to half of
+// it, each with the widest FFN (in steps of a quantization block) whose export meets the target, is cut as the run
+// would cut it (blocks by `student.select`, FFN channels by importance on the calibration batches) and scored by its
+// calibration KL(teacher ‖ cut); the lowest wins. The scores are logged and saved beside the checkpoints
+// (`budget.json`), and a later run with the same target, calibration tokens and teacher output reuses the choice.
+import Foundation
+import KDComm
+import KDConfig
+import KDCore
+import KDData
+import KDFormats
+import KDModel
+import KDQuant
+
+/// One cut the budget weighed.
+struct BudgetCut: Codable, Equatable {
+    var layers: Int, ffnDim: Int, bytes: Int, params: Int
+    var kept: [Int] = []
+    var kl = Double.nan
+}
+
+/// What the budget chose, and every candidate's score.
+struct BudgetChoice: Codable {
+    var key: String
+    var target: String
+    var candidates: [BudgetCut]
+    var chosen: Int
+    static let fileName = "budget.json"
+}
+
+/// The bytes of the GGUF a student of shape `m` exports to by default: block matrices in the QAT scheme's type (F16
+/// without a GGUF scheme), the embedding and head as they trained (their scheme; F32 when QAT kept them full precision;
+/// F16 without QAT), vectors F32, each tensor padded to 32 bytes, plus `overhead` (the metadata and tokenizer).
+func exportBytes(_ m: ModelConfig, qat: QATConfig, overhead: Int) -> Int {
+    let layout = ParameterLayout(config: m)
+    let block = FakeQuantScheme(qat.scheme)?.ggmlType ?? .f16
+    let tables: GGMLType = !qat.enabled ? .f16 : !qat.embeddings ? .f32 : FakeQuantScheme(qat.tableScheme)?.ggmlType ?? block
+    return layout.entries.reduce(overhead) { total, e in
+        let type: GGMLType = !e.isMatrix ? .f32 : (e.offset == layout.embedding || e.offset == layout.lmHead) ? tables : block
+        return total + (type.byteCount(elements: e.count) + 31) / 32 * 32
+    }
+}
+
+/// The cuts meeting `target`: for each depth from the teacher's down to half of it, the widest FFN (a multiple of
+/// `multiple`, at least a quarter of the teacher's) that meets it.
+func budgetCandidates(_ config: RunConfig, teacher t: ModelConfig, target: StudentTarget, overhead: Int) -> [BudgetCut] {
+    let multiple = max(32, FakeQuantScheme(config.qat.scheme)?.rowMultiple ?? 1)
+    func shape(_ layers: Int, _ ffn: Int) -> ModelConfig {
+        var m = config.model
+        m.layers = layers; m.ffnDim = ffn
+        return m
+    }
+    func cut(_ layers: Int, _ ffn: Int) -> BudgetCut {
+        let m = shape(layers, ffn)
+        return BudgetCut(layers: layers, ffnDim: ffn, bytes: exportBytes(m, qat: config.qat, overhead: overhead), params: ParameterLayout(config: m).count)
+    }
+    func fits(_ c: BudgetCut) -> Bool { target.bytes.map { c.bytes <= $0 } ?? (c.params <= target.params!) }
+    var out: [BudgetCut] = []
+    for layers in stride(from: t.layers, through: max(1, (t.layers + 1) / 2), by: -1) {
+        var ffn = t.ffnDim / multiple * multiple
+        while ffn >= max(multiple, t.ffnDim / 4), !fits(cut(layers, ffn)) { ffn -= multiple }
+        if ffn >= max(multiple, t.ffnDim / 4) { out.append(cut(layers, ffn)) }
+    }
+    return out
+}
+
+/// `config` with `model.layers` and `model.ffn_dim` of the cut that meets `student.target` with the lowest calibration
+/// KL (unchanged without a target); a cut that keeps every block keeps them as listed (`every: 1`). Collective when the
+/// selection rule is (greedy shares its candidates).
+func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, calibration sampler: WindowSampler,
+                     comm: any Communicator) throws -> RunConfig {
+    guard let target = config.student.target else { return config }
+    let t = source.config, s = config.student, start = monotonicSeconds()
+    let what = target.bytes.map { String(format: "bytes %.1f MiB", Double($0) / 1048576) } ?? String(format: "params %.2fM", Double(target.params!) / 1e6)
+    var candidates = budgetCandidates(config, teacher: t, target: target, overhead: overhead)
+    guard !candidates.isEmpty else {
+        var smallest = config.model
+        smallest.layers = max(1, (t.layers + 1) / 2); smallest.ffnDim = max(32, t.ffnDim / 4 / 32 * 32)
+        throw KDError.invalidInput(what: "student.target", expected: String(format: "a size a cut of the teacher can meet (the smallest tried, %d blocks with FFN %d, is %.1f MiB, %.2fM parameters)",
+                                                                            smallest.layers, smallest.ffnDim, Double(exportBytes(smallest, qat: config.qat, overhead: overhead)) / 1048576,
+                                                                            Double(ParameterLayout(config: smallest).count) / 1e6),
+                                   found: what)
+    }
+    let cal = Calibration(teacher: source, sampler: sampler, batches: s.calibrationBatches, b: config.train.microBatch, t: config.train.seqLen)
+    let key = "\(what), \(s.rule), qat \(config.qat.scheme.rawValue)/\(config.qat.tableScheme.rawValue), overhead \(overhead), "
+        + "\(cal.batches)x\(cal.b)x\(cal.t) tokens, teacher output \(cal.fingerprint)"
+    let path = (config.checkpoint.dir as NSString).appendingPathComponent(BudgetChoice.fileName)
+    var choice: BudgetChoice
+    if let data = FileManager.default.contents(atPath: path), let saved = try? JSONDecoder().decode(BudgetChoice.self, from: data), saved.key == key {
+        choice = saved
+        KDLog.info("  target \(what): \(saved.candidates[saved.chosen].layers) blocks, FFN \(saved.candidates[saved.chosen].ffnDim), from \(path)")
+    } else {
+        KDLog.info("  target \(what): \(candidates.count) cuts meet it; each scored by its calibration KL(teacher‖cut) on \(cal.batches * cal.rows) tokens")
+        for i in candidates.indices {
+            var c = config
+            c.model.layers = candidates[i].layers; c.model.ffnDim = candidates[i].ffnDim
+            let kept = c.model.layers == t.layers ? Array(0..<t.layers)
+                : try measureLayerSelection(s.rule, source: source, keep: c.model.layers, calibration: cal, comm: comm).kept
+            let m = Transformer(config: try cutModelConfig(c.model, teacher: t, kept: kept), needsGrad: false)
+            try cutStudent(m, from: source, config: c, kept: kept, calibration: sampler, comm: comm)
+            candidates[i].kept = kept
+            candidates[i].kl = cal.meanKL(m, blocks: Array(0..<c.model.layers))
+            KDLog.info(String(format: "    %2d blocks × FFN %4d: %.1f MiB, %.2fM parameters, KL %.4f", candidates[i].layers, candidates[i].ffnDim,
+                              Double(candidates[i].bytes) / 1048576, Double(candidates[i].params) / 1e6, candidates[i].kl))
+        }
+        let best = candidates.indices.min { candidates[$0].kl < candidates[$1].kl || (candidates[$0].kl == candidates[$1].kl && $0 < $1) }!
+        choice = BudgetChoice(key: key, target: what, candidates: candidates, chosen: best)
+        if comm.rank == 0 {
+            try FileManager.default.createDirectory(atPath: config.checkpoint.dir, withIntermediateDirectories: true)
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try enc.encode(choice).write(to: URL(fileURLWithPath: path + ".partial"))
+            _ = rename(path + ".partial", path)
+        }
+    }
+    let c = choice.candidates[choice.chosen]
+    KDLog.info(String(format: "  target %@: chose %d blocks × FFN %d (%.1f MiB, %.2fM parameters, calibration KL %.4f, the lowest of %d) in %.1f s",
+                      what, c.layers, c.ffnDim, Double(c.bytes) / 1048576, Double(c.params) / 1e6, c.kl, choice.candidates.count, monotonicSeconds() - start))
+    var out = config
+    out.model.layers = c.layers
+    out.model.ffnDim = c.ffnDim
+    if c.layers == t.layers { out.student.select = .every; out.student.every = 1 }
+    return out
+}
+
+/// Bytes of a GGUF teacher's header (metadata with its tokenizer, tensor infos): what an exported student copies.
+func ggufHeaderBytes(_ path: String) -> Int {
+    guard path.hasSuffix(".gguf"), let f = try? GGUFFile(path: path, mapAll: false) else { return 0 }
+    return f.dataOffset
+}

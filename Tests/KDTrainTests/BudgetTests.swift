@@ -1,0 +1,61 @@
+// Compress to a budget (`student.target`): the cut the trainer picks meets the target in the file it exports, each
+// candidate is the widest FFN that meets it at its depth, and the choice is the lowest calibration KL of those.
+import Foundation
+import KDConfig
+import KDCore
+import KDData
+import KDFormats
+import KDModel
+import KDTestSupport
+@testable import KDTrain
+import Testing
+
+@Test func theBudgetMeetsItsTargetInTheExportedFileWithTheLowestKLOfItsCandidates() throws {
+    let dir = try temporaryDirectory("distill-budget")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var c = try placementConfig(.replicated, members: 1, steps: 2)
+    c.model.ffnDim = 192
+    c.qat.scheme = .q4_0; c.qat.embeddings = true; c.qat.embeddingScheme = .q8_0
+    let teacher = tinyTeacher(c, layers: 4, seed: 21)
+    // the teacher as a GGUF file: its header is what the student's export copies (metadata, tensor infos)
+    let tpath = dir.appendingPathComponent("teacher.gguf").path
+    try teacher.exportGGUF(path: tpath, type: .f32, name: "t", extraMetadata: [])
+    c.teacher!.path = tpath
+    c.student.initFrom = .fromTeacher
+    c.checkpoint.dir = dir.appendingPathComponent("run").path
+    // just above 3 blocks × FFN 160: every depth from 4 down to 2 has a candidate, 4 a narrower one, 2 the teacher's width
+    var probe = c.model
+    probe.layers = 3; probe.ffnDim = 160
+    let target = exportBytes(probe, qat: c.qat, overhead: ggufHeaderBytes(tpath)) + 64
+    c.student.target = StudentTarget(bytes: target)
+    let config = c
+    _ = try trainRanks(1, config, teachers: { [tinyTeacher(config, layers: 4, seed: 21)] })
+    let choice = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: config.checkpoint.dir + "/budget.json")))
+    #expect(choice.candidates.map(\.layers) == [4, 3, 2] && choice.candidates.map(\.ffnDim).last == 192, "\(choice.candidates)")
+    for cand in choice.candidates {
+        #expect(cand.bytes <= target && cand.ffnDim % 32 == 0 && cand.kl.isFinite && cand.kl > 0, "\(cand)")
+        // the widest: one block of 32 more channels would not fit (or the teacher's width is reached)
+        var wider = config.model
+        wider.layers = cand.layers; wider.ffnDim = cand.ffnDim + 32
+        #expect(cand.ffnDim + 32 > 192 || exportBytes(wider, qat: config.qat, overhead: ggufHeaderBytes(tpath)) > target, "\(cand)")
+    }
+    let best = choice.candidates[choice.chosen]
+    #expect(choice.candidates.allSatisfy { $0.kl >= best.kl })
+    // the student that trained has that shape, and its export (in the formats it trained in) is within the target
+    let corpus = try TokenCorpus.load(config.data, seed: config.train.seed)
+    let tr = try Trainer(config: config, corpus: corpus, teachers: [teacher])
+    #expect(tr.config.model.layers == best.layers && tr.config.model.ffnDim == best.ffnDim)
+    let out = dir.appendingPathComponent("student.gguf").path
+    try tr.model.exportGGUF(path: out, type: .q4_0, tableType: .q8_0, name: "t", extraMetadata: [])
+    let size = try FileManager.default.attributesOfItem(atPath: out)[.size] as! Int
+    #expect(size <= target && size >= best.bytes - 32 * tr.model.layout.entries.count - ggufHeaderBytes(tpath), "file \(size), estimate \(best.bytes), target \(target)")
+    // a target no cut can meet is refused with the smallest size tried
+    var tooSmall = config
+    tooSmall.student.target = StudentTarget(bytes: 1000)
+    do {
+        _ = try Trainer(config: tooSmall, corpus: corpus, teachers: [teacher])
+        Issue.record("a 1000-byte target accepted")
+    } catch {
+        #expect("\(error)".contains("student.target") && "\(error)".contains("the smallest tried"), "\(error)")
+    }
+}

@@ -12,8 +12,10 @@ teacher file, as a user would make the free alternative; cached in DIR/ladder/),
   - KL(teacher || model) and top-1 agreement per predicted token, from llama.cpp's logits of both on the same windows;
   - `distill eval`'s NLL of the same file and text (n/a where distill cannot read a type: it reads the types it trains);
 and llama.cpp's speed on --threads (2) threads: a --prompt-token prompt (tokens/s) then --generate greedy tokens
-(tokens/s), rounds interleaved over the models, medians. Writes DIR/frontier.json, DIR/frontier.md (the table),
-DIR/frontier.svg (bytes vs NLL and generation speed vs NLL) and DIR/frontier.html (both).
+(tokens/s), rounds interleaved over the models, medians (--rounds 0: none). Writes DIR/frontier.json, DIR/frontier.md
+(the table), DIR/frontier.svg (bytes vs NLL and generation speed vs NLL) and DIR/frontier.html (both). A model's
+quality figures on a text are kept in DIR/cache/ and reused while its file, the teacher's and the text are unchanged,
+so adding a student scores only it; speeds are measured on every run.
 Needs llama-cpp-python (0.3.36, as the references use), gguf-py and numpy.
 """
 import argparse, ctypes, html, json, os, statistics, subprocess, sys, time
@@ -90,32 +92,63 @@ def log_softmax(x):
     return x - (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))
 
 
-def quality(models, texts, context, count, threads):
-    """Per model and text: llama.cpp NLL, KL(teacher || model), top-1 agreement (the teacher is models[0])."""
-    llms = [Llama(model_path=p, n_ctx=context, n_batch=context, n_ubatch=context, logits_all=True, verbose=False,
-                  n_threads=threads, n_threads_batch=threads) for _, p, _ in models]
+def cache_key(*parts):
+    """A file name for a result that depends on these files (by path, size and modification time) and settings."""
+    import hashlib
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr((p, os.path.getsize(p), os.path.getmtime(p)) if isinstance(p, str) and os.path.isfile(p) else p).encode())
+    return h.hexdigest()[:24] + ".json"
+
+
+def cached(folder, key, compute):
+    """compute() once per key: results depend only on the files and settings in the key (speeds are never cached)."""
+    path = os.path.join(folder, key)
+    if os.path.exists(path):
+        return json.load(open(path))
+    value = compute()
+    os.makedirs(folder, exist_ok=True)
+    json.dump(value, open(path + ".part", "w"))
+    os.replace(path + ".part", path)
+    return value
+
+
+def quality(models, texts, context, count, threads, folder):
+    """Per model and text: llama.cpp NLL, KL(teacher || model), top-1 agreement (the teacher is models[0]); a model's
+    figures on a text are kept in `folder` and not recomputed while the files are unchanged."""
     out = {}
     for tname, tpath in texts:
-        ws = windows_of(llms[0], tpath, context, count)
-        acc = [{"nll": 0.0, "kl": 0.0, "agree": 0, "n": 0} for _ in models]
-        for w in ws:
-            n = len(w) - 1
-            target = np.array(w[1:])
-            teacher = None
-            for i, llm in enumerate(llms):
-                llm.reset(); llm.eval(w)
-                lp = log_softmax(np.array(llm.scores[:len(w)], dtype=np.float64)[:n])
-                if i == 0:
-                    teacher = lp
+        keys = [cache_key("quality", models[0][1], p, tpath, context, count) for _, p, _ in models]
+        todo = [i for i, k in enumerate(keys) if not os.path.exists(os.path.join(folder, k))]
+        if todo:
+            need = [0] + [i for i in todo if i != 0]
+            llms = {i: Llama(model_path=models[i][1], n_ctx=context, n_batch=context, n_ubatch=context, logits_all=True, verbose=False,
+                             n_threads=threads, n_threads_batch=threads) for i in need}
+            ws = windows_of(llms[0], tpath, context, count)
+            acc = {i: {"nll": 0.0, "kl": 0.0, "agree": 0, "n": 0} for i in need}
+            for w in ws:
+                n = len(w) - 1
+                target = np.array(w[1:])
+                teacher = None
+                for i in need:
+                    llm = llms[i]
+                    llm.reset(); llm.eval(w)
+                    lp = log_softmax(np.array(llm.scores[:len(w)], dtype=np.float64)[:n])
+                    if i == 0:
+                        teacher = lp
+                    a = acc[i]
+                    a["nll"] -= lp[np.arange(n), target].sum()
+                    a["kl"] += (np.exp(teacher) * (teacher - lp)).sum()
+                    a["agree"] += int((lp.argmax(-1) == teacher.argmax(-1)).sum())
+                    a["n"] += n
+            for i in todo:
                 a = acc[i]
-                a["nll"] -= lp[np.arange(n), target].sum()
-                a["kl"] += (np.exp(teacher) * (teacher - lp)).sum()
-                a["agree"] += int((lp.argmax(-1) == teacher.argmax(-1)).sum())
-                a["n"] += n
-        for (name, _, _), a in zip(models, acc):
-            out.setdefault(name, {})[tname] = {"llamacpp_nll": a["nll"] / a["n"], "kl": a["kl"] / a["n"],
-                                               "top1": a["agree"] / a["n"], "tokens": a["n"], "windows": len(ws)}
-        print(f"== {tname}: {len(ws)} windows of {context} tokens scored by llama.cpp for {len(models)} models", flush=True)
+                cached(folder, keys[i], lambda: {"llamacpp_nll": a["nll"] / a["n"], "kl": a["kl"] / a["n"], "top1": a["agree"] / a["n"],
+                                                 "tokens": a["n"], "windows": len(ws)})
+            del llms
+        for (name, _, _), k in zip(models, keys):
+            out.setdefault(name, {})[tname] = dict(json.load(open(os.path.join(folder, k))))
+        print(f"== {tname}: windows of {context} tokens scored by llama.cpp ({len(todo)} of {len(models)} models new)", flush=True)
     return out
 
 
@@ -164,7 +197,9 @@ def svg(rows, texts, teacher_name):
     colors = {"teacher": "#000", "ladder": "#1f77b4", "student": "#d62728"}
     for k, (tname, xlabel, xof) in enumerate(panels):
         ox, oy = (k % cols) * W, (k // cols) * H
-        pts = [(xof(r), r["texts"][tname]["llamacpp_nll"] - r["teacher_nll"][tname], r) for r in rows]
+        pts = [(xof(r), r["texts"][tname]["llamacpp_nll"] - r["teacher_nll"][tname], r) for r in rows if xof(r)]
+        if not pts:
+            continue
         xs = [p[0] for p in pts]; ys = [p[1] for p in pts]
         x0, x1 = min(xs) * 0.95, max(xs) * 1.05
         y0, y1 = min(0, min(ys)) - 0.02, max(ys) + 0.05
@@ -198,7 +233,7 @@ def main():
     ap.add_argument("--ladder", default="Q8_0 Q4_K_M Q5_0 Q3_K_M IQ4_NL Q4_0 Q2_K")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--windows", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="speed rounds; 0 = no speed measurement")
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--generate", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
@@ -218,16 +253,20 @@ def main():
     students = [pair(s, "--student") + ("student",) for s in a.student]
     models = [("teacher", a.teacher, "teacher")] + ladder(a.teacher, a.ladder.split(), os.path.join(a.out, "ladder")) + students
 
-    q = quality(models, texts, a.context, a.windows, a.threads)
+    results = os.path.join(a.out, "cache")
+    q = quality(models, texts, a.context, a.windows, a.threads, results)
     print(f"== llama.cpp speed: {a.prompt}-token prompt, {a.generate} generated tokens, {a.threads} threads, "
           f"{a.rounds} rounds interleaved", flush=True)
-    s = speed(models, texts[0][1], a.threads, a.prompt, a.generate, a.rounds)
+    # --rounds 0: no speed (e.g. while something else runs on the cores); the quality figures are kept for the next run
+    s = speed(models, texts[0][1], a.threads, a.prompt, a.generate, a.rounds) if a.rounds > 0 else \
+        {name: {"prompt_tps": None, "gen_tps": None} for name, _, _ in models}
     rows = []
     for name, path, kind in models:
         r = {"name": name, "path": path, "kind": kind, "bytes": os.path.getsize(path), "mib": os.path.getsize(path) / 2**20,
              "type": main_type(path), "texts": q[name], **s[name]}
         for tname, tpath in texts:
-            nll, why = distill_nll(a.distill, path, tpath, a.context, a.windows)
+            nll, why = cached(results, cache_key("distill", path, tpath, a.context, a.windows, a.distill),
+                              lambda: distill_nll(a.distill, path, tpath, a.context, a.windows))
             r["texts"][tname]["distill_nll"] = nll
             if why:
                 r["texts"][tname]["distill_note"] = why
@@ -239,7 +278,7 @@ def main():
     for r in rows:
         r["teacher_nll"] = {t: teacher["texts"][t]["llamacpp_nll"] for t, _ in texts}
         same = by_type.get(r["type"])
-        r["gen_vs_teacher_same_type"] = r["gen_tps"] / same["gen_tps"] if same and r["kind"] == "student" else None
+        r["gen_vs_teacher_same_type"] = r["gen_tps"] / same["gen_tps"] if same and r["kind"] == "student" and r["gen_tps"] else None
         r["same_type_ladder"] = same["name"] if same and r["kind"] == "student" else None
 
     os.makedirs(a.out, exist_ok=True)
@@ -260,7 +299,8 @@ def main():
             cells += [f"{x['llamacpp_nll']:.4f}", f"{x['llamacpp_nll'] - r['teacher_nll'][t]:+.3f}",
                       f"{d:.4f}" if d is not None else "n/a", f"{x['kl']:.4f}", f"{100 * x['top1']:.1f}%"]
         g = r["gen_vs_teacher_same_type"]
-        cells += [f"{r['prompt_tps']:.0f}", f"{r['gen_tps']:.0f}", f"{g:.2f}× ({r['same_type_ladder']})" if g else ""]
+        cells += [f"{r['prompt_tps']:.0f}" if r["prompt_tps"] else "–", f"{r['gen_tps']:.0f}" if r["gen_tps"] else "–",
+                  f"{g:.2f}× ({r['same_type_ladder']})" if g else ""]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     open(os.path.join(a.out, "frontier.md"), "w").write(table)

@@ -18,7 +18,7 @@ quality figures on a text are kept in DIR/cache/ and reused while its file, the 
 so adding a student scores only it; speeds are measured on every run.
 Needs llama-cpp-python (0.3.36, as the references use), gguf-py and numpy.
 """
-import argparse, ctypes, html, json, os, statistics, subprocess, sys, time
+import argparse, ctypes, hashlib, html, json, os, re, statistics, subprocess, sys, time
 import numpy as np
 import gguf
 import llama_cpp
@@ -94,7 +94,6 @@ def log_softmax(x):
 
 def cache_key(*parts):
     """A file name for a result that depends on these files (by path, size and modification time) and settings."""
-    import hashlib
     h = hashlib.sha256()
     for p in parts:
         h.update(repr((p, os.path.getsize(p), os.path.getmtime(p)) if isinstance(p, str) and os.path.isfile(p) else p).encode())
@@ -184,7 +183,7 @@ def speed(models, text, threads, prompt_tokens, generate, rounds):
     return {name: {"prompt_tps": statistics.median(p), "gen_tps": statistics.median(g)} for name, (p, g) in runs.items()}
 
 
-def svg(rows, texts, teacher_name):
+def svg(rows, texts):
     """Two panels per text: file MiB vs NLL − teacher, and generation tokens/s vs NLL − teacher."""
     W, H, pad = 420, 300, 48
     panels = []
@@ -304,9 +303,8 @@ def main():
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     open(os.path.join(a.out, "frontier.md"), "w").write(table)
-    picture = svg(rows, texts, "teacher")
+    picture = svg(rows, texts)
     open(os.path.join(a.out, "frontier.svg"), "w").write(picture)
-    import re
     body = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", table)
     html_rows = []
     for line in body.splitlines():

@@ -60,9 +60,7 @@ struct Export: ParsableCommand {
                 }
                 if qat!.activations != .none { KDLog.info("note: int8 activation quantization is a runtime setting; the file holds weights only") }
             }
-            // the tables as they trained: full precision, in the blocks' type, or in their own (qat.embedding_scheme)
-            let trainedTables = qat.map { FakeQuantScheme($0.tableScheme).map { $0.ggmlType ?? type } ?? .f32 }
-            let tableType = embeddingQuant.flatMap { exportTypes[$0] } ?? (trained == type ? trainedTables : nil) ?? (qat != nil && !(qat!.embeddings) ? .f32 : type)
+            let tableType = embeddingQuant.flatMap { exportTypes[$0] } ?? qat?.tableExportType(blocks: type) ?? type
             let withScales = trained != nil && trained == type ? scales : nil
             if format == .gguf {
                 try exportGGUF(model, type: type, tableType: tableType, scales: withScales)

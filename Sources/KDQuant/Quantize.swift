@@ -94,6 +94,16 @@ public enum FakeQuantScheme: String, Sendable, CaseIterable {
     public var rowMultiple: Int { ggmlType?.blockSize ?? 1 }
 }
 
+extension QATConfig {
+    /// The GGUF type the embedding and LM head export to beside blocks of `blocks`, as they trained: F32 when they
+    /// stayed full precision, their own format when `embedding_scheme` gave them one other than the blocks', else the
+    /// blocks' type.
+    public func tableExportType(blocks: GGMLType) -> GGMLType {
+        guard embeddings else { return .f32 }
+        return embeddingScheme.flatMap { $0 == scheme ? nil : FakeQuantScheme($0)?.ggmlType } ?? blocks
+    }
+}
+
 /// w' = dequantize(quantize(w)) for `rows` rows of `c` elements, and the straight-through mask: 1 where the
 /// gradient passes, 0 where the value was clipped to the end of the grid (then rounding is not the identity's
 /// neighbour and the gradient is zero).

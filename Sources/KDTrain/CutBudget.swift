@@ -33,8 +33,7 @@ struct BudgetChoice: Codable {
 /// F16 without QAT), vectors F32, each tensor padded to 32 bytes, plus `overhead` (the metadata and tokenizer).
 func exportBytes(_ m: ModelConfig, qat: QATConfig, overhead: Int) -> Int {
     let layout = ParameterLayout(config: m)
-    let block = FakeQuantScheme(qat.scheme)?.ggmlType ?? .f16
-    let tables: GGMLType = !qat.enabled ? .f16 : !qat.embeddings ? .f32 : FakeQuantScheme(qat.tableScheme)?.ggmlType ?? block
+    let block = FakeQuantScheme(qat.scheme)?.ggmlType ?? .f16, tables = qat.enabled ? qat.tableExportType(blocks: block) : block
     return layout.entries.reduce(overhead) { total, e in
         let type: GGMLType = !e.isMatrix ? .f32 : (e.offset == layout.embedding || e.offset == layout.lmHead) ? tables : block
         return total + (type.byteCount(elements: e.count) + 31) / 32 * 32
@@ -42,8 +41,8 @@ func exportBytes(_ m: ModelConfig, qat: QATConfig, overhead: Int) -> Int {
 }
 
 /// The cuts meeting `target`: for each depth from the teacher's down to half of it, the widest FFN (a multiple of
-/// `multiple`, at least a quarter of the teacher's) that meets it.
-func budgetCandidates(_ config: RunConfig, teacher t: ModelConfig, target: StudentTarget, overhead: Int) -> [BudgetCut] {
+/// `multiple`, at least a quarter of the teacher's) that meets it; and the smallest cut tried (for a target none meets).
+func budgetCandidates(_ config: RunConfig, teacher t: ModelConfig, target: StudentTarget, overhead: Int) -> (fits: [BudgetCut], smallest: BudgetCut) {
     let multiple = max(32, FakeQuantScheme(config.qat.scheme)?.rowMultiple ?? 1)
     func shape(_ layers: Int, _ ffn: Int) -> ModelConfig {
         var m = config.model
@@ -55,13 +54,14 @@ func budgetCandidates(_ config: RunConfig, teacher t: ModelConfig, target: Stude
         return BudgetCut(layers: layers, ffnDim: ffn, bytes: exportBytes(m, qat: config.qat, overhead: overhead), params: ParameterLayout(config: m).count)
     }
     func fits(_ c: BudgetCut) -> Bool { target.bytes.map { c.bytes <= $0 } ?? (c.params <= target.params!) }
+    let widest = t.ffnDim / multiple * multiple, narrowest = max(multiple, t.ffnDim / 4), shallowest = max(1, (t.layers + 1) / 2)
     var out: [BudgetCut] = []
-    for layers in stride(from: t.layers, through: max(1, (t.layers + 1) / 2), by: -1) {
-        var ffn = t.ffnDim / multiple * multiple
-        while ffn >= max(multiple, t.ffnDim / 4), !fits(cut(layers, ffn)) { ffn -= multiple }
-        if ffn >= max(multiple, t.ffnDim / 4) { out.append(cut(layers, ffn)) }
+    for layers in stride(from: t.layers, through: shallowest, by: -1) {
+        var ffn = widest
+        while ffn >= narrowest, !fits(cut(layers, ffn)) { ffn -= multiple }
+        if ffn >= narrowest { out.append(cut(layers, ffn)) }
     }
-    return out
+    return (out, cut(shallowest, widest - (widest - narrowest) / multiple * multiple))
 }
 
 /// `config` with `model.layers` and `model.ffn_dim` of the cut that meets `student.target` with the lowest calibration
@@ -72,13 +72,10 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
     guard let target = config.student.target else { return config }
     let t = source.config, s = config.student, start = monotonicSeconds()
     let what = target.bytes.map { String(format: "bytes %.1f MiB", Double($0) / 1048576) } ?? String(format: "params %.2fM", Double(target.params!) / 1e6)
-    var candidates = budgetCandidates(config, teacher: t, target: target, overhead: overhead)
+    var (candidates, smallest) = budgetCandidates(config, teacher: t, target: target, overhead: overhead)
     guard !candidates.isEmpty else {
-        var smallest = config.model
-        smallest.layers = max(1, (t.layers + 1) / 2); smallest.ffnDim = max(32, t.ffnDim / 4 / 32 * 32)
         throw KDError.invalidInput(what: "student.target", expected: String(format: "a size a cut of the teacher can meet (the smallest tried, %d blocks with FFN %d, is %.1f MiB, %.2fM parameters)",
-                                                                            smallest.layers, smallest.ffnDim, Double(exportBytes(smallest, qat: config.qat, overhead: overhead)) / 1048576,
-                                                                            Double(ParameterLayout(config: smallest).count) / 1e6),
+                                                                            smallest.layers, smallest.ffnDim, Double(smallest.bytes) / 1048576, Double(smallest.params) / 1e6),
                                    found: what)
     }
     let cal = Calibration(teacher: source, sampler: sampler, batches: s.calibrationBatches, b: config.train.microBatch, t: config.train.seqLen)

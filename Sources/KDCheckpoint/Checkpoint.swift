@@ -298,12 +298,12 @@ public struct CheckpointStore {
         let m = try SafetensorsFile(path: (dir as NSString).appendingPathComponent(CheckpointFile.model))
         let o = try SafetensorsFile(path: (dir as NSString).appendingPathComponent(CheckpointFile.optimizer))
         for e in model.layout.entries {
-            m.read(try checked(m, e.name, e, dir: dir), into: model.params.base + e.offset)
+            try m.read(checked(m, e.name, e, dir: dir), into: model.params.base + e.offset)
             for (second, prefix) in [(false, CheckpointFile.firstMoment), (true, CheckpointFile.secondMoment)] {
                 let t = try checked(o, prefix + e.name, e, dir: dir)
                 switch moments {
                 case .slabs(let am, let av):
-                    o.read(t, into: (second ? av : am).base + e.offset)
+                    try o.read(t, into: (second ? av : am).base + e.offset)
                 case .visit(let take):
                     // F32 data of a file we wrote: Float-aligned (the header pads the data to 8 bytes)
                     try take(second, e, o.data(t).assumingMemoryBound(to: Float.self))
@@ -320,7 +320,7 @@ public struct CheckpointStore {
             throw CheckpointError.shapeMismatch(dir: dir, reason: "\(CheckpointFile.weights(name)) is missing (the run needs it to resume)")
         }
         let file = try SafetensorsFile(path: p)
-        for e in layout.entries { file.read(try checked(file, e.name, e, dir: dir), into: slab.base + e.offset) }
+        for e in layout.entries { try file.read(checked(file, e.name, e, dir: dir), into: slab.base + e.offset) }
     }
 
     static func checked(_ file: SafetensorsFile, _ name: String, _ e: ParameterLayout.Entry, dir: String) throws -> SafetensorsTensor {

@@ -44,7 +44,7 @@ public func loadQATScales(dir: String, model: Transformer, qat: QATConfig, momen
             guard let t = file.tensor(name), t.shape == scales.shape(i) else {
                 throw KDError.invalidInput(what: path, expected: "tensor \(name) of shape \(scales.shape(i))", found: file.tensor(name).map { "shape \($0.shape)" } ?? "none")
             }
-            file.read(t, into: dst)
+            try file.read(t, into: dst)
         }
     }
     return scales

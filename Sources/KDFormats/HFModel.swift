@@ -92,8 +92,9 @@ func hfModelConfig(json j: [String: Any], path: String, maxSeqLen: Int?, ropeSty
     return m
 }
 
-/// Loads a HF folder. Inference models keep F16/BF16 matrices packed in the mapped files; training models get Floats.
-/// With `uses` (inference), only the tensors it names are packed or copied (the files stay mapped whole).
+/// Loads a HF folder. Inference models keep F16/BF16 matrices packed, each in a mapping of its own bytes (which the
+/// model keeps alive); training models get Floats. With `uses` (inference), only the tensors it names are mapped or
+/// copied: a pipeline stage's share; the others take neither memory nor address space (as ``loadGGUFModel``).
 public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, ropeStyle: RopeStyle? = nil,
                         vocabRows: Int? = nil, uses: @escaping (String) -> Bool = { _ in true }) throws -> (model: Transformer, files: [SafetensorsFile]) {
     let j = try hfConfigJSON(dir: dir)
@@ -108,9 +109,10 @@ public func loadHFModel(dir: String, needsGrad: Bool, maxSeqLen: Int? = nil, rop
     let model = Transformer(config: m, needsGrad: needsGrad) { !needsGrad && (!uses($0) || packs[$0]!) }
     for (e, (f, t)) in zip(model.layout.entries, stored) where needsGrad || uses(e.name) {
         if packs[e.name]! {
-            model.setPacked(QuantizedMatrix(type: t.dtype, oc: e.shape[0], c: e.shape[1], data: f.data(t), owner: f), offset: e.offset)
+            let bytes = try f.map(t)
+            model.setPacked(QuantizedMatrix(type: t.dtype, oc: e.shape[0], c: e.shape[1], data: bytes.base, owner: bytes), offset: e.offset)
         } else {
-            f.read(t, into: model.params.base + e.offset, count: e.count)
+            try f.read(t, into: model.params.base + e.offset, count: e.count)
             if normOffset != 0, e.name.hasSuffix("norm.weight") {
                 for i in 0..<e.count { model.params.base[e.offset + i] += normOffset }
             }
@@ -304,10 +306,10 @@ func isHFFolder(_ path: String) throws -> Bool {
     return false
 }
 
-/// A folder's safetensors files, by name.
+/// A folder's safetensors files, by name: their headers (tensors are mapped one at a time as they load).
 func hfFolderFiles(_ dir: String) throws -> [SafetensorsFile] {
     try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".safetensors") }.sorted()
-        .map { try SafetensorsFile(path: (dir as NSString).appendingPathComponent($0)) }
+        .map { try SafetensorsFile(path: (dir as NSString).appendingPathComponent($0), mapAll: false) }
 }
 
 /// Every tensor of `layout` found in a folder's files and its shape checked (before anything is allocated: config.json

@@ -32,30 +32,39 @@ public struct SafetensorsTensor: Sendable {
     public var elements: Int { shape.reduce(1, *) }
 }
 
-/// A memory-mapped safetensors file.
+/// A safetensors file: its header parsed, its data mapped whole (`mapAll`, the default: checkpoints, which read
+/// everything) or one tensor at a time (``map(_:)``: a teacher's share, so a rank's address space holds the tensors it
+/// uses and not the whole file).
 public final class SafetensorsFile {
     public let path: String
     public let tensors: [SafetensorsTensor]
     public let metadata: [String: String]
-    let base: UnsafeRawPointer, fileSize: Int, dataStart: Int
-    let mapping: MappedFile
+    let fileSize: Int
+    /// Byte offset of the data section (a tensor's data_offsets count from here).
+    public let dataStart: Int
+    /// The whole file, when opened with `mapAll`.
+    let mapping: MappedFile?
     let byName: [String: Int]
 
-    public init(path: String) throws {
+    public init(path: String, mapAll: Bool = true) throws {
         self.path = path
         guard FileManager.default.fileExists(atPath: path) else { throw SafetensorsError.notFound(path) }
-        mapping = try MappedFile(path: path, minSize: 8) {
-            SafetensorsError.badHeader(path: path, reason: "\($0) bytes is shorter than the 8-byte header length")
+        let fileSize = try MappedFile.fileSize(path)
+        guard fileSize >= 8 else {
+            throw SafetensorsError.badHeader(path: path, reason: "\(fileSize) bytes is shorter than the 8-byte header length")
         }
-        base = mapping.base
-        fileSize = mapping.size
-        let rawLength = UInt64(littleEndian: base.loadUnaligned(as: UInt64.self))
+        self.fileSize = fileSize
+        mapping = mapAll ? try MappedFile(path: path, offset: 0, length: fileSize) : nil
+        // a mapping is read only while a reference holds it (ARC may end a local's life at its last use)
+        let first = try mapping ?? MappedFile(path: path, offset: 0, length: 8)
+        let rawLength = withExtendedLifetime(first) { UInt64(littleEndian: first.base.loadUnaligned(as: UInt64.self)) }
         guard rawLength > 1, rawLength <= UInt64(fileSize - 8) else {
             throw SafetensorsError.badHeader(path: path, reason: "header length \(rawLength) does not fit the \(fileSize)-byte file")
         }
         let n = Int(rawLength)
         dataStart = 8 + n
-        let json = Data(bytes: base + 8, count: n)
+        let header = try mapping ?? MappedFile(path: path, offset: 0, length: dataStart)
+        let json = withExtendedLifetime(header) { Data(bytes: header.base + 8, count: n) }
         guard let obj = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else {
             throw SafetensorsError.badHeader(path: path, reason: "header is not a JSON object")
         }
@@ -96,16 +105,30 @@ public final class SafetensorsFile {
     }
 
     public func tensor(_ name: String) -> SafetensorsTensor? { byName[name].map { tensors[$0] } }
-    public func data(_ t: SafetensorsTensor) -> UnsafeRawPointer { base + dataStart + t.begin }
 
-    /// The tensor (or its first `count` elements) as Floats into `out` (F16/BF16 widened exactly).
-    public func read(_ t: SafetensorsTensor, into out: UnsafeMutablePointer<Float>, count: Int? = nil) {
+    /// The tensor's bytes inside the whole file's mapping (a file opened with `mapAll`).
+    public func data(_ t: SafetensorsTensor) -> UnsafeRawPointer {
+        guard let mapping else { preconditionFailure("SafetensorsFile.data: \(path) was opened without mapAll; map(_:) maps one tensor") }
+        return mapping.base + dataStart + t.begin
+    }
+
+    /// A mapping of the tensor's bytes alone (its owner keeps them mapped).
+    public func map(_ t: SafetensorsTensor) throws -> MappedFile {
+        try MappedFile(path: path, offset: dataStart + t.begin, length: t.end - t.begin)
+    }
+
+    /// The tensor (or its first `count` elements) as Floats into `out` (F16/BF16 widened exactly); without the whole
+    /// file's mapping, through a mapping of the tensor's bytes for the time of the copy.
+    public func read(_ t: SafetensorsTensor, into out: UnsafeMutablePointer<Float>, count: Int? = nil) throws {
         let n = min(count ?? t.elements, t.elements)
+        let own = mapping == nil ? try map(t) : nil
+        let src = own?.base ?? data(t)
         if t.dtype == .f32 {
-            memcpy(out, data(t), n * 4)  // data may be unaligned
+            memcpy(out, src, n * 4)  // data may be unaligned
         } else {
-            dequantize(t.dtype, src: data(t), out: out, count: n)
+            dequantize(t.dtype, src: src, out: out, count: n)
         }
+        withExtendedLifetime(own) {}
     }
 }
 

@@ -83,7 +83,7 @@ final class HiddenProjection {
                     let found = file.tensor(name).map { "\($0.dtype) \($0.shape)" } ?? "none"
                     throw CheckpointError.shapeMismatch(dir: dir, reason: "\(CheckpointFile.hiddenProjection): tensor '\(name)': expected F32 \(shape), found \(found)")
                 }
-                file.read(t, into: slab.base)
+                try file.read(t, into: slab.base)
             }
         }
         for slab in [weights, m, v] { try broadcastFloats(comm, slab.base, count: slab.count, root: root) }

@@ -188,7 +188,7 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         let st = try SafetensorsFile(path: hf + "/model.safetensors")
         let q = try #require(st.tensor("model.layers.0.self_attn.q_proj.weight"))
         var rows = [Float](repeating: 0, count: q.elements)
-        rows.withUnsafeMutableBufferPointer { st.read(q, into: $0.baseAddress!) }
+        try rows.withUnsafeMutableBufferPointer { try st.read(q, into: $0.baseAddress!) }
         let wq = teacher.params.base + teacher.layout.blocks[0].wq, hs = tm.headSize
         #expect(Array(rows[0..<64]) == Array(UnsafeBufferPointer(start: wq, count: 64)))            // row 0 ← adjacent row 0
         #expect(Array(rows[64..<128]) == Array(UnsafeBufferPointer(start: wq + 2 * 64, count: 64)))  // row 1 ← adjacent row 2

@@ -31,7 +31,7 @@ func weights(_ ckpt: URL) throws -> [String: [Float]] {
     var out: [String: [Float]] = [:]
     for t in f.tensors {
         var a = [Float](repeating: 0, count: t.elements)
-        a.withUnsafeMutableBufferPointer { f.read(t, into: $0.baseAddress!) }
+        try a.withUnsafeMutableBufferPointer { try f.read(t, into: $0.baseAddress!) }
         out[t.name] = a
     }
     return out

@@ -31,12 +31,12 @@ func tinyTrainedModel() -> Transformer {
         let t = try #require(f.tensor(e.name))
         #expect(t.dtype == .f32 && t.shape == e.shape)
         var back = [Float](repeating: 0, count: e.count)
-        back.withUnsafeMutableBufferPointer { f.read(t, into: $0.baseAddress!) }
+        try back.withUnsafeMutableBufferPointer { try f.read(t, into: $0.baseAddress!) }
         let original = Array(UnsafeBufferPointer(start: model.params.base + e.offset, count: e.count))
         #expect(back.map(\.bitPattern) == original.map(\.bitPattern), "\(e.name)")
         let h = try #require(f.tensor(e.name + ".f16"))
         #expect(h.dtype == .f16)
-        h.dtype == .f16 ? back.withUnsafeMutableBufferPointer { f.read(h, into: $0.baseAddress!) } : ()
+        h.dtype == .f16 ? try back.withUnsafeMutableBufferPointer { try f.read(h, into: $0.baseAddress!) } : ()
         #expect(back == original.map { Float(Float16($0)) }, "\(e.name).f16")
     }
 }
@@ -82,4 +82,67 @@ func tinyTrainedModel() -> Transformer {
     // no partial file is left by a failed write
     #expect(throws: (any Error).self) { try writeSafetensors(path: "/no/such/dir/x.safetensors", tensors: []) }
     #expect(!FileManager.default.fileExists(atPath: "/no/such/dir/x.safetensors"))
+}
+
+/// A rank that runs part of a Hugging Face teacher (blocks 2..<4 of 4, the final norm and the head), stored as
+/// published checkpoints are (F16 matrices, two shard files written by the PyPI safetensors package), maps only those
+/// tensors' bytes: every mapping of the files in /proc/self/maps lies within the pages of a used tensor, together they
+/// cover the matrices it keeps packed, and the stage's forward equals the whole model's on the same input.
+@Test func aStageOfAHFFolderMapsOnlyItsTensorsAndRunsAsTheWholeModel() throws {
+    let dir = try temporaryDirectory("distill-hf-stage")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var m = tinyModelConfig(tied: false)
+    (m.layers, m.dim, m.ffnDim, m.vocabSize, m.initStd) = (4, 256, 512, 512, 0.05)
+    let model = Transformer(config: m, needsGrad: true)
+    model.initialize(seed: 5)
+    let f32 = dir.appendingPathComponent("f32"), folder = dir.appendingPathComponent("teacher")
+    try saveHFModel(model, dir: f32.path)
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    _ = try runPython(scripts.appendingPathComponent("st_half.py").path, [f32.appendingPathComponent("model.safetensors").path, folder.path])
+    try FileManager.default.copyItem(at: f32.appendingPathComponent("config.json"), to: folder.appendingPathComponent("config.json"))
+
+    let stage = 2..<4
+    let uses: (String) -> Bool = { name in ParameterLayout.block(of: name).map(stage.contains) ?? true }
+    let part = try openModelFile(path: folder.path, uses: uses)
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let text = String(decoding: try #require(FileHandle(forReadingAtPath: "/proc/self/maps")).readToEnd() ?? Data(), as: UTF8.self)
+    var mapped = 0, keptBytes = 0, keptCount = 0, fileBytes = 0, shards = 0
+    for name in try FileManager.default.contentsOfDirectory(atPath: folder.path) where name.hasSuffix(".safetensors") {
+        let path = folder.appendingPathComponent(name).path, real = (path as NSString).resolvingSymlinksInPath
+        let f = try SafetensorsFile(path: path, mapAll: false)
+        shards += 1
+        fileBytes += try MappedFile.fileSize(path)
+        func pages(_ t: SafetensorsTensor) -> Range<Int> {
+            (f.dataStart + t.begin) / page * page..<(f.dataStart + t.end + page - 1) / page * page
+        }
+        let used = part.model.layout.entries.filter { uses($0.name) }.compactMap { f.tensor($0.name).map(pages) }
+        for line in text.split(separator: "\n") where line.hasSuffix(real) {
+            let cols = line.split(separator: " ", omittingEmptySubsequences: true)
+            let span = cols[0].split(separator: "-").map { Int($0, radix: 16)! }, offset = Int(cols[2], radix: 16)!
+            let range = offset..<(offset + span[1] - span[0])
+            #expect(used.contains { $0.lowerBound <= range.lowerBound && range.upperBound <= $0.upperBound }, "\(name): mapped \(range) is no used tensor's")
+            mapped += range.count
+        }
+        // what stays mapped is the packed matrices (vectors are copied to Floats and unmapped)
+        let kept = part.model.layout.entries.filter { uses($0.name) && part.model.packed[$0.offset] != nil }.compactMap { f.tensor($0.name).map(pages) }
+        keptBytes += kept.reduce(0) { $0 + $1.count }
+        keptCount += kept.count
+    }
+    #expect(shards == 2)
+    #expect(keptCount > 0 && mapped >= keptBytes - keptCount * page && mapped <= keptBytes, "mapped \(mapped) bytes of the kept \(keptBytes)")
+    #expect(Double(mapped) < 0.8 * Double(fileBytes), "half the blocks and the head: \(mapped) of \(fileBytes)")
+
+    let whole = try openModelFile(path: folder.path)
+    let tokens: [Int32] = [1, 90, 198, 26, 359, 253, 56, 46]
+    let n = tokens.count, c = m.dim
+    let entering = tokens.withUnsafeBufferPointer { tk in
+        Array(UnsafeBufferPointer(start: whole.model.forwardStage(0..<2, tokens: tk.baseAddress!, hidden: nil, b: 1, t: n, finalNorm: false), count: n * c))
+    }
+    let a = entering.withUnsafeBufferPointer {
+        Array(UnsafeBufferPointer(start: whole.model.forwardStage(stage, tokens: nil, hidden: $0.baseAddress!, b: 1, t: n, finalNorm: true), count: n * c))
+    }
+    let b = entering.withUnsafeBufferPointer {
+        Array(UnsafeBufferPointer(start: part.model.forwardStage(stage, tokens: nil, hidden: $0.baseAddress!, b: 1, t: n, finalNorm: true), count: n * c))
+    }
+    #expect(a == b && a.contains { $0 != 0 })
 }

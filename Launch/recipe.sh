@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A recipe of Configs/recipes/ end to end on a fresh Debian machine: system packages, release build, the real teacher
 # the recipe names (SmolLM2-135M-Instruct or Gemma-3-270M GGUF, fetched once into Checkpoints/teachers/ and verified by
-# hash), the corpus (Debian's fortunes, tokenized with the teacher's tokenizer into the recipe's data folder) and a held-out book (Launch/fetch_heldout.sh);
+# hash), the corpus (Debian's fortunes, or for a data folder named mix-… the varied corpus of Launch/fetch_corpus.sh,
+# tokenized with the teacher's tokenizer into the recipe's data folder) and a held-out book (Launch/fetch_heldout.sh);
 # then the recipe on 2 ranks with checkpoints in its checkpoint.dir; then the student is exported to GGUF in the type it
 # trained for (its QAT scheme; Q8_0 without QAT), its bytes set against the teacher's f16 bytes, evaluated beside its
 # teacher on held-out fortunes and on the book, both continue the same prompt, and an HTML report is written.
@@ -27,8 +28,11 @@ case "$teacher" in
 esac
 book=$(bash Launch/fetch_heldout.sh)
 if [ ! -s "$data/train.bin" ]; then
-    echo "== preparing the corpus (distill prepare, $teacher's tokenizer):"
-    $d prepare /usr/share/games/fortunes --exclude-suffix .dat --exclude-suffix .u8 --separator % --tokenizer "$teacher" --output "$data"
+    # a folder named mix-… is the varied corpus of Launch/fetch_corpus.sh, any other the fortunes
+    corpus=fortunes
+    case "$(basename "$data")" in mix-*) corpus=mix ;; esac
+    echo "== preparing the corpus (Launch/fetch_corpus.sh $corpus: distill prepare, $teacher's tokenizer):"
+    bash Launch/fetch_corpus.sh "$corpus" "$teacher" "$data" > /dev/null
 fi
 run=$(awk '/^checkpoint:/ { c = 1 } c && /^  dir:/ { print $2; exit }' <<< "$resolved")
 quant=$(awk '/^qat:/ { c = 1 } c && /^  scheme:/ { print $2; exit }' <<< "$resolved")

@@ -112,8 +112,9 @@ public struct StudentInitConfig: Codable, Equatable, Sendable {
         target = try c.decodeIfPresent(StudentTarget.self, forKey: .target)
         if target != nil {
             try c.require(initFrom == .fromTeacher, .target, expected: "init: from_teacher (a target is met by cutting the teacher)", found: "init: \(initFrom.rawValue)")
-            try c.require(select == nil || select == .angular || select == .greedy, .select, expected: "angular or greedy with a target (the depth is measured)",
-                          found: "\(select.map { $0.rawValue } ?? "")")
+            try c.require(select == nil || select == .angular || select == .greedy || (select == .every && every == 1), .select,
+                          expected: "angular or greedy with a target (the depth is measured), or every with every: 1 (all blocks kept, the FFN narrowed to meet it)",
+                          found: "\(select.map { $0.rawValue } ?? "")\(select == .every ? " with every: \(every)" : "")")
         }
         try c.require(calibrationBatches >= 1, .calibrationBatches, expected: "an integer >= 1", found: calibrationBatches)
         try c.require(every >= 0, .every, expected: "an integer >= 0", found: every)

@@ -40,8 +40,9 @@ func exportBytes(_ m: ModelConfig, qat: QATConfig, overhead: Int) -> Int {
     }
 }
 
-/// The cuts meeting `target`: for each depth from the teacher's down to half of it, the widest FFN (a multiple of
-/// `multiple`, at least a quarter of the teacher's) that meets it; and the smallest cut tried (for a target none meets).
+/// The cuts meeting `target`: for each depth from the teacher's down to half of it (the teacher's alone with `select:
+/// every`), the widest FFN (a multiple of `multiple`, at least a quarter of the teacher's) that meets it; and the
+/// smallest cut tried (for a target none meets).
 func budgetCandidates(_ config: RunConfig, teacher t: ModelConfig, target: StudentTarget, overhead: Int) -> (fits: [BudgetCut], smallest: BudgetCut) {
     let multiple = max(32, FakeQuantScheme(config.qat.scheme)?.rowMultiple ?? 1)
     func shape(_ layers: Int, _ ffn: Int) -> ModelConfig {
@@ -54,7 +55,9 @@ func budgetCandidates(_ config: RunConfig, teacher t: ModelConfig, target: Stude
         return BudgetCut(layers: layers, ffnDim: ffn, bytes: exportBytes(m, qat: config.qat, overhead: overhead), params: ParameterLayout(config: m).count)
     }
     func fits(_ c: BudgetCut) -> Bool { target.bytes.map { c.bytes <= $0 } ?? (c.params <= target.params!) }
-    let widest = t.ffnDim / multiple * multiple, narrowest = max(multiple, t.ffnDim / 4), shallowest = max(1, (t.layers + 1) / 2)
+    // `select: every` (every: 1) keeps every block: the FFN alone is narrowed
+    let keepsAll = config.student.rule == .every
+    let widest = t.ffnDim / multiple * multiple, narrowest = max(multiple, t.ffnDim / 4), shallowest = keepsAll ? t.layers : max(1, (t.layers + 1) / 2)
     var out: [BudgetCut] = []
     for layers in stride(from: t.layers, through: shallowest, by: -1) {
         var ffn = widest
@@ -113,10 +116,17 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
     let c = choice.candidates[choice.chosen]
     KDLog.info(String(format: "  target %@: chose %d blocks × FFN %d (%.1f MiB, %.2fM parameters, calibration KL %.4f, the lowest of %d) in %.1f s",
                       what, c.layers, c.ffnDim, Double(c.bytes) / 1048576, Double(c.params) / 1e6, c.kl, choice.candidates.count, monotonicSeconds() - start))
+    return resolvedConfig(config, cut: c, teacherLayers: t.layers)
+}
+
+/// `config` with the shape of the chosen `cut`; a cut that keeps every block keeps them as listed (`every: 1`, which
+/// beside the target reads as "keep every block, narrow the FFN": the same choice again on resume, and a config that
+/// checkpoints record and eval and export read back).
+func resolvedConfig(_ config: RunConfig, cut c: BudgetCut, teacherLayers: Int) -> RunConfig {
     var out = config
     out.model.layers = c.layers
     out.model.ffnDim = c.ffnDim
-    if c.layers == t.layers { out.student.select = .every; out.student.every = 1 }
+    if c.layers == teacherLayers { out.student.select = .every; out.student.every = 1 }
     return out
 }
 

@@ -64,7 +64,7 @@ import Testing
     ("student: {init: random, target: {bytes: 62MiB}}", "student.target", "expected init: from_teacher"),
     ("student: {init: from_teacher, target: {}}", "student.target.bytes", "expected one of bytes or params, found neither"),
     ("student: {init: from_teacher, target: {bytes: 1G, params: 1B}}", "student.target.bytes", "expected one of bytes or params, found both"),
-    ("student: {init: from_teacher, select: every, every: 2, target: {params: 100M}}", "student.select", "expected angular or greedy with a target"),
+    ("student: {init: from_teacher, select: every, every: 2, target: {params: 100M}}", "student.select", "expected angular or greedy with a target (the depth is measured), or every with every: 1 (all blocks kept, the FFN narrowed to meet it), found every with every: 2"),
     ("student: {init: from_teacher, target: {speed: 2}}", "student.target", "unknown key 'speed'"),
     ("qat: {scheme: q4_0, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected embeddings: true with it"),
     ("qat: {scheme: int4_channel, embeddings: true, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected a block format (q8_0, q4_0, q4_1) beside a block-format scheme, found 'q8_0' beside scheme 'int4_channel'"),
@@ -213,4 +213,7 @@ func unknownVocabularyWordListsTheValidOnes(section: String, key: String, choice
     #expect(c.student.target == StudentTarget(bytes: 62 << 20) && c.student.rule == .angular && c.student.measuresSelection)
     // it round-trips through the YAML a run writes beside its checkpoints
     #expect(try RunConfig.parse(yaml: c.yaml()).student == c.student)
+    // every block kept, the FFN narrowed: select every with every: 1 (what a full-depth choice resolves to)
+    let w = try RunConfig.parse(yaml: "data: {train: [a]}\nstudent: {init: from_teacher, select: every, every: 1, target: {bytes: 62MiB}}\n")
+    #expect(w.student.rule == .every && !w.student.measuresSelection && w.student.target != nil)
 }

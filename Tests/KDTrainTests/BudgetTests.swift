@@ -49,6 +49,15 @@ import Testing
     try tr.model.exportGGUF(path: out, type: .q4_0, tableType: .q8_0, name: "t", extraMetadata: [])
     let size = try FileManager.default.attributesOfItem(atPath: out)[.size] as! Int
     #expect(size <= target && size >= best.bytes - 32 * tr.model.layout.entries.count - ggufHeaderBytes(tpath), "file \(size), estimate \(best.bytes), target \(target)")
+    // the resolved config is what a checkpoint records; eval and export parse it back
+    _ = try RunConfig.parse(yaml: try tr.config.yaml(), source: "state.json")
+    // a cut that keeps the teacher's depth (at a narrower FFN) resolves to every block, and that config parses back too
+    let full = resolvedConfig(config, cut: BudgetCut(layers: 4, ffnDim: 160, bytes: 0, params: 0), teacherLayers: 4)
+    let reread = try RunConfig.parse(yaml: try full.yaml(), source: "state.json")
+    #expect(reread.model == full.model && reread.student.rule == .every && reread.student.keptLayers(teacherLayers: 4) == [0, 1, 2, 3])
+    // which, as a config of its own, weighs the teacher's depth alone: the widest FFN that meets the target
+    let (widthOnly, _) = budgetCandidates(reread, teacher: teacher.config, target: config.student.target!, overhead: ggufHeaderBytes(tpath))
+    #expect(widthOnly.map(\.layers) == [4] && widthOnly.first?.ffnDim == choice.candidates.first?.ffnDim, "\(widthOnly)")
     // a target no cut can meet is refused with the smallest size tried
     var tooSmall = config
     tooSmall.student.target = StudentTarget(bytes: 1000)

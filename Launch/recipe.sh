@@ -5,7 +5,7 @@
 # tokenized with the teacher's tokenizer into the recipe's data folder) and a held-out book (Launch/fetch_heldout.sh);
 # then the recipe on 2 ranks with checkpoints in its checkpoint.dir; then the student is exported to GGUF in the type it
 # trained for (its QAT scheme; Q8_0 without QAT), its bytes set against the teacher's f16 bytes, evaluated beside its
-# teacher on held-out fortunes and on the book, both continue the same prompt, and an HTML report is written.
+# teacher on the corpus's held-out split, on the book and on news (Launch/fetch_heldout.sh), both continue the same prompt, and an HTML report is written.
 # Running it again resumes an unfinished run or reuses a finished one. Extra arguments go to `distill train`.
 # usage: Launch/recipe.sh NAME [train arguments]   (NAME: quickstart, smollm2-hour, … — a file in Configs/recipes/)
 # env: BOOK_WINDOWS (default 64) windows of 128 tokens of the book to evaluate on
@@ -52,13 +52,18 @@ f16 = 2 * sum(int(t.n_elements) for t in gguf.GGUFReader(sys.argv[1]).tensors)
 size = os.path.getsize(sys.argv[2])
 print(f"== the student's GGUF: {size / 2**20:.1f} MiB = {100 * size / f16:.1f}% of the teacher's f16 bytes ({f16 / 2**20:.1f} MiB)")
 PY
-echo "== the student beside its teacher on held-out fortunes (distill eval):"
+heldout="held-out fortunes"
+case "$(basename "$data")" in mix-*) heldout="the corpus's validation split" ;; esac
+echo "== the student beside its teacher on $heldout (distill eval):"
 rm -f "$run/evaluation.jsonl"
 $d eval --model "$student" --teacher "$teacher" --data "$data" --context 128 --max-windows 16 \
-    --append-to "$run/evaluation.jsonl" --label "student, $label GGUF, held-out fortunes"
+    --append-to "$run/evaluation.jsonl" --label "student, $label GGUF, $heldout"
 echo "== the student beside its teacher on a book neither trained on (Botchan, distill eval --text):"
 $d eval --model "$student" --teacher "$teacher" --text "$book" --context 128 --max-windows "${BOOK_WINDOWS:-64}" \
     --append-to "$run/evaluation.jsonl" --label "student, $label GGUF, held-out book"
+echo "== the student beside its teacher on news neither trained on (the Lee corpus, distill eval --text):"
+$d eval --model "$student" --teacher "$teacher" --text "$(bash Launch/fetch_heldout.sh news)" --context 128 --max-windows "${BOOK_WINDOWS:-64}" \
+    --append-to "$run/evaluation.jsonl" --label "student, $label GGUF, held-out news"
 # a plain continuation: the student learned from fortunes, not from chat transcripts
 prompt="The secret of a happy life is"
 sample=(--prompt "$prompt" --temperature 0.7 --top-k 40 --seed 1 --max-tokens 40)

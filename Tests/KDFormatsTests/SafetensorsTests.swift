@@ -105,10 +105,9 @@ func tinyTrainedModel() -> Transformer {
     let uses: (String) -> Bool = { name in ParameterLayout.block(of: name).map(stage.contains) ?? true }
     let part = try openModelFile(path: folder.path, uses: uses)
     let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-    let text = String(decoding: try #require(FileHandle(forReadingAtPath: "/proc/self/maps")).readToEnd() ?? Data(), as: UTF8.self)
     var mapped = 0, keptBytes = 0, keptCount = 0, fileBytes = 0, shards = 0
     for name in try FileManager.default.contentsOfDirectory(atPath: folder.path) where name.hasSuffix(".safetensors") {
-        let path = folder.appendingPathComponent(name).path, real = (path as NSString).resolvingSymlinksInPath
+        let path = folder.appendingPathComponent(name).path
         let f = try SafetensorsFile(path: path, mapAll: false)
         shards += 1
         fileBytes += try MappedFile.fileSize(path)
@@ -116,10 +115,7 @@ func tinyTrainedModel() -> Transformer {
             (f.dataStart + t.begin) / page * page..<(f.dataStart + t.end + page - 1) / page * page
         }
         let used = part.model.layout.entries.filter { uses($0.name) }.compactMap { f.tensor($0.name).map(pages) }
-        for line in text.split(separator: "\n") where line.hasSuffix(real) {
-            let cols = line.split(separator: " ", omittingEmptySubsequences: true)
-            let span = cols[0].split(separator: "-").map { Int($0, radix: 16)! }, offset = Int(cols[2], radix: 16)!
-            let range = offset..<(offset + span[1] - span[0])
+        for range in try mappedRanges(ofFile: path) {
             #expect(used.contains { $0.lowerBound <= range.lowerBound && range.upperBound <= $0.upperBound }, "\(name): mapped \(range) is no used tensor's")
             mapped += range.count
         }

@@ -100,15 +100,8 @@ func smolLMsNLLWithBF16MatmulsIsF32sWithin5e3(kernel: BF16Kernel) throws {
         let lo = (f.dataOffset + t.offset) / page * page, hi = (f.dataOffset + t.offset + t.byteCount + page - 1) / page * page
         return lo..<hi
     }
-    let real = (path as NSString).resolvingSymlinksInPath
-    // read to the end (procfs reports no size: a one-shot read returns the first page of lines)
-    let text = String(decoding: try #require(FileHandle(forReadingAtPath: "/proc/self/maps")).readToEnd() ?? Data(), as: UTF8.self)
-    let maps = text.split(separator: "\n").filter { $0.hasSuffix(real) }
     var mapped = 0
-    for line in maps {
-        let cols = line.split(separator: " ", omittingEmptySubsequences: true)
-        let span = cols[0].split(separator: "-").map { Int($0, radix: 16)! }, offset = Int(cols[2], radix: 16)!
-        let range = offset..<(offset + span[1] - span[0])
+    for range in try mappedRanges(ofFile: path) {
         #expect(used.contains { $0.lowerBound <= range.lowerBound && range.upperBound <= $0.upperBound }, "mapped \(range) is no used tensor's")
         mapped += range.count
     }

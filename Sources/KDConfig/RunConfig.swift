@@ -174,9 +174,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// `over` merged onto `under`: mappings key by key (recursively), anything else replaced.
     static func merge(_ under: Node, _ over: Node) -> Node {
         guard var a = under.mapping, let b = over.mapping else { return over }
-        for (k, v) in b { a[k] = a[k].map { merge($0, v) } ?? v }
+        for (k, v) in b { a[k] = replacedWhole.contains(k.string ?? "") ? v : a[k].map { merge($0, v) } ?? v }
         return .mapping(a)
     }
+
+    /// Mappings that say one thing as a whole (`student.target` is one of bytes, params or speed): a config's own
+    /// replaces its base's instead of merging into it.
+    static let replacedWhole: Set<String> = ["target"]
 
     /// The config as YAML (stored beside checkpoints and printed by `distill train --dry-run`).
     public func yaml() throws -> String { try YAMLEncoder().encode(self) }

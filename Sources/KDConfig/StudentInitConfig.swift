@@ -28,25 +28,49 @@ public struct StudentTarget: Codable, Equatable, Sendable {
     public var bytes: Int?
     /// At most this many parameters.
     public var params: Int?
+    /// At least this many times the teacher's generation speed, as ``generationCost`` estimates it (work per
+    /// generated token; the same export type for both).
+    public var speed: Double?
 
-    public init(bytes: Int? = nil, params: Int? = nil) { self.bytes = bytes; self.params = params }
+    public init(bytes: Int? = nil, params: Int? = nil, speed: Double? = nil) { self.bytes = bytes; self.params = params; self.speed = speed }
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case bytes, params }
+    enum CodingKeys: String, CodingKey, CaseIterable { case bytes, params, speed }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
+        func raw(_ key: CodingKeys) -> String {
+            (try? c.decode(Int.self, forKey: key)).map(String.init) ?? (try? c.decode(Double.self, forKey: key)).map { "\($0)" }
+                ?? (try? c.decode(String.self, forKey: key)) ?? "?"
+        }
         func quantity(_ key: CodingKeys, binary: Bool, example: String) throws -> Int? {
             guard c.contains(key) else { return nil }
-            let raw = (try? c.decode(Int.self, forKey: key)).map(String.init) ?? (try? c.decode(String.self, forKey: key)) ?? "?"
-            guard let v = parseQuantity(raw, binary: binary), v > 0 else {
-                throw DecodingError.dataCorruptedError(forKey: key, in: c, debugDescription: "expected \(example), found '\(raw)'")
+            guard let v = parseQuantity(raw(key), binary: binary), v > 0 else {
+                throw DecodingError.dataCorruptedError(forKey: key, in: c, debugDescription: "expected \(example), found '\(raw(key))'")
             }
             return v
         }
         bytes = try quantity(.bytes, binary: true, example: "a size such as 62MiB, 62M or 65011712")
         params = try quantity(.params, binary: false, example: "a count such as 100M, 1.5B or 100000000")
-        try c.require((bytes == nil) != (params == nil), .bytes, expected: "one of bytes or params", found: bytes == nil ? "neither" : "both")
+        if c.contains(.speed) {
+            // "2", "2x", "1.5×"
+            var s = raw(.speed).trimmingCharacters(in: .whitespaces).lowercased()
+            if s.hasSuffix("x") || s.hasSuffix("×") { s.removeLast() }
+            guard let v = Double(s.trimmingCharacters(in: .whitespaces)), v.isFinite, v > 1, v <= 100 else {
+                throw DecodingError.dataCorruptedError(forKey: .speed, in: c,
+                                                       debugDescription: "expected a multiple of the teacher's speed above 1, such as 2 or 1.5x, found '\(raw(.speed))'")
+            }
+            speed = v
+        }
+        let given = [bytes != nil, params != nil, speed != nil].filter { $0 }.count
+        try c.require(given == 1, .bytes, expected: "one of bytes, params or speed", found: given == 0 ? "none" : "\(given) of them")
+    }
+
+    /// How the target reads in logs and the budget's key.
+    public var summary: String {
+        if let bytes { return String(format: "bytes %.1f MiB", Double(bytes) / 1048576) }
+        if let params { return String(format: "params %.2fM", Double(params) / 1e6) }
+        return String(format: "speed %.2f× the teacher", speed!)
     }
 }
 

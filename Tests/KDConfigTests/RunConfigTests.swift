@@ -62,10 +62,12 @@ import Testing
     ("teacher: {path: a}\ntrain: {seq_len: 16}\npolicy: {mode: gkd, prompt_tokens: 16}", "policy.prompt_tokens", "expected < train.seq_len (16)"),
     ("student: {init: from_teacher, target: {bytes: lots}}", "student.target.bytes", "expected a size such as 62MiB, 62M or 65011712, found 'lots'"),
     ("student: {init: random, target: {bytes: 62MiB}}", "student.target", "expected init: from_teacher"),
-    ("student: {init: from_teacher, target: {}}", "student.target.bytes", "expected one of bytes or params, found neither"),
-    ("student: {init: from_teacher, target: {bytes: 1G, params: 1B}}", "student.target.bytes", "expected one of bytes or params, found both"),
+    ("student: {init: from_teacher, target: {}}", "student.target.bytes", "expected one of bytes, params or speed, found none"),
+    ("student: {init: from_teacher, target: {bytes: 1G, params: 1B}}", "student.target.bytes", "expected one of bytes, params or speed, found 2 of them"),
+    ("student: {init: from_teacher, target: {speed: 0.5}}", "student.target.speed", "expected a multiple of the teacher's speed above 1, such as 2 or 1.5x, found '0.5'"),
+    ("student: {init: from_teacher, target: {speed: fast}}", "student.target.speed", "found 'fast'"),
     ("student: {init: from_teacher, select: every, every: 2, target: {params: 100M}}", "student.select", "expected angular or greedy with a target (the depth is measured), or every with every: 1 (all blocks kept, the FFN narrowed to meet it), found every with every: 2"),
-    ("student: {init: from_teacher, target: {speed: 2}}", "student.target", "unknown key 'speed'"),
+    ("student: {init: from_teacher, target: {speed: 2, latency: 1}}", "student.target", "unknown key 'latency'"),
     ("qat: {scheme: q4_0, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected embeddings: true with it"),
     ("qat: {scheme: int4_channel, embeddings: true, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected a block format (q8_0, q4_0, q4_1) beside a block-format scheme, found 'q8_0' beside scheme 'int4_channel'"),
     ("qat: {scheme: q4_0, embeddings: true, embedding_scheme: q8_0, scales: learned}", "qat.embedding_scheme", "expected scheme's own format with learned or frozen scales"),
@@ -136,6 +138,11 @@ func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: St
     let c = try RunConfig.load(path: dir.appendingPathComponent("sub/child.yaml").path)
     // sections merge key by key; the child wins
     #expect(c.model.layers == 2 && c.model.dim == 64 && c.distill.objective == .rkl && c.distill.kdRatio == 0.3 && c.teacher?.path == "t.gguf")
+    // except student.target, one of bytes, params or speed: the child's replaces the base's (merged, it would hold two)
+    try "base: ../base.yaml\nstudent: {init: from_teacher, target: {bytes: 62MiB}}\n".write(to: dir.appendingPathComponent("sub/sized.yaml"), atomically: true, encoding: .utf8)
+    try "base: sized.yaml\nstudent: {target: {speed: 2}}\n".write(to: dir.appendingPathComponent("sub/fast.yaml"), atomically: true, encoding: .utf8)
+    let fast = try RunConfig.load(path: dir.appendingPathComponent("sub/fast.yaml").path)
+    #expect(fast.student.target == StudentTarget(speed: 2) && fast.student.initFrom == .fromTeacher)
     // a cycle is named, not followed forever
     try "base: sub/child.yaml\ndata: {train: [a]}\n".write(to: dir.appendingPathComponent("base.yaml"), atomically: true, encoding: .utf8)
     do {
@@ -216,4 +223,10 @@ func unknownVocabularyWordListsTheValidOnes(section: String, key: String, choice
     // every block kept, the FFN narrowed: select every with every: 1 (what a full-depth choice resolves to)
     let w = try RunConfig.parse(yaml: "data: {train: [a]}\nstudent: {init: from_teacher, select: every, every: 1, target: {bytes: 62MiB}}\n")
     #expect(w.student.rule == .every && !w.student.measuresSelection && w.student.target != nil)
+    // a speed target: a multiple of the teacher's generation speed, written plain, with x or with ×
+    for spelled in ["2", "2x", "2.0×", "\"2 x\""] {
+        let s = try RunConfig.parse(yaml: "data: {train: [a]}\nstudent: {init: from_teacher, target: {speed: \(spelled)}}\n")
+        #expect(s.student.target == StudentTarget(speed: 2), "\(spelled)")
+        #expect(try RunConfig.parse(yaml: s.yaml()).student == s.student)
+    }
 }

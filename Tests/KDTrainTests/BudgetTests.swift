@@ -68,3 +68,38 @@ import Testing
         #expect("\(error)".contains("student.target") && "\(error)".contains("the smallest tried"), "\(error)")
     }
 }
+
+@Test func aSpeedTargetKeepsTheWidestCutsWhoseEstimatedSpeedupMeetsIt() throws {
+    var c = try placementConfig(.replicated, members: 1, steps: 2)
+    c.model.ffnDim = 192
+    c.student.initFrom = .fromTeacher
+    let teacher = tinyTeacher(c, layers: 4, seed: 21).config
+    // the cost, counted independently from the layout: each block's matrices and attention over the context, the
+    // head, the fixed cost per block
+    func cost(_ m: ModelConfig) -> Double {
+        let layout = ParameterLayout(config: m)
+        let blockMatrices = layout.entries.filter { $0.isMatrix && ParameterLayout.block(of: $0.name) != nil }.reduce(0) { $0 + $1.count }
+        let attention = 2 * m.maxSeqLen * m.heads * m.headSize
+        return Double(blockMatrices + m.vocabSize * m.dim) + Double(m.layers) * (Double(attention) + perBlockCost)
+    }
+    var shaped = c.model
+    shaped.layers = teacher.layers
+    #expect(generationCost(shaped, context: c.model.maxSeqLen) == cost(shaped))
+    for speed in [1.3, 1.9] {
+        c.student.target = StudentTarget(speed: speed)
+        let (fits, _) = budgetCandidates(c, teacher: teacher, target: c.student.target!, overhead: 0)
+        #expect(!fits.isEmpty && fits.allSatisfy { $0.layers < teacher.layers }, "\(fits)")
+        for cand in fits {
+            var m = c.model
+            m.layers = cand.layers; m.ffnDim = cand.ffnDim
+            #expect(abs(cand.speedup! - cost(shaped) / cost(m)) < 1e-12 && cand.speedup! >= speed, "\(cand)")
+            // the widest: 32 more channels would miss the target (or the teacher's width is reached)
+            m.ffnDim += 32
+            #expect(m.ffnDim > 192 || cost(shaped) / cost(m) < speed, "\(cand)")
+        }
+    }
+    // a speed no cut reaches is refused with the fastest cut tried
+    c.student.target = StudentTarget(speed: 50)
+    let (none, smallest) = budgetCandidates(c, teacher: teacher, target: c.student.target!, overhead: 0)
+    #expect(none.isEmpty && smallest.layers == 2 && smallest.speedup! < 50)
+}

@@ -51,9 +51,9 @@ func generationCost(_ m: ModelConfig, context: Int) -> Double {
 
 /// The fixed cost of a block in a batch-1 decoder, in multiply-adds: the work of its operations' dispatch and thread
 /// synchronization, which does not shrink with its width. Fitted to llama.cpp 0.3.36 on 2 threads (Zen 5): SmolLM2-135M
-/// requantized to Q4_0 generates 137 tokens/s and its 29-block student with the FFN cut to 1152, also Q4_0, 157 — a
-/// width cut buys less than its multiply-adds say, a depth cut more; with this term the model gives the 24-block
-/// quickstart student (Q8_0, 164 against the teacher's 135 tokens/s) 1.21× for the measured 1.22×.
+/// requantized to Q4_0 generates 137 tokens/s and its 29-block student with the FFN cut to 1152, also Q4_0, 157. Checked
+/// in a later sitting (docs/results.md, "A speed target"): estimates 1.15×, 1.21× and 2.01× for students measured at
+/// 1.14×, 1.18× and 2.26× — close for width cuts, cautious for deep ones (multiply-adds alone: 1.19×, 1.19×, 2.23×).
 let perBlockCost = 1.7e6
 
 /// The cuts meeting `target`: for each depth from the teacher's down to half of it (the teacher's alone with `select:

@@ -5,7 +5,7 @@ import KDCore
 /// The GGML tensor types distill reads; raw values are the on-disk type ids.
 public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
     case f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q5_0 = 6, q5_1 = 7, q8_0 = 8
-    case q2_K = 10, q3_K = 11, q4_K = 12, q5_K = 13, q6_K = 14, bf16 = 30
+    case q2_K = 10, q3_K = 11, q4_K = 12, q5_K = 13, q6_K = 14, iq4_nl = 20, iq4_xs = 23, bf16 = 30
 
     public var description: String {
         switch self {
@@ -22,6 +22,8 @@ public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
         case .q4_K: return "Q4_K"
         case .q5_K: return "Q5_K"
         case .q6_K: return "Q6_K"
+        case .iq4_nl: return "IQ4_NL"
+        case .iq4_xs: return "IQ4_XS"
         }
     }
 
@@ -29,8 +31,8 @@ public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
     public var blockSize: Int {
         switch self {
         case .f32, .f16, .bf16: return 1
-        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0: return 32
-        case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: return 256
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .iq4_nl: return 32
+        case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_xs: return 256
         }
     }
 
@@ -49,6 +51,8 @@ public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
         case .q4_K: return 144
         case .q5_K: return 176
         case .q6_K: return 210
+        case .iq4_nl: return 18
+        case .iq4_xs: return 136
         }
     }
 
@@ -71,6 +75,9 @@ public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
     let m = (u8(q, j + 4) >> 4) | ((u8(q, j) >> 6) << 4)
     return (Float(d), Float(m))
 }
+
+/// The 16 levels of IQ4_NL and IQ4_XS (ggml's kvalues_iq4nl): a 4-bit index picks one, times the block's scale.
+let iq4Levels: [Float] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
 
 /// Dequantizes `count` elements (a multiple of the block size) starting at `src` into `out`.
 public func dequantize(_ type: GGMLType, src: UnsafeRawPointer, out y: UnsafeMutablePointer<Float>, count: Int) {
@@ -235,6 +242,29 @@ public func dequantize(_ type: GGMLType, src: UnsafeRawPointer, out y: UnsafeMut
                     o[l + 96] = d * s(6) * Float(q4)
                 }
                 o += 128; ql += 64; qh += 32; sc += 8
+            }
+        }
+    case .iq4_nl:
+        // d qs[16]: element j of the block is qs[j] & 0xF, element j + 16 is qs[j] >> 4
+        for b in 0..<nb {
+            let x = src + b * ts, d = f16(x, 0), o = y + b * 32
+            for j in 0..<16 {
+                o[j] = d * iq4Levels[Int(u8(x, 2 + j) & 0xF)]
+                o[j + 16] = d * iq4Levels[Int(u8(x, 2 + j) >> 4)]
+            }
+        }
+    case .iq4_xs:
+        // d scales_h (u16: 2 high bits per 32-block) scales_l[4] (4 low bits per 32-block) qs[128]; scale = 6 bits − 32
+        for b in 0..<nb {
+            let x = src + b * ts, d = f16(x, 0), high = x.loadUnaligned(fromByteOffset: 2, as: UInt16.self)
+            for ib in 0..<8 {
+                let low = (u8(x, 4 + ib / 2) >> (4 * UInt8(ib % 2))) & 0xF
+                let ls = Int(low) | (Int((high >> (2 * UInt16(ib))) & 3) << 4)
+                let dl = d * Float(ls - 32), q = 8 + 16 * ib, o = y + b * 256 + 32 * ib
+                for j in 0..<16 {
+                    o[j] = dl * iq4Levels[Int(u8(x, q + j) & 0xF)]
+                    o[j + 16] = dl * iq4Levels[Int(u8(x, q + j) >> 4)]
+                }
             }
         }
     }

@@ -30,11 +30,20 @@ struct Bench: ParsableCommand {
     @Option(help: "Time the GEMM alone on these shapes instead of models: comma-separated MxNxK (C[M,N] = A[M,K]·B[N,K]ᵀ, a linear layer's forward), best of --repeats.")
     var gemm: String?
     @Option(help: "Rows of the LM head's logits per chunk (the run config's train.lm_head_chunk).") var lmHeadChunk = TrainConfig().lmHeadChunk
+    @Option(help: "The kd mode's divergence, as distill.objective names it (its parameters at their defaults): fkl, rkl, skew_fkl, skew_rkl, jsd, tvd, fkl_rkl.")
+    var objective = "fkl"
     @Flag(help: "One JSON object per measurement.") var json = false
     @Flag(help: "Also print where each step's time goes: teacher forward, student forward, loss, backward, exchange, optimizer, QAT, each by GEMM, attention and the rest.")
     var breakdown = false
     @Option(help: "Measure the forward pass of this model (GGUF or Hugging Face folder, weights as stored) instead of named shapes.")
     var model: String?
+
+    /// The divergence `--objective` names, with distill's default parameters.
+    var divergence: Divergence {
+        var d = DistillConfig()
+        d.objective = Objective(rawValue: objective)!
+        return d.divergence
+    }
 
     var gemmShapes: [(m: Int, n: Int, k: Int)] {
         (gemm ?? "").split(separator: ",").compactMap {
@@ -61,6 +70,9 @@ struct Bench: ParsableCommand {
         }
         if let gemm, gemmShapes.isEmpty || gemmShapes.count != gemm.split(separator: ",", omittingEmptySubsequences: false).count {
             throw ValidationError("--gemm: expected comma-separated MxNxK with positive sizes (e.g. 2048x2048x2048), found '\(gemm)'")
+        }
+        guard Objective(rawValue: objective) != nil else {
+            throw ValidationError("--objective: expected one of \(Objective.allCases.map(\.rawValue).joined(separator: ", ")), found '\(objective)'")
         }
         if batch < 1 || seq < 2 || repeats < 1 || lmHeadChunk < 1 {
             throw ValidationError("--batch, --seq, --repeats, --lm-head-chunk: expected >= 1, >= 2, >= 1, >= 1, found \(batch), \(seq), \(repeats), \(lmHeadChunk)")
@@ -122,7 +134,7 @@ struct Bench: ParsableCommand {
             } ?? s.defaultModes
             for md in modes {
                 let r = try runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak,
-                                         lmHeadChunk: lmHeadChunk, load: load, breakdown: breakdown)
+                                         lmHeadChunk: lmHeadChunk, load: load, breakdown: breakdown, divergence: divergence)
                 if json {
                     let enc = JSONEncoder()
                     enc.outputFormatting = [.sortedKeys]

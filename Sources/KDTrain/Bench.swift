@@ -116,7 +116,7 @@ public func measureGEMM(m: Int, n: Int, k: Int, transB: Bool, repeats: Int) -> D
 /// With `breakdown`, the timed steps run with ``StepProfile`` recording (its cost is in their times too).
 public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch: Int, seq: Int, repeats: Int,
                          sgemmPeak: Double, lmHeadChunk: Int = 256, load: (() throws -> Transformer)? = nil,
-                         breakdown: Bool = false) throws -> BenchResult {
+                         breakdown: Bool = false, divergence: Divergence = .forwardKL) throws -> BenchResult {
     var m = shape.model
     m.maxSeqLen = max(m.maxSeqLen, seq)
     ProcessMemory.resetPeak()
@@ -157,7 +157,7 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
                 var target: DistillTarget?
                 if let teacher {
                     teacher.forward(tokens: tk.baseAddress!, b: batch, t: seq)
-                    target = DistillTarget(teacherHead: teacher.lmHeadWeight, teacherHidden: teacher.finalHidden, divergence: .forwardKL,
+                    target = DistillTarget(teacherHead: teacher.lmHeadWeight, teacherHidden: teacher.finalHidden, divergence: divergence,
                                            temperature: 1, kdRatio: 0.5, t2Scale: false)
                 }
                 model.forward(tokens: tk.baseAddress!, b: batch, t: seq)

@@ -60,16 +60,16 @@ extension Divergence {
         case .skewForwardKL(let l):
             let m = l * p + (1 - l) * q
             guard m > 0 else { return (0, 0) }
-            return (p > 0 ? Double(p) * Double(lp - logf(m)) : 0, -(1 - l) * p / m)
+            return (p > 0 ? Double(p) * Double(lp - fastLog(m)) : 0, -(1 - l) * p / m)
         case .skewReverseKL(let l):
             let m = l * q + (1 - l) * p
             guard m > 0 else { return (0, 0) }
-            let lm = logf(m)
+            let lm = fastLog(m)
             return (q > 0 ? Double(q) * Double(lq - lm) : 0, lq + 1 - lm - l * q / m)
         case .jsd(let b):  // 0 < β < 1: ∂D/∂q_j simplifies to (1−β)(log q_j − log m_j)
             let m = b * p + (1 - b) * q
             guard m > 0 else { return (0, 0) }
-            let lm = logf(m)
+            let lm = fastLog(m)
             return ((p > 0 ? Double(b) * Double(p) * Double(lp - lm) : 0) + (q > 0 ? Double(1 - b) * Double(q) * Double(lq - lm) : 0),
                     (1 - b) * (lq - lm))
         case .tvd:
@@ -192,7 +192,31 @@ public func divergenceRow(
             let r = Float(rkl)
             for j in 0..<v { g[j] = k * (a * (q[j] - g[j]) + (1 - a) * q[j] * (lq[j] - lp[j] - r)) }
         }
-    case .skewForwardKL, .skewReverseKL, .jsd, .tvd:
+    case .skewForwardKL, .skewReverseKL, .jsd:
+        // the logarithms and divisions sixteen lanes at a time (``skewLanes``: each lane's a is exactly
+        // ``Divergence/element``'s), the value and Σ q·a summed in f32 lanes (``LaneSum``) as forward and reverse KL's
+        var sum = LaneSum(), qa = LaneSum(), sqa = 0.0, j = 0
+        while j + 16 <= v {
+            let qv = loadV16(q + j), lanes = skewLanes(kind, p: pChunk(j), q: qv, lp: loadV16(lp + j), lq: loadV16(lq + j))
+            if let g = grad { storeV16(lanes.a, g + j) }
+            sum.add(lanes.terms, where: lanes.weight)
+            qa.add(qv * lanes.a, where: qv)
+            j += 16
+        }
+        while j < v {
+            let e = kind.element(p: fastExp(lp[j]), q: q[j], lp: lp[j], lq: lq[j])
+            value += e.value
+            grad?[j] = e.a
+            sqa += Double(q[j]) * Double(e.a)
+            j += 1
+        }
+        value += sum.total
+        sqa += qa.total
+        if let g = grad {
+            let c = Float(sqa)
+            for j in 0..<v { g[j] = k * q[j] * (g[j] - c) }
+        }
+    case .tvd:
         var sqa = 0.0, j = 0
         while j < v {
             let p = pChunk(j), n = min(16, v - j)
@@ -210,6 +234,31 @@ public func divergenceRow(
         }
     }
     return value
+}
+
+/// ``Divergence/element(p:q:lp:lq:)`` of skew forward / reverse KL and JSD for sixteen elements: a exactly the
+/// element's (the same Float operations in the same order), the terms of the value in Float, and a weight that is > 0
+/// where the element's value counts.
+@inline(__always)
+func skewLanes(_ kind: Divergence, p: V16, q: V16, lp: V16, lq: V16) -> (terms: V16, a: V16, weight: V16) {
+    switch kind {
+    case .skewForwardKL(let l):
+        let m = V16(repeating: l) * p + V16(repeating: 1 - l) * q, off = .!(m .> 0)
+        let a = (V16(repeating: -(1 - l)) * p / m).replacing(with: 0, where: off)
+        return (p * (lp - simdLog(m)), a, p.replacing(with: 0, where: off))
+    case .skewReverseKL(let l):
+        let m = V16(repeating: l) * q + V16(repeating: 1 - l) * p, off = .!(m .> 0), lm = simdLog(m)
+        let a = (lq + 1 - lm - V16(repeating: l) * q / m).replacing(with: 0, where: off)
+        return (q * (lq - lm), a, q.replacing(with: 0, where: off))
+    case .jsd(let b):
+        let m = V16(repeating: b) * p + V16(repeating: 1 - b) * q, off = .!(m .> 0), lm = simdLog(m)
+        let dq = lq - lm
+        let tp = (V16(repeating: b) * p * (lp - lm)).replacing(with: 0, where: .!(p .> 0))
+        let tq = (V16(repeating: 1 - b) * q * dq).replacing(with: 0, where: .!(q .> 0))
+        return (tp + tq, (V16(repeating: 1 - b) * dq).replacing(with: 0, where: off), m.replacing(with: 0, where: off))
+    default:
+        preconditionFailure("skewLanes: \(kind)")
+    }
 }
 
 /// ``divergenceRow`` at T = 1 together with the row's cross-entropy, from the one student softmax: returns D(p, q) and

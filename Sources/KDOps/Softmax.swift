@@ -35,6 +35,48 @@ public func simdExp(_ x0: V16) -> V16 {
 @inlinable @inline(__always)
 public func fastExp(_ x: Float) -> Float { simdExp(V16(repeating: x))[0] }
 
+/// ln x lane by lane (Cephes logf, ~1 ulp): x = 2^e·m with m in [√½, √2), ln(1 + f) = f − f²/2 + f³·P(f), e·ln2 added
+/// in a high part exact in float and a low correction. Denormal inputs are scaled by 2^25 first; 0 gives −∞, negative
+/// inputs and NaN give NaN, +∞ stays +∞.
+@inlinable @inline(__always)
+public func simdLog(_ x0: V16) -> V16 {
+    // Only concrete lane-wise operations (as simdExp), the constants as vectors.
+    let tiny = x0 .< V16(repeating: 1.175_494_35e-38)
+    let x = x0.replacing(with: x0 * V16(repeating: 33_554_432), where: tiny)  // 2^25
+    let bits = unsafeBitCast(x, to: SIMD16<Int32>.self)
+    // the exponent as a float without a generic conversion: small integers added to the bits of 1.5·2^23
+    let magic = V16(repeating: 12_582_912)
+    var e = unsafeBitCast(((bits &>> 23) & 0xFF) &+ (0x4B40_0000 - 126), to: V16.self) - magic
+    e = e.replacing(with: e + V16(repeating: -25), where: tiny)
+    // mantissa in [0.5, 1)
+    var m = unsafeBitCast((bits & 0x007F_FFFF) | 0x3F00_0000, to: V16.self)
+    let low = m .< V16(repeating: 0.707_106_781_186_547_524)
+    e = e.replacing(with: e + V16(repeating: -1), where: low)
+    m = m.replacing(with: m + m, where: low) + V16(repeating: -1)
+    let z = m * m
+    var p = V16(repeating: 7.037_683_629_2e-2)
+    p = p * m + V16(repeating: -1.151_461_031_0e-1)
+    p = p * m + V16(repeating: 1.167_699_874_0e-1)
+    p = p * m + V16(repeating: -1.242_014_084_6e-1)
+    p = p * m + V16(repeating: 1.424_932_278_7e-1)
+    p = p * m + V16(repeating: -1.666_805_766_5e-1)
+    p = p * m + V16(repeating: 2.000_071_476_5e-1)
+    p = p * m + V16(repeating: -2.499_999_399_3e-1)
+    p = p * m + V16(repeating: 3.333_333_117_4e-1)
+    var y = m * z * p
+    y = y + e * V16(repeating: -2.121_944_4e-4)
+    y = y + z * V16(repeating: -0.5)
+    var r = m + y
+    r = r + e * V16(repeating: 0.693_359_375)
+    r = r.replacing(with: -.infinity, where: x0 .== V16(repeating: 0))
+    r = r.replacing(with: .nan, where: x0 .< V16(repeating: 0))
+    return r.replacing(with: x0, where: (x0 .!= x0) .| (x0 .== V16(repeating: .infinity)))
+}
+
+/// Scalar ln x with exactly the numerics of ``simdLog``.
+@inlinable @inline(__always)
+public func fastLog(_ x: Float) -> Float { simdLog(V16(repeating: x))[0] }
+
 @inlinable @inline(__always)
 public func loadV16(_ p: UnsafePointer<Float>) -> V16 {
     UnsafeRawPointer(p).loadUnaligned(as: V16.self)

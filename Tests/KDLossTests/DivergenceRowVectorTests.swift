@@ -1,6 +1,7 @@
 // The dense divergence row runs its exponentials sixteen lanes at a time; this checks it against the same definition
-// evaluated one element at a time (Divergence.element, the scalar fastExp), bit for bit (forward and reverse KL sum
-// their values in f32 lanes: within 1e-6 of Σ|terms|), on a row longer than the 1,024-element flush whose length is
+// evaluated one element at a time (Divergence.element, the scalar fastExp and fastLog), bit for bit (forward and
+// reverse KL, the skew KLs and JSD sum their values in f32 lanes: within 1e-6 of Σ|terms|, and the gradients that read
+// such a sum within 1e-6), on a row longer than the 1,024-element flush whose length is
 // not a multiple of 16 (the tail path) and with a teacher that puts almost no mass on some tokens.
 import Foundation
 @testable import KDLoss
@@ -58,7 +59,7 @@ func theVectorRowIsTheElementwiseDefinitionBitForBit(d: Divergence) {
         } } } }
     let want = elementwiseRow(d, lp: lp, s: s, T: T, scale: scale)
     switch d {
-    case .forwardKL, .reverseKL:
+    case .forwardKL, .reverseKL, .skewForwardKL, .skewReverseKL, .jsd:
         // their terms are summed in f32 lanes (each term within an f32 rounding, the sums within v·u of Σ|terms|)
         let magnitude = elementwiseMagnitude(d, lp: lp, s: s, T: T)
         #expect(abs(got - want.value) <= 1e-6 * magnitude, "\(d): value \(got) vs \(want.value) (Σ|terms| \(magnitude))")

@@ -17,6 +17,25 @@ import Testing
     #expect(fastExp(0) == 1)
 }
 
+/// ln x within 2 ulp of the float64 log over every binade a probability or a mixture of two can take (denormals
+/// included), and the edge values: 0 → −∞, negative → NaN, NaN → NaN, ∞ → ∞, 1 → 0.
+@Test func simdLogMatchesLibm() {
+    var worstUlps: Double = 0
+    var x: Float = Float.leastNonzeroMagnitude
+    while x < 1e30 {
+        let l = Double(fastLog(x)), r = Foundation.log(Double(x))
+        // ulps of the float result's magnitude (at least the smallest normal's, so ln x ≈ 0 near 1 is not divided by 0)
+        worstUlps = max(worstUlps, abs(l - r) / Double(max(Float(abs(r)), Float.leastNormalMagnitude).ulp))
+        x = x.nextUp * 1.000_731
+    }
+    #expect(worstUlps <= 2, "worst \(worstUlps) ulp")
+    #expect(fastLog(1) == 0 && fastLog(0) == -.infinity && fastLog(-1).isNaN && fastLog(.nan).isNaN && fastLog(.infinity) == .infinity)
+    // the lanes are the scalar's
+    let xs = V16((0..<16).map { Float($0) * 0.37 + 1e-3 })
+    let lanes = simdLog(xs)
+    for i in 0..<16 { #expect(lanes[i] == fastLog(xs[i])) }
+}
+
 @Test func softmaxRowsSumToOneAndBackwardMatches() {
     let n = 3, v = 37  // v not a multiple of 16: exercises the scalar tail
     let inp = randomArray(n * v, seed: 30, scale: 3).enumerated().map { $0.offset == 5 ? $0.element + 80 : $0.element }

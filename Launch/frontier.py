@@ -10,7 +10,7 @@ teacher file, as a user would make the free alternative; cached in DIR/ladder/),
   - llama.cpp's mean NLL over the same non-overlapping windows of --context tokens (BOS first when the file asks for
     one), and the difference to the teacher's;
   - KL(teacher || model) and top-1 agreement per predicted token, from llama.cpp's logits of both on the same windows;
-  - `distill eval`'s NLL of the same file and text (n/a where distill cannot read a type: it reads the types it trains);
+  - `distill eval`'s NLL of the same file and text (n/a where distill cannot read a type: the IQ2/IQ3 grids, for one);
 and llama.cpp's speed on --threads (2) threads: a --prompt-token prompt (tokens/s) then --generate greedy tokens
 (tokens/s), rounds interleaved over the models, medians (--rounds 0: none). Writes DIR/frontier.json, DIR/frontier.md
 (the table), DIR/frontier.svg (bytes vs NLL and generation speed vs NLL) and DIR/frontier.html (both). A model's

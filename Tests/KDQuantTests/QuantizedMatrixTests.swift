@@ -22,7 +22,7 @@ func randomBlocks(_ type: GGMLType, oc: Int, c: Int, seed: UInt64 = 77) -> [UInt
     return bytes
 }
 
-@Test(arguments: [GGMLType.q8_0, .q4_1, .q4_K, .q6_K])
+@Test(arguments: [GGMLType.q8_0, .q4_1, .q4_K, .q6_K, .iq4_nl, .iq4_xs])
 func packedMatmulEqualsDequantizedMatmul(type: GGMLType) {
     let oc = 37, c = 256, n = 5
     let bytes = randomBlocks(type, oc: oc, c: c)
@@ -42,10 +42,10 @@ func packedMatmulEqualsDequantizedMatmul(type: GGMLType) {
 }
 
 /// In bf16, a quantized matrix's rows are dequantized straight into the kernel's panels chunk by chunk on each thread
-/// (Q4_0 / Q4_1 / Q8_0 with AVX-512, the others through Floats): the product must be bf16GEMM's on the dequantized
+/// (Q4_0 / Q4_1 / Q8_0 with AVX-512, the others — k-quants, IQ4_NL, IQ4_XS — through Floats): the product must be bf16GEMM's on the dequantized
 /// matrix bit for bit, for ragged row counts (37, 48 = 16 mod 32, 300 > one chunk), a depth that ends in a partial
 /// 256-deep block (576; 512 for k-quants), 1–3 threads, both routes, accumulating or not.
-@Test(arguments: [GGMLType.q8_0, .q4_0, .q4_1, .q5_0, .q4_K, .q6_K])
+@Test(arguments: [GGMLType.q8_0, .q4_0, .q4_1, .q5_0, .q4_K, .q6_K, .iq4_nl, .iq4_xs])
 func quantizedBF16ForwardEqualsKernelOnDequantized(type: GGMLType) {
     let kernels: [BF16Kernel] = BF16.cpuHasAVX512BF16 ? [.avx512, .emulated] : [.emulated]
     for (oc, deep, n) in [(37, 256, 5), (48, 576, 19), (300, 576, 130)] {

@@ -172,15 +172,19 @@ public struct RunConfig: Codable, Equatable, Sendable {
     }
 
     /// `over` merged onto `under`: mappings key by key (recursively), anything else replaced.
-    static func merge(_ under: Node, _ over: Node) -> Node {
-        guard var a = under.mapping, let b = over.mapping else { return over }
-        for (k, v) in b { a[k] = replacedWhole.contains(k.string ?? "") ? v : a[k].map { merge($0, v) } ?? v }
+    /// Mappings at the paths of `replacedWhole` are replaced, not merged. `path` is `under`'s and `over`'s key path.
+    static func merge(_ under: Node, _ over: Node, path: String = "") -> Node {
+        guard var a = under.mapping, let b = over.mapping, !replacedWhole.contains(path) else { return over }
+        for (k, v) in b {
+            let sub = path.isEmpty ? k.string ?? "" : path + "." + (k.string ?? "")
+            a[k] = a[k].map { merge($0, v, path: sub) } ?? v
+        }
         return .mapping(a)
     }
 
     /// Mappings that say one thing as a whole (`student.target` is one of bytes, params or speed): a config's own
     /// replaces its base's instead of merging into it.
-    static let replacedWhole: Set<String> = ["target"]
+    static let replacedWhole: Set<String> = ["student.target"]
 
     /// The config as YAML (stored beside checkpoints and printed by `distill train --dry-run`).
     public func yaml() throws -> String { try YAMLEncoder().encode(self) }

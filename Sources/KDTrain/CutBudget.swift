@@ -19,6 +19,12 @@ struct BudgetCut: Codable, Equatable {
     var speedup: Double?
     var kept: [Int] = []
     var kl = Double.nan
+
+    /// Shape, size, parameters and estimated speedup, as the log and errors print a cut.
+    var summary: String {
+        String(format: "%d blocks × FFN %d (%.1f MiB, %.2fM parameters, %.2f× the teacher's speed)", layers, ffnDim,
+               Double(bytes) / 1048576, Double(params) / 1e6, speedup ?? .nan)
+    }
 }
 
 /// What the budget chose, and every candidate's score.
@@ -99,8 +105,7 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
     let what = target.summary
     var (candidates, smallest) = budgetCandidates(config, teacher: t, target: target, overhead: overhead)
     guard !candidates.isEmpty else {
-        throw KDError.invalidInput(what: "student.target", expected: String(format: "a target a cut of the teacher can meet (the smallest tried, %d blocks with FFN %d, is %.1f MiB, %.2fM parameters, %.2f× the teacher's speed)",
-                                                                            smallest.layers, smallest.ffnDim, Double(smallest.bytes) / 1048576, Double(smallest.params) / 1e6, smallest.speedup ?? 1),
+        throw KDError.invalidInput(what: "student.target", expected: "a target a cut of the teacher can meet (the smallest tried: \(smallest.summary))",
                                    found: what)
     }
     let cal = Calibration(teacher: source, sampler: sampler, batches: s.calibrationBatches, b: config.train.microBatch, t: config.train.seqLen)
@@ -122,9 +127,7 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
             try cutStudent(m, from: source, config: c, kept: kept, calibration: sampler, comm: comm)
             candidates[i].kept = kept
             candidates[i].kl = cal.meanKL(m, blocks: Array(0..<c.model.layers))
-            KDLog.info(String(format: "    %2d blocks × FFN %4d: %.1f MiB, %.2fM parameters, %.2f× the teacher's speed, KL %.4f", candidates[i].layers,
-                              candidates[i].ffnDim, Double(candidates[i].bytes) / 1048576, Double(candidates[i].params) / 1e6,
-                              candidates[i].speedup ?? .nan, candidates[i].kl))
+            KDLog.info("    \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl))")
         }
         let best = candidates.indices.min { candidates[$0].kl < candidates[$1].kl || (candidates[$0].kl == candidates[$1].kl && $0 < $1) }!
         choice = BudgetChoice(key: key, target: what, candidates: candidates, chosen: best)
@@ -137,9 +140,8 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
         }
     }
     let c = choice.candidates[choice.chosen]
-    KDLog.info(String(format: "  target %@: chose %d blocks × FFN %d (%.1f MiB, %.2fM parameters, %.2f× the teacher's speed, calibration KL %.4f, the lowest of %d) in %.1f s",
-                      what, c.layers, c.ffnDim, Double(c.bytes) / 1048576, Double(c.params) / 1e6, c.speedup ?? .nan, c.kl, choice.candidates.count,
-                      monotonicSeconds() - start))
+    KDLog.info("  target \(what): chose \(c.summary), calibration KL \(String(format: "%.4f", c.kl)), the lowest of \(choice.candidates.count), "
+               + "in \(String(format: "%.1f", monotonicSeconds() - start)) s")
     return resolvedConfig(config, cut: c, teacherLayers: t.layers)
 }
 

@@ -131,14 +131,24 @@ public func divergenceRow(
     // definition's sum: element by element in Double, except forward and reverse KL, whose terms go through a
     // ``LaneSum`` (the gradient of forward KL does not read the value, reverse KL's reads it as a Float)
     expRow(q, lq, v)
+    let kind = d.normalized, k = scale / T
+    // With a gradient, p = e^lp is written over it first in one row pass (expRow: on AVX-512 where the CPU has it); every
+    // case below reads p at j before it writes the gradient at j. Reverse KL needs no p.
+    let pInGrad: UnsafeMutablePointer<Float>? = kind == .reverseKL ? nil : grad
+    if let pInGrad { expRow(pInGrad, lp, v) }
     /// p = e^lp for the 16 elements from j (the tail: fewer lanes are read by the callers).
     @inline(__always) func pChunk(_ j: Int) -> V16 {
+        if let pInGrad {
+            if j + 16 <= v { return loadV16(pInGrad + j) }
+            var t = V16(repeating: 0)
+            for i in 0..<(v - j) { t[i] = pInGrad[j + i] }
+            return t
+        }
         if j + 16 <= v { return simdExp(loadV16(lp + j)) }
         var t = V16(repeating: 0)
         for i in 0..<(v - j) { t[i] = fastExp(lp[j + i]) }
         return t
     }
-    let kind = d.normalized, k = scale / T
     var value = 0.0
     switch kind {
     // for these three the chain q_j (a_j − Σ q a) has closed forms (FKL: q − p) that need no division by q

@@ -1,5 +1,6 @@
 // Numerically stable softmax / log-softmax over rows, with a vectorized exp (Cephes expf polynomial, ~2 ulp).
 // Dims: n rows, v row length (vocabulary or keys).
+import CKDKernels
 import KDCore
 
 public typealias V16 = SIMD16<Float>
@@ -87,10 +88,23 @@ public func storeV16(_ v: V16, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: V16.self)
 }
 
+/// Where the row loops of e^x run: on AVX-512 (CKDKernels/rows.c, one 16-lane register per ``V16``, bit-identical to
+/// ``simdExp``'s lanes) when the CPU has it, else the Swift lanes (two AVX2 halves). `DISTILL_ROW_KERNEL=swift` keeps the
+/// Swift lanes (to measure the difference); the tails past a multiple of 16 and the horizontal sums are Swift's always.
+public enum RowKernels {
+    public static let avx512: Bool = {
+        let choice = getenv("DISTILL_ROW_KERNEL").map { String(cString: $0) } ?? "avx512"
+        return choice != "swift" && kd_cpu_has_avx512() == 1
+    }()
+}
+
 /// out[i] = e^x[i] for i in 0..<v, sixteen lanes at a time: each element exactly ``fastExp`` of it. `out` may be `x`.
-@inlinable
 public func expRow(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ v: Int) {
     var i = 0
+    if RowKernels.avx512 {
+        i = v & ~15
+        kd_exp_avx512(out, x, i)
+    }
     while i + 16 <= v {
         storeV16(simdExp(loadV16(x + i)), out + i)
         i += 16
@@ -140,6 +154,10 @@ public func expShiftSum(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<F
     var acc = V16(repeating: 0)
     let sh = V16(repeating: shift)
     var i = 0
+    if RowKernels.avx512 && v >= 16 {
+        i = v & ~15
+        withUnsafeMutablePointer(to: &acc) { kd_exp_shift_avx512(out, x, i, shift, UnsafeMutableRawPointer($0).assumingMemoryBound(to: Float.self)) }
+    }
     while i + 16 <= v {
         let e = simdExp(loadV16(x + i) - sh)
         storeV16(e, out + i)

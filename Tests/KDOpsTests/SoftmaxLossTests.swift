@@ -1,4 +1,5 @@
 // Softmax, log-softmax, cross-entropy and the fused chunked LM head: invariants, references, finite differences.
+import CKDKernels
 import Foundation
 import KDCore
 import KDOps
@@ -171,4 +172,33 @@ import Testing
         }
     }
     #expect(rowArgmax([Float](repeating: -.infinity, count: 40), 40) == 0)
+}
+
+/// CKDKernels' AVX-512 e^x row loops (used by expRow and expShiftSum where the CPU has AVX-512) give every element
+/// exactly ``simdExp``'s lane, and the same 16 accumulator lanes, on ordinary, clamped, tiny and special inputs.
+@Test func avx512ExpRowsAreTheSwiftLanesBitForBit() throws {
+    try #require(kd_cpu_has_avx512() == 1, "this CPU has no AVX-512: the kernel cannot run here (expRow uses the Swift lanes)")
+    var xs = randomArray(4096, seed: 90, scale: 30)
+    let specials: [Float] = [0, -0, 1, -1, 88.72, 88.73, 89, 100, -87.3, -87.34, -87.4, -100, -104, .infinity, -.infinity, .nan,
+                             -.nan, Float.leastNonzeroMagnitude, -Float.leastNormalMagnitude, 1e-30, Float.greatestFiniteMagnitude,
+                             -Float.greatestFiniteMagnitude, 0.5 * 0.693_147_2, -0.5 * 0.693_147_2, 20.5, -20.5]
+    for (i, s) in specials.enumerated() { xs[i * 7] = s }
+    var swiftLanes = [Float](repeating: 0, count: xs.count), kernel = [Float](repeating: 0, count: xs.count)
+    for i in stride(from: 0, to: xs.count, by: 16) {
+        let e = simdExp(V16(xs[i..<(i + 16)]))
+        for l in 0..<16 { swiftLanes[i + l] = e[l] }
+    }
+    kd_exp_avx512(&kernel, xs, xs.count)
+    for i in xs.indices { #expect(kernel[i].bitPattern == swiftLanes[i].bitPattern, "e^\(xs[i]): \(kernel[i]) vs \(swiftLanes[i])") }
+    // the shifted loop with its lane sums (finite inputs: a NaN lane would make every comparison of sums fail)
+    let finite = xs.map { $0.isFinite ? $0 : 1 }, shift: Float = 3.25
+    var acc = V16(repeating: 0), lanes = [Float](repeating: 0, count: 16)
+    for i in stride(from: 0, to: finite.count, by: 16) {
+        let e = simdExp(V16(finite[i..<(i + 16)]) - V16(repeating: shift))
+        for l in 0..<16 { swiftLanes[i + l] = e[l] }
+        acc += e
+    }
+    kd_exp_shift_avx512(&kernel, finite, finite.count, shift, &lanes)
+    for i in finite.indices { #expect(kernel[i].bitPattern == swiftLanes[i].bitPattern) }
+    for l in 0..<16 { #expect(lanes[l].bitPattern == acc[l].bitPattern) }
 }

@@ -1,0 +1,15 @@
+// Row kernels for distill on AVX-512: the vectorized e^x of KDOps (Softmax.swift's simdExp) on 16-lane registers,
+// the same float operations in the same order (no fused multiply-adds), so every element is bit-identical to the
+// Swift lanes; the Swift side keeps the tails and the horizontal sums. Only call when kd_cpu_has_avx512() is 1.
+#ifndef KD_ROWS_H
+#define KD_ROWS_H
+#include <stddef.h>
+
+/// 1 when this CPU and OS run AVX-512 F with ZMM state enabled, else 0.
+int kd_cpu_has_avx512(void);
+/// out[i] = e^(x[i] − shift) for i < n (n a multiple of 16); lanes[l] = Σ over i ≡ l (mod 16) of out[i], added in
+/// order of i as a 16-lane accumulator starting at zero. `out` may be `x`.
+void kd_exp_shift_avx512(float *out, const float *x, size_t n, float shift, float *lanes);
+/// out[i] = e^x[i] for i < n (n a multiple of 16). `out` may be `x`.
+void kd_exp_avx512(float *out, const float *x, size_t n);
+#endif

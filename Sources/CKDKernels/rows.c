@@ -52,10 +52,37 @@ void kd_exp_shift_avx512(float *out, const float *x, size_t n, float shift, floa
 void kd_exp_avx512(float *out, const float *x, size_t n) {
     for (size_t i = 0; i < n; i += 16) _mm512_storeu_ps(out + i, kd_exp16(_mm512_loadu_ps(x + i)));
 }
+/// σ(g) = 1 / (1 + e^(−g)) as SwiGLU.swift's sigmoid16 (−g by flipping the sign bit, as Swift negates).
+static inline __attribute__((always_inline)) __m512 kd_sigmoid16(__m512 g) {
+    const __m512 neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), _mm512_set1_epi32((int)0x80000000u)));
+    const __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_div_ps(one, _mm512_add_ps(one, kd_exp16(neg)));
+}
+
+void kd_swiglu_forward_avx512(float *out, const float *gate, const float *up, size_t n) {
+    for (size_t i = 0; i < n; i += 16) {
+        const __m512 g = _mm512_loadu_ps(gate + i);
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(g, kd_sigmoid16(g)), _mm512_loadu_ps(up + i)));
+    }
+}
+
+void kd_swiglu_backward_avx512(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 16) {
+        const __m512 g = _mm512_loadu_ps(gate + i), sg = kd_sigmoid16(g), d = _mm512_loadu_ps(dout + i);
+        // dgate + ((d·up)·σ)·(1 + g·(1 − σ)); dup + (d·g)·σ
+        const __m512 slope = _mm512_add_ps(one, _mm512_mul_ps(g, _mm512_sub_ps(one, sg)));
+        const __m512 dg = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(d, _mm512_loadu_ps(up + i)), sg), slope);
+        _mm512_storeu_ps(dgate + i, _mm512_add_ps(_mm512_loadu_ps(dgate + i), dg));
+        _mm512_storeu_ps(dup + i, _mm512_add_ps(_mm512_loadu_ps(dup + i), _mm512_mul_ps(_mm512_mul_ps(d, g), sg)));
+    }
+}
 #pragma clang attribute pop
 #else
 #include <stdlib.h>
 int kd_cpu_has_avx512(void) { return 0; }
 void kd_exp_shift_avx512(float *out, const float *x, size_t n, float shift, float *lanes) { abort(); }
 void kd_exp_avx512(float *out, const float *x, size_t n) { abort(); }
+void kd_swiglu_forward_avx512(float *out, const float *gate, const float *up, size_t n) { abort(); }
+void kd_swiglu_backward_avx512(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n) { abort(); }
 #endif

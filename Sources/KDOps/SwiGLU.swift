@@ -1,5 +1,6 @@
 // SwiGLU gate of the Llama MLP (Shazeer 2020): out = silu(gate) · up, silu(g) = g · σ(g).
 // Dims: n rows, f hidden (ffn) channels.
+import CKDKernels
 import Foundation
 import KDCore
 
@@ -19,7 +20,13 @@ public func swiGLUForward(
     out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int, f: Int
 ) {
     Parallel.forRanges(n, minPerThread: 16) { lo, hi in
-        lanes16(lo * f, hi * f) { i, w in
+        var start = lo * f
+        if RowKernels.avx512 {  // the same lanes on AVX-512 (CKDKernels/rows.c)
+            let count = (hi - lo) * f & ~15
+            kd_swiglu_forward_avx512(out + start, gate + start, up + start, count)
+            start += count
+        }
+        lanes16(start, hi * f) { i, w in
             if w == 16 {
                 let g = loadV16(gate + i)
                 storeV16(g * sigmoid16(g) * loadV16(up + i), out + i)
@@ -38,7 +45,13 @@ public func swiGLUBackward(
     dout: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, n: Int, f: Int
 ) {
     Parallel.forRanges(n, minPerThread: 16) { lo, hi in
-        lanes16(lo * f, hi * f) { i, w in
+        var start = lo * f
+        if RowKernels.avx512 {
+            let count = (hi - lo) * f & ~15
+            kd_swiglu_backward_avx512(dgate + start, dup + start, dout + start, gate + start, up + start, count)
+            start += count
+        }
+        lanes16(start, hi * f) { i, w in
             if w == 16 {
                 let g = loadV16(gate + i), sg = sigmoid16(g), d = loadV16(dout + i)
                 storeV16(loadV16(dgate + i) + d * loadV16(up + i) * sg * (1 + g * (1 - sg)), dgate + i)

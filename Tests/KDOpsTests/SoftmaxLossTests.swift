@@ -202,3 +202,31 @@ import Testing
     for i in finite.indices { #expect(kernel[i].bitPattern == swiftLanes[i].bitPattern) }
     for l in 0..<16 { #expect(lanes[l].bitPattern == acc[l].bitPattern) }
 }
+
+/// The AVX-512 SwiGLU lanes (swiGLUForward / swiGLUBackward where the CPU has AVX-512) are SwiGLU.swift's V16 lanes
+/// bit for bit, on ordinary, saturating and special gates.
+@Test func avx512SwiGLULanesAreTheSwiftLanesBitForBit() throws {
+    try #require(kd_cpu_has_avx512() == 1, "this CPU has no AVX-512: the kernel cannot run here (SwiGLU uses the Swift lanes)")
+    let n = 1024
+    var gate = randomArray(n, seed: 91, scale: 8)
+    let specials: [Float] = [0, -0, 90, -90, 200, -200, .infinity, -.infinity, .nan, Float.leastNonzeroMagnitude, 1e-20, -1e-20]
+    for (i, s) in specials.enumerated() { gate[i * 5] = s }
+    let up = randomArray(n, seed: 92), dout = randomArray(n, seed: 93)
+    let dgate0 = randomArray(n, seed: 94), dup0 = randomArray(n, seed: 95)
+    var out = [Float](repeating: 0, count: n), dgate = dgate0, dup = dup0
+    kd_swiglu_forward_avx512(&out, gate, up, n)
+    kd_swiglu_backward_avx512(&dgate, &dup, dout, gate, up, n)
+    // NaN lanes compare as NaN: which operand's NaN an instruction propagates (its sign) is the compiler's choice
+    func bits(_ v: V16) -> [UInt32] { (0..<16).map { v[$0].isNaN ? 0x7FC0_0000 : v[$0].bitPattern } }
+    func bits(_ a: ArraySlice<Float>) -> [UInt32] { a.map { $0.isNaN ? 0x7FC0_0000 : $0.bitPattern } }
+    for i in stride(from: 0, to: n, by: 16) {
+        let g = V16(gate[i..<(i + 16)]), u = V16(up[i..<(i + 16)]), d = V16(dout[i..<(i + 16)])
+        let sg = 1 / (1 + simdExp(-g))
+        let f = g * sg * u
+        let dg = V16(dgate0[i..<(i + 16)]) + d * u * sg * (1 + g * (1 - sg))
+        let du = V16(dup0[i..<(i + 16)]) + d * g * sg
+        #expect(bits(out[i..<(i + 16)]) == bits(f), "forward lanes from \(i)")
+        #expect(bits(dgate[i..<(i + 16)]) == bits(dg), "dgate lanes from \(i)")
+        #expect(bits(dup[i..<(i + 16)]) == bits(du), "dup lanes from \(i)")
+    }
+}

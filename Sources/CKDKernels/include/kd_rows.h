@@ -1,4 +1,4 @@
-// Row kernels for distill on AVX-512: the vectorized e^x of KDOps (Softmax.swift's simdExp) on 16-lane registers,
+// Row kernels for distill on AVX-512: the vectorized e^x of KDOps (Softmax.swift's simdExp) and SwiGLU on 16-lane registers,
 // the same float operations in the same order (no fused multiply-adds), so every element is bit-identical to the
 // Swift lanes; the Swift side keeps the tails and the horizontal sums. Only call when kd_cpu_has_avx512() is 1.
 #ifndef KD_ROWS_H
@@ -12,4 +12,8 @@ int kd_cpu_has_avx512(void);
 void kd_exp_shift_avx512(float *out, const float *x, size_t n, float shift, float *lanes);
 /// out[i] = e^x[i] for i < n (n a multiple of 16). `out` may be `x`.
 void kd_exp_avx512(float *out, const float *x, size_t n);
+/// SwiGLU.swift's lanes: out[i] = g·σ(g)·up[i], g = gate[i] (n a multiple of 16).
+void kd_swiglu_forward_avx512(float *out, const float *gate, const float *up, size_t n);
+/// SwiGLU.swift's backward lanes: dgate[i] += dout·up·σ(g)·(1 + g·(1 − σ(g))), dup[i] += dout·g·σ(g) (n a multiple of 16).
+void kd_swiglu_backward_avx512(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
 #endif

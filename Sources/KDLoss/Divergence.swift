@@ -128,7 +128,7 @@ public func divergenceRow(
 }
 
 /// ``divergenceRow``; with `ceScale`, forward KL's gradient loop also adds ceScale · q to each element as it writes it
-/// (the same two Float operations, in the same order, as a second pass over the row would) and returns true.
+/// (the same two Float operations, in the same order, as a second pass over the row would).
 @inline(__always)
 func divergenceRow(
     _ d: Divergence, teacherLogProbs lp: UnsafePointer<Float>, studentLogits s: UnsafePointer<Float>, v: Int,

@@ -1,6 +1,7 @@
 // bf16 GEMM: rounding, CPU detection, packing, and the blocked kernel (bf16_kernel_body.h) built twice —
 // with AVX512-BF16 intrinsics, and against a portable emulation of them.
 #include "kd_bf16.h"
+#include "kd_rows.h"
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -37,13 +38,9 @@ void kd_bf16_round_f32(const float *in, float *out, size_t n) {
 
 int kd_cpu_has_avx512bf16(void) {
 #if defined(__x86_64__)
+    if (!kd_cpu_has_avx512()) return 0;  // AVX512F with ZMM state enabled by the OS (rows.c)
     unsigned int a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0;  // OSXSAVE
-    unsigned int xlo, xhi;
-    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
-    if ((xlo & 0xe6u) != 0xe6u) return 0;  // XMM, YMM, opmask, ZMM_Hi256, Hi16_ZMM state enabled by the OS
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    if (!(b & (1u << 16)) || !(b & (1u << 30))) return 0;  // AVX512F, AVX512BW
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 30))) return 0;  // AVX512BW
     if (a < 1 || !__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
     return (a >> 5) & 1u;  // AVX512_BF16
 #else

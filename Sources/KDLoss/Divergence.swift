@@ -124,26 +124,9 @@ public func divergenceRow(
     _ d: Divergence, teacherLogProbs lp: UnsafePointer<Float>, studentLogits s: UnsafePointer<Float>, v: Int,
     temperature T: Float, grad: UnsafeMutablePointer<Float>?, scale: Float, scratch: UnsafeMutablePointer<Float>
 ) -> Double {
-    divergenceRow(d, teacherLogProbs: lp, studentLogits: s, v: v, temperature: T, grad: grad, scale: scale, ceScale: nil, scratch: scratch)
-}
-
-/// ``divergenceRow``; with `ceScale`, forward KL's gradient loop also adds ceScale · q to each element as it writes it
-/// (the same two Float operations, in the same order, as a second pass over the row would).
-@inline(__always)
-func divergenceRow(
-    _ d: Divergence, teacherLogProbs lp: UnsafePointer<Float>, studentLogits s: UnsafePointer<Float>, v: Int,
-    temperature T: Float, grad: UnsafeMutablePointer<Float>?, scale: Float, ceScale: Float?, scratch: UnsafeMutablePointer<Float>
-) -> Double {
     let lq = scratch, q = scratch + v
-    if T == 1 {
-        // logSoftmaxInPlace's numbers without copying s first: the max and the sum read s, log q is written once
-        let m = rowMax(s, v)
-        let lse = m + logf(expShiftSum(q, s, v, shift: m))
-        for i in 0..<v { lq[i] = s[i] - lse }
-    } else {
-        lq.update(from: s, count: v)
-        logSoftmaxInPlace(lq, v, temperature: T, scratch: q)
-    }
+    lq.update(from: s, count: v)
+    logSoftmaxInPlace(lq, v, temperature: T, scratch: q)
     // e^x sixteen lanes at a time (simdExp: the lanes are exactly the scalar fastExp). The value is the per-element
     // definition's sum: element by element in Double, except forward and reverse KL, whose terms go through a
     // ``LaneSum`` (the gradient of forward KL does not read the value, reverse KL's reads it as a Float)
@@ -180,12 +163,7 @@ func divergenceRow(
                 for i in 0..<n { value += kind.element(p: p[i], q: q[j + i], lp: lp[j + i], lq: lq[j + i]).value }
             }
             if let g = grad {
-                if let cs = ceScale {
-                    let qv = loadV16(q + j)
-                    if n == 16 { storeV16(V16(repeating: k) * (qv - p) + V16(repeating: cs) * qv, g + j) } else {
-                        for i in 0..<n { g[j + i] = k * (q[j + i] - p[i]) + cs * q[j + i] }
-                    }
-                } else if n == 16 { storeV16(V16(repeating: k) * (loadV16(q + j) - p), g + j) } else { for i in 0..<n { g[j + i] = k * (q[j + i] - p[i]) } }
+                if n == 16 { storeV16(V16(repeating: k) * (loadV16(q + j) - p), g + j) } else { for i in 0..<n { g[j + i] = k * (q[j + i] - p[i]) } }
             }
             j += 16
         }
@@ -302,15 +280,10 @@ public func divergenceAndCrossEntropyRow(
     grad: UnsafeMutablePointer<Float>?, scale: Float, ceScale: Float, scratch: UnsafeMutablePointer<Float>
 ) -> (value: Double, ce: Float) {
     precondition(target >= 0 && target < v, "divergenceAndCrossEntropyRow: target \(target) outside vocabulary of \(v)")
-    // forward KL adds the cross-entropy's ceScale · q in its own gradient loop; the others in a pass of their own
-    let fused = d.normalized == .forwardKL
-    let value = divergenceRow(d, teacherLogProbs: lp, studentLogits: s, v: v, temperature: 1, grad: grad, scale: scale,
-                              ceScale: fused ? ceScale : nil, scratch: scratch)
+    let value = divergenceRow(d, teacherLogProbs: lp, studentLogits: s, v: v, temperature: 1, grad: grad, scale: scale, scratch: scratch)
     // divergenceRow leaves log q in scratch[0 ..< v] and q in scratch[v ..< 2v]
     let lq = scratch, q = scratch + v
-    if fused, let g = grad {
-        g[target] -= ceScale
-    } else if let g = grad {
+    if let g = grad {
         let cs = V16(repeating: ceScale)
         var j = 0
         while j + 16 <= v {

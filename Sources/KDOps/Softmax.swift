@@ -154,7 +154,7 @@ public func expShiftSum(_ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<F
     var acc = V16(repeating: 0)
     let sh = V16(repeating: shift)
     var i = 0
-    if RowKernels.avx512 && v >= 16 {
+    if RowKernels.avx512 {
         i = v & ~15
         withUnsafeMutablePointer(to: &acc) { kd_exp_shift_avx512(out, x, i, shift, UnsafeMutableRawPointer($0).assumingMemoryBound(to: Float.self)) }
     }

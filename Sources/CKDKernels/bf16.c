@@ -339,6 +339,14 @@ void kd_gemm_bf16_prepacked_avx512(int m, int n, int k, float alpha, const float
 int kd_bf16_pack_b_ggml(int type, int n, int k, const void *data, size_t rowBytes, uint16_t *out) {
     return 0;
 }
+void kd_attention_scores_avx512(int rows, int hs, int tk, int pos, float scale, const float *q, ptrdiff_t ldq,
+                                const uint16_t *kpacked, float *s, ptrdiff_t lds) {
+    abort();
+}
+void kd_attention_pv_avx512(int rows, int hs, int tk, int pos, const float *p, ptrdiff_t ldp, const uint16_t *vpacked,
+                            float *out, ptrdiff_t ldo) {
+    abort();
+}
 void kd_gemm_bf16_avx512(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                          const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc) {
     abort();  // never called: kd_cpu_has_avx512bf16() is 0 off x86-64

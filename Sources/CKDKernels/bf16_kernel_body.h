@@ -153,3 +153,75 @@ void KD_NAME(kd_gemm_bf16)(int m, int n, int k, float alpha, const float *a, ptr
                            const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc) {
     KD_NAME(kd_gemm_bf16_prepacked)(m, n, k, alpha, a, ars, acs, NULL, b, brs, bcs, NULL, n, 0, beta, c, ldc);
 }
+
+// ---- one head of causal attention (no window) on K and V packed once: kd_attention_scores / kd_attention_pv ----
+
+/// S(r, j) = scale · Σ_p bf16(q(r, p))·bf16(k(j, p)) for the rows r < rows (query positions pos + r) and the 32-key
+/// tiles up to the causal end of each 8-row panel; `kpacked` is kd_bf16_pack_b's layout of the keys (n = tk, depth hs).
+/// Entries past a row's causal end inside a computed tile hold scores of keys it does not see (softmax zeroes them).
+void KD_NAME(kd_attention_scores)(int rows, int hs, int tk, int pos, float scale, const float *q, ptrdiff_t ldq,
+                                  const uint16_t *kpacked, float *s, ptrdiff_t lds) {
+    if (rows <= 0 || rows > KD_MC || hs <= 0 || hs > KD_KC) abort();
+    uint16_t *apack, *bpack, *abig;
+    kd_pack_buffers(&apack, &bpack, &abig, 0);
+    const int kp = (hs + 1) / 2;
+    KD_PACK(q, ldq, 1, rows, hs, KD_MR, apack);
+    float tile[KD_MR * KD_NR];
+    for (int ir = 0; ir < rows; ir += KD_MR) {
+        int mr = rows - ir < KD_MR ? rows - ir : KD_MR, end = pos + ir + mr < tk ? pos + ir + mr : tk;
+        const uint16_t *ap = apack + (size_t)ir * kp * 2;
+        for (int jr = 0; jr < end; jr += KD_NR) {
+            int nr = tk - jr < KD_NR ? tk - jr : KD_NR;
+            const uint16_t *bp = kpacked + (size_t)jr * kp * 2;
+            float *st = s + (ptrdiff_t)ir * lds + jr;
+            if (mr == KD_MR && nr == KD_NR) {
+                KD_NAME(micro_c)(kp, ap, bp, st, lds, scale, 0, 1);
+                continue;
+            }
+            KD_NAME(micro)(kp, ap, bp, tile);
+            for (int i = 0; i < mr; i++) for (int j = 0; j < nr; j++) st[(ptrdiff_t)i * lds + j] = scale * tile[i * KD_NR + j];
+        }
+    }
+}
+
+/// out(r, d) = Σ_j bf16(P(r, j))·bf16(v(j, d)) over the keys j < pos + r + 1 (P(r, j) = p[r·ldp + j], exactly 0 from the
+/// row's causal end to tk); `vpacked` is kd_bf16_pack_b's layout of the values (n = hs columns, depth tk keys). The depth
+/// runs in blocks of KD_KC keys from key 0, each 8-row panel only to its causal end: the GEMM of the same operands
+/// gives the same sums (the products it adds past that end are zeros).
+void KD_NAME(kd_attention_pv)(int rows, int hs, int tk, int pos, const float *p, ptrdiff_t ldp, const uint16_t *vpacked,
+                              float *out, ptrdiff_t ldo) {
+    if (rows <= 0 || rows > KD_MC || hs <= 0) abort();
+    uint16_t *apack, *bpack, *abig;
+    kd_pack_buffers(&apack, &bpack, &abig, 0);
+    const int end = pos + rows < tk ? pos + rows : tk;
+    const size_t hround = (size_t)((hs + KD_NR - 1) / KD_NR * KD_NR);
+    float tile[KD_MR * KD_NR];
+    for (int pc = 0; pc < end; pc += KD_KC) {
+        int kcv = tk - pc < KD_KC ? tk - pc : KD_KC, kpv = (kcv + 1) / 2;  // V's depth block as packed
+        int kc = end - pc < KD_KC ? end - pc : KD_KC, kpa = (kc + 1) / 2;  // the probabilities this block reads
+        KD_PACK(p + pc, ldp, 1, rows, kc, KD_MR, apack);
+        const uint16_t *vblock = vpacked + hround * pc;
+        for (int ir = 0; ir < rows; ir += KD_MR) {
+            int mr = rows - ir < KD_MR ? rows - ir : KD_MR, pend = pos + ir + mr < tk ? pos + ir + mr : tk;
+            if (pend <= pc) continue;  // this panel's probabilities in the block are all 0
+            int kpp = ((pend - pc < KD_KC ? pend - pc : KD_KC) + 1) / 2;
+            const uint16_t *ap = apack + (size_t)ir * kpa * 2;
+            for (int jr = 0; jr < hs; jr += KD_NR) {
+                int nr = hs - jr < KD_NR ? hs - jr : KD_NR;
+                const uint16_t *bp = vblock + (size_t)jr * kpv * 2;
+                float *ot = out + (ptrdiff_t)ir * ldo + jr;
+                if (mr == KD_MR && nr == KD_NR) {
+                    KD_NAME(micro_c)(kpp, ap, bp, ot, ldo, 1, 0, pc == 0);
+                    continue;
+                }
+                KD_NAME(micro)(kpp, ap, bp, tile);
+                for (int i = 0; i < mr; i++) {
+                    float *orow = ot + (ptrdiff_t)i * ldo;
+                    const float *t = tile + i * KD_NR;
+                    if (pc > 0) for (int j = 0; j < nr; j++) orow[j] = fmaf(1, t[j], orow[j]);
+                    else for (int j = 0; j < nr; j++) orow[j] = 1 * t[j];
+                }
+            }
+        }
+    }
+}

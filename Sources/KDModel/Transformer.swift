@@ -331,7 +331,7 @@ public final class Transformer {
         var shape = shape
         shape.window = m.isSliding(l) ? m.slidingWindow : 0
         attentionForward(out: A.att.base, probs: A.probs.base, q: A.q.base, k: kAll ?? UnsafePointer(kDst),
-                         v: vAll ?? UnsafePointer(vDst), shape: shape)
+                         v: vAll ?? UnsafePointer(vDst), shape: shape, keepProbs: grads != nil)
         // residual adds ride on sgemm's beta = 1: x2 = x + att·Woᵀ, out = x2 + h·Wdᵀ (post-norm families add normed outputs)
         A.x2.base.update(from: resIn, count: n * c)
         if quantizeActivations { fakeQuantizeActivationsInt8(A.att.base, rows: n, c: qd) }

@@ -7,7 +7,10 @@
 // Query head h reads key/value head h / (nh / nkv). Query i sits at position pos0 + i and sees keys 0...pos0+i, or with a
 // sliding window w only the last w of them (keys pos0+i−w+1 ... pos0+i), as Gemma's local layers and llama.cpp's SWA do.
 import CBLAS
+import CKDKernels
+import Glibc
 import KDCore
+import Synchronization
 
 /// Row strides of the attention tensors (rows of a [b·t, heads·hs] projection output, or of a KV cache).
 public struct AttentionShape: Sendable {
@@ -32,14 +35,20 @@ public struct AttentionShape: Sendable {
 }
 
 /// out = softmax(q·kᵀ/√hs + causal (and window) mask) · v, per head; probs saved for backward (masked entries are 0,
-/// which is all the backward needs to know of the mask).
+/// which is all the backward needs to know of the mask) — unless `keepProbs` is false (no backward will read them:
+/// a teacher's or an inference forward), when the bf16 path may keep them in a small per-thread buffer instead.
 /// - Shapes: out [b, tq, nh, hs] · probs [b, nh, tq, tk] · q [b, tq, nh, hs] · k, v [b, tk, nkv, hs]
 public func attentionForward(
     out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
-    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
+    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape, keepProbs: Bool = true
 ) {
     StepProfile.op(.attention) {
-        if let kernel = BF16.kernel { return attentionForwardBlocked(kernel, out: out, probs: probs, q: q, k: k, v: v, shape: s) }
+        if let kernel = BF16.kernel {
+            if kernel != .rounded && s.window == 0 && s.hs <= 256 && !attentionTilesOff {
+                return attentionForwardTiled(kernel, out: out, probs: keepProbs ? probs : nil, q: q, k: k, v: v, shape: s)
+            }
+            return attentionForwardBlocked(kernel, out: out, probs: probs, q: q, k: k, v: v, shape: s)
+        }
         let tq = s.tq, tk = s.tk
         for bi in 0..<s.b {
             for h in 0..<s.nh {
@@ -66,7 +75,13 @@ public func attentionForward(
 /// causal prefix, or the last `window` of it), exactly 0 elsewhere.
 @inline(__always)
 func softmaxRowInPlace(_ p: UnsafeMutablePointer<Float>, _ i: Int, _ s: AttentionShape) {
-    let tk = s.tk, row = p + i * tk, valid = s.pos0 + i + 1, first = s.window > 0 ? max(0, valid - s.window) : 0
+    let valid = s.pos0 + i + 1
+    softmaxRow(p + i * s.tk, valid: valid, first: s.window > 0 ? max(0, valid - s.window) : 0, tk: s.tk)
+}
+
+/// A row of tk scores in, probabilities out: softmax over row[first ..< valid], exactly 0 elsewhere.
+@inline(__always)
+func softmaxRow(_ row: UnsafeMutablePointer<Float>, valid: Int, first: Int, tk: Int) {
     let seen = row + first, count = valid - first
     let sum = expShiftSum(seen, seen, count, shift: rowMax(seen, count))
     scaleRow(seen, count, 1 / sum)
@@ -159,6 +174,55 @@ func attentionForwardBlocked(
         }
     }
 }
+
+/// `DISTILL_ATTENTION=blocked` keeps the bf16 forward on ``attentionForwardBlocked`` (to measure the difference in one
+/// binary); the results are the same bit for bit.
+let attentionTilesOff = getenv("DISTILL_ATTENTION").map { String(cString: $0) == "blocked" } ?? false
+
+/// ``attentionForwardBlocked`` without a window, the same numbers bit for bit: each thread packs a key/value head's keys
+/// and values once for the query heads of its group (not once per 64-query block), and multiplies 8-query panels by
+/// only the 32-key tiles they see (`kd_attention_scores` / `kd_attention_pv`). With `probs` nil (nothing will read
+/// them), a block's probabilities stay in the thread's [64, tk] buffer instead of going out to memory.
+func attentionForwardTiled(
+    _ kernel: BF16Kernel, out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>?,
+    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
+) {
+    let tq = s.tq, tk = s.tk, hs = s.hs, block = attentionQueryBlock
+    let kCount = kd_bf16_packed_count(Int32(tk), Int32(hs)), vCount = kd_bf16_packed_count(Int32(hs), Int32(tk))
+    let packedFloats = (kCount + vCount + 1) / 2, perThread = packedFloats + (probs == nil ? block * tk : 0)
+    let threads = min(Parallel.threads, s.b * s.nh)
+    let scores = kernel == .avx512 ? kd_attention_scores_avx512 : kd_attention_scores_emulated
+    let pv = kernel == .avx512 ? kd_attention_pv_avx512 : kd_attention_pv_emulated
+    attentionScratch.withLock { slab in
+        if slab.count < threads * perThread { slab = Slab(count: threads * perThread) }
+        let base = slab.base
+        Parallel.forIndexedRanges(s.b * s.nh, over: threads) { index, lo, hi in
+            let mine = base + index * perThread
+            let kp = UnsafeMutableRawPointer(mine).assumingMemoryBound(to: UInt16.self), vp = kp + kCount
+            let buffer = mine + packedFloats
+            var packed = -1
+            for task in lo..<hi {
+                let bi = task / s.nh, h = task % s.nh, kvh = h / s.group, kvOff = bi * s.kvBatchStride + kvh * hs
+                if bi * s.nkv + kvh != packed {
+                    kd_bf16_pack_b(Int32(tk), 0, Int32(tk), Int32(hs), k + kvOff, s.ldkv, 1, kp)
+                    kd_bf16_pack_b(Int32(hs), 0, Int32(hs), Int32(tk), v + kvOff, 1, s.ldkv, vp)
+                    packed = bi * s.nkv + kvh
+                }
+                let qh = q + bi * s.qBatchStride + h * hs, oh = out + bi * s.qBatchStride + h * hs
+                for i0 in stride(from: 0, to: tq, by: block) {
+                    let rows = min(block, tq - i0), pos = s.pos0 + i0
+                    let sb = probs.map { $0 + (task * tq + i0) * tk } ?? buffer
+                    scores(Int32(rows), Int32(hs), Int32(tk), Int32(pos), s.scale, qh + i0 * s.ldq, s.ldq, kp, sb, tk)
+                    for r in 0..<rows { softmaxRow(sb + r * tk, valid: pos + r + 1, first: 0, tk: tk) }
+                    pv(Int32(rows), Int32(hs), Int32(tk), Int32(pos), sb, tk, vp, oh + i0 * s.ldo, s.ldo)
+                }
+            }
+        }
+    }
+}
+
+/// The packed keys and values (and probability rows) of ``attentionForwardTiled``'s threads, kept between calls.
+private let attentionScratch = Mutex(Slab(count: 0))
 
 /// ``attentionBackward`` in bf16. Each task owns one (batch, key/value head) — the query heads of its group add into
 /// the same dK and dV rows — and a [64, tk] slice of `scratch` ([tq, tk]; fewer threads when tq is too short for one

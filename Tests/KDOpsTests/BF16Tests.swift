@@ -12,7 +12,7 @@ import CBLAS
 import CKDKernels
 import Foundation
 import KDCore
-import KDOps
+@testable import KDOps
 import KDTestSupport
 import Testing
 
@@ -217,6 +217,50 @@ func bf16AttentionIsTheF32PathWithinBF16Rounding(kernel: BF16Kernel) {
             }
         }
         for t in [1, 3] { #expect(run(kernel, threads: t) == got, "\(kernel) \(c) on \(t) threads") }
+    }
+}
+
+/// The tiled bf16 attention forward (keys and values packed once per key/value head, 8-query panels times only the
+/// 32-key tiles they see) is the blocked one (a GEMM per 64-query block over its keys) bit for bit: outputs and saved
+/// probabilities, and the outputs again when the probabilities stay in the thread's buffer (`probs` nil) — with
+/// grouped heads, ragged panels and tiles (77 queries, 40-wide heads), cached positions (pos0 > 0) and more than 256
+/// keys (two depth blocks of the PV product), on 1 and 2 threads. A wrong tile range, panel end or depth block gives
+/// other sums, and a skipped tile leaves a NaN (the buffers start as NaN).
+@Test(arguments: [BF16Kernel.emulated] + (BF16.cpuHasAVX512BF16 ? [.avx512] : []))
+func tiledAttentionIsTheBlockedAttentionBitForBit(kernel: BF16Kernel) {
+    let cases: [(b: Int, tq: Int, tk: Int, pos0: Int, nh: Int, nkv: Int, hs: Int)] = [
+        (2, 150, 150, 0, 6, 2, 64), (1, 77, 77, 0, 2, 1, 40), (2, 70, 100, 30, 3, 1, 32), (1, 300, 300, 0, 2, 1, 16),
+        (1, 5, 5, 0, 1, 1, 64), (1, 1, 41, 40, 3, 3, 64),
+    ]
+    for c in cases {
+        let shape = AttentionShape(b: c.b, tq: c.tq, tk: c.tk, nh: c.nh, nkv: c.nkv, hs: c.hs, pos0: c.pos0)
+        let q = randomArray(c.b * c.tq * c.nh * c.hs, seed: 41), k = randomArray(c.b * c.tk * c.nkv * c.hs, seed: 42)
+        let v = randomArray(c.b * c.tk * c.nkv * c.hs, seed: 43)
+        func run(tiled: Bool, keep: Bool, threads: Int) -> (out: [Float], probs: [Float]) {
+            var out = [Float](repeating: .nan, count: q.count), probs = [Float](repeating: .nan, count: c.b * c.nh * c.tq * c.tk)
+            let saved = Parallel.threads
+            Parallel.threads = threads
+            defer { Parallel.threads = saved }
+            if tiled {
+                probs.withUnsafeMutableBufferPointer { p in
+                    attentionForwardTiled(kernel, out: &out, probs: keep ? p.baseAddress! : nil, q: q, k: k, v: v, shape: shape)
+                }
+            } else {
+                attentionForwardBlocked(kernel, out: &out, probs: &probs, q: q, k: k, v: v, shape: shape)
+            }
+            return (out, probs)
+        }
+        func differing(_ x: [Float], _ y: [Float]) -> Int { zip(x, y).filter { $0.bitPattern != $1.bitPattern }.count }
+        let want = run(tiled: false, keep: true, threads: 1)
+        #expect(!want.out.contains { $0.isNaN } && !want.probs.contains { $0.isNaN }, "\(c): the blocked path fills both")
+        for threads in [1, 2] {
+            let got = run(tiled: true, keep: true, threads: threads)
+            #expect(differing(got.out, want.out) == 0, "\(kernel) \(c) on \(threads) threads: outputs differ")
+            #expect(differing(got.probs, want.probs) == 0, "\(kernel) \(c) on \(threads) threads: probabilities differ")
+            let unsaved = run(tiled: true, keep: false, threads: threads)
+            #expect(differing(unsaved.out, want.out) == 0, "\(kernel) \(c) on \(threads) threads: outputs differ, probabilities not kept")
+            #expect(unsaved.probs.allSatisfy { $0.isNaN }, "\(c): probabilities not kept are not written")
+        }
     }
 }
 

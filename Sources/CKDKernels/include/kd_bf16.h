@@ -47,4 +47,18 @@ void kd_gemm_bf16_prepacked_avx512(int m, int n, int k, float alpha, const float
 void kd_gemm_bf16_prepacked_emulated(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
                                      const uint16_t *apacked, const float *b, ptrdiff_t brs, ptrdiff_t bcs,
                                      const uint16_t *bpacked, int bstride, int bcol0, float beta, float *c, ptrdiff_t ldc);
+/// One head of causal attention without a window, in the bf16 kernels' arithmetic, on keys and values packed once by
+/// kd_bf16_pack_b (keys: n = tk, depth hs, brs = the key row stride, bcs = 1; values: n = hs, depth tk, brs = 1,
+/// bcs = the value row stride). For `rows` ≤ 96 queries at positions pos ..< pos + rows (hs ≤ 256):
+/// scores: s[r·lds + j] = scale · q_r·k_j for every key j of a row's 8-row panel's 32-key tiles up to its causal end;
+/// pv: out[r·ldo + d] = Σ_j P(r, j)·v(j, d) with P(r, j) = p[r·ldp + j], which must be exactly 0 from the row's causal
+/// end to tk. Each gives bit for bit what kd_gemm_bf16_* gives for the same product over the block's keys.
+void kd_attention_scores_avx512(int rows, int hs, int tk, int pos, float scale, const float *q, ptrdiff_t ldq,
+                                const uint16_t *kpacked, float *s, ptrdiff_t lds);
+void kd_attention_scores_emulated(int rows, int hs, int tk, int pos, float scale, const float *q, ptrdiff_t ldq,
+                                  const uint16_t *kpacked, float *s, ptrdiff_t lds);
+void kd_attention_pv_avx512(int rows, int hs, int tk, int pos, const float *p, ptrdiff_t ldp, const uint16_t *vpacked,
+                            float *out, ptrdiff_t ldo);
+void kd_attention_pv_emulated(int rows, int hs, int tk, int pos, const float *p, ptrdiff_t ldp, const uint16_t *vpacked,
+                              float *out, ptrdiff_t ldo);
 #endif

@@ -261,6 +261,61 @@ static void pack_fast_avx512(const float *x, ptrdiff_t rs, ptrdiff_t cs, int row
     }
 }
 
+#include "rows_lanes.h"
+
+/// Rows per block of kd_gemm_bf16_swiglu_avx512: its packed A block (rows × k, 442 KB at k = 576) stays in L2 while
+/// the two weights' 32-column panels stream past it, and the block's gate and up sums (rows × 32 each) stay in cache.
+#define KD_SWIGLU_MC 384
+
+void kd_gemm_bf16_swiglu_avx512(int m, int f, int k, const float *a, ptrdiff_t lda, const uint16_t *gate,
+                                const uint16_t *up, float *h, ptrdiff_t ldh) {
+    if (m <= 0 || f <= 0 || k <= 0) return;
+    const size_t mround = (size_t)((m + KD_MR - 1) / KD_MR * KD_MR), fround = (size_t)((f + KD_NR - 1) / KD_NR * KD_NR);
+    uint16_t *apack, *bpack, *abig;
+    kd_pack_buffers(&apack, &bpack, &abig, mround * (size_t)((k + 1) / 2 * 2));
+    for (int pc = 0; pc < k; pc += KD_KC) {
+        int kc = k - pc < KD_KC ? k - pc : KD_KC;
+        pack_fast_avx512(a + pc, lda, 1, m, kc, KD_MR, abig + mround * pc);
+    }
+    static _Thread_local float *sums[2];  // this thread's gate and up sums for a block of rows, allocated once
+    if (!sums[0]) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, 2 * (size_t)KD_SWIGLU_MC * KD_NR * sizeof(float)) != 0) abort();
+        sums[0] = p;
+        sums[1] = sums[0] + KD_SWIGLU_MC * KD_NR;
+    }
+    float tile[KD_MR * KD_NR];
+    for (int ic = 0; ic < m; ic += KD_SWIGLU_MC) {
+        int mc = m - ic < KD_SWIGLU_MC ? m - ic : KD_SWIGLU_MC;
+        for (int jr = 0; jr < f; jr += KD_NR) {
+            int nr = f - jr < KD_NR ? f - jr : KD_NR;
+            // the two GEMMs' sums for rows ic ..< ic + mc, columns jr ..< jr + 32: per depth block, then added as
+            // kd_gemm_bf16's epilogue adds them (alpha 1, beta 0)
+            for (int pc = 0; pc < k; pc += KD_KC) {
+                int kc = k - pc < KD_KC ? k - pc : KD_KC, kp = (kc + 1) / 2;
+                const uint16_t *gp = gate + fround * pc + (size_t)jr * kp * 2, *upp = up + fround * pc + (size_t)jr * kp * 2;
+                for (int ir = 0; ir < mc; ir += KD_MR) {
+                    const uint16_t *ap = abig + mround * pc + (size_t)(ic + ir) * kp * 2;
+                    micro_c_avx512(kp, ap, gp, sums[0] + ir * KD_NR, KD_NR, 1, 0, pc == 0);
+                    micro_c_avx512(kp, ap, upp, sums[1] + ir * KD_NR, KD_NR, 1, 0, pc == 0);
+                }
+            }
+            for (int i = 0; i < mc; i++) {
+                float *hrow = h + (ptrdiff_t)(ic + i) * ldh + jr;
+                const float *g = sums[0] + i * KD_NR, *u = sums[1] + i * KD_NR;
+                if (nr == KD_NR) {
+                    _mm512_storeu_ps(hrow, kd_swiglu16(_mm512_load_ps(g), _mm512_load_ps(u)));
+                    _mm512_storeu_ps(hrow + 16, kd_swiglu16(_mm512_load_ps(g + 16), _mm512_load_ps(u + 16)));
+                } else {
+                    _mm512_storeu_ps(tile, kd_swiglu16(_mm512_load_ps(g), _mm512_load_ps(u)));
+                    _mm512_storeu_ps(tile + 16, kd_swiglu16(_mm512_load_ps(g + 16), _mm512_load_ps(u + 16)));
+                    memcpy(hrow, tile, (size_t)nr * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
 /// The 16 pairs of one 32-element GGML block of `type` (ggml's dequantization, the same float operations in the same
 /// order as KDQuant's `dequantize`), rounded to bf16: lane q = bf16(x[2q]) | bf16(x[2q + 1]) << 16.
 static inline __attribute__((always_inline)) __m512i kd_ggml_block_pairs(int type, const uint8_t *x) {
@@ -341,6 +396,10 @@ int kd_bf16_pack_b_ggml(int type, int n, int k, const void *data, size_t rowByte
 }
 void kd_attention_scores_avx512(int rows, int hs, int tk, int pos, float scale, const float *q, ptrdiff_t ldq,
                                 const uint16_t *kpacked, float *s, ptrdiff_t lds) {
+    abort();
+}
+void kd_gemm_bf16_swiglu_avx512(int m, int f, int k, const float *a, ptrdiff_t lda, const uint16_t *gate,
+                                const uint16_t *up, float *h, ptrdiff_t ldh) {
     abort();
 }
 void kd_attention_pv_avx512(int rows, int hs, int tk, int pos, const float *p, ptrdiff_t ldp, const uint16_t *vpacked,

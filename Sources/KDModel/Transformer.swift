@@ -344,11 +344,16 @@ public final class Transformer {
         }
         rmsNormForward(out: A.ln2.base, rstd: A.rstd2.base, inp: A.x2.base, weight: P + L.ln2, n: n, c: c, eps: m.rmsEps)
         if quantizeActivations { fakeQuantizeActivationsInt8(A.ln2.base, rows: n, c: c) }
-        linear(L.wgate, out: A.gate.base, inp: A.ln2.base, n: n, c: c, oc: f)
-        linear(L.wup, out: A.up.base, inp: A.ln2.base, n: n, c: c, oc: f)
-        switch family.activation {
-        case .silu: swiGLUForward(out: A.h.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
-        case .geluTanh: geGLUForward(out: A.h.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+        if grads == nil, family.activation == .silu, let g = packed[L.wgate] as? BF16Weight, let u = packed[L.wup] as? BF16Weight,
+           StepProfile.op(.gemm, { bf16SwiGLUForward(h: A.h.base, inp: A.ln2.base, n: n, gate: g.packed, up: u.packed) }) {
+            // gate and up stay in cache (no backward reads them): the same h bit for bit
+        } else {
+            linear(L.wgate, out: A.gate.base, inp: A.ln2.base, n: n, c: c, oc: f)
+            linear(L.wup, out: A.up.base, inp: A.ln2.base, n: n, c: c, oc: f)
+            switch family.activation {
+            case .silu: swiGLUForward(out: A.h.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+            case .geluTanh: geGLUForward(out: A.h.base, gate: A.gate.base, up: A.up.base, n: n, f: f)
+            }
         }
         if quantizeActivations { fakeQuantizeActivationsInt8(A.h.base, rows: n, c: f) }
         if resOut != A.x2.base { resOut.update(from: A.x2.base, count: n * c) }

@@ -4,6 +4,7 @@
 // Dims: a packed matrix is B(j, p), j < n columns, p < k deep; C [m, n] = alpha · op(A) [m, k] · Bᵀ + beta · C.
 import CBLAS
 import CKDKernels
+import Glibc
 import KDCore
 import Synchronization
 
@@ -146,4 +147,24 @@ public final class BF16Weight: LinearWeight {
     }
 
     public func row(_ i: Int, into out: UnsafeMutablePointer<Float>) { packed.unpack(columns: i, i + 1, into: out, ldo: c) }
+}
+
+/// `DISTILL_FUSED_SWIGLU=0` runs a frozen model's gate, up and SwiGLU as three steps (to measure the difference in one
+/// binary); the results are the same bit for bit.
+let fusedSwiGLUOff = getenv("DISTILL_FUSED_SWIGLU").map { String(cString: $0) == "0" } ?? false
+
+/// h = SwiGLU(inp · Gᵀ, inp · Uᵀ) of two packed [f, c] weights in one pass over 32-column panels, the gate and up sums
+/// kept in cache instead of written out and read back: bit for bit ``PackedBF16/multiply(transA:m:alpha:a:lda:beta:c:ldc:)``
+/// of each followed by ``swiGLUForward``. Runs when the task's kernel is the AVX512-BF16 one and the row kernels are on
+/// AVX-512 (returns false otherwise, and the caller takes the three steps).
+/// - Shapes: h [n, f] · inp [n, c]
+public func bf16SwiGLUForward(h: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, gate: PackedBF16,
+                              up: PackedBF16) -> Bool {
+    guard BF16.panelKernel == .avx512, RowKernels.avx512, !fusedSwiGLUOff, gate.n == up.n, gate.k == up.k, n > 0 else { return false }
+    let f = gate.n, c = gate.k, g = UnsafePointer(gate.storage), u = UnsafePointer(up.storage)
+    Parallel.forRanges((n + 7) / 8) { t0, t1 in
+        let i0 = t0 * 8, i1 = min(n, t1 * 8)
+        kd_gemm_bf16_swiglu_avx512(Int32(i1 - i0), Int32(f), Int32(c), inp + i0 * c, c, g, u, h + i0 * f, f)
+    }
+    return true
 }

@@ -264,6 +264,34 @@ func tiledAttentionIsTheBlockedAttentionBitForBit(kernel: BF16Kernel) {
     }
 }
 
+/// The fused gate/up/SwiGLU pass of a frozen model (two packed weights, the sums kept per 32-column panel) is the two
+/// GEMMs followed by ``swiGLUForward`` bit for bit: rows crossing the 384-row blocks and ragged 8-row tiles, a depth
+/// crossing the 256-deep blocks with a remainder, a last panel of 16 columns, on 1 and 2 threads. A wrong depth block,
+/// epilogue or panel offset gives other bits; a row left unwritten stays NaN.
+@Test(.enabled(if: BF16.cpuHasAVX512BF16 && RowKernels.avx512, "the fused pass needs AVX512-BF16 and AVX-512 row kernels"))
+func fusedSwiGLUIsTheTwoGEMMsAndTheSwiGLULanesBitForBit() {
+    for (n, c, f) in [(400, 300, 80), (13, 64, 32), (8, 576, 1536)] {
+        let x = randomArray(n * c, seed: UInt64(61 + n)), wg = randomArray(f * c, seed: 62), wu = randomArray(f * c, seed: 63)
+        let gate = PackedBF16(wg, n: f, k: c, rowStride: c, depthStride: 1), up = PackedBF16(wu, n: f, k: c, rowStride: c, depthStride: 1)
+        var g = [Float](repeating: 0, count: n * f), u = g, want = g
+        BF16.$kernel.withValue(.avx512) {
+            gate.multiply(m: n, a: x, lda: c, beta: 0, c: &g, ldc: f)
+            up.multiply(m: n, a: x, lda: c, beta: 0, c: &u, ldc: f)
+        }
+        swiGLUForward(out: &want, gate: g, up: u, n: n, f: f)
+        for threads in [1, 2] {
+            var got = [Float](repeating: .nan, count: n * f)
+            let saved = Parallel.threads
+            Parallel.threads = threads
+            defer { Parallel.threads = saved }
+            let ran = BF16.$kernel.withValue(.avx512) { bf16SwiGLUForward(h: &got, inp: x, n: n, gate: gate, up: up) }
+            #expect(ran, "the fused pass ran")
+            let differing = zip(got, want).filter { $0.bitPattern != $1.bitPattern }.count
+            #expect(differing == 0, "\((n, c, f)) on \(threads) threads: \(differing) of \(n * f) elements differ")
+        }
+    }
+}
+
 /// A matrix packed ahead multiplies to exactly what the kernel gives on the unpacked f32 matrix (same rounding, same
 /// panels, same order of sums), on both thread splits (m ≥ n by rows, m < n by 32-column tiles landing mid-matrix),
 /// ragged columns, a depth crossing the 256-deep blocks with an odd remainder, transposed A, alpha and beta; packed in

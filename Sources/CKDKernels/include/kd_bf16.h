@@ -61,4 +61,9 @@ void kd_attention_pv_avx512(int rows, int hs, int tk, int pos, const float *p, p
                             float *out, ptrdiff_t ldo);
 void kd_attention_pv_emulated(int rows, int hs, int tk, int pos, const float *p, ptrdiff_t ldp, const uint16_t *vpacked,
                               float *out, ptrdiff_t ldo);
+/// h[i·ldh + j] = SwiGLU(g, u) = g·σ(g)·u (kd_rows.h's lanes) of g = Σ_p A(i, p)·G(j, p) and u = Σ_p A(i, p)·U(j, p),
+/// A(i, p) = a[i·lda + p] (i < m, j < f, p < k), G and U packed by kd_bf16_pack_b (n = f, depth k): bit for bit
+/// kd_gemm_bf16 of each followed by the SwiGLU lanes, without writing g and u out. AVX512-BF16 only.
+void kd_gemm_bf16_swiglu_avx512(int m, int f, int k, const float *a, ptrdiff_t lda, const uint16_t *gate,
+                                const uint16_t *up, float *h, ptrdiff_t ldh);
 #endif

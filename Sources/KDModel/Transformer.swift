@@ -312,9 +312,14 @@ public final class Transformer {
         if quantizeActivations { fakeQuantizeActivationsInt8(A.ln1.base, rows: n, c: c) }
         // with q/k norm the projections land in qPre/kPre and their per-head norms in q and kDst
         let qProj = A.qPre?.base ?? A.q.base, kProj = A.kPre?.base ?? kDst
-        linear(L.wq, out: qProj, inp: A.ln1.base, n: n, c: c, oc: qd)
-        linear(L.wk, out: kProj, inp: A.ln1.base, n: n, c: c, oc: kv)
-        linear(L.wv, out: vDst, inp: A.ln1.base, n: n, c: c, oc: kv)
+        if grads == nil, let wq = packed[L.wq] as? BF16Weight, let wk = packed[L.wk] as? BF16Weight, let wv = packed[L.wv] as? BF16Weight,
+           bf16MultiplySharingInput(n: n, inp: A.ln1.base, [(wq.packed, qProj), (wk.packed, kProj), (wv.packed, vDst)]) {
+            // the three projections read one packing of the normed input
+        } else {
+            linear(L.wq, out: qProj, inp: A.ln1.base, n: n, c: c, oc: qd)
+            linear(L.wk, out: kProj, inp: A.ln1.base, n: n, c: c, oc: kv)
+            linear(L.wv, out: vDst, inp: A.ln1.base, n: n, c: c, oc: kv)
+        }
         if let bq = L.bq, let bk = L.bk, let bv = L.bv {
             addBias(qProj, bias: P + bq, n: n, oc: qd)
             addBias(kProj, bias: P + bk, n: n, oc: kv)
@@ -332,17 +337,19 @@ public final class Transformer {
         shape.window = m.isSliding(l) ? m.slidingWindow : 0
         attentionForward(out: A.att.base, probs: A.probs.base, q: A.q.base, k: kAll ?? UnsafePointer(kDst),
                          v: vAll ?? UnsafePointer(vDst), shape: shape, keepProbs: grads != nil)
-        // residual adds ride on sgemm's beta = 1: x2 = x + att·Woᵀ, out = x2 + h·Wdᵀ (post-norm families add normed outputs)
-        A.x2.base.update(from: resIn, count: n * c)
+        // residual adds ride on sgemm's beta = 1: x2 = x + att·Woᵀ, out = x2 + h·Wdᵀ (post-norm families add normed outputs).
+        // Without a backward, a stream updated in place is its own x2 (no copy in, none out).
+        let x2 = grads == nil && resIn == resOut ? resIn : A.x2.base
+        if x2 != resIn { x2.update(from: resIn, count: n * c) }
         if quantizeActivations { fakeQuantizeActivationsInt8(A.att.base, rows: n, c: qd) }
         if let pn = L.postAttnNorm, let o = A.attnOut, let tmp = A.postTmp {
             linear(L.wo, out: o.base, inp: A.att.base, n: n, c: qd, oc: c)
             rmsNormForward(out: tmp.base, rstd: A.rstdPA!.base, inp: o.base, weight: P + pn, n: n, c: c, eps: m.rmsEps)
-            addRows(A.x2.base, tmp.base, n * c)
+            addRows(x2, tmp.base, n * c)
         } else {
-            linear(L.wo, out: A.x2.base, inp: A.att.base, n: n, c: qd, oc: c, accumulate: true)
+            linear(L.wo, out: x2, inp: A.att.base, n: n, c: qd, oc: c, accumulate: true)
         }
-        rmsNormForward(out: A.ln2.base, rstd: A.rstd2.base, inp: A.x2.base, weight: P + L.ln2, n: n, c: c, eps: m.rmsEps)
+        rmsNormForward(out: A.ln2.base, rstd: A.rstd2.base, inp: x2, weight: P + L.ln2, n: n, c: c, eps: m.rmsEps)
         if quantizeActivations { fakeQuantizeActivationsInt8(A.ln2.base, rows: n, c: c) }
         if grads == nil, family.activation == .silu, let g = packed[L.wgate] as? BF16Weight, let u = packed[L.wup] as? BF16Weight,
            StepProfile.op(.gemm, { bf16SwiGLUForward(h: A.h.base, inp: A.ln2.base, n: n, gate: g.packed, up: u.packed) }) {
@@ -356,7 +363,7 @@ public final class Transformer {
             }
         }
         if quantizeActivations { fakeQuantizeActivationsInt8(A.h.base, rows: n, c: f) }
-        if resOut != A.x2.base { resOut.update(from: A.x2.base, count: n * c) }
+        if resOut != x2 { resOut.update(from: x2, count: n * c) }
         if let pn = L.postFFNNorm, let o = A.ffnOut, let tmp = A.postTmp {
             linear(L.wdown, out: o.base, inp: A.h.base, n: n, c: f, oc: c)
             rmsNormForward(out: tmp.base, rstd: A.rstdPF!.base, inp: o.base, weight: P + pn, n: n, c: c, eps: m.rmsEps)

@@ -168,3 +168,31 @@ public func bf16SwiGLUForward(h: UnsafeMutablePointer<Float>, inp: UnsafePointer
     }
     return true
 }
+
+/// out_w = inp · Wᵀ for several packed weights of the same depth read from one input (a frozen model's q, k and v):
+/// each thread packs its rows of `inp` once and hands them to the kernel for every weight, instead of every GEMM
+/// packing them again. Bit for bit ``PackedBF16/multiply(transA:m:alpha:a:lda:beta:c:ldc:)`` of each (beta 0).
+/// Returns false (nothing done) without a panel kernel. - Shapes: inp [n, c] · each out [n, w.n]
+public func bf16MultiplySharingInput(n: Int, inp: UnsafePointer<Float>, _ products: [(weight: PackedBF16, out: UnsafeMutablePointer<Float>)]) -> Bool {
+    guard let kernel = BF16.panelKernel, n > 0, let k = products.first?.weight.k, products.allSatisfy({ $0.weight.k == k }) else { return false }
+    let run = kernel == .avx512 ? kd_gemm_bf16_prepacked_avx512 : kd_gemm_bf16_prepacked_emulated
+    let tiles = (n + 7) / 8, threads = min(Parallel.threads, tiles), perThread = (kd_bf16_packed_a_count(Int32((tiles + threads - 1) / threads * 8), Int32(k)) + 1) / 2
+    StepProfile.op(.gemm) { sharedInputScratch.withLock { slab in
+        if slab.count < threads * perThread { slab = Slab(count: threads * perThread) }
+        let base = slab.base
+        Parallel.forIndexedRanges(tiles, over: threads) { index, t0, t1 in
+            let i0 = t0 * 8, rows = min(n, t1 * 8) - i0
+            guard rows > 0 else { return }
+            let apacked = UnsafeMutableRawPointer(base + index * perThread).assumingMemoryBound(to: UInt16.self)
+            kd_bf16_pack_a(Int32(rows), 0, Int32(rows), Int32(k), inp + i0 * k, k, 1, apacked)
+            for (w, out) in products {
+                run(Int32(rows), Int32(w.n), Int32(k), 1, inp + i0 * k, k, 1, apacked, nil, 0, 0, w.storage, Int32(w.n), 0, 0,
+                    out + i0 * w.n, w.n)
+            }
+        }
+    } }
+    return true
+}
+
+/// The packed input rows of ``bf16MultiplySharingInput``'s threads (frozen models' forwards run one at a time).
+private let sharedInputScratch = Mutex(Slab(count: 0))

@@ -292,6 +292,36 @@ func fusedSwiGLUIsTheTwoGEMMsAndTheSwiGLULanesBitForBit() {
     }
 }
 
+/// Several packed weights multiplying one input packed once per thread (a frozen model's q, k, v) give what each
+/// weight's own multiply gives, bit for bit: ragged rows and columns, a depth crossing the 256-deep blocks, on 1, 2 and
+/// 3 threads. A wrong row offset into the shared packing, or a stale packing, gives other bits.
+@Test(arguments: [BF16Kernel.emulated] + (BF16.cpuHasAVX512BF16 ? [.avx512] : []))
+func weightsSharingOnePackedInputMultiplyAsEachAlone(kernel: BF16Kernel) {
+    let n = 45, k = 300, widths = [70, 20, 33]
+    let x = randomArray(n * k, seed: 71)
+    let weights = widths.enumerated().map { i, w in PackedBF16(randomArray(w * k, seed: UInt64(72 + i)), n: w, k: k, rowStride: k, depthStride: 1) }
+    let want: [[Float]] = weights.map { w in
+        var out = [Float](repeating: 0, count: n * w.n)
+        BF16.$kernel.withValue(kernel) { w.multiply(m: n, a: x, lda: k, beta: 0, c: &out, ldc: w.n) }
+        return out
+    }
+    for threads in [1, 2, 3] {
+        let outs = widths.map { UnsafeMutablePointer<Float>.allocate(capacity: n * $0) }
+        defer { outs.forEach { $0.deallocate() } }
+        for (o, w) in zip(outs, widths) { o.initialize(repeating: .nan, count: n * w) }
+        let saved = Parallel.threads
+        Parallel.threads = threads
+        defer { Parallel.threads = saved }
+        let ran = BF16.$kernel.withValue(kernel) { bf16MultiplySharingInput(n: n, inp: x, Array(zip(weights, outs)).map { ($0, $1) }) }
+        #expect(ran)
+        for (i, (o, w)) in zip(outs, widths).enumerated() {
+            let got = Array(UnsafeBufferPointer(start: o, count: n * w))
+            let differing = zip(got, want[i]).filter { $0.bitPattern != $1.bitPattern }.count
+            #expect(differing == 0, "\(kernel) weight \(i) on \(threads) threads: \(differing) of \(n * w) differ")
+        }
+    }
+}
+
 /// A matrix packed ahead multiplies to exactly what the kernel gives on the unpacked f32 matrix (same rounding, same
 /// panels, same order of sums), on both thread splits (m ≥ n by rows, m < n by 32-column tiles landing mid-matrix),
 /// ragged columns, a depth crossing the 256-deep blocks with an odd remainder, transposed A, alpha and beta; packed in

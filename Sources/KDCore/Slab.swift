@@ -27,6 +27,7 @@ public final class Slab: @unchecked Sendable {
         base = UnsafeMutablePointer(bitPattern: aligned)!
         self.count = count
         Slab.live.withLock { $0 += count * 4 }
+        adviseHugePages(base, bytes: count * MemoryLayout<Float>.stride)
     }
 
     deinit {
@@ -63,3 +64,18 @@ public final class Slab: @unchecked Sendable {
         return hi - lo
     }
 }
+
+/// Asks the kernel to back the whole 2 MiB pages inside a large buffer with transparent huge pages (where
+/// `/sys/kernel/mm/transparent_hugepage/enabled` is `madvise`, as on Debian and Ubuntu, nothing else does): the
+/// step's buffers are read in long sweeps (logits, packed panels, activations), and 4 KiB pages cost a TLB miss
+/// every 1,024 Floats. Pages are still mapped lazily, on first write. `DISTILL_HUGEPAGES=0` leaves the default.
+public func adviseHugePages(_ p: UnsafeMutableRawPointer, bytes: Int) {
+    #if canImport(Glibc)
+    let huge = 2 << 20
+    guard bytes >= 2 * huge, hugePagesWanted else { return }
+    let lo = (Int(bitPattern: p) + huge - 1) / huge * huge, hi = (Int(bitPattern: p) + bytes) / huge * huge
+    if hi > lo { _ = madvise(UnsafeMutableRawPointer(bitPattern: lo), hi - lo, MADV_HUGEPAGE) }
+    #endif
+}
+
+let hugePagesWanted = getenv("DISTILL_HUGEPAGES").map { String(cString: $0) != "0" } ?? true

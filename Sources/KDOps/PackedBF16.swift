@@ -22,6 +22,7 @@ public final class PackedBF16 {
         self.k = k
         count = kd_bf16_packed_count(Int32(n), Int32(k))
         storage = .allocate(capacity: count)
+        adviseHugePages(storage, bytes: count * 2)
     }
 
     /// Packs B(j, p) = b[j·rowStride + p·depthStride] over the threads (disjoint 32-column ranges).

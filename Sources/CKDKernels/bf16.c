@@ -267,13 +267,14 @@ static void pack_fast_avx512(const float *x, ptrdiff_t rs, ptrdiff_t cs, int row
 /// the two weights' 32-column panels stream past it, and the block's gate and up sums (rows × 32 each) stay in cache.
 #define KD_SWIGLU_MC 384
 
-void kd_gemm_bf16_swiglu_avx512(int m, int f, int k, const float *a, ptrdiff_t lda, const uint16_t *gate,
-                                const uint16_t *up, float *h, ptrdiff_t ldh) {
+void kd_gemm_bf16_swiglu_avx512(int m, int f, int k, const float *a, ptrdiff_t lda, const uint16_t *apacked,
+                                const uint16_t *gate, const uint16_t *up, float *h, ptrdiff_t ldh) {
     if (m <= 0 || f <= 0 || k <= 0) return;
     const size_t mround = (size_t)((m + KD_MR - 1) / KD_MR * KD_MR), fround = (size_t)((f + KD_NR - 1) / KD_NR * KD_NR);
     uint16_t *apack, *bpack, *abig;
-    kd_pack_buffers(&apack, &bpack, &abig, mround * (size_t)((k + 1) / 2 * 2));
-    for (int pc = 0; pc < k; pc += KD_KC) {
+    kd_pack_buffers(&apack, &bpack, &abig, apacked ? 0 : mround * (size_t)((k + 1) / 2 * 2));
+    if (apacked) abig = (uint16_t *)apacked;  // read only
+    else for (int pc = 0; pc < k; pc += KD_KC) {
         int kc = k - pc < KD_KC ? k - pc : KD_KC;
         pack_fast_avx512(a + pc, lda, 1, m, kc, KD_MR, abig + mround * pc);
     }
@@ -398,8 +399,8 @@ void kd_attention_scores_avx512(int rows, int hs, int tk, int pos, float scale, 
                                 const uint16_t *kpacked, float *s, ptrdiff_t lds) {
     abort();
 }
-void kd_gemm_bf16_swiglu_avx512(int m, int f, int k, const float *a, ptrdiff_t lda, const uint16_t *gate,
-                                const uint16_t *up, float *h, ptrdiff_t ldh) {
+void kd_gemm_bf16_swiglu_avx512(int m, int f, int k, const float *a, ptrdiff_t lda, const uint16_t *apacked,
+                                const uint16_t *gate, const uint16_t *up, float *h, ptrdiff_t ldh) {
     abort();
 }
 void kd_attention_pv_avx512(int rows, int hs, int tk, int pos, const float *p, ptrdiff_t ldp, const uint16_t *vpacked,

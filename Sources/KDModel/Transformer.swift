@@ -315,6 +315,10 @@ public final class Transformer {
         if grads == nil, let wq = packed[L.wq] as? BF16Weight, let wk = packed[L.wk] as? BF16Weight, let wv = packed[L.wv] as? BF16Weight,
            bf16MultiplySharingInput(n: n, inp: A.ln1.base, [(wq.packed, qProj), (wk.packed, kProj), (wv.packed, vDst)]) {
             // the three projections read one packing of the normed input
+        } else if grads == nil, let wq = packed[L.wq] as? QuantizedMatrix, let wk = packed[L.wk] as? QuantizedMatrix,
+                  let wv = packed[L.wv] as? QuantizedMatrix,
+                  QuantizedMatrix.forwardBF16(sharing: A.ln1.base, n: n, [(wq, qProj), (wk, kProj), (wv, vDst)]) {
+            // quantized: the same, each thread dequantizing its chunks of the three matrices' rows in turn
         } else {
             linear(L.wq, out: qProj, inp: A.ln1.base, n: n, c: c, oc: qd)
             linear(L.wk, out: kProj, inp: A.ln1.base, n: n, c: c, oc: kv)
@@ -354,6 +358,10 @@ public final class Transformer {
         if grads == nil, family.activation == .silu, let g = packed[L.wgate] as? BF16Weight, let u = packed[L.wup] as? BF16Weight,
            StepProfile.op(.gemm, { bf16SwiGLUForward(h: A.h.base, inp: A.ln2.base, n: n, gate: g.packed, up: u.packed) }) {
             // gate and up stay in cache (no backward reads them): the same h bit for bit
+        } else if grads == nil, family.activation == .silu, let g = packed[L.wgate] as? QuantizedMatrix,
+                  let u = packed[L.wup] as? QuantizedMatrix,
+                  QuantizedMatrix.swiGLUForwardBF16(h: A.h.base, inp: A.ln2.base, n: n, gate: g, up: u) {
+            // quantized: the same, per chunk of the two matrices' rows
         } else {
             linear(L.wgate, out: A.gate.base, inp: A.ln2.base, n: n, c: c, oc: f)
             linear(L.wup, out: A.up.base, inp: A.ln2.base, n: n, c: c, oc: f)

@@ -88,6 +88,18 @@ public final class PackedBF16 {
     }
 }
 
+/// Packs columns j0 ..< j1 of a B that is not kept packed into `out` (kd_bf16_pack_b's layout of a (j1 − j0)-column
+/// matrix), with `scratch` holding (j1 − j0) · k Floats.
+public typealias ColumnPacker = (_ j0: Int, _ j1: Int, _ out: UnsafeMutablePointer<UInt16>, _ scratch: UnsafeMutablePointer<Float>) -> Void
+
+/// One product of ``bf16MultiplyPackingColumns(_:m:k:a:lda:chunk:_:)``: C [m, n] (row stride ldc) = A · Bᵀ + beta · C.
+public struct ColumnProduct {
+    public let n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, packColumns: ColumnPacker
+    public init(n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, packColumns: @escaping ColumnPacker) {
+        self.n = n; self.beta = beta; self.c = c; self.ldc = ldc; self.packColumns = packColumns
+    }
+}
+
 /// C [m, n] = A [m, k] · Bᵀ + beta · C with the bf16 panel kernel `kernel`, for a B that is not kept packed (a quantized
 /// teacher's matrix: a bf16 copy would double a Q8_0 file and quadruple a Q4 one): A is packed once, then each thread
 /// takes its 32-column tiles in chunks of `chunk` columns, has `packColumns(j0, j1, out, scratch)` pack columns j0 ..< j1
@@ -96,16 +108,73 @@ public final class PackedBF16 {
 /// same bf16, bit for bit (neither split nor chunking changes an element's sum).
 public func bf16MultiplyPackingColumns(
     _ kernel: BF16Kernel, m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, beta: Float, c: UnsafeMutablePointer<Float>,
-    ldc: Int, chunk: Int = 256,
-    packColumns: (_ j0: Int, _ j1: Int, _ out: UnsafeMutablePointer<UInt16>, _ scratch: UnsafeMutablePointer<Float>) -> Void
+    ldc: Int, chunk: Int = 256, packColumns: @escaping ColumnPacker
 ) {
+    bf16MultiplyPackingColumns(kernel, m: m, k: k, a: a, lda: lda, chunk: chunk, [ColumnProduct(n: n, beta: beta, c: c, ldc: ldc, packColumns: packColumns)])
+}
+
+/// Several such products of one A (a frozen model's q, k and v): A is packed once for all of them.
+public func bf16MultiplyPackingColumns(_ kernel: BF16Kernel, m: Int, k: Int, a: UnsafePointer<Float>, lda: Int, chunk: Int = 256,
+                                       _ products: [ColumnProduct]) {
     precondition(kernel != .rounded && chunk % 32 == 0, "bf16MultiplyPackingColumns: the panel kernels, chunks of 32 columns")
-    guard m > 0, n > 0 else { return }
-    let threads = min(Parallel.threads, (n + 31) / 32), chunk = min(chunk, (n + 31) / 32 * 32)
-    let aCount = kd_bf16_packed_a_count(Int32(m), Int32(k)), bCount = kd_bf16_packed_count(Int32(chunk), Int32(k))
-    // in Floats: packed A, then per thread a packed chunk and its scratch
-    let aFloats = (aCount + 1) / 2, perThread = (bCount + 1) / 2 + chunk * k
+    guard m > 0, let widest = products.map(\.n).max(), widest > 0 else { return }
     let run = kernel == .avx512 ? kd_gemm_bf16_prepacked_avx512 : kd_gemm_bf16_prepacked_emulated
+    withColumnChunks(m: m, k: k, a: a, lda: lda, widest: widest, chunk: chunk, packs: 1) { apacked, chunk, buffers in
+        for p in products where p.n > 0 {
+            let threads = min(Parallel.threads, (p.n + 31) / 32), chunk = min(chunk, (p.n + 31) / 32 * 32)
+            Parallel.forIndexedRanges((p.n + 31) / 32, over: threads) { t, t0, t1 in
+                let (out, scratch) = buffers(t, 0)
+                var j0 = t0 * 32
+                let end = min(p.n, t1 * 32)
+                while j0 < end {
+                    let j1 = min(end, j0 + chunk)
+                    p.packColumns(j0, j1, out, scratch)
+                    run(Int32(m), Int32(j1 - j0), Int32(k), 1, a, lda, 1, apacked, nil, 0, 0, out, Int32(j1 - j0), 0, p.beta, p.c + j0, p.ldc)
+                    j0 = j1
+                }
+            }
+        }
+    }
+}
+
+/// h [m, f] = SwiGLU(A · Gᵀ, A · Uᵀ) for two [f, k] matrices that are not kept packed: A packed once, each thread packs a
+/// chunk of G's and of U's columns and runs `kd_gemm_bf16_swiglu_avx512` on them, so gate and up are never written
+/// out. Bit for bit ``bf16MultiplyPackingColumns(_:m:n:k:a:lda:beta:c:ldc:chunk:packColumns:)`` of each (beta 0)
+/// followed by ``swiGLUForward``. Returns false (nothing done) unless the kernel is the AVX512-BF16 one and the row
+/// kernels run on AVX-512.
+public func bf16SwiGLUPackingColumns(_ kernel: BF16Kernel, m: Int, f: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+                                     h: UnsafeMutablePointer<Float>, ldh: Int, chunk: Int = 256,
+                                     gate: @escaping ColumnPacker, up: @escaping ColumnPacker) -> Bool {
+    guard kernel == .avx512, RowKernels.avx512, !fusedSwiGLUOff, m > 0, f > 0, chunk % 32 == 0 else { return false }
+    withColumnChunks(m: m, k: k, a: a, lda: lda, widest: f, chunk: chunk, packs: 2) { apacked, chunk, buffers in
+        let threads = min(Parallel.threads, (f + 31) / 32), chunk = min(chunk, (f + 31) / 32 * 32)
+        Parallel.forIndexedRanges((f + 31) / 32, over: threads) { t, t0, t1 in
+            let (g, scratch) = buffers(t, 0), (u, _) = buffers(t, 1)
+            var j0 = t0 * 32
+            let end = min(f, t1 * 32)
+            while j0 < end {
+                let j1 = min(end, j0 + chunk)
+                gate(j0, j1, g, scratch)
+                up(j0, j1, u, scratch)
+                kd_gemm_bf16_swiglu_avx512(Int32(m), Int32(j1 - j0), Int32(k), a, lda, apacked, g, u, h + j0, ldh)
+                j0 = j1
+            }
+        }
+    }
+    return true
+}
+
+/// The buffers of the column-chunk products, under their lock: A [m, k] packed (over the threads), and per thread
+/// `packs` packed chunks of `chunk` columns plus one chunk's Float scratch; `body(apacked, chunk, buffers)` where
+/// buffers(t, i) is thread t's i-th packed chunk and its scratch.
+private func withColumnChunks(
+    m: Int, k: Int, a: UnsafePointer<Float>, lda: Int, widest: Int, chunk: Int, packs: Int,
+    _ body: (UnsafePointer<UInt16>, Int, (Int, Int) -> (UnsafeMutablePointer<UInt16>, UnsafeMutablePointer<Float>)) -> Void
+) {
+    let threads = min(Parallel.threads, (widest + 31) / 32), chunk = min(chunk, (widest + 31) / 32 * 32)
+    let aCount = kd_bf16_packed_a_count(Int32(m), Int32(k)), bCount = kd_bf16_packed_count(Int32(chunk), Int32(k))
+    // in Floats: packed A, then per thread its packed chunks and its scratch
+    let aFloats = (aCount + 1) / 2, bFloats = (bCount + 1) / 2, perThread = packs * bFloats + chunk * k
     StepProfile.op(.gemm) { chunkScratch.withLock { slab in
         let need = aFloats + threads * perThread
         if slab.count < need { slab = Slab(count: need) }
@@ -113,17 +182,9 @@ public func bf16MultiplyPackingColumns(
         Parallel.forRanges((m + 7) / 8, minPerThread: 4) { t0, t1 in
             kd_bf16_pack_a(Int32(m), Int32(t0 * 8), Int32(min(m, t1 * 8)), Int32(k), a, lda, 1, apacked)
         }
-        Parallel.forIndexedRanges((n + 31) / 32, over: threads) { t, t0, t1 in
+        body(UnsafePointer(apacked), chunk) { t, i in
             let mine = base + aFloats + t * perThread
-            let out = UnsafeMutableRawPointer(mine).assumingMemoryBound(to: UInt16.self), scratch = mine + (bCount + 1) / 2
-            var j0 = t0 * 32
-            let end = min(n, t1 * 32)
-            while j0 < end {
-                let j1 = min(end, j0 + chunk)
-                packColumns(j0, j1, out, scratch)
-                run(Int32(m), Int32(j1 - j0), Int32(k), 1, a, lda, 1, apacked, nil, 0, 0, out, Int32(j1 - j0), 0, beta, c + j0, ldc)
-                j0 = j1
-            }
+            return (UnsafeMutableRawPointer(mine + i * bFloats).assumingMemoryBound(to: UInt16.self), mine + packs * bFloats)
         }
     } }
 }
@@ -165,7 +226,7 @@ public func bf16SwiGLUForward(h: UnsafeMutablePointer<Float>, inp: UnsafePointer
     let f = gate.n, c = gate.k, g = UnsafePointer(gate.storage), u = UnsafePointer(up.storage)
     Parallel.forRanges((n + 7) / 8) { t0, t1 in
         let i0 = t0 * 8, i1 = min(n, t1 * 8)
-        kd_gemm_bf16_swiglu_avx512(Int32(i1 - i0), Int32(f), Int32(c), inp + i0 * c, c, g, u, h + i0 * f, f)
+        kd_gemm_bf16_swiglu_avx512(Int32(i1 - i0), Int32(f), Int32(c), inp + i0 * c, c, nil, g, u, h + i0 * f, f)
     }
     return true
 }

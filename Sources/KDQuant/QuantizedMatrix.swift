@@ -69,13 +69,40 @@ public final class QuantizedMatrix: LinearWeight {
     /// panels (Q4_0 / Q4_1 / Q8_0 with AVX-512; other types through a Float row buffer) and multiplies them while they
     /// are in its cache. Equal bit for bit to bf16GEMM on the dequantized matrix.
     func forwardBF16(_ kernel: BF16Kernel, out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, accumulate: Bool) {
+        bf16MultiplyPackingColumns(kernel, m: n, n: oc, k: c, a: inp, lda: c, beta: accumulate ? 1 : 0, c: out, ldc: oc,
+                                   packColumns: columnPacker(kernel))
+    }
+
+    /// Rows j0 ..< j1 of W dequantized into the kernel's bf16 panels (directly for Q4_0 / Q4_1 / Q8_0 with AVX-512).
+    func columnPacker(_ kernel: BF16Kernel) -> ColumnPacker {
         let rb = rowBytes, c = self.c, type = self.type, data = self.data
         let direct = kernel == .avx512 && QuantizedMatrix.packsDirectly
-        bf16MultiplyPackingColumns(kernel, m: n, n: oc, k: c, a: inp, lda: c, beta: accumulate ? 1 : 0, c: out, ldc: oc) { j0, j1, packed, rows in
+        return { j0, j1, packed, rows in
             if direct && kd_bf16_pack_b_ggml(Int32(type.rawValue), Int32(j1 - j0), Int32(c), data + j0 * rb, rb, packed) != 0 { return }
             for r in j0..<j1 { dequantize(type, src: data + r * rb, out: rows + (r - j0) * c, count: c) }
             kd_bf16_pack_b(Int32(j1 - j0), 0, Int32(j1 - j0), Int32(c), rows, c, 1, packed)
         }
+    }
+
+    /// out_w = inp · Wᵀ for several matrices of the same depth reading one input (a frozen model's q, k and v) with the
+    /// task's bf16 panel kernel: the input is packed once for all of them; each product is ``forward``'s bit for bit.
+    /// Returns false (nothing done) without a panel kernel. - Shapes: inp [n, c] · each out [n, oc]
+    public static func forwardBF16(sharing inp: UnsafePointer<Float>, n: Int, _ products: [(QuantizedMatrix, UnsafeMutablePointer<Float>)]) -> Bool {
+        guard let kernel = BF16.panelKernel, let c = products.first?.0.c, products.allSatisfy({ $0.0.c == c }) else { return false }
+        bf16MultiplyPackingColumns(kernel, m: n, k: c, a: inp, lda: c, products.map { w, out in
+            ColumnProduct(n: w.oc, beta: 0, c: out, ldc: w.oc, packColumns: w.columnPacker(kernel))
+        })
+        return true
+    }
+
+    /// h = SwiGLU(inp · Gᵀ, inp · Uᵀ) in one pass over chunks of the two matrices' rows (gate and up never written out):
+    /// ``forward`` of each followed by ``swiGLUForward``, bit for bit. Returns false (nothing done) unless the task's
+    /// kernel is the AVX512-BF16 one with the row kernels on AVX-512. - Shapes: h [n, f] · inp [n, c]
+    public static func swiGLUForwardBF16(h: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, gate: QuantizedMatrix,
+                                         up: QuantizedMatrix) -> Bool {
+        guard let kernel = BF16.panelKernel, gate.oc == up.oc, gate.c == up.c else { return false }
+        return bf16SwiGLUPackingColumns(kernel, m: n, f: gate.oc, k: gate.c, a: inp, lda: gate.c, h: h, ldh: gate.oc,
+                                        gate: gate.columnPacker(kernel), up: up.columnPacker(kernel))
     }
 
     /// Whether ``forwardBF16`` may dequantize Q4_0 / Q4_1 / Q8_0 straight into bf16 panels (tests turn it off to compare

@@ -1,6 +1,6 @@
 // Packed matrices multiply like their dequantized Float copies.
 import KDCore
-import KDOps
+@testable import KDOps
 import KDQuant
 import KDTestSupport
 import Testing
@@ -77,6 +77,60 @@ func quantizedBF16ForwardEqualsKernelOnDequantized(type: GGMLType) {
                             #expect(differ == 0, "\(type) \(oc)×\(c), \(n) rows, \(kernel), \(threads) threads, direct \(direct), accumulate \(accumulate)")
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// A frozen model's q, k, v (one input packed once for three quantized matrices) and its gate, up and SwiGLU in one pass
+/// per chunk of rows (gate and up never written out) are each matrix's own bf16 forward — and ``swiGLUForward`` of
+/// gate and up — bit for bit: ragged row counts (48 = 16 mod 32, 300 > one chunk), a partial depth block (576), 130
+/// input rows crossing nothing and 400 crossing the fused pass's 384-row blocks, 1–3 threads. The fused pass runs only
+/// with the AVX512-BF16 kernel and AVX-512 row kernels, so that half is skipped elsewhere.
+@Test(arguments: [GGMLType.q4_1, .q8_0, .q4_K])
+func quantizedProjectionsSharingTheirInputAreEachAlone(type: GGMLType) {
+    let kernels: [BF16Kernel] = BF16.cpuHasAVX512BF16 ? [.avx512, .emulated] : [.emulated]
+    let c = type.blockSize == 256 ? 512 : 576
+    for (widths, n) in [([48, 300, 37], 130), ([64, 64, 64], 400)] {
+        let blocks = widths.enumerated().map { i, w in randomBlocks(type, oc: w, c: c, seed: UInt64(90 + i)) }
+        let inp = randomArray(n * c, seed: 93)
+        let raws = blocks.map { b in UnsafeMutableRawPointer.allocate(byteCount: b.count, alignment: 64) }
+        defer { raws.forEach { $0.deallocate() } }
+        for (r, b) in zip(raws, blocks) { r.copyMemory(from: b, byteCount: b.count) }
+        let ms = zip(widths, raws).map { w, r in QuantizedMatrix(type: type, oc: w, c: c, data: UnsafeRawPointer(r), owner: nil) }
+        for kernel in kernels where kernel == .avx512 || n < 200 {
+            let want: [[Float]] = ms.map { m in
+                var out = [Float](repeating: 0, count: n * m.oc)
+                BF16.$kernel.withValue(kernel) { out.withUnsafeMutableBufferPointer { m.forward(out: $0.baseAddress!, inp: inp, n: n, accumulate: false) } }
+                return out
+            }
+            var swiglu: [Float]? = nil
+            if widths[0] == widths[1] {
+                var h = [Float](repeating: 0, count: n * widths[0])
+                swiGLUForward(out: &h, gate: want[0], up: want[1], n: n, f: widths[0])
+                swiglu = h
+            }
+            for threads in [1, 2, 3] {
+                let saved = Parallel.threads
+                Parallel.threads = threads
+                defer { Parallel.threads = saved }
+                let outs = ms.map { UnsafeMutablePointer<Float>.allocate(capacity: n * $0.oc) }
+                defer { outs.forEach { $0.deallocate() } }
+                for (o, m) in zip(outs, ms) { o.initialize(repeating: .nan, count: n * m.oc) }
+                let ran = BF16.$kernel.withValue(kernel) { QuantizedMatrix.forwardBF16(sharing: inp, n: n, Array(zip(ms, outs))) }
+                #expect(ran)
+                for (i, (o, m)) in zip(outs, ms).enumerated() {
+                    let differ = zip(UnsafeBufferPointer(start: o, count: n * m.oc), want[i]).filter { $0.bitPattern != $1.bitPattern }.count
+                    #expect(differ == 0, "\(type) matrix \(i) (\(m.oc)×\(c)), \(n) rows, \(kernel), \(threads) threads: \(differ) differ")
+                }
+                guard let swiglu else { continue }
+                var h = [Float](repeating: .nan, count: n * widths[0])
+                let fused = BF16.$kernel.withValue(kernel) { QuantizedMatrix.swiGLUForwardBF16(h: &h, inp: inp, n: n, gate: ms[0], up: ms[1]) }
+                #expect(fused == (kernel == .avx512 && RowKernels.avx512), "\(kernel): the fused pass runs exactly where it can")
+                if fused {
+                    let differ = zip(h, swiglu).filter { $0.bitPattern != $1.bitPattern }.count
+                    #expect(differ == 0, "\(type) SwiGLU, \(n) rows, \(threads) threads: \(differ) of \(h.count) differ")
                 }
             }
         }

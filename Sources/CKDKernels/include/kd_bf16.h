@@ -63,7 +63,8 @@ void kd_attention_pv_emulated(int rows, int hs, int tk, int pos, const float *p,
                               float *out, ptrdiff_t ldo);
 /// h[i·ldh + j] = SwiGLU(g, u) = g·σ(g)·u (kd_rows.h's lanes) of g = Σ_p A(i, p)·G(j, p) and u = Σ_p A(i, p)·U(j, p),
 /// A(i, p) = a[i·lda + p] (i < m, j < f, p < k), G and U packed by kd_bf16_pack_b (n = f, depth k): bit for bit
-/// kd_gemm_bf16 of each followed by the SwiGLU lanes, without writing g and u out. AVX512-BF16 only.
-void kd_gemm_bf16_swiglu_avx512(int m, int f, int k, const float *a, ptrdiff_t lda, const uint16_t *gate,
-                                const uint16_t *up, float *h, ptrdiff_t ldh);
+/// kd_gemm_bf16 of each followed by the SwiGLU lanes, without writing g and u out. `apacked`: A in kd_bf16_pack_a's layout
+/// of exactly these m rows, or NULL to pack it from a. AVX512-BF16 only.
+void kd_gemm_bf16_swiglu_avx512(int m, int f, int k, const float *a, ptrdiff_t lda, const uint16_t *apacked,
+                                const uint16_t *gate, const uint16_t *up, float *h, ptrdiff_t ldh);
 #endif

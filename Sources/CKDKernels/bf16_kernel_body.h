@@ -80,6 +80,25 @@ static void KD_NAME(micro_c)(int kp, const uint16_t *ap, const uint16_t *bp, flo
     }
 }
 
+/// The mr × nr tile (mr ≤ MR, nr ≤ NR) of C at c: a whole one through micro_c, an edge one through micro and the same
+/// epilogue in scalars (the first depth block applies beta, never reading C when beta is 0; later blocks add).
+static void KD_NAME(tile)(int kp, const uint16_t *ap, const uint16_t *bp, float *c, ptrdiff_t ldc, int mr, int nr,
+                          float alpha, float beta, int first) {
+    if (mr == KD_MR && nr == KD_NR) {
+        KD_NAME(micro_c)(kp, ap, bp, c, ldc, alpha, beta, first);
+        return;
+    }
+    float tile[KD_MR * KD_NR];
+    KD_NAME(micro)(kp, ap, bp, tile);
+    for (int i = 0; i < mr; i++) {
+        float *crow = c + (ptrdiff_t)i * ldc;
+        const float *t = tile + i * KD_NR;
+        if (!first) for (int j = 0; j < nr; j++) crow[j] = fmaf(alpha, t[j], crow[j]);
+        else if (beta == 0) for (int j = 0; j < nr; j++) crow[j] = alpha * t[j];
+        else for (int j = 0; j < nr; j++) crow[j] = fmaf(alpha, t[j], beta * crow[j]);
+    }
+}
+
 /// The GEMM with B either packed here or handed in packed (`bpacked`, the layout of kd_bf16_pack_b for a matrix of
 /// `bstride` columns, this call's column 0 being its column `bcol0`, a multiple of KD_NR; NULL = pack b), and A either
 /// packed here or handed in packed (`apacked`, kd_bf16_pack_a's layout of this call's m rows; NULL = pack a).
@@ -87,7 +106,6 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
                                      const uint16_t *apacked, const float *b, ptrdiff_t brs, ptrdiff_t bcs,
                                      const uint16_t *bpacked, int bstride, int bcol0, float beta, float *c, ptrdiff_t ldc) {
     if (m <= 0 || n <= 0) return;
-    float tile[KD_MR * KD_NR];
     if (k <= 0) {  // nothing to multiply: C = beta · C
         for (int i = 0; i < m; i++) for (int j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
         return;
@@ -128,20 +146,7 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
                     for (int ir = 0; ir < mc; ir += KD_MR) {
                         int mr = mc - ir < KD_MR ? mc - ir : KD_MR;
                         const uint16_t *apanel = ablock + (size_t)ir * kp * 2, *bpanel = bblock + (size_t)jr * kp * 2;
-                        float *ctile = c + (ptrdiff_t)(ic + ir) * ldc + jc + jr;
-                        if (mr == KD_MR && nr == KD_NR) {
-                            KD_NAME(micro_c)(kp, apanel, bpanel, ctile, ldc, alpha, beta, pc == 0);
-                            continue;
-                        }
-                        KD_NAME(micro)(kp, apanel, bpanel, tile);
-                        // the first depth block applies beta (never reading C when beta is 0); later blocks add
-                        for (int i = 0; i < mr; i++) {
-                            float *crow = ctile + (ptrdiff_t)i * ldc;
-                            const float *t = tile + i * KD_NR;
-                            if (pc > 0) for (int j = 0; j < nr; j++) crow[j] = fmaf(alpha, t[j], crow[j]);
-                            else if (beta == 0) for (int j = 0; j < nr; j++) crow[j] = alpha * t[j];
-                            else for (int j = 0; j < nr; j++) crow[j] = fmaf(alpha, t[j], beta * crow[j]);
-                        }
+                        KD_NAME(tile)(kp, apanel, bpanel, c + (ptrdiff_t)(ic + ir) * ldc + jc + jr, ldc, mr, nr, alpha, beta, pc == 0);
                     }
                 }
             }
@@ -166,20 +171,12 @@ void KD_NAME(kd_attention_scores)(int rows, int hs, int tk, int pos, float scale
     kd_pack_buffers(&apack, &bpack, &abig, 0);
     const int kp = (hs + 1) / 2;
     KD_PACK(q, ldq, 1, rows, hs, KD_MR, apack);
-    float tile[KD_MR * KD_NR];
     for (int ir = 0; ir < rows; ir += KD_MR) {
         int mr = rows - ir < KD_MR ? rows - ir : KD_MR, end = pos + ir + mr < tk ? pos + ir + mr : tk;
         const uint16_t *ap = apack + (size_t)ir * kp * 2;
         for (int jr = 0; jr < end; jr += KD_NR) {
             int nr = tk - jr < KD_NR ? tk - jr : KD_NR;
-            const uint16_t *bp = kpacked + (size_t)jr * kp * 2;
-            float *st = s + (ptrdiff_t)ir * lds + jr;
-            if (mr == KD_MR && nr == KD_NR) {
-                KD_NAME(micro_c)(kp, ap, bp, st, lds, scale, 0, 1);
-                continue;
-            }
-            KD_NAME(micro)(kp, ap, bp, tile);
-            for (int i = 0; i < mr; i++) for (int j = 0; j < nr; j++) st[(ptrdiff_t)i * lds + j] = scale * tile[i * KD_NR + j];
+            KD_NAME(tile)(kp, ap, kpacked + (size_t)jr * kp * 2, s + (ptrdiff_t)ir * lds + jr, lds, mr, nr, scale, 0, 1);
         }
     }
 }
@@ -195,7 +192,6 @@ void KD_NAME(kd_attention_pv)(int rows, int hs, int tk, int pos, const float *p,
     kd_pack_buffers(&apack, &bpack, &abig, 0);
     const int end = pos + rows < tk ? pos + rows : tk;
     const size_t hround = (size_t)((hs + KD_NR - 1) / KD_NR * KD_NR);
-    float tile[KD_MR * KD_NR];
     for (int pc = 0; pc < end; pc += KD_KC) {
         int kcv = tk - pc < KD_KC ? tk - pc : KD_KC, kpv = (kcv + 1) / 2;  // V's depth block as packed
         int kc = end - pc < KD_KC ? end - pc : KD_KC, kpa = (kc + 1) / 2;  // the probabilities this block reads
@@ -208,19 +204,7 @@ void KD_NAME(kd_attention_pv)(int rows, int hs, int tk, int pos, const float *p,
             const uint16_t *ap = apack + (size_t)ir * kpa * 2;
             for (int jr = 0; jr < hs; jr += KD_NR) {
                 int nr = hs - jr < KD_NR ? hs - jr : KD_NR;
-                const uint16_t *bp = vblock + (size_t)jr * kpv * 2;
-                float *ot = out + (ptrdiff_t)ir * ldo + jr;
-                if (mr == KD_MR && nr == KD_NR) {
-                    KD_NAME(micro_c)(kpp, ap, bp, ot, ldo, 1, 0, pc == 0);
-                    continue;
-                }
-                KD_NAME(micro)(kpp, ap, bp, tile);
-                for (int i = 0; i < mr; i++) {
-                    float *orow = ot + (ptrdiff_t)i * ldo;
-                    const float *t = tile + i * KD_NR;
-                    if (pc > 0) for (int j = 0; j < nr; j++) orow[j] = fmaf(1, t[j], orow[j]);
-                    else for (int j = 0; j < nr; j++) orow[j] = 1 * t[j];
-                }
+                KD_NAME(tile)(kpp, ap, vblock + (size_t)jr * kpv * 2, out + (ptrdiff_t)ir * ldo + jr, ldo, mr, nr, 1, 0, pc == 0);
             }
         }
     }

@@ -356,7 +356,7 @@ public final class Transformer {
         rmsNormForward(out: A.ln2.base, rstd: A.rstd2.base, inp: x2, weight: P + L.ln2, n: n, c: c, eps: m.rmsEps)
         if quantizeActivations { fakeQuantizeActivationsInt8(A.ln2.base, rows: n, c: c) }
         if grads == nil, family.activation == .silu, let g = packed[L.wgate] as? BF16Weight, let u = packed[L.wup] as? BF16Weight,
-           StepProfile.op(.gemm, { bf16SwiGLUForward(h: A.h.base, inp: A.ln2.base, n: n, gate: g.packed, up: u.packed) }) {
+           bf16SwiGLUForward(h: A.h.base, inp: A.ln2.base, n: n, gate: g.packed, up: u.packed) {
             // gate and up stay in cache (no backward reads them): the same h bit for bit
         } else if grads == nil, family.activation == .silu, let g = packed[L.wgate] as? QuantizedMatrix,
                   let u = packed[L.wup] as? QuantizedMatrix,

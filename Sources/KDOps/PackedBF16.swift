@@ -224,9 +224,11 @@ public func bf16SwiGLUForward(h: UnsafeMutablePointer<Float>, inp: UnsafePointer
                               up: PackedBF16) -> Bool {
     guard BF16.panelKernel == .avx512, RowKernels.avx512, !fusedSwiGLUOff, gate.n == up.n, gate.k == up.k, n > 0 else { return false }
     let f = gate.n, c = gate.k, g = UnsafePointer(gate.storage), u = UnsafePointer(up.storage)
-    Parallel.forRanges((n + 7) / 8) { t0, t1 in
-        let i0 = t0 * 8, i1 = min(n, t1 * 8)
-        kd_gemm_bf16_swiglu_avx512(Int32(i1 - i0), Int32(f), Int32(c), inp + i0 * c, c, nil, g, u, h + i0 * f, f)
+    StepProfile.op(.gemm) {
+        Parallel.forRanges((n + 7) / 8) { t0, t1 in
+            let i0 = t0 * 8, i1 = min(n, t1 * 8)
+            kd_gemm_bf16_swiglu_avx512(Int32(i1 - i0), Int32(f), Int32(c), inp + i0 * c, c, nil, g, u, h + i0 * f, f)
+        }
     }
     return true
 }

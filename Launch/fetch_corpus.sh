@@ -7,15 +7,45 @@
 #     Python 3.11's documentation sources (python3.11-doc: tutorial, howto, faq, reference, what's new, glossary).
 #     Long texts are cut into documents of about 4 KB at paragraph ends, so the validation split takes some of each.
 #     Never the evaluation texts (Launch/fetch_heldout.sh: Botchan, the Lee news corpus) and no Shakespeare.
-# usage: Launch/fetch_corpus.sh fortunes|mix TOKENIZER OUT   (TOKENIZER: a GGUF file or Hugging Face folder)
+#   books: the fortunes with Jane Austen's six novels (Debian's r-cran-janeaustenr, public domain: Emma, Mansfield
+#     Park, Northanger Abbey, Persuasion, Pride and Prejudice, Sense and Sensibility), read from the package's R data
+#     file without installing R (apt-get download, then its serialized character vectors), cut into documents of about
+#     4 KB at paragraph ends. Novels, none of them an evaluation text.
+# usage: Launch/fetch_corpus.sh fortunes|mix|books TOKENIZER OUT   (TOKENIZER: a GGUF file or Hugging Face folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-which=${1:?usage: Launch/fetch_corpus.sh fortunes|mix TOKENIZER OUT}
-tokenizer=${2:?usage: Launch/fetch_corpus.sh fortunes|mix TOKENIZER OUT}
-out=${3:?usage: Launch/fetch_corpus.sh fortunes|mix TOKENIZER OUT}
+usage="usage: Launch/fetch_corpus.sh fortunes|mix|books TOKENIZER OUT"
+which=${1:?$usage}
+tokenizer=${2:?$usage}
+out=${3:?$usage}
 d=.build/release/distill
 [ -x "$d" ] || { echo "fetch_corpus.sh: expected a release build at $d (swift build -c release), found none" >&2; exit 1; }
 if [ -s "$out/train.bin" ]; then echo "$out"; exit 0; fi
+# chunk_raw STAGING NAME…: each STAGING/NAME.raw cut into paragraph-aligned documents of about 4 KB in STAGING/NAME.txt
+# (one per `%` line, as the fortunes are; a line that is `%` itself would end a document, so none is kept), the .raw removed
+chunk_raw() {
+    python3 - "$@" <<'PY'
+import os, re, sys
+staging, names = sys.argv[1], sys.argv[2:]
+for name in names:
+    raw = os.path.join(staging, name + ".raw")
+    text = open(raw, encoding="utf-8", errors="replace").read()
+    with open(os.path.join(staging, name + ".txt"), "w") as f:
+        doc, n = [], 0
+        for para in re.split(r"\n\s*\n", text):
+            para = "\n".join(l for l in para.split("\n") if l.strip() != "%").strip("\n")
+            if not para.strip():
+                continue
+            doc.append(para)
+            n += len(para)
+            if n >= 4096:
+                f.write("\n\n".join(doc) + "\n%\n")
+                doc, n = [], 0
+        if doc:
+            f.write("\n\n".join(doc) + "\n%\n")
+    os.remove(raw)
+PY
+}
 case "$which" in
 fortunes)
     bash Launch/setup.sh >&2
@@ -35,25 +65,6 @@ mix)
     python3 - "$staging" <<'PY'
 import os, re, sys
 staging = sys.argv[1]
-def chunks(text, size=4096):
-    """Paragraph-aligned documents of about `size` bytes; a line equal to % would end a document, so none is kept."""
-    doc = []
-    n = 0
-    for para in re.split(r"\n\s*\n", text):
-        para = "\n".join(l for l in para.split("\n") if l.strip() != "%").strip("\n")
-        if not para.strip():
-            continue
-        doc.append(para)
-        n += len(para)
-        if n >= size:
-            yield "\n\n".join(doc)
-            doc, n = [], 0
-    if doc:
-        yield "\n\n".join(doc)
-def write(name, docs):
-    with open(os.path.join(staging, name + ".txt"), "w") as f:
-        for d in docs:
-            f.write(d + "\n%\n")
 # the Bible: "Ge1:1 In the beginning …" lines, one document per chapter, verse references dropped
 chapters, current, key = [], [], None
 for line in open(os.path.join(staging, "kjv.raw"), encoding="utf-8"):
@@ -66,14 +77,66 @@ for line in open(os.path.join(staging, "kjv.raw"), encoding="utf-8"):
     key = m.group(1)
     current.append(m.group(2))
 chapters.append("\n".join(current))
-write("kjv", chapters)
-for name in ("devil", "debian-reference", "python-docs"):
-    write(name, chunks(open(os.path.join(staging, name + ".raw"), encoding="utf-8", errors="replace").read()))
-for name in ("kjv", "devil", "debian-reference", "python-docs"):
-    os.remove(os.path.join(staging, name + ".raw"))
+with open(os.path.join(staging, "kjv.txt"), "w") as f:
+    for c in chapters:
+        f.write(c + "\n%\n")
+os.remove(os.path.join(staging, "kjv.raw"))
 PY
+    chunk_raw "$staging" devil debian-reference python-docs
     $d prepare /usr/share/games/fortunes "$staging" --exclude-suffix .dat --exclude-suffix .u8 --separator % \
         --tokenizer "$tokenizer" --output "$out" >&2 ;;
-*) echo "fetch_corpus.sh: expected fortunes or mix, found '$which'" >&2; exit 1 ;;
+books)
+    bash Launch/setup.sh >&2
+    staging=$(mktemp -d)
+    trap 'rm -rf "$staging"' EXIT
+    # the package alone (it depends on R, which reading its data does not need); apt checks it against the signed index
+    # (into a folder apt's unprivileged download user may write to)
+    chmod 711 "$staging" && mkdir -m 777 "$staging/deb"
+    (cd "$staging/deb" && apt-get download -qq r-cran-janeaustenr >&2)
+    dpkg-deb -x "$staging"/deb/r-cran-janeaustenr_*.deb "$staging/pkg"
+    python3 - "$staging/pkg/usr/lib/R/site-library/janeaustenr/data/Rdata" "$staging" <<'PY'
+import gzip, re, struct, sys, zlib
+base, staging = sys.argv[1:]
+def unserialize_strings(raw):
+    """One R character vector from R's binary serialization (format 'X', versions 2 and 3): its strings."""
+    if raw[:2] != b"X\n":
+        sys.exit(f"fetch_corpus.sh: expected R's binary serialization ('X'), found {raw[:2]!r}")
+    version, = struct.unpack(">i", raw[2:6])
+    p = 14
+    if version == 3:
+        (n,) = struct.unpack(">i", raw[p:p + 4]); p += 4 + n
+    flags, n = struct.unpack(">ii", raw[p:p + 8]); p += 8
+    if flags & 0xFF != 16:
+        sys.exit(f"fetch_corpus.sh: expected a character vector (R type 16), found type {flags & 0xFF}")
+    strings = []
+    for _ in range(n):
+        flags, length = struct.unpack(">ii", raw[p:p + 8]); p += 8
+        if length < 0:
+            strings.append("")
+            continue
+        strings.append(raw[p:p + length].decode("utf-8")); p += length
+    return strings
+# the lazy-load index: a list whose entries are (offset, length) pairs into Rdata.rdb; each entry there is a 4-byte
+# length, then the zlib-compressed serialization of one object
+index = gzip.decompress(open(base + ".rdx", "rb").read())
+pairs = [struct.unpack(">ii", m.group(1)) for m in re.finditer(rb"\x00\x00\x00\r\x00\x00\x00\x02(.{8})", index, re.S)]
+rdb = open(base + ".rdb", "rb").read()
+novels = []
+for offset, length in pairs:
+    (size,) = struct.unpack(">i", rdb[offset:offset + 4])
+    raw = zlib.decompress(rdb[offset + 4:offset + length])
+    if len(raw) != size:
+        sys.exit(f"fetch_corpus.sh: expected {size} bytes in an R object, found {len(raw)}")
+    novels.append("\n".join(unserialize_strings(raw)))
+if len(novels) != 6 or sum(map(len, novels)) < 3_500_000:
+    sys.exit(f"fetch_corpus.sh: expected Jane Austen's six novels (about 4 MB), found {len(novels)} texts of {sum(map(len, novels))} characters")
+for i, novel in enumerate(novels):
+    open(f"{staging}/austen-{i}.raw", "w").write(novel)
+PY
+    rm -rf "$staging/pkg" "$staging/deb"
+    chunk_raw "$staging" austen-0 austen-1 austen-2 austen-3 austen-4 austen-5
+    $d prepare /usr/share/games/fortunes "$staging" --exclude-suffix .dat --exclude-suffix .u8 --separator % \
+        --tokenizer "$tokenizer" --output "$out" >&2 ;;
+*) echo "fetch_corpus.sh: expected fortunes, mix or books, found '$which'" >&2; exit 1 ;;
 esac
 echo "$out"

@@ -196,6 +196,8 @@ struct Bench: ParsableCommand {
         KDLog.error("warning: OPENBLAS_CORETYPE=\(forced) forces \(core) kernels on a CPU with AVX-512: one thread's sgemm runs at "
                     + String(format: "%.0f GFLOP/s here", here)
                     + (own.map { String(format: " against %.0f with the variable unset (%.2f×)", $0, $0 / max(here, 1e-9)) } ?? "")
-                    + "; a user's machine runs the faster kernels: measure with `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE distill bench ...`")
+                    + "; a user's machine runs OpenBLAS's own choice (on Zen 4, whose AVX-512 is two 256-bit halves, the two are "
+                    + "close; on Zen 5 and Intel the AVX-512 kernels are about twice as fast): measure with "
+                    + "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE distill bench ...`")
     }
 }

@@ -18,7 +18,7 @@ usage="usage: Launch/fetch_corpus.sh fortunes|mix|books TOKENIZER OUT"
 which=${1:?$usage}
 tokenizer=${2:?$usage}
 out=${3:?$usage}
-d=.build/release/distill
+d=${DISTILL_BIN:-.build/release/distill}
 [ -x "$d" ] || { echo "fetch_corpus.sh: expected a release build at $d (swift build -c release), found none" >&2; exit 1; }
 if [ -s "$out/train.bin" ]; then echo "$out"; exit 0; fi
 # chunk_raw STAGING NAME…: each STAGING/NAME.raw cut into paragraph-aligned documents of about 4 KB in STAGING/NAME.txt
@@ -92,7 +92,13 @@ books)
     # the package alone (it depends on R, which reading its data does not need); apt checks it against the signed index
     # (into a folder apt's unprivileged download user may write to)
     chmod 711 "$staging" && mkdir -m 777 "$staging/deb"
-    (cd "$staging/deb" && apt-get download -qq r-cran-janeaustenr >&2)
+    # (a machine whose package lists were never fetched, as a fresh container's, updates them once)
+    if ! (cd "$staging/deb" && apt-get download -qq r-cran-janeaustenr >&2 2>/dev/null); then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq >&2
+        (cd "$staging/deb" && apt-get download -qq r-cran-janeaustenr >&2)
+    fi
     dpkg-deb -x "$staging"/deb/r-cran-janeaustenr_*.deb "$staging/pkg"
     python3 - "$staging/pkg/usr/lib/R/site-library/janeaustenr/data/Rdata" "$staging" <<'PY'
 import gzip, re, struct, sys, zlib

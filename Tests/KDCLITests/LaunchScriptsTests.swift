@@ -2,6 +2,7 @@
 // Every script a README or another script runs is executable (a missing run bit fails "Permission denied" only when
 // someone runs it), and names follow one style.
 import Foundation
+import KDData
 import Testing
 
 /// Every file under Launch/, relative to it.
@@ -42,4 +43,37 @@ func isDirectory(_ url: URL) -> Bool {
         let name = (f as NSString).lastPathComponent
         #expect(!name.contains("-"), "Launch/\(f): names use underscores (one style)")
     }
+}
+
+/// Launch/fetch_corpus.sh books reads Jane Austen's six novels out of Debian's r-cran-janeaustenr (its R data file,
+/// without R) whole: prepared with the byte tokenizer, the shards hold the text itself — every novel's first and last
+/// sentence is there, and the corpus is the fortunes' bytes plus the novels' 4.03 MB (the shortest is 0.43 MB: a novel lost, or cut short,
+/// fails both).
+@Test func theBooksCorpusHoldsAustensSixNovelsWhole() throws {
+    let dir = try scratchDir()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var bytes: [String: Int] = [:]
+    for corpus in ["books", "fortunes"] {
+        let out = dir.appendingPathComponent(corpus)
+        let r = try launch("fetch_corpus.sh", [corpus, "bytes", out.path])
+        #expect(r.status == 0, "\(r.out)")
+        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("prepare.json"))) as? [String: Any]
+        bytes[corpus] = summary?["bytesRead"] as? Int ?? 0
+    }
+    let added = (bytes["books"] ?? 0) - (bytes["fortunes"] ?? 0)
+    #expect(added > 3_950_000 && added < 4_100_000, "the novels added \(added) bytes to the fortunes' \(bytes["fortunes"] ?? 0)")
+    var text = [UInt8]()
+    for split in ["train.bin", "validation.bin"] {
+        let shard = try TokenShard.read(path: dir.appendingPathComponent("books/\(split)").path)
+        text += shard.tokens.compactMap { $0 >= 0 && $0 < 256 ? UInt8($0) : nil }
+    }
+    let corpus = String(decoding: text, as: UTF8.self)
+    let lines = ["Emma Woodhouse, handsome, clever, and rich", "About thirty years ago Miss Maria Ward",
+                 "No one who had ever seen Catherine Morland", "Sir Walter Elliot, of Kellynch Hall",
+                 "It is a truth universally acknowledged", "The family of Dashwood had long been settled",
+                 "in the perfect happiness of the union", "had been the means of uniting them",
+                 "within the view and patronage of Mansfield Park", "more distinguished in its domestic virtues",
+                 "producing coolness between their husbands"]
+    let missing = lines.filter { !corpus.contains($0) }  // (not the corpus itself in the message: 6.6 MB)
+    #expect(missing.isEmpty, "missing from the books corpus: \(missing)")
 }

@@ -11,7 +11,8 @@
 #     Park, Northanger Abbey, Persuasion, Pride and Prejudice, Sense and Sensibility), read from the package's R data
 #     file without installing R (apt-get download, then its serialized character vectors), cut into documents of about
 #     4 KB at paragraph ends. Novels, none of them an evaluation text.
-# usage: Launch/fetch_corpus.sh fortunes|mix|books TOKENIZER OUT   (TOKENIZER: a GGUF file or Hugging Face folder)
+# usage: Launch/fetch_corpus.sh fortunes|mix|books TOKENIZER OUT   (TOKENIZER: a GGUF file, a Hugging Face folder or
+#   `bytes`; DISTILL_BIN: the distill binary, default the release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: Launch/fetch_corpus.sh fortunes|mix|books TOKENIZER OUT"

@@ -20,7 +20,7 @@ which=${1:?$usage}
 tokenizer=${2:?$usage}
 out=${3:?$usage}
 d=${DISTILL_BIN:-.build/release/distill}
-[ -x "$d" ] || { echo "fetch_corpus.sh: expected a release build at $d (swift build -c release), found none" >&2; exit 1; }
+[ -x "$d" ] || { echo "fetch_corpus.sh: expected the distill binary at $d (swift build -c release), found none" >&2; exit 1; }
 if [ -s "$out/train.bin" ]; then echo "$out"; exit 0; fi
 # chunk_raw STAGING NAME…: each STAGING/NAME.raw cut into paragraph-aligned documents of about 4 KB in STAGING/NAME.txt
 # (one per `%` line, as the fortunes are; a line that is `%` itself would end a document, so none is kept), the .raw removed
@@ -94,7 +94,7 @@ books)
     # (into a folder apt's unprivileged download user may write to)
     chmod 711 "$staging" && mkdir -m 777 "$staging/deb"
     # (a machine whose package lists were never fetched, as a fresh container's, updates them once)
-    if ! (cd "$staging/deb" && apt-get download -qq r-cran-janeaustenr >&2 2>/dev/null); then
+    if ! (cd "$staging/deb" && apt-get download -qq r-cran-janeaustenr > /dev/null 2>&1); then
         sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"
         $sudo apt-get update -qq >&2

@@ -9,7 +9,7 @@
 import Foundation
 import KDConfig
 
-/// Quantizes `count` floats into `type` blocks at `out` (F32, F16, Q8_0, Q4_0, Q4_1).
+/// Quantizes `count` floats into `type` blocks at `out` (F32, F16, Q8_0, Q4_0, Q4_1, and the k-quants Q2_K … Q6_K).
 public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer) {
     precondition(count % type.blockSize == 0, "quantize \(type): \(count) elements is not a multiple of \(type.blockSize)")
     let nb = count / type.blockSize, ts = type.typeSize
@@ -55,8 +55,10 @@ public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, ou
                 out.storeBytes(of: q0 | (q1 << 4), toByteOffset: o + 4 + j, as: UInt8.self)
             }
         }
+    case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K:
+        for b in 0..<nb { KQuant.block(type, src + b * 256, out + b * ts) }
     default:
-        preconditionFailure("quantize: \(type) is not a supported output type (f32, f16, q8_0, q4_0, q4_1)")
+        preconditionFailure("quantize: \(type) is not a supported output type (f32, f16, q8_0, q4_0, q4_1, q2_K … q6_K)")
     }
 }
 

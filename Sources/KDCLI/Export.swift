@@ -17,14 +17,14 @@ struct Export: ParsableCommand {
 
     @Argument(help: "A checkpoint folder (or any Hugging Face folder).") var checkpoint: String
     @Option(help: "gguf or safetensors.") var format: ExportFormat
-    @Option(help: "f32, f16, q8_0, q4_0 or q4_1 (GGUF; default: the QAT scheme the student trained with, else f16). For safetensors the weights are stored F32, after the round trip through the type when one is given.") var quant: String?
+    @Option(help: "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1 or a k-quant q2_k … q6_k (GGUF; rows a k-quant's 256-blocks do not divide take llama.cpp's fallback type; default: the QAT scheme the student trained with, else f16). For safetensors the weights are stored F32, after the round trip through the type when one is given.") var quant: String?
     @Option(help: "Output file (gguf) or folder (safetensors); replaced only when complete.") var out: String
     @Option(help: "Type of the token embedding and LM head (default: what a QAT student trained them with — its qat.embedding_scheme, f32 when it kept them in full precision — else --quant).") var embeddingQuant: String?
     @Option(help: "A GGUF file whose tokenizer and chat template to copy (default: the checkpoint's GGUF teacher).") var tokenizerFrom: String?
 
     func validate() throws {
         for (flag, v) in [("--quant", quant), ("--embedding-quant", embeddingQuant)] {
-            if let v, exportTypes[v] == nil { throw ValidationError("\(flag): expected one of f32, f16, q8_0, q4_0, q4_1, found '\(v)'") }
+            if let v, exportTypes[v] == nil { throw ValidationError("\(flag): expected one of \(exportTypeNames), found '\(v)'") }
         }
     }
 
@@ -104,6 +104,7 @@ struct Export: ParsableCommand {
         if applyQuant, type != .f32 {
             // the weights as they come back from `type`
             for e in model.layout.entries where e.isMatrix {
+                let type = type.forRows(of: e.shape[1])
                 guard e.shape[1] % type.blockSize == 0 else {
                     throw KDError.invalidInput(what: "export as \(type)", expected: "rows that are multiples of \(type.blockSize)", found: "\(e.name) with rows of \(e.shape[1])")
                 }

@@ -3,15 +3,22 @@
 
 /// `qat.scheme`: the weight format QAT trains for.
 public enum QATScheme: String, ConfigVocabulary {
-    case none, q8_0, q4_0, q4_1, int8Channel = "int8_channel", int4Channel = "int4_channel"
+    case none, q8_0, q4_0, q4_1, q5_0, q5_1
+    /// The k-quants (super-blocks of 256); rows they do not divide take llama.cpp's fallback (Q2_K, Q3_K → Q4_0;
+    /// Q4_K → Q5_0; Q5_K → Q5_1; Q6_K → Q8_0), in training and in the exported file alike.
+    case q2_K = "q2_k", q3_K = "q3_k", q4_K = "q4_k", q5_K = "q5_k", q6_K = "q6_k"
+    case int8Channel = "int8_channel", int4Channel = "int4_channel"
 
-    /// The GGUF block formats (rows quantized in blocks of 32).
+    /// The GGUF block formats.
     public var isBlockFormat: Bool {
         switch self {
-        case .q8_0, .q4_0, .q4_1: return true
         case .none, .int8Channel, .int4Channel: return false
+        default: return true
         }
     }
+
+    /// Schemes whose scales can be learned or frozen (one scale per 32 or per row, no minimum, no sub-block scales).
+    public var takesGivenScales: Bool { [.q8_0, .q4_0, .int8Channel, .int4Channel].contains(self) }
 }
 
 /// `qat.activations`.
@@ -27,7 +34,8 @@ public enum ScaleSource: String, ConfigVocabulary {
 /// Quantization-aware training: the student's linear layers see their weights quantized as they will be exported
 /// (fake quantization, straight-through gradients into full-precision master weights).
 public struct QATConfig: Codable, Equatable, Sendable {
-    /// `none`, `q8_0`, `q4_0`, `q4_1` (exactly the GGUF block formats) or `int8_channel`, `int4_channel`. Default none.
+    /// `none`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, the k-quants `q2_k` … `q6_k` (exactly the GGUF formats, bit for
+    /// bit as ggml quantizes them) or `int8_channel`, `int4_channel`. Default none.
     public var scheme = QATScheme.none
     /// Also quantize the token embedding and LM head (else they stay full precision). Default false.
     public var embeddings = false
@@ -68,13 +76,15 @@ public struct QATConfig: Codable, Equatable, Sendable {
         freezeStep = try c.value(.freezeStep, or: freezeStep)
         scaleLRRatio = try c.value(.scaleLRRatio, or: scaleLRRatio)
         try c.require(scaleLRRatio > 0 && scaleLRRatio.isFinite, .scaleLRRatio, expected: "a number > 0", found: scaleLRRatio)
-        try c.require(scales == .absmax || scheme != .q4_1, .scales, expected: "absmax with q4_1 (its blocks also carry a minimum)", found: "'learned'")
+        try c.require(scales == .absmax || scheme.takesGivenScales || scheme == .none, .scales,
+                      expected: "absmax with \(scheme.rawValue) (learned scales are for q8_0, q4_0 and the per-channel schemes)", found: "'learned'")
         try c.require(freezeStep >= 0, .freezeStep, expected: "an integer >= 0 (0 = never)", found: freezeStep)
-        try c.require(freezeStep == 0 || scheme != .q4_1, .freezeStep, expected: "0 with q4_1 (its blocks also carry a minimum)", found: freezeStep)
+        try c.require(freezeStep == 0 || scheme.takesGivenScales || scheme == .none, .freezeStep,
+                      expected: "0 with \(scheme.rawValue) (frozen scales are for q8_0, q4_0 and the per-channel schemes)", found: freezeStep)
         try c.require(startStep >= 0, .startStep, expected: "an integer >= 0", found: startStep)
         if let e = embeddingScheme {
             try c.require(embeddings, .embeddingScheme, expected: "embeddings: true with it (the tables are not quantized otherwise)", found: "'\(e.rawValue)' with embeddings: false")
-            try c.require(e.isBlockFormat && scheme.isBlockFormat, .embeddingScheme, expected: "a block format (q8_0, q4_0, q4_1) beside a block-format scheme",
+            try c.require(e.isBlockFormat && scheme.isBlockFormat, .embeddingScheme, expected: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k) beside a block-format scheme",
                           found: "'\(e.rawValue)' beside scheme '\(scheme.rawValue)'")
             try c.require(e == scheme || (scales == .absmax && freezeStep == 0), .embeddingScheme,
                           expected: "scheme's own format with learned or frozen scales (one set of scales per run)", found: "'\(e.rawValue)'")

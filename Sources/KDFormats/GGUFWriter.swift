@@ -90,7 +90,11 @@ public struct GGUFWriter {
 }
 
 /// Output types `distill export` writes.
-public let exportTypes: [String: GGMLType] = ["f32": .f32, "f16": .f16, "q8_0": .q8_0, "q4_0": .q4_0, "q4_1": .q4_1]
+public let exportTypes: [String: GGMLType] = ["f32": .f32, "f16": .f16, "q8_0": .q8_0, "q4_0": .q4_0, "q4_1": .q4_1, "q5_0": .q5_0, "q5_1": .q5_1,
+                                              "q2_k": .q2_K, "q3_k": .q3_K, "q4_k": .q4_K, "q5_k": .q5_K, "q6_k": .q6_K]
+
+/// The names `exportTypes` takes, for messages.
+public let exportTypeNames = "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k"
 
 /// Rows of a [heads·hs, c] Q or K matrix from rotate-half order (Hugging Face) into adjacent-pair order (GGUF):
 /// within each head, row j < hs/2 goes to 2j and row hs/2 + j to 2j + 1 (llama.cpp's convert permutation).
@@ -123,8 +127,9 @@ extension Transformer {
     public func exportGGUF(path: String, type: GGMLType, tableType: GGMLType? = nil, name: String, extraMetadata: [(String, GGUFValue)],
                            scales: QATScales? = nil) throws {
         let m = config
+        // a k-quant on rows its 256-blocks do not divide takes llama.cpp's fallback type, as QAT trained them
         func typeOf(_ e: ParameterLayout.Entry) -> GGMLType {
-            !e.isMatrix ? .f32 : (e.offset == layout.embedding || e.offset == layout.lmHead) ? (tableType ?? type) : type
+            !e.isMatrix ? .f32 : ((e.offset == layout.embedding || e.offset == layout.lmHead) ? (tableType ?? type) : type).forRows(of: e.shape[1])
         }
         for e in layout.entries where e.isMatrix && e.shape[1] % typeOf(e).blockSize != 0 {
             let type = typeOf(e)

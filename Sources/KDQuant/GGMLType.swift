@@ -27,6 +27,20 @@ public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
         }
     }
 
+    /// The type llama.cpp's quantizer writes instead of this one for rows of `c` elements that its blocks do not
+    /// divide (llama-quant.cpp's fallback, as llama-cpp-python 0.3.36 does it: Q2_K and Q3_K → Q4_0, Q4_K → Q5_0,
+    /// Q5_K → Q5_1, Q6_K → Q8_0; SmolLM2's 576-wide rows take it); this type where its blocks fit.
+    public func forRows(of c: Int) -> GGMLType {
+        guard c % blockSize != 0 else { return self }
+        switch self {
+        case .q2_K, .q3_K: return .q4_0
+        case .q4_K: return .q5_0
+        case .q5_K: return .q5_1
+        case .q6_K: return .q8_0
+        default: return self
+        }
+    }
+
     /// Elements per block.
     public var blockSize: Int {
         switch self {

@@ -4,12 +4,15 @@
 //   Q8_0  32-blocks, d = absmax / 127, q = roundf(x / d) (half away from zero), d stored as F16
 //   Q4_0  32-blocks, d = (the signed value of largest magnitude) / −8, q = min(15, trunc(x / d + 8.5)), x ≈ (q − 8)·d
 //   Q4_1  32-blocks, d = (max − min) / 15, m = min, q = min(15, trunc((x − m) / d + 0.5)), x ≈ q·d + m (d, m as F16)
+//   Q5_0, Q5_1  as Q4_0 (d = largest / −16, +16.5) and Q4_1 (/ 31) with 32 levels
+//   Q2_K … Q6_K  super-blocks of 256 with quantized sub-block scales (KQuants.swift)
+// A k-quant on rows its 256-blocks do not divide falls back as llama.cpp's quantizer does (GGMLType.forRows).
 // plus per-output-channel symmetric int8 / int4 (no GGUF block type: exported dequantized, exactly).
 // Dims: count elements, a multiple of the block size; rows of c elements for the per-channel schemes.
 import Foundation
 import KDConfig
 
-/// Quantizes `count` floats into `type` blocks at `out` (F32, F16, Q8_0, Q4_0, Q4_1, and the k-quants Q2_K … Q6_K).
+/// Quantizes `count` floats into `type` blocks at `out` (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, and the k-quants Q2_K … Q6_K).
 public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer) {
     precondition(count % type.blockSize == 0, "quantize \(type): \(count) elements is not a multiple of \(type.blockSize)")
     let nb = count / type.blockSize, ts = type.typeSize
@@ -55,10 +58,36 @@ public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, ou
                 out.storeBytes(of: q0 | (q1 << 4), toByteOffset: o + 4 + j, as: UInt8.self)
             }
         }
+    case .q5_0, .q5_1:
+        // as Q4_0 / Q4_1 with 32 levels; the fifth bits of the 32 elements in a little-endian u32 after the scale(s)
+        let asym = type == .q5_1
+        for b in 0..<nb {
+            let x = src + b * 32, o = b * ts
+            var q = [UInt8](repeating: 0, count: 32)
+            if asym {
+                var lo = Float.infinity, hi = -Float.infinity
+                for j in 0..<32 { lo = min(lo, x[j]); hi = max(hi, x[j]) }
+                let d = (hi - lo) / 31, id: Float = d != 0 ? 1 / d : 0
+                putF16(d, o)
+                putF16(lo, o + 2)
+                for j in 0..<32 { q[j] = UInt8(min(31, max(0, ((x[j] - lo) * id + 0.5).rounded(.towardZero)))) }
+            } else {
+                var amax: Float = 0, mx: Float = 0
+                for j in 0..<32 where abs(x[j]) > amax { amax = abs(x[j]); mx = x[j] }
+                let d = mx / -16, id: Float = d != 0 ? 1 / d : 0
+                putF16(d, o)
+                for j in 0..<32 { q[j] = UInt8(min(31, max(0, (x[j] * id + 16.5).rounded(.towardZero)))) }
+            }
+            var qh: UInt32 = 0
+            for j in 0..<32 { qh |= UInt32(q[j] >> 4) << UInt32(j) }
+            let at = o + (asym ? 4 : 2)
+            out.storeBytes(of: qh.littleEndian, toByteOffset: at, as: UInt32.self)
+            for j in 0..<16 { out.storeBytes(of: (q[j] & 0xF) | (q[j + 16] << 4), toByteOffset: at + 4 + j, as: UInt8.self) }
+        }
     case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K:
         for b in 0..<nb { KQuant.block(type, src + b * 256, out + b * ts) }
     default:
-        preconditionFailure("quantize: \(type) is not a supported output type (f32, f16, q8_0, q4_0, q4_1, q2_K … q6_K)")
+        preconditionFailure("quantize: \(type) is not a supported output type (f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K … q6_K)")
     }
 }
 
@@ -66,19 +95,15 @@ public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, ou
 extension FakeQuantScheme {
     /// The scheme `qat.scheme` names (nil for `none`).
     public init?(_ scheme: QATScheme) {
-        switch scheme {
-        case .none: return nil
-        case .q8_0: self = .q8_0
-        case .q4_0: self = .q4_0
-        case .q4_1: self = .q4_1
-        case .int8Channel: self = .int8Channel
-        case .int4Channel: self = .int4Channel
-        }
+        guard scheme != .none else { return nil }
+        self.init(rawValue: scheme.rawValue)
     }
 }
 
 public enum FakeQuantScheme: String, Sendable, CaseIterable {
-    case q8_0, q4_0, q4_1
+    case q8_0, q4_0, q4_1, q5_0, q5_1
+    /// The k-quants, on rows that are multiples of 256; other rows take llama.cpp's fallback type (`forRows`).
+    case q2_K = "q2_k", q3_K = "q3_k", q4_K = "q4_k", q5_K = "q5_k", q6_K = "q6_k"
     /// Symmetric per output channel (row): d = absmax / 127 or / 7, q = roundf(x / d) clamped to [−128, 127] / [−8, 7].
     case int8Channel = "int8_channel", int4Channel = "int4_channel"
 
@@ -88,11 +113,31 @@ public enum FakeQuantScheme: String, Sendable, CaseIterable {
         case .q8_0: return .q8_0
         case .q4_0: return .q4_0
         case .q4_1: return .q4_1
-        default: return nil
+        case .q5_0: return .q5_0
+        case .q5_1: return .q5_1
+        case .q2_K: return .q2_K
+        case .q3_K: return .q3_K
+        case .q4_K: return .q4_K
+        case .q5_K: return .q5_K
+        case .q6_K: return .q6_K
+        case .int8Channel, .int4Channel: return nil
         }
     }
 
-    /// Elements a row must be a multiple of.
+    /// The scheme of a GGUF type (nil for types QAT does not train).
+    public init?(_ type: GGMLType) {
+        guard let s = FakeQuantScheme.allCases.first(where: { $0.ggmlType == type }) else { return nil }
+        self = s
+    }
+
+    /// What rows of `c` elements are quantized with: a k-quant whose blocks do not divide them takes llama.cpp's
+    /// fallback (GGMLType.forRows), as the exported file will hold them.
+    public func forRows(of c: Int) -> FakeQuantScheme {
+        guard let t = ggmlType, t.forRows(of: c) != t, let s = FakeQuantScheme(t.forRows(of: c)) else { return self }
+        return s
+    }
+
+    /// Elements a row must be a multiple of (after the fallback, 32 at most for every block format).
     public var rowMultiple: Int { ggmlType?.blockSize ?? 1 }
 }
 
@@ -112,8 +157,21 @@ extension QATConfig {
 /// `out` may be `src` (in place). - Shapes: src, out [rows, c] · mask [rows, c] or nil
 public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, rows: Int, c: Int,
                          out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>?) {
+    let scheme = scheme.forRows(of: c)
     precondition(c % scheme.rowMultiple == 0, "fakeQuantize \(scheme): rows of \(c) are not a multiple of \(scheme.rowMultiple)")
     let count = rows * c
+    if let type = scheme.ggmlType, type.blockSize == 256 {
+        // k-quants: each super-block quantized as ggml does, then read back; its last pass says what was clipped
+        let block = UnsafeMutableRawPointer.allocate(byteCount: type.typeSize, alignment: 16)
+        let clipped = UnsafeMutablePointer<Float>.allocate(capacity: 256)
+        defer { block.deallocate(); clipped.deallocate() }
+        for b in 0..<(count / 256) {
+            KQuant.block(type, src + b * 256, block, clipped: mask == nil ? nil : clipped)
+            if let mask { for j in 0..<256 { mask[b * 256 + j] = 1 - clipped[j] } }
+            dequantize(type, src: block, out: out + b * 256, count: 256)
+        }
+        return
+    }
     if let type = scheme.ggmlType {
         let block = UnsafeMutableRawPointer.allocate(byteCount: type.typeSize, alignment: 16)
         defer { block.deallocate() }
@@ -122,13 +180,13 @@ public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, r
             defer { dequantize(type, src: block, out: out + b * 32, count: 32) }  // last: out may be src
             guard let mask else { continue }
             switch type {
-            case .q4_0:
-                // the value of largest magnitude sits at −8; values past +7·|d| on the other side are clipped to 7
+            case .q4_0, .q5_0:
+                // the value of largest magnitude sits at the grid's low end; values past the other end are clipped
                 let d = Float(Float16(bitPattern: block.load(as: UInt16.self)))
-                let id: Float = d != 0 ? 1 / d : 0
-                for j in 0..<32 { mask[b * 32 + j] = src[b * 32 + j] * id + 8.5 >= 16 ? 0 : 1 }
+                let id: Float = d != 0 ? 1 / d : 0, (offset, top): (Float, Float) = type == .q4_0 ? (8.5, 16) : (16.5, 32)
+                for j in 0..<32 { mask[b * 32 + j] = src[b * 32 + j] * id + offset >= top ? 0 : 1 }
             default:
-                // Q8_0 and Q4_1 grids cover [−absmax, absmax] and [min, max]: nothing is clipped
+                // Q8_0's and the asymmetric grids cover [−absmax, absmax] and [min, max]: nothing is clipped
                 for j in 0..<32 { mask[b * 32 + j] = 1 }
             }
         }

@@ -6,8 +6,9 @@
 import Foundation
 
 extension FakeQuantScheme {
-    /// Whether the scheme can take given scales (Q4_1 also has a per-block minimum; it keeps absmax scales).
-    public var supportsGivenScales: Bool { self != .q4_1 }
+    /// Whether the scheme can take given scales (Q8_0, Q4_0 and the per-channel schemes: one scale per group and no
+    /// minimum; Q4_1 and Q5_1 also carry a minimum, the k-quants sub-block scales; those keep ggml's own).
+    public var supportsGivenScales: Bool { [.q8_0, .q4_0, .int8Channel, .int4Channel].contains(self) }
 
     /// Elements sharing one scale in a row of `c`.
     public func group(c: Int) -> Int { ggmlType != nil ? 32 : c }
@@ -34,8 +35,8 @@ func scaledElement(_ scheme: FakeQuantScheme, _ x: Float, inv: Float, dq: Float)
         let hi = scheme.positiveLevels, lo = -hi - 1
         let r = roundf(x * inv), k = min(hi, max(lo, r))
         return (k * dq, k, r != k)
-    case .q4_1:
-        preconditionFailure("q4_1 takes no given scales")
+    default:
+        preconditionFailure("\(scheme) takes no given scales")
     }
 }
 

@@ -36,14 +36,15 @@ struct BudgetChoice: Codable {
     static let fileName = "budget.json"
 }
 
-/// The bytes of the GGUF a student of shape `m` exports to by default: block matrices in the QAT scheme's type (F16
+/// The bytes of the GGUF a student of shape `m` exports to by default: block matrices in the QAT scheme's type (a
+/// k-quant's fallback on rows its blocks do not divide; F16
 /// without a GGUF scheme), the embedding and head as they trained (their scheme; F32 when QAT kept them full precision;
 /// F16 without QAT), vectors F32, each tensor padded to 32 bytes, plus `overhead` (the metadata and tokenizer).
 func exportBytes(_ m: ModelConfig, qat: QATConfig, overhead: Int) -> Int {
     let layout = ParameterLayout(config: m)
     let block = FakeQuantScheme(qat.scheme)?.ggmlType ?? .f16, tables = qat.enabled ? qat.tableExportType(blocks: block) : block
     return layout.entries.reduce(overhead) { total, e in
-        let type: GGMLType = !e.isMatrix ? .f32 : (e.offset == layout.embedding || e.offset == layout.lmHead) ? tables : block
+        let type: GGMLType = !e.isMatrix ? .f32 : ((e.offset == layout.embedding || e.offset == layout.lmHead) ? tables : block).forRows(of: e.shape[1])
         return total + (type.byteCount(elements: e.count) + 31) / 32 * 32
     }
 }

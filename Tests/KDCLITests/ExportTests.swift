@@ -110,6 +110,34 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         #expect(abs(allQ4 - a) > 20 * max(abs(a - b), 1e-7), "tables Q4_0 \(allQ4), trained \(a), GGUF \(b)")
     }
 
+    /// A k-quant student (qat.scheme q4_k, the tables too) on a model whose rows are 256 wide except the FFN's down
+    /// projection (320): QAT trains the 256-wide matrices in Q4_K and the down projection in Q5_0, llama.cpp's
+    /// fallback; the GGUF holds exactly those types, gguf-py reads every tensor back to the values the student
+    /// computed with (the safetensors export after the round trip), and the checkpoint and the GGUF read one NLL.
+    @Test func aKQuantStudentExportsToExactlyWhatItTrainedWithAndFallsBackAsLlamaCppDoes() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cfg = try tinyYAML(dir, "kquant", edits: [("steps: 10", "steps: 2"), ("dim: 64", "dim: 256"), ("ffn_dim: 172", "ffn_dim: 320"),
+                                                       ("checkpoint:", "qat:\n  scheme: q4_k\n  embeddings: true\ncheckpoint:")])
+        let r = try distill(["train", "--config", cfg, "--sample-tokens", "0"])
+        #expect(r.status == 0, "\(r.err)")
+        let ckpt = dir.appendingPathComponent("kquant/step_00000002")
+        let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
+        let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
+        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, Q4_K, embedding/head Q4_K"), "\(e.out)\(e.err)")
+        #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
+        let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
+                                  [gguf, hf.appendingPathComponent("model.safetensors").path, "q4_k", "q4_k", "--dequant"])
+        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
+        #expect((j["bad"] as! [String]).isEmpty && (j["extra"] as! [String]).isEmpty, "\(check)")
+        let (a, b) = (try nll(ckpt.path), try nll(gguf))
+        #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
+        // the masters themselves are not what the file holds: the student really computed with quantized weights
+        let masters = try JSONSerialization.jsonObject(with: Data(try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
+            [gguf, ckpt.appendingPathComponent("model.safetensors").path, "q4_k", "q4_k", "--dequant"]).utf8)) as! [String: Any]
+        #expect((masters["bad"] as! [String]).count == 2 * 7 + 1, "\(masters["bad"]!)")
+    }
+
     @Test func aStudentWithFewerHeadsExportsAndReadsBack() throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }

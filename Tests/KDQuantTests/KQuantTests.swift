@@ -68,3 +68,58 @@ func kquantsMatchGGMLOnTheTeachersFFNDown(name: String) throws {
     let r = try ggmlCompare(key: "smollm2-blk.0.ffn_down", input: x, name: name, perRow: 1536, dir: dir)
     #expect(r.equal, "\(name) differs from ggml on the teacher's matrix (\(r.source)): \(r.detail)")
 }
+
+/// Fake quantization in a k-quant is ggml's bytes (checked above) read back: gguf-py's dequantization of our blocks,
+/// bit for bit. Where the mask stops the gradient, the value sat at an end of its sub-block's grid and the weight lay
+/// beyond it.
+@Test(arguments: kquantNames)
+func kquantFakeQuantizationIsItsBlocksReadBackByGGUFPy(name: String) throws {
+    let type = kquantTypes[name]!, scheme = FakeQuantScheme(type)!
+    let x = awkwardKQuantWeights(), rows = 8, c = 512
+    let dir = try temporaryDirectory("distill-kquant")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var blocks = Data(count: type.byteCount(elements: x.count))
+    blocks.withUnsafeMutableBytes { o in x.withUnsafeBufferPointer { quantize(type, src: $0.baseAddress!, count: x.count, out: o.baseAddress!) } }
+    try blocks.write(to: dir.appendingPathComponent("q.bin"))
+    _ = try runPython(quantScripts.appendingPathComponent("gguf_dequantize.py").path,
+                      [dir.appendingPathComponent("q.bin").path, type.description, dir.appendingPathComponent("back.f32").path])
+    let ref = try Data(contentsOf: dir.appendingPathComponent("back.f32")).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    var fq = [Float](repeating: 0, count: x.count), mask = fq
+    fq.withUnsafeMutableBufferPointer { f in mask.withUnsafeMutableBufferPointer { m in
+        fakeQuantize(scheme, src: x, rows: rows, c: c, out: f.baseAddress!, mask: m.baseAddress!)
+    } }
+    #expect(ref.count == x.count && zip(fq, ref).allSatisfy { $0.bitPattern == $1.bitPattern }, "\(name): fake quantization differs from gguf-py's reading of the blocks")
+    // in place gives the same values
+    var inPlace = x
+    inPlace.withUnsafeMutableBufferPointer { fakeQuantize(scheme, src: $0.baseAddress!, rows: rows, c: c, out: $0.baseAddress!, mask: nil) }
+    #expect(inPlace == fq)
+    let sub = type == .q4_K || type == .q5_K ? 32 : 16
+    var stopped = 0
+    for i in 0..<x.count where mask[i] == 0 {
+        stopped += 1
+        let s = (i / sub) * sub, values = fq[s..<(s + sub)]
+        let atTop = fq[i] == values.max()! && x[i] > fq[i], atBottom = fq[i] == values.min()! && x[i] < fq[i]
+        #expect(atTop || atBottom, "\(name): element \(i) (\(x[i]) → \(fq[i])) is masked but not clipped at its grid's end")
+    }
+    #expect(mask.allSatisfy { $0 == 0 || $0 == 1 })
+    #expect(stopped < x.count / 20, "\(name): \(stopped) of \(x.count) masked")
+    #expect(stopped > 0, "\(name): nothing clipped in the awkward weights (each type clips some: 3–41 of 4,096)")
+}
+
+/// Rows that a k-quant's 256-blocks do not divide (SmolLM2's 576) are quantized as llama.cpp's quantizer writes
+/// them: Q2_K and Q3_K as Q4_0, Q4_K as Q5_0, Q5_K as Q5_1, Q6_K as Q8_0 (what llama-cpp-python 0.3.36 wrote for
+/// SmolLM2-135M's 576-wide matrices in its Q2_K, Q3_K_M and Q4_K_M files).
+@Test func kquantsOnRowsTheirBlocksDoNotDivideTakeLlamaCppsFallback() {
+    let expected: [GGMLType: GGMLType] = [.q2_K: .q4_0, .q3_K: .q4_0, .q4_K: .q5_0, .q5_K: .q5_1, .q6_K: .q8_0]
+    let x = randomArray(4 * 576, seed: 5, scale: 0.05)
+    for (k, fallback) in expected {
+        #expect(k.forRows(of: 576) == fallback && k.forRows(of: 1536) == k && k.forRows(of: 512) == k)
+        var a = [Float](repeating: 0, count: x.count), b = a, ma = a, mb = a
+        a.withUnsafeMutableBufferPointer { o in ma.withUnsafeMutableBufferPointer { m in
+            fakeQuantize(FakeQuantScheme(k)!, src: x, rows: 4, c: 576, out: o.baseAddress!, mask: m.baseAddress!) } }
+        b.withUnsafeMutableBufferPointer { o in mb.withUnsafeMutableBufferPointer { m in
+            fakeQuantize(FakeQuantScheme(fallback)!, src: x, rows: 4, c: 576, out: o.baseAddress!, mask: m.baseAddress!) } }
+        #expect(a == b && ma == mb, "\(k) on 576-wide rows is not \(fallback)")
+    }
+    for t in [GGMLType.q8_0, .q4_0, .q4_1, .q5_0, .q5_1] { #expect(t.forRows(of: 576) == t) }
+}

@@ -2,6 +2,8 @@
 metadata, tensor names, shapes and types, and every tensor's bytes against gguf-py quantizing the checkpoint's
 weights itself (Q/K rows permuted to the adjacent RoPE order as llama.cpp's converter does).
 usage: check_gguf_export.py OUT.gguf CHECKPOINT/model.safetensors TYPE [EMBEDDING_TYPE [--dequant]]
+A k-quant TYPE expects llama.cpp's fallback type on rows its 256-blocks do not divide (gguf-py cannot quantize
+k-quants: check those with --dequant).
 With --dequant the safetensors file holds the values the GGUF must dequantize to (a student with learned or frozen
 QAT scales): gguf-py's dequantization of every tensor must equal them bit for bit.
 prints one JSON object."""
@@ -12,7 +14,10 @@ from gguf.quants import quantize, dequantize
 from safetensors.numpy import load_file
 
 path, st, tname = sys.argv[1:4]
-types = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1}
+types = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q4_0": T.Q4_0, "q4_1": T.Q4_1, "q5_0": T.Q5_0, "q5_1": T.Q5_1,
+         "q2_k": T.Q2_K, "q3_k": T.Q3_K, "q4_k": T.Q4_K, "q5_k": T.Q5_K, "q6_k": T.Q6_K}
+# what llama.cpp's quantizer (llama-cpp-python 0.3.36) writes for a k-quant on rows its 256-blocks do not divide
+fallback = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
 qtype = types[tname]
 etype = types[sys.argv[4]] if len(sys.argv) > 4 else qtype
 by_value = "--dequant" in sys.argv[5:]
@@ -53,6 +58,7 @@ for hf, x in w.items():
     if hf.endswith("q_proj.weight"): x = permute(x, heads)
     if hf.endswith("k_proj.weight"): x = permute(x, kv)
     want_type = (etype if hf in ("model.embed_tokens.weight", "lm_head.weight") else qtype) if x.ndim == 2 else T.F32
+    if want_type in fallback and x.shape[-1] % 256 != 0: want_type = fallback[want_type]
     if t.tensor_type != want_type: bad.append(f"{name}: type {t.tensor_type.name}, expected {want_type.name}")
     if list(reversed([int(d) for d in t.shape])) != list(x.shape): bad.append(f"{name}: shape {list(t.shape)} vs {list(x.shape)}")
     if by_value:

@@ -17,14 +17,16 @@ struct Export: ParsableCommand {
 
     @Argument(help: "A checkpoint folder (or any Hugging Face folder).") var checkpoint: String
     @Option(help: "gguf or safetensors.") var format: ExportFormat
-    @Option(help: "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1 or a k-quant q2_k … q6_k (GGUF; rows a k-quant's 256-blocks do not divide take llama.cpp's fallback type; default: the QAT scheme the student trained with, else f16). For safetensors the weights are stored F32, after the round trip through the type when one is given.") var quant: String?
+    @Option(help: "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, a k-quant q2_k … q6_k, or a llama.cpp preset q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m (each tensor in the type llama.cpp's quantizer picks for it) (GGUF; rows a k-quant's 256-blocks do not divide take llama.cpp's fallback type; default: the QAT scheme the student trained with, else f16). For safetensors the weights are stored F32, after the round trip through the type when one is given.") var quant: String?
     @Option(help: "Output file (gguf) or folder (safetensors); replaced only when complete.") var out: String
     @Option(help: "Type of the token embedding and LM head (default: what a QAT student trained them with — its qat.embedding_scheme, f32 when it kept them in full precision — else --quant).") var embeddingQuant: String?
     @Option(help: "A GGUF file whose tokenizer and chat template to copy (default: the checkpoint's GGUF teacher).") var tokenizerFrom: String?
 
     func validate() throws {
         for (flag, v) in [("--quant", quant), ("--embedding-quant", embeddingQuant)] {
-            if let v, exportTypes[v] == nil { throw ValidationError("\(flag): expected one of \(exportTypeNames), found '\(v)'") }
+            if let v, exportTypes[v] == nil, flag == "--embedding-quant" || QuantPreset(rawValue: v) == nil {
+                throw ValidationError("\(flag): expected one of \(exportTypeNames)\(flag == "--quant" ? " or a llama.cpp preset (\(QuantPreset.allCases.map(\.rawValue).joined(separator: ", ")))" : ""), found '\(v)'")
+            }
         }
     }
 
@@ -41,34 +43,56 @@ struct Export: ParsableCommand {
             let (model, _) = try loadHFModel(dir: checkpoint, needsGrad: false, ropeStyle: try checkpointConfig(dir: checkpoint)?.config.model.ropeStyle)
             let qat = try checkpointQAT(dir: checkpoint)
             let scheme = qat.flatMap { FakeQuantScheme($0.scheme) }
-            let trained = scheme?.ggmlType
-            let typeName = quant ?? trained.map { "\($0)".lowercased() } ?? (format == .gguf ? "f16" : "f32")
-            guard let type = exportTypes[typeName] else { throw ValidationError("--quant: unknown type \(typeName)") }
+            // what the student trained with, tensor by tensor (nil: full precision, or a per-channel scheme)
+            let trainedPlan = scheme?.ggmlType != nil ? model.quantPlan(qat!) : nil
+            // --quant names a type for every matrix, or one of llama.cpp's presets
+            var requestedPlan: QuantPlan?, uniform: GGMLType?
+            // --quant naming the type a student trained every block in (no preset) is its default
+            let quant = qat?.preset == nil && quant != nil && exportTypes[quant!] == scheme?.ggmlType && trainedPlan != nil ? nil : quant
+            if let quant, let preset = QuantPreset(rawValue: quant) {
+                var q = QATConfig()
+                q.preset = preset; q.scheme = preset.base; q.embeddings = true
+                requestedPlan = model.quantPlan(q)
+            } else if let quant {
+                guard let t = exportTypes[quant] else { throw ValidationError("--quant: unknown type \(quant)") }
+                uniform = t
+            } else if trainedPlan == nil {
+                uniform = format == .gguf ? .f16 : .f32
+            }
             // learned or frozen scales: the weights are quantized with those, not with the absmax of each block
             let scales = try qat.flatMap { try loadQATScales(dir: checkpoint, model: model, qat: $0) }
             if let scheme {
-                if let trained, trained != type {
-                    KDLog.info("note: the student trained with \(trained) weights; \(type) quantizes its full-precision weights instead (not what it trained with)")
-                } else if trained == nil {
+                if scheme.ggmlType == nil {
                     // per-channel schemes have no GGUF type: store the values it trained with
                     if let scales {
                         model.writeFakeQuantized(scales: scales, master: model.params.base, mask: nil)
                     } else {
-                        model.writeFakeQuantized(scheme, tables: FakeQuantScheme(qat!.tableScheme), master: model.params.base, mask: nil)
+                        model.writeFakeQuantized(model.quantPlan(qat!), master: model.params.base, mask: nil)
                     }
-                    if type != .f32 { KDLog.info("note: \(scheme) values are exact in f32 only; \(type) rounds them") }
+                    if let uniform, uniform != .f32 { KDLog.info("note: \(scheme) values are exact in f32 only; \(uniform) rounds them") }
+                } else if quant != nil {
+                    KDLog.info("note: the student trained with \(trainedPlan!.summary(model.layout)); --quant \(quant!) quantizes its full-precision weights instead (not what it trained with)")
                 }
                 if qat!.activations != .none { KDLog.info("note: int8 activation quantization is a runtime setting; the file holds weights only") }
             }
-            let tableType = embeddingQuant.flatMap { exportTypes[$0] } ?? qat?.tableExportType(blocks: type) ?? type
-            let withScales = trained != nil && trained == type ? scales : nil
+            let layout = model.layout
+            let plan = requestedPlan ?? (uniform == nil ? trainedPlan : nil)
+            let tableOverride = embeddingQuant.flatMap { exportTypes[$0] }
+            let defaultTables = uniform.map { qat?.tableExportType(blocks: $0) ?? $0 }
+            func typeOf(_ e: ParameterLayout.Entry) -> GGMLType {
+                let table = e.offset == layout.embedding || e.offset == layout.lmHead
+                if table, let t = tableOverride { return t.forRows(of: e.shape[1]) }
+                if let plan { return plan.ggmlType(e) }
+                return (table ? defaultTables! : uniform!).forRows(of: e.shape[1])
+            }
+            let withScales = quant == nil && trainedPlan != nil ? scales : nil
             if format == .gguf {
-                try exportGGUF(model, type: type, tableType: tableType, scales: withScales)
+                try exportGGUF(model, typeOf: typeOf, scales: withScales)
             } else if let withScales {
                 model.writeFakeQuantized(scales: withScales, master: model.params.base, mask: nil)
-                try exportSafetensors(model, type: type, applyQuant: false)
+                try exportSafetensors(model, typeOf: nil)
             } else {
-                try exportSafetensors(model, type: type, applyQuant: scheme?.ggmlType != nil && trained == type || quant != nil)
+                try exportSafetensors(model, typeOf: quant != nil || trainedPlan != nil ? typeOf : nil)
             }
         } catch let e as ValidationError { throw e } catch { throw fail(error) }
     }
@@ -87,24 +111,28 @@ struct Export: ParsableCommand {
         return f.keys.filter { $0.hasPrefix("tokenizer.") }.map { ($0, f.metadata[$0]!) }
     }
 
-    func exportGGUF(_ model: Transformer, type: GGMLType, tableType: GGMLType, scales: QATScales?) throws {
+    func exportGGUF(_ model: Transformer, typeOf: (ParameterLayout.Entry) -> GGMLType, scales: QATScales?) throws {
         let start = monotonicSeconds()
         let meta = try tokenizerMetadata()
         if let n = meta.first(where: { $0.0 == "tokenizer.ggml.tokens" })?.1.array?.count, n != model.config.vocabSize {
             throw KDError.invalidInput(what: "tokenizer for the export", expected: "\(model.config.vocabSize) tokens (the student's vocabulary)", found: "\(n)")
         }
-        try model.exportGGUF(path: out, type: type, tableType: tableType, name: (checkpoint as NSString).lastPathComponent, extraMetadata: meta,
-                             scales: scales)
+        try model.exportGGUF(path: out, typeOf: typeOf, name: (checkpoint as NSString).lastPathComponent, extraMetadata: meta, scales: scales)
         let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
-        KDLog.info(String(format: "exported %@ → %@ (GGUF, %@, embedding/head %@, %.1f MiB%@) in %.1f s", checkpoint, out, "\(type)", "\(tableType)", Double(size) / 1048576,
+        let layout = model.layout, blocks = layout.entries.filter { $0.isMatrix && $0.offset != layout.embedding && $0.offset != layout.lmHead }
+        var byType: [GGMLType: Int] = [:]
+        for e in blocks { byType[typeOf(e), default: 0] += e.count }
+        let blockTypes = byType.keys.sorted { byType[$0]! > byType[$1]! }.map { "\($0)" }.joined(separator: "+")
+        let tableType = typeOf(layout.entries.first { $0.offset == layout.embedding }!)
+        KDLog.info(String(format: "exported %@ → %@ (GGUF, %@, embedding/head %@, %.1f MiB%@) in %.1f s", checkpoint, out, blockTypes, "\(tableType)", Double(size) / 1048576,
                           meta.isEmpty ? "" : ", tokenizer and chat template copied", monotonicSeconds() - start))
     }
 
-    func exportSafetensors(_ model: Transformer, type: GGMLType, applyQuant: Bool) throws {
-        if applyQuant, type != .f32 {
-            // the weights as they come back from `type`
-            for e in model.layout.entries where e.isMatrix {
-                let type = type.forRows(of: e.shape[1])
+    func exportSafetensors(_ model: Transformer, typeOf: ((ParameterLayout.Entry) -> GGMLType)?) throws {
+        if let typeOf {
+            // the weights as they come back from their type
+            for e in model.layout.entries where e.isMatrix && typeOf(e) != .f32 {
+                let type = typeOf(e)
                 guard e.shape[1] % type.blockSize == 0 else {
                     throw KDError.invalidInput(what: "export as \(type)", expected: "rows that are multiples of \(type.blockSize)", found: "\(e.name) with rows of \(e.shape[1])")
                 }
@@ -128,7 +156,7 @@ struct Export: ParsableCommand {
             try? fm.removeItem(atPath: tmp)
             throw error
         }
-        KDLog.info("exported \(checkpoint) → \(out) (Hugging Face safetensors folder, F32\(applyQuant && type != .f32 ? " after the \(type) round trip" : ""))")
+        KDLog.info("exported \(checkpoint) → \(out) (Hugging Face safetensors folder, F32\(typeOf != nil ? " after the round trip through its GGUF types" : ""))")
     }
 }
 

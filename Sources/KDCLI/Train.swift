@@ -153,7 +153,9 @@ struct Train: ParsableCommand {
                         + (trainer.cut.channels.map { ", \($0.count) of \(src.config.dim) residual channels (largest mean |normalized activation|)" } ?? ""))
         }
         if c.qat.enabled {
-            KDLog.info("  QAT     weights \(c.qat.scheme)\(c.qat.embeddings ? " (embedding and head \(c.qat.tableScheme == c.qat.scheme ? "too" : "\(c.qat.tableScheme)"))" : ""), activations \(c.qat.activations), from step \(c.qat.startStep)")
+            let model = trainer.model, plan = model.quantPlan(c.qat)
+            let what = c.qat.preset.map { "llama.cpp's \($0) preset" } ?? "\(c.qat.scheme)\(c.qat.embeddings ? " (embedding and head \(c.qat.tableScheme == c.qat.scheme ? "too" : "\(c.qat.tableScheme)"))" : "")"
+            KDLog.info("  QAT     weights \(what)\(c.qat.scheme.isBlockFormat ? ": \(plan.summary(model.layout))" : ""), activations \(c.qat.activations), from step \(c.qat.startStep)")
         }
         KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s"), OpenBLAS \(BLASCore.current) kernels"
                     + (BF16.kernel.map { ", bf16 matmuls (\($0) kernel)" } ?? ""))

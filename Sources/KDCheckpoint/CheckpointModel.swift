@@ -19,11 +19,11 @@ public func openModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? = nil
     let model = loaded.model
     if let scales = try loadQATScales(dir: path, model: model, qat: qat) {
         model.writeFakeQuantized(scales: scales, master: model.params.base, mask: nil)
-    } else if let scheme = FakeQuantScheme(qat.scheme) {
-        model.writeFakeQuantized(scheme, tables: FakeQuantScheme(qat.tableScheme), master: model.params.base, mask: nil)
+    } else if qat.scheme != .none {
+        model.writeFakeQuantized(model.quantPlan(qat), master: model.params.base, mask: nil)
     }
     model.quantizeActivations = qat.activations == .int8
-    loaded.kind = "safetensors, QAT \(qat.scheme)\(qat.activations == .int8 ? " + int8 activations" : "")"
+    loaded.kind = "safetensors, QAT \(qat.preset.map { "\($0)" } ?? "\(qat.scheme)")\(qat.activations == .int8 ? " + int8 activations" : "")"
     return loaded
 }
 

@@ -21,6 +21,24 @@ public enum QATScheme: String, ConfigVocabulary {
     public var takesGivenScales: Bool { [.q8_0, .q4_0, .int8Channel, .int4Channel].contains(self) }
 }
 
+/// `qat.preset`: one of llama.cpp's k-quant file types, whose per-tensor choice of types the student trains for
+/// (blocks in the preset's k-quant, some attn_v / ffn_down / attn_output layers in more bits, the tables in Q6_K).
+public enum QuantPreset: String, ConfigVocabulary {
+    case q2_K = "q2_k", q3_K_S = "q3_k_s", q3_K_M = "q3_k_m", q3_K_L = "q3_k_l", q4_K_S = "q4_k_s", q4_K_M = "q4_k_m"
+    case q5_K_S = "q5_k_s", q5_K_M = "q5_k_m", q6_K = "q6_k"
+
+    /// The k-quant of the preset's ordinary matrices (what `scheme` holds beside it).
+    public var base: QATScheme {
+        switch self {
+        case .q2_K: return .q2_K
+        case .q3_K_S, .q3_K_M, .q3_K_L: return .q3_K
+        case .q4_K_S, .q4_K_M: return .q4_K
+        case .q5_K_S, .q5_K_M: return .q5_K
+        case .q6_K: return .q6_K
+        }
+    }
+}
+
 /// `qat.activations`.
 public enum ActivationQuant: String, ConfigVocabulary {
     case none, int8
@@ -57,11 +75,15 @@ public struct QATConfig: Codable, Equatable, Sendable {
     /// From this step on the scales stop changing (absmax: frozen at their values then; learned: no more updates);
     /// 0 = never. Default 0.
     public var freezeStep = 0
+    /// One of llama.cpp's k-quant file types (`q4_k_m`, …): each tensor trains in the type llama.cpp's quantizer picks
+    /// for it in that preset (then `scheme` is the preset's k-quant and the tables are quantized; set neither
+    /// `embeddings` nor `embedding_scheme`). Default none.
+    public var preset: QuantPreset?
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case scheme, embeddings, embeddingScheme = "embedding_scheme", activations, startStep = "start_step", scales, scaleLRRatio = "scale_lr_ratio", freezeStep = "freeze_step"
+        case preset, scheme, embeddings, embeddingScheme = "embedding_scheme", activations, startStep = "start_step", scales, scaleLRRatio = "scale_lr_ratio", freezeStep = "freeze_step"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -69,6 +91,15 @@ public struct QATConfig: Codable, Equatable, Sendable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         scheme = try c.value(.scheme, or: scheme)
         embeddings = try c.value(.embeddings, or: embeddings)
+        if c.contains(.preset) {
+            let p: QuantPreset = try c.value(.preset, or: .q4_K_M)
+            preset = p
+            try c.require(!c.contains(.scheme) || scheme == p.base, .scheme, expected: "no scheme beside preset '\(p)' (or its own, \(p.base))", found: "'\(scheme)'")
+            try c.require(!c.contains(.embeddings) || embeddings, .embeddings, expected: "no embeddings key beside a preset (its tables are quantized)", found: "false")
+            try c.require(!c.contains(.embeddingScheme), .embeddingScheme, expected: "none beside a preset (it picks the tables' type)", found: "a value")
+            scheme = p.base
+            embeddings = true
+        }
         embeddingScheme = c.contains(.embeddingScheme) ? try c.value(.embeddingScheme, or: QATScheme.none) : nil
         activations = try c.value(.activations, or: activations)
         startStep = try c.value(.startStep, or: startStep)
@@ -92,7 +123,7 @@ public struct QATConfig: Codable, Equatable, Sendable {
     }
 
     /// The format of the embedding and LM head: `none` unless `embeddings`.
-    public var tableScheme: QATScheme { embeddings ? (embeddingScheme ?? scheme) : .none }
+    public var tableScheme: QATScheme { preset != nil ? .q6_K : embeddings ? (embeddingScheme ?? scheme) : .none }
 
     public var enabled: Bool { scheme != .none || activations != .none }
 

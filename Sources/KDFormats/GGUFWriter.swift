@@ -126,11 +126,17 @@ extension Transformer {
     /// with them, so they dequantize to exactly what the student trained with.
     public func exportGGUF(path: String, type: GGMLType, tableType: GGMLType? = nil, name: String, extraMetadata: [(String, GGUFValue)],
                            scales: QATScales? = nil) throws {
-        let m = config
         // a k-quant on rows its 256-blocks do not divide takes llama.cpp's fallback type, as QAT trained them
-        func typeOf(_ e: ParameterLayout.Entry) -> GGMLType {
-            !e.isMatrix ? .f32 : ((e.offset == layout.embedding || e.offset == layout.lmHead) ? (tableType ?? type) : type).forRows(of: e.shape[1])
-        }
+        try exportGGUF(path: path, typeOf: { [layout] e in
+            ((e.offset == layout.embedding || e.offset == layout.lmHead) ? (tableType ?? type) : type).forRows(of: e.shape[1])
+        }, name: name, extraMetadata: extraMetadata, scales: scales)
+    }
+
+    /// ``exportGGUF(path:type:tableType:name:extraMetadata:scales:)`` with each matrix's type given (a QAT plan).
+    public func exportGGUF(path: String, typeOf matrixType: (ParameterLayout.Entry) -> GGMLType, name: String, extraMetadata: [(String, GGUFValue)],
+                           scales: QATScales? = nil) throws {
+        let m = config
+        func typeOf(_ e: ParameterLayout.Entry) -> GGMLType { e.isMatrix ? matrixType(e) : .f32 }
         for e in layout.entries where e.isMatrix && e.shape[1] % typeOf(e).blockSize != 0 {
             let type = typeOf(e)
             throw KDError.invalidInput(what: "export as \(type)", expected: "rows that are multiples of \(type.blockSize) elements",

@@ -1,5 +1,6 @@
 // QAT on a model: which tensors are quantized, and writing their fake-quantized values (from full-precision master
 // weights) into the model's parameter slab, with the straight-through masks for the gradients.
+import KDConfig
 import KDCore
 import KDQuant
 
@@ -13,21 +14,22 @@ extension Transformer {
     /// The token embedding or the (untied) LM head.
     public func isTable(_ e: ParameterLayout.Entry) -> Bool { e.offset == layout.embedding || e.offset == layout.lmHead }
 
-    /// params ← fake-quantized `master` on the quantized tensors (blocks in `scheme`, the embedding and head in
-    /// `tables`, or full precision when it is nil), `master` elsewhere; `mask` (same layout) receives the
-    /// straight-through masks of the quantized tensors and 1 elsewhere. `master` may be `params` itself.
-    public func writeFakeQuantized(_ scheme: FakeQuantScheme, tables: FakeQuantScheme?, master: UnsafePointer<Float>,
-                                   mask: UnsafeMutablePointer<Float>?) {
+    /// params ← fake-quantized `master` on the tensors `plan` quantizes, `master` elsewhere; `mask` (same layout)
+    /// receives the straight-through masks of the quantized tensors and 1 elsewhere. `master` may be `params` itself.
+    public func writeFakeQuantized(_ plan: QuantPlan, master: UnsafePointer<Float>, mask: UnsafeMutablePointer<Float>?) {
         if master != UnsafePointer(params.base) { params.base.update(from: master, count: layout.count) }
         mask?.update(repeating: 1, count: layout.count)
-        let entries = quantizedEntries(embeddings: tables != nil)
+        let entries = layout.entries.filter { plan.scheme(at: $0.offset) != nil }
         Parallel.forRanges(entries.count) { lo, hi in
             for e in entries[lo..<hi] {
-                fakeQuantize(isTable(e) ? tables! : scheme, src: master + e.offset, rows: e.shape[0], c: e.shape[1],
+                fakeQuantize(plan.scheme(at: e.offset)!, src: master + e.offset, rows: e.shape[0], c: e.shape[1],
                              out: self.params.base + e.offset, mask: mask.map { $0 + e.offset })
             }
         }
     }
+
+    /// The plan of `qat` for this model.
+    public func quantPlan(_ qat: QATConfig) -> QuantPlan { QuantPlan(qat: qat, config: config, layout: layout) }
 }
 
 /// Explicit QAT scales for every quantized tensor (learned LSQ-style, or absmax ranges frozen at a step), one per
@@ -75,7 +77,7 @@ public final class QATScales {
 }
 
 extension Transformer {
-    /// ``writeFakeQuantized(_:tables:master:mask:)`` with explicit scales.
+    /// ``writeFakeQuantized(_:master:mask:)`` with explicit scales.
     public func writeFakeQuantized(scales: QATScales, master: UnsafePointer<Float>, mask: UnsafeMutablePointer<Float>?) {
         if master != UnsafePointer(params.base) { params.base.update(from: master, count: layout.count) }
         mask?.update(repeating: 1, count: layout.count)

@@ -42,9 +42,11 @@ struct BudgetChoice: Codable {
 /// F16 without QAT), vectors F32, each tensor padded to 32 bytes, plus `overhead` (the metadata and tokenizer).
 func exportBytes(_ m: ModelConfig, qat: QATConfig, overhead: Int) -> Int {
     let layout = ParameterLayout(config: m)
-    let block = FakeQuantScheme(qat.scheme)?.ggmlType ?? .f16, tables = qat.enabled ? qat.tableExportType(blocks: block) : block
+    let plan = qat.enabled ? QuantPlan(qat: qat, config: m, layout: layout) : nil
     return layout.entries.reduce(overhead) { total, e in
-        let type: GGMLType = !e.isMatrix ? .f32 : ((e.offset == layout.embedding || e.offset == layout.lmHead) ? tables : block).forRows(of: e.shape[1])
+        // the plan's type (F16 for a per-channel scheme); F32 for vectors and for tables QAT kept full precision; else F16
+        let table = e.offset == layout.embedding || e.offset == layout.lmHead
+        let type: GGMLType = !e.isMatrix ? .f32 : plan?.scheme(at: e.offset).map { $0.ggmlType ?? .f16 } ?? (table && qat.enabled && !qat.embeddings ? .f32 : .f16)
         return total + (type.byteCount(elements: e.count) + 31) / 32 * 32
     }
 }

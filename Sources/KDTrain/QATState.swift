@@ -16,8 +16,8 @@ import KDQuant
 public final class QATState: TrainerPart {
     public let config: QATConfig
     public let scheme: FakeQuantScheme?
-    /// The embedding's and LM head's scheme (`qat.embedding_scheme`, else `scheme`); nil when they stay full precision.
-    let tables: FakeQuantScheme?
+    /// Each quantized tensor's scheme (a preset's per-tensor types, the tables' own scheme, k-quant fallbacks).
+    let plan: QuantPlan
     let model: Transformer
     let shard: SlabShard
     let comm: any Communicator
@@ -46,7 +46,7 @@ public final class QATState: TrainerPart {
         self.shard = shard
         self.comm = comm
         scheme = FakeQuantScheme(config.scheme)
-        tables = FakeQuantScheme(config.tableScheme)
+        plan = model.quantPlan(config)
         let r = shard.range
         masters = Slab(count: max(r.count, 1))
         masters.base.update(from: model.params.base + r.lowerBound, count: r.count)
@@ -125,7 +125,7 @@ public final class QATState: TrainerPart {
                         fakeQuantizeScaled(scheme, src: m + local, rows: rows.count, c: c, scales: qs.values.base + qs.offsets[i] + rows.lowerBound * qs.shape(i)[1],
                                            out: params + local, mask: self.mask.base + local)
                     } else {
-                        fakeQuantize(self.model.isTable(e) ? self.tables! : scheme, src: m + local, rows: rows.count, c: c, out: params + local,
+                        fakeQuantize(self.plan.scheme(at: e.offset) ?? scheme, src: m + local, rows: rows.count, c: c, out: params + local,
                                      mask: self.mask.base + local)
                     }
                 }

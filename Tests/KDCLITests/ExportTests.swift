@@ -124,7 +124,7 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         let ckpt = dir.appendingPathComponent("kquant/step_00000002")
         let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
         let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
-        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, Q4_K, embedding/head Q4_K"), "\(e.out)\(e.err)")
+        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, Q4_K+Q5_0, embedding/head Q4_K"), "\(e.out)\(e.err)")
         #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
         let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
                                   [gguf, hf.appendingPathComponent("model.safetensors").path, "q4_k", "q4_k", "--dequant"])
@@ -136,6 +136,38 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         let masters = try JSONSerialization.jsonObject(with: Data(try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
             [gguf, ckpt.appendingPathComponent("model.safetensors").path, "q4_k", "q4_k", "--dequant"]).utf8)) as! [String: Any]
         #expect((masters["bad"] as! [String]).count == 2 * 7 + 1, "\(masters["bad"]!)")
+    }
+
+    /// qat.preset q4_k_m: every tensor trains in the type llama.cpp's Q4_K_M picks for it (QuantPreset, checked against
+    /// llama.cpp's own files in KDQuantTests) — on 2 blocks, block 1's attn_v and ffn_down in Q6_K, block 0's in Q4_K,
+    /// the tied embedding Q6_K — and the GGUF holds those types and exactly the values the student computed with; the
+    /// checkpoint and the GGUF read one NLL; `export --quant q4_k_m` of the same checkpoint writes the same file.
+    @Test func aStudentTrainedForLlamaCppsQ4KMExportsEachTensorInItsType() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cfg = try tinyYAML(dir, "preset", edits: [("steps: 10", "steps: 2"), ("dim: 64", "dim: 256"), ("ffn_dim: 172", "ffn_dim: 512"),
+                                                       ("checkpoint:", "qat:\n  preset: q4_k_m\ncheckpoint:")])
+        let r = try distill(["train", "--config", cfg, "--sample-tokens", "0"])
+        #expect(r.status == 0 && (r.out + r.err).contains("llama.cpp's q4_k_m preset: Q4_K ×12, Q6_K ×3"), "\(r.out)\(r.err)")
+        let ckpt = dir.appendingPathComponent("preset/step_00000002")
+        let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
+        let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
+        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, Q4_K+Q6_K, embedding/head Q6_K"), "\(e.out)\(e.err)")
+        #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
+        var types = ["token_embd.weight=Q6_K"]
+        for (l, kinds) in [(0, ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]), (1, ["attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up"])] {
+            types += kinds.map { "blk.\(l).\($0).weight=Q4_K" }
+        }
+        types += ["blk.1.attn_v.weight=Q6_K", "blk.1.ffn_down.weight=Q6_K"]
+        let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
+                                  [gguf, hf.appendingPathComponent("model.safetensors").path, "q4_k", "q6_k", "--dequant", "--types", types.joined(separator: ",")])
+        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
+        #expect((j["bad"] as! [String]).isEmpty && (j["extra"] as! [String]).isEmpty, "\(check)")
+        let (a, b) = (try nll(ckpt.path), try nll(gguf))
+        #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
+        let again = dir.appendingPathComponent("again.gguf").path
+        #expect(try distill(["export", ckpt.path, "--format", "gguf", "--quant", "q4_k_m", "--out", again]).status == 0)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: again)) == Data(contentsOf: URL(fileURLWithPath: gguf)))
     }
 
     @Test func aStudentWithFewerHeadsExportsAndReadsBack() throws {

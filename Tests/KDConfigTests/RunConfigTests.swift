@@ -75,6 +75,10 @@ import Testing
     ("qat: {scheme: q4_k, scales: learned}", "qat.scales", "expected absmax with q4_k (learned scales are for q8_0, q4_0 and the per-channel schemes), found 'learned'"),
     ("qat: {scheme: q5_1, freeze_step: 10}", "qat.freeze_step", "expected 0 with q5_1 (frozen scales are for q8_0, q4_0 and the per-channel schemes), found 10"),
     ("qat: {scheme: Q4_K}", "qat.scheme", "found 'Q4_K'"),
+    ("qat: {preset: q4_k_m, scheme: q4_0}", "qat.scheme", "expected no scheme beside preset 'q4_k_m' (or its own, q4_k), found 'q4_0'"),
+    ("qat: {preset: q4_k_m, embeddings: false}", "qat.embeddings", "expected no embeddings key beside a preset (its tables are quantized), found false"),
+    ("qat: {preset: q4_k_m, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected none beside a preset"),
+    ("qat: {preset: q4_k_x}", "qat.preset", "found 'q4_k_x'"),
 ])
 func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: String) {
     do {

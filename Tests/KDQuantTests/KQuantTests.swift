@@ -4,6 +4,7 @@
 // DISTILL_RECORD_KQUANTS=1 where llama-cpp-python is installed). Inputs: awkward synthetic weights and a
 // real matrix, the teacher's blk.0.ffn_down (1536-wide rows) as gguf-py dequantizes it.
 import Foundation
+import KDConfig
 import KDQuant
 import KDTestSupport
 import Testing
@@ -122,4 +123,32 @@ func kquantFakeQuantizationIsItsBlocksReadBackByGGUFPy(name: String) throws {
         #expect(a == b && ma == mb, "\(k) on 576-wide rows is not \(fallback)")
     }
     for t in [GGMLType.q8_0, .q4_0, .q4_1, .q5_0, .q5_1] { #expect(t.forRows(of: 576) == t) }
+}
+
+/// llama.cpp's k-quant presets, tensor by tensor: for SmolLM2-135M's 211 matrices in each of nine presets, the type
+/// QuantPreset picks (then the row fallback) is the type in the file llama.cpp's quantizer wrote
+/// (Fixtures/llamacpp-preset-types.json, from Launch/lab/llamacpp_preset_types.py).
+@Test func presetsPickLlamaCppsTypeForEveryTensorOfSmolLM2() throws {
+    let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/llamacpp-preset-types.json")
+    let j = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+    let presets = j["presets"] as! [String: [String: String]]
+    #expect(Set(presets.keys) == Set(QuantPreset.allCases.map(\.rawValue)))
+    let roles: [String: (TensorRole, Int)] = ["attn_q": (.attnQ, 576), "attn_k": (.attnK, 576), "attn_v": (.attnV, 576), "attn_output": (.attnOutput, 576),
+                                              "ffn_gate": (.ffnGate, 576), "ffn_up": (.ffnUp, 576), "ffn_down": (.ffnDown, 1536)]
+    for (name, types) in presets {
+        let preset = QuantPreset(rawValue: name)!
+        #expect(types.count == 1 + 7 * 30)
+        for (tensor, want) in types {
+            let role: TensorRole, layer: Int, c: Int
+            if tensor == "token_embd.weight" {
+                (role, layer, c) = (.embedding, 0, 576)
+            } else {
+                let p = tensor.split(separator: ".")
+                let r = roles[String(p[2])]!
+                (role, layer, c) = (r.0, Int(p[1])!, r.1)
+            }
+            let got = preset.type(for: role, layer: layer, layers: 30, gqa: 3, tiedOutput: true).forRows(of: c)
+            #expect(got.description == want, "\(name) \(tensor): \(got), llama.cpp wrote \(want)")
+        }
+    }
 }

@@ -1,7 +1,7 @@
 """Reads an exported GGUF with gguf-py and checks it against the checkpoint it came from, independently of distill:
 metadata, tensor names, shapes and types, and every tensor's bytes against gguf-py quantizing the checkpoint's
 weights itself (Q/K rows permuted to the adjacent RoPE order as llama.cpp's converter does).
-usage: check_gguf_export.py OUT.gguf CHECKPOINT/model.safetensors TYPE [EMBEDDING_TYPE [--dequant]]
+usage: check_gguf_export.py OUT.gguf CHECKPOINT/model.safetensors TYPE [EMBEDDING_TYPE [--dequant] [--types NAME=TYPE,…]]
 A k-quant TYPE expects llama.cpp's fallback type on rows its 256-blocks do not divide (gguf-py cannot quantize
 k-quants: check those with --dequant).
 With --dequant the safetensors file holds the values the GGUF must dequantize to (a student with learned or frozen
@@ -21,6 +21,8 @@ fallback = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6
 qtype = types[tname]
 etype = types[sys.argv[4]] if len(sys.argv) > 4 else qtype
 by_value = "--dequant" in sys.argv[5:]
+# --types NAME=TYPE,…: the type each GGUF tensor must have (a preset's per-tensor choice), instead of TYPE / EMBEDDING_TYPE
+given = dict(kv.split("=") for kv in sys.argv[sys.argv.index("--types") + 1].split(",")) if "--types" in sys.argv else {}
 r = GGUFReader(path)
 
 def field(name):
@@ -59,6 +61,7 @@ for hf, x in w.items():
     if hf.endswith("k_proj.weight"): x = permute(x, kv)
     want_type = (etype if hf in ("model.embed_tokens.weight", "lm_head.weight") else qtype) if x.ndim == 2 else T.F32
     if want_type in fallback and x.shape[-1] % 256 != 0: want_type = fallback[want_type]
+    if name in given: want_type = T[given[name]]
     if t.tensor_type != want_type: bad.append(f"{name}: type {t.tensor_type.name}, expected {want_type.name}")
     if list(reversed([int(d) for d in t.shape])) != list(x.shape): bad.append(f"{name}: shape {list(t.shape)} vs {list(x.shape)}")
     if by_value:

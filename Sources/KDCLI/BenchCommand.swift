@@ -10,6 +10,7 @@ import KDFormats
 import KDLoss
 import KDModel
 import KDOps
+import KDQuant
 import KDTrain
 
 struct Bench: ParsableCommand {
@@ -32,6 +33,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Rows of the LM head's logits per chunk (the run config's train.lm_head_chunk).") var lmHeadChunk = TrainConfig().lmHeadChunk
     @Option(help: "The kd mode's divergence, as distill.objective names it (its parameters at their defaults): fkl, rkl, skew_fkl, skew_rkl, jsd, tvd, fkl_rkl.")
     var objective = "fkl"
+    @Flag(help: "Time QAT's fake quantization alone instead (one thread, a 576 × 1536 matrix, every block scheme; the k-quants also one sub-block at a time, as ggml's reference searches): ms per million weights, best of --repeats.")
+    var fakeQuant = false
     @Flag(help: "One JSON object per measurement.") var json = false
     @Flag(help: "Also print where each step's time goes: teacher forward, student forward, loss, backward, exchange, optimizer, QAT, each by GEMM, attention and the rest.")
     var breakdown = false
@@ -90,6 +93,7 @@ struct Bench: ParsableCommand {
         #if DEBUG
         KDLog.error("warning: debug build; figures are meaningless. Build with: swift build -c release")
         #endif
+        if fakeQuant { return measureFakeQuantization() }
         try reportBLASCore()
         var kernels: [BF16Kernel?] = []
         for p in precisions {
@@ -108,6 +112,36 @@ struct Bench: ParsableCommand {
                     if gemm != nil { try measureGEMMs(threads: t) } else { try measure(chosen, threads: t, load: load) }
                 }
             }
+        }
+    }
+
+    /// `--fake-quant`: QAT's fake quantization of a 576 × 1536 matrix (SmolLM2's ffn_down) in every block scheme.
+    func measureFakeQuantization() {
+        let rows = 576, c = 1536, n = rows * c
+        var rng = SystemRandomNumberGenerator()
+        let x = (0..<n).map { _ in Float.random(in: -0.05...0.05, using: &rng) }
+        var out = [Float](repeating: 0, count: n), mask = out
+        var blocks = [UInt8](repeating: 0, count: GGMLType.q8_0.byteCount(elements: n))
+        func best(_ body: () -> Void) -> Double {
+            (0..<max(repeats, 1)).map { _ in
+                let t0 = monotonicSeconds()
+                body()
+                return monotonicSeconds() - t0
+            }.min()! * 1000 / (Double(n) / 1e6)
+        }
+        for scheme in FakeQuantScheme.allCases where scheme.ggmlType != nil {
+            let ms = best {
+                out.withUnsafeMutableBufferPointer { o in mask.withUnsafeMutableBufferPointer { m in
+                    fakeQuantize(scheme, src: x, rows: rows, c: c, out: o.baseAddress!, mask: m.baseAddress!) } }
+            }
+            var line = String(format: "fake-quant %-5@ | %7.2f ms per million weights", "\(scheme.ggmlType!)", ms)
+            var ref: Double?
+            if let t = scheme.ggmlType, t.blockSize == 256 {
+                let q = best { blocks.withUnsafeMutableBytes { b in quantize(t, src: x, count: n, out: b.baseAddress!) } }
+                ref = best { blocks.withUnsafeMutableBytes { b in quantizeKQuantOneSubBlockAtATime(t, src: x, count: n, out: b.baseAddress!) } }
+                line += String(format: " | quantize alone %7.2f, one sub-block at a time %7.2f", q, ref!)
+            }
+            print(json ? "{\"fake_quant\":\"\(scheme)\",\"ms_per_million\":\(String(format: "%.3f", ms))\(ref.map { ",\"reference_quantize_ms_per_million\":\(String(format: "%.3f", $0))" } ?? "")}" : line)
         }
     }
 

@@ -9,6 +9,9 @@
 // The float operations follow the reference's order one for one (no fused multiply-adds), so the bytes match; the
 // tests check them against ggml's own quantizer (Tests/KDFormatsTests/Fixtures/kquants-ggml.json).
 // Every quantizer can also report which elements were clipped to the end of their grid (the straight-through mask).
+// The per-sub-block scale searches run on all sub-blocks at once in C (CKDKernels/kquant.c, vectorized across
+// sub-blocks, bit for bit these scalar functions, which remain as the reference the tests hold it to).
+import CKDKernels
 import Foundation
 
 /// ggml's nearest_int: round half to even through the 1.5·2²³ trick (valid for |x| < 2²²).
@@ -180,20 +183,26 @@ private func packScaleMinK4(_ j: Int, _ ls: UInt8, _ lm: UInt8, _ s: UnsafeMutab
 /// The k-quant super-block quantizers. Each quantizes 256 floats at x into one block at y and, with `clipped`, sets
 /// clipped[i] = 1 where element i's level was clamped to the end of the grid in the final pass (0 elsewhere).
 enum KQuant {
-    static func q2K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?) {
+    static func q2K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true) {
         var L = [UInt8](repeating: 0, count: 256), aux = [UInt8](repeating: 0, count: 16)
-        var w = [Float](repeating: 0, count: 16), mins = [Float](repeating: 0, count: 16), scales = [Float](repeating: 0, count: 16)
+        var w = [Float](repeating: 0, count: 256), mins = [Float](repeating: 0, count: 16), scales = [Float](repeating: 0, count: 16)
         let sc = y.assumingMemoryBound(to: UInt8.self), qs = sc + 16
         var maxScale: Float = 0, maxMin: Float = 0
-        L.withUnsafeMutableBufferPointer { Lp in aux.withUnsafeMutableBufferPointer { ap in w.withUnsafeMutableBufferPointer { wp in
-            for j in 0..<16 {
-                for l in 0..<16 { wp[l] = abs(x[16 * j + l]) }
-                let r = makeQkx2(16, 3, x + 16 * j, wp.baseAddress!, Lp.baseAddress! + 16 * j, ap.baseAddress!, rmin: -0.5, rdelta: 0.1, nstep: 15, mad: true)
-                scales[j] = r.scale; mins[j] = r.negMin
-                if r.scale > maxScale { maxScale = r.scale }
-                if r.negMin > maxMin { maxMin = r.negMin }
+        for l in 0..<256 { w[l] = abs(x[l]) }
+        L.withUnsafeMutableBufferPointer { Lp in aux.withUnsafeMutableBufferPointer { ap in w.withUnsafeBufferPointer { wp in
+            if lanes {
+                kd_make_qkx2(16, 16, 3, x, wp.baseAddress!, Lp.baseAddress!, &scales, &mins, -0.5, 0.1, 15, 1)
+            } else {
+                for j in 0..<16 {
+                    let r = makeQkx2(16, 3, x + 16 * j, wp.baseAddress! + 16 * j, Lp.baseAddress! + 16 * j, ap.baseAddress!, rmin: -0.5, rdelta: 0.1, nstep: 15, mad: true)
+                    scales[j] = r.scale; mins[j] = r.negMin
+                }
             }
         } } }
+        for j in 0..<16 {
+            if scales[j] > maxScale { maxScale = scales[j] }
+            if mins[j] > maxMin { maxMin = mins[j] }
+        }
         if maxScale > 0 {
             let iscale = 15 / maxScale
             for j in 0..<16 { sc[j] = UInt8(truncatingIfNeeded: nearestInt(iscale * scales[j])) }
@@ -229,16 +238,18 @@ enum KQuant {
         }
     }
 
-    static func q3K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?) {
+    static func q3K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true) {
         var L = [Int8](repeating: 0, count: 256), scales = [Float](repeating: 0, count: 16)
         let hmask = y.assumingMemoryBound(to: UInt8.self), qs = hmask + 32, sb = hmask + 96
         var maxScale: Float = 0, amax: Float = 0
         L.withUnsafeMutableBufferPointer { Lp in
-            for j in 0..<16 {
-                scales[j] = makeQ3(16, 4, x + 16 * j, Lp.baseAddress! + 16 * j)
-                if abs(scales[j]) > amax { amax = abs(scales[j]); maxScale = scales[j] }
+            if lanes {
+                kd_make_q3_16x16(x, 4, Lp.baseAddress!, &scales)
+            } else {
+                for j in 0..<16 { scales[j] = makeQ3(16, 4, x + 16 * j, Lp.baseAddress! + 16 * j) }
             }
         }
+        for j in 0..<16 where abs(scales[j]) > amax { amax = abs(scales[j]); maxScale = scales[j] }
         for i in 0..<12 { sb[i] = 0 }
         if maxScale != 0 {
             let iscale = -32 / maxScale
@@ -284,26 +295,33 @@ enum KQuant {
     }
 
     /// Q4_K (bits 4) and Q5_K (bits 5): 8 sub-blocks of 32 with 6-bit scales and mins.
-    static func q45K(bits: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?) {
+    static func q45K(bits: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true) {
         let nmax = (1 << bits) - 1
         var L = [UInt8](repeating: 0, count: 256), aux = [UInt8](repeating: 0, count: 32)
-        var w = [Float](repeating: 0, count: 32), mins = [Float](repeating: 0, count: 8), scales = [Float](repeating: 0, count: 8)
+        var w = [Float](repeating: 0, count: 256), mins = [Float](repeating: 0, count: 8), scales = [Float](repeating: 0, count: 8)
         let sb = y.assumingMemoryBound(to: UInt8.self) + 4
         var maxScale: Float = 0, maxMin: Float = 0
-        L.withUnsafeMutableBufferPointer { Lp in aux.withUnsafeMutableBufferPointer { ap in w.withUnsafeMutableBufferPointer { wp in
-            for j in 0..<8 {
-                var sumX2: Float = 0
-                for l in 0..<32 { sumX2 += x[32 * j + l] * x[32 * j + l] }
-                let avX = (sumX2 / 32).squareRoot()
-                for l in 0..<32 { wp[l] = avX + abs(x[32 * j + l]) }
-                let r = bits == 4
-                    ? makeQkx2(32, 15, x + 32 * j, wp.baseAddress!, Lp.baseAddress! + 32 * j, ap.baseAddress!, rmin: -1, rdelta: 0.1, nstep: 20, mad: false)
-                    : makeQkx2(32, 31, x + 32 * j, wp.baseAddress!, Lp.baseAddress! + 32 * j, ap.baseAddress!, rmin: -0.5, rdelta: 0.1, nstep: 15, mad: false)
-                scales[j] = r.scale; mins[j] = r.negMin
-                if r.scale > maxScale { maxScale = r.scale }
-                if r.negMin > maxMin { maxMin = r.negMin }
+        for j in 0..<8 {
+            var sumX2: Float = 0
+            for l in 0..<32 { sumX2 += x[32 * j + l] * x[32 * j + l] }
+            let avX = (sumX2 / 32).squareRoot()
+            for l in 0..<32 { w[32 * j + l] = avX + abs(x[32 * j + l]) }
+        }
+        let (rmin, nstep): (Float, Int) = bits == 4 ? (-1, 20) : (-0.5, 15)
+        L.withUnsafeMutableBufferPointer { Lp in aux.withUnsafeMutableBufferPointer { ap in w.withUnsafeBufferPointer { wp in
+            if lanes {
+                kd_make_qkx2(8, 32, Int32(nmax), x, wp.baseAddress!, Lp.baseAddress!, &scales, &mins, rmin, 0.1, Int32(nstep), 0)
+            } else {
+                for j in 0..<8 {
+                    let r = makeQkx2(32, nmax, x + 32 * j, wp.baseAddress! + 32 * j, Lp.baseAddress! + 32 * j, ap.baseAddress!, rmin: rmin, rdelta: 0.1, nstep: nstep, mad: false)
+                    scales[j] = r.scale; mins[j] = r.negMin
+                }
             }
         } } }
+        for j in 0..<8 {
+            if scales[j] > maxScale { maxScale = scales[j] }
+            if mins[j] > maxMin { maxMin = mins[j] }
+        }
         let invScale: Float = maxScale > 0 ? 63 / maxScale : 0, invMin: Float = maxMin > 0 ? 63 / maxMin : 0
         for i in 0..<12 { sb[i] = 0 }
         for j in 0..<8 {
@@ -348,18 +366,19 @@ enum KQuant {
         }
     }
 
-    static func q6K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?) {
+    static func q6K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true) {
         var L = [Int8](repeating: 0, count: 256), scales = [Float](repeating: 0, count: 16)
         let ql = y.assumingMemoryBound(to: UInt8.self), qh = ql + 128
         let sc = (y + 192).assumingMemoryBound(to: Int8.self)
         var maxScale: Float = 0, maxAbs: Float = 0
         L.withUnsafeMutableBufferPointer { Lp in
-            for ib in 0..<16 {
-                let s = makeQx(16, 32, x + 16 * ib, Lp.baseAddress! + 16 * ib)
-                scales[ib] = s
-                if abs(s) > maxAbs { maxAbs = abs(s); maxScale = s }
+            if lanes {
+                kd_make_qx_16x16(x, 32, Lp.baseAddress!, &scales)
+            } else {
+                for ib in 0..<16 { scales[ib] = makeQx(16, 32, x + 16 * ib, Lp.baseAddress! + 16 * ib) }
             }
         }
+        for ib in 0..<16 where abs(scales[ib]) > maxAbs { maxAbs = abs(scales[ib]); maxScale = scales[ib] }
         if let clipped { for i in 0..<256 { clipped[i] = 0 } }
         if maxAbs < groupMaxEps {
             y.initializeMemory(as: UInt8.self, repeating: 0, count: 210)
@@ -389,15 +408,23 @@ enum KQuant {
         }
     }
 
-    /// Quantizes one 256-element super-block of `type` (a k-quant).
-    static func block(_ type: GGMLType, _ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>? = nil) {
+    /// Quantizes one 256-element super-block of `type` (a k-quant); `lanes: false` runs the scale searches one
+    /// sub-block at a time (the scalar reference the lane version is tested against).
+    static func block(_ type: GGMLType, _ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>? = nil, lanes: Bool = true) {
         switch type {
-        case .q2_K: q2K(x, y, clipped: clipped)
-        case .q3_K: q3K(x, y, clipped: clipped)
-        case .q4_K: q45K(bits: 4, x, y, clipped: clipped)
-        case .q5_K: q45K(bits: 5, x, y, clipped: clipped)
-        case .q6_K: q6K(x, y, clipped: clipped)
+        case .q2_K: q2K(x, y, clipped: clipped, lanes: lanes)
+        case .q3_K: q3K(x, y, clipped: clipped, lanes: lanes)
+        case .q4_K: q45K(bits: 4, x, y, clipped: clipped, lanes: lanes)
+        case .q5_K: q45K(bits: 5, x, y, clipped: clipped, lanes: lanes)
+        case .q6_K: q6K(x, y, clipped: clipped, lanes: lanes)
         default: preconditionFailure("KQuant.block: \(type) is not a k-quant")
         }
     }
+}
+
+/// The k-quants with their scale searches run one sub-block at a time, exactly as ggml's reference code does: the
+/// reference `quantize` (which runs them on SIMD lanes) is checked against. - Precondition: count a multiple of 256.
+public func quantizeKQuantOneSubBlockAtATime(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer) {
+    precondition(count % 256 == 0 && type.blockSize == 256)
+    for b in 0..<(count / 256) { KQuant.block(type, src + b * 256, out + b * type.typeSize, lanes: false) }
 }

@@ -152,3 +152,20 @@ func kquantFakeQuantizationIsItsBlocksReadBackByGGUFPy(name: String) throws {
         }
     }
 }
+
+/// The k-quants' scale searches on SIMD lanes (what `quantize` and QAT run) give the bytes of the one-sub-block-at-a-
+/// time reference (ggml's own order) on 48 super-blocks of varied weights: normals at four scales, heavy tails, sparse
+/// blocks, and the awkward ones.
+@Test(arguments: kquantNames)
+func kquantLanesEqualTheOneSubBlockAtATimeReference(name: String) {
+    let type = kquantTypes[name]!
+    var x = awkwardKQuantWeights()
+    for (k, scale) in [Float(1e-3), 0.02, 0.5, 30].enumerated() { x += randomArray(4 * 256, seed: UInt64(40 + k), scale: scale) }
+    let t = randomArray(8 * 256, seed: 50)
+    x += t.map { $0 * $0 * $0 }                                           // heavy tails
+    x += randomArray(8 * 256, seed: 51).enumerated().map { $0.offset % 7 == 0 ? $0.element : 0 }  // sparse
+    var a = Data(count: type.byteCount(elements: x.count)), b = a
+    a.withUnsafeMutableBytes { o in x.withUnsafeBufferPointer { quantize(type, src: $0.baseAddress!, count: x.count, out: o.baseAddress!) } }
+    b.withUnsafeMutableBytes { o in x.withUnsafeBufferPointer { quantizeKQuantOneSubBlockAtATime(type, src: $0.baseAddress!, count: x.count, out: o.baseAddress!) } }
+    #expect(x.count == 48 * 256 && a == b, "\(name): \(zip(a, b).filter { $0 != $1 }.count) bytes differ")
+}

@@ -103,3 +103,21 @@ import Testing
     let (none, smallest) = budgetCandidates(c, teacher: teacher, target: c.student.target!, overhead: 0)
     #expect(none.isEmpty && smallest.layers == 2 && smallest.speedup! < 50)
 }
+
+/// The byte budget counts a k-quant plan tensor by tensor — llama.cpp's Q4_K_M choices, the row fallback (FFN 320: the
+/// down projection in Q5_0), Q6_K tables — so its estimate is the exported file's size.
+@Test func theByteEstimateOfAPresetStudentIsItsExportedFile() throws {
+    let dir = try temporaryDirectory("distill-budget")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var c = try placementConfig(.replicated, members: 1, steps: 2)
+    c.model.dim = 256; c.model.ffnDim = 320
+    c.qat.preset = .q4_K_M; c.qat.scheme = .q4_K; c.qat.embeddings = true
+    let model = tinyTeacher(c, layers: 4, seed: 3)
+    let out = dir.appendingPathComponent("s.gguf").path
+    let plan = model.quantPlan(c.qat)
+    try model.exportGGUF(path: out, typeOf: { plan.ggmlType($0) }, name: "s", extraMetadata: [])
+    let size = try FileManager.default.attributesOfItem(atPath: out)[.size] as! Int
+    #expect(size == exportBytes(model.config, qat: c.qat, overhead: ggufHeaderBytes(out)), "file \(size)")
+    #expect(plan.summary(model.layout).hasPrefix("Q4_K") && plan.summary(model.layout).contains("Q6_K") && plan.summary(model.layout).contains("Q5_0"),
+            "\(plan.summary(model.layout))")
+}

@@ -37,6 +37,9 @@ fi
 run=$(awk '/^checkpoint:/ { c = 1 } c && /^  dir:/ { print $2; exit }' <<< "$resolved")
 quant=$(awk '/^qat:/ { c = 1 } c && /^  scheme:/ { print $2; exit }' <<< "$resolved")
 case "$quant" in none|"") quant=q8_0 ;; esac
+# a student trained for one of llama.cpp's presets (qat.preset) exports each tensor in that preset's type
+preset=$(awk '/^[a-z]/ { c = /^qat:/ } c && /^  preset:/ { print $2; exit }' <<< "$resolved")
+[ -n "$preset" ] && quant=$preset
 label=$(tr '[:lower:]' '[:upper:]' <<< "$quant")
 echo "== distilling on 2 ranks (Launch/distill_mpi.sh 2 train --config $config --resume auto):"
 start=$(date +%s)

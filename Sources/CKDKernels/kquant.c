@@ -23,12 +23,12 @@ static inline int nearest(float f) {
 }
 static inline int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
-KD_CLONES void kd_make_qx_16x16(const float *x, int nmax, int8_t *L, float *scales) {
-    float xt[16][NS], mx[NS], amax[NS], sumlx[NS], suml2[NS], scale[NS], best[NS];
-    int8_t lev[16][NS];
+// 16 sub-blocks of 16 → xt[element][sub-block], and each sub-block's value of largest magnitude (signed, the first
+// of equal magnitudes) and that magnitude, as the symmetric searches start from
+static inline void transpose_signed_max(const float *x, float xt[16][NS], float *mx, float *amax) {
     for (int i = 0; i < 16; ++i)
         for (int j = 0; j < NS; ++j) xt[i][j] = x[j * 16 + i];
-    for (int j = 0; j < NS; ++j) { mx[j] = 0; amax[j] = 0; sumlx[j] = 0; suml2[j] = 0; }
+    for (int j = 0; j < NS; ++j) { mx[j] = 0; amax[j] = 0; }
     for (int i = 0; i < 16; ++i)
         for (int j = 0; j < NS; ++j) {
             float ax = fabsf(xt[i][j]);
@@ -36,6 +36,13 @@ KD_CLONES void kd_make_qx_16x16(const float *x, int nmax, int8_t *L, float *scal
             amax[j] = bigger ? ax : amax[j];
             mx[j] = bigger ? xt[i][j] : mx[j];
         }
+}
+
+KD_CLONES void kd_make_qx_16x16(const float *x, int nmax, int8_t *L, float *scales) {
+    float xt[16][NS], mx[NS], amax[NS], sumlx[NS], suml2[NS], scale[NS], best[NS];
+    int8_t lev[16][NS];
+    transpose_signed_max(x, xt, mx, amax);
+    for (int j = 0; j < NS; ++j) { sumlx[j] = 0; suml2[j] = 0; }
     float iscale[NS];
     for (int j = 0; j < NS; ++j) iscale[j] = -nmax / mx[j];
     for (int i = 0; i < 16; ++i)
@@ -82,16 +89,8 @@ KD_CLONES void kd_make_qx_16x16(const float *x, int nmax, int8_t *L, float *scal
 KD_CLONES void kd_make_q3_16x16(const float *x, int nmax, int8_t *L, float *scales) {
     float xt[16][NS], mx[NS], amax[NS], sumlx[NS], suml2[NS], iscale[NS];
     int lev[16][NS];
-    for (int i = 0; i < 16; ++i)
-        for (int j = 0; j < NS; ++j) xt[i][j] = x[j * 16 + i];
-    for (int j = 0; j < NS; ++j) { mx[j] = 0; amax[j] = 0; sumlx[j] = 0; suml2[j] = 0; }
-    for (int i = 0; i < 16; ++i)
-        for (int j = 0; j < NS; ++j) {
-            float ax = fabsf(xt[i][j]);
-            int bigger = ax > amax[j];
-            amax[j] = bigger ? ax : amax[j];
-            mx[j] = bigger ? xt[i][j] : mx[j];
-        }
+    transpose_signed_max(x, xt, mx, amax);
+    for (int j = 0; j < NS; ++j) { sumlx[j] = 0; suml2[j] = 0; }
     for (int j = 0; j < NS; ++j) iscale[j] = -nmax / mx[j];
     for (int i = 0; i < 16; ++i)
         for (int j = 0; j < NS; ++j) {

@@ -29,17 +29,6 @@ public struct QuantPlan: Sendable {
         byOffset = plan
     }
 
-    /// A plan of one GGUF type for every matrix (its fallback where the rows need one): `distill export --quant`.
-    public init(type: GGMLType, tableType: GGMLType, layout: ParameterLayout) {
-        var plan: [Int: FakeQuantScheme] = [:]
-        for e in layout.entries where e.isMatrix {
-            if let s = FakeQuantScheme((e.offset == layout.embedding || e.offset == layout.lmHead ? tableType : type).forRows(of: e.shape[1])) {
-                plan[e.offset] = s
-            }
-        }
-        byOffset = plan
-    }
-
     /// The scheme of the tensor at `offset` (nil: full precision).
     public func scheme(at offset: Int) -> FakeQuantScheme? { byOffset[offset] }
 

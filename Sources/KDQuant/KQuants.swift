@@ -88,11 +88,17 @@ private func makeQkx2(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ w: Uns
 
 private let groupMaxEps: Float = 1e-15
 
+/// The value of largest magnitude among x[0..<n] (signed; the first of equal magnitudes) and that magnitude.
+@inline(__always) func signedLargest(_ x: UnsafePointer<Float>, _ n: Int) -> (value: Float, magnitude: Float) {
+    var mx: Float = 0, amax: Float = 0
+    for i in 0..<n where abs(x[i]) > amax { amax = abs(x[i]); mx = x[i] }
+    return (mx, amax)
+}
+
 /// Symmetric search weighted by x² (ggml's make_qx_quants with rmse_type 1, no importance): levels −nmax…nmax−1 stored
 /// + nmax; tries 19 scales around −nmax / (the value of largest magnitude). Returns the scale; writes L.
 private func makeQx(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ L: UnsafeMutablePointer<Int8>) -> Float {
-    var mx: Float = 0, amax: Float = 0
-    for i in 0..<n where abs(x[i]) > amax { amax = abs(x[i]); mx = x[i] }
+    let (mx, amax) = signedLargest(x, n)
     if amax < groupMaxEps {
         for i in 0..<n { L[i] = 0 }
         return 0
@@ -130,8 +136,7 @@ private func makeQx(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ L: Unsaf
 /// ggml's make_q3_quants with RMSE refinement: levels −nmax…nmax−1 (stored + nmax), start from −nmax / (largest-magnitude
 /// value), then up to five passes moving single levels while the x²-weighted fit improves. Returns the scale.
 private func makeQ3(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ L: UnsafeMutablePointer<Int8>) -> Float {
-    var mx: Float = 0, amax: Float = 0
-    for i in 0..<n where abs(x[i]) > amax { amax = abs(x[i]); mx = x[i] }
+    let (mx, amax) = signedLargest(x, n)
     if amax < groupMaxEps {
         for i in 0..<n { L[i] = 0 }
         return 0
@@ -184,21 +189,22 @@ private func packScaleMinK4(_ j: Int, _ ls: UInt8, _ lm: UInt8, _ s: UnsafeMutab
 /// clipped[i] = 1 where element i's level was clamped to the end of the grid in the final pass (0 elsewhere).
 enum KQuant {
     static func q2K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true) {
-        var L = [UInt8](repeating: 0, count: 256), aux = [UInt8](repeating: 0, count: 16)
+        var L = [UInt8](repeating: 0, count: 256)
         var w = [Float](repeating: 0, count: 256), mins = [Float](repeating: 0, count: 16), scales = [Float](repeating: 0, count: 16)
         let sc = y.assumingMemoryBound(to: UInt8.self), qs = sc + 16
         var maxScale: Float = 0, maxMin: Float = 0
         for l in 0..<256 { w[l] = abs(x[l]) }
-        L.withUnsafeMutableBufferPointer { Lp in aux.withUnsafeMutableBufferPointer { ap in w.withUnsafeBufferPointer { wp in
+        L.withUnsafeMutableBufferPointer { Lp in w.withUnsafeBufferPointer { wp in
             if lanes {
                 kd_make_qkx2(16, 16, 3, x, wp.baseAddress!, Lp.baseAddress!, &scales, &mins, -0.5, 0.1, 15, 1)
             } else {
+                var aux = [UInt8](repeating: 0, count: 16)
                 for j in 0..<16 {
-                    let r = makeQkx2(16, 3, x + 16 * j, wp.baseAddress! + 16 * j, Lp.baseAddress! + 16 * j, ap.baseAddress!, rmin: -0.5, rdelta: 0.1, nstep: 15, mad: true)
+                    let r = makeQkx2(16, 3, x + 16 * j, wp.baseAddress! + 16 * j, Lp.baseAddress! + 16 * j, &aux, rmin: -0.5, rdelta: 0.1, nstep: 15, mad: true)
                     scales[j] = r.scale; mins[j] = r.negMin
                 }
             }
-        } } }
+        } }
         for j in 0..<16 {
             if scales[j] > maxScale { maxScale = scales[j] }
             if mins[j] > maxMin { maxMin = mins[j] }
@@ -241,7 +247,6 @@ enum KQuant {
     static func q3K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true) {
         var L = [Int8](repeating: 0, count: 256), scales = [Float](repeating: 0, count: 16)
         let hmask = y.assumingMemoryBound(to: UInt8.self), qs = hmask + 32, sb = hmask + 96
-        var maxScale: Float = 0, amax: Float = 0
         L.withUnsafeMutableBufferPointer { Lp in
             if lanes {
                 kd_make_q3_16x16(x, 4, Lp.baseAddress!, &scales)
@@ -249,7 +254,7 @@ enum KQuant {
                 for j in 0..<16 { scales[j] = makeQ3(16, 4, x + 16 * j, Lp.baseAddress! + 16 * j) }
             }
         }
-        for j in 0..<16 where abs(scales[j]) > amax { amax = abs(scales[j]); maxScale = scales[j] }
+        let maxScale = scales.withUnsafeBufferPointer { signedLargest($0.baseAddress!, 16).value }
         for i in 0..<12 { sb[i] = 0 }
         if maxScale != 0 {
             let iscale = -32 / maxScale
@@ -297,7 +302,7 @@ enum KQuant {
     /// Q4_K (bits 4) and Q5_K (bits 5): 8 sub-blocks of 32 with 6-bit scales and mins.
     static func q45K(bits: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true) {
         let nmax = (1 << bits) - 1
-        var L = [UInt8](repeating: 0, count: 256), aux = [UInt8](repeating: 0, count: 32)
+        var L = [UInt8](repeating: 0, count: 256)
         var w = [Float](repeating: 0, count: 256), mins = [Float](repeating: 0, count: 8), scales = [Float](repeating: 0, count: 8)
         let sb = y.assumingMemoryBound(to: UInt8.self) + 4
         var maxScale: Float = 0, maxMin: Float = 0
@@ -308,16 +313,17 @@ enum KQuant {
             for l in 0..<32 { w[32 * j + l] = avX + abs(x[32 * j + l]) }
         }
         let (rmin, nstep): (Float, Int) = bits == 4 ? (-1, 20) : (-0.5, 15)
-        L.withUnsafeMutableBufferPointer { Lp in aux.withUnsafeMutableBufferPointer { ap in w.withUnsafeBufferPointer { wp in
+        L.withUnsafeMutableBufferPointer { Lp in w.withUnsafeBufferPointer { wp in
             if lanes {
                 kd_make_qkx2(8, 32, Int32(nmax), x, wp.baseAddress!, Lp.baseAddress!, &scales, &mins, rmin, 0.1, Int32(nstep), 0)
             } else {
+                var aux = [UInt8](repeating: 0, count: 32)
                 for j in 0..<8 {
-                    let r = makeQkx2(32, nmax, x + 32 * j, wp.baseAddress! + 32 * j, Lp.baseAddress! + 32 * j, ap.baseAddress!, rmin: rmin, rdelta: 0.1, nstep: nstep, mad: false)
+                    let r = makeQkx2(32, nmax, x + 32 * j, wp.baseAddress! + 32 * j, Lp.baseAddress! + 32 * j, &aux, rmin: rmin, rdelta: 0.1, nstep: nstep, mad: false)
                     scales[j] = r.scale; mins[j] = r.negMin
                 }
             }
-        } } }
+        } }
         for j in 0..<8 {
             if scales[j] > maxScale { maxScale = scales[j] }
             if mins[j] > maxMin { maxMin = mins[j] }
@@ -370,7 +376,6 @@ enum KQuant {
         var L = [Int8](repeating: 0, count: 256), scales = [Float](repeating: 0, count: 16)
         let ql = y.assumingMemoryBound(to: UInt8.self), qh = ql + 128
         let sc = (y + 192).assumingMemoryBound(to: Int8.self)
-        var maxScale: Float = 0, maxAbs: Float = 0
         L.withUnsafeMutableBufferPointer { Lp in
             if lanes {
                 kd_make_qx_16x16(x, 32, Lp.baseAddress!, &scales)
@@ -378,7 +383,7 @@ enum KQuant {
                 for ib in 0..<16 { scales[ib] = makeQx(16, 32, x + 16 * ib, Lp.baseAddress! + 16 * ib) }
             }
         }
-        for ib in 0..<16 where abs(scales[ib]) > maxAbs { maxAbs = abs(scales[ib]); maxScale = scales[ib] }
+        let (maxScale, maxAbs) = scales.withUnsafeBufferPointer { signedLargest($0.baseAddress!, 16) }
         if let clipped { for i in 0..<256 { clipped[i] = 0 } }
         if maxAbs < groupMaxEps {
             y.initializeMemory(as: UInt8.self, repeating: 0, count: 210)

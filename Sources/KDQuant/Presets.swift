@@ -30,7 +30,7 @@ extension QuantPreset {
     /// The type llama.cpp's quantizer wants for a tensor of `role` in block `layer` of `layers` (the embedding: the
     /// output's type when the head is tied to it). `gqa` = query heads per key/value head.
     public func type(for role: TensorRole, layer: Int, layers: Int, gqa: Int, tiedOutput: Bool) -> GGMLType {
-        let base: GGMLType = [.q2_K: .q2_K, .q3_K: .q3_K, .q4_K: .q4_K, .q5_K: .q5_K, .q6_K: .q6_K][self.base]!
+        let base = FakeQuantScheme(self.base)!.ggmlType!
         // llama.cpp's use_more_bits: the first and last eighth of the layers and every third one between
         func moreBits(_ i: Int, _ n: Int) -> Bool { i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2 }
         switch role {

@@ -34,8 +34,7 @@ public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, ou
     case .q4_0:
         for b in 0..<nb {
             let x = src + b * 32, o = b * ts
-            var amax: Float = 0, mx: Float = 0
-            for j in 0..<32 where abs(x[j]) > amax { amax = abs(x[j]); mx = x[j] }
+            let mx = signedLargest(x, 32).value
             let d = mx / -8, id: Float = d != 0 ? 1 / d : 0
             putF16(d, o)
             for j in 0..<16 {
@@ -72,8 +71,7 @@ public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, ou
                 putF16(lo, o + 2)
                 for j in 0..<32 { q[j] = UInt8(min(31, max(0, ((x[j] - lo) * id + 0.5).rounded(.towardZero)))) }
             } else {
-                var amax: Float = 0, mx: Float = 0
-                for j in 0..<32 where abs(x[j]) > amax { amax = abs(x[j]); mx = x[j] }
+                let mx = signedLargest(x, 32).value
                 let d = mx / -16, id: Float = d != 0 ? 1 / d : 0
                 putF16(d, o)
                 for j in 0..<32 { q[j] = UInt8(min(31, max(0, (x[j] * id + 16.5).rounded(.towardZero)))) }

@@ -27,20 +27,22 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         return (try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any])["mean_nll"] as! Double
     }
 
-    /// A 2-step QAT run of the tiny config (ffn 192: rows in blocks of 32) in `dir`; returns its last checkpoint.
-    func trainQAT(_ dir: URL, scheme: String, extra: String = "") throws -> URL {
-        let cfg = try tinyYAML(dir, "qat-\(scheme)", edits: [("steps: 10", "steps: 2"), ("ffn_dim: 172", "ffn_dim: 192"),
+    /// A 2-step QAT run of the tiny config (ffn 192: rows in blocks of 32; `dim`/`ffn` widen it) in `dir`; returns its
+    /// last checkpoint and the run's log.
+    @discardableResult
+    func trainQAT(_ dir: URL, scheme: String, extra: String = "", dim: Int = 64, ffn: Int = 192) throws -> (checkpoint: URL, log: String) {
+        let cfg = try tinyYAML(dir, "qat-\(scheme)", edits: [("steps: 10", "steps: 2"), ("dim: 64", "dim: \(dim)"), ("ffn_dim: 172", "ffn_dim: \(ffn)"),
                                                               ("checkpoint:", "qat:\n  scheme: \(scheme)\n\(extra)checkpoint:")])
         let r = try distill(["train", "--config", cfg, "--sample-tokens", "0"])
         #expect(r.status == 0, "\(r.err)")
-        return dir.appendingPathComponent("qat-\(scheme)/step_00000002")
+        return (dir.appendingPathComponent("qat-\(scheme)/step_00000002"), r.out + r.err)
     }
 
     @Test(arguments: ["q8_0", "q4_0"])
     func qatStudentExportsToExactlyWhatItTrainedWith(scheme: String) throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let ckpt = try trainQAT(dir, scheme: scheme)
+        let ckpt = try trainQAT(dir, scheme: scheme).checkpoint
         let gguf = dir.appendingPathComponent("student.gguf").path
         let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
         // the embedding/head stayed full precision in training (qat.embeddings false): F32 in the file too
@@ -68,7 +70,7 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
     func learnedScalesExportToExactlyWhatTheStudentTrainedWith(scheme: String) throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let ckpt = try trainQAT(dir, scheme: scheme, extra: "  scales: learned\n  embeddings: true\n")
+        let ckpt = try trainQAT(dir, scheme: scheme, extra: "  scales: learned\n  embeddings: true\n").checkpoint
         #expect(FileManager.default.fileExists(atPath: ckpt.appendingPathComponent("qat_scales.safetensors").path))
         let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
         #expect(try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf]).status == 0)
@@ -93,7 +95,7 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
     @Test func aStudentTrainedWithItsTablesInAnotherFormatExportsThemInIt() throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let ckpt = try trainQAT(dir, scheme: "q4_0", extra: "  embeddings: true\n  embedding_scheme: q8_0\n")
+        let ckpt = try trainQAT(dir, scheme: "q4_0", extra: "  embeddings: true\n  embedding_scheme: q8_0\n").checkpoint
         let gguf = dir.appendingPathComponent("student.gguf").path
         let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
         #expect(e.status == 0 && (e.out + e.err).contains("GGUF, Q4_0, embedding/head Q8_0"), "\(e.out)\(e.err)")
@@ -117,11 +119,7 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
     @Test func aKQuantStudentExportsToExactlyWhatItTrainedWithAndFallsBackAsLlamaCppDoes() throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let cfg = try tinyYAML(dir, "kquant", edits: [("steps: 10", "steps: 2"), ("dim: 64", "dim: 256"), ("ffn_dim: 172", "ffn_dim: 320"),
-                                                       ("checkpoint:", "qat:\n  scheme: q4_k\n  embeddings: true\ncheckpoint:")])
-        let r = try distill(["train", "--config", cfg, "--sample-tokens", "0"])
-        #expect(r.status == 0, "\(r.err)")
-        let ckpt = dir.appendingPathComponent("kquant/step_00000002")
+        let ckpt = try trainQAT(dir, scheme: "q4_k", extra: "  embeddings: true\n", dim: 256, ffn: 320).checkpoint
         let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
         let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
         #expect(e.status == 0 && (e.out + e.err).contains("GGUF, Q4_K+Q5_0, embedding/head Q4_K"), "\(e.out)\(e.err)")
@@ -145,11 +143,9 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
     @Test func aStudentTrainedForLlamaCppsQ4KMExportsEachTensorInItsType() throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let cfg = try tinyYAML(dir, "preset", edits: [("steps: 10", "steps: 2"), ("dim: 64", "dim: 256"), ("ffn_dim: 172", "ffn_dim: 512"),
-                                                       ("checkpoint:", "qat:\n  preset: q4_k_m\ncheckpoint:")])
-        let r = try distill(["train", "--config", cfg, "--sample-tokens", "0"])
-        #expect(r.status == 0 && (r.out + r.err).contains("llama.cpp's q4_k_m preset: Q4_K ×12, Q6_K ×3"), "\(r.out)\(r.err)")
-        let ckpt = dir.appendingPathComponent("preset/step_00000002")
+        // the preset's own k-quant as scheme beside it is accepted (it is what the resolved config records)
+        let (ckpt, log) = try trainQAT(dir, scheme: "q4_k", extra: "  preset: q4_k_m\n", dim: 256, ffn: 512)
+        #expect(log.contains("llama.cpp's q4_k_m preset: Q4_K ×12, Q6_K ×3"), "\(log)")
         let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
         let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
         #expect(e.status == 0 && (e.out + e.err).contains("GGUF, Q4_K+Q6_K, embedding/head Q6_K"), "\(e.out)\(e.err)")
@@ -190,7 +186,7 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
     @Test func safetensorsExportLoadsInTheSafetensorsPackage() throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let ckpt = try trainQAT(dir, scheme: "q8_0")
+        let ckpt = try trainQAT(dir, scheme: "q8_0").checkpoint
         let out = dir.appendingPathComponent("hf")
         let e = try distill(["export", ckpt.path, "--format", "safetensors", "--out", out.path])
         #expect(e.status == 0, "\(e.err)")

@@ -11,11 +11,16 @@
 #     Park, Northanger Abbey, Persuasion, Pride and Prejudice, Sense and Sensibility), read from the package's R data
 #     file without installing R (apt-get download, then its serialized character vectors), cut into documents of about
 #     4 KB at paragraph ends. Novels, none of them an evaluation text.
-# usage: Launch/fetch_corpus.sh fortunes|mix|books TOKENIZER OUT   (TOKENIZER: a GGUF file, a Hugging Face folder or
+#   books+teacher: the books corpus with text sampled from the TOKENIZER model itself (`distill synthesize`:
+#     SAMPLE_TOKENS tokens, default 800,000, in SAMPLE_BATCH (64) sequences at a time of SAMPLE_LENGTH (512) started
+#     from its <|endoftext|> token where it has one, else its BOS; temperature 1, seed 1; bf16 matmuls where the CPU
+#     has them), kept beside OUT as
+#     OUT.sample.jsonl and reused. Text in the teacher's own distribution — what it learned from, not what we picked.
+# usage: Launch/fetch_corpus.sh fortunes|mix|books|books+teacher TOKENIZER OUT   (TOKENIZER: a GGUF file, a Hugging Face folder or
 #   `bytes`; DISTILL_BIN: the distill binary, default the release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage="usage: Launch/fetch_corpus.sh fortunes|mix|books TOKENIZER OUT"
+usage="usage: Launch/fetch_corpus.sh fortunes|mix|books|books+teacher TOKENIZER OUT"
 which=${1:?$usage}
 tokenizer=${2:?$usage}
 out=${3:?$usage}
@@ -47,49 +52,9 @@ for name in names:
     os.remove(raw)
 PY
 }
-case "$which" in
-fortunes)
-    bash Launch/setup.sh >&2
-    $d prepare /usr/share/games/fortunes --exclude-suffix .dat --exclude-suffix .u8 --separator % \
-        --tokenizer "$tokenizer" --output "$out" >&2 ;;
-mix)
-    bash Launch/setup.sh bible-kjv dict-devil debian-reference-en python3.11-doc >&2
-    staging=$(mktemp -d)
-    trap 'rm -rf "$staging"' EXIT
-    bible -f "Gen1:1-Rev22:21" > "$staging/kjv.raw"
-    [ "$(wc -c < "$staging/kjv.raw")" -gt 4000000 ] || { echo "fetch_corpus.sh: expected the whole King James Bible from bible -f, found $(wc -c < "$staging/kjv.raw") bytes" >&2; exit 1; }
-    zcat /usr/share/dictd/devil.dict.dz > "$staging/devil.raw"
-    zcat /usr/share/debian-reference/debian-reference.en.txt.gz > "$staging/debian-reference.raw"
-    py=/usr/share/doc/python3.11/html/_sources
-    find "$py/tutorial" "$py/howto" "$py/faq" "$py/reference" "$py/whatsnew" "$py/glossary.rst.txt" -name '*.txt' | sort \
-        | xargs cat > "$staging/python-docs.raw"
-    python3 - "$staging" <<'PY'
-import os, re, sys
-staging = sys.argv[1]
-# the Bible: "Ge1:1 In the beginning …" lines, one document per chapter, verse references dropped
-chapters, current, key = [], [], None
-for line in open(os.path.join(staging, "kjv.raw"), encoding="utf-8"):
-    m = re.match(r"^(\w+?\d+):\d+ (.*)$", line.rstrip("\n"))
-    if not m:
-        continue
-    if m.group(1) != key and current:
-        chapters.append("\n".join(current))
-        current = []
-    key = m.group(1)
-    current.append(m.group(2))
-chapters.append("\n".join(current))
-with open(os.path.join(staging, "kjv.txt"), "w") as f:
-    for c in chapters:
-        f.write(c + "\n%\n")
-os.remove(os.path.join(staging, "kjv.raw"))
-PY
-    chunk_raw "$staging" devil debian-reference python-docs
-    $d prepare /usr/share/games/fortunes "$staging" --exclude-suffix .dat --exclude-suffix .u8 --separator % \
-        --tokenizer "$tokenizer" --output "$out" >&2 ;;
-books)
-    bash Launch/setup.sh >&2
-    staging=$(mktemp -d)
-    trap 'rm -rf "$staging"' EXIT
+# stage_books STAGING: Jane Austen's six novels as documents of about 4 KB in STAGING/austen-*.txt
+stage_books() {
+    local staging=$1
     # the package alone (it depends on R, which reading its data does not need); apt checks it against the signed index
     # (into a folder apt's unprivileged download user may write to)
     chmod 711 "$staging" && mkdir -m 777 "$staging/deb"
@@ -142,8 +107,70 @@ for i, novel in enumerate(novels):
 PY
     rm -rf "$staging/pkg" "$staging/deb"
     chunk_raw "$staging" austen-0 austen-1 austen-2 austen-3 austen-4 austen-5
+}
+case "$which" in
+fortunes)
+    bash Launch/setup.sh >&2
+    $d prepare /usr/share/games/fortunes --exclude-suffix .dat --exclude-suffix .u8 --separator % \
+        --tokenizer "$tokenizer" --output "$out" >&2 ;;
+mix)
+    bash Launch/setup.sh bible-kjv dict-devil debian-reference-en python3.11-doc >&2
+    staging=$(mktemp -d)
+    trap 'rm -rf "$staging"' EXIT
+    bible -f "Gen1:1-Rev22:21" > "$staging/kjv.raw"
+    [ "$(wc -c < "$staging/kjv.raw")" -gt 4000000 ] || { echo "fetch_corpus.sh: expected the whole King James Bible from bible -f, found $(wc -c < "$staging/kjv.raw") bytes" >&2; exit 1; }
+    zcat /usr/share/dictd/devil.dict.dz > "$staging/devil.raw"
+    zcat /usr/share/debian-reference/debian-reference.en.txt.gz > "$staging/debian-reference.raw"
+    py=/usr/share/doc/python3.11/html/_sources
+    find "$py/tutorial" "$py/howto" "$py/faq" "$py/reference" "$py/whatsnew" "$py/glossary.rst.txt" -name '*.txt' | sort \
+        | xargs cat > "$staging/python-docs.raw"
+    python3 - "$staging" <<'PY'
+import os, re, sys
+staging = sys.argv[1]
+# the Bible: "Ge1:1 In the beginning …" lines, one document per chapter, verse references dropped
+chapters, current, key = [], [], None
+for line in open(os.path.join(staging, "kjv.raw"), encoding="utf-8"):
+    m = re.match(r"^(\w+?\d+):\d+ (.*)$", line.rstrip("\n"))
+    if not m:
+        continue
+    if m.group(1) != key and current:
+        chapters.append("\n".join(current))
+        current = []
+    key = m.group(1)
+    current.append(m.group(2))
+chapters.append("\n".join(current))
+with open(os.path.join(staging, "kjv.txt"), "w") as f:
+    for c in chapters:
+        f.write(c + "\n%\n")
+os.remove(os.path.join(staging, "kjv.raw"))
+PY
+    chunk_raw "$staging" devil debian-reference python-docs
     $d prepare /usr/share/games/fortunes "$staging" --exclude-suffix .dat --exclude-suffix .u8 --separator % \
         --tokenizer "$tokenizer" --output "$out" >&2 ;;
-*) echo "fetch_corpus.sh: expected fortunes, mix or books, found '$which'" >&2; exit 1 ;;
+books)
+    bash Launch/setup.sh >&2
+    staging=$(mktemp -d)
+    trap 'rm -rf "$staging"' EXIT
+    stage_books "$staging"
+    $d prepare /usr/share/games/fortunes "$staging" --exclude-suffix .dat --exclude-suffix .u8 --separator % \
+        --tokenizer "$tokenizer" --output "$out" >&2 ;;
+books+teacher)
+    [ "$tokenizer" != bytes ] || { echo "fetch_corpus.sh: books+teacher samples a model: expected a GGUF file or Hugging Face folder as TOKENIZER, found bytes" >&2; exit 1; }
+    bash Launch/setup.sh >&2
+    sample="${out%/}.sample.jsonl"
+    if [ ! -s "$sample" ]; then
+        # the model's own end-of-text token starts every sequence where it has one (pretraining-like text, not a chat)
+        prompt=""
+        [ "$(echo '"<|endoftext|>"' | $d tokenize --model "$tokenizer" --special 2>/dev/null | tr -d '[:space:]')" = "[0]" ] && prompt="<|endoftext|>"
+        echo "== sampling ${SAMPLE_TOKENS:-800000} tokens from $tokenizer (distill synthesize, prompt '${prompt:-its BOS}'; about 35 min on 2 cores in bf16)" >&2
+        $d synthesize --model "$tokenizer" --output "$sample" --tokens "${SAMPLE_TOKENS:-800000}" --length "${SAMPLE_LENGTH:-512}" --batch "${SAMPLE_BATCH:-64}" \
+            --prompt "$prompt" --precision bf16 --seed 1 >&2
+    fi
+    staging=$(mktemp -d)
+    trap 'rm -rf "$staging"' EXIT
+    stage_books "$staging"
+    $d prepare /usr/share/games/fortunes "$staging" "$sample" --exclude-suffix .dat --exclude-suffix .u8 --separator % \
+        --tokenizer "$tokenizer" --output "$out" >&2 ;;
+*) echo "fetch_corpus.sh: expected fortunes, mix, books or books+teacher, found '$which'" >&2; exit 1 ;;
 esac
 echo "$out"

@@ -17,7 +17,7 @@ struct Distill: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "distill",
         abstract: "Distill large language models into small, quantized students (under mpirun).",
-        subcommands: [Train.self, TeacherCacheCommand.self, Prepare.self, Eval.self, Generate.self, Tokenize.self, Inspect.self, Export.self, Bench.self, CheckpointCommand.self, Report.self, CommCheck.self])
+        subcommands: [Train.self, TeacherCacheCommand.self, Prepare.self, Eval.self, Generate.self, Synthesize.self, Tokenize.self, Inspect.self, Export.self, Bench.self, CheckpointCommand.self, Report.self, CommCheck.self])
 
     /// OpenBLAS's kernels first (BLASCore: a CPU it does not recognize gets its SSE3 kernels, 5× slower), then the command.
     static func main() {

@@ -172,3 +172,20 @@ public struct Sampler: Sendable, Equatable {
         return probs.map { ($0.0, $0.1 / total) }
     }
 }
+
+/// Draws a token from softmax(logits / T) with u in [0, 1): inverse CDF in vocabulary order over the row's exponentials
+/// (no sort): the distribution `Sampler` draws from without top-k / top-p, its tokens taken in vocabulary order.
+/// - Shapes: logits [v] (scaled in place when T ≠ 1) · scratch [v]
+public func drawFromLogits(_ logits: UnsafeMutablePointer<Float>, _ v: Int, temperature T: Float, u: Float, scratch: UnsafeMutablePointer<Float>) -> Int32 {
+    if T != 1 { scaleRow(logits, v, 1 / T) }
+    let mx = rowMax(logits, v)
+    let total = expShiftSum(scratch, logits, v, shift: mx)
+    let target = u * total
+    var acc: Float = 0, last = 0
+    for j in 0..<v where scratch[j] > 0 {
+        acc += scratch[j]
+        last = j
+        if target < acc { return Int32(j) }
+    }
+    return Int32(last)
+}

@@ -45,6 +45,26 @@ func isDirectory(_ url: URL) -> Bool {
     }
 }
 
+/// Launch/fetch_corpus.sh books+teacher adds text sampled from the teacher (kept beside the corpus, and reused) to the
+/// books: one more file in the corpus, its bytes included; without a model to sample it says so in one line.
+@Test func theBooksAndTeacherCorpusAddsTheTeachersSample() throws {
+    let dir = try scratchDir()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let out = dir.appendingPathComponent("books-teacher")
+    let env = ["SAMPLE_TOKENS": "64", "SAMPLE_BATCH": "2", "SAMPLE_LENGTH": "32"]
+    let r = try launch("fetch_corpus.sh", ["books+teacher", teacher, out.path], env: env)
+    #expect(r.status == 0, "\(r.out)")
+    let sample = try String(contentsOf: dir.appendingPathComponent("books-teacher.sample.jsonl"), encoding: .utf8)
+    let texts = sample.split(separator: "\n").compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: String])?["text"] }
+    #expect(!texts.isEmpty)
+    let summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("prepare.json"))) as? [String: Any])
+    let fortunes = try FileManager.default.contentsOfDirectory(atPath: "/usr/share/games/fortunes").filter { !$0.hasSuffix(".dat") && !$0.hasSuffix(".u8") }
+    #expect(summary["files"] as? Int == fortunes.count + 6 + 1, "\(summary)")
+    #expect((summary["bytesRead"] as? Int ?? 0) > 4_000_000 + texts.map(\.utf8.count).reduce(0, +))
+    let bad = try launch("fetch_corpus.sh", ["books+teacher", "bytes", dir.appendingPathComponent("b").path])
+    #expect(bad.status != 0 && bad.out.contains("books+teacher samples a model: expected a GGUF file or Hugging Face folder"), "\(bad.out)")
+}
+
 /// Launch/fetch_corpus.sh books reads Jane Austen's six novels out of Debian's r-cran-janeaustenr (its R data file,
 /// without R) whole: prepared with the byte tokenizer, the shards hold the text itself — every novel's first and last
 /// sentence is there, and the corpus is the fortunes' bytes plus the novels' 4.03 MB (the shortest is 0.43 MB: a novel lost, or cut short,

@@ -36,6 +36,56 @@ func scratchDir() throws -> URL {
     #expect((obj["ids"] as? [Int])?.isEmpty == false)
 }
 
+/// An empty prompt is an unconditioned sample: generation starts from the tokenizer's BOS instead of failing.
+@Test func anEmptyPromptStartsFromBOS() throws {
+    let r = try runDistill(["generate", "--model", teacher, "--prompt", "", "--greedy", "--max-tokens", "3", "--json"])
+    #expect(r.status == 0, "\(r.err)")
+    let obj = try #require(try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any])
+    #expect(obj["prompt_ids"] as? [Int] == [1])
+    #expect((obj["ids"] as? [Int])?.count == 3)
+}
+
+/// `synthesize` samples the teacher into JSONL documents that `prepare` reads; the same arguments write the same
+/// file, another seed another; bad arguments end with one line and leave no file.
+@Test func synthesizeWritesAReproducibleCorpusThatPrepareReads() throws {
+    let dir = try scratchDir()
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let out = dir.appendingPathComponent("s.jsonl")
+    func args(seed: Int) -> [String] {
+        ["synthesize", "--model", teacher, "--output", out.path, "--tokens", "96", "--length", "24", "--batch", "2",
+         "--min-tokens", "1", "--prompt", "<|endoftext|>", "--seed", "\(seed)", "--threads", "1"]
+    }
+    let a = try runDistill(args(seed: 3))
+    #expect(a.status == 0, "\(a.err)")
+    let first = try Data(contentsOf: out)
+    let docs = String(decoding: first, as: UTF8.self).split(separator: "\n").map {
+        (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: String]
+    }
+    #expect(!docs.isEmpty && docs.allSatisfy { ($0?["text"]?.isEmpty ?? true) == false })
+    // 2 batches × 2 sequences × 24 tokens: every token kept but the control tokens that end documents
+    let kept = try #require((a.out + a.err).split(separator: "\n").last { $0.contains("wrote") })
+    #expect(kept.contains("wrote \(docs.count) documents ("), "\(kept)")
+    let n = Int(kept.split(separator: "(")[1].split(separator: " ")[0]) ?? -1
+    #expect(n >= 48 && n <= 96, "\(kept)")
+    #expect(try runDistill(args(seed: 3)).status == 0)
+    #expect(try Data(contentsOf: out) == first)
+    #expect(try runDistill(args(seed: 4)).status == 0)
+    #expect(try Data(contentsOf: out) != first)
+    let prep = try runDistill(["prepare", out.path, "--tokenizer", teacher, "--val-fraction", "0", "--output", dir.appendingPathComponent("p").path])
+    #expect(prep.status == 0, "\(prep.err)")
+    let summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("p/prepare.json"))) as? [String: Any])
+    #expect((summary["documents"] as? Int ?? 0) > 0)
+    for (bad, message) in [(["--output", dir.appendingPathComponent("x.txt").path], "--output: expected a path ending in .jsonl"),
+                           (["--output", dir.appendingPathComponent("y.jsonl").path, "--length", "100000"], "prompt + length"),
+                           (["--output", dir.appendingPathComponent("z.jsonl").path, "--temperature", "0"], "--temperature: expected > 0")] {
+        let r = try runDistill(["synthesize", "--model", teacher, "--tokens", "8"] + bad)
+        #expect(r.status != 0, "\(bad)")
+        #expect(r.err.contains(message), "\(bad): \(r.err)")
+        #expect(r.err.split(separator: "\n").filter { $0.contains("rror") }.count == 1, "\(bad): \(r.err)")
+    }
+    #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() == ["p", "s.jsonl"])
+}
+
 @Test func evalOnTextEqualsTheKVCachePath() throws {
     // a tiny byte-level student saved as a HF folder; eval's chunked-LM-head NLL vs NLL from KV-cache decoding
     let dir = try scratchDir()

@@ -231,6 +231,34 @@ func checkKVCacheDecoding(_ m: ModelConfig) -> (model: Transformer, tokens: [Int
     #expect(p.count == 2)
 }
 
+/// `drawFromLogits` (synthesize's sampler: no sort) draws softmax(logits / T): over an even grid of u, each token's
+/// share equals its float64 probability, and it agrees with `Sampler`'s distribution.
+@Test(arguments: [Float(1), 0.6])
+func drawingFromLogitsFollowsTheTemperedSoftmax(temperature T: Float) {
+    let rng = CounterRNG(seed: 41, purpose: .test), v = 97
+    let logits = (0..<v).map { rng.uniform(UInt64($0)) * 6 - 3 }
+    let exact = logits.map { Foundation.exp(Double($0) / Double(T)) }, z = exact.reduce(0, +)
+    let sampled = Sampler(temperature: T).candidateDistribution(logits: logits)
+    var counts = [Int](repeating: 0, count: v)
+    let draws = 50_000
+    var row = logits, scratch = [Float](repeating: 0, count: v)
+    for i in 0..<draws {
+        row = logits
+        let tok = row.withUnsafeMutableBufferPointer { r in scratch.withUnsafeMutableBufferPointer {
+            drawFromLogits(r.baseAddress!, v, temperature: T, u: (Float(i) + 0.5) / Float(draws), scratch: $0.baseAddress!)
+        } }
+        counts[Int(tok)] += 1
+    }
+    for j in 0..<v { #expect(abs(Double(counts[j]) / Double(draws) - exact[j] / z) < 1e-4, "token \(j)") }
+    for (j, p) in sampled { #expect(abs(Double(p) - exact[j] / z) < 1e-5) }
+    // u just below 1 takes the last token with any mass, never one past it
+    row = logits
+    let last = row.withUnsafeMutableBufferPointer { r in scratch.withUnsafeMutableBufferPointer {
+        drawFromLogits(r.baseAddress!, v, temperature: T, u: 0.99999994, scratch: $0.baseAddress!)
+    } }
+    #expect(Int(last) == v - 1)
+}
+
 @Test func generationIsDeterministicForASeed() {
     let m = tinyModelConfig()
     let model = makeModel(m, needsGrad: false)

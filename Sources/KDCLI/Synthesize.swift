@@ -1,0 +1,135 @@
+// `distill synthesize`: a text corpus drawn from a model (a teacher), many sequences decoded at once through the batch
+// KV cache, written as JSONL documents for `distill prepare`. Text in the teacher's own distribution, for students
+// to heal on where no corpus covers what the teacher knows.
+import ArgumentParser
+import Foundation
+import KDCheckpoint
+import KDConfig
+import KDCore
+import KDFormats
+import KDModel
+import KDTrain
+import KDOps
+
+struct Synthesize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Sample a text corpus from a model (many sequences decoded at once) as JSONL documents for `distill prepare`.",
+        discussion: """
+        Every sequence starts from the prompt (control tokens written in it are parsed; default: the tokenizer's BOS) and \
+        runs --length tokens; a control token drawn (end of text, end of turn) ends a document and the next one starts \
+        after it. Sequence i's token t is drawn with counter (i, t) of --seed: the same arguments give the same \
+        corpus. Documents shorter than --min-tokens are dropped. The file is written whole at the end (no partial \
+        file on failure).
+        """)
+
+    @Option(help: "GGUF file, Hugging Face folder or checkpoint to sample from.") var model: String
+    @Option(help: "The .jsonl file to write ({\"text\": …} per document).") var output: String
+    @Option(help: "Tokens to draw in all (rounded up to whole batches).") var tokens: Int
+    @Option(help: "Tokens drawn per sequence after its prompt.") var length = 512
+    @Option(help: "Sequences decoded at once.") var batch = 32
+    @Option(help: "Prompt of every sequence (control tokens such as <|endoftext|> parsed); default the tokenizer's BOS.") var prompt = ""
+    @Option(help: "Sampling temperature (> 0).") var temperature: Float = 1
+    @Option(help: "Keep the k most likely tokens (0 = all).") var topK = 0
+    @Option(help: "Keep the most likely tokens up to this probability mass (1 = all).") var topP: Float = 1
+    @Option(help: "Documents shorter than this many tokens are dropped.") var minTokens = 16
+    @Option(help: "Seed of the sampling stream.") var seed: UInt64 = 0
+    @Option(help: "Matmul precision, as train.precision: f32 or bf16 (f32 after a warning on a CPU without AVX512-BF16).")
+    var precision = "f32"
+    @Option(help: "Compute threads (0 = all cores).") var threads = 0
+
+    func validate() throws {
+        if tokens < 1 { throw ValidationError("--tokens: expected >= 1, found \(tokens)") }
+        if length < 1 { throw ValidationError("--length: expected >= 1, found \(length)") }
+        if batch < 1 { throw ValidationError("--batch: expected >= 1, found \(batch)") }
+        if !(temperature > 0) { throw ValidationError("--temperature: expected > 0, found \(temperature)") }
+        if topK < 0 { throw ValidationError("--top-k: expected >= 0, found \(topK)") }
+        if !(topP > 0 && topP <= 1) { throw ValidationError("--top-p: expected a number in (0, 1], found \(topP)") }
+        if minTokens < 1 { throw ValidationError("--min-tokens: expected >= 1, found \(minTokens)") }
+        if Precision(rawValue: precision) == nil { throw ValidationError("--precision: expected \(Precision.choices), found '\(precision)'") }
+        if !output.hasSuffix(".jsonl") { throw ValidationError("--output: expected a path ending in .jsonl, found '\(output)'") }
+    }
+
+    func run() throws {
+        do {
+            configureThreads(threads)
+            let loaded = try openModel(path: model)
+            let codec = try TextCodec(loaded)
+            let m = loaded.model, v = m.config.vocabSize
+            let start = try startTokens(codec)
+            guard start.count + length <= m.config.maxSeqLen else {
+                throw KDError.invalidInput(what: "--length", expected: "prompt + length ≤ the model's \(m.config.maxSeqLen) positions",
+                                           found: "\(start.count) + \(length)")
+            }
+            let ends = Set<Int32>(codec.bpe?.specialIDs ?? [])
+            let (kernel, warning) = try BF16.resolve(bf16: Precision(rawValue: precision)! == .bf16, environment: ProcessInfo.processInfo.environment,
+                                                     setting: "synthesize --precision")
+            if let warning { KDLog.error(warning) }
+            let rng = CounterRNG(seed: seed, purpose: .sampling)
+            let sampler = Sampler(temperature: temperature, topK: topK, topP: topP)
+            let fullDistribution = topK == 0 && topP == 1
+            let scratch = Slab(count: v)
+            let batches = (tokens + batch * length - 1) / (batch * length)
+            var documents: [String] = [], drawn = 0, kept = 0
+            let t0 = Date()
+            try BF16.$kernel.withValue(kernel) {
+                for bi in 0..<batches {
+                    let cache = BatchKVCache(config: m.config, b: batch, capacity: start.count + length)
+                    var seqs = [[Int32]](repeating: [], count: batch)
+                    var feed = (0..<batch).flatMap { _ in start }, tq = start.count
+                    for t in 0..<length {
+                        var logits = feed.withUnsafeBufferPointer { m.decodeBatch(tokens: $0.baseAddress!, tq: tq, cache: cache) }
+                        for i in 0..<batch {
+                            let u = rng.uniform(UInt64(bi * batch + i), UInt64(t))
+                            let tok: Int32 = fullDistribution
+                                ? logits.withUnsafeMutableBufferPointer { drawFromLogits($0.baseAddress! + i * v, v, temperature: temperature, u: u, scratch: scratch.base) }
+                                : sampler.sample(logits: Array(logits[(i * v)..<((i + 1) * v)]), u: u)
+                            seqs[i].append(tok)
+                        }
+                        feed = seqs.map { $0.last! }
+                        tq = 1
+                    }
+                    for s in seqs {
+                        var doc: [Int32] = []
+                        for tok in s + [ends.first ?? -1] {
+                            if ends.contains(tok) || tok < 0 {
+                                if doc.count >= minTokens { documents.append(codec.decode(doc)); kept += doc.count }
+                                doc = []
+                            } else {
+                                doc.append(tok)
+                            }
+                        }
+                        if ends.isEmpty, doc.count >= minTokens { documents.append(codec.decode(doc)); kept += doc.count }
+                    }
+                    drawn += batch * length
+                    let s = Date().timeIntervalSince(t0)
+                    KDLog.info(String(format: "synthesize: batch %d of %d, %d tokens drawn (%.0f tokens/s), %d documents kept (%d tokens)",
+                                      bi + 1, batches, drawn, Double(drawn) / s, documents.count, kept))
+                }
+            }
+            guard !documents.isEmpty else {
+                throw KDError.invalidInput(what: "synthesized text", expected: "at least one document of \(minTokens) tokens or more",
+                                           found: "none in \(drawn) tokens drawn")
+            }
+            try atomicWrite(path: output) { fh in
+                for d in documents {
+                    var line = try JSONSerialization.data(withJSONObject: ["text": d], options: [.withoutEscapingSlashes])
+                    line.append(0x0a)
+                    fh.write(line)
+                }
+            }
+            KDLog.info("synthesize: wrote \(documents.count) documents (\(kept) tokens) to \(output)")
+        } catch { throw fail(error) }
+    }
+
+    /// The prompt's ids (control tokens parsed), or the tokenizer's BOS when the prompt is empty.
+    func startTokens(_ codec: TextCodec) throws -> [Int32] {
+        if !prompt.isEmpty {
+            let ids = codec.encode(prompt, special: true, addSpecial: false)
+            if !ids.isEmpty { return ids }
+        }
+        guard let bos = codec.bpe?.bos else {
+            throw KDError.invalidInput(what: "--prompt", expected: "some text, or a tokenizer with a BOS token to start from", found: "neither")
+        }
+        return [bos]
+    }
+}

@@ -43,9 +43,6 @@ public func attentionForward(
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape, keepProbs: Bool = true
 ) {
     StepProfile.op(.attention) {
-        if s.tq == 1 && !attentionOneQueryOff {
-            return attentionForwardOneQuery(out: out, probs: keepProbs ? probs : nil, q: q, k: k, v: v, shape: s)
-        }
         if let kernel = BF16.kernel {
             if kernel != .rounded && s.window == 0 && s.hs <= 256 && !attentionTilesOff {
                 return attentionForwardTiled(kernel, out: out, probs: keepProbs ? probs : nil, q: q, k: k, v: v, shape: s)
@@ -73,61 +70,6 @@ public func attentionForward(
         }
     }
 }
-
-/// ``attentionForward`` of one query per sequence (a decoding step against a KV cache), in f32 whatever the matmul
-/// precision: each (sequence, key/value head) reads its keys and values once, straight from the cache, for all the
-/// query heads of its group — no packing of the whole cache to bf16 each step, no 8-row panel for a single row. With
-/// `probs`, the probabilities are written there as the other paths write them (0 outside the keys the query sees).
-/// `DISTILL_ATTENTION=panels` keeps a single query on the other paths, to compare.
-/// - Shapes: out [b, 1, nh, hs] · probs [b, nh, 1, tk] · q [b, 1, nh, hs] · k, v [b, tk, nkv, hs] (strided as `s`)
-func attentionForwardOneQuery(
-    out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>?,
-    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
-) {
-    let hs = s.hs, g = s.group, tk = s.tk, valid = s.pos0 + 1, first = s.window > 0 ? max(0, valid - s.window) : 0
-    precondition(valid <= tk, "attention: query position \(s.pos0) past the \(tk) keys")
-    let threads = min(Parallel.threads, s.b * s.nkv)
-    attentionScratch.withLock { slab in
-        if probs == nil, slab.count < threads * g * tk { slab = Slab(count: threads * g * tk) }
-        let base = slab.base
-        Parallel.forIndexedRanges(s.b * s.nkv, over: threads) { index, lo, hi in
-            for task in lo..<hi {
-                let bi = task / s.nkv, kvh = task % s.nkv, h0 = kvh * g
-                let kb = k + bi * s.kvBatchStride + kvh * hs, vb = v + bi * s.kvBatchStride + kvh * hs
-                let qb = q + bi * s.qBatchStride + h0 * hs, ob = out + bi * s.qBatchStride + h0 * hs
-                let rows = probs.map { $0 + (bi * s.nh + h0) * tk } ?? (base + index * g * tk)
-                for j in first..<valid {
-                    let kj = kb + j * s.ldkv
-                    for r in 0..<g { rows[r * tk + j] = dot(qb + r * hs, kj, hs) * s.scale }
-                }
-                for r in 0..<g { softmaxRow(rows + r * tk, valid: valid, first: first, tk: tk) }
-                for r in 0..<g { (ob + r * hs).update(repeating: 0, count: hs) }
-                for j in first..<valid {
-                    let vj = vb + j * s.ldkv
-                    for r in 0..<g { addScaled(ob + r * hs, vj, rows[r * tk + j], hs) }
-                }
-            }
-        }
-    }
-}
-
-/// y[0..<n] += a · x[0..<n].
-@inline(__always)
-func addScaled(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ a: Float, _ n: Int) {
-    let av = V16(repeating: a)
-    var i = 0
-    while i + 16 <= n {
-        storeV16(loadV16(y + i) + av * loadV16(x + i), y + i)
-        i += 16
-    }
-    while i < n {
-        y[i] += a * x[i]
-        i += 1
-    }
-}
-
-/// `DISTILL_ATTENTION=panels`: a single query takes the f32 BLAS or bf16 panel paths as longer blocks do.
-let attentionOneQueryOff = getenv("DISTILL_ATTENTION").map { String(cString: $0) == "panels" } ?? false
 
 /// Query i's row of a head's [tq, tk] block, scores in, probabilities out: softmax over the keys the query sees (its
 /// causal prefix, or the last `window` of it), exactly 0 elsewhere.

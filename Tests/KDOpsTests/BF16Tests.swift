@@ -264,58 +264,6 @@ func tiledAttentionIsTheBlockedAttentionBitForBit(kernel: BF16Kernel) {
     }
 }
 
-/// A single query per sequence (a decoding step) takes its own f32 path in either precision: it equals float64
-/// attention on the same cache — grouped heads, a cache longer than its filled part, a sliding window, a head size
-/// with a tail — with its probabilities kept or not, on 1 and 2 threads, and the probabilities outside the keys the
-/// query sees are exactly 0.
-@Test func oneQueryAttentionIsFloat64Attention() {
-    let cases: [(b: Int, pos0: Int, nh: Int, nkv: Int, hs: Int, window: Int, cap: Int)] = [
-        (2, 40, 6, 2, 64, 0, 50), (1, 30, 3, 1, 40, 8, 45), (3, 0, 2, 2, 16, 0, 4), (2, 17, 4, 1, 256, 0, 18),
-    ]
-    for c in cases {
-        let tk = c.pos0 + 1, g = c.nh / c.nkv
-        var shape = AttentionShape(b: c.b, tq: 1, tk: tk, nh: c.nh, nkv: c.nkv, hs: c.hs, pos0: c.pos0, kvBatchStride: c.cap * c.nkv * c.hs)
-        shape.window = c.window
-        let q = randomArray(c.b * c.nh * c.hs, seed: 51), k = randomArray(c.b * c.cap * c.nkv * c.hs, seed: 52)
-        let v = randomArray(c.b * c.cap * c.nkv * c.hs, seed: 53)
-        let first = c.window > 0 ? max(0, tk - c.window) : 0
-        var want = [Double](repeating: 0, count: q.count), wantP = [Double](repeating: 0, count: c.b * c.nh * tk)
-        for bi in 0..<c.b {
-            for h in 0..<c.nh {
-                let kvh = h / g, qo = (bi * c.nh + h) * c.hs
-                let scores = (first..<tk).map { j -> Double in
-                    let ko = (bi * c.cap + j) * c.nkv * c.hs + kvh * c.hs
-                    return (0..<c.hs).reduce(0.0) { $0 + Double(q[qo + $1]) * Double(k[ko + $1]) } / Double(c.hs).squareRoot()
-                }
-                let m = scores.max()!, e = scores.map { Foundation.exp($0 - m) }, z = e.reduce(0, +)
-                for (n, j) in (first..<tk).enumerated() {
-                    wantP[(bi * c.nh + h) * tk + j] = e[n] / z
-                    let vo = (bi * c.cap + j) * c.nkv * c.hs + kvh * c.hs
-                    for d in 0..<c.hs { want[qo + d] += e[n] / z * Double(v[vo + d]) }
-                }
-            }
-        }
-        for threads in [1, 2] {
-            for keep in [true, false] {
-                var out = [Float](repeating: .nan, count: q.count), probs = [Float](repeating: .nan, count: c.b * c.nh * tk)
-                let saved = Parallel.threads
-                Parallel.threads = threads
-                probs.withUnsafeMutableBufferPointer { p in
-                    attentionForwardOneQuery(out: &out, probs: keep ? p.baseAddress! : nil, q: q, k: k, v: v, shape: shape)
-                }
-                Parallel.threads = saved
-                let err = zip(out, want).map { abs(Double($0) - $1) }.max()!
-                #expect(err < 2e-6, "\(c) threads \(threads) keep \(keep): output off by \(err)")
-                if keep {
-                    #expect(zip(probs, wantP).allSatisfy { abs(Double($0) - $1) < 1e-6 && ($1 != 0 || $0 == 0) }, "\(c): probabilities")
-                } else {
-                    #expect(probs.allSatisfy { $0.isNaN }, "\(c): probabilities not kept are not written")
-                }
-            }
-        }
-    }
-}
-
 /// The fused gate/up/SwiGLU pass of a frozen model (two packed weights, the sums kept per 32-column panel) is the two
 /// GEMMs followed by ``swiGLUForward`` bit for bit: rows crossing the 384-row blocks and ragged 8-row tiles, a depth
 /// crossing the 256-deep blocks with a remainder, a last panel of 16 columns, on 1 and 2 threads. A wrong depth block,

@@ -88,17 +88,19 @@ struct Synthesize: ParsableCommand {
                         feed = seqs.map { $0.last! }
                         tq = 1
                     }
+                    // a control token ends a document, the sequence's end its last one
+                    func keep(_ doc: ArraySlice<Int32>) {
+                        guard doc.count >= minTokens else { return }
+                        documents.append(codec.decode(Array(doc)))
+                        kept += doc.count
+                    }
                     for s in seqs {
-                        var doc: [Int32] = []
-                        for tok in s + [ends.first ?? -1] {
-                            if ends.contains(tok) || tok < 0 {
-                                if doc.count >= minTokens { documents.append(codec.decode(doc)); kept += doc.count }
-                                doc = []
-                            } else {
-                                doc.append(tok)
-                            }
+                        var start = 0
+                        for (j, tok) in s.enumerated() where ends.contains(tok) {
+                            keep(s[start..<j])
+                            start = j + 1
                         }
-                        if ends.isEmpty, doc.count >= minTokens { documents.append(codec.decode(doc)); kept += doc.count }
+                        keep(s[start...])
                     }
                     drawn += batch * length
                     let s = Date().timeIntervalSince(t0)

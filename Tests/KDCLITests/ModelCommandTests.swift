@@ -62,11 +62,20 @@ func scratchDir() throws -> URL {
         (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: String]
     }
     #expect(!docs.isEmpty && docs.allSatisfy { ($0?["text"]?.isEmpty ?? true) == false })
+    // control tokens end documents and are not part of any
+    #expect(docs.allSatisfy { !($0?["text"] ?? "").contains("<|") })
     // 2 batches × 2 sequences × 24 tokens: every token kept but the control tokens that end documents
     let kept = try #require((a.out + a.err).split(separator: "\n").last { $0.contains("wrote") })
     #expect(kept.contains("wrote \(docs.count) documents ("), "\(kept)")
     let n = Int(kept.split(separator: "(")[1].split(separator: " ")[0]) ?? -1
     #expect(n >= 48 && n <= 96, "\(kept)")
+    // a chat turn ends with a control token within 40 tokens: it ends a document and the next one starts after it
+    let chat = try runDistill(["synthesize", "--model", teacher, "--output", out.path, "--tokens", "80", "--length", "40", "--batch", "2",
+                               "--min-tokens", "1", "--prompt", "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n", "--seed", "3", "--threads", "1"])
+    let turns = String(decoding: try Data(contentsOf: out), as: UTF8.self).split(separator: "\n").count
+    let chatKept = (chat.out + chat.err).split(separator: "\n").last { $0.contains("wrote") }.map(String.init) ?? ""
+    #expect(chat.status == 0 && turns > 2 && !chatKept.contains("(80 tokens)") && !chatKept.isEmpty, "\(chatKept)")
+    #expect(!String(decoding: try Data(contentsOf: out), as: UTF8.self).contains("<|"))
     #expect(try runDistill(args(seed: 3)).status == 0)
     #expect(try Data(contentsOf: out) == first)
     #expect(try runDistill(args(seed: 4)).status == 0)

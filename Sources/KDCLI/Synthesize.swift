@@ -15,11 +15,11 @@ struct Synthesize: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Sample a text corpus from a model (many sequences decoded at once) as JSONL documents for `distill prepare`.",
         discussion: """
-        Every sequence starts from the prompt (control tokens written in it are parsed; default: the tokenizer's BOS) and \
-        runs --length tokens; a control token drawn (end of text, end of turn) ends a document and the next one starts \
+        Every sequence starts from the prompt (control tokens written in it are parsed; default: the tokenizer's BOS; \
+        the prompt itself is not written) and runs --length tokens; a control token drawn (end of text, end of turn) ends a document and the next one starts \
         after it. Sequence i's token t is drawn with counter (i, t) of --seed: the same arguments give the same \
-        corpus. Documents shorter than --min-tokens are dropped. The file is written whole at the end (no partial \
-        file on failure).
+        corpus. Documents shorter than --min-tokens are dropped. Under mpirun each rank draws its share of the batches (batch i on rank i mod \
+        ranks) and rank 0 writes the file, whole at the end (no partial file on failure).
         """)
 
     @Option(help: "GGUF file, Hugging Face folder or checkpoint to sample from.") var model: String
@@ -50,8 +50,7 @@ struct Synthesize: ParsableCommand {
     }
 
     func run() throws {
-        do {
-            configureThreads(threads)
+        try Job.run(threads: threads, precision: Precision(rawValue: precision)!) { comm in
             let loaded = try openModel(path: model)
             let codec = try TextCodec(loaded)
             let m = loaded.model, v = m.config.vocabSize
@@ -61,66 +60,72 @@ struct Synthesize: ParsableCommand {
                                            found: "\(start.count) + \(length)")
             }
             let ends = Set<Int32>(codec.bpe?.specialIDs ?? [])
-            let (kernel, warning) = try BF16.resolve(bf16: Precision(rawValue: precision)! == .bf16, environment: ProcessInfo.processInfo.environment,
-                                                     setting: "synthesize --precision")
-            if let warning { KDLog.error(warning) }
             let rng = CounterRNG(seed: seed, purpose: .sampling)
             let sampler = Sampler(temperature: temperature, topK: topK, topP: topP)
             let fullDistribution = topK == 0 && topP == 1
             let scratch = Slab(count: v)
+            // batch bi runs on rank bi mod ranks; its documents are the same whichever rank draws them
             let batches = (tokens + batch * length - 1) / (batch * length)
-            var documents: [String] = [], drawn = 0, kept = 0
+            let mine = Array(stride(from: comm.rank, to: batches, by: comm.worldSize))
+            var documents: [[String]] = [], kept = 0
             let t0 = Date()
-            try BF16.$kernel.withValue(kernel) {
-                for bi in 0..<batches {
-                    let cache = BatchKVCache(config: m.config, b: batch, capacity: start.count + length)
-                    var seqs = [[Int32]](repeating: [], count: batch)
-                    var feed = (0..<batch).flatMap { _ in start }, tq = start.count
-                    for t in 0..<length {
-                        var logits = feed.withUnsafeBufferPointer { m.decodeBatch(tokens: $0.baseAddress!, tq: tq, cache: cache) }
-                        for i in 0..<batch {
-                            let u = rng.uniform(UInt64(bi * batch + i), UInt64(t))
-                            let tok: Int32 = fullDistribution
-                                ? logits.withUnsafeMutableBufferPointer { drawFromLogits($0.baseAddress! + i * v, v, temperature: temperature, u: u, scratch: scratch.base) }
-                                : sampler.sample(logits: Array(logits[(i * v)..<((i + 1) * v)]), u: u)
-                            seqs[i].append(tok)
-                        }
-                        feed = seqs.map { $0.last! }
-                        tq = 1
+            for (n, bi) in mine.enumerated() {
+                let cache = BatchKVCache(config: m.config, b: batch, capacity: start.count + length)
+                var seqs = [[Int32]](repeating: [], count: batch)
+                var feed = (0..<batch).flatMap { _ in start }, tq = start.count
+                for t in 0..<length {
+                    var logits = feed.withUnsafeBufferPointer { m.decodeBatch(tokens: $0.baseAddress!, tq: tq, cache: cache) }
+                    for i in 0..<batch {
+                        let u = rng.uniform(UInt64(bi * batch + i), UInt64(t))
+                        let tok: Int32 = fullDistribution
+                            ? logits.withUnsafeMutableBufferPointer { drawFromLogits($0.baseAddress! + i * v, v, temperature: temperature, u: u, scratch: scratch.base) }
+                            : sampler.sample(logits: Array(logits[(i * v)..<((i + 1) * v)]), u: u)
+                        seqs[i].append(tok)
                     }
-                    // a control token ends a document, the sequence's end its last one
-                    func keep(_ doc: ArraySlice<Int32>) {
-                        guard doc.count >= minTokens else { return }
-                        documents.append(codec.decode(Array(doc)))
-                        kept += doc.count
-                    }
-                    for s in seqs {
-                        var start = 0
-                        for (j, tok) in s.enumerated() where ends.contains(tok) {
-                            keep(s[start..<j])
-                            start = j + 1
-                        }
-                        keep(s[start...])
-                    }
-                    drawn += batch * length
-                    let s = Date().timeIntervalSince(t0)
-                    KDLog.info(String(format: "synthesize: batch %d of %d, %d tokens drawn (%.0f tokens/s), %d documents kept (%d tokens)",
-                                      bi + 1, batches, drawn, Double(drawn) / s, documents.count, kept))
+                    feed = seqs.map { $0.last! }
+                    tq = 1
                 }
+                // a control token ends a document, the sequence's end its last one
+                var docs: [String] = []
+                func keep(_ doc: ArraySlice<Int32>) {
+                    guard doc.count >= minTokens else { return }
+                    docs.append(codec.decode(Array(doc)))
+                    kept += doc.count
+                }
+                for s in seqs {
+                    var from = 0
+                    for (j, tok) in s.enumerated() where ends.contains(tok) {
+                        keep(s[from..<j])
+                        from = j + 1
+                    }
+                    keep(s[from...])
+                }
+                documents.append(docs)
+                let drawn = (n + 1) * batch * length
+                KDLog.info(String(format: "synthesize: batch %d of %d, %d tokens drawn here (%.0f tokens/s), %d documents kept (%d tokens)",
+                                  bi + 1, batches, drawn, Double(drawn) / Date().timeIntervalSince(t0), documents.joined().count, kept))
             }
-            guard !documents.isEmpty else {
+            // every rank's batches to rank 0, which writes them in batch order
+            var total = [Double(kept)]
+            try comm.allReduceSum(&total)
+            let parts = try comm.allGatherV(Array(try JSONEncoder().encode(documents)))
+            guard comm.rank == 0 else { return }
+            let byRank = try parts.map { try JSONDecoder().decode([[String]].self, from: Data($0)) }
+            let ordered = (0..<batches).flatMap { byRank[$0 % comm.worldSize][$0 / comm.worldSize] }
+            guard !ordered.isEmpty else {
                 throw KDError.invalidInput(what: "synthesized text", expected: "at least one document of \(minTokens) tokens or more",
-                                           found: "none in \(drawn) tokens drawn")
+                                           found: "none in \(batches * batch * length) tokens drawn")
             }
             try atomicWrite(path: output) { fh in
-                for d in documents {
+                for d in ordered {
                     var line = try JSONSerialization.data(withJSONObject: ["text": d], options: [.withoutEscapingSlashes])
                     line.append(0x0a)
                     fh.write(line)
                 }
             }
-            KDLog.info("synthesize: wrote \(documents.count) documents (\(kept) tokens) to \(output)")
-        } catch { throw fail(error) }
+            KDLog.info("synthesize: wrote \(ordered.count) documents (\(Int(total[0])) tokens) to \(output)"
+                       + (comm.worldSize > 1 ? ", drawn on \(comm.worldSize) ranks" : ""))
+        }
     }
 
     /// The prompt's ids (control tokens parsed), or the tokenizer's BOS when the prompt is empty.

@@ -78,6 +78,11 @@ func scratchDir() throws -> URL {
     #expect(!String(decoding: try Data(contentsOf: out), as: UTF8.self).contains("<|"))
     #expect(try runDistill(args(seed: 3)).status == 0)
     #expect(try Data(contentsOf: out) == first)
+    // 2 ranks under mpirun draw one batch each (1 thread each, as the single process): the same file
+    try FileManager.default.removeItem(at: out)
+    let two = try launch("distill_mpi.sh", ["2"] + args(seed: 3))
+    #expect(two.status == 0 && two.out.contains("drawn on 2 ranks"), "\(two.out)")
+    #expect(try Data(contentsOf: out) == first)
     #expect(try runDistill(args(seed: 4)).status == 0)
     #expect(try Data(contentsOf: out) != first)
     let prep = try runDistill(["prepare", out.path, "--tokenizer", teacher, "--val-fraction", "0", "--output", dir.appendingPathComponent("p").path])

@@ -13,9 +13,8 @@
 #     4 KB at paragraph ends. Novels, none of them an evaluation text.
 #   books+teacher: the books corpus with text sampled from the TOKENIZER model itself (`distill synthesize`:
 #     SAMPLE_TOKENS tokens, default 800,000, in SAMPLE_BATCH (64) sequences at a time of SAMPLE_LENGTH (512) started
-#     from its <|endoftext|> token where it has one, else its BOS; temperature 1, seed 1; bf16 matmuls where the CPU
-#     has them), kept beside OUT as
-#     OUT.sample.jsonl and reused. Text in the teacher's own distribution, not text we picked.
+#     from its <|endoftext|> token where it has one, else its BOS; temperature 1, seed 1; on 2 ranks; bf16 matmuls
+#     where the CPU has them), kept beside OUT as OUT.sample.jsonl and reused. Text in the teacher's own distribution, not text we picked.
 # usage: Launch/fetch_corpus.sh fortunes|mix|books|books+teacher TOKENIZER OUT   (TOKENIZER: a GGUF file, a Hugging Face folder or
 #   `bytes`; DISTILL_BIN: the distill binary, default the release build)
 set -euo pipefail

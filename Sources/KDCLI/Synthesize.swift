@@ -16,10 +16,11 @@ struct Synthesize: ParsableCommand {
         abstract: "Sample a text corpus from a model (many sequences decoded at once) as JSONL documents for `distill prepare`.",
         discussion: """
         Every sequence starts from the prompt (control tokens written in it are parsed; default: the tokenizer's BOS; \
-        the prompt itself is not written) and runs --length tokens; a control token drawn (end of text, end of turn) ends a document and the next one starts \
-        after it. Sequence i's token t is drawn with counter (i, t) of --seed: the same arguments give the same \
-        corpus. Documents shorter than --min-tokens are dropped. Under mpirun each rank draws its share of the batches (batch i on rank i mod \
-        ranks) and rank 0 writes the file, whole at the end (no partial file on failure).
+        the prompt itself is not written) and runs --length tokens; a control token drawn (end of text, end of turn) \
+        ends a document and the next one starts after it. Sequence i's token t is drawn with counter (i, t) of \
+        --seed: the same arguments give the same corpus. Documents shorter than --min-tokens are dropped. Under mpirun \
+        each rank draws its share of the batches (batch i on rank i mod ranks) and rank 0 writes the file, whole at \
+        the end (no partial file on failure).
         """)
 
     @Option(help: "GGUF file, Hugging Face folder or checkpoint to sample from.") var model: String
@@ -51,6 +52,11 @@ struct Synthesize: ParsableCommand {
 
     func run() throws {
         try Job.run(threads: threads, precision: Precision(rawValue: precision)!) { comm in
+            // an output folder that cannot take the file fails now, not after the sampling
+            let folder = (output as NSString).deletingLastPathComponent
+            guard FileManager.default.isWritableFile(atPath: folder.isEmpty ? "." : folder) else {
+                throw KDError.unwritable(path: output, reason: "its folder does not exist or is not writable")
+            }
             let loaded = try openModel(path: model)
             let codec = try TextCodec(loaded)
             let m = loaded.model, v = m.config.vocabSize

@@ -91,7 +91,8 @@ func scratchDir() throws -> URL {
     #expect((summary["documents"] as? Int ?? 0) > 0)
     for (bad, message) in [(["--output", dir.appendingPathComponent("x.txt").path], "--output: expected a path ending in .jsonl"),
                            (["--output", dir.appendingPathComponent("y.jsonl").path, "--length", "100000"], "prompt + length"),
-                           (["--output", dir.appendingPathComponent("z.jsonl").path, "--temperature", "0"], "--temperature: expected > 0")] {
+                           (["--output", dir.appendingPathComponent("z.jsonl").path, "--temperature", "0"], "--temperature: expected > 0"),
+                           (["--output", dir.appendingPathComponent("nowhere/w.jsonl").path], "its folder does not exist or is not writable")] {
         let r = try runDistill(["synthesize", "--model", teacher, "--tokens", "8"] + bad)
         #expect(r.status != 0, "\(bad)")
         #expect(r.err.contains(message), "\(bad): \(r.err)")

@@ -38,14 +38,7 @@ struct Generate: ParsableCommand {
             let loaded = try openModel(path: model)
             let codec = try TextCodec(loaded)
             let text = chat ? codec.bpe?.chatPrompt(user: prompt) ?? BPETokenizer.chatML(user: prompt) : prompt
-            var ids = codec.encode(text, special: chat)
-            if ids.isEmpty {
-                // nothing to continue: start from the tokenizer's BOS, as an unconditioned sample
-                guard let bos = codec.bpe?.bos else {
-                    throw KDError.invalidInput(what: "prompt", expected: "at least one token, or a tokenizer with a BOS token to start from", found: "no tokens")
-                }
-                ids = [bos]
-            }
+            let ids = try codec.orBOS(codec.encode(text, special: chat), what: "prompt")
             let m = loaded.model
             guard ids.count < m.config.maxSeqLen else {
                 throw KDError.invalidInput(what: "prompt", expected: "fewer than \(m.config.maxSeqLen) tokens", found: "\(ids.count)")

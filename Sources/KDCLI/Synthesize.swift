@@ -60,7 +60,7 @@ struct Synthesize: ParsableCommand {
             let loaded = try openModel(path: model)
             let codec = try TextCodec(loaded)
             let m = loaded.model, v = m.config.vocabSize
-            let start = try startTokens(codec)
+            let start = try codec.orBOS(prompt.isEmpty ? [] : codec.encode(prompt, special: true, addSpecial: false), what: "--prompt")
             guard start.count + length <= m.config.maxSeqLen else {
                 throw KDError.invalidInput(what: "--length", expected: "prompt + length ≤ the model's \(m.config.maxSeqLen) positions",
                                            found: "\(start.count) + \(length)")
@@ -68,7 +68,6 @@ struct Synthesize: ParsableCommand {
             let ends = Set<Int32>(codec.bpe?.specialIDs ?? [])
             let rng = CounterRNG(seed: seed, purpose: .sampling)
             let sampler = Sampler(temperature: temperature, topK: topK, topP: topP)
-            let fullDistribution = topK == 0 && topP == 1
             let scratch = Slab(count: v)
             // batch bi runs on rank bi mod ranks; its documents are the same whichever rank draws them
             let batches = (tokens + batch * length - 1) / (batch * length)
@@ -83,10 +82,7 @@ struct Synthesize: ParsableCommand {
                     var logits = feed.withUnsafeBufferPointer { m.decodeBatch(tokens: $0.baseAddress!, tq: tq, cache: cache) }
                     for i in 0..<batch {
                         let u = rng.uniform(UInt64(bi * batch + i), UInt64(t))
-                        let tok: Int32 = fullDistribution
-                            ? logits.withUnsafeMutableBufferPointer { drawFromLogits($0.baseAddress! + i * v, v, temperature: temperature, u: u, scratch: scratch.base) }
-                            : sampler.sample(logits: Array(logits[(i * v)..<((i + 1) * v)]), u: u)
-                        seqs[i].append(tok)
+                        seqs[i].append(logits.withUnsafeMutableBufferPointer { sampler.sample($0.baseAddress! + i * v, v, u: u, scratch: scratch.base) })
                     }
                     feed = seqs.map { $0.last! }
                     tq = 1
@@ -132,17 +128,5 @@ struct Synthesize: ParsableCommand {
             KDLog.info("synthesize: wrote \(ordered.count) documents (\(Int(total[0])) tokens) to \(output)"
                        + (comm.worldSize > 1 ? ", drawn on \(comm.worldSize) ranks" : ""))
         }
-    }
-
-    /// The prompt's ids (control tokens parsed), or the tokenizer's BOS when the prompt is empty.
-    func startTokens(_ codec: TextCodec) throws -> [Int32] {
-        if !prompt.isEmpty {
-            let ids = codec.encode(prompt, special: true, addSpecial: false)
-            if !ids.isEmpty { return ids }
-        }
-        guard let bos = codec.bpe?.bos else {
-            throw KDError.invalidInput(what: "--prompt", expected: "some text, or a tokenizer with a BOS token to start from", found: "neither")
-        }
-        return [bos]
     }
 }

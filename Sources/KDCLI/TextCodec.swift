@@ -18,6 +18,14 @@ struct TextCodec {
         bpe?.encode(s, special: special, addSpecial: addSpecial) ?? ByteTokenizer().encode(s)
     }
     func decode(_ ids: [Int32]) -> String { bpe?.decode(ids) ?? ByteTokenizer().decode(ids) }
+    /// `ids`, or when there are none the tokenizer's BOS alone (an unconditioned start); without a BOS, one line naming `what`.
+    func orBOS(_ ids: [Int32], what: String) throws -> [Int32] {
+        if !ids.isEmpty { return ids }
+        guard let bos = bpe?.bos else {
+            throw KDError.invalidInput(what: what, expected: "at least one token, or a tokenizer with a BOS token to start from", found: "no tokens")
+        }
+        return [bos]
+    }
 
     init(_ loaded: LoadedModel) throws {
         bpe = loaded.tokenizer

@@ -135,13 +135,27 @@ public struct Sampler: Sendable, Equatable {
 
     public static let greedy = Sampler(temperature: 0)
 
-    /// Draws a token with the uniform number `u` in [0, 1) (inverse-CDF over the kept tokens, most likely first).
+    /// Draws a token from a row of logits in place (scaled by 1/T when T ≠ 1) with `scratch` [v] — no copy of the row:
+    /// how a caller drawing many rows (`distill synthesize`) samples; the same token as ``sample(logits:u:)``.
+    public func sample(_ logits: UnsafeMutablePointer<Float>, _ v: Int, u: Float, scratch: UnsafeMutablePointer<Float>) -> Int32 {
+        guard temperature > 0, topK == 0, topP == 1 else { return sample(logits: Array(UnsafeBufferPointer(start: logits, count: v)), u: u) }
+        return drawFromLogits(logits, v, temperature: temperature, u: u, scratch: scratch)
+    }
+
+    /// Draws a token with the uniform number `u` in [0, 1): without top-k / top-p an inverse CDF in vocabulary order
+    /// over the whole row (one pass, no sort); with them, over the kept tokens, most likely first.
     public func sample(logits: [Float], u: Float) -> Int32 {
         precondition(!logits.isEmpty, "Sampler: empty logits")
         if temperature == 0 {
             var best = 0
             for i in 1..<logits.count where logits[i] > logits[best] { best = i }
             return Int32(best)
+        }
+        if topK == 0 && topP == 1 {
+            var row = logits, scratch = [Float](repeating: 0, count: logits.count)
+            return row.withUnsafeMutableBufferPointer { r in
+                scratch.withUnsafeMutableBufferPointer { drawFromLogits(r.baseAddress!, r.count, temperature: temperature, u: u, scratch: $0.baseAddress!) }
+            }
         }
         let probs = candidateDistribution(logits: logits)
         var acc: Float = 0
@@ -174,9 +188,9 @@ public struct Sampler: Sendable, Equatable {
 }
 
 /// Draws a token from softmax(logits / T) with u in [0, 1): inverse CDF in vocabulary order over the row's exponentials
-/// (no sort): the distribution `Sampler` draws from without top-k / top-p, its tokens taken in vocabulary order.
+/// (no sort): how `Sampler` draws without top-k / top-p.
 /// - Shapes: logits [v] (scaled in place when T ≠ 1) · scratch [v]
-public func drawFromLogits(_ logits: UnsafeMutablePointer<Float>, _ v: Int, temperature T: Float, u: Float, scratch: UnsafeMutablePointer<Float>) -> Int32 {
+func drawFromLogits(_ logits: UnsafeMutablePointer<Float>, _ v: Int, temperature T: Float, u: Float, scratch: UnsafeMutablePointer<Float>) -> Int32 {
     if T != 1 { scaleRow(logits, v, 1 / T) }
     let mx = rowMax(logits, v)
     let total = expShiftSum(scratch, logits, v, shift: mx)

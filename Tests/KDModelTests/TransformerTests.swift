@@ -231,8 +231,9 @@ func checkKVCacheDecoding(_ m: ModelConfig) -> (model: Transformer, tokens: [Int
     #expect(p.count == 2)
 }
 
-/// `drawFromLogits` (synthesize's sampler: no sort) draws softmax(logits / T): over an even grid of u, each token's
-/// share equals its float64 probability, and it agrees with `Sampler`'s distribution.
+/// Without top-k / top-p, `Sampler` draws in one pass over the row (no sort) from softmax(logits / T): over an even grid
+/// of u each token's share equals its float64 probability and `candidateDistribution`'s, and the in-place entry
+/// (synthesize's) draws the array entry's token.
 @Test(arguments: [Float(1), 0.6])
 func drawingFromLogitsFollowsTheTemperedSoftmax(temperature T: Float) {
     let rng = CounterRNG(seed: 41, purpose: .test), v = 97
@@ -244,9 +245,11 @@ func drawingFromLogitsFollowsTheTemperedSoftmax(temperature T: Float) {
     var row = logits, scratch = [Float](repeating: 0, count: v)
     for i in 0..<draws {
         row = logits
+        let u = (Float(i) + 0.5) / Float(draws)
         let tok = row.withUnsafeMutableBufferPointer { r in scratch.withUnsafeMutableBufferPointer {
-            drawFromLogits(r.baseAddress!, v, temperature: T, u: (Float(i) + 0.5) / Float(draws), scratch: $0.baseAddress!)
+            Sampler(temperature: T).sample(r.baseAddress!, v, u: u, scratch: $0.baseAddress!)
         } }
+        if i % 997 == 0 { #expect(Sampler(temperature: T).sample(logits: logits, u: u) == tok) }
         counts[Int(tok)] += 1
     }
     for j in 0..<v { #expect(abs(Double(counts[j]) / Double(draws) - exact[j] / z) < 1e-4, "token \(j)") }
@@ -254,7 +257,7 @@ func drawingFromLogitsFollowsTheTemperedSoftmax(temperature T: Float) {
     // u just below 1 takes the last token with any mass, never one past it
     row = logits
     let last = row.withUnsafeMutableBufferPointer { r in scratch.withUnsafeMutableBufferPointer {
-        drawFromLogits(r.baseAddress!, v, temperature: T, u: 0.99999994, scratch: $0.baseAddress!)
+        Sampler(temperature: T).sample(r.baseAddress!, v, u: 0.99999994, scratch: $0.baseAddress!)
     } }
     #expect(Int(last) == v - 1)
 }

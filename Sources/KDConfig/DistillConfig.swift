@@ -20,20 +20,26 @@ public enum CrossTokenizer: String, ConfigVocabulary {
 public enum HiddenLayers: Codable, Equatable, Sendable, CustomStringConvertible {
     /// Each block of a student cut from its teacher ↔ the teacher block it was cut from.
     case auto
+    /// Each block of a student cut from its teacher ↔ the teacher block whose output the next kept block reads (the
+    /// last one before it; the student's last block ↔ the teacher's last): at a seam of a depth cut the kept block
+    /// before it is asked for what the removed run handed on. Without a depth cut the same pairs as `auto`.
+    case seams
     /// [student block, teacher block] pairs.
     case pairs([[Int]])
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
         if let word = try? c.decode(String.self) {
-            guard word == "auto" else {
-                throw DecodingError.dataCorruptedError(in: c, debugDescription: "expected 'auto' or a list of [student, teacher] block pairs, found '\(word)'")
+            switch word {
+            case "auto": self = .auto
+            case "seams": self = .seams
+            default:
+                throw DecodingError.dataCorruptedError(in: c, debugDescription: "expected 'auto', 'seams' or a list of [student, teacher] block pairs, found '\(word)'")
             }
-            self = .auto
             return
         }
         guard let pairs = try? c.decode([[Int]].self), pairs.allSatisfy({ $0.count == 2 && $0.allSatisfy { $0 >= 0 } }) else {
-            throw DecodingError.dataCorruptedError(in: c, debugDescription: "expected 'auto' or a list of [student, teacher] block pairs of indices >= 0")
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "expected 'auto', 'seams' or a list of [student, teacher] block pairs of indices >= 0")
         }
         self = .pairs(pairs)
     }
@@ -42,6 +48,7 @@ public enum HiddenLayers: Codable, Equatable, Sendable, CustomStringConvertible 
         var c = encoder.singleValueContainer()
         switch self {
         case .auto: try c.encode("auto")
+        case .seams: try c.encode("seams")
         case .pairs(let p): try c.encode(p)
         }
     }
@@ -49,6 +56,7 @@ public enum HiddenLayers: Codable, Equatable, Sendable, CustomStringConvertible 
     public var description: String {
         switch self {
         case .auto: return "auto"
+        case .seams: return "seams"
         case .pairs(let p): return p.map { "\($0[0])→\($0[1])" }.joined(separator: ", ")
         }
     }

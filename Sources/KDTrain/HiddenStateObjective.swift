@@ -32,13 +32,10 @@ final class HiddenStateObjective: TrainerPart {
           comm: any Communicator) throws {
         let d = config.distill, t = config.train
         guard d.hiddenWeight > 0 else { return nil }
-        switch d.hiddenLayers {
-        case .auto: pairs = cutBlocks.enumerated().map { ($0, $1) }
-        case .pairs(let p): pairs = p.map { ($0[0], $0[1]) }
-        }
         guard let placement, let teacher else {
             throw KDError.invalidInput(what: "distill.hidden_weight", expected: "a teacher whose block outputs to match", found: "no teacher")
         }
+        pairs = hiddenPairs(d.hiddenLayers, cutBlocks: cutBlocks, teacherLayers: teacher.config.layers)
         try placement.captureBlockOutputs(pairs.map(\.teacher))
         weight = d.hiddenWeight / Float(pairs.count)
         rows = t.microBatch * t.seqLen
@@ -97,4 +94,13 @@ final class HiddenStateObjective: TrainerPart {
     }
 
     func restore(from source: CheckpointSource?) throws { try projection?.restore(dir: source?.dir) }
+}
+
+/// The (student block, teacher block) pairs of `layers` for a student that kept the teacher's blocks `cutBlocks`.
+func hiddenPairs(_ layers: HiddenLayers, cutBlocks: [Int], teacherLayers: Int) -> [(student: Int, teacher: Int)] {
+    switch layers {
+    case .auto: return cutBlocks.enumerated().map { ($0, $1) }
+    case .seams: return cutBlocks.indices.map { l in (l, l + 1 < cutBlocks.count ? cutBlocks[l + 1] - 1 : teacherLayers - 1) }
+    case .pairs(let p): return p.map { ($0[0], $0[1]) }
+    }
 }

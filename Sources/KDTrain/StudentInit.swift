@@ -39,9 +39,9 @@ func checkHiddenLayers(_ config: RunConfig, teacher: Transformer?) throws {
     }
     // a student cut narrower is compared on the channels it kept, other widths through learned projections
     switch d.hiddenLayers {
-    case .auto:
+    case .auto, .seams:
         guard config.student.initFrom == .fromTeacher else {
-            throw KDError.invalidInput(what: "distill.hidden_layers: auto", expected: "a student cut from its teacher (student.init: from_teacher), or [[student, teacher], ...] pairs",
+            throw KDError.invalidInput(what: "distill.hidden_layers: \(d.hiddenLayers)", expected: "a student cut from its teacher (student.init: from_teacher), or [[student, teacher], ...] pairs",
                                        found: "student.init: \(config.student.initFrom)")
         }
     case .pairs(let pairs):

@@ -60,6 +60,40 @@ private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Trans
     #expect(stats.last!.hidden < 0.7 * loose.last!.hidden, "with weight 1: \(stats.map(\.hidden)); 1e-6: \(loose.map(\.hidden))")
 }
 
+@Test func seamPairsAskTheBlockBeforeACutForWhatTheRemovedRunHandedOn() throws {
+    func teachers(_ layers: HiddenLayers, _ cut: [Int], of n: Int) -> [Int] {
+        let p = hiddenPairs(layers, cutBlocks: cut, teacherLayers: n)
+        #expect(p.map(\.student) == Array(cut.indices))
+        return p.map(\.teacher)
+    }
+    // blocks 2–3 and 6 removed: block 1 stands for 1–3, the last kept block (5) for the teacher's last (6)
+    #expect(teachers(.seams, [0, 1, 4, 5], of: 7) == [0, 3, 4, 6])
+    #expect(teachers(.auto, [0, 1, 4, 5], of: 7) == [0, 1, 4, 5])
+    #expect(teachers(.seams, [0, 1, 2], of: 3) == [0, 1, 2])  // no depth cut: auto's pairs
+    #expect(teachers(.seams, [2, 3], of: 4) == [2, 3])  // leading blocks removed: no seam after any kept block
+
+    var (c, teacher) = try hiddenConfig(layers: 4)
+    c.model.layers = 2
+    c.student.layers = [0, 3]
+    c.distill.hiddenLayers = .seams
+    c.train.steps = 4
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let trainer = try Trainer(config: c, corpus: corpus, teacher: teacher)
+    #expect(trainer.hidden!.pairs.map(\.teacher) == [2, 3])
+    let stats = try trainer.run()
+    // the copied block 0 hands on teacher block 0's output where block 2's is asked: a loss from the first step,
+    // larger than auto's (which matches block 0 exactly at first)
+    c.distill.hiddenLayers = .auto
+    let auto = try Trainer(config: c, corpus: corpus, teacher: teacher).run()
+    #expect(stats[0].hidden > auto[0].hidden, "seams \(stats[0].hidden), auto \(auto[0].hidden)")
+    // and training lowers it, against the same run with a negligible weight
+    c.distill.hiddenLayers = .seams
+    c.distill.hiddenWeight = 1e-6
+    let loose = try Trainer(config: c, corpus: corpus, teacher: teacher).run()
+    #expect(loose[0].hidden == stats[0].hidden)
+    #expect(stats.last!.hidden < 0.7 * loose.last!.hidden, "with weight 1: \(stats.map(\.hidden)); 1e-6: \(loose.map(\.hidden))")
+}
+
 @Test func theStagedTeacherForwardEndsBitwiseWhereOneForwardDoes() throws {
     let (c, teacher) = try hiddenConfig(layers: 4)
     let placement = ReplicatedTeachers(teachers: [teacher], weights: [1], combine: .mixture, topK: nil, vocabSize: c.model.vocabSize)
@@ -92,10 +126,12 @@ private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Trans
     do { _ = try Trainer(config: c, corpus: corpus, teacher: teacher); Issue.record("teacher block 4 accepted") } catch {
         #expect("\(error)".contains("teacher blocks below 4"), "\(error)")
     }
-    c.distill.hiddenLayers = .auto
     c.student = StudentInitConfig()
-    do { _ = try Trainer(config: c, corpus: corpus, teacher: teacher); Issue.record("auto without a cut accepted") } catch {
-        #expect("\(error)".contains("from_teacher"), "\(error)")
+    for layers in [HiddenLayers.auto, .seams] {
+        c.distill.hiddenLayers = layers
+        do { _ = try Trainer(config: c, corpus: corpus, teacher: teacher); Issue.record("\(layers) without a cut accepted") } catch {
+            #expect("\(error)".contains("from_teacher") && "\(error)".contains("hidden_layers: \(layers)"), "\(error)")
+        }
     }
     // in YAML: a word other than auto, and a pair of three
     let data = "data:\n  train: [corpus.txt]\n"

@@ -40,24 +40,34 @@ private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Trans
     #expect(s.hidden == 0, "hidden-state loss \(s.hidden)")
 }
 
-@Test func theHiddenStateLossPullsACutStudentTowardItsTeacher() throws {
+/// A 2-block student cut from a 4-block teacher (blocks 0 and 3 kept) trained 4 steps with the hidden-state loss at
+/// `weight`: its pairs' teacher blocks and the steps' statistics.
+private func cutStudentRun(_ layers: HiddenLayers, weight: Float = 1) throws -> (teachers: [Int], stats: [StepStats]) {
     var (c, teacher) = try hiddenConfig(layers: 4)
     c.model.layers = 2
     c.student.layers = [0, 3]
-    c.distill.hiddenLayers = .auto
+    c.distill.hiddenLayers = layers
+    c.distill.hiddenWeight = weight
     c.train.steps = 4
-    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
-    let trainer = try Trainer(config: c, corpus: corpus, teacher: teacher)
-    #expect(trainer.hidden!.pairs.map(\.teacher) == [0, 3])
-    let stats = try trainer.run()
+    let trainer = try Trainer(config: c, corpus: try TokenCorpus.load(c.data, seed: c.train.seed), teacher: teacher)
+    return (trainer.hidden!.pairs.map(\.teacher), try trainer.run())
+}
+
+/// The same run with a negligible weight (the loss measured, its gradient ~0) starts at the same loss and drifts
+/// further from the teacher's states than `stats`.
+private func expectTrainingLowersTheHiddenLoss(_ layers: HiddenLayers, _ stats: [StepStats]) throws {
+    let loose = try cutStudentRun(layers, weight: 1e-6).stats
+    #expect(loose[0].hidden == stats[0].hidden)
+    #expect(stats.last!.hidden < 0.7 * loose.last!.hidden, "\(layers) with weight 1: \(stats.map(\.hidden)); 1e-6: \(loose.map(\.hidden))")
+}
+
+@Test func theHiddenStateLossPullsACutStudentTowardItsTeacher() throws {
+    let (teachers, stats) = try cutStudentRun(.auto)
+    #expect(teachers == [0, 3])
     // block 0 is copied (its output matches at first), block 3's input is no longer block 2's output
     #expect(stats[0].hidden > 0.01, "\(stats.map(\.hidden))")
     #expect(abs(stats[0].loss - (0.5 * stats[0].ce + 0.5 * stats[0].kd + stats[0].hidden)) < 1e-9 * stats[0].loss)
-    // the same run with a negligible weight (the loss measured, its gradient ~0) drifts further from the teacher's states
-    c.distill.hiddenWeight = 1e-6
-    let loose = try Trainer(config: c, corpus: corpus, teacher: teacher).run()
-    #expect(loose[0].hidden == stats[0].hidden)
-    #expect(stats.last!.hidden < 0.7 * loose.last!.hidden, "with weight 1: \(stats.map(\.hidden)); 1e-6: \(loose.map(\.hidden))")
+    try expectTrainingLowersTheHiddenLoss(.auto, stats)
 }
 
 @Test func seamPairsAskTheBlockBeforeACutForWhatTheRemovedRunHandedOn() throws {
@@ -72,26 +82,13 @@ private func hiddenConfig(layers teacherLayers: Int) throws -> (RunConfig, Trans
     #expect(teachers(.seams, [0, 1, 2], of: 3) == [0, 1, 2])  // no depth cut: auto's pairs
     #expect(teachers(.seams, [2, 3], of: 4) == [2, 3])  // leading blocks removed: no seam after any kept block
 
-    var (c, teacher) = try hiddenConfig(layers: 4)
-    c.model.layers = 2
-    c.student.layers = [0, 3]
-    c.distill.hiddenLayers = .seams
-    c.train.steps = 4
-    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
-    let trainer = try Trainer(config: c, corpus: corpus, teacher: teacher)
-    #expect(trainer.hidden!.pairs.map(\.teacher) == [2, 3])
-    let stats = try trainer.run()
+    let (pairs, stats) = try cutStudentRun(.seams)
+    #expect(pairs == [2, 3])
     // the copied block 0 hands on teacher block 0's output where block 2's is asked: a loss from the first step,
     // larger than auto's (which matches block 0 exactly at first)
-    c.distill.hiddenLayers = .auto
-    let auto = try Trainer(config: c, corpus: corpus, teacher: teacher).run()
+    let auto = try cutStudentRun(.auto).stats
     #expect(stats[0].hidden > auto[0].hidden, "seams \(stats[0].hidden), auto \(auto[0].hidden)")
-    // and training lowers it, against the same run with a negligible weight
-    c.distill.hiddenLayers = .seams
-    c.distill.hiddenWeight = 1e-6
-    let loose = try Trainer(config: c, corpus: corpus, teacher: teacher).run()
-    #expect(loose[0].hidden == stats[0].hidden)
-    #expect(stats.last!.hidden < 0.7 * loose.last!.hidden, "with weight 1: \(stats.map(\.hidden)); 1e-6: \(loose.map(\.hidden))")
+    try expectTrainingLowersTheHiddenLoss(.seams, stats)
 }
 
 @Test func theStagedTeacherForwardEndsBitwiseWhereOneForwardDoes() throws {

@@ -214,3 +214,173 @@ KD_CLONES void kd_make_qkx2(int nsub, int n, int nmax, const float *x, const flo
         for (int i = 0; i < n; ++i) L[j * n + i] = flat[j] ? 0 : lev[i][j];
     }
 }
+
+// IQ4_NL: the 16 levels (ggml's kvalues_iq4nl), the midpoints between neighbours and the steps between them.
+// ggml's best_index_int8(al) is the number of midpoints m_k with al ≥ m_k: it takes the upper of the two levels
+// around al when al − lower ≥ upper − al, which is al ≥ m_k wherever the two differences are exact — and they are
+// exact near every m_k (levels are integers below 128, the differences below 16, al in the binade of m_k); away from
+// m_k rounding cannot flip the comparison. Tests/KDQuantTests/IQ4NLTests checks it float by float around each m_k.
+static const float iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+static const float iq4_mid[15] = {-115.5f, -93.5f, -74, -57, -42, -28.5f, -16, -4.5f, 7, 19, 31.5f, 45.5f, 61, 79, 101};
+static const float iq4_step[15] = {23, 21, 18, 16, 14, 13, 12, 11, 12, 12, 13, 15, 16, 20, 24};
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+// AVX-512: the level nearest al by lookup instead of 15 comparisons. al is put in one of 32 buckets of width 8
+// (floor(al / 8) + 16, exact: a power-of-two scaling and a floor), each holding at most one midpoint (they are ≥ 11.5
+// apart); the bucket gives the count of midpoints below it, the midpoint inside it (or +∞) and the levels either side,
+// and one comparison with that midpoint decides — the same count as the portable loop, so the same level. Sums and
+// scales are the portable code's, operation for operation.
+__attribute__((target("avx512f"))) static void iq4nl_16_avx512(const float xt[32][NS], const float wt[32][NS], const float *mx,
+                                                               __mmask16 live, float *d, int32_t Lt[32][NS]) {
+    float cand[32], qlo[32], qhi[32];
+    int32_t c0[32];
+    for (int b = 0; b < 32; ++b) {
+        float start = 8.0f * b - 128, end = start + 8;
+        int n = 0;
+        cand[b] = 1e30f;
+        for (int k = 0; k < 15; ++k) {
+            n += iq4_mid[k] < start;
+            if (iq4_mid[k] >= start && iq4_mid[k] < end) cand[b] = iq4_mid[k];
+        }
+        c0[b] = n;
+        qlo[b] = iq4_levels[n];
+        qhi[b] = iq4_levels[n < 15 ? n + 1 : 15];
+    }
+    const __m512 candA = _mm512_loadu_ps(cand), candB = _mm512_loadu_ps(cand + 16);
+    const __m512 loA = _mm512_loadu_ps(qlo), loB = _mm512_loadu_ps(qlo + 16), hiA = _mm512_loadu_ps(qhi), hiB = _mm512_loadu_ps(qhi + 16);
+    const __m512i c0A = _mm512_loadu_si512(c0), c0B = _mm512_loadu_si512(c0 + 16);
+    const __m512 eighth = _mm512_set1_ps(0.125f);
+    const __m512 vmx = _mm512_loadu_ps(mx);
+    // floor(al / 8) + 16 clamped to 0…31: al / 8 is exact and adding 16 rounds up, if at all, only onto a bucket's
+    // start, where al still compares below the bucket's midpoint as it should
+#define IQ4_BUCKET(al) _mm512_cvt_roundps_epi32(_mm512_min_ps(_mm512_set1_ps(31.5f), _mm512_max_ps(_mm512_setzero_ps(), \
+        _mm512_add_ps(_mm512_mul_ps(al, eighth), _mm512_set1_ps(16.0f)))), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)
+    __m512 vd = _mm512_setzero_ps(), vbest = _mm512_setzero_ps();
+    for (int pass = 0; pass < 16; ++pass) {
+        __m512 vid = pass == 0 ? _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_div_ps(_mm512_sub_ps(_mm512_setzero_ps(), vmx), _mm512_set1_ps(-127.0f)))
+                               : _mm512_div_ps(_mm512_set1_ps((float)(pass - 8 - 127)), vmx);
+        __m512 sqx = _mm512_setzero_ps(), sq2 = _mm512_setzero_ps();
+        for (int i = 0; i < 32; ++i) {
+            __m512 x = _mm512_loadu_ps(xt[i]), w = _mm512_loadu_ps(wt[i]);
+            __m512 al = _mm512_mul_ps(vid, x);
+            __m512i b = IQ4_BUCKET(al);
+            __mmask16 up = _mm512_cmp_ps_mask(al, _mm512_permutex2var_ps(candA, b, candB), _CMP_GE_OQ);
+            __m512 q = _mm512_mask_blend_ps(up, _mm512_permutex2var_ps(loA, b, loB), _mm512_permutex2var_ps(hiA, b, hiB));
+            __m512 wq = _mm512_mul_ps(w, q);
+            sqx = _mm512_add_ps(sqx, _mm512_mul_ps(wq, x));
+            sq2 = _mm512_add_ps(sq2, _mm512_mul_ps(wq, q));
+        }
+        __m512 dt = _mm512_div_ps(sqx, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sq2, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(1.0f), sq2));
+        if (pass == 0) {
+            vd = _mm512_div_ps(sqx, sq2);
+            vbest = _mm512_mul_ps(vd, sqx);
+        } else {
+            __mmask16 take = _mm512_cmp_ps_mask(sq2, _mm512_setzero_ps(), _CMP_GT_OQ) &
+                             _mm512_cmp_ps_mask(_mm512_mul_ps(sqx, sqx), _mm512_mul_ps(vbest, sq2), _CMP_GT_OQ);
+            vd = _mm512_mask_blend_ps(take, vd, dt);
+            vbest = _mm512_mask_blend_ps(take, vbest, _mm512_mul_ps(dt, sqx));
+        }
+    }
+    // the indices against the chosen scale (0 for a dead lane: its al is 0, index 8, as ggml's)
+    __m512 vid = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(vd, _mm512_setzero_ps(), _CMP_NEQ_UQ), _mm512_set1_ps(1.0f), vd);
+    vid = _mm512_mask_blend_ps(live, _mm512_setzero_ps(), vid);
+    for (int i = 0; i < 32; ++i) {
+        __m512 al = _mm512_mul_ps(vid, _mm512_loadu_ps(xt[i]));
+        __m512i b = IQ4_BUCKET(al);
+        __mmask16 up = _mm512_cmp_ps_mask(al, _mm512_permutex2var_ps(candA, b, candB), _CMP_GE_OQ);
+        _mm512_storeu_si512(Lt[i], _mm512_mask_add_epi32(_mm512_permutex2var_epi32(c0A, b, c0B), up, _mm512_permutex2var_epi32(c0A, b, c0B), _mm512_set1_epi32(1)));
+    }
+    _mm512_storeu_ps(d, _mm512_mask_blend_ps(live, _mm512_setzero_ps(), vd));
+#undef IQ4_BUCKET
+}
+#endif
+
+KD_CLONES void kd_iq4nl_16(const float *x, int nb, float *scales, uint8_t *L, int portable) {
+    float xt[32][NS], wt[32][NS], mx[NS], amax[NS], id[NS], sumqx[NS], sumq2[NS], d[NS], best[NS];
+    int live[NS];
+    memset(xt, 0, sizeof xt);
+    for (int i = 0; i < 32; ++i)
+        for (int j = 0; j < nb; ++j) xt[i][j] = x[j * 32 + i];
+    for (int i = 0; i < 32; ++i)
+        for (int j = 0; j < NS; ++j) wt[i][j] = xt[i][j] * xt[i][j];
+    for (int j = 0; j < NS; ++j) { mx[j] = 0; amax[j] = 0; }
+    for (int i = 0; i < 32; ++i)
+        for (int j = 0; j < NS; ++j) {
+            float ax = fabsf(xt[i][j]);
+            int bigger = ax > amax[j];
+            amax[j] = bigger ? ax : amax[j];
+            mx[j] = bigger ? xt[i][j] : mx[j];
+        }
+    for (int j = 0; j < NS; ++j) {
+        live[j] = !(amax[j] < 1e-15f);
+        mx[j] = live[j] ? mx[j] : 1.0f;  // dead lanes are answered below; keep them finite
+    }
+    int32_t lt[32][NS];
+#if defined(__x86_64__)
+    if (!portable && __builtin_cpu_supports("avx512f")) {
+        __mmask16 lm = 0;
+        for (int j = 0; j < NS; ++j) lm |= (__mmask16)(live[j] << j);
+        iq4nl_16_avx512(xt, wt, mx, lm, d, lt);
+    } else
+#endif
+    {
+        // pass 0: the scale from the value of largest magnitude; passes 1…15: the trials −7…7 (all inline: a helper
+        // function would be compiled for the baseline CPU, not for the clone calling it)
+        for (int pass = 0; pass < 16; ++pass) {
+            for (int j = 0; j < NS; ++j) {
+                float d0 = -mx[j] / -127.0f;
+                id[j] = pass == 0 ? 1 / d0 : (float)(pass - 8 - 127) / mx[j];
+                sumqx[j] = 0; sumq2[j] = 0;
+            }
+            for (int i = 0; i < 32; ++i)
+                for (int j = 0; j < NS; ++j) {
+                    float al = id[j] * xt[i][j], q = -127;
+                    for (int k = 0; k < 15; ++k) q += al >= iq4_mid[k] ? iq4_step[k] : 0.0f;
+                    sumqx[j] += wt[i][j] * q * xt[i][j];
+                    sumq2[j] += wt[i][j] * q * q;
+                }
+            for (int j = 0; j < NS; ++j) {
+                float dt = sumqx[j] / (sumq2[j] > 0 ? sumq2[j] : 1.0f);
+                if (pass == 0) {
+                    d[j] = sumqx[j] / sumq2[j];
+                    best[j] = d[j] * sumqx[j];
+                } else {
+                    int take = sumq2[j] > 0 && sumqx[j] * sumqx[j] > best[j] * sumq2[j];
+                    d[j] = take ? dt : d[j];
+                    best[j] = take ? dt * sumqx[j] : best[j];
+                }
+            }
+        }
+        // the indices are picked again against the chosen scale (a dead lane's scale is 0: al = 0, index 8, as ggml's)
+        for (int j = 0; j < NS; ++j) {
+            d[j] = live[j] ? d[j] : 0.0f;
+            id[j] = d[j] != 0 ? 1 / d[j] : 0.0f;
+        }
+        for (int i = 0; i < 32; ++i)
+            for (int j = 0; j < NS; ++j) {
+                float al = id[j] * xt[i][j];
+                int l = 0;
+                for (int k = 0; k < 15; ++k) l += al >= iq4_mid[k];
+                lt[i][j] = l;
+            }
+    }
+    for (int j = 0; j < nb; ++j) {
+        scales[j] = d[j];
+        for (int i = 0; i < 32; ++i) L[j * 32 + i] = (uint8_t)lt[i][j];
+    }
+}
+
+KD_CLONES void kd_iq4nl_dequant_16(const float *x, int nb, const float *d, const uint8_t *L, float *out, float *mask) {
+    for (int j = 0; j < nb; ++j)
+        for (int i = 0; i < 32; ++i) {
+            int l = L[j * 32 + i];
+            float xv = x[j * 32 + i], q = d[j] * iq4_levels[l];
+            if (mask) {
+                int end = l == 0 || l == 15;
+                int beyond = (q > 0 && xv > q) || (q < 0 && xv < q);
+                mask[j * 32 + i] = end && beyond ? 0.0f : 1.0f;
+            }
+            out[j * 32 + i] = q;
+        }
+}

@@ -33,7 +33,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Rows of the LM head's logits per chunk (the run config's train.lm_head_chunk).") var lmHeadChunk = TrainConfig().lmHeadChunk
     @Option(help: "The kd mode's divergence, as distill.objective names it (its parameters at their defaults): fkl, rkl, skew_fkl, skew_rkl, jsd, tvd, fkl_rkl.")
     var objective = "fkl"
-    @Flag(help: "Time QAT's fake quantization alone instead (one thread, a 576 × 1536 matrix, every block scheme; the k-quants also one sub-block at a time, as ggml's reference searches): ms per million weights, best of --repeats.")
+    @Flag(help: "Time QAT's fake quantization alone instead (one thread, a 576 × 1536 matrix, every block scheme; the k-quants and IQ4_NL also one (sub-)block at a time, as ggml's reference searches): ms per million weights, best of --repeats.")
     var fakeQuant = false
     @Flag(help: "One JSON object per measurement.") var json = false
     @Flag(help: "Also print where each step's time goes: teacher forward, student forward, loss, backward, exchange, optimizer, QAT, each by GEMM, attention and the rest.")
@@ -140,6 +140,10 @@ struct Bench: ParsableCommand {
                 let q = best { blocks.withUnsafeMutableBytes { b in quantize(t, src: x, count: n, out: b.baseAddress!) } }
                 ref = best { blocks.withUnsafeMutableBytes { b in quantizeKQuantOneSubBlockAtATime(t, src: x, count: n, out: b.baseAddress!) } }
                 line += String(format: " | quantize alone %7.2f, one sub-block at a time %7.2f", q, ref!)
+            } else if scheme == .iq4_nl {
+                let q = best { blocks.withUnsafeMutableBytes { b in quantize(.iq4_nl, src: x, count: n, out: b.baseAddress!) } }
+                ref = best { blocks.withUnsafeMutableBytes { b in quantizeIQ4NLOneBlockAtATime(src: x, count: n, out: b.baseAddress!) } }
+                line += String(format: " | quantize alone %7.2f, one block at a time %7.2f", q, ref!)
             }
             print(json ? "{\"fake_quant\":\"\(scheme)\",\"ms_per_million\":\(String(format: "%.3f", ms))\(ref.map { ",\"reference_quantize_ms_per_million\":\(String(format: "%.3f", $0))" } ?? "")}" : line)
         }

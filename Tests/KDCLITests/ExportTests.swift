@@ -136,6 +136,28 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         #expect((masters["bad"] as! [String]).count == 2 * 7 + 1, "\(masters["bad"]!)")
     }
 
+    /// An IQ4_NL student (qat.scheme iq4_nl, the tables too): the GGUF holds IQ4_NL for every matrix, gguf-py reads
+    /// each back to the values the student computed with, the checkpoint and the GGUF read one NLL, and the masters
+    /// are not those values.
+    @Test func anIQ4NLStudentExportsToExactlyWhatItTrainedWith() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ckpt = try trainQAT(dir, scheme: "iq4_nl", extra: "  embeddings: true\n").checkpoint
+        let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
+        let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
+        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, IQ4_NL, embedding/head IQ4_NL"), "\(e.out)\(e.err)")
+        #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
+        let script = cliScripts.appendingPathComponent("check_gguf_export.py").path
+        let check = try runPython(script, [gguf, hf.appendingPathComponent("model.safetensors").path, "iq4_nl", "iq4_nl", "--dequant"])
+        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
+        #expect((j["bad"] as! [String]).isEmpty && (j["extra"] as! [String]).isEmpty, "\(check)")
+        let (a, b) = (try nll(ckpt.path), try nll(gguf))
+        #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
+        let masters = try JSONSerialization.jsonObject(with: Data(try runPython(script,
+            [gguf, ckpt.appendingPathComponent("model.safetensors").path, "iq4_nl", "iq4_nl", "--dequant"]).utf8)) as! [String: Any]
+        #expect((masters["bad"] as! [String]).count == 2 * 7 + 1, "\(masters["bad"]!)")
+    }
+
     /// qat.preset q4_k_m: every tensor trains in the type llama.cpp's Q4_K_M picks for it (QuantPreset, checked against
     /// llama.cpp's own files in KDQuantTests) — on 2 blocks, block 1's attn_v and ffn_down in Q6_K, block 0's in Q4_K,
     /// the tied embedding Q6_K — and the GGUF holds those types and exactly the values the student computed with; the

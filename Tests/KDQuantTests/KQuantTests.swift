@@ -1,4 +1,4 @@
-// The k-quants (Q2_K … Q6_K) against ggml's own quantizer, bit for bit: live through llama-cpp-python's libggml-base
+// The k-quants (Q2_K … Q6_K) and IQ4_NL against ggml's own quantizer, bit for bit: live through llama-cpp-python's libggml-base
 // where it is installed, else against the SHA-256 of ggml's bytes recorded for the same input
 // (Fixtures/kquants-ggml.json, written by Scripts/ggml_kquantize.py record: run these tests with
 // DISTILL_RECORD_KQUANTS=1 where llama-cpp-python is installed). Inputs: awkward synthetic weights and a
@@ -11,7 +11,9 @@ import Testing
 
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 let kquantNames = ["q2_K", "q3_K", "q4_K", "q5_K", "q6_K"]
-let kquantTypes: [String: GGMLType] = ["q2_K": .q2_K, "q3_K": .q3_K, "q4_K": .q4_K, "q5_K": .q5_K, "q6_K": .q6_K]
+/// The formats whose quantizers search for their scales (the k-quants and IQ4_NL): checked against ggml's bytes.
+let searchedNames = kquantNames + ["iq4_nl"]
+let kquantTypes: [String: GGMLType] = ["q2_K": .q2_K, "q3_K": .q3_K, "q4_K": .q4_K, "q5_K": .q5_K, "q6_K": .q6_K, "iq4_nl": .iq4_nl]
 
 /// 8 rows of 512 with the cases a k-quant's searches branch on: weight-like normals, an all-zero super-block, one of
 /// a single repeated value, all-positive and all-negative sub-blocks (min clamps to 0), a lone outlier, tiny values,
@@ -48,7 +50,7 @@ func ggmlCompare(key: String, input: [Float], name: String, perRow: Int, dir: UR
     return (source, j["expected"] as! String == j["ours"] as! String, out)
 }
 
-@Test(arguments: kquantNames)
+@Test(arguments: searchedNames)
 func kquantsMatchGGMLBitForBit(name: String) throws {
     let dir = try temporaryDirectory("distill-kquant")
     defer { try? FileManager.default.removeItem(at: dir) }
@@ -56,7 +58,7 @@ func kquantsMatchGGMLBitForBit(name: String) throws {
     #expect(r.equal, "\(name) differs from ggml (\(r.source)): \(r.detail)")
 }
 
-@Test(arguments: kquantNames)
+@Test(arguments: searchedNames)
 func kquantsMatchGGMLOnTheTeachersFFNDown(name: String) throws {
     let teacher = repoRoot.appendingPathComponent("Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf")
     try #require(FileManager.default.fileExists(atPath: teacher.path), "the teacher (Launch/fetch_teacher.sh) is needed")
@@ -73,7 +75,7 @@ func kquantsMatchGGMLOnTheTeachersFFNDown(name: String) throws {
 /// Fake quantization in a k-quant is ggml's bytes (checked above) read back: gguf-py's dequantization of our blocks,
 /// bit for bit. Where the mask stops the gradient, the value sat at an end of its sub-block's grid and the weight lay
 /// beyond it.
-@Test(arguments: kquantNames)
+@Test(arguments: searchedNames)
 func kquantFakeQuantizationIsItsBlocksReadBackByGGUFPy(name: String) throws {
     let type = kquantTypes[name]!, scheme = FakeQuantScheme(type)!
     let x = awkwardKQuantWeights(), rows = 8, c = 512
@@ -94,7 +96,7 @@ func kquantFakeQuantizationIsItsBlocksReadBackByGGUFPy(name: String) throws {
     var inPlace = x
     inPlace.withUnsafeMutableBufferPointer { fakeQuantize(scheme, src: $0.baseAddress!, rows: rows, c: c, out: $0.baseAddress!, mask: nil) }
     #expect(inPlace == fq)
-    let sub = type == .q4_K || type == .q5_K ? 32 : 16
+    let sub = type == .q4_K || type == .q5_K || type == .iq4_nl ? 32 : 16
     var stopped = 0
     for i in 0..<x.count where mask[i] == 0 {
         stopped += 1

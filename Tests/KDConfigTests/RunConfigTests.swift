@@ -70,7 +70,7 @@ import Testing
     ("student: {init: from_teacher, select: every, every: 2, target: {params: 100M}}", "student.select", "expected angular or greedy with a target (the depth is measured), or every with every: 1 (all blocks kept, the FFN narrowed to meet it), found every with every: 2"),
     ("student: {init: from_teacher, target: {speed: 2, latency: 1}}", "student.target", "unknown key 'latency'"),
     ("qat: {scheme: q4_0, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected embeddings: true with it"),
-    ("qat: {scheme: int4_channel, embeddings: true, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k) beside a block-format scheme, found 'q8_0' beside scheme 'int4_channel'"),
+    ("qat: {scheme: int4_channel, embeddings: true, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k, iq4_nl) beside a block-format scheme, found 'q8_0' beside scheme 'int4_channel'"),
     ("qat: {scheme: q4_0, embeddings: true, embedding_scheme: q8_0, scales: learned}", "qat.embedding_scheme", "expected scheme's own format with learned or frozen scales"),
     ("qat: {scheme: q4_0, embeddings: true, embedding_scheme: q5_kk}", "qat.embedding_scheme", "expected 'none', 'q8_0'"),
     ("qat: {scheme: q4_k, scales: learned}", "qat.scales", "expected absmax with q4_k (learned scales are for q8_0, q4_0 and the per-channel schemes), found 'learned'"),

@@ -299,9 +299,15 @@ __attribute__((target("avx512f"))) static void iq4nl_16_avx512(const float xt[32
 KD_CLONES void kd_iq4nl_16(const float *x, int nb, float *scales, uint8_t *L, int portable) {
     float xt[32][NS], wt[32][NS], mx[NS], amax[NS], id[NS], sumqx[NS], sumq2[NS], d[NS], best[NS];
     int live[NS];
-    memset(xt, 0, sizeof xt);
-    for (int i = 0; i < 32; ++i)
-        for (int j = 0; j < nb; ++j) xt[i][j] = x[j * 32 + i];
+    float pad[NS * 32];
+    const float *src = x;
+    if (nb < NS) {  // the last blocks of a matrix: zeros in the unused lanes (dead blocks, answered as ggml does)
+        memset(pad, 0, sizeof pad);
+        memcpy(pad, x, (size_t)nb * 32 * sizeof(float));
+        src = pad;
+    }
+    for (int j = 0; j < NS; ++j)
+        for (int i = 0; i < 32; ++i) xt[i][j] = src[j * 32 + i];
     for (int i = 0; i < 32; ++i)
         for (int j = 0; j < NS; ++j) wt[i][j] = xt[i][j] * xt[i][j];
     for (int j = 0; j < NS; ++j) { mx[j] = 0; amax[j] = 0; }

@@ -226,27 +226,36 @@ static const float iq4_step[15] = {23, 21, 18, 16, 14, 13, 12, 11, 12, 12, 13, 1
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <pthread.h>
 // AVX-512: the level nearest al by lookup instead of 15 comparisons. al is put in one of 32 buckets of width 8
 // (floor(al / 8) + 16, exact: a power-of-two scaling and a floor), each holding at most one midpoint (they are ≥ 11.5
 // apart); the bucket gives the count of midpoints below it, the midpoint inside it (or +∞) and the levels either side,
 // and one comparison with that midpoint decides — the same count as the portable loop, so the same level. Sums and
 // scales are the portable code's, operation for operation.
-__attribute__((target("avx512f"))) static void iq4nl_16_avx512(const float xt[32][NS], const float wt[32][NS], const float *mx,
-                                                               __mmask16 live, float *d, int32_t Lt[32][NS]) {
-    float cand[32], qlo[32], qhi[32];
-    int32_t c0[32];
+// the bucket tables, built once: the midpoint inside each bucket (or +∞), the count of midpoints below it and the
+// levels either side of that count
+static struct { float cand[32], qlo[32], qhi[32]; int32_t c0[32]; } iq4_buckets;
+static pthread_once_t iq4_buckets_once = PTHREAD_ONCE_INIT;
+static void iq4_build_buckets(void) {
     for (int b = 0; b < 32; ++b) {
         float start = 8.0f * b - 128, end = start + 8;
         int n = 0;
-        cand[b] = 1e30f;
+        iq4_buckets.cand[b] = 1e30f;
         for (int k = 0; k < 15; ++k) {
             n += iq4_mid[k] < start;
-            if (iq4_mid[k] >= start && iq4_mid[k] < end) cand[b] = iq4_mid[k];
+            if (iq4_mid[k] >= start && iq4_mid[k] < end) iq4_buckets.cand[b] = iq4_mid[k];
         }
-        c0[b] = n;
-        qlo[b] = iq4_levels[n];
-        qhi[b] = iq4_levels[n < 15 ? n + 1 : 15];
+        iq4_buckets.c0[b] = n;
+        iq4_buckets.qlo[b] = iq4_levels[n];
+        iq4_buckets.qhi[b] = iq4_levels[n < 15 ? n + 1 : 15];
     }
+}
+
+__attribute__((target("avx512f"))) static void iq4nl_16_avx512(const float xt[32][NS], const float wt[32][NS], const float *mx,
+                                                               __mmask16 live, float *d, int32_t Lt[32][NS]) {
+    pthread_once(&iq4_buckets_once, iq4_build_buckets);
+    const float *cand = iq4_buckets.cand, *qlo = iq4_buckets.qlo, *qhi = iq4_buckets.qhi;
+    const int32_t *c0 = iq4_buckets.c0;
     const __m512 candA = _mm512_loadu_ps(cand), candB = _mm512_loadu_ps(cand + 16);
     const __m512 loA = _mm512_loadu_ps(qlo), loB = _mm512_loadu_ps(qlo + 16), hiA = _mm512_loadu_ps(qhi), hiB = _mm512_loadu_ps(qhi + 16);
     const __m512i c0A = _mm512_loadu_si512(c0), c0B = _mm512_loadu_si512(c0 + 16);
@@ -289,7 +298,8 @@ __attribute__((target("avx512f"))) static void iq4nl_16_avx512(const float xt[32
         __m512 al = _mm512_mul_ps(vid, _mm512_loadu_ps(xt[i]));
         __m512i b = IQ4_BUCKET(al);
         __mmask16 up = _mm512_cmp_ps_mask(al, _mm512_permutex2var_ps(candA, b, candB), _CMP_GE_OQ);
-        _mm512_storeu_si512(Lt[i], _mm512_mask_add_epi32(_mm512_permutex2var_epi32(c0A, b, c0B), up, _mm512_permutex2var_epi32(c0A, b, c0B), _mm512_set1_epi32(1)));
+        __m512i below = _mm512_permutex2var_epi32(c0A, b, c0B);
+        _mm512_storeu_si512(Lt[i], _mm512_mask_add_epi32(below, up, below, _mm512_set1_epi32(1)));
     }
     _mm512_storeu_ps(d, _mm512_mask_blend_ps(live, _mm512_setzero_ps(), vd));
 #undef IQ4_BUCKET

@@ -27,7 +27,7 @@ enum IQ4NL {
         for j in 0..<32 { weight[j] = x[j] * x[j] }
         let (mx, amax) = signedLargest(x, 32)
         var scale: Float = 0
-        if !(amax < 1e-15) {
+        if !(amax < groupMaxEps) {
             func sums(_ id: Float) -> (qx: Float, q2: Float) {
                 var sumqx: Float = 0, sumq2: Float = 0
                 for j in 0..<32 {

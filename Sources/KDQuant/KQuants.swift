@@ -86,7 +86,8 @@ private func makeQkx2(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ w: Uns
     return (scale, -lo)
 }
 
-private let groupMaxEps: Float = 1e-15
+/// ggml's GROUP_MAX_EPS: a (sub-)block whose largest magnitude is below it quantizes to zeros.
+let groupMaxEps: Float = 1e-15
 
 /// The value of largest magnitude among x[0..<n] (signed; the first of equal magnitudes) and that magnitude.
 @inline(__always) func signedLargest(_ x: UnsafePointer<Float>, _ n: Int) -> (value: Float, magnitude: Float) {

@@ -31,7 +31,7 @@ let package = Package(
         // bf16 GEMM (AVX512-BF16 with runtime dispatch, and its portable emulation); optimized in debug builds too
         .target(name: "CKDKernels", cSettings: [.unsafeFlags(["-O2"])]),
         .target(name: "KDOps", dependencies: ["KDCore", "CBLAS", "CKDKernels"], swiftSettings: kernelFlags),
-        .target(name: "KDLoss", dependencies: ["KDCore", "KDConfig", "KDOps"], swiftSettings: cpuFlags),
+        .target(name: "KDLoss", dependencies: ["KDCore", "KDConfig", "KDOps", "CKDKernels"], swiftSettings: cpuFlags),
         .target(name: "KDQuant", dependencies: ["KDCore", "KDConfig", "KDOps", "CBLAS", "CKDKernels"], swiftSettings: kernelFlags),
         .target(name: "KDModel", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant", "KDLoss"], swiftSettings: cpuFlags),
         .target(name: "KDFormats", dependencies: ["KDCore", "KDConfig", "KDOps", "KDQuant", "KDModel"], swiftSettings: cpuFlags),
@@ -53,7 +53,7 @@ let package = Package(
         .testTarget(name: "KDCoreTests", dependencies: ["KDCore", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(name: "KDOpsTests", dependencies: ["KDOps", "KDCore", "KDTestSupport", "CKDKernels", "CBLAS"], swiftSettings: cpuFlags),
         .testTarget(name: "KDConfigTests", dependencies: ["KDConfig", "KDCore"], swiftSettings: cpuFlags),
-        .testTarget(name: "KDLossTests", dependencies: ["KDLoss", "KDConfig", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
+        .testTarget(name: "KDLossTests", dependencies: ["KDLoss", "KDConfig", "KDOps", "KDTestSupport", "CKDKernels"], swiftSettings: cpuFlags),
         .testTarget(name: "KDQuantTests", dependencies: ["KDQuant", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
             name: "KDFormatsTests", dependencies: ["KDFormats", "KDModel", "KDQuant", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),

@@ -5,6 +5,7 @@
 import Foundation
 import KDConfig
 import KDCore
+import CKDKernels
 import KDOps
 
 /// Which divergence D(p, q) to minimize.
@@ -104,6 +105,12 @@ struct LaneSum {
         vectors += 1
         if vectors == 64 { flushed += Double(lanes.sum()); lanes = V16(repeating: 0); vectors = 0 }
     }
+    /// `vectors` (≤ 64) vectors' lanes summed from zero elsewhere (kd_skew_lanes_avx512), exactly as that many add calls
+    /// from a flush: only at the start of a flush period.
+    @inline(__always) mutating func addLanes(_ summed: V16, vectors n: Int) {
+        precondition(vectors == 0 && n <= 64, "LaneSum.addLanes: in the middle of a flush period")
+        if n == 64 { flushed += Double(summed.sum()) } else { lanes = summed; vectors = n }
+    }
     var total: Double { flushed + Double(lanes.sum()) }
 }
 
@@ -134,7 +141,7 @@ public func divergenceRow(
     let kind = d.normalized, k = scale / T
     // With a gradient, p = e^lp is written over it first in one row pass (expRow: on AVX-512 where the CPU has it); every
     // case below reads p at j before it writes the gradient at j. Reverse KL needs no p.
-    let pInGrad: UnsafeMutablePointer<Float>? = kind == .reverseKL ? nil : grad
+    let pInGrad: UnsafeMutablePointer<Float>? = kind == .reverseKL || (kind.skewKernel != nil && RowKernels.avx512) ? nil : grad
     if let pInGrad { expRow(pInGrad, lp, v) }
     /// p = e^lp for the 16 elements from j (the tail: fewer lanes are read by the callers).
     @inline(__always) func pChunk(_ j: Int) -> V16 {
@@ -206,6 +213,21 @@ public func divergenceRow(
         // the logarithms and divisions sixteen lanes at a time (``skewLanes``: each lane's a is exactly
         // ``Divergence/element``'s), the value and Σ q·a summed in f32 lanes (``LaneSum``) as forward and reverse KL's
         var sum = LaneSum(), qa = LaneSum(), sqa = 0.0, j = 0
+        if RowKernels.avx512, let (code, l) = kind.skewKernel {
+            // the same lanes on AVX-512 (CKDKernels/rows.c, p = e^lp computed there), LaneSum's 64 vectors per call
+            var terms = V16(repeating: 0), qas = V16(repeating: 0)
+            while j + 16 <= v {
+                let n = min(1024, (v - j) & ~15)
+                withUnsafeMutablePointer(to: &terms) { t in withUnsafeMutablePointer(to: &qas) { a in
+                    kd_skew_lanes_avx512(code, l, lp + j, q + j, lq + j, n, grad.map { $0 + j },
+                                         UnsafeMutableRawPointer(t).assumingMemoryBound(to: Float.self),
+                                         UnsafeMutableRawPointer(a).assumingMemoryBound(to: Float.self))
+                } }
+                sum.addLanes(terms, vectors: n / 16)
+                qa.addLanes(qas, vectors: n / 16)
+                j += n
+            }
+        }
         while j + 16 <= v {
             let qv = loadV16(q + j), lanes = skewLanes(kind, p: pChunk(j), q: qv, lp: loadV16(lp + j), lq: loadV16(lq + j))
             if let g = grad { storeV16(lanes.a, g + j) }
@@ -244,6 +266,18 @@ public func divergenceRow(
         }
     }
     return value
+}
+
+extension Divergence {
+    /// kd_skew_lanes_avx512's kind code and λ (β) for the skew KLs and JSD; nil for the others.
+    var skewKernel: (Int32, Float)? {
+        switch self {
+        case .skewForwardKL(let l): return (0, l)
+        case .skewReverseKL(let l): return (1, l)
+        case .jsd(let b): return (2, b)
+        default: return nil
+        }
+    }
 }
 
 /// ``Divergence/element(p:q:lp:lq:)`` of skew forward / reverse KL and JSD for sixteen elements: a exactly the

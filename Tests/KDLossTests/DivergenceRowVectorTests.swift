@@ -3,6 +3,7 @@
 // reverse KL, the skew KLs and JSD sum their values in f32 lanes: within 1e-6 of Σ|terms|, and the gradients that read
 // such a sum within 1e-6), on a row longer than the 1,024-element flush whose length is
 // not a multiple of 16 (the tail path) and with a teacher that puts almost no mass on some tokens.
+import CKDKernels
 import Foundation
 @testable import KDLoss
 import KDOps
@@ -99,5 +100,34 @@ func theCrossEntropyFromTheDivergenceSoftmaxIsTheSeparateRows(d: Divergence) {
             let want = g[j] + ceRow[j], tol = 4 * Float.ulpOfOne * (abs(g[j]) + abs(ceRow[j]) + ceScale)
             #expect(abs(fused[j] - want) <= tol, "\(d) target \(target) [\(j)]: \(fused[j]) vs \(want)")
         }
+    }
+}
+
+/// CKDKernels' AVX-512 skew KL / JSD lanes (divergenceRow's loop where the CPU has AVX-512) are ``skewLanes`` bit for
+/// bit: every a, and LaneSum's lanes of the terms and of q·a, on ordinary rows, a teacher or student with (almost) no
+/// mass on some tokens, and special inputs (−∞ log-probabilities, zero and denormal probabilities, NaN).
+@Test(.enabled(if: kd_cpu_has_avx512() == 1, "this CPU has no AVX-512 (the skew lanes run in Swift)"),
+      arguments: [Divergence.skewForwardKL(lambda: 0.1), .skewReverseKL(lambda: 0.1), .skewReverseKL(lambda: 0.37), .jsd(beta: 0.5), .jsd(beta: 0.9)])
+func avx512SkewLanesAreTheSwiftLanesBitForBit(d: Divergence) {
+    let n = 1024
+    var lp = (0..<n).map { Float(cos(Double($0) * 0.7)) * 5 - 11 }, lq = (0..<n).map { Float(sin(Double($0) * 1.3)) * 4 - 10 }
+    for j in stride(from: 3, to: n, by: 11) { lp[j] = -95 }        // p underflows to 0 (exp's clamp) and below
+    for j in stride(from: 5, to: n, by: 13) { lq[j] = -104 }
+    let specials: [(Float, Float)] = [(-.infinity, -3), (-3, -.infinity), (-.infinity, -.infinity), (.nan, -2), (-2, .nan), (0, 0), (-87.3, -120)]
+    for (i, (a, b)) in specials.enumerated() { lp[i * 17] = a; lq[i * 17] = b }
+    let q = lq.map { $0 < -103 ? Float.leastNonzeroMagnitude : fastExp($0) }   // a denormal q where lq is far below
+    let (code, l) = d.skewKernel!
+    var a = [Float](repeating: 0, count: n), terms = [Float](repeating: 0, count: 16), qa = [Float](repeating: 0, count: 16)
+    kd_skew_lanes_avx512(code, l, lp, q, lq, n, &a, &terms, &qa)
+    var sum = V16(repeating: 0), qsum = V16(repeating: 0)
+    for j in stride(from: 0, to: n, by: 16) {
+        let qv = V16(q[j..<(j + 16)]), lanes = skewLanes(d, p: simdExp(V16(lp[j..<(j + 16)])), q: qv, lp: V16(lp[j..<(j + 16)]), lq: V16(lq[j..<(j + 16)]))
+        for i in 0..<16 { #expect(a[j + i].bitPattern == lanes.a[i].bitPattern, "\(d) a[\(j + i)]: \(a[j + i]) vs \(lanes.a[i])") }
+        sum += lanes.terms.replacing(with: 0, where: lanes.weight .<= 0)
+        qsum += (qv * lanes.a).replacing(with: 0, where: qv .<= 0)
+    }
+    for i in 0..<16 {
+        #expect(terms[i].bitPattern == sum[i].bitPattern, "\(d) terms lane \(i): \(terms[i]) vs \(sum[i])")
+        #expect(qa[i].bitPattern == qsum[i].bitPattern, "\(d) q·a lane \(i): \(qa[i]) vs \(qsum[i])")
     }
 }

@@ -16,4 +16,9 @@ void kd_exp_avx512(float *out, const float *x, size_t n);
 void kd_swiglu_forward_avx512(float *out, const float *gate, const float *up, size_t n);
 /// SwiGLU.swift's backward lanes: dgate[i] += dout·up·σ(g)·(1 + g·(1 − σ(g))), dup[i] += dout·g·σ(g) (n a multiple of 16).
 void kd_swiglu_backward_avx512(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
+/// Divergence.swift's skewLanes over i < n (n a multiple of 16) with p = e^lp[i] (the exp above): kind 0 skew forward
+/// KL, 1 skew reverse KL, 2 JSD, with λ (β) = l. Writes a[i] (unless a is NULL); terms[16] and qa[16] are LaneSum's lanes
+/// from zero: Σ over i ≡ l (mod 16), in order, of the terms and of q·a, each where its weight (q for qa) is not ≤ 0.
+void kd_skew_lanes_avx512(int kind, float l, const float *lp, const float *q, const float *lq, size_t n, float *a,
+                          float *terms, float *qa);
 #endif

@@ -56,7 +56,7 @@ let package = Package(
         .testTarget(name: "KDLossTests", dependencies: ["KDLoss", "KDConfig", "KDOps", "KDTestSupport", "CKDKernels"], swiftSettings: cpuFlags),
         .testTarget(name: "KDQuantTests", dependencies: ["KDQuant", "KDTestSupport"], swiftSettings: cpuFlags),
         .testTarget(
-            name: "KDFormatsTests", dependencies: ["KDFormats", "KDModel", "KDQuant", "KDOps", "KDTestSupport"], swiftSettings: cpuFlags),
+            name: "KDFormatsTests", dependencies: ["KDFormats", "KDModel", "KDQuant", "KDOps", "KDTestSupport", "CKDKernels"], swiftSettings: cpuFlags),
         .testTarget(
             name: "KDModelTests", dependencies: ["KDModel", "KDOps", "KDLoss", "KDTestSupport", "CKDKernels"], swiftSettings: cpuFlags),
         .testTarget(

@@ -40,6 +40,11 @@ struct Bench: ParsableCommand {
     var breakdown = false
     @Option(help: "Measure the forward pass of this model (GGUF or Hugging Face folder, weights as stored) instead of named shapes.")
     var model: String?
+    @Option(help: "The kd mode's teacher in GGUF blocks of this type (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, iq4_nl, ...), held as a teacher file is (in bf16 on a CPU with AVX512-VNNI, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 multiply in 8-bit integers), instead of dense weights (bf16 panels in bf16: what the PyTorch peer multiplies).")
+    var teacherType: String?
+
+    /// `--teacher-type` as a GGUF type.
+    var teacherGGMLType: GGMLType? { teacherType.flatMap { t in GGMLType.allCases.first { $0.description.lowercased() == t.lowercased() } } }
 
     /// The divergence `--objective` names, with distill's default parameters.
     var divergence: Divergence {
@@ -76,6 +81,15 @@ struct Bench: ParsableCommand {
         }
         guard Objective(rawValue: objective) != nil else {
             throw ValidationError("--objective: expected one of \(Objective.allCases.map(\.rawValue).joined(separator: ", ")), found '\(objective)'")
+        }
+        if let teacherType {
+            let blockTypes = GGMLType.allCases.filter { ![.f32, .f16, .bf16].contains($0) }
+            guard let t = teacherGGMLType, blockTypes.contains(t) else {
+                throw ValidationError("--teacher-type: expected one of \(blockTypes.map { $0.description.lowercased() }.joined(separator: ", ")), found '\(teacherType)'")
+            }
+            guard t.blockSize == 32 || 576 % t.blockSize == 0 else {
+                throw ValidationError("--teacher-type: the smollm2-135m-shaped teacher's 576-wide rows do not take \(t)'s blocks of \(t.blockSize); expected a type with blocks of 32")
+            }
         }
         if batch < 1 || seq < 2 || repeats < 1 || lmHeadChunk < 1 {
             throw ValidationError("--batch, --seq, --repeats, --lm-head-chunk: expected >= 1, >= 2, >= 1, >= 1, found \(batch), \(seq), \(repeats), \(lmHeadChunk)")
@@ -172,14 +186,15 @@ struct Bench: ParsableCommand {
             } ?? s.defaultModes
             for md in modes {
                 let r = try runBenchmark(shape: s, mode: md, threads: t, batch: batch, seq: seq, repeats: repeats, sgemmPeak: peak,
-                                         lmHeadChunk: lmHeadChunk, load: load, breakdown: breakdown, divergence: divergence)
+                                         lmHeadChunk: lmHeadChunk, load: load, breakdown: breakdown, divergence: divergence,
+                                         teacherType: teacherGGMLType)
                 if json {
                     let enc = JSONEncoder()
                     enc.outputFormatting = [.sortedKeys]
                     print(String(decoding: try enc.encode(r), as: UTF8.self))
                 } else {
                     print(String(format: "%-14@ %-7@ %-12@ threads %d | %7.0f tok/s | %6.1f GFLOP/s (%.1f MFLOP/token) | gemm peak %6.1f | MFU %4.1f%% | peak RSS %5.0f MiB",
-                                 s.name, md.rawValue, r.precision, t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
+                                 s.name, md == .kd && teacherType != nil ? "kd \(teacherGGMLType!)" : md.rawValue, r.precision, t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
                                  100 * r.mfu, Double(r.peakRSSBytes) / 1048576))
                     printBreakdown(r)
                 }

@@ -165,6 +165,29 @@ public final class Transformer {
         return (bytes, released)
     }
 
+    /// Quantizes every dense matrix of this inference model to GGUF blocks of `type` (KDQuant's ggml-exact quantizer) and
+    /// holds them as a GGUF teacher's are held (``QuantizedMatrix``), returning the pages of their f32 copies to the
+    /// system: a random model shaped like a real teacher, stored as the user's file is (`distill bench --teacher-type`).
+    /// Returns the bytes of the blocks.
+    @discardableResult
+    public func quantizeDenseMatrices(_ type: GGMLType) -> Int {
+        precondition(grads == nil, "quantized weights are for inference models only")
+        var bytes = 0
+        for e in layout.entries where e.isMatrix && !e.isExternal && packed[e.offset] == nil {
+            let (oc, c) = (e.shape[0], e.shape[1])
+            precondition(c % type.blockSize == 0, "quantizeDenseMatrices: \(c)-wide rows do not take \(type) blocks")
+            let blocks = QuantizedBlocks(byteCount: type.byteCount(elements: oc * c))
+            let src = stored(e.offset)
+            Parallel.forRanges(oc, minPerThread: 16) { r0, r1 in
+                for r in r0..<r1 { quantize(type, src: src + r * c, count: c, out: blocks.base + r * type.byteCount(elements: c)) }
+            }
+            packed[e.offset] = QuantizedMatrix(type: type, oc: oc, c: c, data: UnsafeRawPointer(blocks.base), owner: blocks)
+            bytes += blocks.byteCount
+            _ = params.release(offset: e.offset, count: e.count)
+        }
+        return bytes
+    }
+
     /// The weight at layout offset `offset` as a multipliable [oc, c] matrix.
     public func weight(_ offset: Int, oc: Int, c: Int) -> any LinearWeight {
         packed[offset] ?? DenseWeight(stored(offset), oc: oc, c: c)
@@ -610,4 +633,14 @@ extension Transformer {
         let bytes = Slab.liveBytes - before - (headLogits ? 0 : a.lmHead.logits.byteCount)
         return withExtendedLifetime(a) { bytes }
     }
+}
+
+/// Owned GGUF blocks (``Transformer/quantizeDenseMatrices(_:)``), kept alive by the matrix that reads them.
+final class QuantizedBlocks {
+    let base: UnsafeMutableRawPointer, byteCount: Int
+    init(byteCount: Int) {
+        self.byteCount = byteCount
+        base = .allocate(byteCount: max(1, byteCount), alignment: 64)
+    }
+    deinit { base.deallocate() }
 }

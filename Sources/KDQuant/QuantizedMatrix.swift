@@ -46,6 +46,10 @@ public final class QuantizedMatrix: LinearWeight {
     }
 
     public func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, accumulate: Bool) {
+        if takesInt8 {
+            QuantizedMatrix.int8Multiply(m: n, a: inp, [Int8Product(weight: self, out: out, ldc: oc, accumulate: accumulate)])
+            return
+        }
         if let kernel = BF16.panelKernel {
             forwardBF16(kernel, out: out, inp: inp, n: n, accumulate: accumulate)
             return
@@ -89,6 +93,10 @@ public final class QuantizedMatrix: LinearWeight {
     /// Returns false (nothing done) without a panel kernel. - Shapes: inp [n, c] · each out [n, oc]
     public static func forwardBF16(sharing inp: UnsafePointer<Float>, n: Int, _ products: [(QuantizedMatrix, UnsafeMutablePointer<Float>)]) -> Bool {
         guard let kernel = BF16.panelKernel, let c = products.first?.0.c, products.allSatisfy({ $0.0.c == c }) else { return false }
+        if products.allSatisfy({ $0.0.takesInt8 }) {
+            int8Multiply(m: n, a: inp, products.map { Int8Product(weight: $0.0, out: $0.1, ldc: $0.0.oc, accumulate: false) })
+            return true
+        }
         bf16MultiplyPackingColumns(kernel, m: n, k: c, a: inp, lda: c, products.map { w, out in
             ColumnProduct(n: w.oc, beta: 0, c: out, ldc: w.oc, packColumns: w.columnPacker(kernel))
         })
@@ -101,11 +109,119 @@ public final class QuantizedMatrix: LinearWeight {
     public static func swiGLUForwardBF16(h: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, gate: QuantizedMatrix,
                                          up: QuantizedMatrix) -> Bool {
         guard let kernel = BF16.panelKernel, gate.oc == up.oc, gate.c == up.c else { return false }
+        if gate.takesInt8 && up.takesInt8 && RowKernels.avx512 {
+            int8SwiGLU(h: h, inp: inp, n: n, gate: gate, up: up)
+            return true
+        }
         return bf16SwiGLUPackingColumns(kernel, m: n, f: gate.oc, k: gate.c, a: inp, lda: gate.c, h: h, ldh: gate.oc,
                                         gate: gate.columnPacker(kernel), up: up.columnPacker(kernel))
+    }
+
+    /// Whether a Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 matrix multiplies in 8-bit integers where the bf16 kernel is the
+    /// AVX512-BF16 one (`train.precision: bf16` on such a CPU) and the CPU has AVX512-VNNI: activations quantized per
+    /// block of 32 as llama.cpp does, `kd_gemm_q8_avx512vnni` (CKDKernels/q8.c). `DISTILL_TEACHER_INT8=0` keeps the bf16
+    /// panels (to measure the difference in one binary); tests set it either way.
+    @TaskLocal public static var int8Products: Bool = kd_cpu_has_avx512vnni() == 1
+        && (getenv("DISTILL_TEACHER_INT8").map { String(cString: $0) } ?? "1") != "0"
+
+    /// Whether this matrix's products take the 8-bit path now.
+    var takesInt8: Bool {
+        QuantizedMatrix.int8Products && BF16.panelKernel == .avx512 && kd_q8_supported(Int32(type.rawValue)) == 1
+    }
+
+    /// One product of ``int8Multiply``: out [m, weight.oc] (row stride ldc) = A · Wᵀ (+ out when accumulating).
+    struct Int8Product {
+        let weight: QuantizedMatrix, out: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool
+    }
+
+    /// Columns per chunk a thread packs and multiplies while it is in its cache (256 × 576 deep: 180 KiB of panels).
+    static let int8Chunk = 256
+
+    /// The 8-bit products of one input A [m, k]: A quantized once (over the threads), then each thread packs its chunks
+    /// of each weight's rows (kd_q8_pack_ggml) and multiplies them by all of A. Each element's sum is the same whatever
+    /// the split. `epilogue(t, j0, j1, tile)` (with a product's `out` pointing into thread t's scratch) lets a caller
+    /// consume a chunk in place. - Shapes: a [m, k]
+    static func int8Multiply(m: Int, a: UnsafePointer<Float>, _ products: [Int8Product]) {
+        guard m > 0, let k = products.first?.weight.c, let widest = products.map(\.weight.oc).max() else { return }
+        withInt8Operands(m: m, k: k, a: a, widest: widest, tiles: 0) { qa, da, sa, panels, _ in
+            for p in products {
+                let w = p.weight, n = w.oc, rb = w.rowBytes, type = Int32(w.type.rawValue)
+                let threads = min(Parallel.threads, (n + 31) / 32)
+                Parallel.forIndexedRanges((n + 31) / 32, over: threads) { t, t0, t1 in
+                    let buffer = panels(t)
+                    var j0 = t0 * 32
+                    let end = min(n, t1 * 32)
+                    while j0 < end {
+                        let j1 = min(end, j0 + int8Chunk)
+                        _ = kd_q8_pack_ggml(type, Int32(j1 - j0), Int32(k), w.data + j0 * rb, rb, buffer)
+                        kd_gemm_q8_avx512vnni(Int32(m), Int32(j1 - j0), Int32(k), qa, da, sa, buffer, p.out + j0, p.ldc, p.accumulate ? 1 : 0)
+                        j0 = j1
+                    }
+                }
+            }
+        }
+    }
+
+    /// h = SwiGLU(inp · Gᵀ, inp · Uᵀ) through the 8-bit products, a chunk of gate and up columns at a time in the thread's
+    /// scratch (never the whole [n, f] of either). - Shapes: h [n, f] · inp [n, c]
+    static func int8SwiGLU(h: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n m: Int, gate: QuantizedMatrix, up: QuantizedMatrix) {
+        let f = gate.oc, k = gate.c
+        guard m > 0, f > 0 else { return }
+        withInt8Operands(m: m, k: k, a: inp, widest: f, tiles: 2) { qa, da, sa, panels, tiles in
+            let threads = min(Parallel.threads, (f + 31) / 32)
+            Parallel.forIndexedRanges((f + 31) / 32, over: threads) { t, t0, t1 in
+                let buffer = panels(t), g = tiles(t), u = g + m * int8Chunk
+                var j0 = t0 * 32
+                let end = min(f, t1 * 32)
+                while j0 < end {
+                    let j1 = min(end, j0 + int8Chunk), cols = j1 - j0
+                    _ = kd_q8_pack_ggml(Int32(gate.type.rawValue), Int32(cols), Int32(k), gate.data + j0 * gate.rowBytes, gate.rowBytes, buffer)
+                    kd_gemm_q8_avx512vnni(Int32(m), Int32(cols), Int32(k), qa, da, sa, buffer, g, cols, 0)
+                    _ = kd_q8_pack_ggml(Int32(up.type.rawValue), Int32(cols), Int32(k), up.data + j0 * up.rowBytes, up.rowBytes, buffer)
+                    kd_gemm_q8_avx512vnni(Int32(m), Int32(cols), Int32(k), qa, da, sa, buffer, u, cols, 0)
+                    let vec = cols & ~15
+                    for i in 0..<m {
+                        let hr = h + i * f + j0, gr = g + i * cols, ur = u + i * cols
+                        if vec > 0 { kd_swiglu_forward_avx512(hr, gr, ur, vec) }
+                        for j in vec..<cols { hr[j] = gr[j] * (1 / (1 + fastExp(-gr[j]))) * ur[j] }  // the lanes' g·σ(g)·up
+                    }
+                    j0 = j1
+                }
+            }
+        }
+    }
+
+    /// The operands of the 8-bit products under their lock: A [m, k] quantized (over the threads) into qa, da and sa, and
+    /// per thread a chunk's panels and `tiles` Float tiles of m × int8Chunk.
+    private static func withInt8Operands(
+        m: Int, k: Int, a: UnsafePointer<Float>, widest: Int, tiles: Int,
+        _ body: (UnsafePointer<Int8>, UnsafePointer<Float>, UnsafePointer<Float>, (Int) -> UnsafeMutablePointer<UInt8>,
+                 (Int) -> UnsafeMutablePointer<Float>) -> Void
+    ) {
+        precondition(k % 32 == 0, "int8 products: depth \(k) is not a multiple of 32")
+        let threads = min(Parallel.threads, (widest + 31) / 32), nb = k / 32
+        let qaFloats = (m * k + 3) / 4, panelFloats = (kd_q8_panel_bytes(Int32(int8Chunk), Int32(k)) + 3) / 4 + 16
+        let perThread = panelFloats + tiles * m * int8Chunk
+        StepProfile.op(.gemm) { int8Scratch.withLock { slab in
+            let need = qaFloats + 2 * m * nb + threads * perThread + 16
+            if slab.count < need { slab = Slab(count: need) }
+            let base = slab.base
+            let qa = UnsafeMutableRawPointer(base).assumingMemoryBound(to: Int8.self), da = base + qaFloats, sa = da + m * nb
+            let quantize = kd_q8_quantize_rows_avx512
+            Parallel.forRanges(m, minPerThread: 16) { i0, i1 in
+                quantize(Int32(i1 - i0), Int32(k), a + i0 * k, k, qa + i0 * k, da + i0 * nb, sa + i0 * nb)
+            }
+            let threadBase = sa + m * nb
+            body(UnsafePointer(qa), UnsafePointer(da), UnsafePointer(sa),
+                 { t in UnsafeMutableRawPointer(threadBase + t * perThread).assumingMemoryBound(to: UInt8.self) },
+                 { t in threadBase + t * perThread + panelFloats })
+        } }
     }
 
     /// Whether ``forwardBF16`` may dequantize Q4_0 / Q4_1 / Q8_0 straight into bf16 panels (tests turn it off to compare
     /// against the Float route).
     @TaskLocal public static var packsDirectly = true
 }
+
+/// The buffers of the 8-bit products (frozen models' forwards run one at a time).
+private let int8Scratch = Mutex(Slab(count: 0))

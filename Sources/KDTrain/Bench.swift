@@ -7,6 +7,7 @@ import KDCore
 import KDLoss
 import KDModel
 import KDOps
+import KDQuant
 
 /// A named model shape and the mode it is benchmarked in by default.
 public struct BenchShape: Sendable {
@@ -112,11 +113,12 @@ public func measureGEMM(m: Int, n: Int, k: Int, transB: Bool, repeats: Int) -> D
 }
 
 /// Times `repeats` steps (after one warm-up) of `mode` on `shape` with random weights and tokens; or, when `load`
-/// is given, forward passes of the model it returns (a real teacher, weights as stored), named `shape.name`.
+/// is given, forward passes of the model it returns (a real teacher, weights as stored), named `shape.name`. The kd
+/// mode's teacher is dense, or in GGUF blocks of `teacherType` (as a user's teacher file is).
 /// With `breakdown`, the timed steps run with ``StepProfile`` recording (its cost is in their times too).
 public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch: Int, seq: Int, repeats: Int,
                          sgemmPeak: Double, lmHeadChunk: Int = 256, load: (() throws -> Transformer)? = nil,
-                         breakdown: Bool = false, divergence: Divergence = .forwardKL) throws -> BenchResult {
+                         breakdown: Bool = false, divergence: Divergence = .forwardKL, teacherType: GGMLType? = nil) throws -> BenchResult {
     var m = shape.model
     m.maxSeqLen = max(m.maxSeqLen, seq)
     ProcessMemory.resetPeak()
@@ -145,8 +147,9 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
         tm.maxSeqLen = max(tm.maxSeqLen, seq)
         teacher = Transformer(config: tm, needsGrad: false, lmHeadChunk: lmHeadChunk)
         teacher!.initialize(seed: 2)
-        // as a bf16 run packs a replicated teacher (RunSetup.makeTrainer)
-        if BF16.panelKernel != nil { teacher!.packDenseMatricesBF16() }
+        // stored as a GGUF teacher is (`teacherType`), or as a bf16 run packs a dense one (RunSetup.makeTrainer)
+        if let teacherType { teacher!.quantizeDenseMatrices(teacherType) }
+        else if BF16.panelKernel != nil { teacher!.packDenseMatricesBF16() }
     }
     var times: [Double] = []
     func step(_ r: Int) {

@@ -1,5 +1,6 @@
 // The real teacher: SmolLM2-135M-Instruct (Q4_1, Q8_0 embedding) run by distill against an independent numpy float64
 // forward over gguf-py's dequantization (Scripts/model_reference.py).
+import CKDKernels
 import Foundation
 import KDConfig
 import KDFormats
@@ -59,7 +60,8 @@ func requireTeacher() throws {
     #expect(worst <= 1e-3, "max |logit difference| \(worst)")
 }
 
-/// The teacher forward with bf16 matmuls (dequantized panels rounded to bf16, activations too, f32 sums) against f32:
+/// The teacher forward with bf16 matmuls (dequantized panels rounded to bf16, activations too, f32 sums; the 8-bit
+/// products off — they are the next test's) against f32:
 /// mean NLL over 4 × 128 tokens of fortunes within 5e-3 — and not equal (the bf16 path really ran).
 @Test(arguments: [BF16Kernel.rounded] + (BF16.cpuHasAVX512BF16 ? [.avx512] : []))
 func smolLMsNLLWithBF16MatmulsIsF32sWithin5e3(kernel: BF16Kernel) throws {
@@ -74,10 +76,36 @@ func smolLMsNLLWithBF16MatmulsIsF32sWithin5e3(kernel: BF16Kernel) throws {
         tokens.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
         return targets.withUnsafeBufferPointer { model.loss(targets: $0.baseAddress!) }.mean
     }
-    let f32 = nll(), bf16 = BF16.$kernel.withValue(kernel) { nll() }
+    let f32 = nll(), bf16 = BF16.$kernel.withValue(kernel) { QuantizedMatrix.$int8Products.withValue(false) { nll() } }
     #expect(abs(bf16 - f32) <= 5e-3, "NLL f32 \(f32), bf16 (\(kernel)) \(bf16)")
     #expect(bf16 != f32, "the bf16 forward gave f32's NLL \(f32) bit for bit")
     print("SmolLM2 NLL on 512 fortunes tokens: f32 \(f32), bf16 (\(kernel)) \(bf16), Δ \(bf16 - f32)")
+}
+
+/// With the 8-bit products on (`train.precision: bf16` on a CPU with AVX512-BF16 and VNNI: the Q4_1 blocks and the Q8_0
+/// head times activations quantized per block of 32, as llama.cpp computes), the teacher's NLL on the same 4 × 128
+/// tokens is llama.cpp's on the same file within 2e-3 (Fixtures/smollm2-q4_1-llamacpp.json,
+/// Launch/lab/make_int8_reference.sh; the tokens are checked equal first) — and further from f32's than that.
+@Test(.enabled(if: kd_cpu_has_avx512vnni() == 1 && BF16.cpuHasAVX512BF16, "this CPU has no AVX512-VNNI and AVX512-BF16"))
+func smolLMsNLLWithInt8ProductsIsLlamaCppsWithin2e3() throws {
+    try requireTeacher()
+    let fixture = repoRoot.appendingPathComponent("Tests/KDFormatsTests/Fixtures/smollm2-q4_1-llamacpp.json")
+    let ref = try JSONSerialization.jsonObject(with: Data(contentsOf: fixture)) as! [String: Any]
+    let refTokens = (ref["tokens"] as! [Int]).map { Int32($0) }, llama = ref["mean_nll"] as! Double
+    let text = try String(contentsOf: repoRoot.appendingPathComponent("Tests/KDTrainTests/Fixtures/fortunes-sample.txt"), encoding: .utf8)
+    let ids = try BPETokenizer(gguf: GGUFFile(path: smolLM)).encode(text, addSpecial: false)
+    let b = 4, t = 128
+    #expect(Array(ids[0...(b * t)]) == refTokens, "the fixture's tokens are ours")
+    let tokens = Array(ids[0..<(b * t)]), targets = Array(ids[1...(b * t)])
+    let (model, _) = try loadGGUFModel(path: smolLM, maxSeqLen: t)
+    func nll() -> Double {
+        tokens.withUnsafeBufferPointer { model.forward(tokens: $0.baseAddress!, b: b, t: t) }
+        return targets.withUnsafeBufferPointer { model.loss(targets: $0.baseAddress!) }.mean
+    }
+    let f32 = nll(), int8 = BF16.$kernel.withValue(.avx512) { QuantizedMatrix.$int8Products.withValue(true) { nll() } }
+    #expect(abs(int8 - llama) <= 2e-3, "NLL int8 \(int8), llama.cpp \(llama)")
+    #expect(abs(int8 - llama) < abs(f32 - llama), "int8 \(int8) is no closer to llama.cpp's \(llama) than f32's \(f32)")
+    print("SmolLM2 NLL on 512 fortunes tokens: llama.cpp \(llama), int8 \(int8), f32 \(f32)")
 }
 
 /// A rank that runs part of a teacher (a pipeline stage: blocks 10..<20, the final norm and the tied head) maps only

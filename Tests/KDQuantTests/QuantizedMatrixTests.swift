@@ -47,34 +47,37 @@ func packedMatmulEqualsDequantizedMatmul(type: GGMLType) {
 /// 256-deep block (576; 512 for k-quants), 1–3 threads, both routes, accumulating or not.
 @Test(arguments: [GGMLType.q8_0, .q4_0, .q4_1, .q5_0, .q4_K, .q6_K, .iq4_nl, .iq4_xs])
 func quantizedBF16ForwardEqualsKernelOnDequantized(type: GGMLType) {
-    let kernels: [BF16Kernel] = BF16.cpuHasAVX512BF16 ? [.avx512, .emulated] : [.emulated]
-    for (oc, deep, n) in [(37, 256, 5), (48, 576, 19), (300, 576, 130)] {
-        let c = type.blockSize == 256 ? deep / 256 * 256 : deep  // k-quant rows are whole 256-element blocks
-        let bytes = randomBlocks(type, oc: oc, c: c, seed: UInt64(oc))
-        let inp = randomArray(n * c, seed: 79)
-        let start = randomArray(n * oc, seed: 80)
-        bytes.withUnsafeBytes { raw in
-            let q = QuantizedMatrix(type: type, oc: oc, c: c, data: raw.baseAddress!, owner: nil)
-            var dense = [Float](repeating: 0, count: oc * c)
-            dense.withUnsafeMutableBufferPointer { q.dequantizeRows(0, oc, into: $0.baseAddress!) }
-            for kernel in kernels where kernel == .avx512 || n < 100 {
-                for accumulate in [false, true] {
-                    var want = start
-                    bf16GEMM(kernel, threads: 1, transA: false, transB: true, m: n, n: oc, k: c, alpha: 1, a: inp, lda: c, b: dense,
-                             ldb: c, beta: accumulate ? 1 : 0, c: &want, ldc: oc)
-                    for threads in [1, 2, 3] {
-                        for direct in [true, false] {
-                            var got = start
-                            let saved = Parallel.threads
-                            Parallel.threads = threads
-                            defer { Parallel.threads = saved }
-                            BF16.$kernel.withValue(kernel) {
-                                QuantizedMatrix.$packsDirectly.withValue(direct) {
-                                    got.withUnsafeMutableBufferPointer { q.forward(out: $0.baseAddress!, inp: inp, n: n, accumulate: accumulate) }
+    // the bf16 panels (the 8-bit products are their own test, QuantizedInt8Tests)
+    QuantizedMatrix.$int8Products.withValue(false) {
+        let kernels: [BF16Kernel] = BF16.cpuHasAVX512BF16 ? [.avx512, .emulated] : [.emulated]
+        for (oc, deep, n) in [(37, 256, 5), (48, 576, 19), (300, 576, 130)] {
+            let c = type.blockSize == 256 ? deep / 256 * 256 : deep  // k-quant rows are whole 256-element blocks
+            let bytes = randomBlocks(type, oc: oc, c: c, seed: UInt64(oc))
+            let inp = randomArray(n * c, seed: 79)
+            let start = randomArray(n * oc, seed: 80)
+            bytes.withUnsafeBytes { raw in
+                let q = QuantizedMatrix(type: type, oc: oc, c: c, data: raw.baseAddress!, owner: nil)
+                var dense = [Float](repeating: 0, count: oc * c)
+                dense.withUnsafeMutableBufferPointer { q.dequantizeRows(0, oc, into: $0.baseAddress!) }
+                for kernel in kernels where kernel == .avx512 || n < 100 {
+                    for accumulate in [false, true] {
+                        var want = start
+                        bf16GEMM(kernel, threads: 1, transA: false, transB: true, m: n, n: oc, k: c, alpha: 1, a: inp, lda: c, b: dense,
+                                 ldb: c, beta: accumulate ? 1 : 0, c: &want, ldc: oc)
+                        for threads in [1, 2, 3] {
+                            for direct in [true, false] {
+                                var got = start
+                                let saved = Parallel.threads
+                                Parallel.threads = threads
+                                defer { Parallel.threads = saved }
+                                BF16.$kernel.withValue(kernel) {
+                                    QuantizedMatrix.$packsDirectly.withValue(direct) {
+                                        got.withUnsafeMutableBufferPointer { q.forward(out: $0.baseAddress!, inp: inp, n: n, accumulate: accumulate) }
+                                    }
                                 }
+                                let differ = zip(got, want).filter { $0.bitPattern != $1.bitPattern }.count
+                                #expect(differ == 0, "\(type) \(oc)×\(c), \(n) rows, \(kernel), \(threads) threads, direct \(direct), accumulate \(accumulate)")
                             }
-                            let differ = zip(got, want).filter { $0.bitPattern != $1.bitPattern }.count
-                            #expect(differ == 0, "\(type) \(oc)×\(c), \(n) rows, \(kernel), \(threads) threads, direct \(direct), accumulate \(accumulate)")
                         }
                     }
                 }
@@ -90,47 +93,50 @@ func quantizedBF16ForwardEqualsKernelOnDequantized(type: GGMLType) {
 /// with the AVX512-BF16 kernel and AVX-512 row kernels, so that half is skipped elsewhere.
 @Test(arguments: [GGMLType.q4_1, .q8_0, .q4_K])
 func quantizedProjectionsSharingTheirInputAreEachAlone(type: GGMLType) {
-    let kernels: [BF16Kernel] = BF16.cpuHasAVX512BF16 ? [.avx512, .emulated] : [.emulated]
-    let c = type.blockSize == 256 ? 512 : 576
-    for (widths, n) in [([48, 300, 37], 130), ([64, 64, 64], 400)] {
-        let blocks = widths.enumerated().map { i, w in randomBlocks(type, oc: w, c: c, seed: UInt64(90 + i)) }
-        let inp = randomArray(n * c, seed: 93)
-        let raws = blocks.map { b in UnsafeMutableRawPointer.allocate(byteCount: b.count, alignment: 64) }
-        defer { raws.forEach { $0.deallocate() } }
-        for (r, b) in zip(raws, blocks) { r.copyMemory(from: b, byteCount: b.count) }
-        let ms = zip(widths, raws).map { w, r in QuantizedMatrix(type: type, oc: w, c: c, data: UnsafeRawPointer(r), owner: nil) }
-        for kernel in kernels where kernel == .avx512 || n < 200 {
-            let want: [[Float]] = ms.map { m in
-                var out = [Float](repeating: 0, count: n * m.oc)
-                BF16.$kernel.withValue(kernel) { out.withUnsafeMutableBufferPointer { m.forward(out: $0.baseAddress!, inp: inp, n: n, accumulate: false) } }
-                return out
-            }
-            var swiglu: [Float]? = nil
-            if widths[0] == widths[1] {
-                var h = [Float](repeating: 0, count: n * widths[0])
-                swiGLUForward(out: &h, gate: want[0], up: want[1], n: n, f: widths[0])
-                swiglu = h
-            }
-            for threads in [1, 2, 3] {
-                let saved = Parallel.threads
-                Parallel.threads = threads
-                defer { Parallel.threads = saved }
-                let outs = ms.map { UnsafeMutablePointer<Float>.allocate(capacity: n * $0.oc) }
-                defer { outs.forEach { $0.deallocate() } }
-                for (o, m) in zip(outs, ms) { o.initialize(repeating: .nan, count: n * m.oc) }
-                let ran = BF16.$kernel.withValue(kernel) { QuantizedMatrix.forwardBF16(sharing: inp, n: n, Array(zip(ms, outs))) }
-                #expect(ran)
-                for (i, (o, m)) in zip(outs, ms).enumerated() {
-                    let differ = zip(UnsafeBufferPointer(start: o, count: n * m.oc), want[i]).filter { $0.bitPattern != $1.bitPattern }.count
-                    #expect(differ == 0, "\(type) matrix \(i) (\(m.oc)×\(c)), \(n) rows, \(kernel), \(threads) threads: \(differ) differ")
+    // the bf16 panels (the 8-bit products are their own test, QuantizedInt8Tests)
+    QuantizedMatrix.$int8Products.withValue(false) {
+        let kernels: [BF16Kernel] = BF16.cpuHasAVX512BF16 ? [.avx512, .emulated] : [.emulated]
+        let c = type.blockSize == 256 ? 512 : 576
+        for (widths, n) in [([48, 300, 37], 130), ([64, 64, 64], 400)] {
+            let blocks = widths.enumerated().map { i, w in randomBlocks(type, oc: w, c: c, seed: UInt64(90 + i)) }
+            let inp = randomArray(n * c, seed: 93)
+            let raws = blocks.map { b in UnsafeMutableRawPointer.allocate(byteCount: b.count, alignment: 64) }
+            defer { raws.forEach { $0.deallocate() } }
+            for (r, b) in zip(raws, blocks) { r.copyMemory(from: b, byteCount: b.count) }
+            let ms = zip(widths, raws).map { w, r in QuantizedMatrix(type: type, oc: w, c: c, data: UnsafeRawPointer(r), owner: nil) }
+            for kernel in kernels where kernel == .avx512 || n < 200 {
+                let want: [[Float]] = ms.map { m in
+                    var out = [Float](repeating: 0, count: n * m.oc)
+                    BF16.$kernel.withValue(kernel) { out.withUnsafeMutableBufferPointer { m.forward(out: $0.baseAddress!, inp: inp, n: n, accumulate: false) } }
+                    return out
                 }
-                guard let swiglu else { continue }
-                var h = [Float](repeating: .nan, count: n * widths[0])
-                let fused = BF16.$kernel.withValue(kernel) { QuantizedMatrix.swiGLUForwardBF16(h: &h, inp: inp, n: n, gate: ms[0], up: ms[1]) }
-                #expect(fused == (kernel == .avx512 && RowKernels.avx512), "\(kernel): the fused pass runs exactly where it can")
-                if fused {
-                    let differ = zip(h, swiglu).filter { $0.bitPattern != $1.bitPattern }.count
-                    #expect(differ == 0, "\(type) SwiGLU, \(n) rows, \(threads) threads: \(differ) of \(h.count) differ")
+                var swiglu: [Float]? = nil
+                if widths[0] == widths[1] {
+                    var h = [Float](repeating: 0, count: n * widths[0])
+                    swiGLUForward(out: &h, gate: want[0], up: want[1], n: n, f: widths[0])
+                    swiglu = h
+                }
+                for threads in [1, 2, 3] {
+                    let saved = Parallel.threads
+                    Parallel.threads = threads
+                    defer { Parallel.threads = saved }
+                    let outs = ms.map { UnsafeMutablePointer<Float>.allocate(capacity: n * $0.oc) }
+                    defer { outs.forEach { $0.deallocate() } }
+                    for (o, m) in zip(outs, ms) { o.initialize(repeating: .nan, count: n * m.oc) }
+                    let ran = BF16.$kernel.withValue(kernel) { QuantizedMatrix.forwardBF16(sharing: inp, n: n, Array(zip(ms, outs))) }
+                    #expect(ran)
+                    for (i, (o, m)) in zip(outs, ms).enumerated() {
+                        let differ = zip(UnsafeBufferPointer(start: o, count: n * m.oc), want[i]).filter { $0.bitPattern != $1.bitPattern }.count
+                        #expect(differ == 0, "\(type) matrix \(i) (\(m.oc)×\(c)), \(n) rows, \(kernel), \(threads) threads: \(differ) differ")
+                    }
+                    guard let swiglu else { continue }
+                    var h = [Float](repeating: .nan, count: n * widths[0])
+                    let fused = BF16.$kernel.withValue(kernel) { QuantizedMatrix.swiGLUForwardBF16(h: &h, inp: inp, n: n, gate: ms[0], up: ms[1]) }
+                    #expect(fused == (kernel == .avx512 && RowKernels.avx512), "\(kernel): the fused pass runs exactly where it can")
+                    if fused {
+                        let differ = zip(h, swiglu).filter { $0.bitPattern != $1.bitPattern }.count
+                        #expect(differ == 0, "\(type) SwiGLU, \(n) rows, \(threads) threads: \(differ) of \(h.count) differ")
+                    }
                 }
             }
         }

@@ -3,7 +3,9 @@
 # PRECISIONS (default f32,bf16; bf16 is skipped with a warning on a CPU without AVX512-BF16) and
 # ../shared/peers/torch_kd_step.py eager and torch.compile, each in f32 and in bf16 autocast (AMPS, default "off bf16"),
 # preset A (teacher of SmolLM2-135M's shape, student 8 × 384, batch 8 × 256), 2 threads, ROUNDS rounds (default 3);
-# MODES (default "kd train forward") picks the comparisons. Prints median tokens/s, peak RSS and the ratios against
+# MODES (default "kd train forward") picks the comparisons. TEACHER_TYPE (e.g. q4_1): the KD step also with its teacher in
+# GGUF blocks of that type (`distill bench --teacher-type`, in bf16: the 8-bit products where the CPU has AVX512-VNNI),
+# as a user's teacher file is held — PyTorch has no such teacher, so its rows stay the dense bf16/f32 ones. Prints median tokens/s, peak RSS and the ratios against
 # every PyTorch variant, and which of them is the fastest. OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for
 # every command (a user's machine does not set them). Needs the peer's venv (bash ../shared/peers/setup_torch_venv.sh;
 # PEER_PY overrides its python). Run it alone.
@@ -26,6 +28,10 @@ for r in $(seq "$rounds"); do
         read -r ours theirs shape <<< "$pair"
         [[ " $modes " == *" $ours "* ]] || continue
         run $d bench --shape "$shape" --mode "$ours" --threads 2 --precision "$precisions" --json >> "$out/distill.jsonl"
+        if [ "$ours" = kd ] && [ -n "${TEACHER_TYPE:-}" ]; then
+            run $d bench --shape "$shape" --mode kd --threads 2 --precision "$precisions" --teacher-type "$TEACHER_TYPE" --json \
+                | sed "s/^{/{\"teacher_type\":\"$TEACHER_TYPE\",/" >> "$out/distill.jsonl"
+        fi
         for amp in $amps; do
             run "$py" "$peer/torch_kd_step.py" --preset A --mode "$theirs" --threads 2 --amp "$amp" --json-out "$out/torch.jsonl" >/dev/null
             run "$py" "$peer/torch_kd_step.py" --preset A --mode "$theirs" --threads 2 --amp "$amp" --compile --json-out "$out/torch.jsonl" >/dev/null
@@ -57,8 +63,9 @@ for name, om, tm in rows:
     for k in sorted(peer_med):
         m, rss, n = peer_med[k]
         print(f"| PyTorch {k} | {m:.0f} | {rss:.2f} GiB |" + " |" * len(peer_med))
-    for p in sorted({r.get("precision", "f32") for r in o_all}):
-        o = [r for r in o_all if r.get("precision", "f32") == p]
+    label = lambda r: r.get("precision", "f32") + (f", teacher in {r['teacher_type'].upper()} blocks" if "teacher_type" in r else "")
+    for p in sorted({label(r) for r in o_all}):
+        o = [r for r in o_all if label(r) == p]
         mo, ro = statistics.median(x["tokens_per_s"] for x in o), max(x["peak_rss_bytes"] for x in o) / 2**30
         print(f"| distill {p} | {mo:.0f} | {ro:.2f} GiB | " + " | ".join(f"{mo / peer_med[k][0]:.2f}×" for k in sorted(peer_med)) + " |")
     print(f"(medians of {min(v[2] for v in peer_med.values())}+ runs each; the fastest PyTorch variant: {best})")

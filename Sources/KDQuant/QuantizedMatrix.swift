@@ -139,8 +139,7 @@ public final class QuantizedMatrix: LinearWeight {
 
     /// The 8-bit products of one input A [m, k]: A quantized once (over the threads), then each thread packs its chunks
     /// of each weight's rows (kd_q8_pack_ggml) and multiplies them by all of A. Each element's sum is the same whatever
-    /// the split. `epilogue(t, j0, j1, tile)` (with a product's `out` pointing into thread t's scratch) lets a caller
-    /// consume a chunk in place. - Shapes: a [m, k]
+    /// the split. - Shapes: a [m, k]
     static func int8Multiply(m: Int, a: UnsafePointer<Float>, _ products: [Int8Product]) {
         guard m > 0, let k = products.first?.weight.c, let widest = products.map(\.weight.oc).max() else { return }
         withInt8Operands(m: m, k: k, a: a, widest: widest, tiles: 0) { qa, da, sa, panels, _ in
@@ -170,7 +169,7 @@ public final class QuantizedMatrix: LinearWeight {
         withInt8Operands(m: m, k: k, a: inp, widest: f, tiles: 2) { qa, da, sa, panels, tiles in
             let threads = min(Parallel.threads, (f + 31) / 32)
             Parallel.forIndexedRanges((f + 31) / 32, over: threads) { t, t0, t1 in
-                let buffer = panels(t), g = tiles(t), u = g + m * int8Chunk
+                let buffer = panels(t), g = tiles(t), u = g + (m * int8Chunk + 15) / 16 * 16
                 var j0 = t0 * 32
                 let end = min(f, t1 * 32)
                 while j0 < end {
@@ -200,18 +199,20 @@ public final class QuantizedMatrix: LinearWeight {
     ) {
         precondition(k % 32 == 0, "int8 products: depth \(k) is not a multiple of 32")
         let threads = min(Parallel.threads, (widest + 31) / 32), nb = k / 32
-        let qaFloats = (m * k + 3) / 4, panelFloats = (kd_q8_panel_bytes(Int32(int8Chunk), Int32(k)) + 3) / 4 + 16
-        let perThread = panelFloats + tiles * m * int8Chunk
+        // in Floats, each part rounded up to 64 bytes: qa, da, sa, then per thread its panels and tiles
+        func line(_ floats: Int) -> Int { (floats + 15) / 16 * 16 }
+        let qaFloats = line((m * k + 3) / 4), scaleFloats = line(m * nb), panelFloats = line((kd_q8_panel_bytes(Int32(int8Chunk), Int32(k)) + 3) / 4)
+        let perThread = panelFloats + tiles * line(m * int8Chunk)
         StepProfile.op(.gemm) { int8Scratch.withLock { slab in
-            let need = qaFloats + 2 * m * nb + threads * perThread + 16
+            let need = qaFloats + 2 * scaleFloats + threads * perThread
             if slab.count < need { slab = Slab(count: need) }
             let base = slab.base
-            let qa = UnsafeMutableRawPointer(base).assumingMemoryBound(to: Int8.self), da = base + qaFloats, sa = da + m * nb
+            let qa = UnsafeMutableRawPointer(base).assumingMemoryBound(to: Int8.self), da = base + qaFloats, sa = da + scaleFloats
             let quantize = kd_q8_quantize_rows_avx512
             Parallel.forRanges(m, minPerThread: 16) { i0, i1 in
                 quantize(Int32(i1 - i0), Int32(k), a + i0 * k, k, qa + i0 * k, da + i0 * nb, sa + i0 * nb)
             }
-            let threadBase = sa + m * nb
+            let threadBase = sa + scaleFloats
             body(UnsafePointer(qa), UnsafePointer(da), UnsafePointer(sa),
                  { t in UnsafeMutableRawPointer(threadBase + t * perThread).assumingMemoryBound(to: UInt8.self) },
                  { t in threadBase + t * perThread + panelFloats })

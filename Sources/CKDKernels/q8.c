@@ -46,7 +46,18 @@ static float kd_f16(uint16_t h) {
 
 static inline uint16_t kd_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
-int kd_q8_supported(int type) { return type == 2 || type == 3 || type == 6 || type == 7 || type == 8; }
+int kd_q8_supported(int type) { return type == 2 || type == 3 || type == 6 || type == 7 || type == 8 || type == 12 || type == 13; }
+
+/// Sub-block j's 6-bit scale and minimum of a Q4_K / Q5_K block's 12 scale bytes (ggml's get_scale_min_k4).
+static inline void kd_scale_min_k4(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
 
 int kd_q8_pack_ggml(int type, int n, int k, const void *data, size_t rowBytes, uint8_t *out) {
     if (n <= 0 || k <= 0 || k % 32 != 0) return 0;
@@ -57,8 +68,11 @@ int kd_q8_pack_ggml(int type, int n, int k, const void *data, size_t rowBytes, u
     case 6: blockBytes = 22; break;
     case 7: blockBytes = 24; break;
     case 8: blockBytes = 34; break;
+    case 12: blockBytes = 144; break;  // per 256: 8 sub-blocks of 32
+    case 13: blockBytes = 176; break;
     default: return 0;
     }
+    if ((type == 12 || type == 13) && k % 256 != 0) return 0;
     const int nb = k / 32, panels = (n + Q8_NR - 1) / Q8_NR;
     for (int p = 0; p < panels; p++) {
         for (int b = 0; b < nb; b++) {
@@ -71,8 +85,26 @@ int kd_q8_pack_ggml(int type, int n, int k, const void *data, size_t rowBytes, u
                 if (j >= n) {
                     memset(u, 0, 32);
                 } else {
-                    const uint8_t *x = (const uint8_t *)data + (size_t)j * rowBytes + (size_t)b * blockBytes;
+                    const int kq = type == 12 || type == 13;  // k-quants: this 32-block is sub-block b % 8 of block b / 8
+                    const uint8_t *x = (const uint8_t *)data + (size_t)j * rowBytes + (size_t)(kq ? b / 8 : b) * blockBytes;
                     switch (type) {
+                    case 12:
+                    case 13: {  // Q4_K / Q5_K: f16 d, f16 dmin, 12 scale bytes, (Q5_K: 32 bytes of high bits,) 128 nibble bytes;
+                                // sub-block s: w = (d·sc)·q − dmin·m, as ggml's dequantize_row_q4_K / _q5_K compute them
+                        const int sub = b % 8, pair = sub / 2;
+                        int sc, mn;
+                        kd_scale_min_k4(sub, x + 4, &sc, &mn);
+                        const float dd = kd_f16(kd_u16(x)), dmin = kd_f16(kd_u16(x + 2));
+                        d = dd * (float)sc;
+                        m = -(dmin * (float)mn);
+                        const uint8_t *qs = x + (type == 12 ? 16 : 48) + 32 * pair;
+                        for (int i = 0; i < 32; i++) u[i] = sub % 2 ? qs[i] >> 4 : qs[i] & 0x0f;
+                        if (type == 13) {
+                            const uint8_t bit = (uint8_t)(1u << sub);  // sub-block s's high bits: bit s of qh[i]
+                            for (int i = 0; i < 32; i++) u[i] |= (x[16 + i] & bit) ? 16 : 0;
+                        }
+                        break;
+                    }
                     case 8:  // Q8_0: f16 d, 32 signed q; u = q + 128
                         d = kd_f16(kd_u16(x));
                         for (int i = 0; i < 32; i++) u[i] = (uint8_t)(x[2 + i] ^ 0x80u);

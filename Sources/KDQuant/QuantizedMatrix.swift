@@ -117,7 +117,7 @@ public final class QuantizedMatrix: LinearWeight {
                                         gate: gate.columnPacker(kernel), up: up.columnPacker(kernel))
     }
 
-    /// Whether a Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 matrix multiplies in 8-bit integers where the bf16 kernel is the
+    /// Whether a Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K matrix multiplies in 8-bit integers where the bf16 kernel is the
     /// AVX512-BF16 one (`train.precision: bf16` on such a CPU) and the CPU has AVX512-VNNI: activations quantized per
     /// block of 32 as llama.cpp does, `kd_gemm_q8_avx512vnni` (CKDKernels/q8.c). `DISTILL_TEACHER_INT8=0` keeps the bf16
     /// panels (to measure the difference in one binary); tests set it either way.

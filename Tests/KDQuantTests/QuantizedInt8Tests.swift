@@ -44,13 +44,15 @@ func int8ActivationQuantizationIsThePortableLoop() {
     } }
 }
 
-/// Each supported type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) through QuantizedMatrix's forward in bf16 with the 8-bit path on:
+/// Each supported type (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1; Q4_K and Q5_K by sub-blocks of 32, rows of 512) through
+/// QuantizedMatrix's forward in bf16 with the 8-bit path on:
 /// equal to Σ_k w·x̂ in Double (w dequantized by KDQuant, x̂ = da·qa) within f32 accumulation error, for ragged shapes
 /// (70 columns = 6 past a panel, 300 > one 256-column chunk; 11 rows = 3 past the 4-row tile), accumulating or not,
 /// 1–3 threads with the same bits; and within int8's rounding of the exact f32 product.
-@Test(.enabled(if: int8Capable, "this CPU has no AVX512-VNNI and AVX512-BF16"), arguments: [GGMLType.q8_0, .q4_0, .q4_1, .q5_0, .q5_1])
+@Test(.enabled(if: int8Capable, "this CPU has no AVX512-VNNI and AVX512-BF16"), arguments: [GGMLType.q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_K, .q5_K])
 func int8ProductIsTheDequantizedMatrixTimesTheQuantizedActivations(type: GGMLType) {
-    for (oc, c, n) in [(70, 96, 11), (300, 576, 9)] {
+    for (oc, deep, n) in [(70, 96, 11), (300, 576, 9)] {
+        let c = type.blockSize == 256 ? (deep + 255) / 256 * 256 : deep
         let bytes = randomBlocks(type, oc: oc, c: c, seed: UInt64(oc + c))
         let inp = randomArray(n * c, seed: 202, scale: 2)
         let start = randomArray(n * oc, seed: 203)
@@ -101,7 +103,7 @@ func int8ProductIsTheDequantizedMatrixTimesTheQuantizedActivations(type: GGMLTyp
 
 /// The projections sharing one input (q, k, v) and the gate/up/SwiGLU pass take the 8-bit path too: each equals the
 /// matrix's own 8-bit forward bit for bit, and SwiGLU's of those, bit for bit (70 wide: a tail past the 16-lane loop);
-/// types that have no 8-bit path (Q4_K) keep the bf16 panels.
+/// types that have no 8-bit path (Q6_K: sub-blocks of 16) keep the bf16 panels.
 @Test(.enabled(if: int8Capable && RowKernels.avx512, "this CPU has no AVX512-VNNI and AVX512-BF16"), arguments: [GGMLType.q4_1, .q8_0])
 func int8ProjectionsAndSwiGLUAreEachMatrixsOwnProduct(type: GGMLType) {
     let c = 576
@@ -133,9 +135,9 @@ func int8ProjectionsAndSwiGLUAreEachMatrixsOwnProduct(type: GGMLType) {
         } }
     }
     // a type without an 8-bit path keeps the bf16 panels: the same bits with the switch on or off
-    let k4 = randomBlocks(.q4_K, oc: 40, c: 512, seed: 220), inp = randomArray(3 * 512, seed: 221)
-    k4.withUnsafeBytes { raw in
-        let q = QuantizedMatrix(type: .q4_K, oc: 40, c: 512, data: raw.baseAddress!, owner: nil)
+    let k6 = randomBlocks(.q6_K, oc: 40, c: 512, seed: 220), inp = randomArray(3 * 512, seed: 221)
+    k6.withUnsafeBytes { raw in
+        let q = QuantizedMatrix(type: .q6_K, oc: 40, c: 512, data: raw.baseAddress!, owner: nil)
         let outs: [[Float]] = [true, false].map { on in
             var out = [Float](repeating: 0, count: 3 * 40)
             BF16.$kernel.withValue(.avx512) { QuantizedMatrix.$int8Products.withValue(on) {

@@ -11,7 +11,7 @@ func randomBlocks(_ type: GGMLType, oc: Int, c: Int, seed: UInt64 = 77) -> [UInt
     var bytes = [UInt8](repeating: 0, count: type.byteCount(elements: oc * c))
     let rng = randomArray(bytes.count, seed: seed)
     for i in 0..<bytes.count { bytes[i] = UInt8(truncatingIfNeeded: Int(abs(rng[i]) * 1000)) }
-    let scaleOffsets: [Int] = type == .q6_K ? [208] : type == .q4_K || type == .q4_1 || type == .q5_1 ? [0, 2] : [0]
+    let scaleOffsets: [Int] = type == .q6_K ? [208] : type == .q4_K || type == .q5_K || type == .q4_1 || type == .q5_1 ? [0, 2] : [0]
     for b in 0..<(bytes.count / type.typeSize) {
         for off in scaleOffsets {
             let h = Float16(0.01 * Float(b % 7 + 1)).bitPattern

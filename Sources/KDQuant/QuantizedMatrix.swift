@@ -124,6 +124,11 @@ public final class QuantizedMatrix: LinearWeight {
     @TaskLocal public static var int8Products: Bool = kd_cpu_has_avx512vnni() == 1
         && (getenv("DISTILL_TEACHER_INT8").map { String(cString: $0) } ?? "1") != "0"
 
+    /// What the train log says when a quantized teacher's matrices multiply in 8-bit integers now; nil when they do not.
+    public static var int8Label: String? {
+        int8Products && BF16.panelKernel == .avx512 ? "quantized teachers' Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K blocks × 8-bit activations (VNNI)" : nil
+    }
+
     /// Whether this matrix's products take the 8-bit path now.
     var takesInt8: Bool {
         QuantizedMatrix.int8Products && BF16.panelKernel == .avx512 && kd_q8_supported(Int32(type.rawValue)) == 1

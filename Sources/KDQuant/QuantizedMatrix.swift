@@ -47,7 +47,7 @@ public final class QuantizedMatrix: LinearWeight {
 
     public func forward(out: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, accumulate: Bool) {
         if takesInt8 {
-            QuantizedMatrix.int8Multiply(m: n, a: inp, [Int8Product(weight: self, out: out, ldc: oc, accumulate: accumulate)])
+            QuantizedMatrix.int8Multiply(m: n, a: inp, [Int8Product(weight: self, out: out, accumulate: accumulate)])
             return
         }
         if let kernel = BF16.panelKernel {
@@ -94,7 +94,7 @@ public final class QuantizedMatrix: LinearWeight {
     public static func forwardBF16(sharing inp: UnsafePointer<Float>, n: Int, _ products: [(QuantizedMatrix, UnsafeMutablePointer<Float>)]) -> Bool {
         guard let kernel = BF16.panelKernel, let c = products.first?.0.c, products.allSatisfy({ $0.0.c == c }) else { return false }
         if products.allSatisfy({ $0.0.takesInt8 }) {
-            int8Multiply(m: n, a: inp, products.map { Int8Product(weight: $0.0, out: $0.1, ldc: $0.0.oc, accumulate: false) })
+            int8Multiply(m: n, a: inp, products.map { Int8Product(weight: $0.0, out: $0.1, accumulate: false) })
             return true
         }
         bf16MultiplyPackingColumns(kernel, m: n, k: c, a: inp, lda: c, products.map { w, out in
@@ -134,9 +134,9 @@ public final class QuantizedMatrix: LinearWeight {
         QuantizedMatrix.int8Products && BF16.panelKernel == .avx512 && kd_q8_supported(Int32(type.rawValue)) == 1
     }
 
-    /// One product of ``int8Multiply``: out [m, weight.oc] (row stride ldc) = A · Wᵀ (+ out when accumulating).
+    /// One product of ``int8Multiply``: out [m, weight.oc] = A · Wᵀ (+ out when accumulating).
     struct Int8Product {
-        let weight: QuantizedMatrix, out: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool
+        let weight: QuantizedMatrix, out: UnsafeMutablePointer<Float>, accumulate: Bool
     }
 
     /// Columns per chunk a thread packs and multiplies while it is in its cache (256 × 576 deep: 180 KiB of panels).
@@ -158,7 +158,7 @@ public final class QuantizedMatrix: LinearWeight {
                     while j0 < end {
                         let j1 = min(end, j0 + int8Chunk)
                         _ = kd_q8_pack_ggml(type, Int32(j1 - j0), Int32(k), w.data + j0 * rb, rb, buffer)
-                        kd_gemm_q8_avx512vnni(Int32(m), Int32(j1 - j0), Int32(k), qa, da, sa, buffer, p.out + j0, p.ldc, p.accumulate ? 1 : 0)
+                        kd_gemm_q8_avx512vnni(Int32(m), Int32(j1 - j0), Int32(k), qa, da, sa, buffer, p.out + j0, n, p.accumulate ? 1 : 0)
                         j0 = j1
                     }
                 }

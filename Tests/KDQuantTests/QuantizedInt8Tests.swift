@@ -108,12 +108,8 @@ func int8ProductIsTheDequantizedMatrixTimesTheQuantizedActivations(type: GGMLTyp
 func int8ProjectionsAndSwiGLUAreEachMatrixsOwnProduct(type: GGMLType) {
     let c = 576
     for (widths, n) in [([48, 300, 37], 130), ([70, 70, 64], 33)] {
-        let blocks = widths.enumerated().map { i, w in randomBlocks(type, oc: w, c: c, seed: UInt64(210 + i)) }
+        let ms = randomMatrices(type, widths: widths, c: c, seed: 210)
         let inp = randomArray(n * c, seed: 213)
-        let raws = blocks.map { b in UnsafeMutableRawPointer.allocate(byteCount: b.count, alignment: 64) }
-        defer { raws.forEach { $0.deallocate() } }
-        for (r, b) in zip(raws, blocks) { r.copyMemory(from: b, byteCount: b.count) }
-        let ms = zip(widths, raws).map { w, r in QuantizedMatrix(type: type, oc: w, c: c, data: UnsafeRawPointer(r), owner: nil) }
         BF16.$kernel.withValue(.avx512) { QuantizedMatrix.$int8Products.withValue(true) {
             let want: [[Float]] = ms.map { m in
                 var out = [Float](repeating: 0, count: n * m.oc)

@@ -22,6 +22,25 @@ func randomBlocks(_ type: GGMLType, oc: Int, c: Int, seed: UInt64 = 77) -> [UInt
     return bytes
 }
 
+/// Random [w, c] matrices of `type` (randomBlocks, seeds seed, seed + 1, …) in 64-byte-aligned memory each matrix owns.
+func randomMatrices(_ type: GGMLType, widths: [Int], c: Int, seed: UInt64) -> [QuantizedMatrix] {
+    widths.enumerated().map { i, w in
+        let bytes = randomBlocks(type, oc: w, c: c, seed: seed + UInt64(i))
+        let owned = OwnedTestBytes(bytes)
+        return QuantizedMatrix(type: type, oc: w, c: c, data: UnsafeRawPointer(owned.base), owner: owned)
+    }
+}
+
+/// Bytes copied to 64-byte-aligned memory, freed with the last matrix reading them.
+final class OwnedTestBytes {
+    let base: UnsafeMutableRawPointer
+    init(_ bytes: [UInt8]) {
+        base = .allocate(byteCount: max(1, bytes.count), alignment: 64)
+        bytes.withUnsafeBytes { base.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+    }
+    deinit { base.deallocate() }
+}
+
 @Test(arguments: [GGMLType.q8_0, .q4_1, .q4_K, .q6_K, .iq4_nl, .iq4_xs])
 func packedMatmulEqualsDequantizedMatmul(type: GGMLType) {
     let oc = 37, c = 256, n = 5
@@ -98,12 +117,8 @@ func quantizedProjectionsSharingTheirInputAreEachAlone(type: GGMLType) {
         let kernels: [BF16Kernel] = BF16.cpuHasAVX512BF16 ? [.avx512, .emulated] : [.emulated]
         let c = type.blockSize == 256 ? 512 : 576
         for (widths, n) in [([48, 300, 37], 130), ([64, 64, 64], 400)] {
-            let blocks = widths.enumerated().map { i, w in randomBlocks(type, oc: w, c: c, seed: UInt64(90 + i)) }
+            let ms = randomMatrices(type, widths: widths, c: c, seed: 90)
             let inp = randomArray(n * c, seed: 93)
-            let raws = blocks.map { b in UnsafeMutableRawPointer.allocate(byteCount: b.count, alignment: 64) }
-            defer { raws.forEach { $0.deallocate() } }
-            for (r, b) in zip(raws, blocks) { r.copyMemory(from: b, byteCount: b.count) }
-            let ms = zip(widths, raws).map { w, r in QuantizedMatrix(type: type, oc: w, c: c, data: UnsafeRawPointer(r), owner: nil) }
             for kernel in kernels where kernel == .avx512 || n < 200 {
                 let want: [[Float]] = ms.map { m in
                     var out = [Float](repeating: 0, count: n * m.oc)

@@ -14,12 +14,15 @@
 #   books+teacher: the books corpus with text sampled from the TOKENIZER model itself (`distill synthesize`:
 #     SAMPLE_TOKENS tokens, default 800,000, in SAMPLE_BATCH (64) sequences at a time of SAMPLE_LENGTH (512) started
 #     from its <|endoftext|> token where it has one, else its BOS; temperature 1, seed 1; on 2 ranks; bf16 matmuls
-#     where the CPU has them), kept beside OUT as OUT.sample.jsonl and reused. Text in the teacher's own distribution, not text we picked.
-# usage: Launch/fetch_corpus.sh fortunes|mix|books|books+teacher TOKENIZER OUT   (TOKENIZER: a GGUF file, a Hugging Face folder or
+#     where the CPU has them; the teacher's products on bf16 panels, DISTILL_TEACHER_INT8=0, as the recipes' samples were
+#     drawn before the 8-bit products existed: the same arguments give the same text), kept beside OUT as
+#     OUT.sample.jsonl and reused. Text in the teacher's own distribution, not text we picked.
+#   teacher: that sampled text alone (no fortunes, no novels).
+# usage: Launch/fetch_corpus.sh fortunes|mix|books|books+teacher|teacher TOKENIZER OUT   (TOKENIZER: a GGUF file, a Hugging Face folder or
 #   `bytes`; DISTILL_BIN: the distill binary, default the release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage="usage: Launch/fetch_corpus.sh fortunes|mix|books|books+teacher TOKENIZER OUT"
+usage="usage: Launch/fetch_corpus.sh fortunes|mix|books|books+teacher|teacher TOKENIZER OUT"
 which=${1:?$usage}
 tokenizer=${2:?$usage}
 out=${3:?$usage}
@@ -153,8 +156,8 @@ books)
     stage_books "$staging"
     $d prepare /usr/share/games/fortunes "$staging" --exclude-suffix .dat --exclude-suffix .u8 --separator % \
         --tokenizer "$tokenizer" --output "$out" >&2 ;;
-books+teacher)
-    [ "$tokenizer" != bytes ] || { echo "fetch_corpus.sh: books+teacher samples a model: expected a GGUF file or Hugging Face folder as TOKENIZER, found bytes" >&2; exit 1; }
+books+teacher|teacher)
+    [ "$tokenizer" != bytes ] || { echo "fetch_corpus.sh: $which samples a model: expected a GGUF file or Hugging Face folder as TOKENIZER, found bytes" >&2; exit 1; }
     bash Launch/setup.sh >&2
     sample="${out%/}.sample.jsonl"
     if [ ! -s "$sample" ]; then
@@ -163,14 +166,18 @@ books+teacher)
         [ "$(echo '"<|endoftext|>"' | $d tokenize --model "$tokenizer" --special 2>/dev/null | tr -d '[:space:]')" = "[0]" ] && prompt="<|endoftext|>"
         echo "== sampling ${SAMPLE_TOKENS:-800000} tokens from $tokenizer (distill synthesize, prompt '${prompt:-its BOS}'; about 30 min on 2 cores in bf16)" >&2
         # two ranks (each its share of the batches) draw 1.2× what one process on both cores does
-        DISTILL_BIN="$d" bash Launch/distill_mpi.sh 2 synthesize --model "$tokenizer" --output "$sample" --tokens "${SAMPLE_TOKENS:-800000}" --length "${SAMPLE_LENGTH:-512}" --batch "${SAMPLE_BATCH:-64}" \
+        DISTILL_TEACHER_INT8=0 DISTILL_BIN="$d" bash Launch/distill_mpi.sh 2 synthesize --model "$tokenizer" --output "$sample" --tokens "${SAMPLE_TOKENS:-800000}" --length "${SAMPLE_LENGTH:-512}" --batch "${SAMPLE_BATCH:-64}" \
             --prompt "$prompt" --precision bf16 --seed 1 >&2
     fi
-    staging=$(mktemp -d)
-    trap 'rm -rf "$staging"' EXIT
-    stage_books "$staging"
-    $d prepare /usr/share/games/fortunes "$staging" "$sample" --exclude-suffix .dat --exclude-suffix .u8 --separator % \
-        --tokenizer "$tokenizer" --output "$out" >&2 ;;
-*) echo "fetch_corpus.sh: expected fortunes, mix, books or books+teacher, found '$which'" >&2; exit 1 ;;
+    if [ "$which" = teacher ]; then
+        $d prepare "$sample" --tokenizer "$tokenizer" --output "$out" >&2
+    else
+        staging=$(mktemp -d)
+        trap 'rm -rf "$staging"' EXIT
+        stage_books "$staging"
+        $d prepare /usr/share/games/fortunes "$staging" "$sample" --exclude-suffix .dat --exclude-suffix .u8 --separator % \
+            --tokenizer "$tokenizer" --output "$out" >&2
+    fi ;;
+*) echo "fetch_corpus.sh: expected fortunes, mix, books, books+teacher or teacher, found '$which'" >&2; exit 1 ;;
 esac
 echo "$out"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A recipe of Configs/recipes/ end to end on a fresh Debian machine: system packages, release build, the real teacher
 # the recipe names (SmolLM2-135M-Instruct or Gemma-3-270M GGUF, fetched once into Checkpoints/teachers/ and verified by
-# hash), the corpus (Debian's fortunes, or for a data folder named mix-…, books-… or books-teacher-… that corpus of Launch/fetch_corpus.sh,
+# hash), the corpus (Debian's fortunes, or for a data folder named mix-…, books-…, books-teacher-… or teacher-… that corpus of Launch/fetch_corpus.sh,
 # tokenized with the teacher's tokenizer into the recipe's data folder) and a held-out book (Launch/fetch_heldout.sh);
 # then the recipe on 2 ranks with checkpoints in its checkpoint.dir; then the student is exported to GGUF in the type it
 # trained for (its QAT scheme; Q8_0 without QAT), its bytes set against the teacher's f16 bytes, evaluated beside its
@@ -28,9 +28,9 @@ case "$teacher" in
 esac
 book=$(bash Launch/fetch_heldout.sh)
 if [ ! -s "$data/train.bin" ]; then
-    # a folder named mix-…, books-… or books-teacher-… (books+teacher) is that corpus of Launch/fetch_corpus.sh, any other the fortunes
+    # a folder named mix-…, books-…, books-teacher-… (books+teacher) or teacher-… is that corpus of Launch/fetch_corpus.sh, any other the fortunes
     corpus=fortunes
-    case "$(basename "$data")" in mix-*) corpus=mix ;; books-teacher-*) corpus=books+teacher ;; books-*) corpus=books ;; esac
+    case "$(basename "$data")" in mix-*) corpus=mix ;; books-teacher-*) corpus=books+teacher ;; teacher-*) corpus=teacher ;; books-*) corpus=books ;; esac
     echo "== preparing the corpus (Launch/fetch_corpus.sh $corpus: distill prepare, $teacher's tokenizer):"
     bash Launch/fetch_corpus.sh "$corpus" "$teacher" "$data" > /dev/null
 fi

@@ -40,8 +40,10 @@ struct Bench: ParsableCommand {
     var breakdown = false
     @Option(help: "Measure the forward pass of this model (GGUF or Hugging Face folder, weights as stored) instead of named shapes.")
     var model: String?
-    @Option(help: "The kd mode's teacher in GGUF blocks of this type (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, iq4_nl, ...), held as a teacher file is (in bf16 on a CPU with AVX512-VNNI, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 multiply in 8-bit integers), instead of dense weights (bf16 panels in bf16: what the PyTorch peer multiplies).")
+    @Option(help: "The kd mode's teacher in GGUF blocks of this type (q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q6_k, iq4_nl, ...), held as a teacher file is (on a CPU with AVX512-VNNI, Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K multiply in 8-bit integers in bf16, and in f32 with --teacher-products int8), instead of dense weights (bf16 panels in bf16: what the PyTorch peer multiplies).")
     var teacherType: String?
+    @Option(help: "How a quantized teacher's matrices multiply, as teacher.products: auto (8-bit integers in bf16 on a CPU with AVX512-VNNI), int8 (in f32 too), float (dequantized).")
+    var teacherProducts = "auto"
 
     /// `--teacher-type` as a GGUF type.
     var teacherGGMLType: GGMLType? { teacherType.flatMap { t in GGMLType.allCases.first { $0.description.lowercased() == t.lowercased() } } }
@@ -91,6 +93,9 @@ struct Bench: ParsableCommand {
                 throw ValidationError("--teacher-type: the smollm2-135m-shaped teacher's 576-wide rows do not take \(t)'s blocks of \(t.blockSize); expected a type with blocks of 32")
             }
         }
+        guard TeacherProducts(rawValue: teacherProducts) != nil else {
+            throw ValidationError("--teacher-products: expected one of \(TeacherProducts.allCases.map(\.rawValue).joined(separator: ", ")), found '\(teacherProducts)'")
+        }
         if batch < 1 || seq < 2 || repeats < 1 || lmHeadChunk < 1 {
             throw ValidationError("--batch, --seq, --repeats, --lm-head-chunk: expected >= 1, >= 2, >= 1, >= 1, found \(batch), \(seq), \(repeats), \(lmHeadChunk)")
         }
@@ -122,9 +127,9 @@ struct Bench: ParsableCommand {
         for t in threadCounts {
             configureThreads(t)
             for kernel in kernels {
-                try BF16.$kernel.withValue(kernel) {
+                try withTeacherProducts(TeacherProducts(rawValue: teacherProducts)!) { try BF16.$kernel.withValue(kernel) {
                     if gemm != nil { try measureGEMMs(threads: t) } else { try measure(chosen, threads: t, load: load) }
-                }
+                } }
             }
         }
     }
@@ -193,8 +198,9 @@ struct Bench: ParsableCommand {
                     enc.outputFormatting = [.sortedKeys]
                     print(String(decoding: try enc.encode(r), as: UTF8.self))
                 } else {
+                    let kd = teacherGGMLType.map { "kd \($0)" + (QuantizedMatrix.takesInt8($0) ? "·int8" : "") }
                     print(String(format: "%-14@ %-7@ %-12@ threads %d | %7.0f tok/s | %6.1f GFLOP/s (%.1f MFLOP/token) | gemm peak %6.1f | MFU %4.1f%% | peak RSS %5.0f MiB",
-                                 s.name, md == .kd && teacherType != nil ? "kd \(teacherGGMLType!)" : md.rawValue, r.precision, t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
+                                 s.name, md == .kd && kd != nil ? kd! : md.rawValue, r.precision, t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
                                  100 * r.mfu, Double(r.peakRSSBytes) / 1048576))
                     printBreakdown(r)
                 }

@@ -10,6 +10,7 @@ import KDFormats
 import KDLoss
 import KDModel
 import KDOps
+import KDQuant
 import KDTrain
 
 @main
@@ -33,7 +34,9 @@ enum Job {
     /// threads ≤ cores). A failure on any rank ends the whole job with its message instead of leaving the other
     /// ranks waiting in a collective. `precision` bf16 runs the linear layers' matmuls with bf16 operands (or in f32
     /// after one warning line on a CPU without AVX512-BF16).
-    static func run(threads: Int, precision: Precision = .f32, _ body: (any Communicator) throws -> Void) throws {
+    /// `products` (`teacher.products`) says where a quantized teacher's matrices multiply in 8-bit integers.
+    static func run(threads: Int, precision: Precision = .f32, products: TeacherProducts = .auto,
+                    _ body: (any Communicator) throws -> Void) throws {
         var comm: any Communicator = LocalCommunicator()
         do {
             if MPICommunicator.launchedByMPI { comm = try MPICommunicator.initialize() }
@@ -43,7 +46,7 @@ enum Job {
             configureThreads(threads > 0 ? threads : max(1, ProcessInfo.processInfo.activeProcessorCount / max(local, 1)))
             let (kernel, warning) = try BF16.resolve(bf16: precision == .bf16, environment: ProcessInfo.processInfo.environment)
             if let warning { KDLog.info(warning) }
-            try BF16.$kernel.withValue(kernel) { try body(comm) }
+            try withTeacherProducts(products) { try BF16.$kernel.withValue(kernel) { try body(comm) } }
             comm.finalize()
         } catch let e as ExitCode {
             comm.finalize()
@@ -54,6 +57,16 @@ enum Job {
             if comm.worldSize > 1 { comm.abort("error: " + oneLine(error), code: code) }
             throw fail(error, code: code)
         }
+    }
+}
+
+/// Runs `body` with `teacher.products`' switches: `auto` leaves the defaults (8-bit products in bf16 runs unless
+/// DISTILL_TEACHER_INT8=0; in f32 runs too with DISTILL_TEACHER_INT8=all), `int8` turns them on in f32 runs, `float` off.
+func withTeacherProducts<T>(_ products: TeacherProducts, _ body: () throws -> T) rethrows -> T {
+    switch products {
+    case .auto: return try body()
+    case .int8: return try QuantizedMatrix.$int8Products.withValue(true) { try QuantizedMatrix.$int8WithF32.withValue(true, operation: body) }
+    case .float: return try QuantizedMatrix.$int8Products.withValue(false, operation: body)
     }
 }
 

@@ -90,7 +90,8 @@ struct Eval: ParsableCommand {
             var obj: [String: Any] = ["tokens": ids.count, "predicted": r.predicted, "mean_nll": r.nll / Double(r.predicted),
                                       "perplexity": Foundation.exp(r.nll / Double(r.predicted)),
                                       "tokens_per_s": Double(r.evaluated) / r.seconds, "size_bytes": weightBytesOnDisk(model),
-                                      "precision": BF16.label(kernel)]
+                                      "precision": BF16.label(kernel),
+                                      "int8_products": BF16.$kernel.withValue(kernel) { QuantizedMatrix.int8Label != nil }]
             if let teacher, teacherModel != nil {
                 obj["teacher_mean_nll"] = r.teacherNLL / Double(r.predicted)
                 obj["kl_teacher_model"] = r.kl / Double(r.predicted)

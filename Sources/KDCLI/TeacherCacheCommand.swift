@@ -45,7 +45,7 @@ struct TeacherCacheCommand: ParsableCommand {
             }
             tc = t
         } catch { throw fail(error) }
-        try Job.run(threads: threads, precision: c.train.precision) { comm in
+        try Job.run(threads: threads, precision: c.train.precision, products: c.teacher?.products ?? .auto) { comm in
             let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
             let sources = tc.sources
             let loaded = try openTeachers(sources.map(\.path), studentVocab: c.model.vocabSize, maxSeqLen: c.train.seqLen,

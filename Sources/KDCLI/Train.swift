@@ -78,7 +78,7 @@ struct Train: ParsableCommand {
                 return
             }
         } catch { throw fail(error) }
-        try Job.run(threads: c.train.threads, precision: c.train.precision) { comm in
+        try Job.run(threads: c.train.threads, precision: c.train.precision, products: c.teacher?.products ?? .auto) { comm in
             StopSignal.install(grace: UInt32(ProcessInfo.processInfo.environment["DISTILL_STOP_GRACE"].flatMap(Int.init) ?? 600))
             let setup = try RunSetup.open(c, rank: (comm.rank, comm.worldSize))
             let trainer = try setup.makeTrainer(comm: comm, allowTeacherChange: allowTeacherChange)

@@ -24,6 +24,17 @@ public enum SelfTeacher: String, ConfigVocabulary {
     case none, initial, ema, checkpoint
 }
 
+/// `teacher.products`: how a GGUF teacher's block-quantized matrices (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K)
+/// multiply on a CPU with AVX512-VNNI.
+public enum TeacherProducts: String, ConfigVocabulary {
+    /// In 8-bit integers (activations quantized per block of 32, as llama.cpp does) where matmuls are bf16, else dequantized.
+    case auto
+    /// In 8-bit integers in f32 runs too.
+    case int8
+    /// Always dequantized to the run's matmul precision.
+    case float
+}
+
 /// One member of a multi-teacher ensemble.
 public struct TeacherMember: Codable, Equatable, Sendable {
     /// A GGUF file or a Hugging Face folder. Required.
@@ -73,11 +84,14 @@ public struct TeacherConfig: Codable, Equatable, Sendable {
     public var exchange = Exchange.full
     /// k of the top-k exchange. Default 64.
     public var topK = 64
+    /// How the teacher's quantized matrices multiply: `auto` (8-bit integer products where matmuls are bf16 and the CPU
+    /// has AVX512-VNNI), `int8` (also in f32 runs), `float` (dequantized). Default auto.
+    public var products = TeacherProducts.auto
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case path, members, cache, combine, selfSource = "self", emaDecay = "ema_decay", placement, exchange, topK = "top_k"
+        case path, members, cache, combine, selfSource = "self", emaDecay = "ema_decay", placement, exchange, topK = "top_k", products
     }
 
     public init(from decoder: any Decoder) throws {
@@ -92,6 +106,7 @@ public struct TeacherConfig: Codable, Equatable, Sendable {
         placement = try c.value(.placement, or: placement)
         exchange = try c.value(.exchange, or: exchange)
         topK = try c.value(.topK, or: topK)
+        products = try c.value(.products, or: products)
         try c.require(topK >= 1, .topK, expected: "an integer >= 1", found: topK)
         try c.require(emaDecay >= 0 && emaDecay < 1, .emaDecay, expected: "a number in [0, 1)", found: emaDecay)
         switch selfSource {

@@ -340,7 +340,7 @@ public final class Transformer {
             // the three projections read one packing of the normed input
         } else if grads == nil, let wq = packed[L.wq] as? QuantizedMatrix, let wk = packed[L.wk] as? QuantizedMatrix,
                   let wv = packed[L.wv] as? QuantizedMatrix,
-                  QuantizedMatrix.forwardBF16(sharing: A.ln1.base, n: n, [(wq, qProj), (wk, kProj), (wv, vDst)]) {
+                  QuantizedMatrix.forwardSharing(A.ln1.base, n: n, [(wq, qProj), (wk, kProj), (wv, vDst)]) {
             // quantized: the same, each thread dequantizing its chunks of the three matrices' rows in turn
         } else {
             linear(L.wq, out: qProj, inp: A.ln1.base, n: n, c: c, oc: qd)
@@ -383,7 +383,7 @@ public final class Transformer {
             // gate and up stay in cache (no backward reads them): the same h bit for bit
         } else if grads == nil, family.activation == .silu, let g = packed[L.wgate] as? QuantizedMatrix,
                   let u = packed[L.wup] as? QuantizedMatrix,
-                  QuantizedMatrix.swiGLUForwardBF16(h: A.h.base, inp: A.ln2.base, n: n, gate: g, up: u) {
+                  QuantizedMatrix.swiGLUForwardFused(h: A.h.base, inp: A.ln2.base, n: n, gate: g, up: u) {
             // quantized: the same, per chunk of the two matrices' rows
         } else {
             linear(L.wgate, out: A.gate.base, inp: A.ln2.base, n: n, c: c, oc: f)

@@ -88,15 +88,16 @@ public final class QuantizedMatrix: LinearWeight {
         }
     }
 
-    /// out_w = inp · Wᵀ for several matrices of the same depth reading one input (a frozen model's q, k and v) with the
-    /// task's bf16 panel kernel: the input is packed once for all of them; each product is ``forward``'s bit for bit.
-    /// Returns false (nothing done) without a panel kernel. - Shapes: inp [n, c] · each out [n, oc]
-    public static func forwardBF16(sharing inp: UnsafePointer<Float>, n: Int, _ products: [(QuantizedMatrix, UnsafeMutablePointer<Float>)]) -> Bool {
-        guard let kernel = BF16.panelKernel, let c = products.first?.0.c, products.allSatisfy({ $0.0.c == c }) else { return false }
+    /// out_w = inp · Wᵀ for several matrices of the same depth reading one input (a frozen model's q, k and v) in 8-bit
+    /// products or with the task's bf16 panel kernel: the input is quantized or packed once for all of them; each product
+    /// is ``forward``'s bit for bit. Returns false (nothing done) when neither runs. - Shapes: inp [n, c] · each out [n, oc]
+    public static func forwardSharing(_ inp: UnsafePointer<Float>, n: Int, _ products: [(QuantizedMatrix, UnsafeMutablePointer<Float>)]) -> Bool {
+        guard let c = products.first?.0.c, products.allSatisfy({ $0.0.c == c }) else { return false }
         if products.allSatisfy({ $0.0.takesInt8 }) {
             int8Multiply(m: n, a: inp, products.map { Int8Product(weight: $0.0, out: $0.1, accumulate: false) })
             return true
         }
+        guard let kernel = BF16.panelKernel else { return false }
         bf16MultiplyPackingColumns(kernel, m: n, k: c, a: inp, lda: c, products.map { w, out in
             ColumnProduct(n: w.oc, beta: 0, c: out, ldc: w.oc, packColumns: w.columnPacker(kernel))
         })
@@ -104,35 +105,50 @@ public final class QuantizedMatrix: LinearWeight {
     }
 
     /// h = SwiGLU(inp · Gᵀ, inp · Uᵀ) in one pass over chunks of the two matrices' rows (gate and up never written out):
-    /// ``forward`` of each followed by ``swiGLUForward``, bit for bit. Returns false (nothing done) unless the task's
-    /// kernel is the AVX512-BF16 one with the row kernels on AVX-512. - Shapes: h [n, f] · inp [n, c]
-    public static func swiGLUForwardBF16(h: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, gate: QuantizedMatrix,
-                                         up: QuantizedMatrix) -> Bool {
-        guard let kernel = BF16.panelKernel, gate.oc == up.oc, gate.c == up.c else { return false }
+    /// ``forward`` of each followed by ``swiGLUForward``, bit for bit. Returns false (nothing done) unless both take the
+    /// 8-bit products or the task's kernel is the AVX512-BF16 one, with the row kernels on AVX-512. - Shapes: h [n, f] · inp [n, c]
+    public static func swiGLUForwardFused(h: UnsafeMutablePointer<Float>, inp: UnsafePointer<Float>, n: Int, gate: QuantizedMatrix,
+                                          up: QuantizedMatrix) -> Bool {
+        guard gate.oc == up.oc, gate.c == up.c else { return false }
         if gate.takesInt8 && up.takesInt8 && RowKernels.avx512 {
             int8SwiGLU(h: h, inp: inp, n: n, gate: gate, up: up)
             return true
         }
+        guard let kernel = BF16.panelKernel else { return false }
         return bf16SwiGLUPackingColumns(kernel, m: n, f: gate.oc, k: gate.c, a: inp, lda: gate.c, h: h, ldh: gate.oc,
                                         gate: gate.columnPacker(kernel), up: up.columnPacker(kernel))
     }
 
-    /// Whether a Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K matrix multiplies in 8-bit integers where the bf16 kernel is the
-    /// AVX512-BF16 one (`train.precision: bf16` on such a CPU) and the CPU has AVX512-VNNI: activations quantized per
-    /// block of 32 as llama.cpp does, `kd_gemm_q8_avx512vnni` (CKDKernels/q8.c). `DISTILL_TEACHER_INT8=0` keeps the bf16
-    /// panels (to measure the difference in one binary); tests set it either way.
-    @TaskLocal public static var int8Products: Bool = kd_cpu_has_avx512vnni() == 1
-        && (getenv("DISTILL_TEACHER_INT8").map { String(cString: $0) } ?? "1") != "0"
+    /// Whether a Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K matrix may multiply in 8-bit integers on a CPU with
+    /// AVX512-VNNI: activations quantized per block of 32 as llama.cpp does, `kd_gemm_q8_avx512vnni` (CKDKernels/q8.c).
+    /// By default only where the bf16 kernel is the AVX512-BF16 one (`train.precision: bf16` on such a CPU); with
+    /// ``int8WithF32`` in f32 runs too. `teacher.products: float` or `DISTILL_TEACHER_INT8=0` keeps the panels (to measure
+    /// the difference in one binary); tests set it either way.
+    @TaskLocal public static var int8Products: Bool = int8Setting != "0"
+
+    /// Whether the 8-bit products also run where matmuls are f32 (no bf16 kernel): `teacher.products: int8` or
+    /// `DISTILL_TEACHER_INT8=all`. Off by default, so that an f32 run's teacher is the f32 dequantized matrix on every CPU.
+    @TaskLocal public static var int8WithF32: Bool = int8Setting == "all"
+
+    private static let int8Setting = getenv("DISTILL_TEACHER_INT8").map { String(cString: $0) } ?? "1"
+    /// Whether this CPU runs the 8-bit products (AVX-512 F/BW and VNNI).
+    public static let cpuHasInt8Products = kd_cpu_has_avx512vnni() == 1
+
+    /// Whether 8-bit products run now (the CPU, the switches and the task's kernel), whatever the type.
+    static var int8Now: Bool {
+        cpuHasInt8Products && int8Products && (BF16.panelKernel == .avx512 || (int8WithF32 && BF16.panelKernel == nil))
+    }
 
     /// What the train log says when a quantized teacher's matrices multiply in 8-bit integers now; nil when they do not.
     public static var int8Label: String? {
-        int8Products && BF16.panelKernel == .avx512 ? "quantized teachers' Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K blocks × 8-bit activations (VNNI)" : nil
+        int8Now ? "quantized teachers' Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K blocks × 8-bit activations (VNNI)" : nil
     }
 
+    /// Whether a matrix of `type` multiplies in 8-bit integers now.
+    public static func takesInt8(_ type: GGMLType) -> Bool { int8Now && kd_q8_supported(Int32(type.rawValue)) == 1 }
+
     /// Whether this matrix's products take the 8-bit path now.
-    var takesInt8: Bool {
-        QuantizedMatrix.int8Products && BF16.panelKernel == .avx512 && kd_q8_supported(Int32(type.rawValue)) == 1
-    }
+    var takesInt8: Bool { QuantizedMatrix.takesInt8(type) }
 
     /// One product of ``int8Multiply``: out [m, weight.oc] = A · Wᵀ (+ out when accumulating).
     struct Int8Product {

@@ -195,7 +195,7 @@ func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: St
 @Test(arguments: [
     ("model", "rope_style", RopeStyle.choices), ("data", "tokenizer", TextTokenizer.choices),
     ("teacher", "combine", TeacherCombine.choices), ("teacher", "placement", Placement.choices), ("teacher", "exchange", Exchange.choices),
-    ("teacher", "self", SelfTeacher.choices), ("distill", "objective", Objective.choices), ("policy", "mode", PolicyMode.choices),
+    ("teacher", "self", SelfTeacher.choices), ("teacher", "products", TeacherProducts.choices), ("distill", "objective", Objective.choices), ("policy", "mode", PolicyMode.choices),
     ("qat", "scheme", QATScheme.choices), ("qat", "activations", ActivationQuant.choices), ("qat", "scales", ScaleSource.choices),
     ("student", "init", StudentInit.choices), ("optimizer", "sharding", Sharding.choices),
 ])
@@ -212,11 +212,12 @@ func unknownVocabularyWordListsTheValidOnes(section: String, key: String, choice
 }
 
 @Test func vocabularyRoundTripsThroughYAML() throws {
-    var c = try RunConfig.parse(yaml: "data: {train: [a]}\nteacher: {path: t, placement: pipelined, exchange: topk}\ndistill: {objective: skew_rkl}\nqat: {scheme: int4_channel}\noptimizer: {sharding: gradients}\n")
+    var c = try RunConfig.parse(yaml: "data: {train: [a]}\nteacher: {path: t, placement: pipelined, exchange: topk, products: int8}\ndistill: {objective: skew_rkl}\nqat: {scheme: int4_channel}\noptimizer: {sharding: gradients}\n")
     #expect(c.teacher?.placement == .pipelined && c.teacher?.exchange == .topk && c.distill.objective == .skewRKL && c.qat.scheme == .int4Channel)
-    #expect(c.optimizer.sharding == .gradients)
+    #expect(c.optimizer.sharding == .gradients && c.teacher?.products == .int8)
     c = try RunConfig.parse(yaml: try c.yaml())
-    #expect(c.distill.objective == .skewRKL && c.qat.scheme == .int4Channel && c.optimizer.sharding == .gradients)
+    #expect(c.distill.objective == .skewRKL && c.qat.scheme == .int4Channel && c.optimizer.sharding == .gradients && c.teacher?.products == .int8)
+    #expect(try RunConfig.parse(yaml: "data: {train: [a]}\nteacher: {path: t}\n").teacher?.products == .auto)
 }
 
 @Test func budgetTargetsReadSizesAndCounts() throws {

@@ -118,14 +118,14 @@ func int8ProjectionsAndSwiGLUAreEachMatrixsOwnProduct(type: GGMLType) {
             }
             let outs = ms.map { UnsafeMutablePointer<Float>.allocate(capacity: n * $0.oc) }
             defer { outs.forEach { $0.deallocate() } }
-            #expect(QuantizedMatrix.forwardBF16(sharing: inp, n: n, Array(zip(ms, outs))))
+            #expect(QuantizedMatrix.forwardSharing(inp, n: n, Array(zip(ms, outs))))
             for (i, (o, m)) in zip(outs, ms).enumerated() {
                 #expect(Array(UnsafeBufferPointer(start: o, count: n * m.oc)).map(\.bitPattern) == want[i].map(\.bitPattern), "matrix \(i)")
             }
             guard widths[0] == widths[1] else { return }
             var swiglu = [Float](repeating: 0, count: n * widths[0]), h = [Float](repeating: .nan, count: n * widths[0])
             swiGLUForward(out: &swiglu, gate: want[0], up: want[1], n: n, f: widths[0])
-            #expect(QuantizedMatrix.swiGLUForwardBF16(h: &h, inp: inp, n: n, gate: ms[0], up: ms[1]))
+            #expect(QuantizedMatrix.swiGLUForwardFused(h: &h, inp: inp, n: n, gate: ms[0], up: ms[1]))
             let differ = zip(h, swiglu).filter { $0.bitPattern != $1.bitPattern }.count
             #expect(differ == 0, "SwiGLU: \(differ) of \(h.count) differ")
         } }
@@ -142,5 +142,63 @@ func int8ProjectionsAndSwiGLUAreEachMatrixsOwnProduct(type: GGMLType) {
             return out
         }
         #expect(outs[0].map(\.bitPattern) == outs[1].map(\.bitPattern))
+    }
+}
+
+/// `teacher.products: int8` in an f32 run (no bf16 kernel): a matrix's forward, the shared-input projections and the
+/// SwiGLU pass are the bf16 run's 8-bit products bit for bit (the 8-bit path reads no bf16 kernel); without the switch an
+/// f32 run keeps the dequantized matrix through sgemm (within f32 rounding of the Double product, so not the 8-bit bits).
+@Test(.enabled(if: kd_cpu_has_avx512vnni() == 1 && RowKernels.avx512, "this CPU has no AVX512-VNNI"))
+func int8ProductsInF32RunsAreTheBF16RunsProducts() {
+    let c = 576, n = 41, widths = [70, 70, 48]
+    let ms = randomMatrices(.q4_1, widths: widths, c: c, seed: 230)
+    let inp = randomArray(n * c, seed: 231)
+    func run(_ kernel: BF16Kernel?, f32Switch: Bool) -> (alone: [[Float]], shared: [[Float]]?, swiglu: [Float]?) {
+        BF16.$kernel.withValue(kernel) { QuantizedMatrix.$int8Products.withValue(true) { QuantizedMatrix.$int8WithF32.withValue(f32Switch) {
+            let alone: [[Float]] = ms.map { m in
+                var out = [Float](repeating: 0, count: n * m.oc)
+                out.withUnsafeMutableBufferPointer { m.forward(out: $0.baseAddress!, inp: inp, n: n, accumulate: false) }
+                return out
+            }
+            var shared: [[Float]] = ms.map { [Float](repeating: .nan, count: n * $0.oc) }
+            let outs = ms.map { UnsafeMutablePointer<Float>.allocate(capacity: n * $0.oc) }
+            defer { outs.forEach { $0.deallocate() } }
+            let sharedRan = QuantizedMatrix.forwardSharing(inp, n: n, Array(zip(ms, outs)))
+            for (i, o) in outs.enumerated() { shared[i] = Array(UnsafeBufferPointer(start: o, count: n * ms[i].oc)) }
+            var h = [Float](repeating: .nan, count: n * widths[0])
+            let fused = QuantizedMatrix.swiGLUForwardFused(h: &h, inp: inp, n: n, gate: ms[0], up: ms[1])
+            return (alone, sharedRan ? shared : nil, fused ? h : nil)
+        } } }
+    }
+    let f32Int8 = run(nil, f32Switch: true)
+    #expect(f32Int8.shared != nil && f32Int8.swiglu != nil, "the shared-input and SwiGLU passes run in f32 with the switch")
+    if BF16.cpuHasAVX512BF16 {
+        let bf16 = run(.avx512, f32Switch: false)
+        for i in 0..<ms.count {
+            #expect(f32Int8.alone[i].map(\.bitPattern) == bf16.alone[i].map(\.bitPattern), "matrix \(i)")
+            #expect(f32Int8.shared?[i].map(\.bitPattern) == bf16.shared?[i].map(\.bitPattern), "shared matrix \(i)")
+        }
+        #expect(f32Int8.swiglu?.map(\.bitPattern) == bf16.swiglu?.map(\.bitPattern))
+    }
+    var want = [Float](repeating: 0, count: n * widths[0])
+    swiGLUForward(out: &want, gate: f32Int8.alone[0], up: f32Int8.alone[1], n: n, f: widths[0])
+    #expect(f32Int8.swiglu?.map(\.bitPattern) == want.map(\.bitPattern), "the fused pass is SwiGLU of the two products")
+    // without the switch: the f32 route (dequantized rows through sgemm), and the passes decline
+    let f32 = run(nil, f32Switch: false)
+    #expect(f32.shared == nil && f32.swiglu == nil)
+    for (i, m) in ms.enumerated() {
+        var dense = [Float](repeating: 0, count: m.oc * c)
+        dense.withUnsafeMutableBufferPointer { m.dequantizeRows(0, m.oc, into: $0.baseAddress!) }
+        var worst = 0.0, worstInt8 = 0.0
+        for r in 0..<n {
+            for j in 0..<m.oc {
+                var s = 0.0
+                for t in 0..<c { s += Double(inp[r * c + t]) * Double(dense[j * c + t]) }
+                worst = max(worst, abs(Double(f32.alone[i][r * m.oc + j]) - s))
+                worstInt8 = max(worstInt8, abs(Double(f32Int8.alone[i][r * m.oc + j]) - s))
+            }
+        }
+        #expect(worst < 1e-4, "matrix \(i): f32 route off the Double product by \(worst)")
+        #expect(worstInt8 > 10 * worst, "matrix \(i): the 8-bit products (off by \(worstInt8)) are not the f32 route")
     }
 }

@@ -138,7 +138,7 @@ func quantizedProjectionsSharingTheirInputAreEachAlone(type: GGMLType) {
                     let outs = ms.map { UnsafeMutablePointer<Float>.allocate(capacity: n * $0.oc) }
                     defer { outs.forEach { $0.deallocate() } }
                     for (o, m) in zip(outs, ms) { o.initialize(repeating: .nan, count: n * m.oc) }
-                    let ran = BF16.$kernel.withValue(kernel) { QuantizedMatrix.forwardBF16(sharing: inp, n: n, Array(zip(ms, outs))) }
+                    let ran = BF16.$kernel.withValue(kernel) { QuantizedMatrix.forwardSharing(inp, n: n, Array(zip(ms, outs))) }
                     #expect(ran)
                     for (i, (o, m)) in zip(outs, ms).enumerated() {
                         let differ = zip(UnsafeBufferPointer(start: o, count: n * m.oc), want[i]).filter { $0.bitPattern != $1.bitPattern }.count
@@ -146,7 +146,7 @@ func quantizedProjectionsSharingTheirInputAreEachAlone(type: GGMLType) {
                     }
                     guard let swiglu else { continue }
                     var h = [Float](repeating: .nan, count: n * widths[0])
-                    let fused = BF16.$kernel.withValue(kernel) { QuantizedMatrix.swiGLUForwardBF16(h: &h, inp: inp, n: n, gate: ms[0], up: ms[1]) }
+                    let fused = BF16.$kernel.withValue(kernel) { QuantizedMatrix.swiGLUForwardFused(h: &h, inp: inp, n: n, gate: ms[0], up: ms[1]) }
                     #expect(fused == (kernel == .avx512 && RowKernels.avx512), "\(kernel): the fused pass runs exactly where it can")
                     if fused {
                         let differ = zip(h, swiglu).filter { $0.bitPattern != $1.bitPattern }.count

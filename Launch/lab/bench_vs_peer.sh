@@ -5,7 +5,8 @@
 # preset A (teacher of SmolLM2-135M's shape, student 8 × 384, batch 8 × 256), 2 threads, ROUNDS rounds (default 3);
 # MODES (default "kd train forward") picks the comparisons. TEACHER_TYPE (e.g. q4_1): the KD step also with its teacher in
 # GGUF blocks of that type (`distill bench --teacher-type`, in bf16: the 8-bit products where the CPU has AVX512-VNNI),
-# as a user's teacher file is held — PyTorch has no such teacher, so its rows stay the dense bf16/f32 ones. Prints median tokens/s, peak RSS and the ratios against
+# as a user's teacher file is held — PyTorch has no such teacher, so its rows stay the dense bf16/f32 ones; with
+# TEACHER_PRODUCTS (auto, int8, float: `--teacher-products`, teacher.products) how its blocks multiply (int8: in f32 too). Prints median tokens/s, peak RSS and the ratios against
 # every PyTorch variant, and which of them is the fastest. OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for
 # every command (a user's machine does not set them). Needs the peer's venv (bash ../shared/peers/setup_torch_venv.sh;
 # PEER_PY overrides its python). Run it alone.
@@ -29,8 +30,10 @@ for r in $(seq "$rounds"); do
         [[ " $modes " == *" $ours "* ]] || continue
         run $d bench --shape "$shape" --mode "$ours" --threads 2 --precision "$precisions" --json >> "$out/distill.jsonl"
         if [ "$ours" = kd ] && [ -n "${TEACHER_TYPE:-}" ]; then
-            run $d bench --shape "$shape" --mode kd --threads 2 --precision "$precisions" --teacher-type "$TEACHER_TYPE" --json \
-                | sed "s/^{/{\"teacher_type\":\"$TEACHER_TYPE\",/" >> "$out/distill.jsonl"
+            products=${TEACHER_PRODUCTS:-auto}
+            run $d bench --shape "$shape" --mode kd --threads 2 --precision "$precisions" --teacher-type "$TEACHER_TYPE" \
+                --teacher-products "$products" --json \
+                | sed "s/^{/{\"teacher_type\":\"$TEACHER_TYPE\",\"teacher_products\":\"$products\",/" >> "$out/distill.jsonl"
         fi
         for amp in $amps; do
             run "$py" "$peer/torch_kd_step.py" --preset A --mode "$theirs" --threads 2 --amp "$amp" --json-out "$out/torch.jsonl" >/dev/null
@@ -63,7 +66,8 @@ for name, om, tm in rows:
     for k in sorted(peer_med):
         m, rss, n = peer_med[k]
         print(f"| PyTorch {k} | {m:.0f} | {rss:.2f} GiB |" + " |" * len(peer_med))
-    label = lambda r: r.get("precision", "f32") + (f", teacher in {r['teacher_type'].upper()} blocks" if "teacher_type" in r else "")
+    label = lambda r: r.get("precision", "f32") + (f", teacher in {r['teacher_type'].upper()} blocks" if "teacher_type" in r else "") \
+        + (f" (teacher.products {r['teacher_products']})" if r.get("teacher_products", "auto") != "auto" else "")
     for p in sorted({label(r) for r in o_all}):
         o = [r for r in o_all if label(r) == p]
         mo, ro = statistics.median(x["tokens_per_s"] for x in o), max(x["peak_rss_bytes"] for x in o) / 2**30

@@ -56,7 +56,7 @@ size = os.path.getsize(sys.argv[2])
 print(f"== the student's GGUF: {size / 2**20:.1f} MiB = {100 * size / f16:.1f}% of the teacher's f16 bytes ({f16 / 2**20:.1f} MiB)")
 PY
 heldout="held-out fortunes"
-case "$(basename "$data")" in mix-*|books-*) heldout="the corpus's validation split" ;; esac
+case "$(basename "$data")" in mix-*|books-*|teacher-*) heldout="the corpus's validation split" ;; esac
 echo "== the student beside its teacher on $heldout (distill eval):"
 rm -f "$run/evaluation.jsonl"
 $d eval --model "$student" --teacher "$teacher" --data "$data" --context 128 --max-windows 16 \

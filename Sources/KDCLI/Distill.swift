@@ -65,7 +65,11 @@ enum Job {
 func withTeacherProducts<T>(_ products: TeacherProducts, _ body: () throws -> T) rethrows -> T {
     switch products {
     case .auto: return try body()
-    case .int8: return try QuantizedMatrix.$int8Products.withValue(true) { try QuantizedMatrix.$int8WithF32.withValue(true, operation: body) }
+    case .int8:
+        if !QuantizedMatrix.cpuHasInt8Products {
+            KDLog.info("warning: teacher.products int8 needs a CPU with AVX512-VNNI (vpdpbusd); this one has none, dequantizing the teacher's blocks")
+        }
+        return try QuantizedMatrix.$int8Products.withValue(true) { try QuantizedMatrix.$int8WithF32.withValue(true, operation: body) }
     case .float: return try QuantizedMatrix.$int8Products.withValue(false, operation: body)
     }
 }

@@ -190,7 +190,7 @@ public final class QuantizedMatrix: LinearWeight {
         withInt8Operands(m: m, k: k, a: inp, widest: f, tiles: 2) { qa, da, sa, panels, tiles in
             let threads = min(Parallel.threads, (f + 31) / 32)
             Parallel.forIndexedRanges((f + 31) / 32, over: threads) { t, t0, t1 in
-                let buffer = panels(t), g = tiles(t), u = g + (m * int8Chunk + 15) / 16 * 16
+                let buffer = panels(t), g = tiles(t, 0), u = tiles(t, 1)
                 var j0 = t0 * 32
                 let end = min(f, t1 * 32)
                 while j0 < end {
@@ -212,18 +212,18 @@ public final class QuantizedMatrix: LinearWeight {
     }
 
     /// The operands of the 8-bit products under their lock: A [m, k] quantized (over the threads) into qa, da and sa, and
-    /// per thread a chunk's panels and `tiles` Float tiles of m × int8Chunk.
+    /// per thread a chunk's panels and `tiles` Float tiles of m × int8Chunk (thread t's tile i at `tile(t, i)`).
     private static func withInt8Operands(
         m: Int, k: Int, a: UnsafePointer<Float>, widest: Int, tiles: Int,
         _ body: (UnsafePointer<Int8>, UnsafePointer<Float>, UnsafePointer<Float>, (Int) -> UnsafeMutablePointer<UInt8>,
-                 (Int) -> UnsafeMutablePointer<Float>) -> Void
+                 (Int, Int) -> UnsafeMutablePointer<Float>) -> Void
     ) {
         precondition(k % 32 == 0, "int8 products: depth \(k) is not a multiple of 32")
         let threads = min(Parallel.threads, (widest + 31) / 32), nb = k / 32
         // in Floats, each part rounded up to 64 bytes: qa, da, sa, then per thread its panels and tiles
         func line(_ floats: Int) -> Int { (floats + 15) / 16 * 16 }
         let qaFloats = line((m * k + 3) / 4), scaleFloats = line(m * nb), panelFloats = line((kd_q8_panel_bytes(Int32(int8Chunk), Int32(k)) + 3) / 4)
-        let perThread = panelFloats + tiles * line(m * int8Chunk)
+        let tileFloats = line(m * int8Chunk), perThread = panelFloats + tiles * tileFloats
         StepProfile.op(.gemm) { int8Scratch.withLock { slab in
             let need = qaFloats + 2 * scaleFloats + threads * perThread
             if slab.count < need { slab = Slab(count: need) }
@@ -236,7 +236,7 @@ public final class QuantizedMatrix: LinearWeight {
             let threadBase = sa + scaleFloats
             body(UnsafePointer(qa), UnsafePointer(da), UnsafePointer(sa),
                  { t in UnsafeMutableRawPointer(threadBase + t * perThread).assumingMemoryBound(to: UInt8.self) },
-                 { t in threadBase + t * perThread + panelFloats })
+                 { t, i in threadBase + t * perThread + panelFloats + i * tileFloats })
         } }
     }
 

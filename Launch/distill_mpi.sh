@@ -11,7 +11,7 @@
 #   378 ms blocking for the 62 MiB recipes' 427 MiB, Zen 4) in a private folder of /dev/shm removed when mpirun ends,
 #   however it ends; TCP over loopback where the kernel refuses process_vm_readv (a seccomp profile: without single
 #   copies vader is no faster than TCP) or /dev/shm is missing. DISTILL_MPI_ARGS replaces that choice (e.g. --hostfile
-#   and TCP between hosts), DISTILL_MPI_TRANSPORT=tcp keeps TCP on one host.
+#   and TCP between hosts), DISTILL_MPI_TRANSPORT=tcp keeps TCP on one host (shm, the default, takes shared memory where it can).
 # DISTILL_BIN picks the binary (default .build/release/distill).
 set -euo pipefail
 source "$(dirname "$0")/sigint_default.sh"  # kill -INT works even when started with & (see there)
@@ -46,6 +46,10 @@ sys.exit(0 if n == 8 and dst.raw == src.raw else 1)
 PY
 }
 shm=
+case "${DISTILL_MPI_TRANSPORT:-shm}" in
+    shm|tcp) ;;
+    *) echo "distill_mpi: expected DISTILL_MPI_TRANSPORT=shm or tcp, found '$DISTILL_MPI_TRANSPORT'" >&2; exit 2 ;;
+esac
 if [ -z "${DISTILL_MPI_ARGS:-}" ]; then
     if [ "${DISTILL_MPI_TRANSPORT:-shm}" != tcp ] && [ -d /dev/shm ] && [ -w /dev/shm ] && single_copy &&
         shm=$(mktemp -d /dev/shm/distill-mpi.XXXXXX); then

@@ -1,5 +1,5 @@
 # Sourced by the comparison scripts that train variants of one student and score them on held-out text
-# (compare_cross_tokenizer.sh, compare_precision.sh): the binary, the teacher and data they use, and the two steps
+# (compare_cross_tokenizer.sh, compare_precision.sh, lr_sweep.sh): the binary, the teacher and data they use, and the two steps
 # every variant goes through. Run from the repository root.
 d=${DISTILL_BIN:-.build/release/distill}
 smollm=Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf

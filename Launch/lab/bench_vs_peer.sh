@@ -6,7 +6,9 @@
 # MODES (default "kd train forward") picks the comparisons. TEACHER_TYPE (e.g. q4_1): the KD step also with its teacher in
 # GGUF blocks of that type (`distill bench --teacher-type`, in bf16: the 8-bit products where the CPU has AVX512-VNNI),
 # as a user's teacher file is held — PyTorch has no such teacher, so its rows stay the dense bf16/f32 ones; with
-# TEACHER_PRODUCTS (auto, int8, float: `--teacher-products`, teacher.products) how its blocks multiply (int8: in f32 too). Prints median tokens/s, peak RSS and the ratios against
+# TEACHER_PRODUCTS (auto, int8, float: `--teacher-products`, teacher.products) how its blocks multiply (int8: in f32 too).
+# BF16_PRODUCTS (e.g. "vdpbf16ps fma"): the bf16 rows once per way the AVX512-BF16 kernel forms its products
+# (DISTILL_BF16_PRODUCTS; the same bits, different speeds by CPU); unset: the CPU's default. Prints median tokens/s, peak RSS and the ratios against
 # every PyTorch variant, and which of them is the fastest. OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for
 # every command (a user's machine does not set them). Needs the peer's venv (bash ../shared/peers/setup_torch_venv.sh;
 # PEER_PY overrides its python). Run it alone.
@@ -24,15 +26,25 @@ d=.build/release/distill
 out=Checkpoints/bench/sitting-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 run() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$@"; }
+# distill bench in every precision of $precisions (its other arguments given), bf16 once per product of BF16_PRODUCTS
+bench() {
+    if [ -z "${BF16_PRODUCTS:-}" ] || [[ ",$precisions," != *",bf16,"* ]]; then
+        run $d bench --precision "$precisions" "$@"
+        return
+    fi
+    local others
+    others=$(echo ",$precisions," | sed 's/,bf16,/,/; s/^,//; s/,$//')
+    [ -z "$others" ] || run $d bench --precision "$others" "$@"
+    for p in $BF16_PRODUCTS; do run env DISTILL_BF16_PRODUCTS="$p" $d bench --precision bf16 "$@"; done
+}
 for r in $(seq "$rounds"); do
     for pair in "kd kd student-8x384" "train student student-8x384" "forward teacher smollm2-135m"; do
         read -r ours theirs shape <<< "$pair"
         [[ " $modes " == *" $ours "* ]] || continue
-        run $d bench --shape "$shape" --mode "$ours" --threads 2 --precision "$precisions" --json >> "$out/distill.jsonl"
+        bench --shape "$shape" --mode "$ours" --threads 2 --json >> "$out/distill.jsonl"
         if [ "$ours" = kd ] && [ -n "${TEACHER_TYPE:-}" ]; then
             products=${TEACHER_PRODUCTS:-auto}
-            run $d bench --shape "$shape" --mode kd --threads 2 --precision "$precisions" --teacher-type "$TEACHER_TYPE" \
-                --teacher-products "$products" --json \
+            bench --shape "$shape" --mode kd --threads 2 --teacher-type "$TEACHER_TYPE" --teacher-products "$products" --json \
                 | sed "s/^{/{\"teacher_type\":\"$TEACHER_TYPE\",\"teacher_products\":\"$products\",/" >> "$out/distill.jsonl"
         fi
         for amp in $amps; do
@@ -66,7 +78,7 @@ for name, om, tm in rows:
     for k in sorted(peer_med):
         m, rss, n = peer_med[k]
         print(f"| PyTorch {k} | {m:.0f} | {rss:.2f} GiB |" + " |" * len(peer_med))
-    label = lambda r: r.get("precision", "f32") + (f", teacher in {r['teacher_type'].upper()} blocks" if "teacher_type" in r else "") \
+    label = lambda r: r.get("precision", "f32") + (f"·{r['bf16_products']}" if "bf16_products" in r else "") + (f", teacher in {r['teacher_type'].upper()} blocks" if "teacher_type" in r else "") \
         + (f" (teacher.products {r['teacher_products']})" if r.get("teacher_products", "auto") != "auto" else "")
     for p in sorted({label(r) for r in o_all}):
         o = [r for r in o_all if label(r) == p]

@@ -3,6 +3,9 @@
 // KD_ZERO(), KD_LOAD_B(p) (32 bf16 at p), KD_BCAST_PAIR(p) (the bf16 pair at p in every 32-bit lane),
 // KD_DP(acc, a, b) (acc + pairwise dot products, vdpbf16ps), KD_STORE(p, v) (16 f32 to p), and for the epilogue
 // KD_LOADF(p) (16 f32), KD_SET1(x), KD_MUL(a, b), KD_FMA(a, b, c) (a·b + c, one rounding).
+// Optionally KD_AT (the element type of an A block as the tile loop reads it; default uint16_t, the packed bf16 pairs),
+// KD_A_BLOCK(p, count) (the packed A block of `count` bf16 values at p as the tile loop reads it; default p itself) and
+// KD_TILE_LOOP (the tile's sums; default the vdpbf16ps loop below): bf16.c's FMA variant reads A widened to f32.
 //
 // GotoBLAS blocking: NC columns × KC depth of B packed once per (pc, jc) (or handed in packed: weights packed ahead);
 // A packed once (all of it up front when there are several NC blocks, else MC rows at a time), so each element of A
@@ -11,6 +14,7 @@
 // vectorized one with the same output). Packed layouts keep k in pairs, as vdpbf16ps
 // reads them: A micro-panel [kp][MR][2], B micro-panel [kp][NR][2]; rows, columns and depth past the edge are zero.
 
+#ifndef KD_NO_GENERIC_PACK
 /// Packs rows × depth (depth ≤ KD_KC) of X(r, p) = x[r·rs + p·cs] into micro-panels of `width` rows:
 /// [panel][kp][width] pairs (bf16 of p = 2q in the low half, 2q + 1 in the high half), zero past `rows` and `depth`.
 /// Loops run along memory (a row's depth when cs = 1, the rows of a depth pair otherwise) so they vectorize.
@@ -39,7 +43,14 @@ static void KD_NAME(pack)(const float *x, ptrdiff_t rs, ptrdiff_t cs, int rows, 
         for (int p = 0; p < kp; p++) for (int r = w; r < width; r++) panel[(size_t)p * width + r] = 0;
     }
 }
+#endif
 
+#ifndef KD_AT
+#define KD_AT uint16_t
+#define KD_A_BLOCK(p, count) ((const uint16_t *)(p))
+#endif
+
+#ifndef KD_TILE_LOOP
 /// The MR × NR register tile of Σ_p A(i, p)·B(j, p) over kp depth pairs.
 #define KD_TILE_LOOP                                                                                    \
     KD_VF acc[KD_MR][2];                                                                                \
@@ -52,9 +63,10 @@ static void KD_NAME(pack)(const float *x, ptrdiff_t rs, ptrdiff_t cs, int rows, 
             acc[i][1] = KD_DP(acc[i][1], a, b1);                                                        \
         }                                                                                               \
     }
+#endif
 
 /// An edge tile: the sums to `tile` [MR][NR], for the scalar epilogue.
-static void KD_NAME(micro)(int kp, const uint16_t *ap, const uint16_t *bp, float *tile /* [MR][NR] */) {
+static void KD_NAME(micro)(int kp, const KD_AT *ap, const uint16_t *bp, float *tile /* [MR][NR] */) {
     KD_TILE_LOOP
     for (int i = 0; i < KD_MR; i++) {
         KD_STORE(tile + i * KD_NR, acc[i][0]);
@@ -64,7 +76,7 @@ static void KD_NAME(micro)(int kp, const uint16_t *ap, const uint16_t *bp, float
 
 /// A whole tile, its epilogue in registers: C = fma(alpha, S, C) for a later depth block (`first` 0), else
 /// C = alpha·S (beta 0, C not read) or fma(alpha, S, beta·C) — the scalar epilogue's arithmetic exactly.
-static void KD_NAME(micro_c)(int kp, const uint16_t *ap, const uint16_t *bp, float *c, ptrdiff_t ldc, float alpha,
+static void KD_NAME(micro_c)(int kp, const KD_AT *ap, const uint16_t *bp, float *c, ptrdiff_t ldc, float alpha,
                              float beta, int first) {
     KD_TILE_LOOP
     KD_VF va = KD_SET1(alpha), vb = KD_SET1(beta);
@@ -82,7 +94,7 @@ static void KD_NAME(micro_c)(int kp, const uint16_t *ap, const uint16_t *bp, flo
 
 /// The mr × nr tile (mr ≤ MR, nr ≤ NR) of C at c: a whole one through micro_c, an edge one through micro and the same
 /// epilogue in scalars (the first depth block applies beta, never reading C when beta is 0; later blocks add).
-static void KD_NAME(tile)(int kp, const uint16_t *ap, const uint16_t *bp, float *c, ptrdiff_t ldc, int mr, int nr,
+static void KD_NAME(tile)(int kp, const KD_AT *ap, const uint16_t *bp, float *c, ptrdiff_t ldc, int mr, int nr,
                           float alpha, float beta, int first) {
     if (mr == KD_MR && nr == KD_NR) {
         KD_NAME(micro_c)(kp, ap, bp, c, ldc, alpha, beta, first);
@@ -135,17 +147,19 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
             }
             for (int ic = 0; ic < m; ic += KD_MC) {
                 int mc = m - ic < KD_MC ? m - ic : KD_MC;
-                const uint16_t *ablock;
-                if (fullA) ablock = abig + mround * pc + (size_t)ic * kp * 2;
+                const uint16_t *apacked_block;
+                if (fullA) apacked_block = abig + mround * pc + (size_t)ic * kp * 2;
                 else {
                     KD_PACK(a + (ptrdiff_t)ic * ars + (ptrdiff_t)pc * acs, ars, acs, mc, kc, KD_MR, apack);
-                    ablock = apack;
+                    apacked_block = apack;
                 }
+                const KD_AT *ablock = KD_A_BLOCK(apacked_block, (size_t)(mc + KD_MR - 1) / KD_MR * KD_MR * kp * 2);
                 for (int jr = 0; jr < nc; jr += KD_NR) {
                     int nr = nc - jr < KD_NR ? nc - jr : KD_NR;
                     for (int ir = 0; ir < mc; ir += KD_MR) {
                         int mr = mc - ir < KD_MR ? mc - ir : KD_MR;
-                        const uint16_t *apanel = ablock + (size_t)ir * kp * 2, *bpanel = bblock + (size_t)jr * kp * 2;
+                        const KD_AT *apanel = ablock + (size_t)ir * kp * 2;
+                        const uint16_t *bpanel = bblock + (size_t)jr * kp * 2;
                         KD_NAME(tile)(kp, apanel, bpanel, c + (ptrdiff_t)(ic + ir) * ldc + jc + jr, ldc, mr, nr, alpha, beta, pc == 0);
                     }
                 }
@@ -171,9 +185,10 @@ void KD_NAME(kd_attention_scores)(int rows, int hs, int tk, int pos, float scale
     kd_pack_buffers(&apack, &bpack, &abig, 0);
     const int kp = (hs + 1) / 2;
     KD_PACK(q, ldq, 1, rows, hs, KD_MR, apack);
+    const KD_AT *ablock = KD_A_BLOCK(apack, (size_t)(rows + KD_MR - 1) / KD_MR * KD_MR * kp * 2);
     for (int ir = 0; ir < rows; ir += KD_MR) {
         int mr = rows - ir < KD_MR ? rows - ir : KD_MR, end = pos + ir + mr < tk ? pos + ir + mr : tk;
-        const uint16_t *ap = apack + (size_t)ir * kp * 2;
+        const KD_AT *ap = ablock + (size_t)ir * kp * 2;
         for (int jr = 0; jr < end; jr += KD_NR) {
             int nr = tk - jr < KD_NR ? tk - jr : KD_NR;
             KD_NAME(tile)(kp, ap, kpacked + (size_t)jr * kp * 2, s + (ptrdiff_t)ir * lds + jr, lds, mr, nr, scale, 0, 1);
@@ -196,12 +211,13 @@ void KD_NAME(kd_attention_pv)(int rows, int hs, int tk, int pos, const float *p,
         int kcv = tk - pc < KD_KC ? tk - pc : KD_KC, kpv = (kcv + 1) / 2;  // V's depth block as packed
         int kc = end - pc < KD_KC ? end - pc : KD_KC, kpa = (kc + 1) / 2;  // the probabilities this block reads
         KD_PACK(p + pc, ldp, 1, rows, kc, KD_MR, apack);
+        const KD_AT *ablock = KD_A_BLOCK(apack, (size_t)(rows + KD_MR - 1) / KD_MR * KD_MR * kpa * 2);
         const uint16_t *vblock = vpacked + hround * pc;
         for (int ir = 0; ir < rows; ir += KD_MR) {
             int mr = rows - ir < KD_MR ? rows - ir : KD_MR, pend = pos + ir + mr < tk ? pos + ir + mr : tk;
             if (pend <= pc) continue;  // this panel's probabilities in the block are all 0
             int kpp = ((pend - pc < KD_KC ? pend - pc : KD_KC) + 1) / 2;
-            const uint16_t *ap = apack + (size_t)ir * kpa * 2;
+            const KD_AT *ap = ablock + (size_t)ir * kpa * 2;
             for (int jr = 0; jr < hs; jr += KD_NR) {
                 int nr = hs - jr < KD_NR ? hs - jr : KD_NR;
                 KD_NAME(tile)(kpp, ap, vblock + (size_t)jr * kpv * 2, out + (ptrdiff_t)ir * ldo + jr, ldo, mr, nr, 1, 0, pc == 0);

@@ -170,11 +170,12 @@ struct Bench: ParsableCommand {
 
     /// `--gemm`: each shape's best GFLOP/s on `threads` threads in the task's precision.
     func measureGEMMs(threads t: Int) throws {
-        let precision = BF16.label
+        let products = BF16.kernel == .avx512 ? BF16.products.rawValue : nil, precision = BF16.label + (products.map { "·\($0)" } ?? "")
         for s in gemmShapes {
             let g = measureGEMM(m: s.m, n: s.n, k: s.k, transB: true, repeats: repeats)
             if json {
-                print("{\"gemm\":\"\(s.m)x\(s.n)x\(s.k)\",\"gflops\":\(String(format: "%.2f", g)),\"precision\":\"\(precision)\",\"threads\":\(t)}")
+                print("{\"gemm\":\"\(s.m)x\(s.n)x\(s.k)\",\"gflops\":\(String(format: "%.2f", g)),\"precision\":\"\(BF16.label)\","
+                      + (products.map { "\"bf16_products\":\"\($0)\"," } ?? "") + "\"threads\":\(t)}")
             } else {
                 print(String(format: "gemm %5dx%5dx%5d %@ threads %d | %7.1f GFLOP/s (best of %d)", s.m, s.n, s.k, precision, t, g, repeats))
             }
@@ -200,7 +201,7 @@ struct Bench: ParsableCommand {
                 } else {
                     let kd = teacherGGMLType.map { "kd \($0)" + (QuantizedMatrix.takesInt8($0) ? "·int8" : "") }
                     print(String(format: "%-14@ %-7@ %-12@ threads %d | %7.0f tok/s | %6.1f GFLOP/s (%.1f MFLOP/token) | gemm peak %6.1f | MFU %4.1f%% | peak RSS %5.0f MiB",
-                                 s.name, md == .kd && kd != nil ? kd! : md.rawValue, r.precision, t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
+                                 s.name, md == .kd && kd != nil ? kd! : md.rawValue, r.precision + (r.bf16Products.map { "·\($0)" } ?? ""), t, r.tokensPerS, r.gflops, r.flopsPerToken / 1e6, r.sgemmPeakGflops,
                                  100 * r.mfu, Double(r.peakRSSBytes) / 1048576))
                     printBreakdown(r)
                 }

@@ -191,8 +191,7 @@ func attentionForwardTiled(
     let kCount = kd_bf16_packed_count(Int32(tk), Int32(hs)), vCount = kd_bf16_packed_count(Int32(hs), Int32(tk))
     let packedFloats = (kCount + vCount + 1) / 2, perThread = packedFloats + (probs == nil ? block * tk : 0)
     let threads = min(Parallel.threads, s.b * s.nh)
-    let scores = kernel == .avx512 ? kd_attention_scores_avx512 : kd_attention_scores_emulated
-    let pv = kernel == .avx512 ? kd_attention_pv_avx512 : kd_attention_pv_emulated
+    let entries = BF16.entries(kernel), scores = entries.scores, pv = entries.pv
     attentionScratch.withLock { slab in
         if slab.count < threads * perThread { slab = Slab(count: threads * perThread) }
         let base = slab.base

@@ -64,7 +64,7 @@ public final class PackedBF16 {
                 multiplyUnpacked(transA: transA, m: m, alpha: alpha, a: a, lda: lda, beta: beta, c: c, ldc: ldc)
                 return
             }
-            let run = kernel == .avx512 ? kd_gemm_bf16_prepacked_avx512 : kd_gemm_bf16_prepacked_emulated
+            let run = BF16.entries(kernel).prepacked
             let (ars, acs) = transA ? (1, lda) : (lda, 1)
             forBF16Tiles(m: m, n: n, byRows: m >= n || k > n, threads: Parallel.threads) { i0, i1, j0, j1 in
                 run(Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, a + i0 * ars, ars, acs, nil, nil, 0, 0, packed, Int32(n), Int32(j0),
@@ -118,7 +118,7 @@ public func bf16MultiplyPackingColumns(_ kernel: BF16Kernel, m: Int, k: Int, a: 
                                        _ products: [ColumnProduct]) {
     precondition(kernel != .rounded && chunk % 32 == 0, "bf16MultiplyPackingColumns: the panel kernels, chunks of 32 columns")
     guard m > 0, let widest = products.map(\.n).max(), widest > 0 else { return }
-    let run = kernel == .avx512 ? kd_gemm_bf16_prepacked_avx512 : kd_gemm_bf16_prepacked_emulated
+    let run = BF16.entries(kernel).prepacked
     withColumnChunks(m: m, k: k, a: a, lda: lda, widest: widest, chunk: chunk, packs: 1) { apacked, chunk, buffers in
         for p in products where p.n > 0 {
             let threads = min(Parallel.threads, (p.n + 31) / 32), chunk = min(chunk, (p.n + 31) / 32 * 32)
@@ -146,6 +146,7 @@ public func bf16SwiGLUPackingColumns(_ kernel: BF16Kernel, m: Int, f: Int, k: In
                                      h: UnsafeMutablePointer<Float>, ldh: Int, chunk: Int = 256,
                                      gate: @escaping ColumnPacker, up: @escaping ColumnPacker) -> Bool {
     guard kernel == .avx512, RowKernels.avx512, !fusedSwiGLUOff, m > 0, f > 0, chunk % 32 == 0 else { return false }
+    guard let swiglu = BF16.entries(kernel).swiglu else { return false }
     withColumnChunks(m: m, k: k, a: a, lda: lda, widest: f, chunk: chunk, packs: 2) { apacked, chunk, buffers in
         let threads = min(Parallel.threads, (f + 31) / 32), chunk = min(chunk, (f + 31) / 32 * 32)
         Parallel.forIndexedRanges((f + 31) / 32, over: threads) { t, t0, t1 in
@@ -156,7 +157,7 @@ public func bf16SwiGLUPackingColumns(_ kernel: BF16Kernel, m: Int, f: Int, k: In
                 let j1 = min(end, j0 + chunk)
                 gate(j0, j1, g, scratch)
                 up(j0, j1, u, scratch)
-                kd_gemm_bf16_swiglu_avx512(Int32(m), Int32(j1 - j0), Int32(k), a, lda, apacked, g, u, h + j0, ldh)
+                swiglu(Int32(m), Int32(j1 - j0), Int32(k), a, lda, apacked, g, u, h + j0, ldh)
                 j0 = j1
             }
         }
@@ -224,10 +225,11 @@ public func bf16SwiGLUForward(h: UnsafeMutablePointer<Float>, inp: UnsafePointer
                               up: PackedBF16) -> Bool {
     guard BF16.panelKernel == .avx512, RowKernels.avx512, !fusedSwiGLUOff, gate.n == up.n, gate.k == up.k, n > 0 else { return false }
     let f = gate.n, c = gate.k, g = UnsafePointer(gate.storage), u = UnsafePointer(up.storage)
+    guard let swiglu = BF16.entries(.avx512).swiglu else { return false }
     StepProfile.op(.gemm) {
         Parallel.forRanges((n + 7) / 8) { t0, t1 in
             let i0 = t0 * 8, i1 = min(n, t1 * 8)
-            kd_gemm_bf16_swiglu_avx512(Int32(i1 - i0), Int32(f), Int32(c), inp + i0 * c, c, nil, g, u, h + i0 * f, f)
+            swiglu(Int32(i1 - i0), Int32(f), Int32(c), inp + i0 * c, c, nil, g, u, h + i0 * f, f)
         }
     }
     return true
@@ -239,7 +241,7 @@ public func bf16SwiGLUForward(h: UnsafeMutablePointer<Float>, inp: UnsafePointer
 /// Returns false (nothing done) without a panel kernel. - Shapes: inp [n, c] · each out [n, w.n]
 public func bf16MultiplySharingInput(n: Int, inp: UnsafePointer<Float>, _ products: [(weight: PackedBF16, out: UnsafeMutablePointer<Float>)]) -> Bool {
     guard let kernel = BF16.panelKernel, n > 0, let k = products.first?.weight.k, products.allSatisfy({ $0.weight.k == k }) else { return false }
-    let run = kernel == .avx512 ? kd_gemm_bf16_prepacked_avx512 : kd_gemm_bf16_prepacked_emulated
+    let run = BF16.entries(kernel).prepacked
     let tiles = (n + 7) / 8, threads = min(Parallel.threads, tiles), perThread = (kd_bf16_packed_a_count(Int32((tiles + threads - 1) / threads * 8), Int32(k)) + 1) / 2
     StepProfile.op(.gemm) { sharedInputScratch.withLock { slab in
         if slab.count < threads * perThread { slab = Slab(count: threads * perThread) }

@@ -3,6 +3,7 @@
 // Dims: row-major as cblas_sgemm: op(A) [m, k] · op(B) [k, n] → C [m, n].
 import CBLAS
 import CKDKernels
+import Foundation
 import KDCore
 
 /// The kernel of a bf16 matmul.
@@ -16,9 +17,47 @@ public enum BF16Kernel: String, Sendable, CaseIterable {
     case rounded
 }
 
+/// How the AVX512-BF16 kernel (`BF16Kernel.avx512`) forms its products: the same bits either way (CKDKernels/bf16.c),
+/// at the rate the CPU gives each.
+public enum BF16Products: String, Sendable, CaseIterable {
+    /// vdpbf16ps: 32 bf16 products a lane pair at a time (AMD's Zen 4 and Zen 5 issue it as fast as an f32 FMA).
+    case vdpbf16ps
+    /// The bf16 values widened to f32 and multiplied by FMAs, with vdpbf16ps's order and denormal handling: on
+    /// Intel's Sapphire and Emerald Rapids vdpbf16ps issues once per two cycles, a quarter of two FMAs' products.
+    case fma
+}
+
 public enum BF16 {
     /// Whether this CPU (and OS) runs AVX512-BF16.
     public static let cpuHasAVX512BF16 = kd_cpu_has_avx512bf16() != 0
+
+    /// The faster products on this CPU (fma on Intel's, vdpbf16ps elsewhere), or `DISTILL_BF16_PRODUCTS` when it names
+    /// one (``resolve(bf16:environment:setting:fallback:)`` rejects any other value before a run starts).
+    public static let defaultProducts: BF16Products = {
+        if let v = getenv("DISTILL_BF16_PRODUCTS"), let p = BF16Products(rawValue: String(cString: v)) { return p }
+        return kd_bf16_fma_is_faster() != 0 ? .fma : .vdpbf16ps
+    }()
+
+    /// A task's choice of products over the default (tests run both); read on the calling task, before any split.
+    @TaskLocal public static var productsOverride: BF16Products?
+
+    /// The products this task's AVX512-BF16 kernel forms.
+    public static var products: BF16Products { productsOverride ?? defaultProducts }
+
+    /// The C entry points of `kernel` (a panel kernel) in this task's products; read before work is split over threads.
+    static func entries(_ kernel: BF16Kernel) -> BF16Entries {
+        switch (kernel, products) {
+        case (.emulated, _), (.rounded, _):
+            return BF16Entries(gemm: kd_gemm_bf16_emulated, prepacked: kd_gemm_bf16_prepacked_emulated,
+                               scores: kd_attention_scores_emulated, pv: kd_attention_pv_emulated, swiglu: nil)
+        case (.avx512, .vdpbf16ps):
+            return BF16Entries(gemm: kd_gemm_bf16_avx512, prepacked: kd_gemm_bf16_prepacked_avx512,
+                               scores: kd_attention_scores_avx512, pv: kd_attention_pv_avx512, swiglu: kd_gemm_bf16_swiglu_avx512)
+        case (.avx512, .fma):
+            return BF16Entries(gemm: kd_gemm_bf16_fma, prepacked: kd_gemm_bf16_prepacked_fma,
+                               scores: kd_attention_scores_fma, pv: kd_attention_pv_fma, swiglu: kd_gemm_bf16_swiglu_fma)
+        }
+    }
 
     /// The kernel bf16 matmuls use in this task; nil = f32. Set around a run with `BF16.$kernel.withValue`.
     @TaskLocal public static var kernel: BF16Kernel?
@@ -39,6 +78,9 @@ public enum BF16 {
     public static func resolve(bf16: Bool, environment: [String: String], setting: String = "train.precision",
                                fallback: String = "computing in f32") throws -> (kernel: BF16Kernel?, warning: String?) {
         guard bf16 else { return (nil, nil) }
+        if let p = environment["DISTILL_BF16_PRODUCTS"], BF16Products(rawValue: p) == nil {
+            throw KDError.invalidInput(what: "DISTILL_BF16_PRODUCTS", expected: "vdpbf16ps or fma", found: "'\(p)'")
+        }
         let choice = environment["DISTILL_BF16_KERNEL"] ?? "avx512"
         switch choice {
         case "off":
@@ -72,6 +114,26 @@ public func gemm(
     }
 }
 
+/// The C functions behind a panel kernel (``BF16/entries(_:)``); `swiglu` only for the AVX512-BF16 one.
+struct BF16Entries {
+    typealias GEMM = @convention(c) (Int32, Int32, Int32, Float, UnsafePointer<Float>?, Int, Int, UnsafePointer<Float>?, Int, Int, Float,
+                                     UnsafeMutablePointer<Float>?, Int) -> Void
+    typealias Prepacked = @convention(c) (Int32, Int32, Int32, Float, UnsafePointer<Float>?, Int, Int, UnsafePointer<UInt16>?,
+                                          UnsafePointer<Float>?, Int, Int, UnsafePointer<UInt16>?, Int32, Int32, Float,
+                                          UnsafeMutablePointer<Float>?, Int) -> Void
+    typealias Scores = @convention(c) (Int32, Int32, Int32, Int32, Float, UnsafePointer<Float>?, Int, UnsafePointer<UInt16>?,
+                                       UnsafeMutablePointer<Float>?, Int) -> Void
+    typealias PV = @convention(c) (Int32, Int32, Int32, Int32, UnsafePointer<Float>?, Int, UnsafePointer<UInt16>?,
+                                   UnsafeMutablePointer<Float>?, Int) -> Void
+    typealias SwiGLU = @convention(c) (Int32, Int32, Int32, UnsafePointer<Float>?, Int, UnsafePointer<UInt16>?, UnsafePointer<UInt16>?,
+                                       UnsafePointer<UInt16>?, UnsafeMutablePointer<Float>?, Int) -> Void
+    let gemm: GEMM
+    let prepacked: Prepacked
+    let scores: Scores
+    let pv: PV
+    let swiglu: SwiGLU?
+}
+
 /// ``gemm`` with bf16 operands through `kernel`, split over `threads`: the kernels split the larger of m and n (in
 /// 8-row or 32-column tiles), so each thread packs its share of that operand and all of the other, smaller one.
 public func bf16GEMM(
@@ -93,7 +155,7 @@ public func bf16GEMM(
         // A(i, p) = a[i·ars + p·acs], B(j, p) = b[j·brs + p·bcs]
         let (ars, acs) = transA ? (1, lda) : (lda, 1)
         let (brs, bcs) = transB ? (ldb, 1) : (1, ldb)
-        let run = kernel == .avx512 ? kd_gemm_bf16_avx512 : kd_gemm_bf16_emulated
+        let run = BF16.entries(kernel).gemm
         forBF16Tiles(m: m, n: n, byRows: m >= n, threads: threads) { i0, i1, j0, j1 in
             run(Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, a + i0 * ars, ars, acs, b + j0 * brs, brs, bcs, beta, c + i0 * ldc + j0, ldc)
         }

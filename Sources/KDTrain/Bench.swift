@@ -64,6 +64,8 @@ public struct BenchResult: Codable, Sendable {
     public var peakRSSBytes: Int
     /// "f32", or "bf16" with its kernel ("bf16-avx512", "bf16-rounded", …).
     public var precision = "f32"
+    /// With the AVX512-BF16 kernel: how it formed its products (``BF16Products``: "vdpbf16ps" or "fma").
+    public var bf16Products: String?
     /// With `--breakdown`: milliseconds per step by "phase/op class" (``StepPhase``, ``OpClass``), and the step's mean
     /// milliseconds over the same repeats (the breakdown's 100%).
     public var breakdownMS: [String: Double]?
@@ -73,6 +75,7 @@ public struct BenchResult: Codable, Sendable {
         case shape, mode, threads, batch, seq, repeats
         case medianSeconds = "median_s", tokensPerS = "tokens_per_s", flopsPerToken = "flops_per_token", gflops
         case sgemmPeakGflops = "sgemm_peak_gflops", mfu, peakRSSBytes = "peak_rss_bytes", precision
+        case bf16Products = "bf16_products"
         case breakdownMS = "breakdown_ms", breakdownStepMS = "breakdown_step_ms"
     }
 }
@@ -192,7 +195,7 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
     var result = BenchResult(shape: shape.name, mode: mode.rawValue, threads: threads, batch: batch, seq: seq, repeats: repeats,
                              medianSeconds: med, tokensPerS: tps, flopsPerToken: flops, gflops: gflops,
                              sgemmPeakGflops: sgemmPeak, mfu: gflops / sgemmPeak, peakRSSBytes: ProcessMemory.peakRSSBytes(),
-                             precision: BF16.label)
+                             precision: BF16.label, bf16Products: BF16.kernel == .avx512 ? BF16.products.rawValue : nil)
     if let parts {
         var ms: [String: Double] = [:]
         for (p, ops) in parts { for (o, s) in ops where s > 0 { ms["\(p.label)/\(o.label)"] = 1000 * s / Double(repeats) } }

@@ -87,7 +87,10 @@ func smolLMsNLLWithBF16MatmulsIsF32sWithin5e3(kernel: BF16Kernel) throws {
 /// llama.cpp computes), the teacher's NLL on the same 4 × 128
 /// tokens is llama.cpp's on the same file within 2e-3 in bf16 (Fixtures/smollm2-q4_1-llamacpp.json,
 /// Launch/lab/make_int8_reference.sh; the tokens are checked equal first) — and further from f32's than that; in f32 the
-/// products alone move it from f32's toward llama.cpp's, by at most 4e-3 (measured 1.9e-3 of f32's 8.2e-3 gap).
+/// products alone move it from f32's toward llama.cpp's, by at most 8e-3 (f32's gap is 8.2e-3). How far they move it
+/// depends on the f32 activations' last bits, which decide where a value rounds to 8 bits: 1.9e-3 with OpenBLAS's Zen
+/// kernels, 6.1e-3 with its SkylakeX kernels on an Intel Xeon (`distill eval` with DISTILL_TEACHER_INT8=all moves by
+/// 2.7e-3 between OPENBLAS_CORETYPE=Haswell and SkylakeX on one machine, while f32 alone moves by 1e-7).
 @Test(.enabled(if: kd_cpu_has_avx512vnni() == 1, "this CPU has no AVX512-VNNI"))
 func smolLMsNLLWithInt8ProductsIsLlamaCppsWithin2e3() throws {
     try requireTeacher()
@@ -108,7 +111,7 @@ func smolLMsNLLWithInt8ProductsIsLlamaCppsWithin2e3() throws {
     // an f32 run with teacher.products: int8: the products' share of the way from f32 to llama.cpp (attention, the
     // rest of the forward, stays f32; llama.cpp's rounds K and V to f16)
     let f32Int8 = QuantizedMatrix.$int8Products.withValue(true) { QuantizedMatrix.$int8WithF32.withValue(true) { nll() } }
-    #expect(abs(f32Int8 - llama) < abs(f32 - llama) && abs(f32Int8 - f32) <= 4e-3, "NLL f32 + int8 \(f32Int8), f32 \(f32), llama.cpp \(llama)")
+    #expect(abs(f32Int8 - llama) < abs(f32 - llama) && abs(f32Int8 - f32) <= 8e-3, "NLL f32 + int8 \(f32Int8), f32 \(f32), llama.cpp \(llama)")
     var line = "SmolLM2 NLL on 512 fortunes tokens: llama.cpp \(llama), f32 + int8 \(f32Int8), f32 \(f32)"
     if BF16.cpuHasAVX512BF16 {
         let int8 = BF16.$kernel.withValue(.avx512) { QuantizedMatrix.$int8Products.withValue(true) { nll() } }

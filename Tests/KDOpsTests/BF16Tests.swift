@@ -125,6 +125,9 @@ func bf16GemmAppliesAlphaAndBetaInsideAWiderC(kernel: BF16Kernel) {
 
 @Test func bf16PrecisionFallsBackToF32WithOneWarning() throws {
     #expect(try BF16.resolve(bf16: false, environment: [:]) == (nil, nil))
+    #expect(throws: KDError.invalidInput(what: "DISTILL_BF16_PRODUCTS", expected: "vdpbf16ps or fma", found: "'dp'")) {
+        try BF16.resolve(bf16: true, environment: ["DISTILL_BF16_PRODUCTS": "dp"])
+    }
     let off = try BF16.resolve(bf16: true, environment: ["DISTILL_BF16_KERNEL": "off"])
     #expect(off.kernel == nil && off.warning == "warning: train.precision bf16: DISTILL_BF16_KERNEL=off, computing in f32")
     let auto = try BF16.resolve(bf16: true, environment: [:])
@@ -412,4 +415,67 @@ func bf16HeadPackedOncePerCallIsTheChunkedKernelBitForBit(kernel: BF16Kernel) {
     #expect(losses == wantLosses)
     #expect(dinp == wantDinp)
     #expect(dweight == wantDweight)
+}
+
+/// The AVX512-BF16 kernel's two ways of forming its products — vdpbf16ps, and the bf16 values widened to f32 and
+/// multiplied by FMAs (odd pair element first, then even, under MXCSR's DAZ and FTZ; the default on Intel's CPUs, whose
+/// vdpbf16ps issues at a quarter of two FMAs' products) — give the same bits: GEMMs of ragged shapes with either
+/// operand transposed, alpha and beta, depths crossing the 256-deep blocks; a packed weight; the tiled attention forward
+/// and its backward; the fused SwiGLU pass; on 1 and 2 threads. The operands hold bf16 denormals (both read them as 0)
+/// and a row and a column of 1e-20s, whose products (1e-40) and their sums are below f32's normal range (both flush
+/// them to 0): a widening that kept denormals, a wrong pair order or a lost FTZ gives other bits there.
+@Test(.enabled(if: BF16.cpuHasAVX512BF16 && RowKernels.avx512, "the vdpbf16ps products need AVX512-BF16"))
+func fmaProductsAreTheVdpbf16psProductsBitForBit() {
+    func both(_ what: String, _ body: () -> [Float]) {
+        let dp = BF16.$productsOverride.withValue(.vdpbf16ps) { BF16.$kernel.withValue(.avx512, operation: body) }
+        let fma = BF16.$productsOverride.withValue(.fma) { BF16.$kernel.withValue(.avx512, operation: body) }
+        let differing = zip(dp, fma).filter { $0.bitPattern != $1.bitPattern }
+        #expect(dp.count == fma.count && differing.isEmpty,
+                "\(what): \(differing.count) of \(dp.count) elements differ, e.g. vdpbf16ps \(differing.first?.0 ?? 0) vs fma \(differing.first?.1 ?? 0)")
+    }
+    func operand(_ rows: Int, _ k: Int, seed: UInt64) -> [Float] {
+        var x = randomArray(rows * k, seed: seed)
+        for p in 0..<k { x[p] = 1e-20 }  // row 0: products with the other operand's row 0 underflow
+        for i in stride(from: 3, to: x.count, by: 17) { x[i] = 1e-39 }  // bf16 denormals
+        return x
+    }
+    for (m, n, k, transA, transB) in [(19, 45, 300, false, true), (70, 33, 600, true, false), (8, 64, 64, false, true), (130, 20, 17, false, false)] {
+        let a = operand(transA ? k : m, transA ? m : k, seed: 71), b = operand(transB ? n : k, transB ? k : n, seed: 72)
+        let c0 = randomArray(m * n, seed: 73)
+        for threads in [1, 2] {
+            both("gemm \(m)×\(n)×\(k) on \(threads) threads") { () -> [Float] in
+                var c = c0
+                bf16GEMM(.avx512, threads: threads, transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.5, a: a,
+                         lda: transA ? m : k, b: b, ldb: transB ? k : n, beta: 1, c: &c, ldc: n)
+                return c
+            }
+        }
+        if transB {
+            let w = PackedBF16(b, n: n, k: k, rowStride: k, depthStride: 1)
+            both("packed weight \(n)×\(k)") { () -> [Float] in
+                var c = [Float](repeating: 0, count: m * n)
+                w.multiply(m: m, a: a, lda: k, beta: 0, c: &c, ldc: n)
+                return c
+            }
+        }
+    }
+    let shape = AttentionShape(b: 2, tq: 150, tk: 150, nh: 4, nkv: 2, hs: 40, pos0: 0)
+    let q = randomArray(2 * 150 * 4 * 40, seed: 74), k = randomArray(2 * 150 * 2 * 40, seed: 75), v = randomArray(k.count, seed: 76)
+    let dout = randomArray(q.count, seed: 77)
+    both("attention forward and backward") { () -> [Float] in
+        var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: 0, count: 2 * 4 * 150 * 150)
+        var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
+        var scratch = [Float](repeating: 0, count: 150 * 150)
+        attentionForward(out: &out, probs: &probs, q: q, k: k, v: v, shape: shape)
+        attentionBackward(dq: &dq, dk: &dk, dv: &dv, scratch: &scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: shape)
+        return out + probs + dq + dk + dv
+    }
+    let (rows, c, f) = (400, 300, 80)
+    let x = operand(rows, c, seed: 78), gate = PackedBF16(operand(f, c, seed: 79), n: f, k: c, rowStride: c, depthStride: 1)
+    let up = PackedBF16(randomArray(f * c, seed: 80), n: f, k: c, rowStride: c, depthStride: 1)
+    both("fused SwiGLU") { () -> [Float] in
+        var h = [Float](repeating: .nan, count: rows * f)
+        #expect(bf16SwiGLUForward(h: &h, inp: x, n: rows, gate: gate, up: up), "the fused pass ran")
+        return h
+    }
 }

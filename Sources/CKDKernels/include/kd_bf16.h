@@ -67,4 +67,18 @@ void kd_attention_pv_emulated(int rows, int hs, int tk, int pos, const float *p,
 /// of exactly these m rows, or NULL to pack it from a. AVX512-BF16 only.
 void kd_gemm_bf16_swiglu_avx512(int m, int f, int k, const float *a, ptrdiff_t lda, const uint16_t *apacked,
                                 const uint16_t *gate, const uint16_t *up, float *h, ptrdiff_t ldh);
+// The same kernels with the bf16 values widened to f32 and multiplied by FMAs (bf16.c: the same bits as vdpbf16ps's);
+// any AVX512-BF16 CPU runs them. kd_bf16_fma_is_faster: whether this CPU's vdpbf16ps is the slower way (Intel's).
+void kd_gemm_bf16_fma(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                      const float *b, ptrdiff_t brs, ptrdiff_t bcs, float beta, float *c, ptrdiff_t ldc);
+void kd_gemm_bf16_prepacked_fma(int m, int n, int k, float alpha, const float *a, ptrdiff_t ars, ptrdiff_t acs,
+                                const uint16_t *apacked, const float *b, ptrdiff_t brs, ptrdiff_t bcs,
+                                const uint16_t *bpacked, int bstride, int bcol0, float beta, float *c, ptrdiff_t ldc);
+void kd_attention_scores_fma(int rows, int hs, int tk, int pos, float scale, const float *q, ptrdiff_t ldq,
+                             const uint16_t *kpacked, float *s, ptrdiff_t lds);
+void kd_attention_pv_fma(int rows, int hs, int tk, int pos, const float *p, ptrdiff_t ldp, const uint16_t *vpacked,
+                         float *out, ptrdiff_t ldo);
+void kd_gemm_bf16_swiglu_fma(int m, int f, int k, const float *a, ptrdiff_t lda, const uint16_t *apacked,
+                             const uint16_t *gate, const uint16_t *up, float *h, ptrdiff_t ldh);
+int kd_bf16_fma_is_faster(void);
 #endif

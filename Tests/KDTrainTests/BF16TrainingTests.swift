@@ -49,6 +49,33 @@ func bf16StepsGradientIsF32sWithinBF16Error(kernel: BF16Kernel) throws {
     print("bf16 (\(kernel)) step gradient vs f32: cosine \(cosine), relative error \(rel); loss \(l16) vs \(l32)")
 }
 
+/// A bf16 distillation step (a random teacher, kd_ratio 0.5) gives the same loss and gradient bit for bit whichever
+/// way the AVX512-BF16 kernel forms its products (vdpbf16ps, or widened to f32 and FMAs: the default on Intel's CPUs),
+/// so a run and its checkpoints do not depend on the choice; and the bf16 step is not f32's (the kernel ran).
+@Test(.enabled(if: BF16.cpuHasAVX512BF16, "the vdpbf16ps products need AVX512-BF16"))
+func aBF16StepIsTheSameWithEitherProducts() throws {
+    var c = try tinyConfig()
+    c.train.steps = 1
+    c.train.gradAccum = 1
+    c.teacher = TeacherConfig()
+    c.teacher!.path = "in-memory"
+    c.distill.kdRatio = 0.5
+    c.optimizer.warmupSteps = 1
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let teacher = Transformer(config: c.model, needsGrad: false)
+    teacher.initialize(seed: 99)
+    func step(_ k: BF16Kernel?, _ products: BF16Products) throws -> (g: [Float], loss: Double) {
+        let tr = try Trainer(config: c, corpus: corpus, teacher: teacher)
+        let s = try BF16.$productsOverride.withValue(products) { try BF16.$kernel.withValue(k) { try tr.trainStep() } }
+        return (tr.model.grads!.toArray(), s.loss)
+    }
+    let dp = try step(.avx512, .vdpbf16ps), fma = try step(.avx512, .fma), f32 = try step(nil, .fma)
+    #expect(dp.loss.bitPattern == fma.loss.bitPattern, "loss \(dp.loss) with vdpbf16ps, \(fma.loss) with fma")
+    let differing = zip(dp.g, fma.g).filter { $0.bitPattern != $1.bitPattern }.count
+    #expect(differing == 0, "\(differing) of \(dp.g.count) gradient entries differ")
+    #expect(dp.g != f32.g, "the bf16 step's gradient is f32's: did the kernel run?")
+}
+
 /// 50 steps of the tiny config in bf16 reach a validation loss within 1% of f32's (same seed, same data).
 @Test(arguments: [BF16Kernel.rounded] + cpuKernels)
 func fiftyBF16StepsReachF32sValidationLossWithinOnePercent(kernel: BF16Kernel) throws {

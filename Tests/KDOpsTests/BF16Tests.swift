@@ -419,7 +419,7 @@ func bf16HeadPackedOncePerCallIsTheChunkedKernelBitForBit(kernel: BF16Kernel) {
 
 /// The AVX512-BF16 kernel's two ways of forming its products — vdpbf16ps, and the bf16 values widened to f32 and
 /// multiplied by FMAs (odd pair element first, then even, under MXCSR's DAZ and FTZ; the default on Intel's CPUs, whose
-/// vdpbf16ps issues at a quarter of two FMAs' products) — give the same bits: GEMMs of ragged shapes with either
+/// vdpbf16ps issues at half the products of two FMAs a cycle) — give the same bits: GEMMs of ragged shapes with either
 /// operand transposed, alpha and beta, depths crossing the 256-deep blocks; a packed weight; the tiled attention forward
 /// and its backward; the fused SwiGLU pass; on 1 and 2 threads. The operands hold bf16 denormals (both read them as 0)
 /// and a row and a column of 1e-20s, whose products (1e-40) and their sums are below f32's normal range (both flush

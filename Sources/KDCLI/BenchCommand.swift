@@ -170,7 +170,7 @@ struct Bench: ParsableCommand {
 
     /// `--gemm`: each shape's best GFLOP/s on `threads` threads in the task's precision.
     func measureGEMMs(threads t: Int) throws {
-        let products = BF16.kernel == .avx512 ? BF16.products.rawValue : nil, precision = BF16.label + (products.map { "·\($0)" } ?? "")
+        let products = BF16.activeProducts?.rawValue, precision = BF16.label + (products.map { "·\($0)" } ?? "")
         for s in gemmShapes {
             let g = measureGEMM(m: s.m, n: s.n, k: s.k, transB: true, repeats: repeats)
             if json {

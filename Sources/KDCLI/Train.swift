@@ -159,7 +159,7 @@ struct Train: ParsableCommand {
             KDLog.info("  QAT     weights \(what)\(c.qat.scheme.isBlockFormat ? ": \(plan.summary(model.layout))" : ""), activations \(c.qat.activations), from step \(c.qat.startStep)")
         }
         KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s"), OpenBLAS \(BLASCore.current) kernels"
-                    + (BF16.kernel.map { ", bf16 matmuls (\($0) kernel\($0 == .avx512 && BF16.products == .fma ? ", fma products" : ""))" } ?? "")
+                    + (BF16.kernel.map { ", bf16 matmuls (\($0) kernel\(BF16.activeProducts == .fma ? ", fma products" : ""))" } ?? "")
                     + (QuantizedMatrix.int8Label.map { ", \($0)" } ?? ""))
         KDLog.info("  model   \(m.layers) layers, dim \(m.dim), \(m.heads) heads / \(m.kvHeads) kv, ffn \(m.ffnDim), vocab \(m.vocabSize): "
                    + String(format: "%.2fM parameters", Double(trainer.model.layout.count) / 1e6))

@@ -45,10 +45,15 @@ public enum BF16 {
     /// The products this task's AVX512-BF16 kernel forms.
     public static var products: BF16Products { productsOverride ?? defaultProducts }
 
+    /// The products this task's matmuls form: ``products`` with the AVX512-BF16 kernel, nil with any other (or f32).
+    public static var activeProducts: BF16Products? { kernel == .avx512 ? products : nil }
+
     /// The C entry points of `kernel` (a panel kernel) in this task's products; read before work is split over threads.
     static func entries(_ kernel: BF16Kernel) -> BF16Entries {
         switch (kernel, products) {
-        case (.emulated, _), (.rounded, _):
+        case (.rounded, _):
+            preconditionFailure("BF16.entries: the rounded kernel multiplies rounded f32 copies through sgemm, not panels")
+        case (.emulated, _):
             return BF16Entries(gemm: kd_gemm_bf16_emulated, prepacked: kd_gemm_bf16_prepacked_emulated,
                                scores: kd_attention_scores_emulated, pv: kd_attention_pv_emulated, swiglu: nil)
         case (.avx512, .vdpbf16ps):

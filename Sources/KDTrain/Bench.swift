@@ -195,7 +195,7 @@ public func runBenchmark(shape: BenchShape, mode: BenchMode, threads: Int, batch
     var result = BenchResult(shape: shape.name, mode: mode.rawValue, threads: threads, batch: batch, seq: seq, repeats: repeats,
                              medianSeconds: med, tokensPerS: tps, flopsPerToken: flops, gflops: gflops,
                              sgemmPeakGflops: sgemmPeak, mfu: gflops / sgemmPeak, peakRSSBytes: ProcessMemory.peakRSSBytes(),
-                             precision: BF16.label, bf16Products: BF16.kernel == .avx512 ? BF16.products.rawValue : nil)
+                             precision: BF16.label, bf16Products: BF16.activeProducts?.rawValue)
     if let parts {
         var ms: [String: Double] = [:]
         for (p, ops) in parts { for (o, s) in ops where s > 0 { ms["\(p.label)/\(o.label)"] = 1000 * s / Double(repeats) } }

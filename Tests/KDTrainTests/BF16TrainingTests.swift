@@ -12,11 +12,10 @@ import Testing
 
 private let cpuKernels: [BF16Kernel] = BF16.cpuHasAVX512BF16 ? [.avx512] : []
 
-/// One distillation step (kd_ratio 0.5, a random teacher, no clipping) from the same initial weights in f32 and in
-/// bf16: cosine(g_bf16, g_f32) ≥ 0.999 and ‖g_bf16 − g_f32‖ / ‖g_f32‖ ≤ 0.01 — 5× bf16's unit roundoff (2⁻⁹; measured 1.4×) for
-/// rounding at every matmul of a 2-block forward and backward; and > 1e-4, so the step really ran in bf16.
-@Test(arguments: [BF16Kernel.rounded, .emulated] + cpuKernels)
-func bf16StepsGradientIsF32sWithinBF16Error(kernel: BF16Kernel) throws {
+/// One step of the tiny config distilling from a random in-memory teacher (kd_ratio 0.5, no clipping, one warmup
+/// step): `step(kernel)` runs it from the same initial weights in that kernel's matmuls (nil = f32) and returns the
+/// gradient and the loss.
+private func oneDistillationStep() throws -> (_ kernel: BF16Kernel?) throws -> (g: [Float], loss: Double) {
     var c = try tinyConfig()
     c.train.steps = 1
     c.train.gradAccum = 1
@@ -28,11 +27,19 @@ func bf16StepsGradientIsF32sWithinBF16Error(kernel: BF16Kernel) throws {
     let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
     let teacher = Transformer(config: c.model, needsGrad: false)
     teacher.initialize(seed: 99)
-    func gradient(_ k: BF16Kernel?) throws -> (g: [Float], loss: Double) {
+    return { kernel in
         let tr = try Trainer(config: c, corpus: corpus, teacher: teacher)
-        let s = try BF16.$kernel.withValue(k) { try tr.trainStep() }
+        let s = try BF16.$kernel.withValue(kernel) { try tr.trainStep() }
         return (tr.model.grads!.toArray(), s.loss)
     }
+}
+
+/// One distillation step (kd_ratio 0.5, a random teacher, no clipping) from the same initial weights in f32 and in
+/// bf16: cosine(g_bf16, g_f32) ≥ 0.999 and ‖g_bf16 − g_f32‖ / ‖g_f32‖ ≤ 0.01 — 5× bf16's unit roundoff (2⁻⁹; measured 1.4×) for
+/// rounding at every matmul of a 2-block forward and backward; and > 1e-4, so the step really ran in bf16.
+@Test(arguments: [BF16Kernel.rounded, .emulated] + cpuKernels)
+func bf16StepsGradientIsF32sWithinBF16Error(kernel: BF16Kernel) throws {
+    let gradient = try oneDistillationStep()
     let (g32, l32) = try gradient(nil), (g16, l16) = try gradient(kernel)
     var dot = 0.0, n32 = 0.0, n16 = 0.0, diff = 0.0
     for (a, b) in zip(g32, g16) {
@@ -54,20 +61,9 @@ func bf16StepsGradientIsF32sWithinBF16Error(kernel: BF16Kernel) throws {
 /// so a run and its checkpoints do not depend on the choice; and the bf16 step is not f32's (the kernel ran).
 @Test(.enabled(if: BF16.cpuHasAVX512BF16, "the vdpbf16ps products need AVX512-BF16"))
 func aBF16StepIsTheSameWithEitherProducts() throws {
-    var c = try tinyConfig()
-    c.train.steps = 1
-    c.train.gradAccum = 1
-    c.teacher = TeacherConfig()
-    c.teacher!.path = "in-memory"
-    c.distill.kdRatio = 0.5
-    c.optimizer.warmupSteps = 1
-    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
-    let teacher = Transformer(config: c.model, needsGrad: false)
-    teacher.initialize(seed: 99)
+    let gradient = try oneDistillationStep()
     func step(_ k: BF16Kernel?, _ products: BF16Products) throws -> (g: [Float], loss: Double) {
-        let tr = try Trainer(config: c, corpus: corpus, teacher: teacher)
-        let s = try BF16.$productsOverride.withValue(products) { try BF16.$kernel.withValue(k) { try tr.trainStep() } }
-        return (tr.model.grads!.toArray(), s.loss)
+        try BF16.$productsOverride.withValue(products) { try gradient(k) }
     }
     let dp = try step(.avx512, .vdpbf16ps), fma = try step(.avx512, .fma), f32 = try step(nil, .fma)
     #expect(dp.loss.bitPattern == fma.loss.bitPattern, "loss \(dp.loss) with vdpbf16ps, \(fma.loss) with fma")

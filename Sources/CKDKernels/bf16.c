@@ -130,6 +130,8 @@ static inline kd_ev kd_e_fma(kd_ev a, kd_ev b, kd_ev c) { for (int l = 0; l < 16
 #undef KD_PACK
 #undef KD_AT
 #undef KD_A_BLOCK
+#undef KD_BT
+#undef KD_B_BLOCK
 #undef KD_TILE_LOOP
 
 // ---- AVX512-BF16: the same body with the instructions ----
@@ -270,8 +272,9 @@ static void pack_fast_avx512(const float *x, ptrdiff_t rs, ptrdiff_t cs, int row
 // values is exact in f32, so fma(odd, odd, acc) and then fma(even, even, ·) under MXCSR's DAZ and FTZ give the same
 // bits. Where vdpbf16ps issues once per two cycles (Intel's Emerald Rapids, measured: 0.46 a cycle against two f32
 // FMAs; Sapphire Rapids has the same core) this is up to twice the vdpbf16ps kernel's rate; on AMD's Zen 4/5 it is half.
-// A blocks are widened once per block into this thread's buffer (the tile loop broadcasts f32 values from memory);
-// B panels stay bf16 and are widened in registers, once per depth pair for all MR rows.
+// A and B blocks are widened once per block into this thread's buffers, as the vdpbf16ps kernel reads them packed: the
+// tile loop broadcasts A's f32 values from memory and loads B's, so its vector ports do nothing but the FMAs (B widened
+// in registers instead, once per depth pair for all MR rows, cost 4 of every 36 vector instructions).
 
 /// `count` bf16 values (a multiple of 16) to f32: h → bits h << 16, the same layout.
 static inline void kd_widen_bf16(const uint16_t *src, size_t count, float *dst) {
@@ -294,25 +297,58 @@ static const float *kd_widen_a_block(const uint16_t *src, size_t count) {
     return buf;
 }
 
+/// `count` values (a multiple of 64) of packed B micro-panels — per depth pair 32 columns' pairs, (even, odd) in each
+/// 32-bit lane — to f32 in the FMA tile loop's order: per depth pair the odd elements of columns 0–15, their even
+/// elements, then the same for columns 16–31 (each value at its own index: bf16 bits h → f32 bits h << 16).
+static void kd_widen_b(const uint16_t *src, size_t count, float *dst) {
+    const __m512i odd = _mm512_set1_epi32((int)0xffff0000u);
+    for (size_t i = 0; i < count; i += 64) {
+        const __m512i b0 = _mm512_loadu_si512((const void *)(src + i)), b1 = _mm512_loadu_si512((const void *)(src + i + 32));
+        _mm512_store_si512((void *)(dst + i), _mm512_and_si512(b0, odd));
+        _mm512_store_si512((void *)(dst + i + 16), _mm512_slli_epi32(b0, 16));
+        _mm512_store_si512((void *)(dst + i + 32), _mm512_and_si512(b1, odd));
+        _mm512_store_si512((void *)(dst + i + 48), _mm512_slli_epi32(b1, 16));
+    }
+}
+
+/// This thread's f32 copy of a packed B block of `count` values (kd_widen_b; grown as needed: a GEMM's NC × KC block,
+/// an attention call's keys or a depth block of its values).
+static const float *kd_widen_b_block(const uint16_t *src, size_t count) {
+    static _Thread_local float *buf;
+    static _Thread_local size_t cap;
+    if (cap < count) {
+        free(buf);
+        void *p = NULL;
+        size_t want = count > (size_t)KD_NC * KD_KC ? count : (size_t)KD_NC * KD_KC;
+        if (posix_memalign(&p, 64, want * sizeof(float)) != 0) abort();
+        buf = p;
+        cap = want;
+    }
+    kd_widen_b(src, count, buf);
+    return buf;
+}
+
 #undef KD_NAME
 #undef KD_AT
 #undef KD_A_BLOCK
+#undef KD_BT
+#undef KD_B_BLOCK
 #undef KD_TILE_LOOP
 #define KD_NO_GENERIC_PACK  // KD_PACK stays pack_fast_avx512, the other vector macros the AVX-512 ones
 #define KD_NAME(x) x##_fma
 #define KD_AT float
 #define KD_A_BLOCK(p, count) kd_widen_a_block(p, count)
+#define KD_BT float
+#define KD_B_BLOCK(p, count) kd_widen_b_block(p, count)
 #define KD_TILE_LOOP                                                                                            \
     __m512 acc[KD_MR][2];                                                                                       \
     for (int i = 0; i < KD_MR; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }       \
     const unsigned int csr_ = _mm_getcsr();                                                                     \
     _mm_setcsr(csr_ | 0x8040u); /* DAZ and FTZ, as vdpbf16ps treats denormals */                               \
-    const __m512i odd_ = _mm512_set1_epi32((int)0xffff0000u);                                                   \
     for (int p = 0; p < kp; p++) {                                                                              \
-        const __m512i b0 = _mm512_loadu_si512((const void *)(bp + (size_t)p * KD_NR * 2));                      \
-        const __m512i b1 = _mm512_loadu_si512((const void *)(bp + (size_t)p * KD_NR * 2 + 32));                 \
-        const __m512 b0o = _mm512_castsi512_ps(_mm512_and_si512(b0, odd_)), b0e = _mm512_castsi512_ps(_mm512_slli_epi32(b0, 16)); \
-        const __m512 b1o = _mm512_castsi512_ps(_mm512_and_si512(b1, odd_)), b1e = _mm512_castsi512_ps(_mm512_slli_epi32(b1, 16)); \
+        const float *b_ = bp + (size_t)p * KD_NR * 2;                                                           \
+        const __m512 b0o = _mm512_load_ps(b_), b0e = _mm512_load_ps(b_ + 16);                                   \
+        const __m512 b1o = _mm512_load_ps(b_ + 32), b1e = _mm512_load_ps(b_ + 48);                              \
         for (int i = 0; i < KD_MR; i++) {                                                                       \
             const float *a_ = ap + ((size_t)p * KD_MR + i) * 2;                                                 \
             const __m512 ae = _mm512_set1_ps(a_[0]), ao = _mm512_set1_ps(a_[1]);                                \
@@ -326,6 +362,8 @@ static const float *kd_widen_a_block(const uint16_t *src, size_t count) {
 #undef KD_NAME
 #undef KD_AT
 #undef KD_A_BLOCK
+#undef KD_BT
+#undef KD_B_BLOCK
 #undef KD_TILE_LOOP
 
 int kd_bf16_fma_is_faster(void) {
@@ -356,11 +394,14 @@ static inline __attribute__((always_inline)) void kd_gemm_bf16_swiglu(int fma, i
     static _Thread_local float *sums[2];  // this thread's gate and up sums for a block of rows, allocated once
     static _Thread_local float *wide;     // the FMA loop's f32 copy of a block of rows' packed A (all depth blocks)
     static _Thread_local size_t widecap;
+    static _Thread_local float *wideb;    // and of the two weights' 32-column panels of one depth block
     if (!sums[0]) {
-        void *p = NULL;
+        void *p = NULL, *q = NULL;
         if (posix_memalign(&p, 64, 2 * (size_t)KD_SWIGLU_MC * KD_NR * sizeof(float)) != 0) abort();
+        if (posix_memalign(&q, 64, 2 * (size_t)KD_KC * KD_NR * sizeof(float)) != 0) abort();
         sums[0] = p;
         sums[1] = sums[0] + KD_SWIGLU_MC * KD_NR;
+        wideb = q;
     }
     const size_t kround = (size_t)((k + 1) / 2 * 2);
     if (fma && widecap < (size_t)KD_SWIGLU_MC * kround) {
@@ -385,11 +426,15 @@ static inline __attribute__((always_inline)) void kd_gemm_bf16_swiglu(int fma, i
             for (int pc = 0; pc < k; pc += KD_KC) {
                 int kc = k - pc < KD_KC ? k - pc : KD_KC, kp = (kc + 1) / 2;
                 const uint16_t *gp = gate + fround * pc + (size_t)jr * kp * 2, *upp = up + fround * pc + (size_t)jr * kp * 2;
+                if (fma) {  // the two panels widened once for the block's rows
+                    kd_widen_b(gp, (size_t)KD_NR * kp * 2, wideb);
+                    kd_widen_b(upp, (size_t)KD_NR * kp * 2, wideb + KD_NR * KD_KC);
+                }
                 for (int ir = 0; ir < mc; ir += KD_MR) {
                     if (fma) {
                         const float *ap = wide + mcround * pc + (size_t)ir * kp * 2;
-                        micro_c_fma(kp, ap, gp, sums[0] + ir * KD_NR, KD_NR, 1, 0, pc == 0);
-                        micro_c_fma(kp, ap, upp, sums[1] + ir * KD_NR, KD_NR, 1, 0, pc == 0);
+                        micro_c_fma(kp, ap, wideb, sums[0] + ir * KD_NR, KD_NR, 1, 0, pc == 0);
+                        micro_c_fma(kp, ap, wideb + KD_NR * KD_KC, sums[1] + ir * KD_NR, KD_NR, 1, 0, pc == 0);
                     } else {
                         const uint16_t *ap = abig + mround * pc + (size_t)(ic + ir) * kp * 2;
                         micro_c_avx512(kp, ap, gp, sums[0] + ir * KD_NR, KD_NR, 1, 0, pc == 0);

@@ -3,9 +3,11 @@
 // KD_ZERO(), KD_LOAD_B(p) (32 bf16 at p), KD_BCAST_PAIR(p) (the bf16 pair at p in every 32-bit lane),
 // KD_DP(acc, a, b) (acc + pairwise dot products, vdpbf16ps), KD_STORE(p, v) (16 f32 to p), and for the epilogue
 // KD_LOADF(p) (16 f32), KD_SET1(x), KD_MUL(a, b), KD_FMA(a, b, c) (a·b + c, one rounding).
-// Optionally KD_AT (the element type of an A block as the tile loop reads it; default uint16_t, the packed bf16 pairs),
-// KD_A_BLOCK(p, count) (the packed A block of `count` bf16 values at p as the tile loop reads it; default p itself) and
-// KD_TILE_LOOP (the tile's sums; default the vdpbf16ps loop below): bf16.c's FMA variant reads A widened to f32.
+// Optionally KD_AT and KD_BT (the element types of A and B blocks as the tile loop reads them; default uint16_t, the
+// packed bf16 pairs), KD_A_BLOCK(p, count) and KD_B_BLOCK(p, count) (the packed A or B block of `count` bf16 values at
+// p as the tile loop reads it — a B block's micro-panels are contiguous, so any run of whole panels is one block;
+// default p itself) and KD_TILE_LOOP (the tile's sums; default the vdpbf16ps loop below): bf16.c's FMA variant reads
+// both widened to f32, each block widened once and read by every tile that multiplies it.
 //
 // GotoBLAS blocking: NC columns × KC depth of B packed once per (pc, jc) (or handed in packed: weights packed ahead);
 // A packed once (all of it up front when there are several NC blocks, else MC rows at a time), so each element of A
@@ -49,6 +51,10 @@ static void KD_NAME(pack)(const float *x, ptrdiff_t rs, ptrdiff_t cs, int rows, 
 #define KD_AT uint16_t
 #define KD_A_BLOCK(p, count) ((const uint16_t *)(p))
 #endif
+#ifndef KD_BT
+#define KD_BT uint16_t
+#define KD_B_BLOCK(p, count) ((const uint16_t *)(p))
+#endif
 
 #ifndef KD_TILE_LOOP
 /// The MR × NR register tile of Σ_p A(i, p)·B(j, p) over kp depth pairs.
@@ -66,7 +72,7 @@ static void KD_NAME(pack)(const float *x, ptrdiff_t rs, ptrdiff_t cs, int rows, 
 #endif
 
 /// An edge tile: the sums to `tile` [MR][NR], for the scalar epilogue.
-static void KD_NAME(micro)(int kp, const KD_AT *ap, const uint16_t *bp, float *tile /* [MR][NR] */) {
+static void KD_NAME(micro)(int kp, const KD_AT *ap, const KD_BT *bp, float *tile /* [MR][NR] */) {
     KD_TILE_LOOP
     for (int i = 0; i < KD_MR; i++) {
         KD_STORE(tile + i * KD_NR, acc[i][0]);
@@ -76,7 +82,7 @@ static void KD_NAME(micro)(int kp, const KD_AT *ap, const uint16_t *bp, float *t
 
 /// A whole tile, its epilogue in registers: C = fma(alpha, S, C) for a later depth block (`first` 0), else
 /// C = alpha·S (beta 0, C not read) or fma(alpha, S, beta·C) — the scalar epilogue's arithmetic exactly.
-static void KD_NAME(micro_c)(int kp, const KD_AT *ap, const uint16_t *bp, float *c, ptrdiff_t ldc, float alpha,
+static void KD_NAME(micro_c)(int kp, const KD_AT *ap, const KD_BT *bp, float *c, ptrdiff_t ldc, float alpha,
                              float beta, int first) {
     KD_TILE_LOOP
     KD_VF va = KD_SET1(alpha), vb = KD_SET1(beta);
@@ -94,7 +100,7 @@ static void KD_NAME(micro_c)(int kp, const KD_AT *ap, const uint16_t *bp, float 
 
 /// The mr × nr tile (mr ≤ MR, nr ≤ NR) of C at c: a whole one through micro_c, an edge one through micro and the same
 /// epilogue in scalars (the first depth block applies beta, never reading C when beta is 0; later blocks add).
-static void KD_NAME(tile)(int kp, const KD_AT *ap, const uint16_t *bp, float *c, ptrdiff_t ldc, int mr, int nr,
+static void KD_NAME(tile)(int kp, const KD_AT *ap, const KD_BT *bp, float *c, ptrdiff_t ldc, int mr, int nr,
                           float alpha, float beta, int first) {
     if (mr == KD_MR && nr == KD_NR) {
         KD_NAME(micro_c)(kp, ap, bp, c, ldc, alpha, beta, first);
@@ -145,6 +151,7 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
                 KD_PACK(b + (ptrdiff_t)jc * brs + (ptrdiff_t)pc * bcs, brs, bcs, nc, kc, KD_NR, bpack);
                 bblock = bpack;
             }
+            const KD_BT *bwide = KD_B_BLOCK(bblock, (size_t)((nc + KD_NR - 1) / KD_NR * KD_NR) * kp * 2);
             for (int ic = 0; ic < m; ic += KD_MC) {
                 int mc = m - ic < KD_MC ? m - ic : KD_MC;
                 const uint16_t *apacked_block;
@@ -159,7 +166,7 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
                     for (int ir = 0; ir < mc; ir += KD_MR) {
                         int mr = mc - ir < KD_MR ? mc - ir : KD_MR;
                         const KD_AT *apanel = ablock + (size_t)ir * kp * 2;
-                        const uint16_t *bpanel = bblock + (size_t)jr * kp * 2;
+                        const KD_BT *bpanel = bwide + (size_t)jr * kp * 2;
                         KD_NAME(tile)(kp, apanel, bpanel, c + (ptrdiff_t)(ic + ir) * ldc + jc + jr, ldc, mr, nr, alpha, beta, pc == 0);
                     }
                 }
@@ -186,12 +193,15 @@ void KD_NAME(kd_attention_scores)(int rows, int hs, int tk, int pos, float scale
     const int kp = (hs + 1) / 2;
     KD_PACK(q, ldq, 1, rows, hs, KD_MR, apack);
     const KD_AT *ablock = KD_A_BLOCK(apack, (size_t)(rows + KD_MR - 1) / KD_MR * KD_MR * kp * 2);
+    const int keys = pos + rows < tk ? pos + rows : tk;  // the last row's causal end: the keys any tile reads
+    const KD_BT *kblock = KD_B_BLOCK(kpacked, (size_t)((keys + KD_NR - 1) / KD_NR * KD_NR) * kp * 2);
+    (void)keys;  // unused where KD_B_BLOCK is the identity
     for (int ir = 0; ir < rows; ir += KD_MR) {
         int mr = rows - ir < KD_MR ? rows - ir : KD_MR, end = pos + ir + mr < tk ? pos + ir + mr : tk;
         const KD_AT *ap = ablock + (size_t)ir * kp * 2;
         for (int jr = 0; jr < end; jr += KD_NR) {
             int nr = tk - jr < KD_NR ? tk - jr : KD_NR;
-            KD_NAME(tile)(kp, ap, kpacked + (size_t)jr * kp * 2, s + (ptrdiff_t)ir * lds + jr, lds, mr, nr, scale, 0, 1);
+            KD_NAME(tile)(kp, ap, kblock + (size_t)jr * kp * 2, s + (ptrdiff_t)ir * lds + jr, lds, mr, nr, scale, 0, 1);
         }
     }
 }
@@ -212,7 +222,7 @@ void KD_NAME(kd_attention_pv)(int rows, int hs, int tk, int pos, const float *p,
         int kc = end - pc < KD_KC ? end - pc : KD_KC, kpa = (kc + 1) / 2;  // the probabilities this block reads
         KD_PACK(p + pc, ldp, 1, rows, kc, KD_MR, apack);
         const KD_AT *ablock = KD_A_BLOCK(apack, (size_t)(rows + KD_MR - 1) / KD_MR * KD_MR * kpa * 2);
-        const uint16_t *vblock = vpacked + hround * pc;
+        const KD_BT *vblock = KD_B_BLOCK(vpacked + hround * pc, hround * kpv * 2);
         for (int ir = 0; ir < rows; ir += KD_MR) {
             int mr = rows - ir < KD_MR ? rows - ir : KD_MR, pend = pos + ir + mr < tk ? pos + ir + mr : tk;
             if (pend <= pc) continue;  // this panel's probabilities in the block are all 0

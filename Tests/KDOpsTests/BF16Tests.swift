@@ -421,7 +421,8 @@ func bf16HeadPackedOncePerCallIsTheChunkedKernelBitForBit(kernel: BF16Kernel) {
 /// multiplied by FMAs (odd pair element first, then even, under MXCSR's DAZ and FTZ; the default on Intel's CPUs, whose
 /// vdpbf16ps issues at half the products of two FMAs a cycle) — give the same bits: GEMMs of ragged shapes with either
 /// operand transposed, alpha and beta, depths crossing the 256-deep blocks; a packed weight; the tiled attention forward
-/// and its backward; the fused SwiGLU pass; on 1 and 2 threads. The operands hold bf16 denormals (both read them as 0)
+/// and its backward (keys within one block and across two, queries from position 0 and after a cached prefix); the
+/// fused SwiGLU pass; on 1 and 2 threads. The operands hold bf16 denormals (both read them as 0)
 /// and a row and a column of 1e-20s, whose products (1e-40) and their sums are below f32's normal range (both flush
 /// them to 0): a widening that kept denormals, a wrong pair order or a lost FTZ gives other bits there.
 @Test(.enabled(if: BF16.cpuHasAVX512BF16 && RowKernels.avx512, "the vdpbf16ps products need AVX512-BF16"))
@@ -459,16 +460,19 @@ func fmaProductsAreTheVdpbf16psProductsBitForBit() {
             }
         }
     }
-    let shape = AttentionShape(b: 2, tq: 150, tk: 150, nh: 4, nkv: 2, hs: 40, pos0: 0)
-    let q = randomArray(2 * 150 * 4 * 40, seed: 74), k = randomArray(2 * 150 * 2 * 40, seed: 75), v = randomArray(k.count, seed: 76)
-    let dout = randomArray(q.count, seed: 77)
-    both("attention forward and backward") { () -> [Float] in
-        var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: 0, count: 2 * 4 * 150 * 150)
-        var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
-        var scratch = [Float](repeating: 0, count: 150 * 150)
-        attentionForward(out: &out, probs: &probs, q: q, k: k, v: v, shape: shape)
-        attentionBackward(dq: &dq, dk: &dk, dv: &dv, scratch: &scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: shape)
-        return out + probs + dq + dk + dv
+    // one key block; then keys over two 256-deep blocks of the values, queries after a cached prefix
+    for (tq, tk, pos0) in [(150, 150, 0), (280, 300, 20)] {
+        let shape = AttentionShape(b: 2, tq: tq, tk: tk, nh: 4, nkv: 2, hs: 40, pos0: pos0)
+        let q = randomArray(2 * tq * 4 * 40, seed: 74), k = randomArray(2 * tk * 2 * 40, seed: 75), v = randomArray(k.count, seed: 76)
+        let dout = randomArray(q.count, seed: 77)
+        both("attention forward and backward, \(tq) queries from position \(pos0), \(tk) keys") { () -> [Float] in
+            var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: 0, count: 2 * 4 * tq * tk)
+            var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
+            var scratch = [Float](repeating: 0, count: tq * tk)
+            attentionForward(out: &out, probs: &probs, q: q, k: k, v: v, shape: shape)
+            attentionBackward(dq: &dq, dk: &dk, dv: &dv, scratch: &scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: shape)
+            return out + probs + dq + dk + dv
+        }
     }
     let (rows, c, f) = (400, 300, 80)
     let x = operand(rows, c, seed: 78), gate = PackedBF16(operand(f, c, seed: 79), n: f, k: c, rowStride: c, depthStride: 1)

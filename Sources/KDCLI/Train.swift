@@ -156,6 +156,7 @@ struct Train: ParsableCommand {
         if c.qat.enabled {
             let model = trainer.model, plan = model.quantPlan(c.qat)
             let what = c.qat.preset.map { "llama.cpp's \($0) preset" } ?? "\(c.qat.scheme)\(c.qat.embeddings ? " (embedding and head \(c.qat.tableScheme == c.qat.scheme ? "too" : "\(c.qat.tableScheme)"))" : "")"
+                + (c.qat.tensorTypes == nil ? "" : ", \(c.qat.tensorTypesSummary)")
             KDLog.info("  QAT     weights \(what)\(c.qat.scheme.isBlockFormat ? ": \(plan.summary(model.layout))" : ""), activations \(c.qat.activations), from step \(c.qat.startStep)")
         }
         KDLog.info("distill train: \(config) on \(comm.worldSize) rank\(comm.worldSize == 1 ? "" : "s") × \(Parallel.threads) thread\(Parallel.threads == 1 ? "" : "s"), OpenBLAS \(BLASCore.current) kernels"

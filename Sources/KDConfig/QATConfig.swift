@@ -41,6 +41,13 @@ public enum QuantPreset: String, ConfigVocabulary {
     }
 }
 
+/// A matrix of every block as llama.cpp names it in a GGUF file and in its quantizer's `--tensor-type NAME=TYPE`:
+/// the keys of `qat.tensor_types`.
+public enum BlockMatrix: String, ConfigVocabulary, CodingKeyRepresentable {
+    case attnQ = "attn_q", attnK = "attn_k", attnV = "attn_v", attnOutput = "attn_output"
+    case ffnGate = "ffn_gate", ffnUp = "ffn_up", ffnDown = "ffn_down"
+}
+
 /// `qat.activations`.
 public enum ActivationQuant: String, ConfigVocabulary {
     case none, int8
@@ -81,11 +88,16 @@ public struct QATConfig: Codable, Equatable, Sendable {
     /// for it in that preset (then `scheme` is the preset's k-quant and the tables are quantized; set neither
     /// `embeddings` nor `embedding_scheme`). Default none.
     public var preset: QuantPreset?
+    /// Per block matrix, a block format other than `scheme` (e.g. `{ffn_down: q3_k}` beside `scheme: iq4_nl`: the one
+    /// matrix whose rows — ffn_dim wide — a k-quant's 256-blocks can divide in a model 576 wide): every block's matrix
+    /// of that name trains and exports in it (with llama.cpp's fallback on rows it does not divide). Default none.
+    public var tensorTypes: [BlockMatrix: QATScheme]?
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case preset, scheme, embeddings, embeddingScheme = "embedding_scheme", activations, startStep = "start_step", scales, scaleLRRatio = "scale_lr_ratio", freezeStep = "freeze_step"
+        case tensorTypes = "tensor_types"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -122,6 +134,26 @@ public struct QATConfig: Codable, Equatable, Sendable {
             try c.require(e == scheme || (scales == .absmax && freezeStep == 0), .embeddingScheme,
                           expected: "scheme's own format with learned or frozen scales (one set of scales per run)", found: "'\(e.rawValue)'")
         }
+        if c.contains(.tensorTypes) {
+            try c.require(preset == nil, .tensorTypes, expected: "none beside a preset (it picks every tensor's type)", found: "a value")
+            let m = try c.nestedContainer(keyedBy: AnyKey.self, forKey: .tensorTypes)
+            for key in m.allKeys {
+                guard let matrix = BlockMatrix(rawValue: key.stringValue) else {
+                    throw DecodingError.dataCorruptedError(forKey: key, in: m, debugDescription: "expected a block matrix (\(BlockMatrix.choices)), found '\(key.stringValue)'")
+                }
+                let t: QATScheme = try m.value(key, or: .none)
+                try m.require(t.isBlockFormat && scheme.isBlockFormat, key, expected: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k, iq4_nl) beside a block-format scheme",
+                              found: "'\(t.rawValue)' beside scheme '\(scheme.rawValue)'")
+                try m.require(t == scheme || (scales == .absmax && freezeStep == 0), key,
+                              expected: "scheme's own format with learned or frozen scales (one set of scales per run)", found: "'\(t.rawValue)'")
+                tensorTypes = (tensorTypes ?? [:]).merging([matrix: t]) { $1 }
+            }
+        }
+    }
+
+    /// `qat.tensor_types` as the config spells it ("ffn_down: q3_k, …", in the keys' order), empty without it.
+    public var tensorTypesSummary: String {
+        BlockMatrix.allCases.compactMap { m in tensorTypes?[m].map { "\(m): \($0)" } }.joined(separator: ", ")
     }
 
     /// The format of the embedding and LM head: `none` unless `embeddings`.

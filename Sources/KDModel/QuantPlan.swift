@@ -1,6 +1,7 @@
 // Which format QAT trains each tensor in — and so what the exported GGUF holds: one scheme for the blocks and one for
-// the tables (qat.scheme, qat.embedding_scheme), or llama.cpp's per-tensor choice for a k-quant preset (qat.preset);
-// then, for a k-quant on rows its 256-blocks do not divide, llama.cpp's fallback type.
+// the tables (qat.scheme, qat.embedding_scheme), any block matrix in another (qat.tensor_types), or llama.cpp's
+// per-tensor choice for a k-quant preset (qat.preset); then, for a k-quant on rows its 256-blocks do not divide,
+// llama.cpp's fallback type.
 import KDConfig
 import KDCore
 import KDQuant
@@ -20,6 +21,8 @@ public struct QuantPlan: Sendable {
             if let preset = qat.preset, let role = TensorRole(huggingFaceName: e.name) {
                 let t = preset.type(for: role, layer: ParameterLayout.block(of: e.name) ?? 0, layers: config.layers, gqa: gqa,
                                     tiedOutput: config.tiedEmbeddings)
+                s = FakeQuantScheme(t)
+            } else if !table, let matrix = TensorRole(huggingFaceName: e.name)?.blockMatrix, let t = qat.tensorTypes?[matrix] {
                 s = FakeQuantScheme(t)
             } else {
                 s = table ? tables : blocks

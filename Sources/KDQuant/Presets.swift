@@ -26,6 +26,22 @@ public enum TensorRole: Sendable, Equatable {
     }
 }
 
+extension TensorRole {
+    /// The block matrix of this role as `qat.tensor_types` names it (nil for the embedding and the head).
+    public var blockMatrix: BlockMatrix? {
+        switch self {
+        case .embedding, .output: return nil
+        case .attnQ: return .attnQ
+        case .attnK: return .attnK
+        case .attnV: return .attnV
+        case .attnOutput: return .attnOutput
+        case .ffnGate: return .ffnGate
+        case .ffnUp: return .ffnUp
+        case .ffnDown: return .ffnDown
+        }
+    }
+}
+
 extension QuantPreset {
     /// The type llama.cpp's quantizer wants for a tensor of `role` in block `layer` of `layers` (the embedding: the
     /// output's type when the head is tied to it). `gqa` = query heads per key/value head.

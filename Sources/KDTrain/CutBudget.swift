@@ -112,7 +112,8 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
                                    found: what)
     }
     let cal = Calibration(teacher: source, sampler: sampler, batches: s.calibrationBatches, b: config.train.microBatch, t: config.train.seqLen)
-    let key = "\(what), \(s.rule), qat \(config.qat.scheme.rawValue)/\(config.qat.tableScheme.rawValue), overhead \(overhead), "
+    let key = "\(what), \(s.rule), qat \(config.qat.scheme.rawValue)/\(config.qat.tableScheme.rawValue)"
+        + (config.qat.tensorTypes == nil ? "" : " {\(config.qat.tensorTypesSummary)}") + ", overhead \(overhead), "
         + "\(cal.batches)x\(cal.b)x\(cal.t) tokens, teacher output \(cal.fingerprint)"
     let path = (config.checkpoint.dir as NSString).appendingPathComponent(BudgetChoice.fileName)
     var choice: BudgetChoice

@@ -188,6 +188,32 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         #expect(try Data(contentsOf: URL(fileURLWithPath: again)) == Data(contentsOf: URL(fileURLWithPath: gguf)))
     }
 
+    /// qat.tensor_types: blocks in IQ4_NL, every block's ffn_down in Q3_K and attn_v in Q8_0 (a mix no preset writes);
+    /// training logs the mix, the checkpoint's config reads back with it, and the GGUF holds exactly those types and
+    /// the values the student computed with; the checkpoint and the GGUF read one NLL.
+    @Test func aStudentTrainedWithPerMatrixTypesExportsEachInItsType() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let (ckpt, log) = try trainQAT(dir, scheme: "iq4_nl", extra: "  embeddings: true\n  tensor_types: {ffn_down: q3_k, attn_v: q8_0}\n", dim: 256, ffn: 512)
+        #expect(log.contains("iq4_nl (embedding and head too), attn_v: q8_0, ffn_down: q3_k: IQ4_NL ×11, Q3_K ×2, Q8_0 ×2"), "\(log)")
+        let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
+        let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
+        #expect(e.status == 0 && (e.out + e.err).contains("embedding/head IQ4_NL"), "\(e.out)\(e.err)")
+        #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
+        let types = (0..<2).flatMap { ["blk.\($0).ffn_down.weight=Q3_K", "blk.\($0).attn_v.weight=Q8_0"] }
+        let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
+                                  [gguf, hf.appendingPathComponent("model.safetensors").path, "iq4_nl", "iq4_nl", "--dequant", "--types", types.joined(separator: ",")])
+        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
+        #expect((j["bad"] as! [String]).isEmpty && (j["extra"] as! [String]).isEmpty, "\(check)")
+        let (a, b) = (try nll(ckpt.path), try nll(gguf))
+        #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
+        // exported all in IQ4_NL instead, the file reads another NLL: the student really trained with the mix
+        let uniform = dir.appendingPathComponent("uniform.gguf").path
+        let u = try distill(["export", ckpt.path, "--format", "gguf", "--quant", "q4_0", "--out", uniform])
+        #expect(u.status == 0, "\(u.err)")
+        #expect(abs(try nll(uniform) - a) > 20 * max(abs(a - b), 1e-7))
+    }
+
     @Test func aStudentWithFewerHeadsExportsAndReadsBack() throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }

@@ -80,6 +80,12 @@ import Testing
     ("qat: {preset: q4_k_m, embeddings: false}", "qat.embeddings", "expected no embeddings key beside a preset (its tables are quantized), found false"),
     ("qat: {preset: q4_k_m, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected none beside a preset"),
     ("qat: {preset: q4_k_x}", "qat.preset", "found 'q4_k_x'"),
+    ("qat: {scheme: q4_0, tensor_types: {ffn_dwn: q3_k}}", "qat.tensor_types.ffn_dwn", "expected a block matrix ('attn_q', 'attn_k', 'attn_v', 'attn_output', 'ffn_gate', 'ffn_up' or 'ffn_down'), found 'ffn_dwn'"),
+    ("qat: {scheme: q4_0, tensor_types: {ffn_down: q3}}", "qat.tensor_types.ffn_down", "found 'q3'"),
+    ("qat: {scheme: int4_channel, tensor_types: {ffn_down: q3_k}}", "qat.tensor_types.ffn_down", "expected a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k, iq4_nl) beside a block-format scheme, found 'q3_k' beside scheme 'int4_channel'"),
+    ("qat: {scheme: q4_0, scales: learned, tensor_types: {ffn_down: q3_k}}", "qat.tensor_types.ffn_down", "expected scheme's own format with learned or frozen scales"),
+    ("qat: {preset: q4_k_m, tensor_types: {ffn_down: q3_k}}", "qat.tensor_types", "expected none beside a preset (it picks every tensor's type)"),
+    ("qat: {scheme: q4_0, tensor_types: {ffn_down: q3_k, ffn_down: q4_0}}", "qat.tensor_types.ffn_down", "the key appears twice in one mapping"),
 ])
 func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: String) {
     do {

@@ -3,7 +3,10 @@
 // process that checks, once a second, when the trainer last marked progress (a finished step, a written checkpoint);
 // after `timeout` seconds without it, it prints which rank, which step and what the rank was waiting in, and exits the
 // process with ``Watchdog/exitCode``. mpirun then ends the job (a rank exited non-zero) and Launch/restart.sh
-// relaunches it from the newest checkpoint that verifies.
+// relaunches it from the newest checkpoint that verifies. Time this process itself did not run is not a hang: when a
+// check comes seconds later than its one-second sleep (the whole job suspended — Ctrl-Z, `scontrol suspend`, SIGSTOP
+// to every rank — or the machine asleep), the clock moves on by that gap, so a resumed job carries on; a rank stopped
+// alone still ends the job through the others, whose checks keep time.
 import Foundation
 import Synchronization
 
@@ -17,16 +20,27 @@ public enum Watchdog {
     static let waitingIn = Atomic<UInt>(0)
     static let waitingLength = Atomic<Int>(0)
     static let started = Atomic<Bool>(false)
+    /// A check this many seconds later than its sleep means the process was stopped (a busy machine delays a thread
+    /// by milliseconds, not seconds).
+    static let stoppedAfter = 3.0
 
     /// Starts the watchdog thread of this process (once; later calls do nothing). `timeout` ≤ 0 leaves it off.
     public static func start(timeout: Double, rank: Int) {
         guard timeout > 0, started.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
         lastProgress.store(now(), ordering: .relaxed)
-        let limit = UInt64(timeout * 1e9)
+        let limit = UInt64(timeout * 1e9), tick = min(1.0, timeout / 10)
         Thread.detachNewThread {
+            var last = now()
             while true {
-                usleep(useconds_t(min(1.0, timeout / 10) * 1e6))
-                let idle = now() &- lastProgress.load(ordering: .relaxed)
+                usleep(useconds_t(tick * 1e6))
+                let t = now(), gap = t &- last
+                last = t
+                if gap > UInt64((tick + stoppedAfter) * 1e9) {  // this process was not running: not a hang
+                    lastProgress.wrappingAdd(gap, ordering: .relaxed)
+                    continue
+                }
+                let progressAt = lastProgress.load(ordering: .relaxed)
+                let idle = t > progressAt ? t - progressAt : 0
                 guard idle > limit else { continue }
                 let step = currentStep.load(ordering: .relaxed), at = waitingIn.load(ordering: .relaxed)
                 let call = at == 0 ? "computing, not in an MPI call"

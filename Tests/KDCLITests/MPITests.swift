@@ -323,6 +323,39 @@ func relativeWeightDifference(_ a: URL, _ b: URL) throws -> Double {
         #expect(left.out.isEmpty, "processes left: \(left.out)")
     }
 
+    /// The whole job suspended for longer than train.hang_timeout (every process SIGSTOPped, as Ctrl-Z or Slurm's
+    /// `scontrol suspend` does, then SIGCONTinued): no rank judges itself hung for the time it did not run, and the run
+    /// finishes with the uninterrupted run's weights bit for bit.
+    @Test func aSuspendedAndResumedJobCarriesOn() throws {
+        let dir = try scratchDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let edits = [("steps: 10", "steps: 300\n  hang_timeout: 5"), ("every: 5", "every: 100")]
+        let reference = try tinyYAML(dir, "reference", edits: edits), suspended = try tinyYAML(dir, "suspended", edits: edits)
+        #expect(try launch("distill_mpi.sh", ["2", "train", "--config", reference, "--sample-tokens", "0"]).status == 0)
+        // a script, so that the pattern its pgrep looks for is in no command line of its own
+        let script = dir.appendingPathComponent("suspend.sh"), log = dir.appendingPathComponent("suspended.log").path
+        try """
+            "$LAUNCH" 2 train --config "$CFG" --sample-tokens 0 > "$LOG" 2>&1 &
+            job=$!
+            for i in $(seq 1 1200); do grep -q '^step    20/' "$LOG" && break; sleep 0.05; done
+            pids=$(pgrep -f "distill train --config $CFG")
+            kill -STOP $pids; echo "stopped $(echo $pids | wc -w) processes at: $(grep '^step' "$LOG" | tail -1 | cut -c1-14)"
+            sleep 8
+            kill -CONT $pids
+            wait $job; echo "job exit $?"
+            """.write(to: script, atomically: true, encoding: .utf8)
+        let r = try runProcess(URL(fileURLWithPath: "/bin/bash"), [script.path], in: repoRoot,
+                               env: ["LAUNCH": repoRoot.appendingPathComponent("Launch/distill_mpi.sh").path, "CFG": suspended, "LOG": log,
+                                     "DISTILL_BIN": try distillBinary().path], mergeOutput: true)
+        let out = r.out + ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        // the job was caught mid-run (mpirun and both ranks stopped) and ended on its own, not by its watchdog
+        #expect(r.out.contains("stopped 3 processes at: step") && !r.out.contains("step   300/300"), "\(out)")
+        #expect(r.out.contains("job exit 0") && !out.contains("no progress for"), "\(out)")
+        let a = dir.appendingPathComponent("reference/" + CheckpointStore.name(step: 300)), b = dir.appendingPathComponent("suspended/" + CheckpointStore.name(step: 300))
+        let wa = try weights(a), wb = try weights(b)
+        #expect(!wa.isEmpty && wa.keys.allSatisfy { k in wa[k]!.map(\.bitPattern) == wb[k]?.map(\.bitPattern) }, "final weights differ from the uninterrupted run's")
+    }
+
     /// A checkpoint disk that fills up: a 2 MiB tmpfs holds step 5's checkpoint (1.3 MiB) but not step 10's (where the
     /// machine cannot mount one, the writer's DISTILL_ENOSPC_STEP hook fails it with ENOSPC instead). The job ends with
     /// exit code 74 and a line giving the bytes needed and free, restart.sh does not restart it, no partial checkpoint is

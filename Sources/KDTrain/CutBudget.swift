@@ -67,9 +67,11 @@ let perBlockCost = 1.7e6
 
 /// The cuts meeting `target`: for each depth from the teacher's down to half of it (the teacher's alone with `select:
 /// every`), the widest FFN (a multiple of `multiple`, at least a quarter of the teacher's) that meets it; and the
-/// smallest cut tried (for a target none meets).
+/// smallest cut tried (for a target none meets). `multiple` is what ffn_down's rows (the FFN's width) need to keep its
+/// format: 256 for a k-quant — `scheme`'s, or `tensor_types`' for ffn_down — else a block of 32.
 func budgetCandidates(_ config: RunConfig, teacher t: ModelConfig, target: StudentTarget, overhead: Int) -> (fits: [BudgetCut], smallest: BudgetCut) {
-    let multiple = max(32, FakeQuantScheme(config.qat.scheme)?.rowMultiple ?? 1)
+    let down = config.qat.preset == nil ? config.qat.tensorTypes?[.ffnDown] ?? config.qat.scheme : config.qat.scheme
+    let multiple = max(32, FakeQuantScheme(down)?.rowMultiple ?? 1)
     func shape(_ layers: Int, _ ffn: Int) -> ModelConfig {
         var m = config.model
         m.layers = layers; m.ffnDim = ffn

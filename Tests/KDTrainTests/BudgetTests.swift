@@ -104,6 +104,34 @@ import Testing
     #expect(none.isEmpty && smallest.layers == 2 && smallest.speedup! < 50)
 }
 
+/// With `qat.tensor_types: {ffn_down: q3_k}` beside IQ4_NL blocks, every FFN width the budget weighs is a multiple of
+/// 256, so that ffn_down keeps its Q3_K (a width its 256-blocks do not divide would fall back to Q4_0); without it,
+/// widths go in blocks of 32. Each candidate's estimate counts ffn_down in the type its plan gives it.
+@Test func aByteBudgetKeepsFFNWidthsWhereFFNDownKeepsItsKQuant() throws {
+    var c = try placementConfig(.replicated, members: 1, steps: 2)
+    c.model.dim = 256; c.model.ffnDim = 1024
+    c.qat.scheme = .iq4_nl; c.qat.embeddings = true
+    c.student.initFrom = .fromTeacher
+    let teacher = tinyTeacher(c, layers: 4, seed: 5).config
+    var probe = c.model
+    probe.layers = 4; probe.ffnDim = 1024
+    for (types, multiple) in [([BlockMatrix.ffnDown: QATScheme.q3_K], 256), (nil, 32)] {
+        c.qat.tensorTypes = types
+        c.student.target = StudentTarget(bytes: exportBytes(probe, qat: c.qat, overhead: 0) * 3 / 4)
+        let (fits, _) = budgetCandidates(c, teacher: teacher, target: c.student.target!, overhead: 0)
+        #expect(fits.count >= 2, "\(fits)")
+        for cand in fits {
+            #expect(cand.ffnDim % multiple == 0 && cand.bytes <= c.student.target!.bytes!, "\(types ?? [:]): \(cand.summary)")
+            var m = c.model
+            m.layers = cand.layers; m.ffnDim = cand.ffnDim
+            let layout = ParameterLayout(config: m), plan = QuantPlan(qat: c.qat, config: m, layout: layout)
+            let down = layout.entries.first { $0.name.hasSuffix("mlp.down_proj.weight") }!
+            #expect(plan.ggmlType(down) == (types == nil ? .iq4_nl : .q3_K), "\(cand.summary)")
+        }
+        if types == nil { #expect(fits.contains { $0.ffnDim % 256 != 0 }, "\(fits)") }
+    }
+}
+
 /// The byte budget counts a k-quant plan tensor by tensor — llama.cpp's Q4_K_M choices, the row fallback (FFN 320: the
 /// down projection in Q5_0), Q6_K tables — so its estimate is the exported file's size.
 @Test func theByteEstimateOfAPresetStudentIsItsExportedFile() throws {

@@ -151,7 +151,9 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
                 KD_PACK(b + (ptrdiff_t)jc * brs + (ptrdiff_t)pc * bcs, brs, bcs, nc, kc, KD_NR, bpack);
                 bblock = bpack;
             }
-            const KD_BT *bwide = KD_B_BLOCK(bblock, (size_t)((nc + KD_NR - 1) / KD_NR * KD_NR) * kp * 2);
+            // B as the tile loop reads it: the whole block at once when several row blocks read it, else each panel
+            // just before its tiles (a small m: the block would leave the core's L1 for nothing)
+            const KD_BT *bwide = m > KD_MC ? KD_B_BLOCK(bblock, (size_t)((nc + KD_NR - 1) / KD_NR * KD_NR) * kp * 2) : NULL;
             for (int ic = 0; ic < m; ic += KD_MC) {
                 int mc = m - ic < KD_MC ? m - ic : KD_MC;
                 const uint16_t *apacked_block;
@@ -163,10 +165,10 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
                 const KD_AT *ablock = KD_A_BLOCK(apacked_block, (size_t)(mc + KD_MR - 1) / KD_MR * KD_MR * kp * 2);
                 for (int jr = 0; jr < nc; jr += KD_NR) {
                     int nr = nc - jr < KD_NR ? nc - jr : KD_NR;
+                    const KD_BT *bpanel = bwide ? bwide + (size_t)jr * kp * 2 : KD_B_BLOCK(bblock + (size_t)jr * kp * 2, (size_t)KD_NR * kp * 2);
                     for (int ir = 0; ir < mc; ir += KD_MR) {
                         int mr = mc - ir < KD_MR ? mc - ir : KD_MR;
                         const KD_AT *apanel = ablock + (size_t)ir * kp * 2;
-                        const KD_BT *bpanel = bwide + (size_t)jr * kp * 2;
                         KD_NAME(tile)(kp, apanel, bpanel, c + (ptrdiff_t)(ic + ir) * ldc + jc + jr, ldc, mr, nr, alpha, beta, pc == 0);
                     }
                 }
@@ -194,14 +196,16 @@ void KD_NAME(kd_attention_scores)(int rows, int hs, int tk, int pos, float scale
     KD_PACK(q, ldq, 1, rows, hs, KD_MR, apack);
     const KD_AT *ablock = KD_A_BLOCK(apack, (size_t)(rows + KD_MR - 1) / KD_MR * KD_MR * kp * 2);
     const int keys = pos + rows < tk ? pos + rows : tk;  // the last row's causal end: the keys any tile reads
-    const KD_BT *kblock = KD_B_BLOCK(kpacked, (size_t)((keys + KD_NR - 1) / KD_NR * KD_NR) * kp * 2);
+    // the keys as the tile loop reads them: all at once for several row panels, else each panel as it is read
+    const KD_BT *kblock = rows > KD_MR ? KD_B_BLOCK(kpacked, (size_t)((keys + KD_NR - 1) / KD_NR * KD_NR) * kp * 2) : NULL;
     (void)keys;  // unused where KD_B_BLOCK is the identity
     for (int ir = 0; ir < rows; ir += KD_MR) {
         int mr = rows - ir < KD_MR ? rows - ir : KD_MR, end = pos + ir + mr < tk ? pos + ir + mr : tk;
         const KD_AT *ap = ablock + (size_t)ir * kp * 2;
         for (int jr = 0; jr < end; jr += KD_NR) {
             int nr = tk - jr < KD_NR ? tk - jr : KD_NR;
-            KD_NAME(tile)(kp, ap, kblock + (size_t)jr * kp * 2, s + (ptrdiff_t)ir * lds + jr, lds, mr, nr, scale, 0, 1);
+            const KD_BT *bp = kblock ? kblock + (size_t)jr * kp * 2 : KD_B_BLOCK(kpacked + (size_t)jr * kp * 2, (size_t)KD_NR * kp * 2);
+            KD_NAME(tile)(kp, ap, bp, s + (ptrdiff_t)ir * lds + jr, lds, mr, nr, scale, 0, 1);
         }
     }
 }
@@ -222,7 +226,8 @@ void KD_NAME(kd_attention_pv)(int rows, int hs, int tk, int pos, const float *p,
         int kc = end - pc < KD_KC ? end - pc : KD_KC, kpa = (kc + 1) / 2;  // the probabilities this block reads
         KD_PACK(p + pc, ldp, 1, rows, kc, KD_MR, apack);
         const KD_AT *ablock = KD_A_BLOCK(apack, (size_t)(rows + KD_MR - 1) / KD_MR * KD_MR * kpa * 2);
-        const KD_BT *vblock = KD_B_BLOCK(vpacked + hround * pc, hround * kpv * 2);
+        const uint16_t *vpc = vpacked + hround * pc;
+        const KD_BT *vblock = rows > KD_MR ? KD_B_BLOCK(vpc, hround * kpv * 2) : NULL;  // as the keys, above
         for (int ir = 0; ir < rows; ir += KD_MR) {
             int mr = rows - ir < KD_MR ? rows - ir : KD_MR, pend = pos + ir + mr < tk ? pos + ir + mr : tk;
             if (pend <= pc) continue;  // this panel's probabilities in the block are all 0
@@ -230,7 +235,8 @@ void KD_NAME(kd_attention_pv)(int rows, int hs, int tk, int pos, const float *p,
             const KD_AT *ap = ablock + (size_t)ir * kpa * 2;
             for (int jr = 0; jr < hs; jr += KD_NR) {
                 int nr = hs - jr < KD_NR ? hs - jr : KD_NR;
-                KD_NAME(tile)(kpp, ap, vblock + (size_t)jr * kpv * 2, out + (ptrdiff_t)ir * ldo + jr, ldo, mr, nr, 1, 0, pc == 0);
+                const KD_BT *bp = vblock ? vblock + (size_t)jr * kpv * 2 : KD_B_BLOCK(vpc + (size_t)jr * kpv * 2, (size_t)KD_NR * kpv * 2);
+                KD_NAME(tile)(kpp, ap, bp, out + (ptrdiff_t)ir * ldo + jr, ldo, mr, nr, 1, 0, pc == 0);
             }
         }
     }

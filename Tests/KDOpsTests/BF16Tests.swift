@@ -460,8 +460,9 @@ func fmaProductsAreTheVdpbf16psProductsBitForBit() {
             }
         }
     }
-    // one key block; then keys over two 256-deep blocks of the values, queries after a cached prefix
-    for (tq, tk, pos0) in [(150, 150, 0), (280, 300, 20)] {
+    // one key block; then keys over two 256-deep blocks of the values, queries after a cached prefix; a decode step
+    // (fewer rows than a tile: B widened panel by panel)
+    for (tq, tk, pos0) in [(150, 150, 0), (280, 300, 20), (5, 300, 295)] {
         let shape = AttentionShape(b: 2, tq: tq, tk: tk, nh: 4, nkv: 2, hs: 40, pos0: pos0)
         let q = randomArray(2 * tq * 4 * 40, seed: 74), k = randomArray(2 * tk * 2 * 40, seed: 75), v = randomArray(k.count, seed: 76)
         let dout = randomArray(q.count, seed: 77)

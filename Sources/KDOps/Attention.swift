@@ -1,8 +1,8 @@
 // Causal scaled-dot-product attention with grouped query heads; the same kernel serves training (pos0 = 0, tk = tq)
-// and KV-cache decoding (queries at positions pos0..). In f32, per (batch, head) through OpenBLAS sgemm (each call
-// split over its threads). In bf16, (batch, head) pairs split over the threads, each through the bf16 kernel on one
-// thread in blocks of 64 queries that multiply only the keys they can see (about 5/8 of the square at t = 256): no
-// OpenBLAS call, so no OpenBLAS worker spins beside the bf16 GEMMs' threads.
+// and KV-cache decoding (queries at positions pos0..). (Batch, head) pairs split over the threads, each on one thread
+// in blocks of 64 queries that multiply only the keys they can see (about 5/8 of the square at t = 256): in f32
+// through OpenBLAS sgemm with OpenBLAS held to one thread for the call (a head's products are too small to split well,
+// and two pools on the same cores only wait on each other), in bf16 through the bf16 kernel — no OpenBLAS call at all.
 // Dims: b batch, tq queries, tk keys, nh query heads, nkv key/value heads, hs head size.
 // Query head h reads key/value head h / (nh / nkv). Query i sits at position pos0 + i and sees keys 0...pos0+i, or with a
 // sliding window w only the last w of them (keys pos0+i−w+1 ... pos0+i), as Gemma's local layers and llama.cpp's SWA do.
@@ -49,25 +49,7 @@ public func attentionForward(
             }
             return attentionForwardBlocked(kernel, out: out, probs: probs, q: q, k: k, v: v, shape: s)
         }
-        let tq = s.tq, tk = s.tk
-        for bi in 0..<s.b {
-            for h in 0..<s.nh {
-                let kvh = h / s.group
-                let qh = q + bi * s.qBatchStride + h * s.hs
-                let kh = k + bi * s.kvBatchStride + kvh * s.hs, vh = v + bi * s.kvBatchStride + kvh * s.hs
-                let p = probs + (bi * s.nh + h) * tq * tk
-                let oh = out + bi * s.qBatchStride + h * s.hs
-                cblas_sgemm(
-                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(s.hs),
-                    s.scale, qh, Int32(s.ldq), kh, Int32(s.ldkv), 0, p, Int32(tk))
-                Parallel.forRanges(tq, minPerThread: 32) { lo, hi in
-                    for i in lo..<hi { softmaxRowInPlace(p, i, s) }
-                }
-                cblas_sgemm(
-                    CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(s.hs), Int32(tk),
-                    1, p, Int32(tk), vh, Int32(s.ldkv), 0, oh, Int32(s.ldo))
-            }
-        }
+        withSingleThreadedBLAS { attentionForwardBlocked(nil, out: out, probs: probs, q: q, k: k, v: v, shape: s) }
     }
 }
 
@@ -101,42 +83,39 @@ public func attentionBackward(
         if let kernel = BF16.kernel {
             return attentionBackwardBlocked(kernel, dq: dq, dk: dk, dv: dv, scratch: scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: s)
         }
-        let tq = s.tq, tk = s.tk
-        for bi in 0..<s.b {
-            for h in 0..<s.nh {
-                let kvh = h / s.group
-                let qOff = bi * s.qBatchStride + h * s.hs, kvOff = bi * s.kvBatchStride + kvh * s.hs
-                let p = probs + (bi * s.nh + h) * tq * tk, dp = scratch
-                let doh = dout + qOff
-                // dP = dO · Vᵀ ; dV += Pᵀ · dO
-                cblas_sgemm(
-                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(tq), Int32(tk), Int32(s.hs),
-                    1, doh, Int32(s.ldo), v + kvOff, Int32(s.ldkv), 0, dp, Int32(tk))
-                cblas_sgemm(
-                    CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(s.hs), Int32(tq),
-                    1, p, Int32(tk), doh, Int32(s.ldo), 1, dv + kvOff, Int32(s.ldkv))
-                // softmax backward: dS = P ⊙ (dP − Σ_j dP_j P_j); masked entries have P = 0.
-                Parallel.forRanges(tq, minPerThread: 32) { lo, hi in
-                    for i in lo..<hi {
-                        let pr = p + i * tk, dr = dp + i * tk, valid = s.pos0 + i + 1
-                        let d = dot(dr, pr, valid)
-                        for j in 0..<valid { dr[j] = pr[j] * (dr[j] - d) }
-                        if valid < tk { (dr + valid).update(repeating: 0, count: tk - valid) }
-                    }
-                }
-                // S = scale · Q·Kᵀ: dQ += scale · dS · K ; dK += scale · dSᵀ · Q
-                cblas_sgemm(
-                    CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(tq), Int32(s.hs), Int32(tk),
-                    s.scale, dp, Int32(tk), k + kvOff, Int32(s.ldkv), 1, dq + qOff, Int32(s.ldq))
-                cblas_sgemm(
-                    CblasRowMajor, CblasTrans, CblasNoTrans, Int32(tk), Int32(s.hs), Int32(tq),
-                    s.scale, dp, Int32(tk), q + qOff, Int32(s.ldq), 1, dk + kvOff, Int32(s.ldkv))
-            }
+        withSingleThreadedBLAS {
+            attentionBackwardBlocked(nil, dq: dq, dk: dk, dv: dv, scratch: scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: s)
         }
     }
 }
 
-// MARK: - bf16: (batch, head) pairs over the threads, causal query blocks
+// MARK: - (batch, head) pairs over the threads, causal query blocks
+
+/// One head's product on the calling thread: the bf16 kernel, or OpenBLAS sgemm (nil; inside
+/// ``withSingleThreadedBLAS``).
+@inline(__always)
+func headGEMM(
+    _ kernel: BF16Kernel?, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+    a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+) {
+    if let kernel {
+        return bf16GEMM(kernel, threads: 1, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
+                        a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+    guard m > 0, n > 0 else { return }
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+}
+
+/// Runs `body` with OpenBLAS on one thread — `body` splits its calls over our threads, each call a head's small
+/// product — then gives OpenBLAS back its thread count. OpenBLAS's level-3 threads split rows and columns, never the
+/// sum, so a product is the same bit for bit on any count.
+func withSingleThreadedBLAS(_ body: () -> Void) {
+    let n = openblas_get_num_threads()
+    if n > 1 { openblas_set_num_threads(1) }
+    body()
+    if n > 1 { openblas_set_num_threads(n) }
+}
 
 /// Queries per block of the bf16 path.
 let attentionQueryBlock = 64
@@ -151,9 +130,10 @@ func queryBlocks(_ s: AttentionShape) -> [(i0: Int, rows: Int, keys: Range<Int>)
     }
 }
 
-/// ``attentionForward`` in bf16: the same numbers as its f32 path up to bf16 rounding of QKᵀ's and PV's operands.
+/// ``attentionForward`` in blocks of queries: f32 (`kernel` nil), or bf16 — the same numbers up to bf16 rounding of QKᵀ's
+/// and PV's operands.
 func attentionForwardBlocked(
-    _ kernel: BF16Kernel, out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
+    _ kernel: BF16Kernel?, out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
 ) {
     let tq = s.tq, tk = s.tk, blocks = queryBlocks(s)
@@ -165,10 +145,10 @@ func attentionForwardBlocked(
             let p = probs + task * tq * tk, oh = out + bi * s.qBatchStride + h * s.hs
             for (i0, rows, keys) in blocks {
                 let pb = p + i0 * tk + keys.lowerBound
-                bf16GEMM(kernel, threads: 1, transA: false, transB: true, m: rows, n: keys.count, k: s.hs, alpha: s.scale,
+                headGEMM(kernel, transA: false, transB: true, m: rows, n: keys.count, k: s.hs, alpha: s.scale,
                          a: qh + i0 * s.ldq, lda: s.ldq, b: kh + keys.lowerBound * s.ldkv, ldb: s.ldkv, beta: 0, c: pb, ldc: tk)
                 for i in i0..<(i0 + rows) { softmaxRowInPlace(p, i, s) }
-                bf16GEMM(kernel, threads: 1, transA: false, transB: false, m: rows, n: s.hs, k: keys.count, alpha: 1,
+                headGEMM(kernel, transA: false, transB: false, m: rows, n: s.hs, k: keys.count, alpha: 1,
                          a: pb, lda: tk, b: vh + keys.lowerBound * s.ldkv, ldb: s.ldkv, beta: 0, c: oh + i0 * s.ldo, ldc: s.ldo)
             }
         }
@@ -223,11 +203,11 @@ func attentionForwardTiled(
 /// The packed keys and values (and probability rows) of ``attentionForwardTiled``'s threads, kept between calls.
 private let attentionScratch = Mutex(Slab(count: 0))
 
-/// ``attentionBackward`` in bf16. Each task owns one (batch, key/value head) — the query heads of its group add into
+/// ``attentionBackward`` in blocks of queries, f32 (`kernel` nil) or bf16. Each task owns one (batch, key/value head) — the query heads of its group add into
 /// the same dK and dV rows — and a [64, tk] slice of `scratch` ([tq, tk]; fewer threads when tq is too short for one
 /// slice each).
 func attentionBackwardBlocked(
-    _ kernel: BF16Kernel, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+    _ kernel: BF16Kernel?, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
     scratch: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, probs: UnsafePointer<Float>,
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
 ) {
@@ -242,9 +222,9 @@ func attentionBackwardBlocked(
                 for (i0, rows, keys) in blocks {
                     let k0 = keys.lowerBound, nk = keys.count, pb = p + i0 * tk + k0, doh = dout + qOff + i0 * s.ldo
                     // dP = dO · Vᵀ ; dV += Pᵀ · dO
-                    bf16GEMM(kernel, threads: 1, transA: false, transB: true, m: rows, n: nk, k: s.hs, alpha: 1,
+                    headGEMM(kernel, transA: false, transB: true, m: rows, n: nk, k: s.hs, alpha: 1,
                              a: doh, lda: s.ldo, b: v + kvOff + k0 * s.ldkv, ldb: s.ldkv, beta: 0, c: dp, ldc: nk)
-                    bf16GEMM(kernel, threads: 1, transA: true, transB: false, m: nk, n: s.hs, k: rows, alpha: 1,
+                    headGEMM(kernel, transA: true, transB: false, m: nk, n: s.hs, k: rows, alpha: 1,
                              a: pb, lda: tk, b: doh, ldb: s.ldo, beta: 1, c: dv + kvOff + k0 * s.ldkv, ldc: s.ldkv)
                     // dS = P ⊙ (dP − Σ_j dP_j P_j); P is 0 where masked, so dS is too
                     for r in 0..<rows {
@@ -253,9 +233,9 @@ func attentionBackwardBlocked(
                         for j in 0..<nk { dr[j] = pr[j] * (dr[j] - d) }
                     }
                     // dQ += scale · dS · K ; dK += scale · dSᵀ · Q
-                    bf16GEMM(kernel, threads: 1, transA: false, transB: false, m: rows, n: s.hs, k: nk, alpha: s.scale,
+                    headGEMM(kernel, transA: false, transB: false, m: rows, n: s.hs, k: nk, alpha: s.scale,
                              a: dp, lda: nk, b: k + kvOff + k0 * s.ldkv, ldb: s.ldkv, beta: 1, c: dq + qOff + i0 * s.ldq, ldc: s.ldq)
-                    bf16GEMM(kernel, threads: 1, transA: true, transB: false, m: nk, n: s.hs, k: rows, alpha: s.scale,
+                    headGEMM(kernel, transA: true, transB: false, m: nk, n: s.hs, k: rows, alpha: s.scale,
                              a: dp, lda: nk, b: q + qOff + i0 * s.ldq, ldb: s.ldq, beta: 1, c: dk + kvOff + k0 * s.ldkv, ldc: s.ldkv)
                 }
             }

@@ -1,4 +1,5 @@
-// Row-parallel loops over a fixed thread count (the OpenMP analogue); BLAS threads are set alongside.
+// Row-parallel loops over a fixed thread count (the OpenMP analogue); f32 GEMMs split over them too (OpenBLAS runs
+// on one thread).
 import Dispatch
 import Synchronization
 

@@ -1,12 +1,11 @@
 // Causal scaled-dot-product attention with grouped query heads; the same kernel serves training (pos0 = 0, tk = tq)
 // and KV-cache decoding (queries at positions pos0..). (Batch, head) pairs split over the threads, each on one thread
 // in blocks of 64 queries that multiply only the keys they can see (about 5/8 of the square at t = 256): in f32
-// through OpenBLAS sgemm with OpenBLAS held to one thread for the call (a head's products are too small to split well,
-// and two pools on the same cores only wait on each other), in bf16 through the bf16 kernel — no OpenBLAS call at all.
+// through one-thread OpenBLAS sgemm calls (a head's products are too small to split well), in bf16 through the bf16
+// kernel.
 // Dims: b batch, tq queries, tk keys, nh query heads, nkv key/value heads, hs head size.
 // Query head h reads key/value head h / (nh / nkv). Query i sits at position pos0 + i and sees keys 0...pos0+i, or with a
 // sliding window w only the last w of them (keys pos0+i−w+1 ... pos0+i), as Gemma's local layers and llama.cpp's SWA do.
-import CBLAS
 import CKDKernels
 import Glibc
 import KDCore
@@ -49,7 +48,7 @@ public func attentionForward(
             }
             return attentionForwardBlocked(kernel, out: out, probs: probs, q: q, k: k, v: v, shape: s)
         }
-        withSingleThreadedBLAS { attentionForwardBlocked(nil, out: out, probs: probs, q: q, k: k, v: v, shape: s) }
+        attentionForwardBlocked(nil, out: out, probs: probs, q: q, k: k, v: v, shape: s)
     }
 }
 
@@ -83,16 +82,13 @@ public func attentionBackward(
         if let kernel = BF16.kernel {
             return attentionBackwardBlocked(kernel, dq: dq, dk: dk, dv: dv, scratch: scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: s)
         }
-        withSingleThreadedBLAS {
-            attentionBackwardBlocked(nil, dq: dq, dk: dk, dv: dv, scratch: scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: s)
-        }
+        attentionBackwardBlocked(nil, dq: dq, dk: dk, dv: dv, scratch: scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: s)
     }
 }
 
 // MARK: - (batch, head) pairs over the threads, causal query blocks
 
-/// One head's product on the calling thread: the bf16 kernel, or OpenBLAS sgemm (nil; inside
-/// ``withSingleThreadedBLAS``).
+/// One head's product on the calling thread: the bf16 kernel, or OpenBLAS sgemm (nil; on OpenBLAS's one thread).
 @inline(__always)
 func headGEMM(
     _ kernel: BF16Kernel?, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
@@ -102,22 +98,10 @@ func headGEMM(
         return bf16GEMM(kernel, threads: 1, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha,
                         a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
-    guard m > 0, n > 0 else { return }
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
-                alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    sgemm(threads: 1, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
 }
 
-/// Runs `body` with OpenBLAS on one thread — `body` splits its calls over our threads, each call a head's small
-/// product — then gives OpenBLAS back its thread count. OpenBLAS's level-3 threads split rows and columns, never the
-/// sum, so a product is the same bit for bit on any count.
-func withSingleThreadedBLAS(_ body: () -> Void) {
-    let n = openblas_get_num_threads()
-    if n > 1 { openblas_set_num_threads(1) }
-    body()
-    if n > 1 { openblas_set_num_threads(n) }
-}
-
-/// Queries per block of the bf16 path.
+/// Queries per block.
 let attentionQueryBlock = 64
 
 /// The query blocks of one head: rows i0 ..< i0 + rows see keys keys.lowerBound ..< keys.upperBound at most (the

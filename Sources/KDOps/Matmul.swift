@@ -30,8 +30,6 @@ public func matmulBackward(
          beta: 1, c: dweight, ldc: c)
 }
 
-/// Sets the thread count of OpenBLAS (process-wide).
-public func setBLASThreads(_ threads: Int) { openblas_set_num_threads(Int32(threads)) }
 
 /// out[r] += bias for every row (a projection's bias after its matmul).
 /// - Shapes: out [n, oc] · bias [oc]

@@ -1,5 +1,5 @@
-// bf16 matmuls: which kernel runs them, and the GEMM every linear layer goes through. f32 stays OpenBLAS sgemm,
-// bit for bit; bf16 rounds the operands to bf16 (nearest even) and accumulates in f32.
+// bf16 matmuls: which kernel runs them, and the GEMM every linear layer goes through. f32 stays OpenBLAS sgemm (on
+// one OpenBLAS thread per slice, our threads over the slices); bf16 rounds the operands to bf16 (nearest even) and accumulates in f32.
 // Dims: row-major as cblas_sgemm: op(A) [m, k] · op(B) [k, n] → C [m, n].
 import CBLAS
 import CKDKernels
@@ -111,12 +111,48 @@ public func gemm(
 ) {
     StepProfile.op(.gemm) {
         guard let kernel = BF16.kernel else {
-            cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                        Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-            return
+            return sgemm(threads: Parallel.threads, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                         b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
         }
         bf16GEMM(kernel, threads: Parallel.threads, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                  b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+}
+
+/// OpenBLAS held to one thread, once per process: the f32 products split over our threads themselves (``sgemm``), so
+/// no second pool of threads shares the cores with ours — OpenBLAS's workers spin for about 0.1 s after each call they
+/// join, taking a core from whatever our threads do next (norms, softmax, attention).
+let blasOnOneThread: Void = openblas_set_num_threads(1)
+
+/// f32 C = alpha · op(A) · op(B) + beta · C through OpenBLAS sgemm, split over `threads` of ours as the bf16 kernels
+/// split (the larger of m and n: each thread packs its share of that operand and all of the smaller one), each slice
+/// one single-threaded sgemm. Products under 4M multiply-adds a thread stay one call. OpenBLAS splits no sum over
+/// threads either, so an element is the same sum on any count of threads.
+func sgemm(
+    threads: Int, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+    b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+) {
+    _ = blasOnOneThread
+    guard m > 0, n > 0 else { return }
+    let ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans
+    let slices = min(threads, max(1, Int(Double(m) * Double(n) * Double(k) / 4e6)))
+    guard slices > 1 else {
+        return cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+    // row i of op(A) starts at a + i·ars; column j of op(B) at b + j·bcs
+    let ars = transA ? 1 : lda, bcs = transB ? ldb : 1
+    if m >= n {
+        Parallel.forRanges((m + 15) / 16, over: slices) { t0, t1 in
+            let i0 = t0 * 16, i1 = min(m, t1 * 16)
+            cblas_sgemm(CblasRowMajor, ta, tb, Int32(i1 - i0), Int32(n), Int32(k), alpha, a + i0 * ars, Int32(lda), b, Int32(ldb), beta,
+                        c + i0 * ldc, Int32(ldc))
+        }
+    } else {
+        Parallel.forRanges((n + 15) / 16, over: slices) { t0, t1 in
+            let j0 = t0 * 16, j1 = min(n, t1 * 16)
+            cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(j1 - j0), Int32(k), alpha, a, Int32(lda), b + j0 * bcs, Int32(ldb), beta,
+                        c + j0, Int32(ldc))
+        }
     }
 }
 
@@ -155,8 +191,8 @@ public func bf16GEMM(
         defer { ra.deallocate(); rb.deallocate() }
         kd_bf16_round_f32(a, ra, aSpan)
         kd_bf16_round_f32(b, rb, bSpan)
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                    Int32(m), Int32(n), Int32(k), alpha, ra, Int32(lda), rb, Int32(ldb), beta, c, Int32(ldc))
+        sgemm(threads: threads, transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: ra, lda: lda, b: rb, ldb: ldb,
+              beta: beta, c: c, ldc: ldc)
     case .avx512, .emulated:
         // A(i, p) = a[i·ars + p·acs], B(j, p) = b[j·brs + p·bcs]
         let (ars, acs) = transA ? (1, lda) : (lda, 1)

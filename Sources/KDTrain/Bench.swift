@@ -80,11 +80,10 @@ public struct BenchResult: Codable, Sendable {
     }
 }
 
-/// Sets the kernel and BLAS thread counts together.
+/// Sets the kernels' thread count (OpenBLAS stays on one thread: ``gemm`` splits f32 products over these).
 public func configureThreads(_ n: Int) {
     let t = n > 0 ? n : ProcessInfo.processInfo.activeProcessorCount
     Parallel.threads = t
-    setBLASThreads(t)
 }
 
 public func median(_ xs: [Double]) -> Double {

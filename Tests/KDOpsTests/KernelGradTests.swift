@@ -43,6 +43,48 @@ let tol: Float = 2e-3
     }
 }
 
+/// f32 products large enough to split over our threads (rows when op(A) is the taller, else columns; one
+/// single-threaded sgemm a slice), every transpose, beta 0 and 1, with padded leading dimensions: each element against a
+/// Double sum, and the same bits on 1, 2 and 3 threads.
+@Test func f32GEMMSplitOverOurThreadsIsOneSum() {
+    for (m, n, k) in [(600, 130, 160), (40, 900, 300), (257, 255, 200)] {
+        for (transA, transB) in [(false, true), (false, false), (true, false), (true, true)] {
+            let lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 5, ldc = n + 2
+            let a = randomArray((transA ? k : m) * lda, seed: 51), b = randomArray((transB ? n : k) * ldb, seed: 52)
+            let c0 = randomArray(m * ldc, seed: 53)
+            for beta: Float in [0, 1] {
+                func run(_ threads: Int) -> [Float] {
+                    var c = c0
+                    let saved = Parallel.threads
+                    Parallel.threads = threads
+                    defer { Parallel.threads = saved }
+                    gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.5, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: &c, ldc: ldc)
+                    return c
+                }
+                let one = run(1)
+                var worst = 0.0
+                for i in 0..<m {
+                    for j in 0..<n {
+                        var sum = 0.0
+                        for p in 0..<k {
+                            sum += Double(a[transA ? p * lda + i : i * lda + p]) * Double(b[transB ? j * ldb + p : p * ldb + j])
+                        }
+                        let want = 0.5 * sum + Double(beta) * Double(c0[i * ldc + j])
+                        worst = max(worst, abs(Double(one[i * ldc + j]) - want) / max(1, abs(want)))
+                    }
+                    // the padding between rows is never written
+                    for j in n..<ldc { #expect(one[i * ldc + j] == c0[i * ldc + j]) }
+                }
+                #expect(worst < 1e-5, "\(m)x\(n)x\(k) transA \(transA) transB \(transB) beta \(beta): relative error \(worst)")
+                for threads in [2, 3] {
+                    let same = run(threads) == one
+                    #expect(same, "\(m)x\(n)x\(k) transA \(transA) transB \(transB) beta \(beta): \(threads) threads differ from one")
+                }
+            }
+        }
+    }
+}
+
 @Test func rmsNormBackwardMatchesFiniteDifferences() {
     let n = 6, c = 8
     let inp = randomArray(n * c, seed: 6), w = randomArray(c, seed: 7).map { 1 + 0.3 * $0 }, dout = randomArray(n * c, seed: 8)

@@ -7,7 +7,7 @@
 // packed bf16 pairs), KD_A_BLOCK(p, count) and KD_B_BLOCK(p, count) (the packed A or B block of `count` bf16 values at
 // p as the tile loop reads it — a B block's micro-panels are contiguous, so any run of whole panels is one block;
 // default p itself) and KD_TILE_LOOP (the tile's sums; default the vdpbf16ps loop below): bf16.c's FMA variant reads
-// both widened to f32, each block widened once and read by every tile that multiplies it.
+// both widened to f32, each block widened once and read by every tile that multiplies it; KD_TILE_LOOP_RAW (below).
 //
 // GotoBLAS blocking: NC columns × KC depth of B packed once per (pc, jc) (or handed in packed: weights packed ahead);
 // A packed once (all of it up front when there are several NC blocks, else MC rows at a time), so each element of A
@@ -71,51 +71,24 @@ static void KD_NAME(pack)(const float *x, ptrdiff_t rs, ptrdiff_t cs, int rows, 
     }
 #endif
 
-/// An edge tile: the sums to `tile` [MR][NR], for the scalar epilogue.
-static void KD_NAME(micro)(int kp, const KD_AT *ap, const KD_BT *bp, float *tile /* [MR][NR] */) {
-    KD_TILE_LOOP
-    for (int i = 0; i < KD_MR; i++) {
-        KD_STORE(tile + i * KD_NR, acc[i][0]);
-        KD_STORE(tile + i * KD_NR + 16, acc[i][1]);
-    }
-}
-
-/// A whole tile, its epilogue in registers: C = fma(alpha, S, C) for a later depth block (`first` 0), else
-/// C = alpha·S (beta 0, C not read) or fma(alpha, S, beta·C) — the scalar epilogue's arithmetic exactly.
-static void KD_NAME(micro_c)(int kp, const KD_AT *ap, const KD_BT *bp, float *c, ptrdiff_t ldc, float alpha,
-                             float beta, int first) {
-    KD_TILE_LOOP
-    KD_VF va = KD_SET1(alpha), vb = KD_SET1(beta);
-    for (int i = 0; i < KD_MR; i++) {
-        for (int h = 0; h < 2; h++) {
-            float *cp = c + i * ldc + 16 * h;
-            KD_VF r;
-            if (!first) r = KD_FMA(va, acc[i][h], KD_LOADF(cp));
-            else if (beta == 0) r = KD_MUL(va, acc[i][h]);
-            else r = KD_FMA(va, acc[i][h], KD_MUL(vb, KD_LOADF(cp)));
-            KD_STORE(cp, r);
-        }
-    }
-}
-
-/// The mr × nr tile (mr ≤ MR, nr ≤ NR) of C at c: a whole one through micro_c, an edge one through micro and the same
-/// epilogue in scalars (the first depth block applies beta, never reading C when beta is 0; later blocks add).
-static void KD_NAME(tile)(int kp, const KD_AT *ap, const KD_BT *bp, float *c, ptrdiff_t ldc, int mr, int nr,
-                          float alpha, float beta, int first) {
-    if (mr == KD_MR && nr == KD_NR) {
-        KD_NAME(micro_c)(kp, ap, bp, c, ldc, alpha, beta, first);
-        return;
-    }
-    float tile[KD_MR * KD_NR];
-    KD_NAME(micro)(kp, ap, bp, tile);
-    for (int i = 0; i < mr; i++) {
-        float *crow = c + (ptrdiff_t)i * ldc;
-        const float *t = tile + i * KD_NR;
-        if (!first) for (int j = 0; j < nr; j++) crow[j] = fmaf(alpha, t[j], crow[j]);
-        else if (beta == 0) for (int j = 0; j < nr; j++) crow[j] = alpha * t[j];
-        else for (int j = 0; j < nr; j++) crow[j] = fmaf(alpha, t[j], beta * crow[j]);
-    }
-}
+#define KD_TNAME(x) KD_NAME(x)
+#define KD_TB KD_BT
+#define KD_TLOOP KD_TILE_LOOP
+#include "bf16_tile.h"
+#undef KD_TNAME
+#undef KD_TB
+#undef KD_TLOOP
+#ifdef KD_TILE_LOOP_RAW
+// KD_TILE_LOOP_RAW (optional): the tile's sums on B's packed bf16 pairs as they are, for a call of at most MR rows —
+// its one row panel reads each B panel once, so widening the panel first would cost about what its products do.
+#define KD_TNAME(x) KD_NAME(x##_raw)
+#define KD_TB uint16_t
+#define KD_TLOOP KD_TILE_LOOP_RAW
+#include "bf16_tile.h"
+#undef KD_TNAME
+#undef KD_TB
+#undef KD_TLOOP
+#endif
 
 /// The GEMM with B either packed here or handed in packed (`bpacked`, the layout of kd_bf16_pack_b for a matrix of
 /// `bstride` columns, this call's column 0 being its column `bcol0`, a multiple of KD_NR; NULL = pack b), and A either
@@ -165,6 +138,13 @@ void KD_NAME(kd_gemm_bf16_prepacked)(int m, int n, int k, float alpha, const flo
                 const KD_AT *ablock = KD_A_BLOCK(apacked_block, (size_t)(mc + KD_MR - 1) / KD_MR * KD_MR * kp * 2);
                 for (int jr = 0; jr < nc; jr += KD_NR) {
                     int nr = nc - jr < KD_NR ? nc - jr : KD_NR;
+#ifdef KD_TILE_LOOP_RAW
+                    if (m <= KD_MR) {  // one row panel: B's panel as packed
+                        KD_NAME(tile_raw)(kp, ablock, bblock + (size_t)jr * kp * 2, c + (ptrdiff_t)ic * ldc + jc + jr, ldc, mc, nr, alpha,
+                                          beta, pc == 0);
+                        continue;
+                    }
+#endif
                     const KD_BT *bpanel = bwide ? bwide + (size_t)jr * kp * 2 : KD_B_BLOCK(bblock + (size_t)jr * kp * 2, (size_t)KD_NR * kp * 2);
                     for (int ir = 0; ir < mc; ir += KD_MR) {
                         int mr = mc - ir < KD_MR ? mc - ir : KD_MR;
@@ -204,6 +184,12 @@ void KD_NAME(kd_attention_scores)(int rows, int hs, int tk, int pos, float scale
         const KD_AT *ap = ablock + (size_t)ir * kp * 2;
         for (int jr = 0; jr < end; jr += KD_NR) {
             int nr = tk - jr < KD_NR ? tk - jr : KD_NR;
+#ifdef KD_TILE_LOOP_RAW
+            if (rows <= KD_MR) {  // one row panel: the keys as packed
+                KD_NAME(tile_raw)(kp, ap, kpacked + (size_t)jr * kp * 2, s + (ptrdiff_t)ir * lds + jr, lds, mr, nr, scale, 0, 1);
+                continue;
+            }
+#endif
             const KD_BT *bp = kblock ? kblock + (size_t)jr * kp * 2 : KD_B_BLOCK(kpacked + (size_t)jr * kp * 2, (size_t)KD_NR * kp * 2);
             KD_NAME(tile)(kp, ap, bp, s + (ptrdiff_t)ir * lds + jr, lds, mr, nr, scale, 0, 1);
         }
@@ -235,6 +221,12 @@ void KD_NAME(kd_attention_pv)(int rows, int hs, int tk, int pos, const float *p,
             const KD_AT *ap = ablock + (size_t)ir * kpa * 2;
             for (int jr = 0; jr < hs; jr += KD_NR) {
                 int nr = hs - jr < KD_NR ? hs - jr : KD_NR;
+#ifdef KD_TILE_LOOP_RAW
+                if (rows <= KD_MR) {  // one row panel: the values as packed
+                    KD_NAME(tile_raw)(kpp, ap, vpc + (size_t)jr * kpv * 2, out + (ptrdiff_t)ir * ldo + jr, ldo, mr, nr, 1, 0, pc == 0);
+                    continue;
+                }
+#endif
                 const KD_BT *bp = vblock ? vblock + (size_t)jr * kpv * 2 : KD_B_BLOCK(vpc + (size_t)jr * kpv * 2, (size_t)KD_NR * kpv * 2);
                 KD_NAME(tile)(kpp, ap, bp, out + (ptrdiff_t)ir * ldo + jr, ldo, mr, nr, 1, 0, pc == 0);
             }

@@ -440,7 +440,8 @@ func fmaProductsAreTheVdpbf16psProductsBitForBit() {
         for i in stride(from: 3, to: x.count, by: 17) { x[i] = 1e-39 }  // bf16 denormals
         return x
     }
-    for (m, n, k, transA, transB) in [(19, 45, 300, false, true), (70, 33, 600, true, false), (8, 64, 64, false, true), (130, 20, 17, false, false)] {
+    for (m, n, k, transA, transB) in [(19, 45, 300, false, true), (70, 33, 600, true, false), (8, 64, 64, false, true), (130, 20, 17, false, false),
+                                              (1, 100, 600, false, true), (5, 70, 40, true, false)] {
         let a = operand(transA ? k : m, transA ? m : k, seed: 71), b = operand(transB ? n : k, transB ? k : n, seed: 72)
         let c0 = randomArray(m * n, seed: 73)
         for threads in [1, 2] {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs `distill ARGS…` on NP ranks with mpirun and sane defaults:
 #   usage: Launch/distill_mpi.sh NP ARGS…       e.g. Launch/distill_mpi.sh 2 train --config Configs/tiny.yaml
-# - BLAS and kernel threads per rank = cores / ranks on this node (at least 1), so ranks × threads ≤ cores;
+# - kernel threads per rank = cores / ranks on this node (distill's default; at least 1), so ranks × threads ≤ cores,
+#   and OpenBLAS on one thread (distill splits its products over its own threads);
 # - --allow-run-as-root only when run as root, --oversubscribe only when NP exceeds the cores;
 # - the progress line is redrawn in place only when this script's output is a terminal;
 # - Ctrl-C / SIGINT / SIGTERM stop the run gracefully (a checkpoint after the current step), a second one aborts —
@@ -21,8 +22,7 @@ shift
 bin=${DISTILL_BIN:-$here/.build/release/distill}
 [ -x "$bin" ] || { echo "distill_mpi: expected the distill binary at $bin (swift build -c release), found none" >&2; exit 2; }
 cores=$(nproc)
-threads=$(( cores / np )); [ "$threads" -ge 1 ] || threads=1
-flags=(-np "$np" --bind-to none -x OPENBLAS_NUM_THREADS="$threads" -x PATH)
+flags=(-np "$np" --bind-to none -x OPENBLAS_NUM_THREADS=1 -x PATH)  # distill splits its products over its own threads
 [ -n "${LD_LIBRARY_PATH:-}" ] && flags+=(-x LD_LIBRARY_PATH)
 # mpirun gives ranks a pseudo-terminal even when its own output goes to a file or pipe: tell rank 0 which it is, so
 # the progress line is redrawn in place only on a real terminal

@@ -187,9 +187,9 @@ func attentionForwardTiled(
 /// The packed keys and values (and probability rows) of ``attentionForwardTiled``'s threads, kept between calls.
 private let attentionScratch = Mutex(Slab(count: 0))
 
-/// ``attentionBackward`` in blocks of queries, f32 (`kernel` nil) or bf16. Each task owns one (batch, key/value head) — the query heads of its group add into
-/// the same dK and dV rows — and a [64, tk] slice of `scratch` ([tq, tk]; fewer threads when tq is too short for one
-/// slice each).
+/// ``attentionBackward`` in blocks of queries, f32 (`kernel` nil) or bf16. Each task owns one (batch, key/value head)
+/// — the query heads of its group add into the same dK and dV rows — and a [64, tk] slice of `scratch` ([tq, tk];
+/// fewer threads when tq is too short for one slice each).
 func attentionBackwardBlocked(
     _ kernel: BF16Kernel?, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
     scratch: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, probs: UnsafePointer<Float>,

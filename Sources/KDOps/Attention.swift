@@ -35,7 +35,7 @@ public struct AttentionShape: Sendable {
 
 /// out = softmax(q·kᵀ/√hs + causal (and window) mask) · v, per head; probs saved for backward (masked entries are 0,
 /// which is all the backward needs to know of the mask) — unless `keepProbs` is false (no backward will read them:
-/// a teacher's or an inference forward), when the bf16 path may keep them in a small per-thread buffer instead.
+/// a teacher's or an inference forward), when each block's stay in a small per-thread buffer instead.
 /// - Shapes: out [b, tq, nh, hs] · probs [b, nh, tq, tk] · q [b, tq, nh, hs] · k, v [b, tk, nkv, hs]
 public func attentionForward(
     out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
@@ -46,18 +46,10 @@ public func attentionForward(
             if kernel != .rounded && s.window == 0 && s.hs <= 256 && !attentionTilesOff {
                 return attentionForwardTiled(kernel, out: out, probs: keepProbs ? probs : nil, q: q, k: k, v: v, shape: s)
             }
-            return attentionForwardBlocked(kernel, out: out, probs: probs, q: q, k: k, v: v, shape: s)
+            return attentionForwardBlocked(kernel, out: out, probs: keepProbs ? probs : nil, q: q, k: k, v: v, shape: s)
         }
-        attentionForwardBlocked(nil, out: out, probs: probs, q: q, k: k, v: v, shape: s)
+        attentionForwardBlocked(nil, out: out, probs: keepProbs ? probs : nil, q: q, k: k, v: v, shape: s)
     }
-}
-
-/// Query i's row of a head's [tq, tk] block, scores in, probabilities out: softmax over the keys the query sees (its
-/// causal prefix, or the last `window` of it), exactly 0 elsewhere.
-@inline(__always)
-func softmaxRowInPlace(_ p: UnsafeMutablePointer<Float>, _ i: Int, _ s: AttentionShape) {
-    let valid = s.pos0 + i + 1
-    softmaxRow(p + i * s.tk, valid: valid, first: s.window > 0 ? max(0, valid - s.window) : 0, tk: s.tk)
 }
 
 /// A row of tk scores in, probabilities out: softmax over row[first ..< valid], exactly 0 elsewhere.
@@ -115,27 +107,41 @@ func queryBlocks(_ s: AttentionShape) -> [(i0: Int, rows: Int, keys: Range<Int>)
 }
 
 /// ``attentionForward`` in blocks of queries: f32 (`kernel` nil), or bf16 — the same numbers up to bf16 rounding of QKᵀ's
-/// and PV's operands.
+/// and PV's operands. With `probs` nil (nothing will read them) a block's probabilities stay in the thread's [64, tk]
+/// buffer instead of going out to the [b, heads, tq, tk] tensor; the same bits either way.
 func attentionForwardBlocked(
-    _ kernel: BF16Kernel?, out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>,
+    _ kernel: BF16Kernel?, out: UnsafeMutablePointer<Float>, probs: UnsafeMutablePointer<Float>?,
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, shape s: AttentionShape
 ) {
-    let tq = s.tq, tk = s.tk, blocks = queryBlocks(s)
-    Parallel.forRanges(s.b * s.nh) { lo, hi in
+    let tq = s.tq, tk = s.tk, blocks = queryBlocks(s), threads = min(Parallel.threads, s.b * s.nh)
+    /// Tasks lo ..< hi, a block's probability rows in `buffer` when `probs` is nil.
+    func heads(_ lo: Int, _ hi: Int, buffer: UnsafeMutablePointer<Float>?) {
         for task in lo..<hi {
             let bi = task / s.nh, h = task % s.nh, kvh = h / s.group
             let qh = q + bi * s.qBatchStride + h * s.hs
             let kh = k + bi * s.kvBatchStride + kvh * s.hs, vh = v + bi * s.kvBatchStride + kvh * s.hs
-            let p = probs + task * tq * tk, oh = out + bi * s.qBatchStride + h * s.hs
+            let oh = out + bi * s.qBatchStride + h * s.hs
             for (i0, rows, keys) in blocks {
-                let pb = p + i0 * tk + keys.lowerBound
+                let p = probs.map { $0 + (task * tq + i0) * tk } ?? buffer!, pb = p + keys.lowerBound
                 headGEMM(kernel, transA: false, transB: true, m: rows, n: keys.count, k: s.hs, alpha: s.scale,
                          a: qh + i0 * s.ldq, lda: s.ldq, b: kh + keys.lowerBound * s.ldkv, ldb: s.ldkv, beta: 0, c: pb, ldc: tk)
-                for i in i0..<(i0 + rows) { softmaxRowInPlace(p, i, s) }
+                for r in 0..<rows {
+                    let valid = s.pos0 + i0 + r + 1
+                    softmaxRow(p + r * tk, valid: valid, first: s.window > 0 ? max(0, valid - s.window) : 0, tk: tk)
+                }
                 headGEMM(kernel, transA: false, transB: false, m: rows, n: s.hs, k: keys.count, alpha: 1,
                          a: pb, lda: tk, b: vh + keys.lowerBound * s.ldkv, ldb: s.ldkv, beta: 0, c: oh + i0 * s.ldo, ldc: s.ldo)
             }
         }
+    }
+    guard probs == nil else {
+        return Parallel.forIndexedRanges(s.b * s.nh, over: threads) { _, lo, hi in heads(lo, hi, buffer: nil) }
+    }
+    let perThread = attentionQueryBlock * tk
+    attentionScratch.withLock { slab in
+        if slab.count < threads * perThread { slab = Slab(count: threads * perThread) }
+        let base = slab.base
+        Parallel.forIndexedRanges(s.b * s.nh, over: threads) { index, lo, hi in heads(lo, hi, buffer: base + index * perThread) }
     }
 }
 

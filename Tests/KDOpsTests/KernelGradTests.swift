@@ -258,7 +258,8 @@ func attentionBackwardMatchesFiniteDifferences(group: Int, nkv: Int) {
 /// The f32 path in 64-query blocks (OpenBLAS on one thread per head, (batch, head) pairs over our threads) against an
 /// independent Double reference, forward and backward, on shapes that cross block edges: several query blocks, a
 /// sliding window, queries after a cached prefix, one decoded query. Probabilities start as NaN, so an entry the
-/// blocks never write shows; and the results are the same bit for bit on 1, 2 and 3 threads.
+/// blocks never write shows; the results are the same bit for bit on 1, 2 and 3 threads, and without keeping the
+/// probabilities (a frozen model's forward).
 @Test func f32AttentionInQueryBlocksIsTheDoubleReference() {
     let hs = 16
     let cases: [(b: Int, tq: Int, tk: Int, pos0: Int, nh: Int, nkv: Int, window: Int)] = [
@@ -317,6 +318,15 @@ func attentionBackwardMatchesFiniteDifferences(group: Int, nkv: Int) {
             let same = run(threads: threads) == got
             #expect(same, "\(c): \(threads) threads differ from one")
         }
+        // a frozen model's forward (no probabilities kept): each block's in the thread's buffer, the same output bits,
+        // the tensor untouched
+        var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: .nan, count: c.b * c.nh * c.tq * c.tk)
+        let saved = Parallel.threads
+        Parallel.threads = 2
+        BF16.$kernel.withValue(nil) { attentionForward(out: &out, probs: &probs, q: q, k: k, v: v, shape: shape, keepProbs: false) }
+        Parallel.threads = saved
+        #expect(out == got[0], "\(c): the forward without probabilities differs")
+        #expect(probs.allSatisfy { $0.isNaN }, "\(c): the forward without probabilities wrote them")
     }
 }
 

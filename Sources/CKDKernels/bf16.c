@@ -340,15 +340,15 @@ static const float *kd_widen_b_block(const uint16_t *src, size_t count) {
 #define KD_A_BLOCK(p, count) kd_widen_a_block(p, count)
 #define KD_BT float
 #define KD_B_BLOCK(p, count) kd_widen_b_block(p, count)
-#define KD_TILE_LOOP                                                                                            \
+// The FMA tile loop: per depth pair, FETCH_B(p) declares B's four vectors b0o, b0e, b1o, b1e (the odd and even
+// elements of the panel's two 16-column halves, as f32), then every row adds its odd products and then its even ones.
+#define KD_FMA_TILE_LOOP(FETCH_B)                                                                               \
     __m512 acc[KD_MR][2];                                                                                       \
     for (int i = 0; i < KD_MR; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }       \
     const unsigned int csr_ = _mm_getcsr();                                                                     \
     _mm_setcsr(csr_ | 0x8040u); /* DAZ and FTZ, as vdpbf16ps treats denormals */                               \
     for (int p = 0; p < kp; p++) {                                                                              \
-        const float *b_ = bp + (size_t)p * KD_NR * 2;                                                           \
-        const __m512 b0o = _mm512_load_ps(b_), b0e = _mm512_load_ps(b_ + 16);                                   \
-        const __m512 b1o = _mm512_load_ps(b_ + 32), b1e = _mm512_load_ps(b_ + 48);                              \
+        FETCH_B(p)                                                                                              \
         for (int i = 0; i < KD_MR; i++) {                                                                       \
             const float *a_ = ap + ((size_t)p * KD_MR + i) * 2;                                                 \
             const __m512 ae = _mm512_set1_ps(a_[0]), ao = _mm512_set1_ps(a_[1]);                                \
@@ -357,28 +357,23 @@ static const float *kd_widen_b_block(const uint16_t *src, size_t count) {
         }                                                                                                       \
     }                                                                                                           \
     _mm_setcsr(csr_);
-// a call of at most MR rows reads each B panel once: widen its pairs in registers, once per depth pair for the rows
-#define KD_TILE_LOOP_RAW                                                                                        \
-    __m512 acc[KD_MR][2];                                                                                       \
-    for (int i = 0; i < KD_MR; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }       \
-    const unsigned int csr_ = _mm_getcsr();                                                                     \
-    _mm_setcsr(csr_ | 0x8040u); /* DAZ and FTZ, as vdpbf16ps treats denormals */                               \
+// B widened once per block (kd_widen_b's order): four loads
+#define KD_FMA_B_WIDE(p)                                                                                        \
+    const float *b_ = bp + (size_t)(p) * KD_NR * 2;                                                             \
+    const __m512 b0o = _mm512_load_ps(b_), b0e = _mm512_load_ps(b_ + 16);                                       \
+    const __m512 b1o = _mm512_load_ps(b_ + 32), b1e = _mm512_load_ps(b_ + 48);
+// B's packed bf16 pairs as they are, for a call of at most MR rows (it reads each panel once): widened in registers,
+// once per depth pair for all the rows
+#define KD_FMA_B_RAW(p)                                                                                         \
+    const __m512i b0 = _mm512_loadu_si512((const void *)(bp + (size_t)(p) * KD_NR * 2));                        \
+    const __m512i b1 = _mm512_loadu_si512((const void *)(bp + (size_t)(p) * KD_NR * 2 + 32));                   \
     const __m512i odd_ = _mm512_set1_epi32((int)0xffff0000u);                                                   \
-    for (int p = 0; p < kp; p++) {                                                                              \
-        const __m512i b0 = _mm512_loadu_si512((const void *)(bp + (size_t)p * KD_NR * 2));                      \
-        const __m512i b1 = _mm512_loadu_si512((const void *)(bp + (size_t)p * KD_NR * 2 + 32));                 \
-        const __m512 b0o = _mm512_castsi512_ps(_mm512_and_si512(b0, odd_));                                     \
-        const __m512 b0e = _mm512_castsi512_ps(_mm512_slli_epi32(b0, 16));                                      \
-        const __m512 b1o = _mm512_castsi512_ps(_mm512_and_si512(b1, odd_));                                     \
-        const __m512 b1e = _mm512_castsi512_ps(_mm512_slli_epi32(b1, 16));                                      \
-        for (int i = 0; i < KD_MR; i++) {                                                                       \
-            const float *a_ = ap + ((size_t)p * KD_MR + i) * 2;                                                 \
-            const __m512 ae = _mm512_set1_ps(a_[0]), ao = _mm512_set1_ps(a_[1]);                                \
-            acc[i][0] = _mm512_fmadd_ps(ae, b0e, _mm512_fmadd_ps(ao, b0o, acc[i][0]));                          \
-            acc[i][1] = _mm512_fmadd_ps(ae, b1e, _mm512_fmadd_ps(ao, b1o, acc[i][1]));                          \
-        }                                                                                                       \
-    }                                                                                                           \
-    _mm_setcsr(csr_);
+    const __m512 b0o = _mm512_castsi512_ps(_mm512_and_si512(b0, odd_));                                         \
+    const __m512 b0e = _mm512_castsi512_ps(_mm512_slli_epi32(b0, 16));                                          \
+    const __m512 b1o = _mm512_castsi512_ps(_mm512_and_si512(b1, odd_));                                         \
+    const __m512 b1e = _mm512_castsi512_ps(_mm512_slli_epi32(b1, 16));
+#define KD_TILE_LOOP KD_FMA_TILE_LOOP(KD_FMA_B_WIDE)
+#define KD_TILE_LOOP_RAW KD_FMA_TILE_LOOP(KD_FMA_B_RAW)
 #include "bf16_kernel_body.h"
 #undef KD_NO_GENERIC_PACK
 #undef KD_NAME
@@ -388,6 +383,9 @@ static const float *kd_widen_b_block(const uint16_t *src, size_t count) {
 #undef KD_B_BLOCK
 #undef KD_TILE_LOOP
 #undef KD_TILE_LOOP_RAW
+#undef KD_FMA_TILE_LOOP
+#undef KD_FMA_B_WIDE
+#undef KD_FMA_B_RAW
 
 int kd_bf16_fma_is_faster(void) {
     unsigned int a, b, c, d;

@@ -191,17 +191,7 @@ func bf16AttentionIsTheF32PathWithinBF16Rounding(kernel: BF16Kernel) {
         let q = randomArray(c.b * c.tq * c.nh * hs, seed: 31), k = randomArray(c.b * c.tk * c.nkv * hs, seed: 32)
         let v = randomArray(c.b * c.tk * c.nkv * hs, seed: 33), dout = randomArray(q.count, seed: 34)
         func run(_ kernel: BF16Kernel?, threads: Int) -> [[Float]] {
-            var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: .nan, count: c.b * c.nh * c.tq * c.tk)
-            var dq = [Float](repeating: 0.5, count: q.count), dk = [Float](repeating: 0.25, count: k.count), dv = dk
-            var scratch = [Float](repeating: 0, count: c.tq * c.tk)
-            let saved = Parallel.threads
-            Parallel.threads = threads
-            defer { Parallel.threads = saved }
-            BF16.$kernel.withValue(kernel) {
-                attentionForward(out: &out, probs: &probs, q: q, k: k, v: v, shape: shape)
-                attentionBackward(dq: &dq, dk: &dk, dv: &dv, scratch: &scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: shape)
-            }
-            return [out, probs, dq, dk, dv]
+            attentionRun(kernel, threads: threads, shape: shape, q: q, k: k, v: v, dout: dout, dq0: 0.5, dkv0: 0.25)
         }
         let want = run(nil, threads: 1), got = run(kernel, threads: 2)
         for (name, (g, w)) in zip(["out", "probs", "dq", "dk", "dv"], zip(got, want)) {

@@ -270,19 +270,7 @@ func attentionBackwardMatchesFiniteDifferences(group: Int, nkv: Int) {
         shape.window = c.window
         let q = randomArray(c.b * c.tq * c.nh * hs, seed: 41), k = randomArray(c.b * c.tk * c.nkv * hs, seed: 42)
         let v = randomArray(c.b * c.tk * c.nkv * hs, seed: 43), dout = randomArray(q.count, seed: 44)
-        func run(threads: Int) -> [[Float]] {
-            var out = [Float](repeating: 0, count: q.count), probs = [Float](repeating: .nan, count: c.b * c.nh * c.tq * c.tk)
-            var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
-            var scratch = [Float](repeating: 0, count: c.tq * c.tk)
-            let saved = Parallel.threads
-            Parallel.threads = threads
-            defer { Parallel.threads = saved }
-            BF16.$kernel.withValue(nil) {
-                attentionForward(out: &out, probs: &probs, q: q, k: k, v: v, shape: shape)
-                attentionBackward(dq: &dq, dk: &dk, dv: &dv, scratch: &scratch, dout: dout, probs: probs, q: q, k: k, v: v, shape: shape)
-            }
-            return [out, probs, dq, dk, dv]
-        }
+        func run(threads: Int) -> [[Float]] { attentionRun(nil, threads: threads, shape: shape, q: q, k: k, v: v, dout: dout) }
         // reference: per (batch, head), scores over the keys each query sees, softmax, and the backward by hand
         var want = [[Double]]([q.count, c.b * c.nh * c.tq * c.tk, q.count, k.count, k.count].map { [Double](repeating: 0, count: $0) })
         let scale = 1 / Double(hs).squareRoot()

@@ -66,7 +66,7 @@ public final class PackedBF16 {
             }
             let run = BF16.entries(kernel).prepacked
             let (ars, acs) = transA ? (1, lda) : (lda, 1)
-            forBF16Tiles(m: m, n: n, byRows: m >= n || k > n, threads: Parallel.threads) { i0, i1, j0, j1 in
+            forTiles(m: m, n: n, byRows: m >= n || k > n, threads: Parallel.threads) { i0, i1, j0, j1 in
                 run(Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, a + i0 * ars, ars, acs, nil, nil, 0, 0, packed, Int32(n), Int32(j0),
                     beta, c + i0 * ldc + j0, ldc)
             }

@@ -125,9 +125,9 @@ public func gemm(
 let blasOnOneThread: Void = openblas_set_num_threads(1)
 
 /// f32 C = alpha · op(A) · op(B) + beta · C through OpenBLAS sgemm, split over `threads` of ours as the bf16 kernels
-/// split (the larger of m and n: each thread packs its share of that operand and all of the smaller one), each slice
-/// one single-threaded sgemm. Products under 4M multiply-adds a thread stay one call. OpenBLAS splits no sum over
-/// threads either, so an element is the same sum on any count of threads.
+/// split (``forTiles``: the larger of m and n, so each thread packs its share of that operand and all of the smaller
+/// one), each slice one single-threaded sgemm. Products under 4M multiply-adds a thread stay one call. OpenBLAS splits
+/// no sum over threads either, so an element is the same sum on any count of threads.
 func sgemm(
     threads: Int, transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
     b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
@@ -135,24 +135,12 @@ func sgemm(
     _ = blasOnOneThread
     guard m > 0, n > 0 else { return }
     let ta = transA ? CblasTrans : CblasNoTrans, tb = transB ? CblasTrans : CblasNoTrans
-    let slices = min(threads, max(1, Int(Double(m) * Double(n) * Double(k) / 4e6)))
-    guard slices > 1 else {
-        return cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-    }
+    let slices = min(threads, max(1, Int(Double(m) * Double(n) * Double(k) / 4e6)))  // 1: one call on this thread
     // row i of op(A) starts at a + i·ars; column j of op(B) at b + j·bcs
     let ars = transA ? 1 : lda, bcs = transB ? ldb : 1
-    if m >= n {
-        Parallel.forRanges((m + 15) / 16, over: slices) { t0, t1 in
-            let i0 = t0 * 16, i1 = min(m, t1 * 16)
-            cblas_sgemm(CblasRowMajor, ta, tb, Int32(i1 - i0), Int32(n), Int32(k), alpha, a + i0 * ars, Int32(lda), b, Int32(ldb), beta,
-                        c + i0 * ldc, Int32(ldc))
-        }
-    } else {
-        Parallel.forRanges((n + 15) / 16, over: slices) { t0, t1 in
-            let j0 = t0 * 16, j1 = min(n, t1 * 16)
-            cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(j1 - j0), Int32(k), alpha, a, Int32(lda), b + j0 * bcs, Int32(ldb), beta,
-                        c + j0, Int32(ldc))
-        }
+    forTiles(m: m, n: n, byRows: m >= n, threads: slices) { i0, i1, j0, j1 in
+        cblas_sgemm(CblasRowMajor, ta, tb, Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, a + i0 * ars, Int32(lda), b + j0 * bcs,
+                    Int32(ldb), beta, c + i0 * ldc + j0, Int32(ldc))
     }
 }
 
@@ -198,17 +186,17 @@ public func bf16GEMM(
         let (ars, acs) = transA ? (1, lda) : (lda, 1)
         let (brs, bcs) = transB ? (ldb, 1) : (1, ldb)
         let run = BF16.entries(kernel).gemm
-        forBF16Tiles(m: m, n: n, byRows: m >= n, threads: threads) { i0, i1, j0, j1 in
+        forTiles(m: m, n: n, byRows: m >= n, threads: threads) { i0, i1, j0, j1 in
             run(Int32(i1 - i0), Int32(j1 - j0), Int32(k), alpha, a + i0 * ars, ars, acs, b + j0 * brs, brs, bcs, beta, c + i0 * ldc + j0, ldc)
         }
     }
 }
 
-/// Splits C [m, n] over `threads` as the bf16 kernels take it: rows in 8-row tiles (`byRows`), else columns in
-/// 32-column tiles; `body(i0, i1, j0, j1)` gets one thread's block. Every element is summed by one thread in the same
+/// Splits C [m, n] over `threads` as the bf16 kernels take it (and f32's ``sgemm``): rows in 8-row tiles (`byRows`),
+/// else columns in 32-column tiles; `body(i0, i1, j0, j1)` gets one thread's block. Every element is summed by one thread in the same
 /// order whichever split, so the result does not depend on it.
 @inline(__always)
-func forBF16Tiles(m: Int, n: Int, byRows: Bool, threads: Int, _ body: (Int, Int, Int, Int) -> Void) {
+func forTiles(m: Int, n: Int, byRows: Bool, threads: Int, _ body: (Int, Int, Int, Int) -> Void) {
     if byRows {
         Parallel.forRanges((m + 7) / 8, over: threads) { t0, t1 in body(t0 * 8, min(m, t1 * 8), 0, n) }
     } else {

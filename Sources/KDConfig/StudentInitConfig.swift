@@ -32,9 +32,20 @@ public struct StudentTarget: Codable, Equatable, Sendable {
     /// generated token; the same export type for both).
     public var speed: Double?
 
-    public init(bytes: Int? = nil, params: Int? = nil, speed: Double? = nil) { self.bytes = bytes; self.params = params; self.speed = speed }
+    /// With `heal_steps` > 0 the calibration KL only shortlists: `finalists` cuts spread evenly over the depths whose KL
+    /// is within 1.5× the lowest (and the lowest-KL cut) are each healed that many steps — the run's objective, data,
+    /// optimizer and QAT, the same batches for each — and the lowest validation divergence after it wins. A cut's
+    /// starting KL does not say how well it heals: on SmolLM2 at 62 MiB the lowest-KL cut (29 blocks × FFN 1152) is
+    /// behind the 24 × 1504 cut from its 20th step on. Default 0: the calibration KL decides.
+    public var healSteps = 0
+    /// How many cuts the heal compares, spread over the shortlist (both ends included). Default 3.
+    public var finalists = 3
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case bytes, params, speed }
+    public init(bytes: Int? = nil, params: Int? = nil, speed: Double? = nil, healSteps: Int = 0, finalists: Int = 3) {
+        self.bytes = bytes; self.params = params; self.speed = speed; self.healSteps = healSteps; self.finalists = finalists
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case bytes, params, speed, healSteps = "heal_steps", finalists }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
@@ -64,6 +75,22 @@ public struct StudentTarget: Codable, Equatable, Sendable {
         }
         let given = [bytes != nil, params != nil, speed != nil].filter { $0 }.count
         try c.require(given == 1, .bytes, expected: "one of bytes, params or speed", found: given == 0 ? "none" : "\(given) of them")
+        healSteps = try c.value(.healSteps, or: healSteps)
+        finalists = try c.value(.finalists, or: finalists)
+        try c.require((0...100_000).contains(healSteps), .healSteps, expected: "an integer in 0...100000 (0 = the calibration KL decides)", found: healSteps)
+        try c.require((2...64).contains(finalists), .finalists, expected: "an integer in 2...64 (the cuts a heal compares)", found: finalists)
+    }
+
+    /// The keys given (a resolved config lists the heal only when there is one).
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encodeIfPresent(bytes, forKey: .bytes)
+        try c.encodeIfPresent(params, forKey: .params)
+        try c.encodeIfPresent(speed, forKey: .speed)
+        if healSteps > 0 {
+            try c.encode(healSteps, forKey: .healSteps)
+            try c.encode(finalists, forKey: .finalists)
+        }
     }
 
     /// How the target reads in logs and the budget's key.
@@ -111,7 +138,8 @@ public struct StudentInitConfig: Codable, Equatable, Sendable {
     /// Compress to a budget (`{bytes: 62MiB}` or `{params: 100M}`): the trainer tries every depth from the teacher's
     /// down to half of it, each with the widest FFN that meets the target (its blocks chosen by `select`, angular by
     /// default; FFN channels by importance), scores each cut by its calibration KL to the teacher, keeps the lowest and
-    /// prints every score. `model.layers` and `model.ffn_dim` are then the chosen cut's. Default: none.
+    /// prints every score (with `heal_steps`, the best of a few cuts after a short heal each). `model.layers` and
+    /// `model.ffn_dim` are then the chosen cut's. Default: none.
     public var target: StudentTarget?
 
     public init() {}

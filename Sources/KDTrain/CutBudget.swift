@@ -1,7 +1,8 @@
 // Compress to a budget (`student.target: {bytes: …} | {params: …} | {speed: …}`): every depth from the teacher's down to
 // half of it, each with the widest FFN (in steps of a quantization block) that meets the target, is cut as the run
 // would cut it (blocks by `student.select`, FFN channels by importance on the calibration batches) and scored by its
-// calibration KL(teacher ‖ cut); the lowest wins. The scores are logged and saved beside the checkpoints
+// calibration KL(teacher ‖ cut); the lowest wins — or, with `heal_steps`, a few cuts shortlisted by it are each healed
+// that many steps and the lowest validation divergence wins. The scores are logged and saved beside the checkpoints
 // (`budget.json`), and a later run with the same target, calibration tokens and teacher output reuses the choice.
 import Foundation
 import KDComm
@@ -19,6 +20,8 @@ struct BudgetCut: Codable, Equatable {
     var speedup: Double?
     var kept: [Int] = []
     var kl = Double.nan
+    /// Validation divergence after the heal (`heal_steps`; nil for a cut not healed).
+    var healed: Double?
 
     /// Shape, size, parameters and estimated speedup, as the log and errors print a cut.
     var summary: String {
@@ -100,11 +103,34 @@ func budgetCandidates(_ config: RunConfig, teacher t: ModelConfig, target: Stude
     return (out, cut(shallowest, widest - (widest - narrowest) / multiple * multiple))
 }
 
+/// The cuts a heal compares (indices into `candidates`, deepest first): `count` spread evenly over those whose
+/// calibration KL is within 1.5× the lowest, both ends included, and the lowest-KL cut if the spread missed it.
+func healFinalists(_ candidates: [BudgetCut], count: Int) -> [Int] {
+    guard let lowest = candidates.indices.min(by: { candidates[$0].kl < candidates[$1].kl }) else { return [] }
+    let close = candidates.indices.filter { candidates[$0].kl <= 1.5 * candidates[lowest].kl }
+    var picked = Set<Int>([lowest])
+    if close.count <= count { picked.formUnion(close) } else {
+        for i in 0..<count { picked.insert(close[Int((Double(i) * Double(close.count - 1) / Double(count - 1)).rounded())]) }
+    }
+    return picked.sorted()
+}
+
+/// The run `config` with `cut`'s shape and kept blocks and no target: what the heal of one finalist trains, `steps`
+/// steps long.
+func healConfig(_ config: RunConfig, cut: BudgetCut, teacherLayers: Int, steps: Int) -> RunConfig {
+    var c = resolvedConfig(config, cut: cut, teacherLayers: teacherLayers)
+    c.student.target = nil
+    if cut.layers != teacherLayers { c.student.select = .layers; c.student.layers = cut.kept; c.student.every = 0 }
+    c.train.steps = steps
+    return c
+}
+
 /// `config` with `model.layers` and `model.ffn_dim` of the cut that meets `student.target` with the lowest calibration
-/// KL (unchanged without a target); a cut that keeps every block keeps them as listed (`every: 1`). Collective when the
-/// selection rule is (greedy shares its candidates).
+/// KL — or, with `heal_steps`, the lowest validation divergence of the finalists after `heal` (which trains a config
+/// for its `train.steps` and returns that divergence) — unchanged without a target; a cut that keeps every block keeps
+/// them as listed (`every: 1`). Collective when the selection rule is (greedy shares its candidates) and when healing.
 func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, calibration sampler: WindowSampler,
-                     comm: any Communicator) throws -> RunConfig {
+                     comm: any Communicator, heal: ((RunConfig) throws -> Double)? = nil) throws -> RunConfig {
     guard let target = config.student.target else { return config }
     let t = source.config, s = config.student, start = monotonicSeconds()
     let what = target.summary
@@ -117,6 +143,7 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
     let key = "\(what), \(s.rule), qat \(config.qat.scheme.rawValue)/\(config.qat.tableScheme.rawValue)"
         + (config.qat.tensorTypes == nil ? "" : " {\(config.qat.tensorTypesSummary)}") + ", overhead \(overhead), "
         + "\(cal.batches)x\(cal.b)x\(cal.t) tokens, teacher output \(cal.fingerprint)"
+        + (target.healSteps > 0 ? ", heal \(target.healSteps) steps × \(target.finalists) finalists, \(config.distill.objective.rawValue), lr \(config.optimizer.lr)" : "")
     let path = (config.checkpoint.dir as NSString).appendingPathComponent(BudgetChoice.fileName)
     var choice: BudgetChoice
     if let data = FileManager.default.contents(atPath: path), let saved = try? JSONDecoder().decode(BudgetChoice.self, from: data), saved.key == key {
@@ -135,7 +162,20 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
             candidates[i].kl = cal.meanKL(m, blocks: Array(0..<c.model.layers))
             KDLog.info("    \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl))")
         }
-        let best = candidates.indices.min { candidates[$0].kl < candidates[$1].kl || (candidates[$0].kl == candidates[$1].kl && $0 < $1) }!
+        var best = candidates.indices.min { candidates[$0].kl < candidates[$1].kl || (candidates[$0].kl == candidates[$1].kl && $0 < $1) }!
+        if target.healSteps > 0 {
+            guard let heal else { preconditionFailure("chooseBudgetCut: heal_steps without a way to heal") }
+            let finalists = healFinalists(candidates, count: target.finalists)
+            KDLog.info("  target \(what): \(finalists.count) of them healed \(target.healSteps) steps each (the same batches), scored by "
+                       + "their validation divergence")
+            for i in finalists {
+                let s0 = monotonicSeconds()
+                candidates[i].healed = try heal(healConfig(config, cut: candidates[i], teacherLayers: t.layers, steps: target.healSteps))
+                KDLog.info("    \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl)) → after the heal "
+                           + "\(String(format: "%.4f", candidates[i].healed!)) (\(String(format: "%.0f", monotonicSeconds() - s0)) s)")
+            }
+            best = finalists.min { candidates[$0].healed! < candidates[$1].healed! || (candidates[$0].healed! == candidates[$1].healed! && $0 < $1) }!
+        }
         choice = BudgetChoice(key: key, target: what, candidates: candidates, chosen: best)
         if comm.rank == 0 {
             try FileManager.default.createDirectory(atPath: config.checkpoint.dir, withIntermediateDirectories: true)
@@ -146,8 +186,9 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
         }
     }
     let c = choice.candidates[choice.chosen]
-    KDLog.info("  target \(what): chose \(c.summary), calibration KL \(String(format: "%.4f", c.kl)), the lowest of \(choice.candidates.count), "
-               + "in \(String(format: "%.1f", monotonicSeconds() - start)) s")
+    let why = c.healed.map { String(format: "validation divergence %.4f after the heal, the lowest of %d healed", $0, choice.candidates.filter { $0.healed != nil }.count) }
+        ?? String(format: "calibration KL %.4f, the lowest of %d", c.kl, choice.candidates.count)
+    KDLog.info("  target \(what): chose \(c.summary), \(why), in \(String(format: "%.1f", monotonicSeconds() - start)) s")
     return resolvedConfig(config, cut: c, teacherLayers: t.layers)
 }
 

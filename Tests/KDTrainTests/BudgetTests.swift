@@ -149,3 +149,50 @@ import Testing
     #expect(plan.summary(model.layout).hasPrefix("Q4_K") && plan.summary(model.layout).contains("Q6_K") && plan.summary(model.layout).contains("Q5_0"),
             "\(plan.summary(model.layout))")
 }
+
+/// `heal_steps`: the calibration KL only shortlists; the finalists (spread over the cuts whose KL is within 1.5× the
+/// lowest, and the lowest) are each healed that many steps and the lowest validation divergence after it wins. Each
+/// healed score is what the same cut trained as a run of its own reports, to the bit; the others are not healed.
+@Test func aHealedBudgetPicksTheLowestValidationDivergenceAfterTheHeal() throws {
+    let dir = try temporaryDirectory("distill-budget-heal")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var c = try placementConfig(.replicated, members: 1, steps: 2)
+    c.model.ffnDim = 192
+    c.qat.scheme = .q4_0; c.qat.embeddings = true; c.qat.embeddingScheme = .q8_0
+    let tpath = dir.appendingPathComponent("teacher.gguf").path
+    // weights large enough for peaked outputs: the cuts' KLs are then of one order (a near-uniform teacher's are not);
+    // with these the heal reverses the KL's order (4 blocks × FFN 96 starts closest, 3 × 160 heals better), so a choice
+    // by KL alone fails the checks below
+    var tc = c
+    tc.model.initStd = 0.1
+    let teacher = tinyTeacher(tc, layers: 4, seed: 21)
+    try teacher.exportGGUF(path: tpath, type: .f32, name: "t", extraMetadata: [])
+    c.teacher!.path = tpath
+    c.student.initFrom = .fromTeacher
+    c.checkpoint.dir = dir.appendingPathComponent("run").path
+    var probe = c.model
+    probe.layers = 3; probe.ffnDim = 160
+    c.student.target = StudentTarget(bytes: exportBytes(probe, qat: c.qat, overhead: ggufHeaderBytes(tpath)) + 64, healSteps: 3, finalists: 2)
+    let config = c
+    let corpus = try TokenCorpus.load(config.data, seed: config.train.seed)
+    let tr = try Trainer(config: config, corpus: corpus, teachers: [teacher])
+    let choice = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: config.checkpoint.dir + "/budget.json")))
+    let healed = choice.candidates.indices.filter { choice.candidates[$0].healed != nil }
+    #expect(healed == healFinalists(choice.candidates, count: 2) && healed.count >= 2, "\(choice.candidates)")
+    #expect(healed.contains(choice.chosen) && healed.allSatisfy { choice.candidates[$0].healed! >= choice.candidates[choice.chosen].healed! })
+    #expect(tr.config.model.layers == choice.candidates[choice.chosen].layers && tr.config.model.ffnDim == choice.candidates[choice.chosen].ffnDim)
+    // each healed score, replayed: the cut as a run of its own (its kept blocks listed, no target), 3 steps, validation
+    for i in healed {
+        let run = try Trainer(config: healConfig(config, cut: choice.candidates[i], teacherLayers: 4, steps: 3), corpus: corpus, teachers: [teacher])
+        #expect(run.config.model.layers == choice.candidates[i].layers && run.config.student.target == nil && run.cut.blocks == choice.candidates[i].kept)
+        for _ in 0..<3 { _ = try run.trainStep() }
+        let v = try #require(try run.evaluate())
+        #expect(v.kdMean == choice.candidates[i].healed!, "cut \(i): replayed \(v.kdMean), recorded \(choice.candidates[i].healed!)")
+    }
+    // the shortlist: within 1.5× the lowest KL, spread over it with both ends, the lowest always in
+    func cut(_ kl: Double) -> BudgetCut { var b = BudgetCut(layers: 1, ffnDim: 32, bytes: 0, params: 0); b.kl = kl; return b }
+    #expect(healFinalists([0.75, 0.7, 0.72, 0.8, 1.0, 0.9, 1.2].map(cut), count: 3) == [0, 1, 3, 5])  // 1.2 > 1.05
+    #expect(healFinalists([0.5, 0.6, 2.0].map(cut), count: 3) == [0, 1])
+    // heal_steps needs a validation split; finalists below 2 are refused where the config is read
+    #expect(throws: (any Error).self) { try RunConfig.parse(yaml: try config.yaml().replacingOccurrences(of: "finalists: 2", with: "finalists: 1"), source: "t") }
+}

@@ -103,10 +103,13 @@ func budgetCandidates(_ config: RunConfig, teacher t: ModelConfig, target: Stude
     return (out, cut(shallowest, widest - (widest - narrowest) / multiple * multiple))
 }
 
+/// The index among `indices` with the lowest `score`, the first of equals (nil when there are none).
+func lowest(_ indices: some Sequence<Int>, _ score: (Int) -> Double) -> Int? { indices.min { (score($0), $0) < (score($1), $1) } }
+
 /// The cuts a heal compares (indices into `candidates`, deepest first): `count` spread evenly over those whose
 /// calibration KL is within 1.5× the lowest, both ends included, and the lowest-KL cut if the spread missed it.
 func healFinalists(_ candidates: [BudgetCut], count: Int) -> [Int] {
-    guard let lowest = candidates.indices.min(by: { candidates[$0].kl < candidates[$1].kl }) else { return [] }
+    guard let lowest = lowest(candidates.indices, { candidates[$0].kl }) else { return [] }
     let close = candidates.indices.filter { candidates[$0].kl <= 1.5 * candidates[lowest].kl }
     var picked = Set<Int>([lowest])
     if close.count <= count { picked.formUnion(close) } else {
@@ -162,7 +165,7 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
             candidates[i].kl = cal.meanKL(m, blocks: Array(0..<c.model.layers))
             KDLog.info("    \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl))")
         }
-        var best = candidates.indices.min { candidates[$0].kl < candidates[$1].kl || (candidates[$0].kl == candidates[$1].kl && $0 < $1) }!
+        var best = lowest(candidates.indices) { candidates[$0].kl }!
         if target.healSteps > 0 {
             guard let heal else { preconditionFailure("chooseBudgetCut: heal_steps without a way to heal") }
             let finalists = healFinalists(candidates, count: target.finalists)
@@ -174,7 +177,7 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
                 KDLog.info("    \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl)) → after the heal "
                            + "\(String(format: "%.4f", candidates[i].healed!)) (\(String(format: "%.0f", monotonicSeconds() - s0)) s)")
             }
-            best = finalists.min { candidates[$0].healed! < candidates[$1].healed! || (candidates[$0].healed! == candidates[$1].healed! && $0 < $1) }!
+            best = lowest(finalists) { candidates[$0].healed! }!
         }
         choice = BudgetChoice(key: key, target: what, candidates: candidates, chosen: best)
         if comm.rank == 0 {

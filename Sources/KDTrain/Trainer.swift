@@ -116,10 +116,9 @@ public final class Trainer {
             }
             // student.target: the depth and FFN width that meet it, measured
             let file = config.student.teacher.isEmpty ? config.teacher?.sources.first?.path ?? "" : config.student.teacher
-            if (config.student.target?.healSteps ?? 0) > 0, batches.validation == nil {
-                throw KDError.invalidInput(what: "student.target.heal_steps", expected: "a validation split to score the healed cuts on",
-                                           found: "none in data")
-            }
+            let noValidation = KDError.invalidInput(what: "student.target.heal_steps", expected: "a validation split to score the healed cuts on",
+                                                    found: "none in data")
+            if (config.student.target?.healSteps ?? 0) > 0, batches.validation == nil { throw noValidation }
             // with heal_steps: each finalist trained as a run of its own on the same teachers and corpus, then scored
             let heal: (RunConfig) throws -> Double = { c in
                 let run = try Trainer(config: c, corpus: corpus, comm: comm, teachers: teachers, teacherCache: teacherCache,
@@ -128,10 +127,7 @@ public final class Trainer {
                     _ = try run.trainStep()
                     Watchdog.progress(step: 0)
                 }
-                guard let v = try run.evaluate() else {
-                    throw KDError.invalidInput(what: "student.target.heal_steps", expected: "a validation split to score the healed cuts on",
-                                               found: "none in data")
-                }
+                guard let v = try run.evaluate() else { throw noValidation }
                 return v.kdSum != 0 ? v.kdMean : v.mean
             }
             resolved = try chooseBudgetCut(config, source: cutSource, overhead: ggufHeaderBytes(file), calibration: batches.sampler, comm: comm,

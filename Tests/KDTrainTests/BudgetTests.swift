@@ -10,25 +10,33 @@ import KDTestSupport
 @testable import KDTrain
 import Testing
 
-@Test func theBudgetMeetsItsTargetInTheExportedFileWithTheLowestKLOfItsCandidates() throws {
-    let dir = try temporaryDirectory("distill-budget")
-    defer { try? FileManager.default.removeItem(at: dir) }
+/// A run cut from a 4-block tiny teacher written as a GGUF file in `dir` (its header is what the student's export
+/// copies: metadata, tensor infos), QAT Q4_0 with a Q8_0 table, and a byte target just above 3 blocks × FFN 160: every
+/// depth from 4 down to 2 has a candidate, 4 a narrower one, 2 the teacher's width. `teacherStd`: the teacher's
+/// initialization (default the config's).
+func budgetRun(_ dir: URL, teacherStd: Float? = nil) throws -> (config: RunConfig, teacher: Transformer, tpath: String, target: Int) {
     var c = try placementConfig(.replicated, members: 1, steps: 2)
     c.model.ffnDim = 192
     c.qat.scheme = .q4_0; c.qat.embeddings = true; c.qat.embeddingScheme = .q8_0
-    let teacher = tinyTeacher(c, layers: 4, seed: 21)
-    // the teacher as a GGUF file: its header is what the student's export copies (metadata, tensor infos)
+    var tc = c
+    if let teacherStd { tc.model.initStd = teacherStd }
+    let teacher = tinyTeacher(tc, layers: 4, seed: 21)
     let tpath = dir.appendingPathComponent("teacher.gguf").path
     try teacher.exportGGUF(path: tpath, type: .f32, name: "t", extraMetadata: [])
     c.teacher!.path = tpath
     c.student.initFrom = .fromTeacher
     c.checkpoint.dir = dir.appendingPathComponent("run").path
-    // just above 3 blocks × FFN 160: every depth from 4 down to 2 has a candidate, 4 a narrower one, 2 the teacher's width
     var probe = c.model
     probe.layers = 3; probe.ffnDim = 160
     let target = exportBytes(probe, qat: c.qat, overhead: ggufHeaderBytes(tpath)) + 64
     c.student.target = StudentTarget(bytes: target)
-    let config = c
+    return (c, teacher, tpath, target)
+}
+
+@Test func theBudgetMeetsItsTargetInTheExportedFileWithTheLowestKLOfItsCandidates() throws {
+    let dir = try temporaryDirectory("distill-budget")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let (config, teacher, tpath, target) = try budgetRun(dir)
     _ = try trainRanks(1, config, teachers: { [tinyTeacher(config, layers: 4, seed: 21)] })
     let choice = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: config.checkpoint.dir + "/budget.json")))
     #expect(choice.candidates.map(\.layers) == [4, 3, 2] && choice.candidates.map(\.ffnDim).last == 192, "\(choice.candidates)")
@@ -156,24 +164,12 @@ import Testing
 @Test func aHealedBudgetPicksTheLowestValidationDivergenceAfterTheHeal() throws {
     let dir = try temporaryDirectory("distill-budget-heal")
     defer { try? FileManager.default.removeItem(at: dir) }
-    var c = try placementConfig(.replicated, members: 1, steps: 2)
-    c.model.ffnDim = 192
-    c.qat.scheme = .q4_0; c.qat.embeddings = true; c.qat.embeddingScheme = .q8_0
-    let tpath = dir.appendingPathComponent("teacher.gguf").path
-    // weights large enough for peaked outputs: the cuts' KLs are then of one order (a near-uniform teacher's are not);
-    // with these the heal reverses the KL's order (4 blocks × FFN 96 starts closest, 3 × 160 heals better), so a choice
-    // by KL alone fails the checks below
-    var tc = c
-    tc.model.initStd = 0.1
-    let teacher = tinyTeacher(tc, layers: 4, seed: 21)
-    try teacher.exportGGUF(path: tpath, type: .f32, name: "t", extraMetadata: [])
-    c.teacher!.path = tpath
-    c.student.initFrom = .fromTeacher
-    c.checkpoint.dir = dir.appendingPathComponent("run").path
-    var probe = c.model
-    probe.layers = 3; probe.ffnDim = 160
-    c.student.target = StudentTarget(bytes: exportBytes(probe, qat: c.qat, overhead: ggufHeaderBytes(tpath)) + 64, healSteps: 3, finalists: 2)
-    let config = c
+    // teacher weights large enough for peaked outputs: the cuts' KLs are then of one order (a near-uniform teacher's
+    // are not); with these the heal reverses the KL's order (4 blocks × FFN 96 starts closest, 3 × 160 heals better),
+    // so a choice by KL alone fails the checks below
+    let (base, teacher, _, target) = try budgetRun(dir, teacherStd: 0.1)
+    var config = base
+    config.student.target = StudentTarget(bytes: target, healSteps: 3, finalists: 2)
     let corpus = try TokenCorpus.load(config.data, seed: config.train.seed)
     let tr = try Trainer(config: config, corpus: corpus, teachers: [teacher])
     let choice = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: config.checkpoint.dir + "/budget.json")))

@@ -3,7 +3,8 @@
 // would cut it (blocks by `student.select`, FFN channels by importance on the calibration batches) and scored by its
 // calibration KL(teacher ‖ cut); the lowest wins — or, with `heal_steps`, a few cuts shortlisted by it are each healed
 // that many steps and the lowest validation divergence wins. The scores are logged and saved beside the checkpoints
-// (`budget.json`), and a later run with the same target, calibration tokens and teacher output reuses the choice.
+// (`budget.json`, also after the KL and after each heal, so a stopped selection resumes), and a later run with the same
+// target, calibration tokens and teacher output reuses the choice.
 import Foundation
 import KDComm
 import KDConfig
@@ -30,13 +31,24 @@ struct BudgetCut: Codable, Equatable {
     }
 }
 
-/// What the budget chose, and every candidate's score.
+/// What the budget chose, and every candidate's score — or, while a heal is under way, the scores so far (`chosen`
+/// nil): a run stopped during the selection resumes it without repeating the KL or a finished heal.
 struct BudgetChoice: Codable {
     var key: String
     var target: String
     var candidates: [BudgetCut]
-    var chosen: Int
+    var chosen: Int?
     static let fileName = "budget.json"
+
+    /// Writes the choice (rank 0 only) to `path` through a temporary file and a rename.
+    func save(to path: String, comm: any Communicator) throws {
+        guard comm.rank == 0 else { return }
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try enc.encode(self).write(to: URL(fileURLWithPath: path + ".partial"))
+        _ = rename(path + ".partial", path)
+    }
 }
 
 /// The bytes of the GGUF a student of shape `m` exports to by default: block matrices in the QAT scheme's type (a
@@ -148,22 +160,31 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
         + "\(cal.batches)x\(cal.b)x\(cal.t) tokens, teacher output \(cal.fingerprint)"
         + (target.healSteps > 0 ? ", heal \(target.healSteps) steps × \(target.finalists) finalists, \(config.distill.objective.rawValue), lr \(config.optimizer.lr)" : "")
     let path = (config.checkpoint.dir as NSString).appendingPathComponent(BudgetChoice.fileName)
+    // rank 0's file decides for every rank (a checkpoint directory need not be shared between nodes)
+    let saved = try rootsFile(path, comm: comm).flatMap { try? JSONDecoder().decode(BudgetChoice.self, from: $0) }
+        .flatMap { $0.key == key && $0.candidates.map(\.layers) == candidates.map(\.layers) ? $0 : nil }
     var choice: BudgetChoice
-    if let data = FileManager.default.contents(atPath: path), let saved = try? JSONDecoder().decode(BudgetChoice.self, from: data), saved.key == key {
+    if let saved, let chosen = saved.chosen {
         choice = saved
-        KDLog.info("  target \(what): \(saved.candidates[saved.chosen].layers) blocks, FFN \(saved.candidates[saved.chosen].ffnDim), from \(path)")
+        KDLog.info("  target \(what): \(saved.candidates[chosen].layers) blocks, FFN \(saved.candidates[chosen].ffnDim), from \(path)")
     } else {
-        KDLog.info("  target \(what): \(candidates.count) cuts meet it; each scored by its calibration KL(teacher‖cut) on \(cal.batches * cal.rows) tokens")
-        for i in candidates.indices {
-            var c = config
-            c.model.layers = candidates[i].layers; c.model.ffnDim = candidates[i].ffnDim
-            let kept = c.model.layers == t.layers ? Array(0..<t.layers)
-                : try measureLayerSelection(s.rule, source: source, keep: c.model.layers, calibration: cal, comm: comm).kept
-            let m = Transformer(config: try cutModelConfig(c.model, teacher: t, kept: kept), needsGrad: false)
-            try cutStudent(m, from: source, config: c, kept: kept, calibration: sampler, comm: comm)
-            candidates[i].kept = kept
-            candidates[i].kl = cal.meanKL(m, blocks: Array(0..<c.model.layers))
-            KDLog.info("    \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl))")
+        if let saved {
+            candidates = saved.candidates
+            KDLog.info("  target \(what): the selection resumed from \(path) — the KL of \(candidates.count) cuts, "
+                       + "\(candidates.filter { $0.healed != nil }.count) healed")
+        } else {
+            KDLog.info("  target \(what): \(candidates.count) cuts meet it; each scored by its calibration KL(teacher‖cut) on \(cal.batches * cal.rows) tokens")
+            for i in candidates.indices {
+                var c = config
+                c.model.layers = candidates[i].layers; c.model.ffnDim = candidates[i].ffnDim
+                let kept = c.model.layers == t.layers ? Array(0..<t.layers)
+                    : try measureLayerSelection(s.rule, source: source, keep: c.model.layers, calibration: cal, comm: comm).kept
+                let m = Transformer(config: try cutModelConfig(c.model, teacher: t, kept: kept), needsGrad: false)
+                try cutStudent(m, from: source, config: c, kept: kept, calibration: sampler, comm: comm)
+                candidates[i].kept = kept
+                candidates[i].kl = cal.meanKL(m, blocks: Array(0..<c.model.layers))
+                KDLog.info("    \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl))")
+            }
         }
         var best = lowest(candidates.indices) { candidates[$0].kl }!
         if target.healSteps > 0 {
@@ -171,24 +192,21 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
             let finalists = healFinalists(candidates, count: target.finalists)
             KDLog.info("  target \(what): \(finalists.count) of them healed \(target.healSteps) steps each (the same batches), scored by "
                        + "their validation divergence")
-            for i in finalists {
+            // the scores so far are saved after the KL and after each heal
+            try BudgetChoice(key: key, target: what, candidates: candidates, chosen: nil).save(to: path, comm: comm)
+            for i in finalists where candidates[i].healed == nil {
                 let s0 = monotonicSeconds()
                 candidates[i].healed = try heal(healConfig(config, cut: candidates[i], teacherLayers: t.layers, steps: target.healSteps))
                 KDLog.info("    \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl)) → after the heal "
                            + "\(String(format: "%.4f", candidates[i].healed!)) (\(String(format: "%.0f", monotonicSeconds() - s0)) s)")
+                try BudgetChoice(key: key, target: what, candidates: candidates, chosen: nil).save(to: path, comm: comm)
             }
             best = lowest(finalists) { candidates[$0].healed! }!
         }
         choice = BudgetChoice(key: key, target: what, candidates: candidates, chosen: best)
-        if comm.rank == 0 {
-            try FileManager.default.createDirectory(atPath: config.checkpoint.dir, withIntermediateDirectories: true)
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try enc.encode(choice).write(to: URL(fileURLWithPath: path + ".partial"))
-            _ = rename(path + ".partial", path)
-        }
+        try choice.save(to: path, comm: comm)
     }
-    let c = choice.candidates[choice.chosen]
+    let c = choice.candidates[choice.chosen!]
     let why = c.healed.map { String(format: "validation divergence %.4f after the heal, the lowest of %d healed", $0, choice.candidates.filter { $0.healed != nil }.count) }
         ?? String(format: "calibration KL %.4f, the lowest of %d", c.kl, choice.candidates.count)
     KDLog.info("  target \(what): chose \(c.summary), \(why), in \(String(format: "%.1f", monotonicSeconds() - start)) s")

@@ -260,13 +260,20 @@ func meanAngularDistance(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, r
     return sum / Double(rows)
 }
 
+/// The bytes of the file at `path` as rank 0 reads it, on every rank (nil where rank 0 has none): a result rank 0
+/// saved decides for all, as a checkpoint does, whether or not the other nodes see its directory. Collective.
+func rootsFile(_ path: String, comm: any Communicator) throws -> Data? {
+    var bytes = comm.rank == 0 ? FileManager.default.contents(atPath: path).map { [UInt8]($0) } ?? [] : []
+    try comm.broadcast(&bytes, root: 0)
+    return bytes.isEmpty ? nil : Data(bytes)
+}
+
 extension LayerSelection {
     static let fileName = "selection.json"
 
-    /// The selection saved in `dir` when its key is `key`.
-    static func saved(in dir: String, key: String) -> LayerSelection? {
-        let path = (dir as NSString).appendingPathComponent(fileName)
-        guard let data = FileManager.default.contents(atPath: path),
+    /// The selection rank 0 saved in `dir`, when its key is `key`, on every rank. Collective.
+    static func saved(in dir: String, key: String, comm: any Communicator) throws -> LayerSelection? {
+        guard let data = try rootsFile((dir as NSString).appendingPathComponent(fileName), comm: comm),
               let sel = try? JSONDecoder().decode(LayerSelection.self, from: data), sel.key == key else { return nil }
         return sel
     }

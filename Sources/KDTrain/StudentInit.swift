@@ -62,7 +62,7 @@ func studentBlocks(from source: Transformer, config: RunConfig, calibration samp
     let cal = Calibration(teacher: source, sampler: sampler, batches: s.calibrationBatches, b: config.train.microBatch, t: config.train.seqLen)
     let dir = config.checkpoint.dir
     let probe = try measureLayerSelectionKey(s.rule, source: source, keep: config.model.layers, calibration: cal)
-    if let saved = LayerSelection.saved(in: dir, key: probe) {
+    if let saved = try LayerSelection.saved(in: dir, key: probe, comm: comm) {
         KDLog.info("  select \(s.rule): blocks \(saved.kept) from \(dir)/\(LayerSelection.fileName) (same teacher output on the same calibration tokens)")
         return saved.kept
     }

@@ -1,6 +1,7 @@
 // Compress to a budget (`student.target`): the cut the trainer picks meets the target in the file it exports, each
 // candidate is the widest FFN that meets it at its depth, and the choice is the lowest calibration KL of those.
 import Foundation
+import KDComm
 import KDConfig
 import KDCore
 import KDData
@@ -47,7 +48,7 @@ func budgetRun(_ dir: URL, teacherStd: Float? = nil) throws -> (config: RunConfi
         wider.layers = cand.layers; wider.ffnDim = cand.ffnDim + 32
         #expect(cand.ffnDim + 32 > 192 || exportBytes(wider, qat: config.qat, overhead: ggufHeaderBytes(tpath)) > target, "\(cand)")
     }
-    let best = choice.candidates[choice.chosen]
+    let best = choice.candidates[choice.chosen!]
     #expect(choice.candidates.allSatisfy { $0.kl >= best.kl })
     // the student that trained has that shape, and its export (in the formats it trained in) is within the target
     let corpus = try TokenCorpus.load(config.data, seed: config.train.seed)
@@ -167,7 +168,7 @@ func budgetRun(_ dir: URL, teacherStd: Float? = nil) throws -> (config: RunConfi
     // teacher weights large enough for peaked outputs: the cuts' KLs are then of one order (a near-uniform teacher's
     // are not); with these the heal reverses the KL's order (4 blocks × FFN 96 starts closest, 3 × 160 heals better),
     // so a choice by KL alone fails the checks below
-    let (base, teacher, _, target) = try budgetRun(dir, teacherStd: 0.1)
+    let (base, teacher, tpath, target) = try budgetRun(dir, teacherStd: 0.1)
     var config = base
     config.student.target = StudentTarget(bytes: target, healSteps: 3, finalists: 2)
     let corpus = try TokenCorpus.load(config.data, seed: config.train.seed)
@@ -175,8 +176,8 @@ func budgetRun(_ dir: URL, teacherStd: Float? = nil) throws -> (config: RunConfi
     let choice = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: config.checkpoint.dir + "/budget.json")))
     let healed = choice.candidates.indices.filter { choice.candidates[$0].healed != nil }
     #expect(healed == healFinalists(choice.candidates, count: 2) && healed.count >= 2, "\(choice.candidates)")
-    #expect(healed.contains(choice.chosen) && healed.allSatisfy { choice.candidates[$0].healed! >= choice.candidates[choice.chosen].healed! })
-    #expect(tr.config.model.layers == choice.candidates[choice.chosen].layers && tr.config.model.ffnDim == choice.candidates[choice.chosen].ffnDim)
+    #expect(choice.chosen.map(healed.contains) == true && healed.allSatisfy { choice.candidates[$0].healed! >= choice.candidates[choice.chosen!].healed! })
+    #expect(tr.config.model.layers == choice.candidates[choice.chosen!].layers && tr.config.model.ffnDim == choice.candidates[choice.chosen!].ffnDim)
     // each healed score, replayed: the cut as a run of its own (its kept blocks listed, no target), 3 steps, validation
     for i in healed {
         let run = try Trainer(config: healConfig(config, cut: choice.candidates[i], teacherLayers: 4, steps: 3), corpus: corpus, teachers: [teacher])
@@ -185,6 +186,21 @@ func budgetRun(_ dir: URL, teacherStd: Float? = nil) throws -> (config: RunConfi
         let v = try #require(try run.evaluate())
         #expect(v.kdMean == choice.candidates[i].healed!, "cut \(i): replayed \(v.kdMean), recorded \(choice.candidates[i].healed!)")
     }
+    // a run stopped during the heal resumes it: the KL and the finished heals are read back (the KLs nudged here so that
+    // a measurement would show), the rest healed, and the choice is the uninterrupted run's
+    let path = config.checkpoint.dir + "/budget.json", last = healed.last!
+    var progress = choice
+    progress.chosen = nil
+    progress.candidates[last].healed = nil
+    for i in progress.candidates.indices { progress.candidates[i].kl += 1e-9 }
+    try progress.save(to: path, comm: LocalCommunicator())
+    var calls: [RunConfig] = []
+    let resumed = try chooseBudgetCut(config, source: teacher, overhead: ggufHeaderBytes(tpath), calibration: tr.batches.sampler,
+                                      comm: LocalCommunicator()) { c in calls.append(c); return choice.candidates[last].healed! }
+    #expect(calls.map(\.model.layers) == [choice.candidates[last].layers] && calls.first?.student.keptLayers(teacherLayers: 4) == choice.candidates[last].kept)
+    #expect(resumed.model.layers == tr.config.model.layers && resumed.model.ffnDim == tr.config.model.ffnDim)
+    let after = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+    #expect(after.chosen == choice.chosen && after.candidates.map(\.kl) == progress.candidates.map(\.kl) && after.candidates.map(\.healed) == choice.candidates.map(\.healed))
     // the shortlist: within 1.5× the lowest KL, spread over it with both ends, the lowest always in
     func cut(_ kl: Double) -> BudgetCut { var b = BudgetCut(layers: 1, ffnDim: 32, bytes: 0, params: 0); b.kl = kl; return b }
     #expect(healFinalists([0.75, 0.7, 0.72, 0.8, 1.0, 0.9, 1.2].map(cut), count: 3) == [0, 1, 3, 5])  // 1.2 > 1.05

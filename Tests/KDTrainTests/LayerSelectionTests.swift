@@ -141,7 +141,17 @@ private func softmax(_ z: [Float]) -> [Double] {
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let sel = LayerSelection(rule: "greedy", metric: "kl_teacher_cut", teacherLayers: 6, kept: [0, 1, 5], calibrationTokens: 36, key: "k1")
     try sel.save(in: dir)
-    #expect(LayerSelection.saved(in: dir, key: "k1") == sel)
-    #expect(LayerSelection.saved(in: dir, key: "k2") == nil)
+    #expect(try LayerSelection.saved(in: dir, key: "k1", comm: LocalCommunicator()) == sel)
+    #expect(try LayerSelection.saved(in: dir, key: "k2", comm: LocalCommunicator()) == nil)
     #expect(!FileManager.default.fileExists(atPath: dir + "/selection.json.partial"))
+    // rank 0's file decides for every rank, also where another node does not see its directory (all measure again,
+    // or none, never a collective on some ranks alone)
+    let seen = try ThreadCommunicator.run(worldSize: 2) { comm in
+        try LayerSelection.saved(in: comm.rank == 0 ? dir : dir + "-another-node", key: "k1", comm: comm)
+    }
+    #expect(seen == [sel, sel])
+    let none = try ThreadCommunicator.run(worldSize: 2) { comm in
+        try LayerSelection.saved(in: comm.rank == 0 ? dir + "-another-node" : dir, key: "k1", comm: comm)
+    }
+    #expect(none == [nil, nil])
 }

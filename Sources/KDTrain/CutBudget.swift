@@ -137,6 +137,7 @@ func healConfig(_ config: RunConfig, cut: BudgetCut, teacherLayers: Int, steps: 
     c.student.target = nil
     if cut.layers != teacherLayers { c.student.select = .layers; c.student.layers = cut.kept; c.student.every = 0 }
     c.train.steps = steps
+    c.optimizer.warmupSteps = min(c.optimizer.warmupSteps, steps)  // a heal shorter than the run's warmup is warmup alone
     return c
 }
 

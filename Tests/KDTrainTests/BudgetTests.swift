@@ -201,6 +201,12 @@ func budgetRun(_ dir: URL, teacherStd: Float? = nil) throws -> (config: RunConfi
     #expect(resumed.model.layers == tr.config.model.layers && resumed.model.ffnDim == tr.config.model.ffnDim)
     let after = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
     #expect(after.chosen == choice.chosen && after.candidates.map(\.kl) == progress.candidates.map(\.kl) && after.candidates.map(\.healed) == choice.candidates.map(\.healed))
+    // a heal shorter than the run's warmup is a valid run (its warmup cut to the heal), not a refused config
+    var longWarmup = config
+    longWarmup.optimizer.warmupSteps = 10
+    let short = healConfig(longWarmup, cut: choice.candidates[last], teacherLayers: 4, steps: 3)
+    #expect(short.optimizer.warmupSteps == 3 && healConfig(config, cut: choice.candidates[last], teacherLayers: 4, steps: 3).optimizer.warmupSteps == config.optimizer.warmupSteps)
+    _ = try Trainer(config: short, corpus: corpus, teachers: [teacher])
     // the shortlist: within 1.5× the lowest KL, spread over it with both ends, the lowest always in
     func cut(_ kl: Double) -> BudgetCut { var b = BudgetCut(layers: 1, ffnDim: 32, bytes: 0, params: 0); b.kl = kl; return b }
     #expect(healFinalists([0.75, 0.7, 0.72, 0.8, 1.0, 0.9, 1.2].map(cut), count: 3) == [0, 1, 3, 5])  // 1.2 > 1.05

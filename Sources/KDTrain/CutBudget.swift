@@ -41,14 +41,7 @@ struct BudgetChoice: Codable {
     static let fileName = "budget.json"
 
     /// Writes the choice (rank 0 only) to `path` through a temporary file and a rename.
-    func save(to path: String, comm: any Communicator) throws {
-        guard comm.rank == 0 else { return }
-        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try enc.encode(self).write(to: URL(fileURLWithPath: path + ".partial"))
-        _ = rename(path + ".partial", path)
-    }
+    func save(to path: String, comm: any Communicator) throws { if comm.rank == 0 { try saveJSON(self, to: path) } }
 }
 
 /// The bytes of the GGUF a student of shape `m` exports to by default: block matrices in the QAT scheme's type (a
@@ -194,13 +187,14 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
             KDLog.info("  target \(what): \(finalists.count) of them healed \(target.healSteps) steps each (the same batches), scored by "
                        + "their validation divergence")
             // the scores so far are saved after the KL and after each heal
-            try BudgetChoice(key: key, target: what, candidates: candidates, chosen: nil).save(to: path, comm: comm)
+            let progress = { try BudgetChoice(key: key, target: what, candidates: candidates, chosen: nil).save(to: path, comm: comm) }
+            try progress()
             for i in finalists where candidates[i].healed == nil {
                 let s0 = monotonicSeconds()
                 candidates[i].healed = try heal(healConfig(config, cut: candidates[i], teacherLayers: t.layers, steps: target.healSteps))
                 KDLog.info("    \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl)) → after the heal "
                            + "\(String(format: "%.4f", candidates[i].healed!)) (\(String(format: "%.0f", monotonicSeconds() - s0)) s)")
-                try BudgetChoice(key: key, target: what, candidates: candidates, chosen: nil).save(to: path, comm: comm)
+                try progress()
             }
             best = lowest(finalists) { candidates[$0].healed! }!
         }

@@ -268,6 +268,16 @@ func rootsFile(_ path: String, comm: any Communicator) throws -> Data? {
     return bytes.isEmpty ? nil : Data(bytes)
 }
 
+/// Writes `value` as sorted, indented JSON to `path` (its directory created if missing) through `path.partial` and a
+/// rename: a reader sees the old file or the new one, never half of one.
+func saveJSON(_ value: some Encodable, to path: String) throws {
+    try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+    try enc.encode(value).write(to: URL(fileURLWithPath: path + ".partial"))
+    _ = rename(path + ".partial", path)
+}
+
 extension LayerSelection {
     static let fileName = "selection.json"
 
@@ -279,12 +289,5 @@ extension LayerSelection {
     }
 
     /// Writes the selection to `dir` (created if missing) through a temporary file and a rename.
-    func save(in dir: String) throws {
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let path = (dir as NSString).appendingPathComponent(Self.fileName), tmp = path + ".partial"
-        try enc.encode(self).write(to: URL(fileURLWithPath: tmp))
-        _ = rename(tmp, path)
-    }
+    func save(in dir: String) throws { try saveJSON(self, to: (dir as NSString).appendingPathComponent(Self.fileName)) }
 }

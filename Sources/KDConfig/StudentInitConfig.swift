@@ -33,12 +33,14 @@ public struct StudentTarget: Codable, Equatable, Sendable {
     public var speed: Double?
 
     /// With `heal_steps` > 0 the calibration KL only shortlists: `finalists` cuts spread evenly over the depths whose KL
-    /// is within 1.5× the lowest (and the lowest-KL cut) are each healed that many steps — the run's objective, data,
-    /// optimizer and QAT, the same batches for each — and the lowest validation divergence after it wins. A cut's
-    /// starting KL does not say how well it heals: on SmolLM2 at 62 MiB the lowest-KL cut (29 blocks × FFN 1152) is
-    /// behind the 24 × 1504 cut from its 20th step on. Default 0: the calibration KL decides.
+    /// is within 1.5× the lowest (and the lowest-KL cut) are healed in a tournament — the run's objective, data,
+    /// optimizer and QAT, the same batches for each, its schedule compressed to the tournament's length: all of them
+    /// `heal_steps` steps, the better half by validation divergence on to twice as many, and so on until one is left.
+    /// A cut's starting KL does not say how well it heals: on SmolLM2 at 62 MiB the lowest-KL cut (29 blocks × FFN
+    /// 1152) is behind the 24 × 1504 cut from its 20th step on, and after 20 steps two cuts can tie that 50 separate.
+    /// Default 0: the calibration KL decides.
     public var healSteps = 0
-    /// How many cuts the heal compares, spread over the shortlist (both ends included). Default 3.
+    /// How many cuts enter the heal's tournament, spread over the shortlist (both ends included). Default 3.
     public var finalists = 3
 
     public init(bytes: Int? = nil, params: Int? = nil, speed: Double? = nil, healSteps: Int = 0, finalists: Int = 3) {

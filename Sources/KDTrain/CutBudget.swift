@@ -1,10 +1,11 @@
 // Compress to a budget (`student.target: {bytes: …} | {params: …} | {speed: …}`): every depth from the teacher's down to
 // half of it, each with the widest FFN (in steps of a quantization block) that meets the target, is cut as the run
 // would cut it (blocks by `student.select`, FFN channels by importance on the calibration batches) and scored by its
-// calibration KL(teacher ‖ cut); the lowest wins — or, with `heal_steps`, a few cuts shortlisted by it are each healed
-// that many steps and the lowest validation divergence wins. The scores are logged and saved beside the checkpoints
-// (`budget.json`, also after the KL and after each heal, so a stopped selection resumes), and a later run with the same
-// target, calibration tokens and teacher output reuses the choice.
+// calibration KL(teacher ‖ cut); the lowest wins — or, with `heal_steps`, the cuts it shortlists are healed in a
+// tournament (all of them `heal_steps` steps, the better half on to twice as many, … until one is left) and the lowest
+// validation divergence wins. The scores are logged and saved beside the checkpoints (`budget.json`, also after the KL
+// and after each heal, so a stopped selection resumes; the heals' own checkpoints under `heal/` until it ends), and a
+// later run with the same target, calibration tokens and teacher output reuses the choice.
 import Foundation
 import KDComm
 import KDConfig
@@ -21,8 +22,9 @@ struct BudgetCut: Codable, Equatable {
     var speedup: Double?
     var kept: [Int] = []
     var kl = Double.nan
-    /// Validation divergence after the heal (`heal_steps`; nil for a cut not healed).
-    var healed: Double?
+    /// Validation divergence after each round of the heal the cut reached (after ``healRounds``' steps; empty for a cut
+    /// not healed).
+    var heals: [Double] = []
 
     /// Shape, size, parameters and estimated speedup, as the log and errors print a cut.
     var summary: String {
@@ -32,7 +34,7 @@ struct BudgetCut: Codable, Equatable {
 }
 
 /// What the budget chose, and every candidate's score — or, while a heal is under way, the scores so far (`chosen`
-/// nil): a run stopped during the selection resumes it without repeating the KL or a finished heal.
+/// nil): a run stopped during the selection resumes it without repeating the KL or a finished round of a heal.
 struct BudgetChoice: Codable {
     var key: String
     var target: String
@@ -123,23 +125,42 @@ func healFinalists(_ candidates: [BudgetCut], count: Int) -> [Int] {
     return picked.sorted()
 }
 
-/// The run `config` with `cut`'s shape and kept blocks and no target: what the heal of one finalist trains, `steps`
-/// steps long.
+/// The steps each round of a heal tournament among `n` cuts ends at: all `n` healed `steps` steps, the better half
+/// (rounded up) on to twice as many, and so on until one is left — `[20, 40, 80]` for 8 cuts and 20 steps; none for one.
+func healRounds(_ n: Int, steps: Int) -> [Int] {
+    var out: [Int] = [], left = n
+    while left > 1 { out.append(steps << out.count); left = (left + 1) / 2 }
+    return out
+}
+
+/// Where a cut's heal keeps its checkpoint between rounds: `heal/<layers>x<ffn>` in the run's checkpoint directory.
+func healDirectory(_ config: RunConfig, cut: BudgetCut) -> String {
+    (config.checkpoint.dir as NSString).appendingPathComponent("heal/\(cut.layers)x\(cut.ffnDim)")
+}
+
+/// The run `config` with `cut`'s shape and kept blocks and no target: what the heal of one finalist trains — the run in
+/// miniature, `steps` (the tournament's last round) long: its warmup scaled to that length, its checkpoint (one, written
+/// by the heal between rounds) in ``healDirectory``.
 func healConfig(_ config: RunConfig, cut: BudgetCut, teacherLayers: Int, steps: Int) -> RunConfig {
     var c = resolvedConfig(config, cut: cut, teacherLayers: teacherLayers)
     c.student.target = nil
     if cut.layers != teacherLayers { c.student.select = .layers; c.student.layers = cut.kept; c.student.every = 0 }
     c.train.steps = steps
-    c.optimizer.warmupSteps = min(c.optimizer.warmupSteps, steps)  // a heal shorter than the run's warmup is warmup alone
+    let w = config.optimizer.warmupSteps
+    c.optimizer.warmupSteps = min(steps, w, w == 0 ? 0 : Int((Double(w) * Double(steps) / Double(config.train.steps)).rounded(.up)))
+    c.checkpoint.dir = healDirectory(config, cut: cut)
+    c.checkpoint.keep = 1; c.checkpoint.every = 0; c.checkpoint.everyMinutes = 0
     return c
 }
 
 /// `config` with `model.layers` and `model.ffn_dim` of the cut that meets `student.target` with the lowest calibration
-/// KL — or, with `heal_steps`, the lowest validation divergence of the finalists after `heal` (which trains a config
-/// for its `train.steps` and returns that divergence) — unchanged without a target; a cut that keeps every block keeps
-/// them as listed (`every: 1`). Collective when the selection rule is (greedy shares its candidates) and when healing.
+/// KL — or, with `heal_steps`, the winner of a heal tournament among the finalists: `heal(c, until)` trains the cut's
+/// ``healConfig`` `c` up to step `until` (from its checkpoint of the round before, if any; writing one when `until` is
+/// not the last round's) and returns its validation divergence there — unchanged without a target; a cut that keeps
+/// every block keeps them as listed (`every: 1`). Collective when the selection rule is (greedy shares its candidates)
+/// and when healing.
 func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, calibration sampler: WindowSampler,
-                     comm: any Communicator, heal: ((RunConfig) throws -> Double)? = nil) throws -> RunConfig {
+                     comm: any Communicator, heal: ((RunConfig, Int) throws -> Double)? = nil) throws -> RunConfig {
     guard let target = config.student.target else { return config }
     let t = source.config, s = config.student, start = monotonicSeconds()
     let what = target.summary
@@ -152,7 +173,8 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
     let key = "\(what), \(s.rule), qat \(config.qat.scheme.rawValue)/\(config.qat.tableScheme.rawValue)"
         + (config.qat.tensorTypes == nil ? "" : " {\(config.qat.tensorTypesSummary)}") + ", overhead \(overhead), "
         + "\(cal.batches)x\(cal.b)x\(cal.t) tokens, teacher output \(cal.fingerprint)"
-        + (target.healSteps > 0 ? ", heal \(target.healSteps) steps × \(target.finalists) finalists, \(config.distill.objective.rawValue), lr \(config.optimizer.lr)" : "")
+        + (target.healSteps > 0 ? ", heal tournament from \(target.healSteps) steps among \(target.finalists) finalists, \(config.distill.objective.rawValue), "
+           + "lr \(config.optimizer.lr), warmup \(config.optimizer.warmupSteps) of \(config.train.steps)" : "")
     let path = (config.checkpoint.dir as NSString).appendingPathComponent(BudgetChoice.fileName)
     // rank 0's file decides for every rank (a checkpoint directory need not be shared between nodes)
     let saved = try rootsFile(path, comm: comm).flatMap { try? JSONDecoder().decode(BudgetChoice.self, from: $0) }
@@ -165,7 +187,7 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
         if let saved {
             candidates = saved.candidates
             KDLog.info("  target \(what): the selection resumed from \(path) — the KL of \(candidates.count) cuts, "
-                       + "\(candidates.filter { $0.healed != nil }.count) healed")
+                       + "\(candidates.filter { !$0.heals.isEmpty }.count) healed")
         } else {
             KDLog.info("  target \(what): \(candidates.count) cuts meet it; each scored by its calibration KL(teacher‖cut) on \(cal.batches * cal.rows) tokens")
             for i in candidates.indices {
@@ -183,26 +205,35 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
         var best = lowest(candidates.indices) { candidates[$0].kl }!
         if target.healSteps > 0 {
             guard let heal else { preconditionFailure("chooseBudgetCut: heal_steps without a way to heal") }
-            let finalists = healFinalists(candidates, count: target.finalists)
-            KDLog.info("  target \(what): \(finalists.count) of them healed \(target.healSteps) steps each (the same batches), scored by "
-                       + "their validation divergence")
+            var alive = healFinalists(candidates, count: target.finalists)
+            let rounds = healRounds(alive.count, steps: target.healSteps)
+            KDLog.info("  target \(what): \(alive.count) of them healed in a tournament on the same batches, scored by their validation "
+                       + "divergence: all to step \(rounds.first ?? 0), the better half on to twice as many, … (\(rounds.map(String.init).joined(separator: ", ")) of \(rounds.last ?? 0))")
             // the scores so far are saved after the KL and after each heal
             let progress = { try BudgetChoice(key: key, target: what, candidates: candidates, chosen: nil).save(to: path, comm: comm) }
             try progress()
-            for i in finalists where candidates[i].healed == nil {
-                let s0 = monotonicSeconds()
-                candidates[i].healed = try heal(healConfig(config, cut: candidates[i], teacherLayers: t.layers, steps: target.healSteps))
-                KDLog.info("    \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl)) → after the heal "
-                           + "\(String(format: "%.4f", candidates[i].healed!)) (\(String(format: "%.0f", monotonicSeconds() - s0)) s)")
-                try progress()
+            for (r, until) in rounds.enumerated() {
+                for i in alive where candidates[i].heals.count <= r {
+                    let s0 = monotonicSeconds()
+                    candidates[i].heals.append(try heal(healConfig(config, cut: candidates[i], teacherLayers: t.layers, steps: rounds.last!), until))
+                    KDLog.info("    round \(r + 1), step \(until): \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl)) → "
+                               + "\(candidates[i].heals.map { String(format: "%.4f", $0) }.joined(separator: " → ")) (\(String(format: "%.0f", monotonicSeconds() - s0)) s)")
+                    try progress()
+                }
+                let next = alive.sorted { (candidates[$0].heals[r], $0) < (candidates[$1].heals[r], $1) }.prefix((alive.count + 1) / 2).sorted()
+                // rank 0 keeps the checkpoints of the cuts that go on
+                if comm.rank == 0 { for i in alive where !next.contains(i) { try? FileManager.default.removeItem(atPath: healDirectory(config, cut: candidates[i])) } }
+                alive = Array(next)
             }
-            best = lowest(finalists) { candidates[$0].healed! }!
+            if comm.rank == 0 { try? FileManager.default.removeItem(atPath: (config.checkpoint.dir as NSString).appendingPathComponent("heal")) }
+            best = alive[0]
         }
         choice = BudgetChoice(key: key, target: what, candidates: candidates, chosen: best)
         try choice.save(to: path, comm: comm)
     }
     let c = choice.candidates[choice.chosen!]
-    let why = c.healed.map { String(format: "validation divergence %.4f after the heal, the lowest of %d healed", $0, choice.candidates.filter { $0.healed != nil }.count) }
+    let why = c.heals.last.map { String(format: "validation divergence %.4f after %d rounds of healing, from %d cuts healed", $0, c.heals.count,
+                                               choice.candidates.filter { !$0.heals.isEmpty }.count) }
         ?? String(format: "calibration KL %.4f, the lowest of %d", c.kl, choice.candidates.count)
     KDLog.info("  target \(what): chose \(c.summary), \(why), in \(String(format: "%.1f", monotonicSeconds() - start)) s")
     return resolvedConfig(config, cut: c, teacherLayers: t.layers)

@@ -119,16 +119,11 @@ public final class Trainer {
             let noValidation = KDError.invalidInput(what: "student.target.heal_steps", expected: "a validation split to score the healed cuts on",
                                                     found: "none in data")
             if (config.student.target?.healSteps ?? 0) > 0, batches.validation == nil { throw noValidation }
-            // with heal_steps: each finalist trained as a run of its own on the same teachers and corpus, then scored
-            let heal: (RunConfig) throws -> Double = { c in
-                let run = try Trainer(config: c, corpus: corpus, comm: comm, teachers: teachers, teacherCache: teacherCache,
-                                      initFrom: initFrom, crossTokenizers: crossTokenizers)
-                for _ in 0..<c.train.steps {
-                    _ = try run.trainStep()
-                    Watchdog.progress(step: 0)
-                }
-                guard let v = try run.evaluate() else { throw noValidation }
-                return v.kdSum != 0 ? v.kdMean : v.mean
+            // with heal_steps: each finalist trained as a run of its own on the same teachers and corpus
+            let heal: (RunConfig, Int) throws -> Double = { c, until in
+                guard let v = try Trainer.heal(c, until: until, corpus: corpus, comm: comm, teachers: teachers, teacherCache: teacherCache,
+                                               initFrom: initFrom, crossTokenizers: crossTokenizers).divergence else { throw noValidation }
+                return v
             }
             resolved = try chooseBudgetCut(config, source: cutSource, overhead: ggufHeaderBytes(file), calibration: batches.sampler, comm: comm,
                                            heal: heal)
@@ -349,6 +344,26 @@ public final class Trainer {
         guard let marker = env["DISTILL_STOP_ONCE"] else { return nil }
         return (marker, env["DISTILL_STOP_RANK"].flatMap(Int.init) ?? 1, env["DISTILL_STOP_STEP"].flatMap(Int.init))
     }()
+
+    /// One cut's heal in a budget's tournament: the run `c` (a ``healConfig``) trained up to step `until` — from its
+    /// checkpoint of the round before if there is one (rank 0 looks, as `--resume auto` does), writing one when `until`
+    /// is not its last step — and its validation divergence there (the loss without a teacher; nil without a validation
+    /// split), with the step it went on from.
+    static func heal(_ c: RunConfig, until: Int, corpus: TokenCorpus, comm: any Communicator, teachers: [Transformer], teacherCache: TeacherCache? = nil,
+                     initFrom: Transformer? = nil, crossTokenizers: [Int: CrossTokenizerPair] = [:]) throws -> (divergence: Double?, from: Int) {
+        let run = try Trainer(config: c, corpus: corpus, comm: comm, teachers: teachers, teacherCache: teacherCache, initFrom: initFrom,
+                              crossTokenizers: crossTokenizers)
+        var found = comm.rank == 0 ? run.checkpointStore.newestValid().map { [UInt8]($0.dir.utf8) } ?? [] : []
+        try comm.broadcast(&found, root: 0)
+        if !found.isEmpty { try run.resume(from: String(decoding: found, as: UTF8.self)) }
+        let from = run.step
+        while run.step < until {
+            _ = try run.trainStep()
+            Watchdog.progress(step: 0)
+        }
+        if until < c.train.steps { try run.saveCheckpoint() }
+        return (try run.evaluate().map { $0.kdSum != 0 ? $0.kdMean : $0.mean }, from)
+    }
 
     // MARK: - Checkpoints: the core (weights, moments, position) and a loop over the parts
 

@@ -1,6 +1,7 @@
 // Compress to a budget (`student.target`): the cut the trainer picks meets the target in the file it exports, each
 // candidate is the widest FFN that meets it at its depth, and the choice is the lowest calibration KL of those.
 import Foundation
+import KDCheckpoint
 import KDComm
 import KDConfig
 import KDCore
@@ -160,9 +161,11 @@ func budgetRun(_ dir: URL, teacherStd: Float? = nil) throws -> (config: RunConfi
 }
 
 /// `heal_steps`: the calibration KL only shortlists; the finalists (spread over the cuts whose KL is within 1.5× the
-/// lowest, and the lowest) are each healed that many steps and the lowest validation divergence after it wins. Each
-/// healed score is what the same cut trained as a run of its own reports, to the bit; the others are not healed.
-@Test func aHealedBudgetPicksTheLowestValidationDivergenceAfterTheHeal() throws {
+/// lowest, and the lowest) are healed in a tournament — all of them `heal_steps` steps, the better half on to twice as
+/// many, … — and the lowest validation divergence of the last round wins. Each score is what the same cut trained as a
+/// run of its own reports at that step, to the bit (the survivors go on from their checkpoints); the others are not
+/// healed; a stopped tournament resumes where it was.
+@Test func aHealedBudgetPicksTheWinnerOfAHealTournament() throws {
     let dir = try temporaryDirectory("distill-budget-heal")
     defer { try? FileManager.default.removeItem(at: dir) }
     // teacher weights large enough for peaked outputs: the cuts' KLs are then of one order (a near-uniform teacher's
@@ -170,47 +173,90 @@ func budgetRun(_ dir: URL, teacherStd: Float? = nil) throws -> (config: RunConfi
     // so a choice by KL alone fails the checks below
     let (base, teacher, tpath, target) = try budgetRun(dir, teacherStd: 0.1)
     var config = base
-    config.student.target = StudentTarget(bytes: target, healSteps: 3, finalists: 2)
+    config.student.target = StudentTarget(bytes: target, healSteps: 2, finalists: 3)
     let corpus = try TokenCorpus.load(config.data, seed: config.train.seed)
     let tr = try Trainer(config: config, corpus: corpus, teachers: [teacher])
-    let choice = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: config.checkpoint.dir + "/budget.json")))
-    let healed = choice.candidates.indices.filter { choice.candidates[$0].healed != nil }
-    #expect(healed == healFinalists(choice.candidates, count: 2) && healed.count >= 2, "\(choice.candidates)")
-    #expect(choice.chosen.map(healed.contains) == true && healed.allSatisfy { choice.candidates[$0].healed! >= choice.candidates[choice.chosen!].healed! })
-    #expect(tr.config.model.layers == choice.candidates[choice.chosen!].layers && tr.config.model.ffnDim == choice.candidates[choice.chosen!].ffnDim)
-    // each healed score, replayed: the cut as a run of its own (its kept blocks listed, no target), 3 steps, validation
-    for i in healed {
-        let run = try Trainer(config: healConfig(config, cut: choice.candidates[i], teacherLayers: 4, steps: 3), corpus: corpus, teachers: [teacher])
-        #expect(run.config.model.layers == choice.candidates[i].layers && run.config.student.target == nil && run.cut.blocks == choice.candidates[i].kept)
-        for _ in 0..<3 { _ = try run.trainStep() }
-        let v = try #require(try run.evaluate())
-        #expect(v.kdMean == choice.candidates[i].healed!, "cut \(i): replayed \(v.kdMean), recorded \(choice.candidates[i].healed!)")
-    }
-    // a run stopped during the heal resumes it: the KL and the finished heals are read back (the KLs nudged here so that
-    // a measurement would show), the rest healed, and the choice is the uninterrupted run's
-    let path = config.checkpoint.dir + "/budget.json", last = healed.last!
-    var progress = choice
+    let path = config.checkpoint.dir + "/budget.json"
+    let first = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+    let healed = first.candidates.indices.filter { !first.candidates[$0].heals.isEmpty }
+    #expect(healed == healFinalists(first.candidates, count: 3) && healed.count >= 2, "\(first.candidates)")
+    #expect(first.chosen.map(healed.contains) == true && tr.config.model.layers == first.candidates[first.chosen!].layers
+            && tr.config.model.ffnDim == first.candidates[first.chosen!].ffnDim)
+    #expect(!FileManager.default.fileExists(atPath: config.checkpoint.dir + "/heal"), "the heals' checkpoints are removed once it has chosen")
+
+    // all three cuts in the tournament (the saved KLs set within 1.5× of each other; a run reads them back and heals):
+    // round 1 heals the three to step 2, round 2 the better two from their checkpoints to step 4
+    var progress = first
     progress.chosen = nil
-    progress.candidates[last].healed = nil
-    for i in progress.candidates.indices { progress.candidates[i].kl += 1e-9 }
+    for i in progress.candidates.indices { progress.candidates[i].heals = []; progress.candidates[i].kl = 1 + Double(i) / 100 }
     try progress.save(to: path, comm: LocalCommunicator())
-    var calls: [RunConfig] = []
+    var calls: [(layers: Int, until: Int)] = []
+    let chosen = try chooseBudgetCut(config, source: teacher, overhead: ggufHeaderBytes(tpath), calibration: tr.batches.sampler, comm: LocalCommunicator()) { c, until in
+        #expect(c.train.steps == 4 && c.student.target == nil && c.checkpoint.dir.hasSuffix("/heal/\(c.model.layers)x\(c.model.ffnDim)"))
+        if until == 4 {  // round 2: only the survivors' checkpoints are left, each at step 2
+            let left = try FileManager.default.contentsOfDirectory(atPath: config.checkpoint.dir + "/heal").sorted()
+            #expect(left.count == 2 && left.contains("\(c.model.layers)x\(c.model.ffnDim)"), "\(left)")
+            #expect(CheckpointStore(root: c.checkpoint.dir, keep: 1).newestValid()?.state.step == 2)
+        }
+        calls.append((c.model.layers, until))
+        let (v, from) = try Trainer.heal(c, until: until, corpus: corpus, comm: LocalCommunicator(), teachers: [teacher])
+        #expect(from == (until == 4 ? 2 : 0), "round \(until == 4 ? 2 : 1) went on from step \(from)")
+        return try #require(v)
+    }
+    let choice = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
+    let cands = choice.candidates, winner = try #require(choice.chosen)
+    #expect(calls.map(\.until) == [2, 2, 2, 4, 4] && calls.prefix(3).map(\.layers) == [4, 3, 2], "\(calls)")
+    let survivors = cands.indices.sorted { (cands[$0].heals[0], $0) < (cands[$1].heals[0], $1) }.prefix(2).sorted()
+    #expect(calls.suffix(2).map(\.layers) == survivors.map { cands[$0].layers } && cands.indices.map { cands[$0].heals.count } == cands.indices.map { survivors.contains($0) ? 2 : 1 })
+    #expect(survivors.contains(winner) && survivors.allSatisfy { cands[$0].heals[1] >= cands[winner].heals[1] } && chosen.model.layers == cands[winner].layers)
+    #expect(!FileManager.default.fileExists(atPath: config.checkpoint.dir + "/heal"))
+    // each score, replayed: the cut as a run of its own (its kept blocks listed, no target, no checkpoint), trained
+    // straight through and evaluated at each round's step — the survivors' second scores came through a checkpoint
+    for (i, cand) in cands.enumerated() {
+        var c = healConfig(config, cut: cand, teacherLayers: 4, steps: 4)
+        c.checkpoint.dir = dir.appendingPathComponent("replay\(i)").path
+        let run = try Trainer(config: c, corpus: corpus, teachers: [teacher])
+        #expect(run.config.model.layers == cand.layers && run.config.student.target == nil && run.cut.blocks == cand.kept)
+        for (r, until) in [2, 4].prefix(cand.heals.count).enumerated() {
+            while run.step < until { _ = try run.trainStep() }
+            let v = try #require(try run.evaluate())
+            #expect(v.kdMean == cand.heals[r], "cut \(i) at step \(until): replayed \(v.kdMean), recorded \(cand.heals[r])")
+        }
+    }
+
+    // a run stopped during the tournament resumes it: the KL and the finished heals are read back (the KLs nudged here so
+    // that a measurement would show), the missing one healed, and the choice is the uninterrupted run's
+    let last = survivors.last!
+    var stopped = choice
+    stopped.chosen = nil
+    stopped.candidates[last].heals.removeLast()
+    for i in stopped.candidates.indices { stopped.candidates[i].kl += 1e-9 }
+    try stopped.save(to: path, comm: LocalCommunicator())
+    calls = []
     let resumed = try chooseBudgetCut(config, source: teacher, overhead: ggufHeaderBytes(tpath), calibration: tr.batches.sampler,
-                                      comm: LocalCommunicator()) { c in calls.append(c); return choice.candidates[last].healed! }
-    #expect(calls.map(\.model.layers) == [choice.candidates[last].layers] && calls.first?.student.keptLayers(teacherLayers: 4) == choice.candidates[last].kept)
-    #expect(resumed.model.layers == tr.config.model.layers && resumed.model.ffnDim == tr.config.model.ffnDim)
+                                      comm: LocalCommunicator()) { c, until in
+        calls.append((c.model.layers, until))
+        #expect(c.student.keptLayers(teacherLayers: 4) == cands[last].kept)
+        return cands[last].heals[1]
+    }
+    #expect(calls.map(\.layers) == [cands[last].layers] && calls.map(\.until) == [4], "\(calls)")
+    #expect(resumed.model.layers == chosen.model.layers && resumed.model.ffnDim == chosen.model.ffnDim)
     let after = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
-    #expect(after.chosen == choice.chosen && after.candidates.map(\.kl) == progress.candidates.map(\.kl) && after.candidates.map(\.healed) == choice.candidates.map(\.healed))
-    // a heal shorter than the run's warmup is a valid run (its warmup cut to the heal), not a refused config
+    #expect(after.chosen == choice.chosen && after.candidates.map(\.kl) == stopped.candidates.map(\.kl) && after.candidates.map(\.heals) == cands.map(\.heals))
+    // the heal is the run in miniature: its warmup scaled to its length (at least 1), never beyond it
     var longWarmup = config
-    longWarmup.optimizer.warmupSteps = 10
-    let short = healConfig(longWarmup, cut: choice.candidates[last], teacherLayers: 4, steps: 3)
-    #expect(short.optimizer.warmupSteps == 3 && healConfig(config, cut: choice.candidates[last], teacherLayers: 4, steps: 3).optimizer.warmupSteps == config.optimizer.warmupSteps)
+    longWarmup.optimizer.warmupSteps = 10; longWarmup.train.steps = 100
+    #expect(healConfig(longWarmup, cut: cands[last], teacherLayers: 4, steps: 25).optimizer.warmupSteps == 3)
+    longWarmup.train.steps = 10
+    let short = healConfig(longWarmup, cut: cands[last], teacherLayers: 4, steps: 3)
+    #expect(short.optimizer.warmupSteps == 3)
     _ = try Trainer(config: short, corpus: corpus, teachers: [teacher])
+    #expect(healRounds(8, steps: 20) == [20, 40, 80] && healRounds(5, steps: 3) == [3, 6, 12] && healRounds(3, steps: 5) == [5, 10]
+            && healRounds(2, steps: 5) == [5] && healRounds(1, steps: 5).isEmpty)
     // the shortlist: within 1.5× the lowest KL, spread over it with both ends, the lowest always in
     func cut(_ kl: Double) -> BudgetCut { var b = BudgetCut(layers: 1, ffnDim: 32, bytes: 0, params: 0); b.kl = kl; return b }
     #expect(healFinalists([0.75, 0.7, 0.72, 0.8, 1.0, 0.9, 1.2].map(cut), count: 3) == [0, 1, 3, 5])  // 1.2 > 1.05
     #expect(healFinalists([0.5, 0.6, 2.0].map(cut), count: 3) == [0, 1])
     // heal_steps needs a validation split; finalists below 2 are refused where the config is read
-    #expect(throws: (any Error).self) { try RunConfig.parse(yaml: try config.yaml().replacingOccurrences(of: "finalists: 2", with: "finalists: 1"), source: "t") }
+    #expect(throws: (any Error).self) { try RunConfig.parse(yaml: try config.yaml().replacingOccurrences(of: "finalists: 3", with: "finalists: 1"), source: "t") }
 }

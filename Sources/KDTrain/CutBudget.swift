@@ -208,7 +208,7 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
             var alive = healFinalists(candidates, count: target.finalists)
             let rounds = healRounds(alive.count, steps: target.healSteps)
             KDLog.info("  target \(what): \(alive.count) of them healed in a tournament on the same batches, scored by their validation "
-                       + "divergence: all to step \(rounds.first ?? 0), the better half on to twice as many, … (\(rounds.map(String.init).joined(separator: ", ")) of \(rounds.last ?? 0))")
+                       + "divergence: all \(rounds.first ?? 0) steps, the better half on to twice as many, … (rounds ending at steps \(rounds.map(String.init).joined(separator: ", ")))")
             // the scores so far are saved after the KL and after each heal
             let progress = { try BudgetChoice(key: key, target: what, candidates: candidates, chosen: nil).save(to: path, comm: comm) }
             try progress()

@@ -189,6 +189,8 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
             KDLog.info("  target \(what): the selection resumed from \(path) — the KL of \(candidates.count) cuts, "
                        + "\(candidates.filter { !$0.heals.isEmpty }.count) healed")
         } else {
+            // a fresh selection: heals left by another (stopped) one are not this one's
+            if comm.rank == 0 { try? FileManager.default.removeItem(atPath: (config.checkpoint.dir as NSString).appendingPathComponent("heal")) }
             KDLog.info("  target \(what): \(candidates.count) cuts meet it; each scored by its calibration KL(teacher‖cut) on \(cal.batches * cal.rows) tokens")
             for i in candidates.indices {
                 var c = config

@@ -353,7 +353,7 @@ public final class Trainer {
                      initFrom: Transformer? = nil, crossTokenizers: [Int: CrossTokenizerPair] = [:]) throws -> (divergence: Double?, from: Int) {
         let run = try Trainer(config: c, corpus: corpus, comm: comm, teachers: teachers, teacherCache: teacherCache, initFrom: initFrom,
                               crossTokenizers: crossTokenizers)
-        var found = comm.rank == 0 ? run.checkpointStore.newestValid().map { [UInt8]($0.dir.utf8) } ?? [] : []
+        var found = comm.rank == 0 ? run.checkpointStore.newestValid().flatMap { $0.state.step <= until ? [UInt8]($0.dir.utf8) : nil } ?? [] : []
         try comm.broadcast(&found, root: 0)
         if !found.isEmpty { try run.resume(from: String(decoding: found, as: UTF8.self)) }
         let from = run.step

@@ -243,6 +243,16 @@ func budgetRun(_ dir: URL, teacherStd: Float? = nil) throws -> (config: RunConfi
     #expect(resumed.model.layers == chosen.model.layers && resumed.model.ffnDim == chosen.model.ffnDim)
     let after = try JSONDecoder().decode(BudgetChoice.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
     #expect(after.chosen == choice.chosen && after.candidates.map(\.kl) == stopped.candidates.map(\.kl) && after.candidates.map(\.heals) == cands.map(\.heals))
+    // a heal folder left by another selection is not this one's: a fresh selection (no budget.json) starts without it
+    try FileManager.default.removeItem(atPath: path)
+    try FileManager.default.createDirectory(atPath: config.checkpoint.dir + "/heal/stale", withIntermediateDirectories: true)
+    var fresh = 0
+    _ = try chooseBudgetCut(config, source: teacher, overhead: ggufHeaderBytes(tpath), calibration: tr.batches.sampler, comm: LocalCommunicator()) { _, _ in
+        #expect(!FileManager.default.fileExists(atPath: config.checkpoint.dir + "/heal/stale"))
+        fresh += 1
+        return 1
+    }
+    #expect(fresh >= 2)
     // the heal is the run in miniature: its warmup scaled to its length (at least 1), never beyond it
     var longWarmup = config
     longWarmup.optimizer.warmupSteps = 10; longWarmup.train.steps = 100

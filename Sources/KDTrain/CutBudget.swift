@@ -133,9 +133,12 @@ func healRounds(_ n: Int, steps: Int) -> [Int] {
     return out
 }
 
-/// Where a cut's heal keeps its checkpoint between rounds: `heal/<layers>x<ffn>` in the run's checkpoint directory.
+/// Where the heals keep their checkpoints between rounds: `heal/` in the run's checkpoint directory.
+func healRoot(_ config: RunConfig) -> String { (config.checkpoint.dir as NSString).appendingPathComponent("heal") }
+
+/// Where a cut's heal keeps its checkpoint between rounds: `heal/<layers>x<ffn>`.
 func healDirectory(_ config: RunConfig, cut: BudgetCut) -> String {
-    (config.checkpoint.dir as NSString).appendingPathComponent("heal/\(cut.layers)x\(cut.ffnDim)")
+    (healRoot(config) as NSString).appendingPathComponent("\(cut.layers)x\(cut.ffnDim)")
 }
 
 /// The run `config` with `cut`'s shape and kept blocks and no target: what the heal of one finalist trains — the run in
@@ -190,7 +193,7 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
                        + "\(candidates.filter { !$0.heals.isEmpty }.count) healed")
         } else {
             // a fresh selection: heals left by another (stopped) one are not this one's
-            if comm.rank == 0 { try? FileManager.default.removeItem(atPath: (config.checkpoint.dir as NSString).appendingPathComponent("heal")) }
+            if comm.rank == 0 { try? FileManager.default.removeItem(atPath: healRoot(config)) }
             KDLog.info("  target \(what): \(candidates.count) cuts meet it; each scored by its calibration KL(teacher‖cut) on \(cal.batches * cal.rows) tokens")
             for i in candidates.indices {
                 var c = config
@@ -227,7 +230,7 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
                 if comm.rank == 0 { for i in alive where !next.contains(i) { try? FileManager.default.removeItem(atPath: healDirectory(config, cut: candidates[i])) } }
                 alive = Array(next)
             }
-            if comm.rank == 0 { try? FileManager.default.removeItem(atPath: (config.checkpoint.dir as NSString).appendingPathComponent("heal")) }
+            if comm.rank == 0 { try? FileManager.default.removeItem(atPath: healRoot(config)) }
             best = alive[0]
         }
         choice = BudgetChoice(key: key, target: what, candidates: candidates, chosen: best)

@@ -211,25 +211,16 @@ struct Train: ParsableCommand {
 
     /// `--resume`: rank 0 picks the checkpoint (skipping torn ones), every rank receives it.
     func resumeIfAsked(_ trainer: Trainer, comm: any Communicator) throws {
-        var chosen = [UInt8]()
-        if comm.rank == 0 {
-            switch resume {
-            case .none:
-                break
-            case .auto:
-                if let (dir, _) = trainer.checkpointStore.newestValid(report: { KDLog.info("resume: \($0)") }) {
-                    chosen = Array(dir.utf8)
-                } else {
-                    KDLog.info("resume: no checkpoint in \(trainer.config.checkpoint.dir); starting fresh")
-                }
-            case .folder(let dir):
-                _ = try CheckpointStore.verify(dir: dir)
-                chosen = Array(dir.utf8)
+        switch resume {
+        case .none:
+            break
+        case .folder(let dir):
+            try trainer.resumeChosenByRankZero(folder: dir)
+        case .auto:
+            if try trainer.resumeChosenByRankZero(report: { KDLog.info("resume: \($0)") }) == nil, comm.rank == 0 {
+                KDLog.info("resume: no checkpoint in \(trainer.config.checkpoint.dir); starting fresh")
             }
         }
-        guard resume != .none else { return }
-        try comm.broadcast(&chosen, root: 0)
-        if !chosen.isEmpty { try trainer.resume(from: String(decoding: chosen, as: UTF8.self)) }
     }
 }
 

@@ -353,9 +353,7 @@ public final class Trainer {
                      initFrom: Transformer? = nil, crossTokenizers: [Int: CrossTokenizerPair] = [:]) throws -> (divergence: Double?, from: Int) {
         let run = try Trainer(config: c, corpus: corpus, comm: comm, teachers: teachers, teacherCache: teacherCache, initFrom: initFrom,
                               crossTokenizers: crossTokenizers)
-        var found = comm.rank == 0 ? run.checkpointStore.newestValid().flatMap { $0.state.step <= until ? [UInt8]($0.dir.utf8) : nil } ?? [] : []
-        try comm.broadcast(&found, root: 0)
-        if !found.isEmpty { try run.resume(from: String(decoding: found, as: UTF8.self)) }
+        try run.resumeChosenByRankZero(atMost: until)
         let from = run.step
         while run.step < until {
             _ = try run.trainStep()
@@ -368,6 +366,28 @@ public final class Trainer {
     // MARK: - Checkpoints: the core (weights, moments, position) and a loop over the parts
 
     public var checkpointStore: CheckpointStore { CheckpointStore(root: config.checkpoint.dir, keep: config.checkpoint.keep) }
+
+    /// Goes on from the checkpoint rank 0 picks, which every rank receives: `folder` (verified first) if given, else
+    /// the newest in `checkpoint.dir` that verifies (torn ones reported and skipped), if it is at or before step
+    /// `atMost`. Returns that folder, or nil (nothing changed) when there is none. `distill train --resume` and a
+    /// budget's heal both go on this way.
+    @discardableResult
+    public func resumeChosenByRankZero(folder: String? = nil, atMost: Int = .max, report: (String) -> Void = { _ in }) throws -> String? {
+        var chosen = [UInt8]()
+        if comm.rank == 0 {
+            if let folder {
+                _ = try CheckpointStore.verify(dir: folder)
+                chosen = Array(folder.utf8)
+            } else if let (dir, state) = checkpointStore.newestValid(report: report), state.step <= atMost {
+                chosen = Array(dir.utf8)
+            }
+        }
+        try comm.broadcast(&chosen, root: 0)
+        guard !chosen.isEmpty else { return nil }
+        let dir = String(decoding: chosen, as: UTF8.self)
+        try resume(from: dir)
+        return dir
+    }
 
     /// Rank 0 writes a checkpoint of the current step (every rank hands it its range of the sharded state); every
     /// rank waits until it is complete.

@@ -133,6 +133,12 @@ func healRounds(_ n: Int, steps: Int) -> [Int] {
     return out
 }
 
+/// Of a round's finished heals (score, cut), the cuts that cannot be among the `goingOn` best however the rest score:
+/// those behind at least `goingOn` others (ties go to the lower cut, as the round's choice breaks them).
+func outOfTheRunning(_ finished: [(score: Double, cut: Int)], goingOn: Int) -> [Int] {
+    finished.filter { a in finished.filter { ($0.score, $0.cut) < (a.score, a.cut) }.count >= goingOn }.map(\.cut)
+}
+
 /// Where the heals keep their checkpoints between rounds: `heal/` in the run's checkpoint directory.
 func healRoot(_ config: RunConfig) -> String { (config.checkpoint.dir as NSString).appendingPathComponent("heal") }
 
@@ -224,6 +230,14 @@ func chooseBudgetCut(_ config: RunConfig, source: Transformer, overhead: Int, ca
                     KDLog.info("    round \(r + 1), step \(until): \(candidates[i].summary), KL \(String(format: "%.4f", candidates[i].kl)) → "
                                + "\(candidates[i].heals.map { String(format: "%.4f", $0) }.joined(separator: " → ")) (\(String(format: "%.0f", monotonicSeconds() - s0)) s)")
                     try progress()
+                    // a cut behind as many finished ones as go on cannot go on: its checkpoint goes now, not after the
+                    // round (at most half the cuts and one more keep a checkpoint at once)
+                    if comm.rank == 0 {
+                        let done = alive.filter { candidates[$0].heals.count > r }
+                        for j in outOfTheRunning(done.map { (candidates[$0].heals[r], $0) }, goingOn: (alive.count + 1) / 2) {
+                            try? FileManager.default.removeItem(atPath: healDirectory(config, cut: candidates[j]))
+                        }
+                    }
                 }
                 let next = alive.sorted { (candidates[$0].heals[r], $0) < (candidates[$1].heals[r], $1) }.prefix((alive.count + 1) / 2).sorted()
                 // rank 0 keeps the checkpoints of the cuts that go on

@@ -263,6 +263,13 @@ func budgetRun(_ dir: URL, teacherStd: Float? = nil) throws -> (config: RunConfi
     _ = try Trainer(config: short, corpus: corpus, teachers: [teacher])
     #expect(healRounds(8, steps: 20) == [20, 40, 80] && healRounds(5, steps: 3) == [3, 6, 12] && healRounds(3, steps: 5) == [5, 10]
             && healRounds(2, steps: 5) == [5] && healRounds(1, steps: 5).isEmpty)
+    // a heal's checkpoint goes as soon as the cut is behind as many finished ones as go on (ties to the lower cut)
+    #expect(outOfTheRunning([(0.5, 0), (0.4, 1)], goingOn: 2).isEmpty)
+    #expect(outOfTheRunning([(0.5, 0), (0.4, 1), (0.6, 2)], goingOn: 2) == [2])
+    #expect(outOfTheRunning([(0.5, 0), (0.5, 1), (0.5, 2)], goingOn: 2) == [2])
+    #expect(outOfTheRunning([(0.3, 3), (0.2, 5)], goingOn: 1) == [3])
+    #expect(outOfTheRunning([(0.41, 0), (0.45, 1), (0.40, 2), (0.47, 3), (0.44, 4)], goingOn: 4) == [3])
+    #expect(outOfTheRunning([(0.41, 0), (0.45, 1), (0.40, 2), (0.47, 3), (0.44, 4), (0.46, 5), (0.39, 6)], goingOn: 4) == [1, 3, 5])
     // the shortlist: within 1.5× the lowest KL, spread over it with both ends, the lowest always in
     func cut(_ kl: Double) -> BudgetCut { var b = BudgetCut(layers: 1, ffnDim: 32, bytes: 0, params: 0); b.kl = kl; return b }
     #expect(healFinalists([0.75, 0.7, 0.72, 0.8, 1.0, 0.9, 1.2].map(cut), count: 3) == [0, 1, 3, 5])  // 1.2 > 1.05

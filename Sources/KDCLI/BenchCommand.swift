@@ -163,6 +163,10 @@ struct Bench: ParsableCommand {
                 let q = best { blocks.withUnsafeMutableBytes { b in quantize(.iq4_nl, src: x, count: n, out: b.baseAddress!) } }
                 ref = best { blocks.withUnsafeMutableBytes { b in quantizeIQ4NLOneBlockAtATime(src: x, count: n, out: b.baseAddress!) } }
                 line += String(format: " | quantize alone %7.2f, one block at a time %7.2f", q, ref!)
+            } else if scheme == .mxfp4 {
+                let q = best { blocks.withUnsafeMutableBytes { b in quantize(.mxfp4, src: x, count: n, out: b.baseAddress!) } }
+                ref = best { blocks.withUnsafeMutableBytes { b in quantizeMXFP4ScanningCodes(src: x, count: n, out: b.baseAddress!) } }
+                line += String(format: " | quantize alone %7.2f, scanning the codes %7.2f", q, ref!)
             }
             print(json ? "{\"fake_quant\":\"\(scheme)\",\"ms_per_million\":\(String(format: "%.3f", ms))\(ref.map { ",\"reference_quantize_ms_per_million\":\(String(format: "%.3f", $0))" } ?? "")}" : line)
         }

@@ -17,7 +17,7 @@ struct Export: ParsableCommand {
 
     @Argument(help: "A checkpoint folder (or any Hugging Face folder).") var checkpoint: String
     @Option(help: "gguf or safetensors.") var format: ExportFormat
-    @Option(help: "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, a k-quant q2_k … q6_k, iq4_nl, or a llama.cpp preset q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m (each tensor in the type llama.cpp's quantizer picks for it) (GGUF; rows a k-quant's 256-blocks do not divide take llama.cpp's fallback type; default: the QAT scheme the student trained with, else f16). For safetensors the weights are stored F32, after the round trip through the type when one is given.") var quant: String?
+    @Option(help: "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, a k-quant q2_k … q6_k, iq4_nl, mxfp4, or a llama.cpp preset q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m (each tensor in the type llama.cpp's quantizer picks for it) (GGUF; rows a k-quant's 256-blocks do not divide take llama.cpp's fallback type; default: the QAT scheme the student trained with, else f16). For safetensors the weights are stored F32, after the round trip through the type when one is given.") var quant: String?
     @Option(help: "Output file (gguf) or folder (safetensors); replaced only when complete.") var out: String
     @Option(help: "Type of the token embedding and LM head (default: what a QAT student trained them with — its qat.embedding_scheme, f32 when it kept them in full precision — else --quant).") var embeddingQuant: String?
     @Option(help: "A GGUF file whose tokenizer and chat template to copy (default: the checkpoint's GGUF teacher).") var tokenizerFrom: String?

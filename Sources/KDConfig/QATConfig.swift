@@ -9,6 +9,8 @@ public enum QATScheme: String, ConfigVocabulary {
     case q2_K = "q2_k", q3_K = "q3_k", q4_K = "q4_k", q5_K = "q5_k", q6_K = "q6_k"
     /// IQ4_NL: Q4_0's bytes (blocks of 32, an F16 scale), 16 levels spaced like the weights instead of evenly.
     case iq4_nl
+    /// MXFP4: blocks of 32 E2M1 codes times a power-of-two scale byte, 4.25 bits a weight (a quarter bit under Q4_0).
+    case mxfp4
     case int8Channel = "int8_channel", int4Channel = "int4_channel"
 
     /// The GGUF block formats.
@@ -61,7 +63,7 @@ public enum ScaleSource: String, ConfigVocabulary {
 /// Quantization-aware training: the student's linear layers see their weights quantized as they will be exported
 /// (fake quantization, straight-through gradients into full-precision master weights).
 public struct QATConfig: Codable, Equatable, Sendable {
-    /// `none`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, the k-quants `q2_k` … `q6_k`, `iq4_nl` (exactly the GGUF formats,
+    /// `none`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, the k-quants `q2_k` … `q6_k`, `iq4_nl`, `mxfp4` (exactly the GGUF formats,
     /// bit for bit as ggml quantizes them) or `int8_channel`, `int4_channel`. Default none.
     public var scheme = QATScheme.none
     /// Also quantize the token embedding and LM head (else they stay full precision). Default false.
@@ -129,7 +131,7 @@ public struct QATConfig: Codable, Equatable, Sendable {
         try c.require(startStep >= 0, .startStep, expected: "an integer >= 0", found: startStep)
         if let e = embeddingScheme {
             try c.require(embeddings, .embeddingScheme, expected: "embeddings: true with it (the tables are not quantized otherwise)", found: "'\(e.rawValue)' with embeddings: false")
-            try c.require(e.isBlockFormat && scheme.isBlockFormat, .embeddingScheme, expected: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k, iq4_nl) beside a block-format scheme",
+            try c.require(e.isBlockFormat && scheme.isBlockFormat, .embeddingScheme, expected: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k, iq4_nl, mxfp4) beside a block-format scheme",
                           found: "'\(e.rawValue)' beside scheme '\(scheme.rawValue)'")
             try c.require(e == scheme || (scales == .absmax && freezeStep == 0), .embeddingScheme,
                           expected: "scheme's own format with learned or frozen scales (one set of scales per run)", found: "'\(e.rawValue)'")
@@ -142,7 +144,7 @@ public struct QATConfig: Codable, Equatable, Sendable {
                     throw DecodingError.dataCorruptedError(forKey: key, in: m, debugDescription: "expected a block matrix (\(BlockMatrix.choices)), found '\(key.stringValue)'")
                 }
                 let t: QATScheme = try m.value(key, or: .none)
-                try m.require(t.isBlockFormat && scheme.isBlockFormat, key, expected: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k, iq4_nl) beside a block-format scheme",
+                try m.require(t.isBlockFormat && scheme.isBlockFormat, key, expected: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k, iq4_nl, mxfp4) beside a block-format scheme",
                               found: "'\(t.rawValue)' beside scheme '\(scheme.rawValue)'")
                 try m.require(t == scheme || (scales == .absmax && freezeStep == 0), key,
                               expected: "scheme's own format with learned or frozen scales (one set of scales per run)", found: "'\(t.rawValue)'")

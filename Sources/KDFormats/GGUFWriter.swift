@@ -91,10 +91,10 @@ public struct GGUFWriter {
 
 /// Output types `distill export` writes.
 public let exportTypes: [String: GGMLType] = ["f32": .f32, "f16": .f16, "q8_0": .q8_0, "q4_0": .q4_0, "q4_1": .q4_1, "q5_0": .q5_0, "q5_1": .q5_1,
-                                              "q2_k": .q2_K, "q3_k": .q3_K, "q4_k": .q4_K, "q5_k": .q5_K, "q6_k": .q6_K, "iq4_nl": .iq4_nl]
+                                              "q2_k": .q2_K, "q3_k": .q3_K, "q4_k": .q4_K, "q5_k": .q5_K, "q6_k": .q6_K, "iq4_nl": .iq4_nl, "mxfp4": .mxfp4]
 
 /// The names `exportTypes` takes, for messages.
-public let exportTypeNames = "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl"
+public let exportTypeNames = "f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, mxfp4"
 
 /// Rows of a [heads·hs, c] Q or K matrix from rotate-half order (Hugging Face) into adjacent-pair order (GGUF):
 /// within each head, row j < hs/2 goes to 2j and row hs/2 + j to 2j + 1 (llama.cpp's convert permutation).

@@ -5,7 +5,7 @@ import KDCore
 /// The GGML tensor types distill reads; raw values are the on-disk type ids.
 public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
     case f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q5_0 = 6, q5_1 = 7, q8_0 = 8
-    case q2_K = 10, q3_K = 11, q4_K = 12, q5_K = 13, q6_K = 14, iq4_nl = 20, iq4_xs = 23, bf16 = 30
+    case q2_K = 10, q3_K = 11, q4_K = 12, q5_K = 13, q6_K = 14, iq4_nl = 20, iq4_xs = 23, bf16 = 30, mxfp4 = 39
 
     public var description: String {
         switch self {
@@ -24,6 +24,7 @@ public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
         case .q6_K: return "Q6_K"
         case .iq4_nl: return "IQ4_NL"
         case .iq4_xs: return "IQ4_XS"
+        case .mxfp4: return "MXFP4"
         }
     }
 
@@ -45,7 +46,7 @@ public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
     public var blockSize: Int {
         switch self {
         case .f32, .f16, .bf16: return 1
-        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .iq4_nl: return 32
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .iq4_nl, .mxfp4: return 32
         case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_xs: return 256
         }
     }
@@ -67,6 +68,7 @@ public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
         case .q6_K: return 210
         case .iq4_nl: return 18
         case .iq4_xs: return 136
+        case .mxfp4: return 17
         }
     }
 
@@ -265,6 +267,15 @@ public func dequantize(_ type: GGMLType, src: UnsafeRawPointer, out y: UnsafeMut
             for j in 0..<16 {
                 o[j] = d * iq4Levels[Int(u8(x, 2 + j) & 0xF)]
                 o[j + 16] = d * iq4Levels[Int(u8(x, 2 + j) >> 4)]
+            }
+        }
+    case .mxfp4:
+        // e qs[16]: element j of the block is code qs[j] & 0xF, element j + 16 code qs[j] >> 4, times 2^(e − 128)
+        for b in 0..<nb {
+            let x = src + b * ts, d = MXFP4.unit(u8(x, 0)), o = y + b * 32
+            for j in 0..<16 {
+                o[j] = MXFP4.codes[Int(u8(x, 1 + j) & 0xF)] * d
+                o[j + 16] = MXFP4.codes[Int(u8(x, 1 + j) >> 4)] * d
             }
         }
     case .iq4_xs:

@@ -7,6 +7,7 @@
 //   Q5_0, Q5_1  as Q4_0 (d = largest / −16, +16.5) and Q4_1 (/ 31) with 32 levels
 //   Q2_K … Q6_K  super-blocks of 256 with quantized sub-block scales (KQuants.swift)
 //   IQ4_NL  32-blocks of 4-bit indices into 16 non-uniform levels × an F16 scale, searched over 15 trials (IQ4NL.swift)
+//   MXFP4   32-blocks of 4-bit E2M1 codes × a power-of-two scale byte, 4.25 bits a weight (MXFP4.swift)
 // A k-quant on rows its 256-blocks do not divide falls back as llama.cpp's quantizer does (GGMLType.forRows).
 // plus per-output-channel symmetric int8 / int4 (no GGUF block type: exported dequantized, exactly).
 // Dims: count elements, a multiple of the block size; rows of c elements for the per-channel schemes.
@@ -14,7 +15,7 @@ import Foundation
 import KDConfig
 
 /// Quantizes `count` floats into `type` blocks at `out` (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the k-quants Q2_K … Q6_K
-/// and IQ4_NL).
+/// IQ4_NL and MXFP4).
 public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer) {
     precondition(count % type.blockSize == 0, "quantize \(type): \(count) elements is not a multiple of \(type.blockSize)")
     let nb = count / type.blockSize, ts = type.typeSize
@@ -88,8 +89,10 @@ public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, ou
         for b in 0..<nb { KQuant.block(type, src + b * 256, out + b * ts) }
     case .iq4_nl:
         IQ4NL.quantize(src, blocks: nb, out)
+    case .mxfp4:
+        MXFP4.quantize(src, blocks: nb, out)
     default:
-        preconditionFailure("quantize: \(type) is not a supported output type (f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K … q6_K, iq4_nl)")
+        preconditionFailure("quantize: \(type) is not a supported output type (f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K … q6_K, iq4_nl, mxfp4)")
     }
 }
 
@@ -108,6 +111,8 @@ public enum FakeQuantScheme: String, Sendable, CaseIterable {
     case q2_K = "q2_k", q3_K = "q3_k", q4_K = "q4_k", q5_K = "q5_k", q6_K = "q6_k"
     /// Non-uniform 4-bit levels in blocks of 32 (Q4_0's bytes).
     case iq4_nl
+    /// E2M1 codes times a power-of-two scale in blocks of 32 (4.25 bits a weight).
+    case mxfp4
     /// Symmetric per output channel (row): d = absmax / 127 or / 7, q = roundf(x / d) clamped to [−128, 127] / [−8, 7].
     case int8Channel = "int8_channel", int4Channel = "int4_channel"
 
@@ -125,6 +130,7 @@ public enum FakeQuantScheme: String, Sendable, CaseIterable {
         case .q5_K: return .q5_K
         case .q6_K: return .q6_K
         case .iq4_nl: return .iq4_nl
+        case .mxfp4: return .mxfp4
         case .int8Channel, .int4Channel: return nil
         }
     }
@@ -179,6 +185,10 @@ public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, r
     }
     if scheme == .iq4_nl {
         IQ4NL.fakeQuantize(src, blocks: count / 32, out: out, mask: mask)
+        return
+    }
+    if scheme == .mxfp4 {
+        MXFP4.fakeQuantize(src, blocks: count / 32, out: out, mask: mask)
         return
     }
     if let type = scheme.ggmlType {

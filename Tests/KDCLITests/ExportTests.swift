@@ -38,7 +38,7 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         return (dir.appendingPathComponent("qat-\(scheme)/step_00000002"), r.out + r.err)
     }
 
-    @Test(arguments: ["q8_0", "q4_0"])
+    @Test(arguments: ["q8_0", "q4_0", "mxfp4"])
     func qatStudentExportsToExactlyWhatItTrainedWith(scheme: String) throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -136,25 +136,27 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         #expect((masters["bad"] as! [String]).count == 2 * 7 + 1, "\(masters["bad"]!)")
     }
 
-    /// An IQ4_NL student (qat.scheme iq4_nl, the tables too): the GGUF holds IQ4_NL for every matrix, gguf-py reads
-    /// each back to the values the student computed with, the checkpoint and the GGUF read one NLL, and the masters
-    /// are not those values.
-    @Test func anIQ4NLStudentExportsToExactlyWhatItTrainedWith() throws {
+    /// An IQ4_NL or MXFP4 student (qat.scheme iq4_nl / mxfp4, the tables too): the GGUF holds that type for every
+    /// matrix, gguf-py reads each back to the values the student computed with, the checkpoint and the GGUF read one
+    /// NLL, and the masters are not those values.
+    @Test(arguments: ["iq4_nl", "mxfp4"])
+    func a4BitTableStudentExportsToExactlyWhatItTrainedWith(scheme: String) throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let ckpt = try trainQAT(dir, scheme: "iq4_nl", extra: "  embeddings: true\n").checkpoint
+        let ckpt = try trainQAT(dir, scheme: scheme, extra: "  embeddings: true\n").checkpoint
         let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
         let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
-        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, IQ4_NL, embedding/head IQ4_NL"), "\(e.out)\(e.err)")
+        let label = scheme.uppercased()
+        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, \(label), embedding/head \(label)"), "\(e.out)\(e.err)")
         #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
         let script = cliScripts.appendingPathComponent("check_gguf_export.py").path
-        let check = try runPython(script, [gguf, hf.appendingPathComponent("model.safetensors").path, "iq4_nl", "iq4_nl", "--dequant"])
+        let check = try runPython(script, [gguf, hf.appendingPathComponent("model.safetensors").path, scheme, scheme, "--dequant"])
         let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
         #expect((j["bad"] as! [String]).isEmpty && (j["extra"] as! [String]).isEmpty, "\(check)")
         let (a, b) = (try nll(ckpt.path), try nll(gguf))
         #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
         let masters = try JSONSerialization.jsonObject(with: Data(try runPython(script,
-            [gguf, ckpt.appendingPathComponent("model.safetensors").path, "iq4_nl", "iq4_nl", "--dequant"]).utf8)) as! [String: Any]
+            [gguf, ckpt.appendingPathComponent("model.safetensors").path, scheme, scheme, "--dequant"]).utf8)) as! [String: Any]
         #expect((masters["bad"] as! [String]).count == 2 * 7 + 1, "\(masters["bad"]!)")
     }
 

@@ -1,4 +1,4 @@
-// The k-quants (Q2_K … Q6_K) and IQ4_NL against ggml's own quantizer, bit for bit: live through llama-cpp-python's libggml-base
+// The k-quants (Q2_K … Q6_K), IQ4_NL and MXFP4 against ggml's own quantizer, bit for bit: live through llama-cpp-python's libggml-base
 // where it is installed, else against the SHA-256 of ggml's bytes recorded for the same input
 // (Fixtures/kquants-ggml.json, written by Scripts/ggml_kquantize.py record: run these tests with
 // DISTILL_RECORD_KQUANTS=1 where llama-cpp-python is installed). Inputs: awkward synthetic weights and a
@@ -11,9 +11,10 @@ import Testing
 
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 let kquantNames = ["q2_K", "q3_K", "q4_K", "q5_K", "q6_K"]
-/// The formats whose quantizers search for their scales (the k-quants and IQ4_NL): checked against ggml's bytes.
-let searchedNames = kquantNames + ["iq4_nl"]
-let kquantTypes: [String: GGMLType] = ["q2_K": .q2_K, "q3_K": .q3_K, "q4_K": .q4_K, "q5_K": .q5_K, "q6_K": .q6_K, "iq4_nl": .iq4_nl]
+/// The formats checked against ggml's own bytes: those whose quantizers search for their scales (the k-quants and
+/// IQ4_NL), and MXFP4 (gguf-py's port of it rounds its exponent with numpy's log2, not ggml's log2f).
+let searchedNames = kquantNames + ["iq4_nl", "mxfp4"]
+let kquantTypes: [String: GGMLType] = ["q2_K": .q2_K, "q3_K": .q3_K, "q4_K": .q4_K, "q5_K": .q5_K, "q6_K": .q6_K, "iq4_nl": .iq4_nl, "mxfp4": .mxfp4]
 
 /// 8 rows of 512 with the cases a k-quant's searches branch on: weight-like normals, an all-zero super-block, one of
 /// a single repeated value, all-positive and all-negative sub-blocks (min clamps to 0), a lone outlier, tiny values,
@@ -96,7 +97,7 @@ func kquantFakeQuantizationIsItsBlocksReadBackByGGUFPy(name: String) throws {
     var inPlace = x
     inPlace.withUnsafeMutableBufferPointer { fakeQuantize(scheme, src: $0.baseAddress!, rows: rows, c: c, out: $0.baseAddress!, mask: nil) }
     #expect(inPlace == fq)
-    let sub = type == .q4_K || type == .q5_K || type == .iq4_nl ? 32 : 16
+    let sub = type == .q4_K || type == .q5_K || type == .iq4_nl || type == .mxfp4 ? 32 : 16
     var stopped = 0
     for i in 0..<x.count where mask[i] == 0 {
         stopped += 1

@@ -16,9 +16,9 @@ func awkwardWeights(rows: Int) -> [Float] {
     return x
 }
 
-@Test(arguments: ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "f16"])
+@Test(arguments: ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "mxfp4", "f16"])
 func quantizersMatchGGUFPyBitForBit(name: String) throws {
-    let type: GGMLType = ["q8_0": .q8_0, "q4_0": .q4_0, "q4_1": .q4_1, "q5_0": .q5_0, "q5_1": .q5_1, "f16": .f16][name]!
+    let type: GGMLType = ["q8_0": .q8_0, "q4_0": .q4_0, "q4_1": .q4_1, "q5_0": .q5_0, "q5_1": .q5_1, "mxfp4": .mxfp4, "f16": .f16][name]!
     let dir = try temporaryDirectory("distill-quant")
     defer { try? FileManager.default.removeItem(at: dir) }
     let x = awkwardWeights(rows: 9)

@@ -17,7 +17,7 @@ rng = np.random.default_rng(1234)
 # byte offsets of the f16 scale fields inside each block
 HALF_FIELDS = {T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
                T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208],
-               T.IQ4_NL: [0], T.IQ4_XS: [0]}
+               T.IQ4_NL: [0], T.IQ4_XS: [0], T.MXFP4: []}  # MXFP4: its scale byte is any E8M0 value
 
 w = gguf.GGUFWriter(str(out / "types.gguf"), "llama")
 rows = 3

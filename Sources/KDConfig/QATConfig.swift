@@ -21,6 +21,9 @@ public enum QATScheme: String, ConfigVocabulary {
         }
     }
 
+    /// The block formats' names, for messages.
+    public static var blockFormatNames: String { allCases.filter(\.isBlockFormat).map(\.rawValue).joined(separator: ", ") }
+
     /// Schemes whose scales can be learned or frozen (one scale per 32 or per row, no minimum, no sub-block scales).
     public var takesGivenScales: Bool { [.q8_0, .q4_0, .int8Channel, .int4Channel].contains(self) }
 }
@@ -131,7 +134,7 @@ public struct QATConfig: Codable, Equatable, Sendable {
         try c.require(startStep >= 0, .startStep, expected: "an integer >= 0", found: startStep)
         if let e = embeddingScheme {
             try c.require(embeddings, .embeddingScheme, expected: "embeddings: true with it (the tables are not quantized otherwise)", found: "'\(e.rawValue)' with embeddings: false")
-            try c.require(e.isBlockFormat && scheme.isBlockFormat, .embeddingScheme, expected: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k, iq4_nl, mxfp4) beside a block-format scheme",
+            try c.require(e.isBlockFormat && scheme.isBlockFormat, .embeddingScheme, expected: "a block format (\(QATScheme.blockFormatNames)) beside a block-format scheme",
                           found: "'\(e.rawValue)' beside scheme '\(scheme.rawValue)'")
             try c.require(e == scheme || (scales == .absmax && freezeStep == 0), .embeddingScheme,
                           expected: "scheme's own format with learned or frozen scales (one set of scales per run)", found: "'\(e.rawValue)'")
@@ -144,7 +147,7 @@ public struct QATConfig: Codable, Equatable, Sendable {
                     throw DecodingError.dataCorruptedError(forKey: key, in: m, debugDescription: "expected a block matrix (\(BlockMatrix.choices)), found '\(key.stringValue)'")
                 }
                 let t: QATScheme = try m.value(key, or: .none)
-                try m.require(t.isBlockFormat && scheme.isBlockFormat, key, expected: "a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k … q6_k, iq4_nl, mxfp4) beside a block-format scheme",
+                try m.require(t.isBlockFormat && scheme.isBlockFormat, key, expected: "a block format (\(QATScheme.blockFormatNames)) beside a block-format scheme",
                               found: "'\(t.rawValue)' beside scheme '\(scheme.rawValue)'")
                 try m.require(t == scheme || (scales == .absmax && freezeStep == 0), key,
                               expected: "scheme's own format with learned or frozen scales (one set of scales per run)", found: "'\(t.rawValue)'")

@@ -19,10 +19,12 @@ enum MXFP4 {
     /// Midpoints between consecutive magnitudes (in units of 2^(e − 128)): at or below m_i the magnitude is i's.
     static let midpoints: [Float] = [0.5, 1.5, 2.5, 3.5, 5, 7, 10]
 
-    /// The scale byte of a block whose largest magnitude is amax, as ggml computes it (0 for an all-zero block).
+    /// The scale byte of a block whose largest magnitude is amax, as ggml computes it (0 for an all-zero block; 255,
+    /// the largest unit, for an infinite weight, where ggml's cast to uint8 is undefined).
     @inline(__always) static func exponent(amax: Float) -> UInt8 {
         guard amax > 0 else { return 0 }
-        return UInt8(truncatingIfNeeded: Int((log2f(amax)).rounded(.down) - 2 + 127))
+        let e = log2f(amax).rounded(.down) - 2 + 127
+        return e.isFinite ? UInt8(truncatingIfNeeded: Int(e)) : 255
     }
 
     /// GGML_E8M0_TO_FP32_HALF: 2^(e − 128), the bits ggml builds (subnormal below e = 2).
@@ -85,7 +87,7 @@ enum MXFP4 {
                 let d = unit(block(xb, q.baseAddress!))
                 if let mask {
                     let top = 12 * d
-                    for j in 0..<32 { mask[b * 32 + j] = abs(xb[j]) > top ? 0 : 1 }
+                    for j in 0..<32 { mask[b * 32 + j] = abs(xb[j]) > top || xb[j].isInfinite ? 0 : 1 }  // 12 units are infinite at e = 255
                 }
                 for j in 0..<32 { ob[j] = codes[Int(q[j])] * d }
             }

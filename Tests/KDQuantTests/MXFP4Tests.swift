@@ -62,4 +62,11 @@ import Testing
         fakeQuantize(.mxfp4, src: z, rows: 1, c: 32, out: yp.baseAddress!, mask: mp.baseAddress!)
     } }
     #expect(zq[7] == 0.375 && zm[7] == 0 && zm[0] == 1)
+    // an infinite weight (a diverged run) quantizes without trapping: the largest unit, and as ggml's scan does (every
+    // distance to it infinite) the first code, zero; its gradient stopped
+    z[7] = .infinity
+    zq.withUnsafeMutableBufferPointer { yp in zm.withUnsafeMutableBufferPointer { mp in
+        fakeQuantize(.mxfp4, src: z, rows: 1, c: 32, out: yp.baseAddress!, mask: mp.baseAddress!)
+    } }
+    #expect(zq[7] == 0 && zm[7] == 0 && zq[0] == 0, "\(zq[7]) \(zm[7]) \(zq[0])")
 }

@@ -8,6 +8,17 @@ public enum StudentInit: String, ConfigVocabulary {
     case random, fromTeacher = "from_teacher"
 }
 
+/// `student.bridge`: what stands in for a run of blocks a cut drops.
+public enum SeamBridge: String, ConfigVocabulary {
+    /// Nothing: the stream goes from the block before the run straight to the block after it.
+    case none
+    /// ReplaceMe (Shopkhoev et al. 2025): a linear map T from the FFN output of the kept block before the run to what
+    /// the run adds to the stream (the stream after the run minus the one before that FFN), fitted by least squares on
+    /// the calibration tokens and merged into that block's down projection (ffn_down ← Tᵀ·ffn_down), so the student
+    /// keeps its architecture and exports as before.
+    case linear
+}
+
 /// `student.select`: how the teacher blocks a cut student keeps are chosen.
 public enum LayerSelect: String, ConfigVocabulary {
     /// `student.every`: blocks 0, every, 2·every, …
@@ -143,6 +154,10 @@ public struct StudentInitConfig: Codable, Equatable, Sendable {
     /// prints every score (with `heal_steps`, the best of a few cuts after a short heal each). `model.layers` and
     /// `model.ffn_dim` are then the chosen cut's. Default: none.
     public var target: StudentTarget?
+    /// What stands in for each run of blocks a depth cut drops: `none` (default) or `linear` (a least-squares map over
+    /// the run, fitted on `calibration_batches` micro-batches and merged into the down projection of the kept block
+    /// before it; a run at the very start has no such block and stays as it is).
+    public var bridge = SeamBridge.none
 
     public init() {}
 
@@ -152,7 +167,7 @@ public struct StudentInitConfig: Codable, Equatable, Sendable {
     /// Whether the kept blocks are measured on calibration batches (greedy, angular) rather than listed.
     public var measuresSelection: Bool { rule == .greedy || rule == .angular }
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case initFrom = "init", layers, every, select, teacher, calibrationBatches = "calibration_batches", target }
+    enum CodingKeys: String, CodingKey, CaseIterable { case initFrom = "init", layers, every, select, teacher, calibrationBatches = "calibration_batches", target, bridge }
 
     public init(from decoder: any Decoder) throws {
         try rejectUnknownKeys(decoder, CodingKeys.self)
@@ -164,6 +179,9 @@ public struct StudentInitConfig: Codable, Equatable, Sendable {
         teacher = try c.value(.teacher, or: teacher)
         calibrationBatches = try c.value(.calibrationBatches, or: calibrationBatches)
         target = try c.decodeIfPresent(StudentTarget.self, forKey: .target)
+        bridge = try c.value(.bridge, or: bridge)
+        try c.require(bridge == .none || initFrom == .fromTeacher, .bridge,
+                      expected: "none with init: \(initFrom.rawValue) (a bridge stands in for blocks cut from a teacher)", found: bridge.rawValue)
         if target != nil {
             try c.require(initFrom == .fromTeacher, .target, expected: "init: from_teacher (a target is met by cutting the teacher)", found: "init: \(initFrom.rawValue)")
             try c.require(select == nil || select == .angular || select == .greedy || (select == .every && every == 1), .select,

@@ -3,6 +3,7 @@
 // narrower (width pruning: residual-stream channels, FFN channels, query heads, each ranked by mean |activation|).
 import KDConfig
 import KDCore
+import KDOps
 import KDQuant
 
 extension Transformer {
@@ -37,6 +38,34 @@ extension Transformer {
     /// aggregated over the blocks a student keeps). Inference models only. - Shapes: tokens [b, t] · result [layers][dim]
     public func residualChannelImportance(tokens: UnsafePointer<Int32>, b: Int, t: Int) -> [[Double]] {
         meanAbsoluteColumns(tokens: tokens, b: b, t: t, width: config.dim, { $0.ln1 }, { $0.ln2 })
+    }
+
+    /// The stream around a run of blocks `(before + 1)...last` that a cut drops, for a linear bridge over it: per row,
+    /// block `before`'s FFN output (what its down projection adds to the stream), the stream before that addition and
+    /// the stream after block `last`. Inference models of families whose FFN output adds to the stream as it is (no
+    /// post-norms). - Shapes: tokens [b, t] · each result [b·t, dim]
+    public func seamStreams(tokens: UnsafePointer<Int32>, b: Int, t: Int, before: Int, last: Int)
+        -> (ffnOut: [Float], beforeFFN: [Float], after: [Float]) {
+        precondition(!config.familySpec.postNorms && before >= 0 && last > before && last < config.layers)
+        let n = b * t, c = config.dim, f = config.ffnDim
+        let stream = forwardStage(0...before, tokens: tokens, hidden: nil, b: b, t: t, finalNorm: false)
+        let mid = Array(UnsafeBufferPointer(start: stream, count: n * c))
+        let down = [Float](unsafeUninitializedCapacity: c * f) { buf, count in
+            denseTensor(layout.entries.first { $0.offset == layout.blocks[before].wdown }!, into: buf.baseAddress!)
+            count = c * f
+        }
+        var ffnOut = [Float](repeating: 0, count: n * c)
+        ffnOut.withUnsafeMutableBufferPointer { out in
+            down.withUnsafeBufferPointer { w in
+                matmulForward(out: out.baseAddress!, inp: activations(b: b, t: t).blocks[before].h.base, weight: w.baseAddress!, n: n, c: f, oc: c)
+            }
+        }
+        let beforeFFN = zip(mid, ffnOut).map { $0 - $1 }
+        let after = mid.withUnsafeBufferPointer { m in
+            Array(UnsafeBufferPointer(start: forwardStage((before + 1)...last, tokens: nil, hidden: m.baseAddress, b: b, t: t, finalNorm: false),
+                                      count: n * c))
+        }
+        return (ffnOut, beforeFFN, after)
     }
 
     /// Per block, the mean |value| of every column of the [b·t, width] buffers `buffers` pick from its activations,

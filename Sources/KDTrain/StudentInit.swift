@@ -145,5 +145,23 @@ func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfi
         }
     }
     try model.copyPruned(from: source, layers: kept, ffnChannels: channels, queryHeads: heads, residualChannels: residual)
+    if config.student.bridge == .linear {
+        guard residual == nil else {
+            throw KDError.invalidInput(what: "student.bridge: linear", expected: "the teacher's model.dim (\(source.config.dim); the map acts on the whole stream)",
+                                       found: "model.dim \(config.model.dim)")
+        }
+        guard !source.config.familySpec.postNorms else {
+            throw KDError.invalidInput(what: "student.bridge: linear", expected: "a family whose FFN output adds to the stream as it is (llama, qwen2, qwen3)",
+                                       found: "\(source.config.family.rawValue), which norms it first")
+        }
+        let runs = LinearBridge.runs(kept: kept, teacherLayers: source.config.layers)
+        let started = monotonicSeconds()
+        for r in try LinearBridge.apply(to: model, from: source, kept: kept, runs: runs, sampler: sampler, batches: cb, b: b, t: seqLen) {
+            KDLog.info(String(format: "  bridge: blocks %d–%d as a linear map merged into the down projection of block %d (student %d): seam error %.1f → %.1f per token on %d tokens",
+                              r.run.first, r.run.last, r.run.before, kept.firstIndex(of: r.run.before) ?? -1, r.before, r.after, r.rows))
+        }
+        if runs.isEmpty { KDLog.info("  bridge: no dropped run has a kept block before it; nothing to bridge") }
+        KDLog.info(String(format: "  bridge: %.1f s", monotonicSeconds() - started))
+    }
     return StudentCut(blocks: kept, channels: residual)
 }

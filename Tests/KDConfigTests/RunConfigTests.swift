@@ -69,6 +69,8 @@ import Testing
     ("student: {init: from_teacher, target: {speed: fast}}", "student.target.speed", "found 'fast'"),
     ("student: {init: from_teacher, select: every, every: 2, target: {params: 100M}}", "student.select", "expected angular or greedy with a target (the depth is measured), or every with every: 1 (all blocks kept, the FFN narrowed to meet it), found every with every: 2"),
     ("student: {init: from_teacher, target: {speed: 2, latency: 1}}", "student.target", "unknown key 'latency'"),
+    ("student: {init: random, bridge: linear}", "student.bridge", "expected none with init: random (a bridge stands in for blocks cut from a teacher), found linear"),
+    ("student: {init: from_teacher, every: 2, bridge: affine}", "student.bridge", "expected 'none' or 'linear', found 'affine'"),
     ("qat: {scheme: q4_0, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected embeddings: true with it"),
     ("qat: {scheme: int4_channel, embeddings: true, embedding_scheme: q8_0}", "qat.embedding_scheme", "expected a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, mxfp4) beside a block-format scheme, found 'q8_0' beside scheme 'int4_channel'"),
     ("qat: {scheme: q4_0, embeddings: true, embedding_scheme: q8_0, scales: learned}", "qat.embedding_scheme", "expected scheme's own format with learned or frozen scales"),

@@ -4,7 +4,6 @@
 // Dims: n calibration rows, c dim, f the student's ffn dim.
 import KDConfig
 import KDCore
-import KDData
 import KDModel
 
 /// One dropped run of teacher blocks and the kept block before it.
@@ -105,21 +104,18 @@ enum LinearBridge {
         return t
     }
 
-    /// Fits one map per run of `runs` on the calibration windows (`batches` micro-batches of [b, t] from `sampler`'s
-    /// start) and merges each into `student`'s down projection of the student block that is the run's `before`
+    /// Fits one map per run of `runs` on the calibration windows (`batches` micro-batches of [b, t] at `tokens`) and
+    /// merges each into `student`'s down projection of the student block that is the run's `before`
     /// (`kept` maps student blocks to teacher blocks). Returns, per run, the seam error before and after (Σ‖·‖² per
     /// row) for the log.
-    static func apply(to student: Transformer, from teacher: Transformer, kept: [Int], runs: [DroppedRun], sampler: WindowSampler,
+    static func apply(to student: Transformer, from teacher: Transformer, kept: [Int], runs: [DroppedRun], tokens: UnsafePointer<Int32>,
                       batches: Int, b: Int, t: Int) throws -> [(run: DroppedRun, before: Double, after: Double, rows: Int)] {
         let c = teacher.config.dim
-        let toks = UnsafeMutablePointer<Int32>.allocate(capacity: batches * b * t), tg = UnsafeMutablePointer<Int32>.allocate(capacity: batches * b * t)
-        defer { toks.deallocate(); tg.deallocate() }
-        sampler.fillSequential(inputs: toks, targets: tg, first: 0, count: batches * b)
         var report: [(run: DroppedRun, before: Double, after: Double, rows: Int)] = []
         for run in runs {
             var stats = Statistics(c: c)
             for i in 0..<batches {
-                let s = teacher.seamStreams(tokens: toks + i * b * t, b: b, t: t, before: run.before, last: run.last)
+                let s = teacher.seamStreams(tokens: tokens + i * b * t, b: b, t: t, before: run.before, last: run.last)
                 stats.add(ffnOut: s.ffnOut, beforeFFN: s.beforeFFN, after: s.after, c: c)
             }
             let map = try solve(stats, c: c)

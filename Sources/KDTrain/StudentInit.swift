@@ -108,10 +108,11 @@ func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfi
     let kept = try kept ?? studentBlocks(from: source, config: config, calibration: sampler, comm: comm)
     let cb = max(1, config.student.calibrationBatches), b = t.microBatch, seqLen = t.seqLen
     /// A per-block importance summed over the calibration batches.
+    /// The calibration windows: `cb` micro-batches of [b, seqLen] from the sampler's start, for every measure below.
+    let toks = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * seqLen), tg = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * seqLen)
+    defer { toks.deallocate(); tg.deallocate() }
+    sampler.fillSequential(inputs: toks, targets: tg, first: 0, count: cb * b)
     func calibrated(_ measure: (UnsafePointer<Int32>) -> [[Double]]) -> [[Double]] {
-        let toks = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * seqLen), tg = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * seqLen)
-        defer { toks.deallocate(); tg.deallocate() }
-        sampler.fillSequential(inputs: toks, targets: tg, first: 0, count: cb * b)
         var sum: [[Double]] = []
         for i in 0..<cb {
             let imp = measure(toks + i * b * seqLen)
@@ -156,7 +157,7 @@ func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfi
         }
         let runs = LinearBridge.runs(kept: kept, teacherLayers: source.config.layers)
         let started = monotonicSeconds()
-        for r in try LinearBridge.apply(to: model, from: source, kept: kept, runs: runs, sampler: sampler, batches: cb, b: b, t: seqLen) {
+        for r in try LinearBridge.apply(to: model, from: source, kept: kept, runs: runs, tokens: toks, batches: cb, b: b, t: seqLen) {
             KDLog.info(String(format: "  bridge: blocks %d–%d as a linear map merged into the down projection of block %d (student %d): seam error %.1f → %.1f per token on %d tokens",
                               r.run.first, r.run.last, r.run.before, kept.firstIndex(of: r.run.before) ?? -1, r.before, r.after, r.rows))
         }

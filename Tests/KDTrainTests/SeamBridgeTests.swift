@@ -62,17 +62,17 @@ private func gaussJordan(_ g: [Double], _ r: [Double], lambda: Double, c: Int) -
     shape.layers = kept.count
     let student = Transformer(config: shape, needsGrad: false)
     try student.copyPruned(from: teacher, layers: kept)
+    let toks = UnsafeMutablePointer<Int32>.allocate(capacity: batches * b * t), tg = UnsafeMutablePointer<Int32>.allocate(capacity: batches * b * t)
+    defer { toks.deallocate(); tg.deallocate() }
+    sampler.fillSequential(inputs: toks, targets: tg, first: 0, count: batches * b)
     let report = try LinearBridge.apply(to: student, from: teacher, kept: kept, runs: LinearBridge.runs(kept: kept, teacherLayers: 6),
-                                        sampler: sampler, batches: batches, b: b, t: t)
+                                        tokens: toks, batches: batches, b: b, t: t)
 
     // the reference: M from a copy whose block-1 down projection is zero, A = the stream after block 1 minus M
     let zeroed = Transformer(config: teacher.config, needsGrad: false)
     zeroed.params.base.update(from: teacher.params.base, count: teacher.layout.count)
     let down = teacher.layout.entries.first { $0.offset == teacher.layout.blocks[before].wdown }!
     zeroed.params.base.advanced(by: down.offset).update(repeating: 0, count: down.count)
-    let toks = UnsafeMutablePointer<Int32>.allocate(capacity: batches * b * t), tg = UnsafeMutablePointer<Int32>.allocate(capacity: batches * b * t)
-    defer { toks.deallocate(); tg.deallocate() }
-    sampler.fillSequential(inputs: toks, targets: tg, first: 0, count: batches * b)
     var rowsM: [[Double]] = [], rowsA: [[Double]] = [], rowsB: [[Double]] = []
     for i in 0..<batches {
         let w = toks + i * b * t

@@ -2,7 +2,7 @@
 # The sharding figures of docs/results.md, one run at a time on 2 ranks (release build): peak RSS of each rank and median
 # tokens/s (steps 2..4, rank 0's metrics.jsonl) for Configs/student-8x384.yaml and Configs/student-30x576.yaml with
 # optimizer.sharding none, states and gradients (4 steps each); then each rank's peak RSS with the SmolLM2 teacher replicated vs
-# pipelined (the quickstart's distillation, 4 steps). About 20 minutes on 2 cores. Results in Checkpoints/sharding/results.md.
+# pipelined (the 24-block cut recipe's distillation, Configs/recipes/smollm2-cut.yaml, 4 steps). About 20 minutes on 2 cores. Results in Checkpoints/sharding/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 d=.build/release/distill
@@ -43,10 +43,10 @@ optimizer:
         done
     done
     echo
-    echo "| teacher placement (quickstart distillation, 4 steps) | peak RSS rank 0 / rank 1 (MiB) | tokens/s (median) |"
+    echo "| teacher placement (smollm2-cut distillation, 4 steps) | peak RSS rank 0 / rank 1 (MiB) | tokens/s (median) |"
     echo "|---|---|---|"
     for p in replicated pipelined; do
-        r=$(run "teacher-$p" Configs/quickstart.yaml "train:
+        r=$(run "teacher-$p" Configs/recipes/smollm2-cut.yaml "train:
   steps: 4
   eval_every: 0
   eval_batches: 1

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The student comparison of docs/results.md ("Students"): the quickstart recipe (Configs/recipes/quickstart.yaml: a 24-block
+# The student comparison of docs/results.md ("Students"): the 24-block cut recipe (Configs/recipes/smollm2-cut.yaml, the quickstart until 2026-12-07: a 24-block
 # cut of SmolLM2-135M-Instruct, greedy selection, skew reverse KL + CE, QAT Q8_0, 24 steps × 2 ranks × 4 × 128 tokens)
 # and its variants in Configs/students/ (one change each), all at equal steps and tokens. Every run is exported to Q8_0
 # GGUF (what ships; a name ending in -q4 exports Q4_0 throughout, the embedding too) and evaluated beside the teacher on held-out fortunes (validation split, 16 windows of 128) and on a

@@ -39,8 +39,11 @@ struct Export: ParsableCommand {
             if FileManager.default.fileExists(atPath: (checkpoint as NSString).appendingPathComponent(CheckpointFile.checksums)) {
                 _ = try CheckpointStore.verify(dir: checkpoint)
             }
-            // the full-precision weights as stored, run with the RoPE style they trained with; QAT is applied below
-            let (model, _) = try loadHFModel(dir: checkpoint, needsGrad: false, ropeStyle: try checkpointConfig(dir: checkpoint)?.config.model.ropeStyle)
+            // the full-precision weights as stored, run with the RoPE style they trained with and the context the run
+            // declared (model.max_seq_len: the file says what the student is for, not the 4096 a reader caps an unknown
+            // context at); QAT is applied below
+            let run = try checkpointConfig(dir: checkpoint)?.config.model
+            let (model, _) = try loadHFModel(dir: checkpoint, needsGrad: false, maxSeqLen: run?.maxSeqLen, ropeStyle: run?.ropeStyle)
             let qat = try checkpointQAT(dir: checkpoint)
             let scheme = qat.flatMap { FakeQuantScheme($0.scheme) }
             // what the student trained with, tensor by tensor (nil: full precision, or a per-channel scheme)

@@ -233,6 +233,28 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
     }
 
+    /// The exported files declare the context the run configured (model.max_seq_len), also above the 4096 a reader
+    /// caps an unknown model's context at: a student that keeps its teacher's 8192 says so to llama.cpp (which warns
+    /// "possible training context overflow" when a file claims less than it is asked for). Read back by gguf-py and,
+    /// for the Hugging Face folder, from its config.json.
+    @Test func theExportDeclaresTheContextTheRunConfigured() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let cfg = try tinyYAML(dir, "ctx", edits: [("steps: 10", "steps: 2"), ("max_seq_len: 64", "max_seq_len: 8192")])
+        #expect(try distill(["train", "--config", cfg, "--sample-tokens", "0"]).status == 0)
+        let ckpt = dir.appendingPathComponent("ctx/step_00000002")
+        let gguf = dir.appendingPathComponent("s.gguf").path
+        #expect(try distill(["export", ckpt.path, "--format", "gguf", "--quant", "f32", "--out", gguf]).status == 0)
+        let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
+                                  [gguf, ckpt.appendingPathComponent("model.safetensors").path, "f32"])
+        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
+        #expect((j["bad"] as! [String]).isEmpty && (j["metadata"] as! [String: Any])["llama.context_length"] as? Int == 8192, "\(check)")
+        let hf = dir.appendingPathComponent("hf")
+        #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: hf.appendingPathComponent("config.json"))) as! [String: Any]
+        #expect(config["max_position_embeddings"] as? Int == 8192, "\(config)")
+    }
+
     @Test func safetensorsExportLoadsInTheSafetensorsPackage() throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }

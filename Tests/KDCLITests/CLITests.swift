@@ -105,7 +105,7 @@ func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
         let r = try runDistill(["train", "--config", f.path, "--dry-run"])
         #expect(r.status == 0, "\(f.path): \(r.err)")
     }
-    // and the hour recipe is what its header says: the quickstart's cut with Q4_0 QAT of the embedding too
+    // and the hour recipe is what its header says: the 24-block cut (smollm2-cut.yaml) with Q4_0 QAT of the embedding too
     let hour = try runDistill(["train", "--config", "Configs/recipes/smollm2-hour.yaml", "--dry-run"])
     #expect(hour.out.contains("scheme: q4_0") && hour.out.contains("embeddings: true") && hour.out.contains("select: angular"), "\(hour.out)")
     // and the quickstart is what its header and the README say: every block kept, IQ4_NL of every matrix and the table

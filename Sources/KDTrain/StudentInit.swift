@@ -107,11 +107,12 @@ func cutStudent(_ model: Transformer, from source: Transformer, config: RunConfi
     let t = config.train
     let kept = try kept ?? studentBlocks(from: source, config: config, calibration: sampler, comm: comm)
     let cb = max(1, config.student.calibrationBatches), b = t.microBatch, seqLen = t.seqLen
-    /// A per-block importance summed over the calibration batches.
-    /// The calibration windows: `cb` micro-batches of [b, seqLen] from the sampler's start, for every measure below.
+    // the calibration windows: `cb` micro-batches of [b, seqLen] from the sampler's start, for every measure below and
+    // the bridge
     let toks = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * seqLen), tg = UnsafeMutablePointer<Int32>.allocate(capacity: cb * b * seqLen)
     defer { toks.deallocate(); tg.deallocate() }
     sampler.fillSequential(inputs: toks, targets: tg, first: 0, count: cb * b)
+    /// A per-block importance summed over the calibration batches.
     func calibrated(_ measure: (UnsafePointer<Int32>) -> [[Double]]) -> [[Double]] {
         var sum: [[Double]] = []
         for i in 0..<cb {

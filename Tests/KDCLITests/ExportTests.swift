@@ -38,6 +38,20 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         return (dir.appendingPathComponent("qat-\(scheme)/step_00000002"), r.out + r.err)
     }
 
+    /// A 2-step run of the tiny config with `edits` in `dir`/`name`, exported to an F32 GGUF beside it and read back by
+    /// gguf-py (check_gguf_export.py: metadata, and every tensor against the checkpoint); returns the checkpoint, the
+    /// GGUF and the reader's report.
+    func trainAndExportF32(_ dir: URL, _ name: String, edits: [(String, String)]) throws -> (checkpoint: URL, gguf: String, check: [String: Any]) {
+        let cfg = try tinyYAML(dir, name, edits: [("steps: 10", "steps: 2")] + edits)
+        #expect(try distill(["train", "--config", cfg, "--sample-tokens", "0"]).status == 0)
+        let ckpt = dir.appendingPathComponent("\(name)/step_00000002")
+        let gguf = dir.appendingPathComponent("\(name).gguf").path
+        #expect(try distill(["export", ckpt.path, "--format", "gguf", "--quant", "f32", "--out", gguf]).status == 0)
+        let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
+                                  [gguf, ckpt.appendingPathComponent("model.safetensors").path, "f32"])
+        return (ckpt, gguf, try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any])
+    }
+
     @Test(arguments: ["q8_0", "q4_0", "mxfp4"])
     func qatStudentExportsToExactlyWhatItTrainedWith(scheme: String) throws {
         let dir = try temporaryDirectory("distill-export")
@@ -220,15 +234,8 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
         // 4 heads of 8 on a residual of 64: what a head-pruned student looks like
-        let cfg = try tinyYAML(dir, "heads", edits: [("steps: 10", "steps: 2"), ("kv_heads: 2", "kv_heads: 2\n  head_dim: 8")])
-        #expect(try distill(["train", "--config", cfg, "--sample-tokens", "0"]).status == 0)
-        let ckpt = dir.appendingPathComponent("heads/step_00000002")
-        let gguf = dir.appendingPathComponent("s.gguf").path
-        #expect(try distill(["export", ckpt.path, "--format", "gguf", "--quant", "f32", "--out", gguf]).status == 0)
-        let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
-                                  [gguf, ckpt.appendingPathComponent("model.safetensors").path, "f32"])
-        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
-        #expect((j["bad"] as! [String]).isEmpty && (j["metadata"] as! [String: Any])["llama.attention.key_length"] as? Int == 8, "\(check)")
+        let (ckpt, gguf, j) = try trainAndExportF32(dir, "heads", edits: [("kv_heads: 2", "kv_heads: 2\n  head_dim: 8")])
+        #expect((j["bad"] as! [String]).isEmpty && (j["metadata"] as! [String: Any])["llama.attention.key_length"] as? Int == 8, "\(j)")
         let (a, b) = (try nll(ckpt.path), try nll(gguf))
         #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
     }
@@ -240,15 +247,8 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
     @Test func theExportDeclaresTheContextTheRunConfigured() throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let cfg = try tinyYAML(dir, "ctx", edits: [("steps: 10", "steps: 2"), ("max_seq_len: 64", "max_seq_len: 8192")])
-        #expect(try distill(["train", "--config", cfg, "--sample-tokens", "0"]).status == 0)
-        let ckpt = dir.appendingPathComponent("ctx/step_00000002")
-        let gguf = dir.appendingPathComponent("s.gguf").path
-        #expect(try distill(["export", ckpt.path, "--format", "gguf", "--quant", "f32", "--out", gguf]).status == 0)
-        let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
-                                  [gguf, ckpt.appendingPathComponent("model.safetensors").path, "f32"])
-        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
-        #expect((j["bad"] as! [String]).isEmpty && (j["metadata"] as! [String: Any])["llama.context_length"] as? Int == 8192, "\(check)")
+        let (ckpt, _, j) = try trainAndExportF32(dir, "ctx", edits: [("max_seq_len: 64", "max_seq_len: 8192")])
+        #expect((j["bad"] as! [String]).isEmpty && (j["metadata"] as! [String: Any])["llama.context_length"] as? Int == 8192, "\(j)")
         let hf = dir.appendingPathComponent("hf")
         #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
         let config = try JSONSerialization.jsonObject(with: Data(contentsOf: hf.appendingPathComponent("config.json"))) as! [String: Any]

@@ -6,7 +6,9 @@ usage: Launch/frontier.py --teacher T.gguf [--student NAME=S.gguf ...] --text NA
 (Launch/frontier.sh sets everything up and calls this.)
 
 For every model — the teacher, the teacher requantized by llama.cpp (llama_model_quantize from an F32 copy of the
-teacher file, as a user would make the free alternative; cached in DIR/ladder/), and each student GGUF — on every text:
+teacher file, as a user would make the free alternative; cached in DIR/ladder/; an entry TYPE/TABLE also forces the
+embedding table and tied head to TABLE as llama-quantize's --token-embedding-type/--output-tensor-type do, and
+TYPE/TABLE/pure adds its --pure), and each student GGUF — on every text:
   - llama.cpp's mean NLL over the same non-overlapping windows of --context tokens (BOS first when the file asks for
     one), and the difference to the teacher's;
   - KL(teacher || model) and top-1 agreement per predicted token, from llama.cpp's logits of both on the same windows;
@@ -36,17 +38,34 @@ def fail(msg):
     sys.exit(f"frontier: {msg}")
 
 
-def quantize(src, dest, ftype_name):
-    """llama.cpp's quantizer, written to dest.part and renamed when whole."""
+def quantize(src, dest, ftype_name, table=None, pure=False):
+    """llama.cpp's quantizer, written to dest.part and renamed when whole; `table` is llama-quantize's
+    --token-embedding-type and --output-tensor-type (a ggml type name), `pure` its --pure (no per-tensor mixing)."""
     p = llama_cpp.llama_model_quantize_default_params()
     p.ftype = getattr(llama_cpp, ftype_name, None)
     if p.ftype is None:
         fail(f"expected a llama.cpp type (Q8_0, Q4_K_M, Q3_K_M, IQ4_NL, ...), found {ftype_name.split('_FTYPE_')[-1]}")
+    if table is not None:
+        t = getattr(llama_cpp, "GGML_TYPE_" + table, None)
+        if t is None:
+            fail(f"expected a ggml type for the table (Q8_0, Q4_0, IQ4_NL, ...), found {table}")
+        p.token_embedding_type = t
+        p.output_tensor_type = t
+    p.pure = pure
     p.allow_requantize = True
     part = dest + ".part"
     if llama_cpp.llama_model_quantize(src.encode(), part.encode(), ctypes.byref(p)) != 0:
         fail(f"llama.cpp could not quantize {src} to {ftype_name}")
     os.replace(part, dest)
+
+
+def ladder_entry(entry):
+    """A ladder entry: a llama.cpp preset (IQ4_NL), optionally with the embedding table and head forced to a type as
+    llama-quantize's --token-embedding-type/--output-tensor-type do (IQ4_NL/IQ4_NL), optionally --pure (IQ4_NL/IQ4_NL/pure)."""
+    parts = entry.split("/")
+    if len(parts) > 3 or (len(parts) == 3 and parts[2] != "pure") or not all(parts):
+        fail(f"expected a ladder entry TYPE, TYPE/TABLE_TYPE or TYPE/TABLE_TYPE/pure, found {entry}")
+    return parts[0], (parts[1] if len(parts) > 1 else None), len(parts) == 3
 
 
 def ladder(teacher, types, folder):
@@ -55,13 +74,14 @@ def ladder(teacher, types, folder):
     f32 = os.path.join(folder, stem + ".F32.gguf")
     out = []
     for t in types:
-        dest = os.path.join(folder, f"{stem}.{t}.gguf")
+        preset, table, pure = ladder_entry(t)
+        dest = os.path.join(folder, f"{stem}.{t.replace('/', '-')}.gguf")
         if not os.path.exists(dest):
             if not os.path.exists(f32):
                 print(f"== the teacher's F32 copy (llama.cpp's quantizer, ALL_F32): {f32}", flush=True)
                 quantize(teacher, f32, "LLAMA_FTYPE_ALL_F32")
             print(f"== llama.cpp quantizes the teacher to {t}: {dest}", flush=True)
-            quantize(f32, dest, "LLAMA_FTYPE_MOSTLY_" + t)
+            quantize(f32, dest, "LLAMA_FTYPE_MOSTLY_" + preset, table, pure)
         out.append((f"llama.cpp {t}", dest, "ladder"))
     return out
 
@@ -74,6 +94,12 @@ def main_type(path):
         if t.name.startswith("blk.") and len(t.shape) == 2:
             by[t.tensor_type.name] = by.get(t.tensor_type.name, 0) + int(t.n_bytes)
     return max(by, key=by.get) if by else None
+
+
+def table_type(path):
+    """The type of the file's embedding table (with a tied head, the head's too)."""
+    r = gguf.GGUFReader(path)
+    return next((t.tensor_type.name for t in r.tensors if t.name == "token_embd.weight"), None)
 
 
 def windows_of(llm, path, context, count):
@@ -229,7 +255,7 @@ def main():
     ap.add_argument("--student", action="append", default=[], help="NAME=FILE.gguf")
     ap.add_argument("--text", action="append", required=True, help="NAME=PATH")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--ladder", default="Q8_0 Q4_K_M Q5_0 Q3_K_M IQ4_NL Q4_0 Q2_K")
+    ap.add_argument("--ladder", default="Q8_0 Q4_K_M Q5_0 Q3_K_M IQ4_NL Q4_0 Q2_K Q4_K_M/IQ4_NL Q3_K_M/IQ4_NL IQ4_NL/IQ4_NL Q2_K/IQ4_NL")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3, help="speed rounds; 0 = no speed measurement")
@@ -262,7 +288,7 @@ def main():
     rows = []
     for name, path, kind in models:
         r = {"name": name, "path": path, "kind": kind, "bytes": os.path.getsize(path), "mib": os.path.getsize(path) / 2**20,
-             "type": main_type(path), "texts": q[name], **s[name]}
+             "type": main_type(path), "table": table_type(path), "texts": q[name], **s[name]}
         for tname, tpath in texts:
             nll, why = cached(results, cache_key("distill", path, tpath, a.context, a.windows, a.distill),
                               lambda: distill_nll(a.distill, path, tpath, a.context, a.windows))
@@ -271,27 +297,32 @@ def main():
                 r["texts"][tname]["distill_note"] = why
         rows.append(r)
     teacher = rows[0]
-    # "the teacher quantized by llama.cpp to the student's type": the ladder entry of that type's preset (Q4_0 for a
-    # student whose blocks are Q4_0), not whichever preset happens to fall back to it
-    by_type = {r["name"].split()[-1]: r for r in rows if r["kind"] == "ladder"}
+    # "the teacher quantized by llama.cpp to the student's type": the ladder entry whose blocks and table are the
+    # student's types (IQ4_NL/IQ4_NL for a student all in IQ4_NL), else the preset of the student's block type (Q4_0 for
+    # a student whose blocks are Q4_0), not whichever preset happens to fall back to it
+    ladder_rows = [r for r in rows if r["kind"] == "ladder"]
+    by_type = {r["name"].split()[-1]: r for r in ladder_rows}
     for r in rows:
         r["teacher_nll"] = {t: teacher["texts"][t]["llamacpp_nll"] for t, _ in texts}
-        same = by_type.get(r["type"])
-        r["gen_vs_teacher_same_type"] = r["gen_tps"] / same["gen_tps"] if same and r["kind"] == "student" and r["gen_tps"] else None
-        r["same_type_ladder"] = same["name"] if same and r["kind"] == "student" else None
+        same = None
+        if r["kind"] == "student":
+            same = next((x for x in ladder_rows if x["type"] == r["type"] and x["table"] == r["table"]
+                         and "/" in x["name"]), None) or by_type.get(r["type"])
+        r["gen_vs_teacher_same_type"] = r["gen_tps"] / same["gen_tps"] if same and r["gen_tps"] else None
+        r["same_type_ladder"] = same["name"] if same else None
 
     os.makedirs(a.out, exist_ok=True)
     meta = {"teacher": a.teacher, "context": a.context, "windows": a.windows, "threads": a.threads, "rounds": a.rounds,
             "prompt": a.prompt, "generate": a.generate, "llama_cpp_python": llama_cpp.__version__,
             "texts": dict(texts), "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")}
     json.dump({"meta": meta, "rows": rows}, open(os.path.join(a.out, "frontier.json"), "w"), indent=1)
-    head = "| model | MiB | block type | " + " | ".join(
+    head = "| model | MiB | block type | table | " + " | ".join(
         f"{t}: NLL (llama.cpp) | − teacher | distill eval | KL | top-1" for t, _ in texts) + " | prompt tok/s | gen tok/s | gen ÷ teacher at its type |"
     lines = [f"Teacher {os.path.basename(a.teacher)}; windows of {a.context} tokens (up to {a.windows} per text); "
              f"speed: llama.cpp {llama_cpp.__version__}, {a.threads} threads, {a.prompt}-token prompt then {a.generate} greedy tokens, "
              f"medians of {a.rounds}; CPU {meta['cpu']}.", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted(rows, key=lambda r: (r["kind"] != "teacher", -r["bytes"])):
-        cells = [r["name"] if r["kind"] != "student" else f"**{r['name']}**", f"{r['mib']:.1f}", r["type"] or "?"]
+        cells = [r["name"] if r["kind"] != "student" else f"**{r['name']}**", f"{r['mib']:.1f}", r["type"] or "?", r["table"] or "?"]
         for t, _ in texts:
             x = r["texts"][t]
             d = x["distill_nll"]

@@ -7,7 +7,10 @@
 # frontier.html (both) and frontier.json. Run it with nothing else on the cores: the speeds are measured.
 # usage: Launch/frontier.sh [TEACHER.gguf] [STUDENT.gguf | NAME=STUDENT.gguf ...]
 #   (TEACHER default: SmolLM2-135M-Instruct, Launch/fetch_teacher.sh; a student's name defaults to its folder/file name)
-# env: OUT (Checkpoints/frontier), LADDER ("Q8_0 Q4_K_M Q5_0 Q3_K_M IQ4_NL Q4_0 Q2_K"), WINDOWS (32 windows of
+# env: OUT (Checkpoints/frontier), LADDER ("Q8_0 Q4_K_M Q5_0 Q3_K_M IQ4_NL Q4_0 Q2_K Q4_K_M/IQ4_NL Q3_K_M/IQ4_NL
+#   IQ4_NL/IQ4_NL Q2_K/IQ4_NL": llama.cpp's presets, and with /TABLE the embedding table and head forced to that type as
+#   llama-quantize --token-embedding-type/--output-tensor-type do — its presets keep them in Q8_0 here; /TABLE/pure
+#   adds --pure), WINDOWS (32 windows of
 #   CONTEXT=256 tokens per text), ROUNDS (3). llama-cpp-python==0.3.36 is built from source once (about 10 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +30,5 @@ book=$(bash Launch/fetch_heldout.sh botchan)
 news=$(bash Launch/fetch_heldout.sh news)
 # the speeds are llama.cpp's; OpenBLAS's forced core (set on some machines) does not touch it, but distill eval is timed nowhere here
 exec python3 Launch/frontier.py --teacher "$teacher" "${students[@]}" --text "Botchan=$book" --text "news=$news" \
-    --out "${OUT:-Checkpoints/frontier}" --ladder "${LADDER:-Q8_0 Q4_K_M Q5_0 Q3_K_M IQ4_NL Q4_0 Q2_K}" \
+    --out "${OUT:-Checkpoints/frontier}" --ladder "${LADDER:-Q8_0 Q4_K_M Q5_0 Q3_K_M IQ4_NL Q4_0 Q2_K Q4_K_M/IQ4_NL Q3_K_M/IQ4_NL IQ4_NL/IQ4_NL Q2_K/IQ4_NL}" \
     --context "${CONTEXT:-256}" --windows "${WINDOWS:-32}" --rounds "${ROUNDS:-3}" --distill .build/release/distill

@@ -8,7 +8,9 @@ usage: Launch/frontier.py --teacher T.gguf [--student NAME=S.gguf ...] --text NA
 For every model — the teacher, the teacher requantized by llama.cpp (llama_model_quantize from an F32 copy of the
 teacher file, as a user would make the free alternative; cached in DIR/ladder/; an entry TYPE/TABLE also forces the
 embedding table and tied head to TABLE as llama-quantize's --token-embedding-type/--output-tensor-type do, and
-TYPE/TABLE/pure adds its --pure), and each student GGUF — on every text:
+TYPE/TABLE/pure adds its --pure; a trailing +imatrix quantizes with an importance matrix of the teacher on
+--imatrix-text, through llama.cpp's own llama-imatrix and llama-quantize in --llamacpp-tools), and each student GGUF —
+on every text:
   - llama.cpp's mean NLL over the same non-overlapping windows of --context tokens (BOS first when the file asks for
     one), and the difference to the teacher's;
   - KL(teacher || model) and top-1 agreement per predicted token, from llama.cpp's logits of both on the same windows;
@@ -61,27 +63,69 @@ def quantize(src, dest, ftype_name, table=None, pure=False):
 
 def ladder_entry(entry):
     """A ladder entry: a llama.cpp preset (IQ4_NL), optionally with the embedding table and head forced to a type as
-    llama-quantize's --token-embedding-type/--output-tensor-type do (IQ4_NL/IQ4_NL), optionally --pure (IQ4_NL/IQ4_NL/pure)."""
-    parts = entry.split("/")
-    if len(parts) > 3 or (len(parts) == 3 and parts[2] != "pure") or not all(parts):
-        fail(f"expected a ladder entry TYPE, TYPE/TABLE_TYPE or TYPE/TABLE_TYPE/pure, found {entry}")
-    return parts[0], (parts[1] if len(parts) > 1 else None), len(parts) == 3
+    llama-quantize's --token-embedding-type/--output-tensor-type do (IQ4_NL/IQ4_NL), optionally --pure
+    (IQ4_NL/IQ4_NL/pure), and optionally with an importance matrix (+imatrix: llama-imatrix on the calibration text,
+    then llama-quantize --imatrix)."""
+    body, plus, extra = entry.partition("+")
+    parts = body.split("/")
+    if (plus and extra != "imatrix") or len(parts) > 3 or (len(parts) == 3 and parts[2] != "pure") or not all(parts):
+        fail(f"expected a ladder entry TYPE[/TABLE_TYPE[/pure]][+imatrix], found {entry}")
+    return parts[0], (parts[1] if len(parts) > 1 else None), len(parts) == 3, bool(plus)
 
 
-def ladder(teacher, types, folder):
+def run_tool(cmd, what):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        fail(f"{what} failed (exit {r.returncode}): {last}")
+
+
+def importance_matrix(tools, f32, calib, chunks, threads, folder):
+    """llama-imatrix's importance matrix of the teacher's F32 copy on `chunks` windows of 512 tokens of the calibration
+    text, once per text (llama.cpp collects none for a tied head: the table is quantized without one)."""
+    tag = hashlib.sha256(repr((os.path.basename(calib), os.path.getsize(calib), chunks)).encode()).hexdigest()[:8]
+    dest = os.path.join(folder, f"imatrix-{tag}.gguf")
+    if not os.path.exists(dest):
+        print(f"== llama-imatrix on {chunks} × 512 tokens of {calib}: {dest}", flush=True)
+        part = dest[:-len(".gguf")] + ".part.gguf"
+        run_tool([os.path.join(tools, "llama-imatrix"), "-m", f32, "-f", calib, "-o", part, "-c", "512",
+                  "--chunks", str(chunks), "-t", str(threads)], "llama-imatrix")
+        os.replace(part, dest)
+    return dest, tag
+
+
+def ladder(teacher, types, folder, tools=None, calib=None, chunks=100, threads=2):
     os.makedirs(folder, exist_ok=True)
     stem = os.path.splitext(os.path.basename(teacher))[0]
     f32 = os.path.join(folder, stem + ".F32.gguf")
     out = []
     for t in types:
-        preset, table, pure = ladder_entry(t)
-        dest = os.path.join(folder, f"{stem}.{t.replace('/', '-')}.gguf")
+        preset, table, pure, imat = ladder_entry(t)
+        if imat and not (tools and calib):
+            fail(f"ladder entry {t}: expected --llamacpp-tools and --imatrix-text (Launch/frontier.sh sets both), found "
+                 f"{'no tools' if not tools else 'no calibration text'}")
+        if imat and not os.path.isfile(calib):
+            fail(f"--imatrix-text: expected a text file, found nothing at {calib}")
+        name = t.replace("/", "-")
+        if not os.path.exists(f32):
+            print(f"== the teacher's F32 copy (llama.cpp's quantizer, ALL_F32): {f32}", flush=True)
+            quantize(teacher, f32, "LLAMA_FTYPE_ALL_F32")
+        if imat:
+            matrix, tag = importance_matrix(tools, f32, calib, chunks, threads, folder)
+            name += "-" + tag
+        dest = os.path.join(folder, f"{stem}.{name}.gguf")
         if not os.path.exists(dest):
-            if not os.path.exists(f32):
-                print(f"== the teacher's F32 copy (llama.cpp's quantizer, ALL_F32): {f32}", flush=True)
-                quantize(teacher, f32, "LLAMA_FTYPE_ALL_F32")
             print(f"== llama.cpp quantizes the teacher to {t}: {dest}", flush=True)
-            quantize(f32, dest, "LLAMA_FTYPE_MOSTLY_" + preset, table, pure)
+            if imat:
+                cmd = [os.path.join(tools, "llama-quantize"), "--allow-requantize", "--imatrix", matrix]
+                if table:
+                    cmd += ["--token-embedding-type", table.lower(), "--output-tensor-type", table.lower()]
+                if pure:
+                    cmd += ["--pure"]
+                run_tool(cmd + [f32, dest + ".part", preset, str(threads)], f"llama-quantize to {t}")
+                os.replace(dest + ".part", dest)
+            else:
+                quantize(f32, dest, "LLAMA_FTYPE_MOSTLY_" + preset, table, pure)
         out.append((f"llama.cpp {t}", dest, "ladder"))
     return out
 
@@ -262,6 +306,9 @@ def main():
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--generate", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llamacpp-tools", help="folder with llama-quantize and llama-imatrix (for +imatrix entries)")
+    ap.add_argument("--imatrix-text", help="calibration text for +imatrix entries")
+    ap.add_argument("--imatrix-chunks", type=int, default=100, help="512-token windows of it llama-imatrix reads")
     ap.add_argument("--distill", default=os.environ.get("DISTILL_BIN", ".build/release/distill"))
     a = ap.parse_args()
 
@@ -276,7 +323,8 @@ def main():
         fail(f"--teacher: expected a GGUF file, found nothing at {a.teacher}")
     texts = [pair(t, "--text") for t in a.text]
     students = [pair(s, "--student") + ("student",) for s in a.student]
-    models = [("teacher", a.teacher, "teacher")] + ladder(a.teacher, a.ladder.split(), os.path.join(a.out, "ladder")) + students
+    models = [("teacher", a.teacher, "teacher")] + ladder(a.teacher, a.ladder.split(), os.path.join(a.out, "ladder"),
+                                                         a.llamacpp_tools, a.imatrix_text, a.imatrix_chunks, a.threads) + students
 
     results = os.path.join(a.out, "cache")
     q = quality(models, texts, a.context, a.windows, a.threads, results)

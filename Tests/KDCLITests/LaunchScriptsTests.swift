@@ -37,7 +37,7 @@ func isDirectory(_ url: URL) -> Bool {
     let top = try launchFiles().filter { !$0.contains("/") }
     let userFacing: Set = ["quickstart.sh", "test.sh", "setup.sh", "fetch_teacher.sh", "fetch_heldout.sh", "distill_mpi.sh", "restart.sh",
                            "slurm.sbatch", "recipe.sh", "chaos.sh", "sigint_default.sh", "fuzz.py", "synthetic_teacher.py", "frontier.sh", "frontier.py",
-                           "fetch_corpus.sh"]
+                           "fetch_corpus.sh", "llamacpp_tools.sh"]
     #expect(Set(top) == userFacing, "Launch/ top level: \(top.sorted()); move experiments, benchmarks and reference makers to Launch/lab/")
     for f in try launchFiles() {
         let name = (f as NSString).lastPathComponent

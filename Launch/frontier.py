@@ -80,43 +80,46 @@ def run_tool(cmd, what):
         fail(f"{what} failed (exit {r.returncode}): {last}")
 
 
+def calibration_tag(calib, chunks):
+    """The name an importance matrix (and the files quantized with it) carries: its calibration text and length."""
+    return hashlib.sha256(repr((os.path.basename(calib), os.path.getsize(calib), chunks)).encode()).hexdigest()[:8]
+
+
 def importance_matrix(tools, f32, calib, chunks, threads, folder):
     """llama-imatrix's importance matrix of the teacher's F32 copy on `chunks` windows of 512 tokens of the calibration
     text, once per text (llama.cpp collects none for a tied head: the table is quantized without one)."""
-    tag = hashlib.sha256(repr((os.path.basename(calib), os.path.getsize(calib), chunks)).encode()).hexdigest()[:8]
-    dest = os.path.join(folder, f"imatrix-{tag}.gguf")
+    dest = os.path.join(folder, f"imatrix-{calibration_tag(calib, chunks)}.gguf")
     if not os.path.exists(dest):
         print(f"== llama-imatrix on {chunks} × 512 tokens of {calib}: {dest}", flush=True)
         part = dest[:-len(".gguf")] + ".part.gguf"
         run_tool([os.path.join(tools, "llama-imatrix"), "-m", f32, "-f", calib, "-o", part, "-c", "512",
                   "--chunks", str(chunks), "-t", str(threads)], "llama-imatrix")
         os.replace(part, dest)
-    return dest, tag
+    return dest
 
 
 def ladder(teacher, types, folder, tools=None, calib=None, chunks=100, threads=2):
     os.makedirs(folder, exist_ok=True)
     stem = os.path.splitext(os.path.basename(teacher))[0]
     f32 = os.path.join(folder, stem + ".F32.gguf")
-    out = []
-    for t in types:
-        preset, table, pure, imat = ladder_entry(t)
-        if imat and not (tools and calib):
-            fail(f"ladder entry {t}: expected --llamacpp-tools and --imatrix-text (Launch/frontier.sh sets both), found "
-                 f"{'no tools' if not tools else 'no calibration text'}")
-        if imat and not os.path.isfile(calib):
+    entries = [(t,) + ladder_entry(t) for t in types]  # every entry checked before anything is quantized
+    if any(e[4] for e in entries):
+        if not (tools and calib):
+            fail(f"+imatrix ladder entries: expected --llamacpp-tools and --imatrix-text (Launch/frontier.sh sets both), "
+                 f"found {'no tools' if not tools else 'no calibration text'}")
+        if not os.path.isfile(calib):
             fail(f"--imatrix-text: expected a text file, found nothing at {calib}")
-        name = t.replace("/", "-")
-        if not os.path.exists(f32):
-            print(f"== the teacher's F32 copy (llama.cpp's quantizer, ALL_F32): {f32}", flush=True)
-            quantize(teacher, f32, "LLAMA_FTYPE_ALL_F32")
-        if imat:
-            matrix, tag = importance_matrix(tools, f32, calib, chunks, threads, folder)
-            name += "-" + tag
+    out = []
+    for t, preset, table, pure, imat in entries:
+        name = t.replace("/", "-") + ("-" + calibration_tag(calib, chunks) if imat else "")
         dest = os.path.join(folder, f"{stem}.{name}.gguf")
         if not os.path.exists(dest):
+            if not os.path.exists(f32):
+                print(f"== the teacher's F32 copy (llama.cpp's quantizer, ALL_F32): {f32}", flush=True)
+                quantize(teacher, f32, "LLAMA_FTYPE_ALL_F32")
             print(f"== llama.cpp quantizes the teacher to {t}: {dest}", flush=True)
             if imat:
+                matrix = importance_matrix(tools, f32, calib, chunks, threads, folder)
                 cmd = [os.path.join(tools, "llama-quantize"), "--allow-requantize", "--imatrix", matrix]
                 if table:
                     cmd += ["--token-embedding-type", table.lower(), "--output-tensor-type", table.lower()]

@@ -133,20 +133,18 @@ def ladder(teacher, types, folder, tools=None, calib=None, chunks=100, threads=2
     return out
 
 
-def main_type(path):
-    """The type holding most of a file's bytes among its block matrices (what 'the student's type' means)."""
+def file_types(path):
+    """(block type, table type): the type holding most of a file's bytes among its block matrices (what 'the student's
+    type' means) and its embedding table's (with a tied head, the head's too), from one read of the file."""
     r = gguf.GGUFReader(path)
     by = {}
+    table = None
     for t in r.tensors:
         if t.name.startswith("blk.") and len(t.shape) == 2:
             by[t.tensor_type.name] = by.get(t.tensor_type.name, 0) + int(t.n_bytes)
-    return max(by, key=by.get) if by else None
-
-
-def table_type(path):
-    """The type of the file's embedding table (with a tied head, the head's too)."""
-    r = gguf.GGUFReader(path)
-    return next((t.tensor_type.name for t in r.tensors if t.name == "token_embd.weight"), None)
+        elif t.name == "token_embd.weight":
+            table = t.tensor_type.name
+    return (max(by, key=by.get) if by else None), table
 
 
 def windows_of(llm, path, context, count):
@@ -339,7 +337,8 @@ def main():
     rows = []
     for name, path, kind in models:
         r = {"name": name, "path": path, "kind": kind, "bytes": os.path.getsize(path), "mib": os.path.getsize(path) / 2**20,
-             "type": main_type(path), "table": table_type(path), "texts": q[name], **s[name]}
+             "texts": q[name], **s[name]}
+        r["type"], r["table"] = file_types(path)
         for tname, tpath in texts:
             nll, why = cached(results, cache_key("distill", path, tpath, a.context, a.windows, a.distill),
                               lambda: distill_nll(a.distill, path, tpath, a.context, a.windows))

@@ -282,7 +282,7 @@ __attribute__((target("avx512f"))) static void iq4nl_16_avx512(const float xt[32
         }
         __m512 dt = _mm512_div_ps(sqx, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sq2, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(1.0f), sq2));
         if (pass == 0) {
-            vd = _mm512_div_ps(sqx, sq2);
+            vd = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(sq2, _mm512_setzero_ps(), _CMP_GT_OQ), sqx, sq2);
             vbest = _mm512_mul_ps(vd, sqx);
         } else {
             __mmask16 take = _mm512_cmp_ps_mask(sq2, _mm512_setzero_ps(), _CMP_GT_OQ) &
@@ -306,20 +306,36 @@ __attribute__((target("avx512f"))) static void iq4nl_16_avx512(const float xt[32
 }
 #endif
 
-KD_CLONES void kd_iq4nl_16(const float *x, int nb, float *scales, uint8_t *L, int portable) {
+KD_CLONES void kd_iq4nl_16(const float *x, int nb, const float *qw, float *scales, uint8_t *L, int portable) {
     float xt[32][NS], wt[32][NS], mx[NS], amax[NS], id[NS], sumqx[NS], sumq2[NS], d[NS], best[NS];
     int live[NS];
-    float pad[NS * 32];
+    float pad[NS * 32], qpad[NS * 32];
     const float *src = x;
     if (nb < NS) {  // the last blocks of a matrix: zeros in the unused lanes (dead blocks, answered as ggml does)
         memset(pad, 0, sizeof pad);
         memcpy(pad, x, (size_t)nb * 32 * sizeof(float));
         src = pad;
+        if (qw) {
+            memset(qpad, 0, sizeof qpad);
+            memcpy(qpad, qw, (size_t)nb * 32 * sizeof(float));
+            qw = qpad;
+        }
     }
     for (int j = 0; j < NS; ++j)
         for (int i = 0; i < 32; ++i) xt[i][j] = src[j * 32 + i];
-    for (int i = 0; i < 32; ++i)
-        for (int j = 0; j < NS; ++j) wt[i][j] = xt[i][j] * xt[i][j];
+    if (qw) {
+        // ggml's weights with an importance matrix: qw · √(σ² + x²), σ² = 2/32 · Σ x² over the block (summed in order)
+        float sigma2[NS];
+        for (int j = 0; j < NS; ++j) sigma2[j] = 0;
+        for (int i = 0; i < 32; ++i)
+            for (int j = 0; j < NS; ++j) sigma2[j] += xt[i][j] * xt[i][j];
+        for (int j = 0; j < NS; ++j) sigma2[j] *= 2.f / 32;
+        for (int i = 0; i < 32; ++i)
+            for (int j = 0; j < NS; ++j) wt[i][j] = qw[j * 32 + i] * sqrtf(sigma2[j] + xt[i][j] * xt[i][j]);
+    } else {
+        for (int i = 0; i < 32; ++i)
+            for (int j = 0; j < NS; ++j) wt[i][j] = xt[i][j] * xt[i][j];
+    }
     for (int j = 0; j < NS; ++j) { mx[j] = 0; amax[j] = 0; }
     for (int i = 0; i < 32; ++i)
         for (int j = 0; j < NS; ++j) {
@@ -359,7 +375,7 @@ KD_CLONES void kd_iq4nl_16(const float *x, int nb, float *scales, uint8_t *L, in
             for (int j = 0; j < NS; ++j) {
                 float dt = sumqx[j] / (sumq2[j] > 0 ? sumq2[j] : 1.0f);
                 if (pass == 0) {
-                    d[j] = sumqx[j] / sumq2[j];
+                    d[j] = sumq2[j] > 0 ? sumqx[j] / sumq2[j] : 0.0f;  // 0 only where every weight is (an importance of 0)
                     best[j] = d[j] * sumqx[j];
                 } else {
                     int take = sumq2[j] > 0 && sumqx[j] * sumqx[j] > best[j] * sumq2[j];

@@ -15,8 +15,9 @@ import Foundation
 import KDConfig
 
 /// Quantizes `count` floats into `type` blocks at `out` (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the k-quants Q2_K … Q6_K
-/// IQ4_NL and MXFP4).
-public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer) {
+/// IQ4_NL and MXFP4). `importance` weighs IQ4_NL's scale search as llama-quantize --imatrix does (its rows are the
+/// tensor's); the other types quantize without it (Q8_0 as ggml too; this quantizer weighs no other type by one).
+public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer, importance: Importance? = nil) {
     precondition(count % type.blockSize == 0, "quantize \(type): \(count) elements is not a multiple of \(type.blockSize)")
     let nb = count / type.blockSize, ts = type.typeSize
     func putF16(_ x: Float, _ off: Int) { out.storeBytes(of: Float16(x).bitPattern, toByteOffset: off, as: UInt16.self) }
@@ -88,7 +89,8 @@ public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, ou
     case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K:
         for b in 0..<nb { KQuant.block(type, src + b * 256, out + b * ts) }
     case .iq4_nl:
-        IQ4NL.quantize(src, blocks: nb, out)
+        precondition(importance.map { count % $0.perRow == 0 } ?? true, "quantize: \(count) elements are not whole rows of the importance's \(importance?.perRow ?? 0)")
+        IQ4NL.quantize(src, blocks: nb, out, importance: importance)
     case .mxfp4:
         MXFP4.quantize(src, blocks: nb, out)
     default:
@@ -166,8 +168,10 @@ extension QATConfig {
 /// gradient passes, 0 where the value was clipped to the end of the grid (then rounding is not the identity's
 /// neighbour and the gradient is zero).
 /// `out` may be `src` (in place). - Shapes: src, out [rows, c] · mask [rows, c] or nil
+/// `importance` (c weights, one per input column): IQ4_NL's scale search weighted as llama-quantize --imatrix does;
+/// ignored by the other schemes.
 public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, rows: Int, c: Int,
-                         out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>?) {
+                         out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>?, importance: UnsafePointer<Float>? = nil) {
     let scheme = scheme.forRows(of: c)
     precondition(c % scheme.rowMultiple == 0, "fakeQuantize \(scheme): rows of \(c) are not a multiple of \(scheme.rowMultiple)")
     let count = rows * c
@@ -184,7 +188,7 @@ public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, r
         return
     }
     if scheme == .iq4_nl {
-        IQ4NL.fakeQuantize(src, blocks: count / 32, out: out, mask: mask)
+        IQ4NL.fakeQuantize(src, blocks: count / 32, out: out, mask: mask, importance: importance.map { Importance(weights: $0, perRow: c) })
         return
     }
     if scheme == .mxfp4 {

@@ -59,3 +59,38 @@ import Testing
     back.withUnsafeMutableBufferPointer { o in a.withUnsafeBytes { dequantize(.iq4_nl, src: $0.baseAddress!, out: o.baseAddress!, count: x.count) } }
     #expect(fq == back)
 }
+
+/// With an importance matrix the lanes (both kinds) still write the reference's bytes — on the same 1,059 blocks, rows of
+/// 96 so that a 16-block call spans rows and a row's blocks take different lanes — and the importance changes what is
+/// written (else the weights were not used), while fake quantization stays those bytes read back.
+@Test func iq4nlWithImportanceLanesEqualTheReference() {
+    var x = awkwardKQuantWeights()
+    for (k, scale) in [Float(1e-12), 1e-3, 0.02, 0.5, 30].enumerated() { x += randomArray(4 * 256, seed: UInt64(60 + k), scale: scale) }
+    x += randomArray(8 * 256, seed: 71).enumerated().map { $0.offset % 7 == 0 ? $0.element : 0 }
+    x += randomArray(3 * 32 + 16 * 32 * 40 + 8 * 256, seed: 72, scale: 0.05)
+    let perRow = 96
+    #expect(x.count % perRow == 0)
+    var w = randomArray(perRow, seed: 73, scale: 2).map { Float(Foundation.exp(Double($0))) }
+    for j in 32..<64 { w[j] = 0 }
+    w[7] = 0
+    var a = Data(count: GGMLType.iq4_nl.byteCount(elements: x.count)), b = a, c = a, plain = a
+    w.withUnsafeBufferPointer { wp in
+        let im = Importance(weights: wp.baseAddress!, perRow: perRow)
+        x.withUnsafeBufferPointer { xp in
+            a.withUnsafeMutableBytes { quantize(.iq4_nl, src: xp.baseAddress!, count: x.count, out: $0.baseAddress!, importance: im) }
+            b.withUnsafeMutableBytes { quantizeIQ4NLOneBlockAtATime(src: xp.baseAddress!, count: x.count, out: $0.baseAddress!, importance: im) }
+            c.withUnsafeMutableBytes { quantizeIQ4NLPortable(src: xp.baseAddress!, count: x.count, out: $0.baseAddress!, importance: im) }
+            plain.withUnsafeMutableBytes { quantize(.iq4_nl, src: xp.baseAddress!, count: x.count, out: $0.baseAddress!) }
+        }
+    }
+    #expect(a == b, "\(zip(a, b).filter { $0 != $1 }.count) bytes differ")
+    #expect(c == b, "without AVX-512's lookups: \(zip(c, b).filter { $0 != $1 }.count) bytes differ")
+    let changed = zip(a, plain).filter { $0 != $1 }.count
+    #expect(changed > a.count / 20, "the importance changed only \(changed) of \(a.count) bytes")
+    var fq = [Float](repeating: 0, count: x.count), back = fq
+    w.withUnsafeBufferPointer { wp in
+        fq.withUnsafeMutableBufferPointer { fakeQuantize(.iq4_nl, src: x, rows: x.count / perRow, c: perRow, out: $0.baseAddress!, mask: nil, importance: wp.baseAddress!) }
+    }
+    back.withUnsafeMutableBufferPointer { o in a.withUnsafeBytes { dequantize(.iq4_nl, src: $0.baseAddress!, out: o.baseAddress!, count: x.count) } }
+    #expect(fq == back)
+}

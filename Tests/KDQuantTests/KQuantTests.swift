@@ -33,18 +33,29 @@ func awkwardKQuantWeights() -> [Float] {
     return x
 }
 
-func ggmlCompare(key: String, input: [Float], name: String, perRow: Int, dir: URL) throws -> (source: String, equal: Bool, detail: String) {
+/// `importance`: perRow weights, one per column (an importance matrix's row, as llama-quantize --imatrix passes it).
+func ggmlCompare(key: String, input: [Float], name: String, perRow: Int, dir: URL, importance: [Float]? = nil) throws -> (source: String, equal: Bool, detail: String) {
     let type = kquantTypes[name]!
     let inURL = dir.appendingPathComponent("\(key)-in.f32"), oursURL = dir.appendingPathComponent("\(key)-\(name).bin")
+    let imURL = dir.appendingPathComponent("\(key)-imatrix.f32")
     try input.withUnsafeBufferPointer { Data(buffer: $0) }.write(to: inURL)
+    if let importance { try importance.withUnsafeBufferPointer { Data(buffer: $0) }.write(to: imURL) }
     var ours = Data(count: type.byteCount(elements: input.count))
-    ours.withUnsafeMutableBytes { o in input.withUnsafeBufferPointer { quantize(type, src: $0.baseAddress!, count: input.count, out: o.baseAddress!) } }
+    ours.withUnsafeMutableBytes { o in
+        input.withUnsafeBufferPointer { x in
+            (importance ?? []).withUnsafeBufferPointer { w in
+                quantize(type, src: x.baseAddress!, count: input.count, out: o.baseAddress!,
+                         importance: importance == nil ? nil : Importance(weights: w.baseAddress!, perRow: perRow))
+            }
+        }
+    }
     try ours.write(to: oursURL)
+    let im = importance == nil ? [] : [imURL.path]
     if ProcessInfo.processInfo.environment["DISTILL_RECORD_KQUANTS"] == "1" {  // with llama-cpp-python: (re)write the fixture
-        _ = try runPython(quantScripts.appendingPathComponent("ggml_kquantize.py").path, ["record", key, inURL.path, name, String(perRow)])
+        _ = try runPython(quantScripts.appendingPathComponent("ggml_kquantize.py").path, ["record", key, inURL.path, name, String(perRow)] + im)
     }
     let out = try runPython(quantScripts.appendingPathComponent("ggml_kquantize.py").path,
-                            ["compare", key, inURL.path, name, String(perRow), oursURL.path])
+                            ["compare", key, inURL.path, name, String(perRow), oursURL.path] + im)
     let j = try JSONSerialization.jsonObject(with: Data(out.utf8)) as! [String: Any]
     let source = j["source"] as! String
     if source == "live" { #expect(j["fixture_agrees"] as? Bool == true, "\(key) \(name): the recorded reference is stale (ggml_kquantize.py record)") }
@@ -71,6 +82,35 @@ func kquantsMatchGGMLOnTheTeachersFFNDown(name: String) throws {
     #expect(x.count == 1536 * 576)
     let r = try ggmlCompare(key: "smollm2-blk.0.ffn_down", input: x, name: name, perRow: 1536, dir: dir)
     #expect(r.equal, "\(name) differs from ggml on the teacher's matrix (\(r.source)): \(r.detail)")
+}
+
+/// Importances for rows of `perRow` as llama-imatrix's mean squares look (positive, spread over three decades), with
+/// the cases the weighted search branches on: a block of 32 columns all 0 (no weight anywhere: scale 0, as ggml's),
+/// scattered zeros, and one column far above the rest.
+func awkwardImportance(perRow: Int, seed: UInt64) -> [Float] {
+    var w = randomArray(perRow, seed: seed, scale: 1.5).map { Float(Foundation.exp(Double($0))) }
+    for j in 32..<64 { w[j] = 0 }
+    for j in stride(from: 70, to: perRow, by: 13) { w[j] = 0 }
+    w[perRow - 5] = 1e4
+    return w
+}
+
+/// IQ4_NL weighted by an importance matrix, bit for bit as llama-quantize --imatrix writes it (ggml_quantize_chunk
+/// given the tensor's row of the matrix): on the awkward weights and on the teacher's blk.0.ffn_down.
+@Test func iq4nlWithAnImportanceMatrixMatchesGGML() throws {
+    let dir = try temporaryDirectory("distill-kquant")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    let r = try ggmlCompare(key: "awkward", input: awkwardKQuantWeights(), name: "iq4_nl", perRow: 512, dir: dir,
+                            importance: awkwardImportance(perRow: 512, seed: 31))
+    #expect(r.equal, "IQ4_NL with an importance matrix differs from ggml (\(r.source)): \(r.detail)")
+    let teacher = repoRoot.appendingPathComponent("Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf")
+    try #require(FileManager.default.fileExists(atPath: teacher.path), "the teacher (Launch/fetch_teacher.sh) is needed")
+    let f32 = dir.appendingPathComponent("ffn_down.f32")
+    _ = try runPython(quantScripts.appendingPathComponent("ggml_kquantize.py").path, ["dequantize", teacher.path, "blk.0.ffn_down.weight", f32.path])
+    let x = try Data(contentsOf: f32).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    let t = try ggmlCompare(key: "smollm2-blk.0.ffn_down", input: x, name: "iq4_nl", perRow: 1536, dir: dir,
+                            importance: awkwardImportance(perRow: 1536, seed: 32))
+    #expect(t.equal, "IQ4_NL with an importance matrix differs from ggml on the teacher's matrix (\(t.source)): \(t.detail)")
 }
 
 /// Fake quantization in a k-quant is ggml's bytes (checked above) read back: gguf-py's dequantization of our blocks,

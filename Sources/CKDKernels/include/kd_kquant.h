@@ -15,12 +15,13 @@ void kd_make_q3_16x16(const float *x, int nmax, int8_t *L, float *scales);
 void kd_make_qkx2(int nsub, int n, int nmax, const float *x, const float *w, uint8_t *L, float *scales, float *negmins,
                   float rmin, float rdelta, int nstep, int mad);
 
-/// IQ4_NL's scale search (ggml's quantize_row_iq4_nl_impl for blocks of 32, no importance matrix, 7 trials either
-/// side) on nb (≤ 16) blocks of 32 at once: each block's scale into scales[nb] (0 for a block below 1e-15) and its
+/// IQ4_NL's scale search (ggml's quantize_row_iq4_nl_impl for blocks of 32, 7 trials either side) on nb (≤ 16) blocks
+/// of 32 at once, each element weighted by x² or, with `qw` (nb × 32 importances, the blocks' columns of an importance
+/// matrix), by qw · √(σ² + x²) as ggml weighs them: each block's scale into scales[nb] (0 for a block below 1e-15) and its
 /// 32 indices into the 16 levels (from the last pass, against the f32 scale, as ggml picks them) into L[nb × 32].
 /// With AVX-512 the levels are looked up by bucket; `portable` (for the tests) takes the vectorized loop that
 /// compares with every midpoint, which AVX2 and other CPUs run. Both give the same bytes.
-void kd_iq4nl_16(const float *x, int nb, float *scales, uint8_t *L, int portable);
+void kd_iq4nl_16(const float *x, int nb, const float *qw, float *scales, uint8_t *L, int portable);
 /// The values IQ4_NL blocks read back as: out = d[b] · level(L), d the blocks' F16 scales as floats; and, where mask
 /// is not NULL, 0 where an element lay beyond the end of its block's grid (index 0 or 15, x outside the value), else
 /// 1. out may be x.

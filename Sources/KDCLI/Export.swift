@@ -64,13 +64,15 @@ struct Export: ParsableCommand {
             }
             // learned or frozen scales: the weights are quantized with those, not with the absmax of each block
             let scales = try qat.flatMap { try loadQATScales(dir: checkpoint, model: model, qat: $0) }
+            // an importance matrix: the IQ4_NL tensors are quantized weighed by it, as they trained
+            let importance = try qat.flatMap { try loadQATImportance(dir: checkpoint, model: model, qat: $0) }
             if let scheme {
                 if scheme.ggmlType == nil {
                     // per-channel schemes have no GGUF type: store the values it trained with
                     if let scales {
                         model.writeFakeQuantized(scales: scales, master: model.params.base, mask: nil)
                     } else {
-                        model.writeFakeQuantized(model.quantPlan(qat!), master: model.params.base, mask: nil)
+                        model.writeFakeQuantized(model.quantPlan(qat!), master: model.params.base, mask: nil, importance: importance)
                     }
                     if let uniform, uniform != .f32 { KDLog.info("note: \(scheme) values are exact in f32 only; \(uniform) rounds them") }
                 } else if quant != nil {
@@ -90,12 +92,12 @@ struct Export: ParsableCommand {
             }
             let withScales = quant == nil && trainedPlan != nil ? scales : nil
             if format == .gguf {
-                try exportGGUF(model, typeOf: typeOf, scales: withScales)
+                try exportGGUF(model, typeOf: typeOf, scales: withScales, importance: importance)
             } else if let withScales {
                 model.writeFakeQuantized(scales: withScales, master: model.params.base, mask: nil)
                 try exportSafetensors(model, typeOf: nil)
             } else {
-                try exportSafetensors(model, typeOf: quant != nil || trainedPlan != nil ? typeOf : nil)
+                try exportSafetensors(model, typeOf: quant != nil || trainedPlan != nil ? typeOf : nil, importance: importance)
             }
         } catch let e as ValidationError { throw e } catch { throw fail(error) }
     }
@@ -114,13 +116,14 @@ struct Export: ParsableCommand {
         return f.keys.filter { $0.hasPrefix("tokenizer.") }.map { ($0, f.metadata[$0]!) }
     }
 
-    func exportGGUF(_ model: Transformer, typeOf: (ParameterLayout.Entry) -> GGMLType, scales: QATScales?) throws {
+    func exportGGUF(_ model: Transformer, typeOf: (ParameterLayout.Entry) -> GGMLType, scales: QATScales?, importance: QATImportance?) throws {
         let start = monotonicSeconds()
         let meta = try tokenizerMetadata()
         if let n = meta.first(where: { $0.0 == "tokenizer.ggml.tokens" })?.1.array?.count, n != model.config.vocabSize {
             throw KDError.invalidInput(what: "tokenizer for the export", expected: "\(model.config.vocabSize) tokens (the student's vocabulary)", found: "\(n)")
         }
-        try model.exportGGUF(path: out, typeOf: typeOf, name: (checkpoint as NSString).lastPathComponent, extraMetadata: meta, scales: scales)
+        try model.exportGGUF(path: out, typeOf: typeOf, name: (checkpoint as NSString).lastPathComponent, extraMetadata: meta, scales: scales,
+                             importance: importance)
         let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
         let layout = model.layout, blocks = layout.entries.filter { $0.isMatrix && $0.offset != layout.embedding && $0.offset != layout.lmHead }
         var byType: [GGMLType: Int] = [:]
@@ -131,7 +134,7 @@ struct Export: ParsableCommand {
                           meta.isEmpty ? "" : ", tokenizer and chat template copied", monotonicSeconds() - start))
     }
 
-    func exportSafetensors(_ model: Transformer, typeOf: ((ParameterLayout.Entry) -> GGMLType)?) throws {
+    func exportSafetensors(_ model: Transformer, typeOf: ((ParameterLayout.Entry) -> GGMLType)?, importance: QATImportance? = nil) throws {
         if let typeOf {
             // the weights as they come back from their type
             for e in model.layout.entries where e.isMatrix && typeOf(e) != .f32 {
@@ -141,7 +144,8 @@ struct Export: ParsableCommand {
                 }
                 var d = Data(count: type.byteCount(elements: e.count))
                 d.withUnsafeMutableBytes { b in
-                    quantize(type, src: model.params.base + e.offset, count: e.count, out: b.baseAddress!)
+                    quantize(type, src: model.params.base + e.offset, count: e.count, out: b.baseAddress!,
+                             importance: importance?.weights(forOffset: e.offset).map { Importance(weights: $0, perRow: e.shape[1]) })
                     dequantize(type, src: b.baseAddress!, out: model.params.base + e.offset, count: e.count)
                 }
             }

@@ -56,6 +56,8 @@ public enum CheckpointFile {
     public static let checksums = "checksums.json"
     /// QAT's explicit scales (and learned ones' moments).
     public static let qatScales = "qat_scales.safetensors"
+    /// QAT's importance matrix (`qat.importance`): one weight per input column of each matrix it weighs.
+    public static let qatImportance = "qat_importance.safetensors"
     /// distillm's replay buffer.
     public static let replay = "replay.bin"
     /// The hidden-state loss's learned projections between widths (weights and moments).

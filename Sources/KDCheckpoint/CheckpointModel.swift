@@ -20,7 +20,7 @@ public func openModel(path: String, maxSeqLen: Int? = nil, vocabRows: Int? = nil
     if let scales = try loadQATScales(dir: path, model: model, qat: qat) {
         model.writeFakeQuantized(scales: scales, master: model.params.base, mask: nil)
     } else if qat.scheme != .none {
-        model.writeFakeQuantized(model.quantPlan(qat), master: model.params.base, mask: nil)
+        model.writeFakeQuantized(model.quantPlan(qat), master: model.params.base, mask: nil, importance: try loadQATImportance(dir: path, model: model, qat: qat))
     }
     model.quantizeActivations = qat.activations == .int8
     loaded.kind = "safetensors, QAT \(qat.preset.map { "\($0)" } ?? "\(qat.scheme)")\(qat.activations == .int8 ? " + int8 activations" : "")"
@@ -62,6 +62,39 @@ public func qatScalesFile(_ scales: QATScales, values: UnsafePointer<Float>, mom
         }
     }
     return try safetensorsData(tensors: tensors, metadata: ["scheme": scales.scheme.rawValue, "scales": source.rawValue])
+}
+
+/// The importance matrix a checkpoint folder of a run with `qat.importance` carries (nil for a run without one). A run
+/// with one whose folder lacks the file, or a file that does not fit the model, is an error: the weights would be
+/// quantized otherwise than they trained.
+public func loadQATImportance(dir: String, model: Transformer, qat: QATConfig) throws -> QATImportance? {
+    guard qat.importance != .none else { return nil }
+    let path = (dir as NSString).appendingPathComponent(CheckpointFile.qatImportance)
+    guard FileManager.default.fileExists(atPath: path) else {
+        throw KDError.invalidInput(what: dir, expected: "\(CheckpointFile.qatImportance) (the run quantized with qat.importance: \(qat.importance.rawValue))", found: "no such file")
+    }
+    let file = try SafetensorsFile(path: path)
+    let importance = QATImportance(model: model, embeddings: qat.embeddings)
+    for i in importance.entries.indices {
+        let name = importance.name(i), shape = [importance.entries[i].shape[1]]
+        guard let t = file.tensor(name), t.shape == shape else {
+            throw KDError.invalidInput(what: path, expected: "tensor \(name) of shape \(shape)", found: file.tensor(name).map { "shape \($0.shape)" } ?? "none")
+        }
+        let w = importance.values.base + importance.offsets[i]
+        try file.read(t, into: w)
+        if let bad = (0..<shape[0]).first(where: { !(w[$0] >= 0 && w[$0].isFinite) }) {
+            throw KDError.invalidInput(what: path, expected: "finite importances >= 0 in \(name)", found: "\(w[bad]) at column \(bad)")
+        }
+    }
+    return importance
+}
+
+/// An importance matrix as the checkpoint's importance file (`tokens`: how many it was measured on).
+public func qatImportanceFile(_ importance: QATImportance, tokens: Int) throws -> Data {
+    let tensors = importance.entries.indices.map {
+        SafetensorsEntry(name: importance.name($0), shape: [importance.entries[$0].shape[1]], data: importance.values.base + importance.offsets[$0])
+    }
+    return try safetensorsData(tensors: tensors, metadata: ["source": "activations", "tokens": String(tokens)])
 }
 
 /// The QAT settings of a training checkpoint folder, when it is one and its step had reached qat.start_step; nil for

@@ -63,6 +63,16 @@ public enum ScaleSource: String, ConfigVocabulary {
     case absmax, learned
 }
 
+/// `qat.importance`: what weighs each weight in IQ4_NL's scale search.
+public enum ImportanceSource: String, ConfigVocabulary {
+    /// x², as llama-quantize without an importance matrix.
+    case none
+    /// The mean square of each input channel of the matrix, measured on the student's own activations over the first
+    /// `importance_windows` training windows before step 0 — what llama-imatrix collects, weighed as llama-quantize
+    /// --imatrix weighs it; the tied head takes the final norm's outputs (llama-imatrix collects nothing for it).
+    case activations
+}
+
 /// Quantization-aware training: the student's linear layers see their weights quantized as they will be exported
 /// (fake quantization, straight-through gradients into full-precision master weights).
 public struct QATConfig: Codable, Equatable, Sendable {
@@ -97,12 +107,20 @@ public struct QATConfig: Codable, Equatable, Sendable {
     /// matrix whose rows — ffn_dim wide — a k-quant's 256-blocks can divide in a model 576 wide): every block's matrix
     /// of that name trains and exports in it (with llama.cpp's fallback on rows it does not divide). Default none.
     public var tensorTypes: [BlockMatrix: QATScheme]?
+    /// `none` or `activations`: weigh the IQ4_NL tensors' scale search by an importance matrix of the student's own
+    /// activations, in training and in the exported file alike (needs IQ4_NL somewhere in the plan). Default none.
+    public var importance = ImportanceSource.none
+    /// With `importance: activations`: how many training windows (of train.seq_len tokens, the first ones) it is
+    /// measured on. Default (nil) 64: ``measuredWindows``.
+    public var importanceWindows: Int?
+    /// The windows `importance: activations` measures on.
+    public var measuredWindows: Int { importanceWindows ?? 64 }
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case preset, scheme, embeddings, embeddingScheme = "embedding_scheme", activations, startStep = "start_step", scales, scaleLRRatio = "scale_lr_ratio", freezeStep = "freeze_step"
-        case tensorTypes = "tensor_types"
+        case tensorTypes = "tensor_types", importance, importanceWindows = "importance_windows"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -154,6 +172,16 @@ public struct QATConfig: Codable, Equatable, Sendable {
                 tensorTypes = (tensorTypes ?? [:]).merging([matrix: t]) { $1 }
             }
         }
+        importance = try c.value(.importance, or: importance)
+        if c.contains(.importanceWindows) {
+            let n: Int = try c.value(.importanceWindows, or: 64)
+            try c.require(n >= 1, .importanceWindows, expected: "an integer >= 1", found: n)
+            importanceWindows = n
+        }
+        let iq4 = scheme == .iq4_nl || embeddingScheme == .iq4_nl || tensorTypes?.values.contains(.iq4_nl) == true
+        try c.require(importance == .none || iq4, .importance, expected: "iq4_nl in scheme, embedding_scheme or tensor_types beside it (it weighs IQ4_NL's scale search only)",
+                      found: "'\(importance.rawValue)' with scheme '\(scheme.rawValue)'")
+        try c.require(!c.contains(.importanceWindows) || importance != .none, .importanceWindows, expected: "importance: activations beside it", found: "importance: none")
     }
 
     /// `qat.tensor_types` as the config spells it ("ffn_down: q3_k, …", in the keys' order), empty without it.

@@ -133,8 +133,10 @@ extension Transformer {
     }
 
     /// ``exportGGUF(path:type:tableType:name:extraMetadata:scales:)`` with each matrix's type given (a QAT plan).
+    /// `importance`: a QAT student's importance matrix (`qat.importance`); its IQ4_NL tensors are quantized weighed
+    /// by it, as they trained.
     public func exportGGUF(path: String, typeOf matrixType: (ParameterLayout.Entry) -> GGMLType, name: String, extraMetadata: [(String, GGUFValue)],
-                           scales: QATScales? = nil) throws {
+                           scales: QATScales? = nil, importance: QATImportance? = nil) throws {
         let m = config
         func typeOf(_ e: ParameterLayout.Entry) -> GGMLType { e.isMatrix ? matrixType(e) : .f32 }
         for e in layout.entries where e.isMatrix && e.shape[1] % typeOf(e).blockSize != 0 {
@@ -180,7 +182,9 @@ extension Transformer {
                         }
                         d.withUnsafeMutableBytes { quantizeScaled(t, src: src.base, count: e.count, scales: s.base, out: $0.baseAddress!) }
                     } else {
-                        d.withUnsafeMutableBytes { quantize(t, src: src.base, count: e.count, out: $0.baseAddress!) }
+                        // the importances are per column: the Q/K rows' permutation leaves them as they are
+                        let w = importance?.weights(forOffset: e.offset).map { Importance(weights: $0, perRow: e.shape[1]) }
+                        d.withUnsafeMutableBytes { quantize(t, src: src.base, count: e.count, out: $0.baseAddress!, importance: w) }
                     }
                     return d
                 })

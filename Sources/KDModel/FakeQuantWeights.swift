@@ -16,14 +16,15 @@ extension Transformer {
 
     /// params ← fake-quantized `master` on the tensors `plan` quantizes, `master` elsewhere; `mask` (same layout)
     /// receives the straight-through masks of the quantized tensors and 1 elsewhere. `master` may be `params` itself.
-    public func writeFakeQuantized(_ plan: QuantPlan, master: UnsafePointer<Float>, mask: UnsafeMutablePointer<Float>?) {
+    /// `importance` weighs the IQ4_NL tensors' scale search (``QATImportance``).
+    public func writeFakeQuantized(_ plan: QuantPlan, master: UnsafePointer<Float>, mask: UnsafeMutablePointer<Float>?, importance: QATImportance? = nil) {
         if master != UnsafePointer(params.base) { params.base.update(from: master, count: layout.count) }
         mask?.update(repeating: 1, count: layout.count)
         let entries = layout.entries.filter { plan.scheme(at: $0.offset) != nil }
         Parallel.forRanges(entries.count) { lo, hi in
             for e in entries[lo..<hi] {
                 fakeQuantize(plan.scheme(at: e.offset)!, src: master + e.offset, rows: e.shape[0], c: e.shape[1],
-                             out: self.params.base + e.offset, mask: mask.map { $0 + e.offset })
+                             out: self.params.base + e.offset, mask: mask.map { $0 + e.offset }, importance: importance?.weights(forOffset: e.offset))
             }
         }
     }
@@ -86,6 +87,69 @@ extension Transformer {
                 let e = scales.entries[i]
                 fakeQuantizeScaled(scales.scheme, src: master + e.offset, rows: e.shape[0], c: e.shape[1],
                                    scales: scales.values.base + scales.offsets[i], out: self.params.base + e.offset, mask: mask.map { $0 + e.offset })
+            }
+        }
+    }
+}
+
+/// An importance matrix for QAT (`qat.importance`): for every quantized matrix that reads activations, one weight per
+/// input column — the mean square of that input channel over calibration tokens, what llama-imatrix collects — which
+/// IQ4_NL's scale search weighs as llama-quantize --imatrix does. The embedding of an untied model reads none (a
+/// lookup) and has no entry.
+public final class QATImportance {
+    /// The matrices with an importance, in layout order, and where each one's weights start in `values`.
+    public let entries: [ParameterLayout.Entry]
+    public let offsets: [Int]
+    public let values: Slab
+
+    public init(model: Transformer, embeddings: Bool) {
+        let layout = model.layout
+        entries = model.quantizedEntries(embeddings: embeddings).filter { $0.offset != layout.embedding || layout.embedding == layout.lmHead }
+        var offs: [Int] = [], n = 0
+        for e in entries {
+            offs.append(n)
+            n += e.shape[1]
+        }
+        offsets = offs
+        values = Slab(count: max(n, 1))
+    }
+
+    /// The name tensor i's importances are stored under (`qat_importance.safetensors` of a checkpoint).
+    public func name(_ i: Int) -> String { entries[i].name + ".importance" }
+
+    /// The importances of the matrix at layout offset `offset` (one per column), if it has them.
+    public func weights(forOffset offset: Int) -> UnsafePointer<Float>? {
+        entries.firstIndex { $0.offset == offset }.map { UnsafePointer(values.base + offsets[$0]) }
+    }
+}
+
+extension Transformer {
+    /// Adds, for each matrix of `importance`, the squares of its inputs in the last ``forward`` summed over the rows
+    /// into `sums` (laid out as `importance.values`): the normed input for q, k, v, gate and up, the attention's output
+    /// for o, the gated activation for down, the final norm's output for the head. A training model's forward only
+    /// (an inference model's blocks share one set of buffers).
+    public func accumulateInputSquares(_ importance: QATImportance, into sums: UnsafeMutablePointer<Double>) {
+        precondition(grads != nil, "accumulateInputSquares: a training model's forward keeps every block's inputs")
+        guard let a = acts else { preconditionFailure("accumulateInputSquares: no forward yet") }
+        let n = a.b * a.t, m = config
+        var inputs: [Int: (UnsafePointer<Float>, Int)] = [layout.lmHead: (UnsafePointer(a.lnf.base), m.dim)]
+        for (l, L) in layout.blocks.enumerated() {
+            let A = a.blocks[l]
+            for o in [L.wq, L.wk, L.wv] { inputs[o] = (UnsafePointer(A.ln1.base), m.dim) }
+            inputs[L.wo] = (UnsafePointer(A.att.base), m.qDim)
+            for o in [L.wgate, L.wup] { inputs[o] = (UnsafePointer(A.ln2.base), m.dim) }
+            inputs[L.wdown] = (UnsafePointer(A.h.base), m.ffnDim)
+        }
+        let entries = importance.entries, offsets = importance.offsets
+        Parallel.forRanges(entries.count) { lo, hi in
+            for i in lo..<hi {
+                guard let (x, c) = inputs[entries[i].offset] else { continue }
+                precondition(c == entries[i].shape[1], "accumulateInputSquares: \(entries[i].name) reads \(entries[i].shape[1]) columns, its input has \(c)")
+                let s = sums + offsets[i]
+                for r in 0..<n {
+                    let row = x + r * c
+                    for j in 0..<c { s[j] += Double(row[j]) * Double(row[j]) }
+                }
             }
         }
     }

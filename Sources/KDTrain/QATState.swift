@@ -5,6 +5,7 @@
 import Foundation
 import KDComm
 import KDConfig
+import KDData
 import KDCore
 import KDCheckpoint
 import KDFormats
@@ -39,6 +40,10 @@ public final class QATState: TrainerPart {
     let scaleRange: Range<Int>
     /// Learned scales: the gradient, the AdamW moments and θ = log|s| of this rank's scales.
     let scaleGrad: Slab?, scaleM: Slab?, scaleV: Slab?, scaleTheta: Slab?
+    /// `qat.importance`: the importance matrix weighing the IQ4_NL tensors' scale search (the same on every rank), and
+    /// how many tokens it was measured on.
+    public private(set) var importance: QATImportance?
+    var importanceTokens = 0
 
     public init(config: QATConfig, model: Transformer, shard: SlabShard, comm: any Communicator) {
         self.config = config
@@ -87,6 +92,32 @@ public final class QATState: TrainerPart {
     }
 
 
+    /// `qat.importance: activations`: the mean square of every quantized matrix's input channels on the student as it
+    /// starts (its full-precision weights, before any quantization), over the first `importance_windows` training
+    /// windows in micro-batches of b × t, the micro-batches dealt round the ranks and the sums all-reduced.
+    /// Collective; call before the first ``refresh(step:)``.
+    public func measureImportance(sampler: WindowSampler, b: Int, t: Int) throws {
+        guard config.importance == .activations else { return }
+        let start = monotonicSeconds()
+        let imp = QATImportance(model: model, embeddings: config.embeddings)
+        var sums = [Double](repeating: 0, count: imp.values.count)
+        let batches = (config.measuredWindows + b - 1) / b
+        let tokens = UnsafeMutablePointer<Int32>.allocate(capacity: b * t), targets = UnsafeMutablePointer<Int32>.allocate(capacity: b * t)
+        defer { tokens.deallocate(); targets.deallocate() }
+        for k in stride(from: comm.rank, to: batches, by: comm.worldSize) {
+            sampler.fillSequential(inputs: tokens, targets: targets, first: k * b, count: b)
+            model.forward(tokens: tokens, b: b, t: t)
+            sums.withUnsafeMutableBufferPointer { model.accumulateInputSquares(imp, into: $0.baseAddress!) }
+        }
+        try comm.allReduceSum(&sums)
+        let n = Double(batches * b * t)
+        for i in sums.indices { imp.values.base[i] = Float(sums[i] / n) }
+        importance = imp
+        importanceTokens = batches * b * t
+        KDLog.info(String(format: "qat.importance: the input channels of %d matrices measured on %d tokens (%d windows) in %.1f s",
+                          imp.entries.count, importanceTokens, batches * b, monotonicSeconds() - start))
+    }
+
     /// Whether `step` trains with quantization (from qat.start_step on).
     public func active(step: Int) -> Bool { config.enabled && step >= config.startStep }
 
@@ -126,7 +157,7 @@ public final class QATState: TrainerPart {
                                            out: params + local, mask: self.mask.base + local)
                     } else {
                         fakeQuantize(self.plan.scheme(at: e.offset) ?? scheme, src: m + local, rows: rows.count, c: c, out: params + local,
-                                     mask: self.mask.base + local)
+                                     mask: self.mask.base + local, importance: self.importance?.weights(forOffset: e.offset))
                     }
                 }
             }
@@ -201,6 +232,7 @@ public final class QATState: TrainerPart {
             model.params.base.update(from: masters.base, count: model.layout.count)
         }
         if let scales { contents?.files[CheckpointFile.qatScales] = scales }
+        if let importance, contents != nil { contents?.files[CheckpointFile.qatImportance] = try qatImportanceFile(importance, tokens: importanceTokens) }
     }
 
     public func restore(from source: CheckpointSource?) throws { try restore(dir: source?.dir) }
@@ -244,6 +276,17 @@ public final class QATState: TrainerPart {
     func restore(dir: String?, root: Int = 0) throws {
         let r = shard.range
         masters.base.update(from: model.params.base + r.lowerBound, count: r.count)
+        // the importance matrix the checkpoint's weights trained with (measured again at start-up, the same windows
+        // and weights: the same values; the file decides)
+        if let importance {
+            var found = [0.0]
+            if comm.rank == root, let dir, let loaded = try loadQATImportance(dir: dir, model: model, qat: config) {
+                importance.values.base.update(from: loaded.values.base, count: importance.values.count)
+                found[0] = 1
+            }
+            try comm.broadcast(&found, root: root)
+            if found[0] > 0 { try broadcastFloats(comm, importance.values.base, count: importance.values.count, root: root) }
+        }
         guard let qs = scales else { return }
         var loaded: QATScales?, moments: (m: Slab, v: Slab)?
         if comm.rank == root, let dir {

@@ -155,6 +155,7 @@ public final class Trainer {
         optimizer = Optimizer(config: resolved.optimizer, layout: model.layout, shard: shard, comm: comm, totalSteps: t.steps)
         sync = GradientSync(comm: comm, model: model, shard: shard, scatter: sharding == .gradients)
         qat = resolved.qat.enabled ? QATState(config: resolved.qat, model: model, shard: shard, comm: comm) : nil
+        try qat?.measureImportance(sampler: batches.sampler, b: t.microBatch, t: t.seqLen)
         placement = try makeTeacherPlacement(config: resolved, teachers: teachers, cache: teacherCache, student: model, comm: comm,
                                              cross: crossTokenizers)
         hidden = try HiddenStateObjective(config: resolved, cutBlocks: cut.blocks, channels: cut.channels, teacher: teachers.first,

@@ -174,6 +174,32 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         #expect((masters["bad"] as! [String]).count == 2 * 7 + 1, "\(masters["bad"]!)")
     }
 
+    /// qat.importance: an IQ4_NL student whose scale search the student's own activations weighed: the checkpoint holds
+    /// the importance file, the GGUF and the HF export hold the values the student computed with (gguf-py reads them
+    /// back), and the checkpoint and the GGUF read one NLL; a checkpoint that lost its importance file is refused with
+    /// one line (its checksums list it) rather than quantized otherwise than it trained.
+    @Test func anImportanceWeighedStudentExportsToExactlyWhatItTrainedWith() throws {
+        let dir = try temporaryDirectory("distill-export")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let (ckpt, log) = try trainQAT(dir, scheme: "iq4_nl", extra: "  embeddings: true\n  importance: activations\n  importance_windows: 8\n")
+        #expect(log.contains("qat.importance: the input channels of 15 matrices measured on"), "\(log)")
+        let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
+        let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
+        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, IQ4_NL, embedding/head IQ4_NL"), "\(e.out)\(e.err)")
+        #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
+        let script = cliScripts.appendingPathComponent("check_gguf_export.py").path
+        let check = try runPython(script, [gguf, hf.appendingPathComponent("model.safetensors").path, "iq4_nl", "iq4_nl", "--dequant"])
+        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
+        #expect((j["bad"] as! [String]).isEmpty && (j["extra"] as! [String]).isEmpty, "\(check)")
+        let (a, b) = (try nll(ckpt.path), try nll(gguf))
+        #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
+        let importance = ckpt.appendingPathComponent("qat_importance.safetensors")
+        try FileManager.default.removeItem(at: importance)
+        let lost = try distill(["export", ckpt.path, "--format", "gguf", "--out", dir.appendingPathComponent("lost.gguf").path])
+        #expect(lost.status != 0 && lost.err.contains("corrupt checkpoint: qat_importance.safetensors is missing"), "\(lost.err)")
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("lost.gguf").path))
+    }
+
     /// qat.preset q4_k_m: every tensor trains in the type llama.cpp's Q4_K_M picks for it (QuantPreset, checked against
     /// llama.cpp's own files in KDQuantTests) — on 2 blocks, block 1's attn_v and ffn_down in Q6_K, block 0's in Q4_K,
     /// the tied embedding Q6_K — and the GGUF holds those types and exactly the values the student computed with; the

@@ -87,6 +87,10 @@ import Testing
     ("qat: {scheme: int4_channel, tensor_types: {ffn_down: q3_k}}", "qat.tensor_types.ffn_down", "expected a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, mxfp4) beside a block-format scheme, found 'q3_k' beside scheme 'int4_channel'"),
     ("qat: {scheme: q4_0, scales: learned, tensor_types: {ffn_down: q3_k}}", "qat.tensor_types.ffn_down", "expected scheme's own format with learned or frozen scales"),
     ("qat: {preset: q4_k_m, tensor_types: {ffn_down: q3_k}}", "qat.tensor_types", "expected none beside a preset (it picks every tensor's type)"),
+    ("qat: {scheme: q4_0, importance: activations}", "qat.importance", "expected iq4_nl in scheme, embedding_scheme or tensor_types beside it (it weighs IQ4_NL's scale search only), found 'activations' with scheme 'q4_0'"),
+    ("qat: {scheme: iq4_nl, importance: imatrix}", "qat.importance", "expected 'none' or 'activations'"),
+    ("qat: {scheme: iq4_nl, importance_windows: 8}", "qat.importance_windows", "expected importance: activations beside it, found importance: none"),
+    ("qat: {scheme: iq4_nl, importance: activations, importance_windows: 0}", "qat.importance_windows", "expected an integer >= 1"),
     ("qat: {scheme: q4_0, tensor_types: {ffn_down: q3_k, ffn_down: q4_0}}", "qat.tensor_types.ffn_down", "the key appears twice in one mapping"),
 ])
 func invalidValueSaysExpectedAndFound(snippet: String, path: String, message: String) {

@@ -173,3 +173,66 @@ func learnedScalesStartAtAbsmaxThenTrain(scheme: String) throws {
     #expect(memcmp(full.qat!.scales!.values.base, resumed.qat!.scales!.values.base, n * 4) == 0)
     #expect(memcmp(full.qat!.scaleM!.base, resumed.qat!.scaleM!.base, n * 4) == 0)
 }
+
+/// qat.importance: activations — the importance matrix is the mean square of each matrix's input channels on the
+/// student's first training windows (block 0's q, k and v read the normed embeddings: recomputed here in f64 from the
+/// weights), the model computes with IQ4_NL weighed by it (and not as without it), and the run resumes bitwise with
+/// the checkpoint's importance file.
+@Test func importanceWeighsIQ4NLByTheStudentsOwnActivations() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-qat-importance-\(UUID().uuidString)")
+    defer { try? FileManager.default.removeItem(at: dir) }
+    var c = try qatConfig("iq4_nl")
+    c.qat.embeddings = true
+    c.qat.importance = .activations
+    c.qat.importanceWindows = 6  // two micro-batches of 4: 8 windows of 64
+    c.checkpoint.dir = dir.path
+    c.checkpoint.every = 2
+    let corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    let tr = try Trainer(config: c, corpus: corpus)
+    let imp = try #require(tr.qat?.importance), m = tr.model, P = tr.qat!.masters.base, dim = m.config.dim
+    #expect(tr.qat!.importanceTokens == 8 * 64)
+    // block 0's inputs: RMSNorm(embedding) of every token of the first 8 windows
+    let n = 8 * 64
+    var inputs = [Int32](repeating: 0, count: n), targets = inputs
+    tr.batches.sampler.fillSequential(inputs: &inputs, targets: &targets, first: 0, count: 8)
+    var want = [Double](repeating: 0, count: dim)
+    let L = m.layout.blocks[0]
+    for tok in inputs {
+        let e = P + m.layout.embedding + Int(tok) * dim
+        let ms = (0..<dim).reduce(0.0) { $0 + Double(e[$1]) * Double(e[$1]) } / Double(dim)
+        let r = 1 / (ms + Double(m.config.rmsEps)).squareRoot()
+        for j in 0..<dim { let v = Double(e[j]) * r * Double(P[L.ln1 + j]); want[j] += v * v / Double(n) }
+    }
+    for o in [L.wq, L.wk, L.wv] {
+        let got = try #require(imp.weights(forOffset: o))
+        let worst = (0..<dim).map { abs(Double(got[$0]) - want[$0]) / want[$0] }.max()!
+        #expect(worst < 1e-4, "relative error \(worst)")
+    }
+    #expect(imp.weights(forOffset: m.layout.lmHead) != nil && imp.entries.count == m.quantizedEntries(embeddings: true).count)
+    // the model computes with IQ4_NL weighed by the importance, which is not IQ4_NL without it
+    var differ = 0
+    for e in imp.entries {
+        var weighed = [Float](repeating: 0, count: e.count), plain = weighed
+        weighed.withUnsafeMutableBufferPointer {
+            fakeQuantize(.iq4_nl, src: P + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil, importance: imp.weights(forOffset: e.offset))
+        }
+        plain.withUnsafeMutableBufferPointer { fakeQuantize(.iq4_nl, src: P + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil) }
+        #expect(Array(UnsafeBufferPointer(start: m.params.base + e.offset, count: e.count)) == weighed, "\(e.name)")
+        if weighed != plain { differ += 1 }
+    }
+    #expect(differ == imp.entries.count, "\(differ) of \(imp.entries.count) matrices differ from unweighed IQ4_NL")
+    // resume: the checkpoint carries the importance file and the run continues bitwise
+    let a = try tr.run(checkpoints: true)
+    let ckpt = dir.appendingPathComponent("step_00000002")
+    #expect(FileManager.default.fileExists(atPath: ckpt.appendingPathComponent("qat_importance.safetensors").path))
+    let resumed = try Trainer(config: c, corpus: corpus)
+    try resumed.resume(from: ckpt.path)
+    let b = try resumed.run()
+    #expect(b.map(\.loss) == a.suffix(2).map(\.loss))
+    #expect(memcmp(tr.qat!.masters.base, resumed.qat!.masters.base, m.layout.count * 4) == 0)
+    // without the importance the same run computes otherwise
+    var plain = c
+    plain.qat.importance = .none
+    plain.checkpoint.dir = dir.appendingPathComponent("plain").path
+    #expect(try Trainer(config: plain, corpus: corpus).run()[0].loss != a[0].loss)
+}

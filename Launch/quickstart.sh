@@ -2,8 +2,9 @@
 # The newcomer's command on a fresh Debian machine: system packages, release build, the real teacher (SmolLM2-135M-
 # Instruct GGUF, fetched once into Checkpoints/teachers/ and verified by hash), the corpus (Debian's fortunes,
 # tokenized with the teacher's tokenizer, split train/validation) and a held-out book (Launch/fetch_heldout.sh), then
-# the main job: Configs/recipes/quickstart.yaml on 2 ranks — a 24-block student cut from the teacher by measured layer
-# selection, healed with skew reverse KL and QAT Q8_0 — with checkpoints in Checkpoints/quickstart/. Then the student is
+# the main job: Configs/recipes/quickstart.yaml on 2 ranks — every block of the teacher in IQ4_NL, the tied table too,
+# its scales searched weighing each weight by its input channel's measured strength, healed for 24 steps of forward KL
+# with QAT — with checkpoints in Checkpoints/quickstart/. Then the student is
 # exported to GGUF, evaluated beside its teacher on held-out fortunes and on the book, both continue the same prompt,
 # and an HTML report is written (Launch/recipe.sh quickstart; 32 windows of the book to stay within 10 minutes).
 # Running it again resumes an unfinished run or reuses a finished one. Extra arguments go to `distill train`,

@@ -108,10 +108,11 @@ func badInputFailsWithOneClearLine(yaml: String, message: String) throws {
     // and the hour recipe is what its header says: the 24-block cut (smollm2-cut.yaml) with Q4_0 QAT of the embedding too
     let hour = try runDistill(["train", "--config", "Configs/recipes/smollm2-hour.yaml", "--dry-run"])
     #expect(hour.out.contains("scheme: q4_0") && hour.out.contains("embeddings: true") && hour.out.contains("select: angular"), "\(hour.out)")
-    // and the quickstart is what its header and the README say: every block kept, IQ4_NL of every matrix and the table
+    // and the quickstart is what its header and the README say: every block kept, IQ4_NL of every matrix and the table,
+    // its scale search weighed by the student's own activations
     let quick = try runDistill(["train", "--config", "Configs/recipes/quickstart.yaml", "--dry-run"])
     for line in ["  layers: 30", "  select: every", "  every: 1", "  scheme: iq4_nl", "  embedding_scheme: iq4_nl", "  embeddings: true",
-                 "  objective: fkl", "  steps: 24"] {
+                 "  objective: fkl", "  steps: 24", "  importance: activations"] {
         #expect(quick.out.split(separator: "\n").contains { $0 == line[...] }, "quickstart: expected \(line)")
     }
 }

@@ -262,3 +262,26 @@ func shardedConfig(_ sharding: Sharding, accum: Int = 2) throws -> RunConfig {
     let norms = runs[0].stats.map(\.gradNorm) == runs[1].stats.map(\.gradNorm)
     #expect(weights && losses && norms, "weights equal: \(weights), losses: \(losses), gradient norms: \(norms)")
 }
+
+/// qat.importance across ranks: the windows are dealt round the ranks and the sums all-reduced, so 1, 2 and 3 ranks
+/// measure one importance matrix (to the rounding of the sums' order), every rank holding the same.
+@Test func importanceIsOneMatrixAtAnyWorldSize() throws {
+    var c = try qatConfig("iq4_nl")
+    c.qat.embeddings = true
+    c.qat.importance = .activations
+    c.qat.importanceWindows = 12  // three micro-batches of 4
+    let config = c, corpus = try TokenCorpus.load(c.data, seed: c.train.seed)
+    func measured(_ world: Int) throws -> [[Float]] {
+        try ThreadCommunicator.run(worldSize: world) { comm in
+            let tr = try Trainer(config: config, corpus: corpus, comm: comm)
+            let imp = try #require(tr.qat?.importance)
+            return Array(UnsafeBufferPointer(start: imp.values.base, count: imp.values.count))
+        }
+    }
+    let one = try measured(1)[0]
+    for world in [2, 3] {
+        let ranks = try measured(world)
+        #expect(ranks.allSatisfy { $0 == ranks[0] }, "\(world) ranks hold different matrices")
+        #expect(maxRelativeDifference(ranks[0], one) < 1e-6, "\(world) ranks: \(maxRelativeDifference(ranks[0], one))")
+    }
+}

@@ -145,7 +145,7 @@ struct Export: ParsableCommand {
                 var d = Data(count: type.byteCount(elements: e.count))
                 d.withUnsafeMutableBytes { b in
                     quantize(type, src: model.params.base + e.offset, count: e.count, out: b.baseAddress!,
-                             importance: importance?.weights(forOffset: e.offset).map { Importance(weights: $0, perRow: e.shape[1]) })
+                             importance: importance?.row(forOffset: e.offset))
                     dequantize(type, src: b.baseAddress!, out: model.params.base + e.offset, count: e.count)
                 }
             }

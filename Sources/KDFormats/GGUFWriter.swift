@@ -183,8 +183,7 @@ extension Transformer {
                         d.withUnsafeMutableBytes { quantizeScaled(t, src: src.base, count: e.count, scales: s.base, out: $0.baseAddress!) }
                     } else {
                         // the importances are per column: the Q/K rows' permutation leaves them as they are
-                        let w = importance?.weights(forOffset: e.offset).map { Importance(weights: $0, perRow: e.shape[1]) }
-                        d.withUnsafeMutableBytes { quantize(t, src: src.base, count: e.count, out: $0.baseAddress!, importance: w) }
+                        d.withUnsafeMutableBytes { quantize(t, src: src.base, count: e.count, out: $0.baseAddress!, importance: importance?.row(forOffset: e.offset)) }
                     }
                     return d
                 })

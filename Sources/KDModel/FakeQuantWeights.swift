@@ -24,7 +24,7 @@ extension Transformer {
         Parallel.forRanges(entries.count) { lo, hi in
             for e in entries[lo..<hi] {
                 fakeQuantize(plan.scheme(at: e.offset)!, src: master + e.offset, rows: e.shape[0], c: e.shape[1],
-                             out: self.params.base + e.offset, mask: mask.map { $0 + e.offset }, importance: importance?.weights(forOffset: e.offset))
+                             out: self.params.base + e.offset, mask: mask.map { $0 + e.offset }, importance: importance?.row(forOffset: e.offset))
             }
         }
     }
@@ -101,6 +101,8 @@ public final class QATImportance {
     public let entries: [ParameterLayout.Entry]
     public let offsets: [Int]
     public let values: Slab
+    /// Each matrix's index in `entries`, by layout offset.
+    let index: [Int: Int]
 
     public init(model: Transformer, embeddings: Bool) {
         let layout = model.layout
@@ -112,6 +114,7 @@ public final class QATImportance {
         }
         offsets = offs
         values = Slab(count: max(n, 1))
+        index = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.offset, $0) })
     }
 
     /// The name tensor i's importances are stored under (`qat_importance.safetensors` of a checkpoint).
@@ -119,7 +122,12 @@ public final class QATImportance {
 
     /// The importances of the matrix at layout offset `offset` (one per column), if it has them.
     public func weights(forOffset offset: Int) -> UnsafePointer<Float>? {
-        entries.firstIndex { $0.offset == offset }.map { UnsafePointer(values.base + offsets[$0]) }
+        index[offset].map { UnsafePointer(values.base + offsets[$0]) }
+    }
+
+    /// The matrix at layout offset `offset`'s importances as its quantizer takes them (rows of its width), if it has them.
+    public func row(forOffset offset: Int) -> Importance? {
+        index[offset].map { Importance(weights: values.base + offsets[$0], perRow: entries[$0].shape[1]) }
     }
 }
 

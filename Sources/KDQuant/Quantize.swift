@@ -168,11 +168,12 @@ extension QATConfig {
 /// gradient passes, 0 where the value was clipped to the end of the grid (then rounding is not the identity's
 /// neighbour and the gradient is zero).
 /// `out` may be `src` (in place). - Shapes: src, out [rows, c] · mask [rows, c] or nil
-/// `importance` (c weights, one per input column): IQ4_NL's scale search weighted as llama-quantize --imatrix does;
-/// ignored by the other schemes.
+/// `importance` (rows of c: one weight per input column): IQ4_NL's scale search weighted as llama-quantize --imatrix
+/// does; ignored by the other schemes.
 public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, rows: Int, c: Int,
-                         out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>?, importance: UnsafePointer<Float>? = nil) {
+                         out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>?, importance: Importance? = nil) {
     let scheme = scheme.forRows(of: c)
+    precondition(importance.map { $0.perRow == c } ?? true, "fakeQuantize: rows of \(c), importances for rows of \(importance?.perRow ?? 0)")
     precondition(c % scheme.rowMultiple == 0, "fakeQuantize \(scheme): rows of \(c) are not a multiple of \(scheme.rowMultiple)")
     let count = rows * c
     if let type = scheme.ggmlType, type.blockSize == 256 {
@@ -188,7 +189,7 @@ public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, r
         return
     }
     if scheme == .iq4_nl {
-        IQ4NL.fakeQuantize(src, blocks: count / 32, out: out, mask: mask, importance: importance.map { Importance(weights: $0, perRow: c) })
+        IQ4NL.fakeQuantize(src, blocks: count / 32, out: out, mask: mask, importance: importance)
         return
     }
     if scheme == .mxfp4 {

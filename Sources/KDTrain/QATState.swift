@@ -157,7 +157,7 @@ public final class QATState: TrainerPart {
                                            out: params + local, mask: self.mask.base + local)
                     } else {
                         fakeQuantize(self.plan.scheme(at: e.offset) ?? scheme, src: m + local, rows: rows.count, c: c, out: params + local,
-                                     mask: self.mask.base + local, importance: self.importance?.weights(forOffset: e.offset))
+                                     mask: self.mask.base + local, importance: self.importance?.row(forOffset: e.offset))
                     }
                 }
             }

@@ -89,7 +89,9 @@ import Testing
     #expect(changed > a.count / 20, "the importance changed only \(changed) of \(a.count) bytes")
     var fq = [Float](repeating: 0, count: x.count), back = fq
     w.withUnsafeBufferPointer { wp in
-        fq.withUnsafeMutableBufferPointer { fakeQuantize(.iq4_nl, src: x, rows: x.count / perRow, c: perRow, out: $0.baseAddress!, mask: nil, importance: wp.baseAddress!) }
+        fq.withUnsafeMutableBufferPointer {
+            fakeQuantize(.iq4_nl, src: x, rows: x.count / perRow, c: perRow, out: $0.baseAddress!, mask: nil, importance: Importance(weights: wp.baseAddress!, perRow: perRow))
+        }
     }
     back.withUnsafeMutableBufferPointer { o in a.withUnsafeBytes { dequantize(.iq4_nl, src: $0.baseAddress!, out: o.baseAddress!, count: x.count) } }
     #expect(fq == back)

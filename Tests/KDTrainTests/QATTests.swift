@@ -214,7 +214,7 @@ func learnedScalesStartAtAbsmaxThenTrain(scheme: String) throws {
     for e in imp.entries {
         var weighed = [Float](repeating: 0, count: e.count), plain = weighed
         weighed.withUnsafeMutableBufferPointer {
-            fakeQuantize(.iq4_nl, src: P + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil, importance: imp.weights(forOffset: e.offset))
+            fakeQuantize(.iq4_nl, src: P + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil, importance: imp.row(forOffset: e.offset))
         }
         plain.withUnsafeMutableBufferPointer { fakeQuantize(.iq4_nl, src: P + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil) }
         #expect(Array(UnsafeBufferPointer(start: m.params.base + e.offset, count: e.count)) == weighed, "\(e.name)")

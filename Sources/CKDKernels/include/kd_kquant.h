@@ -26,3 +26,9 @@ void kd_iq4nl_16(const float *x, int nb, const float *qw, float *scales, uint8_t
 /// is not NULL, 0 where an element lay beyond the end of its block's grid (index 0 or 15, x outside the value), else
 /// 1. out may be x.
 void kd_iq4nl_dequant_16(const float *x, int nb, const float *d, const uint8_t *L, float *out, float *mask);
+/// Q4_0's and Q5_0's scale search with an importance matrix (ggml's quantize_row_q4_0_impl / q5_0_impl: make_qx_quants,
+/// rmse_type 1, weights qw · √(σ² + x²)) on nb (≤ 16) blocks of 32 at once: `qw` nb × 32 importances (the blocks'
+/// columns of the matrix), `sigma2[nb]` the mean square of each block's whole row (summed in order, as ggml does).
+/// Each block's scale into scales[nb] (0 for a block below 1e-15) and its levels + nmax (nmax 8 for Q4_0, 16 for
+/// Q5_0) into L[nb × 32].
+void kd_qx_weighted_16(const float *x, int nb, int nmax, const float *qw, const float *sigma2, float *scales, int8_t *L);

@@ -1,0 +1,130 @@
+// Q4_0 and Q5_0 weighted by an importance matrix, bit for bit as llama-quantize --imatrix writes them (ggml's
+// quantize_row_q4_0_impl / quantize_row_q5_0_impl): each weight weighs qw · √(σ² + x²), σ² the mean square of its
+// whole row (IQ4_NL's is its block's), and a block's scale is make_qx_quants's weighted least-squares fit over the
+// levels −nmax…nmax−1 (nmax 8 for Q4_0, 16 for Q5_0) at the best of 19 trial scales around −nmax / (the value of
+// largest magnitude). Without an importance matrix both keep ggml's reference rule (Quantize.swift), as llama-quantize
+// writes them without one. The search runs 16 blocks at a time on SIMD lanes (CKDKernels' kd_qx_weighted_16, bit for
+// bit `referenceBlock`, which stays as what the tests hold it to).
+import CKDKernels
+import Foundation
+
+enum WeightedQ {
+    static func nmax(_ type: GGMLType) -> Int {
+        precondition(type == .q4_0 || type == .q5_0, "WeightedQ: \(type) is not Q4_0 or Q5_0")
+        return type == .q4_0 ? 8 : 16
+    }
+
+    /// ggml's σ² for a row: Σ x² in element order over the row, divided by its length.
+    static func rowSigma2(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var s: Float = 0
+        for j in 0..<n { s += x[j] * x[j] }
+        return s / Float(n)
+    }
+
+    /// make_qx_quants (rmse_type 1) with the weights qw · √(σ² + x²) on one block of 32, one operation at a time as
+    /// ggml's scalar code: levels + nmax into L, returns the scale.
+    static func referenceBlock(_ x: UnsafePointer<Float>, nmax: Int, qw: UnsafePointer<Float>, sigma2: Float, _ L: UnsafeMutablePointer<Int8>) -> Float {
+        var w = [Float](repeating: 0, count: 32)
+        for j in 0..<32 { w[j] = qw[j] * (sigma2 + x[j] * x[j]).squareRoot() }
+        let (mx, amax) = signedLargest(x, 32)
+        if amax < groupMaxEps {
+            for i in 0..<32 { L[i] = 0 }
+            return 0
+        }
+        let fmax = Float(nmax)
+        func level(_ iscale: Float, _ v: Float) -> Int { max(-nmax, min(nmax - 1, nearestInt(iscale * v))) }
+        var iscale = -fmax / mx
+        var sumLX: Float = 0, sumL2: Float = 0
+        for i in 0..<32 {
+            let l = level(iscale, x[i])
+            L[i] = Int8(l + nmax)
+            sumLX += w[i] * x[i] * Float(l)
+            sumL2 += w[i] * Float(l) * Float(l)
+        }
+        var scale: Float = sumL2 != 0 ? sumLX / sumL2 : 0
+        var best = scale * sumLX
+        for step in -9...9 where step != 0 {
+            iscale = -(fmax + 0.1 * Float(step)) / mx
+            sumLX = 0; sumL2 = 0
+            for i in 0..<32 {
+                let fl = Float(level(iscale, x[i]))
+                sumLX += w[i] * x[i] * fl
+                sumL2 += w[i] * fl * fl
+            }
+            if sumL2 > 0 && sumLX * sumLX > best * sumL2 {
+                for i in 0..<32 { L[i] = Int8(nmax + level(iscale, x[i])) }
+                scale = sumLX / sumL2
+                best = scale * sumLX
+            }
+        }
+        return scale
+    }
+
+    /// Writes one block: the F16 scale, then (Q5_0) the levels' fifth bits as a little-endian u32, then level j in the
+    /// low nibble of byte j and level j + 16 in its high one.
+    static func pack(_ type: GGMLType, scale: Float, _ L: UnsafePointer<Int8>, _ y: UnsafeMutableRawPointer) {
+        y.storeBytes(of: Float16(scale).bitPattern, as: UInt16.self)
+        var at = 2
+        if type == .q5_0 {
+            var qh: UInt32 = 0
+            for j in 0..<32 { qh |= UInt32((UInt8(L[j]) >> 4) & 1) << UInt32(j) }
+            y.storeBytes(of: qh.littleEndian, toByteOffset: 2, as: UInt32.self)
+            at = 6
+        }
+        for j in 0..<16 { y.storeBytes(of: (UInt8(L[j]) & 0xF) | ((UInt8(L[j + 16]) & 0xF) << 4), toByteOffset: at + j, as: UInt8.self) }
+    }
+
+    /// Quantizes `count` floats (whole rows of `importance.perRow`) into Q4_0 or Q5_0 blocks weighted by `importance`,
+    /// 16 blocks to a kd_qx_weighted_16 call (`lanes: false`: the reference, one block at a time). With `values`, also
+    /// writes what the blocks read back as (F16 scale × level) and, with `mask`, 0 where a weight lay beyond its block's
+    /// grid (an end level, the weight outside its value), else 1. `values` may be `src`.
+    static func quantize(_ type: GGMLType, _ src: UnsafePointer<Float>, count: Int, importance: Importance, out: UnsafeMutableRawPointer?,
+                         values: UnsafeMutablePointer<Float>? = nil, mask: UnsafeMutablePointer<Float>? = nil, lanes: Bool = true) {
+        let nmax = nmax(type), perRow = importance.perRow, ts = type.typeSize
+        precondition(count % perRow == 0, "WeightedQ: \(count) elements are not whole rows of \(perRow)")
+        let nb = count / 32, blocksPerRow = perRow / 32
+        var sigma2 = [Float](repeating: 0, count: count / perRow)
+        for r in 0..<sigma2.count { sigma2[r] = rowSigma2(src + r * perRow, perRow) }
+        var qw = [Float](repeating: 0, count: 16 * 32), s2 = [Float](repeating: 0, count: 16)
+        var scales = [Float](repeating: 0, count: 16), L = [Int8](repeating: 0, count: 16 * 32)
+        for b0 in stride(from: 0, to: nb, by: 16) {
+            let n = min(16, nb - b0)
+            for b in 0..<n {
+                let blk = b0 + b
+                qw.withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: b * 32).update(from: importance.weights + (blk % blocksPerRow) * 32, count: 32) }
+                s2[b] = sigma2[blk / blocksPerRow]
+            }
+            if lanes {
+                kd_qx_weighted_16(src + b0 * 32, Int32(n), Int32(nmax), qw, s2, &scales, &L)
+            } else {
+                qw.withUnsafeBufferPointer { q in L.withUnsafeMutableBufferPointer { l in
+                    for b in 0..<n {
+                        scales[b] = referenceBlock(src + (b0 + b) * 32, nmax: nmax, qw: q.baseAddress! + b * 32, sigma2: s2[b], l.baseAddress! + b * 32)
+                    }
+                } }
+            }
+            L.withUnsafeBufferPointer { l in
+                for b in 0..<n {
+                    let blk = b0 + b, lb = l.baseAddress! + b * 32
+                    if let out { pack(type, scale: scales[b], lb, out + blk * ts) }
+                    guard let values else { continue }
+                    let d = Float(Float16(scales[b]))
+                    for i in 0..<32 {
+                        let e = blk * 32 + i, li = Int(lb[i]), v = Float(li - nmax) * d
+                        if let mask {
+                            let end = li == 0 || li == 2 * nmax - 1, x = src[e]
+                            mask[e] = end && ((v > 0 && x > v) || (v < 0 && x < v)) ? 0 : 1
+                        }
+                        values[e] = v  // last: values may be src
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Q4_0 or Q5_0 weighted by `importance` quantized one block at a time by the scalar reference (ggml's order of
+/// operations): what `quantize(.q4_0 / .q5_0, …, importance:)`, which runs 16 blocks on SIMD lanes, is checked against.
+public func quantizeWeightedOneBlockAtATime(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer, importance: Importance) {
+    WeightedQ.quantize(type, src, count: count, importance: importance, out: out, lanes: false)
+}

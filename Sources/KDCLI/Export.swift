@@ -64,7 +64,7 @@ struct Export: ParsableCommand {
             }
             // learned or frozen scales: the weights are quantized with those, not with the absmax of each block
             let scales = try qat.flatMap { try loadQATScales(dir: checkpoint, model: model, qat: $0) }
-            // an importance matrix: the IQ4_NL tensors are quantized weighed by it, as they trained
+            // an importance matrix: the IQ4_NL, Q4_0 and Q5_0 tensors are quantized weighed by it, as they trained
             let importance = try qat.flatMap { try loadQATImportance(dir: checkpoint, model: model, qat: $0) }
             if let scheme {
                 if scheme.ggmlType == nil {

@@ -26,6 +26,10 @@ public enum QATScheme: String, ConfigVocabulary {
 
     /// Schemes whose scales can be learned or frozen (one scale per 32 or per row, no minimum, no sub-block scales).
     public var takesGivenScales: Bool { [.q8_0, .q4_0, .int8Channel, .int4Channel].contains(self) }
+
+    /// Schemes whose scale search an importance matrix weighs (as llama-quantize --imatrix): IQ4_NL, Q4_0, Q5_0, and the
+    /// k-quants on rows their 256-blocks do not divide, which fall back to Q4_0 (Q2_K, Q3_K) or Q5_0 (Q4_K).
+    public var isWeighedByImportance: Bool { [.iq4_nl, .q4_0, .q5_0, .q2_K, .q3_K, .q4_K].contains(self) }
 }
 
 /// `qat.preset`: one of llama.cpp's k-quant file types, whose per-tensor choice of types the student trains for
@@ -63,7 +67,7 @@ public enum ScaleSource: String, ConfigVocabulary {
     case absmax, learned
 }
 
-/// `qat.importance`: what weighs each weight in IQ4_NL's scale search.
+/// `qat.importance`: what weighs each weight in IQ4_NL's, Q4_0's and Q5_0's scale search.
 public enum ImportanceSource: String, ConfigVocabulary {
     /// x², as llama-quantize without an importance matrix.
     case none
@@ -107,8 +111,9 @@ public struct QATConfig: Codable, Equatable, Sendable {
     /// matrix whose rows — ffn_dim wide — a k-quant's 256-blocks can divide in a model 576 wide): every block's matrix
     /// of that name trains and exports in it (with llama.cpp's fallback on rows it does not divide). Default none.
     public var tensorTypes: [BlockMatrix: QATScheme]?
-    /// `none` or `activations`: weigh the IQ4_NL tensors' scale search by an importance matrix of the student's own
-    /// activations, in training and in the exported file alike (needs IQ4_NL somewhere in the plan). Default none.
+    /// `none` or `activations`: weigh the IQ4_NL, Q4_0 and Q5_0 tensors' scale search by an importance matrix of the
+    /// student's own activations, in training and in the exported file alike, as llama-quantize --imatrix does (needs
+    /// one of them somewhere in the plan, and absmax scales). Default none.
     public var importance = ImportanceSource.none
     /// With `importance: activations`: how many training windows (of train.seq_len tokens, the first ones) it is
     /// measured on. Default (nil) 64: ``measuredWindows``.
@@ -178,9 +183,13 @@ public struct QATConfig: Codable, Equatable, Sendable {
             try c.require(n >= 1, .importanceWindows, expected: "an integer >= 1", found: n)
             importanceWindows = n
         }
-        let iq4 = scheme == .iq4_nl || embeddingScheme == .iq4_nl || tensorTypes?.values.contains(.iq4_nl) == true
-        try c.require(importance == .none || iq4, .importance, expected: "iq4_nl in scheme, embedding_scheme or tensor_types beside it (it weighs IQ4_NL's scale search only)",
+        let planned = [scheme] + [embeddingScheme].compactMap { $0 } + (tensorTypes.map { Array($0.values) } ?? [])
+        try c.require(importance == .none || planned.contains(where: \.isWeighedByImportance), .importance,
+                      expected: "iq4_nl, q4_0 or q5_0 (or q2_k … q4_k, on rows that fall back to them) in scheme, embedding_scheme or tensor_types beside it (it weighs those formats' scale search only)",
                       found: "'\(importance.rawValue)' with scheme '\(scheme.rawValue)'")
+        try c.require(importance == .none || (scales == .absmax && freezeStep == 0), .importance,
+                      expected: "scales: absmax and no freeze_step beside it (it weighs the search for the scales that learned or frozen ones replace)",
+                      found: "'\(importance.rawValue)' with scales '\(scales.rawValue)', freeze_step \(freezeStep)")
         try c.require(!c.contains(.importanceWindows) || importance != .none, .importanceWindows, expected: "importance: activations beside it", found: "importance: none")
     }
 

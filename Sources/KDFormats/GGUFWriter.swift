@@ -133,7 +133,7 @@ extension Transformer {
     }
 
     /// ``exportGGUF(path:type:tableType:name:extraMetadata:scales:)`` with each matrix's type given (a QAT plan).
-    /// `importance`: a QAT student's importance matrix (`qat.importance`); its IQ4_NL tensors are quantized weighed
+    /// `importance`: a QAT student's importance matrix (`qat.importance`); its IQ4_NL, Q4_0 and Q5_0 tensors are quantized weighed
     /// by it, as they trained.
     public func exportGGUF(path: String, typeOf matrixType: (ParameterLayout.Entry) -> GGMLType, name: String, extraMetadata: [(String, GGUFValue)],
                            scales: QATScales? = nil, importance: QATImportance? = nil) throws {

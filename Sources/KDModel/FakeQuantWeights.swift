@@ -16,7 +16,7 @@ extension Transformer {
 
     /// params ← fake-quantized `master` on the tensors `plan` quantizes, `master` elsewhere; `mask` (same layout)
     /// receives the straight-through masks of the quantized tensors and 1 elsewhere. `master` may be `params` itself.
-    /// `importance` weighs the IQ4_NL tensors' scale search (``QATImportance``).
+    /// `importance` weighs the IQ4_NL, Q4_0 and Q5_0 tensors' scale search (``QATImportance``).
     public func writeFakeQuantized(_ plan: QuantPlan, master: UnsafePointer<Float>, mask: UnsafeMutablePointer<Float>?, importance: QATImportance? = nil) {
         if master != UnsafePointer(params.base) { params.base.update(from: master, count: layout.count) }
         mask?.update(repeating: 1, count: layout.count)
@@ -94,7 +94,7 @@ extension Transformer {
 
 /// An importance matrix for QAT (`qat.importance`): for every quantized matrix that reads activations, one weight per
 /// input column — the mean square of that input channel over calibration tokens, what llama-imatrix collects — which
-/// IQ4_NL's scale search weighs as llama-quantize --imatrix does. The embedding of an untied model reads none (a
+/// IQ4_NL's, Q4_0's and Q5_0's scale searches weigh as llama-quantize --imatrix does. The embedding of an untied model reads none (a
 /// lookup) and has no entry.
 public final class QATImportance {
     /// The matrices with an importance, in layout order, and where each one's weights start in `values`.

@@ -40,7 +40,7 @@ public final class QATState: TrainerPart {
     let scaleRange: Range<Int>
     /// Learned scales: the gradient, the AdamW moments and θ = log|s| of this rank's scales.
     let scaleGrad: Slab?, scaleM: Slab?, scaleV: Slab?, scaleTheta: Slab?
-    /// `qat.importance`: the importance matrix weighing the IQ4_NL tensors' scale search (the same on every rank), and
+    /// `qat.importance`: the importance matrix weighing the IQ4_NL, Q4_0 and Q5_0 tensors' scale search (the same on every rank), and
     /// how many tokens it was measured on.
     public private(set) var importance: QATImportance?
     var importanceTokens = 0

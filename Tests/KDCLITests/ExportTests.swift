@@ -178,17 +178,19 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
     /// the importance file, the GGUF and the HF export hold the values the student computed with (gguf-py reads them
     /// back), and the checkpoint and the GGUF read one NLL; a checkpoint that lost its importance file is refused with
     /// one line (its checksums list it) rather than quantized otherwise than it trained.
-    @Test func anImportanceWeighedStudentExportsToExactlyWhatItTrainedWith() throws {
+    /// Both layouts the importance weighs: IQ4_NL throughout, and Q4_0 blocks with a Q5_0 table.
+    @Test(arguments: [("iq4_nl", "iq4_nl"), ("q4_0", "q5_0")])
+    func anImportanceWeighedStudentExportsToExactlyWhatItTrainedWith(blocks: String, table: String) throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let (ckpt, log) = try trainQAT(dir, scheme: "iq4_nl", extra: "  embeddings: true\n  importance: activations\n  importance_windows: 8\n")
+        let (ckpt, log) = try trainQAT(dir, scheme: blocks, extra: "  embeddings: true\n  embedding_scheme: \(table)\n  importance: activations\n  importance_windows: 8\n")
         #expect(log.contains("qat.importance: the input channels of 15 matrices measured on"), "\(log)")
         let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
         let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
-        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, IQ4_NL, embedding/head IQ4_NL"), "\(e.out)\(e.err)")
+        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, \(blocks.uppercased()), embedding/head \(table.uppercased())"), "\(e.out)\(e.err)")
         #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
         let script = cliScripts.appendingPathComponent("check_gguf_export.py").path
-        let check = try runPython(script, [gguf, hf.appendingPathComponent("model.safetensors").path, "iq4_nl", "iq4_nl", "--dequant"])
+        let check = try runPython(script, [gguf, hf.appendingPathComponent("model.safetensors").path, blocks, table, "--dequant"])
         let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
         #expect((j["bad"] as! [String]).isEmpty && (j["extra"] as! [String]).isEmpty, "\(check)")
         let (a, b) = (try nll(ckpt.path), try nll(gguf))

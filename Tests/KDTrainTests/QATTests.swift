@@ -176,12 +176,14 @@ func learnedScalesStartAtAbsmaxThenTrain(scheme: String) throws {
 
 /// qat.importance: activations — the importance matrix is the mean square of each matrix's input channels on the
 /// student's first training windows (block 0's q, k and v read the normed embeddings: recomputed here in f64 from the
-/// weights), the model computes with IQ4_NL weighed by it (and not as without it), and the run resumes bitwise with
-/// the checkpoint's importance file.
-@Test func importanceWeighsIQ4NLByTheStudentsOwnActivations() throws {
+/// weights), the model computes with IQ4_NL (or Q4_0) weighed by it (and not as without it), and the run resumes
+/// bitwise with the checkpoint's importance file.
+@Test(arguments: ["iq4_nl", "q4_0"])
+func importanceWeighsTheScaleSearchByTheStudentsOwnActivations(scheme: String) throws {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-qat-importance-\(UUID().uuidString)")
     defer { try? FileManager.default.removeItem(at: dir) }
-    var c = try qatConfig("iq4_nl")
+    var c = try qatConfig(scheme)
+    let fq = try #require(FakeQuantScheme(rawValue: scheme))
     c.qat.embeddings = true
     c.qat.importance = .activations
     c.qat.importanceWindows = 6  // two micro-batches of 4: 8 windows of 64
@@ -209,18 +211,18 @@ func learnedScalesStartAtAbsmaxThenTrain(scheme: String) throws {
         #expect(worst < 1e-4, "relative error \(worst)")
     }
     #expect(imp.weights(forOffset: m.layout.lmHead) != nil && imp.entries.count == m.quantizedEntries(embeddings: true).count)
-    // the model computes with IQ4_NL weighed by the importance, which is not IQ4_NL without it
+    // the model computes with the format weighed by the importance, which is not the format without it
     var differ = 0
     for e in imp.entries {
         var weighed = [Float](repeating: 0, count: e.count), plain = weighed
         weighed.withUnsafeMutableBufferPointer {
-            fakeQuantize(.iq4_nl, src: P + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil, importance: imp.row(forOffset: e.offset))
+            fakeQuantize(fq, src: P + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil, importance: imp.row(forOffset: e.offset))
         }
-        plain.withUnsafeMutableBufferPointer { fakeQuantize(.iq4_nl, src: P + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil) }
+        plain.withUnsafeMutableBufferPointer { fakeQuantize(fq, src: P + e.offset, rows: e.shape[0], c: e.shape[1], out: $0.baseAddress!, mask: nil) }
         #expect(Array(UnsafeBufferPointer(start: m.params.base + e.offset, count: e.count)) == weighed, "\(e.name)")
         if weighed != plain { differ += 1 }
     }
-    #expect(differ == imp.entries.count, "\(differ) of \(imp.entries.count) matrices differ from unweighed IQ4_NL")
+    #expect(differ == imp.entries.count, "\(differ) of \(imp.entries.count) matrices differ from unweighed \(scheme)")
     // resume: the checkpoint carries the importance file and the run continues bitwise
     let a = try tr.run(checkpoints: true)
     let ckpt = dir.appendingPathComponent("step_00000002")

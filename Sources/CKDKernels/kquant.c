@@ -417,10 +417,18 @@ KD_CLONES void kd_iq4nl_dequant_16(const float *x, int nb, const float *d, const
         }
 }
 
+// ggml's nearest_int as a float: (f + 1.5·2²³) − 1.5·2²³ is f rounded half to even (|f| < 2²²), the same integer
+// nearest() returns; clamped in floats, so that the trial loops stay in vector registers
+static inline float nearestf_clamped(float f, float lo, float hi) {
+    float r = (f + 12582912.f) - 12582912.f;
+    return r < lo ? lo : r > hi ? hi : r;
+}
+
 KD_CLONES void kd_qx_weighted_16(const float *x, int nb, int nmax, const float *qw, const float *sigma2, float *scales, int8_t *L) {
-    float xt[32][NS], wt[32][NS], mx[NS], amax[NS], sumlx[NS], suml2[NS], scale[NS], best[NS], iscale[NS], s2[NS];
-    int8_t lev[32][NS];
+    float xt[32][NS], wt[32][NS], wx[32][NS], mx[NS], amax[NS], sumlx[NS], suml2[NS], scale[NS], best[NS], iscale[NS], s2[NS];
+    float lev[32][NS];
     float pad[NS * 32], qpad[NS * 32];
+    const float lo = (float)-nmax, hi = (float)(nmax - 1), fn = (float)nmax;
     if (nb < NS) {  // the last blocks of a tensor: zeros in the unused lanes (dead blocks, answered as ggml does)
         memset(pad, 0, sizeof pad);
         memcpy(pad, x, (size_t)nb * 32 * sizeof(float));
@@ -432,9 +440,13 @@ KD_CLONES void kd_qx_weighted_16(const float *x, int nb, int nmax, const float *
     for (int j = 0; j < NS; ++j) s2[j] = j < nb ? sigma2[j] : 0.0f;
     for (int i = 0; i < 32; ++i)
         for (int j = 0; j < NS; ++j) xt[i][j] = x[j * 32 + i];
-    // ggml's weights with an importance matrix: qw · √(σ² + x²), σ² the mean square of the block's whole row
+    // ggml's weights with an importance matrix: qw · √(σ² + x²), σ² the mean square of the block's whole row; w·x is
+    // the first product of ggml's w*x[i]*l in every trial
     for (int i = 0; i < 32; ++i)
-        for (int j = 0; j < NS; ++j) wt[i][j] = qw[j * 32 + i] * sqrtf(s2[j] + xt[i][j] * xt[i][j]);
+        for (int j = 0; j < NS; ++j) {
+            wt[i][j] = qw[j * 32 + i] * sqrtf(s2[j] + xt[i][j] * xt[i][j]);
+            wx[i][j] = wt[i][j] * xt[i][j];
+        }
     for (int j = 0; j < NS; ++j) { mx[j] = 0; amax[j] = 0; }
     for (int i = 0; i < 32; ++i)
         for (int j = 0; j < NS; ++j) {
@@ -445,14 +457,14 @@ KD_CLONES void kd_qx_weighted_16(const float *x, int nb, int nmax, const float *
         }
     for (int j = 0; j < NS; ++j) {
         mx[j] = amax[j] < 1e-15f ? 1.0f : mx[j];  // dead lanes are answered below; keep them finite
-        iscale[j] = -nmax / mx[j];
+        iscale[j] = -fn / mx[j];
         sumlx[j] = 0; suml2[j] = 0;
     }
     for (int i = 0; i < 32; ++i)
         for (int j = 0; j < NS; ++j) {
-            int l = clampi(nearest(iscale[j] * xt[i][j]), -nmax, nmax - 1);
-            lev[i][j] = (int8_t)(l + nmax);
-            sumlx[j] += wt[i][j] * xt[i][j] * l;
+            float l = nearestf_clamped(iscale[j] * xt[i][j], lo, hi);
+            lev[i][j] = l;
+            sumlx[j] += wx[i][j] * l;
             suml2[j] += wt[i][j] * l * l;
         }
     for (int j = 0; j < NS; ++j) {
@@ -461,21 +473,18 @@ KD_CLONES void kd_qx_weighted_16(const float *x, int nb, int nmax, const float *
     }
     for (int is = -9; is <= 9; ++is) {
         if (is == 0) continue;
-        for (int j = 0; j < NS; ++j) { iscale[j] = -(nmax + 0.1f * is) / mx[j]; sumlx[j] = 0; suml2[j] = 0; }
+        for (int j = 0; j < NS; ++j) { iscale[j] = -(fn + 0.1f * is) / mx[j]; sumlx[j] = 0; suml2[j] = 0; }
         for (int i = 0; i < 32; ++i)
             for (int j = 0; j < NS; ++j) {
-                int l = clampi(nearest(iscale[j] * xt[i][j]), -nmax, nmax - 1);
-                sumlx[j] += wt[i][j] * xt[i][j] * l;
+                float l = nearestf_clamped(iscale[j] * xt[i][j], lo, hi);
+                sumlx[j] += wx[i][j] * l;
                 suml2[j] += wt[i][j] * l * l;
             }
         int take[NS], any = 0;
         for (int j = 0; j < NS; ++j) { take[j] = suml2[j] > 0 && sumlx[j] * sumlx[j] > best[j] * suml2[j]; any |= take[j]; }
         if (!any) continue;
         for (int i = 0; i < 32; ++i)
-            for (int j = 0; j < NS; ++j) {
-                int8_t l = (int8_t)(nmax + clampi(nearest(iscale[j] * xt[i][j]), -nmax, nmax - 1));
-                lev[i][j] = take[j] ? l : lev[i][j];
-            }
+            for (int j = 0; j < NS; ++j) lev[i][j] = take[j] ? nearestf_clamped(iscale[j] * xt[i][j], lo, hi) : lev[i][j];
         for (int j = 0; j < NS; ++j) {
             if (take[j]) { scale[j] = sumlx[j] / suml2[j]; best[j] = scale[j] * sumlx[j]; }
         }
@@ -483,6 +492,20 @@ KD_CLONES void kd_qx_weighted_16(const float *x, int nb, int nmax, const float *
     for (int j = 0; j < nb; ++j) {
         int zero = amax[j] < 1e-15f;
         scales[j] = zero ? 0.0f : scale[j];
-        for (int i = 0; i < 32; ++i) L[j * 32 + i] = zero ? 0 : lev[i][j];
+        for (int i = 0; i < 32; ++i) L[j * 32 + i] = zero ? 0 : (int8_t)((int)lev[i][j] + nmax);
     }
+}
+
+KD_CLONES void kd_qx_dequant_16(const float *x, int nb, int nmax, const float *d, const int8_t *L, float *out, float *mask) {
+    for (int j = 0; j < nb; ++j)
+        for (int i = 0; i < 32; ++i) {
+            int l = L[j * 32 + i];
+            float xv = x[j * 32 + i], q = (float)(l - nmax) * d[j];
+            if (mask) {
+                int end = l == 0 || l == 2 * nmax - 1;
+                int beyond = (q > 0 && xv > q) || (q < 0 && xv < q);
+                mask[j * 32 + i] = end && beyond ? 0.0f : 1.0f;
+            }
+            out[j * 32 + i] = q;
+        }
 }

@@ -170,6 +170,25 @@ struct Bench: ParsableCommand {
             }
             print(json ? "{\"fake_quant\":\"\(scheme)\",\"ms_per_million\":\(String(format: "%.3f", ms))\(ref.map { ",\"reference_quantize_ms_per_million\":\(String(format: "%.3f", $0))" } ?? "")}" : line)
         }
+        // the schemes an importance matrix weighs (qat.importance), with one spread over three decades as llama-imatrix's are
+        let w = (0..<c).map { _ in Float(Foundation.exp(Double.random(in: -3...3, using: &rng))) }
+        w.withUnsafeBufferPointer { wp in
+            let im = Importance(weights: wp.baseAddress!, perRow: c)
+            for scheme in [FakeQuantScheme.q4_0, .q5_0, .iq4_nl] {
+                let t = scheme.ggmlType!
+                let ms = best {
+                    out.withUnsafeMutableBufferPointer { o in mask.withUnsafeMutableBufferPointer { m in
+                        fakeQuantize(scheme, src: x, rows: rows, c: c, out: o.baseAddress!, mask: m.baseAddress!, importance: im) } }
+                }
+                var ref: Double?
+                if scheme != .iq4_nl {
+                    ref = best { blocks.withUnsafeMutableBytes { b in quantizeWeightedOneBlockAtATime(t, src: x, count: n, out: b.baseAddress!, importance: im) } }
+                }
+                let line = String(format: "fake-quant %-5@ with an importance matrix | %7.2f ms per million weights", "\(t)", ms)
+                    + (ref.map { String(format: " | one block at a time %7.2f", $0) } ?? "")
+                print(json ? "{\"fake_quant\":\"\(scheme)+importance\",\"ms_per_million\":\(String(format: "%.3f", ms))\(ref.map { ",\"reference_quantize_ms_per_million\":\(String(format: "%.3f", $0))" } ?? "")}" : line)
+            }
+        }
     }
 
     /// `--gemm`: each shape's best GFLOP/s on `threads` threads in the task's precision.

@@ -82,42 +82,29 @@ enum WeightedQ {
                          values: UnsafeMutablePointer<Float>? = nil, mask: UnsafeMutablePointer<Float>? = nil, lanes: Bool = true) {
         let nmax = nmax(type), perRow = importance.perRow, ts = type.typeSize
         precondition(count % perRow == 0, "WeightedQ: \(count) elements are not whole rows of \(perRow)")
-        let nb = count / 32, blocksPerRow = perRow / 32
-        var sigma2 = [Float](repeating: 0, count: count / perRow)
-        for r in 0..<sigma2.count { sigma2[r] = rowSigma2(src + r * perRow, perRow) }
-        var qw = [Float](repeating: 0, count: 16 * 32), s2 = [Float](repeating: 0, count: 16)
-        var scales = [Float](repeating: 0, count: 16), L = [Int8](repeating: 0, count: 16 * 32)
+        let nb = count / 32, blocksPerRow = perRow / 32, rows = count / perRow
+        // one allocation: σ² per row, then per 16 blocks their importances, σ², scales, F16-rounded scales and levels
+        let floats = UnsafeMutablePointer<Float>.allocate(capacity: rows + 16 * 32 + 48)
+        let L = UnsafeMutablePointer<Int8>.allocate(capacity: 16 * 32)
+        defer { floats.deallocate(); L.deallocate() }
+        let sigma2 = floats, qw = floats + rows, s2 = qw + 16 * 32, scales = s2 + 16, d = scales + 16
+        for r in 0..<rows { sigma2[r] = rowSigma2(src + r * perRow, perRow) }
         for b0 in stride(from: 0, to: nb, by: 16) {
             let n = min(16, nb - b0)
             for b in 0..<n {
                 let blk = b0 + b
-                qw.withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: b * 32).update(from: importance.weights + (blk % blocksPerRow) * 32, count: 32) }
+                (qw + b * 32).update(from: importance.weights + (blk % blocksPerRow) * 32, count: 32)
                 s2[b] = sigma2[blk / blocksPerRow]
             }
             if lanes {
-                kd_qx_weighted_16(src + b0 * 32, Int32(n), Int32(nmax), qw, s2, &scales, &L)
+                kd_qx_weighted_16(src + b0 * 32, Int32(n), Int32(nmax), qw, s2, scales, L)
             } else {
-                qw.withUnsafeBufferPointer { q in L.withUnsafeMutableBufferPointer { l in
-                    for b in 0..<n {
-                        scales[b] = referenceBlock(src + (b0 + b) * 32, nmax: nmax, qw: q.baseAddress! + b * 32, sigma2: s2[b], l.baseAddress! + b * 32)
-                    }
-                } }
+                for b in 0..<n { scales[b] = referenceBlock(src + (b0 + b) * 32, nmax: nmax, qw: qw + b * 32, sigma2: s2[b], L + b * 32) }
             }
-            L.withUnsafeBufferPointer { l in
-                for b in 0..<n {
-                    let blk = b0 + b, lb = l.baseAddress! + b * 32
-                    if let out { pack(type, scale: scales[b], lb, out + blk * ts) }
-                    guard let values else { continue }
-                    let d = Float(Float16(scales[b]))
-                    for i in 0..<32 {
-                        let e = blk * 32 + i, li = Int(lb[i]), v = Float(li - nmax) * d
-                        if let mask {
-                            let end = li == 0 || li == 2 * nmax - 1, x = src[e]
-                            mask[e] = end && ((v > 0 && x > v) || (v < 0 && x < v)) ? 0 : 1
-                        }
-                        values[e] = v  // last: values may be src
-                    }
-                }
+            if let out { for b in 0..<n { pack(type, scale: scales[b], L + b * 32, out + (b0 + b) * ts) } }
+            if let values {
+                for b in 0..<n { d[b] = Float(Float16(scales[b])) }
+                kd_qx_dequant_16(src + b0 * 32, Int32(n), Int32(nmax), d, L, values + b0 * 32, mask.map { $0 + b0 * 32 })
             }
         }
     }

@@ -32,3 +32,7 @@ void kd_iq4nl_dequant_16(const float *x, int nb, const float *d, const uint8_t *
 /// Each block's scale into scales[nb] (0 for a block below 1e-15) and its levels + nmax (nmax 8 for Q4_0, 16 for
 /// Q5_0) into L[nb × 32].
 void kd_qx_weighted_16(const float *x, int nb, int nmax, const float *qw, const float *sigma2, float *scales, int8_t *L);
+/// The values Q4_0 / Q5_0 blocks read back as: out = (L − nmax) · d[b], d the blocks' F16 scales as floats; and, where
+/// mask is not NULL, 0 where an element lay beyond the end of its block's grid (level 0 or 2·nmax − 1, x outside the
+/// value), else 1. out may be x.
+void kd_qx_dequant_16(const float *x, int nb, int nmax, const float *d, const int8_t *L, float *out, float *mask);

@@ -38,10 +38,12 @@ static inline void transpose_signed_max(const float *x, float xt[16][NS], float 
         }
 }
 
-KD_CLONES void kd_make_qx_16x16(const float *x, int nmax, int8_t *L, float *scales) {
-    float xt[16][NS], mx[NS], amax[NS], sumlx[NS], suml2[NS], scale[NS], best[NS];
+KD_CLONES void kd_make_qx_16x16(const float *x, int nmax, const float *w, int8_t *L, float *scales) {
+    float xt[16][NS], wt[16][NS], mx[NS], amax[NS], sumlx[NS], suml2[NS], scale[NS], best[NS];
     int8_t lev[16][NS];
     transpose_signed_max(x, xt, mx, amax);
+    for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < NS; ++j) wt[i][j] = w ? w[j * 16 + i] : xt[i][j] * xt[i][j];
     for (int j = 0; j < NS; ++j) { sumlx[j] = 0; suml2[j] = 0; }
     float iscale[NS];
     for (int j = 0; j < NS; ++j) iscale[j] = -nmax / mx[j];
@@ -49,7 +51,7 @@ KD_CLONES void kd_make_qx_16x16(const float *x, int nmax, int8_t *L, float *scal
         for (int j = 0; j < NS; ++j) {
             int l = clampi(nearest(iscale[j] * xt[i][j]), -nmax, nmax - 1);
             lev[i][j] = (int8_t)(l + nmax);
-            float w = xt[i][j] * xt[i][j];
+            float w = wt[i][j];
             sumlx[j] += w * xt[i][j] * l;
             suml2[j] += w * l * l;
         }
@@ -63,7 +65,7 @@ KD_CLONES void kd_make_qx_16x16(const float *x, int nmax, int8_t *L, float *scal
         for (int i = 0; i < 16; ++i)
             for (int j = 0; j < NS; ++j) {
                 int l = clampi(nearest(iscale[j] * xt[i][j]), -nmax, nmax - 1);
-                float w = xt[i][j] * xt[i][j];
+                float w = wt[i][j];
                 sumlx[j] += w * xt[i][j] * l;
                 suml2[j] += w * l * l;
             }

@@ -96,23 +96,25 @@ let groupMaxEps: Float = 1e-15
     return (mx, amax)
 }
 
-/// Symmetric search weighted by x² (ggml's make_qx_quants with rmse_type 1, no importance): levels −nmax…nmax−1 stored
-/// + nmax; tries 19 scales around −nmax / (the value of largest magnitude). Returns the scale; writes L.
-private func makeQx(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ L: UnsafeMutablePointer<Int8>) -> Float {
+/// Symmetric search (ggml's make_qx_quants with rmse_type 1) weighted by `w` (nil: x², as without an importance
+/// matrix): levels −nmax…nmax−1 stored + nmax; tries 19 scales around −nmax / (the value of largest magnitude).
+/// Returns the scale; writes L.
+func makeQx(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ L: UnsafeMutablePointer<Int8>, w: UnsafePointer<Float>? = nil) -> Float {
     let (mx, amax) = signedLargest(x, n)
     if amax < groupMaxEps {
         for i in 0..<n { L[i] = 0 }
         return 0
     }
+    @inline(__always) func weight(_ i: Int) -> Float { w.map { $0[i] } ?? x[i] * x[i] }
     let fmax = Float(nmax)
     var iscale = -fmax / mx
     var sumLX: Float = 0, sumL2: Float = 0
     for i in 0..<n {
         let l = max(-nmax, min(nmax - 1, nearestInt(iscale * x[i])))
         L[i] = Int8(l + nmax)
-        let w = x[i] * x[i], fl = Float(l)
-        sumLX += w * x[i] * fl
-        sumL2 += w * fl * fl
+        let wi = weight(i), fl = Float(l)
+        sumLX += wi * x[i] * fl
+        sumL2 += wi * fl * fl
     }
     var scale: Float = sumL2 != 0 ? sumLX / sumL2 : 0
     var best = scale * sumLX
@@ -121,9 +123,9 @@ private func makeQx(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ L: Unsaf
         sumLX = 0; sumL2 = 0
         for i in 0..<n {
             let fl = Float(max(-nmax, min(nmax - 1, nearestInt(iscale * x[i]))))
-            let w = x[i] * x[i]
-            sumLX += w * x[i] * fl
-            sumL2 += w * fl * fl
+            let wi = weight(i)
+            sumLX += wi * x[i] * fl
+            sumL2 += wi * fl * fl
         }
         if sumL2 > 0 && sumLX * sumLX > best * sumL2 {
             for i in 0..<n { L[i] = Int8(nmax + max(-nmax, min(nmax - 1, nearestInt(iscale * x[i])))) }
@@ -245,19 +247,57 @@ enum KQuant {
         }
     }
 
-    static func q3K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true) {
+    /// `qw`: the super-block's 256 columns of an importance matrix (ggml's quantize_row_q3_K_impl: each sub-block's
+    /// scale a make_qx_quants fit weighted by qw · √(σ² + x²), σ² = 2/256 · Σ x² of the super-block, and the 16 scales
+    /// quantized by another, weighted by each sub-block's summed weights).
+    static func q3K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true,
+                    qw: UnsafePointer<Float>? = nil) {
         var L = [Int8](repeating: 0, count: 256), scales = [Float](repeating: 0, count: 16)
         let hmask = y.assumingMemoryBound(to: UInt8.self), qs = hmask + 32, sb = hmask + 96
-        L.withUnsafeMutableBufferPointer { Lp in
-            if lanes {
-                kd_make_q3_16x16(x, 4, Lp.baseAddress!, &scales)
-            } else {
-                for j in 0..<16 { scales[j] = makeQ3(16, 4, x + 16 * j, Lp.baseAddress! + 16 * j) }
+        var weighted: (d: Float, levels: [Int8])?
+        if let qw {
+            var sumX2: Float = 0
+            for j in 0..<256 { sumX2 += x[j] * x[j] }
+            let sigma2 = 2 * sumX2 / 256
+            var w = [Float](repeating: 0, count: 256), sw = [Float](repeating: 0, count: 16), Ls = [Int8](repeating: 0, count: 16)
+            for j in 0..<256 { w[j] = qw[j] * (sigma2 + x[j] * x[j]).squareRoot() }
+            for j in 0..<16 {
+                var s: Float = 0
+                for l in 0..<16 { s += w[16 * j + l] }
+                sw[j] = s
+            }
+            L.withUnsafeMutableBufferPointer { Lp in w.withUnsafeBufferPointer { wp in
+                if lanes {
+                    kd_make_qx_16x16(x, 4, wp.baseAddress!, Lp.baseAddress!, &scales)
+                } else {
+                    for j in 0..<16 { scales[j] = makeQx(16, 4, x + 16 * j, Lp.baseAddress! + 16 * j, w: wp.baseAddress! + 16 * j) }
+                }
+            } }
+            let d = scales.withUnsafeBufferPointer { sp in sw.withUnsafeBufferPointer { swp in
+                Ls.withUnsafeMutableBufferPointer { makeQx(16, 32, sp.baseAddress!, $0.baseAddress!, w: swp.baseAddress!) }
+            } }
+            weighted = (d, Ls)
+        } else {
+            L.withUnsafeMutableBufferPointer { Lp in
+                if lanes {
+                    kd_make_q3_16x16(x, 4, Lp.baseAddress!, &scales)
+                } else {
+                    for j in 0..<16 { scales[j] = makeQ3(16, 4, x + 16 * j, Lp.baseAddress! + 16 * j) }
+                }
             }
         }
         let maxScale = scales.withUnsafeBufferPointer { signedLargest($0.baseAddress!, 16).value }
         for i in 0..<12 { sb[i] = 0 }
-        if maxScale != 0 {
+        if let (d, Ls) = weighted {
+            // the levels the second search chose (stored + 32), packed as the reference packs its own
+            for j in 0..<16 {
+                var l = Ls[j]
+                if j < 8 { sb[j] = UInt8(l) & 0xF } else { sb[j - 8] |= (UInt8(l) & 0xF) << 4 }
+                l >>= 4
+                sb[j % 4 + 8] |= UInt8(l) << (2 * (j / 4))
+            }
+            y.storeBytes(of: Float16(d).bitPattern, toByteOffset: 108, as: UInt16.self)
+        } else if maxScale != 0 {
             let iscale = -32 / maxScale
             for j in 0..<16 {
                 var l = Int8(truncatingIfNeeded: nearestInt(iscale * scales[j]))
@@ -373,15 +413,18 @@ enum KQuant {
         }
     }
 
-    static func q6K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true) {
+    /// `qw`: the super-block's 256 columns of an importance matrix (ggml's quantize_row_q6_K_impl weighs each
+    /// sub-block's search by them as they are, without σ²).
+    static func q6K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true,
+                    qw: UnsafePointer<Float>? = nil) {
         var L = [Int8](repeating: 0, count: 256), scales = [Float](repeating: 0, count: 16)
         let ql = y.assumingMemoryBound(to: UInt8.self), qh = ql + 128
         let sc = (y + 192).assumingMemoryBound(to: Int8.self)
         L.withUnsafeMutableBufferPointer { Lp in
             if lanes {
-                kd_make_qx_16x16(x, 32, Lp.baseAddress!, &scales)
+                kd_make_qx_16x16(x, 32, qw, Lp.baseAddress!, &scales)
             } else {
-                for ib in 0..<16 { scales[ib] = makeQx(16, 32, x + 16 * ib, Lp.baseAddress! + 16 * ib) }
+                for ib in 0..<16 { scales[ib] = makeQx(16, 32, x + 16 * ib, Lp.baseAddress! + 16 * ib, w: qw.map { $0 + 16 * ib }) }
             }
         }
         let (maxScale, maxAbs) = scales.withUnsafeBufferPointer { signedLargest($0.baseAddress!, 16) }
@@ -416,13 +459,16 @@ enum KQuant {
 
     /// Quantizes one 256-element super-block of `type` (a k-quant); `lanes: false` runs the scale searches one
     /// sub-block at a time (the scalar reference the lane version is tested against).
-    static func block(_ type: GGMLType, _ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>? = nil, lanes: Bool = true) {
+    /// `qw`: the super-block's 256 columns of an importance matrix, which Q3_K and Q6_K weigh their searches by as
+    /// llama-quantize --imatrix does (the other k-quants quantize without it here).
+    static func block(_ type: GGMLType, _ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>? = nil, lanes: Bool = true,
+                      qw: UnsafePointer<Float>? = nil) {
         switch type {
         case .q2_K: q2K(x, y, clipped: clipped, lanes: lanes)
-        case .q3_K: q3K(x, y, clipped: clipped, lanes: lanes)
+        case .q3_K: q3K(x, y, clipped: clipped, lanes: lanes, qw: qw)
         case .q4_K: q45K(bits: 4, x, y, clipped: clipped, lanes: lanes)
         case .q5_K: q45K(bits: 5, x, y, clipped: clipped, lanes: lanes)
-        case .q6_K: q6K(x, y, clipped: clipped, lanes: lanes)
+        case .q6_K: q6K(x, y, clipped: clipped, lanes: lanes, qw: qw)
         default: preconditionFailure("KQuant.block: \(type) is not a k-quant")
         }
     }
@@ -430,7 +476,15 @@ enum KQuant {
 
 /// The k-quants with their scale searches run one sub-block at a time, exactly as ggml's reference code does: the
 /// reference `quantize` (which runs them on SIMD lanes) is checked against. - Precondition: count a multiple of 256.
-public func quantizeKQuantOneSubBlockAtATime(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer) {
+public func quantizeKQuantOneSubBlockAtATime(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer, importance: Importance? = nil) {
     precondition(count % 256 == 0 && type.blockSize == 256)
-    for b in 0..<(count / 256) { KQuant.block(type, src + b * 256, out + b * type.typeSize, lanes: false) }
+    for b in 0..<(count / 256) { KQuant.block(type, src + b * 256, out + b * type.typeSize, lanes: false, qw: importance?.superBlock(b)) }
+}
+
+extension Importance {
+    /// The 256 importances of super-block b of a tensor with rows of `perRow` (a multiple of 256).
+    func superBlock(_ b: Int) -> UnsafePointer<Float> {
+        precondition(perRow % 256 == 0, "Importance: rows of \(perRow) are not a multiple of 256")
+        return weights + (b * 256) % perRow
+    }
 }

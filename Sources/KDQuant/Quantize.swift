@@ -15,9 +15,9 @@ import Foundation
 import KDConfig
 
 /// Quantizes `count` floats into `type` blocks at `out` (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the k-quants Q2_K … Q6_K
-/// IQ4_NL and MXFP4). `importance` weighs IQ4_NL's, Q4_0's and Q5_0's scale search as llama-quantize --imatrix does
-/// (its rows are the tensor's); the other types quantize without it (Q8_0 as ggml too; this quantizer weighs no other
-/// type by one).
+/// IQ4_NL and MXFP4). `importance` weighs IQ4_NL's, Q4_0's, Q5_0's, Q3_K's and Q6_K's scale searches as
+/// llama-quantize --imatrix does (its rows are the tensor's); the other types quantize without it (Q8_0 as ggml too;
+/// Q4_1, Q5_1, Q2_K, Q4_K, Q5_K and MXFP4 here quantize as without one).
 public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer, importance: Importance? = nil) {
     precondition(count % type.blockSize == 0, "quantize \(type): \(count) elements is not a multiple of \(type.blockSize)")
     let nb = count / type.blockSize, ts = type.typeSize
@@ -90,7 +90,7 @@ public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, ou
             for j in 0..<16 { out.storeBytes(of: (q[j] & 0xF) | (q[j + 16] << 4), toByteOffset: at + 4 + j, as: UInt8.self) }
         }
     case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K:
-        for b in 0..<nb { KQuant.block(type, src + b * 256, out + b * ts) }
+        for b in 0..<nb { KQuant.block(type, src + b * 256, out + b * ts, qw: importance?.superBlock(b)) }
     case .iq4_nl:
         precondition(importance.map { count % $0.perRow == 0 } ?? true, "quantize: \(count) elements are not whole rows of the importance's \(importance?.perRow ?? 0)")
         IQ4NL.quantize(src, blocks: nb, out, importance: importance)
@@ -171,8 +171,8 @@ extension QATConfig {
 /// gradient passes, 0 where the value was clipped to the end of the grid (then rounding is not the identity's
 /// neighbour and the gradient is zero).
 /// `out` may be `src` (in place). - Shapes: src, out [rows, c] · mask [rows, c] or nil
-/// `importance` (rows of c: one weight per input column): IQ4_NL's, Q4_0's and Q5_0's scale search weighted as
-/// llama-quantize --imatrix does; ignored by the other schemes.
+/// `importance` (rows of c: one weight per input column): IQ4_NL's, Q4_0's, Q5_0's, Q3_K's and Q6_K's scale searches
+/// weighted as llama-quantize --imatrix does; ignored by the other schemes.
 public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, rows: Int, c: Int,
                          out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>?, importance: Importance? = nil) {
     let scheme = scheme.forRows(of: c)
@@ -185,7 +185,7 @@ public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, r
         let clipped = UnsafeMutablePointer<Float>.allocate(capacity: 256)
         defer { block.deallocate(); clipped.deallocate() }
         for b in 0..<(count / 256) {
-            KQuant.block(type, src + b * 256, block, clipped: mask == nil ? nil : clipped)
+            KQuant.block(type, src + b * 256, block, clipped: mask == nil ? nil : clipped, qw: importance?.superBlock(b))
             if let mask { for j in 0..<256 { mask[b * 256 + j] = 1 - clipped[j] } }
             dequantize(type, src: block, out: out + b * 256, count: 256)
         }

@@ -1,4 +1,4 @@
-// Q4_0 and Q5_0 weighted by an importance matrix: bit for bit as llama-quantize --imatrix writes them (ggml's own
+// Q4_0, Q5_0, Q3_K and Q6_K weighted by an importance matrix: bit for bit as llama-quantize --imatrix writes them (ggml's own
 // quantizer given the same row of importances: live through llama-cpp-python's libggml-base, else the SHA-256 recorded in
 // Fixtures/kquants-ggml.json), the SIMD lanes bit for bit the one-block reference, and fake quantization those bytes read
 // back by gguf-py.
@@ -7,8 +7,8 @@ import KDQuant
 import KDTestSupport
 import Testing
 
-@Test(arguments: ["q4_0", "q5_0"])
-func q4_0AndQ5_0WithAnImportanceMatrixMatchGGML(name: String) throws {
+@Test(arguments: ["q4_0", "q5_0", "q3_K", "q6_K"])
+func weighedByAnImportanceMatrixMatchesGGML(name: String) throws {
     let dir = try temporaryDirectory("distill-kquant")
     defer { try? FileManager.default.removeItem(at: dir) }
     let r = try ggmlCompare(key: "awkward", input: awkwardKQuantWeights(), name: name, perRow: 512, dir: dir,
@@ -80,4 +80,33 @@ func weightedLanesEqualTheReferenceAndReadBack(name: String) throws {
     }
     #expect(mask.allSatisfy { $0 == 0 || $0 == 1 })
     #expect(stopped > 0 && stopped < x.count / 20, "\(name): \(stopped) of \(x.count) masked")
+}
+
+/// Q3_K and Q6_K with an importance matrix: the sub-block searches on SIMD lanes write the one-sub-block-at-a-time
+/// reference's bytes (the awkward super-blocks and four more scales, rows of 512), the importance changes them, and
+/// fake quantization is exactly those blocks read back.
+@Test(arguments: ["q3_K", "q6_K"])
+func weighedKQuantLanesEqualTheReference(name: String) throws {
+    let type = kquantTypes[name]!
+    var x = awkwardKQuantWeights()
+    for (k, scale) in [Float(1e-3), 0.02, 0.5, 30].enumerated() { x += randomArray(2 * 512, seed: UInt64(80 + k), scale: scale) }
+    let perRow = 512, w = awkwardImportance(perRow: perRow, seed: 33)
+    var a = Data(count: type.byteCount(elements: x.count)), b = a, plain = a
+    var fq = [Float](repeating: 0, count: x.count), back = fq
+    w.withUnsafeBufferPointer { wp in
+        let im = Importance(weights: wp.baseAddress!, perRow: perRow)
+        x.withUnsafeBufferPointer { xp in
+            a.withUnsafeMutableBytes { quantize(type, src: xp.baseAddress!, count: x.count, out: $0.baseAddress!, importance: im) }
+            b.withUnsafeMutableBytes { quantizeKQuantOneSubBlockAtATime(type, src: xp.baseAddress!, count: x.count, out: $0.baseAddress!, importance: im) }
+            plain.withUnsafeMutableBytes { quantize(type, src: xp.baseAddress!, count: x.count, out: $0.baseAddress!) }
+        }
+        fq.withUnsafeMutableBufferPointer {
+            fakeQuantize(FakeQuantScheme(type)!, src: x, rows: x.count / perRow, c: perRow, out: $0.baseAddress!, mask: nil, importance: im)
+        }
+    }
+    #expect(a == b, "\(zip(a, b).filter { $0 != $1 }.count) bytes differ")
+    let changed = zip(a, plain).filter { $0 != $1 }.count
+    #expect(changed > a.count / 20, "the importance changed only \(changed) of \(a.count) bytes")
+    back.withUnsafeMutableBufferPointer { o in a.withUnsafeBytes { dequantize(type, src: $0.baseAddress!, out: o.baseAddress!, count: x.count) } }
+    #expect(fq == back)
 }

@@ -6,8 +6,9 @@
 #pragma once
 #include <stdint.h>
 
-/// make_qx_quants (rmse_type 1: weights x²) on 16 sub-blocks of 16; levels + nmax into L, scales into scales[16].
-void kd_make_qx_16x16(const float *x, int nmax, int8_t *L, float *scales);
+/// make_qx_quants (rmse_type 1) on 16 sub-blocks of 16 weighted by w (laid out as x; NULL: x², as without an
+/// importance matrix); levels + nmax into L, scales into scales[16].
+void kd_make_qx_16x16(const float *x, int nmax, const float *w, int8_t *L, float *scales);
 /// make_q3_quants with RMSE refinement on 16 sub-blocks of 16; levels + nmax into L, scales into scales[16].
 void kd_make_q3_16x16(const float *x, int nmax, int8_t *L, float *scales);
 /// make_qkx2_quants on nsub (≤ 16) sub-blocks of n (≤ 32) with weights w (laid out as x); levels into L, each

@@ -188,26 +188,121 @@ private func packScaleMinK4(_ j: Int, _ ls: UInt8, _ lm: UInt8, _ s: UnsafeMutab
     }
 }
 
+/// ggml's make_qp_quants: levels 0…nmax for non-negative x (sub-block scales or mins) weighted by w, the best of 9
+/// trial scales, then up to five passes moving single levels while the weighted fit improves. Returns the scale.
+func makeQp(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ L: UnsafeMutablePointer<UInt8>, _ w: UnsafePointer<Float>) -> Float {
+    var mx: Float = 0
+    for i in 0..<n { mx = max(mx, x[i]) }
+    if mx < groupMaxEps {
+        for i in 0..<n { L[i] = 0 }
+        return 0
+    }
+    let fmax = Float(nmax)
+    var iscale = fmax / mx
+    for i in 0..<n { L[i] = UInt8(truncatingIfNeeded: nearestInt(iscale * x[i])) }
+    let scale = 1 / iscale
+    var bestMSE: Float = 0
+    for i in 0..<n {
+        let diff = x[i] - scale * Float(L[i])
+        bestMSE += w[i] * diff * diff
+    }
+    for step in -4...4 where step != 0 {
+        let iscaleIs = (0.1 * Float(step) + fmax) / mx, scaleIs = 1 / iscaleIs
+        var mse: Float = 0
+        for i in 0..<n {
+            let l = min(nmax, nearestInt(iscaleIs * x[i]))
+            let diff = x[i] - scaleIs * Float(l)
+            mse += w[i] * diff * diff
+        }
+        if mse < bestMSE {
+            bestMSE = mse
+            iscale = iscaleIs
+        }
+    }
+    var sumLX: Float = 0, sumL2: Float = 0
+    for i in 0..<n {
+        let l = min(nmax, nearestInt(iscale * x[i]))
+        L[i] = UInt8(truncatingIfNeeded: l)
+        let fl = Float(l)
+        sumLX += w[i] * x[i] * fl
+        sumL2 += w[i] * fl * fl
+    }
+    for _ in 0..<5 {
+        var changed = 0
+        for i in 0..<n {
+            let li = Float(L[i])
+            var slx = sumLX - w[i] * x[i] * li
+            var sl2 = sumL2 - w[i] * li * li
+            if slx > 0 && sl2 > 0 {
+                let newL = min(nmax, nearestInt(x[i] * sl2 / slx))
+                if newL != Int(L[i]) {
+                    let fl = Float(newL)
+                    slx += w[i] * x[i] * fl
+                    sl2 += w[i] * fl * fl
+                    if slx * slx * sumL2 > sumLX * sumLX * sl2 {
+                        L[i] = UInt8(truncatingIfNeeded: newL); sumLX = slx; sumL2 = sl2
+                        changed += 1
+                    }
+                }
+            }
+        }
+        if changed == 0 { break }
+    }
+    return sumL2 > 0 ? sumLX / sumL2 : 0
+}
+
+/// The importance weights of a k-quant super-block as ggml's *_impl quantizers form them: qw · √(σ² + x²) with
+/// σ² = `factor` · Σ x² / 256 (Σ in element order), and each sub-block's sum of them (in order) into sw.
+private func importanceWeights(_ x: UnsafePointer<Float>, _ qw: UnsafePointer<Float>, factor: Float, sub: Int,
+                               _ w: UnsafeMutablePointer<Float>, _ sw: UnsafeMutablePointer<Float>) {
+    var sumX2: Float = 0
+    for j in 0..<256 { sumX2 += x[j] * x[j] }
+    let sigma2 = factor * sumX2 / 256
+    for j in 0..<256 { w[j] = qw[j] * (sigma2 + x[j] * x[j]).squareRoot() }
+    for j in 0..<(256 / sub) {
+        var t: Float = 0
+        for l in 0..<sub { t += w[sub * j + l] }
+        sw[j] = t
+    }
+}
+
 /// The k-quant super-block quantizers. Each quantizes 256 floats at x into one block at y and, with `clipped`, sets
 /// clipped[i] = 1 where element i's level was clamped to the end of the grid in the final pass (0 elsewhere).
 enum KQuant {
-    static func q2K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true) {
+    /// `qw`: the super-block's 256 columns of an importance matrix (ggml's quantize_row_q2_K_impl: the sub-block fits
+    /// weighted by qw · √(σ² + x²), σ² = Σ x² / 256, in least squares; scales and mins quantized by make_qp_quants
+    /// weighted by each sub-block's summed weights).
+    static func q2K(_ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true,
+                    qw: UnsafePointer<Float>? = nil) {
         var L = [UInt8](repeating: 0, count: 256)
         var w = [Float](repeating: 0, count: 256), mins = [Float](repeating: 0, count: 16), scales = [Float](repeating: 0, count: 16)
         let sc = y.assumingMemoryBound(to: UInt8.self), qs = sc + 16
         var maxScale: Float = 0, maxMin: Float = 0
-        for l in 0..<256 { w[l] = abs(x[l]) }
+        var sw = [Float](repeating: 0, count: 16)
+        if let qw {
+            w.withUnsafeMutableBufferPointer { importanceWeights(x, qw, factor: 1, sub: 16, $0.baseAddress!, &sw) }
+        } else {
+            for l in 0..<256 { w[l] = abs(x[l]) }
+        }
+        let (rmin, rdelta, nstep, mad): (Float, Float, Int32, Int32) = qw == nil ? (-0.5, 0.1, 15, 1) : (-0.9, 0.05, 36, 0)
         L.withUnsafeMutableBufferPointer { Lp in w.withUnsafeBufferPointer { wp in
             if lanes {
-                kd_make_qkx2(16, 16, 3, x, wp.baseAddress!, Lp.baseAddress!, &scales, &mins, -0.5, 0.1, 15, 1)
+                kd_make_qkx2(16, 16, 3, x, wp.baseAddress!, Lp.baseAddress!, &scales, &mins, rmin, rdelta, nstep, mad)
             } else {
                 var aux = [UInt8](repeating: 0, count: 16)
                 for j in 0..<16 {
-                    let r = makeQkx2(16, 3, x + 16 * j, wp.baseAddress! + 16 * j, Lp.baseAddress! + 16 * j, &aux, rmin: -0.5, rdelta: 0.1, nstep: 15, mad: true)
+                    let r = makeQkx2(16, 3, x + 16 * j, wp.baseAddress! + 16 * j, Lp.baseAddress! + 16 * j, &aux, rmin: rmin, rdelta: rdelta, nstep: Int(nstep), mad: mad != 0)
                     scales[j] = r.scale; mins[j] = r.negMin
                 }
             }
         } }
+        if qw != nil {
+            var Ls = [UInt8](repeating: 0, count: 16), Lm = Ls
+            let dm = makeQp(16, 15, scales, &Ls, sw), mm = makeQp(16, 15, mins, &Lm, sw)
+            y.storeBytes(of: Float16(dm).bitPattern, toByteOffset: 80, as: UInt16.self)
+            y.storeBytes(of: Float16(mm).bitPattern, toByteOffset: 82, as: UInt16.self)
+            for j in 0..<16 { sc[j] = Ls[j] | (Lm[j] << 4) }
+        } else {
         for j in 0..<16 {
             if scales[j] > maxScale { maxScale = scales[j] }
             if mins[j] > maxMin { maxMin = mins[j] }
@@ -226,6 +321,7 @@ enum KQuant {
             y.storeBytes(of: Float16(maxMin / 15).bitPattern, toByteOffset: 82, as: UInt16.self)
         } else {
             y.storeBytes(of: Float16(0).bitPattern, toByteOffset: 82, as: UInt16.self)
+        }
         }
         let d = Float(Float16(bitPattern: y.load(fromByteOffset: 80, as: UInt16.self)))
         let dmin = Float(Float16(bitPattern: y.load(fromByteOffset: 82, as: UInt16.self)))
@@ -341,43 +437,60 @@ enum KQuant {
     }
 
     /// Q4_K (bits 4) and Q5_K (bits 5): 8 sub-blocks of 32 with 6-bit scales and mins.
-    static func q45K(bits: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true) {
+    /// `qw`: the super-block's 256 columns of an importance matrix (ggml's quantize_row_q4_K_impl / q5_K_impl: the
+    /// sub-block fits weighted by qw · √(σ² + x²), σ² = 2/256 · Σ x², 37 trials; scales and mins quantized by
+    /// make_qp_quants weighted by each sub-block's summed weights).
+    static func q45K(bits: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>?, lanes: Bool = true,
+                     qw: UnsafePointer<Float>? = nil) {
         let nmax = (1 << bits) - 1
         var L = [UInt8](repeating: 0, count: 256)
         var w = [Float](repeating: 0, count: 256), mins = [Float](repeating: 0, count: 8), scales = [Float](repeating: 0, count: 8)
         let sb = y.assumingMemoryBound(to: UInt8.self) + 4
         var maxScale: Float = 0, maxMin: Float = 0
-        for j in 0..<8 {
-            var sumX2: Float = 0
-            for l in 0..<32 { sumX2 += x[32 * j + l] * x[32 * j + l] }
-            let avX = (sumX2 / 32).squareRoot()
-            for l in 0..<32 { w[32 * j + l] = avX + abs(x[32 * j + l]) }
+        var sw = [Float](repeating: 0, count: 8)
+        if let qw {
+            w.withUnsafeMutableBufferPointer { importanceWeights(x, qw, factor: 2, sub: 32, $0.baseAddress!, &sw) }
+        } else {
+            for j in 0..<8 {
+                var sumX2: Float = 0
+                for l in 0..<32 { sumX2 += x[32 * j + l] * x[32 * j + l] }
+                let avX = (sumX2 / 32).squareRoot()
+                for l in 0..<32 { w[32 * j + l] = avX + abs(x[32 * j + l]) }
+            }
         }
-        let (rmin, nstep): (Float, Int) = bits == 4 ? (-1, 20) : (-0.5, 15)
+        let (rmin, rdelta, nstep): (Float, Float, Int) = qw != nil ? (-0.9, 0.05, 36) : bits == 4 ? (-1, 0.1, 20) : (-0.5, 0.1, 15)
         L.withUnsafeMutableBufferPointer { Lp in w.withUnsafeBufferPointer { wp in
             if lanes {
-                kd_make_qkx2(8, 32, Int32(nmax), x, wp.baseAddress!, Lp.baseAddress!, &scales, &mins, rmin, 0.1, Int32(nstep), 0)
+                kd_make_qkx2(8, 32, Int32(nmax), x, wp.baseAddress!, Lp.baseAddress!, &scales, &mins, rmin, rdelta, Int32(nstep), 0)
             } else {
                 var aux = [UInt8](repeating: 0, count: 32)
                 for j in 0..<8 {
-                    let r = makeQkx2(32, nmax, x + 32 * j, wp.baseAddress! + 32 * j, Lp.baseAddress! + 32 * j, &aux, rmin: rmin, rdelta: 0.1, nstep: nstep, mad: false)
+                    let r = makeQkx2(32, nmax, x + 32 * j, wp.baseAddress! + 32 * j, Lp.baseAddress! + 32 * j, &aux, rmin: rmin, rdelta: rdelta, nstep: nstep, mad: false)
                     scales[j] = r.scale; mins[j] = r.negMin
                 }
             }
         } }
-        for j in 0..<8 {
-            if scales[j] > maxScale { maxScale = scales[j] }
-            if mins[j] > maxMin { maxMin = mins[j] }
-        }
-        let invScale: Float = maxScale > 0 ? 63 / maxScale : 0, invMin: Float = maxMin > 0 ? 63 / maxMin : 0
         for i in 0..<12 { sb[i] = 0 }
-        for j in 0..<8 {
-            let ls = min(63, UInt8(truncatingIfNeeded: nearestInt(invScale * scales[j])))
-            let lm = min(63, UInt8(truncatingIfNeeded: nearestInt(invMin * mins[j])))
-            packScaleMinK4(j, ls, lm, sb)
+        if qw != nil {
+            var Ls = [UInt8](repeating: 0, count: 8), Lm = Ls
+            let dBlock = makeQp(8, 63, scales, &Ls, sw), mBlock = makeQp(8, 63, mins, &Lm, sw)
+            for j in 0..<8 { packScaleMinK4(j, Ls[j], Lm[j], sb) }
+            y.storeBytes(of: Float16(dBlock).bitPattern, toByteOffset: 0, as: UInt16.self)
+            y.storeBytes(of: Float16(mBlock).bitPattern, toByteOffset: 2, as: UInt16.self)
+        } else {
+            for j in 0..<8 {
+                if scales[j] > maxScale { maxScale = scales[j] }
+                if mins[j] > maxMin { maxMin = mins[j] }
+            }
+            let invScale: Float = maxScale > 0 ? 63 / maxScale : 0, invMin: Float = maxMin > 0 ? 63 / maxMin : 0
+            for j in 0..<8 {
+                let ls = min(63, UInt8(truncatingIfNeeded: nearestInt(invScale * scales[j])))
+                let lm = min(63, UInt8(truncatingIfNeeded: nearestInt(invMin * mins[j])))
+                packScaleMinK4(j, ls, lm, sb)
+            }
+            y.storeBytes(of: Float16(maxScale / 63).bitPattern, toByteOffset: 0, as: UInt16.self)
+            y.storeBytes(of: Float16(maxMin / 63).bitPattern, toByteOffset: 2, as: UInt16.self)
         }
-        y.storeBytes(of: Float16(maxScale / 63).bitPattern, toByteOffset: 0, as: UInt16.self)
-        y.storeBytes(of: Float16(maxMin / 63).bitPattern, toByteOffset: 2, as: UInt16.self)
         let d = Float(Float16(bitPattern: y.load(fromByteOffset: 0, as: UInt16.self)))
         let dmin = Float(Float16(bitPattern: y.load(fromByteOffset: 2, as: UInt16.self)))
         if let clipped { for i in 0..<256 { clipped[i] = 0 } }
@@ -459,15 +572,15 @@ enum KQuant {
 
     /// Quantizes one 256-element super-block of `type` (a k-quant); `lanes: false` runs the scale searches one
     /// sub-block at a time (the scalar reference the lane version is tested against).
-    /// `qw`: the super-block's 256 columns of an importance matrix, which Q3_K and Q6_K weigh their searches by as
-    /// llama-quantize --imatrix does (the other k-quants quantize without it here).
+    /// `qw`: the super-block's 256 columns of an importance matrix, which every k-quant weighs its searches by as
+    /// llama-quantize --imatrix does (ggml's quantize_row_*_K_impl).
     static func block(_ type: GGMLType, _ x: UnsafePointer<Float>, _ y: UnsafeMutableRawPointer, clipped: UnsafeMutablePointer<Float>? = nil, lanes: Bool = true,
                       qw: UnsafePointer<Float>? = nil) {
         switch type {
-        case .q2_K: q2K(x, y, clipped: clipped, lanes: lanes)
+        case .q2_K: q2K(x, y, clipped: clipped, lanes: lanes, qw: qw)
         case .q3_K: q3K(x, y, clipped: clipped, lanes: lanes, qw: qw)
-        case .q4_K: q45K(bits: 4, x, y, clipped: clipped, lanes: lanes)
-        case .q5_K: q45K(bits: 5, x, y, clipped: clipped, lanes: lanes)
+        case .q4_K: q45K(bits: 4, x, y, clipped: clipped, lanes: lanes, qw: qw)
+        case .q5_K: q45K(bits: 5, x, y, clipped: clipped, lanes: lanes, qw: qw)
         case .q6_K: q6K(x, y, clipped: clipped, lanes: lanes, qw: qw)
         default: preconditionFailure("KQuant.block: \(type) is not a k-quant")
         }

@@ -15,9 +15,9 @@ import Foundation
 import KDConfig
 
 /// Quantizes `count` floats into `type` blocks at `out` (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the k-quants Q2_K … Q6_K
-/// IQ4_NL and MXFP4). `importance` weighs IQ4_NL's, Q4_0's, Q5_0's, Q3_K's and Q6_K's scale searches as
+/// IQ4_NL and MXFP4). `importance` weighs IQ4_NL's, Q4_0's, Q5_0's and the k-quants' scale searches as
 /// llama-quantize --imatrix does (its rows are the tensor's); the other types quantize without it (Q8_0 as ggml too;
-/// Q4_1, Q5_1, Q2_K, Q4_K, Q5_K and MXFP4 here quantize as without one).
+/// Q4_1, Q5_1 and MXFP4 here as without one).
 public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer, importance: Importance? = nil) {
     precondition(count % type.blockSize == 0, "quantize \(type): \(count) elements is not a multiple of \(type.blockSize)")
     let nb = count / type.blockSize, ts = type.typeSize
@@ -171,7 +171,7 @@ extension QATConfig {
 /// gradient passes, 0 where the value was clipped to the end of the grid (then rounding is not the identity's
 /// neighbour and the gradient is zero).
 /// `out` may be `src` (in place). - Shapes: src, out [rows, c] · mask [rows, c] or nil
-/// `importance` (rows of c: one weight per input column): IQ4_NL's, Q4_0's, Q5_0's, Q3_K's and Q6_K's scale searches
+/// `importance` (rows of c: one weight per input column): IQ4_NL's, Q4_0's, Q5_0's and the k-quants' scale searches
 /// weighted as llama-quantize --imatrix does; ignored by the other schemes.
 public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, rows: Int, c: Int,
                          out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>?, importance: Importance? = nil) {

@@ -87,7 +87,7 @@ import Testing
     ("qat: {scheme: int4_channel, tensor_types: {ffn_down: q3_k}}", "qat.tensor_types.ffn_down", "expected a block format (q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, mxfp4) beside a block-format scheme, found 'q3_k' beside scheme 'int4_channel'"),
     ("qat: {scheme: q4_0, scales: learned, tensor_types: {ffn_down: q3_k}}", "qat.tensor_types.ffn_down", "expected scheme's own format with learned or frozen scales"),
     ("qat: {preset: q4_k_m, tensor_types: {ffn_down: q3_k}}", "qat.tensor_types", "expected none beside a preset (it picks every tensor's type)"),
-    ("qat: {scheme: q8_0, importance: activations}", "qat.importance", "expected iq4_nl, q4_0, q5_0, q3_k or q6_k (or q2_k, q4_k on rows that fall back to q4_0, q5_0) in scheme, embedding_scheme or tensor_types beside it (it weighs those formats' scale search only), found 'activations' with scheme 'q8_0'"),
+    ("qat: {scheme: q8_0, importance: activations}", "qat.importance", "expected iq4_nl, q4_0, q5_0 or a k-quant in scheme, embedding_scheme or tensor_types beside it (it weighs those formats' scale search only), found 'activations' with scheme 'q8_0'"),
     ("qat: {scheme: q4_0, scales: learned, importance: activations}", "qat.importance", "expected scales: absmax and no freeze_step beside it (it weighs the search for the scales that learned or frozen ones replace), found 'activations' with scales 'learned', freeze_step 0"),
     ("qat: {scheme: q4_0, freeze_step: 10, importance: activations}", "qat.importance", "expected scales: absmax and no freeze_step beside it"),
     ("qat: {scheme: iq4_nl, importance: imatrix}", "qat.importance", "expected 'none' or 'activations'"),

@@ -1,4 +1,4 @@
-// Q4_0, Q5_0, Q3_K and Q6_K weighted by an importance matrix: bit for bit as llama-quantize --imatrix writes them (ggml's own
+// Q4_0, Q5_0 and the k-quants weighted by an importance matrix: bit for bit as llama-quantize --imatrix writes them (ggml's own
 // quantizer given the same row of importances: live through llama-cpp-python's libggml-base, else the SHA-256 recorded in
 // Fixtures/kquants-ggml.json), the SIMD lanes bit for bit the one-block reference, and fake quantization those bytes read
 // back by gguf-py.
@@ -7,7 +7,7 @@ import KDQuant
 import KDTestSupport
 import Testing
 
-@Test(arguments: ["q4_0", "q5_0", "q3_K", "q6_K"])
+@Test(arguments: ["q4_0", "q5_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"])
 func weighedByAnImportanceMatrixMatchesGGML(name: String) throws {
     let dir = try temporaryDirectory("distill-kquant")
     defer { try? FileManager.default.removeItem(at: dir) }
@@ -82,10 +82,10 @@ func weightedLanesEqualTheReferenceAndReadBack(name: String) throws {
     #expect(stopped > 0 && stopped < x.count / 20, "\(name): \(stopped) of \(x.count) masked")
 }
 
-/// Q3_K and Q6_K with an importance matrix: the sub-block searches on SIMD lanes write the one-sub-block-at-a-time
+/// The k-quants with an importance matrix: the sub-block searches on SIMD lanes write the one-sub-block-at-a-time
 /// reference's bytes (the awkward super-blocks and four more scales, rows of 512), the importance changes them, and
 /// fake quantization is exactly those blocks read back.
-@Test(arguments: ["q3_K", "q6_K"])
+@Test(arguments: kquantNames)
 func weighedKQuantLanesEqualTheReference(name: String) throws {
     let type = kquantTypes[name]!
     var x = awkwardKQuantWeights()

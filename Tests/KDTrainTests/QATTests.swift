@@ -176,9 +176,9 @@ func learnedScalesStartAtAbsmaxThenTrain(scheme: String) throws {
 
 /// qat.importance: activations — the importance matrix is the mean square of each matrix's input channels on the
 /// student's first training windows (block 0's q, k and v read the normed embeddings: recomputed here in f64 from the
-/// weights), the model computes with IQ4_NL (or Q4_0) weighed by it (and not as without it), and the run resumes
-/// bitwise with the checkpoint's importance file.
-@Test(arguments: ["iq4_nl", "q4_0"])
+/// weights), the model computes with IQ4_NL (Q4_0, Q4_K: on these 64-wide rows its fallback Q5_0) weighed by it (and
+/// not as without it), and the run resumes bitwise with the checkpoint's importance file.
+@Test(arguments: ["iq4_nl", "q4_0", "q4_k"])
 func importanceWeighsTheScaleSearchByTheStudentsOwnActivations(scheme: String) throws {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("distill-qat-importance-\(UUID().uuidString)")
     defer { try? FileManager.default.removeItem(at: dir) }

@@ -174,14 +174,16 @@ struct Bench: ParsableCommand {
         let w = (0..<c).map { _ in Float(Foundation.exp(Double.random(in: -3...3, using: &rng))) }
         w.withUnsafeBufferPointer { wp in
             let im = Importance(weights: wp.baseAddress!, perRow: c)
-            for scheme in [FakeQuantScheme.q4_0, .q5_0, .iq4_nl] {
+            for scheme in [FakeQuantScheme.q4_0, .q5_0, .iq4_nl, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K] {
                 let t = scheme.ggmlType!
                 let ms = best {
                     out.withUnsafeMutableBufferPointer { o in mask.withUnsafeMutableBufferPointer { m in
                         fakeQuantize(scheme, src: x, rows: rows, c: c, out: o.baseAddress!, mask: m.baseAddress!, importance: im) } }
                 }
                 var ref: Double?
-                if scheme != .iq4_nl {
+                if t.blockSize == 256 {
+                    ref = best { blocks.withUnsafeMutableBytes { b in quantizeKQuantOneSubBlockAtATime(t, src: x, count: n, out: b.baseAddress!, importance: im) } }
+                } else if scheme != .iq4_nl {
                     ref = best { blocks.withUnsafeMutableBytes { b in quantizeWeightedOneBlockAtATime(t, src: x, count: n, out: b.baseAddress!, importance: im) } }
                 }
                 let line = String(format: "fake-quant %-5@ with an importance matrix | %7.2f ms per million weights", "\(t)", ms)

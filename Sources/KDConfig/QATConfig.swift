@@ -27,9 +27,9 @@ public enum QATScheme: String, ConfigVocabulary {
     /// Schemes whose scales can be learned or frozen (one scale per 32 or per row, no minimum, no sub-block scales).
     public var takesGivenScales: Bool { [.q8_0, .q4_0, .int8Channel, .int4Channel].contains(self) }
 
-    /// Schemes whose scale search an importance matrix weighs, as llama-quantize --imatrix does: IQ4_NL, Q4_0, Q5_0
-    /// and the k-quants (Q8_0 is weighed by none in ggml; Q4_1, Q5_1 and MXFP4 are not here).
-    public var isWeighedByImportance: Bool { [.iq4_nl, .q4_0, .q5_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K].contains(self) }
+    /// Schemes whose scale search an importance matrix weighs, as llama-quantize --imatrix does: every block format
+    /// but Q8_0 and MXFP4 (which ggml quantizes without one).
+    public var isWeighedByImportance: Bool { isBlockFormat && self != .q8_0 && self != .mxfp4 }
 }
 
 /// `qat.preset`: one of llama.cpp's k-quant file types, whose per-tensor choice of types the student trains for
@@ -185,7 +185,7 @@ public struct QATConfig: Codable, Equatable, Sendable {
         }
         let planned = [scheme] + [embeddingScheme].compactMap { $0 } + (tensorTypes.map { Array($0.values) } ?? [])
         try c.require(importance == .none || planned.contains(where: \.isWeighedByImportance), .importance,
-                      expected: "iq4_nl, q4_0, q5_0 or a k-quant in scheme, embedding_scheme or tensor_types beside it (it weighs those formats' scale search only)",
+                      expected: "a block format other than q8_0 and mxfp4 in scheme, embedding_scheme or tensor_types beside it (ggml weighs no other format's scale search by one)",
                       found: "'\(importance.rawValue)' with scheme '\(scheme.rawValue)'")
         try c.require(importance == .none || (scales == .absmax && freezeStep == 0), .importance,
                       expected: "scales: absmax and no freeze_step beside it (it weighs the search for the scales that learned or frozen ones replace)",

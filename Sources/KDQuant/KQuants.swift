@@ -23,7 +23,7 @@ import Foundation
 
 /// Weighted asymmetric search (ggml's make_qkx2_quants): levels 0…nmax, scale and min (min ≤ 0) minimizing the weighted
 /// error (absolute with `mad`, squared otherwise) over nstep + 1 trial scales. Returns (scale, −min); writes L.
-private func makeQkx2(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ L: UnsafeMutablePointer<UInt8>,
+func makeQkx2(_ n: Int, _ nmax: Int, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ L: UnsafeMutablePointer<UInt8>,
                       _ aux: UnsafeMutablePointer<UInt8>, rmin: Float, rdelta: Float, nstep: Int, mad: Bool) -> (scale: Float, negMin: Float) {
     var lo = x[0], hi = x[0]
     var sumW = w[0], sumX = sumW * x[0]

@@ -15,9 +15,9 @@ import Foundation
 import KDConfig
 
 /// Quantizes `count` floats into `type` blocks at `out` (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, the k-quants Q2_K … Q6_K
-/// IQ4_NL and MXFP4). `importance` weighs IQ4_NL's, Q4_0's, Q5_0's and the k-quants' scale searches as
-/// llama-quantize --imatrix does (its rows are the tensor's); the other types quantize without it (Q8_0 as ggml too;
-/// Q4_1, Q5_1 and MXFP4 here as without one).
+/// IQ4_NL and MXFP4). `importance` weighs the scale searches of every type ggml weighs by one (Q4_0, Q4_1, Q5_0, Q5_1,
+/// the k-quants, IQ4_NL) as llama-quantize --imatrix does (its rows are the tensor's); Q8_0 and MXFP4 take none, in
+/// ggml too.
 public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, out: UnsafeMutableRawPointer, importance: Importance? = nil) {
     precondition(count % type.blockSize == 0, "quantize \(type): \(count) elements is not a multiple of \(type.blockSize)")
     let nb = count / type.blockSize, ts = type.typeSize
@@ -36,7 +36,7 @@ public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, ou
             putF16(d, o)
             for j in 0..<32 { out.storeBytes(of: Int8(roundf(x[j] * id)), toByteOffset: o + 2 + j, as: Int8.self) }
         }
-    case .q4_0 where importance != nil, .q5_0 where importance != nil:
+    case .q4_0 where importance != nil, .q5_0 where importance != nil, .q4_1 where importance != nil, .q5_1 where importance != nil:
         WeightedQ.quantize(type, src, count: count, importance: importance!, out: out)
     case .q4_0:
         for b in 0..<nb {
@@ -171,8 +171,8 @@ extension QATConfig {
 /// gradient passes, 0 where the value was clipped to the end of the grid (then rounding is not the identity's
 /// neighbour and the gradient is zero).
 /// `out` may be `src` (in place). - Shapes: src, out [rows, c] · mask [rows, c] or nil
-/// `importance` (rows of c: one weight per input column): IQ4_NL's, Q4_0's, Q5_0's and the k-quants' scale searches
-/// weighted as llama-quantize --imatrix does; ignored by the other schemes.
+/// `importance` (rows of c: one weight per input column): the scale searches weighted as llama-quantize --imatrix
+/// weighs them (every block type but Q8_0 and MXFP4); ignored by the other schemes.
 public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, rows: Int, c: Int,
                          out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>?, importance: Importance? = nil) {
     let scheme = scheme.forRows(of: c)
@@ -191,7 +191,7 @@ public func fakeQuantize(_ scheme: FakeQuantScheme, src: UnsafePointer<Float>, r
         }
         return
     }
-    if let importance, scheme == .q4_0 || scheme == .q5_0 {
+    if let importance, [.q4_0, .q5_0, .q4_1, .q5_1].contains(scheme) {
         WeightedQ.quantize(scheme.ggmlType!, src, count: count, importance: importance, out: nil, values: out, mask: mask)
         return
     }

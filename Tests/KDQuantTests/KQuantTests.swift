@@ -15,7 +15,7 @@ let kquantNames = ["q2_K", "q3_K", "q4_K", "q5_K", "q6_K"]
 /// IQ4_NL), and MXFP4 (gguf-py's port of it rounds its exponent with numpy's log2, not ggml's log2f).
 let searchedNames = kquantNames + ["iq4_nl", "mxfp4"]
 let kquantTypes: [String: GGMLType] = ["q2_K": .q2_K, "q3_K": .q3_K, "q4_K": .q4_K, "q5_K": .q5_K, "q6_K": .q6_K, "iq4_nl": .iq4_nl, "mxfp4": .mxfp4,
-                                     "q4_0": .q4_0, "q5_0": .q5_0]
+                                     "q4_0": .q4_0, "q5_0": .q5_0, "q4_1": .q4_1, "q5_1": .q5_1]
 
 /// 8 rows of 512 with the cases a k-quant's searches branch on: weight-like normals, an all-zero super-block, one of
 /// a single repeated value, all-positive and all-negative sub-blocks (min clamps to 0), a lone outlier, tiny values,

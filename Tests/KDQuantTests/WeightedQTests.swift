@@ -1,4 +1,4 @@
-// Q4_0, Q5_0 and the k-quants weighted by an importance matrix: bit for bit as llama-quantize --imatrix writes them (ggml's own
+// Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants weighted by an importance matrix: bit for bit as llama-quantize --imatrix writes them (ggml's own
 // quantizer given the same row of importances: live through llama-cpp-python's libggml-base, else the SHA-256 recorded in
 // Fixtures/kquants-ggml.json), the SIMD lanes bit for bit the one-block reference, and fake quantization those bytes read
 // back by gguf-py.
@@ -7,7 +7,7 @@ import KDQuant
 import KDTestSupport
 import Testing
 
-@Test(arguments: ["q4_0", "q5_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"])
+@Test(arguments: ["q4_0", "q5_0", "q4_1", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"])
 func weighedByAnImportanceMatrixMatchesGGML(name: String) throws {
     let dir = try temporaryDirectory("distill-kquant")
     defer { try? FileManager.default.removeItem(at: dir) }
@@ -28,9 +28,9 @@ func weighedByAnImportanceMatrixMatchesGGML(name: String) throws {
 /// call spans rows, each with its own σ², and a row's blocks take different lanes); the importance changes what is
 /// written; fake quantization is those bytes as gguf-py reads them back, in place too, and its mask stops only weights
 /// beyond the end of their block's grid.
-@Test(arguments: ["q4_0", "q5_0"])
+@Test(arguments: ["q4_0", "q5_0", "q4_1", "q5_1"])
 func weightedLanesEqualTheReferenceAndReadBack(name: String) throws {
-    let type: GGMLType = name == "q4_0" ? .q4_0 : .q5_0
+    let type = kquantTypes[name]!
     var x = awkwardKQuantWeights()
     for (k, scale) in [Float(1e-12), 1e-3, 0.02, 0.5, 30].enumerated() { x += randomArray(4 * 256, seed: UInt64(60 + k), scale: scale) }
     x += randomArray(8 * 256, seed: 71).enumerated().map { $0.offset % 7 == 0 ? $0.element : 0 }

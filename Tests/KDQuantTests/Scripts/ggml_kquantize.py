@@ -1,4 +1,4 @@
-"""The k-quants', IQ4_NL's and MXFP4's (and, with an importance matrix, Q4_0's and Q5_0's) reference: ggml's own quantizer (ggml_quantize_chunk of the libggml-base that llama-cpp-python
+"""The k-quants', IQ4_NL's and MXFP4's (and, with an importance matrix, Q4_0's, Q4_1's, Q5_0's and Q5_1's) reference: ggml's own quantizer (ggml_quantize_chunk of the libggml-base that llama-cpp-python
 0.3.36 builds from source; no importance matrix, as llama_model_quantize without --imatrix), or where
 llama-cpp-python is not installed (CI), the SHA-256 of its output recorded in ../Fixtures/kquants-ggml.json for the
 same input (whose own hash is recorded beside it, so a changed input is caught rather than compared against stale
@@ -13,9 +13,9 @@ an importance matrix's row; the fixture's input hash then covers both files.
 import ctypes, hashlib, json, os, sys
 import numpy as np
 
-TYPES = {"q4_0": 2, "q5_0": 6, "q2_K": 10, "q3_K": 11, "q4_K": 12, "q5_K": 13, "q6_K": 14, "iq4_nl": 20, "mxfp4": 39}
-SIZES = {"q4_0": 18, "q5_0": 22, "q2_K": 84, "q3_K": 110, "q4_K": 144, "q5_K": 176, "q6_K": 210, "iq4_nl": 18, "mxfp4": 17}
-BLOCK = {"q4_0": 32, "q5_0": 32, "iq4_nl": 32, "mxfp4": 32}  # elements per block; 256 for the k-quants
+TYPES = {"q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q2_K": 10, "q3_K": 11, "q4_K": 12, "q5_K": 13, "q6_K": 14, "iq4_nl": 20, "mxfp4": 39}
+SIZES = {"q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "q2_K": 84, "q3_K": 110, "q4_K": 144, "q5_K": 176, "q6_K": 210, "iq4_nl": 18, "mxfp4": 17}
+BLOCK = {"q4_0": 32, "q4_1": 32, "q5_0": 32, "q5_1": 32, "iq4_nl": 32, "mxfp4": 32}  # elements per block; 256 for the k-quants
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Fixtures", "kquants-ggml.json")
 
 def ggml_quantize(x, name, n_per_row, imatrix=None):

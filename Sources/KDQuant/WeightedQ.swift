@@ -95,10 +95,10 @@ enum WeightedQ {
         for j in 0..<16 { y.storeBytes(of: (UInt8(L[j]) & 0xF) | ((UInt8(L[j + 16]) & 0xF) << 4), toByteOffset: at + j, as: UInt8.self) }
     }
 
-    /// Quantizes `count` floats (whole rows of `importance.perRow`) into Q4_0 or Q5_0 blocks weighted by `importance`,
-    /// 16 blocks to a kd_qx_weighted_16 call (`lanes: false`: the reference, one block at a time). With `values`, also
-    /// writes what the blocks read back as (F16 scale × level) and, with `mask`, 0 where a weight lay beyond its block's
-    /// grid (an end level, the weight outside its value), else 1. `values` may be `src`.
+    /// Quantizes `count` floats (whole rows of `importance.perRow`) into Q4_0, Q5_0, Q4_1 or Q5_1 blocks weighted by
+    /// `importance`, 16 blocks to a kd_qx_weighted_16 (kd_make_qkx2) call (`lanes: false`: the reference, one block at a
+    /// time). With `values`, also writes what the blocks read back as and, with `mask`, 0 where a weight lay beyond its
+    /// block's grid (an end level, the weight outside its value), else 1. `values` may be `src`.
     static func quantize(_ type: GGMLType, _ src: UnsafePointer<Float>, count: Int, importance: Importance, out: UnsafeMutableRawPointer?,
                          values: UnsafeMutablePointer<Float>? = nil, mask: UnsafeMutablePointer<Float>? = nil, lanes: Bool = true) {
         let nmax = nmax(type), perRow = importance.perRow, ts = type.typeSize

@@ -174,7 +174,7 @@ struct Bench: ParsableCommand {
         let w = (0..<c).map { _ in Float(Foundation.exp(Double.random(in: -3...3, using: &rng))) }
         w.withUnsafeBufferPointer { wp in
             let im = Importance(weights: wp.baseAddress!, perRow: c)
-            for scheme in [FakeQuantScheme.q4_0, .q5_0, .iq4_nl, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K] {
+            for scheme in [FakeQuantScheme.q4_0, .q5_0, .q4_1, .q5_1, .iq4_nl, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K] {
                 let t = scheme.ggmlType!
                 let ms = best {
                     out.withUnsafeMutableBufferPointer { o in mask.withUnsafeMutableBufferPointer { m in

@@ -308,23 +308,35 @@ __attribute__((target("avx512f"))) static void iq4nl_16_avx512(const float xt[32
 }
 #endif
 
+// nb (≤ NS) blocks of 32 at x → xt[element][block], zeros in the unused lanes (the last blocks of a matrix: dead
+// blocks, answered as ggml does); qw (nb × 32 importances, when given) padded alike into qpad. Returns the importances
+// to read (qw itself when no lane is unused). Always inlined, so each clone keeps its own vector width.
+static inline __attribute__((always_inline)) const float *load_blocks32(const float *x, int nb, const float *qw, float xt[32][NS], float *qpad) {
+    for (int j = 0; j < NS; ++j)
+        for (int i = 0; i < 32; ++i) xt[i][j] = j < nb ? x[j * 32 + i] : 0.0f;
+    if (!qw || nb >= NS) return qw;
+    memset(qpad, 0, NS * 32 * sizeof(float));
+    memcpy(qpad, qw, (size_t)nb * 32 * sizeof(float));
+    return qpad;
+}
+
+// each block's value of largest magnitude (signed, the first of equal magnitudes) and that magnitude
+static inline __attribute__((always_inline)) void signed_max32(float xt[32][NS], float *mx, float *amax) {
+    for (int j = 0; j < NS; ++j) { mx[j] = 0; amax[j] = 0; }
+    for (int i = 0; i < 32; ++i)
+        for (int j = 0; j < NS; ++j) {
+            float ax = fabsf(xt[i][j]);
+            int bigger = ax > amax[j];
+            amax[j] = bigger ? ax : amax[j];
+            mx[j] = bigger ? xt[i][j] : mx[j];
+        }
+}
+
 KD_CLONES void kd_iq4nl_16(const float *x, int nb, const float *qw, float *scales, uint8_t *L, int portable) {
     float xt[32][NS], wt[32][NS], mx[NS], amax[NS], id[NS], sumqx[NS], sumq2[NS], d[NS], best[NS];
     int live[NS];
-    float pad[NS * 32], qpad[NS * 32];
-    const float *src = x;
-    if (nb < NS) {  // the last blocks of a matrix: zeros in the unused lanes (dead blocks, answered as ggml does)
-        memset(pad, 0, sizeof pad);
-        memcpy(pad, x, (size_t)nb * 32 * sizeof(float));
-        src = pad;
-        if (qw) {
-            memset(qpad, 0, sizeof qpad);
-            memcpy(qpad, qw, (size_t)nb * 32 * sizeof(float));
-            qw = qpad;
-        }
-    }
-    for (int j = 0; j < NS; ++j)
-        for (int i = 0; i < 32; ++i) xt[i][j] = src[j * 32 + i];
+    float qpad[NS * 32];
+    qw = load_blocks32(x, nb, qw, xt, qpad);
     if (qw) {
         // ggml's weights with an importance matrix: qw · √(σ² + x²), σ² = 2/32 · Σ x² over the block (summed in order)
         float sigma2[NS];
@@ -338,14 +350,7 @@ KD_CLONES void kd_iq4nl_16(const float *x, int nb, const float *qw, float *scale
         for (int i = 0; i < 32; ++i)
             for (int j = 0; j < NS; ++j) wt[i][j] = xt[i][j] * xt[i][j];
     }
-    for (int j = 0; j < NS; ++j) { mx[j] = 0; amax[j] = 0; }
-    for (int i = 0; i < 32; ++i)
-        for (int j = 0; j < NS; ++j) {
-            float ax = fabsf(xt[i][j]);
-            int bigger = ax > amax[j];
-            amax[j] = bigger ? ax : amax[j];
-            mx[j] = bigger ? xt[i][j] : mx[j];
-        }
+    signed_max32(xt, mx, amax);
     for (int j = 0; j < NS; ++j) {
         live[j] = !(amax[j] < 1e-15f);
         mx[j] = live[j] ? mx[j] : 1.0f;  // dead lanes are answered below; keep them finite
@@ -429,19 +434,10 @@ static inline float nearestf_clamped(float f, float lo, float hi) {
 KD_CLONES void kd_qx_weighted_16(const float *x, int nb, int nmax, const float *qw, const float *sigma2, float *scales, int8_t *L) {
     float xt[32][NS], wt[32][NS], wx[32][NS], mx[NS], amax[NS], sumlx[NS], suml2[NS], scale[NS], best[NS], iscale[NS], s2[NS];
     float lev[32][NS];
-    float pad[NS * 32], qpad[NS * 32];
+    float qpad[NS * 32];
     const float lo = (float)-nmax, hi = (float)(nmax - 1), fn = (float)nmax;
-    if (nb < NS) {  // the last blocks of a tensor: zeros in the unused lanes (dead blocks, answered as ggml does)
-        memset(pad, 0, sizeof pad);
-        memcpy(pad, x, (size_t)nb * 32 * sizeof(float));
-        x = pad;
-        memset(qpad, 0, sizeof qpad);
-        memcpy(qpad, qw, (size_t)nb * 32 * sizeof(float));
-        qw = qpad;
-    }
+    qw = load_blocks32(x, nb, qw, xt, qpad);
     for (int j = 0; j < NS; ++j) s2[j] = j < nb ? sigma2[j] : 0.0f;
-    for (int i = 0; i < 32; ++i)
-        for (int j = 0; j < NS; ++j) xt[i][j] = x[j * 32 + i];
     // ggml's weights with an importance matrix: qw · √(σ² + x²), σ² the mean square of the block's whole row; w·x is
     // the first product of ggml's w*x[i]*l in every trial
     for (int i = 0; i < 32; ++i)
@@ -449,14 +445,7 @@ KD_CLONES void kd_qx_weighted_16(const float *x, int nb, int nmax, const float *
             wt[i][j] = qw[j * 32 + i] * sqrtf(s2[j] + xt[i][j] * xt[i][j]);
             wx[i][j] = wt[i][j] * xt[i][j];
         }
-    for (int j = 0; j < NS; ++j) { mx[j] = 0; amax[j] = 0; }
-    for (int i = 0; i < 32; ++i)
-        for (int j = 0; j < NS; ++j) {
-            float ax = fabsf(xt[i][j]);
-            int bigger = ax > amax[j];
-            amax[j] = bigger ? ax : amax[j];
-            mx[j] = bigger ? xt[i][j] : mx[j];
-        }
+    signed_max32(xt, mx, amax);
     for (int j = 0; j < NS; ++j) {
         mx[j] = amax[j] < 1e-15f ? 1.0f : mx[j];  // dead lanes are answered below; keep them finite
         iscale[j] = -fn / mx[j];

@@ -70,12 +70,10 @@ enum IQ4NL {
         for j in 0..<16 { y.storeBytes(of: L[j] | (L[j + 16] << 4), toByteOffset: 2 + j, as: UInt8.self) }
     }
 
-    /// Importances for the lane kernel: block b0 + b's 32 columns of `importance` (rows of `perRow` elements) at
-    /// qw[b·32…], for n blocks; nil without one.
+    /// Importances for the lane kernel (``Importance/gather(first:n:into:)``); nil without one.
     static func gather(_ importance: Importance?, first b0: Int, n: Int, into qw: UnsafeMutablePointer<Float>) -> UnsafePointer<Float>? {
         guard let importance else { return nil }
-        let blocksPerRow = importance.perRow / 32
-        for b in 0..<n { qw.advanced(by: b * 32).update(from: importance.weights + ((b0 + b) % blocksPerRow) * 32, count: 32) }
+        importance.gather(first: b0, n: n, into: qw)
         return UnsafePointer(qw)
     }
 
@@ -113,18 +111,6 @@ enum IQ4NL {
             for b in 0..<n { d[b] = Float(Float16(scales[b])) }
             kd_iq4nl_dequant_16(x + b0 * 32, Int32(n), d, L, out + b0 * 32, mask.map { $0 + b0 * 32 })
         }
-    }
-}
-
-/// An importance matrix's row for one quantized tensor: a weight per input column (`perRow` of them, the tensor's row
-/// length), as llama-imatrix collects them (the mean square of each input channel over calibration tokens).
-public struct Importance {
-    public let weights: UnsafePointer<Float>
-    public let perRow: Int
-    public init(weights: UnsafePointer<Float>, perRow: Int) {
-        precondition(perRow % 32 == 0, "Importance: rows of \(perRow) are not a multiple of 32")
-        self.weights = weights
-        self.perRow = perRow
     }
 }
 

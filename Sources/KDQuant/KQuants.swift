@@ -352,16 +352,8 @@ enum KQuant {
         let hmask = y.assumingMemoryBound(to: UInt8.self), qs = hmask + 32, sb = hmask + 96
         var weighted: (d: Float, levels: [Int8])?
         if let qw {
-            var sumX2: Float = 0
-            for j in 0..<256 { sumX2 += x[j] * x[j] }
-            let sigma2 = 2 * sumX2 / 256
             var w = [Float](repeating: 0, count: 256), sw = [Float](repeating: 0, count: 16), Ls = [Int8](repeating: 0, count: 16)
-            for j in 0..<256 { w[j] = qw[j] * (sigma2 + x[j] * x[j]).squareRoot() }
-            for j in 0..<16 {
-                var s: Float = 0
-                for l in 0..<16 { s += w[16 * j + l] }
-                sw[j] = s
-            }
+            w.withUnsafeMutableBufferPointer { importanceWeights(x, qw, factor: 2, sub: 16, $0.baseAddress!, &sw) }
             L.withUnsafeMutableBufferPointer { Lp in w.withUnsafeBufferPointer { wp in
                 if lanes {
                     kd_make_qx_16x16(x, 4, wp.baseAddress!, Lp.baseAddress!, &scales)
@@ -594,10 +586,3 @@ public func quantizeKQuantOneSubBlockAtATime(_ type: GGMLType, src: UnsafePointe
     for b in 0..<(count / 256) { KQuant.block(type, src + b * 256, out + b * type.typeSize, lanes: false, qw: importance?.superBlock(b)) }
 }
 
-extension Importance {
-    /// The 256 importances of super-block b of a tensor with rows of `perRow` (a multiple of 256).
-    func superBlock(_ b: Int) -> UnsafePointer<Float> {
-        precondition(perRow % 256 == 0, "Importance: rows of \(perRow) are not a multiple of 256")
-        return weights + (b * 256) % perRow
-    }
-}

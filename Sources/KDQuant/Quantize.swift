@@ -101,6 +101,30 @@ public func quantize(_ type: GGMLType, src: UnsafePointer<Float>, count: Int, ou
     }
 }
 
+/// An importance matrix's row for one quantized tensor: a weight per input column (`perRow` of them, the tensor's row
+/// length), as llama-imatrix collects them (the mean square of each input channel over calibration tokens).
+public struct Importance {
+    public let weights: UnsafePointer<Float>
+    public let perRow: Int
+    public init(weights: UnsafePointer<Float>, perRow: Int) {
+        precondition(perRow % 32 == 0, "Importance: rows of \(perRow) are not a multiple of 32")
+        self.weights = weights
+        self.perRow = perRow
+    }
+
+    /// Blocks b0 … b0 + n − 1's 32 columns each (blocks of 32 counted through whole rows) at qw[b·32 …].
+    func gather(first b0: Int, n: Int, into qw: UnsafeMutablePointer<Float>) {
+        let blocksPerRow = perRow / 32
+        for b in 0..<n { (qw + b * 32).update(from: weights + ((b0 + b) % blocksPerRow) * 32, count: 32) }
+    }
+
+    /// The 256 importances of super-block b of a tensor with rows of `perRow` (a multiple of 256).
+    func superBlock(_ b: Int) -> UnsafePointer<Float> {
+        precondition(perRow % 256 == 0, "Importance: rows of \(perRow) are not a multiple of 256")
+        return weights + (b * 256) % perRow
+    }
+}
+
 /// The weight quantization a student trains with (QAT) and is exported in.
 extension FakeQuantScheme {
     /// The scheme `qat.scheme` names (nil for `none`).

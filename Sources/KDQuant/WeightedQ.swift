@@ -32,38 +32,7 @@ enum WeightedQ {
     static func referenceBlock(_ x: UnsafePointer<Float>, nmax: Int, qw: UnsafePointer<Float>, sigma2: Float, _ L: UnsafeMutablePointer<Int8>) -> Float {
         var w = [Float](repeating: 0, count: 32)
         for j in 0..<32 { w[j] = qw[j] * (sigma2 + x[j] * x[j]).squareRoot() }
-        let (mx, amax) = signedLargest(x, 32)
-        if amax < groupMaxEps {
-            for i in 0..<32 { L[i] = 0 }
-            return 0
-        }
-        let fmax = Float(nmax)
-        func level(_ iscale: Float, _ v: Float) -> Int { max(-nmax, min(nmax - 1, nearestInt(iscale * v))) }
-        var iscale = -fmax / mx
-        var sumLX: Float = 0, sumL2: Float = 0
-        for i in 0..<32 {
-            let l = level(iscale, x[i])
-            L[i] = Int8(l + nmax)
-            sumLX += w[i] * x[i] * Float(l)
-            sumL2 += w[i] * Float(l) * Float(l)
-        }
-        var scale: Float = sumL2 != 0 ? sumLX / sumL2 : 0
-        var best = scale * sumLX
-        for step in -9...9 where step != 0 {
-            iscale = -(fmax + 0.1 * Float(step)) / mx
-            sumLX = 0; sumL2 = 0
-            for i in 0..<32 {
-                let fl = Float(level(iscale, x[i]))
-                sumLX += w[i] * x[i] * fl
-                sumL2 += w[i] * fl * fl
-            }
-            if sumL2 > 0 && sumLX * sumLX > best * sumL2 {
-                for i in 0..<32 { L[i] = Int8(nmax + level(iscale, x[i])) }
-                scale = sumLX / sumL2
-                best = scale * sumLX
-            }
-        }
-        return scale
+        return w.withUnsafeBufferPointer { makeQx(32, nmax, x, L, w: $0.baseAddress!) }
     }
 
     /// Writes one Q4_1 / Q5_1 block: the F16 scale and minimum, then (Q5_1) the levels' fifth bits as a little-endian
@@ -116,11 +85,8 @@ enum WeightedQ {
         }
         for b0 in stride(from: 0, to: nb, by: 16) {
             let n = min(16, nb - b0)
-            for b in 0..<n {
-                let blk = b0 + b
-                (qw + b * 32).update(from: importance.weights + (blk % blocksPerRow) * 32, count: 32)
-                s2[b] = sigma2[blk / blocksPerRow]
-            }
+            importance.gather(first: b0, n: n, into: qw)
+            for b in 0..<n { s2[b] = sigma2[(b0 + b) / blocksPerRow] }
             if lanes {
                 kd_qx_weighted_16(src + b0 * 32, Int32(n), Int32(nmax), qw, s2, scales, L)
             } else {

@@ -205,13 +205,17 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
     /// qat.preset q4_k_m: every tensor trains in the type llama.cpp's Q4_K_M picks for it (QuantPreset, checked against
     /// llama.cpp's own files in KDQuantTests) — on 2 blocks, block 1's attn_v and ffn_down in Q6_K, block 0's in Q4_K,
     /// the tied embedding Q6_K — and the GGUF holds those types and exactly the values the student computed with; the
-    /// checkpoint and the GGUF read one NLL; `export --quant q4_k_m` of the same checkpoint writes the same file.
-    @Test func aStudentTrainedForLlamaCppsQ4KMExportsEachTensorInItsType() throws {
+    /// checkpoint and the GGUF read one NLL; `export --quant q4_k_m` of the same checkpoint writes the same file. With
+    /// an importance matrix as well: every tensor weighed as llama-quantize --imatrix weighs it, in training and export.
+    @Test(arguments: [false, true])
+    func aStudentTrainedForLlamaCppsQ4KMExportsEachTensorInItsType(importance: Bool) throws {
         let dir = try temporaryDirectory("distill-export")
         defer { try? FileManager.default.removeItem(at: dir) }
         // the preset's own k-quant as scheme beside it is accepted (it is what the resolved config records)
-        let (ckpt, log) = try trainQAT(dir, scheme: "q4_k", extra: "  preset: q4_k_m\n", dim: 256, ffn: 512)
+        let weighed = importance ? "  importance: activations\n  importance_windows: 8\n" : ""
+        let (ckpt, log) = try trainQAT(dir, scheme: "q4_k", extra: "  preset: q4_k_m\n" + weighed, dim: 256, ffn: 512)
         #expect(log.contains("llama.cpp's q4_k_m preset: Q4_K ×12, Q6_K ×3"), "\(log)")
+        #expect(log.contains("qat.importance: the input channels of 15 matrices measured on") == importance, "\(log)")
         let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
         let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
         #expect(e.status == 0 && (e.out + e.err).contains("GGUF, Q4_K+Q6_K, embedding/head Q6_K"), "\(e.out)\(e.err)")
@@ -230,28 +234,6 @@ let cliScripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().app
         let again = dir.appendingPathComponent("again.gguf").path
         #expect(try distill(["export", ckpt.path, "--format", "gguf", "--quant", "q4_k_m", "--out", again]).status == 0)
         #expect(try Data(contentsOf: URL(fileURLWithPath: again)) == Data(contentsOf: URL(fileURLWithPath: gguf)))
-    }
-
-    /// qat.preset q4_k_m with an importance matrix: the k-quants (and the Q6_K of the tied table) weighed as
-    /// llama-quantize --imatrix weighs them while training, and the GGUF holds exactly the values the student computed
-    /// with (each tensor in its preset's type); the checkpoint and the GGUF read one NLL.
-    @Test func aQ4KMStudentWeighedByAnImportanceMatrixExportsWhatItTrained() throws {
-        let dir = try temporaryDirectory("distill-export")
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let (ckpt, log) = try trainQAT(dir, scheme: "q4_k", extra: "  preset: q4_k_m\n  importance: activations\n  importance_windows: 8\n", dim: 256, ffn: 512)
-        #expect(log.contains("qat.importance: the input channels of 15 matrices measured on"), "\(log)")
-        let gguf = dir.appendingPathComponent("student.gguf").path, hf = dir.appendingPathComponent("hf")
-        let e = try distill(["export", ckpt.path, "--format", "gguf", "--out", gguf])
-        #expect(e.status == 0 && (e.out + e.err).contains("GGUF, Q4_K+Q6_K, embedding/head Q6_K"), "\(e.out)\(e.err)")
-        #expect(try distill(["export", ckpt.path, "--format", "safetensors", "--out", hf.path]).status == 0)
-        var types = ["token_embd.weight=Q6_K", "blk.1.attn_v.weight=Q6_K", "blk.1.ffn_down.weight=Q6_K"]
-        types += ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"].map { "blk.0.\($0).weight=Q4_K" }
-        let check = try runPython(cliScripts.appendingPathComponent("check_gguf_export.py").path,
-                                  [gguf, hf.appendingPathComponent("model.safetensors").path, "q4_k", "q6_k", "--dequant", "--types", types.joined(separator: ",")])
-        let j = try JSONSerialization.jsonObject(with: Data(check.utf8)) as! [String: Any]
-        #expect((j["bad"] as! [String]).isEmpty && (j["extra"] as! [String]).isEmpty, "\(check)")
-        let (a, b) = (try nll(ckpt.path), try nll(gguf))
-        #expect(abs(a - b) <= 1e-5, "checkpoint \(a) vs GGUF \(b)")
     }
 
     /// qat.tensor_types: blocks in IQ4_NL, every block's ffn_down in Q3_K and attn_v in Q8_0 (a mix no preset writes);

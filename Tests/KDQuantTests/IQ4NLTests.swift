@@ -63,16 +63,24 @@ import Testing
 /// With an importance matrix the lanes (both kinds) still write the reference's bytes — on the same 1,059 blocks, rows of
 /// 96 so that a 16-block call spans rows and a row's blocks take different lanes — and the importance changes what is
 /// written (else the weights were not used), while fake quantization stays those bytes read back.
-@Test func iq4nlWithImportanceLanesEqualTheReference() {
+/// The weights the lane tests run on: the awkward ones and 1,059 blocks more at five scales, sparse and plain, in rows
+/// of 96 (so that a 16-block call spans rows and a row's blocks take different lanes), with importances spread over
+/// decades, a block of 32 columns at 0 and one more zero.
+func weightedLaneInputs() -> (x: [Float], w: [Float], perRow: Int) {
     var x = awkwardKQuantWeights()
     for (k, scale) in [Float(1e-12), 1e-3, 0.02, 0.5, 30].enumerated() { x += randomArray(4 * 256, seed: UInt64(60 + k), scale: scale) }
     x += randomArray(8 * 256, seed: 71).enumerated().map { $0.offset % 7 == 0 ? $0.element : 0 }
     x += randomArray(3 * 32 + 16 * 32 * 40 + 8 * 256, seed: 72, scale: 0.05)
     let perRow = 96
-    #expect(x.count % perRow == 0)
+    precondition(x.count % perRow == 0)
     var w = randomArray(perRow, seed: 73, scale: 2).map { Float(Foundation.exp(Double($0))) }
     for j in 32..<64 { w[j] = 0 }
     w[7] = 0
+    return (x, w, perRow)
+}
+
+@Test func iq4nlWithImportanceLanesEqualTheReference() {
+    let (x, w, perRow) = weightedLaneInputs()
     var a = Data(count: GGMLType.iq4_nl.byteCount(elements: x.count)), b = a, c = a, plain = a
     w.withUnsafeBufferPointer { wp in
         let im = Importance(weights: wp.baseAddress!, perRow: perRow)

@@ -96,24 +96,6 @@ func awkwardImportance(perRow: Int, seed: UInt64) -> [Float] {
     return w
 }
 
-/// IQ4_NL weighted by an importance matrix, bit for bit as llama-quantize --imatrix writes it (ggml_quantize_chunk
-/// given the tensor's row of the matrix): on the awkward weights and on the teacher's blk.0.ffn_down.
-@Test func iq4nlWithAnImportanceMatrixMatchesGGML() throws {
-    let dir = try temporaryDirectory("distill-kquant")
-    defer { try? FileManager.default.removeItem(at: dir) }
-    let r = try ggmlCompare(key: "awkward", input: awkwardKQuantWeights(), name: "iq4_nl", perRow: 512, dir: dir,
-                            importance: awkwardImportance(perRow: 512, seed: 31))
-    #expect(r.equal, "IQ4_NL with an importance matrix differs from ggml (\(r.source)): \(r.detail)")
-    let teacher = repoRoot.appendingPathComponent("Checkpoints/teachers/SmolLM2-135M-Instruct.Q4_1.gguf")
-    try #require(FileManager.default.fileExists(atPath: teacher.path), "the teacher (Launch/fetch_teacher.sh) is needed")
-    let f32 = dir.appendingPathComponent("ffn_down.f32")
-    _ = try runPython(quantScripts.appendingPathComponent("ggml_kquantize.py").path, ["dequantize", teacher.path, "blk.0.ffn_down.weight", f32.path])
-    let x = try Data(contentsOf: f32).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-    let t = try ggmlCompare(key: "smollm2-blk.0.ffn_down", input: x, name: "iq4_nl", perRow: 1536, dir: dir,
-                            importance: awkwardImportance(perRow: 1536, seed: 32))
-    #expect(t.equal, "IQ4_NL with an importance matrix differs from ggml on the teacher's matrix (\(t.source)): \(t.detail)")
-}
-
 /// Fake quantization in a k-quant is ggml's bytes (checked above) read back: gguf-py's dequantization of our blocks,
 /// bit for bit. Where the mask stops the gradient, the value sat at an end of its sub-block's grid and the weight lay
 /// beyond it.

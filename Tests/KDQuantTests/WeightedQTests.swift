@@ -1,4 +1,4 @@
-// Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants weighted by an importance matrix: bit for bit as llama-quantize --imatrix writes them (ggml's own
+// IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants weighted by an importance matrix: bit for bit as llama-quantize --imatrix writes them (ggml's own
 // quantizer given the same row of importances: live through llama-cpp-python's libggml-base, else the SHA-256 recorded in
 // Fixtures/kquants-ggml.json), the SIMD lanes bit for bit the one-block reference, and fake quantization those bytes read
 // back by gguf-py.
@@ -7,7 +7,7 @@ import KDQuant
 import KDTestSupport
 import Testing
 
-@Test(arguments: ["q4_0", "q5_0", "q4_1", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"])
+@Test(arguments: ["iq4_nl", "q4_0", "q5_0", "q4_1", "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"])
 func weighedByAnImportanceMatrixMatchesGGML(name: String) throws {
     let dir = try temporaryDirectory("distill-kquant")
     defer { try? FileManager.default.removeItem(at: dir) }
@@ -31,15 +31,7 @@ func weighedByAnImportanceMatrixMatchesGGML(name: String) throws {
 @Test(arguments: ["q4_0", "q5_0", "q4_1", "q5_1"])
 func weightedLanesEqualTheReferenceAndReadBack(name: String) throws {
     let type = kquantTypes[name]!
-    var x = awkwardKQuantWeights()
-    for (k, scale) in [Float(1e-12), 1e-3, 0.02, 0.5, 30].enumerated() { x += randomArray(4 * 256, seed: UInt64(60 + k), scale: scale) }
-    x += randomArray(8 * 256, seed: 71).enumerated().map { $0.offset % 7 == 0 ? $0.element : 0 }
-    x += randomArray(3 * 32 + 16 * 32 * 40 + 8 * 256, seed: 72, scale: 0.05)
-    let perRow = 96
-    #expect(x.count % perRow == 0)
-    var w = randomArray(perRow, seed: 73, scale: 2).map { Float(Foundation.exp(Double($0))) }
-    for j in 32..<64 { w[j] = 0 }
-    w[7] = 0
+    let (x, w, perRow) = weightedLaneInputs()
     var a = Data(count: type.byteCount(elements: x.count)), b = a, plain = a
     w.withUnsafeBufferPointer { wp in
         let im = Importance(weights: wp.baseAddress!, perRow: perRow)
